@@ -1,2 +1,21 @@
-"""faithclip: faithful explanations of CLIP models."""
+"""faithclip: faithful, checkable explanations of CLIP models.
+
+    import faithclip
+    model = faithclip.load()                                   # the shipped shapes model, or a hub id / dir
+    ex = faithclip.explain(model, image, "a red circle")       # Attention-ECLIP on the original model
+    tx = faithclip.explain_text(model, image, "a red circle")
+    faithclip.verify_equivalence(model, images, texts)         # Grad-ECLIP == Attention-ECLIP
+"""
+
 __version__ = "0.1.0"
+
+from faithclip.api import explain, explain_text  # noqa: E402
+from faithclip.equivalence import verify_equivalence  # noqa: E402
+from faithclip.explanation import Explanation  # noqa: E402
+from faithclip.models.loading import from_hf, load  # noqa: E402
+from faithclip.probe import Probe  # noqa: E402
+from faithclip.registry import METHODS  # noqa: E402
+from faithclip.targets import Target  # noqa: E402
+
+__all__ = ["load", "from_hf", "explain", "explain_text", "verify_equivalence", "Explanation", "Probe",
+           "METHODS", "Target", "__version__"]

@@ -1,0 +1,115 @@
+"""The public entry points: ``explain``, ``explain_text``, ``explain_batch``.
+
+Inputs are turned into exactly what the model predicts from (its standard preprocessing, its
+tokenizer), the method computes raw maps on the model's own forward, and every ``Explanation`` records
+the score it explained next to the model's own score for the same pair (principle P1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+import faithclip.methods  # noqa: F401  (registers the methods)
+from faithclip.errors import MethodError
+from faithclip.explanation import Explanation
+from faithclip.methods.context import Context, MapResult
+from faithclip.models.clip import ClipHandle, ImageInput, TextInput
+from faithclip.registry import METHODS, MethodSpec
+from faithclip.targets import Target, make_target
+
+
+def explain(
+    model: ClipHandle,
+    image: ImageInput | Sequence[ImageInput],
+    text: TextInput | Sequence[str],
+    method: str = "attention_eclip",
+    *,
+    target: str | Target = "cosine",
+    others: Sequence[str] = (),
+    **options: Any,
+) -> Explanation | list[Explanation]:
+    """Image-side explanation(s): a ``(gh, gw)`` map on the patch grid per image-text pair.
+
+    One image and one text give one ``Explanation``; several give a list ordered image-major
+    (all texts of image 0, then image 1, ...). ``target`` is what is explained (``cosine`` default,
+    ``logit``, ``probability`` with ``others`` the other prompts of the set, ``contrast`` with ``others``
+    the one contrasting text). Method options (e.g. ``layers=2``) are passed by keyword.
+    """
+    return _run(model, image, text, method, "image", make_target(target, others), options)
+
+
+def explain_text(
+    model: ClipHandle,
+    image: ImageInput | Sequence[ImageInput],
+    text: TextInput | Sequence[str],
+    method: str = "attention_eclip",
+    *,
+    target: str | Target = "cosine",
+    others: Sequence[str] = (),
+    **options: Any,
+) -> Explanation | list[Explanation]:
+    """Text-side explanation(s): an ``(L,)`` map over token positions per image-text pair."""
+    return _run(model, image, text, method, "text", make_target(target, others), options)
+
+
+def method_spec(name: str, side: str) -> MethodSpec:
+    spec = METHODS.get(name)
+    if getattr(spec, side) is None:
+        sided = [s.name for s in METHODS if getattr(s, side) is not None]
+        raise MethodError(f"method {name!r} has no {side}-side explanation; {side}-side methods: {', '.join(sided)}.")
+    return spec
+
+
+def run_method(model: ClipHandle, ctx: Context, spec: MethodSpec, options: dict) -> MapResult:
+    function = getattr(spec, ctx.side)
+    try:
+        return function(ctx, **options)
+    except TypeError as error:
+        if "unexpected keyword" in str(error):
+            raise MethodError(f"{spec.name}: {error}. Its options: {spec.defaults}.") from error
+        raise
+
+
+def _run(model, image, text, method, side, target, options) -> Explanation | list[Explanation]:
+    spec = method_spec(method, side)
+    single = not isinstance(image, (list, tuple)) and not isinstance(text, (list, tuple)) and \
+        not (isinstance(image, torch.Tensor) and image.dim() == 4 and image.shape[0] > 1) and \
+        not (isinstance(text, torch.Tensor) and text.dim() == 2 and text.shape[0] > 1)
+    pixels = model.pixels(image)
+    batch = model.tokens(text)
+    ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=target)
+    result = run_method(model, ctx, spec, dict(options))
+    own = ctx.model_scores()
+    explanations = wrap(model, ctx, spec, result, own)
+    return explanations[0] if single else explanations
+
+
+def wrap(model: ClipHandle, ctx: Context, spec: MethodSpec, result: MapResult, own: torch.Tensor) -> list[Explanation]:
+    """One ``Explanation`` per (image, text) pair, image-major."""
+    out = []
+    input_size = result.input_size or tuple(ctx.pixels.shape[-2:])
+    for b in range(ctx.num_images):
+        for k in range(ctx.num_texts):
+            notes = []
+            if ctx.text.truncated and ctx.text.truncated[k]:
+                notes.append(f"text truncated to the context of {model.context_length} tokens")
+            out.append(Explanation(
+                map=result.maps[b, k].cpu(),
+                score=float(result.scores[b, k]),
+                model_score=float(own[b, k]),
+                method=spec.name,
+                side=ctx.side,
+                target=ctx.target.name,
+                options=dict(result.options),
+                layers=list(result.layers),
+                model_id=model.name,
+                modifies_model=spec.modifies_model,
+                modifies_input=spec.modifies_input,
+                text=ctx.text.texts[k],
+                tokens=ctx.text.tokens[k],
+                input_size=tuple(int(s) for s in input_size),
+                warnings=notes,
+            ))
+    return out

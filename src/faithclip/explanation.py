@@ -1,0 +1,119 @@
+"""``Explanation``: one raw map with the score it explains and everything needed to reproduce it.
+
+Maps are RAW: no ReLU, normalisation or resizing beyond what the method's formula states. Normalising
+and upsampling are explicit, named steps (``normalized``, ``upsampled``), never applied behind the user's back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from faithclip import __version__
+
+
+@dataclass
+class Explanation:
+    """An explanation of one image-text score.
+
+    ``map`` is ``(gh, gw)`` on the patch grid for the image side, ``(L,)`` per token position for the
+    text side (zero outside the explained span). ``score`` is the value of the target the method
+    differentiated (or perturbed); ``model_score`` is the model's own value of the same target for the
+    same pair under its standard preprocessing. The two agree for methods that explain the model's own
+    forward (principle P1); ``p1_gap`` says by how much they differ.
+    """
+
+    map: torch.Tensor
+    score: float
+    method: str
+    side: str
+    target: str = "cosine"
+    model_score: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    layers: list[int] = field(default_factory=list)
+    model_id: str = ""
+    modifies_model: bool = False
+    modifies_input: bool = False
+    text: str | None = None
+    tokens: list[str] | None = None
+    input_size: tuple[int, int] | None = None  # (H, W) of the pixels the map refers to
+    warnings: list[str] = field(default_factory=list)
+    version: str = __version__
+
+    # ---- derived ---------------------------------------------------------------------------------
+    @property
+    def p1_gap(self) -> float | None:
+        """Relative difference between the explained score and the model's own score (P1 check)."""
+        if self.model_score is None:
+            return None
+        return abs(self.score - self.model_score) / max(abs(self.model_score), 1e-12)
+
+    def normalized(self) -> torch.Tensor:
+        """Min-max normalised copy of the map in [0, 1]; a constant map gives all zeros (never NaN)."""
+        return minmax(self.map)
+
+    def upsampled(self, size: tuple[int, int] | None = None, mode: str = "bilinear") -> torch.Tensor:
+        """Image-side map resized to ``size`` (default: the scored input's ``(H, W)``), ``align_corners=False``."""
+        if self.side != "image":
+            raise ValueError("only image-side maps can be upsampled")
+        size = size or self.input_size
+        if size is None:
+            raise ValueError("give the size to upsample to")
+        return upsample(self.map, size, mode)
+
+    # ---- output ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["map"] = self.map.detach().cpu().double().tolist()
+        record["map_shape"] = list(self.map.shape)
+        record["p1_gap"] = self.p1_gap
+        return record
+
+    def save_json(self, path: str | Path) -> Path:
+        return write_atomic(Path(path), json.dumps(self.to_dict(), indent=1).encode())
+
+    def save_overlay(self, path: str | Path, image: Any, alpha: float = 0.5) -> Path:
+        """Write a PNG of the map (min-max normalised, jet colours) over ``image`` (the scored RGB crop)."""
+        from faithclip.report.overlay import overlay_png
+
+        return write_atomic(Path(path), overlay_png(image, self.normalized(), alpha=alpha))
+
+
+def minmax(values: torch.Tensor) -> torch.Tensor:
+    """``(x - min) / (max - min)``; constant input gives zeros."""
+    values = values.detach().double()
+    low, high = values.min(), values.max()
+    if not torch.isfinite(low) or not torch.isfinite(high):
+        raise ValueError("map holds NaN or infinite values")
+    span = high - low
+    return torch.zeros_like(values) if span == 0 else (values - low) / span
+
+
+def upsample(patch_map: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """``(gh, gw)`` -> ``(H, W)`` by ``F.interpolate`` (``align_corners=False`` for linear modes)."""
+    grid = patch_map.detach().double()[None, None]  # (1, 1, gh, gw)
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(grid, size=tuple(size), mode=mode, **kwargs)[0, 0]
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+

@@ -1,0 +1,56 @@
+"""Attention-ECLIP ("Debunking Grad-ECLIP", arXiv 2605.12952): Grad-ECLIP from the attention gradient alone.
+
+For the explained score S, at layer l with attention probabilities A^h (one matrix per head h) and the
+pooled query token q (class token for images, end-of-text token for texts):
+
+    map_j = ReLU( lambda_j * sum_h dS/dA^h[q, j] )
+
+with lambda_j Grad-ECLIP's min-max normalised query-key cosine (``common.qk_lambda``). By the chain rule
+dS/dA^h[q, j] = sum_{c in h} g_c v_jc (g = dS/do_q, o the attention output before out_proj), so this is
+exactly Grad-ECLIP (docs/equivalence.md). Several layers combine like Grad-ECLIP's (``relu`` option);
+text maps keep the tokens strictly between start and end and are normalised to sum 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from faithclip.methods.common import combine_layers, normalize_sum, qk_lambda
+from faithclip.methods.context import Context, MapResult, query_rows
+from faithclip.registry import MethodSpec, register_method
+
+
+def attention_eclip_terms(attn_grad_rows: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
+    """One layer's signed term: ``(B, K, H, T)`` query-row gradients, ``(B|1, K|1, T)`` lambda -> ``(B, K, T)``."""
+    summed = attn_grad_rows.sum(dim=2)  # sum over heads: (B, K, T)
+    return summed if lam is None else lam * summed
+
+
+def attention_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None) -> MapResult:
+    relu = relu or ("per_layer" if ctx.side == "image" else "after_sum")
+    explained = ctx.last_layers(layers)
+    scores, caps = ctx.probe_forward(explained, capture=("q", "k", "attn"))
+    positions = ctx.query_positions
+    rows = ctx.grads(scores, [caps[i].attn for i in explained], reduce=lambda g: query_rows(g, positions))
+    terms = []
+    for index, row in zip(explained, rows):
+        lam = None
+        if use_lambda:
+            q, k = caps[index].require("q", "k")
+            lam = ctx.pair(qk_lambda(q.detach(), k.detach(), positions, ctx.support_mask()))
+        terms.append(attention_eclip_terms(row, lam))
+    per_token = ctx.token_map(combine_layers(terms, relu))
+    if ctx.side == "text":
+        per_token = normalize_sum(per_token)
+    return MapResult(maps=per_token.detach(), scores=scores.detach(), layers=explained,
+                     options={"layers": layers, "use_lambda": use_lambda, "relu": relu})
+
+
+register_method(MethodSpec(
+    name="attention_eclip",
+    paper="Debunking Grad-ECLIP (arXiv 2605.12952)",
+    image=attention_eclip,
+    text=attention_eclip,
+    defaults={"layers": 1, "use_lambda": True, "relu": "per_layer (image) / after_sum (text)"},
+    summary="ReLU(lambda_j * sum_h dS/dA^h[query, j]) on the original model",
+))

@@ -1,0 +1,194 @@
+"""What a method receives: the model, the exact inputs it predicted from, the target, and helpers.
+
+A method asks the context for a probed forward of the model's OWN forward pass (``probe_forward``),
+for gradients of the (B, K) scores (``grads``), and for the token layout of its side. Index
+conventions, shared by every method:
+
+- ``B`` images, ``K`` texts; every (image b, text k) pair gets a map; results are ``(B, K, ...)``.
+- the explained tower's captures have a leading "capture batch" ``C``: ``C = B`` on the image side
+  (texts are constants), ``C = K`` on the text side (images are constants).
+- ``query_positions`` ``(C,)``: the token whose output is pooled: the class token (0) for images, the
+  end-of-text token for each text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from faithclip.models.clip import ClipHandle, TextBatch
+from faithclip.probe import LayerCapture, Probe, encoder_layers, resolve_layers
+from faithclip.targets import Target
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class MapResult:
+    """A method's output before it is wrapped into ``Explanation`` objects."""
+
+    maps: torch.Tensor  # image side (B, K, gh, gw); text side (B, K, L)
+    scores: torch.Tensor  # (B, K): the values of the target the method explained
+    layers: list[int] = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    input_size: tuple[int, int] | None = None  # (H, W) of the pixels the maps refer to
+
+
+@dataclass
+class Context:
+    handle: ClipHandle
+    side: str  # "image" or "text": which tower is explained
+    pixels: torch.Tensor  # (B, 3, H, W) normalised, exactly what the model predicts from
+    text: TextBatch  # K texts
+    target: Target
+    grad_chunk: int = 64  # scores differentiated together in one batched backward pass
+    _fixed: dict = field(default_factory=dict)
+
+    # ---- shapes ---------------------------------------------------------------------------------
+    @property
+    def num_images(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def num_texts(self) -> int:
+        return self.text.input_ids.shape[0]
+
+    @property
+    def tower(self) -> str:
+        return "vision" if self.side == "image" else "text"
+
+    @property
+    def num_layers(self) -> int:
+        return len(encoder_layers(self.handle.model, self.tower))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid ``(gh, gw)`` of the pixels."""
+        patch = self.handle.patch_size
+        return self.pixels.shape[-2] // patch, self.pixels.shape[-1] // patch
+
+    @property
+    def query_positions(self) -> torch.Tensor:
+        """``(C,)``: the pooled token of each explained input."""
+        if self.side == "image":
+            return torch.zeros(self.num_images, dtype=torch.long, device=self.pixels.device)
+        return self.text.eos_positions
+
+    def last_layers(self, n: int) -> list[int]:
+        """Indices of the last ``n`` encoder layers of the explained tower."""
+        if not 1 <= n <= self.num_layers:
+            raise ValueError(f"layers must be between 1 and {self.num_layers}, got {n}")
+        return resolve_layers(range(-n, 0), self.num_layers)
+
+    def support_mask(self) -> torch.Tensor:
+        """``(C, T)`` bool: tokens a map covers: patch tokens (image); tokens strictly between start and end (text)."""
+        if self.side == "image":
+            tokens = 1 + self.grid[0] * self.grid[1]
+            mask = torch.ones(self.num_images, tokens, dtype=torch.bool, device=self.pixels.device)
+            mask[:, 0] = False
+            return mask
+        positions = torch.arange(self.text.input_ids.shape[1], device=self.text.input_ids.device)
+        return (positions[None, :] > 0) & (positions[None, :] < self.text.eos_positions[:, None])
+
+    def pair(self, per_input: torch.Tensor) -> torch.Tensor:
+        """Broadcast a ``(C, ...)`` tensor of the explained tower to ``(B or 1, K or 1, ...)``."""
+        return per_input[:, None] if self.side == "image" else per_input[None, :]
+
+    # ---- the model's own forward ----------------------------------------------------------------
+    def fixed_image_embeds(self) -> torch.Tensor:
+        if "image" not in self._fixed:
+            with torch.no_grad():
+                self._fixed["image"] = self.handle.encode_image(self.pixels)
+        return self._fixed["image"]
+
+    def fixed_text_embeds(self) -> torch.Tensor:
+        if "text" not in self._fixed:
+            with torch.no_grad():
+                self._fixed["text"] = self.handle.encode_text(self.text)
+        return self._fixed["text"]
+
+    def extra_embeds(self) -> torch.Tensor | None:
+        if not self.target.extra_texts:
+            return None
+        if "extra" not in self._fixed:
+            with torch.no_grad():
+                self._fixed["extra"] = self.handle.encode_text(self.handle.tokens(list(self.target.extra_texts)))
+        return self._fixed["extra"]
+
+    def score(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """The target ``(B, K)`` from embeddings."""
+        return self.target.scores(image_embeds, text_embeds, self.handle.logit_scale.detach(), self.extra_embeds())
+
+    def model_scores(self) -> torch.Tensor:
+        """The model's own target values ``(B, K)`` for these inputs, without gradients."""
+        with torch.no_grad():
+            return self.score(self.fixed_image_embeds(), self.fixed_text_embeds())
+
+    def probe_forward(
+        self, layers: Sequence[int], capture: Sequence[str], grad_from: int | None = None
+    ) -> tuple[torch.Tensor, dict[int, LayerCapture]]:
+        """Run the model's own forward of the explained tower under the probe.
+
+        Returns the scores ``(B, K)`` (with a graph from ``grad_from`` upward; default: the lowest of
+        ``layers``) and the captures per layer.
+        """
+        layers = resolve_layers(layers, self.num_layers)
+        grad_from = min(layers) if grad_from is None else grad_from
+        self.extra_embeds()  # encode the target's extra prompts before the probe is active
+        other = self.fixed_text_embeds() if self.side == "image" else self.fixed_image_embeds()
+        with torch.enable_grad(), Probe(self.handle.model, self.tower, layers, capture, grad_from=grad_from) as probe:
+            if self.side == "image":
+                scores = self.score(self.handle.encode_image(self.pixels), other)
+            else:
+                scores = self.score(other, self.handle.encode_text(self.text))
+        return scores, probe.captures
+
+    def grads(self, scores: torch.Tensor, tensors: Sequence[torch.Tensor], reduce: Reduce | None = None) -> list[torch.Tensor]:
+        """Gradient of every score ``[b, k]`` w.r.t. each captured tensor of its own input.
+
+        ``tensors`` are ``(C, ...)`` captures of the explained tower. ``reduce`` maps a stack of
+        gradients ``(N, C, ...)`` to a smaller ``(N, C, ...)`` tensor (e.g. keep one attention row) so
+        that K x full-size gradients are never held at once. Returns one ``(B, K, ...)`` tensor per input.
+        Gradients for ``grad_chunk`` scores are computed in one batched backward pass (``is_grads_batched``).
+        """
+        num = self.num_texts if self.side == "image" else self.num_images
+        outputs: list[list[torch.Tensor]] = [[] for _ in tensors]
+        for start in range(0, num, self.grad_chunk):
+            stop = min(start + self.grad_chunk, num)
+            selector = torch.zeros(stop - start, *scores.shape, dtype=scores.dtype, device=scores.device)
+            for row, index in enumerate(range(start, stop)):
+                if self.side == "image":
+                    selector[row, :, index] = 1  # score column k, all images
+                else:
+                    selector[row, index, :] = 1  # score row b, all texts
+            gradients = torch.autograd.grad(
+                scores, list(tensors), grad_outputs=selector, retain_graph=True, is_grads_batched=True
+            )
+            for slot, gradient in zip(outputs, gradients):
+                slot.append(reduce(gradient) if reduce is not None else gradient)  # (N, C, ...)
+        stacked = [torch.cat(slot, dim=0) for slot in outputs]  # (N_total, C, ...)
+        return [s.transpose(0, 1) if self.side == "image" else s for s in stacked]  # (B, K, ...)
+
+    # ---- maps -----------------------------------------------------------------------------------
+    def token_map(self, per_token: torch.Tensor) -> torch.Tensor:
+        """``(B, K, T)`` per-token values -> image ``(B, K, gh, gw)`` (patch tokens) or text ``(B, K, L)``
+        (zero outside the support)."""
+        if self.side == "image":
+            gh, gw = self.grid
+            return per_token[..., 1:].reshape(*per_token.shape[:2], gh, gw)  # (B, K, gh, gw)
+        return torch.where(self.pair(self.support_mask()), per_token, torch.zeros_like(per_token))
+
+
+def query_rows(attention_like: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, Tq, Tk)`` -> ``(N, C, H, Tk)``: the row of each input's query token."""
+    rows = attention_like.transpose(2, 3)  # (N, C, Tq, H, Tk)
+    index = torch.arange(rows.shape[1], device=rows.device)
+    return rows[:, index, positions]  # (N, C, H, Tk)
+
+
+def query_tokens(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``(N, C, T, D)`` -> ``(N, C, D)``: each input's query token."""
+    index = torch.arange(tokens.shape[1], device=tokens.device)
+    return tokens[:, index, positions]

@@ -1,0 +1,57 @@
+"""Grad-ECLIP (Zhao et al., "Gradient-based Visual Explanation for Transformer-based CLIP", ICML 2024),
+computed on the ORIGINAL model: all heads, the model's own input.
+
+At layer l, with o the attention output before ``out_proj`` (heads concatenated, width D), v the value
+vectors (``v_proj`` output, width D), g = dS/do_q the gradient at the pooled query token q, and
+lambda_j the min-max normalised cosine of q's query and token j's key (``common.qk_lambda``):
+
+    term_l(j) = lambda_j * sum_c g_c v_jc          (c runs over all D channels)
+
+Image (class-token query, patch tokens j): ``map = sum_l ReLU(term_l)`` over the last ``layers`` layers
+(the official image notebook; ``relu='after_sum'`` is the alternative). Text (end-of-text query):
+``map = ReLU(sum_l term_l)`` (the official text code), kept on tokens strictly between start and end and
+normalised to sum 1. ``use_lambda=False`` drops lambda.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from faithclip.methods.common import combine_layers, normalize_sum, qk_lambda
+from faithclip.methods.context import Context, MapResult, query_tokens
+from faithclip.registry import MethodSpec, register_method
+
+
+def grad_eclip_terms(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
+    """One layer's signed term: g ``(B, K, D)``, v ``(B|1, K|1, T, D)``, lambda ``(B|1, K|1, T)`` -> ``(B, K, T)``."""
+    channel_sum = (query_grad[..., None, :] * v).sum(-1)  # sum_c g_c v_jc: (B, K, T)
+    return channel_sum if lam is None else lam * channel_sum
+
+
+def grad_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None) -> MapResult:
+    relu = relu or ("per_layer" if ctx.side == "image" else "after_sum")
+    explained = ctx.last_layers(layers)
+    scores, caps = ctx.probe_forward(explained, capture=("q", "k", "v", "attn_out"))
+    positions = ctx.query_positions
+    grads = ctx.grads(scores, [caps[i].attn_out for i in explained], reduce=lambda g: query_tokens(g, positions))
+    support = ctx.support_mask()
+    terms = []
+    for index, query_grad in zip(explained, grads):
+        q, k, v = (t.detach() for t in caps[index].require("q", "k", "v"))
+        lam = ctx.pair(qk_lambda(q, k, positions, support)) if use_lambda else None
+        terms.append(grad_eclip_terms(query_grad, ctx.pair(v), lam))
+    per_token = ctx.token_map(combine_layers(terms, relu))
+    if ctx.side == "text":
+        per_token = normalize_sum(per_token)
+    return MapResult(maps=per_token.detach(), scores=scores.detach(), layers=explained,
+                     options={"layers": layers, "use_lambda": use_lambda, "relu": relu})
+
+
+register_method(MethodSpec(
+    name="grad_eclip",
+    paper="Zhao et al., Gradient-based Visual Explanation for Transformer-based CLIP, ICML 2024",
+    image=grad_eclip,
+    text=grad_eclip,
+    defaults={"layers": 1, "use_lambda": True, "relu": "per_layer (image) / after_sum (text)"},
+    summary="ReLU(lambda_j * sum_c g_c v_jc), g = dS/d(attention output) at the pooled token",
+))

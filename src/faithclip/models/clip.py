@@ -1,0 +1,214 @@
+"""``ClipHandle``: a transformers ``CLIPModel`` with its tokenizer, preprocessing and identity.
+
+It turns the user's inputs (PIL images, paths or normalised pixel tensors; strings or token-id tensors)
+into the exact tensors the model predicts from, and encodes them. It never changes the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from faithclip.errors import ImageError, ModelError, TextError
+from faithclip.models.images import open_image, to_rgb
+from faithclip.models.preprocess import ClipPreprocess
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Image.Image | str | Path | torch.Tensor
+TextInput = str | torch.Tensor
+
+
+@dataclass
+class TextBatch:
+    """Token ids ``(K, L)`` with their attention mask, end positions and (when known) token strings."""
+
+    input_ids: torch.Tensor  # (K, L)
+    attention_mask: torch.Tensor  # (K, L)
+    eos_positions: torch.Tensor  # (K,) index of the pooled (end-of-text) token
+    texts: list[str | None]
+    tokens: list[list[str] | None]
+    truncated: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class ClipHandle:
+    """A CLIP model ready to be explained.
+
+    ``model`` is the user's ``transformers.CLIPModel`` (never modified); ``tokenizer`` may be ``None``
+    when texts are given as token ids; ``preprocess`` is the model's standard image preprocessing.
+    """
+
+    model: Any
+    tokenizer: Any = None
+    preprocess: ClipPreprocess = field(default_factory=ClipPreprocess)
+    name: str = "clip"
+
+    # ---- identity -------------------------------------------------------------------------------
+    @property
+    def vision_config(self):
+        return self.model.config.vision_config
+
+    @property
+    def text_config(self):
+        return self.model.config.text_config
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vision_config.image_size)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.vision_config.patch_size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.text_config.max_position_embeddings)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.logit_scale.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.logit_scale.device
+
+    # ---- images ---------------------------------------------------------------------------------
+    def pixels(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
+        """Normalised pixels ``(B, 3, H, W)`` in the model's dtype, from one input or a list of them.
+
+        Tensors are taken as already normalised (``(3, H, W)`` or ``(B, 3, H, W)``) and used as they are.
+        """
+        if isinstance(images, torch.Tensor):
+            batch = images.unsqueeze(0) if images.dim() == 3 else images
+            if batch.dim() != 4 or batch.shape[1] != 3:
+                raise ImageError(f"pixel tensors must be (B, 3, H, W) or (3, H, W); got {tuple(images.shape)}.")
+            if not torch.isfinite(batch).all():
+                raise ImageError("the pixel tensor holds NaN or infinite values.")
+            return batch.to(device=self.device, dtype=self.dtype)
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        tensors = [self.preprocess(self.rgb(image)) for image in images]
+        if not tensors:
+            raise ImageError("no image given.")
+        return torch.stack(tensors).to(device=self.device, dtype=self.dtype)
+
+    @staticmethod
+    def rgb(image: ImageInput) -> Image.Image:
+        """An RGB PIL image from a path or a PIL image of any mode."""
+        if isinstance(image, (str, Path)):
+            return open_image(image)
+        if isinstance(image, Image.Image):
+            return to_rgb(image)
+        raise ImageError(f"expected a PIL image, a path or a pixel tensor; got {type(image).__name__}.")
+
+    # ---- texts ----------------------------------------------------------------------------------
+    def tokens(self, texts: TextInput | Sequence[str]) -> TextBatch:
+        """Tokenise strings (or accept token ids ``(K, L)``), padded to the longest, truncated to the context."""
+        if isinstance(texts, torch.Tensor):
+            return self._ids_batch(texts)
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise TextError("no text given.")
+        for text in texts:
+            if not isinstance(text, str):
+                raise TextError(f"texts must be strings or a token-id tensor; got {type(text).__name__}.")
+            if not text.strip():
+                raise TextError("empty text: give the words to explain, e.g. --text 'a photo of a cat'.")
+        if self.tokenizer is None:
+            raise TextError("this model has no tokenizer; pass token ids as a (K, L) tensor or load a tokenizer.")
+        full = self.tokenizer(texts, truncation=False)["input_ids"]
+        truncated = [len(ids) > self.context_length for ids in full]
+        for text, cut in zip(texts, truncated):
+            if cut:
+                warnings.warn(
+                    f"text truncated to the model's context of {self.context_length} tokens: {text[:60]!r}...",
+                    stacklevel=3,
+                )
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.context_length, return_tensors="pt"
+        )
+        input_ids = encoded["input_ids"]
+        if any(truncated):
+            # Truncation cuts the end token; put it back so the model pools where it was trained to.
+            eos_id = self._eos_token_id()
+            for row, cut in enumerate(truncated):
+                if cut:
+                    input_ids[row, -1] = eos_id
+        batch = self._ids_batch(input_ids, encoded.get("attention_mask"))
+        batch.texts = texts
+        batch.tokens = [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
+        batch.truncated = truncated
+        return batch
+
+    def _eos_token_id(self) -> int:
+        eos = self.text_config.eos_token_id
+        if eos == 2 or eos is None:  # legacy configs: the end token is the largest id
+            return int(self.text_config.vocab_size) - 1
+        return int(eos)
+
+    def _ids_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TextBatch:
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise TextError(f"token ids must be an integer tensor (K, L); got {tuple(input_ids.shape)} {input_ids.dtype}.")
+        if input_ids.shape[1] > self.context_length:
+            raise TextError(f"token ids are {input_ids.shape[1]} long; the model's context is {self.context_length}.")
+        input_ids = input_ids.long().to(self.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        eos = self.eos_positions(input_ids)
+        return TextBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask.to(self.device),
+            eos_positions=eos,
+            texts=[None] * input_ids.shape[0],
+            tokens=[None] * input_ids.shape[0],
+            truncated=[False] * input_ids.shape[0],
+        )
+
+    def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The position transformers' CLIPTextModel pools, for each row: its exact rule."""
+        eos = self.text_config.eos_token_id
+        if eos == 2:
+            return input_ids.argmax(dim=-1)
+        hits = input_ids == eos
+        if not hits.any(dim=-1).all():
+            raise TextError(f"every token-id row must contain the end token id {eos}.")
+        return hits.int().argmax(dim=-1)
+
+    # ---- encoders -------------------------------------------------------------------------------
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image embeddings ``(B, D)`` (projected, not normalised), exactly as ``get_image_features``."""
+        return self.model.get_image_features(pixel_values=pixels).pooler_output
+
+    def encode_text(self, text: TextBatch) -> torch.Tensor:
+        """Text embeddings ``(K, D)`` (projected, not normalised), exactly as ``get_text_features``."""
+        return self.model.get_text_features(input_ids=text.input_ids, attention_mask=text.attention_mask).pooler_output
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp()
+
+
+def check_is_clip(model: Any) -> None:
+    """Raise ``ModelError`` unless ``model`` is a transformers CLIP with a ViT image tower and a class token."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "vision_config") or not hasattr(model, "vision_model"):
+        raise ModelError(
+            f"{type(model).__name__} is not a transformers CLIPModel; load one with faithclip.load(...) "
+            "or transformers.CLIPModel.from_pretrained(...)."
+        )
+    embeddings = getattr(model.vision_model, "embeddings", None)
+    if embeddings is None or not hasattr(embeddings, "class_embedding"):
+        raise ModelError(
+            "this vision tower has no class token; CLS-query methods (Grad-ECLIP, Attention-ECLIP) need one."
+        )

@@ -1,0 +1,156 @@
+"""Loading CLIP models: shipped names, transformers directories and hub ids, OpenAI/open_clip checkpoints.
+
+Every model is loaded with the EAGER attention implementation, the only one that materialises the
+attention probabilities the CLS-query methods differentiate. A model handed in with SDPA/flash attention
+is switched to eager (numerically the same attention, computed explicitly) with a logged notice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from faithclip.errors import ModelError
+from faithclip.models.clip import ClipHandle, check_is_clip
+from faithclip.models.preprocess import ClipPreprocess
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+DEFAULT_MODEL = "shapes-clip"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def load(
+    name_or_path: str | Path | None = None,
+    *,
+    tokenizer: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    hidden_act: str = "quick_gelu",
+) -> ClipHandle:
+    """Load a CLIP model for explanation.
+
+    ``name_or_path`` is one of: ``None`` (the shipped default, ``shapes-clip``); a shipped model name; a
+    local transformers directory (``config.json`` with ``model_type`` ``clip``); an OpenAI / open_clip ViT
+    checkpoint file (state dict or TorchScript archive; ``hidden_act`` selects QuickGELU or GELU, and
+    ``tokenizer`` names a tokenizer directory or hub id); or a transformers hub id.
+    """
+    name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    path = Path(name)
+    if name in shipped_models():
+        return _load_directory(SHIPPED_DIR / name, name=name, dtype=dtype)
+    if path.is_dir():
+        return _load_directory(path, name=str(path), dtype=dtype, tokenizer=tokenizer)
+    if path.is_file():
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise ModelError(f"{path} is a file but not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}).")
+        from faithclip.models.openai_checkpoint import load_openai_checkpoint
+
+        model = load_openai_checkpoint(path, hidden_act=hidden_act).to(dtype)
+        return ClipHandle(
+            model=model.eval(),
+            tokenizer=_load_tokenizer(tokenizer) if tokenizer is not None else None,
+            preprocess=ClipPreprocess(size=model.config.vision_config.image_size,
+                                      crop_height=model.config.vision_config.image_size,
+                                      crop_width=model.config.vision_config.image_size),
+            name=str(path),
+        )
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"{name} is neither a CLIP checkpoint directory nor a checkpoint file.")
+    return _load_hub(name, dtype=dtype)
+
+
+def from_hf(model: Any, tokenizer: Any = None, *, preprocess: ClipPreprocess | None = None,
+            name: str | None = None) -> ClipHandle:
+    """Wrap a ``transformers.CLIPModel`` the user already holds (its weights are not copied or changed).
+
+    If the model computes attention with SDPA or flash attention it is switched to eager attention
+    (the same function, computed explicitly), because attention probabilities must exist to be explained.
+    """
+    check_is_clip(model)
+    ensure_eager(model)
+    if preprocess is None:
+        size = int(model.config.vision_config.image_size)
+        preprocess = ClipPreprocess(size=size, crop_height=size, crop_width=size)
+    if name is None:
+        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    return ClipHandle(model=model, tokenizer=tokenizer, preprocess=preprocess, name=name)
+
+
+def ensure_eager(model: Any) -> None:
+    """Switch a CLIP model to eager attention if it uses another implementation (logged, not silent)."""
+    implementation = getattr(model.config, "_attn_implementation", "eager")
+    if implementation != "eager":
+        logger.warning("model uses %r attention; switching to 'eager' so attention probabilities exist", implementation)
+        model.set_attn_implementation("eager")
+
+
+def _load_directory(path: Path, *, name: str, dtype: torch.dtype, tokenizer: str | Path | None = None) -> ClipHandle:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(
+            f"{path} is not a CLIP checkpoint directory: it has no config.json "
+            f"(found: {', '.join(sorted(p.name for p in path.iterdir())[:8]) or 'nothing'})."
+        )
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except json.JSONDecodeError as error:
+        raise ModelError(f"{config_file} is not valid JSON ({error}).") from error
+    if model_type != "clip":
+        raise ModelError(f"{path} holds a {model_type!r} model, not a CLIP model (model_type 'clip').")
+    import transformers
+
+    try:
+        model = transformers.CLIPModel.from_pretrained(path, attn_implementation="eager", dtype=dtype)
+    except OSError as error:
+        raise ModelError(f"{path} has a CLIP config but its weights could not be loaded: {error}") from error
+    preprocessor = path / "preprocessor_config.json"
+    size = int(model.config.vision_config.image_size)
+    preprocess = (ClipPreprocess.from_json(preprocessor) if preprocessor.is_file()
+                  else ClipPreprocess(size=size, crop_height=size, crop_width=size))
+    tok_source = tokenizer if tokenizer is not None else path
+    tok = _load_tokenizer(tok_source, required=tokenizer is not None)
+    return ClipHandle(model=model.eval(), tokenizer=tok, preprocess=preprocess, name=name)
+
+
+def _load_tokenizer(source: str | Path, required: bool = True) -> Any:
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        if required:
+            raise ModelError(f"could not load a tokenizer from {source}: {error}") from error
+        logger.warning("no tokenizer found in %s; texts must be given as token ids", source)
+        return None
+
+
+def _load_hub(name: str, *, dtype: torch.dtype) -> ClipHandle:
+    import transformers
+
+    try:
+        model = transformers.CLIPModel.from_pretrained(name, attn_implementation="eager", dtype=dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+        processor_config = transformers.CLIPImageProcessorPil.get_image_processor_dict(name)[0] \
+            if hasattr(transformers, "CLIPImageProcessorPil") else {}
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"could not load {name!r}: it is not a shipped model ({', '.join(shipped_models()) or 'none'}), "
+            f"not a local directory or checkpoint file, and the hub did not provide it ({error}). "
+            "Download the model where you have network access and pass its directory."
+        ) from error
+    size = int(model.config.vision_config.image_size)
+    preprocess = (ClipPreprocess.from_dict(processor_config) if processor_config
+                  else ClipPreprocess(size=size, crop_height=size, crop_width=size))
+    return ClipHandle(model=model.eval(), tokenizer=tokenizer, preprocess=preprocess, name=name)

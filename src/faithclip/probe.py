@@ -1,0 +1,222 @@
+"""The probe: the ONE place that reads a CLIP model's internals.
+
+``Probe`` is a reversible context manager. It registers forward hooks on the chosen encoder layers of
+one tower and records, per layer (all tensors keep their autograd graph, so gradients can be taken):
+
+    name        tensor                                                  shape
+    hidden_in   input of the block (residual stream)                    (B, T, D)
+    q, k, v     outputs of q_proj / k_proj / v_proj, before head split   (B, T, D)
+    attn        attention probabilities, per head                       (B, H, T, T)
+    attn_out    attention output before out_proj (heads concatenated)   (B, T, D)
+    hidden_out  output of the block                                     (B, T, D)
+
+It never replaces a forward and never changes a value: outputs under the probe are bit-identical to
+the untouched model's. Two optional, explicit, fully restored adjustments exist:
+
+- ``eval_mode=True`` (default) puts the model in eval mode for the duration (dropout off), because the
+  model predicts in eval mode; the previous mode of every module is restored on exit.
+- ``grad_from=i`` switches ``requires_grad`` off on all parameters and marks the INPUT of layer ``i`` as
+  requiring grad, so the autograd graph starts at layer ``i``: layers below run without building a graph.
+  Every parameter's flag is restored on exit.
+
+Hooks are removed in ``finally``, also when the forward raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from faithclip.errors import ProbeError
+
+CAPTURABLE = ("hidden_in", "q", "k", "v", "attn", "attn_out", "hidden_out")
+TOWERS = ("vision", "text")
+
+
+@dataclass
+class LayerCapture:
+    """What the probe recorded at one encoder layer (``None`` where not requested)."""
+
+    hidden_in: torch.Tensor | None = None
+    q: torch.Tensor | None = None
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+    attn: torch.Tensor | None = None
+    attn_out: torch.Tensor | None = None
+    hidden_out: torch.Tensor | None = None
+
+    def require(self, *names: str) -> tuple[torch.Tensor, ...]:
+        """The named tensors, raising if one was not captured (a probe configuration error)."""
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ProbeError(f"the probe did not capture {missing}; add them to `capture=`.")
+        return tuple(getattr(self, n) for n in names)
+
+
+def encoder_layers(model: Any, tower: str) -> Sequence[torch.nn.Module]:
+    """The encoder blocks of a transformers CLIP tower (``vision`` or ``text``)."""
+    if tower not in TOWERS:
+        raise ProbeError(f"tower must be one of {TOWERS}, got {tower!r}.")
+    sub = getattr(model, f"{tower}_model", None)
+    layers = getattr(getattr(sub, "encoder", None), "layers", None)
+    if layers is None:
+        raise ProbeError(f"{type(model).__name__} has no {tower}_model.encoder.layers; is it a transformers CLIPModel?")
+    return layers
+
+
+def resolve_layers(layers: Iterable[int], num_layers: int) -> list[int]:
+    """Normalise layer indices (negative counts from the end) and check their range; sorted, unique."""
+    resolved = []
+    for index in layers:
+        position = index + num_layers if index < 0 else index
+        if not 0 <= position < num_layers:
+            raise ProbeError(f"layer {index} does not exist; this tower has layers 0..{num_layers - 1} (or -1..-{num_layers}).")
+        resolved.append(position)
+    return sorted(set(resolved))
+
+
+def attention_implementation(model: Any, tower: str) -> str:
+    config = getattr(model.config, f"{tower}_config", model.config)
+    return getattr(config, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", "eager")
+
+
+class Probe:
+    """Capture internals of chosen layers of one tower while the model runs (see module docstring).
+
+    >>> with Probe(model, "vision", layers=[-1], capture=("q", "k", "attn")) as probe:
+    ...     embeds = model.get_image_features(pixel_values=pixels).pooler_output
+    >>> probe.captures[11].attn.shape   # (B, H, T, T)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tower: str,
+        layers: Iterable[int] = (-1,),
+        capture: Iterable[str] = CAPTURABLE,
+        *,
+        grad_from: int | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        self.model = model
+        self.tower = tower
+        self.blocks = encoder_layers(model, tower)
+        self.layers = resolve_layers(layers, len(self.blocks))
+        self.capture = tuple(capture)
+        unknown = sorted(set(self.capture) - set(CAPTURABLE))
+        if unknown:
+            raise ProbeError(f"cannot capture {unknown}; choose from {CAPTURABLE}.")
+        self.grad_from = None if grad_from is None else resolve_layers([grad_from], len(self.blocks))[0]
+        self.eval_mode = eval_mode
+        self.captures: dict[int, LayerCapture] = {}
+        self._handles: list[Any] = []
+        self._saved_training: list[tuple[torch.nn.Module, bool]] = []
+        self._saved_requires_grad: list[tuple[torch.nn.Parameter, bool]] = []
+
+    # ---- context ------------------------------------------------------------------------------
+    def __enter__(self) -> "Probe":
+        if "attn" in self.capture and attention_implementation(self.model, self.tower) != "eager":
+            raise ProbeError(
+                f"the {self.tower} tower uses {attention_implementation(self.model, self.tower)!r} attention, "
+                "which does not materialise attention probabilities. Load the model with "
+                "attn_implementation='eager' (faithclip.load and faithclip.from_hf do this)."
+            )
+        try:
+            self._adjust_model()
+            self._register()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._restore()
+
+    def clear(self) -> None:
+        """Forget the captured tensors (hooks stay), e.g. between two forwards in one context."""
+        self.captures = {}
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _adjust_model(self) -> None:
+        if self.eval_mode:
+            self._saved_training = [(m, m.training) for m in self.model.modules()]
+            self.model.eval()
+        if self.grad_from is not None:
+            self._saved_requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
+            for parameter in self.model.parameters():
+                parameter.requires_grad_(False)
+
+    def _restore(self) -> None:
+        try:
+            for handle in self._handles:
+                handle.remove()
+        finally:
+            self._handles = []
+            for module, mode in self._saved_training:
+                module.training = mode
+            for parameter, flag in self._saved_requires_grad:
+                parameter.requires_grad_(flag)
+            self._saved_training, self._saved_requires_grad = [], []
+
+    def _slot(self, index: int) -> LayerCapture:
+        return self.captures.setdefault(index, LayerCapture())
+
+    def _register(self) -> None:
+        wanted = set(self.capture)
+        for index, block in enumerate(self.blocks):
+            if index == self.grad_from:
+                self._handles.append(block.register_forward_pre_hook(self._start_graph))
+            if index not in self.layers:
+                continue
+            attention = block.self_attn
+            if "hidden_in" in wanted:
+                self._handles.append(block.register_forward_pre_hook(self._store_input(index, "hidden_in")))
+            for name in ("q", "k", "v"):
+                if name in wanted:
+                    module = getattr(attention, f"{name}_proj")
+                    self._handles.append(module.register_forward_hook(self._store_output(index, name)))
+            if "attn" in wanted:
+                self._handles.append(attention.register_forward_hook(self._store_attention(index)))
+            if "attn_out" in wanted:
+                self._handles.append(attention.out_proj.register_forward_pre_hook(self._store_input(index, "attn_out")))
+            if "hidden_out" in wanted:
+                self._handles.append(block.register_forward_hook(self._store_output(index, "hidden_out")))
+
+    @staticmethod
+    def _start_graph(module: torch.nn.Module, args: tuple) -> None:
+        hidden = args[0]
+        if not hidden.requires_grad:
+            if hidden.grad_fn is not None:  # cannot happen for a tensor that does not require grad
+                raise ProbeError("internal: layer input has a graph but does not require grad.")
+            if not torch.is_grad_enabled():
+                raise ProbeError("grad_from needs gradients enabled; do not run the probe under torch.no_grad().")
+            hidden.requires_grad_(True)  # marks the tensor only; its values are untouched
+
+    def _store_input(self, index: int, name: str):
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            setattr(self._slot(index), name, args[0])
+
+        return hook
+
+    def _store_output(self, index: int, name: str):
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            setattr(self._slot(index), name, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    def _store_attention(self, index: int):
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise ProbeError(
+                    f"{self.tower} layer {index} did not return attention probabilities; the model must use "
+                    "eager attention (attn_implementation='eager')."
+                )
+            self._slot(index).attn = weights  # (B, H, T, T)
+
+        return hook
+
+
+__all__ = ["Probe", "LayerCapture", "CAPTURABLE", "encoder_layers", "resolve_layers"]

@@ -1,0 +1,81 @@
+"""What scalar is explained: the model's own image-text score.
+
+A target maps image embeddings ``(B, D)`` and text embeddings ``(K, D)`` (projected, not normalised)
+to scores ``(B, K)``: entry ``[b, k]`` is the scalar whose explanation is asked for image ``b`` and text
+``k``. Targets are pure functions of the embeddings, so an explanation can always state the number it
+explained and compare it with the model's own score (principle P1).
+
+    cosine       s(i, t) = <i, t> / (|i| |t|)                                   (default)
+    logit        exp(logit_scale) * s(i, t)
+    probability  softmax of the logits over {t_k} + the extra prompts (the OTHER prompts of the set), entry t_k
+    contrast     s(i, t) - s(i, t')   for one other text t'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from faithclip.errors import MethodError
+
+
+def cosine_matrix(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every image with every text: ``(B, D), (K, D) -> (B, K)``."""
+    return F.normalize(image_embeds, dim=-1) @ F.normalize(text_embeds, dim=-1).T
+
+
+@dataclass(frozen=True)
+class Target:
+    """A named scalar of the model. ``extra_texts`` are prompts the target needs beyond the explained ones."""
+
+    kind: str = "cosine"
+    extra_texts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise MethodError(f"unknown target {self.kind!r}; choose from {', '.join(TARGET_KINDS)}.")
+        if self.kind == "contrast" and len(self.extra_texts) != 1:
+            raise MethodError("the contrast target needs exactly one other text: Target('contrast', ('a dog',)).")
+        if self.kind == "probability" and not self.extra_texts:
+            raise MethodError("the probability target needs the other prompts of the set: Target('probability', (...)).")
+
+    @property
+    def name(self) -> str:
+        return self.kind if not self.extra_texts else f"{self.kind}[{' | '.join(self.extra_texts)}]"
+
+    def scores(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        logit_scale: torch.Tensor,
+        extra_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores ``(B, K)``; ``extra_embeds`` ``(M, D)`` are the embeddings of ``extra_texts``."""
+        cosine = cosine_matrix(image_embeds, text_embeds)  # (B, K)
+        if self.kind == "cosine":
+            return cosine
+        if self.kind == "logit":
+            return logit_scale * cosine
+        if extra_embeds is None:
+            raise MethodError(f"the {self.kind} target needs the embeddings of its extra texts.")
+        extra = cosine_matrix(image_embeds, extra_embeds)  # (B, M)
+        if self.kind == "contrast":
+            return cosine - extra  # (B, K) - (B, 1)
+        # probability of text k within the set {t_k} U extra prompts, one softmax per explained text
+        logits = logit_scale * cosine  # (B, K)
+        extra_logits = logit_scale * extra  # (B, M)
+        normaliser = torch.logsumexp(extra_logits, dim=-1, keepdim=True)  # (B, 1)
+        return torch.exp(logits - torch.logaddexp(logits, normaliser))
+
+
+TARGET_KINDS = ("cosine", "logit", "probability", "contrast")
+
+
+def make_target(kind: str | Target = "cosine", others: Sequence[str] = ()) -> Target:
+    """A ``Target`` from a name and the other texts it needs (``probability``: the prompt set; ``contrast``: t')."""
+    if isinstance(kind, Target):
+        return kind
+    return Target(kind=kind, extra_texts=tuple(others))
