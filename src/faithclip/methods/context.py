@@ -126,6 +126,30 @@ class Context:
         with torch.no_grad():
             return self.score(self.fixed_image_embeds(), self.fixed_text_embeds())
 
+    def score_images(self, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """The target ``(N, K)`` for ``N`` (perturbed) normalised images against all K texts, no gradients,
+        in batches of ``batch_size`` forwards through the model's own image tower."""
+        text_embeds = self.fixed_text_embeds()
+        self.extra_embeds()
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, pixels.shape[0], batch_size):
+                batch = pixels[start:start + batch_size].to(device=self.pixels.device, dtype=self.pixels.dtype)
+                chunks.append(self.score(self.handle.encode_image(batch), text_embeds))
+        return torch.cat(chunks)  # (N, K)
+
+    def score_texts(self, text: TextBatch, batch_size: int = 256) -> torch.Tensor:
+        """The target ``(B, N)`` of all B images against ``N`` (perturbed) texts, no gradients."""
+        image_embeds = self.fixed_image_embeds()
+        self.extra_embeds()
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, text.input_ids.shape[0], batch_size):
+                part = TextBatch(text.input_ids[start:start + batch_size], text.attention_mask[start:start + batch_size],
+                                 text.eos_positions[start:start + batch_size], [], [])
+                chunks.append(self.score(image_embeds, self.handle.encode_text(part)))
+        return torch.cat(chunks, dim=1)  # (B, N)
+
     def probe_forward(
         self, layers: Sequence[int], capture: Sequence[str], grad_from: int | None = None
     ) -> tuple[torch.Tensor, dict[int, LayerCapture]]:
