@@ -31,12 +31,15 @@ def qk_lambda(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, support
 
 
 def combine_layers(terms: list[torch.Tensor], relu: str) -> torch.Tensor:
-    """Combine per-layer maps: ``per_layer`` = sum_l ReLU(term_l); ``after_sum`` = ReLU(sum_l term_l)."""
+    """Combine per-layer maps: ``per_layer`` = sum_l ReLU(term_l); ``after_sum`` = ReLU(sum_l term_l);
+    ``none`` = sum_l term_l (the signed map, for analysis; not the published method)."""
     if relu == "per_layer":
         return torch.stack([F.relu(term) for term in terms]).sum(0)
     if relu == "after_sum":
         return F.relu(torch.stack(terms).sum(0))
-    raise ValueError(f"relu must be 'per_layer' or 'after_sum', got {relu!r}")
+    if relu == "none":
+        return torch.stack(terms).sum(0)
+    raise ValueError(f"relu must be 'per_layer', 'after_sum' or 'none', got {relu!r}")
 
 
 def normalize_sum(per_token: torch.Tensor) -> torch.Tensor:

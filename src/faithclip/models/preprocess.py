@@ -102,7 +102,7 @@ class ClipPreprocess:
 
     def normalize(self, rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8-range RGB ``(H, W, 3)`` (or ``(N, H, W, 3)``) -> normalised ``(3, H, W)`` (or ``(N, 3, H, W)``)."""
-        pixels = torch.as_tensor(np.asarray(rgb), dtype=torch.float32) / 255.0  # (..., H, W, 3)
+        pixels = torch.tensor(np.asarray(rgb), dtype=torch.float32) / 255.0  # (..., H, W, 3), copied
         pixels = pixels.movedim(-1, -3)  # (..., 3, H, W)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
