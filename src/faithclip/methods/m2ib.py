@@ -1,0 +1,166 @@
+"""M2IB (Wang et al., "Visual Explanations of Image-Text Representations via Multi-Modal Information
+Bottleneck Attribution", NeurIPS 2023), after the official code (YingWANGG/M2IB, scripts/iba.py, methods.py).
+
+The output X (``(T, D)``) of encoder layer ``layer`` of the explained tower is replaced by a noisy masked copy
+
+    Z = lambda * X + (1 - lambda) * sqrt(variance) * eps,     lambda = sigmoid(alpha),  eps ~ N(0, 1)
+
+and alpha (one value per token and channel, initialised to 5) is optimised with Adam (lr 1, ``steps``
+steps, ``samples`` noise draws per step) to minimise
+
+    beta * mean_{s,t,d} KL[ N(lambda X, (1-lambda)^2 variance) || N(0, variance) ]  -  mean_s target(Z_s)
+
+where the target is the explained score of the pair (the cosine with the other tower's embedding by
+default, as the paper). The map is the per-token capacity  sum_d KL_td  of the last step's forward
+(official: ``buffer_capacity`` of the last training forward), patch tokens for images, tokens strictly
+between start and end for texts. Raw nats; the official code min-max normalises for display. For texts
+the compression mean runs over the tokens up to the end token (the official, unpadded, input), so
+padding in a batch changes nothing.
+
+Notes. The official code keeps ``variance`` in an estimator its bottleneck never reads, so its noise
+variance is always 1; here ``variance`` is applied (``variance=1``, the default, is the official
+computation). The official text wrapper drops the causal mask; here the model's own text forward runs.
+One noise draw per step is shared by all (image, text) pairs, so every pair's map is independent of
+what else is in the batch. Layer default: 9 of 12, i.e. ``round(0.75 * L)`` (capped at L - 1).
+
+The replacement is an INTERVENTION (``bottleneck_intervention``): a forward hook that returns a modified
+output, removed in ``finally``; it is not the probe, which never changes a value.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+
+from faithclip.errors import MethodError
+from faithclip.methods.context import Context, MapResult
+from faithclip.models.clip import TextBatch
+from faithclip.probe import encoder_layers, resolve_layers
+from faithclip.registry import MethodSpec, register_method
+
+INITIAL_ALPHA = 5.0
+
+
+@contextmanager
+def bottleneck_intervention(model, tower: str, layer: int,
+                            replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace the output hidden state of one encoder layer by ``replace(output)`` while inside.
+
+    Reversible: the hook is removed, every module's training mode and every parameter's
+    ``requires_grad`` flag restored in ``finally``. Inside, the model is in eval mode and its parameters
+    do not require grad (only the intervention's own tensors are optimised).
+    """
+    block = encoder_layers(model, tower)[layer]
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+
+    def hook(module: torch.nn.Module, args: tuple, output):
+        if isinstance(output, tuple):
+            return (replace(output[0]), *output[1:])
+        return replace(output)
+
+    handle = None
+    try:
+        model.eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        handle = block.register_forward_hook(hook)
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        for module, mode in modes:
+            module.training = mode
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def capacity(mu: torch.Tensor, var: torch.Tensor, prior_var: float) -> torch.Tensor:
+    """KL[N(mu, var) || N(0, prior_var)] per element (the official formula when ``prior_var`` = 1)."""
+    return 0.5 * (torch.log(prior_var / var) + (var + mu ** 2) / prior_var - 1)
+
+
+def default_layer(num_layers: int) -> int:
+    return min(round(0.75 * num_layers), num_layers - 1)
+
+
+def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: float = 1.0, steps: int = 10,
+         lr: float = 1.0, samples: int = 10, seed: int = 0) -> MapResult:
+    if steps < 1 or samples < 1:
+        raise MethodError(f"m2ib needs steps >= 1 and samples >= 1; got steps={steps}, samples={samples}.")
+    layer = default_layer(ctx.num_layers) if layer is None else resolve_layers([layer], ctx.num_layers)[0]
+    model = ctx.handle.model
+    num_images, num_texts = ctx.num_images, ctx.num_texts
+    pairs = num_images * num_texts  # pair p = (b, k) = (p // K, p % K)
+    image_of = torch.arange(pairs, device=ctx.pixels.device) // num_texts  # (P,)
+    text_of = torch.arange(pairs, device=ctx.pixels.device) % num_texts  # (P,)
+    repeat = lambda index: index.repeat_interleave(samples)  # (P,) -> (P*S,) pair-major
+    other_image = ctx.fixed_image_embeds() if ctx.side == "text" else None
+    other_text = ctx.fixed_text_embeds() if ctx.side == "image" else None
+    ctx.extra_embeds()
+
+    if ctx.side == "image":
+        tokens = ctx.grid[0] * ctx.grid[1] + 1
+        counted = torch.ones(pairs, tokens, dtype=torch.bool, device=ctx.pixels.device)  # (P, T)
+        batch_pixels = ctx.pixels[repeat(image_of)]  # (P*S, 3, H, W)
+
+        def pair_scores() -> torch.Tensor:
+            scores = ctx.score(ctx.handle.encode_image(batch_pixels), other_text)  # (P*S, K)
+            return scores.gather(1, repeat(text_of)[:, None])[:, 0]  # (P*S,)
+    else:
+        tokens = ctx.text.input_ids.shape[1]
+        positions = torch.arange(tokens, device=ctx.pixels.device)
+        counted = positions[None, :] <= ctx.text.eos_positions[text_of][:, None]  # (P, T): padding not counted
+        rows = repeat(text_of)
+        batch_text = TextBatch(ctx.text.input_ids[rows], ctx.text.attention_mask[rows],
+                               ctx.text.eos_positions[rows], [], [])
+
+        def pair_scores() -> torch.Tensor:
+            scores = ctx.score(other_image, ctx.handle.encode_text(batch_text))  # (B, P*S)
+            return scores.gather(0, repeat(image_of)[None, :])[0]  # (P*S,)
+
+    width = encoder_layers(model, ctx.tower)[layer].self_attn.embed_dim
+    dtype = ctx.handle.dtype
+    alpha = torch.full((pairs, 1, tokens, width), INITIAL_ALPHA, dtype=dtype, device=ctx.pixels.device,
+                       requires_grad=True)  # (P, 1, T, D); the 1 broadcasts over noise samples
+    optimizer = torch.optim.Adam([alpha], lr=lr)
+    generator = torch.Generator(device=ctx.pixels.device).manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+
+    def replace(hidden: torch.Tensor) -> torch.Tensor:
+        lam = torch.sigmoid(alpha)  # (P, 1, T, D)
+        x = hidden.reshape(pairs, samples, tokens, width)  # (P, S, T, D)
+        mu = x * lam  # (P, S, T, D)
+        var = ((1 - lam) ** 2 * variance).expand_as(mu)  # (P, S, T, D)
+        state["capacity"] = capacity(mu, var, variance)
+        eps = torch.randn((1, samples, tokens, width), generator=generator, dtype=dtype, device=hidden.device)
+        return (mu + var.sqrt() * eps).reshape(hidden.shape)  # (P*S, T, D)
+
+    with torch.enable_grad(), bottleneck_intervention(model, ctx.tower, layer, replace):
+        for _ in range(steps):
+            fitting = pair_scores().reshape(pairs, samples).mean(1)  # (P,)
+            compression = (state["capacity"].sum(dim=(1, 3)) * counted).sum(1) / (samples * width * counted.sum(1))  # (P,)
+            loss = (beta * compression - fitting).sum()  # pairs have separate alphas: a sum keeps them apart
+            optimizer.zero_grad()
+            alpha.grad, = torch.autograd.grad(loss, [alpha])
+            optimizer.step()
+    per_token = state["capacity"].detach().mean(1).sum(-1)  # (P, T): mean over samples, sum over channels
+    per_token = per_token.reshape(num_images, num_texts, tokens)  # (B, K, T)
+    return MapResult(maps=ctx.token_map(per_token), scores=ctx.model_scores(), layers=[layer],
+                     options={"layer": layer, "beta": beta, "variance": variance, "steps": steps, "lr": lr,
+                              "samples": samples, "seed": seed})
+
+
+register_method(MethodSpec(
+    name="m2ib",
+    paper="Wang et al., Visual Explanations of Image-Text Representations via Multi-Modal Information "
+          "Bottleneck Attribution, NeurIPS 2023",
+    image=m2ib,
+    text=m2ib,
+    modifies_input=True,
+    defaults={"layer": "round(0.75 L) (9 of 12)", "beta": 0.1, "variance": 1.0, "steps": 10, "lr": 1.0,
+              "samples": 10, "seed": 0},
+    summary="per-token KL capacity of an information bottleneck Z = l X + (1-l) eps at a layer, fitted to keep the score",
+))

@@ -1,0 +1,111 @@
+"""Occlusion (Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014).
+
+Image side: a ``window`` x ``window`` square slides over the image with ``stride`` (the last position of
+each axis is added so every pixel is covered); inside it the normalised pixels are set to ``fill``
+(0 = the dataset mean colour). With S the explained target of a pair and W(u) the windows covering pixel u,
+
+    map(u) = 1/|W(u)| sum_{w in W(u)} [ S(I) - S(I with w filled) ]         (B, K, H, W), pixel resolution
+
+Text side: token deletion. For every token j strictly between start and end, the ids with j removed
+(later ids shift left, the end token is kept, a padding slot is appended) are scored:
+
+    map(j) = S(text) - S(text without token j)                               (B, K, L)
+
+Defaults: ``window`` = round(min(H, W) / 7) pixels (32 at 224), ``stride`` = window // 2. Occluded
+images and deleted texts are scored in batches with all K texts (or B images) at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from faithclip.errors import MethodError
+from faithclip.methods.context import Context, MapResult
+from faithclip.models.clip import TextBatch
+from faithclip.registry import MethodSpec, register_method
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets along one axis; the last window ends at the border."""
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+def occlusion_windows(size: tuple[int, int], window: int, stride: int) -> torch.Tensor:
+    """``(N, H, W)`` bool: one mask per window position."""
+    height, width = size
+    masks = []
+    for top in window_starts(height, window, stride):
+        for left in window_starts(width, window, stride):
+            mask = torch.zeros(height, width, dtype=torch.bool)
+            mask[top:top + window, left:left + window] = True
+            masks.append(mask)
+    return torch.stack(masks)
+
+
+def average_drop(drops: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """Score drops ``(N, K)`` and windows ``(N, H, W)`` -> per-pixel mean over covering windows ``(K, H, W)``."""
+    covered = windows.to(drops.dtype)  # (N, H, W)
+    total = torch.einsum("nk,nhw->khw", drops, covered)
+    return total / covered.sum(0).clamp(min=1)
+
+
+def occlusion_image(ctx: Context, window: int | None = None, stride: int | None = None, fill: float = 0.0,
+                    batch_size: int = 64) -> MapResult:
+    size = tuple(ctx.pixels.shape[-2:])
+    window = max(1, round(min(size) / 7)) if window is None else window
+    stride = max(1, window // 2) if stride is None else stride
+    if not 1 <= window <= min(size) or stride < 1:
+        raise MethodError(f"occlusion needs 1 <= window <= {min(size)} and stride >= 1; got window={window}, stride={stride}.")
+    windows = occlusion_windows(size, window, stride).to(ctx.pixels.device)  # (N, H, W)
+    base = ctx.model_scores()  # (B, K)
+    maps = []
+    for image in range(ctx.num_images):
+        drops = []
+        for start in range(0, windows.shape[0], batch_size):
+            part = windows[start:start + batch_size, None]  # (n, 1, H, W)
+            occluded = torch.where(part, torch.full_like(ctx.pixels[image], fill), ctx.pixels[image])  # (n, 3, H, W)
+            drops.append(base[image] - ctx.score_images(occluded, batch_size=batch_size))  # (n, K)
+        maps.append(average_drop(torch.cat(drops), windows))
+    return MapResult(maps=torch.stack(maps), scores=base, input_size=size,
+                     options={"window": window, "stride": stride, "fill": fill})
+
+
+def deleted_tokens(text: TextBatch) -> tuple[TextBatch, torch.Tensor, torch.Tensor]:
+    """Every text with one inner token removed: the batch ``(N, L)``, its source text ``(N,)`` and position ``(N,)``."""
+    rows, sources, positions = [], [], []
+    for k in range(text.input_ids.shape[0]):
+        ids, mask = text.input_ids[k], text.attention_mask[k]
+        for j in range(1, int(text.eos_positions[k])):
+            keep = torch.arange(ids.shape[0], device=ids.device) != j
+            rows.append((torch.cat([ids[keep], ids[-1:]]), torch.cat([mask[keep], torch.zeros_like(mask[:1])])))
+            sources.append(k)
+            positions.append(j)
+    ids = torch.stack([r[0] for r in rows])  # (N, L): the appended slot is padding (mask 0)
+    mask = torch.stack([r[1] for r in rows])
+    sources_t = torch.tensor(sources, dtype=torch.long, device=ids.device)
+    batch = TextBatch(ids, mask, text.eos_positions[sources_t] - 1, [], [])
+    return batch, sources_t, torch.tensor(positions, dtype=torch.long, device=ids.device)
+
+
+def occlusion_text(ctx: Context, batch_size: int = 256) -> MapResult:
+    base = ctx.model_scores()  # (B, K)
+    maps = torch.zeros(ctx.num_images, ctx.num_texts, ctx.text.input_ids.shape[1], dtype=base.dtype, device=base.device)
+    if bool((ctx.text.eos_positions > 1).any()):
+        batch, sources, positions = deleted_tokens(ctx.text)
+        scores = ctx.score_texts(batch, batch_size=batch_size)  # (B, N)
+        maps[:, sources, positions] = base[:, sources] - scores
+    return MapResult(maps=maps, scores=base, options={"deletion": "token"})
+
+
+register_method(MethodSpec(
+    name="occlusion",
+    paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
+    image=occlusion_image,
+    text=occlusion_text,
+    modifies_input=True,
+    defaults={"window": "round(min(H, W) / 7) px", "stride": "window // 2", "fill": 0.0, "batch_size": "64 / 256"},
+    summary="score drop when a sliding window (image) or one token (text) is removed, averaged over covering windows",
+))

@@ -1,0 +1,101 @@
+"""RISE (Petsiuk, Das & Saenko, "RISE: Randomized Input Sampling for Explanation of Black-box Models",
+BMVC 2018), after the official code (eclique/RISE, ``generate_masks``).
+
+N random masks M_i: an s x s grid of cells kept with probability p, upsampled bilinearly to
+(s + 1) * ceil(H / s) x (s + 1) * ceil(W / s) pixels and cropped at a random shift in [0, cell) per axis.
+Masked images I * M_i are scored (normalised pixels times the mask: 0 is the mean colour), and
+
+    saliency = sum_i S(I * M_i) M_i / (N p)                 (B, K, H, W) at pixel resolution
+
+S the explained target of each pair. The official upsampling is ``skimage.transform.resize(order=1,
+mode='reflect', anti_aliasing=False)``: linear interpolation on pixel centres with mirror boundaries;
+``interpolation_matrix`` builds exactly that, separably. ``s`` counts cells per side (8 at any size: a
+cell is ceil(H/8) pixels, 28 at 224). Masks are drawn from ``seed`` and made in batches, so memory
+stays at one batch of masks; the map for a pair does not depend on the other inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from faithclip.errors import MethodError
+from faithclip.methods.context import Context, MapResult
+from faithclip.registry import MethodSpec, register_method
+
+
+def interpolation_matrix(cells: int, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(size, cells)`` linear interpolation from ``cells`` samples to ``size`` on pixel centres
+    (coordinate (i + 0.5) * cells / size - 0.5), mirror boundary (a coordinate -c reads at c)."""
+    coords = (torch.arange(size, dtype=torch.float64) + 0.5) * cells / size - 0.5  # (size,)
+    if cells > 1:
+        period = 2 * (cells - 1)
+        coords = torch.remainder(coords, period)
+        coords = torch.where(coords > cells - 1, period - coords, coords)  # mirror about the end samples
+    else:
+        coords = torch.zeros_like(coords)
+    low = coords.floor().clamp(0, max(cells - 2, 0)).long()  # (size,)
+    frac = coords - low
+    matrix = torch.zeros(size, cells, dtype=torch.float64)
+    rows = torch.arange(size)
+    matrix[rows, low] += 1 - frac
+    if cells > 1:
+        matrix[rows, low + 1] += frac
+    return matrix.to(dtype)
+
+
+def generate_masks(count: int, cells: int, prob: float, size: tuple[int, int], generator: torch.Generator,
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random parts of ``count`` masks: kept cells ``(N, s, s)`` and shifts ``(N, 2)`` (pixels)."""
+    grids = (torch.rand(count, cells, cells, generator=generator) < prob).to(dtype)  # (N, s, s)
+    cell_h, cell_w = (math.ceil(side / cells) for side in size)
+    shifts = torch.stack([torch.randint(0, cell_h, (count,), generator=generator),
+                          torch.randint(0, cell_w, (count,), generator=generator)], dim=1)  # (N, 2)
+    return grids, shifts
+
+
+def render_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Upsample ``(N, s, s)`` grids to ``(s+1)*cell`` and crop ``size`` at ``shifts`` -> ``(N, H, W)``."""
+    cells = grids.shape[-1]
+    height, width = size
+    up_h, up_w = ((cells + 1) * math.ceil(side / cells) for side in size)
+    rows = interpolation_matrix(cells, up_h, grids.dtype)  # (up_h, s)
+    cols = interpolation_matrix(cells, up_w, grids.dtype)  # (up_w, s)
+    offsets_h = shifts[:, :1] + torch.arange(height)  # (N, H)
+    offsets_w = shifts[:, 1:] + torch.arange(width)  # (N, W)
+    return torch.einsum("nhs,nst,nwt->nhw", rows[offsets_h], grids, cols[offsets_w])  # (N, H, W)
+
+
+def rise_saliency(scores: torch.Tensor, masks: torch.Tensor, count: int, prob: float) -> torch.Tensor:
+    """One batch's share of the saliency: scores ``(n, K)``, masks ``(n, H, W)`` -> ``(K, H, W)``."""
+    return torch.einsum("nk,nhw->khw", scores, masks) / (count * prob)
+
+
+def rise(ctx: Context, masks: int = 4000, cells: int = 8, prob: float = 0.5, batch_size: int = 64,
+         seed: int = 0) -> MapResult:
+    if masks < 1 or cells < 1 or not 0 < prob <= 1:
+        raise MethodError(f"rise needs masks >= 1, cells >= 1 and 0 < prob <= 1; got {masks}, {cells}, {prob}.")
+    size = tuple(ctx.pixels.shape[-2:])
+    generator = torch.Generator().manual_seed(seed)
+    grids, shifts = generate_masks(masks, cells, prob, size, generator, ctx.pixels.dtype)
+    saliency = torch.zeros(ctx.num_images, ctx.num_texts, *size, dtype=ctx.pixels.dtype, device=ctx.pixels.device)
+    for start in range(0, masks, batch_size):
+        batch = render_masks(grids[start:start + batch_size], shifts[start:start + batch_size], size)
+        batch = batch.to(ctx.pixels.device)  # (n, H, W)
+        for image in range(ctx.num_images):
+            masked = ctx.pixels[image] * batch[:, None]  # (n, 3, H, W)
+            scores = ctx.score_images(masked, batch_size=batch_size)  # (n, K)
+            saliency[image] += rise_saliency(scores, batch, masks, prob)
+    return MapResult(maps=saliency, scores=ctx.model_scores(), input_size=size,
+                     options={"masks": masks, "cells": cells, "prob": prob, "seed": seed})
+
+
+register_method(MethodSpec(
+    name="rise",
+    paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box Models, BMVC 2018",
+    image=rise,
+    modifies_input=True,
+    defaults={"masks": 4000, "cells": 8, "prob": 0.5, "batch_size": 64, "seed": 0},
+    summary="sum_i S(I * M_i) M_i / (N p) over random upsampled, shifted s x s masks (pixel resolution)",
+))
