@@ -89,6 +89,11 @@ class ClipHandle:
             batch = images.unsqueeze(0) if images.dim() == 3 else images
             if batch.dim() != 4 or batch.shape[1] != 3:
                 raise ImageError(f"pixel tensors must be (B, 3, H, W) or (3, H, W); got {tuple(images.shape)}.")
+            if tuple(batch.shape[-2:]) != (self.image_size, self.image_size):
+                raise ImageError(
+                    f"pixel tensors must be {self.image_size}x{self.image_size} (the model's input); got "
+                    f"{tuple(batch.shape[-2:])}. Pass a PIL image or path to use the model's own preprocessing."
+                )
             if not torch.isfinite(batch).all():
                 raise ImageError("the pixel tensor holds NaN or infinite values.")
             return batch.to(device=self.device, dtype=self.dtype)
