@@ -1,0 +1,220 @@
+"""Grad-ECLIP as the OFFICIAL code computes it (github.com/Cyang-Zhao/Grad-Eclip, ``generate_emap.py``
+and the two notebooks), reproduced exactly so that it can be audited ("Debunking Grad-ECLIP", arXiv
+2605.12952). It explains a DIFFERENT model: see ``faithclip.audit.rewrite``.
+
+Image side. The last ``layers`` blocks are recomputed with ONE head (scale 1/sqrt(D)) on the
+keep-size input (``faithclip.audit.keepsize``; interpolated position embeddings). With S the cosine
+of the rewritten image embedding and the text embedding, o the one-head attention output before
+out_proj, g = dS/do at the class token, v the raw value vectors, and
+
+    lambda_j = minmax_{j in patches} cos(q~_cls, k~_j),  q~, k~ = out_proj(q), out_proj(k)  (qk="out_proj",
+               the evaluation script) or the raw q, k (qk="raw", the image notebook),
+
+    map_j = sum_l ReLU( lambda_j * sum_c g_c v_jc )          over patch tokens j.
+
+Text side. The last ``text_layers`` (8) text blocks are recomputed with one head; the text is padded
+with id 0 to the full context (as ``clip.tokenize``) under the causal mask only; the image embedding is
+the ORIGINAL model's on the standard crop. At the end token e, with lambda min-max normalised over ALL
+positions:
+
+    map = ReLU( sum_l lambda_j * sum_c g_c v_jc ),  kept on tokens 1..e-1, normalised to sum 1.
+
+The official ``__main__`` also runs ``ln_post`` on every token; only the class token is used, and a
+LayerNorm acts per token, so it does not change the result. ``half=True`` runs on an fp16 copy of the
+model as the official CUDA code does.
+
+The keep-size input needs the ORIGINAL image: pass it as ``original=`` (a PIL image or path, or a list
+with one per image). Without it the model's own crop is used (warned): only the one-head rewrite departs.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from faithclip.audit.keepsize import OFFICIAL_SHORT_SIDE_CAP, keep_size_pixels
+from faithclip.audit.rewrite import BlockTrace, encode_image_rewritten, encode_text_rewritten
+from faithclip.errors import MethodError
+from faithclip.methods.context import Context, MapResult
+from faithclip.models.clip import ClipHandle
+from faithclip.registry import MethodSpec, register_method
+
+QK_CHOICES = ("out_proj", "raw")
+
+
+def minmax(values: torch.Tensor) -> torch.Tensor:
+    """``(x - min) / (max - min)`` over the last axis, as the official code (no guard: a constant row gives NaN)."""
+    low = values.amin(dim=-1, keepdim=True)
+    high = values.amax(dim=-1, keepdim=True)
+    return (values - low) / (high - low)
+
+
+def official_lambda(q: torch.Tensor, k: torch.Tensor, query: int, keys: slice, out_proj: Any | None) -> torch.Tensor:
+    """Min-max normalised cosine of the query token's q and the keys' k: q, k ``(T, D)`` -> ``(len(keys),)``.
+
+    ``out_proj`` given: both pass through it first (bias included), as the evaluation script's ``q_out, k_out``.
+    """
+    with torch.no_grad():
+        if out_proj is not None:
+            q, k = out_proj(q), out_proj(k)  # (T, D) each
+        query_vector = F.normalize(q[query], dim=-1)  # (D,)
+        cosine = (F.normalize(k[keys], dim=-1) * query_vector).sum(-1)  # (T',)
+        return minmax(cosine)
+
+
+def official_term(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """One layer's signed term ``lambda_j * sum_c g_c v_jc``: g ``(D,)``, v ``(T', D)``, lambda ``(T',)`` -> ``(T',)``."""
+    return (query_grad * v * lam[:, None]).sum(-1)
+
+
+def _out_proj(trace_layer: Any, qk: str) -> Any | None:
+    if qk not in QK_CHOICES:
+        raise MethodError(f"qk must be one of {QK_CHOICES}, got {qk!r}.")
+    return trace_layer.self_attn.out_proj if qk == "out_proj" else None
+
+
+def _half_copy(handle: ClipHandle) -> ClipHandle:
+    warnings.warn("half=True explains an fp16 copy of the model (the official CUDA setting).", stacklevel=3)
+    return ClipHandle(model=copy.deepcopy(handle.model).half(), tokenizer=handle.tokenizer,
+                      preprocess=handle.preprocess, name=f"{handle.name} (fp16)")
+
+
+def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, qk: str,
+               model: Any | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Official image maps of ONE input ``pixels (1, 3, H, W)`` against the context's K texts.
+
+    Returns maps ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid.
+    """
+    model = ctx.handle.model if model is None else model
+    blocks = model.vision_model.encoder.layers
+    recomputed = list(blocks[len(blocks) - layers:])
+    text_embeds = ctx.fixed_text_embeds().to(pixels.dtype)
+    with torch.enable_grad():
+        embeds, traces, grid = encode_image_rewritten(model, pixels, heads=1, layers=layers)
+        scores = ctx.target.scores(embeds, text_embeds, ctx.handle.logit_scale.detach().to(embeds.dtype),
+                                   None if ctx.extra_embeds() is None else ctx.extra_embeds().to(embeds.dtype))[0]
+        lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), _out_proj(layer, qk))
+                for t, layer in zip(traces, recomputed)]  # (T-1,) each
+        maps = []
+        for k in range(scores.shape[0]):
+            grads = torch.autograd.grad(scores[k], [t.attn_out for t in traces], retain_graph=True)
+            terms = [official_term(g[0, 0], t.v[0, 1:].detach(), lam) for g, t, lam in zip(grads, traces, lams)]
+            maps.append(torch.stack([F.relu(term) for term in terms]).sum(0).reshape(grid))  # (gh, gw)
+    return torch.stack(maps).detach(), scores.detach(), grid
+
+
+def official_text_ids(ctx: Context, pad_id: int = 0) -> torch.Tensor:
+    """Token ids ``(K, context)``: each text up to its end token, then ``pad_id`` (``clip.tokenize`` pads with 0)."""
+    ids = ctx.text.input_ids
+    context = ctx.handle.context_length
+    padded = torch.full((ids.shape[0], context), pad_id, dtype=ids.dtype, device=ids.device)
+    for row, eos in enumerate(ctx.text.eos_positions.tolist()):
+        padded[row, :eos + 1] = ids[row, :eos + 1]
+    return padded
+
+
+def text_maps(ctx: Context, layers: int, qk: str, model: Any | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official text maps ``(B, K, L)`` (L = the context's token length) and rewritten scores ``(B, K)``."""
+    model = ctx.handle.model if model is None else model
+    ids = official_text_ids(ctx)
+    eos = ctx.text.eos_positions
+    blocks = model.text_model.encoder.layers
+    layers = min(layers, len(blocks))
+    recomputed = list(blocks[len(blocks) - layers:])
+    image_embeds = ctx.fixed_image_embeds() if model is ctx.handle.model else \
+        model.get_image_features(pixel_values=ctx.pixels.to(model.logit_scale.dtype)).pooler_output.detach()
+    length = ctx.text.input_ids.shape[1]
+    with torch.enable_grad():
+        text_embeds, traces = encode_text_rewritten(model, ids, eos, heads=1, layers=layers)
+        extra = ctx.extra_embeds()
+        scores = ctx.target.scores(image_embeds, text_embeds, ctx.handle.logit_scale.detach().to(text_embeds.dtype),
+                                   None if extra is None else extra.to(text_embeds.dtype))  # (B, K)
+        maps = torch.zeros(*scores.shape, length, dtype=scores.dtype)
+        for k in range(scores.shape[1]):
+            e = int(eos[k])
+            lams = [official_lambda(t.q[k], t.k[k], e, slice(None), _out_proj(layer, qk))
+                    for t, layer in zip(traces, recomputed)]  # (context,) each: ALL positions
+            for b in range(scores.shape[0]):
+                grads = torch.autograd.grad(scores[b, k], [t.attn_out for t in traces], retain_graph=True)
+                terms = [official_term(g[k, e], t.v[k].detach(), lam) for g, t, lam in zip(grads, traces, lams)]
+                emap = F.relu(torch.stack(terms).sum(0))[1:e]  # (e-1,)
+                maps[b, k, 1:e] = emap / emap.sum()
+    return maps, scores.detach()
+
+
+def _originals(original: Any, count: int) -> list[Any]:
+    items = list(original) if isinstance(original, (list, tuple)) else [original]
+    if len(items) != count:
+        raise MethodError(f"original= holds {len(items)} images but {count} were explained; give one original per image.")
+    return items
+
+
+def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str = "out_proj", half: bool = False,
+                              original: Any = None, cap: int | None = OFFICIAL_SHORT_SIDE_CAP) -> MapResult:
+    handle = _half_copy(ctx.handle) if half else ctx.handle
+    if original is None:
+        warnings.warn(
+            "grad_eclip_official: no original= image given, so the keep-size input is the model's own crop; "
+            "pass original=<PIL image or path> to reproduce the official input.", stacklevel=3)
+        inputs = [ctx.pixels[b:b + 1] for b in range(ctx.num_images)]
+    else:
+        inputs = [keep_size_pixels(handle.rgb(image), handle.patch_size, handle.preprocess, cap)[None]
+                  for image in _originals(original, ctx.num_images)]
+    results = [image_maps(ctx, pixels.to(handle.device, handle.dtype), layers, qk, handle.model) for pixels in inputs]
+    grids = {grid for _, _, grid in results}
+    if len(grids) > 1:
+        raise MethodError("the originals have different keep-size grids; explain them one at a time "
+                          "(faithclip.methods.grad_eclip_official.grad_eclip_official_explain does this).")
+    size = tuple(inputs[0].shape[-2:])
+    return MapResult(maps=torch.stack([m for m, _, _ in results]), scores=torch.stack([s for _, s, _ in results]),
+                     layers=list(range(ctx.num_layers - layers, ctx.num_layers)), input_size=size,
+                     options={"layers": layers, "qk": qk, "half": half, "original": original is not None, "cap": cap})
+
+
+def grad_eclip_official_text(ctx: Context, layers: int = 8, qk: str = "out_proj", half: bool = False) -> MapResult:
+    handle = _half_copy(ctx.handle) if half else ctx.handle
+    maps, scores = text_maps(ctx, layers, qk, handle.model)
+    used = min(layers, ctx.num_layers)
+    return MapResult(maps=maps, scores=scores, layers=list(range(ctx.num_layers - used, ctx.num_layers)),
+                     options={"layers": layers, "qk": qk, "half": half})
+
+
+def grad_eclip_official_explain(handle: ClipHandle, image: Any | Sequence[Any], text: str | Sequence[str], *,
+                                side: str = "image", **options: Any) -> list:
+    """Official Grad-ECLIP explanations with the ORIGINAL image(s) used for the keep-size input.
+
+    ``image`` is a PIL image or path (or a list); the model's prediction uses its standard preprocessing
+    of the same image. Returns one ``Explanation`` per (image, text) pair, image-major; each records the
+    rewritten score it explained (``score``) and the model's own (``model_score``), so ``p1_gap`` shows
+    the departure.
+    """
+    from faithclip.api import method_spec, wrap
+    from faithclip.targets import make_target
+
+    spec = method_spec("grad_eclip_official", side)
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    batch = handle.tokens(text)
+    target = make_target(options.pop("target", "cosine"), options.pop("others", ()))
+    out = []
+    for single in images:
+        ctx = Context(handle=handle, side=side, pixels=handle.pixels(single), text=batch, target=target)
+        extra = {"original": single} if side == "image" else {}
+        result = getattr(spec, side)(ctx, **extra, **options)
+        out.extend(wrap(handle, ctx, spec, result, ctx.model_scores()))
+    return out
+
+
+register_method(MethodSpec(
+    name="grad_eclip_official",
+    paper="Zhao et al., ICML 2024, official code github.com/Cyang-Zhao/Grad-Eclip (audited in arXiv 2605.12952)",
+    image=grad_eclip_official_image,
+    text=grad_eclip_official_text,
+    modifies_model=True,
+    modifies_input=True,
+    defaults={"layers": "1 (image) / 8 (text)", "qk": "out_proj", "half": False, "original": None, "cap": 640},
+    summary="the published pipeline: last block(s) recomputed with ONE head, keep-size input; explains a different model",
+))
