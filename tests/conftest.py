@@ -6,7 +6,11 @@ tokenizer and config come from ../shared/reference (read-only).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Nothing may be fetched at test time: the hub is off for the whole suite.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch

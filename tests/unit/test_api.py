@@ -1,0 +1,165 @@
+"""Public API: loading, inputs, targets, bad input, explanation records."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import transformers
+
+import faithclip
+from conftest import B32_DIR, VOC_DIR, random_clip, token_ids
+from faithclip.errors import MethodError, ModelError, TextError
+from faithclip.models.loading import from_hf, load
+from faithclip.targets import Target, cosine_matrix
+
+
+@pytest.fixture(scope="module")
+def saved_b32_dir(tmp_path_factory):
+    """The real B/32 config + tokenizer with small random weights saved as a transformers directory."""
+    config = transformers.CLIPConfig.from_pretrained(B32_DIR)
+    config.vision_config.num_hidden_layers = 1
+    config.text_config.num_hidden_layers = 1
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("b32")
+    transformers.CLIPModel(config).save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                 "preprocessor_config.json"):
+        shutil.copy(B32_DIR / name, directory / name)
+    return directory
+
+
+def test_load_directory_and_explain_real_photo(saved_b32_dir, tmp_path):
+    model = load(saved_b32_dir)
+    assert model.model.config._attn_implementation == "eager"
+    assert model.tokenizer("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    image = VOC_DIR / "JPEGImages" / "2011_000006.jpg"
+    ex = faithclip.explain(model, image, "a chair")
+    assert ex.map.shape == (7, 7) and ex.input_size == (224, 224)
+    assert ex.score == pytest.approx(ex.model_score, rel=1e-6) and ex.p1_gap < 1e-5
+    assert ex.method == "attention_eclip" and not ex.modifies_model and ex.model_id == str(saved_b32_dir)
+    tx = faithclip.explain_text(model, image, "a chair by a sofa")
+    assert tx.tokens[0] == "<|startoftext|>" and tx.map.shape == (len(tx.tokens),)
+    path = ex.save_json(tmp_path / "ex.json")
+    record = json.loads(path.read_text())
+    assert record["map_shape"] == [7, 7] and record["version"] == faithclip.__version__
+    overlay = ex.save_overlay(tmp_path / "overlay.png", model.preprocess.crop_image(model.rgb(image)))
+    assert overlay.stat().st_size > 0
+
+
+def test_not_a_clip_directory(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelError, match="not a CLIP"):
+        load(tmp_path)
+
+
+def test_unknown_shipped_name_or_offline_hub_id_is_explained():
+    with pytest.raises(ModelError, match="local directory"):
+        load("no-such-org/no-such-clip-model-xyz")
+
+
+def test_model_without_class_token():
+    class NoCls(torch.nn.Module):
+        config = transformers.CLIPConfig()
+
+    with pytest.raises(ModelError):
+        from_hf(NoCls())
+    model = random_clip()
+    del model.vision_model.embeddings.class_embedding
+    with pytest.raises(ModelError, match="class token"):
+        from_hf(model)
+
+
+def test_sdpa_model_switched_to_eager_with_notice(caplog):
+    model = random_clip()
+    model.set_attn_implementation("sdpa")
+    with caplog.at_level("WARNING"):
+        handle = from_hf(model)
+    assert "eager" in caplog.text and handle.model.config._attn_implementation == "eager"
+
+
+def test_text_inputs(b32_handle):
+    with pytest.raises(TextError, match="empty"):
+        b32_handle.tokens("   ")
+    with pytest.warns(UserWarning, match="truncated"):
+        batch = b32_handle.tokens("word " * 100)
+    assert batch.input_ids.shape[1] == 77 and batch.truncated == [True]
+    assert batch.input_ids[0, -1] == 49407 and batch.eos_positions.tolist() == [76]
+    ids = torch.tensor([[49406, 320, 2368, 49407]])
+    assert b32_handle.tokens(ids).eos_positions.tolist() == [3]
+    with pytest.raises(TextError, match="context"):
+        b32_handle.tokens(torch.ones(1, 80, dtype=torch.long))
+
+
+def test_truncation_recorded_in_explanation(b32_handle):
+    pixels = torch.zeros(1, 3, 224, 224)
+    with pytest.warns(UserWarning):
+        tx = faithclip.explain_text(b32_handle, pixels, "word " * 100)
+    assert tx.warnings and "truncated" in tx.warnings[0]
+
+
+def test_unknown_method_lists_valid_ones(tiny):
+    with pytest.raises(MethodError, match="attention_eclip"):
+        faithclip.explain(tiny, torch.zeros(1, 3, 32, 32), token_ids([2]), method="nope")
+    with pytest.raises(MethodError, match="layers"):
+        faithclip.explain(tiny, torch.zeros(1, 3, 32, 32), token_ids([2]), method="grad_eclip", bogus=1)
+
+
+def test_constant_query_key_cosine_gives_defined_map():
+    model = random_clip(heads=2, layers=1)
+    with torch.no_grad():  # constant keys: every patch's key equals the bias, so all cosines are equal
+        model.vision_model.encoder.layers[0].self_attn.k_proj.weight.zero_()
+    handle = from_hf(model)
+    for method in ("grad_eclip", "attention_eclip"):
+        ex = faithclip.explain(handle, torch.randn(1, 3, 32, 32), token_ids([2]), method=method)
+        assert torch.isfinite(ex.map).all()
+    without = faithclip.explain(handle, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+                                token_ids([2]), method="grad_eclip", use_lambda=False)
+    with_lambda = faithclip.explain(handle, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+                                    token_ids([2]), method="grad_eclip")
+    assert torch.equal(without.map, with_lambda.map)  # lambda == 1 when undefined
+
+
+def test_targets_are_the_models_own_scores(tiny):
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = token_ids([2, 3])
+    with torch.no_grad():
+        image = tiny.encode_image(pixels)
+        text = tiny.encode_text(tiny.tokens(ids))
+        logits = tiny.model(pixel_values=pixels, input_ids=ids).logits_per_image
+    cosine = cosine_matrix(image, text)
+    torch.testing.assert_close(Target("logit").scores(image, text, tiny.logit_scale), logits)
+    extra = text[1:]
+    probability = Target("probability", ("x",)).scores(image, text[:1], tiny.logit_scale, extra)
+    torch.testing.assert_close(probability[:, 0], logits.softmax(-1)[:, 0])
+    contrast = Target("contrast", ("x",)).scores(image, text[:1], tiny.logit_scale, extra)
+    torch.testing.assert_close(contrast[:, 0], cosine[:, 0] - cosine[:, 1])
+    with pytest.raises(MethodError):
+        Target("contrast")
+    with pytest.raises(MethodError, match="cosine"):
+        Target("kl")
+
+
+def test_every_target_explains_with_matching_model_score(b32_handle):
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    for kind, others in [("cosine", ()), ("logit", ()), ("probability", ("a dog", "a car")), ("contrast", ("a dog",))]:
+        ex = faithclip.explain(b32_handle, pixels, "a cat", target=kind, others=others)
+        assert ex.target.startswith(kind)
+        assert ex.p1_gap < 1e-5
+        tx = faithclip.explain_text(b32_handle, pixels, "a cat", target=kind, others=others)
+        assert tx.p1_gap < 1e-5
+
+
+def test_batches_are_image_major(tiny):
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = token_ids([1, 2, 3])
+    many = faithclip.explain(tiny, pixels, ids)
+    assert len(many) == 6
+    for index, ex in enumerate(many):
+        b, k = divmod(index, 3)
+        single = faithclip.explain(tiny, pixels[b], ids[k:k + 1])
+        torch.testing.assert_close(ex.map, single.map, rtol=1e-5, atol=1e-7)
