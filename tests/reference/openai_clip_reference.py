@@ -2,14 +2,14 @@
 
 Written from the structure of OpenAI's CLIP (Radford et al., 2021, "Learning Transferable Visual
 Models From Natural Language Supervision", Sec. 2.4 and github.com/openai/CLIP's ``model.py``):
-pre-LN residual blocks built on ``nn.MultiheadAttention`` in the sequence-first layout, a class token
-read after ``ln_post``, a causally masked text transformer pooled at ``text.argmax(-1)`` (the EOT
-token has the largest id), and linear projections stored as plain ``(width, embed)`` matrices.
+pre-LN residual blocks built on ``nn.MultiheadAttention`` in the sequence-first layout, a class
+token read after ``ln_post``, a causally masked text transformer pooled at ``text.argmax(-1)`` (the
+EOT token has the largest id), and projections stored as plain ``(width, embed)`` matrices.
 
-It shares no code with transformers or faithclip, so agreement with the converted ``CLIPModel`` checks
-the key mapping and the pooling rule independently. Its ``state_dict()`` keys are exactly OpenAI's
-(``visual.transformer.resblocks.0.attn.in_proj_weight``, ``text_projection``, ...). Float32 only, no
-fp16 casting, no ResNet tower.
+It shares no code with transformers or faithclip, so agreement with the converted ``CLIPModel``
+checks the key mapping and the pooling rule independently. Its ``state_dict()`` keys are exactly
+OpenAI's (``visual.transformer.resblocks.0.attn.in_proj_weight``, ``text_projection``, ...).
+Float32 only, no fp16 casting, no ResNet tower.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""OpenAI / open_clip checkpoints converted to ``CLIPModel`` must compute what OpenAI's code computes.
+"""Converted OpenAI / open_clip checkpoints must compute what OpenAI's own model code computes.
 
 The oracle is ``tests/reference/openai_clip_reference.py``, a literal OpenAI-layout CLIP sharing no
 code with transformers: we randomise it (LayerNorms and ``logit_scale`` included, so no block is an
@@ -23,7 +23,9 @@ from faithclip.models.openai_checkpoint import convert_openai_state_dict, load_o
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = TESTS_DIR.parent
-B32_CONFIG = REPO_ROOT / ".." / "shared" / "reference" / "openai-clip-vit-base-patch32" / "config.json"
+B32_CONFIG = (
+    REPO_ROOT / ".." / "shared" / "reference" / "openai-clip-vit-base-patch32" / "config.json"
+)
 TOLERANCE = 1e-5  # float32, max abs difference
 
 
@@ -63,29 +65,26 @@ def _tiny(**overrides) -> dict:
 def _randomised(dims: dict, seed: int = 0, activation: type[nn.Module] | None = None):
     """A reference CLIP with every parameter random, scaled so activations stay of order one."""
     extra = {"activation": activation} if activation is not None else {}
-    model = reference.CLIP(**dims, **extra).eval()
+    with torch.device("meta"):  # every parameter is overwritten below; skip the default init
+        model = reference.CLIP(**dims, **extra)
+    model = model.to_empty(device="cpu").eval()
     generator = torch.Generator().manual_seed(seed)
-
-    def normal(shape, std: float, mean: float = 0.0) -> torch.Tensor:
-        return mean + std * torch.randn(shape, generator=generator)
-
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name in ("visual.proj", "text_projection"):  # (width, embed), used as x @ proj
-                value = normal(parameter.shape, parameter.shape[0] ** -0.5)
+                parameter.normal_(0.0, parameter.shape[0] ** -0.5, generator=generator)
             elif name == "logit_scale":
-                value = torch.tensor(1.0 + 2.0 * torch.rand((), generator=generator).item())
+                parameter.uniform_(1.0, 3.0, generator=generator)
             elif "embedding" in name:
-                value = normal(parameter.shape, 0.5)
+                parameter.normal_(0.0, 0.5, generator=generator)
             elif parameter.ndim >= 2:  # Linear (out, in), in_proj (3w, w), conv (w, 3, p, p)
-                value = normal(parameter.shape, parameter[0].numel() ** -0.5)
+                parameter.normal_(0.0, parameter[0].numel() ** -0.5, generator=generator)
             else:
-                value = normal(parameter.shape, 0.1)  # biases
-            parameter.copy_(value)
+                parameter.normal_(0.0, 0.1, generator=generator)  # biases
         for module in model.modules():
             if isinstance(module, nn.LayerNorm):
-                module.weight.copy_(normal(module.weight.shape, 0.2, mean=1.0))
-                module.bias.copy_(normal(module.bias.shape, 0.2))
+                module.weight.normal_(1.0, 0.2, generator=generator)
+                module.bias.normal_(0.0, 0.2, generator=generator)
     return model
 
 
@@ -100,7 +99,7 @@ def _texts(dims: dict, eot_positions: list[int], pad_with_eot: bool = False, see
     sot, eot = vocab - 2, vocab - 1
     generator = torch.Generator().manual_seed(seed)
     rows = torch.zeros((len(eot_positions), context), dtype=torch.long)  # OpenAI pads with 0
-    for row, position in zip(rows, eot_positions):
+    for row, position in zip(rows, eot_positions, strict=True):
         row[0] = sot
         row[1:position] = torch.randint(0, vocab - 2, (position - 1,), generator=generator)
         row[position:] = eot if pad_with_eot else 0
@@ -179,7 +178,9 @@ def test_text_padding_after_eot_is_ignored(pad_with_eot):
     model = convert_openai_state_dict(oracle.state_dict())
     eot_positions = [1, 4, TINY["context_length"] - 1]
     texts = _texts(TINY, eot_positions, pad_with_eot=pad_with_eot)
-    attention_mask = (torch.arange(TINY["context_length"]) <= torch.tensor(eot_positions)[:, None]).long()
+    attention_mask = (
+        torch.arange(TINY["context_length"]) <= torch.tensor(eot_positions)[:, None]
+    ).long()
 
     _, text_diff = _max_differences(oracle, model, _images(TINY), texts)
     _, masked_text_diff = _max_differences(
@@ -194,6 +195,20 @@ def test_text_padding_after_eot_is_ignored(pad_with_eot):
         hidden = model.text_model(input_ids=texts).last_hidden_state
         pooled = model.text_model(input_ids=texts).pooler_output
     torch.testing.assert_close(pooled, hidden[torch.arange(3), torch.tensor(eot_positions)])
+
+
+def test_pooling_is_openai_argmax_for_any_ids():
+    """OpenAI pools at ``text.argmax(-1)`` for every input, even rows without start or end token."""
+    oracle = _randomised(TINY, seed=11)
+    model = convert_openai_state_dict(oracle.state_dict())
+    texts = torch.tensor(
+        [
+            [3, 40, 7, 47, 9, 0, 0, 0, 0],  # largest id at position 3
+            [5, 5, 5, 5, 5, 5, 5, 5, 46],  # largest id last
+        ]
+    )
+    _, text_diff = _max_differences(oracle, model, _images(TINY), texts)
+    assert text_diff <= TOLERANCE
 
 
 def test_safetensors_file(tmp_path):
@@ -218,6 +233,7 @@ def test_open_clip_training_checkpoint_with_module_prefix(tmp_path):
     _assert_matches(oracle, load_openai_checkpoint(path), TINY)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_torchscript_archive(tmp_path):
     dims = _tiny(vision_patch_size=4, image_resolution=12, vision_width=128)
     oracle = _randomised(dims, seed=7)
@@ -275,14 +291,18 @@ def test_resnet_checkpoint_is_refused():
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("visual.")}
     state_dict["visual.layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
     state_dict["visual.attnpool.positional_embedding"] = torch.zeros(50, 2048)
-    with pytest.raises(ModelError, match="ResNet CLIP is not supported; faithclip explains ViT CLIPs"):
+    with pytest.raises(
+        ModelError, match="ResNet CLIP is not supported; faithclip explains ViT CLIPs"
+    ):
         convert_openai_state_dict(state_dict)
 
 
 def test_missing_key_is_named():
     state_dict = _randomised(TINY).state_dict()
     del state_dict["visual.transformer.resblocks.1.ln_2.bias"]
-    with pytest.raises(ModelError, match=r"1 missing key.*visual\.transformer\.resblocks\.1\.ln_2\.bias"):
+    with pytest.raises(
+        ModelError, match=r"1 missing key.*visual\.transformer\.resblocks\.1\.ln_2\.bias"
+    ):
         convert_openai_state_dict(state_dict)
 
 
@@ -302,8 +322,12 @@ def test_inconsistent_shapes_are_refused():
 
 def test_random_file_is_refused(tmp_path):
     path = tmp_path / "notes.pt"
-    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0))
-                     .to(torch.uint8).numpy().tobytes())
+    path.write_bytes(
+        torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0))
+        .to(torch.uint8)
+        .numpy()
+        .tobytes()
+    )
     with pytest.raises(ModelError, match="neither a PyTorch state dict nor a TorchScript archive"):
         load_openai_checkpoint(path)
 
@@ -347,7 +371,13 @@ def test_vit_b32_size_with_random_weights(tmp_path):
 
     model = load_openai_checkpoint(path)
 
-    for name in ("hidden_size", "num_attention_heads", "num_hidden_layers", "patch_size", "image_size"):
+    for name in (
+        "hidden_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "patch_size",
+        "image_size",
+    ):
         assert getattr(model.config.vision_config, name) == vision[name], name
     for name in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size"):
         assert getattr(model.config.text_config, name) == text[name], name

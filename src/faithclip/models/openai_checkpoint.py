@@ -2,42 +2,42 @@
 
 OpenAI's CLIP (Radford et al., 2021, "Learning Transferable Visual Models From Natural Language
 Supervision", github.com/openai/CLIP) and open_clip's ViT models share one state-dict layout. The
-architecture is read from tensor shapes exactly as OpenAI's ``build_model`` reads it; the weights are
-then copied one to one, with no approximation:
+architecture is read from tensor shapes exactly as OpenAI's ``build_model`` reads it; the weights
+are then copied one to one, with no approximation:
 
-    OpenAI / open_clip key                          transformers CLIPModel key
-    ----------------------                          --------------------------
-    visual.conv1.weight                             vision_model.embeddings.patch_embedding.weight
-    visual.class_embedding                          vision_model.embeddings.class_embedding
-    visual.positional_embedding                     vision_model.embeddings.position_embedding.weight
-    visual.ln_pre.{weight,bias}                     vision_model.pre_layrnorm.{weight,bias}
-    visual.transformer.resblocks.N.<block>          vision_model.encoder.layers.N.<block>
-    visual.ln_post.{weight,bias}                    vision_model.post_layernorm.{weight,bias}
-    visual.proj                    (width, embed)   visual_projection.weight  (transposed)
-    token_embedding.weight                          text_model.embeddings.token_embedding.weight
-    positional_embedding                            text_model.embeddings.position_embedding.weight
-    transformer.resblocks.N.<block>                 text_model.encoder.layers.N.<block>
-    ln_final.{weight,bias}                          text_model.final_layer_norm.{weight,bias}
-    text_projection                (width, embed)   text_projection.weight    (transposed)
-    logit_scale                                     logit_scale
+    OpenAI / open_clip key                  transformers CLIPModel key
+    ----------------------                  --------------------------
+    visual.conv1.weight                     vision_model.embeddings.patch_embedding.weight
+    visual.class_embedding                  vision_model.embeddings.class_embedding
+    visual.positional_embedding             vision_model.embeddings.position_embedding.weight
+    visual.ln_pre.{weight,bias}             vision_model.pre_layrnorm.{weight,bias}
+    visual.transformer.resblocks.N.<block>  vision_model.encoder.layers.N.<block>
+    visual.ln_post.{weight,bias}            vision_model.post_layernorm.{weight,bias}
+    visual.proj         (width, embed)      visual_projection.weight  (transposed)
+    token_embedding.weight                  text_model.embeddings.token_embedding.weight
+    positional_embedding                    text_model.embeddings.position_embedding.weight
+    transformer.resblocks.N.<block>         text_model.encoder.layers.N.<block>
+    ln_final.{weight,bias}                  text_model.final_layer_norm.{weight,bias}
+    text_projection     (width, embed)      text_projection.weight    (transposed)
+    logit_scale                             logit_scale
 
     where <block> maps as
-    attn.in_proj_weight / in_proj_bias  (3*width)   self_attn.{q,k,v}_proj.{weight,bias}  (split in 3)
-    attn.out_proj.{weight,bias}                     self_attn.out_proj.{weight,bias}
-    ln_1.{weight,bias}                              layer_norm1.{weight,bias}
-    mlp.c_fc.{weight,bias}                          mlp.fc1.{weight,bias}
-    ln_2.{weight,bias}                              layer_norm2.{weight,bias}
-    mlp.c_proj.{weight,bias}                        mlp.fc2.{weight,bias}
+    attn.in_proj_{weight,bias} (3*width)    self_attn.{q,k,v}_proj.{weight,bias}  (split in 3)
+    attn.out_proj.{weight,bias}             self_attn.out_proj.{weight,bias}
+    ln_1.{weight,bias}                      layer_norm1.{weight,bias}
+    mlp.c_fc.{weight,bias}                  mlp.fc1.{weight,bias}
+    ln_2.{weight,bias}                      layer_norm2.{weight,bias}
+    mlp.c_proj.{weight,bias}                mlp.fc2.{weight,bias}
 
 Text pooling. OpenAI pools the text tower at ``text.argmax(dim=-1)``: the end-of-text token has the
 largest id of the vocabulary (49407 = vocab_size - 1), so the argmax is the first EOT, whatever
 follows it. transformers' ``CLIPTextTransformer`` pools at that same argmax when
 ``text_config.eos_token_id == 2`` (its legacy branch, also what the hub's ``openai/clip-vit-*``
 configs carry) and otherwise at the first position equal to ``eos_token_id``. We set
-``eos_token_id = 2`` so the converted model selects the very position OpenAI's code selects for every
-input, including inputs without an EOT, or padded with zeros (OpenAI's tokenizer) or with EOT (the
-hub tokenizer). The two branches differ only if ids above the EOT appear (tokens added after
-training), which a checkpoint trained by OpenAI's code cannot interpret anyway.
+``eos_token_id = 2`` so the converted model pools where OpenAI's code pools for every input. For
+tokenizer output (start token, words, EOT, then zeros as OpenAI pads or EOTs as the hub pads) the
+two rules agree; they part only on hand-made rows lacking both start and end tokens, or holding ids
+above the EOT (tokens added after training).
 
 Only ViT towers are supported: ResNet CLIPs have no ``CLIPModel`` equivalent, and open_clip variants
 with extra modules (layer scale, attentional pooling, HF text towers, SigLIP's ``logit_bias``) are
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPModel
+from transformers.initialization import no_init_weights
 
 from faithclip.errors import ModelError
 
@@ -114,8 +116,9 @@ def convert_openai_state_dict(
     """
     if hidden_act not in _SUPPORTED_ACTIVATIONS:
         raise ModelError(
-            f"hidden_act must be one of {_SUPPORTED_ACTIVATIONS}, got {hidden_act!r}: use 'quick_gelu' "
-            "for OpenAI and open_clip '*-quickgelu' checkpoints, 'gelu' for other open_clip ones"
+            f"hidden_act must be one of {_SUPPORTED_ACTIVATIONS}, got {hidden_act!r}: use "
+            "'quick_gelu' for OpenAI and open_clip '*-quickgelu' checkpoints, "
+            "'gelu' for other open_clip ones"
         )
     state_dict = _strip_prefix(dict(state_dict), "module.")
     _refuse_non_vit(state_dict)
@@ -129,7 +132,9 @@ def convert_openai_state_dict(
         for hf_key, transform in targets:
             converted[hf_key] = transform(source).contiguous()
 
-    model = CLIPModel(_clip_config(architecture, hidden_act))
+    # Random initialisation would be overwritten anyway: the strict load below fills every weight.
+    with no_init_weights():
+        model = CLIPModel(_clip_config(architecture, hidden_act))
     try:
         model.load_state_dict(converted, strict=True)
     except RuntimeError as error:  # shape mismatches between tensors of one checkpoint
@@ -177,13 +182,14 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         except ModelError:
             raise ModelError(
                 f"{path} is neither a PyTorch state dict nor a TorchScript archive "
-                f"(torch.load said: {torch_load_error}); pass an OpenAI or open_clip CLIP checkpoint"
+                f"(torch.load said: {torch_load_error}); "
+                "pass an OpenAI or open_clip CLIP checkpoint"
             ) from torch_load_error
     return _unwrap_checkpoint(loaded, path)
 
 
 def _is_torchscript_archive(path: Path) -> bool:
-    """TorchScript zips hold ``<root>/constants.pkl`` and ``<root>/code/``; ``torch.save`` zips do not."""
+    """TorchScript zips hold ``<root>/constants.pkl`` and ``<root>/code/``; torch.save's don't."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -193,14 +199,20 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # OpenAI shipped TorchScript; the user cannot act on torch deprecating it.
+            warnings.filterwarnings(
+                "ignore", message=".*torch.jit.load. is deprecated", category=DeprecationWarning
+            )
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError/ValueError/pickle errors
         raise ModelError(f"{path} could not be read as a TorchScript archive: {error}") from error
     return dict(module.state_dict())
 
 
 def _unwrap_checkpoint(loaded: object, path: Path) -> Mapping[str, torch.Tensor]:
-    """Accept a state dict, or an open_clip training checkpoint ``{"state_dict": ..., "epoch": ...}``."""
+    """The state dict in ``loaded``: itself, or the ``state_dict`` entry of an open_clip training
+    checkpoint ``{"epoch": ..., "state_dict": ..., "optimizer": ...}``."""
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(
@@ -234,7 +246,7 @@ def _refuse_non_vit(state_dict: Mapping[str, torch.Tensor]) -> None:
         raise ModelError(
             "this is not an OpenAI/open_clip ViT CLIP checkpoint: none of its keys (first ones: "
             f"{sorted(state_dict)[:_KEYS_SHOWN]}) is a CLIP weight such as 'visual.conv1.weight'; "
-            "for a transformers CLIP directory use the transformers loader instead"
+            "a transformers CLIP (keys 'vision_model.*') loads from its directory: faithclip.load"
         )
     if absent:
         raise ModelError(
@@ -396,9 +408,7 @@ def _key_mapping(architecture: _Architecture) -> dict[str, list[tuple[str, Trans
     return mapping
 
 
-def _check_keys(
-    state_dict: Mapping[str, torch.Tensor], mapping: Mapping[str, object]
-) -> None:
+def _check_keys(state_dict: Mapping[str, torch.Tensor], mapping: Mapping[str, object]) -> None:
     present = set(state_dict) - _ARCHIVE_METADATA_KEYS
     missing = sorted(set(mapping) - present)
     unexpected = sorted(present - set(mapping))
