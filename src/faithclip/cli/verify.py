@@ -1,0 +1,64 @@
+"""``faithclip verify``: Grad-ECLIP == Attention-ECLIP on both towers, and the P1 check of every method."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from faithclip.cli.common import add_model_argument, output_dir
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verify", help="verify the Grad-ECLIP / Attention-ECLIP equivalence and principle P1",
+        description="Explain image-text pairs with Grad-ECLIP and Attention-ECLIP on both towers and print "
+                    "their largest differences; then check that each method explains the model's own score.")
+    parser.add_argument("images", nargs="*", metavar="IMAGE",
+                        help="image files (default: scenes of the shapes world for the shapes model, "
+                             "the VOC samples otherwise)")
+    parser.add_argument("--text", action="append", default=None, help="texts (default: the model's demo prompts)")
+    parser.add_argument("--layers", type=int, action="append", default=None, help="numbers of last layers to compare")
+    parser.add_argument("--float64", action="store_true", help="also compare in float64 (on a converted copy)")
+    parser.add_argument("--no-p1", action="store_true", help="skip the principle-P1 check of every method")
+    parser.add_argument("--random-b32", action="store_true",
+                        help="use the real ViT-B/32 architecture with random weights (needs ../shared/reference "
+                             "or --reference DIR)")
+    parser.add_argument("--reference", default=None, help="directory with the B/32 config and tokenizer")
+    parser.add_argument("--json", default=None, help="also write the tables as JSON to this file")
+    add_model_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from faithclip.equivalence import format_table, verify_equivalence
+    from faithclip.verification import default_inputs, random_b32
+
+    from faithclip.models.loading import load
+
+    model = random_b32(args.reference) if args.random_b32 else load(args.model)
+    images, texts = default_inputs(model, args.images, args.text)
+    dtypes = (torch.float32, torch.float64) if args.float64 else (torch.float32,)
+    rows = verify_equivalence(model, images, texts, layers=tuple(args.layers or (1, 2)), dtypes=dtypes)
+    print(f"Grad-ECLIP vs Attention-ECLIP on {model.name} ({len(images)} images x {len(texts)} texts)")
+    print(format_table(rows))
+    record = {"model": model.name, "equivalence": [r.as_dict() for r in rows]}
+    failed = [r for r in rows if r.max_rel_diff > (1e-5 if r.dtype == "float32" else 1e-10)]
+    if not args.no_p1:
+        from faithclip.audit.principles import check_p1, format_p1
+
+        p1_rows = check_p1(model, images[:1], texts[:1])
+        print("\nPrinciple P1: does each method explain the model's own score on the model's own input?")
+        print(format_p1(p1_rows))
+        record["p1"] = p1_rows
+    if args.json:
+        from faithclip.explanation import write_atomic
+
+        path = Path(args.json)
+        write_atomic(output_dir(path.parent) / path.name, json.dumps(record, indent=1, default=str).encode())
+    if failed:
+        print(f"\nFAILED: {len(failed)} equivalence rows exceed the tolerance (1e-5 float32, 1e-10 float64)")
+        return 1
+    return 0
