@@ -34,6 +34,7 @@ def build_word_tokenizer(words: Iterable[str]) -> Tokenizer:
     for token in (*SPECIAL_TOKENS, *FILLER_WORDS, *(w.lower() for w in words)):
         vocab.setdefault(token, len(vocab))
     tokenizer = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))  # already in the vocabulary: marks them special
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processors.TemplateProcessing(
