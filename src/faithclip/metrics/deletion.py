@@ -1,0 +1,219 @@
+"""Deletion and insertion curves under two protocols.
+
+RISE (Petsiuk et al., "RISE: Randomized Input Sampling for Explanation of Black-box Models", BMVC 2018,
+``evaluation.py`` of github.com/eclique/RISE) and Grad-ECLIP (Zhao et al., ICML 2024,
+``imagenet_eval_deletion.py`` / ``imagenet_eval_insertion.py`` of github.com/Cyang-Zhao/Grad-Eclip).
+
+Both rank the pixels of the scored image (the model's resized, centre-cropped input, ``P = H * W`` pixels)
+by the map upsampled bilinearly to ``(H, W)``, most salient first, and move pixels from a ``start`` image to
+a ``finish`` image in that order. With ``rank(p)`` the position of pixel ``p`` in the order, the image
+after ``m`` pixels is
+
+    x_m(p) = finish(p) if rank(p) < m else start(p)
+
+``gradeclip``: ``n = max(1, int(P * 0.5 / 100))`` pixels per step, 100 steps (50 % of the pixels), scored
+every 10 steps. Deletion: start = the image, finish = a uniform random colour per pixel
+(``floor(255 * U[0, 1))`` per channel), points m = 0, 10n, ..., 100n. Insertion: start = black, finish = the
+image, points m = 10n, ..., 100n and then the unperturbed image (x = 1). Scores: zero-shot top-1
+correctness of the label among all prompts, and the label's probability ``softmax(exp(s) cos)``.
+
+``rise``: ``step`` pixels per step (default: one patch area), ``ceil(P / step)`` steps, all scored
+(points m = 0, step, ..., P). Deletion: start = the normalised image, finish = zeros of the normalised
+tensor (RISE's ``torch.zeros_like``, i.e. the dataset-mean colour; ``substrate='black'`` uses pixel value
+0). Insertion: start = the image blurred by RISE's Gaussian (``klen=11``, ``sigma=5``, convolution with
+zero padding on the normalised tensor), finish = the image. Score: the label's probability.
+``AUC = sum_i (x_{i+1} - x_i) (y_i + y_{i+1}) / 2`` with ``x = m / P``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from faithclip.metrics import MetricSpec, register_metric
+from faithclip.metrics.case import MetricCase, MetricValue, pixel_map
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ---- pure tensor core ---------------------------------------------------------------------------
+def salience_order(patch_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(P,)`` pixel indices (raster order ``y * W + x``) by decreasing upsampled map value.
+
+    Ties keep raster order (stable sort), so the order is deterministic.
+    """
+    flat = pixel_map(patch_map, size).reshape(-1)  # (P,)
+    return torch.sort(flat, descending=True, stable=True).indices
+
+
+def perturbation_batches(
+    start: torch.Tensor, finish: torch.Tensor, order: torch.Tensor, counts: Sequence[int], batch_size: int
+) -> Iterator[torch.Tensor]:
+    """Yield ``(b, C, H, W)`` images ``x_m`` for each ``m`` in ``counts``, ``batch_size`` at a time."""
+    channels, height, width = start.shape
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())  # (P,) position of each pixel in the order
+    counts_t = torch.as_tensor(list(counts), dtype=torch.long)
+    for begin in range(0, len(counts_t), batch_size):
+        moved = rank[None, :] < counts_t[begin:begin + batch_size, None]  # (b, P)
+        moved = moved.view(-1, 1, height, width)  # (b, 1, H, W)
+        yield torch.where(moved, finish[None], start[None])  # (b, C, H, W)
+
+
+def curve(
+    start: torch.Tensor, finish: torch.Tensor, order: torch.Tensor, counts: Sequence[int],
+    score_fn: ScoreFn, batch_size: int = 32,
+) -> torch.Tensor:
+    """``score_fn`` of every ``x_m``: ``(len(counts), ...)``."""
+    return torch.cat([score_fn(batch) for batch in perturbation_batches(start, finish, order, counts, batch_size)])
+
+
+def trapezoid_auc(x: Sequence[float], y: Sequence[float]) -> float:
+    """Area under the piecewise-linear curve through ``(x_i, y_i)``."""
+    xs = torch.as_tensor(x, dtype=torch.float64)
+    ys = torch.as_tensor(y, dtype=torch.float64)
+    return float(((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2).sum())
+
+
+def gradeclip_counts(num_pixels: int, steps: int = 100, every: int = 10, fraction: float = 0.5) -> list[int]:
+    """Pixels moved at Grad-ECLIP's recorded steps (10n, 20n, ..., 100n; ``n = max(1, int(P*0.5/100))``)."""
+    per_step = max(1, int(num_pixels * fraction / steps))
+    return [min(step * per_step, num_pixels) for step in range(every, steps + 1, every)]
+
+
+def rise_counts(num_pixels: int, step: int) -> list[int]:
+    """RISE's points: 0, step, 2 step, ..., P (the last step may be partial)."""
+    num_steps = (num_pixels + step - 1) // step
+    return [min(i * step, num_pixels) for i in range(num_steps + 1)]
+
+
+def random_colours(order: torch.Tensor, shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+    """Grad-ECLIP's deletion fill ``(3, H, W)``: the i-th deleted pixel gets the i-th uniform random colour,
+    ``floor(255 * U[0, 1))`` per channel (the official ``torch.rand(n, 3) * 255.`` stored into uint8)."""
+    channels, height, width = shape
+    draws = torch.floor(torch.rand(order.numel(), channels, generator=generator) * 255.0)  # (P, 3) in deletion order
+    fill = torch.empty(height * width, channels)
+    fill[order] = draws
+    return fill.T.reshape(channels, height, width)
+
+
+def rise_gaussian_kernel(klen: int = 11, sigma: float = 5.0, truncate: float = 4.0) -> torch.Tensor:
+    """RISE's ``gkern``: ``scipy.ndimage.gaussian_filter`` of a ``klen x klen`` delta, ``(klen, klen)``.
+
+    scipy's 1-D Gaussian has radius ``int(truncate * sigma + 0.5)`` (20 for sigma 5, wider than the
+    11-pixel delta) and the ``reflect`` boundary (``d c b a | a b c d | d c b a``), so the tails fold back
+    into the window; the 2-D filter is separable, hence the outer product of the 1-D results.
+    """
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * offsets**2 / sigma**2)
+    weights = weights / weights.sum()  # (2r+1,)
+    centre = klen // 2
+    period = 2 * klen
+    kernel_1d = torch.zeros(klen, dtype=torch.float64)
+    for i in range(klen):
+        source = (i + offsets.long()) % period  # reflected index of each tap
+        source = torch.where(source < klen, source, period - 1 - source)
+        kernel_1d[i] = weights[source == centre].sum()
+    return torch.outer(kernel_1d, kernel_1d)
+
+
+def rise_blur(pixels: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's insertion start: per-channel convolution with ``rise_gaussian_kernel``, zero padding ``klen // 2``.
+    ``(3, H, W)`` -> ``(3, H, W)``."""
+    kernel = rise_gaussian_kernel(klen, sigma).to(pixels.dtype)
+    weight = kernel.expand(pixels.shape[0], 1, klen, klen)  # (3, 1, k, k): RISE's diagonal 3x3 kernel
+    return F.conv2d(pixels[None], weight, padding=klen // 2, groups=pixels.shape[0])[0]
+
+
+# ---- protocols on a model -----------------------------------------------------------------------
+def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int = 10,
+                     batch_size: int = 32) -> MetricValue:
+    """Grad-ECLIP's deletion (``mode='deletion'``) or insertion curve: top-1 and label probability."""
+    rgb = case.rgb.to(torch.float32)  # (3, H, W)
+    order = salience_order(case.patch_map, case.size)
+    num_pixels = order.numel()
+    counts = gradeclip_counts(num_pixels, steps, every)
+    if mode == "deletion":
+        generator = torch.Generator().manual_seed(case.seed)
+        start, finish = rgb, random_colours(order, tuple(rgb.shape), generator)
+        counts = [0] + counts
+    else:
+        start, finish = torch.zeros_like(rgb), rgb
+        counts = counts + [num_pixels]
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        logits = case.class_logits(case.to_pixels(batch), batch_size)  # (b, K)
+        top1 = (logits.argmax(-1) == case.label).to(torch.float64)  # (b,)
+        probability = logits.double().softmax(-1)[:, case.label]  # (b,)
+        return torch.stack([top1, probability], dim=-1)  # (b, 2)
+
+    scores = curve(start, finish, order, counts, score, batch_size)  # (points, 2)
+    x = [m / num_pixels for m in counts]
+    top1, probability = scores[:, 0].tolist(), scores[:, 1].tolist()
+    return MetricValue(
+        values={"top1": sum(top1) / len(top1), "prob": sum(probability) / len(probability)},
+        curves={"top1": (x, top1), "prob": (x, probability)},
+    )
+
+
+def rise_curve(case: MetricCase, mode: str, step: int | None = None, substrate: str = "zeros",
+               klen: int = 11, sigma: float = 5.0, batch_size: int = 32) -> MetricValue:
+    """RISE's deletion or insertion curve of the label probability, and its AUC."""
+    pixels = case.to_pixels(case.rgb[None])[0]  # (3, H, W) normalised
+    order = salience_order(case.patch_map, case.size)
+    num_pixels = order.numel()
+    step = step or case.handle.patch_size ** 2
+    counts = rise_counts(num_pixels, step)
+    if mode == "deletion":
+        if substrate == "zeros":
+            finish = torch.zeros_like(pixels)
+        elif substrate == "black":
+            finish = case.to_pixels(torch.zeros_like(case.rgb)[None])[0]
+        else:
+            raise ValueError(f"substrate must be 'zeros' (RISE: the normalised zero, the mean colour) or 'black', got {substrate!r}")
+        start = pixels
+    else:
+        start, finish = rise_blur(pixels, klen, sigma), pixels
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        return case.class_logits(batch, batch_size).double().softmax(-1)[:, case.label]  # (b,)
+
+    probability = curve(start, finish, order, counts, score, batch_size).tolist()
+    x = [m / num_pixels for m in counts]
+    return MetricValue(values={"auc": trapezoid_auc(x, probability)}, curves={"prob": (x, probability)},
+                       details={"step": step, "num_steps": len(counts) - 1})
+
+
+def _gradeclip(mode: str) -> Callable[..., MetricValue]:
+    def run(case: MetricCase, steps: int = 100, every: int = 10, batch_size: int = 32) -> MetricValue:
+        return gradeclip_curves(case, mode, steps, every, batch_size)
+    return run
+
+
+def _rise(mode: str) -> Callable[..., MetricValue]:
+    def run(case: MetricCase, step: int | None = None, substrate: str = "zeros", klen: int = 11,
+            sigma: float = 5.0, batch_size: int = 32) -> MetricValue:
+        return rise_curve(case, mode, step, substrate, klen, sigma, batch_size)
+    return run
+
+
+GRADECLIP_PAPER = "Zhao et al., Gradient-based Visual Explanation for Transformer-based CLIP, ICML 2024"
+RISE_PAPER = "Petsiuk et al., RISE: Randomized Input Sampling for Explanation of Black-box Models, BMVC 2018"
+
+for _mode, _better in (("deletion", False), ("insertion", True)):
+    register_metric(MetricSpec(
+        name=f"{_mode}_gradeclip", category="faithfulness", higher_is_better=_better, protocol="gradeclip",
+        summary=f"{_mode} of 50% of the pixels in 100 steps, 11 points; zero-shot top-1 and label probability",
+        paper=GRADECLIP_PAPER, run=_gradeclip(_mode),
+        outputs={"top1": f"{_mode} top-1 (mean of 11 points)", "prob": f"{_mode} probability (mean of 11 points)"},
+        defaults={"steps": 100, "every": 10},
+    ))
+    register_metric(MetricSpec(
+        name=f"{_mode}_rise", category="faithfulness", higher_is_better=_better, protocol="rise",
+        summary=f"{_mode} of 0-100% of the pixels, patch-area steps; AUC of the label probability",
+        paper=RISE_PAPER, run=_rise(_mode), outputs={"auc": f"{_mode} AUC"},
+        defaults={"step": "patch area", "substrate": "zeros", "klen": 11, "sigma": 5.0},
+    ))

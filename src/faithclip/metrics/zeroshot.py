@@ -1,0 +1,96 @@
+"""Zero-shot classification accuracy (Radford et al., "Learning Transferable Visual Models From Natural
+Language Supervision", ICML 2021).
+
+Each class ``c`` gets a classifier weight from its prompts (several templates are ensembled as in
+OpenAI's ImageNet notebook and Grad-ECLIP's ``build_zero_shot_classifier``):
+
+    w_c = normalize( mean_t normalize(encode_text(template_t(c))) )
+
+and an image ``x`` is classified as ``argmax_c cos(encode_image(x), w_c)``:
+
+    top-1 accuracy = mean_i 1[ argmax_c cos(x_i, w_c) = y_i ]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from faithclip.data.templates import DEFAULT_TEMPLATE, fill
+from faithclip.metrics import MetricSpec, register_metric
+from faithclip.metrics.case import MetricCase, MetricValue
+from faithclip.models.clip import ClipHandle, TextBatch
+
+
+@dataclass
+class PromptSet:
+    """The classes of a data set as the model sees them.
+
+    ``weights`` ``(K, D)`` unit classifier weights; ``prompts`` one representative text per class (what a
+    method that reads the text is given); ``templates`` how the weights were built.
+    """
+
+    class_names: list[str]
+    prompts: list[str]
+    weights: torch.Tensor  # (K, D)
+    templates: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.class_names)
+
+    def text_batch(self, handle: ClipHandle, indices: Sequence[int] | None = None) -> TextBatch:
+        """Tokens of the representative prompts (all classes, or ``indices``)."""
+        chosen = range(len(self.prompts)) if indices is None else indices
+        return handle.tokens([self.prompts[i] for i in chosen])
+
+
+def classifier_weights(handle: ClipHandle, class_names: Sequence[str], templates: Sequence[str] = ("{}",),
+                       batch_size: int = 256) -> torch.Tensor:
+    """``(K, D)`` zero-shot weights: per class, the renormalised mean of the unit template embeddings."""
+    weights = []
+    with torch.no_grad():
+        for name in class_names:
+            texts = fill(tuple(templates), name)
+            embeds = torch.cat([handle.encode_text(handle.tokens(texts[i:i + batch_size]))
+                                for i in range(0, len(texts), batch_size)])  # (T, D)
+            weights.append(F.normalize(F.normalize(embeds, dim=-1).mean(0), dim=-1))
+    return torch.stack(weights)  # (K, D)
+
+
+def build_prompt_set(handle: ClipHandle, class_names: Sequence[str], templates: Sequence[str] | None = None,
+                     prompts: Sequence[str] | None = None) -> PromptSet:
+    """Classifier weights from ``templates`` filled with the class names, or from ready ``prompts``
+    (one per class, e.g. the shapes world's "a red circle")."""
+    if prompts is not None:
+        if len(prompts) != len(class_names):
+            raise ValueError(f"{len(prompts)} prompts for {len(class_names)} classes; give one prompt per class")
+        weights = classifier_weights(handle, list(prompts), ("{}",))
+        return PromptSet(list(class_names), list(prompts), weights, ("{}",))
+    templates = tuple(templates or (DEFAULT_TEMPLATE,))
+    weights = classifier_weights(handle, class_names, templates)
+    representative = DEFAULT_TEMPLATE if DEFAULT_TEMPLATE in templates else templates[0]
+    return PromptSet(list(class_names), [representative.format(c) for c in class_names], weights, templates)
+
+
+def top1_correct(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` scores, ``(N,)`` labels -> ``(N,)`` 1.0 where the top class is the label."""
+    return (scores.argmax(-1) == labels).to(torch.float64)
+
+
+def run_zeroshot(case: MetricCase) -> MetricValue:
+    cosine = case.score_ctx.model_scores()  # (1, K): the unperturbed image against all classes
+    correct = top1_correct(cosine, torch.tensor([case.label]))
+    probability = (case.handle.logit_scale.detach() * cosine).double().softmax(-1)[0, case.label]
+    return MetricValue(values={"top1": float(correct[0]), "prob": float(probability)},
+                       details={"predicted": int(cosine.argmax())})
+
+
+register_metric(MetricSpec(
+    name="zeroshot", category="accuracy", higher_is_better=True, protocol="zero-shot",
+    summary="top-1 accuracy of the model on the labelled images against the data set's prompts",
+    paper="Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021",
+    run=run_zeroshot, outputs={"top1": "top-1 accuracy", "prob": "label probability"}, per_method=False,
+))
