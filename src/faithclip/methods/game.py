@@ -1,0 +1,71 @@
+"""GAME: Chefer, Gur & Wolf, "Generic Attention-model Explainability for Interpreting Bi-Modal and
+Encoder-Decoder Transformers", ICCV 2021 (the CLIP notebook of hila-chefer/Transformer-MM-Explainability).
+
+For the explained score S, relevance starts as the identity and every layer l from ``start_layer`` to
+the last adds its gradient-weighted attention, propagated through the relevance so far:
+
+    R_0    = I
+    Abar_l = (1 / H) * sum_h ReLU( dS/dA_l^h  *  A_l^h )        (element-wise product)
+    R      = R + Abar_l @ R                                      (l = start_layer, ..., L)
+    map_j  = R[q, j]
+
+with q the pooled query token (class token for images, end-of-text token for texts), kept on the patch
+tokens (image) or the tokens strictly between start and end (text); raw, not normalised.
+
+``start_layer=0`` (default) uses every layer, as the paper describes. The official CLIP code (and
+Grad-ECLIP's comparison, which reuses it) sets ``start_layer=-1``: the last layer only, where the map
+reduces to ``mean_h ReLU(dS/dA^h[q, j] * A^h[q, j])``. Since R = (I + Abar_L) ... (I + Abar_s), only the
+query row is propagated: ``r <- r + r @ Abar_l`` from the last layer down.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from faithclip.methods.context import Context, MapResult
+from faithclip.probe import resolve_layers
+from faithclip.registry import MethodSpec, register_method
+
+
+def gradient_weighted_attention(attention: torch.Tensor, attention_grad: torch.Tensor) -> torch.Tensor:
+    """``Abar = mean_h ReLU(grad * A)``: ``(B|1, K|1, H, T, T)``, ``(B, K, H, T, T)`` -> ``(B, K, T, T)``."""
+    return F.relu(attention_grad * attention).mean(dim=2)
+
+
+def game_rows(attentions: list[torch.Tensor], attention_grads: list[torch.Tensor], query: torch.Tensor) -> torch.Tensor:
+    """Query row of ``(I + Abar_L) ... (I + Abar_s)``.
+
+    ``attentions`` ``(B|1, K|1, H, T, T)`` and ``attention_grads`` ``(B, K, H, T, T)`` of layers s..L in
+    forward order; ``query`` ``(B, K, T)`` one-hot rows of the pooled tokens -> ``(B, K, T)``.
+    """
+    row = query
+    for attention, attention_grad in zip(reversed(attentions), reversed(attention_grads)):
+        weighted = gradient_weighted_attention(attention, attention_grad)  # (B, K, T, T)
+        row = row + torch.einsum("bkt,bktu->bku", row, weighted)  # r (I + Abar_l): (B, K, T)
+    return row
+
+
+def game(ctx: Context, start_layer: int = 0) -> MapResult:
+    (first,) = resolve_layers([start_layer], ctx.num_layers)
+    layers = list(range(first, ctx.num_layers))
+    scores, caps = ctx.probe_forward(layers, capture=("attn",))
+    attentions = [caps[i].attn for i in layers]
+    attention_grads = ctx.grads(scores, attentions)  # per layer (B, K, H, T, T)
+    positions = ctx.query_positions
+    one_hot = F.one_hot(positions, attentions[0].shape[-1]).to(attentions[0].dtype)  # (C, T)
+    query = ctx.pair(one_hot).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
+    rows = game_rows([ctx.pair(a.detach()) for a in attentions], attention_grads, query)
+    return MapResult(maps=ctx.token_map(rows).detach(), scores=scores.detach(), layers=layers,
+                     options={"start_layer": start_layer})
+
+
+register_method(MethodSpec(
+    name="game",
+    paper="Chefer, Gur & Wolf, Generic Attention-model Explainability for Interpreting Bi-Modal and "
+          "Encoder-Decoder Transformers, ICCV 2021",
+    image=game,
+    text=game,
+    defaults={"start_layer": 0},
+    summary="R += mean_h ReLU(dS/dA * A) @ R from start_layer to the last layer; map = R[query, support]",
+))

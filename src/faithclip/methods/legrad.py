@@ -1,0 +1,92 @@
+"""LeGrad (Bousselham, Boggust, Chaybouti, Strobelt & Kuehne, "LeGrad: An Explainability Method for
+Vision Transformers via Feature Formation Sensitivity", arXiv 2404.03214, 2024), transcribed from the
+official CLIP code (WalBouss/LeGrad, ``LeWrapper.compute_legrad_clip``, open_clip <= 2.23).
+
+Every layer l from ``start_layer`` to the last gets its own score: the layer's output tokens z^l
+``(T, D)`` are averaged over ALL tokens (class token included), passed through the model's own final
+post-layernorm and projection, and scored against the text with the explained target (cosine by
+default, as the official code):
+
+    e^l     = proj( LN_post( (1 / T) * sum_t z^l_t ) )
+    s^l     = target(e^l, text)
+    G^l     = ReLU( ds^l / dA^l )                             (A^l: layer l's attention, (H, T, T))
+    m^l_j   = (1 / (H T)) * sum_h sum_i G^l[h, i, j]           (mean over heads and query rows)
+    map     = minmax( sum_l m^l )  on the patch tokens j       (``min_max=True``)
+
+``pooling='tokens'`` is the variant described in words in the paper: every token goes through LN_post
+and the projection on its own, and s^l sums the per-token scores of the patch tokens.
+Default ``start_layer=-2`` (the last two layers) is the wrapper's default (``LeWrapper(layer_index=-2)``).
+The official code min-max normalises the map after bilinear upsampling to pixels; here the grid map is
+normalised (values at the patch centres; upsampling is an explicit later step). A constant map is
+returned as zeros instead of NaN. ``scores`` holds the last layer's s^L: LeGrad explains these
+token-averaged scores, which are NOT the model's class-token score.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from faithclip.errors import MethodError
+from faithclip.methods.context import Context, MapResult
+from faithclip.probe import resolve_layers
+from faithclip.registry import MethodSpec, register_method
+
+POOLINGS = ("mean", "tokens")
+
+
+def legrad_layer_map(attention_grad: torch.Tensor) -> torch.Tensor:
+    """``mean_{h, i} ReLU(G[h, i, j])``: ``(..., H, T, T)`` -> ``(..., T)``."""
+    return F.relu(attention_grad).mean(dim=-3).mean(dim=-2)  # heads, then query rows
+
+
+def min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max over the last two axes of ``(B, K, gh, gw)``; a constant map becomes zeros."""
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(maps))
+
+
+def layer_scores(ctx: Context, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The score of one layer's output tokens ``(B, T, D)`` against the K texts -> ``(B, K)``."""
+    vision = ctx.handle.model.vision_model
+    project = ctx.handle.model.visual_projection
+    text_embeds = ctx.fixed_text_embeds()  # (K, E)
+    if pooling == "mean":
+        return ctx.score(project(vision.post_layernorm(tokens.mean(dim=1))), text_embeds)  # (B, K)
+    per_token = project(vision.post_layernorm(tokens))  # (B, T, E)
+    batch, length = per_token.shape[:2]
+    token_scores = ctx.score(per_token.flatten(0, 1), text_embeds)  # (B*T, K)
+    return token_scores.reshape(batch, length, -1)[:, 1:].sum(dim=1)  # patch tokens: (B, K)
+
+
+def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_normalize: bool = True) -> MapResult:
+    if ctx.side != "image":
+        raise MethodError("legrad explains the image side only; use faithclip.explain, not explain_text.")
+    if pooling not in POOLINGS:
+        raise MethodError(f"legrad: pooling must be one of {POOLINGS}, got {pooling!r}.")
+    (first,) = resolve_layers([start_layer], ctx.num_layers)
+    layers = list(range(first, ctx.num_layers))
+    _, caps = ctx.probe_forward(layers, capture=("attn", "hidden_out"))
+    total = None
+    for index in layers:
+        attention, tokens = caps[index].require("attn", "hidden_out")
+        scores = layer_scores(ctx, tokens, pooling)  # s^l: (B, K)
+        (per_token,) = ctx.grads(scores, [attention], reduce=legrad_layer_map)  # (B, K, T)
+        total = per_token if total is None else total + per_token
+    maps = ctx.token_map(total)  # (B, K, gh, gw)
+    if min_max_normalize:
+        maps = min_max(maps)
+    return MapResult(maps=maps.detach(), scores=scores.detach(), layers=layers,
+                     options={"start_layer": start_layer, "pooling": pooling, "min_max_normalize": min_max_normalize})
+
+
+register_method(MethodSpec(
+    name="legrad",
+    paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
+          "Formation Sensitivity, arXiv 2404.03214, 2024",
+    image=legrad,
+    defaults={"start_layer": -2, "pooling": "mean", "min_max_normalize": True},
+    summary="minmax(sum_l mean_{h,i} ReLU(ds^l/dA^l)), s^l = target(proj(LN_post(mean_t z^l_t)), text)",
+))
