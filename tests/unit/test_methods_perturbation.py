@@ -296,15 +296,10 @@ def test_image_maps_shapes_and_scores(method, options):
         assert explanation.score == pytest.approx(explanation.model_score, abs=1e-6)
 
 
-def test_clip_surgery_empty_prompt_with_the_real_tokenizer():
-    from conftest import B32_DIR
+def test_clip_surgery_empty_prompt_with_the_real_tokenizer(b32_handle):
     from faithclip.methods.clip_surgery import empty_prompt
 
-    if not B32_DIR.is_dir():
-        pytest.skip("../shared/reference is not available")
-    import transformers
-
-    handle = from_hf(random_clip(), transformers.AutoTokenizer.from_pretrained(B32_DIR))
-    ctx = context(handle, torch.zeros(1, 3, 32, 32), token_ids([2]))
+    ctx = Context(handle=b32_handle, side="image", pixels=torch.zeros(1, 3, 224, 224),
+                  text=b32_handle.tokens("a cat"), target=Target())
     batch = empty_prompt(ctx)
     assert batch.input_ids.tolist() == [[49406, 49407]] and batch.eos_positions.tolist() == [1]
