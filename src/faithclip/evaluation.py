@@ -1,0 +1,446 @@
+"""The evaluation runner: methods x metrics over a labelled image set, resumable and reproducible.
+
+For every case (image, label) the runner builds the scored image (the model's standard preprocessing),
+aligns the object mask to it, runs each method on the model's own forward for the label's classifier
+weight (cosine target), and runs each metric. One JSON line per finished (case, method) is appended to
+``records.jsonl`` and flushed to disk before the next is computed, so an interrupted run resumes where it
+stopped: finished records are read back, never recomputed. ``config.json`` pins what the records were
+computed with; a resumed run with different settings is refused. Random draws (deletion colours) are
+seeded from ``(seed, case, metric)``, so the same seed gives the same numbers, in any order and after any
+interruption. ``results.json`` (the canonical schema), ``results.md`` and ``report.html`` are rendered
+from the records at the end, each written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import faithclip.methods  # noqa: F401  (registers the methods)
+from faithclip import __version__
+from faithclip.data.folders import LabelledImage, LabelledSet, aligned_mask
+from faithclip.errors import FaithclipError
+from faithclip.explanation import write_atomic
+from faithclip.methods.context import Context
+from faithclip.metrics import METRICS, MetricSpec
+from faithclip.metrics.case import MetricCase
+from faithclip.metrics.zeroshot import PromptSet, build_prompt_set
+from faithclip.models.clip import ClipHandle, TextBatch
+from faithclip.registry import METHODS
+from faithclip.targets import Target
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "faithclip.evaluation/1"
+DEFAULT_METRICS = ("zeroshot", "deletion_gradeclip", "insertion_gradeclip", "deletion_rise", "insertion_rise",
+                   "pointing_game", "energy_pointing_game")
+DEFAULT_METHODS = ("grad_eclip", "attention_eclip")
+CI_RESAMPLES = 2000
+
+
+class EvaluationError(FaithclipError):
+    """The evaluation cannot run or resume as asked."""
+
+
+@dataclass
+class EvalConfig:
+    """What an evaluation run computes; ``identity()`` must match for a run to resume."""
+
+    model: str
+    data: str
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 32
+    examples: int = 4  # cases whose maps are kept for the report's overlays
+    metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def identity(self, handle: ClipHandle, data: LabelledSet) -> dict[str, Any]:
+        return {
+            "model": self.model, "model_fingerprint": model_fingerprint(handle), "data": data.name,
+            "num_cases": len(data), "methods": list(self.methods), "metrics": list(self.metrics),
+            "limit": self.limit, "seed": self.seed, "examples": self.examples,
+            "metric_options": {m: self.options_for(m) for m in self.metrics},
+        }
+
+    def options_for(self, metric: str) -> dict[str, Any]:
+        return dict(self.metric_options.get(metric, {}))
+
+
+def model_fingerprint(handle: ClipHandle) -> str:
+    """A short hash of the model's parameters (a different checkpoint at the same path is detected)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, parameter in handle.model.named_parameters():
+            digest.update(name.encode())
+            digest.update(np.float64(parameter.double().sum()).tobytes())
+            digest.update(np.float64(parameter.double().abs().sum()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def case_seed(seed: int, case_id: str, metric: str) -> int:
+    return zlib.crc32(f"{seed}|{case_id}|{metric}".encode())
+
+
+def resolve_methods(names: Iterable[str]) -> list[str]:
+    names = list(names)
+    if names == ["all"]:
+        return [spec.name for spec in METHODS if spec.image is not None]
+    for name in names:
+        spec = METHODS.get(name)
+        if spec.image is None:
+            raise EvaluationError(f"method {name!r} has no image-side explanation; it cannot be evaluated on images.")
+    return names
+
+
+def resolve_metrics(names: Iterable[str]) -> list[str]:
+    names = list(names)
+    if names == ["all"]:
+        return METRICS.names()
+    for name in names:
+        METRICS.get(name)
+    return names
+
+
+# ---- the record file --------------------------------------------------------------------------------
+class RecordFile:
+    """Append-only JSON lines, each flushed and fsynced; a torn last line (a kill mid-write) is dropped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: set[tuple[str, str]] = set()
+        if path.exists():
+            raw = path.read_bytes()
+            lines = raw.split(b"\n")
+            complete, kept = [], []
+            for line in lines[:-1]:  # everything before the last newline is complete
+                complete.append(line)
+            if lines[-1].strip():
+                logger.warning("dropping a half-written record at the end of %s", path)
+            for line in complete:
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                kept.append(line)
+                self.done.add((record["case"], record["method"]))
+            if lines[-1].strip():
+                write_atomic(path, b"".join(line + b"\n" for line in kept))
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
+        with open(self.path, "ab") as handle:
+            handle.write(line.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.done.add((record["case"], record["method"]))
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+# ---- one case ---------------------------------------------------------------------------------------
+@dataclass
+class PreparedCase:
+    case_id: str
+    label: int
+    rgb: torch.Tensor  # (3, H, W) in [0, 255]
+    pixels: torch.Tensor  # (1, 3, H, W) normalised
+    mask: torch.Tensor | None
+    ignore: torch.Tensor | None
+    crop: Any  # PIL crop, for example overlays
+
+
+def prepare(handle: ClipHandle, item: LabelledImage) -> PreparedCase:
+    """The scored crop and the masks in its coordinates."""
+    crop = handle.preprocess.crop_image(item.image)
+    array = np.asarray(crop, dtype=np.uint8)  # (H, W, 3)
+    rgb = torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32)  # (3, H, W)
+    pixels = handle.preprocess.normalize(array)[None].to(device=handle.device, dtype=handle.dtype)  # (1, 3, H, W)
+    mask = torch.from_numpy(aligned_mask(item.mask, handle.preprocess)) if item.mask is not None else None
+    ignore = torch.from_numpy(aligned_mask(item.ignore, handle.preprocess)) if item.ignore is not None else None
+    if mask is not None and not mask.any():
+        logger.warning("case %s: the object lies outside the centre crop; localisation metrics skip it", item.case_id)
+        mask = None
+    return PreparedCase(item.case_id, item.label, rgb, pixels, mask, ignore, crop)
+
+
+class Evaluator:
+    """Runs one configuration on one model; ``run(data, out_dir)`` writes the records and the results."""
+
+    def __init__(self, handle: ClipHandle, config: EvalConfig) -> None:
+        self.handle = handle
+        self.config = config
+        self.methods = resolve_methods(config.methods)
+        self.metrics = [METRICS.get(name) for name in resolve_metrics(config.metrics)]
+        for metric, options in config.metric_options.items():
+            if metric not in [spec.name for spec in self.metrics]:
+                raise EvaluationError(f"options given for {metric!r}, which is not among the metrics evaluated.")
+            allowed = _parameters(METRICS.get(metric).run) - {"case"}
+            unknown = sorted(set(options) - allowed)
+            if unknown:
+                raise EvaluationError(f"{metric} has no option {', '.join(unknown)}; its options: {', '.join(sorted(allowed)) or 'none'}.")
+        self.prompt_set: PromptSet | None = None
+        self.all_texts: TextBatch | None = None
+
+    # ---- model calls ------------------------------------------------------------------------------
+    def _context(self, pixels: torch.Tensor, labels: list[int] | None, handle: ClipHandle | None = None) -> Context:
+        """An image-side context over the given classes (all when ``labels`` is None), cosine target,
+        with the classifier weights as the text embeddings."""
+        prompt_set = self.prompt_set
+        if labels is None:
+            text, weights = self.all_texts, prompt_set.weights
+        else:
+            text, weights = prompt_set.text_batch(handle or self.handle, labels), prompt_set.weights[labels]
+        return Context(handle=handle or self.handle, side="image", pixels=pixels, text=text, target=Target("cosine"),
+                       _fixed={"text": weights.to(device=pixels.device, dtype=pixels.dtype)})
+
+    def explain(self, method: str, pixels: torch.Tensor, label: int, handle: ClipHandle | None = None) -> torch.Tensor:
+        """The method's raw ``(gh, gw)`` map of ``label`` for one image, on ``handle`` (default: the model)."""
+        from faithclip.api import run_method
+
+        spec = METHODS.get(method)
+        ctx = self._context(pixels, [label], handle)
+        result = run_method(ctx.handle, ctx, spec, {})
+        return result.maps[0, 0].detach().cpu()
+
+    def run_case(self, prepared: PreparedCase, method: str | None, keep_map: bool) -> dict[str, Any]:
+        """Metric values of one (case, method); ``method=None`` runs the model-level metrics."""
+        started = time.perf_counter()
+        score_ctx = self._context(prepared.pixels, None)
+        record: dict[str, Any] = {"case": prepared.case_id, "method": method or "-", "label": prepared.label,
+                                  "values": {}, "curves": {}, "skipped": []}
+        if method is None:
+            patch_map = torch.zeros(1, 1)
+            metrics = [m for m in self.metrics if not m.per_method]
+        else:
+            patch_map = self.explain(method, prepared.pixels, prepared.label)
+            metrics = [m for m in self.metrics if m.per_method]
+            if keep_map:
+                record["map"] = patch_map.double().tolist()
+        case = MetricCase(
+            score_ctx=score_ctx, rgb=prepared.rgb, patch_map=patch_map, label=prepared.label, seed=0,
+            mask=prepared.mask, ignore=prepared.ignore,
+            explain=(lambda h, m=method: self.explain(m, prepared.pixels, prepared.label, h)) if method else None,
+        )
+        for spec in metrics:
+            if spec.needs_mask and prepared.mask is None:
+                record["skipped"].append(spec.name)
+                continue
+            case.seed = case_seed(self.config.seed, prepared.case_id, spec.name)
+            options = self.config.options_for(spec.name)
+            if "batch_size" in _parameters(spec.run):
+                options.setdefault("batch_size", self.config.batch_size)
+            value = spec.run(case, **options)
+            record["values"][spec.name] = value.values
+            if value.curves:
+                record["curves"][spec.name] = {name: [x, y] for name, (x, y) in value.curves.items()}
+            if value.details:
+                record.setdefault("details", {})[spec.name] = value.details
+        record["seconds"] = round(time.perf_counter() - started, 4)
+        return record
+
+    # ---- the run ----------------------------------------------------------------------------------
+    def run(self, data: LabelledSet, out_dir: str | Path, progress: bool = True, report: bool = True) -> dict[str, Any]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        data = data.limited(self.config.limit)
+        identity = self.config.identity(self.handle, data)
+        config_path = out / "config.json"
+        if config_path.exists():
+            previous = json.loads(config_path.read_text())
+            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            if changed:
+                raise EvaluationError(
+                    f"{out} holds a run with different settings ({', '.join(changed)}); resume with the same "
+                    "options, or pass a new --out directory."
+                )
+        else:
+            write_atomic(config_path, json.dumps(identity, indent=1).encode())
+        skipped_metrics = [m.name for m in self.metrics if m.needs_mask and not data.has_masks]
+        if skipped_metrics:
+            logger.warning("%s has no object masks; skipping %s", data.name, ", ".join(skipped_metrics))
+        records = RecordFile(out / "records.jsonl")
+        self.prompt_set = build_prompt_set(self.handle, data.class_names, data.templates, data.prompts)
+        self.all_texts = self.prompt_set.text_batch(self.handle)
+        needs_case_record = any(not m.per_method for m in self.metrics)
+        jobs = ([None] if needs_case_record else []) + list(self.methods)
+        bar = tqdm(total=len(data) * len(jobs), desc="evaluate", unit="map", disable=not progress)
+        for index, load in enumerate(data.cases):
+            case_id = getattr(load, "case_id", None)
+            pending = [job for job in jobs if case_id is None or (case_id, job or "-") not in records.done]
+            if not pending:
+                bar.update(len(jobs))
+                continue
+            item = load()
+            prepared = prepare(self.handle, item)
+            keep = index < self.config.examples
+            if keep:
+                _save_example(out, prepared)
+            bar.update(len(jobs) - len(pending))
+            for job in pending:
+                if (prepared.case_id, job or "-") in records.done:
+                    bar.update(1)
+                    continue
+                bar.set_postfix_str(f"{prepared.case_id} {job or 'model'}")
+                records.append(self.run_case(prepared, job, keep))
+                bar.update(1)
+            del item, prepared
+        bar.close()
+        results = aggregate(records.read(), self, data, identity)
+        write_outputs(results, out, report=report)
+        return results
+
+
+def _parameters(function: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(function).parameters)
+
+
+def _save_example(out: Path, prepared: PreparedCase) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    prepared.crop.save(buffer, format="PNG")
+    write_atomic(out / "examples" / f"{example_name(prepared.case_id)}.png", buffer.getvalue())
+
+
+def example_name(case_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)
+
+
+# ---- aggregation ------------------------------------------------------------------------------------
+def mean_ci(values: list[float], seed: int) -> dict[str, Any]:
+    """Mean and a 95 % bootstrap percentile interval (``CI_RESAMPLES`` resamples) over the finite values."""
+    finite = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    summary: dict[str, Any] = {"n": int(finite.size), "missing": len(values) - int(finite.size)}
+    if finite.size == 0:
+        return {**summary, "mean": None, "ci95": None}
+    summary["mean"] = float(finite.mean())
+    if finite.size < 2:
+        summary["ci95"] = None
+        return summary
+    generator = np.random.default_rng(seed)
+    resampled = finite[generator.integers(0, finite.size, size=(CI_RESAMPLES, finite.size))].mean(axis=1)
+    summary["ci95"] = [float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))]
+    return summary
+
+
+def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: LabelledSet,
+              identity: dict[str, Any]) -> dict[str, Any]:
+    import transformers
+
+    case_ids = [getattr(load, "case_id", None) for load in data.cases]
+    wanted = set(case_ids)
+    records = [r for r in records if r["case"] in wanted]
+    order = {case: i for i, case in enumerate(case_ids)}
+    records.sort(key=lambda r: (order[r["case"]], r["method"]))
+    seed = evaluator.config.seed
+    aggregate_values: dict[str, dict[str, dict[str, Any]]] = {}
+    curves: dict[str, dict[str, dict[str, Any]]] = {}
+    for method in ["-"] + evaluator.methods:
+        mine = [r for r in records if r["method"] == method]
+        if not mine:
+            continue
+        per_metric: dict[str, dict[str, Any]] = {}
+        for spec in evaluator.metrics:
+            if spec.per_method != (method != "-"):
+                continue
+            outputs = per_metric.setdefault(spec.name, {})
+            for output in spec.outputs:
+                values = [r["values"][spec.name][output] for r in mine if spec.name in r["values"]]
+                outputs[output] = mean_ci(values, seed)
+            curve_sets = [r["curves"][spec.name] for r in mine if spec.name in r.get("curves", {})]
+            if curve_sets:
+                curves.setdefault(method, {})[spec.name] = {
+                    name: {"x": curve_sets[0][name][0],
+                           "y": np.mean([c[name][1] for c in curve_sets], axis=0).tolist(), "n": len(curve_sets)}
+                    for name in curve_sets[0]
+                }
+        aggregate_values[method] = per_metric
+    examples = []
+    for case_id in case_ids[:evaluator.config.examples]:
+        maps = {r["method"]: r["map"] for r in records if r["case"] == case_id and "map" in r}
+        if maps:
+            examples.append({"case": case_id, "image": f"examples/{example_name(case_id)}.png", "maps": maps})
+    method_meta = []
+    for name in evaluator.methods:
+        spec = METHODS.get(name)
+        method_meta.append({"name": name, "paper": spec.paper, "options": {}, "defaults": _jsonable(spec.defaults),
+                            "modifies_model": spec.modifies_model, "modifies_input": spec.modifies_input})
+    metric_meta = []
+    for spec in evaluator.metrics:
+        chosen = _jsonable(evaluator.config.options_for(spec.name))
+        chosen.pop("batch_size", None)  # does not change the numbers
+        # A non-default option changes the protocol, so it becomes part of every label of the metric.
+        protocol = spec.protocol + ("; " + ", ".join(f"{k}={v}" for k, v in chosen.items()) if chosen else "")
+        metric_meta.append({
+            "name": spec.name, "category": spec.category, "higher_is_better": spec.higher_is_better,
+            "protocol": protocol, "paper": spec.paper, "summary": spec.summary, "per_method": spec.per_method,
+            "options": {**_jsonable(spec.defaults), **chosen},
+            "columns": {output: f"{spec.outputs[output]} [{protocol}]" for output in spec.outputs},
+        })
+    prompt_set = evaluator.prompt_set
+    return {
+        "schema": SCHEMA,
+        "faithclip_version": __version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "python_version": platform.python_version(),
+        "model": {"id": evaluator.config.model, "name": evaluator.handle.name,
+                  "fingerprint": identity["model_fingerprint"],
+                  "image_size": evaluator.handle.image_size, "patch_size": evaluator.handle.patch_size},
+        "data": {"name": data.name, "num_cases": len(data), "num_classes": len(data.class_names),
+                 "has_masks": data.has_masks,
+                 "prompts": "own prompts" if data.prompts is not None else f"{len(prompt_set.templates)} templates"},
+        "seed": seed,
+        "seeds": {"deletion_colours": "crc32(f'{seed}|{case}|{metric}')", "bootstrap": seed},
+        "confidence_interval": f"95% bootstrap percentile, {CI_RESAMPLES} resamples over images",
+        "config": identity,
+        "methods": method_meta,
+        "metrics": metric_meta,
+        "aggregate": aggregate_values,
+        "curves": curves,
+        "examples": examples,
+        "per_image": records,
+        "complete": len(records) == len(case_ids) * (len(evaluator.methods) + any(not m.per_method for m in evaluator.metrics)),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def write_outputs(results: dict[str, Any], out: Path, report: bool = True) -> None:
+    """``results.json`` and ``results.md``; ``report.html`` (matplotlib figures) unless ``report=False``."""
+    from faithclip.report.evaluation_report import render_html, render_markdown
+
+    write_atomic(out / "results.json", json.dumps(results, indent=1, allow_nan=True).encode())
+    write_atomic(out / "results.md", render_markdown(results).encode())
+    if report:
+        write_atomic(out / "report.html", render_html(results, out).encode())
+
+
+def evaluate(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, config: EvalConfig | None = None,
+             progress: bool = True, report: bool = True) -> dict[str, Any]:
+    """Evaluate ``config.methods`` with ``config.metrics`` on ``data``; see the module docstring."""
+    config = config or EvalConfig(model=handle.name, data=data.name)
+    return Evaluator(handle, config).run(data, out_dir, progress=progress, report=report)
+
+
+__all__ = ["EvalConfig", "Evaluator", "evaluate", "EvaluationError"]
