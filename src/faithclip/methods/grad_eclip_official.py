@@ -40,7 +40,7 @@ from faithclip.audit.keepsize import OFFICIAL_SHORT_SIDE_CAP, keep_size_pixels
 from faithclip.audit.rewrite import BlockTrace, encode_image_rewritten, encode_text_rewritten
 from faithclip.errors import MethodError
 from faithclip.methods.context import Context, MapResult
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ClipHandle, TextBatch
 from faithclip.registry import MethodSpec, register_method
 
 QK_CHOICES = ("out_proj", "raw")
@@ -84,17 +84,18 @@ def _half_copy(handle: ClipHandle) -> ClipHandle:
 
 
 def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, qk: str,
-               model: Any | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+               model: Any | None = None, heads: int | None = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Official image maps of ONE input ``pixels (1, 3, H, W)`` against the context's K texts.
 
-    Returns maps ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid.
+    Returns maps ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid. ``heads=None`` applies the
+    same formula to the model's own heads (the audit's ablation arms).
     """
     model = ctx.handle.model if model is None else model
     blocks = model.vision_model.encoder.layers
     recomputed = list(blocks[len(blocks) - layers:])
     text_embeds = ctx.fixed_text_embeds().to(pixels.dtype)
     with torch.enable_grad():
-        embeds, traces, grid = encode_image_rewritten(model, pixels, heads=1, layers=layers)
+        embeds, traces, grid = encode_image_rewritten(model, pixels, heads=heads, layers=layers)
         scores = ctx.target.scores(embeds, text_embeds, ctx.handle.logit_scale.detach().to(embeds.dtype),
                                    None if ctx.extra_embeds() is None else ctx.extra_embeds().to(embeds.dtype))[0]
         lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), _out_proj(layer, qk))
@@ -109,10 +110,14 @@ def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, qk: str,
 
 def official_text_ids(ctx: Context, pad_id: int = 0) -> torch.Tensor:
     """Token ids ``(K, context)``: each text up to its end token, then ``pad_id`` (``clip.tokenize`` pads with 0)."""
-    ids = ctx.text.input_ids
-    context = ctx.handle.context_length
+    return pad_to_context(ctx.text, ctx.handle.context_length, pad_id)
+
+
+def pad_to_context(text: TextBatch, context: int, pad_id: int = 0) -> torch.Tensor:
+    """``(K, context)`` ids: each row up to its end token, then ``pad_id``."""
+    ids = text.input_ids
     padded = torch.full((ids.shape[0], context), pad_id, dtype=ids.dtype, device=ids.device)
-    for row, eos in enumerate(ctx.text.eos_positions.tolist()):
+    for row, eos in enumerate(text.eos_positions.tolist()):
         padded[row, :eos + 1] = ids[row, :eos + 1]
     return padded
 

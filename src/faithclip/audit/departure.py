@@ -1,0 +1,198 @@
+"""How far the official Grad-ECLIP pipeline departs from the model it claims to explain.
+
+On the same images and prompts, four forwards (a 2x2 ablation of the two causes):
+
+    arm         last block              image input
+    original    the model's own heads    standard resize + centre crop      (what the model predicts from)
+    one_head    recomputed, ONE head     standard resize + centre crop
+    keep_size   the model's own heads    keep-size, interpolated positions
+    official    recomputed, ONE head     keep-size, interpolated positions  (what the official code explains)
+
+Per arm, against ``original``: the cosine between image embeddings; the change of the explained score
+(cosine with the label's prompt, or with the original top-1 prompt when there are no labels); prediction
+flips (top-1 prompt differs from the original's); zero-shot accuracy. Text side: the last 8 text blocks
+recomputed with one head against the model's text tower. Maps (on ``map_images`` images): Spearman
+correlation of each arm's Grad-ECLIP map (same formula, ``ablation_qk``) with the original arm's, and of
+the published map (``qk``) with the faithful ``grad_eclip`` map, on the model's crop grid; deletion and
+insertion AUCs of every map, all scored by the ORIGINAL model on its own input.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from faithclip.audit.keepsize import OFFICIAL_SHORT_SIDE_CAP, keep_size_pixels
+from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, spearman
+from faithclip.audit.rewrite import encode_image_rewritten, encode_text_rewritten
+from faithclip.methods.context import Context
+from faithclip.models.clip import ClipHandle
+from faithclip.targets import cosine_matrix, make_target
+
+logger = logging.getLogger(__name__)
+
+ARMS: dict[str, tuple[bool, bool]] = {  # name -> (one-head rewrite, keep-size input)
+    "original": (False, False),
+    "one_head": (True, False),
+    "keep_size": (False, True),
+    "official": (True, True),
+}
+
+
+@dataclass
+class AuditData:
+    """Raw images (before any preprocessing), the prompt set, and optionally labels and target masks."""
+
+    images: list[Image.Image]
+    prompts: list[str]
+    labels: list[int] | None = None  # index into prompts, per image
+    masks: list[np.ndarray] | None = None  # (H, W) bool of the labelled object, raw-image coordinates
+    name: str = ""
+
+
+def arm_pixels(handle: ClipHandle, image: Image.Image, keep_size: bool, cap: int | None) -> torch.Tensor:
+    """``(1, 3, H, W)``: the model's standard input, or the official keep-size input."""
+    if keep_size:
+        return keep_size_pixels(image, handle.patch_size, handle.preprocess, cap)[None].to(handle.device, handle.dtype)
+    return handle.pixels(image)
+
+
+def arm_image_embeds(handle: ClipHandle, images: Sequence[Image.Image], arm: str,
+                     cap: int | None = OFFICIAL_SHORT_SIDE_CAP) -> torch.Tensor:
+    """Image embeddings ``(N, P)`` of one ablation arm (no gradients)."""
+    one_head, keep = ARMS[arm]
+    out = []
+    with torch.no_grad():
+        if not keep:
+            pixels = handle.pixels(list(images))  # (N, 3, H, W), all the same size
+            for start in range(0, len(pixels), 64):
+                chunk = pixels[start:start + 64]
+                out.append(encode_image_rewritten(handle.model, chunk, heads=1, layers=1)[0] if one_head
+                           else handle.encode_image(chunk))
+        else:
+            for image in images:
+                pixels = arm_pixels(handle, image, True, cap)
+                out.append(encode_image_rewritten(handle.model, pixels, heads=1 if one_head else None, layers=1)[0])
+    return torch.cat(out)
+
+
+def rewritten_text_embeds(handle: ClipHandle, prompts: Sequence[str], layers: int = 8) -> torch.Tensor:
+    """The official text side's forward: last ``layers`` text blocks with one head, ids padded with 0."""
+    from faithclip.methods.grad_eclip_official import pad_to_context
+
+    batch = handle.tokens(list(prompts))
+    ids = pad_to_context(batch, handle.context_length)
+    with torch.no_grad():
+        return encode_text_rewritten(handle.model, ids, batch.eos_positions, heads=1, layers=layers)[0]
+
+
+def _prediction_rows(image_embeds: torch.Tensor, text_embeds: torch.Tensor, reference: torch.Tensor,
+                     reference_text: torch.Tensor, explained: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """Departure of one (image embeddings, text embeddings) pair from the reference pair."""
+    cos = cosine_matrix(image_embeds, text_embeds)  # (N, C)
+    cos_ref = cosine_matrix(reference, reference_text)  # (N, C)
+    rows = torch.arange(len(explained))
+    score, score_ref = cos[rows, explained], cos_ref[rows, explained]
+    pred, pred_ref = cos.argmax(-1), cos_ref.argmax(-1)
+    change = (score - score_ref).abs()
+    row = {
+        "score_mean": float(score.mean()),
+        "score_change_mean_abs": float(change.mean()),
+        "score_change_relative": float((change / score_ref.abs().clamp_min(1e-12)).median()),
+        "flip_rate": float((pred != pred_ref).double().mean()),
+    }
+    if labels is not None:
+        row["accuracy"] = float((pred == labels).double().mean())
+    return row
+
+
+def embedding_departure(handle: ClipHandle, data: AuditData, cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
+                        text_layers: int = 8) -> dict:
+    """Embedding cosines, score changes, flips and accuracy of every arm and of the rewritten text tower."""
+    text_embeds = handle.encode_text(handle.tokens(list(data.prompts))).detach()
+    original = arm_image_embeds(handle, data.images, "original", cap)
+    labels = None if data.labels is None else torch.as_tensor(data.labels, device=original.device)
+    explained = labels if labels is not None else cosine_matrix(original, text_embeds).argmax(-1)
+    arms = {}
+    for arm in ARMS:
+        embeds = original if arm == "original" else arm_image_embeds(handle, data.images, arm, cap)
+        cosine = F.cosine_similarity(embeds, original, dim=-1)  # (N,)
+        arms[arm] = {"embedding_cosine_mean": float(cosine.mean()), "embedding_cosine_min": float(cosine.min()),
+                     **_prediction_rows(embeds, text_embeds, original, text_embeds, explained, labels)}
+    text_rewritten = rewritten_text_embeds(handle, data.prompts, text_layers)
+    text_cosine = F.cosine_similarity(text_rewritten, text_embeds, dim=-1)  # (C,)
+    text = {"embedding_cosine_mean": float(text_cosine.mean()), "embedding_cosine_min": float(text_cosine.min()),
+            "layers": min(text_layers, len(handle.model.text_model.encoder.layers)),
+            **_prediction_rows(original, text_rewritten, original, text_embeds, explained, labels)}
+    return {"arms": arms, "text": text}
+
+
+def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *, qk: str = "out_proj",
+                  ablation_qk: str = "raw", cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
+                  deletion_steps: int | None = None) -> dict:
+    """Rank correlations and deletion/insertion AUCs of the arms' maps, on ``indices`` of the images."""
+    from faithclip.methods.grad_eclip import grad_eclip
+    from faithclip.methods.grad_eclip_official import image_maps
+
+    text_embeds = handle.encode_text(handle.tokens(list(data.prompts))).detach()
+    per_image: list[dict] = []
+    for index in indices:
+        image = data.images[index]
+        pixels = handle.pixels(image)
+        with torch.no_grad():
+            label = data.labels[index] if data.labels is not None else \
+                int(cosine_matrix(handle.encode_image(pixels), text_embeds).argmax())
+        ctx = Context(handle=handle, side="image", pixels=pixels, text=handle.tokens([data.prompts[label]]),
+                      target=make_target("cosine"))
+        maps = {"faithful": grad_eclip(ctx).maps[0, 0]}
+        for arm, (one_head, keep) in ARMS.items():
+            arm_input = arm_pixels(handle, image, keep, cap)
+            arm_map = image_maps(ctx, arm_input, 1, ablation_qk, heads=1 if one_head else None)[0][0]
+            maps[arm] = crop_grid_map(arm_map, image.size, handle.preprocess, ctx.grid) if keep else arm_map
+        published = image_maps(ctx, arm_pixels(handle, image, True, cap), 1, qk, heads=1)[0][0]
+        maps["published"] = crop_grid_map(published, image.size, handle.preprocess, ctx.grid)
+        row: dict[str, Any] = {
+            "spearman_published_vs_faithful": spearman(maps["published"], maps["faithful"]),
+            "spearman_original_arm_vs_faithful": spearman(maps["original"], maps["faithful"]),
+        }
+        for arm in ARMS:
+            row[f"spearman_{arm}_vs_original"] = spearman(maps[arm], maps["original"])
+        score = lambda batch: ctx.score_images(batch)[:, 0]  # noqa: E731 (the ORIGINAL model's score)
+        for name, patch_map in maps.items():
+            curves = patch_deletion_insertion(score, pixels[0], patch_map.to(pixels.dtype), handle.patch_size,
+                                              deletion_steps)
+            row[f"deletion_auc_{name}"] = curves["deletion"]
+            row[f"insertion_auc_{name}"] = curves["insertion"]
+        per_image.append(row)
+    summary = {key: float(np.nanmean([r[key] for r in per_image])) for key in per_image[0]} if per_image else {}
+    return {"images": len(per_image), "qk": qk, "ablation_qk": ablation_qk, "mean": summary}
+
+
+def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8, qk: str = "out_proj",
+                    ablation_qk: str = "raw", cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
+                    deletion_steps: int | None = None, text_layers: int = 8) -> dict:
+    """The departure of the official pipeline from the model, as one JSON-ready dict."""
+    logger.info("audit: embeddings of %d images under %d arms", len(data.images), len(ARMS))
+    result = {
+        "data": data.name,
+        "model": handle.name,
+        "images": len(data.images),
+        "prompts": len(data.prompts),
+        "labelled": data.labels is not None,
+        "cap": cap,
+        **embedding_departure(handle, data, cap, text_layers),
+    }
+    logger.info("audit: maps of %d images", min(map_images, len(data.images)))
+    result["maps"] = map_departure(handle, data, range(min(map_images, len(data.images))), qk=qk,
+                                   ablation_qk=ablation_qk, cap=cap, deletion_steps=deletion_steps)
+    return result
+
+
+__all__ = ["ARMS", "AuditData", "arm_pixels", "arm_image_embeds", "rewritten_text_embeds", "embedding_departure",
+           "map_departure", "audit_departure"]

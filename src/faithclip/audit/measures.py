@@ -1,0 +1,97 @@
+"""Small measures the audit needs: rank correlation, map resampling, deletion/insertion, pointing.
+
+Stand-ins kept minimal and pure so that ``faithclip.metrics`` (deletion, pointing, Spearman; written
+separately) can replace them once committed; the audit only calls the names below.
+
+- Spearman's rho: Pearson correlation of average ranks (ties share their mean rank).
+- ``crop_grid_map``: a map on the keep-size grid (covering the WHOLE image) brought to the model's crop
+  grid: each cell's value spread over its area in the shortest-edge-resized image (nearest upsampling),
+  centre-cropped like the model's input, then averaged over each patch cell (``adaptive_avg_pool2d``):
+  area-weighted resampling, the identity when the grids coincide.
+- ``patch_deletion_insertion`` (RISE's protocol on the patch grid, Petsiuk et al., BMVC 2018): patches
+  ranked by the map, most salient first (stable order); deletion moves them from the image to the
+  zero tensor (the mean colour of the normalised input), insertion from zeros to the image;
+  ``AUC = mean of the trapezoids over the fraction of moved patches``.
+- ``pointing_hit``: 1 when the maximum of the map upsampled to the mask's size falls inside the mask.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from faithclip.models.preprocess import ClipPreprocess
+
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..n-1 of a 1-D tensor, ties given their average rank."""
+    values = values.detach().double().flatten()
+    order = torch.argsort(values, stable=True)
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(values.numel(), dtype=torch.float64)
+    unique, inverse = torch.unique(values, return_inverse=True)
+    sums = torch.zeros(unique.numel(), dtype=torch.float64).index_add_(0, inverse, ranks)
+    counts = torch.zeros(unique.numel(), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(ranks))
+    return (sums / counts)[inverse]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two equally sized tensors; NaN when either is constant."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = (ra.norm() * rb.norm()).item()
+    return float("nan") if denominator == 0 else float((ra @ rb).item() / denominator)
+
+
+def crop_grid_map(full_map: torch.Tensor, image_size: tuple[int, int], preprocess: ClipPreprocess,
+                  grid: tuple[int, int]) -> torch.Tensor:
+    """A ``(gh', gw')`` map over the whole ``image_size = (W, H)`` image -> ``(gh, gw)`` on the model's crop."""
+    rw, rh = preprocess.resized_size(*image_size)
+    left, top, right, bottom = preprocess.crop_box(*image_size)
+    dense = F.interpolate(full_map.detach().double()[None, None], size=(rh, rw), mode="nearest")  # (1, 1, rh, rw)
+    crop = dense[..., top:bottom, left:right]  # (1, 1, crop_h, crop_w)
+    return F.adaptive_avg_pool2d(crop, grid)[0, 0]  # (gh, gw)
+
+
+def patch_order(patch_map: torch.Tensor) -> torch.Tensor:
+    """Patch indices (raster order) by decreasing map value, ties in raster order."""
+    return torch.sort(patch_map.detach().flatten().double(), descending=True, stable=True).indices
+
+
+def patch_deletion_insertion(score: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor,
+                             patch_map: torch.Tensor, patch: int, steps: int | None = None) -> dict[str, float]:
+    """Deletion and insertion AUCs of one map: ``score`` maps ``(N, 3, H, W)`` to ``(N,)``.
+
+    pixels ``(3, H, W)`` normalised; ``patch_map`` ``(gh, gw)``. ``steps`` points along the curve
+    (default: one per patch).
+    """
+    gh, gw = patch_map.shape
+    total = gh * gw
+    steps = total if steps is None else min(steps, total)
+    counts = sorted({round(total * i / steps) for i in range(steps + 1)})  # moved patches per point
+    rank = torch.empty(total, dtype=torch.long)
+    rank[patch_order(patch_map)] = torch.arange(total)
+    moved = (rank[None, :] < torch.tensor(counts)[:, None]).reshape(len(counts), 1, gh, gw)  # (S, 1, gh, gw)
+    moved = moved.repeat_interleave(patch, -2).repeat_interleave(patch, -1).to(pixels.dtype)  # (S, 1, H, W)
+    deleted = pixels[None] * (1 - moved)  # (S, 3, H, W)
+    inserted = pixels[None] * moved  # (S, 3, H, W)
+    x = np.array(counts, dtype=np.float64) / total
+    curves = {}
+    for name, batch in (("deletion", deleted), ("insertion", inserted)):
+        y = score(batch).double().cpu().numpy()
+        curves[name] = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+    return curves
+
+
+def pointing_hit(patch_map: torch.Tensor, mask: np.ndarray) -> float:
+    """1.0 if the arg-max of the map, upsampled bilinearly to the mask's ``(H, W)``, lies in the mask."""
+    dense = F.interpolate(patch_map.detach().double()[None, None], size=mask.shape, mode="bilinear",
+                          align_corners=False)[0, 0]
+    index = int(torch.argmax(dense))
+    return float(mask.reshape(-1)[index])
+
+
+__all__ = ["average_ranks", "spearman", "crop_grid_map", "patch_order", "patch_deletion_insertion", "pointing_hit"]

@@ -1,0 +1,120 @@
+"""The two principles of "Debunking Grad-ECLIP" (arXiv 2605.12952) as checks any method passes through.
+
+P1 -- explain the original model, on the input it predicted from. Every method declares
+``modifies_model`` / ``modifies_input`` (``faithclip.registry.MethodSpec``), and every explanation
+records the score it explained (``score``) next to the model's own score for the same pair under its
+standard preprocessing (``model_score``). ``check_p1`` runs each method on given pairs and fails it when
+
+    p1_gap = |score - model_score| / |model_score|  >  tol      (default 1e-5)
+
+for any pair, with the reason (declared or undeclared departure).
+
+P2 -- an explanation must track the model's actual performance: see ``faithclip.audit.ladder``
+(quality along a ladder of degraded models, and split by right / wrong predictions).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+
+from faithclip.errors import FaithclipError
+from faithclip.methods.context import Context
+from faithclip.models.clip import ClipHandle, ImageInput
+from faithclip.registry import METHODS, MethodSpec
+from faithclip.targets import make_target
+
+logger = logging.getLogger(__name__)
+
+P1_TOLERANCE = 1e-5
+
+
+@dataclass
+class P1Row:
+    method: str
+    side: str
+    pairs: int
+    max_gap: float | None  # largest relative |score - model_score| / |model_score| over the pairs
+    passed: bool
+    modifies_model: bool
+    modifies_input: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def p1_gaps(scores: torch.Tensor, model_scores: torch.Tensor) -> torch.Tensor:
+    """Relative gaps ``|s - m| / max(|m|, 1e-12)``, elementwise."""
+    scores, model_scores = scores.detach().double().cpu(), model_scores.detach().double().cpu()
+    return (scores - model_scores).abs() / model_scores.abs().clamp_min(1e-12)
+
+
+def _reason(spec: MethodSpec, gap: float, tol: float) -> str:
+    declared = [flag for flag in ("modifies_model", "modifies_input") if getattr(spec, flag)]
+    if gap > tol:
+        if declared:
+            return (f"explains a score {gap:.2e} (relative) away from the model's own; declared "
+                    f"{' and '.join(declared)}: it explains a different forward or input")
+        return (f"explains a score {gap:.2e} (relative) away from the model's own WITHOUT declaring "
+                "modifies_model / modifies_input: fix the method or its declaration")
+    if declared:
+        return f"scores agree (gap {gap:.1e}) although the method declares {' and '.join(declared)}"
+    return f"explains the model's own score (gap {gap:.1e})"
+
+
+def check_p1(model: ClipHandle, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str] | torch.Tensor,
+             methods: Sequence[str | MethodSpec] | None = None, *, sides: Sequence[str] = ("image", "text"),
+             tol: float = P1_TOLERANCE, options: dict[str, dict] | None = None) -> list[P1Row]:
+    """P1 for every method (registered names or ``MethodSpec`` objects; default: all registered) and side.
+
+    Each method runs on every (image, text) pair with the model's standard inputs (``options`` may give
+    per-method keyword options). A method that raises a faithclip error is reported as failed with
+    its message; other exceptions propagate.
+    """
+    import faithclip.methods  # noqa: F401  (registers the methods; imported here to avoid an import cycle)
+
+    specs = [METHODS.get(m) if isinstance(m, str) else m for m in (methods if methods is not None else METHODS.names())]
+    pixels = model.pixels(images)
+    batch = model.tokens(texts)
+    rows = []
+    for spec in specs:
+        for side in sides:
+            runner = getattr(spec, side)
+            if runner is None:
+                continue
+            ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=make_target("cosine"))
+            base = dict(spec_flags(spec))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    result = runner(ctx, **(options or {}).get(spec.name, {}))
+            except FaithclipError as error:
+                rows.append(P1Row(spec.name, side, 0, None, False, **base, reason=f"could not run: {error}"))
+                continue
+            gaps = p1_gaps(result.scores, ctx.model_scores())
+            gap = float(gaps.max())
+            rows.append(P1Row(spec.name, side, gaps.numel(), gap, gap <= tol, **base, reason=_reason(spec, gap, tol)))
+            logger.debug("P1 %s/%s: max gap %.3e", spec.name, side, gap)
+    return rows
+
+
+def spec_flags(spec: MethodSpec) -> dict[str, bool]:
+    return {"modifies_model": bool(spec.modifies_model), "modifies_input": bool(spec.modifies_input)}
+
+
+def format_p1(rows: Sequence[P1Row]) -> str:
+    """A terminal table of P1 rows."""
+    header = f"{'method':<22} {'side':<6} {'pairs':>5} {'max gap':>10} {'P1':<5} reason"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        gap = "n/a" if r.max_gap is None else f"{r.max_gap:.2e}"
+        lines.append(f"{r.method:<22} {r.side:<6} {r.pairs:>5} {gap:>10} {'pass' if r.passed else 'FAIL':<5} {r.reason}")
+    return "\n".join(lines)
+
+
+__all__ = ["P1Row", "P1_TOLERANCE", "check_p1", "p1_gaps", "format_p1"]
