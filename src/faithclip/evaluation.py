@@ -163,6 +163,7 @@ class PreparedCase:
     mask: torch.Tensor | None
     ignore: torch.Tensor | None
     crop: Any  # PIL crop, for example overlays
+    score_ctx: Context | None = None  # shared by the methods of the case: the unperturbed score is computed once
 
 
 def prepare(handle: ClipHandle, item: LabelledImage) -> PreparedCase:
@@ -221,7 +222,9 @@ class Evaluator:
     def run_case(self, prepared: PreparedCase, method: str | None, keep_map: bool) -> dict[str, Any]:
         """Metric values of one (case, method); ``method=None`` runs the model-level metrics."""
         started = time.perf_counter()
-        score_ctx = self._context(prepared.pixels, None)
+        if prepared.score_ctx is None:
+            prepared.score_ctx = self._context(prepared.pixels, None)
+        score_ctx = prepared.score_ctx
         record: dict[str, Any] = {"case": prepared.case_id, "method": method or "-", "label": prepared.label,
                                   "values": {}, "curves": {}, "skipped": []}
         if method is None:

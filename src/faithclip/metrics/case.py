@@ -53,6 +53,10 @@ class MetricCase:
         cosine = self.score_ctx.score_images(pixels, batch_size=batch_size)  # (N, K)
         return self.handle.logit_scale.detach() * cosine
 
+    def unperturbed_logits(self) -> torch.Tensor:
+        """``(1, K)`` logits of the scored image itself (computed once per context, then cached)."""
+        return self.handle.logit_scale.detach() * self.score_ctx.model_scores()
+
 
 @dataclass
 class MetricValue:

@@ -64,10 +64,15 @@ def perturbation_batches(
 
 def curve(
     start: torch.Tensor, finish: torch.Tensor, order: torch.Tensor, counts: Sequence[int],
-    score_fn: ScoreFn, batch_size: int = 32,
+    score_fn: ScoreFn, batch_size: int = 32, known: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``score_fn`` of every ``x_m``: ``(len(counts), ...)``."""
-    return torch.cat([score_fn(batch) for batch in perturbation_batches(start, finish, order, counts, batch_size)])
+    """``score_fn`` of every ``x_m``: ``(len(counts), ...)``. ``known`` maps a count to an already computed
+    score (the unperturbed image's), which is then not recomputed."""
+    known = known or {}
+    todo = [m for m in counts if m not in known]
+    computed = iter(torch.cat([score_fn(batch) for batch in perturbation_batches(start, finish, order, todo, batch_size)])
+                    if todo else [])
+    return torch.stack([known[m] if m in known else next(computed) for m in counts])
 
 
 def trapezoid_auc(x: Sequence[float], y: Sequence[float]) -> float:
@@ -139,18 +144,21 @@ def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int =
     if mode == "deletion":
         generator = torch.Generator().manual_seed(case.seed)
         start, finish = rgb, random_colours(order, tuple(rgb.shape), generator)
-        counts = [0] + counts
+        counts, unperturbed = [0] + counts, 0
     else:
         start, finish = torch.zeros_like(rgb), rgb
-        counts = counts + [num_pixels]
+        counts, unperturbed = counts + [num_pixels], num_pixels
 
-    def score(batch: torch.Tensor) -> torch.Tensor:
-        logits = case.class_logits(case.to_pixels(batch), batch_size)  # (b, K)
+    def summarise(logits: torch.Tensor) -> torch.Tensor:
         top1 = (logits.argmax(-1) == case.label).to(torch.float64)  # (b,)
         probability = logits.double().softmax(-1)[:, case.label]  # (b,)
         return torch.stack([top1, probability], dim=-1)  # (b, 2)
 
-    scores = curve(start, finish, order, counts, score, batch_size)  # (points, 2)
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        return summarise(case.class_logits(case.to_pixels(batch), batch_size))  # (b, 2)
+
+    known = {unperturbed: summarise(case.unperturbed_logits())[0]}
+    scores = curve(start, finish, order, counts, score, batch_size, known)  # (points, 2)
     x = [m / num_pixels for m in counts]
     top1, probability = scores[:, 0].tolist(), scores[:, 1].tolist()
     return MetricValue(
@@ -181,7 +189,8 @@ def rise_curve(case: MetricCase, mode: str, step: int | None = None, substrate: 
     def score(batch: torch.Tensor) -> torch.Tensor:
         return case.class_logits(batch, batch_size).double().softmax(-1)[:, case.label]  # (b,)
 
-    probability = curve(start, finish, order, counts, score, batch_size).tolist()
+    known = {0 if mode == "deletion" else num_pixels: case.unperturbed_logits().double().softmax(-1)[0, case.label]}
+    probability = curve(start, finish, order, counts, score, batch_size, known).tolist()
     x = [m / num_pixels for m in counts]
     return MetricValue(values={"auc": trapezoid_auc(x, probability)}, curves={"prob": (x, probability)},
                        details={"step": step, "num_steps": len(counts) - 1})
