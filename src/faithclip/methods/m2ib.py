@@ -96,7 +96,10 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
     pairs = num_images * num_texts  # pair p = (b, k) = (p // K, p % K)
     image_of = torch.arange(pairs, device=ctx.pixels.device) // num_texts  # (P,)
     text_of = torch.arange(pairs, device=ctx.pixels.device) % num_texts  # (P,)
-    repeat = lambda index: index.repeat_interleave(samples)  # (P,) -> (P*S,) pair-major
+
+    def repeat(index: torch.Tensor) -> torch.Tensor:
+        return index.repeat_interleave(samples)  # (P,) -> (P*S,), pair-major
+
     other_image = ctx.fixed_image_embeds() if ctx.side == "text" else None
     other_text = ctx.fixed_text_embeds() if ctx.side == "image" else None
     ctx.extra_embeds()
