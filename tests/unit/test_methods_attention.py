@@ -314,3 +314,24 @@ def test_b32_architecture_all_methods(b32_handle):
             assert explanation.p1_gap < 1e-5
     text = faithclip.explain_text(b32_handle, pixels, "a photo of a cat", method="game")
     assert text.map.shape[0] == len(text.tokens) and text.map[0] == 0
+
+
+@pytest.mark.parametrize("name,options,scale", [
+    ("game", {"start_layer": -1}, True),  # R[q, j] = Abar[q, j], and ReLU(c x) = c ReLU(x)
+    ("grad_cam", {}, True),
+    ("legrad", {"start_layer": 0}, False),  # the min-max removes the factor
+])
+def test_logit_target_rescales_by_construction(name, options, scale):
+    """The logit target is exp(t) * cosine: positively homogeneous maps scale by exp(t) exactly.
+
+    Tolerance 1e-7, not 1e-10: transformers' eager attention computes the softmax in float32 even in a
+    float64 model (``softmax(..., dtype=torch.float32)``), so the two backward passes through it (gradients
+    exp(t) apart) round differently at float32 precision."""
+    model, handle, pixels, ids = setup(SHAPES[2])
+    maps = {}
+    for kind in ("cosine", "logit"):
+        ctx = Context(handle=handle, side="image", pixels=handle.pixels(pixels), text=handle.tokens(ids),
+                      target=make_target(kind))
+        maps[kind] = METHODS.get(name).image(ctx, **options).maps
+    factor = float(handle.logit_scale.detach()) if scale else 1.0
+    torch.testing.assert_close(maps["logit"], factor * maps["cosine"], rtol=1e-7, atol=1e-7)
