@@ -106,8 +106,10 @@ def curve_figures(results: dict[str, Any]) -> list[tuple[str, bytes]]:
     for (metric, name), by_method in sorted(keyed.items()):
         figure = Figure(figsize=(4.5, 3.2), dpi=100)
         axes = figure.add_subplot()
-        for method, curve in by_method.items():
-            axes.plot(curve["x"], curve["y"], marker="." if len(curve["x"]) <= 20 else None, label=method)
+        colours = matplotlib.colormaps["tab10" if len(by_method) <= 10 else "tab20"]
+        for index, (method, curve) in enumerate(by_method.items()):
+            axes.plot(curve["x"], curve["y"], marker="." if len(curve["x"]) <= 20 else None, label=method,
+                      color=colours(index % colours.N), linestyle="-" if index % 2 == 0 else "--")
         protocol = specs[metric]["protocol"] if metric in specs else ""
         axes.set_title(f"{metric}: {name} [{protocol}]", fontsize=9)
         axes.set_xlabel("fraction of pixels moved" if "sanity" not in metric else "randomisation step")
