@@ -102,7 +102,7 @@ def main() -> None:
     base_times, _ = paired_ratios(plain_forward, plain_forward, args.repeats)
     rows = {"forward (no grad)": {"seconds": statistics.median(base_times), "ratio": 1.0}}
     for name in args.methods:
-        times, ratios = paired_ratios(lambda: one_map(name), plain_forward, args.repeats)
+        times, ratios = paired_ratios(lambda entry=name: one_map(entry), plain_forward, args.repeats)
         rows[name] = {"seconds": statistics.median(times), "ratio": statistics.median(ratios),
                       "ratio_range": [min(ratios), max(ratios)],
                       "options": {**METHODS.get(parse(name)[0]).defaults, **parse(name)[1]}}

@@ -14,9 +14,11 @@ from contextlib import contextmanager
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_clip, token_ids
+from reference import attention_methods_reference as ref
+from reference.clip_manual import text_forward, vision_forward
 
 import faithclip
-from conftest import random_clip, token_ids
 from faithclip.errors import FaithclipError, MethodError
 from faithclip.methods.context import Context
 from faithclip.methods.game import game_rows
@@ -27,16 +29,14 @@ from faithclip.methods.self_attention import query_attention
 from faithclip.models.loading import from_hf
 from faithclip.registry import METHODS
 from faithclip.targets import make_target
-from reference import attention_methods_reference as ref
-from reference.clip_manual import text_forward, vision_forward
 
 torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from threads
 
 NAMES = ("self_attention", "rollout", "game", "grad_cam", "legrad")
 SHAPES = [
-    dict(heads=1, layers=1, width=16, image_size=24, patch_size=8),  # 3x3 grid
-    dict(heads=2, layers=2, width=16, image_size=32, patch_size=8),  # 4x4 grid
-    dict(heads=4, layers=3, width=32, image_size=24, patch_size=8),  # 3x3 grid
+    {"heads": 1, "layers": 1, "width": 16, "image_size": 24, "patch_size": 8},  # 3x3 grid
+    {"heads": 2, "layers": 2, "width": 16, "image_size": 32, "patch_size": 8},  # 4x4 grid
+    {"heads": 4, "layers": 3, "width": 32, "image_size": 24, "patch_size": 8},  # 3x3 grid
 ]
 LENGTHS = [3, 5, 1]  # K = 3 texts, end tokens at 4, 6, 2
 
@@ -260,7 +260,7 @@ def test_legrad_matches_official_formulation(shape, start_layer, pooling):
 def test_float32_agrees_with_float64(name):
     """The float32 maps of the 4-head model equal the float64 oracle's to 1e-5 (same weights)."""
     shape = SHAPES[2]
-    model32, handle32, pixels, ids = setup(shape, torch.float32)
+    _, handle32, pixels, ids = setup(shape, torch.float32)
     handle64 = from_hf(random_clip(0, torch.float64, **shape))  # the same weights in float64
     maps32 = run(handle32, pixels, ids, name, "image")
     maps64 = run(handle64, pixels.to(torch.float64), ids, name, "image")
@@ -327,7 +327,7 @@ def test_logit_target_rescales_by_construction(name, options, scale):
     Tolerance 1e-7, not 1e-10: transformers' eager attention computes the softmax in float32 even in a
     float64 model (``softmax(..., dtype=torch.float32)``), so the two backward passes through it (gradients
     exp(t) apart) round differently at float32 precision."""
-    model, handle, pixels, ids = setup(SHAPES[2])
+    _, handle, pixels, ids = setup(SHAPES[2])
     maps = {}
     for kind in ("cosine", "logit"):
         ctx = Context(handle=handle, side="image", pixels=handle.pixels(pixels), text=handle.tokens(ids),
