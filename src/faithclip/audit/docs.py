@@ -69,10 +69,10 @@ SECTIONS = {"shapes": shapes_section, "b32": b32_section}
 def regenerate(markdown: Path, sections: list[str]) -> None:
     for name in sections:
         start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
-        text = markdown.read_text()
-        if start not in text or end not in text:
+        if start not in markdown.read_text() or end not in markdown.read_text():
             raise SystemExit(f"{markdown} has no {start} ... {end} block to fill")
         body = SECTIONS[name]()
+        text = markdown.read_text()  # read again: the file may have been edited during the run
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
         write_atomic(markdown, f"{head}{start}\n{body}\n{end}{tail}".encode())

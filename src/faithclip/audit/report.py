@@ -53,9 +53,9 @@ def format_audit(results: dict) -> str:
     """Terminal tables of one ``audit_departure`` result (plus ladder / P2 parts when present)."""
     lines = [f"Grad-ECLIP audit: {results['model']} on {results['data']} "
              f"({results['images']} images, {results['prompts']} prompts)", ""]
-    header = f"{'forward':<40}" + "".join(f"{title:>22}" for _, title in ARM_COLUMNS)
+    header = f"{'forward':<40}" + "".join(f"{title:>21}" for _, title in ARM_COLUMNS)
     lines += [header, "-" * len(header)]
-    lines += [f"{label:<40}" + "".join(f"{v:>22}" for v in values) for label, values in _arm_rows(results)]
+    lines += [f"{label:<40}" + "".join(f"{v:>21}" for v in values) for label, values in _arm_rows(results)]
     maps = results.get("maps", {}).get("mean", {})
     if maps:
         lines += ["", f"maps on {results['maps']['images']} images (published qk={results['maps']['qk']}, "
