@@ -161,6 +161,7 @@ def _originals(original: Any, count: int) -> list[Any]:
 def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str = "out_proj", half: bool = False,
                               original: Any = None, cap: int | None = OFFICIAL_SHORT_SIDE_CAP) -> MapResult:
     handle = _half_copy(ctx.handle) if half else ctx.handle
+    original = original if original is not None else getattr(ctx, "originals", None)  # if the API supplies them
     if original is None:
         warnings.warn(
             "grad_eclip_official: no original= image given, so the keep-size input is the model's own crop; "
