@@ -15,7 +15,7 @@ import faithclip.methods  # noqa: F401  (registers the methods)
 from faithclip.errors import MethodError
 from faithclip.explanation import Explanation
 from faithclip.methods.context import Context, MapResult
-from faithclip.models.clip import ClipHandle, ImageInput, TextInput
+from faithclip.models.clip import ClipHandle, ImageInput, TextBatch, TextInput
 from faithclip.registry import METHODS, MethodSpec
 from faithclip.targets import Target, make_target
 
@@ -23,7 +23,7 @@ from faithclip.targets import Target, make_target
 def explain(
     model: ClipHandle,
     image: ImageInput | Sequence[ImageInput],
-    text: TextInput | Sequence[str],
+    text: TextInput | Sequence[str] | TextBatch,
     method: str = "attention_eclip",
     *,
     target: str | Target = "cosine",
@@ -35,7 +35,8 @@ def explain(
     One image and one text give one ``Explanation``; several give a list ordered image-major
     (all texts of image 0, then image 1, ...). ``target`` is what is explained (``cosine`` default,
     ``logit``, ``probability`` with ``others`` the other prompts of the set, ``contrast`` with ``others``
-    the one contrasting text). Method options (e.g. ``layers=2``) are passed by keyword.
+    the one contrasting text). Method options (e.g. ``layers=2``) are passed by keyword. ``text`` may be
+    ``model.prompts(texts)``: prompts encoded once, reused for many images.
     """
     return _run(model, image, text, method, "image", make_target(target, others), options)
 
@@ -74,11 +75,10 @@ def run_method(model: ClipHandle, ctx: Context, spec: MethodSpec, options: dict)
 
 def _run(model, image, text, method, side, target, options) -> Explanation | list[Explanation]:
     spec = method_spec(method, side)
-    single = not isinstance(image, (list, tuple)) and not isinstance(text, (list, tuple)) and \
-        not (isinstance(image, torch.Tensor) and image.dim() == 4 and image.shape[0] > 1) and \
-        not (isinstance(text, torch.Tensor) and text.dim() == 2 and text.shape[0] > 1)
     pixels = model.pixels(image)
     batch = model.tokens(text)
+    pairs = pixels.shape[0] * batch.input_ids.shape[0]
+    single = pairs == 1 and not isinstance(image, (list, tuple)) and not isinstance(text, (list, tuple))
     ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=target)
     result = run_method(model, ctx, spec, dict(options))
     own = ctx.model_scores()

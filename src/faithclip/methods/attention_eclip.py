@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from faithclip.methods.common import combine_layers, normalize_sum, qk_lambda
-from faithclip.methods.context import Context, MapResult, query_rows
+from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec, register_method
 
 
@@ -29,9 +29,8 @@ def attention_eclip_terms(attn_grad_rows: torch.Tensor, lam: torch.Tensor | None
 def attention_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None) -> MapResult:
     relu = relu or ("per_layer" if ctx.side == "image" else "after_sum")
     explained = ctx.last_layers(layers)
-    scores, caps = ctx.probe_forward(explained, capture=("q", "k", "attn"))
+    scores, caps, rows = ctx.pooled_query_gradients(explained, "attn", capture=("q", "k", "attn"))
     positions = ctx.query_positions
-    rows = ctx.grads(scores, [caps[i].attn for i in explained], reduce=lambda g: query_rows(g, positions))
     terms = []
     for index, row in zip(explained, rows):
         lam = None

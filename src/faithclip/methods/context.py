@@ -13,6 +13,8 @@ conventions, shared by every method:
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -23,6 +25,7 @@ from faithclip.probe import LayerCapture, Probe, encoder_layers, resolve_layers
 from faithclip.targets import Target
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Context:
     text: TextBatch  # K texts
     target: Target
     grad_chunk: int = 64  # scores differentiated together in one batched backward pass
+    fast: bool = True  # allow the last-layer fast path of ``pooled_query_gradients``
     _fixed: dict = field(default_factory=dict)
 
     # ---- shapes ---------------------------------------------------------------------------------
@@ -104,6 +108,8 @@ class Context:
         return self._fixed["image"]
 
     def fixed_text_embeds(self) -> torch.Tensor:
+        if "text" not in self._fixed and self.text.embeds is not None:
+            self._fixed["text"] = self.text.embeds.to(device=self.pixels.device, dtype=self.pixels.dtype)
         if "text" not in self._fixed:
             with torch.no_grad():
                 self._fixed["text"] = self.handle.encode_text(self.text)
@@ -194,6 +200,85 @@ class Context:
                 slot.append(reduce(gradient) if reduce is not None else gradient)  # (N, C, ...)
         stacked = [torch.cat(slot, dim=0) for slot in outputs]  # (N_total, C, ...)
         return [s.transpose(0, 1) if self.side == "image" else s for s in stacked]  # (B, K, ...)
+
+    def pooled_query_gradients(
+        self, layers: Sequence[int], wrt: str, capture: Sequence[str]
+    ) -> tuple[torch.Tensor, dict[int, LayerCapture], list[torch.Tensor]]:
+        """Scores ``(B, K)``, captures, and per explained layer the gradient of every score w.r.t. the
+        pooled query's row of the attention probabilities (``wrt="attn"``: ``(B, K, H, T)``) or the pooled
+        query's attention output before out_proj (``wrt="attn_out"``: ``(B, K, D)``).
+
+        Image side, last layer only: the fast path (``last_layer_gradients``) runs the forward without any
+        autograd graph and differentiates only the class token's path from that layer to the embedding.
+        Otherwise: the model's forward with a graph from the lowest explained layer, and batched backward
+        passes. Both give the same numbers (tests/unit/test_fast_path.py).
+        """
+        layers = resolve_layers(layers, self.num_layers)
+        if self.fast and self.side == "image" and layers == [self.num_layers - 1]:
+            result = self.last_layer_gradients(wrt, capture)
+            if result is not None:
+                return result
+        positions = self.query_positions
+        reduce = (lambda g: query_rows(g, positions)) if wrt == "attn" else (lambda g: query_tokens(g, positions))
+        scores, caps = self.probe_forward(layers, capture=tuple(set(capture) | {wrt}))
+        return scores, caps, self.grads(scores, [caps[i].require(wrt)[0] for i in layers], reduce=reduce)
+
+    def last_layer_gradients(self, wrt: str, capture: Sequence[str]):
+        """The fast path for the image tower's last layer (``None`` if the model's block is not CLIP's).
+
+        The image embedding depends on the last layer's attention only through the class token:
+        ``e = proj(LN_post(h + MLP(LN_2(h))))`` with ``h = x_cls + out_proj(o_cls)`` and
+        ``o_cls = concat_h(A^h[0, :] v^h)``. The forward runs with no graph; this single-token path is then
+        evaluated with the model's own modules on the captured ``x_cls``, ``v`` and attention row, checked
+        against the model's own embedding, and differentiated for all K scores in batched passes.
+        """
+        last = self.num_layers - 1
+        needed = tuple(set(capture) | {"hidden_in", "v", "attn_out", wrt})
+        self.extra_embeds()
+        text_embeds = self.fixed_text_embeds()
+        with torch.no_grad(), Probe(self.handle.model, "vision", [last], needed) as probe:
+            embeds = self.handle.encode_image(self.pixels)
+        caps = probe.captures
+        cap = caps[last]
+        hidden_in, v, attn_out = cap.require("hidden_in", "v", "attn_out")
+        x_cls, o = hidden_in[:, 0], attn_out[:, 0]  # (B, D): the class token's residual and attention output
+        block = encoder_layers(self.handle.model, "vision")[last]
+        vision = self.handle.model.vision_model
+
+        def embed_from_output(o_cls: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, E)
+            h = x_cls + block.self_attn.out_proj(o_cls)
+            h = h + block.mlp(block.layer_norm2(h))
+            return self.handle.model.visual_projection(vision.post_layernorm(h))
+
+        heads = cap.attn.shape[1] if cap.attn is not None else None
+
+        def output_from_rows(rows: torch.Tensor) -> torch.Tensor:  # (B, H, T) -> (B, D)
+            batch, tokens, width = v.shape
+            v_heads = v.reshape(batch, tokens, heads, width // heads).transpose(1, 2)  # (B, H, T, d)
+            return (rows[:, :, None, :] @ v_heads)[:, :, 0].reshape(batch, width)  # (B, H, 1, d) -> (B, D)
+
+        with torch.enable_grad():
+            if wrt == "attn":
+                variable = cap.attn[:, :, 0].detach().clone().requires_grad_(True)  # (B, H, T)
+                rebuilt_output = output_from_rows(variable)
+            else:
+                variable = o.detach().clone().requires_grad_(True)  # (B, D)
+                rebuilt_output = variable
+            rebuilt = embed_from_output(rebuilt_output)
+            if not self._agrees(rebuilt.detach(), embeds) or not self._agrees(rebuilt_output.detach(), o):
+                warnings.warn("the last vision block is not a standard CLIP block; using the full backward pass",
+                              stacklevel=3)
+                return None
+            scores = self.score(rebuilt, text_embeds)  # (B, K)
+            grads = self.grads(scores, [variable])[0]  # (B, K, H, T) or (B, K, D)
+        model_scores = self.score(embeds, text_embeds)  # the model's own numbers are reported
+        return model_scores, caps, [grads]
+
+    @staticmethod
+    def _agrees(rebuilt: torch.Tensor, reference: torch.Tensor) -> bool:
+        tolerance = 1e-4 if reference.dtype in (torch.float16, torch.bfloat16) else 1e-5
+        scale = reference.abs().max().clamp_min(torch.finfo(reference.dtype).tiny)
+        return bool(((rebuilt - reference).abs().max() / scale) <= tolerance)
 
     # ---- maps -----------------------------------------------------------------------------------
     def token_map(self, per_token: torch.Tensor) -> torch.Tensor:

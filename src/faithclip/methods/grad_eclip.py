@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from faithclip.methods.common import combine_layers, normalize_sum, qk_lambda
-from faithclip.methods.context import Context, MapResult, query_tokens
+from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec, register_method
 
 
@@ -31,9 +31,8 @@ def grad_eclip_terms(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tenso
 def grad_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None) -> MapResult:
     relu = relu or ("per_layer" if ctx.side == "image" else "after_sum")
     explained = ctx.last_layers(layers)
-    scores, caps = ctx.probe_forward(explained, capture=("q", "k", "v", "attn_out"))
+    scores, caps, grads = ctx.pooled_query_gradients(explained, "attn_out", capture=("q", "k", "v", "attn_out"))
     positions = ctx.query_positions
-    grads = ctx.grads(scores, [caps[i].attn_out for i in explained], reduce=lambda g: query_tokens(g, positions))
     support = ctx.support_mask()
     terms = []
     for index, query_grad in zip(explained, grads):

@@ -35,6 +35,7 @@ class TextBatch:
     texts: list[str | None]
     tokens: list[list[str] | None]
     truncated: list[bool] = field(default_factory=list)
+    embeds: torch.Tensor | None = None  # (K, E) text embeddings, when computed once and reused
 
 
 @dataclass
@@ -116,6 +117,8 @@ class ClipHandle:
     # ---- texts ----------------------------------------------------------------------------------
     def tokens(self, texts: TextInput | Sequence[str]) -> TextBatch:
         """Tokenise strings (or accept token ids ``(K, L)``), padded to the longest, truncated to the context."""
+        if isinstance(texts, TextBatch):
+            return texts
         if isinstance(texts, torch.Tensor):
             return self._ids_batch(texts)
         if isinstance(texts, str):
@@ -152,6 +155,18 @@ class ClipHandle:
         batch.texts = texts
         batch.tokens = [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
         batch.truncated = truncated
+        return batch
+
+    def prompts(self, texts: TextInput | Sequence[str], batch_size: int = 256) -> TextBatch:
+        """Tokenise and encode prompts once, to explain many images against them (e.g. 1,000 class names)."""
+        batch = self.tokens(texts)
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, batch.input_ids.shape[0], batch_size):
+                part = TextBatch(batch.input_ids[start:start + batch_size], batch.attention_mask[start:start + batch_size],
+                                 batch.eos_positions[start:start + batch_size], [], [])
+                chunks.append(self.encode_text(part))
+        batch.embeds = torch.cat(chunks)
         return batch
 
     def _eos_token_id(self) -> int:
