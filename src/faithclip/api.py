@@ -7,9 +7,11 @@ the score it explained next to the model's own score for the same pair (principl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from PIL import Image
 
 import faithclip.methods  # noqa: F401  (registers the methods)
 from faithclip.errors import MethodError
@@ -79,11 +81,20 @@ def _run(model, image, text, method, side, target, options) -> Explanation | lis
     batch = model.tokens(text)
     pairs = pixels.shape[0] * batch.input_ids.shape[0]
     single = pairs == 1 and not isinstance(image, (list, tuple)) and not isinstance(text, (list, tuple))
-    ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=target)
+    ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=target, originals=_originals(image))
     result = run_method(model, ctx, spec, dict(options))
     own = ctx.model_scores()
     explanations = wrap(model, ctx, spec, result, own)
     return explanations[0] if single else explanations
+
+
+def _originals(image: Any) -> list | None:
+    """The user's images as RGB PIL images when they were given as images or paths (methods that, like the
+    official Grad-ECLIP pipeline, look at the image before preprocessing need them)."""
+    items = list(image) if isinstance(image, (list, tuple)) else [image]
+    if all(isinstance(item, (str, Path, Image.Image)) for item in items):
+        return [ClipHandle.rgb(item) for item in items]
+    return None
 
 
 def wrap(model: ClipHandle, ctx: Context, spec: MethodSpec, result: MapResult, own: torch.Tensor) -> list[Explanation]:

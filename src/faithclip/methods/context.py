@@ -48,6 +48,7 @@ class Context:
     target: Target
     grad_chunk: int = 64  # scores differentiated together in one batched backward pass
     fast: bool = True  # allow the last-layer fast path of ``pooled_query_gradients``
+    originals: list | None = None  # the user's images before preprocessing (PIL), when given as images or paths
     _fixed: dict = field(default_factory=dict)
 
     # ---- shapes ---------------------------------------------------------------------------------
