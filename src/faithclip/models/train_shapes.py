@@ -1,0 +1,372 @@
+"""Train a small ``transformers.CLIPModel`` on the shapes world, on CPU, within a time budget.
+
+Loss: symmetric InfoNCE with multi-positive targets. With unit embeddings ``x_i`` (images),
+``t_j`` (captions), logits ``L_ij = exp(s) x_i . t_j`` and ``P_ij = 1`` when the class caption ``j``
+names is present in image ``i`` (so identical captions are positives of each other, and a caption is
+a positive of every image that shows its object)::
+
+    loss = 1/2 [ mean_i CE(softmax_j L_ij, P_i. / |P_i.|) + mean_j CE(softmax_i L_ij, P_.j / |P_.j|) ]
+           + w * mean_c CE(softmax_c' exp(s) t_c . t_c', c)      (prompt separation, see below)
+
+Each image's caption names one of its objects, chosen at random. Learning rate: linear warm-up then
+cosine decay, both over the fraction of the time budget spent (the budget, not a step count, is
+what the user sets). Curriculum: single-object scenes first, then a mix in which a fixed share of
+each batch stays single-object and the rest holds up to ``max_objects`` objects, ramping up.
+
+The result is a plain ``save_pretrained`` directory (model, tokenizer, CLIPImageProcessor config,
+``TRAINING.json``) that ``transformers.CLIPModel.from_pretrained`` loads; it is written to a
+temporary directory next to the target and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+
+from faithclip.data.shapes import COLOUR_NAMES, MAX_OBJECTS, SHAPES, SceneBatch, ShapesWorld
+from faithclip.errors import FaithclipError
+from faithclip.models.word_tokenizer import as_transformers_tokenizer, build_word_tokenizer
+
+logger = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Sample seeds of held-out scenes: training draws seeds 0, 1, 2, ... (one per step), never these.
+HELD_OUT_SEED = 10**12
+
+
+class TrainingError(FaithclipError):
+    """Invalid training options or output location."""
+
+
+@dataclass(frozen=True)
+class ShapesRecipe:
+    """Architecture and optimisation settings of the shapes CLIP."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 192
+    vision_layers: int = 6
+    vision_heads: int = 4
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    projection_dim: int = 128
+    max_length: int = 16
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    single_only_fraction: float = 0.1  # first share of the budget: one object per scene
+    ramp_fraction: float = 0.4  # by this share of the budget, scenes reach max_objects
+    single_share: float = 1 / 3  # share of single-object scenes in each batch after that
+    max_objects: int = MAX_OBJECTS
+    prompt_separation: float = 1.0  # weight of prompt_separation_loss
+    bf16_autocast: bool = True  # CPU autocast: ~2x faster steps where the CPU has AMX/AVX512-BF16
+    threads: int = 1  # torch threads; 1 is much faster than 2 when other jobs share the 2 cores
+    eval_every_seconds: float = 120.0
+    eval_scenes: int = 300
+
+
+def build_tokenizer(recipe: ShapesRecipe) -> PreTrainedTokenizerFast:
+    return as_transformers_tokenizer(build_word_tokenizer([*COLOUR_NAMES, *SHAPES]), recipe.max_length)
+
+
+def build_model(recipe: ShapesRecipe, tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
+    """A freshly initialised CLIPModel whose text pooling uses the tokenizer's end token."""
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.text_width,
+        intermediate_size=4 * recipe.text_width,
+        num_hidden_layers=recipe.text_layers,
+        num_attention_heads=recipe.text_heads,
+        max_position_embeddings=recipe.max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision_config = dict(
+        hidden_size=recipe.vision_width,
+        intermediate_size=4 * recipe.vision_width,
+        num_hidden_layers=recipe.vision_layers,
+        num_attention_heads=recipe.vision_heads,
+        image_size=recipe.image_size,
+        patch_size=recipe.patch_size,
+    )
+    config = CLIPConfig(
+        text_config=text_config, vision_config=vision_config, projection_dim=recipe.projection_dim
+    )
+    return CLIPModel._from_config(config, attn_implementation="eager")
+
+
+def build_image_processor(recipe: ShapesRecipe) -> CLIPImageProcessor:
+    size = recipe.image_size
+    return CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        resample=3,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+
+
+def pixel_values(images: np.ndarray) -> torch.Tensor:
+    """CLIP-normalised pixels (N, 3, H, W) from uint8 images (N, H, W, 3); equals CLIPImageProcessor
+    at the native size (its resize and crop are identities there)."""
+    x = torch.from_numpy(images).float().div_(255.0)  # (N, H, W, 3)
+    x = (x - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    return x.permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+
+
+def positive_matrix(scene_labels: torch.Tensor, caption_labels: torch.Tensor) -> torch.Tensor:
+    """``P[i, j]`` = caption ``j``'s class is among image ``i``'s objects. (B, K), (B,) -> (B, B) bool."""
+    return (scene_labels[:, None, :] == caption_labels[None, :, None]).any(dim=-1)
+
+
+def multi_positive_infonce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with soft targets spread uniformly over each row's/column's positives.
+
+    ``logits`` (B_img, B_txt) already scaled; ``positives`` (B_img, B_txt) bool, every row and column
+    holding at least one positive.
+    """
+    targets = positives.float()
+    image_to_text = -(targets / targets.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1)
+    text_to_image = -(targets / targets.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0)
+    return 0.5 * (image_to_text.mean() + text_to_image.mean())
+
+
+def prompt_separation_loss(prompts: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``mean_c CE(softmax_c' (scale t_c . t_c'), c)`` over the unit prompt embeddings (C, D).
+
+    Keeps distinct prompts apart. Without it, training falls into a fixed point: while the image
+    tower cannot yet tell shapes apart, pulling "a red circle" and "a red square" together lowers the
+    loss, and once their embeddings coincide the image tower gets no gradient to separate shapes.
+    """
+    logits = scale * prompts @ prompts.T  # (C, C)
+    return F.cross_entropy(logits, torch.arange(len(prompts)))
+
+
+def learning_rate(progress: float, recipe: ShapesRecipe) -> float:
+    """Linear warm-up over ``warmup_fraction`` of the budget, then cosine decay to zero."""
+    warmup = recipe.warmup_fraction
+    if progress < warmup:
+        return recipe.learning_rate * progress / warmup
+    decay = min(1.0, (progress - warmup) / (1.0 - warmup))
+    return recipe.learning_rate * 0.5 * (1.0 + math.cos(math.pi * decay))
+
+
+def curriculum_batch(world: ShapesWorld, progress: float, recipe: ShapesRecipe, seed: int) -> SceneBatch:
+    """Training scenes for the current share of the budget spent (see module docstring)."""
+    n = recipe.batch_size
+    if progress < recipe.single_only_fraction:
+        return world.sample(n, 1, 1, seed=seed)
+    ramp = min(1.0, (progress - recipe.single_only_fraction) / (recipe.ramp_fraction - recipe.single_only_fraction))
+    max_objects = 1 + int(round(ramp * (recipe.max_objects - 1)))
+    n_single = int(round(n * recipe.single_share))
+    single = world.sample(n_single, 1, 1, seed=seed)
+    multi = world.sample(n - n_single, min(2, max_objects), max_objects, seed=seed)
+    return SceneBatch(
+        images=np.concatenate([single.images, multi.images]),
+        labels=np.concatenate([single.labels, multi.labels]),
+        masks=np.zeros((0,), dtype=bool),  # not needed for training
+        boxes=np.concatenate([single.boxes, multi.boxes]),
+        colours_rgb=np.concatenate([single.colours_rgb, multi.colours_rgb]),
+        targets=np.concatenate([single.targets, multi.targets]),
+        prompts=world.prompts,
+    )
+
+
+@torch.no_grad()
+def embed_images(model: CLIPModel, images: np.ndarray, chunk: int = 256) -> torch.Tensor:
+    """Unit image embeddings (N, D)."""
+    parts = []
+    for start in range(0, len(images), chunk):
+        out = model.get_image_features(pixel_values=pixel_values(images[start : start + chunk]))
+        parts.append(getattr(out, "pooler_output", out))
+    return F.normalize(torch.cat(parts), dim=-1)
+
+
+@torch.no_grad()
+def embed_texts(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tensor:
+    """Unit text embeddings (T, D)."""
+    tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
+    out = model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+    return F.normalize(getattr(out, "pooler_output", out), dim=-1)
+
+
+def held_out_metrics(
+    model: CLIPModel, tokenizer: PreTrainedTokenizerFast, world: ShapesWorld, n: int, seed: int = HELD_OUT_SEED
+) -> dict[str, float]:
+    """Zero-shot top-1 on single-object scenes, and the share of 2-4 object scenes in which every
+    present object's prompt scores above every absent one's."""
+    was_training = model.training
+    model.eval()
+    prompts = embed_texts(model, tokenizer, list(world.prompts))  # (C, D)
+    single = world.single_object_set(n, seed=seed)
+    scores = embed_images(model, single.images) @ prompts.T  # (n, C)
+    zero_shot = (scores.argmax(1).numpy() == single.labels[:, 0]).mean()
+    multi = world.multi_object_set(n, seed=seed + 1)
+    scores = (embed_images(model, multi.images) @ prompts.T).numpy()  # (n, C)
+    present = np.zeros_like(scores, dtype=bool)
+    rows, slots = np.nonzero(multi.labels >= 0)
+    present[rows, multi.labels[rows, slots]] = True
+    lowest_present = np.where(present, scores, np.inf).min(1)
+    highest_absent = np.where(present, -np.inf, scores).max(1)
+    ranking = (lowest_present > highest_absent).mean()
+    model.train(was_training)
+    return {"zero_shot_top1": float(zero_shot), "multi_object_ranking": float(ranking)}
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Fail before training if ``out_dir`` cannot be written or would clobber something else."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"{out_dir} is a file; pass --out a directory path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").exists():
+        raise TrainingError(f"{out_dir} is a non-empty directory that is not a saved model; choose another --out")
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        # Root ignores permission bits, so try for real instead of asking os.access.
+        tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.probe-", dir=parent).cleanup()
+    except OSError as error:
+        raise TrainingError(
+            f"cannot write next to {out_dir} ({error.strerror or error}); choose a writable --out"
+        ) from error
+
+
+def train_shapes(
+    out_dir: str | Path,
+    minutes: float,
+    seed: int = 0,
+    recipe: ShapesRecipe | None = None,
+    command: str | None = None,
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """Train for ``minutes`` (or ``max_steps``, if reached first) and save to ``out_dir``.
+
+    Returns the final held-out metrics plus ``steps``, ``minutes`` and ``final_loss``.
+    """
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+        raise TrainingError(f"minutes must be a positive number, got {minutes!r}; e.g. --minutes 20")
+    recipe = recipe or ShapesRecipe()
+    out_dir = Path(out_dir).expanduser().resolve()
+    check_output_dir(out_dir)
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, min(2, recipe.threads)))
+    world = ShapesWorld(recipe.image_size, seed=seed)
+    held_out_world = ShapesWorld(recipe.image_size, seed=seed)
+    tokenizer = build_tokenizer(recipe)
+    model = build_model(recipe, tokenizer)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.learning_rate,
+        betas=(0.9, 0.98),
+    )
+    prompt_tokens = tokenizer(list(world.prompts), padding="max_length", truncation=True, return_tensors="pt")
+
+    budget = minutes * 60.0
+    start = time.monotonic()
+    last_eval = start
+    step, loss_value, history = 0, float("nan"), []
+    bar = tqdm(total=round(budget), unit="s", desc="train-shapes")
+    while True:
+        elapsed = time.monotonic() - start
+        if elapsed >= budget or (max_steps is not None and step >= max_steps):
+            break
+        progress = elapsed / budget
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(progress, recipe)
+        batch = curriculum_batch(world, progress, recipe, seed=step)
+        caption_labels = torch.from_numpy(batch.target_labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
+            image = model.get_image_features(pixel_values=pixel_values(batch.images))
+            # Each caption is a class prompt: embed the C prompts once, index them per caption.
+            text = model.get_text_features(**prompt_tokens)
+        image = F.normalize(getattr(image, "pooler_output", image).float(), dim=-1)  # (B, D)
+        prompts = F.normalize(getattr(text, "pooler_output", text).float(), dim=-1)  # (C, D)
+        scale = model.logit_scale.exp()
+        positives = positive_matrix(torch.from_numpy(batch.labels), caption_labels)
+        loss = multi_positive_infonce(scale * image @ prompts[caption_labels].T, positives)
+        loss = loss + recipe.prompt_separation * prompt_separation_loss(prompts, scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100.0))
+        loss_value = loss.item()
+        history.append(loss_value)
+        step += 1
+        now = time.monotonic()
+        bar.update(round(now - start) - bar.n)
+        bar.set_postfix(loss=f"{loss_value:.3f}", step=step)
+        if now - last_eval >= recipe.eval_every_seconds:
+            metrics = held_out_metrics(model, tokenizer, held_out_world, recipe.eval_scenes)
+            logger.info("step %d (%.1f min): loss %.3f, %s", step, (now - start) / 60, loss_value, metrics)
+            last_eval = time.monotonic()
+    bar.close()
+    trained_minutes = (time.monotonic() - start) / 60.0
+    model.eval()
+    metrics = held_out_metrics(model, tokenizer, held_out_world, recipe.eval_scenes)
+    metrics.update(
+        steps=step,
+        minutes=round(trained_minutes, 2),
+        first_loss=history[0] if history else float("nan"),
+        final_loss=float(np.mean(history[-20:])) if history else float("nan"),
+    )
+    logger.info("trained %d steps in %.1f min: %s", step, trained_minutes, metrics)
+    record = {
+        "command": command,
+        "seed": seed,
+        "minutes_budget": minutes,
+        "recipe": asdict(recipe),
+        "held_out": {"world_seed": seed, "sample_seeds": [HELD_OUT_SEED, HELD_OUT_SEED + 1]},
+        "metrics": metrics,
+        "torch": torch.__version__,
+    }
+    save_atomically(out_dir, model, tokenizer, build_image_processor(recipe), record)
+    return metrics
+
+
+def save_atomically(
+    out_dir: Path,
+    model: CLIPModel,
+    tokenizer: PreTrainedTokenizerFast,
+    processor: CLIPImageProcessor,
+    record: dict,
+) -> None:
+    """Write everything to a temporary sibling directory, then rename it onto ``out_dir``."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        (staging / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
+        if out_dir.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(retired / out_dir.name)
+            staging.rename(out_dir)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("saved %s", out_dir)
