@@ -20,7 +20,7 @@ import os
 import platform
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -67,6 +67,7 @@ class EvalConfig:
     batch_size: int = 32
     examples: int = 4  # cases whose maps are kept for the report's overlays
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def identity(self, handle: ClipHandle, data: LabelledSet) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class EvalConfig:
             "num_cases": len(data), "methods": list(self.methods), "metrics": list(self.metrics),
             "limit": self.limit, "seed": self.seed, "examples": self.examples,
             "metric_options": {m: self.options_for(m) for m in self.metrics},
+            "method_options": {m: dict(self.method_options.get(m, {})) for m in self.methods},
         }
 
     def options_for(self, metric: str) -> dict[str, Any]:
@@ -185,9 +187,13 @@ class Evaluator:
 
     def __init__(self, handle: ClipHandle, config: EvalConfig) -> None:
         self.handle = handle
-        self.config = config
         self.methods = resolve_methods(config.methods)
         self.metrics = [METRICS.get(name) for name in resolve_metrics(config.metrics)]
+        # 'all' is resolved once, so the run's identity names what was actually evaluated
+        self.config = replace(config, methods=list(self.methods), metrics=[m.name for m in self.metrics])
+        for method in config.method_options:
+            if method not in self.methods:
+                raise EvaluationError(f"options given for method {method!r}, which is not among the methods evaluated.")
         for metric, options in config.metric_options.items():
             if metric not in [spec.name for spec in self.metrics]:
                 raise EvaluationError(f"options given for {metric!r}, which is not among the metrics evaluated.")
@@ -216,7 +222,7 @@ class Evaluator:
 
         spec = METHODS.get(method)
         ctx = self._context(pixels, [label], handle)
-        result = run_method(ctx.handle, ctx, spec, {})
+        result = run_method(ctx.handle, ctx, spec, dict(self.config.method_options.get(method, {})))
         return result.maps[0, 0].detach().cpu()
 
     def run_case(self, prepared: PreparedCase, method: str | None, keep_map: bool) -> dict[str, Any]:
@@ -384,7 +390,9 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
     method_meta = []
     for name in evaluator.methods:
         spec = METHODS.get(name)
-        method_meta.append({"name": name, "paper": spec.paper, "options": {}, "defaults": _jsonable(spec.defaults),
+        method_meta.append({"name": name, "paper": spec.paper,
+                            "options": _jsonable(evaluator.config.method_options.get(name, {})),
+                            "defaults": _jsonable(spec.defaults),
                             "modifies_model": spec.modifies_model, "modifies_input": spec.modifies_input})
     metric_meta = []
     for spec in evaluator.metrics:

@@ -103,7 +103,8 @@ def test_same_seed_same_numbers_and_a_changed_config_is_refused(handle, tmp_path
 
 def test_outputs_schema_and_protocol_labels(handle, tmp_path):
     config = EvalConfig(model="tiny", data="shapes", metrics=["zeroshot", "deletion_rise", "pointing_game"],
-                        metric_options={"pointing_game": {"tolerance": 4}}, examples=2)
+                        metric_options={"pointing_game": {"tolerance": 4}}, examples=2,
+                        method_options={"attention_eclip": {"layers": 2}})
     results = evaluate(handle, shapes_set(32, 3), tmp_path, config, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["schema"] == "faithclip.evaluation/1"
@@ -121,6 +122,10 @@ def test_outputs_schema_and_protocol_labels(handle, tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 1 + 2 * 3  # a curve; per example the crop and 2 overlays
     assert len(saved["examples"]) == 2 and (tmp_path / saved["examples"][0]["image"]).is_file()
+    assert [m["options"] for m in saved["methods"]] == [{}, {"layers": 2}]
+    assert saved["config"]["method_options"] == {"grad_eclip": {}, "attention_eclip": {"layers": 2}}
+    with pytest.raises(EvaluationError, match="not among the methods"):
+        Evaluator(handle, EvalConfig(model="tiny", data="shapes", method_options={"rise": {"masks": 10}}))
     with pytest.raises(EvaluationError, match="no option"):
         Evaluator(handle, EvalConfig(model="tiny", data="shapes", metrics=["pointing_game"],
                                      metric_options={"pointing_game": {"radius": 3}}))

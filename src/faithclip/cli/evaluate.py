@@ -48,20 +48,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="METRIC.KEY=VALUE",
                         help="a metric option, e.g. pointing_game.tolerance=4 or deletion_rise.substrate=black "
                              "(repeatable; it is added to the metric's protocol label)")
+    parser.add_argument("--method-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                        help="a method option, e.g. rise.masks=1000 (repeatable; recorded with the results)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", required=True, help="output directory (records.jsonl, results.json/.md, report.html)")
     parser.set_defaults(func=run)
 
 
-def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
+def parse_options(items: list[str], flag: str = "--option") -> dict[str, dict[str, Any]]:
     """``["pointing_game.tolerance=4"]`` -> ``{"pointing_game": {"tolerance": 4}}`` (values read as JSON if they parse)."""
     options: dict[str, dict[str, Any]] = {}
     for item in items:
         key, equals, raw = item.partition("=")
         metric, dot, name = key.partition(".")
         if not equals or not dot or not metric or not name:
-            raise EvaluationError(f"--option {item!r} must look like METRIC.KEY=VALUE, e.g. pointing_game.tolerance=4.")
+            raise EvaluationError(f"{flag} {item!r} must look like NAME.KEY=VALUE, e.g. pointing_game.tolerance=4.")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     data = open_data(args.data, image_size=handle.preprocess.size, count=args.count)
     config = EvalConfig(model=args.model or "shapes-clip", data=args.data, methods=args.methods,
                         metrics=args.metrics, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-                        examples=args.examples, metric_options=parse_options(args.option))
+                        examples=args.examples, metric_options=parse_options(args.option),
+                        method_options=parse_options(args.method_option, "--method-option"))
     results = evaluate(handle, data, out, config, progress=not args.no_progress)
     logger.info("wrote %s/results.json, results.md and report.html (%d records)", args.out, len(results["per_image"]))
     from faithclip.report.evaluation_report import render_markdown
