@@ -290,25 +290,19 @@ class Evaluator:
         jobs = ([None] if needs_case_record else []) + list(self.methods)
         bar = tqdm(total=len(data) * len(jobs), desc="evaluate", unit="map", disable=not progress)
         for index, load in enumerate(data.cases):
-            case_id = getattr(load, "case_id", None)
-            pending = [job for job in jobs if case_id is None or (case_id, job or "-") not in records.done]
+            pending = [job for job in jobs if (load.case_id, job or "-") not in records.done]
+            bar.update(len(jobs) - len(pending))
             if not pending:
-                bar.update(len(jobs))
-                continue
-            item = load()
-            prepared = prepare(self.handle, item)
+                continue  # finished before an interruption: not even loaded
+            prepared = prepare(self.handle, load())
             keep = index < self.config.examples
             if keep:
                 _save_example(out, prepared)
-            bar.update(len(jobs) - len(pending))
             for job in pending:
-                if (prepared.case_id, job or "-") in records.done:
-                    bar.update(1)
-                    continue
                 bar.set_postfix_str(f"{prepared.case_id} {job or 'model'}")
                 records.append(self.run_case(prepared, job, keep))
                 bar.update(1)
-            del item, prepared
+            del prepared
         bar.close()
         results = aggregate(records.read(), self, data, identity)
         write_outputs(results, out, report=report)
@@ -354,7 +348,7 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
               identity: dict[str, Any]) -> dict[str, Any]:
     import transformers
 
-    case_ids = [getattr(load, "case_id", None) for load in data.cases]
+    case_ids = [load.case_id for load in data.cases]
     wanted = set(case_ids)
     records = [r for r in records if r["case"] in wanted]
     order = {case: i for i, case in enumerate(case_ids)}

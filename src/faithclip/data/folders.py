@@ -60,7 +60,7 @@ class LabelledSet:
 
     name: str
     class_names: list[str]
-    cases: list  # list of zero-argument callables returning a LabelledImage (loaded lazily)
+    cases: list  # zero-argument callables with a ``case_id``, returning a LabelledImage (loaded lazily)
     templates: tuple[str, ...] | None = None  # prompt templates, or
     prompts: list[str] | None = None  # one ready prompt per class
     has_masks: bool = False
