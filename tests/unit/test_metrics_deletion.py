@@ -165,6 +165,9 @@ def test_gradeclip_runner_points_and_reproducibility(case):
     own = case.score_ctx.model_scores()[0]
     assert top1[0] == float(own.argmax() == case.label)
     assert deletion.curves["prob"][1][0] == pytest.approx(insertion.curves["prob"][1][-1], abs=1e-12)
+    assert deletion.values["auc"] == pytest.approx((sum(top1) - top1[0] / 2 - top1[-1] / 2) / 10, abs=1e-15)
+    probability = insertion.curves["prob"][1]
+    assert insertion.values["prob_auc"] == pytest.approx(ref.auc(np.array(probability)), abs=1e-15)
     assert gradeclip_curves(case, "deletion", batch_size=32).curves == deletion.curves  # batching and seed
     case.seed += 1
     assert gradeclip_curves(case, "deletion").curves["prob"] != deletion.curves["prob"]  # other colours

@@ -15,7 +15,8 @@ after ``m`` pixels is
 every 10 steps. Deletion: start = the image, finish = a uniform random colour per pixel
 (``floor(255 * U[0, 1))`` per channel), points m = 0, 10n, ..., 100n. Insertion: start = black, finish = the
 image, points m = 10n, ..., 100n and then the unperturbed image (x = 1). Scores: zero-shot top-1
-correctness of the label among all prompts, and the label's probability ``softmax(exp(s) cos)``.
+correctness of the label among all prompts, and the label's probability ``softmax(exp(s) cos)``; each
+curve's 11 values, in the script's order, are summarised as ``AUC = (sum y - y_0/2 - y_10/2) / 10``.
 
 ``rise``: ``step`` pixels per step (default: one patch area), ``ceil(P / step)`` steps, all scored
 (points m = 0, step, ..., P). Deletion: start = the normalised image, finish = zeros of the normalised
@@ -80,6 +81,12 @@ def trapezoid_auc(x: Sequence[float], y: Sequence[float]) -> float:
     xs = torch.as_tensor(x, dtype=torch.float64)
     ys = torch.as_tensor(y, dtype=torch.float64)
     return float(((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2).sum())
+
+
+def step_auc(y: Sequence[float]) -> float:
+    """Area under ``y`` over equally spaced points on [0, 1]: ``(sum y - y_0 / 2 - y_last / 2) / (n - 1)``
+    (RISE's ``auc``; applied to the Grad-ECLIP script's list of per-step accuracies, in its order)."""
+    return (sum(y) - y[0] / 2 - y[-1] / 2) / (len(y) - 1)
 
 
 def gradeclip_counts(num_pixels: int, steps: int = 100, every: int = 10, fraction: float = 0.5) -> list[int]:
@@ -162,7 +169,7 @@ def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int =
     x = [m / num_pixels for m in counts]
     top1, probability = scores[:, 0].tolist(), scores[:, 1].tolist()
     return MetricValue(
-        values={"top1": sum(top1) / len(top1), "prob": sum(probability) / len(probability)},
+        values={"auc": step_auc(top1), "prob_auc": step_auc(probability)},
         curves={"top1": (x, top1), "prob": (x, probability)},
     )
 
@@ -215,9 +222,9 @@ RISE_PAPER = "Petsiuk et al., RISE: Randomized Input Sampling for Explanation of
 for _mode, _better in (("deletion", False), ("insertion", True)):
     register_metric(MetricSpec(
         name=f"{_mode}_gradeclip", category="faithfulness", higher_is_better=_better, protocol="gradeclip",
-        summary=f"{_mode} of 50% of the pixels in 100 steps, 11 points; zero-shot top-1 and label probability",
+        summary=f"{_mode} of 50% of the pixels in 100 steps, 11 points; AUC of zero-shot top-1 and of the label probability",
         paper=GRADECLIP_PAPER, run=_gradeclip(_mode),
-        outputs={"top1": f"{_mode} top-1 (mean of 11 points)", "prob": f"{_mode} probability (mean of 11 points)"},
+        outputs={"auc": f"{_mode} AUC (top-1)", "prob_auc": f"{_mode} AUC (probability)"},
         defaults={"steps": 100, "every": 10},
     ))
     register_metric(MetricSpec(
