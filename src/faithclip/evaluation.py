@@ -76,6 +76,8 @@ class EvalConfig:
             "limit": self.limit, "seed": self.seed, "examples": self.examples,
             "metric_options": {m: self.options_for(m) for m in self.metrics},
             "method_options": {m: dict(self.method_options.get(m, {})) for m in self.methods},
+            # records computed by a version whose metrics returned other values cannot be mixed in
+            "metric_outputs": {m: list(METRICS.get(m).outputs) for m in self.metrics},
         }
 
     def options_for(self, metric: str) -> dict[str, Any]:
