@@ -170,10 +170,11 @@ class Context:
         self.extra_embeds()  # encode the target's extra prompts before the probe is active
         other = self.fixed_text_embeds() if self.side == "image" else self.fixed_image_embeds()
         with torch.enable_grad(), Probe(self.handle.model, self.tower, layers, capture, grad_from=grad_from) as probe:
-            if self.side == "image":
-                scores = self.score(self.handle.encode_image(self.pixels), other)
-            else:
-                scores = self.score(other, self.handle.encode_text(self.text))
+            embeds = self.handle.encode_image(self.pixels) if self.side == "image" else self.handle.encode_text(self.text)
+        # The probe leaves the forward bit-identical, so these ARE the model's own embeddings: keep them for
+        # the P1 comparison instead of running the model a second time.
+        self._fixed.setdefault(self.side, embeds.detach())
+        scores = self.score(embeds, other) if self.side == "image" else self.score(other, embeds)
         return scores, probe.captures
 
     def grads(self, scores: torch.Tensor, tensors: Sequence[torch.Tensor], reduce: Reduce | None = None) -> list[torch.Tensor]:
@@ -239,6 +240,7 @@ class Context:
         text_embeds = self.fixed_text_embeds()
         with torch.no_grad(), Probe(self.handle.model, "vision", [last], needed) as probe:
             embeds = self.handle.encode_image(self.pixels)
+        self._fixed.setdefault("image", embeds)  # the model's own embeddings (the probe changes nothing)
         caps = probe.captures
         cap = caps[last]
         hidden_in, v, attn_out = cap.require("hidden_in", "v", "attn_out")

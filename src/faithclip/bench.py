@@ -1,0 +1,179 @@
+"""``faithclip bench``: the cost of explaining, as ratios to a plain no-grad image forward, in ONE run.
+
+Every figure is measured here, in this process (times: median over repeats, after a warm-up call) or in
+a fresh subprocess per item (peak memory: ``ru_maxrss`` of a process that loads the model, prepares
+the inputs, then runs the item once). Prompts are encoded once and reused, as a researcher explaining
+ImageNet's classes would (``model.prompts``); the per-image cost is what is measured.
+
+Ratios reported:
+- time: median seconds of the item / median seconds of ``encode_image`` under ``torch.no_grad`` (1 image),
+  the two timed alternately so that both see the same machine load;
+- memory: (peak RSS of the item's process - RSS before the item) / (same for a plain forward), and the
+  whole-process peak ratio (weights included).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+ARCHITECTURES = {"B/16": 16, "B/32": 32}
+
+
+@dataclass
+class BenchRow:
+    architecture: str
+    item: str
+    seconds: float
+    time_ratio: float
+    memory_ratio: float | None = None
+    peak_ratio: float | None = None
+    note: str = ""
+
+
+@dataclass
+class BenchSetup:
+    handle: object
+    pixels: torch.Tensor
+    original: object
+    prompts: dict = field(default_factory=dict)
+
+
+def setup(architecture: str, ks: tuple[int, ...], reference: str | None = None) -> BenchSetup:
+    from PIL import Image
+
+    from faithclip.verification import random_b32
+
+    handle = random_b32(reference, patch_size=ARCHITECTURES[architecture])
+    generator = torch.Generator().manual_seed(0)
+    original = Image.fromarray((torch.rand(375, 500, 3, generator=generator) * 255).byte().numpy())
+    pixels = handle.pixels(original)
+    texts = [f"a photo of a class number {i}" for i in range(max(ks))]
+    prompts = {k: handle.prompts(texts[:k]) for k in ks}
+    return BenchSetup(handle, pixels, original, prompts)
+
+
+def items(bench: BenchSetup, ks: tuple[int, ...], rise_masks: int) -> dict[str, Callable[[], object]]:
+    """Name -> a zero-argument callable doing one unit of work."""
+    import faithclip
+    from faithclip.registry import METHODS
+
+    handle, pixels = bench.handle, bench.pixels
+    one = bench.prompts[min(ks)]
+    work: dict[str, Callable[[], object]] = {}
+
+    def forward():
+        with torch.no_grad():
+            return handle.encode_image(pixels)
+
+    work["forward (no grad)"] = forward
+    for method in ("attention_eclip", "grad_eclip"):
+        for k in ks:
+            work[f"{method} K={k}"] = (lambda m=method, p=bench.prompts[k]: faithclip.explain(handle, pixels, p, m))
+    if "grad_eclip_official" in METHODS:
+        work["grad_eclip_official per pair (500x375 keep-size)"] = (
+            lambda: faithclip.explain(handle, bench.original, one, "grad_eclip_official"))
+    if "game" in METHODS:
+        work["game (all layers) K=1"] = lambda: faithclip.explain(handle, pixels, one, "game")
+    if "rise" in METHODS:
+        work[f"rise per map (N={rise_masks})"] = lambda: faithclip.explain(handle, pixels, one, "rise", masks=rise_masks)
+    work["deletion+insertion (Grad-ECLIP protocol) per image"] = lambda: _deletion_insertion(handle, pixels, bench)
+    return work
+
+
+def _deletion_insertion(handle, pixels, bench: BenchSetup):
+    import faithclip
+    from faithclip.methods.context import Context
+    from faithclip.metrics.case import MetricCase
+    from faithclip.metrics.deletion import gradeclip_curves
+    from faithclip.targets import Target
+
+    prompts = bench.prompts[max(k for k in bench.prompts if k <= 10)]
+    explanation = faithclip.explain(handle, pixels, prompts.input_ids[:1], "attention_eclip")
+    ctx = Context(handle, "image", pixels, prompts, Target())
+    rgb = handle.preprocess.denormalize(pixels[0])
+    case = MetricCase(score_ctx=ctx, rgb=rgb, patch_map=explanation.map, label=0, seed=0)
+    return gradeclip_curves(case, "deletion"), gradeclip_curves(case, "insertion")
+
+
+def interleaved_medians(function: Callable[[], object], forward: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median seconds of ``function`` and of ``forward``, timed alternately so that both see the same load."""
+    function()  # warm-up
+    forward()
+    item_samples, forward_samples = [], []
+    for _ in range(repeats):
+        for function_, samples in ((forward, forward_samples), (function, item_samples)):
+            start = time.perf_counter()
+            function_()
+            samples.append(time.perf_counter() - start)
+    return statistics.median(item_samples), statistics.median(forward_samples)
+
+
+def peak_memory(architecture: str, item: str, ks: tuple[int, ...], rise_masks: int, reference: str | None) -> dict:
+    """Run one item in a fresh interpreter; returns its RSS before the item and its peak (bytes)."""
+    code = (
+        "import json, resource, sys, torch; from faithclip import bench; "
+        f"s = bench.setup({architecture!r}, {ks!r}, {reference!r}); "
+        f"w = bench.items(s, {ks!r}, {rise_masks}); "
+        "base = bench.current_rss(); "
+        f"w[{item!r}](); "
+        "print(json.dumps({'base': base, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def run(architectures=("B/16", "B/32"), ks=(1, 10, 100, 1000), repeats: int = 5, rise_masks: int = 400,
+        memory: bool = True, reference: str | None = None, progress: Callable[[str], None] = lambda s: None
+        ) -> list[BenchRow]:
+    torch.manual_seed(0)
+    rows = []
+    for architecture in architectures:
+        bench = setup(architecture, tuple(ks), reference)
+        work = items(bench, tuple(ks), rise_masks)
+        forward = work["forward (no grad)"]
+        times, ratios = {}, {}
+        for name, function in work.items():
+            heavy = name.startswith(("rise", "deletion", "grad_eclip_official", "game"))
+            times[name], forward_seconds = interleaved_medians(function, forward, 2 if heavy else repeats)
+            ratios[name] = times[name] / forward_seconds
+            progress(f"{architecture} {name}: {times[name]:.3f} s ({ratios[name]:.2f} x forward)")
+        memory_of = {}
+        if memory:
+            for name in work:
+                memory_of[name] = peak_memory(architecture, name, tuple(ks), rise_masks, reference)
+                progress(f"{architecture} {name}: peak {memory_of[name]['peak'] / 2**20:.0f} MiB")
+        base = memory_of.get("forward (no grad)")
+        for name, seconds in times.items():
+            row = BenchRow(architecture, name, seconds, ratios[name])
+            if base:
+                own = memory_of[name]
+                row.memory_ratio = (own["peak"] - own["base"]) / max(base["peak"] - base["base"], 1)
+                row.peak_ratio = own["peak"] / base["peak"]
+            rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[BenchRow]) -> str:
+    header = f"{'arch':<5} {'item':<52} {'seconds':>8} {'x forward':>9} {'mem (x fwd)':>11} {'peak RSS (x)':>12}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        mem = "" if r.memory_ratio is None else f"{r.memory_ratio:.2f}"
+        peak = "" if r.peak_ratio is None else f"{r.peak_ratio:.2f}"
+        lines.append(f"{r.architecture:<5} {r.item:<52} {r.seconds:>8.3f} {r.time_ratio:>9.2f} {mem:>11} {peak:>12}")
+    return "\n".join(lines)
