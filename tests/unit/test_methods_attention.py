@@ -132,10 +132,11 @@ def setup(shape: dict, dtype=torch.float64, seed: int = 0):
     return model, handle, pixels, ids
 
 
-def run(handle, pixels, ids, name: str, side: str, grad_chunk: int = 2, **options) -> torch.Tensor:
-    """The method's raw (B, K, ...) maps; ``grad_chunk=2`` splits K=3 prompts into two backward passes."""
+def run(handle, pixels, ids, name: str, side: str, grad_chunk: int = 2, fast: bool = True, **options) -> torch.Tensor:
+    """The method's raw (B, K, ...) maps; ``grad_chunk=2`` splits K=3 prompts into two backward passes;
+    ``fast=False`` forbids the context's last-layer fast path."""
     ctx = Context(handle=handle, side=side, pixels=handle.pixels(pixels), text=handle.tokens(ids),
-                  target=make_target("cosine"), grad_chunk=grad_chunk)
+                  target=make_target("cosine"), grad_chunk=grad_chunk, fast=fast)
     return getattr(METHODS.get(name), side)(ctx, **options).maps
 
 
@@ -228,7 +229,9 @@ def test_game_matches_chefer_loop(shape, start_layer):
     expected = image_oracle(model, pixels, ids,
                             lambda s, store, t: ref.game_literal(s, store["attn"], 0, start_layer)[1:])
     gh = shape["image_size"] // shape["patch_size"]
-    close(run(handle, pixels, ids, "game", "image", start_layer=start_layer), expected.reshape(2, 3, gh, gh))
+    for fast in (True, False):  # the last layer alone may take the context's fast path
+        close(run(handle, pixels, ids, "game", "image", fast=fast, start_layer=start_layer),
+              expected.reshape(2, 3, gh, gh))
     expected_text = text_oracle(model, pixels, ids,
                                 lambda s, store, eos: ref.game_literal(s, store["attn"], eos, start_layer))
     close(run(handle, pixels, ids, "game", "text", start_layer=start_layer), expected_text)

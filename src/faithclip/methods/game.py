@@ -14,8 +14,10 @@ tokens (image) or the tokens strictly between start and end (text); raw, not nor
 
 ``start_layer=0`` (default) uses every layer, as the paper describes. The official CLIP code (and
 Grad-ECLIP's comparison, which reuses it) sets ``start_layer=-1``: the last layer only, where the map
-reduces to ``mean_h ReLU(dS/dA^h[q, j] * A^h[q, j])``. Since R = (I + Abar_L) ... (I + Abar_s), only the
-query row is propagated: ``r <- r + r @ Abar_l`` from the last layer down.
+reduces to ``mean_h ReLU(dS/dA^h[q, j] * A^h[q, j])``: only the query rows are needed (and the context's
+last-layer fast path applies on the image side). Over several layers, since
+R = (I + Abar_L) ... (I + Abar_s), only the query row is propagated: ``r <- r + r @ Abar_l`` from the last
+layer down.
 """
 
 from __future__ import annotations
@@ -46,16 +48,32 @@ def game_rows(attentions: list[torch.Tensor], attention_grads: list[torch.Tensor
     return row
 
 
+def game_last_layer_row(attention_row: torch.Tensor, attention_grad_row: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """One explained layer: ``R[q] = e_q + mean_h ReLU(G[q] * A[q])``, which needs only the query rows.
+
+    ``attention_row`` ``(B|1, K|1, H, T)``, ``attention_grad_row`` ``(B, K, H, T)``, ``query`` ``(B, K, T)``.
+    """
+    return query + F.relu(attention_grad_row * attention_row).mean(dim=2)  # (B, K, T)
+
+
 def game(ctx: Context, start_layer: int = 0) -> MapResult:
     (first,) = resolve_layers([start_layer], ctx.num_layers)
     layers = list(range(first, ctx.num_layers))
-    scores, caps = ctx.probe_forward(layers, capture=("attn",))
-    attentions = [caps[i].attn for i in layers]
-    attention_grads = ctx.grads(scores, attentions)  # per layer (B, K, H, T, T)
     positions = ctx.query_positions
-    one_hot = F.one_hot(positions, attentions[0].shape[-1]).to(attentions[0].dtype)  # (C, T)
-    query = ctx.pair(one_hot).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
-    rows = game_rows([ctx.pair(a.detach()) for a in attentions], attention_grads, query)
+    if len(layers) == 1:  # only the query rows matter; the context may take its last-layer fast path
+        scores, caps, (grad_rows,) = ctx.pooled_query_gradients(layers, "attn", capture=("attn",))
+        attention = caps[layers[0]].attn.detach()  # (C, H, T, T)
+        tokens = attention.shape[-1]
+        attention_rows = attention[torch.arange(attention.shape[0], device=attention.device), :, positions]  # (C, H, T)
+        query = ctx.pair(F.one_hot(positions, tokens).to(attention.dtype)).expand(ctx.num_images, ctx.num_texts, -1)
+        rows = game_last_layer_row(ctx.pair(attention_rows), grad_rows, query)
+    else:
+        scores, caps = ctx.probe_forward(layers, capture=("attn",))
+        attentions = [caps[i].attn for i in layers]
+        attention_grads = ctx.grads(scores, attentions)  # per layer (B, K, H, T, T)
+        one_hot = F.one_hot(positions, attentions[0].shape[-1]).to(attentions[0].dtype)  # (C, T)
+        query = ctx.pair(one_hot).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
+        rows = game_rows([ctx.pair(a.detach()) for a in attentions], attention_grads, query)
     return MapResult(maps=ctx.token_map(rows).detach(), scores=scores.detach(), layers=layers,
                      options={"start_layer": start_layer})
 
