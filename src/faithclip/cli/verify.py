@@ -49,10 +49,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_p1:
         from faithclip.audit.principles import check_p1, format_p1
 
-        p1_rows = check_p1(model, images[:1], texts[:1])
+        # P1 compares scores, not map quality, so RISE runs with few masks here (its explained score does
+        # not depend on the number of masks).
+        p1_rows = check_p1(model, images[:1], texts[:1], options={"rise": {"masks": 64}})
         print("\nPrinciple P1: does each method explain the model's own score on the model's own input?")
         print(format_p1(p1_rows))
-        record["p1"] = p1_rows
+        record["p1"] = [row.as_dict() for row in p1_rows]
+        undeclared = [r for r in p1_rows if not r.passed and not (r.modifies_model or r.modifies_input)]
+        if undeclared:
+            print(f"\nFAILED: {', '.join(r.method for r in undeclared)} depart from the model's own score "
+                  "without declaring it")
+            return 1
     if args.json:
         from faithclip.explanation import write_atomic
 

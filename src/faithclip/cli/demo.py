@@ -1,0 +1,36 @@
+"""``faithclip demo [--out DIR]``: the whole of faithclip on the shipped model, offline (see faithclip.demo)."""
+
+from __future__ import annotations
+
+import argparse
+
+from faithclip.cli.common import add_model_argument, output_dir
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="explain shapes scenes with every method and write report.html")
+    parser.add_argument("--out", default="faithclip-demo", help="output directory (default: ./faithclip-demo)")
+    parser.add_argument("--scenes", type=int, default=8, help="number of scenes (default 8)")
+    parser.add_argument("--no-audit", action="store_true", help="skip the P1/P2 checks and the Grad-ECLIP audit")
+    add_model_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import faithclip
+    from faithclip.demo import run_demo
+    from faithclip.errors import FaithclipError
+
+    if args.scenes < 1:
+        raise FaithclipError("--scenes must be at least 1.")
+    out = output_dir(args.out)
+    model = faithclip.load(args.model)
+    results = run_demo(out, model, scenes=args.scenes, audit=not args.no_audit, progress=lambda s: print(s, flush=True))
+    print("\nLocalisation (pointing game within "
+          f"{results['tolerance_px']} px of the named object, {args.scenes} scenes):")
+    for name, entry in sorted(results["methods"].items(), key=lambda kv: -kv[1]["pointing"]):
+        print(f"  {name:<22} {entry['pointing']:.2f}   energy {entry['energy_share']:.2f}")
+    worst = max(r["max_rel_diff"] for r in results["equivalence"] if r["dtype"] == "float32")
+    print(f"Grad-ECLIP vs Attention-ECLIP: max relative difference {worst:.1e} (float32)")
+    print(f"\nReport: {(out / 'report.html').resolve()}  ({results['seconds']:.0f} s)")
+    return 0

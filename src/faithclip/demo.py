@@ -1,0 +1,204 @@
+"""``faithclip demo``: everything faithclip checks, offline, on the shipped shapes model, in about a minute.
+
+On a fixed set of generated multi-object scenes (seed ``DEMO_SEED``) it
+1. explains each scene for the prompt of one of its objects with every image-side method in the registry;
+2. verifies Grad-ECLIP == Attention-ECLIP on both towers (float32 and float64);
+3. scores localisation against the exact object masks: pointing game (peak within ``tolerance`` px,
+   15 px at 224 scaled to the model's input) and energy share;
+4. checks principle P1 for every method, and principle P2 (performance ladder and right/wrong split)
+   together with the Grad-ECLIP audit (departure of the official pipeline), unless ``audit=False``;
+and writes ``report.html`` (self-contained) and ``demo.json`` (everything behind it).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from faithclip import __version__
+from faithclip.explanation import write_atomic
+
+logger = logging.getLogger(__name__)
+
+DEMO_SEED = 20261126
+# Per-method options that keep the demo within its time budget; recorded in the report.
+DEMO_OPTIONS: dict[str, dict[str, Any]] = {"rise": {"masks": 1000}}
+
+
+def _image_methods() -> list[str]:
+    import faithclip.methods  # noqa: F401
+    from faithclip.registry import METHODS
+
+    return [spec.name for spec in METHODS if spec.image is not None]
+
+
+def run_demo(out_dir: str | Path, model: Any = None, scenes: int = 8, methods: list[str] | None = None,
+             audit: bool = True, progress: Callable[[str], None] = logger.info) -> dict[str, Any]:
+    import faithclip
+    from faithclip.data.shapes import ShapesWorld
+    from faithclip.equivalence import verify_equivalence
+    from faithclip.metrics.case import pixel_map
+    from faithclip.metrics.pointing import energy_share, pointing_hit
+    from faithclip.registry import METHODS
+
+    started = time.perf_counter()
+    out = Path(out_dir)
+    handle = model if model is not None else faithclip.load()
+    size = handle.image_size
+    tolerance = round(15 * size / 224, 1)
+    world = ShapesWorld(image_size=size)
+    batch = world.multi_object_set(scenes, seed=DEMO_SEED)
+    items = batch.scenes()
+    methods = methods or _image_methods()
+    timings: dict[str, float] = {}
+    results: dict[str, Any] = {"model": handle.name, "version": __version__, "seed": DEMO_SEED, "scenes": [],
+                               "methods": {}, "tolerance_px": tolerance, "options": DEMO_OPTIONS}
+    for name in methods:
+        spec = METHODS.get(name)
+        results["methods"][name] = {"modifies_model": spec.modifies_model, "modifies_input": spec.modifies_input,
+                                    "paper": spec.paper, "hits": [], "energy": []}
+    overlays: dict[tuple[int, str], str] = {}
+    for index, scene in enumerate(items):
+        mask = torch.from_numpy(np.ascontiguousarray(scene.objects[scene.target].mask))
+        record = {"caption": scene.caption, "objects": scene.captions, "scores": {}}
+        for name in methods:
+            tick = time.perf_counter()
+            explanation = faithclip.explain(handle, scene.image, scene.caption, name, **DEMO_OPTIONS.get(name, {}))
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - tick
+            saliency = pixel_map(explanation.map, (size, size))
+            entry = results["methods"][name]
+            entry["hits"].append(pointing_hit(saliency, mask, tolerance))
+            entry["energy"].append(energy_share(saliency, mask))
+            record["scores"][name] = {"score": explanation.score, "model_score": explanation.model_score}
+            overlays[(index, name)] = _data_uri(_overlay(scene.image, explanation))
+        results["scenes"].append(record)
+        progress(f"scene {index + 1}/{len(items)}: {scene.caption}")
+    for name, entry in results["methods"].items():
+        entry["pointing"] = float(np.mean(entry["hits"]))
+        energies = [e for e in entry["energy"] if e == e]
+        entry["energy_share"] = float(np.mean(energies)) if energies else float("nan")
+        entry["seconds_per_map"] = timings[name] / len(items)
+    images = [s.image for s in items[:4]]
+    texts = [s.caption for s in items[:2]]
+    rows = verify_equivalence(handle, images, texts, layers=(1, 2), dtypes=(torch.float32, torch.float64))
+    results["equivalence"] = [r.as_dict() for r in rows]
+    progress("equivalence verified")
+    if audit:
+        results.update(_principles_and_audit(handle, methods, progress))
+    results["seconds"] = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "demo.json", json.dumps(results, indent=1, default=_jsonable).encode())
+    write_atomic(out / "report.html", render_html(results, items, methods, overlays).encode())
+    return results
+
+
+def _principles_and_audit(handle: Any, methods: list[str], progress: Callable[[str], None]) -> dict[str, Any]:
+    from faithclip.audit.data import shapes_data
+    from faithclip.audit.departure import audit_departure
+    from faithclip.audit.ladder import LadderConfig, correctness_split, performance_ladder
+    from faithclip.audit.principles import check_p1
+    from faithclip.data.shapes import ShapesWorld
+
+    size = handle.image_size
+    scene = ShapesWorld(image_size=size).multi_object_set(1, seed=DEMO_SEED + 1).scene(0)
+    p1 = check_p1(handle, scene.image, scene.caption, methods, options=DEMO_OPTIONS)
+    progress("P1 checked")
+    cheap = [m for m in ("attention_eclip", "grad_eclip", "self_attention", "grad_cam", "game") if m in methods]
+    accuracy = shapes_data(120, raw_size=size, seed=DEMO_SEED + 2, kind="single")
+    pointing = shapes_data(24, raw_size=size, seed=DEMO_SEED + 3, kind="multi")
+    ladder = performance_ladder(handle, accuracy, pointing, cheap, LadderConfig(alphas=(0.0, 0.25, 0.5, 0.75, 1.0)))
+    progress("P2 ladder measured")
+    split = correctness_split(handle, shapes_data(80, raw_size=size, seed=DEMO_SEED + 4, kind="multi"), cheap)
+    audit = audit_departure(handle, shapes_data(80, raw_size=2 * size, seed=DEMO_SEED + 5, kind="single"),
+                            map_images=8)
+    audit["ladder"], audit["correctness"] = ladder, split
+    progress("Grad-ECLIP audit measured")
+    return {"p1": [row.as_dict() for row in p1], "audit": audit}
+
+
+def _overlay(image: Any, explanation: Any) -> bytes:
+    from faithclip.report.overlay import overlay_png
+
+    return overlay_png(image, explanation.normalized())
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child{text-align:left}.grid img{width:96px;height:96px;image-rendering:pixelated}
+.grid td{text-align:center;font-size:11px}.bad{color:#b00;font-weight:bold}"""
+
+
+def render_html(results: dict[str, Any], items: list[Any], methods: list[str], overlays: dict) -> str:
+    from faithclip.audit.report import audit_html
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faithclip demo</title><style>{STYLE}</style>"
+             f"</head><body><h1>faithclip demo</h1><p>Model <b>{html.escape(results['model'])}</b>, faithclip "
+             f"{results['version']}, scene seed {results['seed']}, {len(items)} scenes, "
+             f"{results['seconds']:.1f} s. Method options: {html.escape(json.dumps(results['options']))}.</p>"]
+    parts.append("<h2>Localisation against exact object masks</h2>")
+    parts.append(f"<p>Pointing game: the map's peak within {results['tolerance_px']} px of the named object "
+                 "(15 px at 224 px, scaled). Energy: share of the map's positive mass inside the object.</p>")
+    rows = []
+    for name in sorted(methods, key=lambda m: -results["methods"][m]["pointing"]):
+        entry = results["methods"][name]
+        flag = "MODIFIES THE MODEL" if entry["modifies_model"] else ("modifies the input" if entry["modifies_input"] else "")
+        rows.append([name, f"{entry['pointing']:.2f}", f"{entry['energy_share']:.2f}",
+                     f"{entry['seconds_per_map'] * 1000:.0f}", flag])
+    parts.append(_table(["method", "pointing game", "energy share", "ms per map", "P1 declaration"], rows))
+    parts.append("<h2>Grad-ECLIP == Attention-ECLIP</h2>")
+    parts.append(_table(["side", "layers", "dtype", "pairs", "max |diff|", "max rel diff", "max |map|"],
+                        [[r["side"], r["layers"], r["dtype"], r["pairs"], f"{r['max_abs_diff']:.2e}",
+                          f"{r['max_rel_diff']:.2e}", f"{r['max_map_value']:.2e}"] for r in results["equivalence"]]))
+    if "p1" in results:
+        parts.append("<h2>Principle P1: is the explained score the model's own?</h2>")
+        parts.append(_table(["method", "side", "max relative gap", "P1", "reason"],
+                            [[r["method"], r["side"], "n/a" if r["max_gap"] is None else f"{r['max_gap']:.2e}",
+                              "pass" if r["passed"] else "FAIL", r["reason"]] for r in results["p1"]]))
+    if "audit" in results:
+        parts.append(audit_html(results["audit"]))
+    parts.append("<h2>Maps</h2><table class='grid'><tr><th>scene</th>" +
+                 "".join(f"<th>{html.escape(m)}</th>" for m in methods) + "</tr>")
+    for index, (scene, record) in enumerate(zip(items, results["scenes"])):
+        cells = [f"<td><img src='{_data_uri(_png(scene.image))}'><br>{html.escape(record['caption'])}</td>"]
+        for name in methods:
+            score = record["scores"][name]
+            cells.append(f"<td><img src='{overlays[(index, name)]}'><br>{score['score']:+.3f}"
+                         f"{'' if abs(score['score'] - score['model_score']) < 1e-5 else ' (model ' + format(score['model_score'], '+.3f') + ')'}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table><p>Under each map: the score the method explained, and the model's own score where "
+                 "they differ (principle P1).</p></body></html>")
+    return "".join(parts)
+
+
+def _png(image: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
