@@ -45,7 +45,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         out.append(("model", header, [row]))
     categories: dict[str, list[dict[str, Any]]] = {}
     for m in metrics:
-        if m["per_method"]:
+        if m["per_method"] and m["name"] not in not_computed(results):
             categories.setdefault(m["category"], []).append(m)
     for category, members in categories.items():
         header = ["method"] + [f"{label} {ARROW[m['higher_is_better']]}" for m in members
@@ -59,6 +59,17 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             rows.append(row)
         out.append((category, header, rows))
     return out
+
+
+def not_computed(results: dict[str, Any]) -> list[str]:
+    """Metrics without a single value (e.g. the pointing games on data without masks)."""
+    empty = []
+    for m in results["metrics"]:
+        per_method = [results["aggregate"].get(method, {}).get(m["name"], {}) for method in
+                      (["-"] if not m["per_method"] else [x["name"] for x in results["methods"]])]
+        if all(not summary or all(v.get("n", 0) == 0 for v in summary.values()) for summary in per_method):
+            empty.append(m["name"])
+    return empty
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -76,6 +87,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
+    skipped = not_computed(results)
+    if skipped:
+        lines += [f"Not computed (no values, e.g. no object masks in the data): {', '.join(skipped)}.", ""]
     lines += ["## Protocols", ""]
     for m in results["metrics"]:
         options = ", ".join(f"{k}={v}" for k, v in m["options"].items())
