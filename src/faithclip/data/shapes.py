@@ -313,17 +313,24 @@ class ShapesWorld:
         amplitude = rng.uniform(4, 20, size=(n, 1, 1)).astype(f32)
         period = rng.uniform(3, 10, size=(n, 1, 1)).astype(f32) / size
         texture_kind = rng.integers(0, 3, size=n)
-        ramp = np.cos(angle) * grid[None, None, :] + np.sin(angle) * grid[None, :, None]  # (n, S, S)
-        texture = rng.random((n, size, size), dtype=f32) * 2 - 1  # kind 0: fine noise
+        cos, sin = np.cos(angle), np.sin(angle)
+        texture = rng.random((n, size, size), dtype=f32) * 2 - 1  # kind 0: fine noise, (n, S, S)
         stripes = texture_kind == 1
         # kind 1: stripes across the gradient direction
-        texture[stripes] = np.sin(2 * np.pi * ramp[stripes] / period[stripes])
+        ramp = cos[stripes] * grid[None, None, :] + sin[stripes] * grid[None, :, None]  # (m, S, S)
+        texture[stripes] = np.sin(2 * np.pi * ramp / period[stripes])
         blotchy = texture_kind == 2
-        coarse = rng.random((n, size // 8, size // 8), dtype=f32) * 2 - 1
+        cells = -(-size // 8)
+        coarse = rng.random((int(blotchy.sum()), cells, cells), dtype=f32) * 2 - 1
         # kind 2: 8x8-pixel blotches plus half-strength fine noise
-        texture[blotchy] = 0.5 * texture[blotchy] + np.kron(coarse[blotchy], np.ones((8, 8), f32))
-        field = grey + slope * ramp + amplitude * texture  # (n, S, S)
-        image = np.clip(field[..., None] + tint, 0, 255).astype(np.uint8)  # (n, S, S, 3)
+        blotches = coarse.repeat(8, axis=1).repeat(8, axis=2)[:, :size, :size]
+        texture[blotchy] = 0.5 * texture[blotchy] + blotches
+        field = amplitude * texture  # (n, S, S)
+        # grey + slope * (cos x + sin y): a linear ramp, added as two broadcasts
+        field += grey + (slope * cos) * grid[None, None, :]
+        field += (slope * sin) * grid[None, :, None]
+        np.clip(field, 12, 243, out=field)  # room for the +-12 tint: no second clip over 3 channels
+        image = (field[..., None] + tint).astype(np.uint8)  # (n, S, S, 3)
         self._draw_distractors(rng, image)
         return image
 
