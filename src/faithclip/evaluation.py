@@ -72,7 +72,7 @@ class EvalConfig:
     def identity(self, handle: ClipHandle, data: LabelledSet) -> dict[str, Any]:
         return {
             "model": self.model, "model_fingerprint": model_fingerprint(handle), "data": data.name,
-            "num_cases": len(data), "methods": list(self.methods), "metrics": list(self.metrics),
+            "data_fingerprint": data.fingerprint(), "num_cases": len(data), "methods": list(self.methods), "metrics": list(self.metrics),
             "limit": self.limit, "seed": self.seed, "examples": self.examples,
             "metric_options": {m: self.options_for(m) for m in self.metrics},
             "method_options": {m: dict(self.method_options.get(m, {})) for m in self.methods},

@@ -99,6 +99,10 @@ def test_same_seed_same_numbers_and_a_changed_config_is_refused(handle, tmp_path
                                                           seed=9), progress=False, report=False)
     with pytest.raises(EvaluationError, match="model_fingerprint"):
         evaluate(tiny_shapes_clip(seed=1), data, tmp_path / "a", config, progress=False, report=False)
+    other_scenes = shapes_set(32, 3, seed=5)
+    other_scenes.name = data.name  # e.g. the world's generator changed between the two runs
+    with pytest.raises(EvaluationError, match=r"\(data_fingerprint\)"):
+        evaluate(handle, other_scenes, tmp_path / "a", config, progress=False, report=False)
 
 
 def test_outputs_schema_and_protocol_labels(handle, tmp_path):

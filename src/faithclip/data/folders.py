@@ -18,6 +18,7 @@ Layouts:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,15 @@ class LabelledSet:
     def __iter__(self) -> Iterator[LabelledImage]:
         for load in self.cases:
             yield load()
+
+    def fingerprint(self) -> str:
+        """A short hash of what the cases are (ids and file sizes, or generated pixels and masks), so a
+        resumed run notices when the data behind the same name changed."""
+        digest = hashlib.sha256()
+        for load in self.cases:
+            digest.update(load.case_id.encode())
+            digest.update(load.content_key())
+        return digest.hexdigest()[:16]
 
     def limited(self, limit: int | None) -> "LabelledSet":
         if limit is None:
@@ -131,6 +141,9 @@ class _ImageNetCase:
     def __call__(self) -> LabelledImage:
         return LabelledImage(self.case_id, open_image(self.path), self.label)
 
+    def content_key(self) -> bytes:
+        return f"{self.label}:{self.path.stat().st_size}".encode()
+
 
 # ---- VOC-style ------------------------------------------------------------------------------------
 def voc_folder(root: str | Path) -> LabelledSet:
@@ -177,6 +190,9 @@ class _VocCase:
             raise DataError(f"{self.seg_path} is {indices.shape[::-1]} but its image is {image.size}.")
         return LabelledImage(self.case_id, image, self.label, indices == self.value, indices == 255)
 
+    def content_key(self) -> bytes:
+        return f"{self.label}:{self.image_path.stat().st_size}:{self.seg_path.stat().st_size}".encode()
+
 
 # ---- the shapes world -----------------------------------------------------------------------------
 def shapes_set(image_size: int = 64, count: int = 100, seed: int = SHAPES_EVAL_SEED) -> LabelledSet:
@@ -202,6 +218,11 @@ class _ShapesCase:
         scene = self.batch.scene(self.index)
         target = scene.objects[scene.target]
         return LabelledImage(self.case_id, scene.image, target.label, target.mask.copy())
+
+    def content_key(self) -> bytes:
+        batch, index = self.batch, self.index
+        target = batch.targets[index]
+        return batch.images[index].tobytes() + batch.masks[index, target].tobytes() + bytes([int(batch.labels[index, target])])
 
 
 def open_data(spec: str, image_size: int = 64, count: int = 100) -> LabelledSet:
