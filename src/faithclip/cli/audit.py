@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from faithclip.explanation import write_atomic
     from faithclip.models.loading import load
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    torch.set_num_threads(1)  # shared CPUs: one thread avoids busy-waiting worker threads
     handle = random_init_handle(args.model, args.seed) if args.random_init else load(args.model)
     raw_size = args.raw_size or 2 * handle.image_size
     if args.images:
