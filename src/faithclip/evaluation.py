@@ -395,7 +395,7 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
         chosen = _jsonable(evaluator.config.options_for(spec.name))
         chosen.pop("batch_size", None)  # does not change the numbers
         # A non-default option changes the protocol, so it becomes part of every label of the metric.
-        protocol = spec.protocol + ("; " + ", ".join(f"{k}={v}" for k, v in chosen.items()) if chosen else "")
+        protocol = spec.protocol_label(chosen)
         metric_meta.append({
             "name": spec.name, "category": spec.category, "higher_is_better": spec.higher_is_better,
             "protocol": protocol, "paper": spec.paper, "summary": spec.summary, "per_method": spec.per_method,

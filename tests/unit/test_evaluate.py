@@ -118,7 +118,7 @@ def test_outputs_schema_and_protocol_labels(handle, tmp_path):
     assert saved["model"]["fingerprint"] == results["config"]["model_fingerprint"]
     columns = {m["name"]: m["columns"] for m in saved["metrics"]}
     assert columns["deletion_rise"]["auc"] == "deletion AUC [rise]"
-    assert columns["pointing_game"]["hit"] == "pointing game [pointing, 15 px; tolerance=4]"
+    assert columns["pointing_game"]["hit"] == "pointing game [pointing, 4 px]"
     summary = saved["aggregate"]["grad_eclip"]["deletion_rise"]["auc"]
     assert summary["n"] == 3 and summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
     markdown = (tmp_path / "results.md").read_text()

@@ -85,3 +85,6 @@ def test_registry_metadata():
     for name in ("pointing_game", "energy_pointing_game"):
         spec = METRICS.get(name)
         assert spec.category == "localisation" and spec.higher_is_better and spec.needs_mask
+    assert METRICS.get("pointing_game").column("hit") == "pointing game [pointing, 15 px]"
+    assert METRICS.get("pointing_game").column("hit", {"tolerance": 4.3}) == "pointing game [pointing, 4.3 px]"
+    assert METRICS.get("deletion_rise").column("auc", {"substrate": "black"}) == "deletion AUC [rise; substrate=black]"

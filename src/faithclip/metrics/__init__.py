@@ -37,9 +37,17 @@ class MetricSpec:
     needs_mask: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
 
-    def column(self, output: str) -> str:
+    def protocol_label(self, options: dict[str, Any] | None = None) -> str:
+        """The protocol with its options: ``protocol`` may name options (``"pointing, {tolerance:g} px"``);
+        chosen options it does not name are appended, so a changed setting always shows."""
+        options = dict(options or {})
+        label = self.protocol.format(**{**self.defaults, **options})
+        rest = {k: v for k, v in options.items() if "{" + k not in self.protocol}
+        return label + ("; " + ", ".join(f"{k}={v}" for k, v in rest.items()) if rest else "")
+
+    def column(self, output: str, options: dict[str, Any] | None = None) -> str:
         """The label of one output with its protocol, e.g. ``deletion AUC [rise]``."""
-        return f"{self.outputs.get(output, output)} [{self.protocol}]"
+        return f"{self.outputs.get(output, output)} [{self.protocol_label(options)}]"
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")

@@ -72,7 +72,7 @@ def run_energy(case: MetricCase) -> MetricValue:
 
 
 register_metric(MetricSpec(
-    name="pointing_game", category="localisation", higher_is_better=True, protocol="pointing, 15 px",
+    name="pointing_game", category="localisation", higher_is_better=True, protocol="pointing, {tolerance:g} px",
     summary="hit if the map's maximum lies within 15 px of the object",
     paper="Zhang et al., Top-down Neural Attention by Excitation Backprop, ECCV 2016",
     run=run_pointing, outputs={"hit": "pointing game"}, needs_mask=True, defaults={"tolerance": 15.0},
