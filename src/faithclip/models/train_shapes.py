@@ -58,8 +58,8 @@ class ShapesRecipe:
 
     image_size: int = 64
     patch_size: int = 8
-    vision_width: int = 192
-    vision_layers: int = 6
+    vision_width: int = 128
+    vision_layers: int = 4
     vision_heads: int = 4
     text_width: int = 128
     text_layers: int = 2
@@ -265,10 +265,20 @@ def train_shapes(
     out_dir = Path(out_dir).expanduser().resolve()
     check_output_dir(out_dir)
 
-    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
     torch.set_num_threads(max(1, min(2, recipe.threads)))
+    try:
+        return _train(out_dir, minutes, seed, recipe, command, max_steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    out_dir: Path, minutes: float, seed: int, recipe: ShapesRecipe, command: str | None, max_steps: int | None
+) -> dict[str, float]:
+    torch.manual_seed(seed)
+    # Training draws sample seeds 0, 1, 2, ... (one per step); held-out scenes use HELD_OUT_SEED.
     world = ShapesWorld(recipe.image_size, seed=seed)
-    held_out_world = ShapesWorld(recipe.image_size, seed=seed)
     tokenizer = build_tokenizer(recipe)
     model = build_model(recipe, tokenizer)
     model.train()
@@ -318,13 +328,13 @@ def train_shapes(
         bar.update(round(now - start) - bar.n)
         bar.set_postfix(loss=f"{loss_value:.3f}", step=step)
         if now - last_eval >= recipe.eval_every_seconds:
-            metrics = held_out_metrics(model, tokenizer, held_out_world, recipe.eval_scenes)
+            metrics = held_out_metrics(model, tokenizer, world, recipe.eval_scenes)
             logger.info("step %d (%.1f min): loss %.3f, %s", step, (now - start) / 60, loss_value, metrics)
             last_eval = time.monotonic()
     bar.close()
     trained_minutes = (time.monotonic() - start) / 60.0
     model.eval()
-    metrics = held_out_metrics(model, tokenizer, held_out_world, recipe.eval_scenes)
+    metrics = held_out_metrics(model, tokenizer, world, recipe.eval_scenes)
     metrics.update(
         steps=step,
         minutes=round(trained_minutes, 2),
@@ -359,6 +369,10 @@ def save_atomically(
         tokenizer.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
+        # mkdtemp and safetensors create owner-only files; a shipped model must be readable by all.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
         if out_dir.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             out_dir.rename(retired / out_dir.name)
