@@ -7,7 +7,6 @@ training; nothing from ``faithclip.models.train_shapes`` takes part in that meas
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 

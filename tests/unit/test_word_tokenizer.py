@@ -6,9 +6,21 @@ import json
 
 import pytest
 import torch
-from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    PreTrainedTokenizerFast,
+)
 
-from faithclip.models.word_tokenizer import END, PAD, START, UNK, build_word_tokenizer, save_word_tokenizer
+from faithclip.models.word_tokenizer import (
+    END,
+    PAD,
+    START,
+    UNK,
+    build_word_tokenizer,
+    save_word_tokenizer,
+)
 
 WORDS = ["red", "green", "blue", "circle", "square", "ring"]
 

@@ -388,8 +388,8 @@ class ShapesWorld:
             centre = layout.centres[rows, slot]  # (m, 2)
             r = layout.radii[rows, slot][:, None, None]
             xs, ys = self._window(centre, window)  # (m, w) each
-            u = ((xs + 0.5 - centre[:, :1]))[:, None, :] / r  # (m, 1, w)
-            v = ((ys + 0.5 - centre[:, 1:]))[:, :, None] / r  # (m, w, 1)
+            u = (xs + 0.5 - centre[:, :1])[:, None, :] / r  # (m, 1, w)
+            v = (ys + 0.5 - centre[:, 1:])[:, :, None] / r  # (m, w, 1)
             mark = _shape_masks(layout.labels[rows, slot] % len(SHAPES), u, v)  # (m, w, w)
             self._paint(images, rows, xs, ys, mark, layout.colours_rgb[rows, slot])
             which, wy, wx = np.nonzero(mark)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -34,11 +33,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    PreTrainedTokenizerFast,
+)
 
-from faithclip.data.shapes import COLOUR_NAMES, MAX_OBJECTS, SHAPES, SceneBatch, ShapesWorld
+from faithclip.data.shapes import (
+    COLOUR_NAMES,
+    MAX_OBJECTS,
+    SHAPES,
+    SceneBatch,
+    ShapesWorld,
+)
 from faithclip.errors import FaithclipError
-from faithclip.models.word_tokenizer import as_transformers_tokenizer, build_word_tokenizer
+from faithclip.models.word_tokenizer import (
+    as_transformers_tokenizer,
+    build_word_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,25 +100,25 @@ def build_tokenizer(recipe: ShapesRecipe) -> PreTrainedTokenizerFast:
 
 def build_model(recipe: ShapesRecipe, tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
     """A freshly initialised CLIPModel whose text pooling uses the tokenizer's end token."""
-    text_config = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=recipe.text_width,
-        intermediate_size=4 * recipe.text_width,
-        num_hidden_layers=recipe.text_layers,
-        num_attention_heads=recipe.text_heads,
-        max_position_embeddings=recipe.max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision_config = dict(
-        hidden_size=recipe.vision_width,
-        intermediate_size=4 * recipe.vision_width,
-        num_hidden_layers=recipe.vision_layers,
-        num_attention_heads=recipe.vision_heads,
-        image_size=recipe.image_size,
-        patch_size=recipe.patch_size,
-    )
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": recipe.text_width,
+        "intermediate_size": 4 * recipe.text_width,
+        "num_hidden_layers": recipe.text_layers,
+        "num_attention_heads": recipe.text_heads,
+        "max_position_embeddings": recipe.max_length,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision_config = {
+        "hidden_size": recipe.vision_width,
+        "intermediate_size": 4 * recipe.vision_width,
+        "num_hidden_layers": recipe.vision_layers,
+        "num_attention_heads": recipe.vision_heads,
+        "image_size": recipe.image_size,
+        "patch_size": recipe.patch_size,
+    }
     config = CLIPConfig(
         text_config=text_config, vision_config=vision_config, projection_dim=recipe.projection_dim
     )
@@ -174,8 +187,8 @@ def curriculum_batch(world: ShapesWorld, progress: float, recipe: ShapesRecipe, 
     if progress < recipe.single_only_fraction:
         return world.sample(n, 1, 1, seed=seed)
     ramp = min(1.0, (progress - recipe.single_only_fraction) / (recipe.ramp_fraction - recipe.single_only_fraction))
-    max_objects = 1 + int(round(ramp * (recipe.max_objects - 1)))
-    n_single = int(round(n * recipe.single_share))
+    max_objects = 1 + round(ramp * (recipe.max_objects - 1))
+    n_single = round(n * recipe.single_share)
     single = world.sample(n_single, 1, 1, seed=seed)
     multi = world.sample(n - n_single, min(2, max_objects), max_objects, seed=seed)
     return SceneBatch(
