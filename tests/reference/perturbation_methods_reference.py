@@ -153,8 +153,9 @@ def clip_feature_surgery(image_features, text_features, redundant_feats=None):
 class InformationBottleneck(nn.Module):
     """Official bottleneck (variance fixed to 1 as in the official forward); noise from ``generator``."""
 
-    def __init__(self, shape, generator):
+    def __init__(self, shape, generator, noise_tokens=None):
         super().__init__()
+        self.noise_tokens = noise_tokens or shape[0]  # noise drawn for this many positions, first T kept
         self.alpha = nn.Parameter(torch.full((1, *shape), fill_value=5.0))
         self.generator = generator
         self.buffer_capacity = None
@@ -165,7 +166,7 @@ class InformationBottleneck(nn.Module):
         masked_mu = x * lamb
         masked_var = (1 - lamb) ** 2
         self.buffer_capacity = -0.5 * (1 + torch.log(masked_var) - masked_mu ** 2 - masked_var)
-        eps = torch.randn(masked_mu.shape, generator=self.generator)
+        eps = torch.randn((x.shape[0], self.noise_tokens, x.shape[2]), generator=self.generator)[:, :x.shape[1]]
         return masked_mu + masked_var.sqrt() * eps
 
 
@@ -181,13 +182,16 @@ class LayerThenBottleneck(nn.Module):
         return self.bottleneck(out[0] if isinstance(out, tuple) else out)
 
 
-def m2ib_reference(model, side, layer_idx, pixels, input_ids, beta=0.1, steps=10, batch_size=10, lr=1.0, seed=0):
-    """One (image, text) pair, unpadded text ids (1, L): the official loop -> per-token capacity (T,)."""
+def m2ib_reference(model, side, layer_idx, pixels, input_ids, beta=0.1, steps=10, batch_size=10, lr=1.0, seed=0,
+                   noise_tokens=None):
+    """One (image, text) pair, unpadded text ids (1, L): the official loop -> per-token capacity (T,).
+    The noise of each forward is ``randn((batch_size, noise_tokens, D))`` from a generator seeded once,
+    first T positions kept (the official code draws ``randn_like`` from the global generator)."""
     model = copy.deepcopy(model).eval()
     tower = model.vision_model if side == "image" else model.text_model
     tokens = (tower.embeddings(pixels) if side == "image" else tower.embeddings(input_ids=input_ids)).shape[1]
     width = tower.config.hidden_size
-    bottleneck = InformationBottleneck((tokens, width), torch.Generator().manual_seed(seed))
+    bottleneck = InformationBottleneck((tokens, width), torch.Generator().manual_seed(seed), noise_tokens)
     tower.encoder.layers[layer_idx] = LayerThenBottleneck(tower.encoder.layers[layer_idx], bottleneck)
     batch = input_ids.expand(batch_size, -1), pixels.expand(batch_size, -1, -1, -1)
     optimizer = torch.optim.Adam(lr=lr, params=bottleneck.parameters())

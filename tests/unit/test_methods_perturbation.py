@@ -136,7 +136,9 @@ def test_m2ib_matches_official_loop(side, shape):
     options = dict(steps=3, samples=4, seed=7)
     result = method_spec("m2ib", side).image(ctx, **options) if side == "image" else \
         method_spec("m2ib", side).text(ctx, **options)
-    expected = m2ib_reference(handle.model, side, layer, pixels, ids, steps=3, batch_size=4, seed=7)
+    noise_tokens = None if side == "image" else handle.context_length  # texts draw noise for the whole context
+    expected = m2ib_reference(handle.model, side, layer, pixels, ids, steps=3, batch_size=4, seed=7,
+                              noise_tokens=noise_tokens)
     if side == "image":
         torch.testing.assert_close(result.maps.reshape(-1), expected[1:], rtol=1e-4, atol=1e-6)
     else:
@@ -174,7 +176,10 @@ def test_bottleneck_intervention_removes_its_hook_on_error():
 
 
 def test_m2ib_default_layer_scales_with_depth():
-    assert [default_layer(n) for n in (1, 2, 4, 12, 24)] == [0, 1, 3, 9, 18]
+    assert [default_layer(n) for n in (1, 2, 4, 6, 12, 24)] == [0, 0, 2, 4, 9, 18]
+    handle, pixels, ids = handle_and_inputs(SHAPES[0])
+    with pytest.warns(UserWarning, match="LAST layer"):
+        faithclip.explain(handle, pixels[0], ids[:1], method="m2ib", layer=-1, steps=1, samples=1)
 
 
 # ---- RISE and occlusion on a linear score -------------------------------------------------------------------

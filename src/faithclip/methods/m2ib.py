@@ -20,8 +20,10 @@ padding in a batch changes nothing.
 Notes. The official code keeps ``variance`` in an estimator its bottleneck never reads, so its noise
 variance is always 1; here ``variance`` is applied (``variance=1``, the default, is the official
 computation). The official text wrapper drops the causal mask; here the model's own text forward runs.
-One noise draw per step is shared by all (image, text) pairs, so every pair's map is independent of
-what else is in the batch. Layer default: 9 of 12, i.e. ``round(0.75 * L)`` (capped at L - 1).
+One noise draw per step is shared by all (image, text) pairs, and texts draw noise for the full context
+length (then keep their own positions), so every pair's map is independent of what else is in the batch. Layer default: 9 of 12, i.e. ``round(0.75 * L)``, capped at L - 2 so that a
+block follows the bottleneck (on the 4-layer shapes model, layer 3 = the last block gave maps whose
+maximum almost never fell on the named object; layer 2 does as well as Grad-ECLIP).
 
 The replacement is an INTERVENTION (``bottleneck_intervention``): a forward hook that returns a modified
 output, removed in ``finally``; it is not the probe, which never changes a value.
@@ -29,6 +31,7 @@ output, removed in ``finally``; it is not the probe, which never changes a value
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -83,7 +86,9 @@ def capacity(mu: torch.Tensor, var: torch.Tensor, prior_var: float) -> torch.Ten
 
 
 def default_layer(num_layers: int) -> int:
-    return min(round(0.75 * num_layers), num_layers - 1)
+    """Layer 9 of 12 scaled to the depth, ``round(0.75 L)``, but never the last layer: at least one block must
+    follow the bottleneck, or only the pooled token reaches the score (the official 9 of 12 has two after)."""
+    return max(0, min(round(0.75 * num_layers), num_layers - 2))
 
 
 def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: float = 1.0, steps: int = 10,
@@ -91,6 +96,10 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
     if steps < 1 or samples < 1:
         raise MethodError(f"m2ib needs steps >= 1 and samples >= 1; got steps={steps}, samples={samples}.")
     layer = default_layer(ctx.num_layers) if layer is None else resolve_layers([layer], ctx.num_layers)[0]
+    if layer == ctx.num_layers - 1:
+        warnings.warn("m2ib: a bottleneck on the LAST layer's output reaches the score only through the pooled "
+                      "token; the other tokens' capacities then reflect the compression term alone. Choose an "
+                      "earlier layer (the default keeps at least one block after it).", stacklevel=3)
     model = ctx.handle.model
     num_images, num_texts = ctx.num_images, ctx.num_texts
     pairs = num_images * num_texts  # pair p = (b, k) = (p // K, p % K)
@@ -125,6 +134,7 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
             return scores.gather(0, repeat(image_of)[None, :])[0]  # (P*S,)
 
     width = encoder_layers(model, ctx.tower)[layer].self_attn.embed_dim
+    noise_tokens = tokens if ctx.side == "image" else max(tokens, ctx.handle.context_length)
     dtype = ctx.handle.dtype
     alpha = torch.full((pairs, 1, tokens, width), INITIAL_ALPHA, dtype=dtype, device=ctx.pixels.device,
                        requires_grad=True)  # (P, 1, T, D); the 1 broadcasts over noise samples
@@ -138,7 +148,8 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
         mu = x * lam  # (P, S, T, D)
         var = ((1 - lam) ** 2 * variance).expand_as(mu)  # (P, S, T, D)
         state["capacity"] = capacity(mu, var, variance)
-        eps = torch.randn((1, samples, tokens, width), generator=generator, dtype=dtype, device=hidden.device)
+        eps = torch.randn((1, samples, noise_tokens, width), generator=generator, dtype=dtype, device=hidden.device)
+        eps = eps[:, :, :tokens]  # (1, S, T, D): position j's noise does not depend on the padded length
         return (mu + var.sqrt() * eps).reshape(hidden.shape)  # (P*S, T, D)
 
     with torch.enable_grad(), bottleneck_intervention(model, ctx.tower, layer, replace):
@@ -163,7 +174,7 @@ register_method(MethodSpec(
     image=m2ib,
     text=m2ib,
     modifies_input=True,
-    defaults={"layer": "round(0.75 L) (9 of 12)", "beta": 0.1, "variance": 1.0, "steps": 10, "lr": 1.0,
+    defaults={"layer": "min(round(0.75 L), L - 2) (9 of 12)", "beta": 0.1, "variance": 1.0, "steps": 10, "lr": 1.0,
               "samples": 10, "seed": 0},
     summary="per-token KL capacity of an information bottleneck Z = l X + (1-l) eps at a layer, fitted to keep the score",
 ))
