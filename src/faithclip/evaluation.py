@@ -373,8 +373,8 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
             curve_sets = [r["curves"][spec.name] for r in mine if spec.name in r.get("curves", {})]
             if curve_sets:
                 curves.setdefault(method, {})[spec.name] = {
-                    name: {"x": curve_sets[0][name][0],
-                           "y": np.mean([c[name][1] for c in curve_sets], axis=0).tolist(), "n": len(curve_sets)}
+                    name: {"x": curve_sets[0][name][0], "y": _nanmean([c[name][1] for c in curve_sets]),
+                           "n": len(curve_sets)}
                     for name in curve_sets[0]
                 }
         aggregate_values[method] = per_metric
@@ -427,6 +427,15 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
         "per_image": records,
         "complete": len(records) == len(case_ids) * (len(evaluator.methods) + any(not m.per_method for m in evaluator.metrics)),
     }
+
+
+def _nanmean(rows: list[list[float]]) -> list[float | None]:
+    """Point-wise mean over images of curves, leaving out undefined (NaN) points; None where all are."""
+    values = np.array(rows, dtype=np.float64)  # (images, points)
+    finite = np.isfinite(values)
+    counts = finite.sum(axis=0)
+    sums = np.where(finite, values, 0.0).sum(axis=0)
+    return [float(t / c) if c else None for t, c in zip(sums, counts)]
 
 
 def _jsonable(value: Any) -> Any:

@@ -122,7 +122,8 @@ def curve_figures(results: dict[str, Any]) -> list[tuple[str, bytes]]:
         axes = figure.add_subplot()
         colours = matplotlib.colormaps["tab10" if len(by_method) <= 10 else "tab20"]
         for index, (method, curve) in enumerate(by_method.items()):
-            axes.plot(curve["x"], curve["y"], marker="." if len(curve["x"]) <= 20 else None, label=method,
+            y = [float("nan") if v is None else v for v in curve["y"]]  # undefined points leave gaps
+            axes.plot(curve["x"], y, marker="." if len(curve["x"]) <= 20 else None, label=method,
                       color=colours(index % colours.N), linestyle="-" if index % 2 == 0 else "--")
         protocol = specs[metric]["protocol"] if metric in specs else ""
         axes.set_title(f"{metric}: {name} [{protocol}]", fontsize=9)
