@@ -308,3 +308,23 @@ def test_clip_surgery_empty_prompt_with_the_real_tokenizer(b32_handle):
                   text=b32_handle.tokens("a cat"), target=Target())
     batch = empty_prompt(ctx)
     assert batch.input_ids.tolist() == [[49406, 49407]] and batch.eos_positions.tolist() == [1]
+
+
+def test_occlusion_points_at_the_named_shape_on_the_shipped_model():
+    # ground truth by construction: one object covering ~5 % of the image; chance of a hit ~ 0.05 per scene
+    from PIL import Image
+
+    from faithclip.data.shapes import ShapesWorld
+    from faithclip.models.loading import shipped_models
+
+    if "shapes-clip" not in shipped_models():
+        pytest.skip("the shipped shapes-clip model is not available")
+    handle = faithclip.load("shapes-clip")
+    scenes = ShapesWorld(handle.image_size, seed=0).single_object_set(4, seed=5)
+    hits = 0
+    for index in range(len(scenes)):
+        explanation = faithclip.explain(handle, Image.fromarray(scenes.images[index]), scenes.captions[index],
+                                        method="occlusion")
+        mask = torch.tensor(scenes.target_masks[index]).flatten()
+        hits += bool(mask[explanation.map.flatten().argmax()])
+    assert hits >= 3
