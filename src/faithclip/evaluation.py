@@ -70,10 +70,12 @@ class EvalConfig:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def identity(self, handle: ClipHandle, data: LabelledSet) -> dict[str, Any]:
+        """What every record depends on. ``data`` is the FULL set: ``limit`` only says how many of its
+        cases to evaluate, so a run can be extended with a larger ``--limit`` in the same directory."""
         return {
             "model": self.model, "model_fingerprint": model_fingerprint(handle), "data": data.name,
-            "data_fingerprint": data.fingerprint(), "num_cases": len(data), "methods": list(self.methods), "metrics": list(self.metrics),
-            "limit": self.limit, "seed": self.seed, "examples": self.examples,
+            "data_fingerprint": data.fingerprint(), "data_cases": len(data), "methods": list(self.methods),
+            "metrics": list(self.metrics), "seed": self.seed, "examples": self.examples,
             "metric_options": {m: self.options_for(m) for m in self.metrics},
             "method_options": {m: dict(self.method_options.get(m, {})) for m in self.methods},
             # records computed by a version whose metrics returned other values cannot be mixed in
@@ -269,8 +271,8 @@ class Evaluator:
     def run(self, data: LabelledSet, out_dir: str | Path, progress: bool = True, report: bool = True) -> dict[str, Any]:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        data = data.limited(self.config.limit)
         identity = self.config.identity(self.handle, data)
+        data = data.limited(self.config.limit)
         config_path = out / "config.json"
         if config_path.exists():
             previous = json.loads(config_path.read_text())
@@ -416,6 +418,7 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
                  "has_masks": data.has_masks,
                  "prompts": "own prompts" if data.prompts is not None else f"{len(prompt_set.templates)} templates"},
         "seed": seed,
+        "limit": evaluator.config.limit,
         "seeds": {"deletion_colours": "crc32(f'{seed}|{case}|{metric}')", "bootstrap": seed},
         "confidence_interval": f"95% bootstrap percentile, {CI_RESAMPLES} resamples over images",
         "config": identity,

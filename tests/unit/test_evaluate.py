@@ -84,6 +84,21 @@ def test_resume_after_an_interruption_gives_identical_results(handle, tmp_path, 
     assert resumed["complete"]
 
 
+def test_a_run_is_extended_by_a_larger_limit_without_recomputing(handle, tmp_path, monkeypatch):
+    data = shapes_set(32, 4)
+    config = EvalConfig(model="tiny", data="shapes", metrics=["pointing_game", "deletion_gradeclip"], limit=2)
+    evaluate(handle, data, tmp_path / "run", config, progress=False, report=False)
+    calls = []
+    original = Evaluator.run_case
+    monkeypatch.setattr(Evaluator, "run_case", lambda self, p, m, k: (calls.append(p.case_id), original(self, p, m, k))[1])
+    config.limit = 4
+    extended = evaluate(handle, data, tmp_path / "run", config, progress=False, report=False)
+    assert sorted(set(calls)) == ["scene00002", "scene00003"] and extended["data"]["num_cases"] == 4
+    monkeypatch.undo()
+    whole = evaluate(handle, data, tmp_path / "whole", config, progress=False, report=False)
+    assert _values(extended) == _values(whole)
+
+
 def test_same_seed_same_numbers_and_a_changed_config_is_refused(handle, tmp_path):
     data = shapes_set(32, 3)
     config = EvalConfig(model="tiny", data="shapes", metrics=["deletion_gradeclip"], seed=1, batch_size=4)
