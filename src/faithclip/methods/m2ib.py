@@ -146,7 +146,7 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
         lam = torch.sigmoid(alpha)  # (P, 1, T, D)
         x = hidden.reshape(pairs, samples, tokens, width)  # (P, S, T, D)
         mu = x * lam  # (P, S, T, D)
-        var = ((1 - lam) ** 2 * variance).expand_as(mu)  # (P, S, T, D)
+        var = (torch.sigmoid(-alpha) ** 2 * variance).expand_as(mu)  # (1 - lambda)^2 sigma^2 without cancellation
         state["capacity"] = capacity(mu, var, variance)
         eps = torch.randn((1, samples, noise_tokens, width), generator=generator, dtype=dtype, device=hidden.device)
         eps = eps[:, :, :tokens]  # (1, S, T, D): position j's noise does not depend on the padded length
