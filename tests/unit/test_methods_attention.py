@@ -274,7 +274,8 @@ def test_float32_agrees_with_float64(name):
 def test_registry_metadata():
     for name in NAMES:
         spec = METHODS.get(name)
-        assert spec.modifies_model is False and spec.modifies_input is False
+        # LeGrad scores token-averaged intermediate layers through the final head: not the model's forward
+        assert spec.modifies_model is (name == "legrad") and spec.modifies_input is False
         assert spec.paper and spec.summary and spec.defaults
     assert METHODS.get("grad_cam").sides == ("image",)
     assert METHODS.get("legrad").sides == ("image",)
@@ -287,7 +288,7 @@ def test_api_shapes_and_errors(tiny):
     for name in NAMES:
         explanation = faithclip.explain(tiny, pixels, ids, method=name)
         assert explanation.map.shape == (4, 4) and torch.isfinite(explanation.map).all()
-        assert explanation.modifies_model is False
+        assert explanation.modifies_model is (name == "legrad")
     for name in ("self_attention", "rollout", "game"):
         assert faithclip.explain_text(tiny, pixels, ids, method=name).map.shape == (4,)
     for name in ("grad_cam", "legrad"):

@@ -87,6 +87,9 @@ register_method(MethodSpec(
     paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
           "Formation Sensitivity, arXiv 2404.03214, 2024",
     image=legrad,
+    # LeGrad differentiates its own per-layer scores of token-averaged intermediate features passed through
+    # the final head: a forward the model never runs, whose score is not the model's (P1 fails by design).
+    modifies_model=True,
     defaults={"start_layer": -2, "pooling": "mean", "min_max_normalize": True},
     summary="minmax(sum_l mean_{h,i} ReLU(ds^l/dA^l)), s^l = target(proj(LN_post(mean_t z^l_t)), text)",
 ))
