@@ -87,13 +87,15 @@ class EvalConfig:
 
 
 def model_fingerprint(handle: ClipHandle) -> str:
-    """A short hash of the model's parameters (a different checkpoint at the same path is detected)."""
+    """A short hash of the model's parameter bytes (a different checkpoint at the same path is detected).
+
+    Raw bytes, not sums: a floating-point reduction depends on the thread count, a hash does not."""
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, parameter in handle.model.named_parameters():
             digest.update(name.encode())
-            digest.update(np.float64(parameter.double().sum()).tobytes())
-            digest.update(np.float64(parameter.double().abs().sum()).tobytes())
+            digest.update(str(parameter.dtype).encode())
+            digest.update(parameter.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -257,3 +257,22 @@ def test_cli_evaluates_the_voc_samples_and_resumes(tmp_path, capsys):
     assert (tmp_path / "run" / "records.jsonl").read_bytes() == before
     assert main(argv[:-1] + [str(tmp_path / "run"), "--seed", "5"]) == 2  # a different run in the same directory
     assert main(["evaluate", "--metrics", "nonsense", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_model_fingerprint_is_exact_and_independent_of_threads(handle):
+    from faithclip.evaluation import model_fingerprint
+
+    threads = torch.get_num_threads()
+    first = model_fingerprint(handle)
+    torch.set_num_threads(2)
+    try:
+        assert model_fingerprint(handle) == first
+    finally:
+        torch.set_num_threads(threads)
+    model = transformers.CLIPModel(handle.model.config).eval()
+    model.load_state_dict(handle.model.state_dict())
+    assert model_fingerprint(from_hf(model)) == first
+    with torch.no_grad():
+        weight = model.visual_projection.weight
+        weight[0, 0] = torch.nextafter(weight[0, 0], torch.tensor(1.0))  # one ulp
+    assert model_fingerprint(from_hf(model)) != first
