@@ -17,8 +17,8 @@ import torch
 
 from faithclip.audit.data import folder_data, shapes_data
 from faithclip.audit.departure import audit_departure
-from faithclip.audit.ladder import LadderConfig, correctness_split, performance_ladder
-from faithclip.audit.report import format_audit
+from faithclip.audit.ladder import LadderConfig, correctness_split, degrade, performance_ladder
+from faithclip.audit.report import format_audit, format_correctness
 from faithclip.explanation import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -34,14 +34,17 @@ def shapes_section() -> str:
     handle = load("shapes-clip")
     raw = 2 * handle.image_size
     data = shapes_data(200, raw_size=raw, seed=1)
-    results = audit_departure(handle, data, map_images=32)
-    pointing = shapes_data(40, raw_size=raw, seed=2, kind="multi")
+    results = audit_departure(handle, data, map_images=16)
+    pointing = shapes_data(24, raw_size=raw, seed=2, kind="multi")
     results["ladder"] = performance_ladder(handle, data, pointing, config=LadderConfig())
     results["correctness"] = correctness_split(handle, data)
     square = format_audit(results)
+    half = correctness_split(degrade(handle, 0.5), data)
     wide = audit_departure(handle, shapes_data(200, raw_size=raw, seed=3, aspect=0.75), map_images=16)
     return ("### Shapes model (`shapes-clip`), scenes rendered at "
             f"{raw} px (model input {handle.image_size} px)\n\n```\n{square}\n```\n\n"
+            "The trained model is almost always right, so P2 (b) is repeated on the ladder's alpha = 0.5 rung, "
+            f"which errs often:\n\n```\n{format_correctness(half)}\n```\n\n"
             f"Non-square variant: renders cropped to {raw}x{int(round(raw * 0.75))} (W x H), so the model's "
             f"centre crop loses the sides the official input keeps:\n\n```\n{format_audit(wide)}\n```\n")
 
