@@ -132,3 +132,14 @@ def test_without_original_it_warns_and_uses_the_crop(handle64):
     with pytest.warns(UserWarning, match="original="):
         explanation = faithclip.explain(handle64, pixels, token_ids([3]), method="grad_eclip_official")
     assert explanation.map.shape == (4, 4) and explanation.p1_gap > 1e-3
+
+
+def test_half_runs_an_fp16_copy_and_leaves_the_model_alone():
+    handle = from_hf(random_clip(seed=6))
+    image = random_image(40, 40, seed=7)
+    ids = token_ids([3])
+    with pytest.warns(UserWarning, match="fp16"):
+        half = grad_eclip_official_explain(handle, image, ids, half=True)[0]
+    full = grad_eclip_official_explain(handle, image, ids)[0]
+    assert half.map.dtype == torch.float16 and handle.dtype == torch.float32
+    assert torch.allclose(half.map.float(), full.map, atol=2e-2 * float(full.map.abs().max()))
