@@ -77,6 +77,11 @@ def resolve_layers(layers: Iterable[int], num_layers: int) -> list[int]:
     return sorted(set(resolved))
 
 
+def has_hooks(model: Any) -> bool:
+    """True when any module of ``model`` carries a forward hook (e.g. an intervention) at this moment."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def attention_implementation(model: Any, tower: str) -> str:
     config = getattr(model.config, f"{tower}_config", model.config)
     return getattr(config, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", "eager")
@@ -219,4 +224,4 @@ class Probe:
         return hook
 
 
-__all__ = ["Probe", "LayerCapture", "CAPTURABLE", "encoder_layers", "resolve_layers"]
+__all__ = ["Probe", "LayerCapture", "CAPTURABLE", "encoder_layers", "resolve_layers", "has_hooks"]

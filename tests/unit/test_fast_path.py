@@ -85,3 +85,18 @@ def test_fast_path_builds_no_graph_and_leaves_parameters_alone(tiny):
     assert grads[0].shape == (1, 1, 4, 17)
     assert [p.requires_grad for p in tiny.model.parameters()] == flags
     assert all(p.grad is None for p in tiny.model.parameters())
+
+
+def test_model_score_is_not_taken_from_an_intervened_forward(tiny):
+    """An intervention hook (as M2IB attaches) must not leak into the P1 reference score."""
+    ctx = Context(tiny, "image", torch.randn(1, 3, 32, 32), tiny.tokens(token_ids([2])), Target())
+    own = ctx.model_scores().clone()
+    ctx = Context(tiny, "image", ctx.pixels, ctx.text, Target())
+    layer = tiny.model.vision_model.encoder.layers[0]
+    hook = layer.register_forward_hook(lambda m, a, out: out + torch.linspace(-1, 1, out.shape[-1]))
+    try:
+        scores, _ = ctx.probe_forward([-1], ("attn",))
+    finally:
+        hook.remove()
+    assert not torch.allclose(scores.detach(), own)  # the intervened forward differs ...
+    torch.testing.assert_close(ctx.model_scores(), own)  # ... and was not kept as the model's own score

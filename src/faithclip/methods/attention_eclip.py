@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from faithclip.methods.common import combine_layers, normalize_sum, qk_lambda
+from faithclip.methods.common import default_relu, eclip_result, layer_lambda
 from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec, register_method
 
@@ -27,22 +27,12 @@ def attention_eclip_terms(attn_grad_rows: torch.Tensor, lam: torch.Tensor | None
 
 
 def attention_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None) -> MapResult:
-    relu = relu or ("per_layer" if ctx.side == "image" else "after_sum")
+    relu = relu or default_relu(ctx.side)
     explained = ctx.last_layers(layers)
     scores, caps, rows = ctx.pooled_query_gradients(explained, "attn", capture=("q", "k", "attn"))
-    positions = ctx.query_positions
-    terms = []
-    for index, row in zip(explained, rows):
-        lam = None
-        if use_lambda:
-            q, k = caps[index].require("q", "k")
-            lam = ctx.pair(qk_lambda(q.detach(), k.detach(), positions, ctx.support_mask()))
-        terms.append(attention_eclip_terms(row, lam))
-    per_token = ctx.token_map(combine_layers(terms, relu))
-    if ctx.side == "text":
-        per_token = normalize_sum(per_token)
-    return MapResult(maps=per_token.detach(), scores=scores.detach(), layers=explained,
-                     options={"layers": layers, "use_lambda": use_lambda, "relu": relu})
+    terms = [attention_eclip_terms(row, layer_lambda(ctx, caps[index]) if use_lambda else None)
+             for index, row in zip(explained, rows)]
+    return eclip_result(ctx, terms, relu, scores, explained, {"layers": layers, "use_lambda": use_lambda, "relu": relu})
 
 
 register_method(MethodSpec(

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from faithclip.methods.context import Context, LayerCapture, MapResult
 
 
 def qk_lambda(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
@@ -46,3 +51,26 @@ def normalize_sum(per_token: torch.Tensor) -> torch.Tensor:
     """Scale ``(..., L)`` non-negative values to sum 1 over the last axis; an all-zero row stays zero."""
     total = per_token.sum(-1, keepdim=True)
     return torch.where(total > 0, per_token / torch.where(total > 0, total, torch.ones_like(total)), per_token)
+
+
+def default_relu(side: str) -> str:
+    """The official ReLU placement: per layer for images (image notebook), after the sum for texts (text code)."""
+    return "per_layer" if side == "image" else "after_sum"
+
+
+def layer_lambda(ctx: "Context", capture: "LayerCapture") -> torch.Tensor:
+    """``qk_lambda`` of one captured layer, broadcast to ``(B|1, K|1, T)``."""
+    q, k = (t.detach() for t in capture.require("q", "k"))
+    return ctx.pair(qk_lambda(q, k, ctx.query_positions, ctx.support_mask()))
+
+
+def eclip_result(ctx: "Context", terms: list[torch.Tensor], relu: str, scores: torch.Tensor, explained: list[int],
+                 options: dict) -> "MapResult":
+    """The shared ending of Grad-ECLIP and Attention-ECLIP: combine the per-layer terms ``(B, K, T)``,
+    keep the map's support, normalise text maps to sum 1."""
+    from faithclip.methods.context import MapResult
+
+    per_token = ctx.token_map(combine_layers(terms, relu))
+    if ctx.side == "text":
+        per_token = normalize_sum(per_token)
+    return MapResult(maps=per_token.detach(), scores=scores.detach(), layers=explained, options=options)

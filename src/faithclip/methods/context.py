@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from faithclip.models.clip import ClipHandle, TextBatch
-from faithclip.probe import LayerCapture, Probe, encoder_layers, resolve_layers
+from faithclip.probe import LayerCapture, Probe, encoder_layers, has_hooks, resolve_layers
 from faithclip.targets import Target
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -169,11 +169,13 @@ class Context:
         grad_from = min(layers) if grad_from is None else grad_from
         self.extra_embeds()  # encode the target's extra prompts before the probe is active
         other = self.fixed_text_embeds() if self.side == "image" else self.fixed_image_embeds()
+        own_forward = not has_hooks(self.handle.model)  # no intervention attached: the probe's forward is the model's
         with torch.enable_grad(), Probe(self.handle.model, self.tower, layers, capture, grad_from=grad_from) as probe:
             embeds = self.handle.encode_image(self.pixels) if self.side == "image" else self.handle.encode_text(self.text)
-        # The probe leaves the forward bit-identical, so these ARE the model's own embeddings: keep them for
-        # the P1 comparison instead of running the model a second time.
-        self._fixed.setdefault(self.side, embeds.detach())
+        # The probe leaves the forward bit-identical, so with no other hook attached these ARE the model's own
+        # embeddings: keep them for the P1 comparison instead of running the model a second time.
+        if own_forward:
+            self._fixed.setdefault(self.side, embeds.detach())
         scores = self.score(embeds, other) if self.side == "image" else self.score(other, embeds)
         return scores, probe.captures
 
@@ -238,9 +240,11 @@ class Context:
         needed = tuple(set(capture) | {"hidden_in", "v", "attn_out", wrt})
         self.extra_embeds()
         text_embeds = self.fixed_text_embeds()
+        own_forward = not has_hooks(self.handle.model)
         with torch.no_grad(), Probe(self.handle.model, "vision", [last], needed) as probe:
             embeds = self.handle.encode_image(self.pixels)
-        self._fixed.setdefault("image", embeds)  # the model's own embeddings (the probe changes nothing)
+        if own_forward:
+            self._fixed.setdefault("image", embeds)  # the model's own embeddings (the probe changes nothing)
         caps = probe.captures
         cap = caps[last]
         hidden_in, v, attn_out = cap.require("hidden_in", "v", "attn_out")

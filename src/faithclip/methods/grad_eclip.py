@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from faithclip.methods.common import combine_layers, normalize_sum, qk_lambda
+from faithclip.methods.common import default_relu, eclip_result, layer_lambda
 from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec, register_method
 
@@ -29,21 +29,13 @@ def grad_eclip_terms(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tenso
 
 
 def grad_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None) -> MapResult:
-    relu = relu or ("per_layer" if ctx.side == "image" else "after_sum")
+    relu = relu or default_relu(ctx.side)
     explained = ctx.last_layers(layers)
     scores, caps, grads = ctx.pooled_query_gradients(explained, "attn_out", capture=("q", "k", "v", "attn_out"))
-    positions = ctx.query_positions
-    support = ctx.support_mask()
-    terms = []
-    for index, query_grad in zip(explained, grads):
-        q, k, v = (t.detach() for t in caps[index].require("q", "k", "v"))
-        lam = ctx.pair(qk_lambda(q, k, positions, support)) if use_lambda else None
-        terms.append(grad_eclip_terms(query_grad, ctx.pair(v), lam))
-    per_token = ctx.token_map(combine_layers(terms, relu))
-    if ctx.side == "text":
-        per_token = normalize_sum(per_token)
-    return MapResult(maps=per_token.detach(), scores=scores.detach(), layers=explained,
-                     options={"layers": layers, "use_lambda": use_lambda, "relu": relu})
+    terms = [grad_eclip_terms(query_grad, ctx.pair(caps[index].require("v")[0].detach()),
+                              layer_lambda(ctx, caps[index]) if use_lambda else None)
+             for index, query_grad in zip(explained, grads)]
+    return eclip_result(ctx, terms, relu, scores, explained, {"layers": layers, "use_lambda": use_lambda, "relu": relu})
 
 
 register_method(MethodSpec(
