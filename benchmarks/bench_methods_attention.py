@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 
 import faithclip.methods  # noqa: F401  (registers the methods)
 from faithclip.methods.context import Context
-from faithclip.models.loading import from_hf
+from faithclip.models.random_init import random_clip
 from faithclip.registry import METHODS
 from faithclip.targets import make_target
 
@@ -44,13 +43,7 @@ def parse(entry: str) -> tuple[str, dict]:
 
 
 def vit_b16(reference: Path):
-    config = transformers.CLIPConfig.from_pretrained(reference)
-    config.vision_config.patch_size = 16
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(config).eval()
-    model.set_attn_implementation("eager")
-    return from_hf(model, transformers.AutoTokenizer.from_pretrained(reference), name="ViT-B/16 (random weights)")
+    return random_clip(reference, patch_size=16, name="ViT-B/16 (random weights)")
 
 
 def seconds(function) -> float:

@@ -20,12 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 
 from faithclip.api import method_spec
 from faithclip.methods.context import Context
-from faithclip.models.loading import from_hf
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.random_init import random_clip
 from faithclip.targets import Target
 
 logger = logging.getLogger("bench_methods_other")
@@ -33,15 +31,7 @@ B32_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openai
 
 
 def b16_handle():
-    config = transformers.CLIPConfig.from_pretrained(B32_DIR)
-    config.vision_config.patch_size = 16
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(config).eval()
-    model.set_attn_implementation("eager")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(B32_DIR)
-    return from_hf(model, tokenizer, preprocess=ClipPreprocess.from_json(B32_DIR / "preprocessor_config.json"),
-                   name="ViT-B/16 (random weights)")
+    return random_clip(B32_DIR, patch_size=16, name="ViT-B/16 (random weights)")
 
 
 def seconds(function, repeats: int) -> float:

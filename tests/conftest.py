@@ -88,13 +88,6 @@ def b32_handle():
     """The real ViT-B/32 architecture with random weights and the real CLIP tokenizer."""
     if not B32_DIR.is_dir():
         pytest.skip("../shared/reference is not available")
-    config = transformers.CLIPConfig.from_pretrained(B32_DIR)
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(config).eval()
-    model.set_attn_implementation("eager")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(B32_DIR)
-    from faithclip.models.preprocess import ClipPreprocess
+    from faithclip.models.random_init import random_clip
 
-    return from_hf(model, tokenizer, preprocess=ClipPreprocess.from_json(B32_DIR / "preprocessor_config.json"),
-                   name="ViT-B/32 (random weights)")
+    return random_clip(B32_DIR, seed=0, name="ViT-B/32 (random weights)")

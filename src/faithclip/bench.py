@@ -49,7 +49,7 @@ class BenchSetup:
 def setup(architecture: str, ks: tuple[int, ...], reference: str | None = None) -> BenchSetup:
     from PIL import Image
 
-    from faithclip.verification import random_b32
+    from faithclip.models.random_init import random_b32
 
     handle = random_b32(reference, patch_size=ARCHITECTURES[architecture])
     generator = torch.Generator().manual_seed(0)

@@ -49,29 +49,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def random_init_handle(directory: str, seed: int):
     """A CLIP of the directory's architecture with random weights, its tokenizer and preprocessing."""
-    import transformers
+    from faithclip.models.random_init import random_clip
 
-    from faithclip.models.loading import from_hf
-    from faithclip.models.preprocess import ClipPreprocess
-
-    path = Path(directory)
-    if not (path / "config.json").is_file():
-        raise ModelError(f"--random-init needs a directory with config.json; {path} has none.")
-    config = transformers.CLIPConfig.from_pretrained(path)
-    config._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = transformers.CLIPModel(config).eval()
-    model.set_attn_implementation("eager")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    processor = path / "preprocessor_config.json"
-    preprocess = ClipPreprocess.from_json(processor) if processor.is_file() else None
-    return from_hf(model, tokenizer, preprocess=preprocess, name=f"{path.name} (random weights, seed {seed})")
+    if not (Path(directory) / "config.json").is_file():
+        raise ModelError(f"--random-init needs a directory with config.json; {directory} has none.")
+    return random_clip(directory, seed=seed, name=f"{Path(directory).name} (random weights, seed {seed})")
 
 
 def run(args: argparse.Namespace) -> int:
     from faithclip.audit.data import folder_data, shapes_data
     from faithclip.audit.departure import audit_departure
-    from faithclip.audit.ladder import LadderConfig, correctness_split, performance_ladder
+    from faithclip.audit.ladder import (
+        LadderConfig,
+        correctness_split,
+        performance_ladder,
+    )
     from faithclip.audit.report import audit_html, format_audit
     from faithclip.explanation import write_atomic
     from faithclip.models.loading import load

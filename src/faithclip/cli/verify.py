@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from faithclip.equivalence import format_table, verify_equivalence
-    from faithclip.verification import default_inputs, random_b32
+    from faithclip.models.random_init import random_b32
+    from faithclip.verification import default_inputs
 
     from faithclip.models.loading import load
 
