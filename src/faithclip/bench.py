@@ -1,8 +1,8 @@
 """``faithclip bench``: the cost of explaining, as ratios to a plain no-grad image forward, in ONE run.
 
 Every figure is measured here, in this process (times: median over repeats, after a warm-up call) or in
-a fresh subprocess per item (peak memory: ``ru_maxrss`` of a process that loads the model, prepares
-the inputs, then runs the item once). Prompts are encoded once and reused, as a researcher explaining
+a fresh subprocess per item (peak memory: the process loads the model, prepares the inputs, runs the item
+once as a warm-up, resets its peak RSS, runs the item again and reads the new peak). Prompts are encoded once and reused, as a researcher explaining
 ImageNet's classes would (``model.prompts``); the per-image cost is what is measured.
 
 Ratios reported:
@@ -43,7 +43,14 @@ class BenchSetup:
     handle: object
     pixels: torch.Tensor
     original: object
-    prompts: dict = field(default_factory=dict)
+    texts: list = field(default_factory=list)
+    _prompts: dict = field(default_factory=dict)
+
+    def prompts(self, k: int):
+        """The first ``k`` prompts, tokenised and encoded once (encoding is not part of the per-image cost)."""
+        if k not in self._prompts:
+            self._prompts[k] = self.handle.prompts(self.texts[:k])
+        return self._prompts[k]
 
 
 def setup(architecture: str, ks: tuple[int, ...], reference: str | None = None) -> BenchSetup:
@@ -56,8 +63,7 @@ def setup(architecture: str, ks: tuple[int, ...], reference: str | None = None) 
     original = Image.fromarray((torch.rand(375, 500, 3, generator=generator) * 255).byte().numpy())
     pixels = handle.pixels(original)
     texts = [f"a photo of a class number {i}" for i in range(max(ks))]
-    prompts = {k: handle.prompts(texts[:k]) for k in ks}
-    return BenchSetup(handle, pixels, original, prompts)
+    return BenchSetup(handle, pixels, original, texts)
 
 
 def items(bench: BenchSetup, ks: tuple[int, ...], rise_masks: int) -> dict[str, Callable[[], object]]:
@@ -66,7 +72,7 @@ def items(bench: BenchSetup, ks: tuple[int, ...], rise_masks: int) -> dict[str, 
     from faithclip.registry import METHODS
 
     handle, pixels = bench.handle, bench.pixels
-    one = bench.prompts[min(ks)]
+    one = bench.prompts(min(ks))
     work: dict[str, Callable[[], object]] = {}
 
     def forward():
@@ -76,7 +82,7 @@ def items(bench: BenchSetup, ks: tuple[int, ...], rise_masks: int) -> dict[str, 
     work["forward (no grad)"] = forward
     for method in ("attention_eclip", "grad_eclip"):
         for k in ks:
-            work[f"{method} K={k}"] = (lambda m=method, p=bench.prompts[k]: faithclip.explain(handle, pixels, p, m))
+            work[f"{method} K={k}"] = (lambda m=method, k=k: faithclip.explain(handle, pixels, bench.prompts(k), m))
     if "grad_eclip_official" in METHODS:
         work["grad_eclip_official per pair (500x375 keep-size)"] = (
             lambda: faithclip.explain(handle, bench.original, one, "grad_eclip_official"))
@@ -95,7 +101,7 @@ def _deletion_insertion(handle, pixels, bench: BenchSetup):
     from faithclip.metrics.deletion import gradeclip_curves
     from faithclip.targets import Target
 
-    prompts = bench.prompts[max(k for k in bench.prompts if k <= 10)]
+    prompts = bench.prompts(10)
     explanation = faithclip.explain(handle, pixels, prompts.input_ids[:1], "attention_eclip")
     ctx = Context(handle, "image", pixels, prompts, Target())
     rgb = handle.preprocess.denormalize(pixels[0])
@@ -117,25 +123,34 @@ def interleaved_medians(function: Callable[[], object], forward: Callable[[], ob
 
 
 def peak_memory(architecture: str, item: str, ks: tuple[int, ...], rise_masks: int, reference: str | None) -> dict:
-    """Run one item in a fresh interpreter; returns its RSS before the item and its peak (bytes)."""
+    """Run one item in a fresh interpreter (after one warm-up call, so one-time allocations are excluded);
+    returns its resident memory before the item and the peak during it (bytes), from /proc/self/status
+    after resetting the peak with /proc/self/clear_refs."""
     code = (
-        "import json, resource, sys, torch; from faithclip import bench; "
+        "import json, gc; from faithclip import bench; "
         f"s = bench.setup({architecture!r}, {ks!r}, {reference!r}); "
-        f"w = bench.items(s, {ks!r}, {rise_masks}); "
-        "base = bench.current_rss(); "
-        f"w[{item!r}](); "
-        "print(json.dumps({'base': base, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))"
+        f"w = bench.items(s, {ks!r}, {rise_masks}); f = w[{item!r}]; f(); gc.collect(); "
+        "base = bench.reset_peak(); f(); "
+        "print(json.dumps({'base': base, 'peak': bench.status_bytes('VmHWM')}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def current_rss() -> int:
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    import os
+def status_bytes(field_name: str) -> int:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field_name} not in /proc/self/status")
 
-    return pages * os.sysconf("SC_PAGE_SIZE")
+
+def reset_peak() -> int:
+    """Reset the process's peak RSS to its current RSS (Linux ``clear_refs`` 5); returns the current RSS."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    return status_bytes("VmRSS")
 
 
 def run(architectures=("B/16", "B/32"), ks=(1, 10, 100, 1000), repeats: int = 5, rise_masks: int = 400,

@@ -13,6 +13,7 @@ from the records at the end, each written atomically.
 
 from __future__ import annotations
 
+
 import hashlib
 import json
 import logging
@@ -219,8 +220,8 @@ class Evaluator:
             text, weights = self.all_texts, prompt_set.weights
         else:
             text, weights = prompt_set.text_batch(handle or self.handle, labels), prompt_set.weights[labels]
-        return Context(handle=handle or self.handle, side="image", pixels=pixels, text=text, target=Target("cosine"),
-                       _fixed={"text": weights.to(device=pixels.device, dtype=pixels.dtype)})
+        text = replace(text, embeds=weights)  # the classifier weights stand for the prompts' embeddings
+        return Context(handle=handle or self.handle, side="image", pixels=pixels, text=text, target=Target("cosine"))
 
     def explain(self, method: str, pixels: torch.Tensor, label: int, handle: ClipHandle | None = None) -> torch.Tensor:
         """The method's raw ``(gh, gw)`` map of ``label`` for one image, on ``handle`` (default: the model)."""

@@ -110,6 +110,9 @@ def write_atomic(path: Path, data: bytes) -> Path:
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
