@@ -13,7 +13,6 @@ from the records at the end, each written atomically.
 
 from __future__ import annotations
 
-
 import hashlib
 import json
 import logging
