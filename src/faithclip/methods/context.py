@@ -233,8 +233,10 @@ class Context:
         The image embedding depends on the last layer's attention only through the class token:
         ``e = proj(LN_post(h + MLP(LN_2(h))))`` with ``h = x_cls + out_proj(o_cls)`` and
         ``o_cls = concat_h(A^h[0, :] v^h)``. The forward runs with no graph; this single-token path is then
-        evaluated with the model's own modules on the captured ``x_cls``, ``v`` and attention row, checked
-        against the model's own embedding, and differentiated for all K scores in batched passes.
+        evaluated with the model's own modules on the captured ``x_cls`` and ``o_cls``, checked against the
+        model's own embedding (and ``o_cls`` against the captured attention row times ``v``), and
+        differentiated for all K scores in batched passes. For the attention probabilities the last step,
+        the backward of ``A^h[0, :] v^h``, is one product for all K gradients.
         """
         last = self.num_layers - 1
         needed = tuple(set(capture) | {"hidden_in", "v", "attn_out", wrt})
@@ -265,19 +267,23 @@ class Context:
             return (rows[:, :, None, :] @ v_heads)[:, :, 0].reshape(batch, width)  # (B, H, 1, d) -> (B, D)
 
         with torch.enable_grad():
-            if wrt == "attn":
-                variable = cap.attn[:, :, 0].detach().clone().requires_grad_(True)  # (B, H, T)
-                rebuilt_output = output_from_rows(variable)
-            else:
-                variable = o.detach().clone().requires_grad_(True)  # (B, D)
-                rebuilt_output = variable
-            rebuilt = embed_from_output(rebuilt_output)
-            if not self._agrees(rebuilt.detach(), embeds) or not self._agrees(rebuilt_output.detach(), o):
+            # Differentiate with respect to the class token's attention output o_cls for all K scores ...
+            variable = o.detach().clone().requires_grad_(True)  # (B, D)
+            rebuilt = embed_from_output(variable)
+            rows_agree = wrt != "attn" or self._agrees(output_from_rows(cap.attn[:, :, 0]), o)
+            if not self._agrees(rebuilt.detach(), embeds) or not rows_agree:
                 warnings.warn("the last vision block is not a standard CLIP block; using the full backward pass",
                               stacklevel=3)
                 return None
             scores = self.score(rebuilt, text_embeds)  # (B, K)
-            grads = self.grads(scores, [variable])[0]  # (B, K, H, T) or (B, K, D)
+            grads = self.grads(scores, [variable])[0]  # (B, K, D)
+        if wrt == "attn":
+            # ... then through o_cls = concat_h(A^h[0, :] v^h): the backward of that product, applied once to
+            # all K gradients, gives dS/dA^h[0, j] = sum_{c in h} (dS/do_cls)_c v_jc.
+            batch, tokens, width = v.shape
+            v_heads = v.reshape(batch, tokens, heads, width // heads).transpose(1, 2)  # (B, H, T, d)
+            per_head = grads.reshape(batch, grads.shape[1], heads, width // heads)  # (B, K, H, d)
+            grads = torch.einsum("bkhd,bhtd->bkht", per_head, v_heads)  # (B, K, H, T)
         model_scores = self.score(embeds, text_embeds)  # the model's own numbers are reported
         return model_scores, caps, [grads]
 
