@@ -23,8 +23,12 @@ from faithclip.registry import MethodSpec, register_method
 
 
 def grad_eclip_terms(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
-    """One layer's signed term: g ``(B, K, D)``, v ``(B|1, K|1, T, D)``, lambda ``(B|1, K|1, T)`` -> ``(B, K, T)``."""
-    channel_sum = (query_grad[..., None, :] * v).sum(-1)  # sum_c g_c v_jc: (B, K, T)
+    """One layer's signed term: g ``(B, K, D)``, v ``(B, 1, T, D)`` (image) or ``(1, K, T, D)`` (text), lambda
+    ``(B|1, K|1, T)`` -> ``(B, K, T)``. The channel sum is a contraction, never a ``(B, K, T, D)`` product."""
+    if v.shape[1] == 1:  # image side: one v per image, shared by its K prompts
+        channel_sum = torch.einsum("btd,bkd->bkt", v[:, 0], query_grad)  # sum_c g_c v_jc: (B, K, T)
+    else:  # text side: one v per text, shared by the B images
+        channel_sum = torch.einsum("ktd,bkd->bkt", v[0], query_grad)
     return channel_sum if lam is None else lam * channel_sum
 
 
