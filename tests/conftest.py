@@ -25,6 +25,11 @@ VOC_DIR = REFERENCE / "voc2011-samples"
 
 BOS, EOS, PAD = 48, 49, 0
 
+# Tests that read ../shared/reference (CI lays it beside the clone) skip with this reason elsewhere.
+needs_reference = pytest.mark.skipif(
+    not (B32_DIR.is_dir() and VOC_DIR.is_dir()), reason="../shared/reference is not available"
+)
+
 
 def tiny_config(
     heads: int = 4,

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 import faithclip
-from conftest import B32_DIR, VOC_DIR, random_clip, token_ids
+from conftest import B32_DIR, VOC_DIR, needs_reference, random_clip, token_ids
 from faithclip.errors import MethodError, ModelError, TextError
 from faithclip.models.loading import from_hf, load
 from faithclip.targets import Target, cosine_matrix
@@ -31,6 +31,7 @@ def saved_b32_dir(tmp_path_factory):
     return directory
 
 
+@needs_reference
 def test_load_directory_and_explain_real_photo(saved_b32_dir, tmp_path):
     model = load(saved_b32_dir)
     assert model.model.config._attn_implementation == "eager"

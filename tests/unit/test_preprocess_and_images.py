@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import B32_DIR, VOC_DIR
+from conftest import B32_DIR, VOC_DIR, needs_reference
 from faithclip.errors import ImageError
 from faithclip.models.images import open_image, to_rgb
 from faithclip.models.preprocess import ClipPreprocess
@@ -24,6 +24,7 @@ def _hf_processor():
     return CLIPImageProcessorPil.from_pretrained(B32_DIR)
 
 
+@needs_reference
 @pytest.mark.parametrize("size", [(500, 338), (338, 500), (224, 224), (225, 301), (640, 97)])
 def test_matches_transformers_processor(size):
     rng = np.random.default_rng(sum(size))
@@ -34,6 +35,7 @@ def test_matches_transformers_processor(size):
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
+@needs_reference
 @pytest.mark.parametrize("name", ["2011_000003", "2011_000006", "2011_000025"])
 def test_real_voc_photos(name):
     image = open_image(VOC_DIR / "JPEGImages" / f"{name}.jpg")
@@ -86,6 +88,7 @@ def test_animated_takes_first_frame_with_warning(tmp_path):
     assert red > 200 and blue < 50
 
 
+@needs_reference
 def test_unreadable_truncated_and_missing(tmp_path):
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not an image at all")
