@@ -7,6 +7,7 @@ tokenizer and config come from ../shared/reference (read-only).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 # Nothing may be fetched at test time: the hub is off for the whole suite.
@@ -96,3 +97,27 @@ def b32_handle():
     from faithclip.models.random_init import random_clip
 
     return random_clip(B32_DIR, seed=0, name="ViT-B/32 (random weights)")
+
+
+def save_reference_checkpoint(directory: Path, layers: int) -> Path:
+    """The real B/32 config and tokenizer with ``layers`` random layers per tower, saved as a transformers
+    directory (what a user's checkpoint directory looks like)."""
+    config = transformers.CLIPConfig.from_pretrained(B32_DIR)
+    config.vision_config.num_hidden_layers = layers
+    config.text_config.num_hidden_layers = layers
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                 "preprocessor_config.json"):
+        shutil.copy(B32_DIR / name, directory / name)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two cores are shared: intra-op threads only thrash on tiny models. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 import transformers
 
 import faithclip
-from conftest import B32_DIR, VOC_DIR, needs_reference, random_clip, token_ids
+from conftest import VOC_DIR, needs_reference, random_clip, save_reference_checkpoint, token_ids
 from faithclip.errors import MethodError, ModelError, TextError
 from faithclip.models.loading import from_hf, load
 from faithclip.targets import Target, cosine_matrix
@@ -18,17 +17,7 @@ from faithclip.targets import Target, cosine_matrix
 
 @pytest.fixture(scope="module")
 def saved_b32_dir(tmp_path_factory):
-    """The real B/32 config + tokenizer with small random weights saved as a transformers directory."""
-    config = transformers.CLIPConfig.from_pretrained(B32_DIR)
-    config.vision_config.num_hidden_layers = 1
-    config.text_config.num_hidden_layers = 1
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("b32")
-    transformers.CLIPModel(config).save_pretrained(directory)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                 "preprocessor_config.json"):
-        shutil.copy(B32_DIR / name, directory / name)
-    return directory
+    return save_reference_checkpoint(tmp_path_factory.mktemp("b32"), layers=1)
 
 
 @needs_reference

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-import torch
-import transformers
 
-from conftest import B32_DIR, VOC_DIR
+from conftest import B32_DIR, VOC_DIR, save_reference_checkpoint
 from faithclip.cli.main import main
 
 
@@ -17,16 +14,7 @@ from faithclip.cli.main import main
 def checkpoint_dir(tmp_path_factory):
     if not B32_DIR.is_dir():
         pytest.skip("../shared/reference is not available")
-    config = transformers.CLIPConfig.from_pretrained(B32_DIR)
-    config.vision_config.num_hidden_layers = 2
-    config.text_config.num_hidden_layers = 2
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("user-checkpoint")
-    transformers.CLIPModel(config).save_pretrained(directory)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                 "preprocessor_config.json"):
-        shutil.copy(B32_DIR / name, directory / name)
-    return directory
+    return save_reference_checkpoint(tmp_path_factory.mktemp("user-checkpoint"), layers=2)
 
 
 def test_audit_runs_on_a_user_checkpoint_directory(checkpoint_dir, tmp_path, capsys):

@@ -35,13 +35,7 @@ def tiny_shapes_clip(seed: int = 0, size: int = 32):
                    name="tiny-shapes")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two cores are shared: intra-op threads only thrash on these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

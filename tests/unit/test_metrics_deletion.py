@@ -25,13 +25,7 @@ from faithclip.targets import Target
 from reference import deletion_reference as ref
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two cores are shared: intra-op threads only thrash on these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _distinct_map(size: int, seed: int) -> torch.Tensor:

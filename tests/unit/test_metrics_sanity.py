@@ -15,13 +15,7 @@ from faithclip.metrics.sanity import average_ranks, cascade_blocks, cascading_ra
 from faithclip.models.loading import from_hf
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two cores are shared: intra-op threads only thrash on these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_average_ranks_and_spearman_match_scipy():

@@ -14,13 +14,7 @@ from faithclip.models.loading import from_hf
 from faithclip.models.word_tokenizer import as_transformers_tokenizer, build_word_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two cores are shared: intra-op threads only thrash on these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_80_openai_templates():
