@@ -77,11 +77,12 @@ def run_method(model: ClipHandle, ctx: Context, spec: MethodSpec, options: dict)
 
 def _run(model, image, text, method, side, target, options) -> Explanation | list[Explanation]:
     spec = method_spec(method, side)
-    pixels = model.pixels(image)
+    originals = _originals(image)  # decoded once, used for the pixels and by methods that need the original
+    pixels = model.pixels(originals if originals is not None else image)
     batch = model.tokens(text)
     pairs = pixels.shape[0] * batch.input_ids.shape[0]
     single = pairs == 1 and not isinstance(image, (list, tuple)) and not isinstance(text, (list, tuple))
-    ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=target, originals=_originals(image))
+    ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=target, originals=originals)
     result = run_method(model, ctx, spec, dict(options))
     own = ctx.model_scores()
     explanations = wrap(model, ctx, spec, result, own)
