@@ -15,7 +15,7 @@ from PIL import Image
 
 import faithclip.methods  # noqa: F401  (registers the methods)
 from faithclip.errors import MethodError
-from faithclip.explanation import Explanation
+from faithclip.explanation import Explanation, map_warnings
 from faithclip.methods.context import Context, MapResult
 from faithclip.models.clip import ClipHandle, ImageInput, TextBatch, TextInput
 from faithclip.registry import METHODS, MethodSpec
@@ -104,7 +104,7 @@ def wrap(model: ClipHandle, ctx: Context, spec: MethodSpec, result: MapResult, o
     input_size = result.input_size or tuple(ctx.pixels.shape[-2:])
     for b in range(ctx.num_images):
         for k in range(ctx.num_texts):
-            notes = []
+            notes = map_warnings(result.maps[b, k], ctx.side)
             if ctx.text.truncated and ctx.text.truncated[k]:
                 notes.append(f"text truncated to the context of {model.context_length} tokens")
             out.append(Explanation(

@@ -86,6 +86,24 @@ class Explanation:
         return write_atomic(Path(path), overlay_png(image, self.normalized(), alpha=alpha))
 
 
+def map_warnings(patch_map: torch.Tensor, side: str) -> list[str]:
+    """What is degenerate about a raw map, in words a user can act on (empty list: nothing).
+
+    All zero: every term was removed by the method's ReLU, i.e. no patch / word raised the explained score
+    through the explained layer(s); the map says nothing about WHERE, and its normalised form is zero.
+    Constant (image side): the map ranks no patch above another.
+    """
+    if not torch.isfinite(patch_map).all():
+        return ["the map holds NaN or infinite values; it cannot be interpreted"]
+    if bool((patch_map == 0).all()):
+        where = "patch" if side == "image" else "word"
+        return [f"all-zero map: no {where} has a positive contribution to the score (every term was removed by "
+                "the ReLU); it shows nothing about where the evidence is"]
+    if side == "image" and bool((patch_map == patch_map.flatten()[0]).all()):
+        return ["constant map: every patch has the same value, so it ranks nothing"]
+    return []
+
+
 def minmax(values: torch.Tensor) -> torch.Tensor:
     """``(x - min) / (max - min)``; constant input gives zeros."""
     values = values.detach().double()

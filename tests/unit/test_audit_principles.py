@@ -12,16 +12,17 @@ from PIL import Image
 from conftest import random_clip
 from faithclip.audit import check_p1
 from faithclip.audit.data import shapes_data
-from faithclip.audit.departure import ARMS, AuditData, arm_image_embeds, arm_pixels, audit_departure
+from faithclip.audit.departure import ARMS, MAP_ARMS, AuditData, arm_image_embeds, arm_pixels, audit_departure
 from faithclip.audit.ladder import degrade, zero_shot_accuracy
 from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, pointing_hit, spearman
 from faithclip.audit.report import audit_html, format_audit
 from faithclip.data.shapes import COLOUR_NAMES, SHAPES
-from faithclip.methods.context import MapResult
+from faithclip.methods.context import Context, MapResult
 from faithclip.models.loading import from_hf, shipped_models
 from faithclip.models.preprocess import ClipPreprocess
 from faithclip.models.word_tokenizer import as_transformers_tokenizer, build_word_tokenizer
 from faithclip.registry import METHODS, MethodSpec
+from faithclip.targets import make_target
 
 torch.set_num_threads(1)
 
@@ -63,6 +64,23 @@ def test_each_arm_changes_exactly_what_it_should():
     assert (embeds["keep_size"] - embeds["original"]).abs().max() > 1e-4
 
 
+def test_lambda_qk_arm_is_grad_eclip_with_out_proj_lambda():
+    """The ablation's lambda factor alone (model's heads, model's input, out_proj q/k) is faithclip's
+    grad_eclip with ``lambda_qk="out_proj"``: the cause is isolated, nothing else moves."""
+    from faithclip.methods.grad_eclip import grad_eclip
+    from faithclip.methods.grad_eclip_official import image_maps
+
+    handle = worded(heads=4, image_size=32, patch_size=8)
+    image = shapes_data(1, raw_size=32, seed=5).images[0]
+    ctx = Context(handle=handle, side="image", pixels=handle.pixels(image), text=handle.tokens(["a red circle"]),
+                  target=make_target("cosine"))
+    for qk in ("raw", "out_proj"):
+        arm = image_maps(ctx, ctx.pixels, 1, qk, heads=None)[0][0]
+        method = grad_eclip(ctx, lambda_qk=qk).maps[0, 0]
+        torch.testing.assert_close(arm, method, rtol=1e-4, atol=1e-6 * float(method.abs().max()))
+    assert not torch.allclose(grad_eclip(ctx, lambda_qk="raw").maps, grad_eclip(ctx, lambda_qk="out_proj").maps)
+
+
 def test_audit_departure_end_to_end_and_renderings():
     handle = worded(heads=4, image_size=32, patch_size=8)
     data = shapes_data(8, raw_size=48, seed=3)
@@ -71,12 +89,17 @@ def test_audit_departure_end_to_end_and_renderings():
     assert arms["original"]["flip_rate"] == 0 and arms["original"]["embedding_cosine_min"] > 1 - 1e-6
     assert arms["official"]["embedding_cosine_mean"] < 1 - 1e-6
     maps = results["maps"]["mean"]
-    # same formula, model's heads, model's input: the original arm IS faithful Grad-ECLIP
-    assert maps["spearman_original_arm_vs_faithful"] == pytest.approx(1.0, abs=1e-9)
-    assert maps["deletion_auc_original"] == pytest.approx(maps["deletion_auc_faithful"], abs=1e-6)
+    # same formula, model's heads, model's input, raw q/k: the faithful arm IS faithclip's grad_eclip
+    assert maps["spearman_faithful_vs_grad_eclip"] == pytest.approx(1.0, abs=1e-9)
+    assert maps["spearman_faithful_vs_faithful"] == pytest.approx(1.0, abs=1e-12)
+    assert set(results["maps"]["arms"]) == set(MAP_ARMS) and len(MAP_ARMS) == 8  # 2 x 2 x 2 causes
+    for arm in MAP_ARMS:
+        assert np.isfinite(maps[f"deletion_auc_{arm}"]) and np.isfinite(maps[f"spearman_{arm}_vs_faithful"])
+    assert maps["spearman_published_vs_faithful"] < 1 - 1e-6  # the published map departs
     json.dumps(results)
     text = format_audit(results)
     assert "official pipeline (both)" in text and "one-head rewrite alone" in text
+    assert "lambda on out_proj(q), out_proj(k) alone" in text and "published (all three" in text
     fragment = audit_html(results)
     assert fragment.startswith("<section") and fragment.endswith("</section>") and "<script" not in fragment
 

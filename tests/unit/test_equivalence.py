@@ -33,9 +33,10 @@ def test_methods_agree_on_both_towers(shape, dtype, tolerance):
     pixels = torch.randn(2, 3, size, size, dtype=dtype, generator=torch.Generator().manual_seed(2))
     ids = token_ids([1, 3, 6])
     for side in ("image", "text"):
-        for layers, relu in [(1, None), (shape["layers"], None), (shape["layers"], "none")]:
-            a = _maps(handle, pixels, ids, side, "grad_eclip", layers=layers, relu=relu)
-            b = _maps(handle, pixels, ids, side, "attention_eclip", layers=layers, relu=relu)
+        for layers, relu, lam in [(1, None, {}), (shape["layers"], None, {}), (shape["layers"], "none", {}),
+                                  (shape["layers"], "none", {"lambda_span": "inner", "lambda_qk": "out_proj"})]:
+            a = _maps(handle, pixels, ids, side, "grad_eclip", layers=layers, relu=relu, **lam)
+            b = _maps(handle, pixels, ids, side, "attention_eclip", layers=layers, relu=relu, **lam)
             assert a.shape == b.shape
             if relu == "none":  # signed maps: never all zero, so the comparison cannot pass vacuously
                 assert (a.flatten(1).abs().amax(1) > 0).all()
@@ -43,8 +44,9 @@ def test_methods_agree_on_both_towers(shape, dtype, tolerance):
                 assert relative_difference(x.double(), y.double()) <= tolerance
 
 
-@pytest.mark.parametrize("layers,use_lambda", [(1, True), (2, True), (2, False)])
-def test_image_maps_match_literal_transcription(layers, use_lambda):
+@pytest.mark.parametrize("layers,use_lambda,qk", [(1, True, "raw"), (2, True, "raw"), (2, False, "raw"), (1, True, "out_proj"),
+                                                 (2, True, "out_proj")])
+def test_image_maps_match_literal_transcription(layers, use_lambda, qk):
     model = random_clip(seed=3, dtype=torch.float64, heads=4, layers=3, width=32, image_size=24, patch_size=8)
     handle = from_hf(model)
     pixels = torch.randn(2, 3, 24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -52,18 +54,19 @@ def test_image_maps_match_literal_transcription(layers, use_lambda):
     with torch.no_grad():
         text_embeds = handle.encode_text(handle.tokens(ids))
     for method in ("grad_eclip", "attention_eclip"):
-        results = faithclip.explain(handle, pixels, ids, method, layers=layers, use_lambda=use_lambda)
+        results = faithclip.explain(handle, pixels, ids, method, layers=layers, use_lambda=use_lambda, lambda_qk=qk)
         for index, explanation in enumerate(results):
             b, k = divmod(index, 2)
-            expected, score = image_maps(model, pixels[b:b + 1], text_embeds[k], method, layers, use_lambda)
+            expected, score = image_maps(model, pixels[b:b + 1], text_embeds[k], method, layers, use_lambda, qk=qk)
             assert explanation.map.shape == (3, 3)
             torch.testing.assert_close(explanation.map.flatten(), expected.detach(), rtol=1e-10, atol=1e-12)
             assert explanation.score == pytest.approx(score.item(), rel=1e-12)
             assert explanation.model_score == pytest.approx(explanation.score, rel=1e-12)
 
 
-@pytest.mark.parametrize("layers", [1, 2])
-def test_text_maps_match_literal_transcription(layers):
+@pytest.mark.parametrize("layers,span,qk", [(1, "context", "raw"), (2, "context", "raw"), (1, "inner", "raw"),
+                                           (2, "inner", "out_proj"), (2, "context", "out_proj")])
+def test_text_maps_match_literal_transcription(layers, span, qk):
     model = random_clip(seed=5, dtype=torch.float64, heads=2, layers=2, width=32, image_size=16, patch_size=8)
     handle = from_hf(model)
     pixels = torch.randn(1, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
@@ -72,13 +75,30 @@ def test_text_maps_match_literal_transcription(layers):
         image_embed = handle.encode_image(pixels)[0]
     eos = handle.tokens(ids).eos_positions
     for method in ("grad_eclip", "attention_eclip"):
-        results = faithclip.explain_text(handle, pixels, ids, method, layers=layers)
+        results = faithclip.explain_text(handle, pixels, ids, method, layers=layers, lambda_span=span, lambda_qk=qk)
         for k, explanation in enumerate(results):
-            expected, _ = text_maps(model, ids[k:k + 1], int(eos[k]), image_embed, method, layers)
+            expected, _ = text_maps(model, ids[k:k + 1], int(eos[k]), image_embed, method, layers, span=span, qk=qk)
             torch.testing.assert_close(explanation.map, expected.detach(), rtol=1e-10, atol=1e-12)
-            span = explanation.map[1:int(eos[k])]
-            assert explanation.map.sum().item() == pytest.approx(1.0) or span.sum() == 0
+            words = explanation.map[1:int(eos[k])]
+            assert explanation.map.sum().item() == pytest.approx(1.0) or words.sum() == 0
             assert explanation.map[0] == 0 and explanation.map[int(eos[k]):].abs().sum() == 0
+
+
+def test_padding_to_the_whole_context_leaves_the_score_alone():
+    """The published text code runs the text padded with zeros to the context; a causal model's end token
+    does not see the padding, so only transformers' float32 softmax (rows of another length) can move it."""
+    model = random_clip(seed=5, dtype=torch.float64, heads=2, layers=2, width=32, image_size=16, patch_size=8)
+    handle = from_hf(model)
+    batch = handle.tokens(token_ids([1, 3, 5]))
+    padded = handle.context_batch(batch)
+    assert padded.input_ids.shape == (3, handle.context_length)
+    assert torch.equal(padded.eos_positions, batch.eos_positions) and bool((padded.attention_mask == 1).all())
+    for row, eos in enumerate(batch.eos_positions.tolist()):
+        assert torch.equal(padded.input_ids[row, :eos + 1], batch.input_ids[row, :eos + 1])
+        assert bool((padded.input_ids[row, eos + 1:] == 0).all())
+    with torch.no_grad():
+        own, context = handle.encode_text(batch), handle.encode_text(padded)
+    assert relative_difference(own, context) <= 1e-7
 
 
 def test_real_b32_architecture_equivalence(b32_handle):

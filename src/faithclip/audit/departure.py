@@ -11,10 +11,9 @@ On the same images and prompts, four forwards (a 2x2 ablation of the two causes)
 Per arm, against ``original``: the cosine between image embeddings; the change of the explained score
 (cosine with the label's prompt, or with the original top-1 prompt when there are no labels); prediction
 flips (top-1 prompt differs from the original's); zero-shot accuracy. Text side: the last 8 text blocks
-recomputed with one head against the model's text tower. Maps (on ``map_images`` images): Spearman
-correlation of each arm's Grad-ECLIP map (same formula, ``ablation_qk``) with the original arm's, and of
-the published map (``qk``) with the faithful ``grad_eclip`` map, on the model's crop grid; deletion and
-insertion AUCs of every map, all scored by the ORIGINAL model on its own input.
+recomputed with one head against the model's text tower. Maps (on ``map_images`` images): a 2x2x2
+ablation that adds the third cause, lambda's q/k (``MAP_ARMS``), so that each cause is measured on its own
+(``map_departure``); the keep-size arms use the evaluation loop's short-side cap ``cap`` throughout.
 """
 
 from __future__ import annotations
@@ -84,10 +83,8 @@ def arm_image_embeds(handle: ClipHandle, images: Sequence[Image.Image], arm: str
 
 def rewritten_text_embeds(handle: ClipHandle, prompts: Sequence[str], layers: int = 8) -> torch.Tensor:
     """The official text side's forward: last ``layers`` text blocks with one head, ids padded with 0."""
-    from faithclip.methods.grad_eclip_official import pad_to_context
-
     batch = handle.tokens(list(prompts))
-    ids = pad_to_context(batch, handle.context_length)
+    ids = handle.context_batch(batch).input_ids  # (K, context), padded with 0 as clip.tokenize
     with torch.no_grad():
         return encode_text_rewritten(handle.model, ids, batch.eos_positions, heads=1, layers=layers)[0]
 
@@ -133,10 +130,27 @@ def embedding_departure(handle: ClipHandle, data: AuditData, cap: int | None = O
     return {"arms": arms, "text": text}
 
 
-def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *, qk: str = "out_proj",
-                  ablation_qk: str = "raw", cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
-                  deletion_steps: int | None = None) -> dict:
-    """Rank correlations and deletion/insertion AUCs of the arms' maps, on ``indices`` of the images."""
+MAP_ARMS: dict[str, tuple[bool, bool, str]] = {  # name -> (one-head rewrite, keep-size input, lambda's q/k)
+    "faithful": (False, False, "raw"),
+    "qk_out_proj": (False, False, "out_proj"),
+    "one_head": (True, False, "raw"),
+    "keep_size": (False, True, "raw"),
+    "one_head+qk_out_proj": (True, False, "out_proj"),
+    "keep_size+qk_out_proj": (False, True, "out_proj"),
+    "one_head+keep_size": (True, True, "raw"),
+    "published": (True, True, "out_proj"),
+}
+
+
+def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *,
+                  cap: int | None = OFFICIAL_SHORT_SIDE_CAP, deletion_steps: int | None = None) -> dict:
+    """The map ablation over THREE causes, on ``indices`` of the images: the one-head rewrite, the keep-size
+    input, and lambda's q/k (raw, as the paper and notebooks, or out_proj(q), out_proj(k), as the published
+    evaluation script). Every arm is the Grad-ECLIP formula on that arm's forward and input; ``faithful``
+    (no cause) is Grad-ECLIP on the model's own forward and input, ``published`` (all three) is the
+    evaluation script's map. Per arm: Spearman with the faithful map on the model's crop grid, deletion and
+    insertion AUCs scored by the ORIGINAL model on its own input; plus the consistency of the faithful arm
+    with ``faithclip``'s ``grad_eclip`` method (expect 1)."""
     from faithclip.methods.grad_eclip import grad_eclip
     from faithclip.methods.grad_eclip_official import image_maps
 
@@ -150,19 +164,13 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
                 int(cosine_matrix(handle.encode_image(pixels), text_embeds).argmax())
         ctx = Context(handle=handle, side="image", pixels=pixels, text=handle.tokens([data.prompts[label]]),
                       target=make_target("cosine"))
-        maps = {"faithful": grad_eclip(ctx).maps[0, 0]}
-        for arm, (one_head, keep) in ARMS.items():
-            arm_input = arm_pixels(handle, image, keep, cap)
-            arm_map = image_maps(ctx, arm_input, 1, ablation_qk, heads=1 if one_head else None)[0][0]
+        maps = {}
+        for arm, (one_head, keep, qk) in MAP_ARMS.items():
+            arm_map = image_maps(ctx, arm_pixels(handle, image, keep, cap), 1, qk, heads=1 if one_head else None)[0][0]
             maps[arm] = crop_grid_map(arm_map, image.size, handle.preprocess, ctx.grid) if keep else arm_map
-        published = image_maps(ctx, arm_pixels(handle, image, True, cap), 1, qk, heads=1)[0][0]
-        maps["published"] = crop_grid_map(published, image.size, handle.preprocess, ctx.grid)
-        row: dict[str, Any] = {
-            "spearman_published_vs_faithful": spearman(maps["published"], maps["faithful"]),
-            "spearman_original_arm_vs_faithful": spearman(maps["original"], maps["faithful"]),
-        }
-        for arm in ARMS:
-            row[f"spearman_{arm}_vs_original"] = spearman(maps[arm], maps["original"])
+        row: dict[str, Any] = {"spearman_faithful_vs_grad_eclip": spearman(maps["faithful"], grad_eclip(ctx).maps[0, 0])}
+        for arm in MAP_ARMS:
+            row[f"spearman_{arm}_vs_faithful"] = spearman(maps[arm], maps["faithful"])
         score = lambda batch: ctx.score_images(batch)[:, 0]  # noqa: E731 (the ORIGINAL model's score)
         for name, patch_map in maps.items():
             curves = patch_deletion_insertion(score, pixels[0], patch_map.to(pixels.dtype), handle.patch_size,
@@ -171,11 +179,11 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
             row[f"insertion_auc_{name}"] = curves["insertion"]
         per_image.append(row)
     summary = {key: float(np.nanmean([r[key] for r in per_image])) for key in per_image[0]} if per_image else {}
-    return {"images": len(per_image), "qk": qk, "ablation_qk": ablation_qk, "mean": summary}
+    return {"images": len(per_image), "arms": {arm: {"one_head": h, "keep_size": k, "qk": q}
+                                               for arm, (h, k, q) in MAP_ARMS.items()}, "mean": summary}
 
 
-def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8, qk: str = "out_proj",
-                    ablation_qk: str = "raw", cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
+def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8, cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
                     deletion_steps: int | None = None, text_layers: int = 8) -> dict:
     """The departure of the official pipeline from the model, as one JSON-ready dict."""
     logger.info("audit: embeddings of %d images under %d arms", len(data.images), len(ARMS))
@@ -189,10 +197,10 @@ def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8,
         **embedding_departure(handle, data, cap, text_layers),
     }
     logger.info("audit: maps of %d images", min(map_images, len(data.images)))
-    result["maps"] = map_departure(handle, data, range(min(map_images, len(data.images))), qk=qk,
-                                   ablation_qk=ablation_qk, cap=cap, deletion_steps=deletion_steps)
+    result["maps"] = map_departure(handle, data, range(min(map_images, len(data.images))), cap=cap,
+                                   deletion_steps=deletion_steps)
     return result
 
 
-__all__ = ["ARMS", "AuditData", "arm_pixels", "arm_image_embeds", "rewritten_text_embeds", "embedding_departure",
+__all__ = ["ARMS", "MAP_ARMS", "AuditData", "arm_pixels", "arm_image_embeds", "rewritten_text_embeds", "embedding_departure",
            "map_departure", "audit_departure"]

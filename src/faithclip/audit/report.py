@@ -23,14 +23,16 @@ ARM_COLUMNS = (
     ("flip_rate", "flips"),
     ("accuracy", "zero-shot acc."),
 )
-MAP_ROWS = (
-    ("spearman_published_vs_faithful", "Spearman: published official map vs faithful Grad-ECLIP"),
-    ("spearman_one_head_vs_original", "Spearman vs original arm: one-head alone"),
-    ("spearman_keep_size_vs_original", "Spearman vs original arm: keep-size alone"),
-    ("spearman_official_vs_original", "Spearman vs original arm: both"),
-    ("spearman_original_arm_vs_faithful", "Spearman: original arm vs faithful (consistency, expect 1)"),
-)
-CURVE_MAPS = ("faithful", "published", "one_head", "keep_size", "official")
+MAP_ARM_LABELS = {
+    "faithful": "faithful (model's forward and input, raw q/k)",
+    "qk_out_proj": "lambda on out_proj(q), out_proj(k) alone",
+    "one_head": "one-head rewrite alone",
+    "keep_size": "keep-size input alone",
+    "one_head+qk_out_proj": "one-head + out_proj lambda",
+    "keep_size+qk_out_proj": "keep-size + out_proj lambda",
+    "one_head+keep_size": "one-head + keep-size",
+    "published": "published (all three: evaluation script)",
+}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -58,12 +60,15 @@ def format_audit(results: dict) -> str:
     lines += [f"{label:<40}" + "".join(f"{v:>21}" for v in values) for label, values in _arm_rows(results)]
     maps = results.get("maps", {}).get("mean", {})
     if maps:
-        lines += ["", f"maps on {results['maps']['images']} images (published qk={results['maps']['qk']}, "
-                      f"ablation qk={results['maps']['ablation_qk']}), scored by the ORIGINAL model:"]
-        lines += [f"  {title:<62} {_fmt(maps.get(key))}" for key, title in MAP_ROWS]
-        lines.append(f"  {'map':<12} {'deletion AUC (lower better)':>30} {'insertion AUC (higher better)':>32}")
-        lines += [f"  {name:<12} {_fmt(maps.get(f'deletion_auc_{name}')):>30} {_fmt(maps.get(f'insertion_auc_{name}')):>32}"
-                  for name in CURVE_MAPS]
+        lines += ["", f"Grad-ECLIP maps on {results['maps']['images']} images, each cause alone and together; "
+                      "AUCs scored by the ORIGINAL model on its own input:"]
+        lines.append(f"  {'map':<46} {'Spearman vs faithful':>20} {'deletion AUC (lower better)':>28} "
+                     f"{'insertion AUC (higher better)':>30}")
+        lines += [f"  {title:<46} {_fmt(maps.get(f'spearman_{arm}_vs_faithful')):>20} "
+                  f"{_fmt(maps.get(f'deletion_auc_{arm}')):>28} {_fmt(maps.get(f'insertion_auc_{arm}')):>30}"
+                  for arm, title in MAP_ARM_LABELS.items()]
+        lines.append(f"  consistency: faithful arm vs faithclip's grad_eclip, Spearman "
+                     f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1)")
     if "ladder" in results:
         lines += ["", format_ladder(results["ladder"])]
     if "correctness" in results:
@@ -111,10 +116,11 @@ def audit_html(results: dict) -> str:
     maps = results.get("maps", {}).get("mean", {})
     if maps:
         parts.append(f"<h3>Maps ({results['maps']['images']} images), scored by the original model</h3>")
-        parts.append(_table(["comparison", "value"], [[title, _fmt(maps.get(key))] for key, title in MAP_ROWS]))
-        parts.append(_table(["map", "deletion AUC (lower better)", "insertion AUC (higher better)"],
-                            [[name, _fmt(maps.get(f"deletion_auc_{name}")), _fmt(maps.get(f"insertion_auc_{name}"))]
-                             for name in CURVE_MAPS]))
+        parts.append(_table(["map", "Spearman vs faithful", "deletion AUC (lower better)", "insertion AUC (higher better)"],
+                            [[title, _fmt(maps.get(f"spearman_{arm}_vs_faithful")), _fmt(maps.get(f"deletion_auc_{arm}")),
+                              _fmt(maps.get(f"insertion_auc_{arm}"))] for arm, title in MAP_ARM_LABELS.items()]))
+        parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman "
+                     f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1).</p>")
     if "ladder" in results:
         ladder = results["ladder"]
         parts.append("<h3>P2: performance ladder</h3>")

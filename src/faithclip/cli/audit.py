@@ -34,7 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--raw-size", type=int, default=None, help="scene render size (default: 2x the model's input)")
     parser.add_argument("--aspect", type=float, default=1.0, help="height/width of the scene renders (crop)")
     parser.add_argument("--map-images", type=int, default=16, help="images whose maps are compared")
-    parser.add_argument("--qk", choices=("out_proj", "raw"), default="out_proj", help="lambda of the published map")
     parser.add_argument("--deletion-steps", type=int, default=None, help="points per deletion curve (default: per patch)")
     parser.add_argument("--ladder", action="store_true", help="P2 (a): the performance ladder")
     parser.add_argument("--alphas", type=float, nargs="+", default=None, help="ladder rungs (0 = trained)")
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         data = folder_data(args.images, [args.template.format(n) for n in names])
     else:
         data = shapes_data(args.scenes, raw_size=raw_size, seed=args.seed + 1, aspect=args.aspect)
-    results = audit_departure(handle, data, map_images=args.map_images, qk=args.qk, deletion_steps=args.deletion_steps)
+    results = audit_departure(handle, data, map_images=args.map_images, deletion_steps=args.deletion_steps)
     results["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
     if args.ladder or args.correctness:
         if data.labels is None or data.masks is None:

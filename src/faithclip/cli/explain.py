@@ -50,4 +50,6 @@ def run(args: argparse.Namespace) -> int:
                 weights = " ".join(f"{t}:{w:.2f}" for t, w in zip(tokens, explanation.map.tolist()) if w > 0)
                 line += f"  [{weights}]"
             print(line)
+            for note in explanation.warnings:
+                print(f"  warning: {note}")
     return 0

@@ -8,14 +8,15 @@ pooled query token q (class token for images, end-of-text token for texts):
 with lambda_j Grad-ECLIP's min-max normalised query-key cosine (``common.qk_lambda``). By the chain rule
 dS/dA^h[q, j] = sum_{c in h} g_c v_jc (g = dS/do_q, o the attention output before out_proj), so this is
 exactly Grad-ECLIP (docs/equivalence.md). Several layers combine like Grad-ECLIP's (``relu`` option);
-text maps keep the tokens strictly between start and end and are normalised to sum 1.
+text maps keep the tokens strictly between start and end and are normalised to sum 1. Lambda takes the
+same options as Grad-ECLIP's (``lambda_span``, ``lambda_qk``; defaults the published definition).
 """
 
 from __future__ import annotations
 
 import torch
 
-from faithclip.methods.common import default_relu, eclip_result, layer_lambda
+from faithclip.methods.common import default_relu, eclip_result, layer_lambdas
 from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec, register_method
 
@@ -26,13 +27,15 @@ def attention_eclip_terms(attn_grad_rows: torch.Tensor, lam: torch.Tensor | None
     return summed if lam is None else lam * summed
 
 
-def attention_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None) -> MapResult:
+def attention_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None,
+                    lambda_span: str = "context", lambda_qk: str = "raw") -> MapResult:
     relu = relu or default_relu(ctx.side)
     explained = ctx.last_layers(layers)
     scores, caps, rows = ctx.pooled_query_gradients(explained, "attn", capture=("q", "k", "attn"))
-    terms = [attention_eclip_terms(row, layer_lambda(ctx, caps[index]) if use_lambda else None)
-             for index, row in zip(explained, rows)]
-    return eclip_result(ctx, terms, relu, scores, explained, {"layers": layers, "use_lambda": use_lambda, "relu": relu})
+    lams = layer_lambdas(ctx, caps, explained, lambda_span, lambda_qk) if use_lambda else [None] * len(explained)
+    terms = [attention_eclip_terms(row, lam) for row, lam in zip(rows, lams)]
+    options = {"layers": layers, "use_lambda": use_lambda, "relu": relu, "lambda_span": lambda_span, "lambda_qk": lambda_qk}
+    return eclip_result(ctx, terms, relu, scores, explained, options)
 
 
 register_method(MethodSpec(
@@ -40,6 +43,7 @@ register_method(MethodSpec(
     paper="Debunking Grad-ECLIP (arXiv 2605.12952)",
     image=attention_eclip,
     text=attention_eclip,
-    defaults={"layers": 1, "use_lambda": True, "relu": "per_layer (image) / after_sum (text)"},
+    defaults={"layers": 1, "use_lambda": True, "relu": "per_layer (image) / after_sum (text)",
+              "lambda_span": "context (text: the whole padded context; image: patches)", "lambda_qk": "raw"},
     summary="ReLU(lambda_j * sum_h dS/dA^h[query, j]) on the original model",
 ))

@@ -1,8 +1,22 @@
-"""Pieces of math shared by the CLS-query methods (Grad-ECLIP, Attention-ECLIP)."""
+"""Pieces of math shared by the CLS-query methods (Grad-ECLIP, Attention-ECLIP).
+
+Grad-ECLIP's spatial weight lambda has two choices the published code makes in more than one way; both
+are explicit options here, the published definition the default:
+
+- ``lambda_span``, the tokens the min-max normalisation runs over. Image side: the patch tokens (both
+  published image codes). Text side: ``"context"`` (default, the published text code): ALL positions of
+  the padded context, i.e. the text padded to the model's context length (77 for OpenAI CLIP) with id 0
+  as ``clip.tokenize`` pads, under the causal mask only, so start, words, end and padding all take part
+  in the min and the max; ``"inner"``: only the tokens strictly between start and end (faithclip's
+  earlier rule). The map itself is kept on the tokens strictly between start and end either way.
+- ``lambda_qk``, which q and k the cosine compares: ``"raw"`` (default; the paper, the image notebook and
+  the text notebook): the ``q_proj`` / ``k_proj`` outputs; ``"out_proj"`` (the published evaluation script
+  ``generate_emap.py``): both passed through the layer's ``out_proj`` (bias included) first.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,15 +24,17 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from faithclip.methods.context import Context, LayerCapture, MapResult
 
+LAMBDA_SPANS = ("context", "inner")
+LAMBDA_QK = ("raw", "out_proj")
+
 
 def qk_lambda(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """Grad-ECLIP's spatial weight, min-max normalised over the map's support.
+    """Grad-ECLIP's spatial weight, min-max normalised over ``support``.
 
     ``lambda_j = (c_j - min_S c) / (max_S c - min_S c)`` with ``c_j = cos(q_query, k_j)`` computed over the
-    FULL width (all heads' channels together, the raw ``q_proj`` / ``k_proj`` outputs), ``S`` the support
-    tokens (patch tokens for images; tokens strictly between start and end for texts). Outside ``S``
-    lambda is 0. When every cosine on ``S`` is equal the min-max is undefined; lambda is then 1 on ``S``
-    (no reweighting), never NaN.
+    FULL width (all heads' channels together), ``S`` the support tokens. Outside ``S`` lambda is 0. When
+    every cosine on ``S`` is equal the min-max is undefined; lambda is then 1 on ``S`` (no reweighting),
+    never NaN.
 
     q, k: ``(C, T, D)``; positions: ``(C,)`` query index; support: ``(C, T)`` bool -> ``(C, T)``.
     """
@@ -58,19 +74,49 @@ def default_relu(side: str) -> str:
     return "per_layer" if side == "image" else "after_sum"
 
 
-def layer_lambda(ctx: "Context", capture: "LayerCapture") -> torch.Tensor:
-    """``qk_lambda`` of one captured layer, broadcast to ``(B|1, K|1, T)``."""
-    q, k = (t.detach() for t in capture.require("q", "k"))
-    return ctx.pair(qk_lambda(q, k, ctx.query_positions, ctx.support_mask()))
+def check_lambda_options(span: str, qk: str) -> None:
+    from faithclip.errors import MethodError
+
+    if span not in LAMBDA_SPANS:
+        raise MethodError(f"lambda_span must be one of {LAMBDA_SPANS}, got {span!r}.")
+    if qk not in LAMBDA_QK:
+        raise MethodError(f"lambda_qk must be one of {LAMBDA_QK}, got {qk!r}.")
+
+
+def layer_lambdas(ctx: "Context", captures: dict[int, "LayerCapture"], layers: Sequence[int],
+                  span: str = "context", qk: str = "raw") -> list[torch.Tensor]:
+    """``qk_lambda`` of each explained layer, broadcast to ``(B|1, K|1, T)`` (T: the explained input's tokens).
+
+    q and k come from ``captures`` (the explained forward), except on the text side with
+    ``span="context"``: there they come from a no-grad probed forward of the texts padded to the whole
+    context (``Context.context_captures``), lambda is normalised over all its positions and then cut back
+    to the explained input's ``T`` tokens (the map keeps only tokens before the end token, all inside ``T``).
+    """
+    check_lambda_options(span, qk)
+    layer_modules = ctx.encoder_layers()
+    whole_context = ctx.side == "text" and span == "context"
+    source = ctx.context_captures(layers) if whole_context else captures
+    out = []
+    for index in layers:
+        q, k = (t.detach() for t in source[index].require("q", "k"))  # (C, T', D) each
+        if qk == "out_proj":
+            out_proj = layer_modules[index].self_attn.out_proj
+            with torch.no_grad():
+                q, k = out_proj(q), out_proj(k)
+        support = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device) if whole_context else ctx.support_mask()
+        lam = qk_lambda(q, k, ctx.query_positions, support)  # (C, T')
+        out.append(ctx.pair(lam[:, :ctx.num_tokens]))
+    return out
 
 
 def eclip_result(ctx: "Context", terms: list[torch.Tensor], relu: str, scores: torch.Tensor, explained: list[int],
                  options: dict) -> "MapResult":
     """The shared ending of Grad-ECLIP and Attention-ECLIP: combine the per-layer terms ``(B, K, T)``,
-    keep the map's support, normalise text maps to sum 1."""
+    keep the map's support, normalise text maps to sum 1 (not a signed ``relu="none"`` map, whose sum may be
+    near zero: it stays raw)."""
     from faithclip.methods.context import MapResult
 
     per_token = ctx.token_map(combine_layers(terms, relu))
-    if ctx.side == "text":
+    if ctx.side == "text" and relu != "none":
         per_token = normalize_sum(per_token)
     return MapResult(maps=per_token.detach(), scores=scores.detach(), layers=explained, options=options)

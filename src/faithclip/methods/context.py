@@ -69,6 +69,17 @@ class Context:
         return len(encoder_layers(self.handle.model, self.tower))
 
     @property
+    def num_tokens(self) -> int:
+        """``T``: tokens of each explained input (class token + patches, or the batch's text length)."""
+        if self.side == "image":
+            return 1 + self.grid[0] * self.grid[1]
+        return self.text.input_ids.shape[1]
+
+    def encoder_layers(self) -> Sequence[torch.nn.Module]:
+        """The explained tower's encoder blocks (read only, e.g. for a layer's ``out_proj``)."""
+        return encoder_layers(self.handle.model, self.tower)
+
+    @property
     def grid(self) -> tuple[int, int]:
         """Patch grid ``(gh, gw)`` of the pixels."""
         patch = self.handle.patch_size
@@ -90,8 +101,7 @@ class Context:
     def support_mask(self) -> torch.Tensor:
         """``(C, T)`` bool: tokens a map covers: patch tokens (image); tokens strictly between start and end (text)."""
         if self.side == "image":
-            tokens = 1 + self.grid[0] * self.grid[1]
-            mask = torch.ones(self.num_images, tokens, dtype=torch.bool, device=self.pixels.device)
+            mask = torch.ones(self.num_images, self.num_tokens, dtype=torch.bool, device=self.pixels.device)
             mask[:, 0] = False
             return mask
         positions = torch.arange(self.text.input_ids.shape[1], device=self.text.input_ids.device)
@@ -178,6 +188,21 @@ class Context:
             self._fixed.setdefault(self.side, embeds.detach())
         scores = self.score(embeds, other) if self.side == "image" else self.score(other, embeds)
         return scores, probe.captures
+
+    def context_captures(self, layers: Sequence[int]) -> dict[int, LayerCapture]:
+        """q and k (no graph) of the texts padded to the WHOLE context, as the published text code sees them.
+
+        The texts are padded with id 0 to the model's context length and run under the causal mask only
+        (``ClipHandle.context_batch``). The end token's output, hence the score, is the same as on the
+        model's own input (a causal model never looks ahead); only the keys of the padding positions are
+        new, and they enter Grad-ECLIP's lambda through its min-max.
+        """
+        if "context" not in self._fixed:
+            padded = self.handle.context_batch(self.text)
+            with torch.no_grad(), Probe(self.handle.model, "text", layers, ("q", "k")) as probe:
+                self.handle.encode_text(padded)
+            self._fixed["context"] = probe.captures
+        return self._fixed["context"]
 
     def grads(self, scores: torch.Tensor, tensors: Sequence[torch.Tensor], reduce: Reduce | None = None) -> list[torch.Tensor]:
         """Gradient of every score ``[b, k]`` w.r.t. each captured tensor of its own input.

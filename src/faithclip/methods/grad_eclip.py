@@ -11,13 +11,18 @@ Image (class-token query, patch tokens j): ``map = sum_l ReLU(term_l)`` over the
 (the official image notebook; ``relu='after_sum'`` is the alternative). Text (end-of-text query):
 ``map = ReLU(sum_l term_l)`` (the official text code), kept on tokens strictly between start and end and
 normalised to sum 1. ``use_lambda=False`` drops lambda.
+
+Lambda's two published choices are options (``common``): ``lambda_span`` -- on the text side the min-max
+runs over the whole padded context (``"context"``, the published text code, default) or over the tokens
+strictly between start and end (``"inner"``); ``lambda_qk`` -- raw q, k (``"raw"``, paper and notebooks,
+default) or out_proj(q), out_proj(k) (``"out_proj"``, the published evaluation script).
 """
 
 from __future__ import annotations
 
 import torch
 
-from faithclip.methods.common import default_relu, eclip_result, layer_lambda
+from faithclip.methods.common import default_relu, eclip_result, layer_lambdas
 from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec, register_method
 
@@ -32,14 +37,16 @@ def grad_eclip_terms(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tenso
     return channel_sum if lam is None else lam * channel_sum
 
 
-def grad_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None) -> MapResult:
+def grad_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None,
+               lambda_span: str = "context", lambda_qk: str = "raw") -> MapResult:
     relu = relu or default_relu(ctx.side)
     explained = ctx.last_layers(layers)
     scores, caps, grads = ctx.pooled_query_gradients(explained, "attn_out", capture=("q", "k", "v", "attn_out"))
-    terms = [grad_eclip_terms(query_grad, ctx.pair(caps[index].require("v")[0].detach()),
-                              layer_lambda(ctx, caps[index]) if use_lambda else None)
-             for index, query_grad in zip(explained, grads)]
-    return eclip_result(ctx, terms, relu, scores, explained, {"layers": layers, "use_lambda": use_lambda, "relu": relu})
+    lams = layer_lambdas(ctx, caps, explained, lambda_span, lambda_qk) if use_lambda else [None] * len(explained)
+    terms = [grad_eclip_terms(query_grad, ctx.pair(caps[index].require("v")[0].detach()), lam)
+             for index, query_grad, lam in zip(explained, grads, lams)]
+    options = {"layers": layers, "use_lambda": use_lambda, "relu": relu, "lambda_span": lambda_span, "lambda_qk": lambda_qk}
+    return eclip_result(ctx, terms, relu, scores, explained, options)
 
 
 register_method(MethodSpec(
@@ -47,6 +54,7 @@ register_method(MethodSpec(
     paper="Zhao et al., Gradient-based Visual Explanation for Transformer-based CLIP, ICML 2024",
     image=grad_eclip,
     text=grad_eclip,
-    defaults={"layers": 1, "use_lambda": True, "relu": "per_layer (image) / after_sum (text)"},
+    defaults={"layers": 1, "use_lambda": True, "relu": "per_layer (image) / after_sum (text)",
+              "lambda_span": "context (text: the whole padded context; image: patches)", "lambda_qk": "raw"},
     summary="ReLU(lambda_j * sum_c g_c v_jc), g = dS/d(attention output) at the pooled token",
 ))

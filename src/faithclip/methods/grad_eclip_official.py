@@ -23,6 +23,11 @@ The official ``__main__`` also runs ``ln_post`` on every token; only the class t
 LayerNorm acts per token, so it does not change the result. ``half=True`` runs on an fp16 copy of the
 model as the official CUDA code does.
 
+Each published variant keeps its own input rule: ``qk="out_proj"`` (``generate_emap.py``) caps the
+short side at 640 px before the keep-size resize, ``qk="raw"`` (the image notebook) does not
+(``variant_cap``; ``cap=`` overrides). On the published repository's ``whippet.png`` (1032x689, patch 16)
+that is a 40x60 grid for the evaluation script and 43x65 for the notebook.
+
 The keep-size input needs the ORIGINAL image: pass it as ``original=`` (a PIL image or path, or a list
 with one per image). Without it the model's own crop is used (warned): only the one-head rewrite departs.
 """
@@ -39,18 +44,21 @@ import torch.nn.functional as F
 from faithclip.audit.keepsize import OFFICIAL_SHORT_SIDE_CAP, keep_size_pixels
 from faithclip.audit.rewrite import BlockTrace, encode_image_rewritten, encode_text_rewritten
 from faithclip.errors import MethodError
+from faithclip.methods.common import normalize_sum
 from faithclip.methods.context import Context, MapResult
-from faithclip.models.clip import ClipHandle, TextBatch
+from faithclip.models.clip import ClipHandle
 from faithclip.registry import MethodSpec, register_method
 
 QK_CHOICES = ("out_proj", "raw")
 
 
 def minmax(values: torch.Tensor) -> torch.Tensor:
-    """``(x - min) / (max - min)`` over the last axis, as the official code (no guard: a constant row gives NaN)."""
+    """``(x - min) / (max - min)`` over the last axis, as the official code. The official code has no guard
+    (a constant row gives NaN); here a constant row gives 1 (no reweighting), as faithful Grad-ECLIP."""
     low = values.amin(dim=-1, keepdim=True)
-    high = values.amax(dim=-1, keepdim=True)
-    return (values - low) / (high - low)
+    span = values.amax(dim=-1, keepdim=True) - low
+    flat = span <= 0
+    return torch.where(flat, torch.ones_like(values), (values - low) / torch.where(flat, torch.ones_like(span), span))
 
 
 def official_lambda(q: torch.Tensor, k: torch.Tensor, query: int, keys: slice, out_proj: Any | None) -> torch.Tensor:
@@ -108,24 +116,10 @@ def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, qk: str,
     return torch.stack(maps).detach(), scores.detach(), grid
 
 
-def official_text_ids(ctx: Context, pad_id: int = 0) -> torch.Tensor:
-    """Token ids ``(K, context)``: each text up to its end token, then ``pad_id`` (``clip.tokenize`` pads with 0)."""
-    return pad_to_context(ctx.text, ctx.handle.context_length, pad_id)
-
-
-def pad_to_context(text: TextBatch, context: int, pad_id: int = 0) -> torch.Tensor:
-    """``(K, context)`` ids: each row up to its end token, then ``pad_id``."""
-    ids = text.input_ids
-    padded = torch.full((ids.shape[0], context), pad_id, dtype=ids.dtype, device=ids.device)
-    for row, eos in enumerate(text.eos_positions.tolist()):
-        padded[row, :eos + 1] = ids[row, :eos + 1]
-    return padded
-
-
 def text_maps(ctx: Context, layers: int, qk: str, model: Any | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Official text maps ``(B, K, L)`` (L = the context's token length) and rewritten scores ``(B, K)``."""
     model = ctx.handle.model if model is None else model
-    ids = official_text_ids(ctx)
+    ids = ctx.handle.context_batch(ctx.text).input_ids  # (K, context): padded with 0 as clip.tokenize
     eos = ctx.text.eos_positions
     blocks = model.text_model.encoder.layers
     layers = min(layers, len(blocks))
@@ -147,7 +141,7 @@ def text_maps(ctx: Context, layers: int, qk: str, model: Any | None = None) -> t
                 grads = torch.autograd.grad(scores[b, k], [t.attn_out for t in traces], retain_graph=True)
                 terms = [official_term(g[k, e], t.v[k].detach(), lam) for g, t, lam in zip(grads, traces, lams)]
                 emap = F.relu(torch.stack(terms).sum(0))[1:e]  # (e-1,)
-                maps[b, k, 1:e] = emap / emap.sum()
+                maps[b, k, 1:e] = normalize_sum(emap)  # the official emap / emap.sum(), but 0 (not NaN) for 0 / 0
     return maps, scores.detach()
 
 
@@ -158,8 +152,18 @@ def _originals(original: Any, count: int) -> list[Any]:
     return items
 
 
+def variant_cap(qk: str, cap: int | None | str = "auto") -> int | None:
+    """The keep-size short-side cap of each published variant: ``qk="out_proj"`` is the evaluation script,
+    whose loop caps the short side at 640 px; ``qk="raw"`` is the image notebook, which has no cap.
+    An explicit ``cap`` (an int, or ``None`` for no cap) overrides the variant's."""
+    if cap != "auto":
+        return cap
+    return OFFICIAL_SHORT_SIDE_CAP if qk == "out_proj" else None
+
+
 def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str = "out_proj", half: bool = False,
-                              original: Any = None, cap: int | None = OFFICIAL_SHORT_SIDE_CAP) -> MapResult:
+                              original: Any = None, cap: int | None | str = "auto") -> MapResult:
+    cap = variant_cap(qk, cap)
     handle = _half_copy(ctx.handle) if half else ctx.handle
     original = original if original is not None else getattr(ctx, "originals", None)  # if the API supplies them
     if original is None:
@@ -221,6 +225,7 @@ register_method(MethodSpec(
     text=grad_eclip_official_text,
     modifies_model=True,
     modifies_input=True,
-    defaults={"layers": "1 (image) / 8 (text)", "qk": "out_proj", "half": False, "original": None, "cap": 640},
+    defaults={"layers": "1 (image) / 8 (text)", "qk": "out_proj", "half": False, "original": None,
+              "cap": "auto (640 for qk=out_proj, the evaluation loop; none for qk=raw, the notebook)"},
     summary="the published pipeline: last block(s) recomputed with ONE head, keep-size input; explains a different model",
 ))

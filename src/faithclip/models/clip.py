@@ -169,6 +169,17 @@ class ClipHandle:
         batch.embeds = torch.cat(chunks)
         return batch
 
+    def context_batch(self, text: TextBatch, pad_id: int = 0) -> TextBatch:
+        """The texts as the published OpenAI pipeline feeds them: each row up to its end token, then
+        ``pad_id`` (0, as ``clip.tokenize`` and open_clip pad) up to the model's context length, attention
+        mask all ones (the causal mask only). ``(K, L)`` -> ``(K, context_length)``."""
+        ids = text.input_ids
+        padded = torch.full((ids.shape[0], self.context_length), pad_id, dtype=ids.dtype, device=ids.device)
+        for row, eos in enumerate(text.eos_positions.tolist()):
+            padded[row, :eos + 1] = ids[row, :eos + 1]
+        return TextBatch(padded, torch.ones_like(padded), text.eos_positions.clone(), list(text.texts),
+                         list(text.tokens), list(text.truncated))
+
     def _eos_token_id(self) -> int:
         eos = self.text_config.eos_token_id
         if eos == 2 or eos is None:  # legacy configs: the end token is the largest id
