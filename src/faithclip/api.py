@@ -18,6 +18,7 @@ from faithclip.errors import MethodError
 from faithclip.explanation import Explanation, map_warnings
 from faithclip.methods.context import Context, MapResult
 from faithclip.models.clip import ClipHandle, ImageInput, TextBatch, TextInput
+from faithclip.models.images import to_rgb
 from faithclip.registry import METHODS, MethodSpec
 from faithclip.targets import Target, make_target
 
@@ -77,8 +78,9 @@ def run_method(model: ClipHandle, ctx: Context, spec: MethodSpec, options: dict)
 
 def _run(model, image, text, method, side, target, options) -> Explanation | list[Explanation]:
     spec = method_spec(method, side)
-    originals = _originals(image)  # decoded once, used for the pixels and by methods that need the original
-    pixels = model.pixels(originals if originals is not None else image)
+    decoded = _decoded(image)  # decoded once: the pixels (converted under the model's own RGB rule) ...
+    originals = None if decoded is None else [to_rgb(item) for item in decoded]  # ... and methods' originals
+    pixels = model.pixels(decoded if decoded is not None else image)
     batch = model.tokens(text)
     pairs = pixels.shape[0] * batch.input_ids.shape[0]
     single = pairs == 1 and not isinstance(image, (list, tuple)) and not isinstance(text, (list, tuple))
@@ -89,12 +91,13 @@ def _run(model, image, text, method, side, target, options) -> Explanation | lis
     return explanations[0] if single else explanations
 
 
-def _originals(image: Any) -> list | None:
-    """The user's images as RGB PIL images when they were given as images or paths (methods that, like the
-    official Grad-ECLIP pipeline, look at the image before preprocessing need them)."""
+def _decoded(image: Any) -> list | None:
+    """The user's images as PIL images in their own mode when given as images or paths (``None`` for
+    pixel tensors). The model's preprocessing converts them to RGB under its pipeline's rule; methods that,
+    like the official Grad-ECLIP pipeline, look at the image before preprocessing get the RGB form."""
     items = list(image) if isinstance(image, (list, tuple)) else [image]
     if all(isinstance(item, (str, Path, Image.Image)) for item in items):
-        return [ClipHandle.rgb(item) for item in items]
+        return [ClipHandle.decoded(item) for item in items]
     return None
 
 

@@ -386,3 +386,19 @@ def test_vit_b32_size_with_random_weights(tmp_path):
     image_diff, text_diff = _max_differences(oracle, model, images, texts)
     assert image_diff <= TOLERANCE, f"image features differ by {image_diff:.2e}"
     assert text_diff <= TOLERANCE, f"text features differ by {text_diff:.2e}"
+
+
+@pytest.mark.parametrize("container", ["state_dict", "open_clip_training"])
+def test_loaded_handle_uses_openai_preprocessing_rules(tmp_path, container):
+    """OpenAI's ``_transform`` and open_clip's default transform crop with torchvision's rounding
+    (half to even) and convert to RGB after the crop; the handle must say so and do so."""
+    from faithclip.models.loading import load
+
+    state = _randomised(TINY, seed=9).state_dict()
+    path = tmp_path / "model.pt"
+    torch.save(state if container == "state_dict" else {"epoch": 1, "state_dict": state}, path)
+    handle = load(path)
+    assert handle.preprocess_rules == {"pipeline": "openai", "crop_rounding": "round_half_even",
+                                       "resize_rounding": "floor", "rgb_conversion": "pil_convert_after_crop"}
+    # 16 px model, a 23x16 image: no resize, excess 7, half 3.5 -> 4 (floor would give 3)
+    assert handle.preprocess.crop_box(23, 16) == (4, 0, 20, 16)

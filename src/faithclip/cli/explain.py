@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     options = {} if args.layers is None else {"layers": args.layers}
     run_side = faithclip.explain if args.side == "image" else faithclip.explain_text
     for image_path in args.images:
-        image = model.rgb(image_path)
-        crop = model.preprocess.crop_image(image)
+        image = model.decoded(image_path)
+        crop = model.preprocess.crop_image(image)  # the pixels the model sees, under its own pipeline's rules
         results = run_side(model, image, list(args.text), args.method, target=args.target, others=args.other, **options)
         for text, explanation in zip(args.text, results):
             stem = f"{Path(image_path).stem}__{slug(text)}__{args.method}"

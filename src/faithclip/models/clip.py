@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from faithclip.errors import ImageError, ModelError, TextError
-from faithclip.models.images import open_image, to_rgb
+from faithclip.models.images import decode_image, open_image, to_rgb
 from faithclip.models.preprocess import ClipPreprocess
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ class ClipHandle:
     """A CLIP model ready to be explained.
 
     ``model`` is the user's ``transformers.CLIPModel`` (never modified); ``tokenizer`` may be ``None``
-    when texts are given as token ids; ``preprocess`` is the model's standard image preprocessing.
+    when texts are given as token ids; ``preprocess`` is the model's standard image preprocessing, with the
+    rules of the pipeline the checkpoint was published with (``preprocess_rules``).
     """
 
     model: Any
@@ -67,6 +68,12 @@ class ClipHandle:
     @property
     def patch_size(self) -> int:
         return int(self.vision_config.patch_size)
+
+    @property
+    def preprocess_rules(self) -> dict[str, str]:
+        """Which pipeline's rules build this model's input (``"pipeline"``: transformers, openai or custom)
+        and the rules themselves: crop-offset rounding, resize rounding, RGB conversion."""
+        return {"pipeline": self.preprocess.pipeline, **self.preprocess.rules}
 
     @property
     def context_length(self) -> int:
@@ -100,10 +107,20 @@ class ClipHandle:
             return batch.to(device=self.device, dtype=self.dtype)
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
-        tensors = [self.preprocess(self.rgb(image)) for image in images]
+        tensors = [self.preprocess(self.decoded(image)) for image in images]
         if not tensors:
             raise ImageError("no image given.")
         return torch.stack(tensors).to(device=self.device, dtype=self.dtype)
+
+    @staticmethod
+    def decoded(image: ImageInput) -> Image.Image:
+        """A PIL image as given, or a path decoded in its own mode: the input ``preprocess`` converts to RGB
+        under its own rule (OpenAI's pipeline converts after resizing, transformers' before)."""
+        if isinstance(image, (str, Path)):
+            return decode_image(image)
+        if isinstance(image, Image.Image):
+            return image
+        raise ImageError(f"expected a PIL image, a path or a pixel tensor; got {type(image).__name__}.")
 
     @staticmethod
     def rgb(image: ImageInput) -> Image.Image:

@@ -25,24 +25,41 @@ logger = logging.getLogger(__name__)
 
 def open_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image file, converted to RGB."""
+    return to_rgb(decode_image(path), name=str(path))
+
+
+def decode_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file in its OWN mode (the first frame of an animation, with a warning).
+
+    Preprocessing that converts to RGB after resizing (OpenAI's pipeline, see
+    ``faithclip.models.preprocess``) needs the image before any conversion.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image not found: {path}. Pass the path of an existing image file.")
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so a truncated file fails here and not later
-            return to_rgb(image, name=str(path))
+            frame = first_frame(image, name=str(path))
+            frame.load()
+            return frame.copy()
     except UnidentifiedImageError as error:
         raise ImageError(f"{path} is not an image PIL can read ({error}). Pass a JPEG, PNG, GIF, TIFF, BMP or WebP file.") from error
     except (OSError, SyntaxError) as error:
         raise ImageError(f"{path} could not be decoded ({error}); the file is probably truncated or corrupt. Re-export it and try again.") from error
 
 
+def first_frame(image: Image.Image, name: str = "image") -> Image.Image:
+    """``image`` positioned on its first frame; warns when there are more (only the first is explained)."""
+    if getattr(image, "n_frames", 1) > 1:
+        warnings.warn(f"{name} has {image.n_frames} frames; explaining the first one only.", stacklevel=3)
+        image.seek(0)
+    return image
+
+
 def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     """Convert a PIL image of any mode to 8-bit RGB following the rules in this module's docstring."""
-    if getattr(image, "n_frames", 1) > 1:
-        warnings.warn(f"{name} has {image.n_frames} frames; explaining the first one only.", stacklevel=2)
-        image.seek(0)
+    image = first_frame(image, name)
     if image.width == 0 or image.height == 0:
         raise ImageError(f"{name} is empty ({image.width}x{image.height} pixels).")
     mode = image.mode

@@ -45,6 +45,11 @@ def load(
     local transformers directory (``config.json`` with ``model_type`` ``clip``); an OpenAI / open_clip ViT
     checkpoint file (state dict or TorchScript archive; ``hidden_act`` selects QuickGELU or GELU, and
     ``tokenizer`` names a tokenizer directory or hub id); or a transformers hub id.
+
+    The handle's ``preprocess`` follows the pipeline the model was published with
+    (``handle.preprocess_rules``): transformers' rules for directories, hub ids and shipped models (unless
+    their ``preprocessor_config.json`` records other ``faithclip_rules``), OpenAI's (torchvision's centre
+    crop, RGB conversion after the crop) for OpenAI and open_clip checkpoint files.
     """
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     path = Path(name)
@@ -61,9 +66,8 @@ def load(
         return ClipHandle(
             model=model.eval(),
             tokenizer=_load_tokenizer(tokenizer) if tokenizer is not None else None,
-            preprocess=ClipPreprocess(size=model.config.vision_config.image_size,
-                                      crop_height=model.config.vision_config.image_size,
-                                      crop_width=model.config.vision_config.image_size),
+            # OpenAI's ``_transform`` and open_clip's default transform: torchvision's rules
+            preprocess=ClipPreprocess.for_pipeline("openai", int(model.config.vision_config.image_size)),
             name=str(path),
         )
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -82,7 +86,7 @@ def from_hf(model: Any, tokenizer: Any = None, *, preprocess: ClipPreprocess | N
     ensure_eager(model)
     if preprocess is None:
         size = int(model.config.vision_config.image_size)
-        preprocess = ClipPreprocess(size=size, crop_height=size, crop_width=size)
+        preprocess = ClipPreprocess.for_pipeline("transformers", size)
     if name is None:
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     return ClipHandle(model=model, tokenizer=tokenizer, preprocess=preprocess, name=name)
@@ -118,7 +122,7 @@ def _load_directory(path: Path, *, name: str, dtype: torch.dtype, tokenizer: str
     preprocessor = path / "preprocessor_config.json"
     size = int(model.config.vision_config.image_size)
     preprocess = (ClipPreprocess.from_json(preprocessor) if preprocessor.is_file()
-                  else ClipPreprocess(size=size, crop_height=size, crop_width=size))
+                  else ClipPreprocess.for_pipeline("transformers", size))
     tok_source = tokenizer if tokenizer is not None else path
     tok = _load_tokenizer(tok_source, required=tokenizer is not None)
     return ClipHandle(model=model.eval(), tokenizer=tok, preprocess=preprocess, name=name)
@@ -152,5 +156,5 @@ def _load_hub(name: str, *, dtype: torch.dtype) -> ClipHandle:
         ) from error
     size = int(model.config.vision_config.image_size)
     preprocess = (ClipPreprocess.from_dict(processor_config) if processor_config
-                  else ClipPreprocess(size=size, crop_height=size, crop_width=size))
+                  else ClipPreprocess.for_pipeline("transformers", size))
     return ClipHandle(model=model.eval(), tokenizer=tokenizer, preprocess=preprocess, name=name)

@@ -42,6 +42,11 @@ above the EOT (tokens added after training).
 Only ViT towers are supported: ResNet CLIPs have no ``CLIPModel`` equivalent, and open_clip variants
 with extra modules (layer scale, attentional pooling, HF text towers, SigLIP's ``logit_bias``) are
 refused through the unexpected-keys check rather than silently dropped.
+
+Preprocessing. These checkpoints were published with OpenAI's ``_transform`` (open_clip's default
+transform is the same steps): torchvision's ``Resize``/``CenterCrop`` and a PIL ``convert("RGB")`` after
+the crop. ``faithclip.load`` therefore gives them ``ClipPreprocess.for_pipeline("openai", size)``, whose
+crop offset rounds half to even where transformers floors (``faithclip.models.preprocess``).
 """
 
 from __future__ import annotations

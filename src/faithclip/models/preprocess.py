@@ -1,16 +1,34 @@
 """CLIP's standard image preprocessing, written with PIL, numpy and torch.
 
-The pipeline is the one every CLIP checkpoint was trained with and the one transformers'
-``CLIPImageProcessor`` applies:
+Every CLIP checkpoint was trained with the same four steps; the pipelines that publish them differ in
+three small rounding/ordering rules, and the model only predicts from the input ITS pipeline makes.
+Principle P1 says an explanation must be computed on exactly that tensor, so each rule is a named field
+of ``ClipPreprocess`` and every loader sets the rules of the pipeline its checkpoint ships with:
 
-1. convert to RGB (transparency composited onto white, as transformers does; see ``faithclip.models.images``);
-2. resize so the SHORTEST edge equals ``size`` (the longer edge becomes ``int(size * long / short)``),
-   bicubic (PIL's ``Image.BICUBIC``, on 8-bit pixels);
-3. centre crop to ``crop_height x crop_width`` (offset ``(dim - crop) // 2``);
-4. scale to [0, 1] and normalise with the CLIP mean and standard deviation.
+1. RGB conversion (``rgb_conversion``):
+   - ``"composite_white_first"`` (transformers' ``convert_to_rgb``): transparency is composited onto
+     WHITE before anything else (the rules of ``faithclip.models.images.to_rgb``);
+   - ``"pil_convert_after_crop"`` (OpenAI CLIP's ``_transform``, open_clip's default transform): the
+     image is resized and cropped in its OWN mode and only then ``Image.convert("RGB")``-ed, which drops
+     the alpha channel. PIL resizes RGBA premultiplied, so fully transparent areas come out BLACK where
+     transformers makes them white (an image already at the target size is not resampled and shows the
+     colour stored under the alpha), and palette images are resized with nearest neighbour (PIL's rule
+     for mode ``P``). The two rules agree on RGB and greyscale images.
+2. Resize so the SHORTEST edge equals ``size``, bicubic (PIL's ``Image.BICUBIC`` on 8-bit pixels). The
+   longer edge (``resize_rounding``) is ``floor(size * long / short)`` in both pipelines: transformers'
+   ``get_resize_output_image_size`` and torchvision's ``_compute_resized_output_size`` (used by
+   ``Resize(int)``) both truncate the float ``size * long / short``, which for these positive integers is
+   the exact floor. One rule, named ``"floor"``, so a saved config states it.
+3. Centre crop to ``crop_height x crop_width`` at offset (``crop_rounding``):
+   - ``"floor"`` (transformers' ``center_crop``): ``(dim - crop) // 2``;
+   - ``"round_half_even"`` (torchvision's ``CenterCrop``): ``int(round((dim - crop) / 2))`` with
+     Python's ``round``, i.e. halves go to the even neighbour: 53.5 -> 54 but 52.5 -> 52. The two rules
+     differ by one pixel exactly when ``dim - crop`` is odd and ``(dim - crop - 1) / 2`` is odd
+     (e.g. a 500x338 photo: resized 331x224, left edge 53 under floor, 54 under torchvision).
+4. Scale to [0, 1] and normalise with the CLIP mean and standard deviation.
 
-The result is the input the model predicts from. Principle P1 says an explanation must be computed on
-exactly this tensor, so every method receives it and nothing else.
+``to_dict`` records the three rules under ``"faithclip_rules"`` (transformers ignores the key) and
+``from_dict`` reads them back; a config without the key is a transformers config and gets its rules.
 """
 
 from __future__ import annotations
@@ -23,13 +41,34 @@ import numpy as np
 import torch
 from PIL import Image
 
+from faithclip.errors import ImageError, ModelError
+from faithclip.models.images import to_rgb
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+CROP_ROUNDINGS = ("floor", "round_half_even")
+RESIZE_ROUNDINGS = ("floor",)
+RGB_CONVERSIONS = ("composite_white_first", "pil_convert_after_crop")
+
+# The published rules of each pipeline (see the module docstring for where each comes from).
+PIPELINE_RULES: dict[str, dict[str, str]] = {
+    "transformers": {"crop_rounding": "floor", "resize_rounding": "floor",
+                     "rgb_conversion": "composite_white_first"},
+    "openai": {"crop_rounding": "round_half_even", "resize_rounding": "floor",
+               "rgb_conversion": "pil_convert_after_crop"},
+}
+RULES_KEY = "faithclip_rules"
 
 
 @dataclass(frozen=True)
 class ClipPreprocess:
-    """Shortest-edge resize, centre crop, normalise. ``__call__`` maps an RGB PIL image to ``(3, H, W)``."""
+    """Shortest-edge resize, centre crop, normalise. ``__call__`` maps a PIL image to ``(3, H, W)``.
+
+    ``crop_rounding``, ``resize_rounding`` and ``rgb_conversion`` are the pipeline's rules (module
+    docstring); the defaults are transformers', ``for_pipeline("openai", size)`` gives OpenAI's and
+    open_clip's.
+    """
 
     size: int = 224
     crop_height: int = 224
@@ -37,6 +76,33 @@ class ClipPreprocess:
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     resample: int = Image.BICUBIC
+    crop_rounding: str = "floor"
+    resize_rounding: str = "floor"
+    rgb_conversion: str = "composite_white_first"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("crop_rounding", CROP_ROUNDINGS), ("resize_rounding", RESIZE_ROUNDINGS),
+                              ("rgb_conversion", RGB_CONVERSIONS)):
+            if getattr(self, name) not in allowed:
+                raise ModelError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}.")
+
+    @classmethod
+    def for_pipeline(cls, pipeline: str, size: int) -> "ClipPreprocess":
+        """A square ``size`` preprocessing with the published rules of ``pipeline`` (``PIPELINE_RULES``)."""
+        if pipeline not in PIPELINE_RULES:
+            raise ModelError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINE_RULES)}.")
+        return cls(size=size, crop_height=size, crop_width=size, **PIPELINE_RULES[pipeline])
+
+    @property
+    def rules(self) -> dict[str, str]:
+        """The three pipeline rules, as ``to_dict`` records them."""
+        return {"crop_rounding": self.crop_rounding, "resize_rounding": self.resize_rounding,
+                "rgb_conversion": self.rgb_conversion}
+
+    @property
+    def pipeline(self) -> str:
+        """``"transformers"`` or ``"openai"`` when the rules are that pipeline's, else ``"custom"``."""
+        return next((name for name, rules in PIPELINE_RULES.items() if rules == self.rules), "custom")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ClipPreprocess":
@@ -46,6 +112,8 @@ class ClipPreprocess:
 
     @classmethod
     def from_dict(cls, config: dict) -> "ClipPreprocess":
+        """Settings from a ``preprocessor_config.json`` dict; its ``faithclip_rules`` if present, else
+        transformers' rules (the pipeline that reads such a file)."""
         size = config.get("size", 224)
         if isinstance(size, dict):
             size = size.get("shortest_edge", size.get("height", 224))
@@ -54,6 +122,11 @@ class ClipPreprocess:
             crop_h, crop_w = crop.get("height", size), crop.get("width", size)
         else:
             crop_h = crop_w = int(crop)
+        recorded = config.get(RULES_KEY) or {}
+        if not isinstance(recorded, dict):
+            raise ModelError(f"{RULES_KEY} must map rule names to values; got {recorded!r}. Fix or remove it.")
+        rules = dict(PIPELINE_RULES["transformers"])
+        rules.update({key: str(value) for key, value in recorded.items() if key in rules})
         return cls(
             size=int(size),
             crop_height=int(crop_h),
@@ -61,10 +134,11 @@ class ClipPreprocess:
             mean=tuple(config.get("image_mean", OPENAI_CLIP_MEAN)),
             std=tuple(config.get("image_std", OPENAI_CLIP_STD)),
             resample=int(config.get("resample", Image.BICUBIC)),
+            **rules,
         )
 
     def to_dict(self) -> dict:
-        """The transformers ``preprocessor_config.json`` form of these settings."""
+        """The transformers ``preprocessor_config.json`` form of these settings, plus ``faithclip_rules``."""
         return {
             "image_processor_type": "CLIPImageProcessor",
             "do_resize": True,
@@ -78,27 +152,48 @@ class ClipPreprocess:
             "image_mean": list(self.mean),
             "image_std": list(self.std),
             "do_convert_rgb": True,
+            RULES_KEY: self.rules,
         }
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) after the shortest-edge resize, rounded down as transformers does."""
+        """(width, height) after the shortest-edge resize; the long edge is ``floor(size * long / short)``."""
         short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.size, int(self.size * long / short)
+        new_short, new_long = self.size, self.size * long // short  # exact integer floor
         return (new_short, new_long) if width <= height else (new_long, new_short)
 
+    def crop_offset(self, extent: int, crop: int) -> int:
+        """Where a centred ``crop`` starts inside ``extent`` pixels, under ``crop_rounding``."""
+        excess = extent - crop
+        if self.crop_rounding == "floor":
+            return excess // 2
+        return round(excess / 2)  # Python's round: an exact .5 goes to the even integer
+
     def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom) of the centre crop in the resized image's coordinates."""
+        """(left, top, right, bottom) of the centre crop in the resized image's coordinates.
+
+        Every place that needs the crop (masks, overlays, audit grids) must ask here, so it follows the
+        model's own rule."""
         rw, rh = self.resized_size(width, height)
         if rw < self.crop_width or rh < self.crop_height:
             raise ValueError(f"resized image {rw}x{rh} is smaller than the crop {self.crop_width}x{self.crop_height}")
-        left, top = (rw - self.crop_width) // 2, (rh - self.crop_height) // 2
+        left, top = self.crop_offset(rw, self.crop_width), self.crop_offset(rh, self.crop_height)
         return left, top, left + self.crop_width, top + self.crop_height
 
     def crop_image(self, image: Image.Image) -> Image.Image:
-        """Resize and centre-crop an RGB image: the pixels the model sees, before normalisation."""
+        """Resize and centre-crop an image of any mode: the RGB pixels the model sees, before normalisation.
+
+        Pass the image as decoded (``faithclip.models.images.decode_image``), not already converted to
+        RGB, for ``rgb_conversion`` to apply; an RGB image is the same under both rules."""
+        if self.rgb_conversion == "composite_white_first" and image.mode != "RGB":
+            image = to_rgb(image)
         width, height = image.size
-        resized = image.resize(self.resized_size(width, height), resample=self.resample)
-        return resized.crop(self.crop_box(width, height))
+        size, box = self.resized_size(width, height), self.crop_box(width, height)
+        try:
+            cropped = image.resize(size, resample=self.resample).crop(box)
+            return cropped if cropped.mode == "RGB" else cropped.convert("RGB")
+        except (OSError, ValueError) as error:  # PIL cannot resize or convert this mode
+            raise ImageError(f"a {width}x{height} image of mode {image.mode!r} could not be preprocessed ({error}); "
+                             "convert it to RGB first (faithclip.models.images.to_rgb).") from error
 
     def normalize(self, rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8-range RGB ``(H, W, 3)`` (or ``(N, H, W, 3)``) -> normalised ``(3, H, W)`` (or ``(N, 3, H, W)``)."""
@@ -115,7 +210,5 @@ class ClipPreprocess:
         return (pixels * std + mean) * 255.0
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> normalised pixels ``(3, crop_height, crop_width)``."""
-        if image.mode != "RGB":
-            raise ValueError(f"expected an RGB image, got mode {image.mode!r}; use faithclip.models.images.to_rgb")
+        """PIL image (any mode, converted under ``rgb_conversion``) -> normalised pixels ``(3, crop_height, crop_width)``."""
         return self.normalize(np.asarray(self.crop_image(image), dtype=np.uint8))
