@@ -1,106 +1,130 @@
-"""Literal, per-pair transcriptions of self-attention, rollout, GAME, Grad-CAM and LeGrad: oracles.
+"""Slow, literal forms of five attention explanations (self-attention, rollout, GAME, Grad-CAM, LeGrad): oracles.
 
-One input, one score, loops and full matrices everywhere; nothing is shared with faithclip's methods.
-Each function follows the reference code it names, line by line, on tensors the TEST captured itself
-(hand-written forward in ``clip_manual`` or the test's own forward hooks):
+Written here from the formulas the papers state and docs/methods/attention-methods.md records (with the
+options faithclip chose); no line comes from a published implementation, and nothing is shared with
+``faithclip.methods``. Each function explains ONE input for ONE score, keeps full ``(T, T)`` matrices
+and spells sums out as loops, so that it reads like the formula it checks. The tensors come from the
+test itself: attention from ``clip_manual``'s hand-written forward or from the test's own forward hooks,
+gradients from plain ``torch.autograd.grad``.
 
-- ``rollout_literal``: ``compute_rollout_attention`` of hila-chefer/Transformer-Explainability (as copied in
-  Cyang-Zhao/Grad-Eclip, generate_emap.py): ``matrices_aug[i] = (A_i + I) / rowsum``, joint attention
-  ``aug[i] @ joint`` from ``start_layer`` upward.
-- ``game_literal``: the CLIP notebook of hila-chefer/Transformer-MM-Explainability (``interpret``):
-  ``R = I; R = R + bmm(clamp(grad * cam, 0).mean(heads), R)``, one ``torch.autograd.grad`` per layer.
-- ``grad_cam_literal``: Grad-Eclip generate_emap.py ``grad_cam``: token-mean gradient times features.
-- ``legrad_literal``: WalBouss/LeGrad ``compute_legrad_clip``: ``ln_post(feat.mean(tokens)) @ proj``,
-  normalised, one gradient per layer on that layer's attention, clamp, mean heads, mean query rows.
+Notation: ``A_l^h`` the attention probabilities of layer ``l``, head ``h`` (rows are queries), ``H``
+heads, ``T`` tokens, ``q`` the pooled query token, ``S`` the explained score.
+
+- self-attention: ``map_j = (1/H) sum_h A_L^h[q, j]``.
+- rollout (Abnar & Zuidema, 2020): ``Abar_l = rownorm((1/H) sum_h A_l^h + I)``, ``map = (Abar_L ... Abar_s)[q]``.
+- GAME (Chefer, Gur & Wolf, 2021): ``R = I``; for ``l = s .. L``: ``R <- R + Abar_l R`` with
+  ``Abar_l = (1/H) sum_h ReLU(dS/dA_l^h * A_l^h)``; ``map = R[q]``.
+- Grad-CAM (Selvaraju et al., 2017) on tokens: ``w_c = (1/T) sum_t dS/df_tc`` over ALL tokens,
+  ``map_j = ReLU(sum_c w_c f_jc)`` on the patch tokens, ``f`` the input of the explained block.
+- LeGrad (Bousselham et al., 2024): per layer ``l >= s`` a score ``s^l`` read from that layer's output
+  tokens through the model's final LayerNorm and projection (``pooling="mean"``: the mean over all
+  tokens, the option faithclip follows; ``"tokens"``: the sum of every patch token's own score),
+  ``m^l_j = (1/(H T)) sum_h sum_i ReLU(ds^l/dA_l)[h, i, j]``, ``map = minmax(sum_l m^l)`` on the patches.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+
+def _first_layer(start_layer: int, depth: int) -> int:
+    """A start layer counted from the end when negative (``-1`` is the last layer)."""
+    return start_layer + depth if start_layer < 0 else start_layer
+
+
+def _head_average(attention: torch.Tensor) -> torch.Tensor:
+    """``(H, T, T)`` -> ``(T, T)``: the attention summed head by head, divided by the number of heads."""
+    heads = attention.shape[0]
+    total = torch.zeros_like(attention[0])
+    for head in range(heads):
+        total = total + attention[head]
+    return total / heads
 
 
 def self_attention_literal(attention: torch.Tensor, query: int) -> torch.Tensor:
-    """attention ``(H, T, T)`` of one input -> ``(T,)``: the query's row averaged over heads."""
-    heads = attention.shape[0]
-    row = torch.zeros(attention.shape[-1], dtype=attention.dtype)
-    for h in range(heads):
-        row = row + attention[h, query, :]
-    return row / heads
+    """Attention ``(H, T, T)`` of one input -> ``(T,)``: how much the query token reads each token."""
+    return _head_average(attention)[query]
+
+
+def _residual_attention(attention: torch.Tensor) -> torch.Tensor:
+    """Rollout's layer matrix ``(T, T)``: head average plus identity (the skip path), each row scaled to sum 1."""
+    mixed = _head_average(attention) + torch.eye(attention.shape[-1], dtype=attention.dtype)
+    rows = []
+    for row in mixed:
+        rows.append(row / row.sum())
+    return torch.stack(rows)  # (T, T)
 
 
 def rollout_literal(attentions: list[torch.Tensor], query: int, start_layer: int = 0) -> torch.Tensor:
-    """attentions: per layer ``(H, T, T)`` of one input, forward order -> ``(T,)`` row of the rollout."""
-    if start_layer < 0:
-        start_layer += len(attentions)
-    tokens = attentions[0].shape[-1]
-    eye = torch.eye(tokens, dtype=attentions[0].dtype)
-    all_layer_matrices = [a.sum(dim=0) / a.shape[0] for a in attentions]  # avg_heads
-    all_layer_matrices = [m + eye for m in all_layer_matrices]
-    matrices_aug = [m / m.sum(dim=-1, keepdim=True) for m in all_layer_matrices]
-    joint_attention = matrices_aug[start_layer]
-    for i in range(start_layer + 1, len(matrices_aug)):
-        joint_attention = matrices_aug[i] @ joint_attention
-    return joint_attention[query]
+    """Attentions ``(H, T, T)`` per layer in forward order -> ``(T,)``: row ``query`` of the rollout."""
+    first = _first_layer(start_layer, len(attentions))
+    flow = torch.eye(attentions[0].shape[-1], dtype=attentions[0].dtype)
+    for layer in range(len(attentions) - 1, first - 1, -1):  # Abar_L Abar_{L-1} ... Abar_s, left to right
+        flow = flow @ _residual_attention(attentions[layer])
+    return flow[query]
 
 
 def game_literal(score: torch.Tensor, attentions: list[torch.Tensor], query: int, start_layer: int = 0) -> torch.Tensor:
-    """score: a scalar with a graph to every attention ``(1, H, T, T)`` (forward order) -> ``(T,)`` = R[query].
+    """``score``: a scalar whose graph reaches every attention ``(1, H, T, T)`` (forward order) -> ``(T,)`` = R[query].
 
-    ``start_layer=-1`` means the last layer only (the notebook's convention).
+    ``start_layer=-1`` is the last layer alone.
     """
-    if start_layer == -1:
-        start_layer = len(attentions) - 1
-    num_tokens = attentions[0].shape[-1]
-    R = torch.eye(num_tokens, num_tokens, dtype=attentions[0].dtype)
-    R = R.unsqueeze(0)
-    for i, attn_probs in enumerate(attentions):
-        if i < start_layer:
-            continue
-        grad = torch.autograd.grad(score, [attn_probs], retain_graph=True)[0].detach()
-        cam = attn_probs.detach()
-        cam = cam.reshape(-1, cam.shape[-1], cam.shape[-1])
-        grad = grad.reshape(-1, grad.shape[-1], grad.shape[-1])
-        cam = grad * cam
-        cam = cam.reshape(1, -1, cam.shape[-1], cam.shape[-1])
-        cam = cam.clamp(min=0).mean(dim=1)
-        R = R + torch.bmm(cam, R)
-    return R[0, query]
+    first = _first_layer(start_layer, len(attentions))
+    explained = attentions[first:]
+    gradients = torch.autograd.grad(score, explained, retain_graph=True)  # one (1, H, T, T) per explained layer
+    tokens = attentions[0].shape[-1]
+    relevance = torch.eye(tokens, dtype=attentions[0].dtype)  # (T, T)
+    for attention, gradient in zip(explained, gradients):
+        heads = attention.shape[1]
+        weighted = torch.zeros(tokens, tokens, dtype=attention.dtype)
+        for head in range(heads):
+            weighted = weighted + torch.clamp(gradient[0, head] * attention[0, head].detach(), min=0)
+        relevance = relevance + (weighted / heads) @ relevance
+    return relevance[query]
 
 
-def grad_cam_literal(score: torch.Tensor, layer_feat: torch.Tensor) -> torch.Tensor:
-    """layer_feat ``(1, T, D)``: input of the explained block, in the graph of score -> ``(T-1,)``."""
-    grad = torch.autograd.grad(score, layer_feat, retain_graph=True)[0][0].detach()  # (T, D)
-    grad_weight = grad.mean(0, keepdim=True)  # (1, D)
-    return F.relu((grad_weight * layer_feat[0, 1:].detach()).sum(-1))
+def grad_cam_literal(score: torch.Tensor, block_input: torch.Tensor) -> torch.Tensor:
+    """``block_input`` ``(1, T, D)``: the residual stream entering the explained block, in the graph of
+    ``score`` -> ``(T - 1,)`` map on the patch tokens."""
+    gradient = torch.autograd.grad(score, block_input, retain_graph=True)[0][0]  # (T, D)
+    features = block_input[0].detach()  # (T, D)
+    tokens = features.shape[0]
+    channel_weights = gradient.sum(dim=0) / tokens  # (D,): the class token's gradient counts too
+    patch_map = torch.zeros(tokens - 1, dtype=features.dtype)
+    for patch in range(1, tokens):
+        patch_map[patch - 1] = torch.relu(torch.dot(channel_weights, features[patch]))
+    return patch_map
 
 
-def _ln_post_proj(model, x: torch.Tensor) -> torch.Tensor:
-    ln = model.vision_model.post_layernorm
-    x = F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
-    return x @ model.visual_projection.weight.T
+def _final_embedding(model, token_feature: torch.Tensor) -> torch.Tensor:
+    """One ``(D,)`` feature through the model's final LayerNorm and visual projection -> ``(P,)``."""
+    norm = model.vision_model.post_layernorm
+    centred = token_feature - token_feature.mean()
+    normalised = centred / torch.sqrt((centred * centred).mean() + norm.eps)
+    return model.visual_projection.weight @ (normalised * norm.weight + norm.bias)  # (P,)
 
 
-def legrad_literal(model, text_embedding: torch.Tensor, feats: list[torch.Tensor], attns: list[torch.Tensor],
-                   start_layer: int, pooling: str = "mean") -> torch.Tensor:
-    """One image, one text. feats: block outputs ``(1, T, D)``, attns ``(1, H, T, T)``, for ALL layers in
-    forward order, in the graph. Returns the min-max normalised ``(T-1,)`` map."""
-    depth = len(feats)
-    starting_depth = start_layer if start_layer >= 0 else depth + start_layer
-    text_embedding = F.normalize(text_embedding, dim=-1)
-    accum_expl_map = 0
-    for layer in range(starting_depth, depth):
-        intermediate_feat = feats[layer][0]  # (T, D)
-        if pooling == "mean":
-            img_feat = F.normalize(_ln_post_proj(model, intermediate_feat.mean(dim=0)), dim=-1)
-            sim = (text_embedding * img_feat).sum()
-        else:  # every patch token scored on its own, summed
-            sim = 0
-            for j in range(1, intermediate_feat.shape[0]):
-                token_feat = F.normalize(_ln_post_proj(model, intermediate_feat[j]), dim=-1)
-                sim = sim + (text_embedding * token_feat).sum()
-        grad = torch.autograd.grad(sim, [attns[layer]], retain_graph=True)[0][0]  # (H, T, T)
-        grad = torch.clamp(grad, min=0.0)
-        image_relevance = grad.mean(dim=0).mean(dim=0)[1:]
-        accum_expl_map = accum_expl_map + image_relevance
-    return (accum_expl_map - accum_expl_map.min()) / (accum_expl_map.max() - accum_expl_map.min())
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.dot(a, b) / (a.norm() * b.norm())
+
+
+def legrad_literal(model, text_embedding: torch.Tensor, block_outputs: list[torch.Tensor],
+                   attentions: list[torch.Tensor], start_layer: int, pooling: str = "mean") -> torch.Tensor:
+    """One image and one text. ``block_outputs`` ``(1, T, D)`` and ``attentions`` ``(1, H, T, T)`` of EVERY
+    layer, forward order, in the graph -> the min-max normalised ``(T - 1,)`` patch map."""
+    depth = len(block_outputs)
+    tokens = attentions[0].shape[-1]
+    total = torch.zeros(tokens, dtype=attentions[0].dtype)
+    for layer in range(_first_layer(start_layer, depth), depth):
+        outputs = block_outputs[layer][0]  # (T, D)
+        if pooling == "mean":  # all tokens averaged, the class token included, then read out once
+            layer_score = _cosine(_final_embedding(model, outputs.mean(dim=0)), text_embedding)
+        else:  # every patch token read out on its own; their scores summed
+            layer_score = sum(_cosine(_final_embedding(model, outputs[j]), text_embedding) for j in range(1, tokens))
+        gradient = torch.autograd.grad(layer_score, attentions[layer], retain_graph=True)[0][0]  # (H, T, T)
+        positive = torch.clamp(gradient, min=0)
+        heads = positive.shape[0]
+        for key in range(tokens):
+            total[key] += positive[:, :, key].sum() / (heads * tokens)  # mean over heads and query rows
+    patches = total[1:]
+    return (patches - patches.min()) / (patches.max() - patches.min())

@@ -1,265 +1,297 @@
-"""Literal, slow transcriptions of the official code of MaskCLIP, CLIP Surgery, M2IB, RISE and occlusion,
-used as oracles. They share no code with ``faithclip.methods``: the vision forward is re-written here in
-the OpenAI layout (fused ``in_proj`` q/k/v, one block at a time), loops run per mask, per window, per token.
+"""Slow, literal forms of MaskCLIP, CLIP Surgery, M2IB, RISE and occlusion: oracles.
 
-Sources transcribed:
-- MaskCLIP value path: Grad-ECLIP ``generate_emap.py`` ``clip_encode_dense`` (``v_final``).
-- CLIP Surgery: xmed-lab/CLIP_Surgery ``clip/clip_surgery_model.py`` (``Attention.forward``,
-  ``ResidualAttentionBlock.forward``, ``VisionTransformer.forward``) and ``clip/clip.py``
-  (``clip_feature_surgery``).
-- M2IB: YingWANGG/M2IB ``scripts/iba.py`` (``InformationBottleneck``, ``IBAInterpreter._train_bottleneck``,
-  ``calc_loss``) with the layer REPLACED by ``Sequential(layer, bottleneck)`` as ``replace_layer`` does.
-- RISE: eclique/RISE ``generate_masks`` (``skimage.transform.resize(order=1, mode='reflect')``, which is
-  ``scipy.ndimage.zoom(order=1, mode='mirror', grid_mode=True)``) and ``explain``.
+Written here from the methods' published descriptions (the papers' formulas) and from what
+docs/methods/other-methods.md and the method docstrings record of faithclip's options, including the
+details that only an official code fixes (CLIP Surgery's empty-prompt and set-mean redundancy, M2IB's
+unit noise variance and noise stream, RISE's bilinear mask upsampling). No line comes from a published
+implementation and nothing is shared with ``faithclip.methods``: the encoder is recomputed here from the
+model's weights (explicit heads, explicit LayerNorm), and the maps are built token by token, text by
+text, mask by mask, window by window. Tensors are batch-first.
 """
 
 from __future__ import annotations
 
-import copy
+import math
+from typing import Callable
 
 import numpy as np
 import scipy.ndimage as ndi
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 
-# ---- the OpenAI-layout vision forward ------------------------------------------------------------------
-def in_proj(block):
-    attn = block.self_attn
-    weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], 0)
-    bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias], 0)
-    return weight, bias
+# ---- a hand-written encoder, from the weights -------------------------------------------------------------
+def _norm(x: torch.Tensor, module) -> torch.Tensor:
+    """LayerNorm over the last axis with ``module``'s affine weights (biased variance, as LayerNorm defines it)."""
+    centred = x - x.mean(dim=-1, keepdim=True)
+    variance = (centred * centred).mean(dim=-1, keepdim=True)
+    return centred / torch.sqrt(variance + module.eps) * module.weight + module.bias
 
 
-def multihead(q, k, v, heads):
-    """softmax(q k^T / sqrt(d)) v per head; q, k, v (N, T, D) -> (N, T, D)."""
-    n, t, d = q.shape
-    hd = d // heads
-    out = torch.zeros_like(q)
-    for h in range(heads):
-        sl = slice(h * hd, (h + 1) * hd)
-        weights = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) * hd ** -0.5, dim=-1)
-        out[..., sl] = weights @ v[..., sl]
-    return out
+def _affine(x: torch.Tensor, linear) -> torch.Tensor:
+    """``x W^T + b`` for a ``torch.nn.Linear`` (bias optional)."""
+    out = x @ linear.weight.T
+    return out if linear.bias is None else out + linear.bias
 
 
-def openai_block(block, x):
-    weight, bias = in_proj(block)
-    q, k, v = F.linear(block.layer_norm1(x), weight, bias).chunk(3, dim=-1)
-    x = x + block.self_attn.out_proj(multihead(q, k, v, block.self_attn.num_heads))
-    return x + block.mlp(block.layer_norm2(x))
+def _activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    if name == "quick_gelu":  # GELU's sigmoid approximation (Hendrycks & Gimpel), which CLIP was trained with
+        return x * torch.sigmoid(1.702 * x)
+    if name == "gelu":
+        return F.gelu(x)
+    raise ValueError(f"unknown activation {name!r}")
 
 
-def vision_stem(model, pixels):
+def _feed_forward(block, x: torch.Tensor, activation: str) -> torch.Tensor:
+    """The block's MLP on ``x`` (already normalised): fc2(act(fc1(x)))."""
+    return _affine(_activation(activation, _affine(x, block.mlp.fc1)), block.mlp.fc2)
+
+
+def _attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int,
+            causal: bool = False) -> torch.Tensor:
+    """Scaled dot-product attention, one head at a time: ``(B, T, D)`` each -> ``(B, T, D)``, heads side by side."""
+    batch, tokens, width = queries.shape
+    head_width = width // heads
+    outputs = []
+    for head in range(heads):
+        part = slice(head * head_width, (head + 1) * head_width)
+        logits = queries[..., part] @ keys[..., part].transpose(1, 2) / math.sqrt(head_width)  # (B, T, T)
+        if causal:  # token i reads tokens 0..i only
+            future = torch.ones(tokens, tokens, dtype=torch.bool).triu(1)
+            logits = logits.masked_fill(future, float("-inf"))
+        outputs.append(torch.softmax(logits, dim=-1) @ values[..., part])  # (B, T, d)
+    return torch.cat(outputs, dim=-1)  # (B, T, D)
+
+
+def _values(block, x: torch.Tensor) -> torch.Tensor:
+    """The block's value vectors (all heads) of its input ``x`` ``(B, T, D)``."""
+    return _affine(_norm(x, block.layer_norm1), block.self_attn.v_proj)
+
+
+def _encoder_block(block, x: torch.Tensor, activation: str, causal: bool = False) -> torch.Tensor:
+    """One pre-LN block: ``x + attn(LN1(x))``, then ``+ MLP(LN2(.))``. ``(B, T, D)`` -> ``(B, T, D)``."""
+    attention = block.self_attn
+    normed = _norm(x, block.layer_norm1)
+    mixed = _attend(_affine(normed, attention.q_proj), _affine(normed, attention.k_proj),
+                    _affine(normed, attention.v_proj), attention.num_heads, causal)
+    x = x + _affine(mixed, attention.out_proj)
+    return x + _feed_forward(block, _norm(x, block.layer_norm2), activation)
+
+
+def _image_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Input of the first vision block ``(B, 1 + N, D)``: class token and flattened patches, each linearly
+    projected, plus position embeddings, then the pre-LayerNorm."""
     vision = model.vision_model
-    x = vision.embeddings(pixels)
-    return vision.pre_layrnorm(x)
+    kernel = vision.embeddings.patch_embedding.weight  # (D, 3, p, p)
+    width, _, patch, _ = kernel.shape
+    batch, channels, height, side = pixels.shape
+    grid_h, grid_w = height // patch, side // patch
+    cut = pixels.reshape(batch, channels, grid_h, patch, grid_w, patch)  # (B, 3, gh, p, gw, p)
+    flat = cut.permute(0, 2, 4, 1, 3, 5).reshape(batch, grid_h * grid_w, channels * patch * patch)  # (B, N, 3 p p)
+    patches = flat @ kernel.reshape(width, -1).T  # (B, N, D)
+    cls = vision.embeddings.class_embedding.expand(batch, 1, width)  # (B, 1, D)
+    tokens = torch.cat([cls, patches], dim=1) + vision.embeddings.position_embedding.weight  # (B, 1 + N, D)
+    return _norm(tokens, vision.pre_layrnorm)
 
 
-# ---- MaskCLIP -------------------------------------------------------------------------------------------
+def _image_readout(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Final LayerNorm and visual projection of any token features ``(..., D)`` -> ``(..., P)``."""
+    return _affine(_norm(tokens, model.vision_model.post_layernorm), model.visual_projection)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.dot(a, b) / (a.norm() * b.norm())
+
+
+# ---- MaskCLIP ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def maskclip_reference(model, pixels, text_embeds):
-    """Grad-ECLIP's v_final, then cosine with each text: (B, K, T-1)."""
+def maskclip_literal(model, pixels: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP's map ``(B, K, N)``: every patch token sent through the last block's VALUE path alone.
+
+    With x the input of the last block: u = x + out_proj(v(x)), f = u + MLP(LN2(u)), e = proj(LN_post(f)),
+    map = cos(e, t_k). Written token by token and text by text.
+    """
+    activation = model.config.vision_config.hidden_act
     blocks = model.vision_model.encoder.layers
-    x_in = vision_stem(model, pixels)
+    x = _image_tokens(model, pixels)
     for block in blocks[:-1]:
-        x_in = openai_block(block, x_in)
-    target = blocks[-1]
-    x_before_attn = target.layer_norm1(x_in)
-    weight, bias = in_proj(target)
-    q, k, v = F.linear(x_before_attn, weight, bias).chunk(3, dim=-1)
-    qkv = torch.stack((q, k, v), dim=0)
-    qkv = F.linear(qkv, target.self_attn.out_proj.weight, target.self_attn.out_proj.bias)
-    v_out = qkv[2]
-    v_final = v_out + x_in
-    v_final = v_final + target.mlp(target.layer_norm2(v_final))
-    v_final = model.vision_model.post_layernorm(v_final)
-    v_final = model.visual_projection(v_final)[:, 1:]
-    v_final = F.normalize(v_final, dim=-1)
-    return torch.einsum("btp,kp->bkt", v_final, F.normalize(text_embeds, dim=-1))
+        x = _encoder_block(block, x, activation)
+    last = blocks[-1]
+    batch, tokens, _ = x.shape
+    maps = torch.zeros(batch, text_embeds.shape[0], tokens - 1, dtype=x.dtype)
+    for b in range(batch):
+        for j in range(1, tokens):
+            token = x[b, j]  # (D,)
+            through_values = token + _affine(_values(last, token[None, None])[0, 0], last.self_attn.out_proj)
+            feature = through_values + _feed_forward(last, _norm(through_values, last.layer_norm2), activation)
+            embedding = _image_readout(model, feature)  # (P,)
+            for k in range(text_embeds.shape[0]):
+                maps[b, k, j - 1] = _cosine(embedding, text_embeds[k])
+    return maps
 
 
-# ---- CLIP Surgery ----------------------------------------------------------------------------------------
-def surgery_attention(block, x):
-    """Official ``Attention.forward``: returns [x (v-v path), x_ori (original attention)]."""
-    weight, bias = in_proj(block)
-    B, N, C = x.shape
-    heads = block.self_attn.num_heads
-    qkv = F.linear(x, weight, bias).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    scale = (C // heads) ** -0.5
-    attn_ori = (q @ k.transpose(-2, -1)) * scale
-    attn_ori = attn_ori.softmax(dim=-1)
-    k = v
-    q = k
-    attn = (q @ k.transpose(-2, -1)) * scale
-    attn = attn.softmax(dim=-1)
-    x_ori = (attn_ori @ v).transpose(1, 2).reshape(B, N, C)
-    x = (attn @ v).transpose(1, 2).reshape(B, N, C)
-    proj = block.self_attn.out_proj
-    return [proj(x), proj(x_ori)]
-
-
-def surgery_block(block, x):
-    """Official ``ResidualAttentionBlock.forward`` for a surgery block."""
-    if isinstance(x, list):
-        x, x_ori = x
-        x_res, x_ori_res = surgery_attention(block, block.layer_norm1(x_ori))
-        x_ori = x_ori + x_ori_res
-        x_ori = x_ori + block.mlp(block.layer_norm2(x_ori))
-        x = x + x_res
-        return [x, x_ori]
-    x_res, x_ori_res = surgery_attention(block, block.layer_norm1(x))
-    x_ori = x + x_ori_res
-    x_ori = x_ori + block.mlp(block.layer_norm2(x_ori))
-    x = x + x_res
-    return [x, x_ori]
-
-
+# ---- CLIP Surgery -----------------------------------------------------------------------------------------
 @torch.no_grad()
-def surgery_image_features(model, pixels, surgery_blocks):
-    """Official ``VisionTransformer.forward`` of the surgery model: normalised (B, T, P)."""
+def surgery_token_features(model, pixels: torch.Tensor, layers: int) -> torch.Tensor:
+    """Unit-norm token embeddings ``(B, T, P)`` of CLIP Surgery's second path.
+
+    The model runs unchanged; from block s = L - ``layers`` on, a second path starts at the block's input
+    x_s and adds, per surgery block l, ``out_proj`` of a value-value self-attention of the ORIGINAL path's
+    values v_l (queries and keys replaced by the values; no MLP on this path). Token 0 keeps the original
+    path: its row is the model's own image embedding.
+    """
+    activation = model.config.vision_config.hidden_act
     blocks = model.vision_model.encoder.layers
-    x = vision_stem(model, pixels)
-    start = len(blocks) - surgery_blocks
-    for index, block in enumerate(blocks):
-        x = openai_block(block, x) if index < start else surgery_block(block, x)
-    x, x_ori = x
-    x = x.clone()
-    x[:, 0, :] = x_ori[:, 0, :]
-    x = model.visual_projection(model.vision_model.post_layernorm(x))
-    return x / x.norm(dim=-1, keepdim=True)
+    start = len(blocks) - layers
+    original = _image_tokens(model, pixels)
+    for block in blocks[:start]:
+        original = _encoder_block(block, original, activation)
+    second = original.clone()  # x_s
+    for block in blocks[start:]:
+        v = _values(block, original)  # (B, T, D), from the original path
+        second = second + _affine(_attend(v, v, v, block.self_attn.num_heads), block.self_attn.out_proj)
+        original = _encoder_block(block, original, activation)
+    second[:, 0] = original[:, 0]
+    return F.normalize(_image_readout(model, second), dim=-1)  # (B, T, P)
 
 
-def clip_feature_surgery(image_features, text_features, redundant_feats=None):
-    """Official ``clip_feature_surgery``: (B, T, P), (N, P) -> (B, T, N)."""
-    if redundant_feats is not None:
-        similarity = image_features @ (text_features - redundant_feats).t()
-    else:
-        prob = image_features[:, :1, :] @ text_features.t()
-        prob = (prob * 2).softmax(-1)
-        w = prob / prob.mean(-1, keepdim=True)
-        b, n_t, n_i, c = image_features.shape[0], text_features.shape[0], image_features.shape[1], image_features.shape[2]
-        feats = image_features.reshape(b, n_i, 1, c) * text_features.reshape(1, 1, n_t, c)
-        feats *= w.reshape(b, 1, n_t, 1)
-        redundant_feats = feats.mean(2, keepdim=True)
-        feats = feats - redundant_feats
-        similarity = feats.sum(-1)
+def surgery_similarity(features: torch.Tensor, texts: torch.Tensor,
+                       redundant: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP Surgery's feature surgery, element by element: features ``(B, T, P)`` (token 0 the image
+    embedding), unit texts ``(K, P)`` -> ``(B, K, T)``.
+
+    With a redundant feature r ``(1, P)`` (the empty prompt's embedding): ``<f_j, t_k - r>``. Without, the
+    set mean: ``p = softmax_k(2 <f_0, t_k>)``, ``w_k = p_k / mean_k p``, and channel by channel
+    ``f_jc t_kc w_k`` minus its mean over the K texts, summed over channels.
+    """
+    batch, tokens, _ = features.shape
+    count = texts.shape[0]
+    similarity = torch.zeros(batch, count, tokens, dtype=features.dtype)
+    for b in range(batch):
+        if redundant is None:
+            prob = torch.softmax(torch.stack([2 * torch.dot(features[b, 0], texts[k]) for k in range(count)]), dim=0)
+            weights = prob / prob.mean()  # (K,)
+        for j in range(tokens):
+            if redundant is not None:
+                for k in range(count):
+                    similarity[b, k, j] = torch.dot(features[b, j], texts[k] - redundant[0])
+                continue
+            products = [features[b, j] * texts[k] * weights[k] for k in range(count)]  # K x (P,)
+            shared = sum(products) / count  # (P,): the part every text has in common
+            for k in range(count):
+                similarity[b, k, j] = (products[k] - shared).sum()
     return similarity
 
 
-# ---- M2IB ------------------------------------------------------------------------------------------------
-class InformationBottleneck(nn.Module):
-    """Official bottleneck (variance fixed to 1 as in the official forward); noise from ``generator``."""
+# ---- M2IB -------------------------------------------------------------------------------------------------
+def _embed(model, side: str, inputs: torch.Tensor, edit_after: int,
+           edit: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """One tower's embeddings, with the output of block ``edit_after`` replaced by ``edit(output)``.
 
-    def __init__(self, shape, generator, noise_tokens=None):
-        super().__init__()
-        self.noise_tokens = noise_tokens or shape[0]  # noise drawn for this many positions, first T kept
-        self.alpha = nn.Parameter(torch.full((1, *shape), fill_value=5.0))
-        self.generator = generator
-        self.buffer_capacity = None
-
-    def forward(self, x):
-        lamb = torch.sigmoid(self.alpha)
-        lamb = lamb.expand(x.shape[0], x.shape[1], -1)
-        masked_mu = x * lamb
-        masked_var = (1 - lamb) ** 2
-        self.buffer_capacity = -0.5 * (1 + torch.log(masked_var) - masked_mu ** 2 - masked_var)
-        eps = torch.randn((x.shape[0], self.noise_tokens, x.shape[2]), generator=self.generator)[:, :x.shape[1]]
-        return masked_mu + masked_var.sqrt() * eps
-
-
-class LayerThenBottleneck(nn.Module):
-    """``mySequential(original_layer, bottleneck)`` for a transformers encoder layer."""
-
-    def __init__(self, layer, bottleneck):
-        super().__init__()
-        self.layer, self.bottleneck = layer, bottleneck
-
-    def forward(self, hidden_states, *args, **kwargs):
-        out = self.layer(hidden_states, *args, **kwargs)
-        return self.bottleneck(out[0] if isinstance(out, tuple) else out)
+    ``inputs``: pixels ``(1, 3, H, W)`` or unpadded token ids ``(1, L)``. ``edit`` may return several samples
+    ``(S, T, D)``; the embeddings are then ``(S, P)``. The text tower keeps its causal mask and pools at
+    the end token.
+    """
+    if side == "image":
+        tower, activation = model.vision_model, model.config.vision_config.hidden_act
+        x = _image_tokens(model, inputs)
+    else:
+        tower, activation = model.text_model, model.config.text_config.hidden_act
+        embeddings = tower.embeddings
+        x = embeddings.token_embedding.weight[inputs] + embeddings.position_embedding.weight[:inputs.shape[1]]
+    for index, block in enumerate(tower.encoder.layers):
+        x = _encoder_block(block, x, activation, causal=side == "text")
+        if index == edit_after:
+            x = edit(x)
+    if side == "image":
+        return _image_readout(model, x[:, 0])  # (S, P)
+    end = int((inputs[0] == model.config.text_config.eos_token_id).nonzero()[0])
+    return _affine(_norm(x[:, end], tower.final_layer_norm), model.text_projection)  # (S, P)
 
 
-def m2ib_reference(model, side, layer_idx, pixels, input_ids, beta=0.1, steps=10, batch_size=10, lr=1.0, seed=0,
-                   noise_tokens=None):
-    """One (image, text) pair, unpadded text ids (1, L): the official loop -> per-token capacity (T,).
-    The noise of each forward is ``randn((batch_size, noise_tokens, D))`` from a generator seeded once,
-    first T positions kept (the official code draws ``randn_like`` from the global generator)."""
-    model = copy.deepcopy(model).eval()
-    tower = model.vision_model if side == "image" else model.text_model
-    tokens = (tower.embeddings(pixels) if side == "image" else tower.embeddings(input_ids=input_ids)).shape[1]
-    width = tower.config.hidden_size
-    bottleneck = InformationBottleneck((tokens, width), torch.Generator().manual_seed(seed), noise_tokens)
-    tower.encoder.layers[layer_idx] = LayerThenBottleneck(tower.encoder.layers[layer_idx], bottleneck)
-    batch = input_ids.expand(batch_size, -1), pixels.expand(batch_size, -1, -1, -1)
-    optimizer = torch.optim.Adam(lr=lr, params=bottleneck.parameters())
+def m2ib_literal(model, side: str, layer: int, pixels: torch.Tensor, input_ids: torch.Tensor, beta: float = 0.1,
+                 steps: int = 10, samples: int = 10, lr: float = 1.0, seed: int = 0,
+                 noise_tokens: int | None = None) -> torch.Tensor:
+    """M2IB for ONE pair (pixels ``(1, 3, H, W)``, unpadded ids ``(1, L)``) -> per-token capacity ``(T,)`` in nats.
+
+    The output X ``(T, D)`` of block ``layer`` of the explained tower becomes, per noise sample s,
+    ``Z_s = lam X + (1 - lam) eps_s`` with ``lam = sigmoid(alpha)``, alpha ``(T, D)`` starting at 5 and fitted
+    by Adam to ``beta * mean_{s,t,d} KL[N(lam X, (1 - lam)^2) || N(0, 1)] - mean_s cos(embed(Z_s), other)``.
+    The map is sum_d KL of the last forward. Noise: one generator seeded once, ``samples x noise_tokens x
+    D`` standard normals per forward (``noise_tokens`` defaults to T), the first T positions kept.
+    """
     with torch.no_grad():
-        bottleneck.alpha.fill_(5.0)
+        if side == "image":
+            other = model.get_text_features(input_ids=input_ids).pooler_output[0]  # (P,)
+        else:
+            other = model.get_image_features(pixel_values=pixels).pooler_output[0]
+    explained = pixels if side == "image" else input_ids
+    tokens = _image_tokens(model, pixels).shape[1] if side == "image" else input_ids.shape[1]
+    width = model.config.vision_config.hidden_size if side == "image" else model.config.text_config.hidden_size
+    dtype = model.text_projection.weight.dtype
+    alpha = torch.full((tokens, width), 5.0, dtype=dtype, requires_grad=True)
+    optimizer = torch.optim.Adam([alpha], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    drawn = noise_tokens or tokens
+    last: dict[str, torch.Tensor] = {}
+
+    def bottleneck(hidden: torch.Tensor) -> torch.Tensor:
+        keep = torch.sigmoid(alpha)  # (T, D)
+        mean = keep * hidden[0]  # (T, D)
+        variance = (1 - keep) ** 2  # (T, D): noise of unit variance, scaled
+        # KL[N(m, v) || N(0, 1)] = (v + m^2 - 1 - log v) / 2, element by element
+        last["kl"] = 0.5 * (variance + mean ** 2 - 1 - torch.log(variance))
+        noise = torch.randn(samples, drawn, width, generator=generator, dtype=dtype)[:, :tokens]  # (S, T, D)
+        return mean + torch.sqrt(variance) * noise  # (S, T, D)
+
     for _ in range(steps):
-        optimizer.zero_grad()
-        out = (model.get_text_features(input_ids=batch[0]).pooler_output,
-               model.get_image_features(pixel_values=batch[1]).pooler_output)
-        compression_term = bottleneck.buffer_capacity.mean()
-        fitting_term = nn.CosineSimilarity(eps=1e-6)(out[0], out[1]).mean()
-        total = beta * compression_term - fitting_term
-        total.backward()
+        embeddings = _embed(model, side, explained, layer, bottleneck)  # (S, P)
+        fitting = sum(_cosine(embeddings[s], other) for s in range(samples)) / samples
+        loss = beta * last["kl"].mean() - fitting
+        alpha.grad, = torch.autograd.grad(loss, [alpha])  # only alpha: the model's own .grad stays untouched
         optimizer.step()
-    return torch.nansum(bottleneck.buffer_capacity.mean(axis=0), -1).detach()
+    return last["kl"].detach().sum(dim=-1)  # (T,)
 
 
-# ---- RISE ------------------------------------------------------------------------------------------------
-def rise_masks_reference(grids, shifts, input_size):
-    """Official ``generate_masks`` given its random draws: grids (N, s, s) 0/1, shifts (N, 2) -> (N, H, W)."""
-    s = grids.shape[-1]
-    cell_size = np.ceil(np.array(input_size) / s)
-    up_size = ((s + 1) * cell_size).astype(int)
-    masks = np.empty((grids.shape[0], *input_size))
-    for i in range(grids.shape[0]):
-        x, y = int(shifts[i, 0]), int(shifts[i, 1])
-        up = ndi.zoom(grids[i].numpy().astype(float), (up_size[0] / s, up_size[1] / s), order=1, mode="mirror",
-                      grid_mode=True)
-        masks[i] = up[x:x + input_size[0], y:y + input_size[1]]
-    return torch.tensor(masks)
+# ---- RISE -------------------------------------------------------------------------------------------------
+def rise_masks_literal(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """RISE masks ``(N, H, W)`` from kept cells ``(N, s, s)`` and pixel shifts ``(N, 2)``.
+
+    Each s x s grid is upsampled with bilinear interpolation on pixel centres, mirrored at the border
+    (scipy's ``zoom(order=1, mode='mirror', grid_mode=True)``, an independent implementation), to
+    (s + 1) cells of ceil(side / s) pixels per axis, and the H x W window at the shift is kept.
+    """
+    cells = grids.shape[-1]
+    height, width = size
+    big_h = (cells + 1) * math.ceil(height / cells)
+    big_w = (cells + 1) * math.ceil(width / cells)
+    masks = torch.zeros(grids.shape[0], height, width, dtype=torch.float64)
+    for index, grid in enumerate(grids):
+        large = ndi.zoom(grid.double().numpy(), (big_h / cells, big_w / cells), order=1, mode="mirror",
+                         grid_mode=True)  # (big_h, big_w)
+        top, left = int(shifts[index, 0]), int(shifts[index, 1])
+        masks[index] = torch.from_numpy(large[top:top + height, left:left + width].copy())
+    return masks
 
 
-def rise_reference(score_fn, image, masks, p1):
-    """``sal = sum_i score_i * M_i / N / p1`` with a loop over masks; score_fn(image (1,3,H,W)) -> (K,)."""
-    n = masks.shape[0]
-    sal = 0
-    for i in range(n):
-        sal = sal + score_fn(image * masks[i].to(image.dtype))[:, None, None] * masks[i].to(image.dtype)
-    return sal / n / p1
+def rise_literal(score_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, masks: torch.Tensor,
+                 prob: float) -> torch.Tensor:
+    """RISE's Monte-Carlo saliency ``sum_i S(I * M_i) M_i / (N p)``, mask by mask.
+
+    ``image`` ``(1, 3, H, W)``, ``masks`` ``(N, H, W)``, ``score_fn`` -> ``(K,)`` -> ``(K, H, W)``.
+    """
+    count = masks.shape[0]
+    saliency = None
+    for mask in masks:
+        mask = mask.to(image.dtype)
+        scores = score_fn(image * mask)  # (K,)
+        term = torch.stack([scores[k] * mask for k in range(scores.shape[0])])  # (K, H, W)
+        saliency = term if saliency is None else saliency + term
+    return saliency / (count * prob)
 
 
-# ---- occlusion ---------------------------------------------------------------------------------------------
-def occlusion_reference(score_fn, image, window, stride, fill=0.0):
-    """Slide, fill, score; per pixel the mean drop over covering windows. score_fn -> (K,)."""
-    _, _, height, width = image.shape
-    base = score_fn(image)
-    tops = list(range(0, height - window + 1, stride))
-    lefts = list(range(0, width - window + 1, stride))
-    if tops[-1] != height - window:
-        tops.append(height - window)
-    if lefts[-1] != width - window:
-        lefts.append(width - window)
-    total = torch.zeros(base.shape[0], height, width, dtype=image.dtype)
-    count = torch.zeros(height, width, dtype=image.dtype)
-    for top in tops:
-        for left in lefts:
-            occluded = image.clone()
-            occluded[..., top:top + window, left:left + window] = fill
-            drop = base - score_fn(occluded)
-            for i in range(top, top + window):
-                for j in range(left, left + window):
-                    total[:, i, j] += drop
-                    count[i, j] += 1
-    return total / count
-
-
-def rise_expectation_reference(contribution, offsets, cells, p1):
-    """Analytic expectation of RISE for a LINEAR score S(x) = sum_u a_u x_u + c, masks as the official code.
+def rise_expectation_reference(contribution: torch.Tensor, offsets: torch.Tensor, cells: int, p1: float) -> torch.Tensor:
+    """Analytic expectation of RISE for a LINEAR score S(x) = sum_u a_u x_u + c.
 
     E[sal(u)] = (1/p) (sum_v a_v E[M(u) M(v)] + c E[M(u)]), with E[M(u)] = p and, since each mask is an
     interpolation A g of i.i.d. Bernoulli(p) cells (rows of A sum to 1), E[M(u) M(v)] = p^2 + p (1 - p)
@@ -278,3 +310,33 @@ def rise_expectation_reference(contribution, offsets, cells, p1):
     kernel = torch.tensor(kernel / cell, dtype=contribution.dtype)
     blurred = torch.einsum("uv,...vw,xw->...ux", kernel, contribution, kernel)
     return p1 * contribution.sum((-2, -1), keepdim=True) + offsets + (1 - p1) * blurred
+
+
+# ---- occlusion --------------------------------------------------------------------------------------------
+def occlusion_literal(score_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int,
+                      stride: int, fill: float = 0.0) -> torch.Tensor:
+    """Occlusion (Zeiler & Fergus), pixel by pixel: the mean score drop over the windows covering each pixel.
+
+    Windows start every ``stride`` pixels per axis, plus one flush with the far border; inside a window
+    the pixels are set to ``fill``. ``image`` ``(1, 3, H, W)``, ``score_fn`` -> ``(K,)`` -> ``(K, H, W)``.
+    """
+    _, _, height, width = image.shape
+
+    def starts(side: int) -> list[int]:
+        positions = list(range(0, side - window + 1, stride))
+        return positions if positions[-1] == side - window else positions + [side - window]
+
+    reference = score_fn(image)  # (K,)
+    drops = {}
+    for top in starts(height):
+        for left in starts(width):
+            covered = image.clone()
+            covered[:, :, top:top + window, left:left + window] = fill
+            drops[top, left] = reference - score_fn(covered)  # (K,)
+    saliency = torch.zeros(reference.shape[0], height, width, dtype=image.dtype)
+    for row in range(height):
+        for column in range(width):
+            over = [drop for (top, left), drop in drops.items()
+                    if top <= row < top + window and left <= column < left + window]
+            saliency[:, row, column] = sum(over) / len(over)
+    return saliency

@@ -224,7 +224,7 @@ def test_rollout_matches_literal(shape, start_layer):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("start_layer", [0, -1])
-def test_game_matches_chefer_loop(shape, start_layer):
+def test_game_matches_literal(shape, start_layer):
     model, handle, pixels, ids = setup(shape)
     expected = image_oracle(model, pixels, ids,
                             lambda s, store, t: ref.game_literal(s, store["attn"], 0, start_layer)[1:])
@@ -248,7 +248,7 @@ def test_grad_cam_matches_literal(shape, layer):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("start_layer,pooling", [(-2, "mean"), (0, "mean"), (-1, "tokens")])
-def test_legrad_matches_official_formulation(shape, start_layer, pooling):
+def test_legrad_matches_literal(shape, start_layer, pooling):
     if start_layer == -2 and shape["layers"] == 1:
         start_layer = -1
     model, handle, pixels, ids = setup(shape)

@@ -1,8 +1,9 @@
 """MaskCLIP, CLIP Surgery, M2IB, RISE and occlusion against independent oracles.
 
-Oracles: literal transcriptions of the official code (tests/reference/perturbation_methods_reference.py)
-on tiny random models, and for RISE/occlusion a context whose score is a KNOWN LINEAR function of the
-pixels, so the expected map is analytic.
+Oracles: slow literal forms of each method's formula, written from the papers and the project's docs
+on a hand-written encoder (tests/reference/perturbation_methods_reference.py), on tiny random models;
+for RISE/occlusion also a context whose score is a KNOWN LINEAR function of the pixels, so the expected
+map is analytic.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from faithclip.probe import encoder_layers
 from faithclip.registry import METHODS
 from faithclip.targets import Target
 from reference.perturbation_methods_reference import (
-    clip_feature_surgery,
-    m2ib_reference,
-    maskclip_reference,
-    occlusion_reference,
-    rise_masks_reference,
+    m2ib_literal,
+    maskclip_literal,
+    occlusion_literal,
     rise_expectation_reference,
-    rise_reference,
-    surgery_image_features,
+    rise_literal,
+    rise_masks_literal,
+    surgery_similarity,
+    surgery_token_features,
 )
 
 torch.set_num_threads(1)
@@ -66,12 +67,12 @@ def test_registry_metadata():
 
 # ---- MaskCLIP -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", SHAPES)
-def test_maskclip_matches_value_path_transcription(shape):
+def test_maskclip_matches_value_path_literal(shape):
     handle, pixels, ids = handle_and_inputs(shape)
     ctx = context(handle, pixels, ids)
     result = method_spec("maskclip", "image").image(ctx)
     gh, gw = ctx.grid
-    expected = maskclip_reference(handle.model, pixels, handle.encode_text(handle.tokens(ids)).detach())
+    expected = maskclip_literal(handle.model, pixels, handle.encode_text(handle.tokens(ids)).detach())
     assert result.maps.shape == (2, 2, gh, gw)
     torch.testing.assert_close(result.maps, expected.reshape(2, 2, gh, gw), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(result.scores, ctx.model_scores())
@@ -89,16 +90,16 @@ def test_maskclip_other_targets_are_the_target_per_token():
 
 # ---- CLIP Surgery ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", SHAPES)
-def test_clip_surgery_set_mode_matches_official_transcription(shape):
+def test_clip_surgery_set_mode_matches_literal(shape):
     handle, pixels, ids = handle_and_inputs(shape, lengths=(3, 5, 2))
     ctx = context(handle, pixels, ids)
     layers = max(1, round(ctx.num_layers / 2))
     result = method_spec("clip_surgery", "image").image(ctx)
-    features = surgery_image_features(handle.model, pixels, layers)  # (B, T, P)
+    features = surgery_token_features(handle.model, pixels, layers)  # (B, T, P)
     texts = F.normalize(handle.encode_text(handle.tokens(ids)).detach(), dim=-1)
-    expected = clip_feature_surgery(features, texts)[:, 1:, :]  # (B, T-1, K)
+    expected = surgery_similarity(features, texts)[:, :, 1:]  # (B, K, T-1)
     gh, gw = ctx.grid
-    torch.testing.assert_close(result.maps, expected.permute(0, 2, 1).reshape(2, 3, gh, gw), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result.maps, expected.reshape(2, 3, gh, gw), rtol=1e-4, atol=1e-5)
     assert result.options == {"layers": layers, "redundant": "set"}
     # the class token keeps the original path: its feature is the model's own image embedding
     torch.testing.assert_close(features[:, 0], F.normalize(ctx.fixed_image_embeds(), dim=-1), rtol=1e-4, atol=1e-5)
@@ -109,10 +110,10 @@ def test_clip_surgery_single_text_subtracts_the_empty_prompt(layers):
     handle, pixels, ids = handle_and_inputs(SHAPES[1])
     ctx = context(handle, pixels[:1], ids[:1])
     result = method_spec("clip_surgery", "image").image(ctx, layers=layers)
-    features = surgery_image_features(handle.model, pixels[:1], layers)
+    features = surgery_token_features(handle.model, pixels[:1], layers)
     text = F.normalize(handle.encode_text(handle.tokens(ids[:1])).detach(), dim=-1)
     empty = F.normalize(handle.encode_text(handle.tokens(torch.tensor([[48, 49]]))).detach(), dim=-1)  # [start, end]
-    expected = clip_feature_surgery(features, text, empty)[:, 1:, 0]
+    expected = surgery_similarity(features, text, empty)[:, 0, 1:]
     torch.testing.assert_close(result.maps.reshape(1, -1), expected, rtol=1e-4, atol=1e-5)
     assert result.options["redundant"] == "empty"
 
@@ -128,7 +129,7 @@ def test_clip_surgery_refuses_what_it_cannot_compute():
 # ---- M2IB ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("side", ["image", "text"])
 @pytest.mark.parametrize("shape", SHAPES[:2])
-def test_m2ib_matches_official_loop(side, shape):
+def test_m2ib_matches_literal_loop(side, shape):
     handle, pixels, ids = handle_and_inputs(shape, images=1, lengths=(4,))
     ids = ids[:, :6]  # unpadded: [start, 4 words, end]
     ctx = context(handle, pixels, ids, side=side)
@@ -137,8 +138,8 @@ def test_m2ib_matches_official_loop(side, shape):
     result = method_spec("m2ib", side).image(ctx, **options) if side == "image" else \
         method_spec("m2ib", side).text(ctx, **options)
     noise_tokens = None if side == "image" else handle.context_length  # texts draw noise for the whole context
-    expected = m2ib_reference(handle.model, side, layer, pixels, ids, steps=3, batch_size=4, seed=7,
-                              noise_tokens=noise_tokens)
+    expected = m2ib_literal(handle.model, side, layer, pixels, ids, steps=3, samples=4, seed=7,
+                            noise_tokens=noise_tokens)
     if side == "image":
         torch.testing.assert_close(result.maps.reshape(-1), expected[1:], rtol=1e-4, atol=1e-6)
     else:
@@ -216,10 +217,10 @@ def contribution(ctx: LinearContext) -> torch.Tensor:
     return torch.einsum("bchw,kchw->bkhw", ctx.pixels, ctx.weights)
 
 
-def test_rise_masks_are_the_official_skimage_masks():
+def test_rise_masks_are_scipys_bilinear_masks():
     for size, cells in [((32, 32), 8), ((20, 28), 3), ((9, 9), 4)]:
         grids, shifts = generate_masks(7, cells, 0.5, size, torch.Generator().manual_seed(1), torch.float64)
-        torch.testing.assert_close(render_masks(grids, shifts, size), rise_masks_reference(grids, shifts, size))
+        torch.testing.assert_close(render_masks(grids, shifts, size), rise_masks_literal(grids, shifts, size))
 
 
 def test_rise_matches_the_formula_with_the_same_masks():
@@ -227,9 +228,9 @@ def test_rise_matches_the_formula_with_the_same_masks():
     result = method_spec("rise", "image").image(ctx, masks=30, cells=3, batch_size=8, seed=3)
     calls = ctx.calls
     grids, shifts = generate_masks(30, 3, 0.5, (12, 12), torch.Generator().manual_seed(3), torch.float64)
-    masks = rise_masks_reference(grids, shifts, (12, 12))
+    masks = rise_masks_literal(grids, shifts, (12, 12))
     for b in range(2):
-        expected = rise_reference(lambda x: ctx.score_images(x)[0], ctx.pixels[b:b + 1], masks, 0.5)
+        expected = rise_literal(lambda x: ctx.score_images(x)[0], ctx.pixels[b:b + 1], masks, 0.5)
         torch.testing.assert_close(result.maps[b], expected)
     assert result.maps.shape == (2, 2, 12, 12) and result.input_size == (12, 12)
     assert calls == 2 * 4 + 1  # 30 masks in batches of 8 per image, then the unperturbed scores
@@ -268,7 +269,7 @@ def test_occlusion_matches_window_loop(window, stride, fill):
     ctx = linear_context(size=10, smooth=False)
     result = method_spec("occlusion", "image").image(ctx, window=window, stride=stride, fill=fill, batch_size=7)
     for b in range(2):
-        expected = occlusion_reference(lambda x: ctx.score_images(x)[0], ctx.pixels[b:b + 1], window, stride, fill)
+        expected = occlusion_literal(lambda x: ctx.score_images(x)[0], ctx.pixels[b:b + 1], window, stride, fill)
         torch.testing.assert_close(result.maps[b], expected)
 
 

@@ -1,9 +1,9 @@
-"""Converted OpenAI / open_clip checkpoints must compute what OpenAI's own model code computes.
+"""Converted OpenAI / open_clip checkpoints must compute what the OpenAI CLIP architecture computes.
 
-The oracle is ``tests/reference/openai_clip_reference.py``, a literal OpenAI-layout CLIP sharing no
-code with transformers: we randomise it (LayerNorms and ``logit_scale`` included, so no block is an
-identity), save its state dict in each supported container, load it back through
-``load_openai_checkpoint`` and compare the features.
+The oracle is ``tests/reference/openai_clip_reference.py``, a CLIP in the OpenAI checkpoint layout
+written here from the paper's description, sharing no code with transformers: we randomise it
+(LayerNorms and ``logit_scale`` included, so no block is an identity), save its state dict in each
+supported container, load it back through ``load_openai_checkpoint`` and compare the features.
 """
 
 from __future__ import annotations
