@@ -1,412 +1,326 @@
-"""A literal transcription of the official Grad-ECLIP code, the oracle for ``grad_eclip_official``.
+"""Oracle for ``grad_eclip_official``: the published Grad-ECLIP pipeline, re-derived from its description.
 
-Transcribed line by line from github.com/Cyang-Zhao/Grad-Eclip: ``generate_emap.py`` (``attention_layer``,
-``clip_encode_dense``, ``grad_eclip``, ``clip_encode_text_dense``, ``grad_eclip_text``,
-``imgprocess_keepsize``, the ``__main__`` short-side cap) and ``grad_eclip_image.ipynb`` (the n-layer
-``clip_encode_dense(x, n)``, ``sim_qk`` and the per-layer-ReLU ``grad_eclip``). Slow, unvectorised,
-sequence-first (LND) as the original. Deviations, all mechanical:
+Written in this project from the statement of the pipeline in ``docs/audit.md`` (and the formula
+docstrings of ``faithclip.audit.rewrite``, ``faithclip.audit.keepsize`` and
+``faithclip.methods.grad_eclip_official``), not from any published code. It is a slow, literal form of
+the math: a hand-written forward over a transformers ``CLIPModel``'s weights (batch-first, every head an
+explicit loop), explicit LayerNorms, explicit cosines and min-max. It imports nothing from faithclip.
 
-- the global ``clipmodel`` is a parameter, and it is ``OpenAIView``: an OpenAI-layout view of a
-  transformers ``CLIPModel`` (``in_proj_weight`` = [W_q; W_k; W_v], ``proj`` = W^T, ...). Its blocks run
-  the model's OWN layers for the unchanged blocks (``resblocks[:-n]``); the transcription reaches into
-  ``ln_1``, ``attn.in_proj_*``, ``attn.out_proj``, ``mlp`` and ``ln_2`` of the recomputed ones, exactly as
-  the official code does with OpenAI's modules;
-- ``x.half()`` becomes ``x.to(clipmodel.dtype)`` (the CUDA model is fp16; the tests run float64);
-- torchvision's ``Resize((h, w), BICUBIC)`` on a PIL image is PIL's ``resize((w, h), BICUBIC)`` (what
-  torchvision calls), ``ToTensor`` + ``Normalize`` are written out;
-- the ``__main__`` loop's ``grad_eclip(c, k_out, v, att_output, map_size)`` call passes five arguments to a
-  six-parameter function (it cannot run as published); the transcription calls it as defined,
-  ``grad_eclip(c, q_out, k_out, v, att_output, map_size)``.
+Image side, for one RGB image and unit text embeddings t_k:
 
-Shares no code with faithclip's implementation.
+1. input: short side capped at ``cap`` (PIL's default filter; the evaluation loop uses 640, the image
+   notebook no cap), then resized bicubically to ``(int(w/p + 0.5) p, int(h/p + 0.5) p)``, no crop,
+   scaled to [0, 1] and normalised with the CLIP mean/std in float32 (as torchvision's ToTensor and
+   Normalize would), then cast to the model's dtype;
+2. tokens: patch embeddings, class token, the trained position embeddings of the patches resized
+   bicubically (``align_corners=False``) to the image's patch grid;
+3. every block but the last ``layers`` as the model computes it (its H heads); the last ``layers`` with
+   ONE head over the full width D: A = softmax(q k^T / sqrt(D)), o = A v;
+4. S_k = cos(projected class token, t_k); per recomputed layer l, g = dS_k/do at the class token,
+   lambda_j = min-max over patches j of cos(q~_cls, k~_j), with q~, k~ = out_proj(q), out_proj(k)
+   (``qk="out_proj"``) or q, k (``qk="raw"``); map_j = sum_l ReLU(lambda_j sum_c g_c v_jc).
+
+Text side, for token rows and one image: each row padded with id 0 to the full context, causal mask only;
+the last min(8, depth) text blocks recomputed with one head; S = cos(projected end token, image
+embedding of the ORIGINAL model on its standard resize + centre crop); with e the end token,
+lambda_j = min-max over ALL context positions of cos(q~_e, k~_j) and
+map = ReLU(sum_l lambda_j sum_c g_c v_jc) on positions 1..e-1, divided by its sum.
+
+transformers' eager attention takes its softmax in float32 even in a float64 model; the blocks this oracle
+computes "as the model does" do the same, so a float64 run agrees with faithclip to ~1e-12. The one-head
+blocks take their softmax in the working dtype: they are the pipeline's own attention, not the model's.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TEXT_LAYERS = 8
+
+ImageLike = Image.Image | str | Path
 
 
-# ---------------------------------------------------------------- OpenAI-layout view of a CLIPModel
-class _Block(torch.nn.Module):
-    """OpenAI ``ResidualAttentionBlock`` attributes over a transformers ``CLIPEncoderLayer``."""
+@dataclass
+class Recomputed:
+    """What one recomputed block exposes: q, k, v and the attention output before out_proj, each (B, T, D)."""
 
-    def __init__(self, layer, mask=None):
-        super().__init__()
-        self.layer = layer
-        self.mask = mask
-        self.ln_1 = layer.layer_norm1
-        self.ln_2 = layer.layer_norm2
-        attn = layer.self_attn
-        self.attn = SimpleNamespace(
-            in_proj_weight=torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], dim=0),
-            in_proj_bias=torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias], dim=0),
-            out_proj=attn.out_proj,
-        )
-        self.mlp = layer.mlp  # c_fc -> gelu -> c_proj
-
-    def forward(self, x):  # x: LND; the model's own, unchanged block
-        mask = None if self.mask is None else self.mask[None, None]
-        return self.layer(x.permute(1, 0, 2), mask).permute(1, 0, 2)
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
 
 
-class OpenAIView:
-    def __init__(self, model):
-        vm, tm = model.vision_model, model.text_model
-        self.dtype = model.logit_scale.dtype
-        self.visual = SimpleNamespace(
-            conv1=vm.embeddings.patch_embedding,
-            class_embedding=vm.embeddings.class_embedding,
-            positional_embedding=vm.embeddings.position_embedding.weight,
-            ln_pre=vm.pre_layrnorm,
-            transformer=SimpleNamespace(resblocks=[_Block(l) for l in vm.encoder.layers],
-                                        width=vm.config.hidden_size),
-            ln_post=vm.post_layernorm,
-            proj=model.visual_projection.weight.T,
-            input_resolution=vm.config.image_size,
-        )
-        self.context_length = tm.config.max_position_embeddings
-        mask = self.build_attention_mask().to(self.dtype)
-        self.token_embedding = tm.embeddings.token_embedding
-        self.positional_embedding = tm.embeddings.position_embedding.weight
-        self.transformer = SimpleNamespace(resblocks=[_Block(l, mask) for l in tm.encoder.layers])
-        self.ln_final = tm.final_layer_norm
-        self.text_projection = model.text_projection.weight.T
-        self.model = model
-
-    def build_attention_mask(self):
-        mask = torch.empty(self.context_length, self.context_length)
-        mask.fill_(float("-inf"))
-        mask.triu_(1)
-        return mask
-
-    def encode_image(self, pixels):
-        return self.model.get_image_features(pixel_values=pixels).pooler_output
+# ---- pixels --------------------------------------------------------------------------------------
+def load_rgb(image: ImageLike) -> Image.Image:
+    """A decoded RGB copy of a PIL image or an image file."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    return image.convert("RGB")
 
 
-# ---------------------------------------------------------------- generate_emap.py
-def imgprocess_keepsize(img, patch_size=[16, 16], scale_factor=1):
-    w, h = img.size
-    ph, pw = patch_size
-    nw = int(w * scale_factor / pw + 0.5) * pw
-    nh = int(h * scale_factor / ph + 0.5) * ph
-
-    img = img.resize((nw, nh), Image.BICUBIC).convert("RGB")  # Resize((nh, nw), BICUBIC)
-    x = torch.tensor(np.asarray(img), dtype=torch.float32).permute(2, 0, 1) / 255.0  # ToTensor
-    return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)  # Normalize
+def short_side_capped(image: Image.Image, cap: int | None) -> Image.Image:
+    """The evaluation loop's cap: when the short side exceeds ``cap``, divide both sides by short / cap."""
+    width, height = image.size
+    short = min(width, height)
+    if cap is None or short <= cap:
+        return image
+    factor = short / cap
+    return image.resize((int(width / factor), int(height / factor)))  # PIL's default filter
 
 
-def main_loop_resize(img):
-    w, h = img.size
-    # in case there is too large image
-    if min(w, h) > 640:
-        scale = min(w, h) / 640
-        hs = int(h / scale)
-        ws = int(w / scale)
-        img = img.resize((ws, hs))
-    return img
+def normalised(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """8-bit RGB -> ``(1, 3, H, W)`` float32: divide by 255, subtract the mean, divide by the std, per channel."""
+    values = torch.from_numpy(np.array(image, dtype=np.uint8)).to(torch.float32) / 255  # (H, W, 3)
+    channels = []
+    for c in range(3):
+        channels.append((values[:, :, c] - torch.tensor(mean[c], dtype=torch.float32))
+                        / torch.tensor(std[c], dtype=torch.float32))  # (H, W)
+    return torch.stack(channels)[None]  # (1, 3, H, W)
 
 
-def attention_layer(q, k, v, num_heads=1, attn_mask=None):
-    "Compute 'Scaled Dot Product Attention'"
-    tgt_len, bsz, embed_dim = q.shape
-    head_dim = embed_dim // num_heads
-    scaling = float(head_dim) ** -0.5
-    q = q * scaling
-
-    q = q.contiguous().view(tgt_len, bsz * num_heads, head_dim).transpose(0, 1)
-    k = k.contiguous().view(-1, bsz * num_heads, head_dim).transpose(0, 1)
-    v = v.contiguous().view(-1, bsz * num_heads, head_dim).transpose(0, 1)
-    attn_output_weights = torch.bmm(q, k.transpose(1, 2))
-    if attn_mask is not None:
-        attn_output_weights += attn_mask
-    attn_output_weights = F.softmax(attn_output_weights, dim=-1)
-    attn_output_heads = torch.bmm(attn_output_weights, v)
-    assert list(attn_output_heads.size()) == [bsz * num_heads, tgt_len, head_dim]
-    attn_output = attn_output_heads.transpose(0, 1).contiguous().view(tgt_len, bsz, embed_dim)
-    attn_output_weights = attn_output_weights.view(bsz, num_heads, tgt_len, -1)
-    attn_output_weights = attn_output_weights.sum(dim=1) / num_heads
-    return attn_output, attn_output_weights
+def keep_size_input(image: ImageLike, patch: int, cap: int | None,
+                    mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+    """The explained input ``(1, 3, nh, nw)`` float32: capped, each side rounded to the nearest patch multiple."""
+    rgb = short_side_capped(load_rgb(image), cap)
+    width, height = rgb.size
+    new_width = int(width / patch + 0.5) * patch
+    new_height = int(height / patch + 0.5) * patch
+    return normalised(rgb.resize((new_width, new_height), Image.BICUBIC), mean, std)
 
 
-def clip_encode_dense(clipmodel, x):
-    vision_width = clipmodel.visual.transformer.width
-    vision_heads = vision_width // 64
-    clip_inres = clipmodel.visual.input_resolution
-    clip_ksize = clipmodel.visual.conv1.kernel_size
-
-    # modified from CLIP
-    x = x.to(clipmodel.dtype)  # official: x.half()
-    x = clipmodel.visual.conv1(x)
-    feah, feaw = x.shape[-2:]
-
-    x = x.reshape(x.shape[0], x.shape[1], -1)
-    x = x.permute(0, 2, 1)
-    class_embedding = clipmodel.visual.class_embedding.to(x.dtype)
-
-    x = torch.cat([class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1]).to(x), x], dim=1)
-
-    pos_embedding = clipmodel.visual.positional_embedding.to(x.dtype)
-    tok_pos, img_pos = pos_embedding[:1, :], pos_embedding[1:, :]
-    pos_h = clip_inres // clip_ksize[0]
-    pos_w = clip_inres // clip_ksize[1]
-    assert img_pos.size(0) == (pos_h * pos_w), f"the size of pos_embedding ({img_pos.size(0)}) does not match resolution shape pos_h ({pos_h}) * pos_w ({pos_w})"
-    img_pos = img_pos.reshape(1, pos_h, pos_w, img_pos.shape[1]).permute(0, 3, 1, 2)
-    img_pos = torch.nn.functional.interpolate(img_pos, size=(feah, feaw), mode='bicubic', align_corners=False)
-    img_pos = img_pos.reshape(1, img_pos.shape[1], -1).permute(0, 2, 1)
-    pos_embedding = torch.cat((tok_pos[None, ...], img_pos), dim=1)
-    x = x + pos_embedding
-    x = clipmodel.visual.ln_pre(x)
-
-    x = x.permute(1, 0, 2)  # NLD -> LND
-    x_in = torch.nn.Sequential(*clipmodel.visual.transformer.resblocks[:-1])(x)
-
-    ##################
-    # LastTR.attention
-    targetTR = clipmodel.visual.transformer.resblocks[-1]
-    x_before_attn = targetTR.ln_1(x_in)
-
-    linear = torch._C._nn.linear
-    q, k, v = linear(x_before_attn, targetTR.attn.in_proj_weight, targetTR.attn.in_proj_bias).chunk(3, dim=-1)
-    attn_output, attn = attention_layer(q, k, v, 1)  # vision_heads
-    x_after_attn = linear(attn_output, targetTR.attn.out_proj.weight, targetTR.attn.out_proj.bias)
-
-    x = x_after_attn + x_in
-    x_out = x + targetTR.mlp(targetTR.ln_2(x))
-
-    x = x_out.permute(1, 0, 2)  # LND -> NLD
-    x = clipmodel.visual.ln_post(x)
-    x = x @ clipmodel.visual.proj
-
-    ## ==== get lastv ==============
-    with torch.no_grad():
-        qkv = torch.stack((q, k, v), dim=0)
-        qkv = linear(qkv, targetTR.attn.out_proj.weight, targetTR.attn.out_proj.bias)
-        q_out, k_out, v_out = qkv[0], qkv[1], qkv[2]
-
-        v_final = v_out + x_in
-        v_final = v_final + targetTR.mlp(targetTR.ln_2(v_final))
-        v_final = v_final.permute(1, 0, 2)
-        v_final = clipmodel.visual.ln_post(v_final)
-        v_final = v_final @ clipmodel.visual.proj
-    ##############
-
-    return x, v_final[:, 1:], x_in, v, q_out, k_out, attn, attn_output, (feah, feaw)
-
-
-def clip_encode_text_dense(clipmodel, text, n):
-    x = clipmodel.token_embedding(text).type(clipmodel.dtype)  # [batch_size, n_ctx, d_model]
-    attn_mask = clipmodel.build_attention_mask().to(dtype=x.dtype, device=x.device)
-    x = x + clipmodel.positional_embedding.type(clipmodel.dtype)
-    x = x.permute(1, 0, 2)  # NLD -> LND
-    x_in = torch.nn.Sequential(*clipmodel.transformer.resblocks[:-n])(x)
-
-    #####################
-    attns = []
-    atten_outs = []
-    vs = []
-    q_outs = []
-    k_outs = []
-    for TR in clipmodel.transformer.resblocks[-n:]:
-        x = TR.ln_1(x_in)
-        linear = torch._C._nn.linear
-        q, k, v = linear(x, TR.attn.in_proj_weight, TR.attn.in_proj_bias).chunk(3, dim=-1)
-        attn_output, attn = attention_layer(q, k, v, 1, attn_mask=attn_mask)  # transformer_heads=8
-        attns.append(attn)
-        atten_outs.append(attn_output)
-        vs.append(v)
-        x_after_attn = linear(attn_output, TR.attn.out_proj.weight, TR.attn.out_proj.bias)
-        x = x_after_attn + x_in
-        x = x + TR.mlp(TR.ln_2(x))
-        x_in = x
-
-        with torch.no_grad():
-            qkv = torch.stack((q, k, v), dim=0)
-            qkv = linear(qkv, TR.attn.out_proj.weight, TR.attn.out_proj.bias)
-            q_out, k_out, v_out = qkv[0], qkv[1], qkv[2]
-            q_outs.append(q_out)
-            k_outs.append(k_out)
-
-    x = x.permute(1, 0, 2)  # LND -> NLD
-    x = clipmodel.ln_final(x).type(clipmodel.dtype)
-
-    # x.shape = [batch_size, n_ctx, transformer.width]
-    # take features from the eot embedding (eot_token is the highest number in each sequence)
-    x = x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ clipmodel.text_projection
-
-    return x, (q_outs, k_outs, vs), attns, atten_outs
-
-
-def grad_eclip_text(c, q_outs, k_outs, lastvs, attn_outputs, eos_position, withksim=True):
-    ## gradient on last attention output
-    tmp_maps = []
-    for q_out, k_out, lastv, attn_output in zip(q_outs, k_outs, lastvs, attn_outputs):
-        grad = torch.autograd.grad(
-            c,
-            attn_output,
-            retain_graph=True)[0]
-        grad_cls = grad[eos_position, 0, :]
-        # just use the gradient on the cls token position
-        if withksim:
-            q_cls = q_out[eos_position, 0, :]
-            k_patch = k_out[:, 0, :]
-            q_cls = F.normalize(q_cls, dim=-1)
-            k_patch = F.normalize(k_patch, dim=-1)
-            cosine_qk = (q_cls * k_patch).sum(-1)
-            cosine_qk = (cosine_qk - cosine_qk.min()) / (cosine_qk.max() - cosine_qk.min())
-            tmp_maps.append((grad_cls * lastv[:, 0, :] * cosine_qk[:, None]).sum(-1))
-        else:
-            tmp_maps.append((grad_cls * lastv[:, 0, :]).sum(-1))
-    # grad_output*attn*v --> map
-    emap_lastv = (F.relu_(torch.stack(tmp_maps, dim=0).sum(0)))  # * cosine_qk[:,None]
-    emap = emap_lastv[1:eos_position].flatten()
-    emap = emap / emap.sum()
-
-    return emap
-
-
-def grad_eclip(c, q_out, k_out, v, att_output, map_size, withksim=True):
-    D = k_out.shape[-1]
-    ## gradient on last attention output
-    grad = torch.autograd.grad(
-        c,
-        att_output,
-        retain_graph=True)[0]
-    grad = grad.detach()
-    grad_cls = grad[:1, 0, :]
-    if withksim:
-        q_cls = q_out[:1, 0, :]
-        k_patch = k_out[1:, 0, :]
-        q_cls = F.normalize(q_cls, dim=-1)
-        k_patch = F.normalize(k_patch, dim=-1)
-        cosine_qk = (q_cls * k_patch).sum(-1)
-        cosine_qk = (cosine_qk - cosine_qk.min()) / (cosine_qk.max() - cosine_qk.min())
-        emap_lastv = F.relu_((grad_cls * v[1:, 0, :] * cosine_qk[:, None]).detach().sum(-1))
+def standard_crop_input(image: ImageLike, size: int, crop: int,
+                        mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+    """The model's own input ``(1, 3, crop, crop)``: short side to ``size`` (bicubic, long side rounded down),
+    then the centre ``crop x crop`` window (offsets rounded down), as transformers' CLIPImageProcessor."""
+    rgb = load_rgb(image)
+    width, height = rgb.size
+    if width <= height:
+        target = (size, int(size * height / width))
     else:
-        emap_lastv = F.relu_((grad_cls * v[1:, 0, :]).detach().sum(-1))
-    return emap_lastv.reshape(*map_size)
+        target = (int(size * width / height), size)
+    resized = rgb.resize(target, Image.BICUBIC)
+    left, top = (target[0] - crop) // 2, (target[1] - crop) // 2
+    return normalised(resized.crop((left, top, left + crop, top + crop)), mean, std)
 
 
-# ---------------------------------------------------------------- grad_eclip_image.ipynb (n layers, raw q, k)
-def clip_encode_dense_n(clipmodel, x, n):
-    clip_inres = clipmodel.visual.input_resolution
-    clip_ksize = clipmodel.visual.conv1.kernel_size
-    # modified from CLIP
-    x = x.to(clipmodel.dtype)  # official: x.half()
-    x = clipmodel.visual.conv1(x)
-    feah, feaw = x.shape[-2:]
-
-    x = x.reshape(x.shape[0], x.shape[1], -1)
-    x = x.permute(0, 2, 1)
-    class_embedding = clipmodel.visual.class_embedding.to(x.dtype)
-    x = torch.cat([class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1]).to(x), x], dim=1)
-
-    ## scale position embedding as the image w-h ratio
-    pos_embedding = clipmodel.visual.positional_embedding.to(x.dtype)
-    tok_pos, img_pos = pos_embedding[:1, :], pos_embedding[1:, :]
-    pos_h = clip_inres // clip_ksize[0]
-    pos_w = clip_inres // clip_ksize[1]
-    img_pos = img_pos.reshape(1, pos_h, pos_w, img_pos.shape[1]).permute(0, 3, 1, 2)
-    img_pos = torch.nn.functional.interpolate(img_pos, size=(feah, feaw), mode='bicubic', align_corners=False)
-    img_pos = img_pos.reshape(1, img_pos.shape[1], -1).permute(0, 2, 1)
-    pos_embedding = torch.cat((tok_pos[None, ...], img_pos), dim=1)
-    x = x + pos_embedding
-    x = clipmodel.visual.ln_pre(x)
-
-    x = x.permute(1, 0, 2)  # NLD -> LND
-    x = torch.nn.Sequential(*clipmodel.visual.transformer.resblocks[:-n])(x)
-
-    attns = []
-    atten_outs = []
-    vs = []
-    qs = []
-    ks = []
-    for TR in clipmodel.visual.transformer.resblocks[-n:]:
-        x_in = x
-        x = TR.ln_1(x_in)
-        linear = torch._C._nn.linear
-        q, k, v = linear(x, TR.attn.in_proj_weight, TR.attn.in_proj_bias).chunk(3, dim=-1)
-        attn_output, attn = attention_layer(q, k, v, 1)  # vision_heads=1
-        attns.append(attn)
-        atten_outs.append(attn_output)
-        vs.append(v)
-        qs.append(q)
-        ks.append(k)
-
-        x_after_attn = linear(attn_output, TR.attn.out_proj.weight, TR.attn.out_proj.bias)
-        x = x_after_attn + x_in
-        x = x + TR.mlp(TR.ln_2(x))
-
-    x = x.permute(1, 0, 2)  # LND -> NLD
-    x = clipmodel.visual.ln_post(x)
-    x = x @ clipmodel.visual.proj
-    return x, x_in, vs, qs, ks, attns, atten_outs, (feah, feaw)
+# ---- the forward, by hand ------------------------------------------------------------------------
+def layer_norm(x: torch.Tensor, module: Any) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance)."""
+    centred = x - x.mean(-1, keepdim=True)
+    variance = (centred * centred).mean(-1, keepdim=True)
+    return centred / torch.sqrt(variance + module.eps) * module.weight + module.bias
 
 
-def sim_qk(q, k):
-    q_cls = F.normalize(q[:1, 0, :], dim=-1)
-    k_patch = F.normalize(k[1:, 0, :], dim=-1)
-
-    cosine_qk = (q_cls * k_patch).sum(-1)
-    cosine_qk_max = cosine_qk.max(dim=-1, keepdim=True)[0]
-    cosine_qk_min = cosine_qk.min(dim=-1, keepdim=True)[0]
-    cosine_qk = (cosine_qk - cosine_qk_min) / (cosine_qk_max - cosine_qk_min)
-    return cosine_qk
+def linear(x: torch.Tensor, module: Any) -> torch.Tensor:
+    return x @ module.weight.T + module.bias
 
 
-def grad_eclip_notebook(c, qs, ks, vs, attn_outputs, map_size):
-    ## gradient on last attention output
-    tmp_maps = []
-    for q, k, v, attn_output in zip(qs, ks, vs, attn_outputs):
-        grad = torch.autograd.grad(
-            c,
-            attn_output,
-            retain_graph=True)[0]
-
-        grad_cls = grad[:1, 0, :]
-        v_patch = v[1:, 0, :]
-        cosine_qk = sim_qk(q, k).reshape(-1)
-        tmp_maps.append((grad_cls * v_patch * cosine_qk[:, None]).sum(-1))
-
-    emap = F.relu_(torch.stack(tmp_maps, dim=0)).sum(0)
-    return emap.reshape(*map_size)
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    if name == "quick_gelu":
+        return x * torch.sigmoid(1.702 * x)
+    if name == "gelu":
+        return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    raise ValueError(f"activation {name!r} is not written out here")
 
 
-# ---------------------------------------------------------------- drivers (the official call sequences)
-def official_image_map(model, img, text_embedding, patch, cap=True):
-    """``__main__`` of generate_emap.py for one PIL image and normalised text embeddings ``(K, P)``."""
-    clipmodel = OpenAIView(model)
-    if cap:
-        img = main_loop_resize(img)
-    img_keepsized = imgprocess_keepsize(img, patch_size=[patch, patch]).unsqueeze(0)
-    outputs, v_final, last_input, v, q_out, k_out, attn, att_output, map_size = clip_encode_dense(clipmodel, img_keepsized)
-    img_embedding = F.normalize(outputs[:, 0], dim=-1)
-    cosines = (img_embedding @ text_embedding.T)[0]
-    return torch.stack([grad_eclip(c, q_out, k_out, v, att_output, map_size) for c in cosines]), cosines
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None,
+           float32_softmax: bool) -> torch.Tensor:
+    """Attention output before out_proj ``(B, T, D)``, one explicit loop iteration per head of width D / heads."""
+    width = q.shape[-1]
+    head_width = width // heads
+    outputs = []
+    for head in range(heads):
+        cols = slice(head * head_width, (head + 1) * head_width)
+        logits = torch.einsum("btc,bsc->bts", q[..., cols], k[..., cols]) / math.sqrt(head_width)  # (B, T, T)
+        if mask is not None:
+            logits = logits + mask
+        if float32_softmax:
+            weights = torch.softmax(logits.to(torch.float32), dim=-1).to(logits.dtype)
+        else:
+            weights = torch.softmax(logits, dim=-1)
+        outputs.append(torch.einsum("bts,bsc->btc", weights, v[..., cols]))  # (B, T, D / heads)
+    return torch.cat(outputs, dim=-1)  # (B, T, D)
 
 
-def notebook_image_map(model, img, text_embedding, patch, n):
-    """grad_eclip_image.ipynb: keep-size input (no cap), ``n`` one-head layers, raw q and k."""
-    clipmodel = OpenAIView(model)
-    img_preprocessed_k = imgprocess_keepsize(img, patch_size=[patch, patch]).unsqueeze(0)
-    outputs, last_feat, vs, qs, ks, attns, atten_outs, map_size = clip_encode_dense_n(clipmodel, img_preprocessed_k, n)
-    img_embedding = F.normalize(outputs[:, 0], dim=-1)
-    cosine = (img_embedding @ text_embedding.T)[0]
-    return torch.stack([grad_eclip_notebook(c, qs, ks, vs, atten_outs, map_size) for c in cosine]), cosine
+def block(layer: Any, x: torch.Tensor, act: str, heads: int, mask: torch.Tensor | None,
+          float32_softmax: bool) -> tuple[torch.Tensor, Recomputed]:
+    """One pre-LN residual block from the layer's weights: x + out_proj(attention), then x + MLP."""
+    attention = layer.self_attn
+    normed = layer_norm(x, layer.layer_norm1)
+    q, k, v = linear(normed, attention.q_proj), linear(normed, attention.k_proj), linear(normed, attention.v_proj)
+    o = attend(q, k, v, heads, mask, float32_softmax)
+    x = x + linear(o, attention.out_proj)
+    hidden = activation(act, linear(layer_norm(x, layer.layer_norm2), layer.mlp.fc1))
+    return x + linear(hidden, layer.mlp.fc2), Recomputed(q=q, k=k, v=v, o=o)
 
 
-def official_text_map(model, text, img_embedding, n):
-    """The text side: ``text`` one row ``(1, context)`` of ids padded with 0; image embedding normalised ``(1, P)``."""
-    clipmodel = OpenAIView(model)
-    x, (q_outs, k_outs, vs), attns, atten_outs = clip_encode_text_dense(clipmodel, text, n=n)
-    text_embedding = F.normalize(x, dim=-1)
-    cosine = (img_embedding @ text_embedding.T)
-    eos_position = text.argmax(dim=-1)
-    return grad_eclip_text(cosine[0, 0], q_outs, k_outs, vs, atten_outs, int(eos_position[0])), cosine[0, 0]
+def run_tower(layers: list, x: torch.Tensor, act: str, model_heads: int, one_head_layers: int,
+              mask: torch.Tensor | None) -> tuple[torch.Tensor, list[Recomputed]]:
+    """All blocks: the first ones with the model's heads (float32 softmax, as transformers), the last
+    ``one_head_layers`` with one head. Returns the output and the recomputed blocks' internals."""
+    first_rewritten = len(layers) - one_head_layers
+    records = []
+    for index, layer in enumerate(layers):
+        if index < first_rewritten:
+            x, _ = block(layer, x, act, model_heads, mask, float32_softmax=True)
+        else:
+            x, record = block(layer, x, act, 1, mask, float32_softmax=False)
+            records.append(record)
+    return x, records
+
+
+def image_tokens(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pre-LN tokens ``(B, 1 + gh*gw, D)`` with positions resized to the pixels' grid, and the grid."""
+    embeddings = model.vision_model.embeddings
+    conv = embeddings.patch_embedding
+    assert conv.bias is None, "CLIP's patch embedding has no bias"
+    patch = conv.kernel_size[0]
+    batch, channels, height, width = pixels.shape
+    rows, cols = height // patch, width // patch
+    pieces = pixels.reshape(batch, channels, rows, patch, cols, patch)  # (B, C, gh, p, gw, p)
+    pieces = pieces.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows * cols, channels * patch * patch)  # (B, N, C*p*p)
+    kernel = conv.weight.reshape(conv.weight.shape[0], -1)  # (D, C*p*p), the same (C, py, px) order
+    patches = pieces @ kernel.T  # (B, N, D)
+    table = embeddings.position_embedding.weight  # (1 + g*g, D)
+    trained = math.isqrt(table.shape[0] - 1)
+    grid_table = table[1:].T.reshape(1, -1, trained, trained)  # (1, D, g, g)
+    resized = F.interpolate(grid_table, size=(rows, cols), mode="bicubic", align_corners=False)  # (1, D, gh, gw)
+    positions = torch.cat([table[:1], resized.reshape(table.shape[1], rows * cols).T])  # (1 + N, D)
+    class_token = embeddings.class_embedding.reshape(1, 1, -1).expand(batch, 1, -1)  # (B, 1, D)
+    tokens = torch.cat([class_token, patches], dim=1) + positions  # (B, 1 + N, D)
+    return layer_norm(tokens, model.vision_model.pre_layrnorm), (rows, cols)
+
+
+def image_embedding(model: Any, pixels: torch.Tensor, one_head_layers: int
+                    ) -> tuple[torch.Tensor, list[Recomputed], tuple[int, int]]:
+    """Projected class-token embeddings ``(B, P)``; ``one_head_layers=0`` is the model's own forward."""
+    config = model.config.vision_config
+    tokens, grid = image_tokens(model, pixels)
+    out, records = run_tower(list(model.vision_model.encoder.layers), tokens, config.hidden_act,
+                             config.num_attention_heads, one_head_layers, None)
+    pooled = layer_norm(out[:, 0], model.vision_model.post_layernorm)  # (B, D)
+    return pooled @ model.visual_projection.weight.T, records, grid
+
+
+def text_embedding(model: Any, ids: torch.Tensor, one_head_layers: int
+                   ) -> tuple[torch.Tensor, list[Recomputed], torch.Tensor]:
+    """Projected end-token embeddings ``(K, P)`` of full-context rows ``(K, L)`` under the causal mask only.
+
+    The end token is the largest id of a row (CLIP's vocabulary puts it last); returns its positions ``(K,)``.
+    """
+    config = model.config.text_config
+    embeddings = model.text_model.embeddings
+    length = ids.shape[1]
+    x = embeddings.token_embedding.weight[ids] + embeddings.position_embedding.weight[:length]  # (K, L, D)
+    future = torch.ones(length, length, dtype=torch.bool).triu(1)  # (L, L) True above the diagonal
+    mask = torch.zeros(length, length, dtype=x.dtype).masked_fill(future, float("-inf"))
+    out, records = run_tower(list(model.text_model.encoder.layers), x, config.hidden_act,
+                             config.num_attention_heads, one_head_layers, mask)
+    ends = ids.argmax(dim=-1)  # (K,)
+    pooled = layer_norm(out[torch.arange(ids.shape[0]), ends], model.text_model.final_layer_norm)  # (K, D)
+    return pooled @ model.text_projection.weight.T, records, ends
+
+
+# ---- the explanation -----------------------------------------------------------------------------
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine along the last axis."""
+    return (a * b).sum(-1) / (torch.sqrt((a * a).sum(-1)) * torch.sqrt((b * b).sum(-1)))
+
+
+def relevance_weights(record: Recomputed, row: int, query: int, keys: slice, out_proj: Any | None) -> torch.Tensor:
+    """lambda: min-max over ``keys`` of cos(q~[query], k~[key]) for one batch ``row``; no gradient flows."""
+    with torch.no_grad():
+        q, k = record.q[row], record.k[row]  # (T, D) each
+        if out_proj is not None:
+            q, k = linear(q, out_proj), linear(k, out_proj)
+        similarity = cosine(q[query][None], k[keys])  # (T',)
+        return (similarity - similarity.min()) / (similarity.max() - similarity.min())
+
+
+def value_term(grad_query: torch.Tensor, values: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """lambda_j * sum_c g_c v_jc, written as a loop-free but literal product: g (D,), v (T', D) -> (T',)."""
+    return lam * (values * grad_query[None]).sum(-1)
+
+
+def _projections(layers: list, count: int, qk: str) -> list[Any | None]:
+    if qk not in ("out_proj", "raw"):
+        raise ValueError(f"qk is 'out_proj' or 'raw', not {qk!r}")
+    return [layer.self_attn.out_proj if qk == "out_proj" else None for layer in layers[len(layers) - count:]]
+
+
+def official_image_map(model: Any, image: ImageLike, text_embeds: torch.Tensor, *, cap: int | None,
+                       qk: str = "out_proj", layers: int = 1, mean: tuple[float, ...] = CLIP_MEAN,
+                       std: tuple[float, ...] = CLIP_STD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps ``(K, gh, gw)`` and rewritten-embedding cosines ``(K,)`` of one image against ``text_embeds (K, P)``.
+
+    ``qk="out_proj", layers=1, cap=640`` is the evaluation script; ``qk="raw"``, any ``layers``,
+    ``cap=None`` the image notebook.
+    """
+    dtype = model.visual_projection.weight.dtype
+    patch = model.config.vision_config.patch_size
+    pixels = keep_size_input(image, patch, cap, mean, std).to(dtype)  # (1, 3, nh, nw)
+    projections = _projections(list(model.vision_model.encoder.layers), layers, qk)
+    with torch.enable_grad():
+        embeds, records, grid = image_embedding(model, pixels, layers)  # (1, P)
+        scores = cosine(embeds, text_embeds.to(dtype))  # (K,)
+        lambdas = [relevance_weights(r, 0, 0, slice(1, None), p) for r, p in zip(records, projections)]
+        maps = []
+        for k in range(scores.shape[0]):
+            grads = torch.autograd.grad(scores[k], [r.o for r in records], retain_graph=True)  # (1, T, D) each
+            patch_map = torch.zeros(grid[0] * grid[1], dtype=dtype)  # (N,)
+            for grad, record, lam in zip(grads, records, lambdas):
+                patch_map = patch_map + F.relu(value_term(grad[0, 0], record.v[0, 1:].detach(), lam))
+            maps.append(patch_map.reshape(grid))  # (gh, gw)
+    return torch.stack(maps), scores.detach()
+
+
+def padded_to_context(ids: torch.Tensor, context: int) -> torch.Tensor:
+    """Rows ``(K, L)`` up to and including their end token (largest id), then zeros up to ``context``."""
+    rows = torch.zeros(ids.shape[0], context, dtype=torch.long)
+    for row in range(ids.shape[0]):
+        end = int(ids[row].argmax())
+        rows[row, :end + 1] = ids[row, :end + 1]
+    return rows
+
+
+def official_text_map(model: Any, ids: torch.Tensor, image: ImageLike, *, qk: str = "out_proj",
+                      layers: int = TEXT_LAYERS, size: int | None = None, crop: int | None = None,
+                      mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text maps ``(K, L)`` (zero outside 1..e-1, each summing to 1 there) and cosines ``(K,)`` of token rows
+    ``ids (K, L)`` against one image, whose embedding is the ORIGINAL model's on its standard crop
+    (``size``/``crop`` default to the model's image size)."""
+    dtype = model.text_projection.weight.dtype
+    image_size = model.config.vision_config.image_size
+    pixels = standard_crop_input(image, size or image_size, crop or image_size, mean, std).to(dtype)
+    with torch.no_grad():
+        image_embed, _, _ = image_embedding(model, pixels, 0)  # (1, P)
+    depth = len(model.text_model.encoder.layers)
+    used = min(layers, depth)
+    rows = padded_to_context(ids, model.config.text_config.max_position_embeddings)  # (K, context)
+    projections = _projections(list(model.text_model.encoder.layers), used, qk)
+    maps = torch.zeros(ids.shape[0], ids.shape[1], dtype=dtype)  # (K, L)
+    with torch.enable_grad():
+        embeds, records, ends = text_embedding(model, rows, used)  # (K, P)
+        scores = cosine(embeds, image_embed)  # (K,)
+        for k in range(rows.shape[0]):
+            end = int(ends[k])
+            grads = torch.autograd.grad(scores[k], [r.o for r in records], retain_graph=True)  # (K, L, D) each
+            total = torch.zeros(rows.shape[1], dtype=dtype)  # (context,)
+            for grad, record, projection in zip(grads, records, projections):
+                lam = relevance_weights(record, k, end, slice(None), projection)  # (context,): ALL positions
+                total = total + value_term(grad[k, end], record.v[k].detach(), lam)
+            kept = F.relu(total)[1:end]  # (e - 1,)
+            maps[k, 1:end] = kept / kept.sum()
+    return maps, scores.detach()

@@ -1,6 +1,6 @@
 """Deletion / insertion under the Grad-ECLIP and RISE protocols.
 
-Oracles: the literal transcriptions of both official scripts (tests/reference/deletion_reference.py),
+Oracles: slow forms of both protocols written from their descriptions (tests/reference/deletion_reference.py),
 scipy's Gaussian filter (RISE's ``gkern``), and a model whose score is a known linear function of the
 pixels, for which the perfect order gives a closed-form curve.
 """
@@ -55,7 +55,7 @@ def test_perfect_order_on_a_linear_model_gives_the_closed_form_rise_curves():
     assert torch.equal(insertion, expected_insertion)
     x = [m / num_pixels for m in counts]
     # RISE's own auc() on equally spaced points is the trapezoid rule on x in [0, 1]
-    assert trapezoid_auc(x, deletion.tolist()) == pytest.approx(ref.auc(deletion.numpy()), rel=1e-12)
+    assert trapezoid_auc(x, deletion.tolist()) == pytest.approx(ref.equal_spacing_auc(deletion.numpy()), rel=1e-12)
     # and a worse (reversed) order deletes less score early: larger deletion AUC
     reverse = curve(image, torch.zeros_like(image), salience_order(-weights, (size, size)), counts, score)
     assert trapezoid_auc(x, reverse.tolist()) > trapezoid_auc(x, deletion.tolist())
@@ -78,13 +78,15 @@ def test_gradeclip_counts_on_a_224_crop():
     assert counts[0] == 2500 and counts[-1] == 25000 and len(counts) == 10  # n = int(50176 / 200) = 250
 
 
-# ---- the official protocols, transcribed ---------------------------------------------------------
+# ---- the official protocols, as described -----------------------------------------------------------
 def test_gradeclip_deletion_and_insertion_images_match_the_official_scripts():
     size = 20
     heatmap = _distinct_map(size, 2)
     rgb = torch.randint(0, 256, (size, size, 3), generator=torch.Generator().manual_seed(3)).to(torch.uint8)
-    official_deleted = ref.delection_process(rgb.numpy(), heatmap.numpy(), 100, 10, torch.Generator().manual_seed(7))
-    official_inserted = ref.insertion_process(rgb.numpy(), heatmap.numpy(), 100, 10)
+    official_deleted = ref.gradeclip_deletion_images(rgb.numpy(), heatmap.numpy(), 100, 10,
+                                                     torch.Generator().manual_seed(7))
+    official_inserted = ref.gradeclip_insertion_images(rgb.numpy(), heatmap.numpy(), 100, 10)
+    assert len(official_deleted) == len(official_inserted) == 10
 
     image = rgb.permute(2, 0, 1).double()  # (3, H, W)
     order = salience_order(heatmap, (size, size))
@@ -92,6 +94,7 @@ def test_gradeclip_deletion_and_insertion_images_match_the_official_scripts():
     fill = random_colours(order, (3, size, size), torch.Generator().manual_seed(7)).double()
     deleted = curve(image, fill, order, counts, lambda b: b)
     inserted = curve(torch.zeros_like(image), image, order, counts, lambda b: b)
+    assert len(deleted) == len(inserted) == 10
     for mine, theirs in zip(deleted, official_deleted):
         assert np.array_equal(mine.permute(1, 2, 0).numpy().astype(np.uint8), theirs)
     for mine, theirs in zip(inserted, official_inserted):
@@ -101,7 +104,7 @@ def test_gradeclip_deletion_and_insertion_images_match_the_official_scripts():
 @pytest.mark.parametrize("klen,sigma", [(11, 5.0), (5, 1.0), (31, 3.0), (4, 2.0)])
 def test_rise_gaussian_kernel_is_scipys(klen, sigma):
     ours = rise_gaussian_kernel(klen, sigma)
-    theirs = ref.gkern(klen, sigma)[0, 0].double()
+    theirs = ref.rise_kernel(klen, sigma)[0, 0].double()
     assert torch.allclose(ours, theirs, atol=1e-7, rtol=0)
     assert ours.sum() == pytest.approx(1.0, abs=1e-12)  # reflection folds every tail back: mass is kept
 
@@ -116,20 +119,19 @@ def test_rise_curves_match_the_official_causal_metric():
     def model(batch):  # class probabilities of a fixed linear classifier
         return (batch.reshape(batch.shape[0], -1) @ projection.T).softmax(-1)
 
-    kernel = ref.gkern(11, 5).double()
+    kernel = ref.rise_kernel(11, 5).double()
     blur = lambda x: F.conv2d(x, kernel, padding=11 // 2)  # noqa: E731  (RISE's notebook)
     for mode, substrate, start_finish, tolerance in [
         ("del", torch.zeros_like, (image[0], torch.zeros_like(image[0])), 1e-12),
         ("ins", blur, (rise_blur(image[0]), image[0]), 1e-6),  # RISE's kernel is stored in float32
     ]:
-        official = ref.CausalMetric(model, mode, step, substrate, size * size).single_run(
-            image.clone(), explanation.numpy(), c=1)
+        official = ref.rise_curve(model, mode, step, substrate, image.clone(), explanation.numpy(), label=1)
         counts = rise_counts(size * size, step)
         ours = curve(*start_finish, salience_order(explanation, (size, size)), counts, lambda b: model(b)[:, 1])
         assert np.allclose(ours.numpy(), official, atol=tolerance, rtol=0)
         if (size * size) % step == 0:
             x = [m / (size * size) for m in counts]
-            assert trapezoid_auc(x, ours.tolist()) == pytest.approx(ref.auc(official), abs=tolerance)
+            assert trapezoid_auc(x, ours.tolist()) == pytest.approx(ref.equal_spacing_auc(official), abs=tolerance)
 
 
 # ---- the model-calling part on a tiny CLIP ---------------------------------------------------------
@@ -161,7 +163,7 @@ def test_gradeclip_runner_points_and_reproducibility(case):
     assert deletion.curves["prob"][1][0] == pytest.approx(insertion.curves["prob"][1][-1], abs=1e-12)
     assert deletion.values["auc"] == pytest.approx((sum(top1) - top1[0] / 2 - top1[-1] / 2) / 10, abs=1e-15)
     probability = insertion.curves["prob"][1]
-    assert insertion.values["prob_auc"] == pytest.approx(ref.auc(np.array(probability)), abs=1e-15)
+    assert insertion.values["prob_auc"] == pytest.approx(ref.equal_spacing_auc(np.array(probability)), abs=1e-15)
     assert gradeclip_curves(case, "deletion", batch_size=32).curves == deletion.curves  # batching and seed
     case.seed += 1
     assert gradeclip_curves(case, "deletion").curves["prob"] != deletion.curves["prob"]  # other colours
