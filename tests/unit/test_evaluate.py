@@ -48,6 +48,17 @@ def _values(results):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in results["per_image"]], results["aggregate"]
 
 
+def _close(a, b, rel: float = 1e-6) -> bool:
+    """Equal structure and strings, numbers equal to ``rel`` (relative to the larger magnitude)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a == a and b == b and abs(a - b) <= rel * max(abs(a), abs(b)))
+    return a == b
+
+
 def test_resume_after_an_interruption_gives_identical_results(handle, tmp_path, monkeypatch):
     data = shapes_set(32, 5)
     config = EvalConfig(model="tiny", data="shapes", metrics=FAST_METRICS, seed=3)
@@ -99,7 +110,9 @@ def test_same_seed_same_numbers_and_a_changed_config_is_refused(handle, tmp_path
     first = evaluate(handle, data, tmp_path / "a", config, progress=False, report=False)
     again = evaluate(handle, data, tmp_path / "b", EvalConfig(model="tiny", data="shapes", metrics=["deletion_gradeclip"],
                                                               seed=1, batch_size=32), progress=False, report=False)
-    assert _values(first) == _values(again)  # batch size does not change the numbers
+    # Another batch size changes the numbers only by float rounding (BLAS blocks batches of other sizes
+    # differently; measured up to 1.1e-6 relative, issue 11 makes it part of the run identity or removes it).
+    assert _close(_values(first), _values(again), rel=1e-5)
     other_seed = evaluate(handle, data, tmp_path / "c", EvalConfig(model="tiny", data="shapes",
                                                                     metrics=["deletion_gradeclip"], seed=2), progress=False, report=False)
     assert _values(first) != _values(other_seed)

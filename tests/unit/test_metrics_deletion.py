@@ -164,7 +164,10 @@ def test_gradeclip_runner_points_and_reproducibility(case):
     assert deletion.values["auc"] == pytest.approx((sum(top1) - top1[0] / 2 - top1[-1] / 2) / 10, abs=1e-15)
     probability = insertion.curves["prob"][1]
     assert insertion.values["prob_auc"] == pytest.approx(ref.equal_spacing_auc(np.array(probability)), abs=1e-15)
-    assert gradeclip_curves(case, "deletion", batch_size=32).curves == deletion.curves  # batching and seed
+    rebatched = gradeclip_curves(case, "deletion", batch_size=32).curves  # batching and seed
+    assert rebatched["top1"] == deletion.curves["top1"] and rebatched["prob"][0] == deletion.curves["prob"][0]
+    # probabilities move by float rounding only (BLAS blocks other batch sizes differently)
+    assert np.allclose(rebatched["prob"][1], deletion.curves["prob"][1], rtol=1e-5, atol=0)
     case.seed += 1
     assert gradeclip_curves(case, "deletion").curves["prob"] != deletion.curves["prob"]  # other colours
     case.seed -= 1
