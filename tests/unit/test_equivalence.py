@@ -1,4 +1,4 @@
-"""Grad-ECLIP == Attention-ECLIP, and both == a literal per-pair transcription on the original model."""
+"""Grad-ECLIP == Attention-ECLIP, and both == a literal per-pair form of the formula on the original model."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_methods_agree_on_both_towers(shape, dtype, tolerance):
 
 @pytest.mark.parametrize("layers,use_lambda,qk", [(1, True, "raw"), (2, True, "raw"), (2, False, "raw"), (1, True, "out_proj"),
                                                  (2, True, "out_proj")])
-def test_image_maps_match_literal_transcription(layers, use_lambda, qk):
+def test_image_maps_match_literal_formula(layers, use_lambda, qk):
     model = random_clip(seed=3, dtype=torch.float64, heads=4, layers=3, width=32, image_size=24, patch_size=8)
     handle = from_hf(model)
     pixels = torch.randn(2, 3, 24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -66,7 +66,7 @@ def test_image_maps_match_literal_transcription(layers, use_lambda, qk):
 
 @pytest.mark.parametrize("layers,span,qk", [(1, "context", "raw"), (2, "context", "raw"), (1, "inner", "raw"),
                                            (2, "inner", "out_proj"), (2, "context", "out_proj")])
-def test_text_maps_match_literal_transcription(layers, span, qk):
+def test_text_maps_match_literal_formula(layers, span, qk):
     model = random_clip(seed=5, dtype=torch.float64, heads=2, layers=2, width=32, image_size=16, patch_size=8)
     handle = from_hf(model)
     pixels = torch.randn(1, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))

@@ -1,6 +1,7 @@
 """LeGrad (Bousselham, Boggust, Chaybouti, Strobelt & Kuehne, "LeGrad: An Explainability Method for
-Vision Transformers via Feature Formation Sensitivity", arXiv 2404.03214, 2024), transcribed from the
-official CLIP code (WalBouss/LeGrad, ``LeWrapper.compute_legrad_clip``, open_clip <= 2.23).
+Vision Transformers via Feature Formation Sensitivity", arXiv 2404.03214, 2024), with the choices of
+the official CLIP code (WalBouss/LeGrad, ``LeWrapper.compute_legrad_clip``, open_clip <= 2.23; read for
+its behaviour, not copied).
 
 Every layer l from ``start_layer`` to the last gets its own score: the layer's output tokens z^l
 ``(T, D)`` are averaged over ALL tokens (class token included), passed through the model's own final
