@@ -197,12 +197,13 @@ class Context:
         model's own input (a causal model never looks ahead); only the keys of the padding positions are
         new, and they enter Grad-ECLIP's lambda through its min-max.
         """
-        if "context" not in self._fixed:
+        key = ("context", tuple(sorted(layers)))
+        if key not in self._fixed:
             padded = self.handle.context_batch(self.text)
             with torch.no_grad(), Probe(self.handle.model, "text", layers, ("q", "k")) as probe:
                 self.handle.encode_text(padded)
-            self._fixed["context"] = probe.captures
-        return self._fixed["context"]
+            self._fixed[key] = probe.captures
+        return self._fixed[key]
 
     def grads(self, scores: torch.Tensor, tensors: Sequence[torch.Tensor], reduce: Reduce | None = None) -> list[torch.Tensor]:
         """Gradient of every score ``[b, k]`` w.r.t. each captured tensor of its own input.
