@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from faithclip.cli.common import add_model_argument
-from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError, evaluate
+from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError
 
 logger = logging.getLogger(__name__)
 
