@@ -4,19 +4,20 @@ For every case (image, label) the runner builds the scored image (the model's st
 aligns the object mask to it, runs each method on the model's own forward for the label's classifier
 weight (cosine target), and runs each metric. One JSON line per finished (case, method) is appended to
 ``records.jsonl`` and flushed to disk before the next is computed, so an interrupted run resumes where it
-stopped: finished records are read back, never recomputed. ``config.json`` pins what the records were
-computed with; a resumed run with different settings is refused. Random draws (deletion colours) are
+stopped: finished records are read back, never recomputed. ``config.json`` pins everything the records'
+numbers depend on (model weights, configuration, preprocessing and tokenizer; code versions; the data's
+bytes, class names and prompts; methods, metrics, options, seed, batch size, threads); a resumed run with
+anything different is refused with a message naming what changed. Random draws (deletion colours) are
 seeded from ``(seed, case, metric)``, so the same seed gives the same numbers, in any order and after any
-interruption. ``results.json`` (the canonical schema), ``results.md`` and ``report.html`` are rendered
-from the records at the end, each written atomically.
+interruption. One run at a time holds the folder (``rundir.RunLock``). ``results.json`` (strict JSON,
+schema ``report/results.schema.json``), ``results.md`` and ``report.html`` are rendered from the records
+at the end and published together (``rundir.write_result_set``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import platform
 import time
 import zlib
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 import faithclip.methods  # noqa: F401  (registers the methods)
 from faithclip import __version__
+from faithclip.data.digests import FileDigests
 from faithclip.data.folders import LabelledImage, LabelledSet, aligned_mask
 from faithclip.errors import FaithclipError
 from faithclip.explanation import write_atomic
@@ -38,12 +40,16 @@ from faithclip.metrics import METRICS, MetricSpec
 from faithclip.metrics.case import MetricCase
 from faithclip.metrics.zeroshot import PromptSet, build_prompt_set
 from faithclip.models.clip import ClipHandle, TextBatch
+from faithclip.models.fingerprint import (code_versions, config_identity, model_fingerprint, preprocess_identity,
+                                          tokenizer_fingerprint, unreadable_words)
 from faithclip.registry import METHODS
+from faithclip.rundir import RecordFile, RunLock, dumps_strict, strict_json, write_result_set
 from faithclip.targets import Target
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "faithclip.evaluation/1"
+SCHEMA = "faithclip.evaluation/2"  # 2: strict JSON (null for undefined values), the full run identity
+DIGESTS_NAME = ".data-digests.json"  # the file-hash cache of the run's data (data/digests.py)
 DEFAULT_METRICS = ("zeroshot", "deletion_gradeclip", "insertion_gradeclip", "deletion_rise", "insertion_rise",
                    "pointing_game", "energy_pointing_game")
 DEFAULT_METHODS = ("grad_eclip", "attention_eclip")
@@ -69,34 +75,71 @@ class EvalConfig:
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def identity(self, handle: ClipHandle, data: LabelledSet) -> dict[str, Any]:
-        """What every record depends on. ``data`` is the FULL set: ``limit`` only says how many of its
-        cases to evaluate, so a run can be extended with a larger ``--limit`` in the same directory."""
-        return {
-            "model": self.model, "model_fingerprint": model_fingerprint(handle), "data": data.name,
-            "data_fingerprint": data.fingerprint(), "data_cases": len(data), "methods": list(self.methods),
-            "metrics": list(self.metrics), "seed": self.seed, "examples": self.examples,
+    def identity(self, handle: ClipHandle, data: LabelledSet, digests: FileDigests | None = None) -> dict[str, Any]:
+        """Everything a record's numbers depend on, as JSON. ``data`` is the FULL set: ``limit`` only says
+        how many of its cases to evaluate, so a run can be extended with a larger ``--limit`` in the same
+        directory. ``digests`` caches the data files' hashes."""
+        identity = {
+            "model": self.model, "model_fingerprint": model_fingerprint(handle),
+            "model_config": config_identity(handle), "model_preprocess": preprocess_identity(handle),
+            "model_tokenizer": tokenizer_fingerprint(handle), "versions": code_versions(),
+            "data": data.name, "data_fingerprint": data.fingerprint(digests), "data_cases": len(data),
+            "data_class_names": list(data.class_names), "data_prompts": data.prompts_fingerprint(),
+            "methods": list(self.methods), "metrics": list(self.metrics), "seed": self.seed, "examples": self.examples,
             "metric_options": {m: self.options_for(m) for m in self.metrics},
             "method_options": {m: dict(self.method_options.get(m, {})) for m in self.methods},
             # records computed by a version whose metrics returned other values cannot be mixed in
             "metric_outputs": {m: list(METRICS.get(m).outputs) for m in self.metrics},
+            # both change the last digits (BLAS blocks other batch sizes and thread counts differently:
+            # measured up to 1.1e-6 and 3e-4 relative), so a run keeps the ones it started with
+            "batch_size": self.batch_size, "threads": torch.get_num_threads(),
         }
+        return json.loads(json.dumps(identity, default=str))  # as config.json will read back
 
     def options_for(self, metric: str) -> dict[str, Any]:
         return dict(self.metric_options.get(metric, {}))
 
 
-def model_fingerprint(handle: ClipHandle) -> str:
-    """A short hash of the model's parameter bytes (a different checkpoint at the same path is detected).
+# what a changed identity key means, for the message that refuses a resume
+_IDENTITY_NAMES = {
+    "model_fingerprint": "the model's weights", "model_config": "the model's config.json",
+    "model_preprocess": "the model's preprocessing", "model_tokenizer": "the model's tokenizer",
+    "versions": "the code's versions", "data_fingerprint": "the data's files or scenes",
+    "data_class_names": "the class names", "data_prompts": "the prompt templates",
+    "batch_size": "--batch-size", "threads": "--threads",
+}
+_ABSENT = object()
 
-    Raw bytes, not sums: a floating-point reduction depends on the thread count, a hash does not."""
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, parameter in handle.model.named_parameters():
-            digest.update(name.encode())
-            digest.update(str(parameter.dtype).encode())
-            digest.update(parameter.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+
+def describe_changes(previous: dict[str, Any], current: dict[str, Any], limit: int = 4) -> list[str]:
+    """Each difference between two identities as ``"key.sub (what it is): old -> new"``, at most ``limit``
+    (then a count of the rest)."""
+    changes: list[str] = []
+
+    def short(value: Any) -> str:
+        text = "(absent)" if value is _ABSENT else json.dumps(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    def walk(path: str, old: Any, new: Any) -> None:
+        if old == new:
+            return
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new), key=str):
+                walk(f"{path}.{key}", old.get(key, _ABSENT), new.get(key, _ABSENT))
+        elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+            for index, (a, b) in enumerate(zip(old, new)):
+                walk(f"{path}[{index}]", a, b)
+        else:
+            changes.append(f"{path}: {short(old)} -> {short(new)}")
+
+    for key in sorted(set(previous) | set(current)):
+        before = len(changes)
+        walk(key, previous.get(key, _ABSENT), current.get(key, _ABSENT))
+        if key in _IDENTITY_NAMES and len(changes) > before:
+            changes[before] = f"{_IDENTITY_NAMES[key]} ({changes[before]})"
+    if len(changes) > limit:
+        changes = changes[:limit] + [f"{len(changes) - limit} more"]
+    return changes
 
 
 def case_seed(seed: int, case_id: str, metric: str) -> int:
@@ -121,44 +164,6 @@ def resolve_metrics(names: Iterable[str]) -> list[str]:
     for name in names:
         METRICS.get(name)
     return names
-
-
-# ---- the record file --------------------------------------------------------------------------------
-class RecordFile:
-    """Append-only JSON lines, each flushed and fsynced; a torn last line (a kill mid-write) is dropped."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.done: set[tuple[str, str]] = set()
-        if path.exists():
-            raw = path.read_bytes()
-            lines = raw.split(b"\n")
-            complete, kept = [], []
-            for line in lines[:-1]:  # everything before the last newline is complete
-                complete.append(line)
-            if lines[-1].strip():
-                logger.warning("dropping a half-written record at the end of %s", path)
-            for line in complete:
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                kept.append(line)
-                self.done.add((record["case"], record["method"]))
-            if lines[-1].strip():
-                write_atomic(path, b"".join(line + b"\n" for line in kept))
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
-        with open(self.path, "ab") as handle:
-            handle.write(line.encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.done.add((record["case"], record["method"]))
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
 # ---- one case ---------------------------------------------------------------------------------------
@@ -197,9 +202,16 @@ class Evaluator:
         self.metrics = [METRICS.get(name) for name in resolve_metrics(config.metrics)]
         # 'all' is resolved once, so the run's identity names what was actually evaluated
         self.config = replace(config, methods=list(self.methods), metrics=[m.name for m in self.metrics])
-        for method in config.method_options:
+        for method, options in config.method_options.items():
             if method not in self.methods:
                 raise EvaluationError(f"options given for method {method!r}, which is not among the methods evaluated.")
+            function = METHODS.get(method).image
+            if not _takes_any_keyword(function):
+                allowed = _parameters(function) - {"ctx"}
+                unknown = sorted(set(options) - allowed)
+                if unknown:
+                    raise EvaluationError(f"method {method} has no option {', '.join(unknown)}; its options: "
+                                          f"{', '.join(sorted(allowed)) or 'none'}.")
         for metric, options in config.metric_options.items():
             if metric not in [spec.name for spec in self.metrics]:
                 raise EvaluationError(f"options given for {metric!r}, which is not among the metrics evaluated.")
@@ -270,26 +282,84 @@ class Evaluator:
         return record
 
     # ---- the run ----------------------------------------------------------------------------------
-    def run(self, data: LabelledSet, out_dir: str | Path, progress: bool = True, report: bool = True) -> dict[str, Any]:
+    def run(self, data: LabelledSet, out_dir: str | Path, progress: bool = True, report: bool = True,
+            repair: bool = False) -> dict[str, Any]:
+        """Evaluate into ``out_dir`` (resuming what it holds). Everything that can refuse the run is checked
+        before anything is written; a folder this call created is removed again if it fails before the
+        first record. ``repair`` drops damaged lines of ``records.jsonl`` so that their records are redone."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        identity = self.config.identity(self.handle, data)
-        data = data.limited(self.config.limit)
+        limit = self.config.limit
+        if limit is not None and limit > len(data):
+            raise EvaluationError(
+                f"limit {limit} is more than the {len(data)} cases of {data.name}; ask for at most {len(data)} "
+                "(for --data shapes, --count sets how many scenes there are).")
+        unreadable = unreadable_words(self.handle, data.class_names)
+        if unreadable:
+            listed = "; ".join(f"{name!r} ({', '.join(words)})" for name, words in list(unreadable.items())[:5])
+            more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+            raise EvaluationError(
+                f"the model's tokenizer cannot read {len(unreadable)} of the {len(data.class_names)} class names of "
+                f"{data.name}: it maps these words to its unknown token: {listed}{more}. Its zero-shot weights for "
+                "them would be meaningless; use a model whose vocabulary holds them, or rename the classes.")
+        digests = FileDigests(out / DIGESTS_NAME)
+        identity = self.config.identity(self.handle, data, digests)
+        self._check_identity(out, identity, digests)  # before creating anything; again under the lock
+        created = _make_directories(out)
+        lock = RunLock(out)
+        records: RecordFile | None = None
+        try:
+            lock.acquire()
+            config_path = out / "config.json"
+            if config_path.exists():
+                self._check_identity(out, identity, digests)
+            else:
+                write_atomic(config_path, json.dumps(identity, indent=1).encode())
+            digests.save()
+            records = RecordFile(out / "records.jsonl", check=self._record_problem, repair=repair)
+            results = self._run_cases(data.limited(limit), out, records, identity, progress, report)
+        except BaseException:
+            if created and (records is None or not records.done):
+                _remove_created(out, created)  # an early failure leaves no folder behind
+            raise
+        finally:
+            lock.release()
+        return results
+
+    def _check_identity(self, out: Path, identity: dict[str, Any], digests: FileDigests) -> None:
         config_path = out / "config.json"
-        if config_path.exists():
-            previous = json.loads(config_path.read_text())
-            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-            if changed:
-                raise EvaluationError(
-                    f"{out} holds a run with different settings ({', '.join(changed)}); resume with the same "
-                    "options, or pass a new --out directory."
-                )
-        else:
-            write_atomic(config_path, json.dumps(identity, indent=1).encode())
+        if not config_path.exists():
+            return
+        previous = json.loads(config_path.read_text())
+        changes = describe_changes(previous, identity)
+        if changes:
+            files = digests.changed()
+            if files:
+                changes.append(f"files changed since the run began: {', '.join(files[:3])}"
+                               + (f" and {len(files) - 3} more" if len(files) > 3 else ""))
+            raise EvaluationError(
+                f"{out} holds a run with different settings: {'; '.join(changes)}. Resume with the same model, "
+                "data and options, or pass a new --out directory."
+            )
+
+    def _record_problem(self, record: dict[str, Any]) -> str | None:
+        """What a read-back record lacks for this run's metrics (``None``: nothing)."""
+        method = record["method"]
+        if method != "-" and method not in self.methods:
+            return f"a record of method {method!r}, which this run does not evaluate"
+        skipped = record.get("skipped") or []
+        for spec in self.metrics:
+            if spec.per_method != (method != "-") or spec.name in skipped:
+                continue
+            values = record["values"].get(spec.name)
+            if not isinstance(values, dict) or not set(spec.outputs) <= set(values):
+                return f"no values of {spec.name}"
+        return None
+
+    def _run_cases(self, data: LabelledSet, out: Path, records: RecordFile, identity: dict[str, Any],
+                   progress: bool, report: bool) -> dict[str, Any]:
         skipped_metrics = [m.name for m in self.metrics if m.needs_mask and not data.has_masks]
         if skipped_metrics:
             logger.warning("%s has no object masks; skipping %s", data.name, ", ".join(skipped_metrics))
-        records = RecordFile(out / "records.jsonl")
         self.prompt_set = build_prompt_set(self.handle, data.class_names, data.templates, data.prompts)
         self.all_texts = self.prompt_set.text_batch(self.handle)
         needs_case_record = any(not m.per_method for m in self.metrics)
@@ -311,8 +381,44 @@ class Evaluator:
             del prepared
         bar.close()
         results = aggregate(records.read(), self, data, identity)
-        write_outputs(results, out, report=report)
-        return results
+        return write_outputs(results, out, report=report)
+
+
+def _make_directories(out: Path) -> list[Path]:
+    """Create ``out`` and its missing parents; return those this call created (deepest last)."""
+    missing = [directory for directory in [*reversed(out.parents), out] if not directory.exists()]
+    created = []
+    for directory in missing:
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # made by a concurrent run: not ours to remove
+        except OSError as error:
+            raise EvaluationError(f"cannot create output directory {directory}: {error.strerror}. "
+                                  "Choose another --out.") from error
+        created.append(directory)
+    if not out.is_dir():
+        raise EvaluationError(f"{out} exists and is not a directory. Choose another --out.")
+    return created
+
+
+def _remove_created(out: Path, created: list[Path]) -> None:
+    """Remove what a failed run wrote into a folder it created, then the folders it created."""
+    import shutil
+
+    if out in created:
+        shutil.rmtree(out, ignore_errors=True)
+    for directory in reversed(created):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not empty or already gone: someone else's now
+
+
+def _takes_any_keyword(function: Any) -> bool:
+    import inspect
+
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
 
 
 def _parameters(function: Any) -> set[str]:
@@ -447,21 +553,24 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def write_outputs(results: dict[str, Any], out: Path, report: bool = True) -> None:
-    """``results.json`` and ``results.md``; ``report.html`` (matplotlib figures) unless ``report=False``."""
+def write_outputs(results: dict[str, Any], out: Path, report: bool = True) -> dict[str, Any]:
+    """``results.json`` (strict JSON: undefined values are null) and ``results.md``; ``report.html``
+    (matplotlib figures) unless ``report=False``; published as one set. Returns the results as written."""
     from faithclip.report.evaluation_report import render_html, render_markdown
 
-    write_atomic(out / "results.json", json.dumps(results, indent=1, allow_nan=True).encode())
-    write_atomic(out / "results.md", render_markdown(results).encode())
+    results = strict_json(results)
+    files = {"results.json": dumps_strict(results, indent=1).encode(), "results.md": render_markdown(results).encode()}
     if report:
-        write_atomic(out / "report.html", render_html(results, out).encode())
+        files["report.html"] = render_html(results, out).encode()
+    write_result_set(out, files)
+    return results
 
 
 def evaluate(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, config: EvalConfig | None = None,
-             progress: bool = True, report: bool = True) -> dict[str, Any]:
+             progress: bool = True, report: bool = True, repair: bool = False) -> dict[str, Any]:
     """Evaluate ``config.methods`` with ``config.metrics`` on ``data``; see the module docstring."""
     config = config or EvalConfig(model=handle.name, data=data.name)
-    return Evaluator(handle, config).run(data, out_dir, progress=progress, report=report)
+    return Evaluator(handle, config).run(data, out_dir, progress=progress, report=report, repair=repair)
 
 
-__all__ = ["EvalConfig", "Evaluator", "evaluate", "EvaluationError"]
+__all__ = ["EvalConfig", "Evaluator", "evaluate", "EvaluationError", "describe_changes", "model_fingerprint"]

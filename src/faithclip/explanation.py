@@ -122,12 +122,18 @@ def upsample(patch_map: torch.Tensor, size: tuple[int, int], mode: str = "biline
 
 
 def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and rename: never a half-written file."""
+    """Write ``data`` to ``path`` via a temporary file and rename: never a half-written file.
+
+    The temporary file is fsynced before the rename and the directory after it: without the first, a
+    crash soon after can leave ``path`` renamed but empty (delayed allocation); without the second, the
+    rename itself may be lost."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual mode
@@ -135,6 +141,16 @@ def write_atomic(path: Path, data: bytes) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
     return path
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the directory's entries (renames, new files) durable."""
+    descriptor = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 

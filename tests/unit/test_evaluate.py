@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +112,11 @@ def test_same_seed_same_numbers_and_a_changed_config_is_refused(handle, tmp_path
     again = evaluate(handle, data, tmp_path / "b", EvalConfig(model="tiny", data="shapes", metrics=["deletion_gradeclip"],
                                                               seed=1, batch_size=32), progress=False, report=False)
     # Another batch size changes the numbers only by float rounding (BLAS blocks batches of other sizes
-    # differently; measured up to 1.1e-6 relative, issue 11 makes it part of the run identity or removes it).
+    # differently; measured up to 1.1e-6 relative), so it is part of the run identity: a resume with
+    # another batch size is refused, naming it.
     assert _close(_values(first), _values(again), rel=1e-5)
+    with pytest.raises(EvaluationError, match=r"--batch-size \(batch_size: 4 -> 32\)"):
+        evaluate(handle, data, tmp_path / "a", replace(config, batch_size=32), progress=False, report=False)
     other_seed = evaluate(handle, data, tmp_path / "c", EvalConfig(model="tiny", data="shapes",
                                                                     metrics=["deletion_gradeclip"], seed=2), progress=False, report=False)
     assert _values(first) != _values(other_seed)
@@ -123,7 +127,7 @@ def test_same_seed_same_numbers_and_a_changed_config_is_refused(handle, tmp_path
         evaluate(tiny_shapes_clip(seed=1), data, tmp_path / "a", config, progress=False, report=False)
     other_scenes = shapes_set(32, 3, seed=5)
     other_scenes.name = data.name  # e.g. the world's generator changed between the two runs
-    with pytest.raises(EvaluationError, match=r"\(data_fingerprint\)"):
+    with pytest.raises(EvaluationError, match=r"\(data_fingerprint: "):
         evaluate(handle, other_scenes, tmp_path / "a", config, progress=False, report=False)
 
 
@@ -133,7 +137,7 @@ def test_outputs_schema_and_protocol_labels(handle, tmp_path):
                         method_options={"attention_eclip": {"layers": 2}})
     results = evaluate(handle, shapes_set(32, 3), tmp_path, config, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["schema"] == "faithclip.evaluation/1"
+    assert saved["schema"] == "faithclip.evaluation/2"
     for key in ("faithclip_version", "torch_version", "transformers_version", "model", "seed", "aggregate",
                 "per_image", "metrics", "methods", "curves", "confidence_interval"):
         assert key in saved

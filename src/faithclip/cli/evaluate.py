@@ -3,7 +3,9 @@
     faithclip evaluate --data shapes --methods grad_eclip,attention_eclip --out runs/shapes
     faithclip evaluate --model DIR --data voc:PATH --metrics pointing_game,energy_pointing_game --out runs/voc
 
-Running the same command again on the same ``--out`` resumes an interrupted run.
+Running the same command again on the same ``--out`` resumes an interrupted run. One run at a time
+uses a folder; a run with other settings, model or data is refused. If records.jsonl was damaged (a
+crash, an edit), add --repair to drop the damaged lines and compute those records again.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from faithclip.cli.common import add_model_argument, output_dir
-from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError, evaluate
+from faithclip.cli.common import add_model_argument
+from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a method option, e.g. rise.masks=1000 (repeatable; recorded with the results)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--repair", action="store_true",
+                        help="drop damaged lines of records.jsonl (named by the error) and compute those records again")
     parser.add_argument("--out", required=True, help="output directory (records.jsonl, results.json/.md, report.html)")
     parser.set_defaults(func=run)
 
@@ -72,20 +79,43 @@ def parse_options(items: list[str], flag: str = "--option") -> dict[str, dict[st
     return options
 
 
+def writable_target(path: str) -> Path:
+    """Check that ``path`` is, or can become, a writable directory, WITHOUT creating it: nothing is written
+    before every option is checked (the run creates it, and removes it again if it fails early)."""
+    directory = Path(path)
+    existing = next((p for p in [directory, *directory.parents] if p.exists()), Path("."))
+    if existing == directory and not directory.is_dir():
+        raise EvaluationError(f"{directory} exists and is not a directory. Choose another --out.")
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise EvaluationError(f"cannot write into {existing}. Choose another --out.")
+    return directory
+
+
 def run(args: argparse.Namespace) -> int:
     import faithclip
     from faithclip.data.folders import open_data
+    from faithclip.evaluation import Evaluator
 
+    for name in ("limit", "count", "batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise EvaluationError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
+    out = writable_target(args.out)
+    metric_options = parse_options(args.option)
+    method_options = parse_options(args.method_option, "--method-option")
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = output_dir(args.out)
     handle = faithclip.load(args.model)
-    data = open_data(args.data, image_size=handle.preprocess.size, count=args.count)
     config = EvalConfig(model=args.model or "shapes-clip", data=args.data, methods=args.methods,
                         metrics=args.metrics, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-                        examples=args.examples, metric_options=parse_options(args.option),
-                        method_options=parse_options(args.method_option, "--method-option"))
-    results = evaluate(handle, data, out, config, progress=not args.no_progress)
+                        examples=args.examples, metric_options=metric_options, method_options=method_options)
+    evaluator = Evaluator(handle, config)  # checks methods, metrics and every option
+    data = open_data(args.data, image_size=handle.preprocess.size, count=args.count)
+    try:
+        results = evaluator.run(data, out, progress=not args.no_progress, repair=args.repair)
+    except KeyboardInterrupt:
+        print("faithclip evaluate: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     logger.info("wrote %s/results.json, results.md and report.html (%d records)", args.out, len(results["per_image"]))
     from faithclip.report.evaluation_report import render_markdown
 

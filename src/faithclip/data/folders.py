@@ -19,6 +19,7 @@ Layouts:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from faithclip.data.digests import FileDigests
 from faithclip.errors import FaithclipError
 from faithclip.models.images import open_image
 from faithclip.models.preprocess import ClipPreprocess
@@ -73,14 +75,21 @@ class LabelledSet:
         for load in self.cases:
             yield load()
 
-    def fingerprint(self) -> str:
-        """A short hash of what the cases are (ids and file sizes, or generated pixels and masks), so a
-        resumed run notices when the data behind the same name changed."""
+    def fingerprint(self, digests: FileDigests | None = None) -> str:
+        """A short hash of what the cases are: ids, labels and the bytes of every file (or the generated
+        pixels and masks), so a resumed run notices when the data behind the same name changed, even an
+        image replaced by another of the same size. ``digests`` caches file hashes between runs."""
+        digests = digests or FileDigests()
         digest = hashlib.sha256()
         for load in self.cases:
-            digest.update(load.case_id.encode())
-            digest.update(load.content_key())
+            digest.update(load.case_id.encode() + b"\0")
+            digest.update(load.content_key(digests) + b"\0")
         return digest.hexdigest()[:16]
+
+    def prompts_fingerprint(self) -> str:
+        """A short hash of how the class prompts are made (the templates, or the ready prompts)."""
+        text = json.dumps({"templates": list(self.templates or ()), "prompts": self.prompts})
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def limited(self, limit: int | None) -> "LabelledSet":
         if limit is None:
@@ -141,8 +150,8 @@ class _ImageNetCase:
     def __call__(self) -> LabelledImage:
         return LabelledImage(self.case_id, open_image(self.path), self.label)
 
-    def content_key(self) -> bytes:
-        return f"{self.label}:{self.path.stat().st_size}".encode()
+    def content_key(self, digests: FileDigests) -> bytes:
+        return f"{self.label}:{digests.digest(self.path)}".encode()
 
 
 # ---- VOC-style ------------------------------------------------------------------------------------
@@ -190,8 +199,8 @@ class _VocCase:
             raise DataError(f"{self.seg_path} is {indices.shape[::-1]} but its image is {image.size}.")
         return LabelledImage(self.case_id, image, self.label, indices == self.value, indices == 255)
 
-    def content_key(self) -> bytes:
-        return f"{self.label}:{self.image_path.stat().st_size}:{self.seg_path.stat().st_size}".encode()
+    def content_key(self, digests: FileDigests) -> bytes:
+        return f"{self.label}:{self.value}:{digests.digest(self.image_path)}:{digests.digest(self.seg_path)}".encode()
 
 
 # ---- the shapes world -----------------------------------------------------------------------------
@@ -219,7 +228,7 @@ class _ShapesCase:
         target = scene.objects[scene.target]
         return LabelledImage(self.case_id, scene.image, target.label, target.mask.copy())
 
-    def content_key(self) -> bytes:
+    def content_key(self, digests: FileDigests | None = None) -> bytes:
         batch, index = self.batch, self.index
         target = batch.targets[index]
         return batch.images[index].tobytes() + batch.masks[index, target].tobytes() + bytes([int(batch.labels[index, target])])

@@ -1,0 +1,252 @@
+"""The run folder of an evaluation: its lock, its record file, and its set of results.
+
+- ``RunLock``: one run at a time per folder (``fcntl.flock`` on ``DIR/.lock``). The kernel releases the
+  lock when its holder dies, so a killed run never leaves a stale lock behind; the file names the holder.
+- ``RecordFile``: ``records.jsonl``, one strict-JSON line per finished record, fsynced before the next is
+  computed. Reading checks every line; a damaged line (not JSON, NUL bytes, not a record, a duplicate)
+  stops the run with its file and line number, and ``repair=True`` drops such lines so that their
+  records are computed again. A torn last line (killed mid-write) is expected and dropped.
+- ``write_result_set``: ``results.json``, ``results.md`` and ``report.html`` are one set. It is written
+  into a new hidden directory, fsynced, then published by replacing the ``DIR/results`` symlink in one
+  rename; ``DIR/results.json`` etc. are links through it. A reader sees the old set or the new one,
+  never a mix (a reader that must read several files of one set resolves ``DIR/results`` once).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from faithclip.errors import FaithclipError
+from faithclip.explanation import fsync_directory, write_atomic
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+RESULTS_LINK = "results"
+_SET_PREFIX = ".results-"
+
+
+class RunFolderError(FaithclipError):
+    """The run folder is in use by another run, or its records are damaged."""
+
+
+# ---- the lock ---------------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive, non-blocking lock on a run folder, held from ``acquire`` to ``release``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / LOCK_NAME
+        self.descriptor: int | None = None
+
+    def acquire(self) -> "RunLock":
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise RunFolderError(
+                f"{self.path.parent} is in use by another evaluation ({self.holder()}); wait until it finishes "
+                "(then run this command again to use its records), or pass another --out."
+            ) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                  "command": " ".join(sys.argv)[:200]}
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+        self.descriptor = descriptor
+        return self
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it."""
+        try:
+            holder = json.loads(self.path.read_text())
+            return f"pid {holder['pid']} on {holder['host']} since {holder['since']}: {holder['command']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a process that has not yet said who it is"
+
+    def release(self) -> None:
+        if self.descriptor is not None:
+            os.ftruncate(self.descriptor, 0)
+            fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+            os.close(self.descriptor)
+            self.descriptor = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# ---- the record file --------------------------------------------------------------------------------
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by ``None``: JSON has no such numbers (JavaScript's
+    ``JSON.parse`` and every strict parser reject them), and all of them mean 'undefined' here."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def dumps_strict(value: Any, **kwargs: Any) -> str:
+    return json.dumps(strict_json(value), allow_nan=False, **kwargs)
+
+
+def record_problem(record: Any) -> str | None:
+    """What makes ``record`` not a record (``None``: it has the fields every record has)."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for key, kind in (("case", str), ("method", str), ("values", dict)):
+        if not isinstance(record.get(key), kind):
+            return f"no {key!r} {kind.__name__}" if key not in record else f"{key!r} is not a {kind.__name__}"
+    return None
+
+
+class RecordFile:
+    """``records.jsonl``: append-only, each line fsynced; every line checked when the file is opened.
+
+    ``check(record)`` adds the caller's own test of a record (e.g. that every metric has its values);
+    it returns what is wrong, or ``None``.
+    """
+
+    def __init__(self, path: Path, check: Callable[[dict[str, Any]], str | None] | None = None,
+                 repair: bool = False) -> None:
+        self.path = path
+        self.done: set[tuple[str, str]] = set()
+        if not path.exists():
+            return
+        *complete, tail = path.read_bytes().split(b"\n")  # everything before the last newline is complete
+        first_seen: dict[tuple[str, str], tuple[int, bytes]] = {}
+        damaged: dict[int, str] = {}
+        conflicting: set[tuple[str, str]] = set()
+        for number, line in enumerate(complete, start=1):
+            if not line.strip():
+                continue
+            record, problem = None, None
+            if b"\0" in line:
+                problem = "NUL bytes (what a crash can leave)"
+            else:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    problem = "not valid JSON"
+                else:
+                    problem = record_problem(record) or (check(record) if check else None)
+            if problem is None:
+                key = (record["case"], record["method"])
+                if key in first_seen:
+                    first_number, first_line = first_seen[key]
+                    problem = f"a second record of {key[0]} / {key[1]} (first on line {first_number})"
+                    if line != first_line:
+                        conflicting.add(key)
+                else:
+                    first_seen[key] = (number, line)
+            if problem is not None:
+                damaged[number] = problem
+        if damaged and not repair:
+            number, problem = next(iter(damaged.items()))
+            more = len(damaged) - 1
+            others = f" (and {more} more damaged line{'s' * (more > 1)})" if more else ""
+            raise RunFolderError(
+                f"{path}:{number}: {problem}{others}; run the same command with --repair to drop the damaged "
+                "lines and compute those records again."
+            )
+        kept = [(number, line) for key, (number, line) in first_seen.items() if key not in conflicting]
+        dropped = sorted(set(damaged) | {number for key, (number, _) in first_seen.items() if key in conflicting})
+        if tail.strip():
+            logger.warning("dropping a half-written record at the end of %s", path)
+        if dropped:
+            lines = path.read_bytes().split(b"\n")
+            with open(path.with_name(path.name + ".dropped"), "ab") as keep:
+                keep.write(b"".join(lines[n - 1] + b"\n" for n in dropped))
+            logger.warning("%s: dropped %d damaged line(s) (%s; kept in %s.dropped); their records are computed again",
+                           path, len(dropped), ", ".join(map(str, dropped[:10])), path.name)
+        if dropped or tail.strip():
+            write_atomic(path, b"".join(line + b"\n" for _, line in sorted(kept)))
+        self.done = {key for key, _ in first_seen.items() if key not in conflicting}
+
+    def append(self, record: dict[str, Any]) -> None:
+        key = (record["case"], record["method"])
+        if key in self.done:
+            raise RunFolderError(f"{self.path}: the record of {key[0]} / {key[1]} is already written.")
+        line = dumps_strict(record, separators=(",", ":")) + "\n"
+        with open(self.path, "ab") as handle:
+            handle.write(line.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.done.add(key)
+
+    def read(self) -> list[dict[str, Any]]:
+        """The records, one per (case, method): a repeated key is read once (the first)."""
+        if not self.path.exists():
+            return []
+        records, seen = [], set()
+        for line in self.path.read_bytes().split(b"\n")[:-1]:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            key = (record["case"], record["method"])
+            if key not in seen:
+                seen.add(key)
+                records.append(record)
+        return records
+
+
+# ---- the result set ---------------------------------------------------------------------------------
+def write_result_set(out: Path, files: dict[str, bytes]) -> Path:
+    """Publish ``files`` (name -> bytes) as the run's current result set, all at once.
+
+    The set goes into ``out/.results-<digest>/`` (each file and the directory fsynced), then the symlink
+    ``out/results`` is replaced by one pointing to it (rename over the old link: atomic), and the
+    links ``out/<name> -> results/<name>`` are made. Older sets are removed afterwards."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    final = out / f"{_SET_PREFIX}{digest.hexdigest()[:16]}"
+    if not final.is_dir():
+        staging = out / f"{_SET_PREFIX}staging-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for name, data in files.items():
+            with open(staging / name, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        fsync_directory(staging)
+        os.replace(staging, final)
+    _replace_link(out / RESULTS_LINK, final.name)
+    for name in files:
+        link = out / name
+        if not (link.is_symlink() and os.readlink(link) == f"{RESULTS_LINK}/{name}"):
+            _replace_link(link, f"{RESULTS_LINK}/{name}")  # also replaces a plain file of an older version
+    for stale in out.iterdir():
+        if stale.name.startswith(_SET_PREFIX) and stale != final:
+            shutil.rmtree(stale, ignore_errors=True)
+        elif stale.is_symlink() and os.readlink(stale).startswith(f"{RESULTS_LINK}/") and stale.name not in files:
+            stale.unlink()  # e.g. report.html of an earlier set, when this one has none
+    fsync_directory(out)
+    return final
+
+
+def _replace_link(link: Path, target: str) -> None:
+    temporary = link.with_name(f".{link.name}.link-{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target, temporary)
+    if link.is_dir() and not link.is_symlink():
+        raise RunFolderError(f"{link} is a directory; move it away so that the results can be written.")
+    os.replace(temporary, link)
+    fsync_directory(link.parent)
