@@ -71,7 +71,8 @@ def check_writable(path: str | Path, kind: Literal["dir", "file"] = "dir", optio
         tempfile.TemporaryFile(prefix=".faithclip-probe-", dir=existing).close()
     except OSError as error:
         raise FaithclipError(
-            f"cannot write {target}: {existing} is not writable ({error.strerror or error}). Choose another {option}."
+            f"cannot write {target}: no file can be created in {existing} ({error.strerror or error}). "
+            f"Choose another {option}."
         ) from error
     return target
 

@@ -72,6 +72,7 @@ def output_stems(images: list[str], texts: list[str], method: str) -> dict[tuple
 
 def run(args: argparse.Namespace) -> int:
     import faithclip
+    from faithclip.api import method_spec
 
     check_target(args.target, args.other)
     out = check_writable(args.out, "dir")  # created when the first file is written
@@ -89,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
             raise MethodError(f"--layers {args.layers} is more than the {available} layers of {model.name}'s "
                               f"{'image' if args.side == 'image' else 'text'} tower; give 1 to {available}.")
         options["layers"] = args.layers
-    # Every image read before any work is done; kept as the model's crop (the pixels it sees, under its own
+    method_spec(args.method, args.side)  # the method and every text usable before any work is done ...
+    model.tokens(texts)
+    # ... and every image read; kept as the model's crop (the pixels it sees, under its own
     # pipeline's rules), which the overlay is drawn on.
     crops = {path: model.preprocess.crop_image(model.decoded(path)) for path in images}
     stems = output_stems(images, texts, args.method)
