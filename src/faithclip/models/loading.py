@@ -166,32 +166,46 @@ def _load_tokenizer(source: str | Path, required: bool = True) -> Any:
 
 
 def _load_hub(name: str, *, dtype: torch.dtype) -> ClipHandle:
-    """A hub id: from the local cache if it is there, else from the hub if it can be reached."""
+    """A hub id: from the local cache when it is there, else from the hub when it can be reached; else a
+    one-line error at once (transformers would retry an unreachable hub for half a minute)."""
+    shipped = ", ".join(shipped_models()) or "none"
+    if _cached(name):
+        try:
+            return _from_hub(name, dtype=dtype, local_files_only=True)
+        except (OSError, ValueError) as error:  # partly cached: fetch the rest if the hub answers
+            logger.debug("%s is only partly cached: %s", name, error)
+    if not hub_reachable():
+        raise ModelError(
+            f"model {name!r} not found: it is not a shipped model ({shipped}), a local directory or checkpoint "
+            f"file, or in the hub cache, and the hub is unreachable.{_did_you_mean(name)}")
+    try:
+        return _from_hub(name, dtype=dtype, local_files_only=False)
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"could not load {name!r}: it is not a shipped model ({shipped}), a local directory or checkpoint "
+            f"file, and the hub did not provide it ({' '.join(str(error).split())}).{_did_you_mean(name)}"
+        ) from error
+
+
+def _cached(name: str) -> bool:
+    """Whether the hub cache holds ``name``'s config (asked of huggingface_hub, without loading transformers'
+    model code)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def _from_hub(name: str, *, dtype: torch.dtype, local_files_only: bool) -> ClipHandle:
     import transformers
 
-    shipped = ", ".join(shipped_models()) or "none"
-    local_only = True
-    while True:
-        try:
-            model = transformers.CLIPModel.from_pretrained(name, attn_implementation="eager", dtype=dtype,
-                                                           local_files_only=local_only)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=local_only)
-            processor_config = transformers.CLIPImageProcessorPil.get_image_processor_dict(
-                name, local_files_only=local_only)[0] if hasattr(transformers, "CLIPImageProcessorPil") else {}
-            break
-        except (OSError, ValueError) as error:
-            if local_only and hub_reachable():
-                local_only = False  # not cached: download it
-                continue
-            if local_only:
-                raise ModelError(
-                    f"model {name!r} not found: it is not a shipped model ({shipped}), a local directory or "
-                    f"checkpoint file, or in the hub cache, and the hub is unreachable.{_did_you_mean(name)}"
-                ) from error
-            raise ModelError(
-                f"could not load {name!r}: it is not a shipped model ({shipped}), a local directory or checkpoint "
-                f"file, and the hub did not provide it ({' '.join(str(error).split())}).{_did_you_mean(name)}"
-            ) from error
+    model = transformers.CLIPModel.from_pretrained(name, attn_implementation="eager", dtype=dtype,
+                                                   local_files_only=local_files_only)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+    processor_config = transformers.CLIPImageProcessorPil.get_image_processor_dict(
+        name, local_files_only=local_files_only)[0] if hasattr(transformers, "CLIPImageProcessorPil") else {}
     size = int(model.config.vision_config.image_size)
     preprocess = (ClipPreprocess.from_dict(processor_config) if processor_config
                   else ClipPreprocess.for_pipeline("transformers", size))
