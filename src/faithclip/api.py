@@ -78,7 +78,8 @@ def run_method(model: ClipHandle, ctx: Context, spec: MethodSpec, options: dict)
 
 def _run(model, image, text, method, side, target, options) -> Explanation | list[Explanation]:
     spec = method_spec(method, side)
-    decoded = _decoded(image)  # decoded once: the pixels (converted under the model's own RGB rule) ...
+    read = _read(model, image)  # decoded once, upright if the pipeline applies EXIF orientation: the pixels
+    decoded = None if read is None else [item for item, _ in read]  # (RGB under the model's own rule) ...
     originals = None if decoded is None else [to_rgb(item) for item in decoded]  # ... and methods' originals
     pixels = model.pixels(decoded if decoded is not None else image)
     batch = model.tokens(text)
@@ -87,29 +88,45 @@ def _run(model, image, text, method, side, target, options) -> Explanation | lis
     ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=target, originals=originals)
     result = run_method(model, ctx, spec, dict(options))
     own = ctx.model_scores()
-    explanations = wrap(model, ctx, spec, result, own)
+    sources = None if read is None else [
+        {"image": str(item) if isinstance(item, (str, Path)) else None, "exif_orientation": orientation}
+        for item, (_, orientation) in zip(image if isinstance(image, (list, tuple)) else [image], read)]
+    explanations = wrap(model, ctx, spec, result, own, sources)
     return explanations[0] if single else explanations
 
 
-def _decoded(image: Any) -> list | None:
-    """The user's images as PIL images in their own mode when given as images or paths (``None`` for
-    pixel tensors). The model's preprocessing converts them to RGB under its pipeline's rule; methods that,
-    like the official Grad-ECLIP pipeline, look at the image before preprocessing get the RGB form."""
+def _read(model: ClipHandle, image: Any) -> list | None:
+    """The user's images as (PIL image in its own mode, EXIF-orientation record) when given as images or
+    paths (``None`` for pixel tensors). The model's preprocessing converts them to RGB under its pipeline's
+    rule; methods that, like the official Grad-ECLIP pipeline, look at the image before preprocessing get
+    the RGB form."""
     items = list(image) if isinstance(image, (list, tuple)) else [image]
     if all(isinstance(item, (str, Path, Image.Image)) for item in items):
-        return [ClipHandle.decoded(item) for item in items]
+        return [model.read(item) for item in items]
     return None
 
 
-def wrap(model: ClipHandle, ctx: Context, spec: MethodSpec, result: MapResult, own: torch.Tensor) -> list[Explanation]:
-    """One ``Explanation`` per (image, text) pair, image-major."""
+def orientation_note(orientation: dict | None) -> str | None:
+    """A warning when the image has an EXIF orientation its model's pipeline does not apply."""
+    if orientation is None or orientation["applied"]:
+        return None
+    return (f"the image's EXIF orientation tag ({orientation['tag']}) is not applied: this model's pipeline "
+            "reads the pixels as stored, so the map is on the image as stored, not as a viewer displays it")
+
+
+def wrap(model: ClipHandle, ctx: Context, spec: MethodSpec, result: MapResult, own: torch.Tensor,
+         sources: list[dict] | None = None) -> list[Explanation]:
+    """One ``Explanation`` per (image, text) pair, image-major. ``sources`` (one per image): the file it was
+    read from and what was done with its EXIF orientation, for the record."""
     out = []
     input_size = result.input_size or tuple(ctx.pixels.shape[-2:])
     for b in range(ctx.num_images):
+        source = sources[b] if sources else {"image": None, "exif_orientation": None}
         for k in range(ctx.num_texts):
             notes = map_warnings(result.maps[b, k], ctx.side)
             if ctx.text.truncated and ctx.text.truncated[k]:
                 notes.append(f"text truncated to the context of {model.context_length} tokens")
+            notes += [note for note in (ctx.text.unknown_note(k), orientation_note(source["exif_orientation"])) if note]
             out.append(Explanation(
                 map=result.maps[b, k].cpu(),
                 score=float(result.scores[b, k]),
@@ -123,6 +140,8 @@ def wrap(model: ClipHandle, ctx: Context, spec: MethodSpec, result: MapResult, o
                 modifies_model=spec.modifies_model,
                 modifies_input=spec.modifies_input,
                 text=ctx.text.texts[k],
+                image=source["image"],
+                exif_orientation=source["exif_orientation"],
                 tokens=ctx.text.tokens[k],
                 input_size=tuple(int(s) for s in input_size),
                 warnings=notes,

@@ -28,6 +28,11 @@ class Explanation:
     differentiated (or perturbed); ``model_score`` is the model's own value of the same target for the
     same pair under its standard preprocessing. The two agree for methods that explain the model's own
     forward (principle P1); ``p1_gap`` says by how much they differ.
+
+    ``image`` is the image file explained (``None`` when given as a PIL image or tensor);
+    ``exif_orientation`` what was done with the image's EXIF orientation tag (``None``: it had none):
+    ``{"tag": 6, "rule": "apply", "applied": True}`` (rule of the model's pipeline,
+    ``faithclip.models.preprocess``).
     """
 
     map: torch.Tensor
@@ -42,6 +47,8 @@ class Explanation:
     modifies_model: bool = False
     modifies_input: bool = False
     text: str | None = None
+    image: str | None = None
+    exif_orientation: dict[str, Any] | None = None
     tokens: list[str] | None = None
     input_size: tuple[int, int] | None = None  # (H, W) of the pixels the map refers to
     warnings: list[str] = field(default_factory=list)

@@ -37,10 +37,14 @@ class Target:
     def __post_init__(self) -> None:
         if self.kind not in TARGET_KINDS:
             raise MethodError(f"unknown target {self.kind!r}; choose from {', '.join(TARGET_KINDS)}.")
+        if self.kind in ("cosine", "logit") and self.extra_texts:
+            raise MethodError(f"the {self.kind} target uses no other texts, but {len(self.extra_texts)} were given; "
+                              "drop them, or choose the contrast or probability target.")
         if self.kind == "contrast" and len(self.extra_texts) != 1:
-            raise MethodError("the contrast target needs exactly one other text: Target('contrast', ('a dog',)).")
+            raise MethodError(f"the contrast target needs exactly one other text to contrast with, got "
+                              f"{len(self.extra_texts)} (e.g. others=['a dog']).")
         if self.kind == "probability" and not self.extra_texts:
-            raise MethodError("the probability target needs the other prompts of the set: Target('probability', (...)).")
+            raise MethodError("the probability target needs the other prompts of the set (e.g. others=['a dog', 'a car']).")
 
     @property
     def name(self) -> str:

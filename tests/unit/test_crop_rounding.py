@@ -60,9 +60,9 @@ def test_half_to_even_is_not_half_up():
 
 def test_rules_are_named_recorded_and_read_back():
     assert TRANSFORMERS.rules == {"crop_rounding": "floor", "resize_rounding": "floor",
-                                  "rgb_conversion": "composite_white_first"}
+                                  "rgb_conversion": "composite_white_first", "exif_orientation": "apply"}
     assert OPENAI.rules == {"crop_rounding": "round_half_even", "resize_rounding": "floor",
-                            "rgb_conversion": "pil_convert_after_crop"}
+                            "rgb_conversion": "pil_convert_after_crop", "exif_orientation": "ignore"}
     for preprocess in (TRANSFORMERS, OPENAI):
         config = json.loads(json.dumps(preprocess.to_dict()))
         assert config["faithclip_rules"] == preprocess.rules
@@ -70,6 +70,9 @@ def test_rules_are_named_recorded_and_read_back():
     plain = {key: value for key, value in OPENAI.to_dict().items() if key != "faithclip_rules"}
     assert ClipPreprocess.from_dict(plain).pipeline == "transformers"  # a config from transformers itself
     assert ClipPreprocess(crop_rounding="round_half_even").pipeline == "custom"
+    # a config saved before exif_orientation was named keeps the pipeline its recorded rules match
+    older = {**OPENAI.to_dict(), "faithclip_rules": {k: v for k, v in OPENAI.rules.items() if k != "exif_orientation"}}
+    assert ClipPreprocess.from_dict(older) == OPENAI
 
 
 def test_unknown_rule_is_a_one_line_error():

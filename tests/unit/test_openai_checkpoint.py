@@ -399,6 +399,7 @@ def test_loaded_handle_uses_openai_preprocessing_rules(tmp_path, container):
     torch.save(state if container == "state_dict" else {"epoch": 1, "state_dict": state}, path)
     handle = load(path)
     assert handle.preprocess_rules == {"pipeline": "openai", "crop_rounding": "round_half_even",
-                                       "resize_rounding": "floor", "rgb_conversion": "pil_convert_after_crop"}
+                                       "resize_rounding": "floor", "rgb_conversion": "pil_convert_after_crop",
+                                       "exif_orientation": "ignore"}
     # 16 px model, a 23x16 image: no resize, excess 7, half 3.5 -> 4 (floor would give 3)
     assert handle.preprocess.crop_box(23, 16) == (4, 0, 20, 16)

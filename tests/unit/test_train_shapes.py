@@ -85,7 +85,7 @@ def test_cli_reports_bad_minutes_without_traceback(tmp_path, capsys):
     from faithclip.cli.main import main
 
     assert main(["train-shapes", "--minutes", "0", "--out", str(tmp_path / "m")]) == 2
-    assert "--minutes must be positive" in capsys.readouterr().err
+    assert "--minutes: must be a positive number" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

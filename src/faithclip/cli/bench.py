@@ -6,15 +6,17 @@ import argparse
 import json
 import platform
 
+from faithclip.cli.common import check_writable, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="measure explanation cost as ratios to a plain forward",
                                    description="Times and peak memory of explaining on the ViT-B/16 and B/32 "
                                                "architectures (random weights), as ratios to a no-grad forward.")
     parser.add_argument("--arch", action="append", choices=("B/16", "B/32"), default=None)
-    parser.add_argument("--k", type=int, action="append", default=None, help="prompt counts (default 1 10 100 1000)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rise-masks", type=int, default=400, help="RISE masks per map (the paper uses 4000)")
+    parser.add_argument("--k", type=positive_int, action="append", default=None, help="prompt counts (default 1 10 100 1000)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per item (default 5)")
+    parser.add_argument("--rise-masks", type=positive_int, default=400, help="RISE masks per map (the paper uses 4000)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--reference", default=None, help="directory with the B/32 config and tokenizer")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -27,12 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from faithclip import bench
     from faithclip.explanation import write_atomic
 
+    json_path = check_writable(args.json, "file", "--json") if args.json else None  # before minutes of timing
     rows = bench.run(tuple(args.arch or ("B/16", "B/32")), tuple(args.k or (1, 10, 100, 1000)), args.repeats,
                      args.rise_masks, not args.no_memory, args.reference, progress=lambda s: print(s, flush=True))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(bench.format_rows(rows))
-    if args.json:
-        from pathlib import Path
-
-        write_atomic(Path(args.json), json.dumps([r.__dict__ for r in rows], indent=1).encode())
+    if json_path is not None:
+        write_atomic(json_path, json.dumps([r.__dict__ for r in rows], indent=1).encode())
     return 0

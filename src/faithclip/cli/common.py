@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
+import tempfile
 from pathlib import Path
+from typing import Any, Literal
 
 from faithclip.errors import FaithclipError
 
@@ -17,16 +18,84 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def output_dir(path: str | Path) -> Path:
-    """Create ``path`` if needed and check it is writable, before any work is done."""
-    directory = Path(path)
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer >= 1 (argparse turns the ValueError into a one-line usage error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """``argparse`` type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type: a finite number > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def check_writable(path: str | Path, kind: Literal["dir", "file"] = "dir", option: str = "--out") -> Path:
+    """Fail now, before any computation, if ``path`` could not be written later; create nothing.
+
+    ``kind="dir"``: ``path`` is an output directory (it may not exist yet: it is created when the first
+    file is written). ``kind="file"``: ``path`` is an output file (an existing file is replaced
+    atomically). The check writes and removes a probe file in the directory that will hold the output
+    (or in its nearest existing ancestor), because permission bits do not tell (root ignores them; a
+    read-only file system does not show in them). Raises ``FaithclipError`` naming ``option``.
+    """
+    target = Path(path).expanduser()
+    if kind == "file":
+        if target.is_dir():
+            raise FaithclipError(f"{option} {target} is a directory; give a file name, e.g. {target / 'out.json'}.")
+        if not target.name:
+            raise FaithclipError(f"{option} {path!r} is not a file name.")
+        directory = target.parent
+    else:
+        if target.exists() and not target.is_dir():
+            raise FaithclipError(f"{option} {target} is a file, not a directory; choose another {option}.")
+        directory = target
+    existing = directory.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FaithclipError(f"cannot write {target}: {existing} is a file, not a directory. Choose another {option}.")
+    try:
+        tempfile.TemporaryFile(prefix=".faithclip-probe-", dir=existing).close()
+    except OSError as error:
+        raise FaithclipError(
+            f"cannot write {target}: no file can be created in {existing} ({error.strerror or error}). "
+            f"Choose another {option}."
+        ) from error
+    return target
+
+
+def output_dir(path: str | Path, option: str = "--out") -> Path:
+    """Create ``path`` if needed, after checking it can be written (``check_writable``)."""
+    directory = check_writable(path, "dir", option)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise FaithclipError(f"cannot create output directory {directory}: {error.strerror}. Choose another --out.") from error
-    if not directory.is_dir() or not os.access(directory, os.W_OK):
-        raise FaithclipError(f"output directory {directory} is not writable. Choose another --out.")
+        raise FaithclipError(f"cannot create output directory {directory}: {error.strerror}. Choose another {option}.") from error
     return directory
+
+
+def load_model(name: str | None) -> Any:
+    """``faithclip.load`` for the command line: no progress bar (the weights of a CLIP load in seconds,
+    and the bar would be the only non-result line on stderr)."""
+    import transformers
+
+    from faithclip.models.loading import load
+
+    transformers.utils.logging.disable_progress_bar()
+    return load(name)
 
 
 def slug(text: str, limit: int = 40) -> str:

@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-from faithclip.cli.common import add_model_argument, output_dir
+from faithclip.cli.common import add_model_argument, check_writable, load_model, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="explain shapes scenes with every method and write report.html")
     parser.add_argument("--out", default="faithclip-demo", help="output directory (default: ./faithclip-demo)")
-    parser.add_argument("--scenes", type=int, default=8, help="number of scenes (default 8)")
+    parser.add_argument("--scenes", type=positive_int, default=8, help="number of scenes (default 8)")
     parser.add_argument("--no-audit", action="store_true", help="skip the P1/P2 checks and the Grad-ECLIP audit")
     add_model_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import faithclip
     from faithclip.demo import run_demo
-    from faithclip.errors import FaithclipError
 
-    if args.scenes < 1:
-        raise FaithclipError("--scenes must be at least 1.")
-    out = output_dir(args.out)
-    model = faithclip.load(args.model)
+    out = check_writable(args.out, "dir")  # before any work; created when the report is written
+    model = load_model(args.model)
     results = run_demo(out, model, scenes=args.scenes, audit=not args.no_audit, progress=lambda s: print(s, flush=True))
     print("\nLocalisation (pointing game within "
           f"{results['tolerance_px']} px of the named object, {args.scenes} scenes):")

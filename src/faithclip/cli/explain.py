@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+from collections import Counter
 from pathlib import Path
 
-from faithclip.cli.common import add_model_argument, output_dir, slug
+from faithclip.cli.common import add_model_argument, check_writable, load_model, positive_int, slug
+from faithclip.errors import FaithclipError, MethodError
 from faithclip.registry import METHODS
 
 
@@ -20,35 +23,101 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--side", default="image", choices=("image", "text"), help="explain the image or the text")
     parser.add_argument("--target", default="cosine", choices=("cosine", "logit", "probability", "contrast"))
     parser.add_argument("--other", action="append", default=[],
-                        help="other prompts of the set (probability) or the contrasting text (contrast)")
-    parser.add_argument("--layers", type=int, default=None, help="number of last layers (methods that take it)")
+                        help="other prompts of the set (probability, repeat for each) or the one contrasting "
+                             "text (contrast); not used by cosine or logit")
+    parser.add_argument("--layers", type=positive_int, default=None,
+                        help="number of last layers (methods that take it)")
     add_model_argument(parser)
     parser.add_argument("--out", default="faithclip-explain", help="output directory (default: ./faithclip-explain)")
     parser.set_defaults(func=run)
 
 
+def check_target(target: str, others: list[str]) -> None:
+    """The ``--target`` / ``--other`` combination in the command line's words (before anything is loaded)."""
+    if target in ("cosine", "logit") and others:
+        raise MethodError(f"--other is not used by --target {target}; remove it, or use --target contrast "
+                          "(one --other) or --target probability (the other prompts of the set).")
+    if target == "contrast" and len(others) != 1:
+        raise MethodError(f"--target contrast needs exactly one --other TEXT to contrast with (got {len(others)}), "
+                          "e.g. --other 'a blue square'.")
+    if target == "probability" and not others:
+        raise MethodError("--target probability needs the other prompts of the set: add --other TEXT for each.")
+
+
+def unique(items: list[str], key=lambda item: item) -> list[str]:
+    """``items`` without repeats (by ``key``), in order."""
+    seen, kept = set(), []
+    for item in items:
+        if key(item) not in seen:
+            seen.add(key(item))
+            kept.append(item)
+    return kept
+
+
+def output_stems(images: list[str], texts: list[str], method: str) -> dict[tuple[str, str], str]:
+    """A distinct file stem per (image, text) pair: ``<image stem>__<text slug>__<method>``, and where two
+    pairs would share it (``a/x.png`` and ``b/x.png``; "a cat" and "A CAT"; names that differ only in case,
+    which collide on case-insensitive file systems) each gets ``__<8 hex digits>`` of its image path and
+    exact text, so a pair keeps its name from run to run whatever else is explained with it."""
+    base = {(image, text): f"{Path(image).stem}__{slug(text)}__{method}" for image in images for text in texts}
+    counts = Counter(stem.lower() for stem in base.values())
+    stems = {}
+    for (image, text), stem in base.items():
+        if counts[stem.lower()] > 1:
+            digest = hashlib.sha1(f"{Path(image).resolve()}\0{text}".encode()).hexdigest()[:8]
+            stem = f"{stem}__{digest}"
+        stems[(image, text)] = stem
+    return stems
+
+
 def run(args: argparse.Namespace) -> int:
     import faithclip
+    from faithclip.api import method_spec
 
-    out = output_dir(args.out)
-    model = faithclip.load(args.model)
-    options = {} if args.layers is None else {"layers": args.layers}
+    check_target(args.target, args.other)
+    out = check_writable(args.out, "dir")  # created when the first file is written
+    texts = unique(args.text)
+    images = unique(args.images, key=lambda p: Path(p).resolve())
+    for dropped, kind in ((len(args.text) - len(texts), "--text"), (len(args.images) - len(images), "image")):
+        if dropped:
+            print(f"note: {dropped} repeated {kind} argument(s) explained once")
+    model = load_model(args.model)
+    options = {}
+    if args.layers is not None:
+        config = model.vision_config if args.side == "image" else model.text_config
+        available = int(config.num_hidden_layers)
+        if args.layers > available:
+            raise MethodError(f"--layers {args.layers} is more than the {available} layers of {model.name}'s "
+                              f"{'image' if args.side == 'image' else 'text'} tower; give 1 to {available}.")
+        options["layers"] = args.layers
+    method_spec(args.method, args.side)  # the method and every text usable before any work is done ...
+    model.tokens(texts)
+    # ... and every image read; kept as the model's crop (the pixels it sees, under its own
+    # pipeline's rules), which the overlay is drawn on.
+    crops = {path: model.preprocess.crop_image(model.decoded(path)) for path in images}
+    stems = output_stems(images, texts, args.method)
     run_side = faithclip.explain if args.side == "image" else faithclip.explain_text
-    for image_path in args.images:
-        image = model.decoded(image_path)
-        crop = model.preprocess.crop_image(image)  # the pixels the model sees, under its own pipeline's rules
-        results = run_side(model, image, list(args.text), args.method, target=args.target, others=args.other, **options)
-        for text, explanation in zip(args.text, results):
-            stem = f"{Path(image_path).stem}__{slug(text)}__{args.method}"
+    results = []
+    for image_path in images:
+        try:  # the path itself, so that the record names it and what was done with its EXIF orientation
+            explained = run_side(model, [image_path], list(texts), args.method,
+                                 target=args.target, others=args.other, **options)
+        except FaithclipError as error:
+            raise type(error)(f"{image_path}: {error}") from error
+        results.append((image_path, crops[image_path], explained))
+    # Written only once everything is computed: an input error never leaves part of the outputs behind.
+    for image_path, crop, explained in results:
+        for text, explanation in zip(texts, explained):
+            stem = stems[(image_path, text)]
             explanation.save_json(out / f"{stem}.json")
             line = f"{image_path}  {text!r}  {args.method}  {explanation.target}={explanation.score:+.4f}"
             if args.side == "image":
-                explanation.save_overlay(out / f"{stem}.png", crop)
+                explanation.save_overlay(out / f"{stem}.png", crop)  # the pixels the model sees, its own rules
                 line += f"  -> {out / (stem + '.png')}"
             else:
                 tokens = explanation.tokens or []
                 weights = " ".join(f"{t}:{w:.2f}" for t, w in zip(tokens, explanation.map.tolist()) if w > 0)
-                line += f"  [{weights}]"
+                line += f"  [{weights}]  -> {out / (stem + '.json')}"
             print(line)
             for note in explanation.warnings:
                 print(f"  warning: {note}")

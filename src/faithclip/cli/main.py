@@ -1,7 +1,14 @@
 """The ``faithclip`` command: one subcommand per module in this package.
 
 Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a
-callable ``(args) -> int``. This file only assembles them; it holds no logic of its own.
+callable ``(args) -> int``. This file assembles them and owns the command line's contract with the user:
+
+    exit 0    the command did what was asked
+    exit 1    a check the command runs failed (e.g. ``verify`` found an undeclared P1 departure)
+    exit 2    bad usage or input: ONE line on stderr that says what to do, never a traceback
+    exit 130  interrupted (Ctrl-C): one line, no traceback
+
+Warnings are printed as one line each (``faithclip COMMAND: warning: ...``).
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
+from typing import NoReturn
 
 from faithclip.errors import FaithclipError
 
@@ -25,14 +34,27 @@ SUBCOMMANDS = (
     "bench",
 )
 
+# Commands that keep finished work and pick up where they stopped when run again.
+RESUMABLE = frozenset({"evaluate"})
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse`` that reports a usage error in one line (the usage text is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="faithclip",
         description="Faithful explanations of CLIP models, and the Grad-ECLIP audit.",
+        epilog="Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 130 interrupted.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")  # subparsers inherit OneLineParser
     for name in SUBCOMMANDS:
         try:
             module = importlib.import_module(f"faithclip.cli.{name}")
@@ -45,21 +67,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed in one line
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("faithclip: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except FaithclipError as error:
-        # Bad input: a one-line message that says what to do, no traceback.
-        print(f"faithclip {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    prefix = f"faithclip {args.command}"
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(prefix)
+        try:
+            return int(args.func(args) or EXIT_OK)
+        except FaithclipError as error:
+            # Bad input: a one-line message that says what to do, no traceback.
+            print(f"{prefix}: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            again = "; run the same command again to resume" if args.command in RESUMABLE else ""
+            print(f"{prefix}: interrupted{again}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _one_line_warnings(prefix: str):
+    """A ``warnings.showwarning`` that prints the message alone on one line (no file, line or source)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        print(f"{prefix}: warning: {text}", file=sys.stderr if file is None else file)
+
+    return show
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import logging
 import shlex
 import sys
 
-from faithclip.models.train_shapes import ShapesRecipe, TrainingError, train_shapes
+from faithclip.cli.common import check_writable, non_negative_int, positive_float
 
 logger = logging.getLogger(__name__)
 
@@ -22,18 +22,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and save it with save_pretrained (model, tokenizer, image processor, TRAINING.json).",
     )
     parser.add_argument("--out", default="./shapes-clip", help="output directory (default: ./shapes-clip)")
-    parser.add_argument("--minutes", type=float, default=20.0, help="training time budget (default: 20)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights and training scenes (default: 0)")
-    parser.add_argument(
-        "--threads", type=int, default=ShapesRecipe.threads, choices=(1, 2), help="torch CPU threads"
-    )
+    parser.add_argument("--minutes", type=positive_float, default=20.0, help="training time budget (default: 20)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of weights and training scenes (default: 0)")
+    # default: ShapesRecipe.threads (not imported here: the training module loads transformers' image
+    # processors, which slows every other command's start and prints a torchvision notice)
+    parser.add_argument("--threads", type=int, default=None, choices=(1, 2), help="torch CPU threads (default: 1)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.minutes is None or not args.minutes > 0:
-        raise TrainingError(f"--minutes must be positive, got {args.minutes}; e.g. --minutes 20")
-    recipe = dataclasses.replace(ShapesRecipe(), threads=args.threads)
+    check_writable(args.out, "dir")  # before importing the trainer, which takes seconds
+    from faithclip.models.train_shapes import ShapesRecipe, train_shapes
+
+    recipe = ShapesRecipe() if args.threads is None else dataclasses.replace(ShapesRecipe(), threads=args.threads)
+    args.threads = recipe.threads
     command = shlex.join(
         ["faithclip", "train-shapes", "--out", str(args.out), "--minutes", f"{args.minutes:g}",
          "--seed", str(args.seed), "--threads", str(args.threads)]

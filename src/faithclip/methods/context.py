@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from faithclip.errors import MethodError
 from faithclip.models.clip import ClipHandle, TextBatch
 from faithclip.probe import LayerCapture, Probe, encoder_layers, has_hooks, resolve_layers
 from faithclip.targets import Target
@@ -95,7 +96,8 @@ class Context:
     def last_layers(self, n: int) -> list[int]:
         """Indices of the last ``n`` encoder layers of the explained tower."""
         if not 1 <= n <= self.num_layers:
-            raise ValueError(f"layers must be between 1 and {self.num_layers}, got {n}")
+            raise MethodError(f"layers must be between 1 and {self.num_layers} (the {self.tower} tower's "
+                              f"layers), got {n}.")
         return resolve_layers(range(-n, 0), self.num_layers)
 
     def support_mask(self) -> torch.Tensor:

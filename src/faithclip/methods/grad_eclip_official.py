@@ -41,9 +41,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from faithclip.audit.keepsize import OFFICIAL_SHORT_SIDE_CAP, keep_size_pixels
+from faithclip.audit.keepsize import OFFICIAL_SHORT_SIDE_CAP, keep_size_pixels, keep_size_size
 from faithclip.audit.rewrite import BlockTrace, encode_image_rewritten, encode_text_rewritten
-from faithclip.errors import MethodError
+from faithclip.errors import ImageError, MethodError
 from faithclip.methods.common import normalize_sum
 from faithclip.methods.context import Context, MapResult
 from faithclip.models.clip import ClipHandle
@@ -161,8 +161,20 @@ def variant_cap(qk: str, cap: int | None | str = "auto") -> int | None:
     return OFFICIAL_SHORT_SIDE_CAP if qk == "out_proj" else None
 
 
+def check_keep_size(image: Any, patch: int) -> None:
+    """The keep-size input rounds each side to the nearest multiple of the patch: a side shorter than half
+    a patch rounds to nothing (a 1x1 or 3000x1 image), which the published code does not guard."""
+    width, height = image.size
+    if min(keep_size_size(width, height, patch)) == 0:
+        raise ImageError(
+            f"grad_eclip_official: a {width}x{height} image is too small for the official keep-size input, which "
+            f"needs each side to be at least {(patch + 1) // 2} px (half of the model's {patch}-px patch); "
+            "use a larger image or another method.")
+
+
 def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str = "out_proj", half: bool = False,
                               original: Any = None, cap: int | None | str = "auto") -> MapResult:
+    ctx.last_layers(layers)  # 1 <= layers <= the image tower's depth, as every method checks
     cap = variant_cap(qk, cap)
     handle = _half_copy(ctx.handle) if half else ctx.handle
     original = original if original is not None else getattr(ctx, "originals", None)  # if the API supplies them
@@ -172,8 +184,10 @@ def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str = "out_proj
             "pass original=<PIL image or path> to reproduce the official input.", stacklevel=3)
         inputs = [ctx.pixels[b:b + 1] for b in range(ctx.num_images)]
     else:
-        inputs = [keep_size_pixels(handle.rgb(image), handle.patch_size, handle.preprocess, cap)[None]
-                  for image in _originals(original, ctx.num_images)]
+        rgbs = [handle.rgb(image) for image in _originals(original, ctx.num_images)]
+        for rgb in rgbs:
+            check_keep_size(rgb, handle.patch_size)
+        inputs = [keep_size_pixels(rgb, handle.patch_size, handle.preprocess, cap)[None] for rgb in rgbs]
     results = [image_maps(ctx, pixels.to(handle.device, handle.dtype), layers, qk, handle.model) for pixels in inputs]
     grids = {grid for _, _, grid in results}
     if len(grids) > 1:

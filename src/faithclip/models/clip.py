@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from faithclip.errors import ImageError, ModelError, TextError
-from faithclip.models.images import decode_image, open_image, to_rgb
+from faithclip.models.images import decode_image, to_rgb
 from faithclip.models.preprocess import ClipPreprocess
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,17 @@ class TextBatch:
     tokens: list[list[str] | None]
     truncated: list[bool] = field(default_factory=list)
     embeds: torch.Tensor | None = None  # (K, E) text embeddings, when computed once and reused
+    unknown: list[list[str]] = field(default_factory=list)  # per text: words the tokenizer read as its unknown token
+
+    def unknown_note(self, k: int) -> str | None:
+        """A warning for text ``k`` if the tokenizer did not know some of its words (``None``: it knew all)."""
+        if not self.unknown or not self.unknown[k]:
+            return None
+        words = ", ".join(repr(word) for word in self.unknown[k])
+        seen = " ".join((self.tokens[k] or [])[:int(self.eos_positions[k]) + 1])  # through the end token
+        return (f"{words} {'is' if len(self.unknown[k]) == 1 else 'are'} not in the model's vocabulary and read as "
+                f"the unknown token: the model scores {seen!r}, so every text differing only there gets the "
+                "same map. Use words the model knows.")
 
 
 @dataclass
@@ -72,7 +83,7 @@ class ClipHandle:
     @property
     def preprocess_rules(self) -> dict[str, str]:
         """Which pipeline's rules build this model's input (``"pipeline"``: transformers, openai or custom)
-        and the rules themselves: crop-offset rounding, resize rounding, RGB conversion."""
+        and the rules themselves: crop-offset rounding, resize rounding, RGB conversion, EXIF orientation."""
         return {"pipeline": self.preprocess.pipeline, **self.preprocess.rules}
 
     @property
@@ -112,24 +123,24 @@ class ClipHandle:
             raise ImageError("no image given.")
         return torch.stack(tensors).to(device=self.device, dtype=self.dtype)
 
-    @staticmethod
-    def decoded(image: ImageInput) -> Image.Image:
-        """A PIL image as given, or a path decoded in its own mode: the input ``preprocess`` converts to RGB
-        under its own rule (OpenAI's pipeline converts after resizing, transformers' before)."""
+    def read(self, image: ImageInput) -> tuple[Image.Image, dict | None]:
+        """A PIL image as given, or a path decoded in its own mode, under the pipeline's EXIF-orientation
+        rule (``preprocess.exif_orientation``), and what was done with the orientation tag (``None``: no
+        tag). The image is not yet RGB: ``preprocess`` converts it under its own rule (OpenAI's pipeline
+        converts after resizing, transformers' before)."""
         if isinstance(image, (str, Path)):
-            return decode_image(image)
-        if isinstance(image, Image.Image):
-            return image
-        raise ImageError(f"expected a PIL image, a path or a pixel tensor; got {type(image).__name__}.")
+            image = decode_image(image)
+        elif not isinstance(image, Image.Image):
+            raise ImageError(f"expected a PIL image, a path or a pixel tensor; got {type(image).__name__}.")
+        return self.preprocess.orient(image)
 
-    @staticmethod
-    def rgb(image: ImageInput) -> Image.Image:
-        """An RGB PIL image from a path or a PIL image of any mode."""
-        if isinstance(image, (str, Path)):
-            return open_image(image)
-        if isinstance(image, Image.Image):
-            return to_rgb(image)
-        raise ImageError(f"expected a PIL image, a path or a pixel tensor; got {type(image).__name__}.")
+    def decoded(self, image: ImageInput) -> Image.Image:
+        """``read`` without the orientation record."""
+        return self.read(image)[0]
+
+    def rgb(self, image: ImageInput) -> Image.Image:
+        """An RGB PIL image (upright when the pipeline applies EXIF orientation) from a path or PIL image."""
+        return to_rgb(self.decoded(image), name=str(image) if isinstance(image, (str, Path)) else "image")
 
     # ---- texts ----------------------------------------------------------------------------------
     def tokens(self, texts: TextInput | Sequence[str]) -> TextBatch:
@@ -172,7 +183,27 @@ class ClipHandle:
         batch.texts = texts
         batch.tokens = [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
         batch.truncated = truncated
+        batch.unknown = self._unknown_words(texts, input_ids)
         return batch
+
+    def _unknown_words(self, texts: list[str], input_ids: torch.Tensor) -> list[list[str]]:
+        """Per text, the words the tokenizer replaced by its unknown token. Empty when the tokenizer has no
+        unknown token of its own (CLIP's byte-level BPE: its ``unk_token`` is the end token, and it
+        never needs it)."""
+        tokenizer = self.tokenizer
+        unk = getattr(tokenizer, "unk_token_id", None)
+        specials = {getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        if unk is None or unk in specials:
+            return [[] for _ in texts]
+        hits = [(input_ids[row] == unk).nonzero().flatten().tolist() for row in range(len(texts))]
+        if not any(hits):
+            return [[] for _ in texts]
+        if not getattr(tokenizer, "is_fast", False):  # no offsets: name the token, not the word
+            return [[str(tokenizer.unk_token)] * len(rows) for rows in hits]
+        offsets = tokenizer(texts, truncation=True, max_length=self.context_length,
+                            return_offsets_mapping=True)["offset_mapping"]
+        return [[text[offsets[row][p][0]:offsets[row][p][1]] for p in rows if p < len(offsets[row])]
+                for row, (text, rows) in enumerate(zip(texts, hits))]
 
     def prompts(self, texts: TextInput | Sequence[str], batch_size: int = 256) -> TextBatch:
         """Tokenise and encode prompts once, to explain many images against them (e.g. 1,000 class names)."""

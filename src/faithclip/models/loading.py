@@ -7,6 +7,7 @@ is switched to eager (numerically the same attention, computed explicitly) with 
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from pathlib import Path
@@ -71,8 +72,32 @@ def load(
             name=str(path),
         )
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelError(f"{name} is neither a CLIP checkpoint directory nor a checkpoint file.")
+        raise ModelError(f"{name} is neither a CLIP checkpoint directory nor a checkpoint file.{_did_you_mean(name)}")
     return _load_hub(name, dtype=dtype)
+
+
+def _did_you_mean(name: str) -> str:
+    """`` Did you mean 'shapes-clip'?`` when ``name`` is close to a shipped model name (else empty)."""
+    close = difflib.get_close_matches(name.lower(), shipped_models(), n=2, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers within ``timeout`` seconds (``False`` at once in offline mode).
+
+    transformers retries an unreachable hub for half a minute before failing; this one request, with
+    huggingface_hub's own session (its endpoint and proxies), settles the question first."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as error:  # noqa: BLE001  any transport failure (DNS, refused, timeout, TLS) means "no"
+        logger.debug("hub %s unreachable: %s", constants.ENDPOINT, error)
+        return False
+    return True
 
 
 def from_hf(model: Any, tokenizer: Any = None, *, preprocess: ClipPreprocess | None = None,
@@ -141,19 +166,46 @@ def _load_tokenizer(source: str | Path, required: bool = True) -> Any:
 
 
 def _load_hub(name: str, *, dtype: torch.dtype) -> ClipHandle:
-    import transformers
-
+    """A hub id: from the local cache when it is there, else from the hub when it can be reached; else a
+    one-line error at once (transformers would retry an unreachable hub for half a minute)."""
+    shipped = ", ".join(shipped_models()) or "none"
+    if _cached(name):
+        try:
+            return _from_hub(name, dtype=dtype, local_files_only=True)
+        except (OSError, ValueError) as error:  # partly cached: fetch the rest if the hub answers
+            logger.debug("%s is only partly cached: %s", name, error)
+    if not hub_reachable():
+        raise ModelError(
+            f"model {name!r} not found: it is not a shipped model ({shipped}), a local directory or checkpoint "
+            f"file, or in the hub cache, and the hub is unreachable.{_did_you_mean(name)}")
     try:
-        model = transformers.CLIPModel.from_pretrained(name, attn_implementation="eager", dtype=dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name)
-        processor_config = transformers.CLIPImageProcessorPil.get_image_processor_dict(name)[0] \
-            if hasattr(transformers, "CLIPImageProcessorPil") else {}
+        return _from_hub(name, dtype=dtype, local_files_only=False)
     except (OSError, ValueError) as error:
         raise ModelError(
-            f"could not load {name!r}: it is not a shipped model ({', '.join(shipped_models()) or 'none'}), "
-            f"not a local directory or checkpoint file, and the hub did not provide it ({error}). "
-            "Download the model where you have network access and pass its directory."
+            f"could not load {name!r}: it is not a shipped model ({shipped}), a local directory or checkpoint "
+            f"file, and the hub did not provide it ({' '.join(str(error).split())}).{_did_you_mean(name)}"
         ) from error
+
+
+def _cached(name: str) -> bool:
+    """Whether the hub cache holds ``name``'s config (asked of huggingface_hub, without loading transformers'
+    model code)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def _from_hub(name: str, *, dtype: torch.dtype, local_files_only: bool) -> ClipHandle:
+    import transformers
+
+    model = transformers.CLIPModel.from_pretrained(name, attn_implementation="eager", dtype=dtype,
+                                                   local_files_only=local_files_only)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+    processor_config = transformers.CLIPImageProcessorPil.get_image_processor_dict(
+        name, local_files_only=local_files_only)[0] if hasattr(transformers, "CLIPImageProcessorPil") else {}
     size = int(model.config.vision_config.image_size)
     preprocess = (ClipPreprocess.from_dict(processor_config) if processor_config
                   else ClipPreprocess.for_pipeline("transformers", size))

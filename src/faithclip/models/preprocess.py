@@ -27,7 +27,17 @@ of ``ClipPreprocess`` and every loader sets the rules of the pipeline its checkp
      (e.g. a 500x338 photo: resized 331x224, left edge 53 under floor, 54 under torchvision).
 4. Scale to [0, 1] and normalise with the CLIP mean and standard deviation.
 
-``to_dict`` records the three rules under ``"faithclip_rules"`` (transformers ignores the key) and
+Before all of this, the image file is read, and the pipelines differ in one more rule
+(``exif_orientation``), applied by ``orient`` when a path or PIL image is decoded
+(``ClipHandle.decoded``):
+   - ``"apply"`` (transformers' ``image_utils.load_image``, which its pipelines call on paths, URLs and
+     PIL images alike): ``PIL.ImageOps.exif_transpose``, so a phone photo stored sideways with an
+     orientation tag is explained upright, as displayed;
+   - ``"ignore"`` (OpenAI CLIP's and open_clip's ``preprocess(Image.open(path))``): the pixels as stored,
+     tag ignored; the model predicts from the sideways image, so that is what is explained (with a
+     warning in the explanation).
+
+``to_dict`` records the rules under ``"faithclip_rules"`` (transformers ignores the key) and
 ``from_dict`` reads them back; a config without the key is a transformers config and gets its rules.
 """
 
@@ -39,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from faithclip.errors import ImageError, ModelError
 from faithclip.models.images import to_rgb
@@ -50,13 +60,15 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CROP_ROUNDINGS = ("floor", "round_half_even")
 RESIZE_ROUNDINGS = ("floor",)
 RGB_CONVERSIONS = ("composite_white_first", "pil_convert_after_crop")
+EXIF_ORIENTATIONS = ("apply", "ignore")
+EXIF_ORIENTATION_TAG = 0x0112
 
 # The published rules of each pipeline (see the module docstring for where each comes from).
 PIPELINE_RULES: dict[str, dict[str, str]] = {
     "transformers": {"crop_rounding": "floor", "resize_rounding": "floor",
-                     "rgb_conversion": "composite_white_first"},
+                     "rgb_conversion": "composite_white_first", "exif_orientation": "apply"},
     "openai": {"crop_rounding": "round_half_even", "resize_rounding": "floor",
-               "rgb_conversion": "pil_convert_after_crop"},
+               "rgb_conversion": "pil_convert_after_crop", "exif_orientation": "ignore"},
 }
 RULES_KEY = "faithclip_rules"
 
@@ -65,7 +77,7 @@ RULES_KEY = "faithclip_rules"
 class ClipPreprocess:
     """Shortest-edge resize, centre crop, normalise. ``__call__`` maps a PIL image to ``(3, H, W)``.
 
-    ``crop_rounding``, ``resize_rounding`` and ``rgb_conversion`` are the pipeline's rules (module
+    ``crop_rounding``, ``resize_rounding``, ``rgb_conversion`` and ``exif_orientation`` are the pipeline's rules (module
     docstring); the defaults are transformers', ``for_pipeline("openai", size)`` gives OpenAI's and
     open_clip's.
     """
@@ -79,10 +91,11 @@ class ClipPreprocess:
     crop_rounding: str = "floor"
     resize_rounding: str = "floor"
     rgb_conversion: str = "composite_white_first"
+    exif_orientation: str = "apply"
 
     def __post_init__(self) -> None:
         for name, allowed in (("crop_rounding", CROP_ROUNDINGS), ("resize_rounding", RESIZE_ROUNDINGS),
-                              ("rgb_conversion", RGB_CONVERSIONS)):
+                              ("rgb_conversion", RGB_CONVERSIONS), ("exif_orientation", EXIF_ORIENTATIONS)):
             if getattr(self, name) not in allowed:
                 raise ModelError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}.")
 
@@ -95,9 +108,9 @@ class ClipPreprocess:
 
     @property
     def rules(self) -> dict[str, str]:
-        """The three pipeline rules, as ``to_dict`` records them."""
+        """The pipeline rules, as ``to_dict`` records them."""
         return {"crop_rounding": self.crop_rounding, "resize_rounding": self.resize_rounding,
-                "rgb_conversion": self.rgb_conversion}
+                "rgb_conversion": self.rgb_conversion, "exif_orientation": self.exif_orientation}
 
     @property
     def pipeline(self) -> str:
@@ -125,8 +138,12 @@ class ClipPreprocess:
         recorded = config.get(RULES_KEY) or {}
         if not isinstance(recorded, dict):
             raise ModelError(f"{RULES_KEY} must map rule names to values; got {recorded!r}. Fix or remove it.")
-        rules = dict(PIPELINE_RULES["transformers"])
-        rules.update({key: str(value) for key, value in recorded.items() if key in rules})
+        recorded = {key: str(value) for key, value in recorded.items() if key in PIPELINE_RULES["transformers"]}
+        # Rules a config does not record (it was saved before they were named) are those of the pipeline
+        # whose recorded rules it matches; transformers' when none matches.
+        base = next((rules for rules in PIPELINE_RULES.values()
+                     if all(rules[key] == value for key, value in recorded.items())), PIPELINE_RULES["transformers"])
+        rules = {**base, **recorded}
         return cls(
             size=int(size),
             crop_height=int(crop_h),
@@ -154,6 +171,20 @@ class ClipPreprocess:
             "do_convert_rgb": True,
             RULES_KEY: self.rules,
         }
+
+    def orient(self, image: Image.Image) -> tuple[Image.Image, dict | None]:
+        """The image under ``exif_orientation``, and what was done: ``None`` when it has no orientation tag
+        (or tag 1, upright), else ``{"tag": t, "rule": ..., "applied": bool}``."""
+        try:
+            tag = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1))
+        except (OSError, ValueError, SyntaxError):  # unreadable EXIF block: PIL's own readers ignore it too
+            return image, None
+        if tag == 1:
+            return image, None
+        applied = self.exif_orientation == "apply" and 2 <= tag <= 8
+        if applied:
+            image = ImageOps.exif_transpose(image)
+        return image, {"tag": tag, "rule": self.exif_orientation, "applied": applied}
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the shortest-edge resize; the long edge is ``floor(size * long / short)``."""
