@@ -5,6 +5,7 @@
     ex = faithclip.explain(model, image, "a red circle")       # Attention-ECLIP on the original model
     tx = faithclip.explain_text(model, image, "a red circle")
     faithclip.verify_equivalence(model, images, texts)         # Grad-ECLIP == Attention-ECLIP
+    faithclip.plot([ex, ...])                                   # a grid figure (methods x prompts)
 """
 
 __version__ = "0.1.0"
@@ -15,7 +16,8 @@ from faithclip.explanation import Explanation  # noqa: E402
 from faithclip.models.loading import from_hf, load  # noqa: E402
 from faithclip.probe import Probe  # noqa: E402
 from faithclip.registry import METHODS  # noqa: E402
+from faithclip.report.figures import plot  # noqa: E402
 from faithclip.targets import Target  # noqa: E402
 
 __all__ = ["load", "from_hf", "explain", "explain_text", "verify_equivalence", "Explanation", "Probe",
-           "METHODS", "Target", "__version__"]
+           "METHODS", "Target", "plot", "__version__"]

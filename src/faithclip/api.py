@@ -92,7 +92,43 @@ def _run(model, image, text, method, side, target, options) -> Explanation | lis
         {"image": str(item) if isinstance(item, (str, Path)) else None, "exif_orientation": orientation}
         for item, (_, orientation) in zip(image if isinstance(image, (list, tuple)) else [image], read)]
     explanations = wrap(model, ctx, spec, result, own, sources)
-    return explanations[0] if single else explanations
+    _attach_images(model, explanations, originals, pixels, whole_image=bool(result.options.get("original")))
+    return explanations[0] if single else Explanations(explanations)
+
+
+class Explanations(list):
+    """A list of ``Explanation`` that Jupyter shows as one grid figure (``faithclip.plot``)."""
+
+    def _repr_png_(self) -> bytes | None:
+        from faithclip.report.figures import figure_png, plot
+
+        return figure_png(plot(self)) if self else None
+
+
+def crop_region(model: ClipHandle, width: int, height: int) -> tuple[float, float, float, float]:
+    """The model's centre crop as ``(left, top, right, bottom)`` in the ORIGINAL image's pixels (the crop
+    box of the resized image, scaled back by the resize factors of each axis)."""
+    resized_width, resized_height = model.preprocess.resized_size(width, height)
+    left, top, right, bottom = model.preprocess.crop_box(width, height)
+    scale_x, scale_y = width / resized_width, height / resized_height
+    return (left * scale_x, top * scale_y, right * scale_x, bottom * scale_y)
+
+
+def _attach_images(model: ClipHandle, explanations: list[Explanation], originals: list | None,
+                   pixels: torch.Tensor, whole_image: bool) -> None:
+    """Give each explanation the image it explains (RGB, as read) and the box of it its map covers:
+    the model's crop, or the whole image for methods that ran on the whole image (``original`` option).
+    Pixel tensors are shown as the crop they are."""
+    if originals is None:
+        rgb = model.preprocess.denormalize(pixels.detach().float().cpu()).clamp(0, 255).round().byte()  # (B, 3, H, W)
+        originals = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in rgb]
+        whole_image = True
+    per_image = len(explanations) // max(len(originals), 1)
+    for index, explanation in enumerate(explanations):
+        image = originals[index // per_image]
+        width, height = image.size
+        explanation.source_image = image
+        explanation.region = (0.0, 0.0, float(width), float(height)) if whole_image else crop_region(model, width, height)
 
 
 def _read(model: ClipHandle, image: Any) -> list | None:

@@ -6,10 +6,11 @@ and upsampling are explicit, named steps (``normalized``, ``upsampled``), never 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,11 @@ class Explanation:
     ``exif_orientation`` what was done with the image's EXIF orientation tag (``None``: it had none):
     ``{"tag": 6, "rule": "apply", "applied": True}`` (rule of the model's pipeline,
     ``faithclip.models.preprocess``).
+
+    ``region`` is the ``(left, top, right, bottom)`` box of the image (in its own pixels, as read) that the
+    map covers: the model's centre crop for methods that explain the model's input, the whole image for
+    the official Grad-ECLIP pipeline's keep-size input. ``source_image`` is that image (RGB, as read) for
+    figures; it is not written to JSON.
     """
 
     map: torch.Tensor
@@ -52,7 +58,9 @@ class Explanation:
     tokens: list[str] | None = None
     input_size: tuple[int, int] | None = None  # (H, W) of the pixels the map refers to
     warnings: list[str] = field(default_factory=list)
+    region: tuple[float, float, float, float] | None = None
     version: str = __version__
+    source_image: Any = field(default=None, repr=False, compare=False)
 
     # ---- derived ---------------------------------------------------------------------------------
     @property
@@ -77,7 +85,8 @@ class Explanation:
 
     # ---- output ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        record = asdict(self)
+        record = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
+                  if f.name not in ("map", "source_image")}
         record["map"] = self.map.detach().cpu().double().tolist()
         record["map_shape"] = list(self.map.shape)
         record["p1_gap"] = self.p1_gap
@@ -91,6 +100,26 @@ class Explanation:
         from faithclip.report.overlay import overlay_png
 
         return write_atomic(Path(path), overlay_png(image, self.normalized(), alpha=alpha))
+
+    def figure(self, image: Any = None):
+        """A matplotlib figure: the map on the user's image at its own resolution (the model's crop
+        outlined), the image untouched beside it, the crop-sized view, a colour bar with the RAW value range
+        and a title with prompt, method, target, score and the model's score (``faithclip.report.figures``)."""
+        from faithclip.report.figures import explanation_figure
+
+        return explanation_figure(self, image)
+
+    def save_figure(self, path: str | Path, image: Any = None, dpi: int = 100) -> Path:
+        """Write ``figure()`` as a PNG."""
+        from faithclip.report.figures import figure_png
+
+        return write_atomic(Path(path), figure_png(self.figure(image), dpi=dpi))
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows an explanation as its figure."""
+        from faithclip.report.figures import figure_png
+
+        return figure_png(self.figure())
 
 
 def map_warnings(patch_map: torch.Tensor, side: str) -> list[str]:
