@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from faithclip.models.clip import ClipHandle
 
 VOC_TEXTS = ("a photo of a bus", "a photo of a person", "a photo of a chair")
@@ -25,5 +23,10 @@ def default_inputs(model: ClipHandle, images: list[str], texts: list[str] | None
     voc = Path("../shared/reference/voc2011-samples/JPEGImages")
     if voc.is_dir():
         return [model.rgb(p) for p in sorted(voc.glob("*.jpg"))], list(texts or VOC_TEXTS)
-    generator = torch.Generator().manual_seed(0)
-    return [torch.randn(3, model.image_size, model.image_size, generator=generator)], list(texts or ["a photo"])
+    # No photos at hand (a plain install): shapes-world scenes at a photo-like, non-square size, so that
+    # the model's own resize and crop run as they would on a photo.
+    from faithclip.data.shapes import ShapesWorld
+
+    scenes = ShapesWorld(image_size=model.image_size).multi_object_set(3, seed=2024).scenes()
+    size = (model.image_size * 4 // 3, model.image_size)
+    return [s.image.resize(size) for s in scenes], list(texts or VOC_TEXTS)

@@ -18,6 +18,15 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_out_argument(parser: argparse.ArgumentParser, command: str, *, required: bool = False,
+                     holds: str = "") -> None:
+    """The one output convention: ``--out DIR`` holds the command's JSON record and a self-contained
+    ``report.html`` (``faithclip.report.page.write_report``), plus whatever else the command writes."""
+    contents = f"{command}.json, report.html" + (f", {holds}" if holds else "")
+    parser.add_argument("--out", metavar="DIR", required=required, default=None if required else f"faithclip-{command}",
+                        help=f"output directory ({contents})" + ("" if required else " (default: ./%(default)s)"))
+
+
 def positive_int(text: str) -> int:
     """``argparse`` type: an integer >= 1 (argparse turns the ValueError into a one-line usage error)."""
     value = int(text)

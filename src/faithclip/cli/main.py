@@ -20,6 +20,7 @@ import sys
 import warnings
 from typing import NoReturn
 
+from faithclip import __version__
 from faithclip.errors import FaithclipError
 
 # Subcommand modules, in the order `faithclip --help` lists them.
@@ -40,8 +41,24 @@ RESUMABLE = frozenset({"evaluate"})
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default (unless its text already says it), descriptions as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        if shown and "default" not in text and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """``argparse`` that reports a usage error in one line (the usage text is one ``--help`` away)."""
+    """``argparse`` that reports a usage error in one line (the usage text is one ``--help`` away), and
+    shows the defaults in every ``--help`` (subcommand parsers are of this class too)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["formatter_class"] = DefaultsFormatter
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -54,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 130 interrupted.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"faithclip {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")  # subparsers inherit OneLineParser
     for name in SUBCOMMANDS:
         try:
@@ -64,6 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(subparsers)
     return parser
+
+
+class _NotTheUsersConcern(logging.Filter):
+    """Drops transformers' notice that an image processor falls back to its PIL backend because torchvision
+    is absent: faithclip never uses transformers' image processors for its results (its own preprocessing
+    is ``faithclip.models.preprocess``), and the README says never to install torchvision. Every other
+    message of that logger (real warnings) passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("requires torchvision" in message and "falling back to" in message)
+
+
+def quiet_transformers() -> None:
+    """Silence what is not the user's concern, without hiding real warnings: the torchvision fallback
+    notice (above) and the weight-loading progress bar (a CLIP loads in seconds)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("transformers.utils.import_utils", "transformers"):
+        logging.getLogger(name).addFilter(_NotTheUsersConcern())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    quiet_transformers()
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from faithclip.cli.common import add_model_argument, check_writable, load_model, positive_int
+from faithclip.cli.common import add_model_argument, add_out_argument, check_writable, load_model, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,11 +23,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--float64", action="store_true", help="also compare in float64 (on a converted copy)")
     parser.add_argument("--no-p1", action="store_true", help="skip the principle-P1 check of every method")
     parser.add_argument("--random-b32", action="store_true",
-                        help="use the real ViT-B/32 architecture with random weights (needs ../shared/reference "
-                             "or --reference DIR)")
-    parser.add_argument("--reference", default=None, help="directory with the B/32 config and tokenizer")
+                        help="use the real ViT-B/32 architecture with random weights (its config and the CLIP "
+                             "tokenizer ship with faithclip)")
+    parser.add_argument("--reference", default=None,
+                        help="directory with another CLIP config.json (and tokenizer) for --random-b32 "
+                             "(default: the shipped ViT-B/32)")
     parser.add_argument("--json", default=None, help="also write the tables as JSON to this file")
     add_model_argument(parser)
+    add_out_argument(parser, "verify")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
 
 
@@ -36,10 +40,16 @@ def run(args: argparse.Namespace) -> int:
     from faithclip.models.random_init import random_b32
     from faithclip.verification import default_inputs
 
+    from faithclip.progress import stage_logger
+
     json_path = check_writable(args.json, "file", "--json") if args.json else None  # before any work
+    out = check_writable(args.out, "dir")
+    progress = stage_logger("faithclip verify", not args.no_progress)
+    progress("loading the model")
     model = random_b32(args.reference) if args.random_b32 else load_model(args.model)
     images, texts = default_inputs(model, args.images, args.text)
     dtypes = (torch.float32, torch.float64) if args.float64 else (torch.float32,)
+    progress(f"Grad-ECLIP vs Attention-ECLIP on {len(images)} images x {len(texts)} texts, both towers")
     rows = verify_equivalence(model, images, texts, layers=tuple(args.layers or (1, 2)), dtypes=dtypes)
     print(f"Grad-ECLIP vs Attention-ECLIP on {model.name} ({len(images)} images x {len(texts)} texts)")
     print(format_table(rows))
@@ -53,7 +63,14 @@ def run(args: argparse.Namespace) -> int:
 
         # P1 compares scores, not map quality, so RISE runs with few masks here (its explained score does
         # not depend on the number of masks).
-        p1_rows = check_p1(model, images[:1], texts[:1], options={"rise": {"masks": 64}})
+        import faithclip.methods  # noqa: F401
+        from faithclip.registry import METHODS
+
+        p1_rows = []
+        names = METHODS.names()
+        for index, name in enumerate(names):  # one method at a time, so that the user sees it advance
+            progress(f"principle P1: {name} ({index + 1}/{len(names)})")
+            p1_rows += check_p1(model, images[:1], texts[:1], [name], options={"rise": {"masks": 64}})
         print("\nPrinciple P1: does each method explain the model's own score on the model's own input?")
         print(format_p1(p1_rows))
         record["p1"] = [row.as_dict() for row in p1_rows]
@@ -64,11 +81,16 @@ def run(args: argparse.Namespace) -> int:
                   "input, and say so (modifies_model / modifies_input).")
         if undeclared:
             failures.append(f"{', '.join(undeclared)} depart from the model's own score without declaring it")
+    record["failures"] = failures
     if json_path is not None:
         from faithclip.explanation import write_atomic
 
-        record["failures"] = failures
         write_atomic(json_path, json.dumps(record, indent=1, default=str).encode())
+    from faithclip.report.page import write_report
+    from faithclip.report.verify_report import render_verify
+
+    _, page = write_report(out, "verify", record, render_verify(record))
+    print(f"\nReport: {page.resolve()}")
     for failure in failures:
         print(f"\nFAILED: {failure}")
     if failures:

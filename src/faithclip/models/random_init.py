@@ -14,29 +14,33 @@ import torch
 from faithclip.errors import ModelError
 from faithclip.models.clip import ClipHandle
 
-REFERENCE_DIRS = (Path("../shared/reference/openai-clip-vit-base-patch32"),)
+# Shipped with the package (data files only; provenance and MIT licence in reference/README.md).
+SHIPPED = Path(__file__).parent / "reference"
+ARCHITECTURE_DIRS = {"B/32": SHIPPED / "vit-b-32", "B/16": SHIPPED / "vit-b-16", "L/14": SHIPPED / "vit-l-14"}
+TOKENIZER_DIR = SHIPPED / "tokenizer"
 
 
-def find_reference(directory: str | Path | None) -> Path:
-    """The directory holding a transformers CLIP ``config.json`` (default: the OpenAI ViT-B/32 reference)."""
-    candidates = [Path(directory)] if directory else list(REFERENCE_DIRS)
-    for candidate in candidates:
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise ModelError(f"no CLIP config found in {', '.join(map(str, candidates))}; "
-                     "pass a directory with config.json (and tokenizer files).")
+def find_reference(directory: str | Path | None, architecture: str = "B/32") -> Path:
+    """The directory holding a transformers CLIP ``config.json``: the one given, else the shipped config of
+    ``architecture`` (ViT-B/32, B/16 or L/14)."""
+    candidate = Path(directory) if directory else ARCHITECTURE_DIRS[architecture]
+    if (candidate / "config.json").is_file():
+        return candidate
+    raise ModelError(f"no CLIP config.json in {candidate}; pass a directory with config.json (and tokenizer "
+                     "files), or leave the option out to use the shipped ViT-B/32, B/16 and L/14 configs.")
 
 
 def random_clip(directory: str | Path | None = None, *, seed: int = 0, patch_size: int | None = None,
-                name: str | None = None) -> ClipHandle:
-    """The directory's CLIP architecture with weights drawn by transformers' initialiser (seeded), eager
-    attention, the directory's tokenizer (if any) and preprocessing."""
+                name: str | None = None, architecture: str = "B/32") -> ClipHandle:
+    """The directory's CLIP architecture (default: the shipped config of ``architecture``) with weights drawn
+    by transformers' initialiser (seeded), eager attention, the directory's tokenizer (the shipped OpenAI
+    CLIP tokenizer when the directory has none) and preprocessing."""
     import transformers
 
     from faithclip.models.loading import from_hf
     from faithclip.models.preprocess import ClipPreprocess
 
-    reference = find_reference(directory)
+    reference = find_reference(directory, architecture)
     config = transformers.CLIPConfig.from_pretrained(reference)
     if patch_size is not None:
         config.vision_config.patch_size = patch_size
@@ -44,8 +48,9 @@ def random_clip(directory: str | Path | None = None, *, seed: int = 0, patch_siz
     torch.manual_seed(seed)
     model = transformers.CLIPModel(config).eval()
     model.set_attn_implementation("eager")
+    has_tokenizer = any((reference / name).is_file() for name in ("tokenizer.json", "vocab.json"))
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(reference)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(reference if has_tokenizer else TOKENIZER_DIR)
     except (OSError, ValueError):
         tokenizer = None
     processor = reference / "preprocessor_config.json"
@@ -60,5 +65,5 @@ def random_clip(directory: str | Path | None = None, *, seed: int = 0, patch_siz
 
 def random_b32(directory: str | Path | None = None, seed: int = 0, patch_size: int = 32) -> ClipHandle:
     """The real ViT-B/32 (or B/16 with ``patch_size=16``) architecture with random weights."""
-    return random_clip(directory, seed=seed, patch_size=patch_size,
+    return random_clip(directory, seed=seed, patch_size=patch_size, architecture="B/16" if patch_size == 16 else "B/32",
                        name=f"ViT-B/{patch_size} architecture (random weights)")
