@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,32 @@ def _cell(summary: dict[str, Any] | None, digits: int = 3) -> str:
     text += f" (n={summary['n']}"
     text += f", {summary['missing']} undefined)" if summary.get("missing") else ")"
     return text
+
+
+def data_label(name: str) -> str:
+    """The data set's name without internal generator seeds (``shapes(size=64, seed=1000000000002)`` ->
+    ``shapes(size=64)``): the seed is in results.json for reproduction, not a thing a reader needs."""
+    return re.sub(r"\(\)", "", re.sub(r",?\s*seed=\d+", "", name).replace("(, ", "("))
+
+
+def identical_to(results: dict[str, Any]) -> dict[str, str]:
+    """``{method: earlier method}`` for methods whose every aggregate value equals an earlier method's
+    (e.g. grad_eclip = attention_eclip, an identity): a reader must be told, not find one hidden under the
+    other in a plot."""
+    def signature(name: str) -> Any:
+        values = results["aggregate"].get(name, {})
+        return sorted((metric, output, None if v.get("mean") is None else float(f"{v['mean']:.6g}"))
+                      for metric, outputs in values.items() for output, v in outputs.items())
+
+    seen: dict[Any, str] = {}
+    same = {}
+    for method in results["methods"]:
+        key = repr(signature(method["name"]))
+        if key in seen and signature(method["name"]):
+            same[method["name"]] = seen[key]
+        else:
+            seen.setdefault(key, method["name"])
+    return same
 
 
 def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -51,8 +78,10 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         header = ["method"] + [f"{label} {ARROW[m['higher_is_better']]}" for m in members
                                for label in m["columns"].values()]
         rows = []
+        same = identical_to(results)
         for method in results["methods"]:
-            row = [method["name"]]
+            label = method["name"]
+            row = [f"{label} (identical to {same[label]}, 6 digits)" if label in same else label]
             for m in members:
                 for output in m["columns"]:
                     row.append(_cell(results["aggregate"].get(method["name"], {}).get(m["name"], {}).get(output)))
@@ -74,7 +103,7 @@ def not_computed(results: dict[str, Any]) -> list[str]:
 
 def render_markdown(results: dict[str, Any]) -> str:
     lines = [
-        f"# Evaluation of {results['model']['id']} on {results['data']['name']}",
+        f"# Evaluation of {results['model']['id']} on {data_label(results['data']['name'])}",
         "",
         f"faithclip {results['faithclip_version']}, torch {results['torch_version']}, "
         f"transformers {results['transformers_version']}; seed {results['seed']}; "
@@ -116,20 +145,38 @@ def curve_figures(results: dict[str, Any]) -> list[tuple[str, bytes]]:
         for metric, named in per_metric.items():
             for name, curve in named.items():
                 keyed.setdefault((metric, name), {})[method] = curve
+    same = identical_to(results)
     figures = []
     for (metric, name), by_method in sorted(keyed.items()):
         figure = Figure(figsize=(4.5, 3.2), dpi=100)
         axes = figure.add_subplot()
         colours = matplotlib.colormaps["tab10" if len(by_method) <= 10 else "tab20"]
+        jumped = False
         for index, (method, curve) in enumerate(by_method.items()):
+            if method in same:
+                continue  # drawn once, under the name of the method it equals
+            label = " = ".join([method] + [m for m, twin in same.items() if twin == method and m in by_method])
+            x = [float(v) for v in curve["x"]]
             y = [float("nan") if v is None else v for v in curve["y"]]  # undefined points leave gaps
-            axes.plot(curve["x"], y, marker="." if len(curve["x"]) <= 20 else None, label=method,
-                      color=colours(index % colours.N), linestyle="-" if index % 2 == 0 else "--")
+            style = dict(color=colours(index % colours.N), linestyle="-" if index % 2 == 0 else "--")
+            breaks = _unmeasured_gaps(x)
+            start = 0
+            for stop in breaks + [len(x)]:  # measured stretches as lines ...
+                axes.plot(x[start:stop], y[start:stop], marker="." if len(x) <= 20 else None,
+                          label=label if start == 0 else None, **style)
+                start = stop
+            for gap in breaks:  # ... and a jump to a point far away (e.g. the full image at 1.0) dotted
+                axes.plot(x[gap - 1:gap + 1], y[gap - 1:gap + 1], linestyle=":", color=style["color"], linewidth=1)
+                axes.plot(x[gap:gap + 1], y[gap:gap + 1], marker="o", fillstyle="none", color=style["color"])
+                jumped = True
         protocol = specs[metric]["protocol"] if metric in specs else ""
         axes.set_title(f"{metric}: {name} [{protocol}]", fontsize=9)
         axes.set_xlabel("fraction of pixels moved" if "sanity" not in metric else "randomisation step")
         axes.set_ylabel(name)
         axes.legend(fontsize=7)
+        if jumped:
+            axes.annotate("dotted: no step measured in between", (0.99, 0.02), xycoords="axes fraction",
+                          ha="right", fontsize=6, color="#555")
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
@@ -137,13 +184,28 @@ def curve_figures(results: dict[str, Any]) -> list[tuple[str, bytes]]:
     return figures
 
 
-def overlay_cells(results: dict[str, Any], out_dir: Path) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Per example case: ``(case, [(method, png data URI)])`` of min-max normalised maps over the crop."""
+def _unmeasured_gaps(x: list[float]) -> list[int]:
+    """Indices ``i`` where the step ``x[i] - x[i-1]`` is more than twice the typical (median) step: the
+    curve has no measurement in between (the Grad-ECLIP protocol stops at half the pixels and adds the
+    full image at 1.0)."""
+    steps = [b - a for a, b in zip(x, x[1:])]
+    if len(steps) < 3:
+        return []
+    typical = sorted(steps)[len(steps) // 2]
+    return [i + 1 for i, step in enumerate(steps) if typical > 0 and step > 2 * typical]
+
+
+def overlay_cells(results: dict[str, Any], out_dir: Path) -> list[tuple[str, str, list[tuple[str, str, str]]]]:
+    """Per example case: ``(case, caption, [(name, png data URI, raw range)])``: the scored crop, then each
+    method's raw map over it with its colour bar. ``caption`` names the explained prompt and the label."""
     from PIL import Image
 
-    from faithclip.explanation import minmax
-    from faithclip.report.overlay import overlay_png
+    from faithclip.report.figures import map_card_png
 
+    names = results.get("config", {}).get("data_class_names") or []
+    labels = {r["case"]: r.get("label") for r in results.get("per_image", []) if r.get("label") is not None}
+    predicted = {r["case"]: r.get("details", {}).get("zeroshot", {}).get("predicted")
+                 for r in results.get("per_image", []) if r.get("method") == "-"}
     rows = []
     for example in results.get("examples", []):
         path = Path(out_dir) / example["image"]
@@ -151,48 +213,69 @@ def overlay_cells(results: dict[str, Any], out_dir: Path) -> list[tuple[str, lis
             continue
         with Image.open(path) as image:
             crop = image.convert("RGB")
-        cells = [("image", _png_uri(path.read_bytes()))]
+        label = labels.get(example["case"])
+        caption = example["case"]
+        if label is not None:
+            prompt = names[label] if 0 <= label < len(names) else f"class {label}"
+            caption += f": explained prompt \"{prompt}\" (label {label})"
+            guess = predicted.get(example["case"])
+            if guess is not None and guess != label:
+                caption += f"; the model's top-1 is \"{names[guess] if 0 <= guess < len(names) else guess}\""
+        cells = [("image (the model's crop)", _png_uri(path.read_bytes()), f"{crop.width}x{crop.height} px")]
         for method, values in example["maps"].items():
-            patch_map = torch.tensor(values, dtype=torch.float64)
-            cells.append((method, _png_uri(overlay_png(crop, minmax(patch_map)))))
-        rows.append((example["case"], cells))
+            png, span = map_card_png(torch.tensor(values, dtype=torch.float64), crop, 160)
+            cells.append((method, _png_uri(png), span))
+        rows.append((example["case"], caption, cells))
     return rows
 
 
+ZEROSHOT_NOTE = ("Zero-shot accuracy here is over the data's own cases: on multi-object scenes (the shapes "
+                 "world's evaluation set has 2-4 objects) the label is ONE of the objects present, so the model's "
+                 "top-1 may name another object that is present too; that is why it is far below the "
+                 "single-object figure (99.7 % for shapes-clip in the README).")
+
+
 def render_html(results: dict[str, Any], out_dir: str | Path) -> str:
+    from faithclip.report.page import html_page, table
+
     escape = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>faithclip evaluation: {escape(results['model']['id'])}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px}th{background:#eee}"
-        "img{margin:2px}.fig{display:inline-block}</style></head><body>",
-    ]
     markdown_intro = render_markdown(results).split("\n## ")[0].splitlines()
-    parts.append(f"<h1>{escape(markdown_intro[0].lstrip('# '))}</h1><p>{escape(' '.join(markdown_intro[1:]))}</p>")
+    parts = [f"<p>{escape(' '.join(markdown_intro[1:]))}</p>"]
+    same = identical_to(results)
+    if same:
+        parts.append("<p class='note'>" + "; ".join(f"{escape(m)} gives values identical to {escape(t)}"
+                                                    for m, t in same.items()) +
+                     " (shown once in the curves, under both names).</p>")
     for title, header, rows in tables(results):
-        parts.append(f"<h2>{escape(title)}</h2><table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>")
-        for row in rows:
-            parts.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>")
-        parts.append("</table>")
+        parts.append(f"<h2>{escape(title)}</h2>" + table(header, rows))
+        if title == "model" and any(m["name"] == "zeroshot" for m in results["metrics"]):
+            parts.append(f"<p>{escape(ZEROSHOT_NOTE)}</p>")
+    if any(m["name"].startswith("deletion") for m in results["metrics"]):
+        parts.append("<p>Deletion AUC: lower is better (the score falls faster as the map's top pixels go). "
+                     "A cosine can fall below zero once the evidence is removed, so an AUC can be negative; "
+                     "lower still means better.</p>")
     figures = curve_figures(results)
     if figures:
-        parts.append("<h2>Curves (mean over images)</h2>")
+        parts.append("<h2>Curves (mean over images)</h2><div class='cards' style='--card:450px'>")
         for title, png in figures:
-            parts.append(f"<div class='fig'><img alt='{escape(title)}' src='{_png_uri(png)}'></div>")
+            parts.append(f"<figure class='card'><img alt='{escape(title)}' src='{_png_uri(png)}'></figure>")
+        parts.append("</div>")
     examples = overlay_cells(results, Path(out_dir))
     if examples:
-        parts.append("<h2>Examples</h2><p>Raw maps, min-max normalised for display, over the scored crop.</p><table>")
-        for case, cells in examples:
-            parts.append(f"<tr><th>{escape(case)}</th>" + "".join(
-                f"<td>{escape(name)}<br><img width='160' src='{uri}'></td>" for name, uri in cells) + "</tr>")
-        parts.append("</table>")
+        parts.append("<h2>Examples</h2><p>Each method's RAW map over the scored crop: transparent where low, "
+                     "its colour bar on the right, its raw range under it (scales differ between methods).</p>")
+        for case, caption, cells in examples:
+            parts.append(f"<h3>{escape(caption)}</h3><div class='cards' style='--card:172px'>")
+            for name, uri, span in cells:
+                parts.append(f"<figure class='card'><img alt='{escape(name)}' src='{uri}'>"
+                             f"<figcaption><b>{escape(name)}</b><br>{escape(span)}</figcaption></figure>")
+            parts.append("</div>")
     parts.append("<h2>Protocols</h2><ul>")
     for m in results["metrics"]:
         parts.append(f"<li><b>{escape(m['name'])}</b> [{escape(m['protocol'])}] ({escape(m['paper'])}): "
                      f"{escape(m['summary'])}</li>")
-    parts.append("</ul></body></html>")
-    return "\n".join(parts)
+    parts.append("</ul>")
+    return html_page(markdown_intro[0].lstrip("# "), "\n".join(parts))
 
 
 __all__ = ["render_markdown", "render_html", "tables", "curve_figures"]

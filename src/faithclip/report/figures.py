@@ -226,6 +226,35 @@ def explanation_figure(explanation: Any, image: Any = None):
     return figure
 
 
+def map_card_png(patch_map: Any, image: Any, width: int = 128) -> tuple[bytes, str]:
+    """A small card for report grids: ``image`` (the region the map covers) scaled to ``width`` px, the raw
+    map over it (transparent where low), and a colour bar strip on the right; returns the PNG and the raw
+    range as text (``"0 to 3.1e-02"``) for its caption. Cheap (PIL only): reports hold hundreds."""
+    import torch
+    from PIL import Image
+
+    from faithclip.explanation import upsample
+
+    rgb = Image.fromarray(_rgb(image)).convert("RGB")
+    height = max(1, round(width * rgb.height / rgb.width))
+    base = np.asarray(rgb.resize((width, height), Image.BICUBIC if rgb.width < width else Image.LANCZOS), dtype=np.float64) / 255
+    values = np.asarray(patch_map.detach().double() if isinstance(patch_map, torch.Tensor) else patch_map, dtype=np.float64)
+    norm, cmap = _norm(values)
+    rgba = overlay_rgba(upsample(torch.from_numpy(values), (height, width)).numpy(), norm, cmap)
+    alpha = rgba[..., 3:4]
+    blended = base * (1 - alpha) + rgba[..., :3] * alpha
+    from matplotlib import colormaps
+
+    ramp = colormaps[cmap](np.linspace(1, 0, height))[:, None, :3].repeat(8, axis=1)  # (height, 8, 3), top = max
+    canvas = np.ones((height, width + 12, 3))
+    canvas[:, :width] = blended
+    canvas[:, width + 4:] = ramp
+    buffer = io.BytesIO()
+    Image.fromarray((canvas * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    low, high = float(values.min()), float(values.max())
+    return buffer.getvalue(), (f"constant {low:.2g}" if low == high else f"raw {low:.2g} to {high:.2g}")
+
+
 def _key(explanation: Any) -> Any:
     """What identifies an explanation's image: its file, else the image object it was computed on."""
     return explanation.image or id(explanation.source_image)
