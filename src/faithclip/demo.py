@@ -13,7 +13,6 @@ and writes ``report.html`` (self-contained) and ``demo.json`` (everything behind
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
 import time
@@ -92,7 +91,7 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
             entry["hits"].append(pointing_hit(saliency, mask, tolerance))
             entry["energy"].append(energy_share(saliency, mask))
             record["scores"][name] = {"score": explanation.score, "model_score": explanation.model_score}
-            overlays[(index, name)] = _data_uri(_overlay(scene.image, explanation))
+            overlays[(index, name)] = _card(scene.image, explanation)
         results["scenes"].append(record)
         progress(f"scene {index + 1}/{len(items)}: {scene.caption}")
     for name, entry in results["methods"].items():
@@ -141,10 +140,12 @@ def _principles_and_audit(handle: Any, methods: list[str], progress: Callable[[s
     return {"p1": [row.as_dict() for row in p1], "audit": audit}
 
 
-def _overlay(image: Any, explanation: Any) -> bytes:
-    from faithclip.report.overlay import overlay_png
+def _card(image: Any, explanation: Any) -> tuple[str, str, list[str]]:
+    """The map as a report card: raw values over the scene, colour bar, raw range; and its warnings."""
+    from faithclip.report.figures import map_card_png
 
-    return overlay_png(image, explanation.normalized())
+    png, span = map_card_png(explanation.map, image, 128)
+    return _data_uri(png), span, list(explanation.warnings)
 
 
 def _data_uri(png: bytes) -> str:
@@ -159,58 +160,49 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child{text-align:left}.grid img{width:96px;height:96px;image-rendering:pixelated}
-.grid td{text-align:center;font-size:11px}.bad{color:#b00;font-weight:bold}"""
-
-
 def render_html(results: dict[str, Any], items: list[Any], methods: list[str], overlays: dict) -> str:
     from faithclip.audit.report import audit_html
+    from faithclip.report.page import esc, html_page, table
+    from faithclip.report.verify_report import declaration, equivalence_table, p1_table
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faithclip demo</title><style>{STYLE}</style>"
-             f"</head><body><h1>faithclip demo</h1><p>Model <b>{html.escape(results['model'])}</b>, faithclip "
-             f"{results['version']}, scene seed {results['seed']}, {len(items)} scenes, "
-             f"{results['seconds']:.1f} s. Method options: {html.escape(json.dumps(results['options']))}.</p>"]
+    parts = [f"<p>Model <b>{esc(results['model'])}</b>, faithclip {esc(results['version'])}, {len(items)} fixed "
+             f"scenes (seed {results['seed']}), {results['seconds']:.1f} s. Method options: "
+             f"<code>{esc(json.dumps(results['options']))}</code>.</p>"]
     parts.append("<h2>Localisation against exact object masks</h2>")
     parts.append(f"<p>Pointing game: the map's peak within {results['tolerance_px']} px of the named object "
                  "(15 px at 224 px, scaled). Energy: share of the map's positive mass inside the object.</p>")
     rows = []
     for name in sorted(methods, key=lambda m: -results["methods"][m]["pointing"]):
         entry = results["methods"][name]
-        flag = "MODIFIES THE MODEL" if entry["modifies_model"] else ("modifies the input" if entry["modifies_input"] else "")
         rows.append([name, f"{entry['pointing']:.2f}", f"{entry['energy_share']:.2f}",
-                     f"{entry['seconds_per_map'] * 1000:.0f}", flag])
-    parts.append(_table(["method", "pointing game", "energy share", "ms per map", "P1 declaration"], rows))
-    parts.append("<h2>Grad-ECLIP == Attention-ECLIP</h2>")
-    parts.append(_table(["side", "layers", "dtype", "pairs", "max |diff|", "max rel diff", "max |map|"],
-                        [[r["side"], r["layers"], r["dtype"], r["pairs"], f"{r['max_abs_diff']:.2e}",
-                          f"{r['max_rel_diff']:.2e}", f"{r['max_map_value']:.2e}"] for r in results["equivalence"]]))
+                     f"{entry['seconds_per_map'] * 1000:.0f}", declaration(entry)])
+    parts.append(table(["method", "pointing game", "energy share", "ms per map", "P1 declaration"], rows,
+                       text_columns=(0, 4)))
+    parts.append("<h2>Grad-ECLIP == Attention-ECLIP</h2>" + equivalence_table(results["equivalence"]))
     if "p1" in results:
-        parts.append("<h2>Principle P1: is the explained score the model's own?</h2>")
-        parts.append(_table(["method", "side", "max relative gap", "P1", "reason"],
-                            [[r["method"], r["side"], "n/a" if r["max_gap"] is None else f"{r['max_gap']:.2e}",
-                              "pass" if r["passed"] else "FAIL", r["reason"]] for r in results["p1"]]))
+        parts.append("<h2>Principle P1: is the explained score the model's own?</h2>" + p1_table(results["p1"]))
     if "audit" in results:
+        parts.append("<p>Deletion AUC (lower is better) is the area under the model's score as the map's top "
+                     "pixels are removed; the score is a cosine, which falls below zero once the evidence is "
+                     "gone, so an AUC can be negative, and lower still means better.</p>")
         parts.append(audit_html(results["audit"]))
-    parts.append("<h2>Maps</h2><table class='grid'><tr><th>scene</th>" +
-                 "".join(f"<th>{html.escape(m)}</th>" for m in methods) + "</tr>")
+    parts.append("<h2>Maps</h2><p>Each method's RAW map over the scene (transparent where low), its colour bar "
+                 "on the right and its raw range under it; then the score the method explained, and the model's "
+                 "own score where they differ (principle P1). A warning is marked in red.</p>")
     for index, (scene, record) in enumerate(zip(items, results["scenes"])):
-        cells = [f"<td><img src='{_data_uri(_png(scene.image))}'><br>{html.escape(record['caption'])}</td>"]
+        cards = [f"<figure class='card'><img alt='scene {index}' src='{_data_uri(_png(scene.image.resize((128, 128))))}'>"
+                 f"<figcaption><b>scene {index + 1}</b><br>objects: {esc(', '.join(record['objects']))}</figcaption></figure>"]
         for name in methods:
+            uri, span, notes = overlays[(index, name)]
             score = record["scores"][name]
-            cells.append(f"<td><img src='{overlays[(index, name)]}'><br>{score['score']:+.3f}"
-                         f"{'' if abs(score['score'] - score['model_score']) < 1e-5 else ' (model ' + format(score['model_score'], '+.3f') + ')'}</td>")
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</table><p>Under each map: the score the method explained, and the model's own score where "
-                 "they differ (principle P1).</p></body></html>")
-    return "".join(parts)
+            gap = abs(score["score"] - score["model_score"]) >= 1e-5
+            own = f" <span class='bad'>(model {score['model_score']:+.3f})</span>" if gap else ""
+            warn = "".join(f"<br><span class='bad'>{esc(n)}</span>" for n in notes)
+            cards.append(f"<figure class='card'><img alt='{esc(name)}' src='{uri}'><figcaption><b>{esc(name)}</b>"
+                         f"<br>{esc(span)}<br>score {score['score']:+.3f}{own}{warn}</figcaption></figure>")
+        parts.append(f"<h3>Scene {index + 1}: explained \"{esc(record['caption'])}\"</h3>"
+                     f"<div class='cards' style='--card:140px'>{''.join(cards)}</div>")
+    return html_page("faithclip demo", "".join(parts))
 
 
 def _png(image: Any) -> bytes:

@@ -7,7 +7,7 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
-from faithclip.cli.common import add_model_argument, check_writable, load_model, positive_int, slug
+from faithclip.cli.common import add_model_argument, add_out_argument, check_writable, load_model, positive_int, slug
 from faithclip.errors import FaithclipError, MethodError
 from faithclip.registry import METHODS
 
@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     import faithclip.methods  # noqa: F401  (fills the registry, the single source of method names)
 
     parser = subparsers.add_parser("explain", help="explain image-text pairs with a method",
-                                   description="Write an overlay PNG and a JSON record per image-text pair.")
+                                   description="Write a figure (PNG: the map on the image at its own resolution, "
+                                               "the model's crop outlined, a raw-value colour bar) and a JSON "
+                                               "record per image-text pair, and explain.json + report.html.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--text", action="append", required=True, help="text to explain (repeat for several)")
     parser.add_argument("--method", default="attention_eclip", choices=METHODS.names())
@@ -28,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", type=positive_int, default=None,
                         help="number of last layers (methods that take it)")
     add_model_argument(parser)
-    parser.add_argument("--out", default="faithclip-explain", help="output directory (default: ./faithclip-explain)")
+    add_out_argument(parser, "explain", holds="a PNG figure and a JSON record per pair")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
 
 
@@ -73,6 +76,7 @@ def output_stems(images: list[str], texts: list[str], method: str) -> dict[tuple
 def run(args: argparse.Namespace) -> int:
     import faithclip
     from faithclip.api import method_spec
+    from faithclip.progress import stage_logger
 
     check_target(args.target, args.other)
     out = check_writable(args.out, "dir")  # created when the first file is written
@@ -81,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     for dropped, kind in ((len(args.text) - len(texts), "--text"), (len(args.images) - len(images), "image")):
         if dropped:
             print(f"note: {dropped} repeated {kind} argument(s) explained once")
+    progress = stage_logger("faithclip explain", not args.no_progress)
+    progress(f"loading {args.model or 'shapes-clip'}")
     model = load_model(args.model)
     options = {}
     if args.layers is not None:
@@ -98,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     stems = output_stems(images, texts, args.method)
     run_side = faithclip.explain if args.side == "image" else faithclip.explain_text
     results = []
-    for image_path in images:
+    for number, image_path in enumerate(images, 1):
+        progress(f"{args.method} on {image_path} ({number}/{len(images)} images, {len(texts)} texts)")
         try:  # the path itself, so that the record names it and what was done with its EXIF orientation
             explained = run_side(model, [image_path], list(texts), args.method,
                                  target=args.target, others=args.other, **options)
@@ -106,19 +113,56 @@ def run(args: argparse.Namespace) -> int:
             raise type(error)(f"{image_path}: {error}") from error
         results.append((image_path, crops[image_path], explained))
     # Written only once everything is computed: an input error never leaves part of the outputs behind.
+    progress("writing figures")
+    index = []
     for image_path, crop, explained in results:
         for text, explanation in zip(texts, explained):
             stem = stems[(image_path, text)]
             explanation.save_json(out / f"{stem}.json")
             line = f"{image_path}  {text!r}  {args.method}  {explanation.target}={explanation.score:+.4f}"
+            entry = {"image": image_path, "text": text, "method": args.method, "target": explanation.target,
+                     "score": explanation.score, "model_score": explanation.model_score,
+                     "json": f"{stem}.json", "warnings": explanation.warnings}
             if args.side == "image":
-                explanation.save_overlay(out / f"{stem}.png", crop)  # the pixels the model sees, its own rules
+                # The map on the user's image at its own resolution, the model's crop outlined.
+                explanation.save_figure(out / f"{stem}.png")
+                entry["png"] = f"{stem}.png"
                 line += f"  -> {out / (stem + '.png')}"
             else:
                 tokens = explanation.tokens or []
                 weights = " ".join(f"{t}:{w:.2f}" for t, w in zip(tokens, explanation.map.tolist()) if w > 0)
+                explanation.save_figure(out / f"{stem}.png")
+                entry["png"] = f"{stem}.png"
                 line += f"  [{weights}]  -> {out / (stem + '.json')}"
+            index.append(entry)
             print(line)
             for note in explanation.warnings:
                 print(f"  warning: {note}")
+    from faithclip.report.page import write_report
+
+    record = {"model": model.name, "method": args.method, "side": args.side, "target": args.target,
+              "others": args.other, "options": options, "explanations": index}
+    _, page = write_report(out, "explain", record, render_explain(record, out))
+    print(f"Report: {page.resolve()}")
     return 0
+
+
+def render_explain(record: dict, out: Path) -> str:
+    """The figures of one ``explain`` run on one page, with their scores and warnings."""
+    from faithclip.report.page import data_uri, esc, html_page, table
+
+    rows = [[e["image"], e["text"], f"{e['score']:+.4f}", "" if e["model_score"] is None else f"{e['model_score']:+.4f}",
+             "; ".join(e["warnings"])] for e in record["explanations"]]
+    bad = [i for i, e in enumerate(record["explanations"]) if e["warnings"]]
+    parts = [f"<p>Model <b>{esc(record['model'])}</b>, method <b>{esc(record['method'])}</b> ({esc(record['side'])} "
+             f"side), target <b>{esc(record['target'])}</b>. Each figure shows the map on the image at the image's "
+             "own resolution over the region it covers (the model's crop, outlined), the image untouched, and a "
+             "colour bar with the map's raw values.</p>",
+             table(["image", "text", "score", "model score", "warnings"], rows, bad_cells=[(i, 4) for i in bad],
+                   text_columns=(0, 1, 4))]
+    for entry in record["explanations"]:
+        png = out / entry["png"]
+        parts.append(f"<h2>{esc(entry['image'])}: \"{esc(entry['text'])}\"</h2>")
+        parts += [f"<p class='bad'>warning: {esc(w)}</p>" for w in entry["warnings"]]
+        parts.append(f"<figure><img alt='{esc(entry['text'])}' src='{data_uri(png.read_bytes())}'></figure>")
+    return html_page("faithclip explain", "".join(parts))
