@@ -29,12 +29,15 @@ OUTLINE = "#00e5ff"
 
 
 def _figure_class():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # no display needed; inside Jupyter its own backend stays
+    """A matplotlib ``Figure`` (no pyplot, no backend switch: it draws with Agg when saved) that Jupyter
+    displays as a PNG whatever backend the notebook has set up."""
     from matplotlib.figure import Figure
 
-    return Figure
+    class ExplanationFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            return figure_png(self)
+
+    return ExplanationFigure
 
 
 def figure_png(figure: Any, dpi: int = 100) -> bytes:
@@ -256,8 +259,16 @@ def map_card_png(patch_map: Any, image: Any, width: int = 128) -> tuple[bytes, s
 
 
 def _key(explanation: Any) -> Any:
-    """What identifies an explanation's image: its file, else the image object it was computed on."""
-    return explanation.image or id(explanation.source_image)
+    """What identifies an explanation's image: its file, else its pixels (each call reads a PIL image into a
+    new object, so the same picture explained twice must still share a row)."""
+    if explanation.image:
+        return explanation.image
+    if explanation.source_image is None:
+        return None
+    import hashlib
+
+    rgb = np.ascontiguousarray(_rgb(explanation.source_image))
+    return hashlib.sha1(rgb.tobytes()).hexdigest() + str(rgb.shape)
 
 
 def plot(explanations: Sequence[Any] | Any, *, columns: str = "text", cell_size: float = 2.6, images: bool = True):
