@@ -6,7 +6,7 @@ import argparse
 import json
 import platform
 
-from faithclip.cli.common import check_writable, positive_int
+from faithclip.cli.common import add_out_argument, check_writable, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,12 +14,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description="Times and peak memory of explaining on the ViT-B/16 and B/32 "
                                                "architectures (random weights), as ratios to a no-grad forward.")
     parser.add_argument("--arch", action="append", choices=("B/16", "B/32"), default=None)
-    parser.add_argument("--k", type=positive_int, action="append", default=None, help="prompt counts (default 1 10 100 1000)")
+    parser.add_argument("--k", type=positive_int, nargs="+", default=None, help="prompt counts, e.g. --k 1 10 (default 1 10 100 1000)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per item (default 5)")
     parser.add_argument("--rise-masks", type=positive_int, default=400, help="RISE masks per map (the paper uses 4000)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--reference", default=None, help="directory with the B/32 config and tokenizer")
+    parser.add_argument("--reference", default=None,
+                        help="directory with another CLIP config.json and tokenizer (default: the shipped ViT-B/32 "
+                             "and B/16 configs)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    add_out_argument(parser, "bench")
     parser.set_defaults(func=run)
 
 
@@ -30,10 +33,21 @@ def run(args: argparse.Namespace) -> int:
     from faithclip.explanation import write_atomic
 
     json_path = check_writable(args.json, "file", "--json") if args.json else None  # before minutes of timing
+    out = check_writable(args.out, "dir")
     rows = bench.run(tuple(args.arch or ("B/16", "B/32")), tuple(args.k or (1, 10, 100, 1000)), args.repeats,
                      args.rise_masks, not args.no_memory, args.reference, progress=lambda s: print(s, flush=True))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(bench.format_rows(rows))
     if json_path is not None:
         write_atomic(json_path, json.dumps([r.__dict__ for r in rows], indent=1).encode())
+    from faithclip.report.page import html_page, table, write_report
+
+    machine = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    body = (f"<p>{machine}. Ratios to a plain no-grad image forward of the same architecture (random weights).</p>"
+            + table(["arch", "item", "seconds", "x forward", "peak RSS (x forward)"],
+                    [[r.architecture, r.item, f"{r.seconds:.3f}", f"{r.time_ratio:.2f}",
+                      "" if r.peak_ratio is None else f"{r.peak_ratio:.2f}"] for r in rows], text_columns=(0, 1)))
+    _, page = write_report(out, "bench", {"machine": machine, "rows": [r.__dict__ for r in rows]},
+                           html_page("faithclip bench", body))
+    print(f"Report: {page.resolve()}")
     return 0
