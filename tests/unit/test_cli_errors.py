@@ -216,13 +216,15 @@ def test_output_names_are_unique_and_records_name_their_inputs(tmp_path, capsys)
     images = [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png")]
     out = tmp_path / "out"
     assert main(["explain", *images, "--text", "a red triangle", "--text", "A RED TRIANGLE", "--out", str(out)]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("  ")]
-    records = [json.loads(path.read_text()) for path in sorted(out.glob("*.json"))]
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(("  ", "Report: "))]
+    # explain.json (the run's index) and report.html follow the --out convention; one record per pair
+    records = [json.loads(path.read_text()) for path in sorted(out.glob("*.json")) if path.name != "explain.json"]
     assert len(lines) == 4 and len(records) == 4 and len(list(out.glob("*.png"))) == 4
     pairs = {(r["image"], r["text"]) for r in records}
     assert pairs == {(image, text) for image in images for text in ("a red triangle", "A RED TRIANGLE")}
     assert {(r["method"], r["target"]) for r in records} == {("attention_eclip", "cosine")}
-    assert len({path.stem.lower() for path in out.iterdir()}) == 4  # distinct on case-insensitive file systems too
+    pair_files = [path for path in out.iterdir() if path.name not in ("explain.json", "report.html")]
+    assert len({path.stem.lower() for path in pair_files}) == 4  # distinct on case-insensitive file systems too
 
 
 def test_exif_orientation_follows_the_pipeline_and_is_recorded(tmp_path, model):

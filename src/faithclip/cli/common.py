@@ -19,10 +19,13 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_out_argument(parser: argparse.ArgumentParser, command: str, *, required: bool = False,
-                     holds: str = "") -> None:
+                     holds: str = "", optional: bool = False) -> None:
     """The one output convention: ``--out DIR`` holds the command's JSON record and a self-contained
     ``report.html`` (``faithclip.report.page.write_report``), plus whatever else the command writes."""
     contents = f"{command}.json, report.html" + (f", {holds}" if holds else "")
+    if optional:  # a command whose result is its terminal table; the report is written when asked for
+        parser.add_argument("--out", metavar="DIR", default=None, help=f"also write {contents} to this directory")
+        return
     parser.add_argument("--out", metavar="DIR", required=required, default=None if required else f"faithclip-{command}",
                         help=f"output directory ({contents})" + ("" if required else " (default: ./%(default)s)"))
 

@@ -12,6 +12,10 @@ from faithclip.errors import FaithclipError, MethodError
 from faithclip.registry import METHODS
 
 
+# Methods that score hundreds of perturbed images per map: the user is told before each image, not after.
+SLOW_METHODS = frozenset({"rise", "occlusion", "m2ib"})
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     import faithclip.methods  # noqa: F401  (fills the registry, the single source of method names)
 
@@ -85,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     for dropped, kind in ((len(args.text) - len(texts), "--text"), (len(args.images) - len(images), "image")):
         if dropped:
             print(f"note: {dropped} repeated {kind} argument(s) explained once")
+    # Progress lines come only once work is under way: a usage error stays the one line on stderr.
     progress = stage_logger("faithclip explain", not args.no_progress)
-    progress(f"loading {args.model or 'shapes-clip'}")
     model = load_model(args.model)
     options = {}
     if args.layers is not None:
@@ -105,13 +109,16 @@ def run(args: argparse.Namespace) -> int:
     run_side = faithclip.explain if args.side == "image" else faithclip.explain_text
     results = []
     for number, image_path in enumerate(images, 1):
-        progress(f"{args.method} on {image_path} ({number}/{len(images)} images, {len(texts)} texts)")
+        if args.method in SLOW_METHODS:
+            progress(f"{args.method} on {image_path} ({number}/{len(images)} images, {len(texts)} texts): "
+                     "a perturbation method, seconds per map")
         try:  # the path itself, so that the record names it and what was done with its EXIF orientation
             explained = run_side(model, [image_path], list(texts), args.method,
                                  target=args.target, others=args.other, **options)
         except FaithclipError as error:
             raise type(error)(f"{image_path}: {error}") from error
         results.append((image_path, crops[image_path], explained))
+        progress(f"{image_path} done ({number}/{len(images)} images)")
     # Written only once everything is computed: an input error never leaves part of the outputs behind.
     progress("writing figures")
     index = []
