@@ -137,6 +137,10 @@ def audit_html(results: dict) -> str:
              f"<p>{html.escape(str(results['model']))} on {html.escape(str(results['data']))}: "
              f"{results['images']} images, {results['prompts']} prompts. Each forward is compared with the "
              "original model on its standard input.</p>"]
+    if results.get("command"):
+        parts.append(f"<p>Reproduce: <code>{html.escape(results['command'])}</code></p>")
+    if results.get("reduced"):
+        parts.append(f"<p><b>{html.escape(str(results['reduced']))}</b></p>")
     parts.append(_table(["forward"] + [title for _, title in ARM_COLUMNS],
                         [[label] + values for label, values in _arm_rows(results)]))
     maps = results.get("maps", {}).get("mean", {})
