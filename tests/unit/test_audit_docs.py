@@ -8,6 +8,7 @@ import re
 import pytest
 
 from faithclip.audit.docs import MAIN, REDUCED, SECTIONS, check, compare_output, main, parse_command, render_run, run_command
+from faithclip.audit.report import audit_html
 from faithclip.audit.run import AuditSettings
 from faithclip.cli.audit import add_arguments, settings_from_args
 from faithclip.cli.main import main as cli_main
@@ -58,6 +59,9 @@ def test_compare_output_reads_intervals_and_exact_figures():
 @needs_shapes
 def test_docs_check_passes_on_a_fresh_block_and_fails_on_a_wrong_figure(tmp_path, capsys):
     results = run_command(TINY)
+    fragment = audit_html(results)
+    assert "inconclusive" in fragment or "pass" in fragment or "flagged" in fragment
+    assert "Reproduce" in fragment and "<script" not in fragment
     block = render_run(TINY, results)
     document = tmp_path / "audit.md"
     document.write_text(f"# audit\n\n<!-- results:reduced:start -->\n{block}<!-- results:reduced:end -->\n")

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="points per P2 deletion curve")
     parser.add_argument("--correctness", action="store_true", help="P2 (b): quality split by right / wrong predictions")
     parser.add_argument("--correctness-alphas", type=float, nargs="+", default=list(d.correctness_alphas),
-                        help="rungs whose predictions are split (default: the trained model and alpha 0.5)")
+                        help="rungs whose predictions are split (default 0.5: the trained model is almost never wrong)")
     parser.add_argument("--methods", nargs="+", default=None, help="methods for P2 (default: all but rise, m2ib, occlusion)")
     parser.add_argument("--flag-below", type=float, default=d.flag_below,
                         help="P2 threshold on rho(accuracy, pointing)")
