@@ -86,3 +86,17 @@ def test_docs_check_usage_errors(tmp_path):
     empty = tmp_path / "empty.md"
     empty.write_text("no results here\n")
     assert main(["--check", str(empty), "--reduced"]) == 2
+
+
+def test_a_smaller_pointing_set_is_a_prefix_of_a_larger_one():
+    """The seeds study reads sizes n < N as the first n scenes of one run: that must be what --pointing-scenes n draws."""
+    import numpy as np
+
+    from faithclip.audit.run import pointing_scenes
+
+    small, large = pointing_scenes(5, 64, 2), pointing_scenes(12, 64, 2)
+    assert len(small.images) == 5 and len(large.images) == 12
+    for a, b, ma, mb in zip(small.images, large.images, small.masks, large.masks):
+        assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(ma, mb)
+    assert small.labels == large.labels[:5]
+    assert not np.array_equal(np.asarray(large.images[0]), np.asarray(pointing_scenes(1, 64, 3).images[0]))
