@@ -87,27 +87,30 @@ def _splits(results: dict) -> list[dict]:
     return split if isinstance(split, list) else [split]
 
 
+CELL = 21  # one rung's "0.983 [0.950, 1.000]"
+
+
 def format_ladder(ladder: dict) -> str:
     boot = ladder["bootstrap"]
     level = f"{100 * boot['confidence']:g} %"
     lines = [f"P2 (a) performance ladder: theta = (1-alpha) trained + alpha re-initialised (seed {ladder['seed']})",
              f"  {ladder['accuracy_images']} accuracy scenes and {ladder['pointing_images']} pointing scenes per rung; "
              f"[{level} percentile bootstrap interval, {boot['resamples']} resamples of scenes, bootstrap seed {boot['seed']}]",
-             f"  {'alpha':<22} " + " ".join(f"{r['alpha']:<18g}" for r in ladder["rungs"]),
-             f"  {'accuracy':<22} " + " ".join(f"{_estimate(r['accuracy'], r['accuracy_interval'], 3):<18}"
+             f"  {'alpha':<22} " + " ".join(f"{r['alpha']:<{CELL}g}" for r in ladder["rungs"]),
+             f"  {'accuracy':<22} " + " ".join(f"{_estimate(r['accuracy'], r['accuracy_interval'], 3):<{CELL}}"
                                                for r in ladder["rungs"]),
              f"  accuracy falls monotonically: {ladder['accuracy_monotone']}",
              f"  {'pointing rate':<22} (per rung)"]
     for method in ladder["methods"]:
         lines.append(f"  {method:<22} " + " ".join(
-            f"{_estimate(r['quality'][method]['pointing'], r['pointing_interval'][method]):<18}" for r in ladder["rungs"]))
+            f"{_estimate(r['quality'][method]['pointing'], r['pointing_interval'][method]):<{CELL}}" for r in ladder["rungs"]))
     lines += [f"  {'rank correlation':<22} {'rho(acc, pointing)':<22} {'verdict (< ' + _fmt(ladder['flag_below'], 2) + ')':<16} "
               f"{'rho(acc, ins-del)':<22}"]
     for method in ladder["methods"]:
         rho = ladder["spearman"][method]
         lines.append(f"  {method:<22} {_estimate(rho['pointing'], rho['pointing_interval']):<22} {rho['verdict']:<16} "
                      f"{_estimate(rho['ins_minus_del'], rho['ins_minus_del_interval']):<22}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def format_correctness(split: dict) -> str:
@@ -122,7 +125,7 @@ def format_correctness(split: dict) -> str:
             f"{_estimate(parts['pointing_difference'], parts['pointing_difference_interval']):<22} {parts['verdict']:<13} "
             f"{_fmt(parts['right'].get('ins_minus_del'), 3):>13} {_fmt(parts['wrong'].get('ins_minus_del'), 3):>13}  "
             f"{_estimate(parts['ins_minus_del_difference'], parts['ins_minus_del_difference_interval']):<22}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
