@@ -132,10 +132,14 @@ def test_split_statistics_difference_and_verdict():
     correct = [True] * 6 + [False] * 4
     per_scene = {"better_when_right": {"pointing": [1.0] * 6 + [0.0] * 4, "ins_minus_del": [0.0] * 10},
                  "worse_when_right": {"pointing": [0.0] * 6 + [1.0] * 4, "ins_minus_del": [0.0] * 10}}
-    split = split_statistics(correct, per_scene)
+    split = split_statistics(correct, per_scene, min_group=4)
     assert (split["right"], split["wrong"]) == (6, 4)
     good, bad = split["methods"]["better_when_right"], split["methods"]["worse_when_right"]
     assert good["pointing_difference"] == 1.0 and good["pointing_difference_interval"] == [1.0, 1.0]
     assert good["verdict"] == "pass" and bad["verdict"] == "flagged"
     none_wrong = split_statistics([True] * 3, {"m": {"pointing": [1.0] * 3, "ins_minus_del": [0.0] * 3}})
     assert none_wrong["methods"]["m"]["verdict"] == "n/a"
+    # 6 right images that all miss: the interval has no spread, but 6 images cannot carry a verdict
+    few = split_statistics(correct, per_scene, min_group=20)
+    assert few["methods"]["worse_when_right"]["pointing_difference_interval"] == [-1.0, -1.0]
+    assert few["methods"]["worse_when_right"]["verdict"] == "n/a"

@@ -186,16 +186,23 @@ def performance_ladder(handle: ClipHandle, accuracy_data: AuditData, pointing_da
     return result
 
 
+SPLIT_MIN_GROUP = 20  # fewer right (or wrong) images than this: no verdict
+
+
 def split_statistics(correct: Sequence[bool], per_scene: dict[str, dict[str, Sequence[float]]],
-                     boot: Bootstrap = Bootstrap(), margin: float = 0.0) -> dict[str, Any]:
+                     boot: Bootstrap = Bootstrap(), margin: float = 0.0,
+                     min_group: int = SPLIT_MIN_GROUP) -> dict[str, Any]:
     """P2 (b) from per-image values: means on right / wrong images and right - wrong with its interval.
 
     Verdict on the pointing difference against ``margin``: ``flagged`` when its interval lies below it
-    (the maps are worse where the model is right), ``pass`` at or above it, ``inconclusive`` otherwise.
+    (the maps are worse where the model is right), ``pass`` at or above it, ``inconclusive`` otherwise;
+    ``n/a`` when either group has fewer than ``min_group`` images: resampling a handful of 0/1 hits (all
+    misses, say) gives an interval with no spread, which would turn chance into a verdict.
     """
     correct = np.asarray(correct, dtype=bool)
     out: dict[str, Any] = {"right": int(correct.sum()), "wrong": int((~correct).sum()), "margin": margin,
-                           "bootstrap": asdict(boot), "methods": {}}
+                           "min_group": min_group, "bootstrap": asdict(boot), "methods": {}}
+    enough = min(out["right"], out["wrong"]) >= min_group
     for method, metrics in per_scene.items():
         entry: dict[str, Any] = {"right": {}, "wrong": {}}
         for metric, values in metrics.items():
@@ -206,7 +213,7 @@ def split_statistics(correct: Sequence[bool], per_scene: dict[str, dict[str, Seq
             difference = difference_interval(right, wrong, boot)
             entry[f"{metric}_difference"] = difference["value"]
             entry[f"{metric}_difference_interval"] = [difference["low"], difference["high"]]
-        entry["verdict"] = verdict(*entry["pointing_difference_interval"], margin)
+        entry["verdict"] = verdict(*entry["pointing_difference_interval"], margin) if enough else "n/a"
         out["methods"][method] = entry
     return out
 

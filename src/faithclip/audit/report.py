@@ -116,7 +116,8 @@ def format_ladder(ladder: dict) -> str:
 def format_correctness(split: dict) -> str:
     at = f" at alpha = {split['alpha']:g}" if "alpha" in split else ""
     lines = [f"P2 (b) quality by correctness{at} ({split['right']} right, {split['wrong']} wrong predictions); "
-             f"right - wrong with its interval, verdict against {_fmt(split.get('margin', 0.0), 2)}",
+             f"right - wrong with its interval, verdict against {_fmt(split.get('margin', 0.0), 2)} "
+             f"(none with fewer than {split.get('min_group', 0)} images in a group)",
              f"  {'method':<22} {'pointing right':>14} {'pointing wrong':>14}  {'pointing right-wrong':<22} {'verdict':<13} "
              f"{'ins-del right':>13} {'ins-del wrong':>13}  {'ins-del right-wrong':<22}"]
     for method, parts in split["methods"].items():
