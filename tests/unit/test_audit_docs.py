@@ -40,7 +40,8 @@ def test_settings_command_round_trips():
 
 
 @pytest.mark.parametrize("arguments", [["--scenes", "0"], ["--alphas", "0", "2"], ["--ladder", "--alphas", "0", "1"],
-                                       ["--json", "/nonexistent-dir/a.json"], ["--random-init"]])
+                                       ["--json", "/nonexistent-dir/a.json"], ["--random-init"],
+                                       ["--ladder", "--methods", "no_such_method"]])
 def test_bad_usage_is_one_line_and_exit_2(arguments, capsys):
     assert cli_main(["audit", *arguments]) == 2
     error = capsys.readouterr().err.strip()

@@ -75,6 +75,13 @@ class AuditSettings:
                 raise FaithclipError(f"ladder rungs must lie in [0, 1], got {alpha}.")
         if self.ladder and len(self.alphas) < 3:
             raise FaithclipError("--alphas needs at least 3 rungs for a rank correlation.")
+        if self.methods is not None:
+            import faithclip.methods  # noqa: F401  (registers the methods)
+            from faithclip.registry import METHODS
+
+            for name in self.methods:
+                if METHODS.get(name).image is None:  # an unknown name raises a MethodError naming the choices
+                    raise FaithclipError(f"--methods {name}: it has no image side, and P2 explains images.")
 
     def command(self, prefix: str = "faithclip audit") -> str:
         """The command line that runs these settings (only non-default values are spelled out)."""
