@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare the documented figures with a fresh run")
     parser.add_argument("--reduced", action="store_true", help="with --check: only the reduced (demo-size) block")
     args = parser.parse_args(argv)
+    if args.markdown in SECTIONS:  # `python -m faithclip.audit.docs shapes`: the default file, that section
+        args.sections, args.markdown = [args.markdown, *args.sections], "docs/audit.md"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     markdown = Path(args.markdown)
@@ -246,9 +248,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{markdown}: no such file", file=sys.stderr)
         return 2
     unknown = sorted(set(args.sections) - set(SECTIONS))
-    if unknown or (args.check and args.sections) or (args.reduced and not args.check):
-        print(f"usage: sections {unknown or args.sections} are not valid here; choose from {sorted(SECTIONS)} "
-              "(regeneration) or --check [--reduced] alone", file=sys.stderr)
+    usage = None
+    if unknown:
+        usage = f"unknown sections {unknown}; choose from {sorted(SECTIONS)}"
+    elif args.check and args.sections:
+        usage = "--check reruns every documented run (or --reduced: the demo-size block); it takes no sections"
+    elif args.reduced and not args.check:
+        usage = "--reduced only applies to --check"
+    if usage:
+        print(f"usage: {usage}", file=sys.stderr)
         return 2
     try:
         if not args.check:
