@@ -1,8 +1,8 @@
 """Every report, opened in a real browser: headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
 installed by .ci/run) through Selenium, at a 1,400 px wide window.
 
-For each page (demo, evaluate, verify, explain, and the audit's current ``audit_html`` wrapped in the
-shared page) it asserts that nothing overflows horizontally (the document is no wider than the window),
+For each page (demo, evaluate, verify, explain, audit, each written by its command's ``--out DIR``) it
+asserts that nothing overflows horizontally (the document is no wider than the window),
 that every image has loaded (``complete`` with a natural width), and that the page made no network
 request (Chromium's performance log lists every request: only ``file:`` and ``data:`` URLs are allowed).
 Each page's figures are written to ``browser-figures.json`` and a screenshot beside the report.
@@ -20,7 +20,6 @@ from faithclip.cli.main import main
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 WIDTH = 1400
-FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +56,14 @@ def reports(tmp_path_factory) -> dict[str, Path]:
                      "--method-option", "rise.masks=100", "--metrics", "all", "--no-progress"],
         "verify": ["verify", "--no-progress"],
         "explain": ["explain", str(photo), "--text", scene.caption, "--text", "a zebra", "--no-progress"],
+        "audit": ["audit", "--scenes", "8", "--map-images", "1", "--ladder", "--correctness", "--pointing-scenes", "8",
+                  "--alphas", "0", "0.5", "1", "--resamples", "200", "--methods", "attention_eclip", "rollout"],
     }
     pages = {}
     for name, arguments in commands.items():
         out = root / name
         assert main(arguments + ["--out", str(out)]) == 0, name
         pages[name] = out / "report.html"
-    from faithclip.audit.report import audit_html
-    from faithclip.report.page import html_page
-
-    audit = json.loads((FIXTURES / "audit-small.json").read_text())  # `faithclip audit --json` output
-    pages["audit"] = root / "audit" / "report.html"
-    pages["audit"].parent.mkdir()
-    pages["audit"].write_text(html_page("faithclip audit", audit_html(audit)), encoding="utf-8")
     return pages
 
 

@@ -1,93 +1,280 @@
-"""Regenerate the results of docs/audit.md: ``python -m faithclip.audit.docs [docs/audit.md] [shapes|b32 ...]``.
+"""The audit's documented results: regenerate them, or check them against a fresh run.
 
-Runs the audit on (1) the shipped shapes model (departure, ladder, correctness split), when it is
-installed, and (2) the real ViT-B/32 architecture with random weights (drift only: shapes scenes
-rendered at 448 px and the three VOC photographs of ../shared/reference), and replaces the text
-between ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->`` for each section NAME run
-(default: both).
+    python -m faithclip.audit.docs [docs/audit.md] [shapes|reduced|b32 ...]   # rewrite the results blocks
+    python -m faithclip.audit.docs --check [docs/audit.md] [--reduced]       # exit 1 if a figure disagrees
+
+Every results block (between ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``) is
+made of fenced blocks that start with the command that printed them (``$ faithclip audit ...``): the
+generator runs exactly those commands through the CLI's own parser and ``run_audit``, with the CLI's
+defaults. ``--check`` reruns the commands found in the file (``--reduced``: only the ``reduced`` block,
+the demo's size, a few seconds) and compares every documented number with the fresh output: a figure
+printed as ``value [low, high]`` must lie inside the fresh interval; any other number must equal the
+fresh one to the printed precision (one unit of the last digit: float32 noise can flip a rounding).
 """
 
 from __future__ import annotations
 
+import argparse
+import glob
 import logging
+import math
+import re
+import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from faithclip.audit.data import folder_data, shapes_data
-from faithclip.audit.departure import audit_departure
-from faithclip.audit.ladder import LadderConfig, correctness_split, degrade, performance_ladder
-from faithclip.audit.report import format_audit, format_correctness
+from faithclip.demo import DEMO_AUDIT
+from faithclip.errors import FaithclipError
 from faithclip.explanation import write_atomic
 
 logger = logging.getLogger(__name__)
 
-REFERENCE = Path(__file__).resolve().parents[3].parent / "shared" / "reference"
+B32 = "../shared/reference/openai-clip-vit-base-patch32"
+VOC = "../shared/reference/voc2011-samples"
+SEEDS = (0, 1, 2)
+MAIN = "faithclip audit --ladder --correctness"
+# The demo's audit section runs this reduced size; the fast test checks its block.
+REDUCED = DEMO_AUDIT.command()
 
 
-def shapes_section() -> str:
-    from faithclip.models.loading import load, shipped_models
-
-    if "shapes-clip" not in shipped_models():
-        return "### Shapes model\n\nNot run: the shipped model `shapes-clip` is not installed yet.\n"
-    handle = load("shapes-clip")
-    raw = 2 * handle.image_size
-    data = shapes_data(200, raw_size=raw, seed=1)
-    results = audit_departure(handle, data, map_images=16)
-    pointing = shapes_data(24, raw_size=raw, seed=2, kind="multi")
-    results["ladder"] = performance_ladder(handle, data, pointing, config=LadderConfig())
-    results["correctness"] = correctness_split(handle, data)
-    square = format_audit(results)
-    half = correctness_split(degrade(handle, 0.5), data)
-    wide = audit_departure(handle, shapes_data(200, raw_size=raw, seed=3, aspect=0.75), map_images=16)
-    return ("### Shapes model (`shapes-clip`), scenes rendered at "
-            f"{raw} px (model input {handle.image_size} px)\n\n```\n{square}\n```\n\n"
-            "The trained model is almost always right, so P2 (b) is repeated on the ladder's alpha = 0.5 rung, "
-            f"which errs often:\n\n```\n{format_correctness(half)}\n```\n\n"
-            f"Non-square variant: renders cropped to {raw}x{int(round(raw * 0.75))} (W x H), so the model's "
-            f"centre crop loses the sides the official input keeps:\n\n```\n{format_audit(wide)}\n```\n")
+@dataclass
+class Run:
+    command: str
+    intro: str = ""
 
 
-def b32_section() -> str:
-    from faithclip.cli.audit import random_init_handle
-
-    directory = REFERENCE / "openai-clip-vit-base-patch32"
-    if not directory.is_dir():
-        return "### ViT-B/32 architecture\n\nNot run: ../shared/reference is not available.\n"
-    handle = random_init_handle(str(directory), seed=0)
-    scenes = audit_departure(handle, shapes_data(24, raw_size=448, seed=1), map_images=4, deletion_steps=8)
-    voc_dir = REFERENCE / "voc2011-samples"
-    names = [n.strip() for n in (voc_dir / "class_names.txt").read_text().splitlines() if n.strip() and not n.startswith("_")]
-    voc = folder_data(sorted((voc_dir / "JPEGImages").glob("*.jpg")), [f"a photo of a {n}." for n in names],
-                      name="VOC 2011 samples (500x338, 500x375)")
-    photos = audit_departure(handle, voc, map_images=3, deletion_steps=10)
-    return ("### ViT-B/32 architecture, random weights (drift only; accuracy is meaningless)\n\n"
-            f"```\n{format_audit(scenes)}\n```\n\n```\n{format_audit(photos)}\n```\n")
+SECTIONS: dict[str, list[Run]] = {
+    # Seeds 1 and 2 are there for P2: their departure maps (--map-images 0) would only repeat seed 0's.
+    "shapes": [Run(MAIN + (f" --seed {seed} --map-images 0" if seed else "")) for seed in SEEDS] + [
+        Run("faithclip audit --aspect 0.75 --seed 2",
+            "Non-square variant: renders cropped to 128x96 (W x H), so the model's centre crop loses the sides "
+            "the official input keeps (single-object scene seed 3):")],
+    "reduced": [Run(REDUCED, f"The demo's audit section (`faithclip demo`), a REDUCED size: {len(DEMO_AUDIT.methods or ())} "
+                             f"methods, {DEMO_AUDIT.pointing_scenes} pointing scenes per rung, {DEMO_AUDIT.scenes} "
+                             "single-object scenes. Its intervals are wide; the verdicts above are the ones to read.")],
+    "b32": [Run(f"faithclip audit --model {B32} --random-init --scenes 24 --raw-size 448 --map-images 4 --deletion-steps 8"),
+            Run(f"faithclip audit --model {B32} --random-init --images {VOC}/JPEGImages/*.jpg "
+                f"--class-names {VOC}/class_names.txt --map-images 3 --deletion-steps 10")],
+}
 
 
-SECTIONS = {"shapes": shapes_section, "b32": b32_section}
+def parse_command(command: str) -> argparse.Namespace:
+    """The CLI's own parser applied to a documented ``faithclip audit ...`` line (globs expanded)."""
+    from faithclip.cli.audit import add_arguments
+
+    words = shlex.split(command)
+    if words[:2] != ["faithclip", "audit"]:
+        raise ValueError(f"not a faithclip audit command: {command}")
+    expanded = []
+    for word in words[2:]:
+        matches = sorted(glob.glob(word)) if any(c in word for c in "*?[") else []
+        expanded += matches or [word]  # as a shell does: a pattern matching nothing stays literal
+    parser = argparse.ArgumentParser(prog="faithclip audit")
+    add_arguments(parser)
+    return parser.parse_args(expanded)
+
+
+def run_command(command: str) -> dict:
+    """Run one documented command exactly as ``faithclip audit`` would (one thread), return its results."""
+    from faithclip.audit.run import run_audit
+    from faithclip.cli.audit import load_inputs, settings_from_args
+
+    args = parse_command(command)
+    handle, data = load_inputs(args)
+    return run_audit(handle, settings_from_args(args), data)
+
+
+def render_run(command: str, results: dict) -> str:
+    from faithclip.audit.report import format_audit
+
+    return f"```\n$ {command}\n{format_audit(results)}\n```\n"
+
+
+def seeds_table(results: dict[int, dict]) -> str:
+    """A Markdown table of the P2 verdicts of the runs for several seeds."""
+    seeds = sorted(results)
+    methods = results[seeds[0]]["ladder"]["methods"]
+    header = "| method | " + " | ".join(f"seed {s}: rho(acc, pointing) [95 %], verdict" for s in seeds) + " |"
+    lines = [header, "|---" * (len(seeds) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for seed in seeds:
+            rho = results[seed]["ladder"]["spearman"][method]
+            low, high = rho["pointing_interval"]
+            cells.append(f"{rho['pointing']:.2f} [{low:.2f}, {high:.2f}] {rho['verdict']}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_section(name: str) -> str:
+    if name == "b32" and not Path(B32).is_dir():
+        return "Not run: ../shared/reference is not available.\n"
+    if name != "b32":
+        from faithclip.models.loading import shipped_models
+
+        if "shapes-clip" not in shipped_models():
+            return "Not run: the shipped model `shapes-clip` is not installed.\n"
+    parts, by_seed = [], {}
+    for run in SECTIONS[name]:
+        results = run_command(run.command)
+        if name == "shapes" and "ladder" in results:
+            by_seed[results["settings"]["seed"]] = results
+        parts.append((run.intro + "\n\n" if run.intro else "") + render_run(run.command, results))
+    if by_seed:
+        parts.insert(0, "P2 verdicts per seed (generated from the runs below):\n\n" + seeds_table(by_seed))
+    return "\n".join(parts)
+
+
+def block_bounds(text: str, name: str) -> tuple[int, int]:
+    start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+    if start not in text or end not in text:
+        raise KeyError(f"no {start} ... {end} block")
+    return text.index(start) + len(start), text.index(end)
 
 
 def regenerate(markdown: Path, sections: list[str]) -> None:
     for name in sections:
-        start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
-        if start not in markdown.read_text() or end not in markdown.read_text():
-            raise SystemExit(f"{markdown} has no {start} ... {end} block to fill")
-        body = SECTIONS[name]()
+        block_bounds(markdown.read_text(), name)  # fail before computing
+        body = render_section(name)
         text = markdown.read_text()  # read again: the file may have been edited during the run
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        write_atomic(markdown, f"{head}{start}\n{body}\n{end}{tail}".encode())
+        begin, finish = block_bounds(text, name)
+        write_atomic(markdown, f"{text[:begin]}\n{body}\n{text[finish:]}".encode())
         logger.info("wrote the %s results into %s", name, markdown)
 
 
-if __name__ == "__main__":
+# ---- the check --------------------------------------------------------------------------------------
+NUMBER = r"nan|-?\d+(?:\.\d+)?"
+TOKEN = re.compile(rf"\[({NUMBER}), ({NUMBER})\]|(?<![\w.\-])({NUMBER})(?![\w.])")
+FENCE = re.compile(r"```\n\$ (faithclip audit[^\n]*)\n(.*?)```", re.S)
+
+
+def _value(text: str) -> float:
+    return math.nan if text == "nan" else float(text)
+
+
+def _unit(text: str) -> float:
+    return 10.0 ** -(len(text.split(".")[1]) if "." in text else 0)
+
+
+def _tokens(line: str) -> list[tuple]:
+    """``("interval", low, high, unit)`` or ``("number", value, unit)`` in order of appearance."""
+    out = []
+    for match in TOKEN.finditer(line):
+        if match.group(3) is None:
+            out.append(("interval", _value(match.group(1)), _value(match.group(2)), _unit(match.group(1))))
+        else:
+            out.append(("number", _value(match.group(3)), _unit(match.group(3))))
+    return out
+
+
+def _shape(line: str) -> str:
+    return " ".join(TOKEN.sub("#", line).split())
+
+
+def compare_output(documented: str, fresh: str) -> list[str]:
+    """One message per documented figure that the fresh output contradicts (empty: consistent)."""
+    problems = []
+    doc_lines, new_lines = documented.strip("\n").splitlines(), fresh.strip("\n").splitlines()
+    if len(doc_lines) != len(new_lines):
+        return [f"the documented output has {len(doc_lines)} lines, a fresh run prints {len(new_lines)}"]
+    for number, (doc, new) in enumerate(zip(doc_lines, new_lines), 1):
+        if _shape(doc) != _shape(new):
+            problems.append(f"output line {number} differs in form: documented {doc.strip()!r}, fresh {new.strip()!r}")
+            continue
+        label = (doc.split() or ["?"])[0]
+        doc_tokens, new_tokens = _tokens(doc), _tokens(new)
+        for index, (d, f) in enumerate(zip(doc_tokens, new_tokens)):
+            if f[0] == "interval":
+                continue  # an interval qualifies the figure before it; it is not a figure itself
+            value = d[1]
+            following = new_tokens[index + 1] if index + 1 < len(new_tokens) else None
+            if following is not None and following[0] == "interval":
+                low, high, unit = following[1], following[2], following[3]
+                slack = unit / 2  # the printed bounds are rounded
+                inside = (math.isnan(value) and math.isnan(f[1])) or (low - slack <= value <= high + slack)
+                if not inside:
+                    problems.append(f"output line {number} ({label}), figure {index + 1}: documented {value:g} lies "
+                                    f"outside the fresh interval [{low:g}, {high:g}]")
+            elif not ((math.isnan(value) and math.isnan(f[1])) or abs(value - f[1]) <= max(d[2], f[2]) * 1.0001):
+                problems.append(f"output line {number} ({label}), figure {index + 1}: documented {value:g}, "
+                                f"fresh {f[1]:g}")
+    return problems
+
+
+def documented_runs(text: str, reduced: bool = False) -> list[tuple[str, str]]:
+    """(command, documented output) of every fenced run in the results blocks (or the reduced block only)."""
+    names = ["reduced"] if reduced else re.findall(r"<!-- results:(\w+):start -->", text)
+    runs = []
+    for name in names:
+        begin, finish = block_bounds(text, name)
+        runs += [(m.group(1), m.group(2)) for m in FENCE.finditer(text[begin:finish])]
+    return runs
+
+
+def check(markdown: Path, reduced: bool = False, run=run_command) -> list[str]:
+    """Rerun every documented command and return one line per documented figure a fresh run contradicts."""
+    from faithclip.audit.report import format_audit
+
+    runs = documented_runs(markdown.read_text(), reduced)
+    if not runs:
+        raise KeyError(f"{markdown} documents no `$ faithclip audit ...` runs{' in its reduced block' if reduced else ''}")
+    problems = []
+    for command, documented in runs:
+        if f"--model {B32}" in command and not Path(B32).is_dir():
+            logger.warning("skipped (../shared/reference is not available): %s", command)
+            continue
+        fresh = format_audit(run(command))
+        problems += [f"{markdown}: `{command}`: {p}" for p in compare_output(documented, fresh)]
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m faithclip.audit.docs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("markdown", nargs="?", default="docs/audit.md")
+    parser.add_argument("sections", nargs="*", help=f"sections to regenerate (default: all of {sorted(SECTIONS)})")
+    parser.add_argument("--check", action="store_true", help="compare the documented figures with a fresh run")
+    parser.add_argument("--reduced", action="store_true", help="with --check: only the reduced (demo-size) block")
+    args = parser.parse_args(argv)
+    if args.markdown in SECTIONS:  # `python -m faithclip.audit.docs shapes`: the default file, that section
+        args.sections, args.markdown = [args.markdown, *args.sections], "docs/audit.md"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
-    arguments = sys.argv[1:]
-    target = Path(arguments.pop(0)) if arguments and arguments[0].endswith(".md") else Path("docs/audit.md")
-    unknown = sorted(set(arguments) - set(SECTIONS))
+    markdown = Path(args.markdown)
+    if not markdown.is_file():
+        print(f"{markdown}: no such file", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    usage = None
     if unknown:
-        raise SystemExit(f"unknown sections {unknown}; choose from {sorted(SECTIONS)}")
-    regenerate(target, arguments or list(SECTIONS))
+        usage = f"unknown sections {unknown}; choose from {sorted(SECTIONS)}"
+    elif args.check and args.sections:
+        usage = "--check reruns every documented run (or --reduced: the demo-size block); it takes no sections"
+    elif args.reduced and not args.check:
+        usage = "--reduced only applies to --check"
+    if usage:
+        print(f"usage: {usage}", file=sys.stderr)
+        return 2
+    try:
+        if not args.check:
+            regenerate(markdown, args.sections or list(SECTIONS))
+            return 0
+        problems = check(markdown, args.reduced)
+    except KeyError as error:
+        print(f"{markdown}: {error.args[0]}", file=sys.stderr)
+        return 2
+    except FaithclipError as error:
+        print(f"{markdown}: a documented command cannot run: {error}", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(line)
+    if not problems:
+        print(f"{markdown}: every documented figure lies within a fresh run's interval")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,12 +9,14 @@ Per rung: zero-shot top-1 accuracy over the class prompts (single-object scenes)
 explanation quality on multi-object scenes where the caption names one object: the pointing game
 (arg-max of the map inside the named object's mask) and the deletion/insertion AUCs scored by that
 rung's model (``ins_minus_del`` = insertion AUC - deletion AUC, higher is better). Per method,
-Spearman's rho between accuracy and quality across rungs; a method whose pointing quality does not
-fall with accuracy (``rho < flag_below``, default 0.5) is flagged: its maps do not reflect what the
-model can do.
+Spearman's rho between accuracy and quality across rungs, with a 95 % percentile bootstrap interval
+(scenes resampled, ``faithclip.audit.bootstrap``). A method is flagged when the whole interval of
+rho(accuracy, pointing) lies below ``flag_below`` (default 0.5): its maps do not reflect what the model
+can do; ``inconclusive`` when the interval straddles the threshold, ``pass`` when it lies above.
 
 (b) Quality split by the model's correctness: on single-object scenes, the map for the TRUE class's
-prompt, pointing and deletion reported separately for images the model classified right and wrong.
+prompt, pointing and deletion reported separately for images the model classified right and wrong,
+with the difference right - wrong and its interval (verdict against 0).
 
 Images are the raw scene renders; the model sees its standard preprocessing of them, and a method that
 needs the original image (``grad_eclip_official``) receives it as ``original=``.
@@ -25,14 +27,15 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from faithclip.audit.bootstrap import Bootstrap, difference_interval, ladder_rho_interval, mean_interval, verdict
 from faithclip.audit.departure import AuditData
-from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, pointing_hit, spearman
+from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, pointing_hit
 from faithclip.methods.context import Context
 from faithclip.models.clip import ClipHandle
 from faithclip.registry import METHODS
@@ -102,67 +105,133 @@ def explain_quality(handle: ClipHandle, method: str, data: AuditData, indices: S
     return rows
 
 
-def _mean(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    if not rows:
-        return {}
-    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
-
-
 def default_methods() -> list[str]:
     return [s.name for s in METHODS if s.image is not None and s.name not in EXPENSIVE_METHODS]
 
 
-@dataclass
+@dataclass(frozen=True)
 class LadderConfig:
-    alphas: Sequence[float] = DEFAULT_ALPHAS
-    seed: int = 0
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    seed: int = 0  # seed of the re-initialised copy
     deletion_steps: int | None = 16
     flag_below: float = 0.5
+    bootstrap: Bootstrap = Bootstrap()
+
+
+QUALITY_METRICS = ("pointing", "ins_minus_del")
+
+
+def ladder_statistics(alphas: Sequence[float], correct: np.ndarray, per_scene: dict[str, dict[str, np.ndarray]],
+                      flag_below: float = 0.5, boot: Bootstrap = Bootstrap()) -> dict[str, Any]:
+    """Rates, rank correlations, intervals and verdicts from per-scene values (no model needed).
+
+    correct ``(R, n_acc)`` 0/1 per rung and accuracy image; ``per_scene[method][metric]`` ``(R, n_pt)``.
+    A method is ``flagged`` when the interval of rho(accuracy, pointing) lies below ``flag_below``,
+    ``inconclusive`` when it straddles it, ``pass`` when it lies at or above it.
+    """
+    correct = np.asarray(correct, dtype=np.float64)
+    rungs = []
+    for r, alpha in enumerate(alphas):
+        accuracy = mean_interval(correct[r], boot)
+        quality, intervals = {}, {}
+        for method, metrics in per_scene.items():
+            quality[method] = {metric: float(np.mean(values[r])) for metric, values in metrics.items()}
+            pointing = mean_interval(metrics["pointing"][r], boot)
+            intervals[method] = [pointing["low"], pointing["high"]]
+        rungs.append({"alpha": float(alpha), "accuracy": accuracy["value"],
+                      "accuracy_interval": [accuracy["low"], accuracy["high"]],
+                      "quality": quality, "pointing_interval": intervals})
+    correlations = {}
+    for method, metrics in per_scene.items():
+        entry: dict[str, Any] = {}
+        for metric in QUALITY_METRICS:
+            rho = ladder_rho_interval(correct, metrics[metric], boot)
+            entry[metric] = rho["value"]
+            entry[f"{metric}_interval"] = [rho["low"], rho["high"]]
+        entry["verdict"] = verdict(*entry["pointing_interval"], flag_below)
+        entry["flagged"] = entry["verdict"] == "flagged"
+        correlations[method] = entry
+    accuracies = [r["accuracy"] for r in rungs]
+    monotone = bool(all(a >= b for a, b in zip(accuracies[:-1], accuracies[1:])))
+    return {"alphas": [float(a) for a in alphas], "rungs": rungs, "accuracy_monotone": monotone,
+            "spearman": correlations, "flag_below": flag_below, "methods": list(per_scene),
+            "bootstrap": asdict(boot), "accuracy_images": int(correct.shape[1]),
+            "pointing_images": int(next(iter(per_scene.values()))["pointing"].shape[1]) if per_scene else 0}
 
 
 def performance_ladder(handle: ClipHandle, accuracy_data: AuditData, pointing_data: AuditData,
                        methods: Sequence[str] | None = None, config: LadderConfig = LadderConfig()) -> dict[str, Any]:
-    """P2 (a): accuracy and explanation quality per rung, Spearman's rho per method, flags."""
+    """P2 (a): accuracy and explanation quality per rung, Spearman's rho per method with intervals, verdicts.
+
+    The per-scene values are kept in the result (``per_scene``) so that the statistics can be recomputed.
+    """
     methods = list(methods) if methods is not None else default_methods()
     indices = range(len(pointing_data.images))
-    rungs = []
+    labels = torch.as_tensor(accuracy_data.labels)
+    correct = []
+    per_scene: dict[str, dict[str, list]] = {m: {metric: [] for metric in QUALITY_METRICS} for m in methods}
     for alpha in config.alphas:
         rung = degrade(handle, alpha, config.seed)
-        accuracy = zero_shot_accuracy(rung, accuracy_data)
-        logger.info("ladder: alpha=%g accuracy=%.3f", alpha, accuracy)
-        quality = {m: _mean(explain_quality(rung, m, pointing_data, indices, config.deletion_steps)) for m in methods}
-        rungs.append({"alpha": alpha, "accuracy": accuracy, "quality": quality})
-    accuracies = torch.tensor([r["accuracy"] for r in rungs])
-    correlations = {}
-    for method in methods:
-        per_metric = {}
-        for metric in ("pointing", "ins_minus_del"):
-            values = torch.tensor([r["quality"][method][metric] for r in rungs])
-            per_metric[metric] = spearman(accuracies, values)
-        rho = per_metric["pointing"]
-        per_metric["flagged"] = bool(not rho >= config.flag_below)  # NaN (constant quality) is flagged too
-        correlations[method] = per_metric
-    monotone = bool(all(a >= b for a, b in zip(accuracies[:-1], accuracies[1:])))
-    return {"alphas": list(config.alphas), "rungs": rungs, "accuracy_monotone": monotone,
-            "spearman": correlations, "flag_below": config.flag_below, "methods": methods,
-            "pointing_images": len(pointing_data.images), "accuracy_images": len(accuracy_data.images)}
+        correct.append((zero_shot_predictions(rung, accuracy_data) == labels).double().numpy())
+        logger.info("ladder: alpha=%g accuracy=%.3f", alpha, correct[-1].mean())
+        for method in methods:
+            rows = explain_quality(rung, method, pointing_data, indices, config.deletion_steps)
+            for metric in QUALITY_METRICS:
+                per_scene[method][metric].append([row[metric] for row in rows])
+    arrays = {m: {k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()} for m, metrics in per_scene.items()}
+    result = ladder_statistics(config.alphas, np.stack(correct), arrays, config.flag_below, config.bootstrap)
+    result["seed"] = config.seed
+    result["per_scene"] = {"correct": np.stack(correct).tolist(),
+                           **{m: {k: v.tolist() for k, v in metrics.items()} for m, metrics in arrays.items()}}
+    return result
 
 
-def correctness_split(handle: ClipHandle, data: AuditData, methods: Sequence[str] | None = None,
-                      deletion_steps: int | None = 16) -> dict[str, Any]:
-    """P2 (b): quality of the true-class map on images the model got right vs wrong."""
-    methods = list(methods) if methods is not None else default_methods()
-    predictions = zero_shot_predictions(handle, data)
-    right = [i for i, (p, y) in enumerate(zip(predictions.tolist(), data.labels)) if p == y]
-    wrong = [i for i in range(len(data.images)) if i not in set(right)]
-    out: dict[str, Any] = {"right": len(right), "wrong": len(wrong), "methods": {}}
-    for method in methods:
-        out["methods"][method] = {
-            "right": _mean(explain_quality(handle, method, data, right, deletion_steps)),
-            "wrong": _mean(explain_quality(handle, method, data, wrong, deletion_steps)),
-        }
+SPLIT_MIN_GROUP = 20  # fewer right (or wrong) images than this: no verdict
+
+
+def split_statistics(correct: Sequence[bool], per_scene: dict[str, dict[str, Sequence[float]]],
+                     boot: Bootstrap = Bootstrap(), margin: float = 0.0,
+                     min_group: int = SPLIT_MIN_GROUP) -> dict[str, Any]:
+    """P2 (b) from per-image values: means on right / wrong images and right - wrong with its interval.
+
+    Verdict on the pointing difference against ``margin``: ``flagged`` when its interval lies below it
+    (the maps are worse where the model is right), ``pass`` at or above it, ``inconclusive`` otherwise;
+    ``n/a`` when either group has fewer than ``min_group`` images: resampling a handful of 0/1 hits (all
+    misses, say) gives an interval with no spread, which would turn chance into a verdict.
+    """
+    correct = np.asarray(correct, dtype=bool)
+    out: dict[str, Any] = {"right": int(correct.sum()), "wrong": int((~correct).sum()), "margin": margin,
+                           "min_group": min_group, "bootstrap": asdict(boot), "methods": {}}
+    enough = min(out["right"], out["wrong"]) >= min_group
+    for method, metrics in per_scene.items():
+        entry: dict[str, Any] = {"right": {}, "wrong": {}}
+        for metric, values in metrics.items():
+            values = np.asarray(values, dtype=np.float64)
+            right, wrong = values[correct], values[~correct]
+            entry["right"][metric] = float(right.mean()) if right.size else float("nan")
+            entry["wrong"][metric] = float(wrong.mean()) if wrong.size else float("nan")
+            difference = difference_interval(right, wrong, boot)
+            entry[f"{metric}_difference"] = difference["value"]
+            entry[f"{metric}_difference_interval"] = [difference["low"], difference["high"]]
+        entry["verdict"] = verdict(*entry["pointing_difference_interval"], margin) if enough else "n/a"
+        out["methods"][method] = entry
     return out
 
 
+def correctness_split(handle: ClipHandle, data: AuditData, methods: Sequence[str] | None = None,
+                      deletion_steps: int | None = 16, boot: Bootstrap = Bootstrap()) -> dict[str, Any]:
+    """P2 (b): quality of the true-class map on images the model got right vs wrong, with intervals."""
+    methods = list(methods) if methods is not None else default_methods()
+    correct = (zero_shot_predictions(handle, data) == torch.as_tensor(data.labels)).tolist()
+    per_scene = {}
+    for method in methods:
+        rows = explain_quality(handle, method, data, range(len(data.images)), deletion_steps)
+        per_scene[method] = {metric: [row[metric] for row in rows] for metric in QUALITY_METRICS}
+    result = split_statistics(correct, per_scene, boot)
+    result["per_scene"] = {"correct": correct, **per_scene}
+    return result
+
+
 __all__ = ["degrade", "zero_shot_accuracy", "zero_shot_predictions", "explain_quality", "performance_ladder",
-           "correctness_split", "LadderConfig", "DEFAULT_ALPHAS", "default_methods"]
+           "correctness_split", "LadderConfig", "DEFAULT_ALPHAS", "default_methods", "ladder_statistics",
+           "split_statistics", "QUALITY_METRICS"]

@@ -111,11 +111,13 @@ def spec_flags(spec: MethodSpec) -> dict[str, bool]:
 
 def format_p1(rows: Sequence[P1Row]) -> str:
     """A terminal table of P1 rows."""
-    header = f"{'method':<22} {'side':<6} {'pairs':>5} {'max gap':>10} {'P1':<5} reason"
+    header = f"{'method':<22} {'side':<6} {'pairs':>5} {'max gap':>10} {'P1':<16} reason"
     lines = [header, "-" * len(header)]
     for r in rows:
         gap = "n/a" if r.max_gap is None else f"{r.max_gap:.2e}"
-        lines.append(f"{r.method:<22} {r.side:<6} {r.pairs:>5} {gap:>10} {'pass' if r.passed else 'FAIL':<5} {r.reason}")
+        declared = r.modifies_model or r.modifies_input
+        verdict = "pass" if r.passed else ("FAIL (declared)" if declared else "FAIL")
+        lines.append(f"{r.method:<22} {r.side:<6} {r.pairs:>5} {gap:>10} {verdict:<16} {r.reason}")
     return "\n".join(lines)
 
 

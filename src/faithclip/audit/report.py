@@ -1,13 +1,14 @@
 """Rendering audit results (the JSON dict is canonical): a terminal table and an HTML fragment.
 
-``audit_html(results)`` returns a self-contained ``<section>`` the demo report can include as is.
+``audit_html(results)`` returns a self-contained ``<section>`` the demo report can include as is;
+``audit_page(results)`` the complete page ``faithclip audit --out DIR`` writes.
 """
 
 from __future__ import annotations
 
 import html
 import math
-from typing import Any
+from typing import Any, Sequence
 
 ARM_LABELS = {
     "original": "original (model heads, standard crop)",
@@ -72,37 +73,77 @@ def format_audit(results: dict) -> str:
     if "ladder" in results:
         lines += ["", format_ladder(results["ladder"])]
     if "correctness" in results:
-        lines += ["", format_correctness(results["correctness"])]
+        for split in _splits(results):
+            lines += ["", format_correctness(split)]
     return "\n".join(lines)
+
+
+def _interval(interval: Any, digits: int = 2) -> str:
+    low, high = interval
+    return f"[{_fmt(float(low), digits)}, {_fmt(float(high), digits)}]"
+
+
+def _estimate(value: float, interval: Any, digits: int = 2) -> str:
+    """``value [low, high]``: the form ``faithclip.audit.docs --check`` reads back."""
+    return f"{_fmt(float(value), digits)} {_interval(interval, digits)}"
+
+
+def _splits(results: dict) -> list[dict]:
+    split = results["correctness"]
+    return split if isinstance(split, list) else [split]
+
+
+CELL = 21  # one rung's "0.983 [0.950, 1.000]"
 
 
 def format_ladder(ladder: dict) -> str:
-    lines = ["P2 (a) performance ladder: theta = (1-alpha) trained + alpha re-initialised",
-             "  alpha:    " + " ".join(f"{r['alpha']:>7g}" for r in ladder["rungs"]),
-             "  accuracy: " + " ".join(f"{r['accuracy']:>7.3f}" for r in ladder["rungs"]),
+    boot = ladder["bootstrap"]
+    level = f"{100 * boot['confidence']:g} %"
+    lines = [f"P2 (a) performance ladder: theta = (1-alpha) trained + alpha re-initialised (seed {ladder['seed']})",
+             f"  {ladder['accuracy_images']} accuracy scenes and {ladder['pointing_images']} pointing scenes per rung; "
+             f"[{level} percentile bootstrap interval, {boot['resamples']} resamples of scenes, bootstrap seed {boot['seed']}]",
+             f"  {'alpha':<22} " + " ".join(f"{r['alpha']:<{CELL}g}" for r in ladder["rungs"]),
+             f"  {'accuracy':<22} " + " ".join(f"{_estimate(r['accuracy'], r['accuracy_interval'], 3):<{CELL}}"
+                                               for r in ladder["rungs"]),
              f"  accuracy falls monotonically: {ladder['accuracy_monotone']}",
-             f"  {'method':<22} {'pointing per rung':<44} {'rho(acc,pointing)':>18} {'rho(acc,ins-del)':>17}  flag"]
+             f"  {'pointing rate':<22} (per rung)"]
     for method in ladder["methods"]:
-        pointing = " ".join(f"{r['quality'][method]['pointing']:.2f}" for r in ladder["rungs"])
+        lines.append(f"  {method:<22} " + " ".join(
+            f"{_estimate(r['quality'][method]['pointing'], r['pointing_interval'][method]):<{CELL}}" for r in ladder["rungs"]))
+    lines += [f"  {'rank correlation':<22} {'rho(acc, pointing)':<22} {'verdict (< ' + _fmt(ladder['flag_below'], 2) + ')':<16} "
+              f"{'rho(acc, ins-del)':<22}"]
+    for method in ladder["methods"]:
         rho = ladder["spearman"][method]
-        flag = "FLAG: quality does not fall with accuracy" if rho["flagged"] else ""
-        lines.append(f"  {method:<22} {pointing:<44} {_fmt(rho['pointing'], 3):>18} {_fmt(rho['ins_minus_del'], 3):>17}  {flag}")
-    return "\n".join(lines)
+        lines.append(f"  {method:<22} {_estimate(rho['pointing'], rho['pointing_interval']):<22} {rho['verdict']:<16} "
+                     f"{_estimate(rho['ins_minus_del'], rho['ins_minus_del_interval']):<22}")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def format_correctness(split: dict) -> str:
-    lines = [f"P2 (b) quality by correctness ({split['right']} right, {split['wrong']} wrong predictions)",
-             f"  {'method':<22} {'pointing right':>15} {'pointing wrong':>15} {'ins-del right':>14} {'ins-del wrong':>14}"]
+    at = f" at alpha = {split['alpha']:g}" if "alpha" in split else ""
+    lines = [f"P2 (b) quality by correctness{at} ({split['right']} right, {split['wrong']} wrong predictions); "
+             f"right - wrong with its interval, verdict against {_fmt(split.get('margin', 0.0), 2)} "
+             f"(none with fewer than {split.get('min_group', 0)} images in a group)",
+             f"  {'method':<22} {'pointing right':>14} {'pointing wrong':>14}  {'pointing right-wrong':<22} {'verdict':<13} "
+             f"{'ins-del right':>13} {'ins-del wrong':>13}  {'ins-del right-wrong':<22}"]
     for method, parts in split["methods"].items():
-        lines.append(f"  {method:<22} {_fmt(parts['right'].get('pointing'), 3):>15} {_fmt(parts['wrong'].get('pointing'), 3):>15} "
-                     f"{_fmt(parts['right'].get('ins_minus_del'), 4):>14} {_fmt(parts['wrong'].get('ins_minus_del'), 4):>14}")
-    return "\n".join(lines)
+        lines.append(
+            f"  {method:<22} {_fmt(parts['right'].get('pointing'), 3):>14} {_fmt(parts['wrong'].get('pointing'), 3):>14}  "
+            f"{_estimate(parts['pointing_difference'], parts['pointing_difference_interval']):<22} {parts['verdict']:<13} "
+            f"{_fmt(parts['right'].get('ins_minus_del'), 3):>13} {_fmt(parts['wrong'].get('ins_minus_del'), 3):>13}  "
+            f"{_estimate(parts['ins_minus_del_difference'], parts['ins_minus_del_difference_interval']):<22}")
+    return "\n".join(line.rstrip() for line in lines)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table class='faithclip-audit'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _table(header: list[str], rows: list[list[str]], bad_cells: Sequence[tuple[int, int]] = ()) -> str:
+    from faithclip.report.page import table
+
+    return table(header, rows, bad_cells=bad_cells)
+
+
+def _flagged(rows: list[list[str]], column: int) -> list[tuple[int, int]]:
+    """Cells of ``column`` whose verdict is ``flagged`` (highlighted with the page's ``bad`` class)."""
+    return [(r, column) for r, row in enumerate(rows) if row[column] == "flagged"]
 
 
 def audit_html(results: dict) -> str:
@@ -111,6 +152,10 @@ def audit_html(results: dict) -> str:
              f"<p>{html.escape(str(results['model']))} on {html.escape(str(results['data']))}: "
              f"{results['images']} images, {results['prompts']} prompts. Each forward is compared with the "
              "original model on its standard input.</p>"]
+    if results.get("command"):
+        parts.append(f"<p>Reproduce: <code>{html.escape(results['command'])}</code></p>")
+    if results.get("reduced"):
+        parts.append(f"<p><b>{html.escape(str(results['reduced']))}</b></p>")
     parts.append(_table(["forward"] + [title for _, title in ARM_COLUMNS],
                         [[label] + values for label, values in _arm_rows(results)]))
     maps = results.get("maps", {}).get("mean", {})
@@ -123,23 +168,38 @@ def audit_html(results: dict) -> str:
                      f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1).</p>")
     if "ladder" in results:
         ladder = results["ladder"]
-        parts.append("<h3>P2: performance ladder</h3>")
-        header = ["method"] + [f"alpha={r['alpha']:g} (acc {r['accuracy']:.2f})" for r in ladder["rungs"]] + \
-            ["rho(acc, pointing)", "rho(acc, ins-del)", "flag"]
-        rows = [[m] + [f"{r['quality'][m]['pointing']:.2f}" for r in ladder["rungs"]] +
-                [_fmt(ladder["spearman"][m]["pointing"], 3), _fmt(ladder["spearman"][m]["ins_minus_del"], 3),
-                 "does not track accuracy" if ladder["spearman"][m]["flagged"] else ""]
+        parts.append(f"<h3>P2: performance ladder ({ladder['pointing_images']} pointing scenes per rung; "
+                     f"{100 * ladder['bootstrap']['confidence']:g} % bootstrap intervals)</h3>")
+        header = ["method"] + [f"alpha={r['alpha']:g} (acc {_estimate(r['accuracy'], r['accuracy_interval'])})"
+                               for r in ladder["rungs"]] + ["rho(acc, pointing)", "verdict", "rho(acc, ins-del)"]
+        rows = [[m] + [_estimate(r["quality"][m]["pointing"], r["pointing_interval"][m]) for r in ladder["rungs"]] +
+                [_estimate(ladder["spearman"][m]["pointing"], ladder["spearman"][m]["pointing_interval"]),
+                 ladder["spearman"][m]["verdict"],
+                 _estimate(ladder["spearman"][m]["ins_minus_del"], ladder["spearman"][m]["ins_minus_del_interval"])]
                 for m in ladder["methods"]]
-        parts.append(_table(header, rows))
+        parts.append(_table(header, rows, _flagged(rows, len(header) - 2)))
     if "correctness" in results:
-        split = results["correctness"]
-        parts.append(f"<h3>P2: quality by correctness ({split['right']} right, {split['wrong']} wrong)</h3>")
-        parts.append(_table(["method", "pointing (right)", "pointing (wrong)", "ins-del (right)", "ins-del (wrong)"],
-                            [[m, _fmt(p["right"].get("pointing"), 3), _fmt(p["wrong"].get("pointing"), 3),
-                              _fmt(p["right"].get("ins_minus_del")), _fmt(p["wrong"].get("ins_minus_del"))]
-                             for m, p in split["methods"].items()]))
+        for split in _splits(results):
+            at = f" at alpha = {split['alpha']:g}" if "alpha" in split else ""
+            parts.append(f"<h3>P2: quality by correctness{at} ({split['right']} right, {split['wrong']} wrong)</h3>")
+            rows = [[m, _fmt(p["right"].get("pointing"), 3), _fmt(p["wrong"].get("pointing"), 3),
+                     _estimate(p["pointing_difference"], p["pointing_difference_interval"]), p["verdict"],
+                     _fmt(p["right"].get("ins_minus_del"), 3), _fmt(p["wrong"].get("ins_minus_del"), 3),
+                     _estimate(p["ins_minus_del_difference"], p["ins_minus_del_difference_interval"])]
+                    for m, p in split["methods"].items()]
+            parts.append(_table(["method", "pointing (right)", "pointing (wrong)", "right - wrong", "verdict",
+                                 "ins-del (right)", "ins-del (wrong)", "right - wrong"], rows, _flagged(rows, 4)))
     parts.append("</section>")
     return "".join(parts)
 
 
-__all__ = ["format_audit", "format_ladder", "format_correctness", "audit_html"]
+def audit_page(results: dict) -> str:
+    """The audit as a complete self-contained HTML page (``faithclip audit --out DIR`` / ``--html FILE``)."""
+    from faithclip.report.page import html_page
+
+    return html_page("faithclip audit", audit_html(results),
+                     subtitle=f"{html.escape(str(results.get('model', '')))}: how far the published Grad-ECLIP "
+                              "pipeline departs from the model, and principle P2")
+
+
+__all__ = ["format_audit", "format_ladder", "format_correctness", "audit_html", "audit_page"]

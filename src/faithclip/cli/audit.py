@@ -1,10 +1,13 @@
 """``faithclip audit``: how far the official Grad-ECLIP pipeline departs from the model, and P2.
 
     faithclip audit                                        # the shipped shapes model, scenes rendered at 2x
-    faithclip audit --ladder --correctness --json a.json --html a.html
+    faithclip audit --ladder --correctness --out audit-run          # audit.json + report.html
     faithclip audit --model ../shared/reference/openai-clip-vit-base-patch32 --random-init \\
         --images ../shared/reference/voc2011-samples/JPEGImages/*.jpg \\
         --class-names ../shared/reference/voc2011-samples/class_names.txt
+
+Every default is ``faithclip.audit.run.AuditSettings()``'s: docs/audit.md names the command behind each
+of its tables, and ``python -m faithclip.audit.docs --check`` reruns them.
 """
 
 from __future__ import annotations
@@ -16,34 +19,65 @@ from pathlib import Path
 
 import torch
 
+from faithclip.audit.run import AuditSettings
+from faithclip.cli.common import add_out_argument, check_writable, load_model
 from faithclip.errors import FaithclipError, ModelError
 
 logger = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("audit", help="measure how far the official Grad-ECLIP pipeline departs from the model",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The audit's arguments; defaults come from ``AuditSettings`` (one set of defaults)."""
+    d = AuditSettings()
     parser.add_argument("--model", default=None, help="model name, directory or checkpoint (default: shapes-clip)")
     parser.add_argument("--random-init", action="store_true",
                         help="build the model from the directory's config.json with random weights (no weights needed)")
     parser.add_argument("--images", nargs="+", default=None, help="image files (default: shapes scenes)")
     parser.add_argument("--class-names", default=None, help="file of class names, one a line (names starting '_' skipped)")
     parser.add_argument("--template", default="a photo of a {}.", help="prompt template for --class-names")
-    parser.add_argument("--scenes", type=int, default=200, help="single-object shapes scenes (accuracy, drift)")
-    parser.add_argument("--raw-size", type=int, default=None, help="scene render size (default: 2x the model's input)")
-    parser.add_argument("--aspect", type=float, default=1.0, help="height/width of the scene renders (crop)")
-    parser.add_argument("--map-images", type=int, default=16, help="images whose maps are compared")
-    parser.add_argument("--deletion-steps", type=int, default=None, help="points per deletion curve (default: per patch)")
+    parser.add_argument("--scenes", type=int, default=d.scenes, help="single-object shapes scenes (drift, accuracy, P2 b)")
+    parser.add_argument("--raw-size", type=int, default=d.raw_size, help="scene render size (default: 2x the model's input)")
+    parser.add_argument("--aspect", type=float, default=d.aspect, help="height/width of the scene renders (crop)")
+    parser.add_argument("--map-images", type=int, default=d.map_images, help="images whose maps are compared")
+    parser.add_argument("--deletion-steps", type=int, default=d.deletion_steps,
+                        help="points per departure deletion curve (default: one per patch)")
     parser.add_argument("--ladder", action="store_true", help="P2 (a): the performance ladder")
-    parser.add_argument("--alphas", type=float, nargs="+", default=None, help="ladder rungs (0 = trained)")
-    parser.add_argument("--pointing-scenes", type=int, default=40, help="multi-object scenes per ladder rung")
+    parser.add_argument("--alphas", type=float, nargs="+", default=list(d.alphas), help="ladder rungs (0 = trained)")
+    parser.add_argument("--pointing-scenes", type=int, default=d.pointing_scenes,
+                        help=f"multi-object scenes per ladder rung (default {d.pointing_scenes}: see docs/audit.md)")
+    parser.add_argument("--ladder-deletion-steps", type=int, default=d.ladder_deletion_steps,
+                        help="points per P2 deletion curve")
     parser.add_argument("--correctness", action="store_true", help="P2 (b): quality split by right / wrong predictions")
+    parser.add_argument("--correctness-alphas", type=float, nargs="+", default=list(d.correctness_alphas),
+                        help="rungs whose predictions are split (default 0.5: the trained model is almost never wrong)")
     parser.add_argument("--methods", nargs="+", default=None, help="methods for P2 (default: all but rise, m2ib, occlusion)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", dest="json_path", default=None, help="write the results as JSON")
-    parser.add_argument("--html", dest="html_path", default=None, help="write the HTML section")
+    parser.add_argument("--flag-below", type=float, default=d.flag_below,
+                        help="P2 threshold on rho(accuracy, pointing)")
+    parser.add_argument("--resamples", type=int, default=d.resamples, help="bootstrap resamples")
+    parser.add_argument("--confidence", type=float, default=d.confidence, help="bootstrap interval level")
+    parser.add_argument("--bootstrap-seed", type=int, default=d.bootstrap_seed)
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help="scene seeds seed+1 (single) and seed+2 (pointing); seed of the ladder's re-initialised copy")
+    parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON to this file")
+    parser.add_argument("--html", dest="html_path", default=None, help="also write the self-contained HTML page to this file")
+    add_out_argument(parser, "audit", optional=True)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("audit", help="measure how far the official Grad-ECLIP pipeline departs from the model",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> AuditSettings:
+    return AuditSettings(
+        scenes=args.scenes, raw_size=args.raw_size, aspect=args.aspect, map_images=args.map_images,
+        deletion_steps=args.deletion_steps, ladder=args.ladder, correctness=args.correctness,
+        alphas=tuple(args.alphas), pointing_scenes=args.pointing_scenes, ladder_deletion_steps=args.ladder_deletion_steps,
+        correctness_alphas=tuple(args.correctness_alphas), methods=tuple(args.methods) if args.methods else None,
+        flag_below=args.flag_below, resamples=args.resamples, confidence=args.confidence,
+        bootstrap_seed=args.bootstrap_seed, seed=args.seed)
 
 
 def random_init_handle(directory: str, seed: int):
@@ -55,44 +89,49 @@ def random_init_handle(directory: str, seed: int):
     return random_clip(directory, seed=seed, name=f"{Path(directory).name} (random weights, seed {seed})")
 
 
-def run(args: argparse.Namespace) -> int:
-    from faithclip.audit.data import folder_data, shapes_data
-    from faithclip.audit.departure import audit_departure
-    from faithclip.audit.ladder import (
-        LadderConfig,
-        correctness_split,
-        performance_ladder,
-    )
-    from faithclip.audit.report import audit_html, format_audit
-    from faithclip.explanation import write_atomic
-    from faithclip.models.loading import load
-
-    torch.set_num_threads(1)  # shared CPUs: one thread avoids busy-waiting worker threads
-    handle = random_init_handle(args.model, args.seed) if args.random_init else load(args.model)
-    raw_size = args.raw_size or 2 * handle.image_size
+def load_inputs(args: argparse.Namespace):
+    """The model handle and, with ``--images``, the image files as audit data."""
+    from faithclip.audit.data import folder_data
+    if args.random_init and not args.model:
+        raise FaithclipError("--random-init needs --model DIRECTORY (a config.json to build from).")
+    handle = random_init_handle(args.model, args.seed) if args.random_init else load_model(args.model)
+    data = None
     if args.images:
         if not args.class_names:
             raise FaithclipError("--images needs --class-names (the prompt set the images are classified against).")
-        names = [n.strip() for n in Path(args.class_names).read_text().splitlines() if n.strip() and not n.startswith("_")]
+        try:
+            lines = Path(args.class_names).read_text().splitlines()
+        except OSError as error:
+            raise FaithclipError(f"--class-names {args.class_names}: {error.strerror}.") from error
+        names = [n.strip() for n in lines if n.strip() and not n.startswith("_")]
         data = folder_data(args.images, [args.template.format(n) for n in names])
-    else:
-        data = shapes_data(args.scenes, raw_size=raw_size, seed=args.seed + 1, aspect=args.aspect)
-    results = audit_departure(handle, data, map_images=args.map_images, deletion_steps=args.deletion_steps)
-    results["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
-    if args.ladder or args.correctness:
-        if data.labels is None or data.masks is None:
-            raise FaithclipError("the ladder and --correctness need labelled scenes with masks: run without --images.")
-        pointing = shapes_data(args.pointing_scenes, raw_size=raw_size, seed=args.seed + 2, kind="multi")
-        if args.ladder:
-            config = LadderConfig(alphas=tuple(args.alphas) if args.alphas else LadderConfig.alphas, seed=args.seed)
-            results["ladder"] = performance_ladder(handle, data, pointing, args.methods, config)
-        if args.correctness:
-            results["correctness"] = correctness_split(handle, data, args.methods)
+    return handle, data
+
+
+def run(args: argparse.Namespace) -> int:
+    from faithclip.audit.report import audit_page, format_audit
+    from faithclip.audit.run import run_audit
+    from faithclip.explanation import write_atomic
+    from faithclip.report.page import write_report
+    from faithclip.rundir import dumps_strict
+
+    settings = settings_from_args(args)
+    settings.validate()
+    json_path = check_writable(args.json_path, "file", "--json") if args.json_path else None
+    html_path = check_writable(args.html_path, "file", "--html") if args.html_path else None
+    out = check_writable(args.out, "dir", "--out") if args.out else None
+    torch.set_num_threads(1)  # shared CPUs: one thread avoids busy-waiting worker threads
+    handle, data = load_inputs(args)
+    results = run_audit(handle, settings, data)
     print(format_audit(results))
-    if args.json_path:
-        write_atomic(Path(args.json_path), json.dumps(results, indent=1, default=str).encode())
-        logger.info("wrote %s", args.json_path)
-    if args.html_path:
-        write_atomic(Path(args.html_path), audit_html(results).encode())
-        logger.info("wrote %s", args.html_path)
+    record = json.loads(json.dumps(results, default=str))
+    if json_path:
+        write_atomic(json_path, dumps_strict(record, indent=1).encode())
+        logger.info("wrote %s", json_path)
+    if html_path:
+        write_atomic(html_path, audit_page(record).encode())
+        logger.info("wrote %s", html_path)
+    if out:
+        paths = write_report(out, "audit", record, audit_page(record))
+        logger.info("wrote %s and %s", *paths)
     return 0

@@ -89,10 +89,11 @@ def html_page(title: str, body_html: str, *, subtitle: str | None = None, css: s
 def write_report(out: str | Path, name: str, record: Any, page: str) -> tuple[Path, Path]:
     """The ``--out DIR`` convention: ``DIR/<name>.json`` (canonical) and ``DIR/report.html``, atomically."""
     from faithclip.explanation import write_atomic
+    from faithclip.rundir import dumps_strict
 
     directory = Path(out)
-    json_path = write_atomic(directory / f"{name}.json",
-                             json.dumps(record, indent=1, default=_jsonable, allow_nan=True).encode())
+    plain = json.loads(json.dumps(record, default=_jsonable, allow_nan=True))  # tensors, arrays -> lists
+    json_path = write_atomic(directory / f"{name}.json", dumps_strict(plain, indent=1).encode())  # NaN -> null
     html_path = write_atomic(directory / "report.html", page.encode())
     return json_path, html_path
 
