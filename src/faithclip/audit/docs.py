@@ -1,6 +1,6 @@
 """The audit's documented results: regenerate them, or check them against a fresh run.
 
-    python -m faithclip.audit.docs [docs/audit.md] [shapes|reduced|b32 ...]   # rewrite the results blocks
+    python -m faithclip.audit.docs [docs/audit.md] [shapes|reduced|b32 ...] [--jobs N]   # rewrite the results
     python -m faithclip.audit.docs --check [docs/audit.md] [--reduced]       # exit 1 if a figure disagrees
 
 Every results block (between ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``) is
@@ -87,6 +87,23 @@ def run_command(command: str) -> dict:
     return run_audit(handle, settings_from_args(args), data)
 
 
+def _run_on_one_thread(command: str) -> dict:
+    torch.set_num_threads(1)
+    return run_command(command)
+
+
+def run_commands(commands: list[str], jobs: int = 1) -> list[dict]:
+    """``run_command`` for each command, in ``jobs`` worker processes (one torch thread each); the results
+    do not depend on ``jobs`` (each run is deterministic and shares nothing with the others)."""
+    if jobs <= 1 or len(commands) <= 1:
+        return [run_command(command) for command in commands]
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(min(jobs, len(commands)), mp_context=get_context("spawn")) as pool:
+        return list(pool.map(_run_on_one_thread, commands))
+
+
 def render_run(command: str, results: dict) -> str:
     from faithclip.audit.report import format_audit
 
@@ -109,7 +126,7 @@ def seeds_table(results: dict[int, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_section(name: str) -> str:
+def render_section(name: str, jobs: int = 1) -> str:
     if name == "b32" and not Path(B32).is_dir():
         return "Not run: ../shared/reference is not available.\n"
     if name != "b32":
@@ -118,8 +135,8 @@ def render_section(name: str) -> str:
         if "shapes-clip" not in shipped_models():
             return "Not run: the shipped model `shapes-clip` is not installed.\n"
     parts, by_seed = [], {}
-    for run in SECTIONS[name]:
-        results = run_command(run.command)
+    runs = SECTIONS[name]
+    for run, results in zip(runs, run_commands([run.command for run in runs], jobs)):
         if name == "shapes" and "ladder" in results:
             by_seed[results["settings"]["seed"]] = results
         parts.append((run.intro + "\n\n" if run.intro else "") + render_run(run.command, results))
@@ -135,10 +152,10 @@ def block_bounds(text: str, name: str) -> tuple[int, int]:
     return text.index(start) + len(start), text.index(end)
 
 
-def regenerate(markdown: Path, sections: list[str]) -> None:
+def regenerate(markdown: Path, sections: list[str], jobs: int = 1) -> None:
     for name in sections:
         block_bounds(markdown.read_text(), name)  # fail before computing
-        body = render_section(name)
+        body = render_section(name, jobs)
         text = markdown.read_text()  # read again: the file may have been edited during the run
         begin, finish = block_bounds(text, name)
         write_atomic(markdown, f"{text[:begin]}\n{body}\n{text[finish:]}".encode())
@@ -238,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sections", nargs="*", help=f"sections to regenerate (default: all of {sorted(SECTIONS)})")
     parser.add_argument("--check", action="store_true", help="compare the documented figures with a fresh run")
     parser.add_argument("--reduced", action="store_true", help="with --check: only the reduced (demo-size) block")
+    parser.add_argument("--jobs", type=int, default=1, help="regenerate a section's runs in this many processes")
     args = parser.parse_args(argv)
     if args.markdown in SECTIONS:  # `python -m faithclip.audit.docs shapes`: the default file, that section
         args.sections, args.markdown = [args.markdown, *args.sections], "docs/audit.md"
@@ -260,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if not args.check:
-            regenerate(markdown, args.sections or list(SECTIONS))
+            regenerate(markdown, args.sections or list(SECTIONS), max(1, args.jobs))
             return 0
         problems = check(markdown, args.reduced)
     except KeyError as error:
