@@ -75,6 +75,7 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 
 _loaded_plugins: set[str] = set()  # entry points already loaded (by "name = value"), so loading is idempotent
+PLUGIN_METHODS: dict[str, str] = {}  # method name -> the entry point ("name = value") that registered it
 
 
 def load_plugins() -> list[str]:
@@ -106,6 +107,7 @@ def load_plugins() -> list[str]:
                           stacklevel=2)
             continue
         new = sorted(set(METHODS.names()) - before)
+        PLUGIN_METHODS.update((name, key) for name in new)
         logger.debug("plugin %s registered %s", key, new)
         added += new
     return added

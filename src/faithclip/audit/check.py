@@ -114,9 +114,10 @@ def resolve_method(reference: str) -> tuple[MethodSpec, str]:
 
     if ":" in reference:
         return callable_method(import_callable(reference), reference), "callable"
+    from faithclip.registry import PLUGIN_METHODS
+
     spec = METHODS.get(reference)  # an unknown name raises, listing the choices
-    builtin = getattr(spec.image or spec.text, "__module__", "").startswith("faithclip.")
-    return spec, "registered" if builtin else "plugin"
+    return spec, f"plugin ({PLUGIN_METHODS[reference]})" if reference in PLUGIN_METHODS else "registered"
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -169,13 +170,17 @@ def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSet
         if gap > P1_TOLERANCE:
             findings.insert(0, Finding("score_gap", "scores", f"explains scores {gap:.3g} (relative) away from the "
                                        "model's own", "departure", "score"))
+    def short(where: str) -> str:
+        parts = where.split(", ")
+        return where if len(parts) <= 3 else f"{', '.join(parts[:3])} and {len(parts) - 3} more"
+
     departures = [f for f in findings if f.severity == "departure"]
     unverified = [f for f in findings if f.severity == "unverified"]
     pairs = f"{pixels.shape[0]} x {text.input_ids.shape[0]} pairs"
     if departures:
-        verdict, evidence = "fail", "; ".join(f"{f.kind} at {f.where}" for f in departures)
+        verdict, evidence = "fail", "; ".join(f"{f.kind} at {short(f.where)}" for f in departures)
     elif unverified:
-        verdict, evidence = "inconclusive", "; ".join(f"{f.kind} at {f.where}" for f in unverified)
+        verdict, evidence = "inconclusive", "; ".join(f"{f.kind} at {short(f.where)}" for f in unverified)
     else:
         verdict, evidence = "pass", "the model's own forward on its own input" + (
             f" (notes: {', '.join(sorted({f.kind for f in findings}))})" if findings else "")
