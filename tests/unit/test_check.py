@@ -160,3 +160,17 @@ def test_captum_plugin_registered_from_outside_is_checked_end_to_end(tmp_path):
     assert any(f["kind"] == "perturbed_inputs" for f in findings)  # IG's path from the baseline: seen, a note
     assert (run.returncode == 1) == any(v == "fail" for v in verdicts.values())
     assert "<table>" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["check", "no_such_method"], "unknown method 'no_such_method'"),
+    (["check", "no_such_module_xyz:explain"], "cannot import 'no_such_module_xyz'"),
+    (["check", "faithclip.api:no_such_function"], "has no 'no_such_function'"),
+    (["check", "rise", "--checks", "p1,p3"], "--checks: unknown ['p3']"),
+])
+def test_bad_method_or_check_is_one_line_and_exit_2(capsys, argv, fragment):
+    from faithclip.cli.main import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     import faithclip.methods  # noqa: F401
     from faithclip import __version__
-    from faithclip.audit.check import CheckSettings, resolve_method, run_check
+    from faithclip.audit.check import CHECKS, CheckSettings, resolve_method, run_check
     from faithclip.errors import FaithclipError
     from faithclip.registry import METHODS
     from faithclip.report.check_report import check_page, format_cards
@@ -43,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
     checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
     settings = CheckSettings.audit_sizes(checks=checks, seed=args.seed) if args.audit_sizes else CheckSettings(
         checks=checks, seed=args.seed)
+    unknown = sorted(set(checks) - set(CHECKS))
+    if unknown or not checks:
+        raise FaithclipError(f"--checks: unknown {unknown or 'empty'}; choose from {', '.join(CHECKS)}.")
     names = [n for name in args.methods for n in (METHODS.names() if name == "all" else [name])]
     resolved = [resolve_method(name) for name in names]  # every name checked before any work
-    unknown = sorted(set(checks) - set(CheckSettings().checks))
-    if unknown:
-        raise FaithclipError(f"--checks: unknown {unknown}; choose from {', '.join(CheckSettings().checks)}.")
     handle = load_model(args.model)
     cards = []
     for spec, origin in resolved:
