@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from faithclip.errors import MethodError
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+PLUGIN_GROUP = "faithclip.methods"  # entry-point group through which other packages register methods
 
 
 class Registry(Generic[T]):
@@ -67,3 +72,42 @@ METHODS: Registry[MethodSpec] = Registry("method")
 
 def register_method(spec: MethodSpec) -> MethodSpec:
     return METHODS.add(spec.name, spec)
+
+
+_loaded_plugins: set[str] = set()  # entry points already loaded (by "name = value"), so loading is idempotent
+PLUGIN_METHODS: dict[str, str] = {}  # method name -> the entry point ("name = value") that registered it
+
+
+def load_plugins() -> list[str]:
+    """Register the methods other packages declare in the ``faithclip.methods`` entry-point group.
+
+    An entry point may name a ``MethodSpec``, a list of them, or a function of no arguments returning
+    either (see docs/plugins.md); a module whose import calls ``register_method`` itself may also be named.
+    A plugin that fails to load, or that reuses a registered name, is skipped with a warning naming it:
+    another package's bug must not break faithclip. Returns the names registered by this call.
+    """
+    added = []
+    for entry in metadata.entry_points(group=PLUGIN_GROUP):
+        key = f"{entry.name} = {entry.value}"
+        if key in _loaded_plugins:
+            continue
+        _loaded_plugins.add(key)
+        before = set(METHODS.names())
+        try:
+            loaded = entry.load()
+            if callable(loaded) and not isinstance(loaded, MethodSpec):
+                loaded = loaded()
+            specs = [loaded] if isinstance(loaded, MethodSpec) else list(loaded or []) if isinstance(loaded, (list, tuple)) else []
+            for spec in specs:
+                if not isinstance(spec, MethodSpec):
+                    raise TypeError(f"it gave {type(spec).__name__}, not a faithclip.registry.MethodSpec")
+                register_method(spec)
+        except Exception as error:  # noqa: BLE001 -- reported, not swallowed: the plugin is named and skipped
+            warnings.warn(f"faithclip plugin {key!r} (entry-point group {PLUGIN_GROUP}) was not loaded: {error}",
+                          stacklevel=2)
+            continue
+        new = sorted(set(METHODS.names()) - before)
+        PLUGIN_METHODS.update((name, key) for name in new)
+        logger.debug("plugin %s registered %s", key, new)
+        added += new
+    return added

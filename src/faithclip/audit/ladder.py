@@ -38,7 +38,7 @@ from faithclip.audit.departure import AuditData
 from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, pointing_hit
 from faithclip.methods.context import Context
 from faithclip.models.clip import ClipHandle
-from faithclip.registry import METHODS
+from faithclip.registry import METHODS, MethodSpec
 from faithclip.targets import cosine_matrix, make_target
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,17 @@ def zero_shot_accuracy(handle: ClipHandle, data: AuditData) -> float:
     return float((predictions == torch.as_tensor(data.labels)).double().mean())
 
 
-def explain_quality(handle: ClipHandle, method: str, data: AuditData, indices: Sequence[int],
+Method = str | MethodSpec  # a registered name, or a spec not in the registry (``faithclip check`` on a callable)
+
+
+def method_name(method: Method) -> str:
+    return method if isinstance(method, str) else method.name
+
+
+def explain_quality(handle: ClipHandle, method: Method, data: AuditData, indices: Sequence[int],
                     deletion_steps: int | None = 16, options: dict | None = None) -> list[dict[str, float]]:
     """Per image: pointing hit and deletion/insertion AUCs of ``method``'s map for the labelled prompt."""
-    spec = METHODS.get(method)
+    spec = METHODS.get(method) if isinstance(method, str) else method
     rows = []
     for index in indices:
         image, mask = data.images[index], data.masks[index]
@@ -92,7 +99,7 @@ def explain_quality(handle: ClipHandle, method: str, data: AuditData, indices: S
         pixels = handle.pixels(image)
         ctx = Context(handle=handle, side="image", pixels=pixels,
                       text=handle.tokens([data.prompts[data.labels[index]]]), target=make_target("cosine"))
-        extra = {"original": image} if method == "grad_eclip_official" else {}
+        extra = {"original": image} if spec.name == "grad_eclip_official" else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             patch_map = spec.image(ctx, **extra, **(options or {})).maps[0, 0].detach()
@@ -160,24 +167,27 @@ def ladder_statistics(alphas: Sequence[float], correct: np.ndarray, per_scene: d
 
 
 def performance_ladder(handle: ClipHandle, accuracy_data: AuditData, pointing_data: AuditData,
-                       methods: Sequence[str] | None = None, config: LadderConfig = LadderConfig()) -> dict[str, Any]:
+                       methods: Sequence[Method] | None = None, config: LadderConfig = LadderConfig(),
+                       options: dict[str, dict] | None = None) -> dict[str, Any]:
     """P2 (a): accuracy and explanation quality per rung, Spearman's rho per method with intervals, verdicts.
 
     The per-scene values are kept in the result (``per_scene``) so that the statistics can be recomputed.
+    ``options`` gives per-method keyword options (by name).
     """
     methods = list(methods) if methods is not None else default_methods()
     indices = range(len(pointing_data.images))
     labels = torch.as_tensor(accuracy_data.labels)
     correct = []
-    per_scene: dict[str, dict[str, list]] = {m: {metric: [] for metric in QUALITY_METRICS} for m in methods}
+    per_scene: dict[str, dict[str, list]] = {method_name(m): {metric: [] for metric in QUALITY_METRICS} for m in methods}
     for alpha in config.alphas:
         rung = degrade(handle, alpha, config.seed)
         correct.append((zero_shot_predictions(rung, accuracy_data) == labels).double().numpy())
         logger.info("ladder: alpha=%g accuracy=%.3f", alpha, correct[-1].mean())
         for method in methods:
-            rows = explain_quality(rung, method, pointing_data, indices, config.deletion_steps)
+            name = method_name(method)
+            rows = explain_quality(rung, method, pointing_data, indices, config.deletion_steps, (options or {}).get(name))
             for metric in QUALITY_METRICS:
-                per_scene[method][metric].append([row[metric] for row in rows])
+                per_scene[name][metric].append([row[metric] for row in rows])
     arrays = {m: {k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()} for m, metrics in per_scene.items()}
     result = ladder_statistics(config.alphas, np.stack(correct), arrays, config.flag_below, config.bootstrap)
     result["seed"] = config.seed
@@ -218,20 +228,22 @@ def split_statistics(correct: Sequence[bool], per_scene: dict[str, dict[str, Seq
     return out
 
 
-def correctness_split(handle: ClipHandle, data: AuditData, methods: Sequence[str] | None = None,
-                      deletion_steps: int | None = 16, boot: Bootstrap = Bootstrap()) -> dict[str, Any]:
+def correctness_split(handle: ClipHandle, data: AuditData, methods: Sequence[Method] | None = None,
+                      deletion_steps: int | None = 16, boot: Bootstrap = Bootstrap(),
+                      options: dict[str, dict] | None = None) -> dict[str, Any]:
     """P2 (b): quality of the true-class map on images the model got right vs wrong, with intervals."""
     methods = list(methods) if methods is not None else default_methods()
     correct = (zero_shot_predictions(handle, data) == torch.as_tensor(data.labels)).tolist()
     per_scene = {}
     for method in methods:
-        rows = explain_quality(handle, method, data, range(len(data.images)), deletion_steps)
-        per_scene[method] = {metric: [row[metric] for row in rows] for metric in QUALITY_METRICS}
+        name = method_name(method)
+        rows = explain_quality(handle, method, data, range(len(data.images)), deletion_steps, (options or {}).get(name))
+        per_scene[name] = {metric: [row[metric] for row in rows] for metric in QUALITY_METRICS}
     result = split_statistics(correct, per_scene, boot)
     result["per_scene"] = {"correct": correct, **per_scene}
     return result
 
 
-__all__ = ["degrade", "zero_shot_accuracy", "zero_shot_predictions", "explain_quality", "performance_ladder",
+__all__ = ["Method", "method_name", "degrade", "zero_shot_accuracy", "zero_shot_predictions", "explain_quality", "performance_ladder",
            "correctness_split", "LadderConfig", "DEFAULT_ALPHAS", "default_methods", "ladder_statistics",
            "split_statistics", "QUALITY_METRICS"]

@@ -31,6 +31,7 @@ SUBCOMMANDS = (
     "demo",
     "train_shapes",
     "audit",
+    "check",
     "evaluate",
     "bench",
 )

@@ -2,7 +2,7 @@
 
 from importlib import import_module
 
-from faithclip.registry import METHODS
+from faithclip.registry import METHODS, load_plugins
 
 # Each module registers its method on import. Modules listed here but not present are skipped, so
 # that the registry holds exactly the methods that exist.
@@ -28,5 +28,8 @@ for _name in _MODULES:
     except ModuleNotFoundError as _error:
         if _error.name != f"{__name__}.{_name}":
             raise
+
+# Then the methods other packages register through the ``faithclip.methods`` entry points (docs/plugins.md).
+load_plugins()
 
 __all__ = ["METHODS"]

@@ -1,0 +1,358 @@
+"""``faithclip check``: the two principles as a diagnostic anyone can point at any explanation method.
+
+A method is a registered name, a plugin's (``faithclip.methods`` entry points), or a plain callable
+``module:function`` (``faithclip.methods.external``). Every check ends in ``pass``, ``fail`` or
+``inconclusive`` with its evidence (and interval where one is estimated):
+
+P1 (per side)   ``faithclip.audit.detect.Recorder`` watches the model while the method explains 2 multi-object
+                shapes scenes rendered at 2x (methods that read the original image get it) against the prompts of
+                their named objects. Any departure fails; an unverifiable recomputation is inconclusive. The score
+                the method reports must be the model's own (relative gap <= 1e-5) when it reports one.
+claims          the method's declared ``modifies_model`` / ``modifies_input`` against what was detected: an
+                undeclared departure fails; a declared departure that was not seen is inconclusive.
+P2 ladder       ``faithclip.audit.ladder.performance_ladder``: rho(accuracy, pointing) across degraded models,
+                flagged below 0.5 (the audit's rule and intervals).
+P2 correctness  ``correctness_split`` on the alpha = 0.5 rung: pointing on right minus wrong images.
+sanity          cascading randomisation (``faithclip.metrics.sanity``) of the image tower on ``sanity_scenes``
+                scenes: the mean Spearman rho between the original map and the map of the fully randomised
+                model; fail when its interval lies above 0.5 (the map survives the model's destruction), pass
+                when below.
+text            text sensitivity: per scene, the maps for two prompts the model scores differently (cosines more
+                than 0.02 apart); maps are identical when their relative L2 distance is <= 1e-6. Fail when the
+                interval of the fraction of identical pairs lies above 0.5 (the map ignores the text), pass when
+                below.
+
+The check's sizes are small so it runs on every method in minutes on a CPU (``CheckSettings()``; RISE with
+256 masks, M2IB with 5 steps); ``CheckSettings.audit_sizes()`` uses the audit's documented sizes and the
+methods' own defaults. Pairs, scenes and seeds are recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from faithclip.audit.bootstrap import Bootstrap, mean_interval
+from faithclip.audit.departure import AuditData
+from faithclip.audit.detect import DETECT_TOLERANCE, Finding, Recorder
+from faithclip.audit.ladder import DEFAULT_ALPHAS
+from faithclip.audit.principles import P1_TOLERANCE, p1_gaps
+from faithclip.errors import FaithclipError, MethodError
+from faithclip.methods.context import Context
+from faithclip.models.clip import ClipHandle
+from faithclip.registry import METHODS, MethodSpec
+from faithclip.targets import make_target
+
+logger = logging.getLogger(__name__)
+
+VERDICTS = ("pass", "fail", "inconclusive")
+CHECKS = ("p1", "claims", "ladder", "correctness", "sanity", "text")
+SANITY_THRESHOLD = 0.5
+TEXT_MIN_SCORE_GAP = 0.02
+IDENTICAL_MAPS = 1e-6
+# Small settings of the expensive methods for the check (their defaults: RISE 4000 masks, M2IB 10 steps).
+CHECK_OPTIONS = {"rise": {"masks": 256}, "m2ib": {"steps": 5}}
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    checks: tuple[str, ...] = CHECKS
+    p1_scenes: int = 2
+    scenes: int = 64  # single-object scenes: accuracy per rung and the correctness split
+    pointing_scenes: int = 16
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS  # five rungs: with three, Spearman's rho takes only four values
+    correctness_alpha: float = 0.5
+    deletion_steps: int = 8
+    sanity_scenes: int = 8
+    text_scenes: int = 8
+    resamples: int = 1000
+    method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = tuple(
+        (name, tuple(options.items())) for name, options in CHECK_OPTIONS.items())
+    seed: int = 0
+
+    @classmethod
+    def audit_sizes(cls, **changes: Any) -> "CheckSettings":
+        """The audit's documented P2 sizes (docs/audit.md) and every method's own defaults."""
+        from faithclip.audit.run import AuditSettings
+
+        audit = AuditSettings()
+        return replace(cls(scenes=audit.scenes, pointing_scenes=audit.pointing_scenes, alphas=audit.alphas,
+                           deletion_steps=audit.ladder_deletion_steps, resamples=audit.resamples,
+                           method_options=()), **changes)
+
+    def options(self, name: str) -> dict[str, Any]:
+        return dict(dict(self.method_options).get(name, ()))
+
+    def bootstrap(self) -> Bootstrap:
+        return Bootstrap(self.resamples, 0.95, 0)
+
+
+@dataclass
+class CheckResult:
+    check: str
+    verdict: str  # pass / fail / inconclusive
+    evidence: str
+    interval: list[float] | None = None
+    details: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- which method -------------------------------------------------------------------------------
+def resolve_method(reference: str) -> tuple[MethodSpec, str]:
+    """A registered or plugin method by name, or a ``module:function`` callable; and how it was found."""
+    import faithclip.methods  # noqa: F401  (registers the built-in methods and the plugins)
+    from faithclip.methods.external import callable_method, import_callable
+
+    if ":" in reference:
+        return callable_method(import_callable(reference), reference), "callable"
+    from faithclip.registry import PLUGIN_METHODS
+
+    spec = METHODS.get(reference)  # an unknown name raises, listing the choices
+    return spec, f"plugin ({PLUGIN_METHODS[reference]})" if reference in PLUGIN_METHODS else "registered"
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def _multi(handle: ClipHandle, n: int, seed: int) -> AuditData:
+    from faithclip.audit.data import shapes_data
+
+    return shapes_data(n, raw_size=2 * handle.image_size, seed=seed, kind="multi")
+
+
+def _named_prompts(data: AuditData) -> list[str]:
+    return [data.prompts[label] for label in data.labels]
+
+
+def _run(spec: MethodSpec, side: str, ctx: Context, options: dict) -> Any:
+    extra = {"original": ctx.originals} if "original" in spec.defaults and side == "image" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(spec, side)(ctx, **extra, **options)
+
+
+def image_map(handle: ClipHandle, spec: MethodSpec, image: Any, prompts: list[str], options: dict) -> torch.Tensor:
+    """The method's image maps ``(K, gh, gw)`` for one scene against ``prompts``, on the model's crop grid."""
+    from faithclip.audit.measures import crop_grid_map
+
+    ctx = Context(handle=handle, side="image", pixels=handle.pixels(image), text=handle.tokens(prompts),
+                  target=make_target("cosine"), originals=[image])
+    maps = _run(spec, "image", ctx, options).maps[0].detach()
+    if tuple(maps.shape[-2:]) != ctx.grid:
+        maps = torch.stack([crop_grid_map(m, image.size, handle.preprocess, ctx.grid) for m in maps])
+    return maps.double()
+
+
+# ---- P1 -----------------------------------------------------------------------------------------
+def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSettings) -> tuple[CheckResult, list[Finding]]:
+    data = _multi(handle, settings.p1_scenes, settings.seed + 3)
+    pixels, text = handle.pixels(data.images), handle.tokens(_named_prompts(data))
+    ctx = Context(handle=handle, side=side, pixels=pixels, text=text, target=make_target("cosine"),
+                  originals=list(data.images))
+    recorder = Recorder(handle.model, pixels, text.input_ids)
+    recorder.reference(handle, text)
+    try:
+        with recorder:
+            result = _run(spec, side, ctx, settings.options(spec.name))
+    except FaithclipError as error:
+        return CheckResult(f"P1 {side}", "inconclusive", f"the method could not run: {error}"), []
+    findings = recorder.findings()
+    if result.options.get("scores_reported", True):
+        own = Context(handle=handle, side=side, pixels=pixels, text=text, target=make_target("cosine")).model_scores()
+        gap = float(p1_gaps(result.scores, own).max())
+        if gap > P1_TOLERANCE:
+            findings.insert(0, Finding("score_gap", "scores", f"explains scores {gap:.3g} (relative) away from the "
+                                       "model's own", "departure", "score"))
+    def short(where: str) -> str:
+        parts = where.split(", ")
+        return where if len(parts) <= 3 else f"{', '.join(parts[:3])} and {len(parts) - 3} more"
+
+    departures = [f for f in findings if f.severity == "departure"]
+    unverified = [f for f in findings if f.severity == "unverified"]
+    pairs = f"{pixels.shape[0]} x {text.input_ids.shape[0]} pairs"
+    if departures:
+        verdict, evidence = "fail", "; ".join(f"{f.kind} at {short(f.where)}" for f in departures)
+    elif unverified:
+        verdict, evidence = "inconclusive", "; ".join(f"{f.kind} at {short(f.where)}" for f in unverified)
+    else:
+        verdict, evidence = "pass", "the model's own forward on its own input" + (
+            f" (notes: {', '.join(sorted({f.kind for f in findings}))})" if findings else "")
+    return CheckResult(f"P1 {side}", verdict, f"{evidence} [{pairs}, tol {DETECT_TOLERANCE:g}]",
+                       details={"findings": [f.as_dict() for f in findings]}), findings
+
+
+def check_claims(spec: MethodSpec, findings: list[Finding]) -> CheckResult:
+    """The declared flags as claims: each compared with what the detectors saw."""
+    detected = {"model": any(f.category == "model" and f.severity == "departure" for f in findings),
+                "input": any(f.category == "input" and f.kind != "equivalent_inputs" for f in findings)}
+    departed_input = any(f.category == "input" and f.severity == "departure" for f in findings)
+    declared = {"model": bool(spec.modifies_model), "input": bool(spec.modifies_input)}
+    parts, verdict = [], "pass"
+    for category in ("model", "input"):
+        flag = f"modifies_{category}"
+        undeclared = (detected["model"] if category == "model" else departed_input) and not declared[category]
+        if undeclared:
+            parts.append(f"{flag} NOT declared but detected")
+            verdict = "fail"
+        elif declared[category] and detected[category]:
+            parts.append(f"{flag} declared, detected")
+        elif declared[category]:
+            parts.append(f"{flag} declared, not detected")
+            verdict = "inconclusive" if verdict == "pass" else verdict
+        elif detected[category]:
+            parts.append(f"{flag} not declared; perturbation queries seen (not a departure)")
+        else:
+            parts.append(f"{flag} not declared, not detected")
+    return CheckResult("claims", verdict, "; ".join(parts), details={"declared": declared, "detected": detected})
+
+
+# ---- P2 -----------------------------------------------------------------------------------------
+def _verdict(audit_verdict: str) -> str:
+    return {"flagged": "fail", "pass": "pass"}.get(audit_verdict, "inconclusive")
+
+
+def check_ladder(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
+    from faithclip.audit.ladder import LadderConfig, performance_ladder
+    from faithclip.audit.run import AuditSettings, shapes_inputs
+
+    single, multi = shapes_inputs(handle, AuditSettings(scenes=settings.scenes, pointing_scenes=settings.pointing_scenes,
+                                                        seed=settings.seed))
+    config = LadderConfig(alphas=settings.alphas, seed=settings.seed, deletion_steps=settings.deletion_steps,
+                          bootstrap=settings.bootstrap())
+    result = performance_ladder(handle, single, multi, [spec], config, {spec.name: settings.options(spec.name)})
+    entry = result["spearman"][spec.name]
+    low, high = entry["pointing_interval"]
+    accuracy = ", ".join(f"{r['alpha']:g}: {r['accuracy']:.2f}" for r in result["rungs"])
+    pointing = ", ".join(f"{r['quality'][spec.name]['pointing']:.2f}" for r in result["rungs"])
+    return CheckResult("P2 ladder", _verdict(entry["verdict"]),
+                       f"rho(accuracy, pointing) = {entry['pointing']:.2f} (flagged below {result['flag_below']:g}); "
+                       f"accuracy per rung {accuracy}; pointing {pointing} [{len(multi.images)} scenes]",
+                       [low, high], details={k: v for k, v in result.items() if k != "per_scene"})
+
+
+def check_correctness(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
+    from faithclip.audit.ladder import correctness_split, degrade
+    from faithclip.audit.run import AuditSettings, shapes_inputs
+
+    single, _ = shapes_inputs(handle, AuditSettings(scenes=settings.scenes, pointing_scenes=1, seed=settings.seed))
+    rung = degrade(handle, settings.correctness_alpha, settings.seed)
+    split = correctness_split(rung, single, [spec], settings.deletion_steps, settings.bootstrap(),
+                              {spec.name: settings.options(spec.name)})
+    entry = split["methods"][spec.name]
+    interval = entry["pointing_difference_interval"]
+    groups = f"{split['right']} right, {split['wrong']} wrong at alpha={settings.correctness_alpha:g}"
+    if entry["verdict"] == "n/a":
+        return CheckResult("P2 correctness", "inconclusive", f"too few images in a group ({groups}; needs "
+                           f"{split['min_group']} each)", interval)
+    return CheckResult("P2 correctness", _verdict(entry["verdict"]),
+                       f"pointing right - wrong = {entry['pointing_difference']:+.2f} ({groups})", interval,
+                       details={k: v for k, v in split.items() if k != "per_scene"})
+
+
+def check_sanity(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
+    from faithclip.metrics.sanity import cascading_randomisation
+
+    data = _multi(handle, settings.sanity_scenes, settings.seed + 4)
+    options = settings.options(spec.name)
+    finals, curves = [], []
+    for index, (image, prompt) in enumerate(zip(data.images, _named_prompts(data))):
+        def explain(h: ClipHandle) -> torch.Tensor:
+            return image_map(h, spec, image, [prompt], options)[0]
+
+        steps, rhos = cascading_randomisation(handle, explain, seed=settings.seed + index)
+        rhos = [0.0 if math.isnan(r) else r for r in rhos]  # a constant map after randomisation kept nothing
+        finals.append(rhos[-1])
+        curves.append(rhos)
+    stats = mean_interval(np.asarray(finals), settings.bootstrap())
+    low, high = stats["low"], stats["high"]
+    verdict = "fail" if low > SANITY_THRESHOLD else "pass" if high < SANITY_THRESHOLD else "inconclusive"
+    return CheckResult("sanity", verdict, f"Spearman rho(original map, map of the fully randomised image tower) = "
+                       f"{stats['value']:.2f} (fails above {SANITY_THRESHOLD:g}) [{len(finals)} scenes]", [low, high],
+                       details={"steps": steps, "curves": curves})
+
+
+def check_text(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
+    data = _multi(handle, settings.text_scenes, settings.seed + 5)
+    options = settings.options(spec.name)
+    identical, distances, skipped = [], [], 0
+    for image, label in zip(data.images, data.labels):
+        prompts = [data.prompts[label], data.prompts[(label + len(data.prompts) // 2) % len(data.prompts)]]
+        ctx = Context(handle=handle, side="image", pixels=handle.pixels(image), text=handle.tokens(prompts),
+                      target=make_target("cosine"))
+        scores = ctx.model_scores()[0]
+        maps = image_map(handle, spec, image, prompts, options)  # (2, gh, gw)
+        flat = maps.flatten(1)
+        if abs(float(scores[0] - scores[1])) <= TEXT_MIN_SCORE_GAP or not bool((flat != flat[:, :1]).any()):
+            skipped += 1  # the model does not tell the prompts apart, or both maps are constant: no evidence
+            continue
+        distance = float((flat[0] - flat[1]).norm() / flat.norm(dim=1).max().clamp_min(1e-300))
+        distances.append(distance)
+        identical.append(float(distance <= IDENTICAL_MAPS))
+    if len(identical) < 3:
+        return CheckResult("text sensitivity", "inconclusive", f"only {len(identical)} usable scene(s) "
+                           f"({skipped} without evidence)")
+    stats = mean_interval(np.asarray(identical), settings.bootstrap())
+    low, high = stats["low"], stats["high"]
+    verdict = "fail" if low > 0.5 else "pass" if high < 0.5 else "inconclusive"
+    return CheckResult("text sensitivity", verdict,
+                       f"maps identical for {int(sum(identical))} of {len(identical)} prompt pairs the model scores "
+                       f"differently (median relative distance {float(np.median(distances)):.2g}); fails when most "
+                       "are identical", [low, high], details={"distances": distances, "skipped": skipped})
+
+
+# ---- the card -----------------------------------------------------------------------------------
+def run_check(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings = CheckSettings(), origin: str = "registered",
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every check of ``settings.checks`` on one method: the verdict card as a JSON-ready dict."""
+    unknown = sorted(set(settings.checks) - set(CHECKS))
+    if unknown:
+        raise FaithclipError(f"unknown check(s) {unknown}; choose from {', '.join(CHECKS)}.")
+    start = time.perf_counter()
+    results: list[CheckResult] = []
+    findings: list[Finding] = []
+    timings: dict[str, float] = {}
+
+    def timed(name: str, run: Callable[[], Any]) -> Any:
+        if progress:
+            progress(f"{spec.name}: {name}")
+        began = time.perf_counter()
+        out = run()
+        timings[name] = round(time.perf_counter() - began, 2)
+        return out
+
+    with torch.inference_mode(False):
+        if "p1" in settings.checks or "claims" in settings.checks:
+            for side in spec.sides:
+                result, seen = timed(f"P1 {side}", lambda: check_p1(handle, spec, side, settings))
+                findings += seen
+                if "p1" in settings.checks:
+                    results.append(result)
+            if "claims" in settings.checks:
+                results.append(check_claims(spec, findings))
+        runners = {"ladder": check_ladder, "correctness": check_correctness, "sanity": check_sanity, "text": check_text}
+        for name, runner in runners.items():
+            if name not in settings.checks:
+                continue
+            if spec.image is None:
+                results.append(CheckResult(name, "inconclusive", "not run: the method has no image side"))
+                continue
+            try:
+                results.append(timed(name, lambda: runner(handle, spec, settings)))
+            except MethodError as error:
+                results.append(CheckResult(name, "inconclusive", f"the method could not run: {error}"))
+    return {"method": spec.name, "origin": origin, "paper": spec.paper,
+            "declared": {"modifies_model": spec.modifies_model, "modifies_input": spec.modifies_input},
+            "model": handle.name, "checks": [r.as_dict() for r in results],
+            "failed": any(r.verdict == "fail" for r in results), "seconds": round(time.perf_counter() - start, 2),
+            "seconds_per_check": timings}
+
+
+__all__ = ["CheckSettings", "CheckResult", "CHECKS", "CHECK_OPTIONS", "VERDICTS", "resolve_method", "run_check",
+           "check_p1", "check_claims", "check_ladder", "check_correctness", "check_sanity", "check_text", "image_map"]

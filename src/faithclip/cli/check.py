@@ -1,0 +1,61 @@
+"""``faithclip check METHOD...``: P1 detected and P2 measured on any explanation method; a verdict card each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from faithclip.cli.common import add_model_argument, add_out_argument, check_writable, load_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from faithclip.audit.check import CHECKS
+
+    parser = subparsers.add_parser(
+        "check", help="check any explanation method against the two principles (P1 detected, P2 measured)",
+        description="METHOD is a registered or plugin method name (`faithclip methods`), `all`, or a callable "
+                    "module:function taking (model, pixels, texts) and returning maps (docs/plugins.md). "
+                    "Exit 1 when a check fails.")
+    parser.add_argument("methods", nargs="+", metavar="METHOD")
+    add_model_argument(parser)
+    add_out_argument(parser, "check", optional=True)
+    parser.add_argument("--checks", default=",".join(CHECKS), help="comma-separated subset of the checks")
+    parser.add_argument("--audit-sizes", action="store_true",
+                        help="the audit's documented P2 sizes and each method's own defaults (slow), instead of the "
+                             "check's small sizes")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    import faithclip.methods  # noqa: F401
+    from faithclip import __version__
+    from faithclip.audit.check import CHECKS, CheckSettings, resolve_method, run_check
+    from faithclip.errors import FaithclipError
+    from faithclip.registry import METHODS
+    from faithclip.report.check_report import check_page, format_cards
+    from faithclip.report.page import write_report
+
+    if args.out is not None:
+        check_writable(args.out)
+    checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
+    settings = CheckSettings.audit_sizes(checks=checks, seed=args.seed) if args.audit_sizes else CheckSettings(
+        checks=checks, seed=args.seed)
+    unknown = sorted(set(checks) - set(CHECKS))
+    if unknown or not checks:
+        raise FaithclipError(f"--checks: unknown {unknown or 'empty'}; choose from {', '.join(CHECKS)}.")
+    names = [n for name in args.methods for n in (METHODS.names() if name == "all" else [name])]
+    resolved = [resolve_method(name) for name in names]  # every name checked before any work
+    handle = load_model(args.model)
+    cards = []
+    for spec, origin in resolved:
+        card = run_check(handle, spec, settings, origin, progress=lambda line: print(line, file=sys.stderr))
+        print(format_cards([card]), flush=True)
+        cards.append(card)
+    if args.out is not None:
+        record = {"faithclip": __version__, "model": handle.name, "settings": asdict(settings), "cards": cards}
+        json_path, html_path = write_report(args.out, "check", record, check_page(record))
+        print(f"wrote {json_path} and {html_path}")
+    return 1 if any(card["failed"] for card in cards) else 0
