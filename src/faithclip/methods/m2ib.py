@@ -173,7 +173,9 @@ register_method(MethodSpec(
           "Bottleneck Attribution, NeurIPS 2023",
     image=m2ib,
     text=m2ib,
-    modifies_input=True,
+    # The bottleneck is a hook that replaces a layer's output inside the forward: a modified forward, on the
+    # model's own pixels / tokens (faithclip check detects exactly that; it once declared modifies_input).
+    modifies_model=True,
     defaults={"layer": "min(round(0.75 L), L - 2) (9 of 12)", "beta": 0.1, "variance": 1.0, "steps": 10, "lr": 1.0,
               "samples": 10, "seed": 0},
     summary="per-token KL capacity of an information bottleneck Z = l X + (1-l) eps at a layer, fitted to keep the score",
