@@ -55,8 +55,8 @@ def perturbation_batches(
     """Yield ``(b, C, H, W)`` images ``x_m`` for each ``m`` in ``counts``, ``batch_size`` at a time."""
     channels, height, width = start.shape
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())  # (P,) position of each pixel in the order
-    counts_t = torch.as_tensor(list(counts), dtype=torch.long)
+    rank[order] = torch.arange(order.numel(), device=order.device)  # (P,) position of each pixel in the order
+    counts_t = torch.as_tensor(list(counts), dtype=torch.long, device=order.device)
     for begin in range(0, len(counts_t), batch_size):
         moved = rank[None, :] < counts_t[begin:begin + batch_size, None]  # (b, P)
         moved = moved.view(-1, 1, height, width)  # (b, 1, H, W)
@@ -135,7 +135,7 @@ def rise_gaussian_kernel(klen: int = 11, sigma: float = 5.0, truncate: float = 4
 def rise_blur(pixels: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
     """RISE's insertion start: per-channel convolution with ``rise_gaussian_kernel``, zero padding ``klen // 2``.
     ``(3, H, W)`` -> ``(3, H, W)``."""
-    kernel = rise_gaussian_kernel(klen, sigma).to(pixels.dtype)
+    kernel = rise_gaussian_kernel(klen, sigma).to(device=pixels.device, dtype=pixels.dtype)
     weight = kernel.expand(pixels.shape[0], 1, klen, klen)  # (3, 1, k, k): RISE's diagonal 3x3 kernel
     return F.conv2d(pixels[None], weight, padding=klen // 2, groups=pixels.shape[0])[0]
 
@@ -143,14 +143,17 @@ def rise_blur(pixels: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch
 # ---- protocols on a model -----------------------------------------------------------------------
 def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int = 10,
                      batch_size: int = 32) -> MetricValue:
-    """Grad-ECLIP's deletion (``mode='deletion'``) or insertion curve: top-1 and label probability."""
-    rgb = case.rgb.to(torch.float32)  # (3, H, W)
+    """Grad-ECLIP's deletion (``mode='deletion'``) or insertion curve: top-1 and label probability. The
+    perturbed images are made on the model's device (the random colours are drawn on the CPU, so they are
+    the same numbers whatever the device, and moved once)."""
+    device = case.handle.device
+    rgb = case.rgb.to(device=device, dtype=torch.float32)  # (3, H, W)
     order = salience_order(case.patch_map, case.size)
     num_pixels = order.numel()
     counts = gradeclip_counts(num_pixels, steps, every)
     if mode == "deletion":
         generator = torch.Generator().manual_seed(case.seed)
-        start, finish = rgb, random_colours(order, tuple(rgb.shape), generator)
+        start, finish = rgb, random_colours(order, tuple(rgb.shape), generator).to(device)
         counts, unperturbed = [0] + counts, 0
     else:
         start, finish = torch.zeros_like(rgb), rgb
@@ -165,7 +168,7 @@ def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int =
         return summarise(case.class_logits(case.to_pixels(batch), batch_size))  # (b, 2)
 
     known = {unperturbed: summarise(case.unperturbed_logits())[0]}
-    scores = curve(start, finish, order, counts, score, batch_size, known)  # (points, 2)
+    scores = curve(start, finish, order.to(device), counts, score, batch_size, known).cpu()  # (points, 2)
     x = [m / num_pixels for m in counts]
     top1, probability = scores[:, 0].tolist(), scores[:, 1].tolist()
     return MetricValue(
@@ -177,8 +180,8 @@ def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int =
 def rise_curve(case: MetricCase, mode: str, step: int | None = None, substrate: str = "zeros",
                klen: int = 11, sigma: float = 5.0, batch_size: int = 32) -> MetricValue:
     """RISE's deletion or insertion curve of the label probability, and its AUC."""
-    pixels = case.to_pixels(case.rgb[None])[0]  # (3, H, W) normalised
-    order = salience_order(case.patch_map, case.size)
+    pixels = case.to_pixels(case.rgb[None].to(case.handle.device))[0]  # (3, H, W) normalised, on the model's device
+    order = salience_order(case.patch_map, case.size).to(pixels.device)
     num_pixels = order.numel()
     step = step or case.handle.patch_size ** 2
     counts = rise_counts(num_pixels, step)
@@ -186,7 +189,7 @@ def rise_curve(case: MetricCase, mode: str, step: int | None = None, substrate: 
         if substrate == "zeros":
             finish = torch.zeros_like(pixels)
         elif substrate == "black":
-            finish = case.to_pixels(torch.zeros_like(case.rgb)[None])[0]
+            finish = case.to_pixels(torch.zeros_like(pixels)[None])[0]
         else:
             raise ValueError(f"substrate must be 'zeros' (RISE: the normalised zero, the mean colour) or 'black', got {substrate!r}")
         start = pixels
@@ -197,7 +200,7 @@ def rise_curve(case: MetricCase, mode: str, step: int | None = None, substrate: 
         return case.class_logits(batch, batch_size).double().softmax(-1)[:, case.label]  # (b,)
 
     known = {0 if mode == "deletion" else num_pixels: case.unperturbed_logits().double().softmax(-1)[0, case.label]}
-    probability = curve(start, finish, order, counts, score, batch_size, known).tolist()
+    probability = curve(start, finish, order, counts, score, batch_size, known).cpu().tolist()
     x = [m / num_pixels for m in counts]
     return MetricValue(values={"auc": trapezoid_auc(x, probability)}, curves={"prob": (x, probability)},
                        details={"step": step, "num_steps": len(counts) - 1})
