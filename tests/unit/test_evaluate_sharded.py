@@ -174,3 +174,17 @@ def test_torchrun_two_gloo_processes_equal_one_process_and_resume_after_a_killed
         keys = shard_keys(killed / name)
         assert len(keys) == len(set(keys)) == CASES
     assert results(killed) == results(reference)
+
+
+def test_images_per_step_change_no_number(setup, tmp_path):
+    model, data, reference = setup
+    for images in ("2", "6"):
+        out = tmp_path / f"step{images}"
+        assert main(argv(model, data, out, "--images-per-step", images)) == 0
+        assert results(out) == results(reference)
+    # and with shards: every combination gives the one-process numbers
+    out = tmp_path / "shards"
+    assert main(argv(model, data, out, "--shard", "0/2", "--images-per-step", "3")) == 0
+    assert main(argv(model, data, out, "--shard", "1/2", "--images-per-step", "2")) == 0
+    assert main(argv(model, data, out, "--merge")) == 0
+    assert results(out) == results(reference)

@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--count", type=int, default=100, help="number of generated scenes for --data shapes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random perturbations and the bootstrap")
     parser.add_argument("--batch-size", type=int, default=32, help="perturbed images scored per forward pass")
+    parser.add_argument("--images-per-step", type=int, default=1,
+                        help="images whose perturbed images (deletion/insertion curves) are scored together, in "
+                             "forwards of --batch-size images: more keeps a GPU busy; the results do not depend on it")
     parser.add_argument("--examples", type=int, default=4, help="images shown with overlays in the report")
     parser.add_argument("--option", action="append", default=[], metavar="METRIC.KEY=VALUE",
                         help="a metric option, e.g. pointing_game.tolerance=4 or deletion_rise.substrate=black "
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from faithclip.data.folders import open_data
     from faithclip.evaluation import Evaluator
 
-    for name in ("limit", "count", "batch_size", "threads"):
+    for name in ("limit", "count", "batch_size", "threads", "images_per_step"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise EvaluationError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
@@ -129,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     handle = load_model(args.model, args)
     config = EvalConfig(model=args.model or "shapes-clip", data=args.data, methods=args.methods,
                         metrics=args.metrics, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-                        examples=args.examples, metric_options=metric_options, method_options=method_options)
+                        examples=args.examples, metric_options=metric_options, method_options=method_options,
+                        images_per_step=args.images_per_step)
     evaluator = Evaluator(handle, config)  # checks methods, metrics and every option
     data = open_data(args.data, image_size=handle.preprocess.size, count=args.count)
     try:

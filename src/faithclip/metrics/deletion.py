@@ -28,6 +28,8 @@ zero padding on the normalised tensor), finish = the image. Score: the label's p
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -37,6 +39,23 @@ from faithclip.metrics import MetricSpec, register_metric
 from faithclip.metrics.case import MetricCase, MetricValue, pixel_map
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ScoringPlan:
+    """The perturbed images a curve needs scored (``count`` normalised images, yielded ``batch_size`` at
+    a time on the model's device) and how their ``(count, K)`` zero-shot logits become the metric's
+    value. Split so that the evaluator can score the images of several cases and curves together
+    (``--images-per-step``); ``score_alone`` scores one plan by itself."""
+
+    batches: Iterator[torch.Tensor]
+    count: int
+    finish: Callable[[torch.Tensor], MetricValue]
+
+
+def score_alone(case: MetricCase, plan: ScoringPlan, batch_size: int) -> MetricValue:
+    logits = [case.class_logits(batch, batch_size) for batch in plan.batches]  # (b, K) each
+    return plan.finish(torch.cat(logits) if logits else torch.empty(0, 0))
 
 
 # ---- pure tensor core ---------------------------------------------------------------------------
@@ -143,7 +162,13 @@ def rise_blur(pixels: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch
 # ---- protocols on a model -----------------------------------------------------------------------
 def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int = 10,
                      batch_size: int = 32) -> MetricValue:
-    """Grad-ECLIP's deletion (``mode='deletion'``) or insertion curve: top-1 and label probability. The
+    """Grad-ECLIP's deletion (``mode='deletion'``) or insertion curve: top-1 and label probability."""
+    return score_alone(case, gradeclip_plan(case, mode, steps, every, batch_size), batch_size)
+
+
+def gradeclip_plan(case: MetricCase, mode: str, steps: int = 100, every: int = 10,
+                   batch_size: int = 32) -> ScoringPlan:
+    """The images of Grad-ECLIP's deletion or insertion curve and how their logits become it. The
     perturbed images are made on the model's device (the random colours are drawn on the CPU, so they are
     the same numbers whatever the device, and moved once)."""
     device = case.handle.device
@@ -164,22 +189,31 @@ def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int =
         probability = logits.double().softmax(-1)[:, case.label]  # (b,)
         return torch.stack([top1, probability], dim=-1)  # (b, 2)
 
-    def score(batch: torch.Tensor) -> torch.Tensor:
-        return summarise(case.class_logits(case.to_pixels(batch), batch_size))  # (b, 2)
+    known = summarise(case.unperturbed_logits())[0]  # (2,)
+    todo = [m for m in counts if m != unperturbed]
 
-    known = {unperturbed: summarise(case.unperturbed_logits())[0]}
-    scores = curve(start, finish, order.to(device), counts, score, batch_size, known).cpu()  # (points, 2)
-    x = [m / num_pixels for m in counts]
-    top1, probability = scores[:, 0].tolist(), scores[:, 1].tolist()
-    return MetricValue(
-        values={"auc": step_auc(top1), "prob_auc": step_auc(probability)},
-        curves={"top1": (x, top1), "prob": (x, probability)},
-    )
+    def value(logits: torch.Tensor) -> MetricValue:
+        computed = iter(summarise(logits))
+        scores = torch.stack([known if m == unperturbed else next(computed) for m in counts]).cpu()  # (points, 2)
+        x = [m / num_pixels for m in counts]
+        top1, probability = scores[:, 0].tolist(), scores[:, 1].tolist()
+        return MetricValue(
+            values={"auc": step_auc(top1), "prob_auc": step_auc(probability)},
+            curves={"top1": (x, top1), "prob": (x, probability)},
+        )
+
+    batches = (case.to_pixels(batch) for batch in perturbation_batches(start, finish, order.to(device), todo, batch_size))
+    return ScoringPlan(batches, len(todo), value)
 
 
 def rise_curve(case: MetricCase, mode: str, step: int | None = None, substrate: str = "zeros",
                klen: int = 11, sigma: float = 5.0, batch_size: int = 32) -> MetricValue:
     """RISE's deletion or insertion curve of the label probability, and its AUC."""
+    return score_alone(case, rise_plan(case, mode, step, substrate, klen, sigma, batch_size), batch_size)
+
+
+def rise_plan(case: MetricCase, mode: str, step: int | None = None, substrate: str = "zeros",
+              klen: int = 11, sigma: float = 5.0, batch_size: int = 32) -> ScoringPlan:
     pixels = case.to_pixels(case.rgb[None].to(case.handle.device))[0]  # (3, H, W) normalised, on the model's device
     order = salience_order(case.patch_map, case.size).to(pixels.device)
     num_pixels = order.numel()
@@ -196,26 +230,38 @@ def rise_curve(case: MetricCase, mode: str, step: int | None = None, substrate: 
     else:
         start, finish = rise_blur(pixels, klen, sigma), pixels
 
-    def score(batch: torch.Tensor) -> torch.Tensor:
-        return case.class_logits(batch, batch_size).double().softmax(-1)[:, case.label]  # (b,)
+    unperturbed = 0 if mode == "deletion" else num_pixels
+    known = case.unperturbed_logits().double().softmax(-1)[0, case.label]
+    todo = [m for m in counts if m != unperturbed]
 
-    known = {0 if mode == "deletion" else num_pixels: case.unperturbed_logits().double().softmax(-1)[0, case.label]}
-    probability = curve(start, finish, order, counts, score, batch_size, known).cpu().tolist()
-    x = [m / num_pixels for m in counts]
-    return MetricValue(values={"auc": trapezoid_auc(x, probability)}, curves={"prob": (x, probability)},
-                       details={"step": step, "num_steps": len(counts) - 1})
+    def value(logits: torch.Tensor) -> MetricValue:
+        computed = iter(logits.double().softmax(-1)[:, case.label])  # (count,)
+        probability = torch.stack([known if m == unperturbed else next(computed) for m in counts]).cpu().tolist()
+        x = [m / num_pixels for m in counts]
+        return MetricValue(values={"auc": trapezoid_auc(x, probability)}, curves={"prob": (x, probability)},
+                           details={"step": step, "num_steps": len(counts) - 1})
 
-
-def _gradeclip(mode: str) -> Callable[..., MetricValue]:
-    def run(case: MetricCase, steps: int = 100, every: int = 10, batch_size: int = 32) -> MetricValue:
-        return gradeclip_curves(case, mode, steps, every, batch_size)
-    return run
+    return ScoringPlan(perturbation_batches(start, finish, order, todo, batch_size), len(todo), value)
 
 
-def _rise(mode: str) -> Callable[..., MetricValue]:
-    def run(case: MetricCase, step: int | None = None, substrate: str = "zeros", klen: int = 11,
-            sigma: float = 5.0, batch_size: int = 32) -> MetricValue:
-        return rise_curve(case, mode, step, substrate, klen, sigma, batch_size)
+def _gradeclip(mode: str) -> Callable[..., ScoringPlan]:
+    def plan(case: MetricCase, steps: int = 100, every: int = 10, batch_size: int = 32) -> ScoringPlan:
+        return gradeclip_plan(case, mode, steps, every, batch_size)
+    return plan
+
+
+def _rise(mode: str) -> Callable[..., ScoringPlan]:
+    def plan(case: MetricCase, step: int | None = None, substrate: str = "zeros", klen: int = 11,
+             sigma: float = 5.0, batch_size: int = 32) -> ScoringPlan:
+        return rise_plan(case, mode, step, substrate, klen, sigma, batch_size)
+    return plan
+
+
+def _alone(plan: Callable[..., ScoringPlan]) -> Callable[..., MetricValue]:
+    """The metric's runner: its plan scored by itself (same options)."""
+    def run(case: MetricCase, batch_size: int = 32, **options) -> MetricValue:
+        return score_alone(case, plan(case, batch_size=batch_size, **options), batch_size)
+    run.__signature__ = inspect.signature(plan)  # the options the evaluator checks
     return run
 
 
@@ -226,13 +272,13 @@ for _mode, _better in (("deletion", False), ("insertion", True)):
     register_metric(MetricSpec(
         name=f"{_mode}_gradeclip", category="faithfulness", higher_is_better=_better, protocol="gradeclip",
         summary=f"{_mode} of 50% of the pixels in 100 steps, 11 points; AUC of zero-shot top-1 and of the label probability",
-        paper=GRADECLIP_PAPER, run=_gradeclip(_mode),
+        paper=GRADECLIP_PAPER, run=_alone(_gradeclip(_mode)), plan=_gradeclip(_mode),
         outputs={"auc": f"{_mode} AUC (top-1)", "prob_auc": f"{_mode} AUC (probability)"},
         defaults={"steps": 100, "every": 10},
     ))
     register_metric(MetricSpec(
         name=f"{_mode}_rise", category="faithfulness", higher_is_better=_better, protocol="rise",
         summary=f"{_mode} of 0-100% of the pixels, patch-area steps; AUC of the label probability",
-        paper=RISE_PAPER, run=_rise(_mode), outputs={"auc": f"{_mode} AUC"},
+        paper=RISE_PAPER, run=_alone(_rise(_mode)), plan=_rise(_mode), outputs={"auc": f"{_mode} AUC"},
         defaults={"step": "patch area", "substrate": "zeros", "klen": 11, "sigma": 5.0},
     ))
