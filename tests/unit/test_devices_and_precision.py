@@ -20,13 +20,14 @@ from faithclip.registry import METHODS
 SRC = Path(__file__).resolve().parents[2] / "src" / "faithclip"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# max |map_bf16 - map_fp32| / max |map_fp32| allowed per method (shipped model, 4 scenes). Measured
-# 2026-12-01 on scenes 0-3 of the evaluation set, after scores, RISE's sum and the ECLIP channel sums were
-# moved to float32; each bound is about twice the measured value (docs/performance.md lists both).
+# max |map_bf16 - map_fp32| / max |map_fp32| allowed per method on the shipped model. Measured 2026-12-01
+# over the first 16 scenes of the evaluation set (docs/performance.md, "Half precision": mean and max per
+# method), with scores, RISE's sum and the ECLIP channel sums in float32; each bound is 1.5-2x the
+# measured maximum. The test runs 4 scenes.
 BF16_TOLERANCE = {
-    "attention_eclip": 0.18, "grad_eclip": 0.18, "grad_cam": 0.11, "occlusion": 0.08, "m2ib": 0.07,
-    "game": 0.06, "clip_surgery": 0.04, "self_attention": 0.03, "grad_eclip_official": 0.03, "maskclip": 0.03,
-    "rollout": 0.03, "legrad": 0.015, "rise": 0.01,
+    "attention_eclip": 0.18, "grad_eclip": 0.18, "grad_cam": 0.18, "grad_eclip_official": 0.15, "occlusion": 0.12,
+    "m2ib": 0.10, "game": 0.06, "clip_surgery": 0.04, "self_attention": 0.03, "maskclip": 0.03, "rollout": 0.02,
+    "legrad": 0.02, "rise": 0.01,
 }
 FAST = {"rise": {"masks": 200}}
 
