@@ -349,7 +349,7 @@ class Evaluator:
         total = sum(plan.count for _, _, plan in deferred) or 1
         seconds = time.perf_counter() - started
         for plan_index, (record, name, plan) in enumerate(deferred):
-            logits = torch.cat(pieces[plan_index]) if pieces[plan_index] else torch.empty(0, 0)
+            logits = torch.cat(pieces[plan_index]) if pieces[plan_index] else torch.empty(0, 0, device=self.handle.device)
             _store(record, name, plan.finish(logits))
             record["seconds"] = round(record["seconds"] + seconds * plan.count / total, 4)  # its share
 

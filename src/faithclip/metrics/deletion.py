@@ -55,7 +55,7 @@ class ScoringPlan:
 
 def score_alone(case: MetricCase, plan: ScoringPlan, batch_size: int) -> MetricValue:
     logits = [case.class_logits(batch, batch_size) for batch in plan.batches]  # (b, K) each
-    return plan.finish(torch.cat(logits) if logits else torch.empty(0, 0))
+    return plan.finish(torch.cat(logits) if logits else torch.empty(0, 0, device=case.handle.device))
 
 
 # ---- pure tensor core ---------------------------------------------------------------------------
