@@ -53,12 +53,14 @@ class BenchSetup:
         return self._prompts[k]
 
 
-def setup(architecture: str, ks: tuple[int, ...], reference: str | None = None) -> BenchSetup:
+def setup(architecture: str, ks: tuple[int, ...], reference: str | None = None, device: str = "cpu",
+          dtype: str = "float32") -> BenchSetup:
     from PIL import Image
 
+    from faithclip.models.loading import place
     from faithclip.models.random_init import random_b32
 
-    handle = random_b32(reference, patch_size=ARCHITECTURES[architecture])
+    handle = place(random_b32(reference, patch_size=ARCHITECTURES[architecture]), device, dtype)
     generator = torch.Generator().manual_seed(0)
     original = Image.fromarray((torch.rand(375, 500, 3, generator=generator) * 255).byte().numpy())
     pixels = handle.pixels(original)
@@ -116,19 +118,28 @@ def interleaved_medians(function: Callable[[], object], forward: Callable[[], ob
     item_samples, forward_samples = [], []
     for _ in range(repeats):
         for function_, samples in ((forward, forward_samples), (function, item_samples)):
+            synchronize()
             start = time.perf_counter()
             function_()
+            synchronize()  # a GPU runs asynchronously: wait for the work, not for its launch
             samples.append(time.perf_counter() - start)
     return statistics.median(item_samples), statistics.median(forward_samples)
 
 
-def peak_memory(architecture: str, item: str, ks: tuple[int, ...], rise_masks: int, reference: str | None) -> dict:
+def synchronize() -> None:
+    """Wait for queued GPU work (a no-op without CUDA)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def peak_memory(architecture: str, item: str, ks: tuple[int, ...], rise_masks: int, reference: str | None,
+                device: str = "cpu", dtype: str = "float32") -> dict:
     """Run one item in a fresh interpreter (after one warm-up call, so one-time allocations are excluded);
     returns its resident memory before the item and the peak during it (bytes), from /proc/self/status
     after resetting the peak with /proc/self/clear_refs."""
     code = (
         "import json, gc; from faithclip import bench; "
-        f"s = bench.setup({architecture!r}, {ks!r}, {reference!r}); "
+        f"s = bench.setup({architecture!r}, {ks!r}, {reference!r}, {device!r}, {dtype!r}); "
         f"w = bench.items(s, {ks!r}, {rise_masks}); f = w[{item!r}]; f(); gc.collect(); "
         "base = bench.reset_peak(); f(); "
         "print(json.dumps({'base': base, 'peak': bench.status_bytes('VmHWM')}))"
@@ -154,12 +165,14 @@ def reset_peak() -> int:
 
 
 def run(architectures=("B/16", "B/32"), ks=(1, 10, 100, 1000), repeats: int = 5, rise_masks: int = 400,
-        memory: bool = True, reference: str | None = None, progress: Callable[[str], None] = lambda s: None
-        ) -> list[BenchRow]:
+        memory: bool = True, reference: str | None = None, progress: Callable[[str], None] = lambda s: None,
+        device: str = "cpu", dtype: str = "float32") -> list[BenchRow]:
+    """Time every item; peak memory is the process's RSS (host memory: on a GPU it does not see the
+    device's memory)."""
     torch.manual_seed(0)
     rows = []
     for architecture in architectures:
-        bench = setup(architecture, tuple(ks), reference)
+        bench = setup(architecture, tuple(ks), reference, device, dtype)
         work = items(bench, tuple(ks), rise_masks)
         forward = work["forward (no grad)"]
         times, ratios = {}, {}
@@ -171,7 +184,7 @@ def run(architectures=("B/16", "B/32"), ks=(1, 10, 100, 1000), repeats: int = 5,
         memory_of = {}
         if memory:
             for name in work:
-                memory_of[name] = peak_memory(architecture, name, tuple(ks), rise_masks, reference)
+                memory_of[name] = peak_memory(architecture, name, tuple(ks), rise_masks, reference, device, dtype)
                 progress(f"{architecture} {name}: peak {memory_of[name]['peak'] / 2**20:.0f} MiB")
         base = memory_of.get("forward (no grad)")
         for name, seconds in times.items():

@@ -12,6 +12,14 @@ seeded from ``(seed, case, metric)``, so the same seed gives the same numbers, i
 interruption. One run at a time holds the folder (``rundir.RunLock``). ``results.json`` (strict JSON,
 schema ``report/results.schema.json``), ``results.md`` and ``report.html`` are rendered from the records
 at the end and published together (``rundir.write_result_set``).
+
+Many processes: ``Shard(i, n)`` computes the cases at positions ``i, i + n, ...`` into its own
+``records.shard-i-of-n.jsonl`` (the folder lock shared by the shards, its own lock exclusive, the same
+``config.json``); a run without a shard, or ``Evaluator.merge`` (which computes nothing), reads every
+record file, checks each line, and aggregates exactly as one process would. A record's numbers do not
+depend on the process that computed it: the identity pins the batch size, the thread count, the device
+kind and dtype, and nothing else of a process enters a record (seeds are per case and metric).
+``faithclip.distributed`` runs the shards under torch.distributed.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import time
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -39,10 +47,11 @@ from faithclip.metrics import METRICS, MetricSpec
 from faithclip.metrics.case import MetricCase
 from faithclip.metrics.zeroshot import PromptSet, build_prompt_set
 from faithclip.models.clip import ClipHandle, TextBatch
-from faithclip.models.fingerprint import (code_versions, config_identity, model_fingerprint, preprocess_identity,
-                                          tokenizer_fingerprint, unreadable_words)
+from faithclip.models.fingerprint import (code_versions, config_identity, device_identity, model_fingerprint,
+                                          preprocess_identity, tokenizer_fingerprint, unreadable_words)
 from faithclip.registry import METHODS
-from faithclip.rundir import RecordFile, RunLock, dumps_strict, strict_json, write_result_set
+from faithclip.rundir import (LOCK_NAME, RECORDS_NAME, RecordFile, RunLock, create_once, dumps_strict, finished_keys,
+                              record_paths, shard_records_name, strict_json, write_result_set)
 from faithclip.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -71,6 +80,8 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 32
     examples: int = 4  # cases whose maps are kept for the report's overlays
+    # images whose perturbed images are scored together (not part of the identity: no number depends on it)
+    images_per_step: int = 1
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -92,6 +103,8 @@ class EvalConfig:
             # both change the last digits (BLAS blocks other batch sizes and thread counts differently:
             # measured up to 1.1e-6 and 3e-4 relative), so a run keeps the ones it started with
             "batch_size": self.batch_size, "threads": torch.get_num_threads(),
+            # a GPU, another GPU model or half precision change the numbers too
+            "model_device": device_identity(handle),
         }
         return json.loads(json.dumps(identity, default=str))  # as config.json will read back
 
@@ -105,7 +118,7 @@ _IDENTITY_NAMES = {
     "model_preprocess": "the model's preprocessing", "model_tokenizer": "the model's tokenizer",
     "versions": "the code's versions", "data_fingerprint": "the data's files or scenes",
     "data_class_names": "the class names", "data_prompts": "the prompt templates",
-    "batch_size": "--batch-size", "threads": "--threads",
+    "batch_size": "--batch-size", "threads": "--threads", "model_device": "--device / --dtype",
 }
 _ABSENT = object()
 
@@ -242,8 +255,11 @@ class Evaluator:
         result = run_method(ctx.handle, ctx, spec, dict(self.config.method_options.get(method, {})))
         return result.maps[0, 0].detach().cpu()
 
-    def run_case(self, prepared: PreparedCase, method: str | None, keep_map: bool) -> dict[str, Any]:
-        """Metric values of one (case, method); ``method=None`` runs the model-level metrics."""
+    def run_case(self, prepared: PreparedCase, method: str | None, keep_map: bool,
+                 deferred: list[tuple[dict[str, Any], str, Any]] | None = None) -> dict[str, Any]:
+        """Metric values of one (case, method); ``method=None`` runs the model-level metrics. With
+        ``deferred``, a metric that has a scoring plan is not run: ``(record, metric, plan)`` is appended
+        for ``_score_together``, which fills in its value."""
         started = time.perf_counter()
         if prepared.score_ctx is None:
             prepared.score_ctx = self._context(prepared.pixels, None)
@@ -271,21 +287,85 @@ class Evaluator:
             options = self.config.options_for(spec.name)
             if "batch_size" in _parameters(spec.run):
                 options.setdefault("batch_size", self.config.batch_size)
-            value = spec.run(case, **options)
-            record["values"][spec.name] = value.values
-            if value.curves:
-                record["curves"][spec.name] = {name: [x, y] for name, (x, y) in value.curves.items()}
-            if value.details:
-                record.setdefault("details", {})[spec.name] = value.details
+            if deferred is not None and spec.plan is not None:
+                deferred.append((record, spec.name, spec.plan(case, **options)))
+                record["values"][spec.name] = None  # keeps the metrics' order; filled in by _score_together
+                continue
+            _store(record, spec.name, spec.run(case, **options))
         record["seconds"] = round(time.perf_counter() - started, 4)
         return record
 
+    def _run_step(self, step: list[tuple[PreparedCase, list[str | None], bool]]) -> list[dict[str, Any]]:
+        """The records of several images: maps one image at a time, then every perturbed image of every
+        curve of the step scored together (``_score_together``)."""
+        deferred: list[tuple[dict[str, Any], str, Any]] = []
+        records = [self.run_case(prepared, job, keep, deferred) for prepared, jobs, keep in step for job in jobs]
+        if deferred:
+            self._score_together(deferred, step[0][0].score_ctx)
+        return records
+
+    def _score_together(self, deferred: list[tuple[dict[str, Any], str, Any]], score_ctx: Context) -> None:
+        """Score the images of all ``deferred`` plans in forwards of exactly ``batch_size`` images (the last
+        one padded with zero images, whose scores are dropped), then finish each plan into its record.
+
+        Every forward has the same shape whatever the number of images per step, and a row's numbers
+        depend on the forward's shape, not on which other rows share it (matrix products compute each
+        row from that row alone; measured bit-identical on this machine): so the results do not depend on
+        ``images_per_step``. Any context of the data set can score any image: all hold the same
+        classifier weights."""
+        size = self.config.batch_size
+        logit_scale = self.handle.logit_scale.detach()
+        started = time.perf_counter()
+        pieces: list[list[torch.Tensor]] = [[] for _ in deferred]
+        buffer: list[torch.Tensor] = []
+        owners: list[tuple[int, int]] = []  # (plan, rows) of each piece in the buffer
+
+        def forward() -> None:
+            pixels = torch.cat(buffer)  # (n, 3, H, W)
+            rows = pixels.shape[0]
+            if rows < size:
+                pixels = torch.cat([pixels, pixels.new_zeros(size - rows, *pixels.shape[1:])])  # (size, 3, H, W)
+            logits = logit_scale * score_ctx.score_images(pixels, batch_size=size)[:rows]  # (n, K)
+            offset = 0
+            for plan, count in owners:
+                pieces[plan].append(logits[offset:offset + count])
+                offset += count
+            buffer.clear()
+            owners.clear()
+
+        buffered = 0
+        for plan_index, (_, _, plan) in enumerate(deferred):
+            for batch in plan.batches:
+                while batch.shape[0]:
+                    take = min(size - buffered, batch.shape[0])
+                    buffer.append(batch[:take])
+                    owners.append((plan_index, take))
+                    buffered, batch = buffered + take, batch[take:]
+                    if buffered == size:
+                        forward()
+                        buffered = 0
+        if buffered:
+            forward()
+        total = sum(plan.count for _, _, plan in deferred) or 1
+        seconds = time.perf_counter() - started
+        for plan_index, (record, name, plan) in enumerate(deferred):
+            logits = torch.cat(pieces[plan_index]) if pieces[plan_index] else torch.empty(0, 0, device=self.handle.device)
+            _store(record, name, plan.finish(logits))
+            record["seconds"] = round(record["seconds"] + seconds * plan.count / total, 4)  # its share
+
     # ---- the run ----------------------------------------------------------------------------------
     def run(self, data: LabelledSet, out_dir: str | Path, progress: bool = True, report: bool = True,
-            repair: bool = False) -> dict[str, Any]:
+            repair: bool = False, shard: Shard | None = None, sources: Sequence[str | Path] = (),
+            compute: bool = True) -> dict[str, Any] | None:
         """Evaluate into ``out_dir`` (resuming what it holds). Everything that can refuse the run is checked
         before anything is written; a folder this call created is removed again if it fails before the
-        first record. ``repair`` drops damaged lines of ``records.jsonl`` so that their records are redone."""
+        first record. ``repair`` drops damaged lines of the record files so that their records are redone.
+
+        ``shard``: compute only the cases this shard owns (``Shard.owns``), into its own record file,
+        holding the folder lock shared with the other shards; returns ``None`` (the results are written
+        by a run without ``shard``, or by ``merge``). ``sources``: other run folders of the same identity
+        whose records are imported (``merge``). ``compute=False``: refuse, naming what is missing, instead
+        of computing records no file holds (``merge``)."""
         out = Path(out_dir)
         limit = self.config.limit
         if limit is not None and limit > len(data):
@@ -302,27 +382,98 @@ class Evaluator:
                 "them would be meaningless; use a model whose vocabulary holds them, or rename the classes.")
         digests = FileDigests(out / DIGESTS_NAME)
         identity = self.config.identity(self.handle, data, digests)
+        sources = [Path(source) for source in sources if Path(source).resolve() != out.resolve()]
+        for source in sources:  # every folder merged must hold records of exactly this run
+            if not (source / "config.json").is_file():
+                raise EvaluationError(f"{source} holds no evaluation run (no config.json); merge only folders "
+                                      "written by faithclip evaluate with the same options.")
+            self._check_identity(source, identity, digests)
         self._check_identity(out, identity, digests)  # before creating anything; again under the lock
         created = _make_directories(out)
-        lock = RunLock(out)
+        # Shards share the folder lock (and each holds its own); a whole run or a merge holds it alone.
+        locks = [RunLock(out, shared=shard is not None)]
+        if shard is not None:
+            locks.append(RunLock(out, name=shard.lock_name))
+        locks += [RunLock(source) for source in sources]  # nothing may still be writing what is merged
         records: RecordFile | None = None
         try:
-            lock.acquire()
-            config_path = out / "config.json"
-            if config_path.exists():
-                self._check_identity(out, identity, digests)
-            else:
-                write_atomic(config_path, json.dumps(identity, indent=1).encode())
+            for lock in locks:
+                lock.acquire()
+            if not create_once(out / "config.json", json.dumps(identity, indent=1).encode()):
+                self._check_identity(out, identity, digests)  # another shard may have written it meanwhile
             digests.save()
-            records = RecordFile(out / "records.jsonl", check=self._record_problem, repair=repair)
-            results = self._run_cases(data.limited(limit), out, records, identity, progress, report)
+            own = shard.records_name if shard is not None else RECORDS_NAME
+            records = RecordFile(out / own, check=self._record_problem, repair=repair)
+            done = set(records.done)
+            for path in record_paths(out):
+                if path.name == own:
+                    continue
+                if shard is not None:  # another shard's file, perhaps being appended to: read only
+                    done |= finished_keys(path)
+                else:  # under the exclusive lock every file is ours to check (and to repair)
+                    done |= RecordFile(path, check=self._record_problem, repair=repair).done
+            for source in sources:
+                for path in record_paths(source):
+                    for record in RecordFile(path, check=self._record_problem, repair=repair).read():
+                        if (record["case"], record["method"]) not in done:
+                            records.append(record)
+                            done.add((record["case"], record["method"]))
+                _copy_examples(source, out)
+            cases = data.limited(limit)
+            if not compute:
+                self._refuse_missing(cases, done, out)
+            self._run_cases(cases, out, records, done, shard, progress)
+            if shard is not None:
+                return None
+            results = aggregate(self._all_records(out), self, cases, identity)
+            results = write_outputs(results, out, report=report)
         except BaseException:
-            if created and (records is None or not records.done):
-                _remove_created(out, created)  # an early failure leaves no folder behind
+            if created and shard is None and (records is None or not records.done):
+                _remove_created(out, created)  # an early failure leaves no folder behind (shards: others may use it)
             raise
         finally:
-            lock.release()
+            for lock in reversed(locks):
+                lock.release()
         return results
+
+    def merge(self, data: LabelledSet, out_dir: str | Path, sources: Sequence[str | Path] = (), progress: bool = True,
+              report: bool = True, repair: bool = False) -> dict[str, Any]:
+        """The results of a run computed in shards: the records of ``out_dir``'s shard files and of the
+        ``sources`` folders (each checked against this run's identity, each locked), imported into
+        ``out_dir``, aggregated exactly as a one-process run's. Computes nothing: a missing record is an error
+        that names the shard to run again."""
+        return self.run(data, out_dir, progress=progress, report=report, repair=repair, sources=sources, compute=False)
+
+    def _jobs(self) -> list[str | None]:
+        return ([None] if any(not m.per_method for m in self.metrics) else []) + list(self.methods)
+
+    def _refuse_missing(self, data: LabelledSet, done: set[tuple[str, str]], out: Path) -> None:
+        missing = [(index, load.case_id, job or "-") for index, load in enumerate(data.cases) for job in self._jobs()
+                   if (load.case_id, job or "-") not in done]
+        if not missing:
+            return
+        counts = sorted({int(p.name.split("-of-")[1].split(".")[0]) for p in out.glob("records.shard-*-of-*.jsonl")})
+        owners = ""
+        if counts:
+            count = counts[-1]
+            shards = sorted({index % count for index, _, _ in missing})
+            owners = (f"; with {count} shards they belong to shard{'s' * (len(shards) > 1)} "
+                      f"{', '.join(f'{i}/{count}' for i in shards[:8])}{' ...' if len(shards) > 8 else ''}")
+        example = ", ".join(f"{case} / {job}" for _, case, job in missing[:3])
+        raise EvaluationError(
+            f"cannot merge: {len(missing)} records are in none of the folders ({example}{' ...' if len(missing) > 3 else ''})"
+            f"{owners}. Run those shards again (the same command with --shard I/N), then merge again.")
+
+    def _all_records(self, out: Path) -> list[dict[str, Any]]:
+        """Every record of the folder, one per (case, method), from its files in ``record_paths`` order."""
+        records, seen = [], set()
+        for path in record_paths(out):
+            for record in RecordFile(path).read():
+                key = (record["case"], record["method"])
+                if key not in seen:
+                    seen.add(key)
+                    records.append(record)
+        return records
 
     def _check_identity(self, out: Path, identity: dict[str, Any], digests: FileDigests) -> None:
         config_path = out / "config.json"
@@ -354,38 +505,103 @@ class Evaluator:
                 return f"no values of {spec.name}"
         return None
 
-    def _run_cases(self, data: LabelledSet, out: Path, records: RecordFile, identity: dict[str, Any],
-                   progress: bool, report: bool) -> dict[str, Any]:
+    def _run_cases(self, data: LabelledSet, out: Path, records: RecordFile, done: set[tuple[str, str]],
+                   shard: Shard | None, progress: bool) -> None:
+        """Compute and append every (case, job) of ``data`` that no record file holds (of ``shard``'s cases only)."""
         skipped_metrics = [m.name for m in self.metrics if m.needs_mask and not data.has_masks]
         if skipped_metrics:
             logger.warning("%s has no object masks; skipping %s", data.name, ", ".join(skipped_metrics))
         self.prompt_set = build_prompt_set(self.handle, data.class_names, data.templates, data.prompts)
         self.all_texts = self.prompt_set.text_batch(self.handle)
-        needs_case_record = any(not m.per_method for m in self.metrics)
-        jobs = ([None] if needs_case_record else []) + list(self.methods)
+        jobs = self._jobs()
         from faithclip.progress import Progress
 
+        owned = [(index, load) for index, load in enumerate(data.cases) if shard is None or shard.owns(index)]
         # Estimated per method: a mean over mixed methods was 15x off (RISE's maps cost 100x the others').
-        bar = Progress("evaluate", {job or "model": len(data) for job in jobs}, enabled=progress)
-        for index, load in enumerate(data.cases):
-            pending = [job for job in jobs if (load.case_id, job or "-") not in records.done]
+        title = "evaluate" if shard is None else f"evaluate shard {shard}"
+        bar = Progress(title, {job or "model": len(owned) for job in jobs}, enabled=progress)
+        step: list[tuple[PreparedCase, list[str | None], bool]] = []
+
+        def finish_step() -> None:
+            for record in self._run_step(step):
+                records.append(record)
+                done.add((record["case"], record["method"]))
+                job = None if record["method"] == "-" else record["method"]
+                bar.step(job or "model", f"{record['case']} {job or 'model'}")
+            step.clear()
+
+        for index, load in owned:
+            pending = [job for job in jobs if (load.case_id, job or "-") not in done]
             for job in jobs:
                 if job not in pending:
                     bar.skip(job or "model")
             if not pending:
                 continue  # finished before an interruption: not even loaded
             prepared = prepare(self.handle, load())
-            keep = index < self.config.examples
+            keep = index < self.config.examples  # the position in the whole set: the same in every shard
             if keep:
                 _save_example(out, prepared)
             bar.restart_clock()
-            for job in pending:
-                records.append(self.run_case(prepared, job, keep))
-                bar.step(job or "model", f"{prepared.case_id} {job or 'model'}")
-            del prepared
+            if self.config.images_per_step == 1:  # each record written as soon as it is computed
+                for job in pending:
+                    step.append((prepared, [job], keep))
+                    finish_step()
+                continue
+            step.append((prepared, pending, keep))  # N images: their records are written when the step ends
+            if len(step) == self.config.images_per_step:
+                finish_step()
+        if step:
+            finish_step()
         bar.close()
-        results = aggregate(records.read(), self, data, identity)
-        return write_outputs(results, out, report=report)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the cases at positions ``index, index + count, ...`` of the data set.
+    Round-robin over positions: neighbouring images (often one class) spread over all shards, and a
+    larger ``--limit`` only adds cases, never moves one to another shard."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        index, slash, count = text.partition("/")
+        if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+            raise EvaluationError(f"--shard {text!r} must look like I/N with 0 <= I < N, e.g. --shard 0/4.")
+        shard = cls(int(index), int(count))
+        if not 0 <= shard.index < shard.count:
+            raise EvaluationError(f"--shard {text}: the index must be 0 to {shard.count - 1} for {shard.count} shards.")
+        return shard
+
+    def owns(self, position: int) -> bool:
+        return position % self.count == self.index
+
+    @property
+    def records_name(self) -> str:
+        return shard_records_name(self.index, self.count)
+
+    @property
+    def lock_name(self) -> str:
+        return f"{LOCK_NAME}.shard-{self.index}-of-{self.count}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def _copy_examples(source: Path, out: Path) -> None:
+    """The example crops a merged folder's shards saved, where ``out`` lacks them."""
+    for image in sorted((source / "examples").glob("*.png")):
+        if not (out / "examples" / image.name).exists():
+            write_atomic(out / "examples" / image.name, image.read_bytes())
+
+
+def _store(record: dict[str, Any], metric: str, value: Any) -> None:
+    record["values"][metric] = value.values
+    if value.curves:
+        record["curves"][metric] = {name: [x, y] for name, (x, y) in value.curves.items()}
+    if value.details:
+        record.setdefault("details", {})[metric] = value.details
 
 
 def _make_directories(out: Path) -> list[Path]:
@@ -571,10 +787,20 @@ def write_outputs(results: dict[str, Any], out: Path, report: bool = True) -> di
 
 
 def evaluate(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, config: EvalConfig | None = None,
-             progress: bool = True, report: bool = True, repair: bool = False) -> dict[str, Any]:
-    """Evaluate ``config.methods`` with ``config.metrics`` on ``data``; see the module docstring."""
+             progress: bool = True, report: bool = True, repair: bool = False,
+             shard: Shard | None = None) -> dict[str, Any] | None:
+    """Evaluate ``config.methods`` with ``config.metrics`` on ``data``; see the module docstring. With
+    ``shard``, only that shard's records (returns ``None``; ``merge`` then writes the results)."""
     config = config or EvalConfig(model=handle.name, data=data.name)
-    return Evaluator(handle, config).run(data, out_dir, progress=progress, report=report, repair=repair)
+    return Evaluator(handle, config).run(data, out_dir, progress=progress, report=report, repair=repair, shard=shard)
 
 
-__all__ = ["EvalConfig", "Evaluator", "evaluate", "EvaluationError", "describe_changes", "model_fingerprint"]
+def merge(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, sources: Sequence[str | Path] = (),
+          config: EvalConfig | None = None, progress: bool = True, report: bool = True,
+          repair: bool = False) -> dict[str, Any]:
+    """The results of a sharded run (``Evaluator.merge``)."""
+    config = config or EvalConfig(model=handle.name, data=data.name)
+    return Evaluator(handle, config).merge(data, out_dir, sources, progress=progress, report=report, repair=repair)
+
+
+__all__ = ["EvalConfig", "Evaluator", "Shard", "evaluate", "merge", "EvaluationError", "describe_changes", "model_fingerprint"]

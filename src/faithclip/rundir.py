@@ -2,6 +2,12 @@
 
 - ``RunLock``: one run at a time per folder (``fcntl.flock`` on ``DIR/.lock``). The kernel releases the
   lock when its holder dies, so a killed run never leaves a stale lock behind; the file names the holder.
+  The shards of a run spread over processes hold ``DIR/.lock`` SHARED (so a whole-folder run or a merge,
+  which hold it exclusively, cannot start while any shard runs, and no shard while they run) and each
+  holds its own ``DIR/.lock.shard-I-of-N`` exclusively (one process per shard).
+- Record files: ``records.jsonl`` (a one-process run, and what a merge imports) and one
+  ``records.shard-I-of-N.jsonl`` per shard; only its owner appends to a file. ``record_paths`` lists them
+  in the fixed order in which a record found twice is read from the first.
 - ``RecordFile``: ``records.jsonl``, one strict-JSON line per finished record, fsynced before the next is
   computed. Reading checks every line; a damaged line (not JSON, NUL bytes, not a record, a duplicate)
   stops the run with its file and line number, and ``repair=True`` drops such lines so that their
@@ -33,6 +39,8 @@ from faithclip.explanation import fsync_directory, write_atomic
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+RECORDS_NAME = "records.jsonl"
+_SHARD_RECORDS = "records.shard-"
 RESULTS_LINK = "results"
 _SET_PREFIX = ".results-"
 
@@ -43,41 +51,54 @@ class RunFolderError(FaithclipError):
 
 # ---- the lock ---------------------------------------------------------------------------------------
 class RunLock:
-    """An exclusive, non-blocking lock on a run folder, held from ``acquire`` to ``release``."""
+    """A non-blocking lock on a run folder (``name``: the folder's own or a shard's), held from ``acquire``
+    to ``release``; exclusive, or ``shared`` with the other shards of the folder."""
 
-    def __init__(self, directory: Path) -> None:
-        self.path = Path(directory) / LOCK_NAME
+    def __init__(self, directory: Path, name: str = LOCK_NAME, shared: bool = False) -> None:
+        self.path = Path(directory) / name
+        self.shared = shared
         self.descriptor: int | None = None
 
     def acquire(self) -> "RunLock":
         descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
             raise RunFolderError(
                 f"{self.path.parent} is in use by another evaluation ({self.holder()}); wait until it finishes "
                 "(then run this command again to use its records), or pass another --out."
             ) from None
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                  "command": " ".join(sys.argv)[:200]}
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+        if not self.shared:  # the shards sharing the folder lock name themselves in their own lock files
+            holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                      "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                      "command": " ".join(sys.argv)[:200]}
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, json.dumps(holder).encode(), 0)
         self.descriptor = descriptor
         return self
 
     def holder(self) -> str:
-        """Who holds the lock, as its holder wrote it."""
-        try:
-            holder = json.loads(self.path.read_text())
-            return f"pid {holder['pid']} on {holder['host']} since {holder['since']}: {holder['command']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "a process that has not yet said who it is"
+        """Who holds the lock, as its holder wrote it (for the folder lock held by shards: the shards)."""
+        def named(path: Path) -> str | None:
+            try:
+                holder = json.loads(path.read_text())
+                return f"pid {holder['pid']} on {holder['host']} since {holder['since']}: {holder['command']}"
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+
+        own = named(self.path)
+        if own:
+            return own
+        shards = [text for path in sorted(self.path.parent.glob(LOCK_NAME + ".shard-*")) if (text := named(path))]
+        if shards:
+            return "shards: " + "; ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
+        return "a process that has not yet said who it is"
 
     def release(self) -> None:
         if self.descriptor is not None:
-            os.ftruncate(self.descriptor, 0)
+            if not self.shared:
+                os.ftruncate(self.descriptor, 0)
             fcntl.flock(self.descriptor, fcntl.LOCK_UN)
             os.close(self.descriptor)
             self.descriptor = None
@@ -89,7 +110,57 @@ class RunLock:
         self.release()
 
 
-# ---- the record file --------------------------------------------------------------------------------
+# ---- the record files -------------------------------------------------------------------------------
+def shard_records_name(index: int, count: int) -> str:
+    return f"{_SHARD_RECORDS}{index}-of-{count}.jsonl"
+
+
+def record_paths(out: Path) -> list[Path]:
+    """The folder's record files: ``records.jsonl`` first, then the shards' by shard count and index."""
+    def order(path: Path) -> tuple[int, int, str]:
+        index, _, count = path.name[len(_SHARD_RECORDS):-len(".jsonl")].partition("-of-")
+        return (int(count), int(index), path.name) if index.isdigit() and count.isdigit() else (1 << 30, 0, path.name)
+
+    shards = sorted(out.glob(f"{_SHARD_RECORDS}*-of-*.jsonl"), key=order)
+    return ([out / RECORDS_NAME] if (out / RECORDS_NAME).exists() else []) + shards
+
+
+def finished_keys(path: Path) -> set[tuple[str, str]]:
+    """The (case, method) keys of the complete, well-formed lines of a record file that ANOTHER process
+    may be appending to: read only (a torn or damaged line is its owner's to repair, and is not counted)."""
+    keys: set[tuple[str, str]] = set()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return keys
+    for line in data.split(b"\n")[:-1]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record_problem(record) is None:
+            keys.add((record["case"], record["method"]))
+    return keys
+
+
+def create_once(path: Path, data: bytes) -> bool:
+    """Write ``path`` if it does not exist, atomically with respect to other processes doing the same
+    (a complete file is linked into place; ``link`` fails when the name exists). True if this call wrote it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{socket.gethostname()}.new")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temporary, path)
+        fsync_directory(path.parent)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def strict_json(value: Any) -> Any:
     """``value`` with every NaN or infinity replaced by ``None``: JSON has no such numbers (JavaScript's
     ``JSON.parse`` and every strict parser reject them), and all of them mean 'undefined' here."""

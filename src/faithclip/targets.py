@@ -23,8 +23,16 @@ from faithclip.errors import MethodError
 
 
 def cosine_matrix(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of every image with every text: ``(B, D), (K, D) -> (B, K)``."""
-    return F.normalize(image_embeds, dim=-1) @ F.normalize(text_embeds, dim=-1).T
+    """Cosine similarity of every image with every text: ``(B, D), (K, D) -> (B, K)``, computed in at
+    least float32: a bfloat16 cosine keeps 3 significant digits, and the perturbation methods subtract
+    nearly equal scores (float32 and float64 inputs are untouched)."""
+    dtype = accumulation_dtype(image_embeds.dtype)
+    return F.normalize(image_embeds.to(dtype), dim=-1) @ F.normalize(text_embeds.to(dtype), dim=-1).T
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums and scores are taken in: float32 for a half-precision model, else ``dtype`` itself."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 @dataclass(frozen=True)

@@ -69,11 +69,11 @@ def test_resume_after_an_interruption_gives_identical_results(handle, tmp_path, 
     calls = []
     original = Evaluator.run_case
 
-    def interrupted(self, prepared, method, keep):
+    def interrupted(self, prepared, method, keep, *deferred):
         if len(calls) == 7:
             raise KeyboardInterrupt  # the user presses Ctrl-C during the 8th record
         calls.append((prepared.case_id, method))
-        return original(self, prepared, method, keep)
+        return original(self, prepared, method, keep, *deferred)
 
     monkeypatch.setattr(Evaluator, "run_case", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -83,7 +83,7 @@ def test_resume_after_an_interruption_gives_identical_results(handle, tmp_path, 
     with open(records, "a") as torn:
         torn.write('{"case": "scene00002", "meth')  # killed in the middle of a write
 
-    monkeypatch.setattr(Evaluator, "run_case", lambda self, p, m, k: (calls.append((p.case_id, m)), original(self, p, m, k))[1])
+    monkeypatch.setattr(Evaluator, "run_case", lambda self, p, m, k, *d: (calls.append((p.case_id, m)), original(self, p, m, k, *d))[1])
     resumed = evaluate(handle, data, tmp_path / "split", config, progress=False, report=False)
     assert len(calls) == 15 and len(set(calls)) == 15  # nothing finished was computed twice
     assert _values(resumed) == _values(reference)
@@ -96,7 +96,7 @@ def test_a_run_is_extended_by_a_larger_limit_without_recomputing(handle, tmp_pat
     evaluate(handle, data, tmp_path / "run", config, progress=False, report=False)
     calls = []
     original = Evaluator.run_case
-    monkeypatch.setattr(Evaluator, "run_case", lambda self, p, m, k: (calls.append(p.case_id), original(self, p, m, k))[1])
+    monkeypatch.setattr(Evaluator, "run_case", lambda self, p, m, k, *d: (calls.append(p.case_id), original(self, p, m, k, *d))[1])
     config.limit = 4
     extended = evaluate(handle, data, tmp_path / "run", config, progress=False, report=False)
     assert sorted(set(calls)) == ["scene00002", "scene00003"] and extended["data"]["num_cases"] == 4
@@ -170,8 +170,8 @@ def test_memory_stays_flat_over_many_images(handle, tmp_path, monkeypatch):
     samples = []
     original = Evaluator.run_case
 
-    def measured(self, prepared, method, keep):
-        record = original(self, prepared, method, keep)
+    def measured(self, prepared, method, keep, *deferred):
+        record = original(self, prepared, method, keep, *deferred)
         samples.append(_rss_bytes())
         return record
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from faithclip.audit.run import AuditSettings
-from faithclip.cli.common import add_out_argument, check_writable, load_model
+from faithclip.cli.common import add_device_arguments, add_out_argument, check_writable, load_model, place_model
 from faithclip.errors import FaithclipError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The audit's arguments; defaults come from ``AuditSettings`` (one set of defaults)."""
     d = AuditSettings()
     parser.add_argument("--model", default=None, help="model name, directory or checkpoint (default: shapes-clip)")
+    add_device_arguments(parser)
     parser.add_argument("--random-init", action="store_true",
                         help="build the model from the directory's config.json with random weights (no weights needed)")
     parser.add_argument("--images", nargs="+", default=None, help="image files (default: shapes scenes)")
@@ -94,7 +95,8 @@ def load_inputs(args: argparse.Namespace):
     from faithclip.audit.data import folder_data
     if args.random_init and not args.model:
         raise FaithclipError("--random-init needs --model DIRECTORY (a config.json to build from).")
-    handle = random_init_handle(args.model, args.seed) if args.random_init else load_model(args.model)
+    handle = (place_model(random_init_handle(args.model, args.seed), args) if args.random_init
+              else load_model(args.model, args))
     data = None
     if args.images:
         if not args.class_names:

@@ -6,7 +6,7 @@ import argparse
 import json
 import platform
 
-from faithclip.cli.common import add_out_argument, check_writable, positive_int
+from faithclip.cli.common import add_device_arguments, add_out_argument, check_writable, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="directory with another CLIP config.json and tokenizer (default: the shipped ViT-B/32 "
                              "and B/16 configs)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    add_device_arguments(parser)
     add_out_argument(parser, "bench")
     parser.set_defaults(func=run)
 
@@ -34,8 +35,12 @@ def run(args: argparse.Namespace) -> int:
 
     json_path = check_writable(args.json, "file", "--json") if args.json else None  # before minutes of timing
     out = check_writable(args.out, "dir")
+    from faithclip.models.loading import parse_device
+
+    parse_device(args.device)  # a missing GPU is a one-line error before minutes of timing
     rows = bench.run(tuple(args.arch or ("B/16", "B/32")), tuple(args.k or (1, 10, 100, 1000)), args.repeats,
-                     args.rise_masks, not args.no_memory, args.reference, progress=lambda s: print(s, flush=True))
+                     args.rise_masks, not args.no_memory, args.reference, progress=lambda s: print(s, flush=True),
+                     device=args.device, dtype=args.dtype)
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(bench.format_rows(rows))
     if json_path is not None:

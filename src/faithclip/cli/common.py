@@ -99,15 +99,32 @@ def output_dir(path: str | Path, option: str = "--out") -> Path:
     return directory
 
 
-def load_model(name: str | None) -> Any:
-    """``faithclip.load`` for the command line: no progress bar (the weights of a CLIP load in seconds,
-    and the bar would be the only non-result line on stderr)."""
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``, the same on every command that runs a model."""
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help="where the model runs: cpu, cuda, cuda:N or mps (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="the model's precision; scores and sums are taken in float32 either way "
+                             "(default: %(default)s)")
+
+
+def load_model(name: str | None, args: argparse.Namespace | None = None) -> Any:
+    """``faithclip.load`` for the command line, on ``args.device`` in ``args.dtype`` when given: no
+    progress bar (the weights of a CLIP load in seconds, and the bar would be the only non-result line
+    on stderr)."""
     import transformers
 
     from faithclip.models.loading import load
 
     transformers.utils.logging.disable_progress_bar()
-    return load(name)
+    return load(name, device=getattr(args, "device", None), dtype=getattr(args, "dtype", None) or "float32")
+
+
+def place_model(handle: Any, args: argparse.Namespace) -> Any:
+    """A model the command built itself (random weights), moved to ``args.device`` / ``args.dtype``."""
+    from faithclip.models.loading import place
+
+    return place(handle, getattr(args, "device", None), getattr(args, "dtype", None))
 
 
 def slug(text: str, limit: int = 40) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from faithclip.cli.common import add_model_argument, check_writable, load_model, positive_int
+from faithclip.cli.common import add_device_arguments, add_model_argument, check_writable, load_model, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,6 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scenes", type=positive_int, default=8, help="number of scenes (default 8)")
     parser.add_argument("--no-audit", action="store_true", help="skip the P1/P2 checks and the Grad-ECLIP audit")
     add_model_argument(parser)
+    add_device_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -20,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from faithclip.demo import run_demo
 
     out = check_writable(args.out, "dir")  # before any work; created when the report is written
-    model = load_model(args.model)
+    model = load_model(args.model, args)
     results = run_demo(out, model, scenes=args.scenes, audit=not args.no_audit, progress=lambda s: print(s, flush=True))
     print("\nLocalisation (pointing game within "
           f"{results['tolerance_px']} px of the named object, {args.scenes} scenes):")

@@ -6,6 +6,12 @@
 Running the same command again on the same ``--out`` resumes an interrupted run. One run at a time
 uses a folder; a run with other settings, model or data is refused. If records.jsonl was damaged (a
 crash, an edit), add --repair to drop the damaged lines and compute those records again.
+
+Many processes (each with the same options, --threads included):
+
+    torchrun --nproc-per-node 4 -m faithclip evaluate ... --out DIR          # rank 0 writes the results
+    faithclip evaluate ... --shard I/4 --out DIR        # job arrays: I = 0..3, then
+    faithclip evaluate ... --merge [DIR2 ...] --out DIR # merge (computes nothing)
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from typing import Any
 
 import torch
 
-from faithclip.cli.common import add_model_argument
-from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError
+from faithclip.cli.common import add_device_arguments, add_model_argument, load_model
+from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError, Shard
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_argument(parser)
+    add_device_arguments(parser)
     parser.add_argument("--data", default="shapes",
                         help="'shapes' (the generated world, fixed evaluation seed), 'voc:PATH', 'imagenet:PATH' "
                              "or a folder whose layout is detected (default: shapes)")
@@ -49,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--count", type=int, default=100, help="number of generated scenes for --data shapes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random perturbations and the bootstrap")
     parser.add_argument("--batch-size", type=int, default=32, help="perturbed images scored per forward pass")
+    parser.add_argument("--images-per-step", type=int, default=1,
+                        help="images whose perturbed images (deletion/insertion curves) are scored together, in "
+                             "forwards of --batch-size images: more keeps a GPU busy; the results do not depend on it")
     parser.add_argument("--examples", type=int, default=4, help="images shown with overlays in the report")
     parser.add_argument("--option", action="append", default=[], metavar="METRIC.KEY=VALUE",
                         help="a metric option, e.g. pointing_game.tolerance=4 or deletion_rise.substrate=black "
@@ -59,6 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--repair", action="store_true",
                         help="drop damaged lines of records.jsonl (named by the error) and compute those records again")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="compute only the cases at positions I, I+N, I+2N, ... into records.shard-I-of-N.jsonl "
+                             "(one job of a job array; the results are written by --merge)")
+    parser.add_argument("--merge", nargs="*", default=None, metavar="DIR",
+                        help="compute nothing: check and merge the shards' records in --out and in these other run "
+                             "folders of the same command, then write the results into --out")
     parser.add_argument("--out", required=True, help="output directory (records.jsonl, results.json/.md, report.html)")
     parser.set_defaults(func=run)
 
@@ -92,27 +108,48 @@ def writable_target(path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import faithclip
     from faithclip.data.folders import open_data
     from faithclip.evaluation import Evaluator
 
-    for name in ("limit", "count", "batch_size", "threads"):
+    for name in ("limit", "count", "batch_size", "threads", "images_per_step"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise EvaluationError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
     out = writable_target(args.out)
     metric_options = parse_options(args.option)
     method_options = parse_options(args.method_option, "--method-option")
+    shard = Shard.parse(args.shard) if args.shard is not None else None
+    if shard is not None and args.merge is not None:
+        raise EvaluationError("--shard computes one shard and --merge merges finished ones; give one of them.")
+    from faithclip import distributed
+
+    if distributed.launched() and (shard is not None or args.merge is not None):
+        raise EvaluationError("under torchrun every rank evaluates its own shard and rank 0 merges; "
+                              "drop --shard and --merge.")
     if args.threads:
         torch.set_num_threads(args.threads)
-    handle = faithclip.load(args.model)
+    args.device = distributed.rank_device(args.device)
+    handle = load_model(args.model, args)
     config = EvalConfig(model=args.model or "shapes-clip", data=args.data, methods=args.methods,
                         metrics=args.metrics, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-                        examples=args.examples, metric_options=metric_options, method_options=method_options)
+                        examples=args.examples, metric_options=metric_options, method_options=method_options,
+                        images_per_step=args.images_per_step)
     evaluator = Evaluator(handle, config)  # checks methods, metrics and every option
     data = open_data(args.data, image_size=handle.preprocess.size, count=args.count)
     try:
-        results = evaluator.run(data, out, progress=not args.no_progress, repair=args.repair)
+        if distributed.launched():
+            results = _run_ranks(evaluator, data, out, args)
+            if results is None:
+                return 0  # not rank 0: its shard is written; rank 0 reports
+        elif args.merge is not None:
+            results = evaluator.merge(data, out, args.merge, progress=not args.no_progress, repair=args.repair)
+        elif shard is not None:
+            evaluator.run(data, out, progress=not args.no_progress, repair=args.repair, shard=shard)
+            print(f"shard {shard} finished in {out}; when every shard has, run the same command with --merge "
+                  "instead of --shard to write the results")
+            return 0
+        else:
+            results = evaluator.run(data, out, progress=not args.no_progress, repair=args.repair)
     except KeyboardInterrupt:
         print("faithclip evaluate: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
@@ -121,3 +158,17 @@ def run(args: argparse.Namespace) -> int:
 
     print(render_markdown(results).split("## Protocols")[0])
     return 0
+
+
+def _run_ranks(evaluator: Any, data: Any, out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Under torchrun: this rank's shard, a barrier, then rank 0 merges (and returns the results)."""
+    from faithclip.distributed import ProcessGroup
+
+    with ProcessGroup(args.device) as group:
+        shard = Shard(group.rank, group.world_size)
+        # one progress display (rank 0's), not N interleaved ones
+        evaluator.run(data, out, progress=not args.no_progress and group.rank == 0, repair=args.repair, shard=shard)
+        group.barrier()
+        if group.rank != 0:
+            return None
+        return evaluator.merge(data, out, progress=False, repair=args.repair)

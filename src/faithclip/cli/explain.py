@@ -7,7 +7,7 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
-from faithclip.cli.common import add_model_argument, add_out_argument, check_writable, load_model, positive_int, slug
+from faithclip.cli.common import add_device_arguments, add_model_argument, add_out_argument, check_writable, load_model, positive_int, slug
 from faithclip.errors import FaithclipError, MethodError
 from faithclip.registry import METHODS
 
@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", type=positive_int, default=None,
                         help="number of last layers (methods that take it)")
     add_model_argument(parser)
+    add_device_arguments(parser)
     add_out_argument(parser, "explain", holds="a PNG figure and a JSON record per pair")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {dropped} repeated {kind} argument(s) explained once")
     # Progress lines come only once work is under way: a usage error stays the one line on stderr.
     progress = stage_logger("faithclip explain", not args.no_progress)
-    model = load_model(args.model)
+    model = load_model(args.model, args)
     options = {}
     if args.layers is not None:
         config = model.vision_config if args.side == "image" else model.text_config

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from faithclip.cli.common import add_model_argument, add_out_argument, check_writable, load_model, positive_int
+from faithclip.cli.common import add_device_arguments, add_model_argument, add_out_argument, check_writable, load_model, place_model, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,13 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(default: the shipped ViT-B/32)")
     parser.add_argument("--json", default=None, help="also write the tables as JSON to this file")
     add_model_argument(parser)
+    add_device_arguments(parser)
     add_out_argument(parser, "verify", optional=True)
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from faithclip.equivalence import format_table, verify_equivalence
+    from faithclip.equivalence import equivalence_tolerance, format_table, verify_equivalence
     from faithclip.models.random_init import random_b32
     from faithclip.verification import default_inputs
 
@@ -45,18 +46,19 @@ def run(args: argparse.Namespace) -> int:
     json_path = check_writable(args.json, "file", "--json") if args.json else None  # before any work
     out = check_writable(args.out, "dir") if args.out else None
     progress = stage_logger("faithclip verify", not args.no_progress)
-    model = random_b32(args.reference) if args.random_b32 else load_model(args.model)
+    model = place_model(random_b32(args.reference), args) if args.random_b32 else load_model(args.model, args)
     images, texts = default_inputs(model, args.images, args.text)
-    dtypes = (torch.float32, torch.float64) if args.float64 else (torch.float32,)
+    dtypes = (model.dtype, torch.float64) if args.float64 else (model.dtype,)  # --dtype: the model's own
     progress(f"Grad-ECLIP vs Attention-ECLIP on {len(images)} images x {len(texts)} texts, both towers")
     rows = verify_equivalence(model, images, texts, layers=tuple(args.layers or (1, 2)), dtypes=dtypes)
     print(f"Grad-ECLIP vs Attention-ECLIP on {model.name} ({len(images)} images x {len(texts)} texts)")
     print(format_table(rows))
     record = {"model": model.name, "equivalence": [r.as_dict() for r in rows]}
     failures = []
-    failed = [r for r in rows if r.max_rel_diff > (1e-5 if r.dtype == "float32" else 1e-10)]
+    failed = [r for r in rows if r.max_rel_diff > equivalence_tolerance(r.dtype)]
     if failed:
-        failures.append(f"{len(failed)} equivalence rows exceed the tolerance (1e-5 float32, 1e-10 float64)")
+        bounds = ", ".join(f"{equivalence_tolerance(d):g} {d}" for d in sorted({r.dtype for r in rows}))
+        failures.append(f"{len(failed)} equivalence rows exceed the tolerance ({bounds})")
     if not args.no_p1:
         from faithclip.audit.principles import check_p1, format_p1
 

@@ -38,6 +38,9 @@ def qk_lambda(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, support
 
     q, k: ``(C, T, D)``; positions: ``(C,)`` query index; support: ``(C, T)`` bool -> ``(C, T)``.
     """
+    from faithclip.targets import accumulation_dtype
+
+    q, k = q.to(accumulation_dtype(q.dtype)), k.to(accumulation_dtype(k.dtype))  # cosines in >= float32
     index = torch.arange(q.shape[0], device=q.device)
     query = F.normalize(q[index, positions], dim=-1)  # (C, D)
     cosine = (F.normalize(k, dim=-1) * query[:, None, :]).sum(-1)  # (C, T)

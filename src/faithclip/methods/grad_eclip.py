@@ -25,11 +25,15 @@ import torch
 from faithclip.methods.common import default_relu, eclip_result, layer_lambdas
 from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec, register_method
+from faithclip.targets import accumulation_dtype
 
 
 def grad_eclip_terms(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
     """One layer's signed term: g ``(B, K, D)``, v ``(B, 1, T, D)`` (image) or ``(1, K, T, D)`` (text), lambda
-    ``(B|1, K|1, T)`` -> ``(B, K, T)``. The channel sum is a contraction, never a ``(B, K, T, D)`` product."""
+    ``(B|1, K|1, T)`` -> ``(B, K, T)``. The channel sum is a contraction, never a ``(B, K, T, D)`` product,
+    taken in at least float32 (a half-precision model's D products would otherwise be summed in bf16)."""
+    dtype = accumulation_dtype(v.dtype)
+    v, query_grad = v.to(dtype), query_grad.to(dtype)
     if v.shape[1] == 1:  # image side: one v per image, shared by its K prompts
         channel_sum = torch.einsum("btd,bkd->bkt", v[:, 0], query_grad)  # sum_c g_c v_jc: (B, K, T)
     else:  # text side: one v per text, shared by the B images

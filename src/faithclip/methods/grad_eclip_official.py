@@ -132,7 +132,7 @@ def text_maps(ctx: Context, layers: int, qk: str, model: Any | None = None) -> t
         extra = ctx.extra_embeds()
         scores = ctx.target.scores(image_embeds, text_embeds, ctx.handle.logit_scale.detach().to(text_embeds.dtype),
                                    None if extra is None else extra.to(text_embeds.dtype))  # (B, K)
-        maps = torch.zeros(*scores.shape, length, dtype=scores.dtype)
+        maps = torch.zeros(*scores.shape, length, dtype=scores.dtype, device=scores.device)
         for k in range(scores.shape[1]):
             e = int(eos[k])
             lams = [official_lambda(t.q[k], t.k[k], e, slice(None), _out_proj(layer, qk))

@@ -23,6 +23,7 @@ import torch
 from faithclip.errors import MethodError
 from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec, register_method
+from faithclip.targets import accumulation_dtype
 
 
 def interpolation_matrix(cells: int, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -79,14 +80,16 @@ def rise(ctx: Context, masks: int = 4000, cells: int = 8, prob: float = 0.5, bat
     size = tuple(ctx.pixels.shape[-2:])
     generator = torch.Generator().manual_seed(seed)
     grids, shifts = generate_masks(masks, cells, prob, size, generator, ctx.pixels.dtype)
-    saliency = torch.zeros(ctx.num_images, ctx.num_texts, *size, dtype=ctx.pixels.dtype, device=ctx.pixels.device)
+    # summed over thousands of masks: in float32 even for a half-precision model (bf16 would lose the map)
+    saliency = torch.zeros(ctx.num_images, ctx.num_texts, *size, dtype=accumulation_dtype(ctx.pixels.dtype),
+                           device=ctx.pixels.device)
     for start in range(0, masks, batch_size):
         batch = render_masks(grids[start:start + batch_size], shifts[start:start + batch_size], size)
         batch = batch.to(ctx.pixels.device)  # (n, H, W)
         for image in range(ctx.num_images):
             masked = ctx.pixels[image] * batch[:, None]  # (n, 3, H, W)
             scores = ctx.score_images(masked, batch_size=batch_size)  # (n, K)
-            saliency[image] += rise_saliency(scores, batch, masks, prob)
+            saliency[image] += rise_saliency(scores.to(saliency.dtype), batch.to(saliency.dtype), masks, prob)
     return MapResult(maps=saliency, scores=ctx.model_scores(), input_size=size,
                      options={"masks": masks, "cells": cells, "prob": prob, "seed": seed})
 

@@ -36,6 +36,9 @@ class MetricSpec:
     per_method: bool = True
     needs_mask: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
+    # (case, **options) -> deletion.ScoringPlan: the perturbed images to score and how to finish; a metric
+    # that has one can have its images scored together with other cases' (evaluate --images-per-step)
+    plan: Callable[..., Any] | None = None
 
     def protocol_label(self, options: dict[str, Any] | None = None) -> str:
         """The protocol with its options: ``protocol`` may name options (``"pointing, {tolerance:g} px"``);

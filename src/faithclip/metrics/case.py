@@ -70,8 +70,8 @@ class MetricValue:
 def normalize_rgb(rgb: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """``(..., 3, H, W)`` in [0, 255] -> ``(x / 255 - mean) / std`` in float32 (the preprocessing's own order)."""
     pixels = rgb.to(torch.float32) / 255.0
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=rgb.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=rgb.device).view(3, 1, 1)
     return (pixels - mean_t) / std_t
 
 

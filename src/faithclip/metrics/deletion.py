@@ -28,6 +28,8 @@ zero padding on the normalised tensor), finish = the image. Score: the label's p
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -37,6 +39,23 @@ from faithclip.metrics import MetricSpec, register_metric
 from faithclip.metrics.case import MetricCase, MetricValue, pixel_map
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ScoringPlan:
+    """The perturbed images a curve needs scored (``count`` normalised images, yielded ``batch_size`` at
+    a time on the model's device) and how their ``(count, K)`` zero-shot logits become the metric's
+    value. Split so that the evaluator can score the images of several cases and curves together
+    (``--images-per-step``); ``score_alone`` scores one plan by itself."""
+
+    batches: Iterator[torch.Tensor]
+    count: int
+    finish: Callable[[torch.Tensor], MetricValue]
+
+
+def score_alone(case: MetricCase, plan: ScoringPlan, batch_size: int) -> MetricValue:
+    logits = [case.class_logits(batch, batch_size) for batch in plan.batches]  # (b, K) each
+    return plan.finish(torch.cat(logits) if logits else torch.empty(0, 0, device=case.handle.device))
 
 
 # ---- pure tensor core ---------------------------------------------------------------------------
@@ -55,8 +74,8 @@ def perturbation_batches(
     """Yield ``(b, C, H, W)`` images ``x_m`` for each ``m`` in ``counts``, ``batch_size`` at a time."""
     channels, height, width = start.shape
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())  # (P,) position of each pixel in the order
-    counts_t = torch.as_tensor(list(counts), dtype=torch.long)
+    rank[order] = torch.arange(order.numel(), device=order.device)  # (P,) position of each pixel in the order
+    counts_t = torch.as_tensor(list(counts), dtype=torch.long, device=order.device)
     for begin in range(0, len(counts_t), batch_size):
         moved = rank[None, :] < counts_t[begin:begin + batch_size, None]  # (b, P)
         moved = moved.view(-1, 1, height, width)  # (b, 1, H, W)
@@ -135,7 +154,7 @@ def rise_gaussian_kernel(klen: int = 11, sigma: float = 5.0, truncate: float = 4
 def rise_blur(pixels: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
     """RISE's insertion start: per-channel convolution with ``rise_gaussian_kernel``, zero padding ``klen // 2``.
     ``(3, H, W)`` -> ``(3, H, W)``."""
-    kernel = rise_gaussian_kernel(klen, sigma).to(pixels.dtype)
+    kernel = rise_gaussian_kernel(klen, sigma).to(device=pixels.device, dtype=pixels.dtype)
     weight = kernel.expand(pixels.shape[0], 1, klen, klen)  # (3, 1, k, k): RISE's diagonal 3x3 kernel
     return F.conv2d(pixels[None], weight, padding=klen // 2, groups=pixels.shape[0])[0]
 
@@ -144,13 +163,22 @@ def rise_blur(pixels: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch
 def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int = 10,
                      batch_size: int = 32) -> MetricValue:
     """Grad-ECLIP's deletion (``mode='deletion'``) or insertion curve: top-1 and label probability."""
-    rgb = case.rgb.to(torch.float32)  # (3, H, W)
+    return score_alone(case, gradeclip_plan(case, mode, steps, every, batch_size), batch_size)
+
+
+def gradeclip_plan(case: MetricCase, mode: str, steps: int = 100, every: int = 10,
+                   batch_size: int = 32) -> ScoringPlan:
+    """The images of Grad-ECLIP's deletion or insertion curve and how their logits become it. The
+    perturbed images are made on the model's device (the random colours are drawn on the CPU, so they are
+    the same numbers whatever the device, and moved once)."""
+    device = case.handle.device
+    rgb = case.rgb.to(device=device, dtype=torch.float32)  # (3, H, W)
     order = salience_order(case.patch_map, case.size)
     num_pixels = order.numel()
     counts = gradeclip_counts(num_pixels, steps, every)
     if mode == "deletion":
         generator = torch.Generator().manual_seed(case.seed)
-        start, finish = rgb, random_colours(order, tuple(rgb.shape), generator)
+        start, finish = rgb, random_colours(order, tuple(rgb.shape), generator).to(device)
         counts, unperturbed = [0] + counts, 0
     else:
         start, finish = torch.zeros_like(rgb), rgb
@@ -161,24 +189,33 @@ def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int =
         probability = logits.double().softmax(-1)[:, case.label]  # (b,)
         return torch.stack([top1, probability], dim=-1)  # (b, 2)
 
-    def score(batch: torch.Tensor) -> torch.Tensor:
-        return summarise(case.class_logits(case.to_pixels(batch), batch_size))  # (b, 2)
+    known = summarise(case.unperturbed_logits())[0]  # (2,)
+    todo = [m for m in counts if m != unperturbed]
 
-    known = {unperturbed: summarise(case.unperturbed_logits())[0]}
-    scores = curve(start, finish, order, counts, score, batch_size, known)  # (points, 2)
-    x = [m / num_pixels for m in counts]
-    top1, probability = scores[:, 0].tolist(), scores[:, 1].tolist()
-    return MetricValue(
-        values={"auc": step_auc(top1), "prob_auc": step_auc(probability)},
-        curves={"top1": (x, top1), "prob": (x, probability)},
-    )
+    def value(logits: torch.Tensor) -> MetricValue:
+        computed = iter(summarise(logits))
+        scores = torch.stack([known if m == unperturbed else next(computed) for m in counts]).cpu()  # (points, 2)
+        x = [m / num_pixels for m in counts]
+        top1, probability = scores[:, 0].tolist(), scores[:, 1].tolist()
+        return MetricValue(
+            values={"auc": step_auc(top1), "prob_auc": step_auc(probability)},
+            curves={"top1": (x, top1), "prob": (x, probability)},
+        )
+
+    batches = (case.to_pixels(batch) for batch in perturbation_batches(start, finish, order.to(device), todo, batch_size))
+    return ScoringPlan(batches, len(todo), value)
 
 
 def rise_curve(case: MetricCase, mode: str, step: int | None = None, substrate: str = "zeros",
                klen: int = 11, sigma: float = 5.0, batch_size: int = 32) -> MetricValue:
     """RISE's deletion or insertion curve of the label probability, and its AUC."""
-    pixels = case.to_pixels(case.rgb[None])[0]  # (3, H, W) normalised
-    order = salience_order(case.patch_map, case.size)
+    return score_alone(case, rise_plan(case, mode, step, substrate, klen, sigma, batch_size), batch_size)
+
+
+def rise_plan(case: MetricCase, mode: str, step: int | None = None, substrate: str = "zeros",
+              klen: int = 11, sigma: float = 5.0, batch_size: int = 32) -> ScoringPlan:
+    pixels = case.to_pixels(case.rgb[None].to(case.handle.device))[0]  # (3, H, W) normalised, on the model's device
+    order = salience_order(case.patch_map, case.size).to(pixels.device)
     num_pixels = order.numel()
     step = step or case.handle.patch_size ** 2
     counts = rise_counts(num_pixels, step)
@@ -186,33 +223,45 @@ def rise_curve(case: MetricCase, mode: str, step: int | None = None, substrate: 
         if substrate == "zeros":
             finish = torch.zeros_like(pixels)
         elif substrate == "black":
-            finish = case.to_pixels(torch.zeros_like(case.rgb)[None])[0]
+            finish = case.to_pixels(torch.zeros_like(pixels)[None])[0]
         else:
             raise ValueError(f"substrate must be 'zeros' (RISE: the normalised zero, the mean colour) or 'black', got {substrate!r}")
         start = pixels
     else:
         start, finish = rise_blur(pixels, klen, sigma), pixels
 
-    def score(batch: torch.Tensor) -> torch.Tensor:
-        return case.class_logits(batch, batch_size).double().softmax(-1)[:, case.label]  # (b,)
+    unperturbed = 0 if mode == "deletion" else num_pixels
+    known = case.unperturbed_logits().double().softmax(-1)[0, case.label]
+    todo = [m for m in counts if m != unperturbed]
 
-    known = {0 if mode == "deletion" else num_pixels: case.unperturbed_logits().double().softmax(-1)[0, case.label]}
-    probability = curve(start, finish, order, counts, score, batch_size, known).tolist()
-    x = [m / num_pixels for m in counts]
-    return MetricValue(values={"auc": trapezoid_auc(x, probability)}, curves={"prob": (x, probability)},
-                       details={"step": step, "num_steps": len(counts) - 1})
+    def value(logits: torch.Tensor) -> MetricValue:
+        computed = iter(logits.double().softmax(-1)[:, case.label])  # (count,)
+        probability = torch.stack([known if m == unperturbed else next(computed) for m in counts]).cpu().tolist()
+        x = [m / num_pixels for m in counts]
+        return MetricValue(values={"auc": trapezoid_auc(x, probability)}, curves={"prob": (x, probability)},
+                           details={"step": step, "num_steps": len(counts) - 1})
 
-
-def _gradeclip(mode: str) -> Callable[..., MetricValue]:
-    def run(case: MetricCase, steps: int = 100, every: int = 10, batch_size: int = 32) -> MetricValue:
-        return gradeclip_curves(case, mode, steps, every, batch_size)
-    return run
+    return ScoringPlan(perturbation_batches(start, finish, order, todo, batch_size), len(todo), value)
 
 
-def _rise(mode: str) -> Callable[..., MetricValue]:
-    def run(case: MetricCase, step: int | None = None, substrate: str = "zeros", klen: int = 11,
-            sigma: float = 5.0, batch_size: int = 32) -> MetricValue:
-        return rise_curve(case, mode, step, substrate, klen, sigma, batch_size)
+def _gradeclip(mode: str) -> Callable[..., ScoringPlan]:
+    def plan(case: MetricCase, steps: int = 100, every: int = 10, batch_size: int = 32) -> ScoringPlan:
+        return gradeclip_plan(case, mode, steps, every, batch_size)
+    return plan
+
+
+def _rise(mode: str) -> Callable[..., ScoringPlan]:
+    def plan(case: MetricCase, step: int | None = None, substrate: str = "zeros", klen: int = 11,
+             sigma: float = 5.0, batch_size: int = 32) -> ScoringPlan:
+        return rise_plan(case, mode, step, substrate, klen, sigma, batch_size)
+    return plan
+
+
+def _alone(plan: Callable[..., ScoringPlan]) -> Callable[..., MetricValue]:
+    """The metric's runner: its plan scored by itself (same options)."""
+    def run(case: MetricCase, batch_size: int = 32, **options) -> MetricValue:
+        return score_alone(case, plan(case, batch_size=batch_size, **options), batch_size)
+    run.__signature__ = inspect.signature(plan)  # the options the evaluator checks
     return run
 
 
@@ -223,13 +272,13 @@ for _mode, _better in (("deletion", False), ("insertion", True)):
     register_metric(MetricSpec(
         name=f"{_mode}_gradeclip", category="faithfulness", higher_is_better=_better, protocol="gradeclip",
         summary=f"{_mode} of 50% of the pixels in 100 steps, 11 points; AUC of zero-shot top-1 and of the label probability",
-        paper=GRADECLIP_PAPER, run=_gradeclip(_mode),
+        paper=GRADECLIP_PAPER, run=_alone(_gradeclip(_mode)), plan=_gradeclip(_mode),
         outputs={"auc": f"{_mode} AUC (top-1)", "prob_auc": f"{_mode} AUC (probability)"},
         defaults={"steps": 100, "every": 10},
     ))
     register_metric(MetricSpec(
         name=f"{_mode}_rise", category="faithfulness", higher_is_better=_better, protocol="rise",
         summary=f"{_mode} of 0-100% of the pixels, patch-area steps; AUC of the label probability",
-        paper=RISE_PAPER, run=_rise(_mode), outputs={"auc": f"{_mode} AUC"},
+        paper=RISE_PAPER, run=_alone(_rise(_mode)), plan=_rise(_mode), outputs={"auc": f"{_mode} AUC"},
         defaults={"step": "patch area", "substrate": "zeros", "klen": 11, "sigma": 5.0},
     ))

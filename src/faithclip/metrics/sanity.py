@@ -85,7 +85,7 @@ def reinitialise(modules: list[nn.Module], generator: torch.Generator) -> None:
                 sigma = float(parameter.float().std()) if parameter.numel() > 1 else 0.0
                 sigma = sigma if sigma > 0 else 0.02
                 draw = torch.randn(parameter.shape, generator=generator, dtype=torch.float32) * sigma
-                parameter.copy_(draw.to(parameter.dtype))
+                parameter.copy_(draw.to(device=parameter.device, dtype=parameter.dtype))  # drawn on the CPU: same numbers on any device
 
 
 def cascading_randomisation(

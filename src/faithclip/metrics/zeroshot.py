@@ -82,7 +82,7 @@ def top1_correct(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def run_zeroshot(case: MetricCase) -> MetricValue:
     cosine = case.score_ctx.model_scores()  # (1, K): the unperturbed image against all classes
-    correct = top1_correct(cosine, torch.tensor([case.label]))
+    correct = top1_correct(cosine, torch.tensor([case.label], device=cosine.device))
     probability = (case.handle.logit_scale.detach() * cosine).double().softmax(-1)[0, case.label]
     return MetricValue(values={"top1": float(correct[0]), "prob": float(probability)},
                        details={"predicted": int(cosine.argmax())})

@@ -72,6 +72,16 @@ def code_versions() -> dict[str, str]:
             "pillow": PIL.__version__}
 
 
+def device_identity(handle: ClipHandle) -> dict[str, str]:
+    """Where and in what precision the model computes: the device's kind (not its index, so the ranks of
+    one job on cuda:0..N-1 share it), the GPU's name (another GPU model rounds differently), the dtype."""
+    device = handle.device
+    identity = {"device": device.type, "dtype": str(handle.dtype).replace("torch.", "")}
+    if device.type == "cuda":
+        identity["gpu"] = torch.cuda.get_device_name(device)
+    return identity
+
+
 def unreadable_words(handle: ClipHandle, names: list[str]) -> dict[str, list[str]]:
     """Per name, its words that the tokenizer maps to its unknown token (empty dict: all readable).
 

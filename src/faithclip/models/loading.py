@@ -33,11 +33,52 @@ def shipped_models() -> list[str]:
     return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file())
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEVICE_KINDS = ("cpu", "cuda", "cuda:N", "mps")
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bfloat16"`` (or a ``torch.dtype``) -> the dtype; anything but float32/float16/bfloat16 is refused."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (*DTYPES.values(), torch.float64):
+            raise ModelError(f"dtype {dtype} is not a floating-point model dtype; choose from {', '.join(DTYPES)}.")
+        return dtype
+    name = str(dtype).replace("torch.", "")
+    if name not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` -> a device that exists on this machine (else a
+    ``ModelError`` saying which devices torch sees)."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"unknown device {device!r}; choose from {', '.join(DEVICE_KINDS)}.") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelError(f"device {device!r}: torch sees no CUDA device on this machine (torch "
+                             f"{torch.__version__}); use --device cpu, or a CUDA build of torch on a GPU machine.")
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelError(f"device {device!r}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}.")
+    elif parsed.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelError(f"device {device!r}: the Apple MPS backend is not available here; use --device cpu.")
+    elif parsed.type != "cpu":
+        raise ModelError(f"unsupported device {device!r}; choose from {', '.join(DEVICE_KINDS)}.")
+    return parsed
+
+
 def load(
     name_or_path: str | Path | None = None,
     *,
     tokenizer: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = torch.float32,
     hidden_act: str = "quick_gelu",
 ) -> ClipHandle:
     """Load a CLIP model for explanation.
@@ -51,7 +92,30 @@ def load(
     (``handle.preprocess_rules``): transformers' rules for directories, hub ids and shipped models (unless
     their ``preprocessor_config.json`` records other ``faithclip_rules``), OpenAI's (torchvision's centre
     crop, RGB conversion after the crop) for OpenAI and open_clip checkpoint files.
+
+    ``device`` (``"cpu"`` default, ``"cuda"``, ``"cuda:N"``, ``"mps"``) and ``dtype`` (``float32`` default,
+    ``float16``, ``bfloat16``; names or torch dtypes) place the model; every tensor faithclip makes for it
+    follows ``handle.device`` and ``handle.dtype`` (scores, RISE's saliency and the ECLIP channel sums are
+    taken in float32 for a half-precision model: ``faithclip.targets.accumulation_dtype``).
     """
+    dtype = parse_dtype(dtype)
+    parse_device(device)  # before the weights are read: a missing GPU fails at once
+    return place(_load(name_or_path, tokenizer=tokenizer, dtype=dtype, hidden_act=hidden_act), device, dtype)
+
+
+def place(handle: ClipHandle, device: str | torch.device | None = None,
+          dtype: str | torch.dtype | None = None) -> ClipHandle:
+    """Move ``handle``'s model to ``device`` and/or ``dtype`` (in place; ``None`` keeps it) and return it.
+    For models built rather than loaded (e.g. ``random_b32``)."""
+    target = None if device is None else parse_device(device)
+    dtype = None if dtype is None else parse_dtype(dtype)
+    if (target is not None and target != handle.device) or (dtype is not None and dtype != handle.dtype):
+        handle.model.to(device=target, dtype=dtype)
+    return handle
+
+
+def _load(name_or_path: str | Path | None, *, tokenizer: str | Path | None, dtype: torch.dtype,
+          hidden_act: str) -> ClipHandle:
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     path = Path(name)
     if name in shipped_models():

@@ -6,7 +6,7 @@ from typing import Any
 
 from faithclip.report.page import esc, html_page, table
 
-TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
+from faithclip.equivalence import EQUIVALENCE_TOLERANCE as TOLERANCE
 
 
 def equivalence_table(rows: list[dict[str, Any]]) -> str:
@@ -40,7 +40,7 @@ def p1_table(rows: list[dict[str, Any]]) -> str:
 def render_verify(record: dict[str, Any]) -> str:
     parts = ["<h2>Grad-ECLIP == Attention-ECLIP</h2>",
              "<p>Largest differences between the two methods' maps on both towers; a row over the tolerance "
-             "(1e-5 float32, 1e-10 float64) is marked.</p>", equivalence_table(record["equivalence"])]
+             "(" + ", ".join(f"{v:g} {k}" for k, v in TOLERANCE.items()) + ") is marked.</p>", equivalence_table(record["equivalence"])]
     if "p1" in record:
         parts += ["<h2>Principle P1: is the explained score the model's own?</h2>",
                   "<p>A declared departure (the method says it modifies the model or its input) is not a "
