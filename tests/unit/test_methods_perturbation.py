@@ -57,7 +57,7 @@ def context(handle, pixels, ids, side="image", target=None) -> Context:
 # ---- registry -------------------------------------------------------------------------------------------
 def test_registry_metadata():
     expected = {"maskclip": (True, False, ("image",)), "clip_surgery": (True, False, ("image",)),
-                "m2ib": (False, True, ("image", "text")), "rise": (False, True, ("image",)),
+                "m2ib": (True, False, ("image", "text")), "rise": (False, True, ("image",)),
                 "occlusion": (False, True, ("image", "text"))}
     for name, (model, inputs, sides) in expected.items():
         spec = METHODS.get(name)
