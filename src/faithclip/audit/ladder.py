@@ -183,8 +183,9 @@ def performance_ladder(handle: ClipHandle, accuracy_data: AuditData, pointing_da
         rung = degrade(handle, alpha, config.seed)
         correct.append((zero_shot_predictions(rung, accuracy_data) == labels).double().numpy())
         logger.info("ladder: alpha=%g accuracy=%.3f", alpha, correct[-1].mean())
-        for method in methods:
+        for number, method in enumerate(methods, 1):
             name = method_name(method)
+            logger.info("ladder: alpha=%g, %s on %d scenes (%d/%d)", alpha, name, len(indices), number, len(methods))
             rows = explain_quality(rung, method, pointing_data, indices, config.deletion_steps, (options or {}).get(name))
             for metric in QUALITY_METRICS:
                 per_scene[name][metric].append([row[metric] for row in rows])
@@ -235,8 +236,9 @@ def correctness_split(handle: ClipHandle, data: AuditData, methods: Sequence[Met
     methods = list(methods) if methods is not None else default_methods()
     correct = (zero_shot_predictions(handle, data) == torch.as_tensor(data.labels)).tolist()
     per_scene = {}
-    for method in methods:
+    for number, method in enumerate(methods, 1):
         name = method_name(method)
+        logger.info("correctness split: %s on %d images (%d/%d)", name, len(data.images), number, len(methods))
         rows = explain_quality(handle, method, data, range(len(data.images)), deletion_steps, (options or {}).get(name))
         per_scene[name] = {metric: [row[metric] for row in rows] for metric in QUALITY_METRICS}
     result = split_statistics(correct, per_scene, boot)
