@@ -66,13 +66,17 @@ def write_data(root: Path, names: str = "c0 red circle\nc1 blue square\n") -> Pa
     return root
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("faults")
+def reference_run(base: Path) -> tuple[Path, Path, Path]:
+    """A tiny model directory, an image folder, and one complete uninterrupted run of them (the reference)."""
     model, data = write_model(base / "model"), write_data(base / "data")
     reference = base / "reference"
     assert main(argv(model, data, reference)) == 0
     return model, data, reference
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return reference_run(tmp_path_factory.mktemp("faults"))
 
 
 def argv(model: Path, data: Path, out: Path, *extra: str) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from faithclip.cli.main import main
-from test_evaluate_faults import CASES, SRC, argv, errors, results, spawn, write_data, write_model
+from test_evaluate_faults import CASES, SRC, argv, errors, reference_run, results, spawn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -27,11 +27,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("shards")
-    model, data = write_model(base / "model"), write_data(base / "data")
-    reference = base / "reference"
-    assert main(argv(model, data, reference)) == 0
-    return model, data, reference
+    return reference_run(tmp_path_factory.mktemp("shards"))
 
 
 def shard_keys(path: Path) -> list[tuple[str, str]]:
