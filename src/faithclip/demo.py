@@ -24,7 +24,7 @@ import torch
 
 from faithclip import __version__
 from faithclip.audit.run import AuditSettings
-from faithclip.explanation import write_atomic
+from faithclip.explanation import json_bytes, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
         results.update(_principles_and_audit(handle, methods, progress))
     results["seconds"] = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "demo.json", json.dumps(results, indent=1, default=_jsonable).encode())
+    write_atomic(out / "demo.json", json_bytes(results))
     write_atomic(out / "report.html", render_html(results, items, methods, overlays).encode())
     return results
 
@@ -151,14 +151,6 @@ def _card(image: Any, explanation: Any) -> tuple[str, str, list[str]]:
 
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 def render_html(results: dict[str, Any], items: list[Any], methods: list[str], overlays: dict) -> str:

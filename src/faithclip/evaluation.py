@@ -41,17 +41,17 @@ from faithclip import __version__
 from faithclip.data.digests import FileDigests
 from faithclip.data.folders import LabelledImage, LabelledSet, aligned_mask
 from faithclip.errors import FaithclipError
-from faithclip.explanation import write_atomic
+from faithclip.explanation import dumps_strict, strict_json, write_atomic
 from faithclip.methods.context import Context
-from faithclip.metrics import METRICS, MetricSpec
+from faithclip.metrics import METRICS
 from faithclip.metrics.case import MetricCase
 from faithclip.metrics.zeroshot import PromptSet, build_prompt_set
 from faithclip.models.clip import ClipHandle, TextBatch
 from faithclip.models.fingerprint import (code_versions, config_identity, device_identity, model_fingerprint,
                                           preprocess_identity, tokenizer_fingerprint, unreadable_words)
 from faithclip.registry import METHODS
-from faithclip.rundir import (LOCK_NAME, RECORDS_NAME, RecordFile, RunLock, create_once, dumps_strict, finished_keys,
-                              record_paths, shard_records_name, strict_json, write_result_set)
+from faithclip.rundir import (LOCK_NAME, RECORDS_NAME, RecordFile, RunLock, create_once, finished_keys, record_paths,
+                              shard_records_name, write_result_set)
 from faithclip.targets import Target
 
 logger = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field, fields
@@ -93,7 +94,7 @@ class Explanation:
         return record
 
     def save_json(self, path: str | Path) -> Path:
-        return write_atomic(Path(path), json.dumps(self.to_dict(), indent=1).encode())
+        return write_atomic(Path(path), json_bytes(self.to_dict()))
 
     def save_overlay(self, path: str | Path, image: Any, alpha: float = 0.5) -> Path:
         """Write a PNG of the map (min-max normalised, jet colours) over ``image`` (the scored RGB crop)."""
@@ -155,6 +156,35 @@ def upsample(patch_map: torch.Tensor, size: tuple[int, int], mode: str = "biline
     grid = patch_map.detach().double()[None, None]  # (1, 1, gh, gw)
     kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     return F.interpolate(grid, size=tuple(size), mode=mode, **kwargs)[0, 0]
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by ``None``: JSON has no such numbers (JavaScript's
+    ``JSON.parse`` and every strict parser reject them), and all of them mean 'undefined' here."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def dumps_strict(value: Any, **kwargs: Any) -> str:
+    return json.dumps(strict_json(value), allow_nan=False, **kwargs)
+
+
+def json_bytes(record: Any) -> bytes:
+    """The one way faithclip writes a JSON file: strict JSON (NaN and infinities become null), tensors and
+    numpy values as numbers or lists, anything else unknown (paths, dtypes) as its string."""
+    plain = json.loads(json.dumps(record, default=_plain, allow_nan=True))
+    return dumps_strict(plain, indent=1).encode()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and numpy scalars
+        return value.tolist()
+    return str(value)
 
 
 def write_atomic(path: Path, data: bytes) -> Path:

@@ -24,7 +24,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import socket
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from faithclip.errors import FaithclipError
-from faithclip.explanation import fsync_directory, write_atomic
+from faithclip.explanation import dumps_strict, fsync_directory, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -159,22 +158,6 @@ def create_once(path: Path, data: bytes) -> bool:
         return False
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with every NaN or infinity replaced by ``None``: JSON has no such numbers (JavaScript's
-    ``JSON.parse`` and every strict parser reject them), and all of them mean 'undefined' here."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(item) for item in value]
-    return value
-
-
-def dumps_strict(value: Any, **kwargs: Any) -> str:
-    return json.dumps(strict_json(value), allow_nan=False, **kwargs)
 
 
 def record_problem(record: Any) -> str | None:

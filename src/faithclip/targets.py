@@ -13,7 +13,7 @@ explained and compare it with the model's own score (principle P1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch

@@ -97,3 +97,29 @@ def test_cli_prints_the_warning_of_an_all_zero_text_map(shapes, scenes, tmp_path
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "warning: all-zero map: no word has a positive contribution" in done.stdout
+
+
+def test_every_json_file_is_strict(tmp_path):
+    """One writer for every JSON file (records, demo, verify, bench, audit, check): NaN and infinities are
+    null, tensors and numpy values are numbers or lists, anything else its string; strict parsers accept it."""
+    import json
+    from pathlib import Path
+
+    from faithclip.explanation import json_bytes
+    from faithclip.report.page import write_report
+
+    def strict(text: str):
+        def refuse(constant):
+            raise ValueError(constant)
+        return json.loads(text, parse_constant=refuse)
+
+    record = {"nan": float("nan"), "inf": float("-inf"), "tensor": torch.tensor([1.5, float("nan")]),
+              "scalar": np.float32(0.25), "path": Path("a/b.png"), "nested": [{"x": float("inf")}]}
+    expected = {"nan": None, "inf": None, "tensor": [1.5, None], "scalar": 0.25, "path": "a/b.png",
+                "nested": [{"x": None}]}
+    assert strict(json_bytes(record).decode()) == expected
+    json_path, _ = write_report(tmp_path, "thing", record, "<!doctype html><html></html>")
+    assert strict(json_path.read_text()) == expected
+    ex = faithclip.Explanation(map=torch.zeros(2, 2), score=float("nan"), method="m", side="image")
+    ex.save_json(tmp_path / "ex.json")
+    assert strict((tmp_path / "ex.json").read_text())["score"] is None

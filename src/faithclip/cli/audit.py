@@ -113,9 +113,8 @@ def load_inputs(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from faithclip.audit.report import audit_page, format_audit
     from faithclip.audit.run import run_audit
-    from faithclip.explanation import write_atomic
+    from faithclip.explanation import json_bytes, write_atomic
     from faithclip.report.page import write_report
-    from faithclip.rundir import dumps_strict
 
     settings = settings_from_args(args)
     settings.validate()
@@ -128,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_audit(results))
     record = json.loads(json.dumps(results, default=str))
     if json_path:
-        write_atomic(json_path, dumps_strict(record, indent=1).encode())
+        write_atomic(json_path, json_bytes(record))
         logger.info("wrote %s", json_path)
     if html_path:
         write_atomic(html_path, audit_page(record).encode())

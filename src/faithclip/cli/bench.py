@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 
 from faithclip.cli.common import add_device_arguments, add_out_argument, check_writable, positive_int
@@ -31,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from faithclip import bench
-    from faithclip.explanation import write_atomic
+    from faithclip.explanation import json_bytes, write_atomic
 
     json_path = check_writable(args.json, "file", "--json") if args.json else None  # before minutes of timing
     out = check_writable(args.out, "dir")
@@ -44,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(bench.format_rows(rows))
     if json_path is not None:
-        write_atomic(json_path, json.dumps([r.__dict__ for r in rows], indent=1).encode())
+        write_atomic(json_path, json_bytes([r.__dict__ for r in rows]))
     from faithclip.report.page import html_page, table, write_report
 
     machine = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"

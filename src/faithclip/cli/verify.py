@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -78,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
             failures.append(f"{', '.join(undeclared)} depart from the model's own score without declaring it")
     record["failures"] = failures
     if json_path is not None:
-        from faithclip.explanation import write_atomic
+        from faithclip.explanation import json_bytes, write_atomic
 
-        write_atomic(json_path, json.dumps(record, indent=1, default=str).encode())
+        write_atomic(json_path, json_bytes(record))
     if out is not None:
         from faithclip.report.page import write_report
         from faithclip.report.verify_report import render_verify

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from faithclip.audit.keepsize import OFFICIAL_SHORT_SIDE_CAP, keep_size_pixels, keep_size_size
-from faithclip.audit.rewrite import BlockTrace, encode_image_rewritten, encode_text_rewritten
+from faithclip.audit.rewrite import encode_image_rewritten, encode_text_rewritten
 from faithclip.errors import ImageError, MethodError
 from faithclip.methods.common import normalize_sum
 from faithclip.methods.context import Context, MapResult

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -88,22 +87,12 @@ def html_page(title: str, body_html: str, *, subtitle: str | None = None, css: s
 
 def write_report(out: str | Path, name: str, record: Any, page: str) -> tuple[Path, Path]:
     """The ``--out DIR`` convention: ``DIR/<name>.json`` (canonical) and ``DIR/report.html``, atomically."""
-    from faithclip.explanation import write_atomic
-    from faithclip.rundir import dumps_strict
+    from faithclip.explanation import json_bytes, write_atomic
 
     directory = Path(out)
-    plain = json.loads(json.dumps(record, default=_jsonable, allow_nan=True))  # tensors, arrays -> lists
-    json_path = write_atomic(directory / f"{name}.json", dumps_strict(plain, indent=1).encode())  # NaN -> null
+    json_path = write_atomic(directory / f"{name}.json", json_bytes(record))
     html_path = write_atomic(directory / "report.html", page.encode())
     return json_path, html_path
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 __all__ = ["html_page", "table", "write_report", "data_uri", "esc", "CSS"]
