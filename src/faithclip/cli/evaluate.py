@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from faithclip.cli.common import add_device_arguments, add_model_argument, load_model
+from faithclip.cli.common import add_device_arguments, add_model_argument, check_writable, load_model
 from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError, Shard
 
 logger = logging.getLogger(__name__)
@@ -95,18 +94,6 @@ def parse_options(items: list[str], flag: str = "--option") -> dict[str, dict[st
     return options
 
 
-def writable_target(path: str) -> Path:
-    """Check that ``path`` is, or can become, a writable directory, WITHOUT creating it: nothing is written
-    before every option is checked (the run creates it, and removes it again if it fails early)."""
-    directory = Path(path)
-    existing = next((p for p in [directory, *directory.parents] if p.exists()), Path("."))
-    if existing == directory and not directory.is_dir():
-        raise EvaluationError(f"{directory} exists and is not a directory. Choose another --out.")
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise EvaluationError(f"cannot write into {existing}. Choose another --out.")
-    return directory
-
-
 def run(args: argparse.Namespace) -> int:
     from faithclip.data.folders import open_data
     from faithclip.evaluation import Evaluator
@@ -115,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise EvaluationError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
-    out = writable_target(args.out)
+    out = check_writable(args.out, "dir", "--out")  # creates nothing: the run creates it, and removes it if it fails early
     metric_options = parse_options(args.option)
     method_options = parse_options(args.method_option, "--method-option")
     shard = Shard.parse(args.shard) if args.shard is not None else None
