@@ -70,7 +70,7 @@ def map_difference(model: Path, scenes: int = 8) -> dict[str, float]:
     import torch
 
     import faithclip
-    from faithclip.data.shapes import ShapesWorld
+    from faithclip.shapes.world import ShapesWorld
 
     torch.set_num_threads(1)
     full, half = faithclip.load(str(model)), faithclip.load(str(model), dtype="bfloat16")

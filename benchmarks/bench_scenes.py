@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from faithclip.data.shapes import ShapesWorld
+from faithclip.shapes.world import ShapesWorld
 
 
 def scenes_per_second(world: ShapesWorld, n: int, single: bool) -> float:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import faithclip
-from faithclip.data.shapes import ShapesWorld, class_caption
+from faithclip.shapes.world import ShapesWorld, class_caption
 
 
 def main() -> None:

@@ -7,8 +7,9 @@ the score it explained next to the model's own score for the same pair (principl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -182,4 +183,25 @@ def wrap(model: ClipHandle, ctx: Context, spec: MethodSpec, result: MapResult, o
                 input_size=tuple(int(s) for s in input_size),
                 warnings=notes,
             ))
+    return out
+
+def grad_eclip_official_explain(handle: ClipHandle, image: Any | Sequence[Any], text: str | Sequence[str], *,
+                                side: str = "image", **options: Any) -> list:
+    """Official Grad-ECLIP explanations with the ORIGINAL image(s) used for the keep-size input.
+
+    ``image`` is a PIL image or path (or a list); the model's prediction uses its standard preprocessing
+    of the same image. Returns one ``Explanation`` per (image, text) pair, image-major; each records the
+    rewritten score it explained (``score``) and the model's own (``model_score``), so ``p1_gap`` shows
+    the departure.
+    """
+    spec = method_spec("grad_eclip_official", side)
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    batch = handle.tokens(text)
+    target = make_target(options.pop("target", "cosine"), options.pop("others", ()))
+    out = []
+    for single in images:
+        ctx = Context(handle=handle, side=side, pixels=handle.pixels(single), text=batch, target=target)
+        extra = {"original": single} if side == "image" else {}
+        result = getattr(spec, side)(ctx, **extra, **options)
+        out.extend(wrap(handle, ctx, spec, result, ctx.model_scores()))
     return out

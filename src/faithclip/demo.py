@@ -16,8 +16,9 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,11 +66,11 @@ def run_demo(out_dir: str | Path, model: Any = None, scenes: int = 8, methods: l
 def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: bool,
          progress: Callable[[str], None], started: float) -> dict[str, Any]:
     import faithclip
-    from faithclip.data.shapes import ShapesWorld
     from faithclip.equivalence import verify_equivalence
     from faithclip.metrics.case import pixel_map
     from faithclip.metrics.pointing import energy_share, pointing_hit
     from faithclip.registry import METHODS
+    from faithclip.shapes.world import ShapesWorld
 
     size = handle.image_size
     tolerance = round(15 * size / 224, 1)
@@ -124,7 +125,7 @@ def _principles_and_audit(handle: Any, methods: list[str], progress: Callable[[s
 
     from faithclip.audit.principles import check_p1
     from faithclip.audit.run import run_audit
-    from faithclip.data.shapes import ShapesWorld
+    from faithclip.shapes.world import ShapesWorld
 
     size = handle.image_size
     scene = ShapesWorld(image_size=size).multi_object_set(1, seed=DEMO_SEED + 1).scene(0)

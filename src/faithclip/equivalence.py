@@ -8,21 +8,14 @@ largest absolute difference and the largest difference relative to the map's sca
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
 from faithclip.api import explain, explain_text
+from faithclip.mapmath import EQUIVALENCE_TOLERANCE
 from faithclip.models.clip import ClipHandle, ImageInput
-
-
-# The largest max |a - b| / max |a| accepted, per dtype of the model the maps were computed in. float64
-# and float32: rounding of the two computation orders (docs/equivalence.md). Half precision: both maps
-# are computed from bf16/fp16 activations and gradients, so they differ by a few of that dtype's
-# epsilons (bf16 2^-8 = 3.9e-3, fp16 2^-11 = 4.9e-4); measured on the shipped model 5.1e-3 (bf16) and
-# 9.1e-4 (fp16), 2026-12-01, both towers, 1 and 2 layers: the bounds are about four times that.
-EQUIVALENCE_TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 2e-2, "float16": 4e-3}
 
 
 def equivalence_tolerance(dtype: str | torch.dtype) -> float:

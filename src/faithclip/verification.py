@@ -15,7 +15,7 @@ def default_inputs(model: ClipHandle, images: list[str], texts: list[str] | None
     if images:
         return [model.rgb(p) for p in images], list(texts or VOC_TEXTS)
     if model.name == "shapes-clip" or "shapes" in model.name:
-        from faithclip.data.shapes import ShapesWorld
+        from faithclip.shapes.world import ShapesWorld
 
         world = ShapesWorld(image_size=model.image_size)
         scenes = world.multi_object_set(4, seed=2024).scenes()
@@ -25,7 +25,7 @@ def default_inputs(model: ClipHandle, images: list[str], texts: list[str] | None
         return [model.rgb(p) for p in sorted(voc.glob("*.jpg"))], list(texts or VOC_TEXTS)
     # No photos at hand (a plain install): shapes-world scenes at a photo-like, non-square size, so that
     # the model's own resize and crop run as they would on a photo.
-    from faithclip.data.shapes import ShapesWorld
+    from faithclip.shapes.world import ShapesWorld
 
     scenes = ShapesWorld(image_size=model.image_size).multi_object_set(3, seed=2024).scenes()
     size = (model.image_size * 4 // 3, model.image_size)

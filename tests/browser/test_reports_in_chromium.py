@@ -45,7 +45,7 @@ def browser():
 def reports(tmp_path_factory) -> dict[str, Path]:
     """The five report pages, made by the commands (small settings)."""
     root = tmp_path_factory.mktemp("reports")
-    from faithclip.data.shapes import ShapesWorld
+    from faithclip.shapes.world import ShapesWorld
 
     scene = ShapesWorld(image_size=64).multi_object_set(1, seed=5).scene(0)
     photo = root / "photo.png"

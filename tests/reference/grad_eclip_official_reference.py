@@ -1,7 +1,7 @@
 """Oracle for ``grad_eclip_official``: the published Grad-ECLIP pipeline, re-derived from its description.
 
 Written in this project from the statement of the pipeline in ``docs/audit.md`` (and the formula
-docstrings of ``faithclip.audit.rewrite``, ``faithclip.audit.keepsize`` and
+docstrings of ``faithclip.methods.official.rewrite``, ``faithclip.methods.official.keepsize`` and
 ``faithclip.methods.grad_eclip_official``), not from any published code. It is a slow, literal form of
 the math: a hand-written forward over a transformers ``CLIPModel``'s weights (batch-first, every head an
 explicit loop), explicit LayerNorms, explicit cosines and min-max. It imports nothing from faithclip.

@@ -7,10 +7,20 @@ import re
 
 import pytest
 
-from faithclip.audit.docs import MAIN, REDUCED, SECTIONS, check, compare_output, main, parse_command, render_run, run_command
 from faithclip.audit.report import audit_html
 from faithclip.audit.run import AuditSettings
 from faithclip.cli.audit import add_arguments, settings_from_args
+from faithclip.cli.audit_docs import (
+    MAIN,
+    REDUCED,
+    SECTIONS,
+    check,
+    compare_output,
+    main,
+    parse_command,
+    render_run,
+    run_command,
+)
 from faithclip.cli.main import main as cli_main
 from faithclip.demo import DEMO_AUDIT
 from faithclip.models.loading import shipped_models

@@ -8,16 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from PIL import Image
-
 from conftest import B32_DIR, VOC_DIR, random_clip, token_ids
-from faithclip.audit.keepsize import cap_short_side, keep_size_pixels
-from faithclip.audit.rewrite import encode_image_rewritten, encode_text_rewritten
-from faithclip.methods.grad_eclip_official import grad_eclip_official_explain, official_lambda
+from PIL import Image
+from reference import grad_eclip_official_reference as ref
+
+from faithclip.api import grad_eclip_official_explain
+from faithclip.methods.grad_eclip_official import official_lambda
+from faithclip.methods.official.keepsize import cap_short_side, keep_size_pixels
+from faithclip.methods.official.rewrite import (
+    encode_image_rewritten,
+    encode_text_rewritten,
+)
 from faithclip.models.loading import from_hf
 from faithclip.models.preprocess import ClipPreprocess
 from faithclip.registry import METHODS
-from reference import grad_eclip_official_reference as ref
 
 torch.set_num_threads(1)
 

@@ -7,21 +7,32 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import random_clip
 from PIL import Image
 
-from conftest import random_clip
 from faithclip.audit import check_p1
 from faithclip.audit.data import shapes_data
-from faithclip.audit.departure import ARMS, MAP_ARMS, AuditData, arm_image_embeds, arm_pixels, audit_departure
+from faithclip.audit.departure import (
+    ARMS,
+    MAP_ARMS,
+    arm_image_embeds,
+    arm_pixels,
+    audit_departure,
+)
 from faithclip.audit.ladder import degrade, zero_shot_accuracy
-from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, pointing_hit, spearman
+from faithclip.audit.measures import (
+    crop_grid_map,
+    patch_deletion_insertion,
+    pointing_hit,
+    spearman,
+)
 from faithclip.audit.report import audit_html, format_audit
-from faithclip.data.shapes import COLOUR_NAMES, SHAPES
 from faithclip.methods.context import Context, MapResult
 from faithclip.models.loading import from_hf, shipped_models
 from faithclip.models.preprocess import ClipPreprocess
-from faithclip.models.word_tokenizer import as_transformers_tokenizer, build_word_tokenizer
 from faithclip.registry import METHODS, MethodSpec
+from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
+from faithclip.shapes.world import COLOUR_NAMES, SHAPES
 from faithclip.targets import make_target
 
 torch.set_num_threads(1)
@@ -127,7 +138,7 @@ def test_crop_grid_map_follows_the_models_crop():
 def test_deletion_insertion_on_a_score_known_by_construction():
     """score = mean of channel 0 over the top-left patch: deleting it first drops the score at once."""
     pixels = torch.ones(3, 16, 16)
-    score = lambda batch: batch[:, 0, :8, :8].mean(dim=(-1, -2))  # noqa: E731
+    score = lambda batch: batch[:, 0, :8, :8].mean(dim=(-1, -2))
     good = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     bad = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
     good_curves = patch_deletion_insertion(score, pixels, good, 8)

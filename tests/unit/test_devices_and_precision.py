@@ -34,7 +34,7 @@ FAST = {"rise": {"masks": 200}}
 
 @pytest.fixture(scope="module")
 def scenes():
-    from faithclip.data.shapes import ShapesWorld
+    from faithclip.shapes.world import ShapesWorld
 
     full = faithclip.load()
     batch = ShapesWorld(image_size=full.preprocess.size, seed=0).multi_object_set(4, seed=10**12 + 2)

@@ -5,21 +5,26 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import B32_DIR, VOC_DIR, tiny_config
 from PIL import Image
 
-from conftest import B32_DIR, VOC_DIR, tiny_config
-from faithclip.data.folders import aligned_mask, imagenet_folder, open_data, shapes_set, voc_folder
-from faithclip.data.shapes import COLOUR_NAMES, SHAPES
+from faithclip.data.folders import (
+    aligned_mask,
+    imagenet_folder,
+    open_data,
+    shapes_set,
+    voc_folder,
+)
 from faithclip.evaluation import EvalConfig, EvaluationError, Evaluator, evaluate
 from faithclip.models.loading import from_hf
 from faithclip.models.preprocess import ClipPreprocess
-from faithclip.models.word_tokenizer import as_transformers_tokenizer, build_word_tokenizer
+from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
+from faithclip.shapes.world import COLOUR_NAMES, SHAPES
 
 FAST_METRICS = ["zeroshot", "deletion_gradeclip", "insertion_rise", "pointing_game", "energy_pointing_game"]
 

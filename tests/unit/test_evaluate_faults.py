@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import tiny_config
 from PIL import Image
 
-from conftest import tiny_config
 from faithclip.cli.main import main
-from faithclip.data.shapes import COLOUR_NAMES, SHAPES
 from faithclip.models.preprocess import ClipPreprocess
-from faithclip.models.word_tokenizer import save_word_tokenizer
 from faithclip.report.evaluation_report import render_markdown
+from faithclip.shapes.tokenizer import save_word_tokenizer
+from faithclip.shapes.world import COLOUR_NAMES, SHAPES
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 SCHEMA = SRC / "faithclip" / "report" / "results.schema.json"
@@ -340,9 +340,10 @@ def _strict_loads(text: str):
 
 
 def test_results_are_strict_json_and_match_the_published_schema(tmp_path):
+    from test_evaluate import tiny_shapes_clip
+
     from faithclip.data.folders import shapes_set
     from faithclip.evaluation import EvalConfig, evaluate
-    from test_evaluate import tiny_shapes_clip
 
     config = EvalConfig(model="tiny", data="shapes", metrics=["zeroshot", "deletion_gradeclip", "pointing_game",
                                                                 "energy_pointing_game"], examples=1)
@@ -365,7 +366,7 @@ def test_results_are_strict_json_and_match_the_published_schema(tmp_path):
 
 
 def test_a_run_stopped_while_publishing_leaves_one_readable_set(setup, tmp_path, monkeypatch):
-    import faithclip.rundir as rundir
+    from faithclip import rundir
 
     model, data, reference = setup
     out = tmp_path / "run"

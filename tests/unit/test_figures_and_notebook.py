@@ -7,12 +7,11 @@ import io
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 import faithclip
-from faithclip.data.shapes import ShapesWorld
 from faithclip.report.page import html_page, table
+from faithclip.shapes.world import ShapesWorld
 
 ROOT = Path(__file__).resolve().parents[2]
 

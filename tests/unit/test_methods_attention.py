@@ -346,8 +346,8 @@ def test_shipped_model_maps_point_at_the_named_object():
     far above chance (measured: GAME 0.92, LeGrad 0.87 on 60 scenes; chance about 0.12)."""
     from PIL import Image
 
-    from faithclip.data.shapes import ShapesWorld, class_caption
     from faithclip.models.loading import shipped_models
+    from faithclip.shapes.world import ShapesWorld, class_caption
 
     if "shapes-clip" not in shipped_models():
         pytest.skip("the shipped shapes-clip model is not available")

@@ -12,16 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_clip, token_ids
-
-import faithclip
-from faithclip.api import method_spec
-from faithclip.methods.context import Context
-from faithclip.methods.m2ib import bottleneck_intervention, default_layer
-from faithclip.methods.rise import generate_masks, render_masks
-from faithclip.models.loading import from_hf
-from faithclip.probe import encoder_layers
-from faithclip.registry import METHODS
-from faithclip.targets import Target
 from reference.perturbation_methods_reference import (
     m2ib_literal,
     maskclip_literal,
@@ -32,6 +22,16 @@ from reference.perturbation_methods_reference import (
     surgery_similarity,
     surgery_token_features,
 )
+
+import faithclip
+from faithclip.api import method_spec
+from faithclip.methods.context import Context
+from faithclip.methods.m2ib import bottleneck_intervention, default_layer
+from faithclip.methods.rise import generate_masks, render_masks
+from faithclip.models.loading import from_hf
+from faithclip.probe import encoder_layers
+from faithclip.registry import METHODS
+from faithclip.targets import Target
 
 torch.set_num_threads(1)
 
@@ -315,8 +315,8 @@ def test_occlusion_points_at_the_named_shape_on_the_shipped_model():
     # ground truth by construction: one object covering ~5 % of the image; chance of a hit ~ 0.05 per scene
     from PIL import Image
 
-    from faithclip.data.shapes import ShapesWorld
     from faithclip.models.loading import shipped_models
+    from faithclip.shapes.world import ShapesWorld
 
     if "shapes-clip" not in shipped_models():
         pytest.skip("the shipped shapes-clip model is not available")

@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import random_clip
+
 from faithclip.data.templates import OPENAI_IMAGENET_TEMPLATES, fill
 from faithclip.metrics import METRICS
-from faithclip.metrics.zeroshot import build_prompt_set, classifier_weights, top1_correct
+from faithclip.metrics.zeroshot import (
+    build_prompt_set,
+    classifier_weights,
+    top1_correct,
+)
 from faithclip.models.loading import from_hf
-from faithclip.models.word_tokenizer import as_transformers_tokenizer, build_word_tokenizer
-
+from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

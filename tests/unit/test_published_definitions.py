@@ -10,14 +10,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import random_clip, token_ids
 from PIL import Image
 
 import faithclip
-from conftest import random_clip, token_ids
-from faithclip.data.shapes import ShapesWorld
 from faithclip.explanation import map_warnings
 from faithclip.methods.grad_eclip_official import variant_cap
 from faithclip.models.loading import from_hf
+from faithclip.shapes.world import ShapesWorld
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faithclip.data.shapes import COLOUR_NAMES, COLOURS, SHAPES, ShapesWorld
+from faithclip.shapes.world import COLOUR_NAMES, COLOURS, SHAPES, ShapesWorld
 
 N = 120
 

@@ -10,9 +10,9 @@ import torch
 
 import faithclip
 from faithclip.cli.main import main
-from faithclip.data.shapes import ShapesWorld
 from faithclip.metrics.case import pixel_map
 from faithclip.metrics.pointing import pointing_hit
+from faithclip.shapes.world import ShapesWorld
 
 
 @pytest.fixture(scope="module")

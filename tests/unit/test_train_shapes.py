@@ -2,7 +2,7 @@
 
 The shipped model is measured with plain transformers calls (``CLIPModel.from_pretrained``,
 ``AutoTokenizer``, ``AutoImageProcessor`` on PIL images) on scenes from a seed never used in
-training; nothing from ``faithclip.models.train_shapes`` takes part in that measurement.
+training; nothing from ``faithclip.shapes.train_clip`` takes part in that measurement.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import torch
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 import faithclip
-from faithclip.data.shapes import ShapesWorld
 from faithclip.errors import FaithclipError
-from faithclip.models.train_shapes import (
+from faithclip.shapes.train_clip import (
     ShapesRecipe,
     multi_positive_infonce,
     positive_matrix,
     train_shapes,
 )
+from faithclip.shapes.world import ShapesWorld
 
 SHIPPED = Path(faithclip.__file__).parent / "models" / "shipped" / "shapes-clip"
 TEST_SEED = 777_777  # a sample seed distinct from training (0, 1, 2, ...) and from HELD_OUT_SEED

@@ -13,7 +13,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from faithclip.models.word_tokenizer import (
+from faithclip.shapes.tokenizer import (
     END,
     PAD,
     START,

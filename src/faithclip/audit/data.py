@@ -12,15 +12,15 @@ that is the official setting too).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from faithclip.audit.departure import AuditData
-from faithclip.data.shapes import ShapesWorld
 from faithclip.models.images import open_image
+from faithclip.shapes.world import ShapesWorld
 
 
 def shapes_data(n: int, *, raw_size: int = 128, seed: int = 0, kind: str = "single", aspect: float = 1.0,
@@ -48,4 +48,4 @@ def folder_data(paths: Sequence[str | Path], prompts: Sequence[str], name: str =
                      name=name or f"{len(paths)} image files")
 
 
-__all__ = ["shapes_data", "folder_data"]
+__all__ = ["folder_data", "shapes_data"]

@@ -19,18 +19,25 @@ ablation that adds the third cause, lambda's q/k (``MAP_ARMS``), so that each ca
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from faithclip.audit.keepsize import OFFICIAL_SHORT_SIDE_CAP, keep_size_pixels
 from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, spearman
-from faithclip.audit.rewrite import encode_image_rewritten, encode_text_rewritten
 from faithclip.methods.context import Context
+from faithclip.methods.official.keepsize import (
+    OFFICIAL_SHORT_SIDE_CAP,
+    keep_size_pixels,
+)
+from faithclip.methods.official.rewrite import (
+    encode_image_rewritten,
+    encode_text_rewritten,
+)
 from faithclip.models.clip import ClipHandle
 from faithclip.targets import cosine_matrix, make_target
 
@@ -171,7 +178,7 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
         row: dict[str, Any] = {"spearman_faithful_vs_grad_eclip": spearman(maps["faithful"], grad_eclip(ctx).maps[0, 0])}
         for arm in MAP_ARMS:
             row[f"spearman_{arm}_vs_faithful"] = spearman(maps[arm], maps["faithful"])
-        score = lambda batch: ctx.score_images(batch)[:, 0]  # noqa: E731 (the ORIGINAL model's score)
+        score = lambda batch: ctx.score_images(batch)[:, 0]
         for name, patch_map in maps.items():
             curves = patch_deletion_insertion(score, pixels[0], patch_map.to(pixels.dtype), handle.patch_size,
                                               deletion_steps)
@@ -202,5 +209,14 @@ def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8,
     return result
 
 
-__all__ = ["ARMS", "MAP_ARMS", "AuditData", "arm_pixels", "arm_image_embeds", "rewritten_text_embeds", "embedding_departure",
-           "map_departure", "audit_departure"]
+__all__ = [
+    "ARMS",
+    "MAP_ARMS",
+    "AuditData",
+    "arm_image_embeds",
+    "arm_pixels",
+    "audit_departure",
+    "embedding_departure",
+    "map_departure",
+    "rewritten_text_embeds",
+]

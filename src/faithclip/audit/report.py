@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 ARM_LABELS = {
     "original": "original (model heads, standard crop)",
@@ -84,7 +85,7 @@ def _interval(interval: Any, digits: int = 2) -> str:
 
 
 def _estimate(value: float, interval: Any, digits: int = 2) -> str:
-    """``value [low, high]``: the form ``faithclip.audit.docs --check`` reads back."""
+    """``value [low, high]``: the form ``faithclip.cli.audit_docs --check`` reads back."""
     return f"{_fmt(float(value), digits)} {_interval(interval, digits)}"
 
 
@@ -148,7 +149,7 @@ def _flagged(rows: list[list[str]], column: int) -> list[tuple[int, int]]:
 
 def audit_html(results: dict) -> str:
     """An HTML ``<section>`` with the audit's tables (escape-safe, no scripts, no external resources)."""
-    parts = [f"<section class='faithclip-audit'><h2>Grad-ECLIP audit</h2>",
+    parts = ["<section class='faithclip-audit'><h2>Grad-ECLIP audit</h2>",
              f"<p>{html.escape(str(results['model']))} on {html.escape(str(results['data']))}: "
              f"{results['images']} images, {results['prompts']} prompts. Each forward is compared with the "
              "original model on its standard input.</p>"]
@@ -202,4 +203,4 @@ def audit_page(results: dict) -> str:
                               "pipeline departs from the model, and principle P2")
 
 
-__all__ = ["format_audit", "format_ladder", "format_correctness", "audit_html", "audit_page"]
+__all__ = ["audit_html", "audit_page", "format_audit", "format_correctness", "format_ladder"]

@@ -1,6 +1,6 @@
 """The one code path of the audit: ``run_audit(handle, settings)``.
 
-``faithclip audit``, the demo's audit section and the docs generator (``faithclip.audit.docs``) all
+``faithclip audit``, the demo's audit section and the docs generator (``faithclip.cli.audit_docs``) all
 call ``run_audit`` with an ``AuditSettings``; the CLI's defaults ARE ``AuditSettings()``'s, and
 ``settings.command()`` is the ``faithclip audit ...`` line that reproduces a result, so a documented
 table can always name the command that regenerates it.
@@ -19,7 +19,13 @@ from typing import Any
 
 from faithclip.audit.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Bootstrap
 from faithclip.audit.departure import AuditData, audit_departure
-from faithclip.audit.ladder import DEFAULT_ALPHAS, LadderConfig, correctness_split, degrade, performance_ladder
+from faithclip.audit.ladder import (
+    DEFAULT_ALPHAS,
+    LadderConfig,
+    correctness_split,
+    degrade,
+    performance_ladder,
+)
 from faithclip.errors import FaithclipError
 from faithclip.models.clip import ClipHandle
 
@@ -157,4 +163,4 @@ def run_audit(handle: ClipHandle, settings: AuditSettings = AuditSettings(), dat
     return results
 
 
-__all__ = ["AuditSettings", "DEFAULT_POINTING_SCENES", "POINTING_BLOCK", "pointing_scenes", "run_audit", "shapes_inputs"]
+__all__ = ["DEFAULT_POINTING_SCENES", "POINTING_BLOCK", "AuditSettings", "pointing_scenes", "run_audit", "shapes_inputs"]

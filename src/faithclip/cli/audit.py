@@ -7,7 +7,7 @@
         --class-names ../shared/reference/voc2011-samples/class_names.txt
 
 Every default is ``faithclip.audit.run.AuditSettings()``'s: docs/audit.md names the command behind each
-of its tables, and ``python -m faithclip.audit.docs --check`` reruns them.
+of its tables, and ``python -m faithclip.cli.audit_docs --check`` reruns them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from pathlib import Path
 import torch
 
 from faithclip.audit.run import AuditSettings
-from faithclip.cli.common import add_device_arguments, add_out_argument, check_writable, load_model, place_model
+from faithclip.cli.common import (
+    add_device_arguments,
+    add_out_argument,
+    check_writable,
+    load_model,
+    place_model,
+)
 from faithclip.errors import FaithclipError, ModelError
 
 logger = logging.getLogger(__name__)

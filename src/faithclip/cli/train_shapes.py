@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_writable(args.out, "dir")  # before importing the trainer, which takes seconds
-    from faithclip.models.train_shapes import ShapesRecipe, train_shapes
+    from faithclip.shapes.train_clip import ShapesRecipe, train_shapes
 
     recipe = ShapesRecipe() if args.threads is None else dataclasses.replace(ShapesRecipe(), threads=args.threads)
     args.threads = recipe.threads

@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -91,7 +91,7 @@ class LabelledSet:
         text = json.dumps({"templates": list(self.templates or ()), "prompts": self.prompts})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def limited(self, limit: int | None) -> "LabelledSet":
+    def limited(self, limit: int | None) -> LabelledSet:
         if limit is None:
             return self
         return LabelledSet(self.name, self.class_names, self.cases[:limit], self.templates, self.prompts, self.has_masks)
@@ -205,7 +205,7 @@ class _VocCase:
 
 # ---- the shapes world -----------------------------------------------------------------------------
 def shapes_set(image_size: int = 64, count: int = 100, seed: int = SHAPES_EVAL_SEED) -> LabelledSet:
-    from faithclip.data.shapes import ShapesWorld
+    from faithclip.shapes.world import ShapesWorld
 
     world = ShapesWorld(image_size=image_size, seed=SHAPES_WORLD_SEED)
     batch = world.multi_object_set(count, seed=seed)

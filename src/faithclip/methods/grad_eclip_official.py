@@ -1,9 +1,9 @@
 """Grad-ECLIP as the OFFICIAL code computes it (github.com/Cyang-Zhao/Grad-Eclip, ``generate_emap.py``
 and the two notebooks), reproduced exactly so that it can be audited ("Debunking Grad-ECLIP", arXiv
-2605.12952). It explains a DIFFERENT model: see ``faithclip.audit.rewrite``.
+2605.12952). It explains a DIFFERENT model: see ``faithclip.methods.official.rewrite``.
 
 Image side. The last ``layers`` blocks are recomputed with ONE head (scale 1/sqrt(D)) on the
-keep-size input (``faithclip.audit.keepsize``; interpolated position embeddings). With S the cosine
+keep-size input (``faithclip.methods.official.keepsize``; interpolated position embeddings). With S the cosine
 of the rewritten image embedding and the text embedding, o the one-head attention output before
 out_proj, g = dS/do at the class token, v the raw value vectors, and
 
@@ -36,16 +36,23 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from faithclip.audit.keepsize import OFFICIAL_SHORT_SIDE_CAP, keep_size_pixels, keep_size_size
-from faithclip.audit.rewrite import encode_image_rewritten, encode_text_rewritten
 from faithclip.errors import ImageError, MethodError
 from faithclip.methods.common import normalize_sum
 from faithclip.methods.context import Context, MapResult
+from faithclip.methods.official.keepsize import (
+    OFFICIAL_SHORT_SIDE_CAP,
+    keep_size_pixels,
+    keep_size_size,
+)
+from faithclip.methods.official.rewrite import (
+    encode_image_rewritten,
+    encode_text_rewritten,
+)
 from faithclip.models.clip import ClipHandle
 from faithclip.registry import MethodSpec, register_method
 
@@ -192,7 +199,7 @@ def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str = "out_proj
     grids = {grid for _, _, grid in results}
     if len(grids) > 1:
         raise MethodError("the originals have different keep-size grids; explain them one at a time "
-                          "(faithclip.methods.grad_eclip_official.grad_eclip_official_explain does this).")
+                          "(faithclip.api.grad_eclip_official_explain does this).")
     size = tuple(inputs[0].shape[-2:])
     return MapResult(maps=torch.stack([m for m, _, _ in results]), scores=torch.stack([s for _, s, _ in results]),
                      layers=list(range(ctx.num_layers - layers, ctx.num_layers)), input_size=size,
@@ -205,31 +212,6 @@ def grad_eclip_official_text(ctx: Context, layers: int = 8, qk: str = "out_proj"
     used = min(layers, ctx.num_layers)
     return MapResult(maps=maps, scores=scores, layers=list(range(ctx.num_layers - used, ctx.num_layers)),
                      options={"layers": layers, "qk": qk, "half": half})
-
-
-def grad_eclip_official_explain(handle: ClipHandle, image: Any | Sequence[Any], text: str | Sequence[str], *,
-                                side: str = "image", **options: Any) -> list:
-    """Official Grad-ECLIP explanations with the ORIGINAL image(s) used for the keep-size input.
-
-    ``image`` is a PIL image or path (or a list); the model's prediction uses its standard preprocessing
-    of the same image. Returns one ``Explanation`` per (image, text) pair, image-major; each records the
-    rewritten score it explained (``score``) and the model's own (``model_score``), so ``p1_gap`` shows
-    the departure.
-    """
-    from faithclip.api import method_spec, wrap
-    from faithclip.targets import make_target
-
-    spec = method_spec("grad_eclip_official", side)
-    images = list(image) if isinstance(image, (list, tuple)) else [image]
-    batch = handle.tokens(text)
-    target = make_target(options.pop("target", "cosine"), options.pop("others", ()))
-    out = []
-    for single in images:
-        ctx = Context(handle=handle, side=side, pixels=handle.pixels(single), text=batch, target=target)
-        extra = {"original": single} if side == "image" else {}
-        result = getattr(spec, side)(ctx, **extra, **options)
-        out.extend(wrap(handle, ctx, spec, result, ctx.model_scores()))
-    return out
 
 
 register_method(MethodSpec(

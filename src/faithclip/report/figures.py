@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import io
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def _norm(values: np.ndarray):
 
 def _map_on_region(explanation: Any, region: tuple[float, float, float, float]) -> np.ndarray:
     """The raw map resized (bilinear) to the region's size in image pixels."""
-    from faithclip.explanation import upsample
+    from faithclip.mapmath import upsample
 
     left, top, right, bottom = region
     size = (max(1, int(round(bottom - top))), max(1, int(round(right - left))))
@@ -236,7 +237,7 @@ def map_card_png(patch_map: Any, image: Any, width: int = 128) -> tuple[bytes, s
     import torch
     from PIL import Image
 
-    from faithclip.explanation import upsample
+    from faithclip.mapmath import upsample
 
     rgb = Image.fromarray(_rgb(image)).convert("RGB")
     height = max(1, round(width * rgb.height / rgb.width))
@@ -327,4 +328,4 @@ def plot(explanations: Sequence[Any] | Any, *, columns: str = "text", cell_size:
     return figure
 
 
-__all__ = ["explanation_figure", "plot", "figure_png", "title_of", "overlay_rgba"]
+__all__ = ["explanation_figure", "figure_png", "overlay_rgba", "plot", "title_of"]

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from faithclip import __version__
 
@@ -87,7 +88,7 @@ def html_page(title: str, body_html: str, *, subtitle: str | None = None, css: s
 
 def write_report(out: str | Path, name: str, record: Any, page: str) -> tuple[Path, Path]:
     """The ``--out DIR`` convention: ``DIR/<name>.json`` (canonical) and ``DIR/report.html``, atomically."""
-    from faithclip.explanation import json_bytes, write_atomic
+    from faithclip.files import json_bytes, write_atomic
 
     directory = Path(out)
     json_path = write_atomic(directory / f"{name}.json", json_bytes(record))
@@ -95,4 +96,4 @@ def write_report(out: str | Path, name: str, record: Any, page: str) -> tuple[Pa
     return json_path, html_path
 
 
-__all__ = ["html_page", "table", "write_report", "data_uri", "esc", "CSS"]
+__all__ = ["CSS", "data_uri", "esc", "html_page", "table", "write_report"]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from faithclip.mapmath import EQUIVALENCE_TOLERANCE as TOLERANCE
 from faithclip.report.page import esc, html_page, table
-
-from faithclip.equivalence import EQUIVALENCE_TOLERANCE as TOLERANCE
 
 
 def equivalence_table(rows: list[dict[str, Any]]) -> str:
@@ -51,4 +50,4 @@ def render_verify(record: dict[str, Any]) -> str:
     return html_page(f"faithclip verify: {record['model']}", verdict + "".join(parts))
 
 
-__all__ = ["render_verify", "equivalence_table", "p1_table", "declaration"]
+__all__ = ["declaration", "equivalence_table", "p1_table", "render_verify"]

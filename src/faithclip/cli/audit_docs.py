@@ -1,7 +1,7 @@
 """The audit's documented results: regenerate them, or check them against a fresh run.
 
-    python -m faithclip.audit.docs [docs/audit.md] [shapes|reduced|b32 ...] [--jobs N]   # rewrite the results
-    python -m faithclip.audit.docs --check [docs/audit.md] [--reduced]       # exit 1 if a figure disagrees
+    python -m faithclip.cli.audit_docs [docs/audit.md] [shapes|reduced|b32 ...] [--jobs N]   # rewrite the results
+    python -m faithclip.cli.audit_docs --check [docs/audit.md] [--reduced]       # exit 1 if a figure disagrees
 
 Every results block (between ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``) is
 made of fenced blocks that start with the command that printed them (``$ faithclip audit ...``): the
@@ -165,7 +165,7 @@ def regenerate(markdown: Path, sections: list[str], jobs: int = 1) -> None:
 # ---- the check --------------------------------------------------------------------------------------
 NUMBER = r"nan|-?\d+(?:\.\d+)?"
 TOKEN = re.compile(rf"\[({NUMBER}), ({NUMBER})\]|(?<![\w.\-])({NUMBER})(?![\w.])")
-FENCE = re.compile(r"```\n\$ (faithclip audit[^\n]*)\n(.*?)```", re.S)
+FENCE = re.compile(r"```\n\$ (faithclip audit[^\n]*)\n(.*?)```", re.DOTALL)
 
 
 def _value(text: str) -> float:
@@ -249,7 +249,7 @@ def check(markdown: Path, reduced: bool = False, run=run_command) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m faithclip.audit.docs", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m faithclip.cli.audit_docs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("markdown", nargs="?", default="docs/audit.md")
     parser.add_argument("sections", nargs="*", help=f"sections to regenerate (default: all of {sorted(SECTIONS)})")
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reduced", action="store_true", help="with --check: only the reduced (demo-size) block")
     parser.add_argument("--jobs", type=int, default=1, help="regenerate a section's runs in this many processes")
     args = parser.parse_args(argv)
-    if args.markdown in SECTIONS:  # `python -m faithclip.audit.docs shapes`: the default file, that section
+    if args.markdown in SECTIONS:  # `python -m faithclip.cli.audit_docs shapes`: the default file, that section
         args.sections, args.markdown = [args.markdown, *args.sections], "docs/audit.md"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)

@@ -40,17 +40,17 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from faithclip.data.shapes import (
+from faithclip.errors import FaithclipError
+from faithclip.shapes.tokenizer import (
+    as_transformers_tokenizer,
+    build_word_tokenizer,
+)
+from faithclip.shapes.world import (
     COLOUR_NAMES,
     MAX_OBJECTS,
     SHAPES,
     SceneBatch,
     ShapesWorld,
-)
-from faithclip.errors import FaithclipError
-from faithclip.models.word_tokenizer import (
-    as_transformers_tokenizer,
-    build_word_tokenizer,
 )
 
 logger = logging.getLogger(__name__)
