@@ -30,19 +30,19 @@ def explain(
     text: TextInput | Sequence[str] | TextBatch,
     method: str = "attention_eclip",
     *,
-    target: str | Target = "cosine",
+    target: str | Target | None = None,
     others: Sequence[str] = (),
     **options: Any,
 ) -> Explanation | list[Explanation]:
     """Image-side explanation(s): a ``(gh, gw)`` map on the patch grid per image-text pair.
 
     One image and one text give one ``Explanation``; several give a list ordered image-major
-    (all texts of image 0, then image 1, ...). ``target`` is what is explained (``cosine`` default,
-    ``logit``, ``probability`` with ``others`` the other prompts of the set, ``contrast`` with ``others``
-    the one contrasting text). Method options (e.g. ``layers=2``) are passed by keyword. ``text`` may be
+    (all texts of image 0, then image 1, ...). ``target`` is what is explained (``None``: the family's
+    default, ``cosine`` for CLIP; ``logit``, ``probability`` with ``others`` the other prompts of the set,
+    ``contrast`` with ``others`` the one contrasting text; ``model.family.target_kinds`` lists them). Method options (e.g. ``layers=2``) are passed by keyword. ``text`` may be
     ``model.prompts(texts)``: prompts encoded once, reused for many images.
     """
-    return _run(model, image, text, method, "image", make_target(target, others), options)
+    return _run(model, image, text, method, "image", family_target(model, target, others), options)
 
 
 def explain_text(
@@ -51,16 +51,26 @@ def explain_text(
     text: TextInput | Sequence[str],
     method: str = "attention_eclip",
     *,
-    target: str | Target = "cosine",
+    target: str | Target | None = None,
     others: Sequence[str] = (),
     **options: Any,
 ) -> Explanation | list[Explanation]:
     """Text-side explanation(s): an ``(L,)`` map over token positions per image-text pair."""
-    return _run(model, image, text, method, "text", make_target(target, others), options)
+    return _run(model, image, text, method, "text", family_target(model, target, others), options)
 
 
-def method_spec(name: str, side: str) -> MethodSpec:
+def family_target(model: ClipHandle, target: str | Target | None, others: Sequence[str] = ()) -> Target:
+    """The target to explain, checked against the model's family (``None``: the family's default)."""
+    chosen = make_target(model.family.target_kinds[0] if target is None else target, others)
+    model.family.check_target(chosen)
+    return chosen
+
+
+def method_spec(name: str, side: str, family: str | None = None) -> MethodSpec:
+    """The registered method ``name`` for ``side``, checked against the model ``family`` when given."""
     spec = METHODS.get(name)
+    if family is not None:
+        spec.check_family(family)
     if getattr(spec, side) is None:
         sided = [s.name for s in METHODS if getattr(s, side) is not None]
         raise MethodError(f"method {name!r} has no {side}-side explanation; {side}-side methods: {', '.join(sided)}.")
@@ -78,7 +88,10 @@ def run_method(model: ClipHandle, ctx: Context, spec: MethodSpec, options: dict)
 
 
 def _run(model, image, text, method, side, target, options) -> Explanation | list[Explanation]:
-    spec = method_spec(method, side)
+    if not model.family.has_side(side):
+        raise MethodError(f"a {model.family.name} model has no {side} side to explain; it has "
+                          f"{', '.join(model.family.towers)}.")
+    spec = method_spec(method, side, model.family.name)
     read = _read(model, image)  # decoded once, upright if the pipeline applies EXIF orientation: the pixels
     decoded = None if read is None else [item for item, _ in read]  # (RGB under the model's own rule) ...
     originals = None if decoded is None else [to_rgb(item) for item in decoded]  # ... and methods' originals

@@ -1,14 +1,19 @@
-"""The probe: the ONE place that reads a CLIP model's internals.
+"""The probe: the ONE place that reads a model's internals.
 
 ``Probe`` is a reversible context manager. It registers forward hooks on the chosen encoder layers of
 one tower and records, per layer (all tensors keep their autograd graph, so gradients can be taken):
 
     name        tensor                                                  shape
     hidden_in   input of the block (residual stream)                    (B, T, D)
-    q, k, v     outputs of q_proj / k_proj / v_proj, before head split   (B, T, D)
+    q, k, v     query, key, value projections, before head split        (B, T, D)
     attn        attention probabilities, per head                       (B, H, T, T)
     attn_out    attention output before out_proj (heads concatenated)   (B, T, D)
     hidden_out  output of the block                                     (B, T, D)
+
+Where those tensors live is the model family's declaration (``faithclip.models.families``): the blocks
+of each tower and, per block, the attention module, its q/k/v projections (or one fused qkv projection,
+whose output the probe slices into ``[q | k | v]``: slicing makes views, the graph is kept) and its
+output projection. The probe itself holds no family-specific code.
 
 It never replaces a forward and never changes a value: outputs under the probe are bit-identical to
 the untouched model's. Two optional, explicit, fully restored adjustments exist:
@@ -56,14 +61,12 @@ class LayerCapture:
 
 
 def encoder_layers(model: Any, tower: str) -> Sequence[torch.nn.Module]:
-    """The encoder blocks of a transformers CLIP tower (``vision`` or ``text``)."""
+    """The encoder blocks of one tower (``vision`` or ``text``), as the model's family declares them."""
+    from faithclip.models.families import family_of
+
     if tower not in TOWERS:
         raise ProbeError(f"tower must be one of {TOWERS}, got {tower!r}.")
-    sub = getattr(model, f"{tower}_model", None)
-    layers = getattr(getattr(sub, "encoder", None), "layers", None)
-    if layers is None:
-        raise ProbeError(f"{type(model).__name__} has no {tower}_model.encoder.layers; is it a transformers CLIPModel?")
-    return layers
+    return family_of(model).blocks(model, tower)
 
 
 def resolve_layers(layers: Iterable[int], num_layers: int) -> list[int]:
@@ -83,8 +86,9 @@ def has_hooks(model: Any) -> bool:
 
 
 def attention_implementation(model: Any, tower: str) -> str:
-    config = getattr(model.config, f"{tower}_config", model.config)
-    return getattr(config, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", "eager")
+    from faithclip.models.families import family_of
+
+    return family_of(model).attention_implementation(model, tower)
 
 
 class Probe:
@@ -105,8 +109,11 @@ class Probe:
         grad_from: int | None = None,
         eval_mode: bool = True,
     ) -> None:
+        from faithclip.models.families import family_of
+
         self.model = model
         self.tower = tower
+        self.family = family_of(model)
         self.blocks = encoder_layers(model, tower)
         self.layers = resolve_layers(layers, len(self.blocks))
         self.capture = tuple(capture)
@@ -175,17 +182,20 @@ class Probe:
                 self._handles.append(block.register_forward_pre_hook(self._start_graph))
             if index not in self.layers:
                 continue
-            attention = block.self_attn
+            parts = self.family.attention(block)
             if "hidden_in" in wanted:
                 self._handles.append(block.register_forward_pre_hook(self._store_input(index, "hidden_in")))
-            for name in ("q", "k", "v"):
-                if name in wanted:
-                    module = getattr(attention, f"{name}_proj")
+            projections = wanted & {"q", "k", "v"}
+            if parts.qkv is not None and projections:
+                self._handles.append(parts.qkv.register_forward_hook(self._store_fused(index, projections)))
+            elif projections:
+                for name in sorted(projections):
+                    module = getattr(parts, name)
                     self._handles.append(module.register_forward_hook(self._store_output(index, name)))
             if "attn" in wanted:
-                self._handles.append(attention.register_forward_hook(self._store_attention(index)))
+                self._handles.append(parts.module.register_forward_hook(self._store_attention(index)))
             if "attn_out" in wanted:
-                self._handles.append(attention.out_proj.register_forward_pre_hook(self._store_input(index, "attn_out")))
+                self._handles.append(parts.out.register_forward_pre_hook(self._store_input(index, "attn_out")))
             if "hidden_out" in wanted:
                 self._handles.append(block.register_forward_hook(self._store_output(index, "hidden_out")))
 
@@ -208,6 +218,16 @@ class Probe:
     def _store_output(self, index: int, name: str):
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
             setattr(self._slot(index), name, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    def _store_fused(self, index: int, names: set[str]):
+        """A fused projection's output ``(B, T, 3D)`` is ``[q | k | v]``: store the wanted thirds (views)."""
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            width = output.shape[-1] // 3
+            for position, name in enumerate(("q", "k", "v")):
+                if name in names:
+                    setattr(self._slot(index), name, output[..., position * width:(position + 1) * width])
 
         return hook
 

@@ -51,6 +51,10 @@ class MethodSpec:
     ``image`` / ``text`` compute raw maps for one side (``None`` where the side is not supported).
     ``modifies_model``: the explained forward is NOT the model's own (principle P1 fails by design).
     ``modifies_input``: the method scores perturbed or resized inputs rather than the model's input.
+    ``families``: the model families (``faithclip.models.families``) the method is implemented and tested
+    for; ``("*",)``: any family (e.g. a perturbation method that only calls the model's own score). A
+    family adapter may also list the methods it was tested with (``Family.methods``): a method supports a
+    family when either says so.
     """
 
     name: str
@@ -61,10 +65,32 @@ class MethodSpec:
     modifies_input: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    families: tuple[str, ...] = ("clip",)
 
     @property
     def sides(self) -> tuple[str, ...]:
         return tuple(side for side in ("image", "text") if getattr(self, side) is not None)
+
+    def supports(self, family: str) -> bool:
+        from faithclip.models.families import FAMILIES, _load_families
+
+        _load_families()
+        declared = FAMILIES[family].methods if family in FAMILIES else ()
+        return "*" in self.families or family in self.families or self.name in declared
+
+    def family_names(self) -> list[str]:
+        """The families this method supports (by its own declaration or the family's)."""
+        from faithclip.models.families import FAMILIES, _load_families
+
+        _load_families()
+        return ["any"] if "*" in self.families else [name for name in FAMILIES if self.supports(name)]
+
+    def check_family(self, family: str) -> None:
+        """Raise ``MethodError`` naming the methods that do support ``family`` when this one does not."""
+        if not self.supports(family):
+            others = [spec.name for spec in METHODS if spec.supports(family)]
+            raise MethodError(f"method {self.name!r} is not available for {family} models (it supports "
+                              f"{', '.join(self.family_names())}); for {family}: {', '.join(others) or 'none'}.")
 
 
 METHODS: Registry[MethodSpec] = Registry("method")

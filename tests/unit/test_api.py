@@ -39,11 +39,11 @@ def test_load_directory_and_explain_real_photo(saved_b32_dir, tmp_path):
     assert overlay.stat().st_size > 0
 
 
-def test_not_a_clip_directory(tmp_path):
+def test_unsupported_family_directory(tmp_path):
     with pytest.raises(ModelError, match="no config.json"):
         load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ModelError, match="not a CLIP"):
+    with pytest.raises(ModelError, match="a .bert. model, which faithclip does not support; supported model types: .clip."):
         load(tmp_path)
 
 

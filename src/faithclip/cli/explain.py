@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--text", action="append", required=True, help="text to explain (repeat for several)")
     parser.add_argument("--method", default="attention_eclip", choices=METHODS.names())
     parser.add_argument("--side", default="image", choices=("image", "text"), help="explain the image or the text")
-    parser.add_argument("--target", default="cosine", choices=("cosine", "logit", "probability", "contrast"))
+    parser.add_argument("--target", default=None, choices=("cosine", "logit", "probability", "contrast"),
+                        help="the score explained (default: the model family's own: cosine for CLIP and BLIP, "
+                             "logit for SigLIP and ViT classifiers)")
     parser.add_argument("--other", action="append", default=[],
                         help="other prompts of the set (probability, repeat for each) or the one contrasting "
                              "text (contrast); not used by cosine or logit")
@@ -42,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def check_target(target: str, others: list[str]) -> None:
     """The ``--target`` / ``--other`` combination in the command line's words (before anything is loaded)."""
-    if target in ("cosine", "logit") and others:
-        raise MethodError(f"--other is not used by --target {target}; remove it, or use --target contrast "
+    if target in (None, "cosine", "logit") and others:
+        raise MethodError(f"--other is not used by --target {target or '(default)'}; remove it, or use --target contrast "
                           "(one --other) or --target probability (the other prompts of the set).")
     if target == "contrast" and len(others) != 1:
         raise MethodError(f"--target contrast needs exactly one --other TEXT to contrast with (got {len(others)}), "
@@ -148,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  warning: {note}")
     from faithclip.report.page import write_report
 
-    record = {"model": model.name, "method": args.method, "side": args.side, "target": args.target,
+    record = {"model": model.name, "method": args.method, "side": args.side,
+              "target": args.target or model.family.target_kinds[0],
               "others": args.other, "options": options, "explanations": index}
     _, page = write_report(out, "explain", record, render_explain(record, out))
     print(f"Report: {page.resolve()}")

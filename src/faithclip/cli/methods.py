@@ -21,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
         if spec.modifies_input:
             flags.append("modifies the input")
         status = ", ".join(flags) or "explains the model's own forward"
+        families = ", ".join(spec.family_names())
         print(f"{spec.name}  [{'+'.join(spec.sides)}]  {status}")
+        print(f"    families: {families}")
         print(f"    {spec.summary}")
         print(f"    paper: {spec.paper}")
         if spec.defaults:

@@ -96,14 +96,13 @@ def layer_lambdas(ctx: "Context", captures: dict[int, "LayerCapture"], layers: S
     to the explained input's ``T`` tokens (the map keeps only tokens before the end token, all inside ``T``).
     """
     check_lambda_options(span, qk)
-    layer_modules = ctx.encoder_layers()
     whole_context = ctx.side == "text" and span == "context"
     source = ctx.context_captures(layers) if whole_context else captures
     out = []
     for index in layers:
         q, k = (t.detach() for t in source[index].require("q", "k"))  # (C, T', D) each
         if qk == "out_proj":
-            out_proj = layer_modules[index].self_attn.out_proj
+            out_proj = ctx.output_projection(index)
             with torch.no_grad():
                 q, k = out_proj(q), out_proj(k)
         support = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device) if whole_context else ctx.support_mask()

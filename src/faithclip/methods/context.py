@@ -66,19 +66,33 @@ class Context:
         return "vision" if self.side == "image" else "text"
 
     @property
+    def family(self):
+        """The model family's declarations (``faithclip.models.families``)."""
+        return self.handle.family
+
+    @property
     def num_layers(self) -> int:
-        return len(encoder_layers(self.handle.model, self.tower))
+        return len(self.encoder_layers())
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patches on the image side (the class token: 1)."""
+        return self.handle.prefix_tokens
 
     @property
     def num_tokens(self) -> int:
-        """``T``: tokens of each explained input (class token + patches, or the batch's text length)."""
+        """``T``: tokens of each explained input (prefix tokens + patches, or the batch's text length)."""
         if self.side == "image":
-            return 1 + self.grid[0] * self.grid[1]
+            return self.prefix_tokens + self.grid[0] * self.grid[1]
         return self.text.input_ids.shape[1]
 
     def encoder_layers(self) -> Sequence[torch.nn.Module]:
-        """The explained tower's encoder blocks (read only, e.g. for a layer's ``out_proj``)."""
-        return encoder_layers(self.handle.model, self.tower)
+        """The explained tower's encoder blocks (read only, e.g. for a layer's output projection)."""
+        return self.family.blocks(self.handle.model, self.tower)
+
+    def output_projection(self, layer: int) -> torch.nn.Module:
+        """The output projection of layer ``layer``'s attention (its input is ``attn_out``)."""
+        return self.family.attention(self.encoder_layers()[layer]).out
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -88,10 +102,9 @@ class Context:
 
     @property
     def query_positions(self) -> torch.Tensor:
-        """``(C,)``: the pooled token of each explained input."""
-        if self.side == "image":
-            return torch.zeros(self.num_images, dtype=torch.long, device=self.pixels.device)
-        return self.text.eos_positions
+        """``(C,)``: the pooled token of each explained input (the family's rule)."""
+        count = self.num_images if self.side == "image" else self.num_texts
+        return self.family.query_positions(self.side, count, self.text, self.pixels.device)
 
     def last_layers(self, n: int) -> list[int]:
         """Indices of the last ``n`` encoder layers of the explained tower."""
@@ -101,13 +114,13 @@ class Context:
         return resolve_layers(range(-n, 0), self.num_layers)
 
     def support_mask(self) -> torch.Tensor:
-        """``(C, T)`` bool: tokens a map covers: patch tokens (image); tokens strictly between start and end (text)."""
+        """``(C, T)`` bool: tokens a map covers: patch tokens (image); the family's text support (CLIP:
+        tokens strictly between start and end)."""
         if self.side == "image":
             mask = torch.ones(self.num_images, self.num_tokens, dtype=torch.bool, device=self.pixels.device)
-            mask[:, 0] = False
+            mask[:, :self.prefix_tokens] = False
             return mask
-        positions = torch.arange(self.text.input_ids.shape[1], device=self.text.input_ids.device)
-        return (positions[None, :] > 0) & (positions[None, :] < self.text.eos_positions[:, None])
+        return self.family.text_support(self.text)
 
     def pair(self, per_input: torch.Tensor) -> torch.Tensor:
         """Broadcast a ``(C, ...)`` tensor of the explained tower to ``(B or 1, K or 1, ...)``."""
@@ -137,8 +150,8 @@ class Context:
         return self._fixed["extra"]
 
     def score(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        """The target ``(B, K)`` from embeddings."""
-        return self.target.scores(image_embeds, text_embeds, self.handle.logit_scale.detach(), self.extra_embeds())
+        """The target ``(B, K)`` from embeddings, as the model's family defines it."""
+        return self.family.score(self.target, image_embeds, text_embeds, self.handle.model, self.extra_embeds())
 
     def model_scores(self) -> torch.Tensor:
         """The model's own target values ``(B, K)`` for these inputs, without gradients."""
@@ -246,7 +259,7 @@ class Context:
         passes. Both give the same numbers (tests/unit/test_fast_path.py).
         """
         layers = resolve_layers(layers, self.num_layers)
-        if self.fast and self.side == "image" and layers == [self.num_layers - 1]:
+        if self.fast and self.family.fast_path and self.side == "image" and layers == [self.num_layers - 1]:
             result = self.last_layer_gradients(wrt, capture)
             if result is not None:
                 return result
@@ -327,7 +340,7 @@ class Context:
         (zero outside the support)."""
         if self.side == "image":
             gh, gw = self.grid
-            return per_token[..., 1:].reshape(*per_token.shape[:2], gh, gw)  # (B, K, gh, gw)
+            return per_token[..., self.prefix_tokens:].reshape(*per_token.shape[:2], gh, gw)  # (B, K, gh, gw)
         return torch.where(self.pair(self.support_mask()), per_token, torch.zeros_like(per_token))
 
 

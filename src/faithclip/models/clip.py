@@ -1,4 +1,8 @@
-"""``ClipHandle``: a transformers ``CLIPModel`` with its tokenizer, preprocessing and identity.
+"""``ClipHandle``: a transformers model of a supported family (CLIP, SigLIP, BLIP, ViT classifiers) with its
+tokenizer, preprocessing and identity. ``ModelHandle`` is the same class; ``ClipHandle`` is its first name.
+
+What differs between families (where the towers are, how texts are laid out, how the score is computed)
+is asked of ``family`` (``faithclip.models.families``).
 
 It turns the user's inputs (PIL images, paths or normalised pixel tensors; strings or token-id tensors)
 into the exact tensors the model predicts from, and encodes them. It never changes the model.
@@ -15,7 +19,8 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from faithclip.errors import ImageError, ModelError, TextError
+from faithclip.errors import ImageError, TextError
+from faithclip.models.families import Family, family_of
 from faithclip.models.images import decode_image, to_rgb
 from faithclip.models.preprocess import ClipPreprocess
 
@@ -62,23 +67,33 @@ class ClipHandle:
     tokenizer: Any = None
     preprocess: ClipPreprocess = field(default_factory=ClipPreprocess)
     name: str = "clip"
+    family: Family | None = None  # None: read from the model's config (``family_of``)
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            self.family = family_of(self.model)
 
     # ---- identity -------------------------------------------------------------------------------
     @property
     def vision_config(self):
-        return self.model.config.vision_config
+        return self.family.tower_config(self.model, "vision")
 
     @property
     def text_config(self):
-        return self.model.config.text_config
+        return self.family.tower_config(self.model, "text")
 
     @property
     def image_size(self) -> int:
-        return int(self.vision_config.image_size)
+        return self.family.image_size(self.model)
 
     @property
     def patch_size(self) -> int:
-        return int(self.vision_config.patch_size)
+        return self.family.patch_size(self.model)
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patch tokens in the image tower (a class token: 1)."""
+        return self.family.prefix_tokens(self.model)
 
     @property
     def preprocess_rules(self) -> dict[str, str]:
@@ -88,15 +103,15 @@ class ClipHandle:
 
     @property
     def context_length(self) -> int:
-        return int(self.text_config.max_position_embeddings)
+        return self.family.context_length(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.logit_scale.dtype
+        return self.family.parameter(self.model).dtype
 
     @property
     def device(self) -> torch.device:
-        return self.model.logit_scale.device
+        return self.family.parameter(self.model).device
 
     # ---- images ---------------------------------------------------------------------------------
     def pixels(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
@@ -169,9 +184,7 @@ class ClipHandle:
                     f"text truncated to the model's context of {self.context_length} tokens: {text[:60]!r}...",
                     stacklevel=3,
                 )
-        encoded = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.context_length, return_tensors="pt"
-        )
+        encoded = self.family.tokenizer_call(self.tokenizer, texts, self.context_length)
         input_ids = encoded["input_ids"]
         if any(truncated):
             # Truncation cuts the end token; put it back so the model pools where it was trained to.
@@ -229,10 +242,7 @@ class ClipHandle:
                          list(text.tokens), list(text.truncated))
 
     def _eos_token_id(self) -> int:
-        eos = self.text_config.eos_token_id
-        if eos == 2 or eos is None:  # legacy configs: the end token is the largest id
-            return int(self.text_config.vocab_size) - 1
-        return int(eos)
+        return int(self.family.eos_token_id(self.model))
 
     def _ids_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TextBatch:
         if input_ids.dim() == 1:
@@ -255,39 +265,28 @@ class ClipHandle:
         )
 
     def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The position transformers' CLIPTextModel pools, for each row: its exact rule."""
-        eos = self.text_config.eos_token_id
-        if eos == 2:
-            return input_ids.argmax(dim=-1)
-        hits = input_ids == eos
-        if not hits.any(dim=-1).all():
-            raise TextError(f"every token-id row must contain the end token id {eos}.")
-        return hits.int().argmax(dim=-1)
+        """The position the text tower pools, for each row: the family's exact rule."""
+        return self.family.eos_positions(self.model, input_ids)
 
     # ---- encoders -------------------------------------------------------------------------------
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Image embeddings ``(B, D)`` (projected, not normalised), exactly as ``get_image_features``."""
-        return self.model.get_image_features(pixel_values=pixels).pooler_output
+        """Image embeddings ``(B, D)`` the score is computed from, exactly as the model computes them
+        (CLIP: ``get_image_features``, projected, not normalised)."""
+        return self.family.encode_image(self.model, pixels)
 
     def encode_text(self, text: TextBatch) -> torch.Tensor:
-        """Text embeddings ``(K, D)`` (projected, not normalised), exactly as ``get_text_features``."""
-        return self.model.get_text_features(input_ids=text.input_ids, attention_mask=text.attention_mask).pooler_output
+        """Text embeddings ``(K, D)`` the score is computed from (CLIP: ``get_text_features``)."""
+        return self.family.encode_text(self.model, text)
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        return self.model.logit_scale.exp()
+        return self.family.logit_scale(self.model)
+
+
+ModelHandle = ClipHandle
 
 
 def check_is_clip(model: Any) -> None:
-    """Raise ``ModelError`` unless ``model`` is a transformers CLIP with a ViT image tower and a class token."""
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "vision_config") or not hasattr(model, "vision_model"):
-        raise ModelError(
-            f"{type(model).__name__} is not a transformers CLIPModel; load one with faithclip.load(...) "
-            "or transformers.CLIPModel.from_pretrained(...)."
-        )
-    embeddings = getattr(model.vision_model, "embeddings", None)
-    if embeddings is None or not hasattr(embeddings, "class_embedding"):
-        raise ModelError(
-            "this vision tower has no class token; CLS-query methods (Grad-ECLIP, Attention-ECLIP) need one."
-        )
+    """Raise ``ModelError`` unless ``model`` is a model of a supported family with the parts it reads
+    (the name is historical: every family is checked)."""
+    family_of(model)

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from faithclip.errors import ModelError
-from faithclip.models.clip import ClipHandle, check_is_clip
+from faithclip.models.clip import ClipHandle
+from faithclip.models.families import family_for_model_type, family_of
 from faithclip.models.preprocess import ClipPreprocess
 
 logger = logging.getLogger(__name__)
@@ -166,23 +167,23 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def from_hf(model: Any, tokenizer: Any = None, *, preprocess: ClipPreprocess | None = None,
             name: str | None = None) -> ClipHandle:
-    """Wrap a ``transformers.CLIPModel`` the user already holds (its weights are not copied or changed).
+    """Wrap a transformers model the user already holds (a ``CLIPModel`` or another supported family: its
+    ``config.model_type`` says which; its weights are not copied or changed).
 
     If the model computes attention with SDPA or flash attention it is switched to eager attention
     (the same function, computed explicitly), because attention probabilities must exist to be explained.
     """
-    check_is_clip(model)
+    family = family_of(model)
     ensure_eager(model)
     if preprocess is None:
-        size = int(model.config.vision_config.image_size)
-        preprocess = ClipPreprocess.for_pipeline("transformers", size)
+        preprocess = family.default_preprocess(model)
     if name is None:
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    return ClipHandle(model=model, tokenizer=tokenizer, preprocess=preprocess, name=name)
+    return ClipHandle(model=model, tokenizer=tokenizer, preprocess=preprocess, name=name, family=family)
 
 
 def ensure_eager(model: Any) -> None:
-    """Switch a CLIP model to eager attention if it uses another implementation (logged, not silent)."""
+    """Switch a model to eager attention if it uses another implementation (logged, not silent)."""
     implementation = getattr(model.config, "_attn_implementation", "eager")
     if implementation != "eager":
         logger.warning("model uses %r attention; switching to 'eager' so attention probabilities exist", implementation)
@@ -200,21 +201,22 @@ def _load_directory(path: Path, *, name: str, dtype: torch.dtype, tokenizer: str
         model_type = json.loads(config_file.read_text()).get("model_type")
     except json.JSONDecodeError as error:
         raise ModelError(f"{config_file} is not valid JSON ({error}).") from error
-    if model_type != "clip":
-        raise ModelError(f"{path} holds a {model_type!r} model, not a CLIP model (model_type 'clip').")
+    family = family_for_model_type(model_type, str(path))
     import transformers
 
     try:
-        model = transformers.CLIPModel.from_pretrained(path, attn_implementation="eager", dtype=dtype)
+        model = getattr(transformers, family.model_class).from_pretrained(path, attn_implementation="eager", dtype=dtype)
     except OSError as error:
-        raise ModelError(f"{path} has a CLIP config but its weights could not be loaded: {error}") from error
+        raise ModelError(f"{path} has a {model_type} config but its weights could not be loaded: {error}") from error
+    family.check_model(model)
     preprocessor = path / "preprocessor_config.json"
-    size = int(model.config.vision_config.image_size)
     preprocess = (ClipPreprocess.from_json(preprocessor) if preprocessor.is_file()
-                  else ClipPreprocess.for_pipeline("transformers", size))
-    tok_source = tokenizer if tokenizer is not None else path
-    tok = _load_tokenizer(tok_source, required=tokenizer is not None)
-    return ClipHandle(model=model.eval(), tokenizer=tok, preprocess=preprocess, name=name)
+                  else family.default_preprocess(model))
+    tok = None
+    if family.has_side("text") or tokenizer is not None:
+        tok_source = tokenizer if tokenizer is not None else path
+        tok = _load_tokenizer(tok_source, required=tokenizer is not None)
+    return ClipHandle(model=model.eval(), tokenizer=tok, preprocess=preprocess, name=name, family=family)
 
 
 def _load_tokenizer(source: str | Path, required: bool = True) -> Any:
@@ -265,12 +267,15 @@ def _cached(name: str) -> bool:
 def _from_hub(name: str, *, dtype: torch.dtype, local_files_only: bool) -> ClipHandle:
     import transformers
 
-    model = transformers.CLIPModel.from_pretrained(name, attn_implementation="eager", dtype=dtype,
-                                                   local_files_only=local_files_only)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+    config = transformers.AutoConfig.from_pretrained(name, local_files_only=local_files_only)
+    family = family_for_model_type(getattr(config, "model_type", None), name)
+    model = getattr(transformers, family.model_class).from_pretrained(
+        name, attn_implementation="eager", dtype=dtype, local_files_only=local_files_only)
+    family.check_model(model)
+    tokenizer = (transformers.AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+                 if family.has_side("text") else None)
     processor_config = transformers.CLIPImageProcessorPil.get_image_processor_dict(
         name, local_files_only=local_files_only)[0] if hasattr(transformers, "CLIPImageProcessorPil") else {}
-    size = int(model.config.vision_config.image_size)
     preprocess = (ClipPreprocess.from_dict(processor_config) if processor_config
-                  else ClipPreprocess.for_pipeline("transformers", size))
-    return ClipHandle(model=model.eval(), tokenizer=tokenizer, preprocess=preprocess, name=name)
+                  else family.default_preprocess(model))
+    return ClipHandle(model=model.eval(), tokenizer=tokenizer, preprocess=preprocess, name=name, family=family)

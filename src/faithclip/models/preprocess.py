@@ -27,6 +27,12 @@ of ``ClipPreprocess`` and every loader sets the rules of the pipeline its checkp
      (e.g. a 500x338 photo: resized 331x224, left edge 53 under floor, 54 under torchvision).
 4. Scale to [0, 1] and normalise with the CLIP mean and standard deviation.
 
+Other families' processors (ViT, DeiT, SigLIP, BLIP) resize differently, and that is a field too
+(``resize``): ``"shortest_edge"`` (CLIP, above) or ``"exact"`` (a processor whose ``size`` is
+``{"height", "width"}``: the whole image is resized to ``size x size``, aspect ratio NOT kept), and the
+centre crop may be off (``center_crop=False``: ViT, SigLIP and BLIP predict from the whole, squashed
+image; DeiT resizes to 256 x 256 and crops 224).
+
 Before all of this, the image file is read, and the pipelines differ in one more rule
 (``exif_orientation``), applied by ``orient`` when a path or PIL image is decoded
 (``ClipHandle.decoded``):
@@ -62,6 +68,7 @@ RESIZE_ROUNDINGS = ("floor",)
 RGB_CONVERSIONS = ("composite_white_first", "pil_convert_after_crop")
 EXIF_ORIENTATIONS = ("apply", "ignore")
 EXIF_ORIENTATION_TAG = 0x0112
+RESIZE_MODES = ("shortest_edge", "exact")
 
 # The published rules of each pipeline (see the module docstring for where each comes from).
 PIPELINE_RULES: dict[str, dict[str, str]] = {
@@ -92,8 +99,14 @@ class ClipPreprocess:
     resize_rounding: str = "floor"
     rgb_conversion: str = "composite_white_first"
     exif_orientation: str = "apply"
+    resize: str = "shortest_edge"
+    center_crop: bool = True
 
     def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ModelError(f"unknown resize {self.resize!r}; choose one of {', '.join(RESIZE_MODES)}.")
+        if not self.center_crop and (self.crop_height, self.crop_width) != (self.size, self.size):
+            raise ModelError("without a centre crop the model input is the resized image: crop size must equal size.")
         for name, allowed in (("crop_rounding", CROP_ROUNDINGS), ("resize_rounding", RESIZE_ROUNDINGS),
                               ("rgb_conversion", RGB_CONVERSIONS), ("exif_orientation", EXIF_ORIENTATIONS)):
             if getattr(self, name) not in allowed:
@@ -128,9 +141,15 @@ class ClipPreprocess:
         """Settings from a ``preprocessor_config.json`` dict; its ``faithclip_rules`` if present, else
         transformers' rules (the pipeline that reads such a file)."""
         size = config.get("size", 224)
+        resize = "shortest_edge"
         if isinstance(size, dict):
+            if "shortest_edge" not in size and "height" in size:
+                resize = "exact"
+                if size.get("width", size["height"]) != size["height"]:
+                    raise ModelError(f"a non-square resize {size} is not supported; faithclip's inputs are square.")
             size = size.get("shortest_edge", size.get("height", 224))
-        crop = config.get("crop_size", size)
+        center_crop = bool(config.get("do_center_crop", resize == "shortest_edge"))
+        crop = config.get("crop_size", size) if center_crop else size
         if isinstance(crop, dict):
             crop_h, crop_w = crop.get("height", size), crop.get("width", size)
         else:
@@ -151,6 +170,8 @@ class ClipPreprocess:
             mean=tuple(config.get("image_mean", OPENAI_CLIP_MEAN)),
             std=tuple(config.get("image_std", OPENAI_CLIP_STD)),
             resample=int(config.get("resample", Image.BICUBIC)),
+            resize=resize,
+            center_crop=center_crop,
             **rules,
         )
 
@@ -159,9 +180,9 @@ class ClipPreprocess:
         return {
             "image_processor_type": "CLIPImageProcessor",
             "do_resize": True,
-            "size": {"shortest_edge": self.size},
+            "size": {"shortest_edge": self.size} if self.resize == "shortest_edge" else {"height": self.size, "width": self.size},
             "resample": self.resample,
-            "do_center_crop": True,
+            "do_center_crop": self.center_crop,
             "crop_size": {"height": self.crop_height, "width": self.crop_width},
             "do_rescale": True,
             "rescale_factor": 1 / 255,
@@ -187,7 +208,10 @@ class ClipPreprocess:
         return image, {"tag": tag, "rule": self.exif_orientation, "applied": applied}
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) after the shortest-edge resize; the long edge is ``floor(size * long / short)``."""
+        """(width, height) after the resize: ``exact``: (size, size); ``shortest_edge``: the short edge becomes
+        ``size``, the long edge ``floor(size * long / short)``."""
+        if self.resize == "exact":
+            return self.size, self.size
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.size, self.size * long // short  # exact integer floor
         return (new_short, new_long) if width <= height else (new_long, new_short)

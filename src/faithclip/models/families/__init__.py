@@ -1,0 +1,219 @@
+"""One adapter per model family: where a transformers model keeps what faithclip reads.
+
+The probe and the methods are family-agnostic; everything that differs between CLIP, SigLIP, BLIP and
+ViT classifiers is declared here, once per family (transformers' own pattern: each architecture declares
+its parts):
+
+    towers            which sides exist: ``{"image": "vision", "text": "text"}`` (a classifier: image only)
+    blocks            the encoder blocks of a tower, in forward order
+    attention         one block's attention parts: the module that returns the probabilities, q/k/v
+                      projections (or one fused qkv projection), the output projection, the head count
+    prefix_tokens     tokens before the patch tokens on the image side (CLS: 1; DeiT CLS + distillation: 2)
+    query_positions   the pooled token of each input (the class token, the end token, the last position)
+    text_support      the text tokens a text map covers
+    encode_*, score   the embeddings the model's score is computed from, and the score itself
+    tokenize          how the family's tokenizer lays texts out (padding, end token)
+
+A family is chosen from ``config.model_type`` (``family_for_model_type``) or from a model instance
+(``family_of``). Adding a family is one module in this folder that subclasses ``Family`` and calls
+``register_family``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from faithclip.errors import ModelError, ProbeError
+
+if TYPE_CHECKING:
+    from faithclip.models.clip import ClipHandle, TextBatch
+    from faithclip.targets import Target
+
+
+@dataclass(frozen=True)
+class AttentionParts:
+    """Where one block's attention lives. Either ``q``, ``k``, ``v`` (three projections) or ``qkv`` (one
+    fused projection whose output is ``[q | k | v]`` along the last axis, each ``D`` wide) is set.
+
+    ``module`` returns ``(output, probabilities)``; ``out`` is the output projection, whose INPUT is the
+    attention output with heads concatenated (``attn_out``)."""
+
+    module: torch.nn.Module
+    out: torch.nn.Module
+    heads: int
+    q: torch.nn.Module | None = None
+    k: torch.nn.Module | None = None
+    v: torch.nn.Module | None = None
+    qkv: torch.nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        separate = all(p is not None for p in (self.q, self.k, self.v))
+        if separate == (self.qkv is not None):
+            raise ProbeError("an attention declares either q, k and v projections or one fused qkv projection.")
+
+
+class Family:
+    """The CLIP-style defaults; a family overrides what differs."""
+
+    name = "family"
+    model_types: tuple[str, ...] = ()
+    towers: dict[str, str] = {"image": "vision", "text": "text"}
+    #: the score names this family's models define (``faithclip.targets``), the first is the default
+    target_kinds: tuple[str, ...] = ("cosine", "logit", "probability", "contrast")
+    #: the image tower's last block is CLIP's (pre-norm, class token pooled through post_layernorm and a
+    #: projection), so ``Context.last_layer_gradients`` may differentiate the class token's path alone
+    fast_path = False
+    #: the transformers class ``faithclip.load`` builds for a directory or hub id of this family
+    model_class = "AutoModel"
+    #: methods tested on this family beyond those that declare it themselves (``MethodSpec.families``)
+    methods: tuple[str, ...] = ()
+
+    # ---- structure --------------------------------------------------------------------------------
+    def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def tower_config(self, model: Any, tower: str) -> Any:
+        raise NotImplementedError
+
+    def blocks(self, model: Any, tower: str) -> Sequence[torch.nn.Module]:
+        raise NotImplementedError
+
+    def attention(self, block: torch.nn.Module) -> AttentionParts:
+        raise NotImplementedError
+
+    def check_tower(self, tower: str) -> None:
+        if tower not in self.towers.values():
+            raise ProbeError(f"a {self.name} model has no {tower!r} tower; it has {', '.join(self.towers.values())}.")
+
+    def has_side(self, side: str) -> bool:
+        return side in self.towers
+
+    def prefix_tokens(self, model: Any) -> int:
+        """Tokens before the patch tokens in the image tower's sequence."""
+        return 1
+
+    def patch_size(self, model: Any) -> int:
+        return int(self.tower_config(model, self.towers["image"]).patch_size)
+
+    def image_size(self, model: Any) -> int:
+        return int(self.tower_config(model, self.towers["image"]).image_size)
+
+    def attention_implementation(self, model: Any, tower: str) -> str:
+        config = self.tower_config(model, tower)
+        return getattr(config, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", "eager")
+
+    def parameter(self, model: Any) -> torch.Tensor:
+        """A parameter whose dtype and device are the model's."""
+        return next(model.parameters())
+
+    # ---- pooled queries and supports ----------------------------------------------------------------
+    def query_positions(self, side: str, num_inputs: int, text: "TextBatch | None", device: torch.device) -> torch.Tensor:
+        """``(C,)``: the pooled token of each explained input."""
+        if side == "image":
+            return torch.zeros(num_inputs, dtype=torch.long, device=device)
+        return text.eos_positions
+
+    def text_support(self, text: "TextBatch") -> torch.Tensor:
+        """``(K, L)`` bool: the tokens a text map covers: strictly between the start and the end token."""
+        positions = torch.arange(text.input_ids.shape[1], device=text.input_ids.device)
+        return (positions[None, :] > 0) & (positions[None, :] < text.eos_positions[:, None])
+
+    # ---- embeddings and the score -------------------------------------------------------------------
+    def encode_image(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_text(self, model: Any, text: "TextBatch") -> torch.Tensor:
+        raise NotImplementedError
+
+    def logit_scale(self, model: Any) -> torch.Tensor:
+        return model.logit_scale.exp()
+
+    def score(self, target: "Target", image_embeds: torch.Tensor, text_embeds: torch.Tensor, model: Any,
+              extra_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """The target ``(B, K)`` from embeddings (CLIP's definitions, ``faithclip.targets``)."""
+        return target.scores(image_embeds, text_embeds, self.logit_scale(model).detach(), extra_embeds)
+
+    def check_target(self, target: "Target") -> None:
+        if target.kind not in self.target_kinds:
+            from faithclip.errors import MethodError
+
+            raise MethodError(f"a {self.name} model has no {target.kind!r} score; choose from "
+                              f"{', '.join(self.target_kinds)}.")
+
+    # ---- texts ----------------------------------------------------------------------------------------
+    def tokenizer_call(self, tokenizer: Any, texts: list[str], context_length: int) -> dict:
+        """The tokenizer applied as the family's pipeline applies it: padded to the longest text."""
+        return tokenizer(texts, padding=True, truncation=True, max_length=context_length, return_tensors="pt")
+
+    def context_length(self, model: Any) -> int:
+        return int(self.tower_config(model, self.towers["text"]).max_position_embeddings)
+
+    def eos_token_id(self, model: Any) -> int | None:
+        return getattr(self.tower_config(model, self.towers["text"]), "eos_token_id", None)
+
+    def eos_positions(self, model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+        """The position the text tower pools, for each row."""
+        eos = self.eos_token_id(model)
+        hits = input_ids == eos
+        if not hits.any(dim=-1).all():
+            from faithclip.errors import TextError
+
+            raise TextError(f"every token-id row must contain the end token id {eos}.")
+        return hits.int().argmax(dim=-1)
+
+    def check_model(self, model: Any) -> None:
+        """Raise ``ModelError`` unless ``model`` has the parts this family reads."""
+
+    def default_preprocess(self, model: Any) -> Any:
+        """The preprocessing when no processor config comes with the model: transformers' CLIP rules at
+        the model's input size (a family whose processor differs overrides this)."""
+        from faithclip.models.preprocess import ClipPreprocess
+
+        return ClipPreprocess.for_pipeline("transformers", self.image_size(model))
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    if family.name in FAMILIES:
+        raise ValueError(f"model family {family.name!r} is registered twice")
+    FAMILIES[family.name] = family
+    return family
+
+
+def family_for_model_type(model_type: str | None, where: str = "the model") -> Family:
+    """The family whose models have ``config.model_type == model_type``; a one-line error otherwise."""
+    _load_families()
+    for family in FAMILIES.values():
+        if model_type in family.model_types:
+            return family
+    known = ", ".join(f"{t!r} ({f.name})" for f in FAMILIES.values() for t in f.model_types)
+    raise ModelError(f"{where} is a {model_type!r} model, which faithclip does not support; supported "
+                     f"model types: {known}.")
+
+
+def family_of(model: Any) -> Family:
+    """The family of a model instance, from its config's ``model_type``."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ModelError(f"{type(model).__name__} has no transformers config; load a transformers model "
+                         "(faithclip.load or from_pretrained).")
+    family = family_for_model_type(getattr(config, "model_type", None), type(model).__name__)
+    family.check_model(model)
+    return family
+
+
+def _load_families() -> None:
+    """Import every module of this folder once: each registers its family."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+__all__ = ["AttentionParts", "Family", "FAMILIES", "register_family", "family_for_model_type", "family_of"]
