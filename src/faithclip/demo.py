@@ -39,11 +39,12 @@ DEMO_AUDIT = AuditSettings(scenes=40, map_images=4, deletion_steps=8, ladder=Tru
                            methods=("attention_eclip", "grad_eclip", "self_attention", "grad_cam"))
 
 
-def _image_methods() -> list[str]:
+def _image_methods(family: str = "clip") -> list[str]:
+    """Every registered image-side method that supports the model ``family``."""
     import faithclip.methods  # noqa: F401
     from faithclip.registry import METHODS
 
-    return [spec.name for spec in METHODS if spec.image is not None]
+    return [spec.name for spec in METHODS if spec.image is not None and spec.supports(family)]
 
 
 def run_demo(out_dir: str | Path, model: Any = None, scenes: int = 8, methods: list[str] | None = None,
@@ -77,7 +78,7 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
     world = ShapesWorld(image_size=size)
     batch = world.multi_object_set(scenes, seed=DEMO_SEED)
     items = batch.scenes()
-    methods = methods or _image_methods()
+    methods = methods or _image_methods(handle.family.name)
     timings: dict[str, float] = {}
     results: dict[str, Any] = {"model": handle.name, "version": __version__, "seed": DEMO_SEED, "scenes": [],
                                "methods": {}, "tolerance_px": tolerance, "options": DEMO_OPTIONS}
@@ -91,7 +92,8 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
         record = {"caption": scene.caption, "objects": scene.captions, "scores": {}}
         for name in methods:
             tick = time.perf_counter()
-            explanation = faithclip.explain(handle, scene.image, scene.caption, name, **DEMO_OPTIONS.get(name, {}))
+            explanation = faithclip.explain(handle, scene.image, _class_text(handle, scene), name,
+                                            **DEMO_OPTIONS.get(name, {}))
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - tick
             saliency = pixel_map(explanation.map, (size, size))
             entry = results["methods"][name]
@@ -107,7 +109,7 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
         entry["energy_share"] = float(np.mean(energies)) if energies else float("nan")
         entry["seconds_per_map"] = timings[name] / len(items)
     images = [s.image for s in items[:4]]
-    texts = [s.caption for s in items[:2]]
+    texts = [_class_text(handle, s) for s in items[:2]]
     rows = verify_equivalence(handle, images, texts, layers=(1, 2), dtypes=(torch.float32, torch.float64))
     results["equivalence"] = [r.as_dict() for r in rows]
     progress("equivalence verified")
@@ -120,6 +122,15 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
     return results
 
 
+def _class_text(handle: Any, scene: Any) -> str:
+    """The text naming the scene's target object for this model: its caption, or a classifier's label."""
+    if handle.family.has_side("text"):
+        return scene.caption
+    from faithclip.stand_ins import class_names
+
+    return class_names(handle)[scene.objects[scene.target].label]
+
+
 def _principles_and_audit(handle: Any, methods: list[str], progress: Callable[[str], None]) -> dict[str, Any]:
     from dataclasses import replace
 
@@ -129,8 +140,13 @@ def _principles_and_audit(handle: Any, methods: list[str], progress: Callable[[s
 
     size = handle.image_size
     scene = ShapesWorld(image_size=size).multi_object_set(1, seed=DEMO_SEED + 1).scene(0)
-    p1 = check_p1(handle, scene.image, scene.caption, methods, options=DEMO_OPTIONS)
+    p1 = check_p1(handle, scene.image, _class_text(handle, scene), methods, options=DEMO_OPTIONS)
     progress("P1 checked")
+    from faithclip.registry import METHODS
+
+    if not METHODS.get("grad_eclip_official").supports(handle.family.name):
+        return {"p1": [row.as_dict() for row in p1],
+                "audit_skipped": f"no published Grad-ECLIP pipeline exists for {handle.family.name} models to audit"}
     settings = DEMO_AUDIT
     chosen = tuple(m for m in DEMO_AUDIT.methods or () if m in methods)
     if chosen != DEMO_AUDIT.methods:
@@ -175,6 +191,8 @@ def render_html(results: dict[str, Any], items: list[Any], methods: list[str], o
     parts.append("<h2>Grad-ECLIP == Attention-ECLIP</h2>" + equivalence_table(results["equivalence"]))
     if "p1" in results:
         parts.append("<h2>Principle P1: is the explained score the model's own?</h2>" + p1_table(results["p1"]))
+    if "audit_skipped" in results:
+        parts.append(f"<h2>Grad-ECLIP audit</h2><p>Not run: {esc(results['audit_skipped'])}.</p>")
     if "audit" in results:
         parts.append("<p>Deletion AUC (lower is better) is the area under the model's score as the map's top "
                      "pixels are removed; the score is a cosine, which falls below zero once the evidence is "

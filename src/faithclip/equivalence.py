@@ -51,12 +51,14 @@ def verify_equivalence(
     *,
     layers: Sequence[int] = (1,),
     dtypes: Sequence[torch.dtype] = (torch.float32,),
-    sides: Sequence[str] = ("image", "text"),
+    sides: Sequence[str] | None = None,
 ) -> list[EquivalenceRow]:
     """Compare Grad-ECLIP with Attention-ECLIP on every pair, per side, number of layers and dtype.
 
-    A dtype other than the model's runs on a converted deep copy (the user's model is not touched).
+    ``sides``: default every side the model's family has. A dtype other than the model's runs on a
+    converted deep copy (the user's model is not touched).
     """
+    sides = [side for side in ("image", "text") if model.family.has_side(side)] if sides is None else sides
     rows = []
     for dtype in dtypes:
         handle = model if dtype == model.dtype else _converted(model, dtype)
@@ -88,7 +90,8 @@ def format_table(rows: Sequence[EquivalenceRow]) -> str:
 
 def _converted(model: ClipHandle, dtype: torch.dtype) -> ClipHandle:
     clone = copy.deepcopy(model.model).to(dtype)
-    return ClipHandle(model=clone, tokenizer=model.tokenizer, preprocess=model.preprocess, name=model.name)
+    return ClipHandle(model=clone, tokenizer=model.tokenizer, preprocess=model.preprocess, name=model.name,
+                      family=model.family)
 
 
 def _as_list(result):

@@ -27,7 +27,6 @@ from faithclip.errors import FaithclipError
 from faithclip.methods.context import Context
 from faithclip.models.clip import ClipHandle, ImageInput
 from faithclip.registry import METHODS, MethodSpec
-from faithclip.targets import make_target
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +78,10 @@ def _reason(spec: MethodSpec, gap: float, tol: float) -> str:
 
 
 def check_p1(model: ClipHandle, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str] | torch.Tensor,
-             methods: Sequence[str | MethodSpec] | None = None, *, sides: Sequence[str] = ("image", "text"),
+             methods: Sequence[str | MethodSpec] | None = None, *, sides: Sequence[str] | None = None,
              tol: float | None = None, options: dict[str, dict] | None = None) -> list[P1Row]:
-    """P1 for every method (registered names or ``MethodSpec`` objects; default: all registered) and side.
+    """P1 for every method (registered names or ``MethodSpec`` objects; default: all registered that support
+    the model's family) and side (default: every side the family has), on the family's default score.
 
     Each method runs on every (image, text) pair with the model's standard inputs (``options`` may give
     per-method keyword options). A method that raises a faithclip error is reported as failed with
@@ -89,8 +89,14 @@ def check_p1(model: ClipHandle, images: ImageInput | Sequence[ImageInput], texts
     """
     import faithclip.methods  # noqa: F401  (registers the methods; imported here to avoid an import cycle)
 
+    from faithclip.api import family_target
+
     tol = p1_tolerance(model.dtype) if tol is None else tol
-    specs = [METHODS.get(m) if isinstance(m, str) else m for m in (methods if methods is not None else METHODS.names())]
+    family = model.family
+    names = methods if methods is not None else [s.name for s in METHODS if s.supports(family.name)]
+    specs = [METHODS.get(m) if isinstance(m, str) else m for m in names]
+    sides = [side for side in ("image", "text") if family.has_side(side)] if sides is None else sides
+    target = family_target(model, None)
     pixels = model.pixels(images)
     batch = model.tokens(texts)
     rows = []
@@ -99,7 +105,7 @@ def check_p1(model: ClipHandle, images: ImageInput | Sequence[ImageInput], texts
             runner = getattr(spec, side)
             if runner is None:
                 continue
-            ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=make_target("cosine"))
+            ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=target)
             base = dict(spec_flags(spec))
             try:
                 with warnings.catch_warnings():
@@ -109,7 +115,7 @@ def check_p1(model: ClipHandle, images: ImageInput | Sequence[ImageInput], texts
                 rows.append(P1Row(spec.name, side, 0, None, False, **base, reason=f"could not run: {error}"))
                 continue
             # The model's own scores from a fresh context: nothing the method ran (or cached) can touch them.
-            own = Context(handle=model, side=side, pixels=pixels, text=batch, target=make_target("cosine")).model_scores()
+            own = Context(handle=model, side=side, pixels=pixels, text=batch, target=target).model_scores()
             gaps = p1_gaps(result.scores, own)
             gap = float(gaps.max())
             rows.append(P1Row(spec.name, side, gaps.numel(), gap, gap <= tol, **base, reason=_reason(spec, gap, tol)))

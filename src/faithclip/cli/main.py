@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import warnings
 from typing import NoReturn
@@ -136,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             again = "; run the same command again to resume" if args.command in RESUMABLE else ""
             print(f"{prefix}: interrupted{again}", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            # The reader went away (``faithclip methods | head``): stop quietly, as Unix tools do. Point
+            # stdout at devnull so the interpreter's final flush does not raise a second time.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
 
 
 def _one_line_warnings(prefix: str):

@@ -1,4 +1,5 @@
-"""``faithclip methods``: every registered method with its sides, defaults, paper and P1 status."""
+"""``faithclip methods``: every registered method with its sides, families, defaults, paper and P1 status;
+``--table``: the families x methods table (Markdown) that the README shows."""
 
 from __future__ import annotations
 
@@ -6,14 +7,38 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("methods", help="list the explanation methods")
+    parser = subparsers.add_parser("methods", help="list the explanation methods and the model families they support")
+    parser.add_argument("--table", action="store_true",
+                        help="print a Markdown table of model families x methods (sides each supports)")
     parser.set_defaults(func=run)
+
+
+def family_table() -> str:
+    """Rows: methods; columns: families; a cell names the sides the method explains on that family's models."""
+    import faithclip.methods  # noqa: F401
+    from faithclip.models.families import FAMILIES, _load_families
+    from faithclip.registry import METHODS
+
+    _load_families()
+    families = list(FAMILIES.values())
+    lines = ["| method | " + " | ".join(f.name for f in families) + " |",
+             "|---|" + "---|" * len(families)]
+    for spec in METHODS:
+        cells = []
+        for family in families:
+            sides = [side for side in spec.sides if family.has_side(side)] if spec.supports(family.name) else []
+            cells.append(" + ".join(sides) if sides else "-")
+        lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     import faithclip.methods  # noqa: F401
     from faithclip.registry import METHODS
 
+    if args.table:
+        print(family_table())
+        return 0
     for spec in METHODS:
         flags = []
         if spec.modifies_model:
@@ -21,9 +46,8 @@ def run(args: argparse.Namespace) -> int:
         if spec.modifies_input:
             flags.append("modifies the input")
         status = ", ".join(flags) or "explains the model's own forward"
-        families = ", ".join(spec.family_names())
         print(f"{spec.name}  [{'+'.join(spec.sides)}]  {status}")
-        print(f"    families: {families}")
+        print(f"    families: {', '.join(spec.family_names())}")
         print(f"    {spec.summary}")
         print(f"    paper: {spec.paper}")
         if spec.defaults:
