@@ -113,11 +113,16 @@ def format_figures(figures: dict) -> str:
     return "\n".join(lines)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m faithclip.stand_ins", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="shapes-clip", help="a shipped name or a directory (default: shapes-clip)")
-    from faithclip.cli.common import positive_int
-
     parser.add_argument("--scenes", type=positive_int, default=1000, help="single-object scenes for accuracy (default: 1000)")
     parser.add_argument("--pointing-scenes", type=positive_int, default=300, help="multi-object scenes (default: 300)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
