@@ -27,7 +27,6 @@ from faithclip.errors import FaithclipError
 from faithclip.methods.context import Context
 from faithclip.models.clip import ClipHandle, ImageInput
 from faithclip.registry import METHODS, MethodSpec
-from faithclip.targets import make_target
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +89,19 @@ def check_p1(model: ClipHandle, images: ImageInput | Sequence[ImageInput], texts
     import faithclip.methods  # noqa: F401  (registers the methods; imported here to avoid an import cycle)
 
     tol = p1_tolerance(model.dtype) if tol is None else tol
-    specs = [METHODS.get(m) if isinstance(m, str) else m for m in (methods if methods is not None else METHODS.names())]
+    family = model.family
+    names = methods if methods is not None else [spec.name for spec in METHODS if spec.supports(family.name)]
+    specs = [METHODS.get(m) if isinstance(m, str) else m for m in names]
+    target = family.target(family.target_kinds[0])  # the family's own score (CLIP: the cosine)
     pixels = model.pixels(images)
     batch = model.tokens(texts)
     rows = []
     for spec in specs:
-        for side in sides:
+        for side in (side for side in sides if family.has_side(side)):
             runner = getattr(spec, side)
             if runner is None:
                 continue
-            ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=make_target("cosine"))
+            ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=target)
             base = dict(spec_flags(spec))
             try:
                 with warnings.catch_warnings():
@@ -109,7 +111,7 @@ def check_p1(model: ClipHandle, images: ImageInput | Sequence[ImageInput], texts
                 rows.append(P1Row(spec.name, side, 0, None, False, **base, reason=f"could not run: {error}"))
                 continue
             # The model's own scores from a fresh context: nothing the method ran (or cached) can touch them.
-            own = Context(handle=model, side=side, pixels=pixels, text=batch, target=make_target("cosine")).model_scores()
+            own = Context(handle=model, side=side, pixels=pixels, text=batch, target=target).model_scores()
             gaps = p1_gaps(result.scores, own)
             gap = float(gaps.max())
             rows.append(P1Row(spec.name, side, gaps.numel(), gap, gap <= tol, **base, reason=_reason(spec, gap, tol)))
