@@ -61,7 +61,7 @@ def explain_text(
 
 def family_target(model: ClipHandle, target: str | Target | None, others: Sequence[str] = ()) -> Target:
     """The target to explain, checked against the model's family (``None``: the family's default)."""
-    chosen = make_target(model.family.target_kinds[0] if target is None else target, others)
+    chosen = model.family.target(model.family.target_kinds[0] if target is None else target, others)
     model.family.check_target(chosen)
     return chosen
 

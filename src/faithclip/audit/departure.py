@@ -9,7 +9,8 @@ On the same images and prompts, four forwards (a 2x2 ablation of the two causes)
     official    recomputed, ONE head     keep-size, interpolated positions  (what the official code explains)
 
 Per arm, against ``original``: the cosine between image embeddings; the change of the explained score
-(cosine with the label's prompt, or with the original top-1 prompt when there are no labels); prediction
+(the family's default score -- CLIP: the cosine; a ViT classifier: the class logit, its "prompts" the
+class names -- of the label's prompt, or of the original top-1 prompt when there are no labels); prediction
 flips (top-1 prompt differs from the original's); zero-shot accuracy. Text side: the last 8 text blocks
 recomputed with one head against the model's text tower. Maps (on ``map_images`` images): a 2x2x2
 ablation that adds the third cause, lambda's q/k (``MAP_ARMS``), so that each cause is measured on its own
@@ -34,12 +35,12 @@ from faithclip.methods.official.keepsize import (
     OFFICIAL_SHORT_SIDE_CAP,
     keep_size_pixels,
 )
+from faithclip.methods.official import vit as official_vit
 from faithclip.methods.official.rewrite import (
     encode_image_rewritten,
     encode_text_rewritten,
 )
 from faithclip.models.clip import ClipHandle
-from faithclip.targets import cosine_matrix, make_target
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +80,29 @@ def arm_image_embeds(handle: ClipHandle, images: Sequence[Image.Image], arm: str
             pixels = handle.pixels(list(images))  # (N, 3, H, W), all the same size
             for start in range(0, len(pixels), 64):
                 chunk = pixels[start:start + 64]
-                out.append(encode_image_rewritten(handle.model, chunk, heads=1, layers=1)[0] if one_head
-                           else handle.encode_image(chunk))
+                out.append(rewritten_image_embeds(handle, chunk, 1) if one_head else handle.encode_image(chunk))
         else:
             for image in images:
                 pixels = arm_pixels(handle, image, True, cap)
-                out.append(encode_image_rewritten(handle.model, pixels, heads=1 if one_head else None, layers=1)[0])
+                out.append(rewritten_image_embeds(handle, pixels, 1 if one_head else None))
     return torch.cat(out)
+
+
+def rewritten_image_embeds(handle: ClipHandle, pixels: torch.Tensor, heads: int | None) -> torch.Tensor:
+    """The image embeddings of the official forward (the last block recomputed with ``heads`` heads, positions
+    interpolated to the pixels' grid): CLIP's ``generate_emap.py``, or the published ViT notebook's for a ViT
+    classifier (its features, before the classifier)."""
+    if handle.family.name == "vit":
+        return official_vit.encode_image_rewritten(handle.model, pixels, heads=heads, layers=1,
+                                                   residual="normalized" if heads == 1 else "input")[0]
+    return encode_image_rewritten(handle.model, pixels, heads=heads, layers=1)[0]
+
+
+def default_scores(handle: ClipHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """``(N, C)``: the family's default score of every image against every prompt (CLIP: the cosine; a
+    classifier: the class logit)."""
+    target = handle.family.target(handle.family.target_kinds[0])
+    return handle.family.score(target, image_embeds, text_embeds, handle.model)
 
 
 def rewritten_text_embeds(handle: ClipHandle, prompts: Sequence[str], layers: int = 8) -> torch.Tensor:
@@ -96,11 +113,12 @@ def rewritten_text_embeds(handle: ClipHandle, prompts: Sequence[str], layers: in
         return encode_text_rewritten(handle.model, ids, batch.eos_positions, heads=1, layers=layers)[0]
 
 
-def _prediction_rows(image_embeds: torch.Tensor, text_embeds: torch.Tensor, reference: torch.Tensor,
+def _prediction_rows(handle: ClipHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor, reference: torch.Tensor,
                      reference_text: torch.Tensor, explained: torch.Tensor, labels: torch.Tensor | None) -> dict:
     """Departure of one (image embeddings, text embeddings) pair from the reference pair."""
-    cos = cosine_matrix(image_embeds, text_embeds)  # (N, C)
-    cos_ref = cosine_matrix(reference, reference_text)  # (N, C)
+    with torch.no_grad():
+        cos = default_scores(handle, image_embeds, text_embeds)  # (N, C)
+        cos_ref = default_scores(handle, reference, reference_text)  # (N, C)
     rows = torch.arange(len(explained))
     score, score_ref = cos[rows, explained], cos_ref[rows, explained]
     pred, pred_ref = cos.argmax(-1), cos_ref.argmax(-1)
@@ -122,18 +140,21 @@ def embedding_departure(handle: ClipHandle, data: AuditData, cap: int | None = O
     text_embeds = handle.encode_text(handle.tokens(list(data.prompts))).detach()
     original = arm_image_embeds(handle, data.images, "original", cap)
     labels = None if data.labels is None else torch.as_tensor(data.labels, device=original.device)
-    explained = labels if labels is not None else cosine_matrix(original, text_embeds).argmax(-1)
+    with torch.no_grad():
+        explained = labels if labels is not None else default_scores(handle, original, text_embeds).argmax(-1)
     arms = {}
     for arm in ARMS:
         embeds = original if arm == "original" else arm_image_embeds(handle, data.images, arm, cap)
         cosine = F.cosine_similarity(embeds, original, dim=-1)  # (N,)
         arms[arm] = {"embedding_cosine_mean": float(cosine.mean()), "embedding_cosine_min": float(cosine.min()),
-                     **_prediction_rows(embeds, text_embeds, original, text_embeds, explained, labels)}
+                     **_prediction_rows(handle, embeds, text_embeds, original, text_embeds, explained, labels)}
+    if not handle.family.has_side("text"):  # a classifier: no text tower to rewrite
+        return {"arms": arms, "text": None}
     text_rewritten = rewritten_text_embeds(handle, data.prompts, text_layers)
     text_cosine = F.cosine_similarity(text_rewritten, text_embeds, dim=-1)  # (C,)
     text = {"embedding_cosine_mean": float(text_cosine.mean()), "embedding_cosine_min": float(text_cosine.min()),
             "layers": min(text_layers, len(handle.model.text_model.encoder.layers)),
-            **_prediction_rows(original, text_rewritten, original, text_embeds, explained, labels)}
+            **_prediction_rows(handle, original, text_rewritten, original, text_embeds, explained, labels)}
     return {"arms": arms, "text": text}
 
 
@@ -168,9 +189,9 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
         pixels = handle.pixels(image)
         with torch.no_grad():
             label = data.labels[index] if data.labels is not None else \
-                int(cosine_matrix(handle.encode_image(pixels), text_embeds).argmax())
+                int(default_scores(handle, handle.encode_image(pixels), text_embeds).argmax())
         ctx = Context(handle=handle, side="image", pixels=pixels, text=handle.tokens([data.prompts[label]]),
-                      target=make_target("cosine"))
+                      target=handle.family.target(handle.family.target_kinds[0]))
         maps = {}
         for arm, (one_head, keep, qk) in MAP_ARMS.items():
             arm_map = image_maps(ctx, arm_pixels(handle, image, keep, cap), 1, qk, heads=1 if one_head else None)[0][0]

@@ -49,6 +49,8 @@ def _arm_rows(results: dict) -> list[tuple[str, list[str]]]:
     rows = [(ARM_LABELS[arm], [_fmt(values.get(key)) for key, _ in ARM_COLUMNS])
             for arm, values in results["arms"].items()]
     text = results["text"]
+    if text is None:  # a classifier has no text tower
+        return rows
     rows.append((f"text: last {text['layers']} blocks one-head", [_fmt(text.get(key)) for key, _ in ARM_COLUMNS]))
     return rows
 

@@ -28,6 +28,10 @@ short side at 640 px before the keep-size resize, ``qk="raw"`` (the image notebo
 (``variant_cap``; ``cap=`` overrides). On the published repository's ``whippet.png`` (1032x689, patch 16)
 that is a 40x60 grid for the evaluation script and 43x65 for the notebook.
 
+ViT classifiers (``vit`` family) follow the published ViT notebook instead (``faithclip.methods.official.vit``):
+one head scaled by the model's per-head 1/sqrt(D/H), the LayerNormed input as the attention's residual,
+the class logit as the score, raw q, k for lambda (``qk="raw"`` by default), no short-side cap.
+
 The keep-size input needs the ORIGINAL image: pass it as ``original=`` (a PIL image or path, or a list
 with one per image). Without it the model's own crop is used (warned): only the one-head rewrite departs.
 """
@@ -49,6 +53,7 @@ from faithclip.methods.official.keepsize import (
     keep_size_pixels,
     keep_size_size,
 )
+from faithclip.methods.official import vit as official_vit
 from faithclip.methods.official.rewrite import (
     encode_image_rewritten,
     encode_text_rewritten,
@@ -105,6 +110,8 @@ def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, qk: str,
     Returns maps ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid. ``heads=None`` applies the
     same formula to the model's own heads (the audit's ablation arms).
     """
+    if ctx.family.name == "vit":  # the published ViT notebook's forward (faithclip.methods.official.vit)
+        return official_vit.image_maps(ctx, pixels, layers, qk, model, heads)
     model = ctx.handle.model if model is None else model
     blocks = model.vision_model.encoder.layers
     recomputed = list(blocks[len(blocks) - layers:])
@@ -179,9 +186,10 @@ def check_keep_size(image: Any, patch: int) -> None:
             "use a larger image or another method.")
 
 
-def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str = "out_proj", half: bool = False,
+def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str | None = None, half: bool = False,
                               original: Any = None, cap: int | None | str = "auto") -> MapResult:
     ctx.last_layers(layers)  # 1 <= layers <= the image tower's depth, as every method checks
+    qk = qk or ("raw" if ctx.family.name == "vit" else "out_proj")  # each family's published code
     cap = variant_cap(qk, cap)
     handle = _half_copy(ctx.handle) if half else ctx.handle
     original = original if original is not None else getattr(ctx, "originals", None)  # if the API supplies them
@@ -221,7 +229,7 @@ register_method(MethodSpec(
     text=grad_eclip_official_text,
     modifies_model=True,
     modifies_input=True,
-    defaults={"layers": "1 (image) / 8 (text)", "qk": "out_proj", "half": False, "original": None,
+    defaults={"layers": "1 (image) / 8 (text)", "qk": "out_proj (CLIP: the evaluation script) / raw (ViT: the notebook)", "half": False, "original": None,
               "cap": "auto (640 for qk=out_proj, the evaluation loop; none for qk=raw, the notebook)"},
     summary="the published pipeline: last block(s) recomputed with ONE head, keep-size input; explains a different model",
 ))

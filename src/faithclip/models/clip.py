@@ -159,9 +159,14 @@ class ClipHandle:
 
     # ---- texts ----------------------------------------------------------------------------------
     def tokens(self, texts: TextInput | Sequence[str]) -> TextBatch:
-        """Tokenise strings (or accept token ids ``(K, L)``), padded to the longest, truncated to the context."""
+        """Tokenise strings (or accept token ids ``(K, L)``) as the model's family lays texts out
+        (``Family.tokenize``; CLIP: ``tokenize_texts``)."""
         if isinstance(texts, TextBatch):
             return texts
+        return self.family.tokenize(self, texts)
+
+    def tokenize_texts(self, texts: TextInput | Sequence[str]) -> TextBatch:
+        """Tokenise strings (or accept token ids ``(K, L)``), padded to the longest, truncated to the context."""
         if isinstance(texts, torch.Tensor):
             return self._ids_batch(texts)
         if isinstance(texts, str):

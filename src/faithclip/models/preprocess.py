@@ -80,6 +80,16 @@ PIPELINE_RULES: dict[str, dict[str, str]] = {
 RULES_KEY = "faithclip_rules"
 
 
+# Processors whose integer ``size`` means ``size x size`` (transformers' default ``default_to_square=True``;
+# CLIP's processor sets it False: an integer is the shortest edge). Named by the type a saved config records.
+SQUARE_INT_SIZE_PROCESSORS = ("ViTImageProcessor", "ViTFeatureExtractor", "DeiTImageProcessor", "DeiTFeatureExtractor")
+
+
+def _square_int_size(config: dict) -> bool:
+    kind = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
+    return kind.removesuffix("Fast").removesuffix("Pil") in SQUARE_INT_SIZE_PROCESSORS
+
+
 @dataclass(frozen=True)
 class ClipPreprocess:
     """Shortest-edge resize, centre crop, normalise. ``__call__`` maps a PIL image to ``(3, H, W)``.
@@ -142,6 +152,8 @@ class ClipPreprocess:
         transformers' rules (the pipeline that reads such a file)."""
         size = config.get("size", 224)
         resize = "shortest_edge"
+        if isinstance(size, int) and _square_int_size(config):  # transformers' get_size_dict(default_to_square=True)
+            size = {"height": size, "width": size}
         if isinstance(size, dict):
             if "shortest_edge" not in size and "height" in size:
                 resize = "exact"

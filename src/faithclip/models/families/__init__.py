@@ -143,7 +143,19 @@ class Family:
             raise MethodError(f"a {self.name} model has no {target.kind!r} score; choose from "
                               f"{', '.join(self.target_kinds)}.")
 
+    def target(self, kind: "str | Target", others: Sequence[str] = ()) -> "Target":
+        """The named score with the other texts it needs (``faithclip.targets.make_target``); a family whose
+        score needs no prompt set (a classifier's softmax runs over its classes) overrides this."""
+        from faithclip.targets import make_target
+
+        return make_target(kind, others)
+
     # ---- texts ----------------------------------------------------------------------------------------
+    def tokenize(self, handle: "ClipHandle", texts: list[str]) -> "TextBatch":
+        """Strings -> the ``TextBatch`` the text tower reads (CLIP: the tokenizer, ``ClipHandle.tokenize_texts``).
+        A classifier maps class names to class indices instead."""
+        return handle.tokenize_texts(texts)
+
     def tokenizer_call(self, tokenizer: Any, texts: list[str], context_length: int) -> dict:
         """The tokenizer applied as the family's pipeline applies it: padded to the longest text."""
         return tokenizer(texts, padding=True, truncation=True, max_length=context_length, return_tensors="pt")
