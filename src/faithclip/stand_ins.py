@@ -12,7 +12,8 @@ definition, so their figures compare:
 - **pointing game**: on the same multi-object scenes, the map for the named object's prompt (class) is
   upsampled to the image (bilinear) and hits when its maximum lies within ``15 * size / 224`` px of the
   object's exact mask (the demo's tolerance; 4.3 px at 64 px), for Attention-ECLIP, raw last-layer
-  attention (``self_attention``) and a uniform random map (the chance level of this scene layout).
+  attention (``self_attention``), occlusion (a perturbation baseline that reads only the model's score)
+  and a uniform random map (the chance level of this scene layout).
 
 Every rate carries a 95 % percentile bootstrap interval over scenes (2,000 resamples, seed 0). Held-out
 scenes use world seed 0 and sample seeds from ``HELD_OUT_SEED`` on; training draws seeds 0, 1, 2, ...
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 HELD_OUT_SEED = 3 * 10**12  # far from the training seeds (0, 1, 2, ... one per step) and from the audit's
-METHODS = ("attention_eclip", "self_attention")
+METHODS = ("attention_eclip", "self_attention", "occlusion")
 
 
 def class_names(handle: Any) -> list[str]:

@@ -39,7 +39,6 @@ from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, po
 from faithclip.methods.context import Context
 from faithclip.models.clip import ClipHandle
 from faithclip.registry import METHODS, MethodSpec
-from faithclip.targets import cosine_matrix, make_target
 
 logger = logging.getLogger(__name__)
 
@@ -59,20 +58,23 @@ def degrade(handle: ClipHandle, alpha: float, seed: int = 0) -> ClipHandle:
         fresh_state = fresh.state_dict()
         with torch.no_grad():
             for name, parameter in degraded.named_parameters():
-                if name == "logit_scale" or not parameter.is_floating_point():
+                if name in ("logit_scale", "logit_bias") or not parameter.is_floating_point():
                     continue
                 parameter.mul_(1 - alpha).add_(fresh_state[name].to(parameter.dtype), alpha=alpha)
     degraded.eval()
     return type(handle)(model=degraded, tokenizer=handle.tokenizer, preprocess=handle.preprocess,
-                        name=f"{handle.name} (alpha={alpha:g})")
+                        name=f"{handle.name} (alpha={alpha:g})", family=handle.family)
 
 
 def zero_shot_predictions(handle: ClipHandle, data: AuditData) -> torch.Tensor:
-    """Top-1 prompt index per image ``(N,)`` under the model's standard preprocessing."""
+    """Top-1 prompt (class) index per image ``(N,)`` under the model's standard preprocessing, by the family's
+    default score (CLIP: the cosine; SigLIP: its logit; a classifier: the class logit)."""
+    from faithclip.audit.departure import default_scores
+
     with torch.no_grad():
         text = handle.encode_text(handle.tokens(list(data.prompts)))
         chunks = [handle.encode_image(handle.pixels(data.images[s:s + 64])) for s in range(0, len(data.images), 64)]
-        return cosine_matrix(torch.cat(chunks), text).argmax(-1).cpu()
+        return default_scores(handle, torch.cat(chunks), text).argmax(-1).cpu()
 
 
 def zero_shot_accuracy(handle: ClipHandle, data: AuditData) -> float:
@@ -98,7 +100,8 @@ def explain_quality(handle: ClipHandle, method: Method, data: AuditData, indices
             raise ValueError("the ladder expects square scene renders (the model's crop is then the whole image)")
         pixels = handle.pixels(image)
         ctx = Context(handle=handle, side="image", pixels=pixels,
-                      text=handle.tokens([data.prompts[data.labels[index]]]), target=make_target("cosine"))
+                      text=handle.tokens([data.prompts[data.labels[index]]]),
+                      target=handle.family.target(handle.family.target_kinds[0]))
         extra = {"original": image} if spec.name == "grad_eclip_official" else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -112,8 +115,9 @@ def explain_quality(handle: ClipHandle, method: Method, data: AuditData, indices
     return rows
 
 
-def default_methods() -> list[str]:
-    return [s.name for s in METHODS if s.image is not None and s.name not in EXPENSIVE_METHODS]
+def default_methods(family: str = "clip") -> list[str]:
+    """The ladder's methods for models of ``family``: every image-side method it supports but the expensive ones."""
+    return [s.name for s in METHODS if s.image is not None and s.name not in EXPENSIVE_METHODS and s.supports(family)]
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ def performance_ladder(handle: ClipHandle, accuracy_data: AuditData, pointing_da
     The per-scene values are kept in the result (``per_scene``) so that the statistics can be recomputed.
     ``options`` gives per-method keyword options (by name).
     """
-    methods = list(methods) if methods is not None else default_methods()
+    methods = list(methods) if methods is not None else default_methods(handle.family.name)
     indices = range(len(pointing_data.images))
     labels = torch.as_tensor(accuracy_data.labels)
     correct = []
@@ -233,7 +237,7 @@ def correctness_split(handle: ClipHandle, data: AuditData, methods: Sequence[Met
                       deletion_steps: int | None = 16, boot: Bootstrap = Bootstrap(),
                       options: dict[str, dict] | None = None) -> dict[str, Any]:
     """P2 (b): quality of the true-class map on images the model got right vs wrong, with intervals."""
-    methods = list(methods) if methods is not None else default_methods()
+    methods = list(methods) if methods is not None else default_methods(handle.family.name)
     correct = (zero_shot_predictions(handle, data) == torch.as_tensor(data.labels)).tolist()
     per_scene = {}
     for number, method in enumerate(methods, 1):
