@@ -31,17 +31,21 @@ SIZES = {
 }
 
 
-def blip_config(size: str = "tiny", **vision) -> transformers.BlipConfig:
+def blip_config(size: str = "tiny", depth: int | None = None, **vision) -> transformers.BlipConfig:
+    """``depth`` (optional) sets both towers' number of layers."""
     sizes = SIZES[size]
     text = dict(sizes["text"], pad_token_id=0, sep_token_id=SPECIALS.index("[SEP]"), bos_token_id=2)
+    if depth is not None:
+        text["num_hidden_layers"] = vision["num_hidden_layers"] = depth
     return transformers.BlipConfig(vision_config={**sizes["vision"], **vision}, text_config=text,
                                    image_text_hidden_size=sizes["itc"])
 
 
-def random_blip(seed: int = 0, dtype: torch.dtype = torch.float32, size: str = "tiny", **vision):
+def random_blip(seed: int = 0, dtype: torch.dtype = torch.float32, size: str = "tiny", depth: int | None = None,
+                **vision):
     """A random BLIP retrieval model whose LayerNorms and biases are randomised too (nothing is an identity)."""
     torch.manual_seed(seed)
-    model = transformers.BlipForImageTextRetrieval(blip_config(size, **vision))
+    model = transformers.BlipForImageTextRetrieval(blip_config(size, depth, **vision))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or "layernorm" in name:
