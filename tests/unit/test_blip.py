@@ -298,7 +298,7 @@ def test_grad_eclip_official_matches_the_published_formula(tiny64):
         assert explanation.map.shape == (5, 7) and explanation.options["qk"] == "raw"
         assert explanation.options["cap"] is None
         assert relative_difference(expected, explanation.map.flatten()) <= 1e-10
-        assert explanation.score == pytest.approx(float(score), abs=1e-12)
+        assert explanation.score == pytest.approx(float(score.detach()), abs=1e-12)
         assert abs(explanation.score - explanation.model_score) > 1e-6  # it explains another forward
 
 

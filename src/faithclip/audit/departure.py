@@ -30,14 +30,12 @@ from PIL import Image
 
 from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, spearman
 from faithclip.methods.context import Context
+from faithclip.methods.grad_eclip_official import rewritten_image_encoder
 from faithclip.methods.official.keepsize import (
     OFFICIAL_SHORT_SIDE_CAP,
     keep_size_pixels,
 )
-from faithclip.methods.official.rewrite import (
-    encode_image_rewritten,
-    encode_text_rewritten,
-)
+from faithclip.methods.official.rewrite import encode_text_rewritten
 from faithclip.models.clip import ClipHandle
 from faithclip.targets import cosine_matrix, make_target
 
@@ -73,18 +71,19 @@ def arm_image_embeds(handle: ClipHandle, images: Sequence[Image.Image], arm: str
                      cap: int | None = OFFICIAL_SHORT_SIDE_CAP) -> torch.Tensor:
     """Image embeddings ``(N, P)`` of one ablation arm (no gradients)."""
     one_head, keep = ARMS[arm]
+    rewritten = rewritten_image_encoder(handle.family)
     out = []
     with torch.no_grad():
         if not keep:
             pixels = handle.pixels(list(images))  # (N, 3, H, W), all the same size
             for start in range(0, len(pixels), 64):
                 chunk = pixels[start:start + 64]
-                out.append(encode_image_rewritten(handle.model, chunk, heads=1, layers=1)[0] if one_head
+                out.append(rewritten(handle.model, chunk, heads=1, layers=1)[0] if one_head
                            else handle.encode_image(chunk))
         else:
             for image in images:
                 pixels = arm_pixels(handle, image, True, cap)
-                out.append(encode_image_rewritten(handle.model, pixels, heads=1 if one_head else None, layers=1)[0])
+                out.append(rewritten(handle.model, pixels, heads=1 if one_head else None, layers=1)[0])
     return torch.cat(out)
 
 
@@ -129,6 +128,8 @@ def embedding_departure(handle: ClipHandle, data: AuditData, cap: int | None = O
         cosine = F.cosine_similarity(embeds, original, dim=-1)  # (N,)
         arms[arm] = {"embedding_cosine_mean": float(cosine.mean()), "embedding_cosine_min": float(cosine.min()),
                      **_prediction_rows(embeds, text_embeds, original, text_embeds, explained, labels)}
+    if not handle.family.official.text:  # the family's published pipeline has no text side
+        return {"arms": arms, "text": None}
     text_rewritten = rewritten_text_embeds(handle, data.prompts, text_layers)
     text_cosine = F.cosine_similarity(text_rewritten, text_embeds, dim=-1)  # (C,)
     text = {"embedding_cosine_mean": float(text_cosine.mean()), "embedding_cosine_min": float(text_cosine.min()),
@@ -147,6 +148,16 @@ MAP_ARMS: dict[str, tuple[bool, bool, str]] = {  # name -> (one-head rewrite, ke
     "one_head+keep_size": (True, True, "raw"),
     "published": (True, True, "out_proj"),
 }
+
+
+def map_arms(family: Any) -> dict[str, tuple[bool, bool, str]]:
+    """The arms of ``MAP_ARMS`` whose lambda q/k the family's published pipeline has; ``published`` is the
+    family's published variant (CLIP: all three causes; BLIP: one head + keep size with raw q/k, which
+    replaces the arm of the same causes)."""
+    qks = family.official.lambda_qk
+    arms = {name: arm for name, arm in MAP_ARMS.items() if arm[2] in qks and name != "published"}
+    published = (True, True, qks[0])
+    return {**{name: arm for name, arm in arms.items() if arm != published}, "published": published}
 
 
 def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *,
@@ -172,11 +183,12 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
         ctx = Context(handle=handle, side="image", pixels=pixels, text=handle.tokens([data.prompts[label]]),
                       target=make_target("cosine"))
         maps = {}
-        for arm, (one_head, keep, qk) in MAP_ARMS.items():
+        arms = map_arms(handle.family)
+        for arm, (one_head, keep, qk) in arms.items():
             arm_map = image_maps(ctx, arm_pixels(handle, image, keep, cap), 1, qk, heads=1 if one_head else None)[0][0]
             maps[arm] = crop_grid_map(arm_map, image.size, handle.preprocess, ctx.grid) if keep else arm_map
         row: dict[str, Any] = {"spearman_faithful_vs_grad_eclip": spearman(maps["faithful"], grad_eclip(ctx).maps[0, 0])}
-        for arm in MAP_ARMS:
+        for arm in arms:
             row[f"spearman_{arm}_vs_faithful"] = spearman(maps[arm], maps["faithful"])
         score = lambda batch: ctx.score_images(batch)[:, 0]
         for name, patch_map in maps.items():
@@ -187,12 +199,15 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
         per_image.append(row)
     summary = {key: float(np.nanmean([r[key] for r in per_image])) for key in per_image[0]} if per_image else {}
     return {"images": len(per_image), "arms": {arm: {"one_head": h, "keep_size": k, "qk": q}
-                                               for arm, (h, k, q) in MAP_ARMS.items()}, "mean": summary}
+                                               for arm, (h, k, q) in map_arms(handle.family).items()}, "mean": summary}
 
 
-def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8, cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
+def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8, cap: int | None | str = "published",
                     deletion_steps: int | None = None, text_layers: int = 8) -> dict:
-    """The departure of the official pipeline from the model, as one JSON-ready dict."""
+    """The departure of the official pipeline from the model, as one JSON-ready dict. ``cap="published"``: the
+    short-side cap of the family's published pipeline (CLIP: 640, the evaluation loop; BLIP: none)."""
+    if cap == "published":
+        cap = handle.family.official.short_side_cap
     logger.info("audit: embeddings of %d images under %d arms", len(data.images), len(ARMS))
     result = {
         "data": data.name,
@@ -217,6 +232,7 @@ __all__ = [
     "arm_pixels",
     "audit_departure",
     "embedding_departure",
+    "map_arms",
     "map_departure",
     "rewritten_text_embeds",
 ]

@@ -33,7 +33,7 @@ MAP_ARM_LABELS = {
     "one_head+qk_out_proj": "one-head + out_proj lambda",
     "keep_size+qk_out_proj": "keep-size + out_proj lambda",
     "one_head+keep_size": "one-head + keep-size",
-    "published": "published (all three: evaluation script)",
+    "published": "published pipeline (CLIP: all three causes; BLIP: one head + keep size)",
 }
 
 
@@ -49,6 +49,8 @@ def _arm_rows(results: dict) -> list[tuple[str, list[str]]]:
     rows = [(ARM_LABELS[arm], [_fmt(values.get(key)) for key, _ in ARM_COLUMNS])
             for arm, values in results["arms"].items()]
     text = results["text"]
+    if text is None:  # the family's published pipeline has no text side
+        return rows
     rows.append((f"text: last {text['layers']} blocks one-head", [_fmt(text.get(key)) for key, _ in ARM_COLUMNS]))
     return rows
 
@@ -68,7 +70,7 @@ def format_audit(results: dict) -> str:
                      f"{'insertion AUC (higher better)':>30}")
         lines += [f"  {title:<46} {_fmt(maps.get(f'spearman_{arm}_vs_faithful')):>20} "
                   f"{_fmt(maps.get(f'deletion_auc_{arm}')):>28} {_fmt(maps.get(f'insertion_auc_{arm}')):>30}"
-                  for arm, title in MAP_ARM_LABELS.items()]
+                  for arm, title in MAP_ARM_LABELS.items() if arm in results["maps"].get("arms", MAP_ARM_LABELS)]
         lines.append(f"  consistency: faithful arm vs faithclip's grad_eclip, Spearman "
                      f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1)")
     if "ladder" in results:
@@ -164,7 +166,8 @@ def audit_html(results: dict) -> str:
         parts.append(f"<h3>Maps ({results['maps']['images']} images), scored by the original model</h3>")
         parts.append(_table(["map", "Spearman vs faithful", "deletion AUC (lower better)", "insertion AUC (higher better)"],
                             [[title, _fmt(maps.get(f"spearman_{arm}_vs_faithful")), _fmt(maps.get(f"deletion_auc_{arm}")),
-                              _fmt(maps.get(f"insertion_auc_{arm}"))] for arm, title in MAP_ARM_LABELS.items()]))
+                              _fmt(maps.get(f"insertion_auc_{arm}"))] for arm, title in MAP_ARM_LABELS.items()
+                if arm in results["maps"].get("arms", MAP_ARM_LABELS)]))
         parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman "
                      f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1).</p>")
     if "ladder" in results:
