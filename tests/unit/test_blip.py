@@ -314,3 +314,48 @@ def test_official_rewrite_with_the_models_heads_is_the_model(tiny64):
     assert relative_difference(own, one_head) > 1e-3
     ctx = Context(handle=tiny64, side="image", pixels=pixels[:1], text=tiny64.tokens(TEXTS), target=make_target())
     assert ctx.family.official.lambda_qk == ("raw",)
+
+
+# ---- the figures docs/equivalence.md quotes (pytest -s prints them) -----------------------------------------
+def test_blip_equivalence_figures(saved, published_sizes, capsys):
+    """Max relative differences, Grad-ECLIP vs Attention-ECLIP and each vs the float64 oracle, per tower and dtype."""
+    rows = []
+    for name, handle, texts in (("tiny", faithclip.load(str(saved)), TEXTS), ("published", published_sizes, TEXTS[1:])):
+        for dtype in (torch.float32, torch.float64) if name == "tiny" else (torch.float64,):
+            handle.model.to(dtype)
+            pixels = pixels_for(handle, 1, seed=3)
+            for side, run in (("image", faithclip.explain), ("text", faithclip.explain_text)):
+                grad, attention = ([e.map.flatten() for e in run(handle, pixels, texts, m, relu="none")]
+                                   for m in ("grad_eclip", "attention_eclip"))
+                pair = max(relative_difference(g.double(), a.double()) for g, a in zip(grad, attention))
+                maps = [e.map.flatten() for e in run(handle, pixels, texts, "grad_eclip")]
+                handle.model.double()
+                expected = (eclip_image_expected(handle, pixels.double(), texts, "grad_eclip", 1) if side == "image" else
+                            eclip_text_expected(handle, pixels.double(), texts, "grad_eclip", 1, "context"))[0]
+                handle.model.to(dtype)
+                oracle = max(relative_difference(e.flatten(), m.double()) for e, m in zip(expected, maps))
+                rows.append((name, side, str(dtype).replace("torch.", ""), pair, oracle))
+                assert pair <= (1e-10 if dtype == torch.float64 else 1e-5)
+                assert oracle <= (1e-10 if dtype == torch.float64 else 1e-5)
+    with capsys.disabled():
+        print("\nmodel      side   dtype    grad vs attention (signed)  grad_eclip vs oracle")
+        for name, side, dtype, pair, oracle in rows:
+            print(f"{name:<10} {side:<6} {dtype:<8} {pair:>26.3e}  {oracle:>20.3e}")
+
+
+def test_audit_departure_runs_on_blip(saved):
+    from faithclip.audit.data import shapes_data
+    from faithclip.audit.departure import MAP_ARMS, audit_departure, map_arms
+    from faithclip.audit.report import format_audit
+    from faithclip.models.families import FAMILIES
+
+    handle = faithclip.load(str(saved))
+    assert map_arms(FAMILIES["clip"]) == MAP_ARMS  # CLIP's ablation is unchanged
+    assert map_arms(handle.family) == {"faithful": (False, False, "raw"), "one_head": (True, False, "raw"),
+                                       "keep_size": (False, True, "raw"), "published": (True, True, "raw")}
+    result = audit_departure(handle, shapes_data(4, raw_size=48, seed=1), map_images=1)
+    assert result["cap"] is None and result["text"] is None
+    assert result["arms"]["original"]["embedding_cosine_mean"] == pytest.approx(1.0)
+    assert result["arms"]["official"]["embedding_cosine_mean"] < 1 - 1e-4
+    assert result["maps"]["mean"]["spearman_faithful_vs_grad_eclip"] == pytest.approx(1.0)
+    assert "published pipeline" in format_audit(result)
