@@ -358,4 +358,4 @@ def test_audit_departure_runs_on_blip(saved):
     assert result["arms"]["original"]["embedding_cosine_mean"] == pytest.approx(1.0)
     assert result["arms"]["official"]["embedding_cosine_mean"] < 1 - 1e-4
     assert result["maps"]["mean"]["spearman_faithful_vs_grad_eclip"] == pytest.approx(1.0)
-    assert "published pipeline" in format_audit(result)
+    assert "published (one head + keep size, raw q/k)" in format_audit(result)
