@@ -31,15 +31,13 @@ from PIL import Image
 
 from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, spearman
 from faithclip.methods.context import Context
+from faithclip.methods.grad_eclip_official import rewritten_image_encoder
 from faithclip.methods.official.keepsize import (
     OFFICIAL_SHORT_SIDE_CAP,
     keep_size_pixels,
 )
 from faithclip.methods.official import vit as official_vit
-from faithclip.methods.official.rewrite import (
-    encode_image_rewritten,
-    encode_text_rewritten,
-)
+from faithclip.methods.official.rewrite import encode_text_rewritten
 from faithclip.models.clip import ClipHandle
 
 logger = logging.getLogger(__name__)
@@ -95,7 +93,7 @@ def rewritten_image_embeds(handle: ClipHandle, pixels: torch.Tensor, heads: int 
     if handle.family.name == "vit":
         return official_vit.encode_image_rewritten(handle.model, pixels, heads=heads, layers=1,
                                                    residual="normalized" if heads == 1 else "input")[0]
-    return encode_image_rewritten(handle.model, pixels, heads=heads, layers=1)[0]
+    return rewritten_image_encoder(handle.family)(handle.model, pixels, heads=heads, layers=1)[0]
 
 
 def default_scores(handle: ClipHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -148,7 +146,7 @@ def embedding_departure(handle: ClipHandle, data: AuditData, cap: int | None = O
         cosine = F.cosine_similarity(embeds, original, dim=-1)  # (N,)
         arms[arm] = {"embedding_cosine_mean": float(cosine.mean()), "embedding_cosine_min": float(cosine.min()),
                      **_prediction_rows(handle, embeds, text_embeds, original, text_embeds, explained, labels)}
-    if not handle.family.has_side("text"):  # a classifier: no text tower to rewrite
+    if not handle.family.has_side("text") or not handle.family.official.text:  # a classifier; BLIP's image-only notebook
         return {"arms": arms, "text": None}
     text_rewritten = rewritten_text_embeds(handle, data.prompts, text_layers)
     text_cosine = F.cosine_similarity(text_rewritten, text_embeds, dim=-1)  # (C,)
@@ -168,6 +166,16 @@ MAP_ARMS: dict[str, tuple[bool, bool, str]] = {  # name -> (one-head rewrite, ke
     "one_head+keep_size": (True, True, "raw"),
     "published": (True, True, "out_proj"),
 }
+
+
+def map_arms(family: Any) -> dict[str, tuple[bool, bool, str]]:
+    """The arms of ``MAP_ARMS`` whose lambda q/k the family's published pipeline has; ``published`` is the
+    family's published variant (CLIP: all three causes; BLIP: one head + keep size with raw q/k, which
+    replaces the arm of the same causes)."""
+    qks = family.official.lambda_qk
+    arms = {name: arm for name, arm in MAP_ARMS.items() if arm[2] in qks and name != "published"}
+    published = (True, True, qks[0])
+    return {**{name: arm for name, arm in arms.items() if arm != published}, "published": published}
 
 
 def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *,
@@ -193,11 +201,12 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
         ctx = Context(handle=handle, side="image", pixels=pixels, text=handle.tokens([data.prompts[label]]),
                       target=handle.family.target(handle.family.target_kinds[0]))
         maps = {}
-        for arm, (one_head, keep, qk) in MAP_ARMS.items():
+        arms = map_arms(handle.family)
+        for arm, (one_head, keep, qk) in arms.items():
             arm_map = image_maps(ctx, arm_pixels(handle, image, keep, cap), 1, qk, heads=1 if one_head else None)[0][0]
             maps[arm] = crop_grid_map(arm_map, image.size, handle.preprocess, ctx.grid) if keep else arm_map
         row: dict[str, Any] = {"spearman_faithful_vs_grad_eclip": spearman(maps["faithful"], grad_eclip(ctx).maps[0, 0])}
-        for arm in MAP_ARMS:
+        for arm in arms:
             row[f"spearman_{arm}_vs_faithful"] = spearman(maps[arm], maps["faithful"])
         score = lambda batch: ctx.score_images(batch)[:, 0]
         for name, patch_map in maps.items():
@@ -208,12 +217,15 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
         per_image.append(row)
     summary = {key: float(np.nanmean([r[key] for r in per_image])) for key in per_image[0]} if per_image else {}
     return {"images": len(per_image), "arms": {arm: {"one_head": h, "keep_size": k, "qk": q}
-                                               for arm, (h, k, q) in MAP_ARMS.items()}, "mean": summary}
+                                               for arm, (h, k, q) in map_arms(handle.family).items()}, "mean": summary}
 
 
-def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8, cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
+def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8, cap: int | None | str = "published",
                     deletion_steps: int | None = None, text_layers: int = 8) -> dict:
-    """The departure of the official pipeline from the model, as one JSON-ready dict."""
+    """The departure of the official pipeline from the model, as one JSON-ready dict. ``cap="published"``: the
+    short-side cap of the family's published pipeline (CLIP: 640, the evaluation loop; BLIP: none)."""
+    if cap == "published":
+        cap = handle.family.official.short_side_cap
     logger.info("audit: embeddings of %d images under %d arms", len(data.images), len(ARMS))
     result = {
         "data": data.name,
@@ -238,6 +250,7 @@ __all__ = [
     "arm_pixels",
     "audit_departure",
     "embedding_departure",
+    "map_arms",
     "map_departure",
     "rewritten_text_embeds",
 ]

@@ -37,6 +37,16 @@ MAP_ARM_LABELS = {
 }
 
 
+def _map_labels(results: dict) -> dict[str, str]:
+    """The labels of the map arms a result has; a published arm without the out_proj lambda (a family whose
+    published pipeline uses raw q/k, e.g. BLIP's notebook) is labelled as what it is."""
+    arms = results["maps"].get("arms", MAP_ARM_LABELS)
+    labels = {arm: title for arm, title in MAP_ARM_LABELS.items() if arm in arms}
+    if arms.get("published", {}).get("qk", "out_proj") != "out_proj":
+        labels["published"] = "published (one head + keep size, raw q/k)"
+    return labels
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -49,7 +59,7 @@ def _arm_rows(results: dict) -> list[tuple[str, list[str]]]:
     rows = [(ARM_LABELS[arm], [_fmt(values.get(key)) for key, _ in ARM_COLUMNS])
             for arm, values in results["arms"].items()]
     text = results["text"]
-    if text is None:  # a classifier has no text tower
+    if text is None:  # no text tower (a classifier), or no published text side (BLIP)
         return rows
     rows.append((f"text: last {text['layers']} blocks one-head", [_fmt(text.get(key)) for key, _ in ARM_COLUMNS]))
     return rows
@@ -70,7 +80,7 @@ def format_audit(results: dict) -> str:
                      f"{'insertion AUC (higher better)':>30}")
         lines += [f"  {title:<46} {_fmt(maps.get(f'spearman_{arm}_vs_faithful')):>20} "
                   f"{_fmt(maps.get(f'deletion_auc_{arm}')):>28} {_fmt(maps.get(f'insertion_auc_{arm}')):>30}"
-                  for arm, title in MAP_ARM_LABELS.items()]
+                  for arm, title in _map_labels(results).items()]
         lines.append(f"  consistency: faithful arm vs faithclip's grad_eclip, Spearman "
                      f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1)")
     if "ladder" in results:
@@ -166,7 +176,7 @@ def audit_html(results: dict) -> str:
         parts.append(f"<h3>Maps ({results['maps']['images']} images), scored by the original model</h3>")
         parts.append(_table(["map", "Spearman vs faithful", "deletion AUC (lower better)", "insertion AUC (higher better)"],
                             [[title, _fmt(maps.get(f"spearman_{arm}_vs_faithful")), _fmt(maps.get(f"deletion_auc_{arm}")),
-                              _fmt(maps.get(f"insertion_auc_{arm}"))] for arm, title in MAP_ARM_LABELS.items()]))
+                              _fmt(maps.get(f"insertion_auc_{arm}"))] for arm, title in _map_labels(results).items()]))
         parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman "
                      f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1).</p>")
     if "ladder" in results:

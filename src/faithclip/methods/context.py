@@ -207,14 +207,14 @@ class Context:
     def context_captures(self, layers: Sequence[int]) -> dict[int, LayerCapture]:
         """q and k (no graph) of the texts padded to the WHOLE context, as the published text code sees them.
 
-        The texts are padded with id 0 to the model's context length and run under the causal mask only
-        (``ClipHandle.context_batch``). The end token's output, hence the score, is the same as on the
+        The family lays the texts out (``Family.lambda_context``); CLIP: padded with id 0 to the model's
+        context length and run under the causal mask only (``ClipHandle.context_batch``). The end token's output, hence the score, is the same as on the
         model's own input (a causal model never looks ahead); only the keys of the padding positions are
         new, and they enter Grad-ECLIP's lambda through its min-max.
         """
         key = ("context", tuple(sorted(layers)))
         if key not in self._fixed:
-            padded = self.handle.context_batch(self.text)
+            padded = self.family.lambda_context(self.handle, self.text)
             with torch.no_grad(), Probe(self.handle.model, "text", layers, ("q", "k")) as probe:
                 self.handle.encode_text(padded)
             self._fixed[key] = probe.captures

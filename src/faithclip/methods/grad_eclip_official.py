@@ -31,6 +31,9 @@ that is a 40x60 grid for the evaluation script and 43x65 for the notebook.
 ViT classifiers (``vit`` family) follow the published ViT notebook instead (``faithclip.methods.official.vit``):
 one head scaled by the model's per-head 1/sqrt(D/H), the LayerNormed input as the attention's residual,
 the class logit as the score, raw q, k for lambda (``qk="raw"`` by default), no short-side cap.
+BLIP (``gradeclip_adaptation_blip.ipynb``): the image side only, qk="raw", no cap, and a one-head rewrite
+that keeps the model's softmax scale (``faithclip.methods.official.blip``); the family declares which
+(``Family.official``), and ``rewritten_image_encoder`` picks the family's rewrite.
 
 The keep-size input needs the ORIGINAL image: pass it as ``original=`` (a PIL image or path, or a list
 with one per image). Without it the model's own crop is used (warned): only the one-head rewrite departs.
@@ -91,10 +94,21 @@ def official_term(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) 
     return (query_grad * v * lam[:, None]).sum(-1)
 
 
-def _out_proj(trace_layer: Any, qk: str) -> Any | None:
+def _out_proj(trace_layer: Any, qk: str, family: Any = None) -> Any | None:
     if qk not in QK_CHOICES:
         raise MethodError(f"qk must be one of {QK_CHOICES}, got {qk!r}.")
-    return trace_layer.self_attn.out_proj if qk == "out_proj" else None
+    if qk != "out_proj":
+        return None
+    return family.attention(trace_layer).out if family is not None else trace_layer.self_attn.out_proj
+
+
+def rewritten_image_encoder(family: Any):
+    """The family's rewritten image forward (``encode_image_rewritten``'s signature): CLIP's by default."""
+    if family.name == "blip":  # the BLIP notebook's rewrite keeps the model's softmax scale (official/blip.py)
+        from faithclip.methods.official.blip import encode_image_rewritten as blip_rewrite
+
+        return blip_rewrite
+    return encode_image_rewritten
 
 
 def _half_copy(handle: ClipHandle) -> ClipHandle:
@@ -113,14 +127,14 @@ def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, qk: str,
     if ctx.family.name == "vit":  # the published ViT notebook's forward (faithclip.methods.official.vit)
         return official_vit.image_maps(ctx, pixels, layers, qk, model, heads)
     model = ctx.handle.model if model is None else model
-    blocks = model.vision_model.encoder.layers
+    blocks = ctx.family.blocks(model, "vision")
     recomputed = list(blocks[len(blocks) - layers:])
     text_embeds = ctx.fixed_text_embeds().to(pixels.dtype)
     with torch.enable_grad():
-        embeds, traces, grid = encode_image_rewritten(model, pixels, heads=heads, layers=layers)
+        embeds, traces, grid = rewritten_image_encoder(ctx.family)(model, pixels, heads=heads, layers=layers)
         scores = ctx.target.scores(embeds, text_embeds, ctx.handle.logit_scale.detach().to(embeds.dtype),
                                    None if ctx.extra_embeds() is None else ctx.extra_embeds().to(embeds.dtype))[0]
-        lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), _out_proj(layer, qk))
+        lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), _out_proj(layer, qk, ctx.family))
                 for t, layer in zip(traces, recomputed)]  # (T-1,) each
         maps = []
         for k in range(scores.shape[0]):
@@ -189,8 +203,9 @@ def check_keep_size(image: Any, patch: int) -> None:
 def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str | None = None, half: bool = False,
                               original: Any = None, cap: int | None | str = "auto") -> MapResult:
     ctx.last_layers(layers)  # 1 <= layers <= the image tower's depth, as every method checks
-    qk = qk or ("raw" if ctx.family.name == "vit" else "out_proj")  # each family's published code
-    cap = variant_cap(qk, cap)
+    published = ctx.family.official
+    qk = published.lambda_qk[0] if qk is None else qk  # the family's published variant (CLIP: out_proj)
+    cap = variant_cap(qk, cap) if published.short_side_cap is not None else (None if cap == "auto" else cap)
     handle = _half_copy(ctx.handle) if half else ctx.handle
     original = original if original is not None else getattr(ctx, "originals", None)  # if the API supplies them
     if original is None:
@@ -215,6 +230,9 @@ def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str | None = No
 
 
 def grad_eclip_official_text(ctx: Context, layers: int = 8, qk: str = "out_proj", half: bool = False) -> MapResult:
+    if not ctx.family.official.text:
+        raise MethodError(f"grad_eclip_official has no text side for {ctx.family.name} models: the published "
+                          "pipeline explains their images only; use grad_eclip or attention_eclip on texts.")
     handle = _half_copy(ctx.handle) if half else ctx.handle
     maps, scores = text_maps(ctx, layers, qk, handle.model)
     used = min(layers, ctx.num_layers)
@@ -229,7 +247,9 @@ register_method(MethodSpec(
     text=grad_eclip_official_text,
     modifies_model=True,
     modifies_input=True,
-    defaults={"layers": "1 (image) / 8 (text)", "qk": "out_proj (CLIP: the evaluation script) / raw (ViT: the notebook)", "half": False, "original": None,
+    defaults={"layers": "1 (image) / 8 (text)",
+              "qk": "the family's published variant (CLIP: out_proj, the evaluation script; ViT and BLIP: raw, the notebooks)",
+              "half": False, "original": None,
               "cap": "auto (640 for qk=out_proj, the evaluation loop; none for qk=raw, the notebook)"},
     summary="the published pipeline: last block(s) recomputed with ONE head, keep-size input; explains a different model",
 ))

@@ -55,6 +55,18 @@ class AttentionParts:
             raise ProbeError("an attention declares either q, k and v projections or one fused qkv projection.")
 
 
+@dataclass(frozen=True)
+class OfficialPipeline:
+    """What the published Grad-ECLIP pipeline (github.com/Cyang-Zhao/Grad-Eclip) is for a family, for
+    ``grad_eclip_official`` and the audit: the lambda q/k variants it publishes (the first is the one the
+    audit's ``published`` arm uses), whether it has a text side, and the short-side cap of its keep-size
+    input. The defaults are CLIP's (``generate_emap.py``: out_proj q/k, a text side, the 640 px cap)."""
+
+    lambda_qk: tuple[str, ...] = ("out_proj", "raw")
+    text: bool = True
+    short_side_cap: int | None = 640
+
+
 class Family:
     """The CLIP-style defaults; a family overrides what differs."""
 
@@ -70,6 +82,8 @@ class Family:
     model_class = "AutoModel"
     #: methods tested on this family beyond those that declare it themselves (``MethodSpec.families``)
     methods: tuple[str, ...] = ()
+    #: the published Grad-ECLIP pipeline for this family (``grad_eclip_official``, the audit)
+    official = OfficialPipeline()
 
     # ---- structure --------------------------------------------------------------------------------
     def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
@@ -176,6 +190,11 @@ class Family:
             raise TextError(f"every token-id row must contain the end token id {eos}.")
         return hits.int().argmax(dim=-1)
 
+    def lambda_context(self, handle: Any, text: "TextBatch") -> "TextBatch":
+        """The texts laid out as the family's published pipeline pads them, for Grad-ECLIP's
+        ``lambda_span="context"`` (CLIP: padded with id 0 to the context length, causal mask only)."""
+        return handle.context_batch(text)
+
     def check_model(self, model: Any) -> None:
         """Raise ``ModelError`` unless ``model`` has the parts this family reads."""
 
@@ -228,4 +247,4 @@ def _load_families() -> None:
         importlib.import_module(f"{__name__}.{module.name}")
 
 
-__all__ = ["AttentionParts", "Family", "FAMILIES", "register_family", "family_for_model_type", "family_of"]
+__all__ = ["AttentionParts", "Family", "OfficialPipeline", "FAMILIES", "register_family", "family_for_model_type", "family_of"]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from faithclip.errors import MethodError, ModelError, ProbeError, TextError
-from faithclip.models.families import AttentionParts, Family, register_family
+from faithclip.models.families import AttentionParts, Family, OfficialPipeline, register_family
 from faithclip.targets import Target, accumulation_dtype
 
 CLASSIFIER_KINDS = ("logit", "probability", "contrast")
@@ -58,6 +58,8 @@ class ViTFamily(Family):
     backbone = "vit"
     methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
                "rise", "grad_eclip_official")
+    #: the published ViT notebook: raw q/k in lambda, no text side, no short-side cap
+    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None)
 
     # ---- structure --------------------------------------------------------------------------------
     def tower_module(self, model: Any, tower: str) -> torch.nn.Module:

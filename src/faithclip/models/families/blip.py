@@ -1,0 +1,110 @@
+"""BLIP image-text retrieval (``transformers.BlipForImageTextRetrieval``, ``model_type`` "blip").
+
+Image tower: ``vision_model.encoder.layers``, pre-norm ViT blocks whose attention (``BlipAttention``) has
+ONE fused ``qkv`` projection, reshaped ``(B, T, 3, H, d)``: q = channels ``[0:D]``, k = ``[D:2D]``,
+v = ``[2D:3D]`` (the probe slices it so), output projection ``projection``; ``last_hidden_state`` is
+post-LayerNormed and the ITC image feature is ``vision_proj(last_hidden_state[:, 0])`` (class token).
+
+Text tower: ``text_encoder`` (a BERT: post-norm blocks ``encoder.layer[i]``, self-attention
+``attention.self.{query,key,value}``, output projection ``attention.output.dense``), run WITHOUT the
+image (its cross-attention layers serve only the ITM head). The ITC text feature is
+``text_proj(last_hidden_state[:, 0])``: the [CLS] token (position 0) is pooled, so the text side's
+pooled query is position 0, and a text map covers the words strictly between [CLS] and [SEP]
+(``eos_positions`` hold the [SEP] position, ``text_config.sep_token_id``).
+
+Score: ``BlipForImageTextRetrieval(..., use_itm_head=False).itm_score`` = ``normalize(image_feat) @
+normalize(text_feat).T``, a plain cosine: the retrieval model has NO temperature (no ``logit_scale``),
+so its scores are ``cosine`` (default) and ``contrast``; ``logit`` and ``probability`` do not exist.
+
+Texts: BERT's tokenizer, ``[CLS] words [SEP] [PAD]...`` with an attention mask, as ``BlipProcessor`` calls
+it (padded to the longest, truncated at ``max_position_embeddings``, 512: the processor sets no shorter
+limit). Images: ``BlipImageProcessor``, squashed to 384 x 384 (no crop), CLIP mean/std.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from faithclip.errors import ModelError
+from faithclip.models.families import AttentionParts, Family, OfficialPipeline, register_family
+
+#: the Grad-ECLIP BLIP notebook pads every text to 35 tokens (``padding="max_length", max_length=35``)
+PUBLISHED_TEXT_LENGTH = 35
+
+
+class BlipFamily(Family):
+    name = "blip"
+    model_types = ("blip",)
+    model_class = "BlipForImageTextRetrieval"
+    target_kinds = ("cosine", "contrast")
+    methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
+               "rise", "grad_eclip_official")
+    # the published BLIP notebook: image side only, raw q/k in lambda, keep-size input without a cap
+    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None)
+
+    def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
+        self.check_tower(tower)
+        return model.vision_model if tower == "vision" else model.text_encoder
+
+    def tower_config(self, model: Any, tower: str) -> Any:
+        return getattr(model.config, f"{tower}_config")
+
+    def blocks(self, model: Any, tower: str) -> Sequence[torch.nn.Module]:
+        module = self.tower_module(model, tower)
+        return module.encoder.layers if tower == "vision" else module.encoder.layer
+
+    def attention(self, block: torch.nn.Module) -> AttentionParts:
+        if hasattr(block, "self_attn"):  # vision: BlipEncoderLayer
+            attention = block.self_attn
+            return AttentionParts(module=attention, out=attention.projection, heads=int(attention.num_heads),
+                                  qkv=attention.qkv)
+        attention = block.attention.self  # text: BlipTextLayer (its crossattention is the ITM head's)
+        return AttentionParts(module=attention, out=block.attention.output.dense,
+                              heads=int(attention.num_attention_heads), q=attention.query, k=attention.key,
+                              v=attention.value)
+
+    def query_positions(self, side: str, num_inputs: int, text: Any, device: torch.device) -> torch.Tensor:
+        return torch.zeros(num_inputs, dtype=torch.long, device=device)  # class token / [CLS]
+
+    def encode_image(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
+        return model.vision_proj(model.vision_model(pixel_values=pixels).last_hidden_state[:, 0])
+
+    def encode_text(self, model: Any, text: Any) -> torch.Tensor:
+        hidden = model.text_encoder(input_ids=text.input_ids, attention_mask=text.attention_mask).last_hidden_state
+        return model.text_proj(hidden[:, 0])
+
+    def logit_scale(self, model: Any) -> torch.Tensor:
+        """No temperature: the ITC score is the cosine itself (only ``cosine`` and ``contrast`` exist)."""
+        return torch.ones((), dtype=self.parameter(model).dtype, device=self.parameter(model).device)
+
+    def eos_token_id(self, model: Any) -> int | None:
+        return int(model.config.text_config.sep_token_id)
+
+    def lambda_context(self, handle: Any, text: Any) -> Any:
+        """The texts as the BLIP pipeline pads them (``max_length=35``: every row to 35 tokens or its own
+        length, pad id 0, padding masked): the score is the text's own, only the padding keys are new."""
+        from faithclip.models.clip import TextBatch
+
+        ids, mask = text.input_ids, text.attention_mask
+        length = max(PUBLISHED_TEXT_LENGTH, ids.shape[1])
+        padded = torch.zeros(ids.shape[0], length, dtype=ids.dtype, device=ids.device)
+        padded_mask = torch.zeros_like(padded)
+        padded[:, :ids.shape[1]], padded_mask[:, :ids.shape[1]] = ids, mask
+        return TextBatch(padded, padded_mask, text.eos_positions.clone(), list(text.texts), list(text.tokens))
+
+    def check_model(self, model: Any) -> None:
+        if not all(hasattr(model, part) for part in ("vision_model", "text_encoder", "vision_proj", "text_proj")):
+            raise ModelError(f"{type(model).__name__} is not a BLIP image-text retrieval model; load one with "
+                             "faithclip.load(...) or transformers.BlipForImageTextRetrieval.from_pretrained(...).")
+
+    def default_preprocess(self, model: Any) -> Any:
+        """``BlipImageProcessor``: bicubic resize of the whole image to the model's size, no crop, CLIP mean/std."""
+        from faithclip.models.preprocess import ClipPreprocess
+
+        return ClipPreprocess.from_dict({"size": {"height": self.image_size(model), "width": self.image_size(model)},
+                                         "do_center_crop": False})
+
+
+BLIP = register_family(BlipFamily())
