@@ -296,3 +296,59 @@ def test_full_size_base_patch16_224_architecture(tower):
         assert figures["vs float64 oracle"] <= 1e-4
     print(f"\nsiglip-base-patch16-224 {tower} tower (random weights, float32): "
           + json.dumps({k: f"{v:.2e}" for k, v in figures.items()}))
+
+
+def save_shapes_like_siglip(directory, image_size=32, patch_size=8, context=16):
+    """A tiny SigLIP saved as the shapes stand-in is (save_pretrained, the faithclip word tokenizer with
+    right padding to ``context``, a ``SiglipImageProcessor`` config with mean = std = 0.5)."""
+    from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
+
+    tokenizer = as_transformers_tokenizer(build_word_tokenizer(["red", "blue", "circle", "square"]), context)
+    model = tiny_siglip(seed=16, dtype=torch.float32, image_size=image_size, patch_size=patch_size, context=context,
+                        vocab=len(tokenizer))
+    model.config.text_config.eos_token_id = tokenizer.eos_token_id
+    model.config.text_config.bos_token_id = tokenizer.bos_token_id
+    model.config.text_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    transformers.SiglipImageProcessorPil(size={"height": image_size, "width": image_size}, resample=3,
+                                         image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(directory)
+    return model, tokenizer
+
+
+def test_load_a_saved_siglip_and_explain_from_the_command_line(tmp_path, capsys):
+    from PIL import Image
+
+    from faithclip.cli.main import main
+
+    directory = tmp_path / "tiny-siglip"
+    model, tokenizer = save_shapes_like_siglip(directory)
+    handle = faithclip.load(directory)
+    assert handle.family.name == "siglip" and type(handle.model).__name__ == "SiglipModel"
+    preprocess = handle.preprocess
+    assert (preprocess.resize, preprocess.center_crop, preprocess.mean, preprocess.std) == ("exact", False, (0.5,) * 3, (0.5,) * 3)
+    batch = handle.tokens(["a red circle", "blue"])
+    expected = tokenizer(["a red circle", "blue"], padding="max_length", max_length=16, return_tensors="pt").input_ids
+    assert torch.equal(batch.input_ids, expected) and batch.input_ids.shape == (2, 16)  # padded to the context
+    ctx = faithclip.methods.context.Context(handle=handle, side="text", pixels=torch.zeros(1, 3, 32, 32), text=batch,
+                                            target=faithclip.targets.make_target("logit"))
+    assert ctx.support_mask()[0].nonzero().flatten().tolist() == [1, 2, 3]  # the words: no <start>, no <end>
+    assert ctx.query_positions.tolist() == [15, 15]  # the last position
+    image = Image.new("RGB", (48, 32), (200, 30, 30))  # not square: squashed to 32 x 32, not cropped
+    image.paste((20, 20, 220), (0, 0, 24, 16))
+    image.save(tmp_path / "scene.png")
+    pixels = handle.pixels(tmp_path / "scene.png")
+    reference = transformers.SiglipImageProcessorPil.from_pretrained(directory)(image, return_tensors="pt").pixel_values
+    assert (pixels - reference).abs().max() <= 1e-5
+    with torch.no_grad():
+        own = model(input_ids=expected[:1], pixel_values=reference).logits_per_image[0, 0]
+    out = tmp_path / "out"
+    assert main(["explain", str(tmp_path / "scene.png"), "--text", "a red circle", "--model", str(directory),
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "logit=" in capsys.readouterr().out  # the family's default score
+    record = json.loads((out / "scene__a-red-circle__attention_eclip.json").read_text())
+    assert record["score"] == pytest.approx(float(own), rel=1e-5) and record["model_score"] == pytest.approx(float(own), rel=1e-5)
+    assert main(["explain", str(tmp_path / "scene.png"), "--text", "a red circle", "--model", str(directory),
+                 "--target", "probability", "--side", "text", "--out", str(tmp_path / "text"), "--no-progress"]) == 0
+    record = json.loads((tmp_path / "text" / "scene__a-red-circle__attention_eclip.json").read_text())
+    assert record["score"] == pytest.approx(float(torch.sigmoid(own)), rel=1e-5)
