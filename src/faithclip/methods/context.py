@@ -335,7 +335,7 @@ class Context:
         if self.head_layer in layers:
             position = list(layers).index(self.head_layer)
             _, rows = attention_gradient_rows(grads[position][:, :, 0], caps[self.head_layer].v, self.pooling, self.side)
-            grads[position] = rows[:, :, :, None]  # (B, K, H, 1, T)
+            grads[position] = rows[:, :, :, None].to(grads[position].dtype)  # (B, K, H, 1, T), as the blocks' dS/dA
         return grads
 
     def last_layer_gradients(self, wrt: str, capture: Sequence[str]):
