@@ -24,6 +24,14 @@ the untouched model's. Two optional, explicit, fully restored adjustments exist:
   requiring grad, so the autograd graph starts at layer ``i``: layers below run without building a graph.
   Every parameter's flag is restored on exit.
 
+A tower whose family declares an attention-pooling head (``Family.pooling_attention``: SigLIP's image
+tower) has one more layer index, ``len(blocks)``, for the head. ``torch.nn.MultiheadAttention`` computes
+q, k, v and the probabilities inside one functional call, so the probe records there what the head's
+``MultiheadAttention`` is given and returns: ``hidden_in`` its input ``x`` (B, T, D), ``hidden_out`` its
+output ``y`` (B, Tq, D) and ``head_weights`` the head-averaged probabilities it returns (B, Tq, T).
+q, k, v, the per-head probabilities and the attention output are then values computed from ``x`` and the
+head's own parameters, checked against ``y`` and ``head_weights`` (``faithclip.methods.pooling``).
+
 Hooks are removed in ``finally``, also when the forward raises.
 """
 
@@ -51,6 +59,7 @@ class LayerCapture:
     attn: torch.Tensor | None = None
     attn_out: torch.Tensor | None = None
     hidden_out: torch.Tensor | None = None
+    head_weights: torch.Tensor | None = None  # an attention-pooling head's returned, head-averaged probabilities
 
     def require(self, *names: str) -> tuple[torch.Tensor, ...]:
         """The named tensors, raising if one was not captured (a probe configuration error)."""
@@ -115,12 +124,14 @@ class Probe:
         self.tower = tower
         self.family = family_of(model)
         self.blocks = encoder_layers(model, tower)
-        self.layers = resolve_layers(layers, len(self.blocks))
+        self.pooling = self.family.pooling_attention(model, tower)  # its layer index: len(self.blocks)
+        self.num_layers = len(self.blocks) + (self.pooling is not None)
+        self.layers = resolve_layers(layers, self.num_layers)
         self.capture = tuple(capture)
         unknown = sorted(set(self.capture) - set(CAPTURABLE))
         if unknown:
             raise ProbeError(f"cannot capture {unknown}; choose from {CAPTURABLE}.")
-        self.grad_from = None if grad_from is None else resolve_layers([grad_from], len(self.blocks))[0]
+        self.grad_from = None if grad_from is None else resolve_layers([grad_from], self.num_layers)[0]
         self.eval_mode = eval_mode
         self.captures: dict[int, LayerCapture] = {}
         self._handles: list[Any] = []
@@ -198,6 +209,11 @@ class Probe:
                 self._handles.append(parts.out.register_forward_pre_hook(self._store_input(index, "attn_out")))
             if "hidden_out" in wanted:
                 self._handles.append(block.register_forward_hook(self._store_output(index, "hidden_out")))
+        head = len(self.blocks)
+        if self.pooling is not None and head == self.grad_from:
+            self._handles.append(self.pooling.module.register_forward_pre_hook(self._start_graph))
+        if self.pooling is not None and head in self.layers:
+            self._handles.append(self.pooling.attention.register_forward_hook(self._store_pooling(head), with_kwargs=True))
 
     @staticmethod
     def _start_graph(module: torch.nn.Module, args: tuple) -> None:
@@ -228,6 +244,19 @@ class Probe:
             for position, name in enumerate(("q", "k", "v")):
                 if name in names:
                     setattr(self._slot(index), name, output[..., position * width:(position + 1) * width])
+
+        return hook
+
+    def _store_pooling(self, index: int):
+        """The pooling attention's key input ``x``, output ``y`` and returned head-averaged probabilities."""
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            key = args[1] if len(args) > 1 else kwargs.get("key")
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if key is None or weights is None:
+                raise ProbeError(f"{self.tower}: the attention-pooling head was not called as (query, key, value) with "
+                                 "need_weights=True; faithclip cannot read it.")
+            slot = self._slot(index)
+            slot.hidden_in, slot.hidden_out, slot.head_weights = key, output[0], weights
 
         return hook
 

@@ -8,6 +8,7 @@ explained and compare it with the model's own score (principle P1).
     cosine       s(i, t) = <i, t> / (|i| |t|)                                   (default)
     logit        exp(logit_scale) * s(i, t)
     probability  softmax of the logits over {t_k} + the extra prompts (the OTHER prompts of the set), entry t_k
+                 (a family may define its own: SigLIP's is sigmoid(logit + bias) per pair, ``Family.score``)
     contrast     s(i, t) - s(i, t')   for one other text t'
 """
 
@@ -51,8 +52,8 @@ class Target:
         if self.kind == "contrast" and len(self.extra_texts) != 1:
             raise MethodError(f"the contrast target needs exactly one other text to contrast with, got "
                               f"{len(self.extra_texts)} (e.g. others=['a dog']).")
-        if self.kind == "probability" and not self.extra_texts:
-            raise MethodError("the probability target needs the other prompts of the set (e.g. others=['a dog', 'a car']).")
+        # probability without other prompts: a per-pair score for a family whose probability is a sigmoid
+        # (SigLIP); a family whose probability is a softmax over a prompt set refuses it (Family.check_target)
 
     @property
     def name(self) -> str:

@@ -50,8 +50,6 @@ def check_target(target: str, others: list[str]) -> None:
     if target == "contrast" and len(others) != 1:
         raise MethodError(f"--target contrast needs exactly one --other TEXT to contrast with (got {len(others)}), "
                           "e.g. --other 'a blue square'.")
-    if target == "probability" and not others:
-        raise MethodError("--target probability needs the other prompts of the set: add --other TEXT for each.")
 
 
 def unique(items: list[str], key=lambda item: item) -> list[str]:
@@ -95,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     # Progress lines come only once work is under way: a usage error stays the one line on stderr.
     progress = stage_logger("faithclip explain", not args.no_progress)
     model = load_model(args.model, args)
+    if args.target == "probability" and not args.other and model.family.probability_over_prompts:
+        raise MethodError("--target probability needs the other prompts of the set: add --other TEXT for each.")
     options = {}
     if args.layers is not None:
         config = model.vision_config if args.side == "image" else model.text_config

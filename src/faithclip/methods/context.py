@@ -8,7 +8,11 @@ conventions, shared by every method:
 - the explained tower's captures have a leading "capture batch" ``C``: ``C = B`` on the image side
   (texts are constants), ``C = K`` on the text side (images are constants).
 - ``query_positions`` ``(C,)``: the token whose output is pooled: the class token (0) for images, the
-  end-of-text token for each text.
+  end-of-text token for each text (the family's rule).
+- a tower whose family declares an attention-pooling head (SigLIP's image tower) has one more layer, the
+  head (index ``num_layers - 1``): its pooled query is the head's learned query, the only row of its
+  attention (``(C, H, 1, T)``, query position 0), attending to all T tokens; it is not a token, and the
+  blocks below have no pooled query (``check_query_layers``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from faithclip.errors import MethodError
+from faithclip.methods.pooling import attention_gradient_rows, check_agreement, pooling_internals
 from faithclip.models.clip import ClipHandle, TextBatch
 from faithclip.probe import LayerCapture, Probe, encoder_layers, has_hooks, resolve_layers
 from faithclip.targets import Target
@@ -72,7 +77,34 @@ class Context:
 
     @property
     def num_layers(self) -> int:
-        return len(self.encoder_layers())
+        """The explained tower's layers: its blocks, and its attention-pooling head when it has one."""
+        return len(self.encoder_layers()) + (self.pooling is not None)
+
+    @property
+    def pooling(self):
+        """The explained tower's attention-pooling head (``Family.pooling_attention``), or ``None``."""
+        return self.family.pooling_attention(self.handle.model, self.tower)
+
+    @property
+    def head_layer(self) -> int | None:
+        """The layer index of the attention-pooling head (the last), ``None`` without one."""
+        return None if self.pooling is None else self.num_layers - 1
+
+    def check_query_layers(self, layers: Sequence[int], what: str) -> None:
+        """A tower that pools through an attention-pooling head has a pooled query in the head only: ``what``
+        (e.g. "layers=2") is refused with a one-line error for any other layer."""
+        if self.head_layer is not None and any(index != self.head_layer for index in layers):
+            raise MethodError(f"{what} is not defined on the {self.tower} tower: it pools through its attention-pooling "
+                              "head, whose learned query is its only pooled query (its blocks have none); explain the "
+                              "head alone (layers=1, layer=-1).")
+
+    def query_one_hot(self, layer: int, tokens: int) -> torch.Tensor:
+        """``(C, T)``: the pooled query as a token of layer ``layer`` (one-hot), or zeros for an
+        attention-pooling head, whose learned query is not one of the T tokens."""
+        one_hot = torch.nn.functional.one_hot(self.query_positions, tokens)
+        if layer == self.head_layer:
+            one_hot = torch.zeros_like(one_hot)
+        return one_hot
 
     @property
     def prefix_tokens(self) -> int:
@@ -92,6 +124,8 @@ class Context:
 
     def output_projection(self, layer: int) -> torch.nn.Module:
         """The output projection of layer ``layer``'s attention (its input is ``attn_out``)."""
+        if layer == self.head_layer:
+            return self.pooling.attention.out_proj
         return self.family.attention(self.encoder_layers()[layer]).out
 
     @property
@@ -120,7 +154,7 @@ class Context:
             mask = torch.ones(self.num_images, self.num_tokens, dtype=torch.bool, device=self.pixels.device)
             mask[:, :self.prefix_tokens] = False
             return mask
-        return self.family.text_support(self.text)
+        return self.family.text_support_of(self.handle.model, self.text)
 
     def pair(self, per_input: torch.Tensor) -> torch.Tensor:
         """Broadcast a ``(C, ...)`` tensor of the explained tower to ``(B or 1, K or 1, ...)``."""
@@ -202,7 +236,18 @@ class Context:
         if own_forward:
             self._fixed.setdefault(self.side, embeds.detach())
         scores = self.score(embeds, other) if self.side == "image" else self.score(other, embeds)
+        if self.head_layer in layers:
+            self._complete_head(probe.captures[self.head_layer])
         return scores, probe.captures
+
+    def _complete_head(self, cap: LayerCapture) -> None:
+        """Fill the attention-pooling head's q, k, v, attn and attn_out (values) from its captured input and
+        its parameters, after checking them against the module's own output and returned probabilities."""
+        x, y, weights = cap.require("hidden_in", "hidden_out", "head_weights")
+        internals = pooling_internals(x.detach(), self.pooling)
+        check_agreement(internals, y, weights)
+        cap.q, cap.k, cap.v = internals.q, internals.k, internals.v
+        cap.attn, cap.attn_out = internals.attn, internals.attn_out
 
     def context_captures(self, layers: Sequence[int]) -> dict[int, LayerCapture]:
         """q and k (no graph) of the texts padded to the WHOLE context, as the published text code sees them.
@@ -259,6 +304,9 @@ class Context:
         passes. Both give the same numbers (tests/unit/test_fast_path.py).
         """
         layers = resolve_layers(layers, self.num_layers)
+        if self.head_layer is not None:
+            self.check_query_layers(layers, f"layers={len(layers)}")
+            return self.head_gradients(wrt, capture)
         if self.fast and self.family.fast_path and self.side == "image" and layers == [self.num_layers - 1]:
             result = self.last_layer_gradients(wrt, capture)
             if result is not None:
@@ -267,6 +315,28 @@ class Context:
         reduce = (lambda g: query_rows(g, positions)) if wrt == "attn" else (lambda g: query_tokens(g, positions))
         scores, caps = self.probe_forward(layers, capture=tuple(set(capture) | {wrt}))
         return scores, caps, self.grads(scores, [caps[i].require(wrt)[0] for i in layers], reduce=reduce)
+
+    def head_gradients(self, wrt: str, capture: Sequence[str]) -> tuple[torch.Tensor, dict[int, LayerCapture], list[torch.Tensor]]:
+        """``pooled_query_gradients`` at an attention-pooling head: the model's own forward with a graph from
+        the head's input, ``dS/dy`` at its query row by batched backward passes, then ``dS/do = dS/dy W_o``
+        (``wrt="attn_out"``) and ``dS/dA^h_j = sum_{c in h} (dS/do)_c v_jc`` (``wrt="attn"``)."""
+        head = self.head_layer
+        scores, caps = self.probe_forward([head], capture=tuple(capture))
+        cap = caps[head]
+        (output_grad,) = self.grads(scores, [cap.hidden_out], reduce=lambda g: g[:, :, 0])  # (B, K, D)
+        attn_out_grad, attn_grad = attention_gradient_rows(output_grad, cap.v, self.pooling, self.side)
+        return scores, caps, [attn_grad if wrt == "attn" else attn_out_grad]
+
+    def attention_gradients(self, scores: torch.Tensor, caps: dict[int, LayerCapture], layers: Sequence[int]) -> list[torch.Tensor]:
+        """``dS/dA`` of every score for each of ``layers`` (``(B, K, H, Tq, T)``); at an attention-pooling
+        head by the chain rule from ``dS/dy`` (its probabilities are values, not on the graph)."""
+        on_graph = [caps[i].attn if i != self.head_layer else caps[i].hidden_out for i in layers]
+        grads = self.grads(scores, on_graph)
+        if self.head_layer in layers:
+            position = list(layers).index(self.head_layer)
+            _, rows = attention_gradient_rows(grads[position][:, :, 0], caps[self.head_layer].v, self.pooling, self.side)
+            grads[position] = rows[:, :, :, None].to(grads[position].dtype)  # (B, K, H, 1, T), as the blocks' dS/dA
+        return grads
 
     def last_layer_gradients(self, wrt: str, capture: Sequence[str]):
         """The fast path for the image tower's last layer (``None`` if the model's block is not CLIP's).

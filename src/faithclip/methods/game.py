@@ -18,6 +18,12 @@ reduces to ``mean_h ReLU(dS/dA^h[q, j] * A^h[q, j])``: only the query rows are n
 last-layer fast path applies on the image side). Over several layers, since
 R = (I + Abar_L) ... (I + Abar_s), only the query row is propagated: ``r <- r + r @ Abar_l`` from the last
 layer down.
+
+At an attention-pooling head (SigLIP's image tower; the last layer) the query is the head's learned query,
+not one of the T tokens: its ``e_q`` has no place in the map, so the head contributes
+``mean_h ReLU(dS/dA^h[query, j] * A^h[query, j])`` alone and, over several layers, that row is propagated
+through the blocks below as above. The head's ``dS/dA`` is the chain rule from its output
+(``Context.attention_gradients``).
 """
 
 from __future__ import annotations
@@ -35,13 +41,18 @@ def gradient_weighted_attention(attention: torch.Tensor, attention_grad: torch.T
     return F.relu(attention_grad * attention).mean(dim=2)
 
 
-def game_rows(attentions: list[torch.Tensor], attention_grads: list[torch.Tensor], query: torch.Tensor) -> torch.Tensor:
+def game_rows(attentions: list[torch.Tensor], attention_grads: list[torch.Tensor], query: torch.Tensor,
+              pooling_head: bool = False) -> torch.Tensor:
     """Query row of ``(I + Abar_L) ... (I + Abar_s)``.
 
     ``attentions`` ``(B|1, K|1, H, T, T)`` and ``attention_grads`` ``(B, K, H, T, T)`` of layers s..L in
     forward order; ``query`` ``(B, K, T)`` one-hot rows of the pooled tokens -> ``(B, K, T)``.
+    ``pooling_head``: layer L is an attention-pooling head (``(.., H, 1, T)``), whose row starts the chain.
     """
     row = query
+    if pooling_head:
+        row = row + gradient_weighted_attention(attentions[-1], attention_grads[-1])[:, :, 0]  # (B, K, T)
+        attentions, attention_grads = attentions[:-1], attention_grads[:-1]
     for attention, attention_grad in zip(reversed(attentions), reversed(attention_grads)):
         weighted = gradient_weighted_attention(attention, attention_grad)  # (B, K, T, T)
         row = row + torch.einsum("bkt,bktu->bku", row, weighted)  # r (I + Abar_l): (B, K, T)
@@ -65,15 +76,16 @@ def game(ctx: Context, start_layer: int = 0) -> MapResult:
         attention = caps[layers[0]].attn.detach()  # (C, H, T, T)
         tokens = attention.shape[-1]
         attention_rows = attention[torch.arange(attention.shape[0], device=attention.device), :, positions]  # (C, H, T)
-        query = ctx.pair(F.one_hot(positions, tokens).to(attention.dtype)).expand(ctx.num_images, ctx.num_texts, -1)
+        query = ctx.pair(ctx.query_one_hot(layers[0], tokens).to(attention.dtype)).expand(ctx.num_images, ctx.num_texts, -1)
         rows = game_last_layer_row(ctx.pair(attention_rows), grad_rows, query)
     else:
         scores, caps = ctx.probe_forward(layers, capture=("attn",))
         attentions = [caps[i].attn for i in layers]
-        attention_grads = ctx.grads(scores, attentions)  # per layer (B, K, H, T, T)
-        one_hot = F.one_hot(positions, attentions[0].shape[-1]).to(attentions[0].dtype)  # (C, T)
+        attention_grads = ctx.attention_gradients(scores, caps, layers)  # per layer (B, K, H, Tq, T)
+        one_hot = ctx.query_one_hot(layers[-1], attentions[0].shape[-1]).to(attentions[0].dtype)  # (C, T)
         query = ctx.pair(one_hot).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
-        rows = game_rows([ctx.pair(a.detach()) for a in attentions], attention_grads, query)
+        rows = game_rows([ctx.pair(a.detach()) for a in attentions], attention_grads, query,
+                         pooling_head=ctx.head_layer is not None)
     return MapResult(maps=ctx.token_map(rows).detach(), scores=scores.detach(), layers=layers,
                      options={"start_layer": start_layer})
 

@@ -6,7 +6,8 @@ each axis is added so every pixel is covered); inside it the normalised pixels a
 
     map(u) = 1/|W(u)| sum_{w in W(u)} [ S(I) - S(I with w filled) ]         (B, K, H, W), pixel resolution
 
-Text side: token deletion. For every token j strictly between start and end, the ids with j removed
+Text side: token deletion. For every token j of the family's text support (CLIP: strictly between start and
+end; SigLIP: the words before the end token), the ids with j removed
 (later ids shift left, the end token is kept, a padding slot is appended) are scored:
 
     map(j) = S(text) - S(text without token j)                               (B, K, L)
@@ -73,12 +74,13 @@ def occlusion_image(ctx: Context, window: int | None = None, stride: int | None 
                      options={"window": window, "stride": stride, "fill": fill})
 
 
-def deleted_tokens(text: TextBatch) -> tuple[TextBatch, torch.Tensor, torch.Tensor]:
-    """Every text with one inner token removed: the batch ``(N, L)``, its source text ``(N,)`` and position ``(N,)``."""
+def deleted_tokens(text: TextBatch, support: torch.Tensor) -> tuple[TextBatch, torch.Tensor, torch.Tensor]:
+    """Every text with one token of ``support`` ``(K, L)`` removed: the batch ``(N, L)``, its source text
+    ``(N,)`` and position ``(N,)``."""
     rows, sources, positions = [], [], []
     for k in range(text.input_ids.shape[0]):
         ids, mask = text.input_ids[k], text.attention_mask[k]
-        for j in range(1, int(text.eos_positions[k])):
+        for j in support[k].nonzero().flatten().tolist():
             keep = torch.arange(ids.shape[0], device=ids.device) != j
             rows.append((torch.cat([ids[keep], ids[-1:]]), torch.cat([mask[keep], torch.zeros_like(mask[:1])])))
             sources.append(k)
@@ -93,8 +95,9 @@ def deleted_tokens(text: TextBatch) -> tuple[TextBatch, torch.Tensor, torch.Tens
 def occlusion_text(ctx: Context, batch_size: int = 256) -> MapResult:
     base = ctx.model_scores()  # (B, K)
     maps = torch.zeros(ctx.num_images, ctx.num_texts, ctx.text.input_ids.shape[1], dtype=base.dtype, device=base.device)
-    if bool((ctx.text.eos_positions > 1).any()):
-        batch, sources, positions = deleted_tokens(ctx.text)
+    support = ctx.support_mask()  # (K, L)
+    if bool(support.any()):
+        batch, sources, positions = deleted_tokens(ctx.text, support)
         scores = ctx.score_texts(batch, batch_size=batch_size)  # (B, N)
         maps[:, sources, positions] = base[:, sources] - scores
     return MapResult(maps=maps, scores=base, options={"deletion": "token"})

@@ -11,6 +11,12 @@ with q the pooled query token (class token for images, end-of-text token for tex
 tokens (image) or the tokens strictly between start and end (text). Only the query's row of R is
 needed, so it is computed as the row vector ``e_q^T Abar_L ... Abar_s`` (T x T work per layer instead of
 T^3). Like raw attention, the map explains the forward, not the image-text score.
+
+A tower that pools through an attention-pooling head (SigLIP's image tower): the head is the last layer L
+and its query is its learned query, which is not one of the T tokens, and no residual adds it to the head's
+output. There is no identity term to add, so the chain starts from the head's head-averaged attention row
+(already summing to 1): ``r = mean_h A_L^h[query, :]``, then ``r Abar_{L-1} ... Abar_s`` through the
+blocks (which keep their residual identity). ``start_layer=-1`` is the head's row alone.
 """
 
 from __future__ import annotations
@@ -30,12 +36,15 @@ def residual_attention(attention: torch.Tensor) -> torch.Tensor:
     return augmented / augmented.sum(dim=-1, keepdim=True)
 
 
-def rollout_rows(attentions: list[torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+def rollout_rows(attentions: list[torch.Tensor], positions: torch.Tensor, pooling_head: bool = False) -> torch.Tensor:
     """Query row of ``Abar_L ... Abar_s``: attentions of layers s..L in forward order, each ``(C, H, T, T)``,
-    query positions ``(C,)`` -> ``(C, T)``."""
+    query positions ``(C,)`` -> ``(C, T)``. ``pooling_head``: layer L is an attention-pooling head
+    ``(C, H, 1, T)`` whose head-averaged row starts the chain (no identity term)."""
     first = attentions[-1]
     row = torch.zeros(first.shape[0], first.shape[-1], dtype=first.dtype, device=first.device)  # (C, T)
     row[torch.arange(first.shape[0], device=first.device), positions] = 1
+    if pooling_head:
+        row, attentions = first.mean(dim=1)[:, 0], attentions[:-1]  # (C, T): the learned query's row
     for attention in reversed(attentions):  # e_q^T Abar_L, then times Abar_{L-1}, ...
         row = torch.einsum("ct,ctu->cu", row, residual_attention(attention))  # (C, T)
     return row
@@ -45,7 +54,8 @@ def rollout(ctx: Context, start_layer: int = 0) -> MapResult:
     (first,) = resolve_layers([start_layer], ctx.num_layers)  # negative counts from the end; range checked
     layers = list(range(first, ctx.num_layers))
     scores, caps = ctx.probe_forward(layers, capture=("attn",), grad_from=ctx.num_layers - 1)
-    rows = rollout_rows([caps[i].attn.detach() for i in layers], ctx.query_positions)  # (C, T)
+    rows = rollout_rows([caps[i].attn.detach() for i in layers], ctx.query_positions,
+                        pooling_head=ctx.head_layer is not None)  # (C, T)
     per_pair = ctx.pair(rows).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
     return MapResult(maps=ctx.token_map(per_pair), scores=scores.detach(), layers=layers,
                      options={"start_layer": start_layer})

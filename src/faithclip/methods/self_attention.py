@@ -6,7 +6,8 @@ class token for images, the end-of-text token for texts):
 
     map_j = (1 / H) * sum_h A^h[q, j]
 
-over the patch tokens j (image) or the tokens strictly between start and end (text). The map does not
+over the patch tokens j (image) or the tokens strictly between start and end (text). At an attention-pooling
+head (SigLIP's image tower) the query is the head's learned query: its only attention row. The map does not
 depend on the text for an image (nor on the image for a text): it explains the forward, not the score.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from faithclip.methods.context import Context, MapResult
+from faithclip.probe import resolve_layers
 from faithclip.registry import MethodSpec, register_method
 
 
@@ -26,8 +28,9 @@ def query_attention(attention: torch.Tensor, positions: torch.Tensor) -> torch.T
 
 
 def self_attention(ctx: Context, layer: int = -1) -> MapResult:
-    scores, caps = ctx.probe_forward([layer], capture=("attn",))
-    (index,) = caps.keys()
+    (index,) = resolve_layers([layer], ctx.num_layers)
+    ctx.check_query_layers([index], f"self_attention at layer={layer}")
+    scores, caps = ctx.probe_forward([index], capture=("attn",))
     rows = query_attention(caps[index].attn.detach(), ctx.query_positions)  # (C, T)
     per_pair = ctx.pair(rows).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
     return MapResult(maps=ctx.token_map(per_pair), scores=scores.detach(), layers=[index],

@@ -13,6 +13,8 @@ its parts):
     text_support      the text tokens a text map covers
     encode_*, score   the embeddings the model's score is computed from, and the score itself
     tokenize          how the family's tokenizer lays texts out (padding, end token)
+    pooling_attention an attention-pooling head whose learned query IS the pooled query of a tower
+                      (SigLIP's image tower); ``None``: the pooled query is a token of the last block
 
 A family is chosen from ``config.model_type`` (``family_for_model_type``) or from a model instance
 (``family_of``). Adding a family is one module in this folder that subclasses ``Family`` and calls
@@ -67,6 +69,23 @@ class OfficialPipeline:
     short_side_cap: int | None = 640
 
 
+@dataclass(frozen=True)
+class PoolingAttention:
+    """An attention-pooling head: a learned query attends to the tower's last hidden states ``x`` through one
+    ``torch.nn.MultiheadAttention`` (fused ``in_proj_weight``, ``out_proj``). ``module`` is the head (its
+    first input is ``x``), ``attention`` its ``MultiheadAttention`` (called with ``need_weights=True``: it
+    returns the head-averaged probabilities), ``query`` the learned query ``(1, Tq, D)``. For methods the
+    head is one more layer after the tower's blocks, whose only query row is the learned query's."""
+
+    module: torch.nn.Module
+    attention: torch.nn.MultiheadAttention
+    query: torch.Tensor
+
+    @property
+    def heads(self) -> int:
+        return int(self.attention.num_heads)
+
+
 class Family:
     """The CLIP-style defaults; a family overrides what differs."""
 
@@ -84,6 +103,9 @@ class Family:
     methods: tuple[str, ...] = ()
     #: the published Grad-ECLIP pipeline for this family (``grad_eclip_official``, the audit)
     official = OfficialPipeline()
+    #: the ``probability`` score is a softmax over a prompt set (CLIP: it needs the other prompts); a
+    #: family whose probability is per pair (SigLIP's sigmoid) sets this False
+    probability_over_prompts = True
 
     # ---- structure --------------------------------------------------------------------------------
     def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
@@ -115,6 +137,11 @@ class Family:
     def image_size(self, model: Any) -> int:
         return int(self.tower_config(model, self.towers["image"]).image_size)
 
+    def pooling_attention(self, model: Any, tower: str) -> PoolingAttention | None:
+        """The tower's attention-pooling head, when its pooled query is a learned query rather than a token
+        of the last block (``None``, the CLIP default)."""
+        return None
+
     def attention_implementation(self, model: Any, tower: str) -> str:
         config = self.tower_config(model, tower)
         return getattr(config, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", "eager")
@@ -135,6 +162,10 @@ class Family:
         positions = torch.arange(text.input_ids.shape[1], device=text.input_ids.device)
         return (positions[None, :] > 0) & (positions[None, :] < text.eos_positions[:, None])
 
+    def text_support_of(self, model: Any, text: "TextBatch") -> torch.Tensor:
+        """``text_support`` for a family whose rule needs the model's config (e.g. its start token id)."""
+        return self.text_support(text)
+
     # ---- embeddings and the score -------------------------------------------------------------------
     def encode_image(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -151,11 +182,16 @@ class Family:
         return target.scores(image_embeds, text_embeds, self.logit_scale(model).detach(), extra_embeds)
 
     def check_target(self, target: "Target") -> None:
-        if target.kind not in self.target_kinds:
-            from faithclip.errors import MethodError
+        from faithclip.errors import MethodError
 
+        if target.kind not in self.target_kinds:
             raise MethodError(f"a {self.name} model has no {target.kind!r} score; choose from "
                               f"{', '.join(self.target_kinds)}.")
+        if target.kind == "probability" and self.probability_over_prompts and not target.extra_texts:
+            raise MethodError("the probability target needs the other prompts of the set (e.g. others=['a dog', 'a car']).")
+        if target.kind == "probability" and not self.probability_over_prompts and target.extra_texts:
+            raise MethodError(f"a {self.name} model's probability is per pair (a sigmoid of its logit) and uses no "
+                              f"other prompts, but {len(target.extra_texts)} were given; drop them.")
 
     def target(self, kind: "str | Target", others: Sequence[str] = ()) -> "Target":
         """The named score with the other texts it needs (``faithclip.targets.make_target``); a family whose
@@ -247,4 +283,5 @@ def _load_families() -> None:
         importlib.import_module(f"{__name__}.{module.name}")
 
 
-__all__ = ["AttentionParts", "Family", "OfficialPipeline", "FAMILIES", "register_family", "family_for_model_type", "family_of"]
+__all__ = ["AttentionParts", "PoolingAttention", "Family", "OfficialPipeline", "FAMILIES", "register_family",
+           "family_for_model_type", "family_of"]

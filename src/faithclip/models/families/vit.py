@@ -54,6 +54,7 @@ class ViTFamily(Family):
     model_types = ("vit",)
     towers = {"image": "vision"}
     target_kinds = CLASSIFIER_KINDS
+    probability_over_prompts = False  # a softmax over the classifier's own classes: no prompt set
     model_class = "ViTForImageClassification"
     backbone = "vit"
     methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
