@@ -23,24 +23,14 @@ table resized bicubically to its grid.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
-
-def layer_norm(x: torch.Tensor, module) -> torch.Tensor:
-    mean = x.mean(-1, keepdim=True)
-    variance = ((x - mean) ** 2).mean(-1, keepdim=True)
-    return (x - mean) / torch.sqrt(variance + module.eps) * module.weight + module.bias
+from reference.primitives import gelu, layer_norm, linear
 
 
-def affine(x: torch.Tensor, module) -> torch.Tensor:
-    return x @ module.weight.T + module.bias
 
-
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float, key_mask: torch.Tensor | None,
@@ -93,15 +83,15 @@ def vision_forward(model, pixels: torch.Tensor, one_head_last: bool = False):
         batched = x[None]  # (1, T, D): the block input, as the graph sees it (Grad-CAM differentiates it)
         x = batched[0]
         inside = {"hidden_in": batched}
-        qkv = affine(layer_norm(x, block.layer_norm1), block.self_attn.qkv)  # (T, 3D)
+        qkv = linear(layer_norm(x, block.layer_norm1), block.self_attn.qkv)  # (T, 3D)
         q, k, v = qkv[:, :width], qkv[:, width:2 * width], qkv[:, 2 * width:]
         used = 1 if one_head_last and index == len(blocks) - 1 else heads
         out, attention = attend(q, k, v, used, (width // heads) ** -0.5, None, leaf=True)
         inside.update(q=q, k=k, v=v, attn=attention, attn_out=out)
-        x = x + affine(out, block.self_attn.projection)
-        x = x + affine(gelu(affine(layer_norm(x, block.layer_norm2), block.mlp.fc1)), block.mlp.fc2)
+        x = x + linear(out, block.self_attn.projection)
+        x = x + linear(gelu(linear(layer_norm(x, block.layer_norm2), block.mlp.fc1)), block.mlp.fc2)
         internals.append(inside)
-    feature = affine(layer_norm(x, model.vision_model.post_layernorm)[0], model.vision_proj)
+    feature = linear(layer_norm(x, model.vision_model.post_layernorm)[0], model.vision_proj)
     return feature, internals
 
 
@@ -115,12 +105,12 @@ def text_forward(model, ids: torch.Tensor, mask: torch.Tensor):
     internals = []
     for block in model.text_encoder.encoder.layer:
         attention_module = block.attention.self
-        q, k, v = (affine(x, attention_module.query), affine(x, attention_module.key), affine(x, attention_module.value))
+        q, k, v = (linear(x, attention_module.query), linear(x, attention_module.key), linear(x, attention_module.value))
         out, attention = attend(q, k, v, heads, (width // heads) ** -0.5, mask.bool(), leaf=True)
         internals.append({"hidden_in": x, "q": q, "k": k, "v": v, "attn": attention, "attn_out": out})
-        x = layer_norm(x + affine(out, block.attention.output.dense), block.attention.output.LayerNorm)
-        x = layer_norm(x + affine(gelu(affine(x, block.intermediate.dense)), block.output.dense), block.output.LayerNorm)
-    return affine(x[0], model.text_proj), internals
+        x = layer_norm(x + linear(out, block.attention.output.dense), block.attention.output.LayerNorm)
+        x = layer_norm(x + linear(gelu(linear(x, block.intermediate.dense)), block.output.dense), block.output.LayerNorm)
+    return linear(x[0], model.text_proj), internals
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

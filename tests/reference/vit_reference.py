@@ -23,19 +23,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def layer_norm(x: torch.Tensor, module) -> torch.Tensor:
-    mean = x.mean(-1, keepdim=True)
-    variance = ((x - mean) ** 2).mean(-1, keepdim=True)
-    return (x - mean) / torch.sqrt(variance + module.eps) * module.weight + module.bias
+from reference.primitives import gelu, layer_norm, linear
 
 
-def linear(x: torch.Tensor, module) -> torch.Tensor:
-    return x @ module.weight.T + module.bias
 
-
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
 
 
 def backbone_of(model):

@@ -136,12 +136,19 @@ def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, qk: str,
                                    None if ctx.extra_embeds() is None else ctx.extra_embeds().to(embeds.dtype))[0]
         lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), _out_proj(layer, qk, ctx.family))
                 for t, layer in zip(traces, recomputed)]  # (T-1,) each
-        maps = []
-        for k in range(scores.shape[0]):
-            grads = torch.autograd.grad(scores[k], [t.attn_out for t in traces], retain_graph=True)
-            terms = [official_term(g[0, 0], t.v[0, 1:].detach(), lam) for g, t, lam in zip(grads, traces, lams)]
-            maps.append(torch.stack([F.relu(term) for term in terms]).sum(0).reshape(grid))  # (gh, gw)
-    return torch.stack(maps).detach(), scores.detach(), grid
+        maps = official_image_maps(scores, traces, lams, grid)
+    return maps, scores.detach(), grid
+
+
+def official_image_maps(scores: torch.Tensor, traces: list, lams: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    """The published image map of each score ``(K,)``: ``sum_l ReLU(lambda_l * sum_c g_c v_jc)`` over the
+    rewritten layers' traces (``attn_out``, ``v`` of the class token's forward), on the patch grid: ``(K, gh, gw)``."""
+    maps = []
+    for k in range(scores.shape[0]):
+        grads = torch.autograd.grad(scores[k], [t.attn_out for t in traces], retain_graph=True)
+        terms = [official_term(g[0, 0], t.v[0, 1:].detach(), lam) for g, t, lam in zip(grads, traces, lams)]
+        maps.append(torch.stack([F.relu(term) for term in terms]).sum(0).reshape(grid))  # (gh, gw)
+    return torch.stack(maps).detach()
 
 
 def text_maps(ctx: Context, layers: int, qk: str, model: Any | None = None) -> tuple[torch.Tensor, torch.Tensor]:

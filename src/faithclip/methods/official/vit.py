@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from faithclip.errors import MethodError
 from faithclip.methods.official.rewrite import BlockTrace
@@ -93,7 +92,7 @@ def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, model: Any 
     ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid (``grad_eclip_official.image_maps``'s contract).
     ``residual=None``: the notebook's when the block is rewritten (``heads`` given), the model's for
     ``heads=None`` (the audit's arms without the rewrite)."""
-    from faithclip.methods.grad_eclip_official import official_lambda, official_term
+    from faithclip.methods.grad_eclip_official import official_image_maps, official_lambda
 
     residual = residual or ("input" if heads is None else "normalized")
     model = ctx.handle.model if model is None else model
@@ -104,12 +103,8 @@ def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, model: Any 
         scores = ctx.family.score(ctx.target, features, text_embeds, model, ctx.extra_embeds())[0]  # (K,)
         lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), layer.attention.o_proj if qk == "out_proj" else None)
                 for t, layer in zip(traces, recomputed)]  # (T-1,) each
-        maps = []
-        for k in range(scores.shape[0]):
-            grads = torch.autograd.grad(scores[k], [t.attn_out for t in traces], retain_graph=True)
-            terms = [official_term(g[0, 0], t.v[0, 1:].detach(), lam) for g, t, lam in zip(grads, traces, lams)]
-            maps.append(torch.stack([F.relu(term) for term in terms]).sum(0).reshape(grid))  # (gh, gw)
-    return torch.stack(maps).detach(), scores.detach(), grid
+        maps = official_image_maps(scores, traces, lams, grid)
+    return maps, scores.detach(), grid
 
 
 __all__ = ["RESIDUALS", "scaled_attention", "recompute_block", "encode_image_rewritten", "image_maps"]

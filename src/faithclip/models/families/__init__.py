@@ -109,13 +109,20 @@ class Family:
 
     # ---- structure --------------------------------------------------------------------------------
     def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
-        raise NotImplementedError
+        """CLIP's layout: ``model.vision_model`` / ``model.text_model``."""
+        self.check_tower(tower)
+        return getattr(model, f"{tower}_model")
 
     def tower_config(self, model: Any, tower: str) -> Any:
-        raise NotImplementedError
+        return getattr(model.config, f"{tower}_config")
 
     def blocks(self, model: Any, tower: str) -> Sequence[torch.nn.Module]:
-        raise NotImplementedError
+        """CLIP's layout: ``<tower>_model.encoder.layers``."""
+        self.check_tower(tower)
+        layers = getattr(getattr(getattr(model, f"{tower}_model", None), "encoder", None), "layers", None)
+        if layers is None:
+            raise ProbeError(f"{type(model).__name__} has no {tower}_model.encoder.layers; is it a {self.name} model?")
+        return layers
 
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         raise NotImplementedError

@@ -9,11 +9,11 @@ the first position holding ``eos_token_id``, or the largest id for legacy config
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from faithclip.errors import ModelError, ProbeError
+from faithclip.errors import ModelError
 from faithclip.models.families import AttentionParts, Family, register_family
 
 
@@ -22,20 +22,6 @@ class ClipFamily(Family):
     model_types = ("clip",)
     fast_path = True
     model_class = "CLIPModel"
-
-    def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
-        self.check_tower(tower)
-        return getattr(model, f"{tower}_model")
-
-    def tower_config(self, model: Any, tower: str) -> Any:
-        return getattr(model.config, f"{tower}_config")
-
-    def blocks(self, model: Any, tower: str) -> Sequence[torch.nn.Module]:
-        self.check_tower(tower)
-        layers = getattr(getattr(getattr(model, f"{tower}_model", None), "encoder", None), "layers", None)
-        if layers is None:
-            raise ProbeError(f"{type(model).__name__} has no {tower}_model.encoder.layers; is it a transformers CLIPModel?")
-        return layers
 
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         attention = block.self_attn

@@ -19,11 +19,11 @@ Scores: ``logit = exp(logit_scale) cos + logit_bias`` (default, the model's ``lo
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from faithclip.errors import ModelError, ProbeError
+from faithclip.errors import ModelError
 from faithclip.models.families import AttentionParts, Family, PoolingAttention, register_family
 from faithclip.targets import cosine_matrix
 
@@ -37,16 +37,6 @@ class SiglipFamily(Family):
     target_kinds = ("logit", "probability", "cosine", "contrast")
     probability_over_prompts = False
     methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion", "rise")
-
-    def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
-        self.check_tower(tower)
-        return getattr(model, f"{tower}_model")
-
-    def tower_config(self, model: Any, tower: str) -> Any:
-        return getattr(model.config, f"{tower}_config")
-
-    def blocks(self, model: Any, tower: str) -> Sequence[torch.nn.Module]:
-        return self.tower_module(model, tower).encoder.layers
 
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         attention = block.self_attn
