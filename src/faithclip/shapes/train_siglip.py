@@ -6,14 +6,14 @@ ICCV 2023), with multi-positive labels. With unit embeddings ``x_i`` (images), `
 
     z_ij = +1 if caption j's class is present in image i, else -1
     loss = - mean_{i,j} log sigmoid(z_ij (t x_i . y_j + b))
-           + w * mean_c CE(softmax_c' t y_c . y_c', c)            (prompt separation, as in train_clip)
+           + w * mean_c CE(softmax_c' t y_c . y_c', c)     (prompt separation, as in train_clip; t held fixed)
 
 Each image's caption names one of its objects at random, so a caption is a positive of every image
 showing its class and identical captions share their positives. The paper normalises the double sum by
 the batch size, not by the number of pairs: a constant factor that AdamW's update does not see. Prompt
 separation is shapes-clip's guard against the fixed point in which the prompts of one colour merge
 before the image tower can tell shapes apart (see ``train_clip.prompt_separation_loss``); it acts on
-the text embeddings only.
+the text embeddings only (``t`` enters it detached, so only the sigmoid loss sets ``t`` and ``b``).
 
 transformers' SigLIP pools the text tower's LAST position and is trained without an attention mask,
 so texts are always padded to ``max_length`` (16) with ``<pad>`` on the right and only ``input_ids``
@@ -24,7 +24,7 @@ its attention-pooling head (no class token). Images are normalised with mean = s
 Zero-shot prediction: argmax over the 30 prompts of ``t cos + b``.
 
 ``python -m faithclip.shapes.train_siglip --evaluate DIR`` prints the held-out figures of a saved
-directory, loaded with plain transformers classes.
+directory, loaded with plain transformers classes, and its training time, steps, size and parameters.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from faithclip.shapes.training import (
     learning_rate,
     normalised_pixels,
     save_atomically,
+    saved_summary,
 )
 from faithclip.shapes.world import COLOUR_NAMES, SHAPES, SceneBatch, ShapesWorld
 
@@ -216,7 +217,8 @@ def _train(
         scale = model.logit_scale.exp()
         logits = scale * image @ prompts[caption_labels].T + model.logit_bias  # (B, B)
         loss = sigmoid_loss(logits, positive_matrix(torch.from_numpy(batch.labels), caption_labels))
-        loss = loss + recipe.prompt_separation * prompt_separation_loss(prompts, scale)
+        # Detached scale: the separation term must not tune the sigmoid loss's temperature.
+        loss = loss + recipe.prompt_separation * prompt_separation_loss(prompts, scale.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -302,9 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=1000, help="scenes per figure (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=EVALUATE_SEED, help="first sample seed (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.scenes < 1:
+        parser.error(f"--scenes must be at least 1, got {args.scenes}")
     if not (Path(args.evaluate) / "config.json").is_file():
         parser.exit(2, f"error: {args.evaluate} holds no config.json; pass a directory the trainer saved\n")
-    sys.stdout.write(json.dumps(evaluate_dir(args.evaluate, args.scenes, args.seed), indent=2) + "\n")
+    transformers.utils.logging.disable_progress_bar()
+    report = {"held_out": evaluate_dir(args.evaluate, args.scenes, args.seed), "training": saved_summary(args.evaluate)}
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0
 
 

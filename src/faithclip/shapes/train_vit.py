@@ -14,7 +14,7 @@ processor config; the processor resizes to ``size x size`` without a crop, an id
 scenes trained on.
 
 ``python -m faithclip.shapes.train_vit --evaluate DIR`` prints the held-out figures of a saved
-directory, loaded with plain transformers classes.
+directory, loaded with plain transformers classes, and its training time, steps, size and parameters.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from faithclip.shapes.training import (
     normalised_pixels,
     present_classes,
     save_atomically,
+    saved_summary,
 )
 from faithclip.shapes.world import SceneBatch, ShapesWorld
 
@@ -240,9 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=1000, help="scenes per figure (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=EVALUATE_SEED, help="first sample seed (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.scenes < 1:
+        parser.error(f"--scenes must be at least 1, got {args.scenes}")
     if not (Path(args.evaluate) / "config.json").is_file():
         parser.exit(2, f"error: {args.evaluate} holds no config.json; pass a directory the trainer saved\n")
-    sys.stdout.write(json.dumps(evaluate_dir(args.evaluate, args.scenes, args.seed), indent=2) + "\n")
+    transformers.utils.logging.disable_progress_bar()
+    report = {"held_out": evaluate_dir(args.evaluate, args.scenes, args.seed), "training": saved_summary(args.evaluate)}
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0
 
 

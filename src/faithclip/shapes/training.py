@@ -208,6 +208,26 @@ def classification_metrics(
     }
 
 
+def saved_summary(directory: str | Path) -> dict:
+    """What a saved directory's ``TRAINING.json`` says about its training, plus its size on disk and
+    parameter count (from the safetensors header)."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    record = json.loads((directory / "TRAINING.json").read_text())
+    with safe_open(str(directory / "model.safetensors"), framework="pt") as weights:
+        parameters = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118
+    return {
+        "command": record.get("command"),
+        "seed": record.get("seed"),
+        "steps": record.get("steps"),
+        "minutes": record.get("minutes"),
+        "cpu_minutes": record.get("cpu_minutes"),
+        "parameters": parameters,
+        "bytes_on_disk": sum(path.stat().st_size for path in directory.iterdir() if path.is_file()),
+    }
+
+
 def save_atomically(
     out_dir: Path,
     model: Any,
