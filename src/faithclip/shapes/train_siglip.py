@@ -9,11 +9,12 @@ ICCV 2023), with multi-positive labels. With unit embeddings ``x_i`` (images), `
            + w * mean_c CE(softmax_c' t y_c . y_c', c)     (prompt separation, as in train_clip; t held fixed)
 
 Each image's caption names one of its objects at random, so a caption is a positive of every image
-showing its class and identical captions share their positives. The paper normalises the double sum by
-the batch size, not by the number of pairs: a constant factor that AdamW's update does not see. Prompt
-separation is shapes-clip's guard against the fixed point in which the prompts of one colour merge
-before the image tower can tell shapes apart (see ``train_clip.prompt_separation_loss``); it acts on
-the text embeddings only (``t`` enters it detached, so only the sigmoid loss sets ``t`` and ``b``).
+showing its class and identical captions share their positives. The paper normalises the double sum
+by the batch size, not by the number of pairs: a constant factor on the gradient, to which AdamW's
+step is nearly invariant (the grad-norm clip is not). Prompt separation is shapes-clip's guard
+against the fixed point in which the prompts of one colour merge before the image tower can tell
+shapes apart (see ``train_clip.prompt_separation_loss``); it acts on the text embeddings only (``t``
+enters it detached, so only the sigmoid loss sets ``t`` and ``b``).
 
 transformers' SigLIP pools the text tower's LAST position and is trained without an attention mask,
 so texts are always padded to ``max_length`` (16) with ``<pad>`` on the right and only ``input_ids``
