@@ -225,6 +225,7 @@ def saved_summary(directory: str | Path) -> dict:
         "cpu_minutes": record.get("cpu_minutes"),
         "parameters": parameters,
         "bytes_on_disk": sum(path.stat().st_size for path in directory.iterdir() if path.is_file()),
+        **{key: record[key] for key in ("logit_scale_exp", "logit_bias") if key in record},  # SigLIP's t, b
     }
 
 
