@@ -1,9 +1,11 @@
-"""``faithclip train-shapes``: train the small shapes-world CLIP and save it as a transformers directory."""
+"""``faithclip train-shapes``: train a small shapes-world stand-in model (CLIP, ViT classifier or SigLIP)
+and save it as a transformers directory."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import shlex
@@ -13,15 +15,26 @@ from faithclip.cli.common import check_writable, non_negative_int, positive_floa
 
 logger = logging.getLogger(__name__)
 
+# family -> (training module, recipe class, training function); the modules load transformers, so they
+# are imported only when the command runs.
+FAMILIES: dict[str, tuple[str, str, str]] = {
+    "clip": ("faithclip.shapes.train_clip", "ShapesRecipe", "train_shapes"),
+    "vit": ("faithclip.shapes.train_vit", "ViTRecipe", "train_vit"),
+    "siglip": ("faithclip.shapes.train_siglip", "SiglipRecipe", "train_siglip"),
+}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train-shapes",
-        help="train a small CLIP on the synthetic shapes world (CPU)",
-        description="Train a transformers.CLIPModel on generated shape scenes for a fixed time budget "
-        "and save it with save_pretrained (model, tokenizer, image processor, TRAINING.json).",
+        help="train a small CLIP, ViT classifier or SigLIP on the synthetic shapes world (CPU)",
+        description="Train a transformers.CLIPModel (--family clip), ViTForImageClassification (vit) or "
+        "SiglipModel (siglip) on generated shape scenes for a fixed time budget and save it with "
+        "save_pretrained (model, tokenizer if any, image processor, TRAINING.json).",
     )
-    parser.add_argument("--out", default="./shapes-clip", help="output directory (default: ./shapes-clip)")
+    parser.add_argument("--family", default="clip", choices=tuple(FAMILIES),
+                        help="which model to train (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="output directory (default: ./shapes-FAMILY)")
     parser.add_argument("--minutes", type=positive_float, default=20.0, help="training time budget (default: 20)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of weights and training scenes (default: 0)")
     # default: ShapesRecipe.threads (not imported here: the training module loads transformers' image
@@ -31,15 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is None:
+        args.out = f"./shapes-{args.family}"
     check_writable(args.out, "dir")  # before importing the trainer, which takes seconds
-    from faithclip.shapes.train_clip import ShapesRecipe, train_shapes
-
-    recipe = ShapesRecipe() if args.threads is None else dataclasses.replace(ShapesRecipe(), threads=args.threads)
+    module_name, recipe_name, train_name = FAMILIES[args.family]
+    module = importlib.import_module(module_name)
+    recipe = getattr(module, recipe_name)()
+    if args.threads is not None:
+        recipe = dataclasses.replace(recipe, threads=args.threads)
     args.threads = recipe.threads
+    family = [] if args.family == "clip" else ["--family", args.family]  # clip's command reads as before
     command = shlex.join(
-        ["faithclip", "train-shapes", "--out", str(args.out), "--minutes", f"{args.minutes:g}",
+        ["faithclip", "train-shapes", *family, "--out", str(args.out), "--minutes", f"{args.minutes:g}",
          "--seed", str(args.seed), "--threads", str(args.threads)]
     )  # fmt: skip
-    metrics = train_shapes(args.out, args.minutes, seed=args.seed, recipe=recipe, command=command)
+    train = getattr(module, train_name)
+    metrics = train(args.out, args.minutes, seed=args.seed, recipe=recipe, command=command)
     sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
     return 0

@@ -20,11 +20,8 @@ temporary directory next to the target and renamed into place only when complete
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,16 +37,25 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from faithclip.errors import FaithclipError
 from faithclip.shapes.tokenizer import (
     as_transformers_tokenizer,
     build_word_tokenizer,
+)
+from faithclip.shapes.training import (  # noqa: F401  (HELD_OUT_SEED, TrainingError: re-exported)
+    HELD_OUT_SEED,
+    TrainingError,
+    adamw,
+    check_minutes,
+    check_output_dir,
+    curriculum_batch,
+    learning_rate,
+    normalised_pixels,
+    save_atomically,
 )
 from faithclip.shapes.world import (
     COLOUR_NAMES,
     MAX_OBJECTS,
     SHAPES,
-    SceneBatch,
     ShapesWorld,
 )
 
@@ -57,13 +63,6 @@ logger = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# Sample seeds of held-out scenes: training draws seeds 0, 1, 2, ... (one per step), never these.
-HELD_OUT_SEED = 10**12
-
-
-class TrainingError(FaithclipError):
-    """Invalid training options or output location."""
-
 
 @dataclass(frozen=True)
 class ShapesRecipe:
@@ -139,9 +138,7 @@ def build_image_processor(recipe: ShapesRecipe) -> CLIPImageProcessor:
 def pixel_values(images: np.ndarray) -> torch.Tensor:
     """CLIP-normalised pixels (N, 3, H, W) from uint8 images (N, H, W, 3); equals CLIPImageProcessor
     at the native size (its resize and crop are identities there)."""
-    x = torch.from_numpy(images).float().div_(255.0)  # (N, H, W, 3)
-    x = (x - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
-    return x.permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+    return normalised_pixels(images, CLIP_MEAN, CLIP_STD)
 
 
 def positive_matrix(scene_labels: torch.Tensor, caption_labels: torch.Tensor) -> torch.Tensor:
@@ -170,36 +167,6 @@ def prompt_separation_loss(prompts: torch.Tensor, scale: torch.Tensor) -> torch.
     """
     logits = scale * prompts @ prompts.T  # (C, C)
     return F.cross_entropy(logits, torch.arange(len(prompts)))
-
-
-def learning_rate(progress: float, recipe: ShapesRecipe) -> float:
-    """Linear warm-up over ``warmup_fraction`` of the budget, then cosine decay to zero."""
-    warmup = recipe.warmup_fraction
-    if progress < warmup:
-        return recipe.learning_rate * progress / warmup
-    decay = min(1.0, (progress - warmup) / (1.0 - warmup))
-    return recipe.learning_rate * 0.5 * (1.0 + math.cos(math.pi * decay))
-
-
-def curriculum_batch(world: ShapesWorld, progress: float, recipe: ShapesRecipe, seed: int) -> SceneBatch:
-    """Training scenes for the current share of the budget spent (see module docstring)."""
-    n = recipe.batch_size
-    if progress < recipe.single_only_fraction:
-        return world.sample(n, 1, 1, seed=seed)
-    ramp = min(1.0, (progress - recipe.single_only_fraction) / (recipe.ramp_fraction - recipe.single_only_fraction))
-    max_objects = 1 + round(ramp * (recipe.max_objects - 1))
-    n_single = round(n * recipe.single_share)
-    single = world.sample(n_single, 1, 1, seed=seed)
-    multi = world.sample(n - n_single, min(2, max_objects), max_objects, seed=seed)
-    return SceneBatch(
-        images=np.concatenate([single.images, multi.images]),
-        labels=np.concatenate([single.labels, multi.labels]),
-        masks=np.zeros((0,), dtype=bool),  # not needed for training
-        boxes=np.concatenate([single.boxes, multi.boxes]),
-        colours_rgb=np.concatenate([single.colours_rgb, multi.colours_rgb]),
-        targets=np.concatenate([single.targets, multi.targets]),
-        prompts=world.prompts,
-    )
 
 
 @torch.no_grad()
@@ -243,23 +210,6 @@ def held_out_metrics(
     return {"zero_shot_top1": float(zero_shot), "multi_object_ranking": float(ranking)}
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """Fail before training if ``out_dir`` cannot be written or would clobber something else."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TrainingError(f"{out_dir} is a file; pass --out a directory path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").exists():
-        raise TrainingError(f"{out_dir} is a non-empty directory that is not a saved model; choose another --out")
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        # Root ignores permission bits, so try for real instead of asking os.access.
-        tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.probe-", dir=parent).cleanup()
-    except OSError as error:
-        raise TrainingError(
-            f"cannot write next to {out_dir} ({error.strerror or error}); choose a writable --out"
-        ) from error
-
-
 def train_shapes(
     out_dir: str | Path,
     minutes: float,
@@ -272,8 +222,7 @@ def train_shapes(
 
     Returns the final held-out metrics plus ``steps``, ``minutes`` and ``final_loss``.
     """
-    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
-        raise TrainingError(f"minutes must be a positive number, got {minutes!r}; e.g. --minutes 20")
+    check_minutes(minutes)
     recipe = recipe or ShapesRecipe()
     out_dir = Path(out_dir).expanduser().resolve()
     check_output_dir(out_dir)
@@ -295,13 +244,7 @@ def _train(
     tokenizer = build_tokenizer(recipe)
     model = build_model(recipe, tokenizer)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.learning_rate,
-        betas=(0.9, 0.98),
-    )
+    optimizer = adamw(model, recipe.learning_rate, recipe.weight_decay)
     prompt_tokens = tokenizer(list(world.prompts), padding="max_length", truncation=True, return_tensors="pt")
 
     budget = minutes * 60.0
@@ -366,34 +309,3 @@ def _train(
     }
     save_atomically(out_dir, model, tokenizer, build_image_processor(recipe), record)
     return metrics
-
-
-def save_atomically(
-    out_dir: Path,
-    model: CLIPModel,
-    tokenizer: PreTrainedTokenizerFast,
-    processor: CLIPImageProcessor,
-    record: dict,
-) -> None:
-    """Write everything to a temporary sibling directory, then rename it onto ``out_dir``."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        (staging / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
-        # mkdtemp and safetensors create owner-only files; a shipped model must be readable by all.
-        staging.chmod(0o755)
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            out_dir.rename(retired / out_dir.name)
-            staging.rename(out_dir)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    logger.info("saved %s", out_dir)

@@ -1,0 +1,319 @@
+"""Train a small ``transformers.SiglipModel`` on the shapes world, on CPU, within a time budget.
+
+Loss: the sigmoid loss of SigLIP (Zhai et al., "Sigmoid Loss for Language Image Pre-Training",
+ICCV 2023), with multi-positive labels. With unit embeddings ``x_i`` (images), ``y_j`` (captions),
+``t = exp(logit_scale)`` (initialised to 10) and ``b = logit_bias`` (initialised to -10)::
+
+    z_ij = +1 if caption j's class is present in image i, else -1
+    loss = - mean_{i,j} log sigmoid(z_ij (t x_i . y_j + b))
+           + w * mean_c CE(softmax_c' t y_c . y_c', c)     (prompt separation, as in train_clip; t held fixed)
+
+Each image's caption names one of its objects at random, so a caption is a positive of every image
+showing its class and identical captions share their positives. The paper normalises the double sum
+by the batch size, not by the number of pairs: a constant factor on the gradient, to which AdamW's
+step is nearly invariant (the grad-norm clip is not). Prompt separation is shapes-clip's guard
+against the fixed point in which the prompts of one colour merge before the image tower can tell
+shapes apart (see ``train_clip.prompt_separation_loss``); it acts on the text embeddings only (``t``
+enters it detached, so only the sigmoid loss sets ``t`` and ``b``).
+
+transformers' SigLIP pools the text tower's LAST position and is trained without an attention mask,
+so texts are always padded to ``max_length`` (16) with ``<pad>`` on the right and only ``input_ids``
+are passed; the saved tokenizer has ``model_max_length`` 16 and right padding, so
+``tokenizer(texts, padding="max_length")`` gives the layout trained on. The vision tower pools with
+its attention-pooling head (no class token). Images are normalised with mean = std = 0.5 (the
+``SiglipImageProcessor`` default), resized to ``size x size`` without a crop (an identity at 64 px).
+Zero-shot prediction: argmax over the 30 prompts of ``t cos + b``.
+
+``python -m faithclip.shapes.train_siglip --evaluate DIR`` prints the held-out figures of a saved
+directory, loaded with plain transformers classes, and its training time, steps, size and parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel
+
+from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
+from faithclip.shapes.train_clip import positive_matrix, prompt_separation_loss
+from faithclip.shapes.training import (
+    EVALUATE_SEED,
+    HELD_OUT_SEED,
+    Clock,
+    VisionRecipe,
+    adamw,
+    check_minutes,
+    check_output_dir,
+    classification_metrics,
+    curriculum_batch,
+    learning_rate,
+    normalised_pixels,
+    save_atomically,
+    saved_summary,
+)
+from faithclip.shapes.world import COLOUR_NAMES, SHAPES, SceneBatch, ShapesWorld
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SiglipRecipe(VisionRecipe):
+    """Architecture and optimisation settings of the shapes SigLIP (vision settings from VisionRecipe)."""
+
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_mlp: int = 512
+    max_length: int = 16
+    logit_scale_init: float = math.log(10.0)
+    logit_bias_init: float = -10.0
+    prompt_separation: float = 1.0  # weight of train_clip.prompt_separation_loss
+
+
+def build_tokenizer(recipe: SiglipRecipe) -> PreTrainedTokenizerFast:
+    """The faithclip word tokenizer; right padding to ``model_max_length = max_length``."""
+    return as_transformers_tokenizer(build_word_tokenizer([*COLOUR_NAMES, *SHAPES]), recipe.max_length)
+
+
+def text_ids(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_length: int) -> torch.Tensor:
+    """Token ids (T, max_length) in the trained layout: padded to the full length, no attention mask."""
+    return tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
+
+
+def build_model(recipe: SiglipRecipe, tokenizer: PreTrainedTokenizerFast) -> SiglipModel:
+    """A freshly initialised SiglipModel with ``t = exp(logit_scale)`` and ``b`` at the recipe's values."""
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": recipe.text_width,
+        "intermediate_size": recipe.text_mlp,
+        "num_hidden_layers": recipe.text_layers,
+        "num_attention_heads": recipe.text_heads,
+        "max_position_embeddings": recipe.max_length,
+        "projection_size": recipe.text_width,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision_config = {
+        "hidden_size": recipe.vision_width,
+        "intermediate_size": recipe.vision_mlp,
+        "num_hidden_layers": recipe.vision_layers,
+        "num_attention_heads": recipe.vision_heads,
+        "image_size": recipe.image_size,
+        "patch_size": recipe.patch_size,
+    }
+    config = SiglipConfig(text_config=text_config, vision_config=vision_config)
+    model = SiglipModel._from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        model.logit_scale.fill_(recipe.logit_scale_init)
+        model.logit_bias.fill_(recipe.logit_bias_init)
+    return model
+
+
+def build_image_processor(recipe: SiglipRecipe) -> transformers.SiglipImageProcessorPil:
+    # The PIL class saves as "SiglipImageProcessor" and needs no torchvision.
+    return transformers.SiglipImageProcessorPil(
+        size={"height": recipe.image_size, "width": recipe.image_size},
+        resample=3,
+        image_mean=list(recipe.image_mean),
+        image_std=list(recipe.image_std),
+    )
+
+
+def sigmoid_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """``-mean_ij log sigmoid(z_ij logits_ij)``, ``z = +1`` where ``positives`` else ``-1``; (B_img, B_txt)."""
+    signs = 2.0 * positives.float() - 1.0  # (B_img, B_txt)
+    return -F.logsigmoid(signs * logits).mean()
+
+
+def _features(output: torch.Tensor | object) -> torch.Tensor:
+    return F.normalize(getattr(output, "pooler_output", output).float(), dim=-1)
+
+
+@torch.no_grad()
+def _prompt_logits(model: SiglipModel, recipe: SiglipRecipe, prompt_ids: torch.Tensor, batch: SceneBatch) -> np.ndarray:
+    """``t cos + b`` of each scene against each prompt, (N, C)."""
+    prompts = _features(model.get_text_features(input_ids=prompt_ids))  # (C, D)
+    parts = []
+    for start in range(0, len(batch), 256):
+        pixels = normalised_pixels(batch.images[start : start + 256], recipe.image_mean, recipe.image_std)
+        parts.append(_features(model.get_image_features(pixel_values=pixels)))
+    cos = torch.cat(parts) @ prompts.T  # (N, C)
+    return (model.logit_scale.exp() * cos + model.logit_bias).numpy()
+
+
+def train_siglip(
+    out_dir: str | Path,
+    minutes: float,
+    seed: int = 0,
+    recipe: SiglipRecipe | None = None,
+    command: str | None = None,
+    max_steps: int | None = None,
+    held_out_scenes: int = 1000,
+) -> dict[str, float]:
+    """Train for ``minutes`` (or ``max_steps``, if reached first) and save to ``out_dir``.
+
+    Returns the held-out metrics of the saved files (``evaluate_dir`` with ``held_out_scenes`` scenes per
+    figure, its defaults otherwise) plus ``steps``, ``minutes``, ``cpu_minutes`` and the losses.
+    """
+    check_minutes(minutes)
+    recipe = recipe or SiglipRecipe()
+    out_dir = Path(out_dir).expanduser().resolve()
+    check_output_dir(out_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, recipe.threads)))
+    try:
+        return _train(out_dir, minutes, seed, recipe, command, max_steps, held_out_scenes)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    out_dir: Path, minutes: float, seed: int, recipe: SiglipRecipe, command: str | None, max_steps: int | None,
+    held_out_scenes: int,
+) -> dict[str, float]:
+    torch.manual_seed(seed)
+    world = ShapesWorld(recipe.image_size, seed=seed)
+    tokenizer = build_tokenizer(recipe)
+    model = build_model(recipe, tokenizer)
+    model.train()
+    optimizer = adamw(model, recipe.learning_rate, recipe.weight_decay)
+    prompt_ids = text_ids(tokenizer, list(world.prompts), recipe.max_length)  # (C, max_length)
+
+    def logged_metrics() -> dict[str, float]:
+        model.eval()
+        metrics = classification_metrics(
+            lambda batch: _prompt_logits(model, recipe, prompt_ids, batch), world, recipe.eval_scenes, HELD_OUT_SEED
+        )
+        model.train()
+        return metrics
+
+    clock = Clock(minutes)
+    last_eval = clock.elapsed
+    step, history = 0, []
+    bar = tqdm(total=round(clock.budget), unit="s", desc="train-shapes siglip")
+    while clock.elapsed < clock.budget and (max_steps is None or step < max_steps):
+        progress = clock.progress
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(progress, recipe)
+        batch = curriculum_batch(world, progress, recipe, seed=step)
+        caption_labels = torch.from_numpy(batch.target_labels)
+        pixels = normalised_pixels(batch.images, recipe.image_mean, recipe.image_std)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
+            image = model.get_image_features(pixel_values=pixels)
+            # Each caption is a class prompt: embed the C prompts once, index them per caption.
+            text = model.get_text_features(input_ids=prompt_ids)
+        image, prompts = _features(image), _features(text)  # (B, D), (C, D)
+        scale = model.logit_scale.exp()
+        logits = scale * image @ prompts[caption_labels].T + model.logit_bias  # (B, B)
+        loss = sigmoid_loss(logits, positive_matrix(torch.from_numpy(batch.labels), caption_labels))
+        # Detached scale: the separation term must not tune the sigmoid loss's temperature.
+        loss = loss + recipe.prompt_separation * prompt_separation_loss(prompts, scale.detach())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        history.append(loss.item())
+        step += 1
+        bar.update(round(clock.elapsed) - bar.n)
+        bar.set_postfix(loss=f"{history[-1]:.3f}", step=step)
+        if clock.elapsed - last_eval >= recipe.eval_every_seconds:
+            logger.info("step %d (%.1f min): loss %.3f, %s", step, clock.minutes(), history[-1], logged_metrics())
+            last_eval = clock.elapsed
+    bar.close()
+    training = {
+        "steps": step,
+        "minutes": round(clock.minutes(), 2),
+        "cpu_minutes": round(clock.cpu_minutes(), 2),
+        "first_loss": history[0] if history else float("nan"),
+        "final_loss": float(np.mean(history[-20:])) if history else float("nan"),
+        "logit_scale_exp": model.logit_scale.exp().item(),
+        "logit_bias": model.logit_bias.item(),
+    }
+    model.eval()
+    record = {
+        "command": command,
+        "seed": seed,
+        "minutes_budget": minutes,
+        **training,
+        "recipe": asdict(recipe),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "held_out_during_training": {"world_seed": seed, "sample_seeds": [HELD_OUT_SEED, HELD_OUT_SEED + 1],
+                                     "scenes": recipe.eval_scenes, **logged_metrics()},
+    }  # fmt: skip
+    held_out: dict = {}
+
+    def measure(directory: Path) -> dict:
+        held_out.update(evaluate_dir(directory, held_out_scenes, world_seed=seed))
+        return held_out
+
+    save_atomically(out_dir, model, tokenizer, build_image_processor(recipe), record, measure)
+    logger.info("trained %d steps in %.1f min: %s", step, training["minutes"], held_out)
+    return {**held_out, **training}
+
+
+def evaluate_dir(
+    directory: str | Path, scenes: int = 1000, seed: int = EVALUATE_SEED, world_seed: int | None = None
+) -> dict:
+    """Held-out figures of a saved directory, loaded with ``SiglipModel.from_pretrained``,
+    ``AutoTokenizer`` (``padding="max_length"``, no attention mask passed) and ``AutoImageProcessor`` on
+    PIL images, scored with the model's own ``logits_per_image``: nothing of the training code takes part.
+
+    ``world_seed`` defaults to the ``seed`` in the directory's ``TRAINING.json``.
+    """
+    directory = Path(directory)
+    model = SiglipModel.from_pretrained(directory).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    processor = transformers.AutoImageProcessor.from_pretrained(directory)
+    if world_seed is None:
+        world_seed = json.loads((directory / "TRAINING.json").read_text())["seed"]
+    world = ShapesWorld(model.config.vision_config.image_size, seed=world_seed)
+    input_ids = tokenizer(list(world.prompts), padding="max_length", return_tensors="pt").input_ids
+
+    @torch.no_grad()
+    def scores(batch: SceneBatch) -> np.ndarray:
+        parts = []
+        for start in range(0, len(batch), 250):
+            images = [batch.scene(i).image for i in range(start, min(start + 250, len(batch)))]
+            pixels = processor(images=images, return_tensors="pt").pixel_values
+            parts.append(model(input_ids=input_ids, pixel_values=pixels).logits_per_image)
+        return torch.cat(parts).numpy()  # (N, C)
+
+    metrics = classification_metrics(scores, world, scenes, seed)
+    return {"scenes": scenes, "world_seed": world_seed, "sample_seeds": [seed, seed + 1], **metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m faithclip.shapes.train_siglip",
+        description="Print the held-out figures of a saved shapes SigLIP (train one with "
+        "`faithclip train-shapes --family siglip`).",
+    )
+    parser.add_argument("--evaluate", metavar="DIR", required=True, help="a directory written by the trainer")
+    parser.add_argument("--scenes", type=int, default=1000, help="scenes per figure (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=EVALUATE_SEED, help="first sample seed (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.scenes < 1:
+        parser.error(f"--scenes must be at least 1, got {args.scenes}")
+    if not (Path(args.evaluate) / "config.json").is_file():
+        parser.exit(2, f"error: {args.evaluate} holds no config.json; pass a directory the trainer saved\n")
+    transformers.utils.logging.disable_progress_bar()
+    report = {"held_out": evaluate_dir(args.evaluate, args.scenes, args.seed), "training": saved_summary(args.evaluate)}
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Train a small ``transformers.ViTForImageClassification`` on the shapes world, on CPU, in a time budget.
+
+The stand-in for a supervised ViT classifier: 30 labels whose names are the world's prompts
+(``id2label[c] == world.prompts[c]``, e.g. "a red circle"), the vision tower of shapes-clip's size,
+classifying from the class token. Loss: cross-entropy against a soft target spread uniformly over the
+classes present in a scene (one-hot for a single object)::
+
+    loss = mean_i  - sum_c  P_ic / |P_i.|  log softmax_c(logits_i)
+
+so in a scene of several objects every present object's logit is pushed up, not only one of them.
+Schedule, curriculum, optimiser and atomic saving are those of ``train_clip`` (``shapes.training``).
+Images are normalised with mean = std = 0.5, the ``ViTImageProcessor`` default, written to the saved
+processor config; the processor resizes to ``size x size`` without a crop, an identity on the 64 px
+scenes trained on.
+
+``python -m faithclip.shapes.train_vit --evaluate DIR`` prints the held-out figures of a saved
+directory, loaded with plain transformers classes, and its training time, steps, size and parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from tqdm.auto import tqdm
+from transformers import ViTConfig, ViTForImageClassification
+
+from faithclip.shapes.training import (
+    EVALUATE_SEED,
+    HELD_OUT_SEED,
+    Clock,
+    VisionRecipe,
+    adamw,
+    check_minutes,
+    check_output_dir,
+    classification_metrics,
+    curriculum_batch,
+    learning_rate,
+    normalised_pixels,
+    present_classes,
+    save_atomically,
+    saved_summary,
+)
+from faithclip.shapes.world import SceneBatch, ShapesWorld
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ViTRecipe(VisionRecipe):
+    """Architecture and optimisation settings of the shapes ViT classifier."""
+
+
+def build_model(recipe: ViTRecipe, labels: tuple[str, ...]) -> ViTForImageClassification:
+    """A freshly initialised classifier whose label names are ``labels`` (the world's prompts)."""
+    config = ViTConfig(
+        hidden_size=recipe.vision_width,
+        num_hidden_layers=recipe.vision_layers,
+        num_attention_heads=recipe.vision_heads,
+        intermediate_size=recipe.vision_mlp,
+        image_size=recipe.image_size,
+        patch_size=recipe.patch_size,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)},
+    )
+    return ViTForImageClassification._from_config(config, attn_implementation="eager")
+
+
+def build_image_processor(recipe: ViTRecipe) -> transformers.ViTImageProcessorPil:
+    # The PIL class saves as "ViTImageProcessor" and needs no torchvision.
+    return transformers.ViTImageProcessorPil(
+        size={"height": recipe.image_size, "width": recipe.image_size},
+        resample=2,
+        image_mean=list(recipe.image_mean),
+        image_std=list(recipe.image_std),
+    )
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``mean_i -sum_c P_ic / |P_i.| log softmax(logits_i)_c``; logits (B, C), present (B, C) bool,
+    every row holding at least one present class."""
+    targets = present.float()
+    targets = targets / targets.sum(1, keepdim=True)  # (B, C), rows sum to 1
+    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+@torch.no_grad()
+def _class_logits(model: ViTForImageClassification, recipe: ViTRecipe, batch: SceneBatch) -> np.ndarray:
+    parts = []
+    for start in range(0, len(batch), 256):
+        pixels = normalised_pixels(batch.images[start : start + 256], recipe.image_mean, recipe.image_std)
+        parts.append(model(pixel_values=pixels).logits)
+    return torch.cat(parts).numpy()  # (N, C)
+
+
+def train_vit(
+    out_dir: str | Path,
+    minutes: float,
+    seed: int = 0,
+    recipe: ViTRecipe | None = None,
+    command: str | None = None,
+    max_steps: int | None = None,
+    held_out_scenes: int = 1000,
+) -> dict[str, float]:
+    """Train for ``minutes`` (or ``max_steps``, if reached first) and save to ``out_dir``.
+
+    Returns the held-out metrics of the saved files (``evaluate_dir`` with ``held_out_scenes`` scenes per
+    figure, its defaults otherwise) plus ``steps``, ``minutes``, ``cpu_minutes`` and the losses.
+    """
+    check_minutes(minutes)
+    recipe = recipe or ViTRecipe()
+    out_dir = Path(out_dir).expanduser().resolve()
+    check_output_dir(out_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, recipe.threads)))
+    try:
+        return _train(out_dir, minutes, seed, recipe, command, max_steps, held_out_scenes)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    out_dir: Path, minutes: float, seed: int, recipe: ViTRecipe, command: str | None, max_steps: int | None,
+    held_out_scenes: int,
+) -> dict[str, float]:
+    torch.manual_seed(seed)
+    world = ShapesWorld(recipe.image_size, seed=seed)
+    model = build_model(recipe, world.prompts)
+    model.train()
+    optimizer = adamw(model, recipe.learning_rate, recipe.weight_decay)
+
+    def logged_metrics() -> dict[str, float]:
+        model.eval()
+        metrics = classification_metrics(
+            lambda batch: _class_logits(model, recipe, batch), world, recipe.eval_scenes, HELD_OUT_SEED
+        )
+        model.train()
+        return metrics
+
+    clock = Clock(minutes)
+    last_eval = clock.elapsed
+    step, history = 0, []
+    bar = tqdm(total=round(clock.budget), unit="s", desc="train-shapes vit")
+    while clock.elapsed < clock.budget and (max_steps is None or step < max_steps):
+        progress = clock.progress
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(progress, recipe)
+        batch = curriculum_batch(world, progress, recipe, seed=step)
+        pixels = normalised_pixels(batch.images, recipe.image_mean, recipe.image_std)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
+            logits = model(pixel_values=pixels).logits
+        loss = soft_target_cross_entropy(logits.float(), present_classes(batch.labels, world.num_classes))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        history.append(loss.item())
+        step += 1
+        bar.update(round(clock.elapsed) - bar.n)
+        bar.set_postfix(loss=f"{history[-1]:.3f}", step=step)
+        if clock.elapsed - last_eval >= recipe.eval_every_seconds:
+            logger.info("step %d (%.1f min): loss %.3f, %s", step, clock.minutes(), history[-1], logged_metrics())
+            last_eval = clock.elapsed
+    bar.close()
+    training = {
+        "steps": step,
+        "minutes": round(clock.minutes(), 2),
+        "cpu_minutes": round(clock.cpu_minutes(), 2),
+        "first_loss": history[0] if history else float("nan"),
+        "final_loss": float(np.mean(history[-20:])) if history else float("nan"),
+    }
+    model.eval()
+    record = {
+        "command": command,
+        "seed": seed,
+        "minutes_budget": minutes,
+        **training,
+        "recipe": asdict(recipe),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "held_out_during_training": {"world_seed": seed, "sample_seeds": [HELD_OUT_SEED, HELD_OUT_SEED + 1],
+                                     "scenes": recipe.eval_scenes, **logged_metrics()},
+    }  # fmt: skip
+    held_out: dict = {}
+
+    def measure(directory: Path) -> dict:
+        held_out.update(evaluate_dir(directory, held_out_scenes, world_seed=seed))
+        return held_out
+
+    save_atomically(out_dir, model, None, build_image_processor(recipe), record, measure)
+    logger.info("trained %d steps in %.1f min: %s", step, training["minutes"], held_out)
+    return {**held_out, **training}
+
+
+def evaluate_dir(
+    directory: str | Path, scenes: int = 1000, seed: int = EVALUATE_SEED, world_seed: int | None = None
+) -> dict:
+    """Held-out figures of a saved directory, loaded with ``ViTForImageClassification.from_pretrained``
+    and ``AutoImageProcessor`` on PIL images: nothing of the training code takes part.
+
+    ``world_seed`` defaults to the ``seed`` in the directory's ``TRAINING.json``.
+    """
+    directory = Path(directory)
+    model = ViTForImageClassification.from_pretrained(directory).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(directory)
+    if world_seed is None:
+        world_seed = json.loads((directory / "TRAINING.json").read_text())["seed"]
+    world = ShapesWorld(model.config.image_size, seed=world_seed)
+    if [model.config.id2label[c] for c in range(world.num_classes)] != list(world.prompts):
+        raise ValueError(f"{directory}: id2label is not the shapes world's prompts in order")
+
+    @torch.no_grad()
+    def scores(batch: SceneBatch) -> np.ndarray:
+        parts = []
+        for start in range(0, len(batch), 250):
+            images = [batch.scene(i).image for i in range(start, min(start + 250, len(batch)))]
+            pixels = processor(images=images, return_tensors="pt").pixel_values
+            parts.append(model(pixel_values=pixels).logits)
+        return torch.cat(parts).numpy()  # (N, C)
+
+    metrics = classification_metrics(scores, world, scenes, seed)
+    return {"scenes": scenes, "world_seed": world_seed, "sample_seeds": [seed, seed + 1], **metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m faithclip.shapes.train_vit",
+        description="Print the held-out figures of a saved shapes ViT (train one with "
+        "`faithclip train-shapes --family vit`).",
+    )
+    parser.add_argument("--evaluate", metavar="DIR", required=True, help="a directory written by the trainer")
+    parser.add_argument("--scenes", type=int, default=1000, help="scenes per figure (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=EVALUATE_SEED, help="first sample seed (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.scenes < 1:
+        parser.error(f"--scenes must be at least 1, got {args.scenes}")
+    if not (Path(args.evaluate) / "config.json").is_file():
+        parser.exit(2, f"error: {args.evaluate} holds no config.json; pass a directory the trainer saved\n")
+    transformers.utils.logging.disable_progress_bar()
+    report = {"held_out": evaluate_dir(args.evaluate, args.scenes, args.seed), "training": saved_summary(args.evaluate)}
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Pieces shared by the trainers of the stand-in models (``train_clip``, ``train_vit``, ``train_siglip``).
+
+All three train on fresh shapes-world scenes for a wall-clock budget: the learning rate and the
+curriculum follow the share of the budget spent, training draws sample seeds 0, 1, 2, ... (one per
+step) and held-out scenes use seeds from ``HELD_OUT_SEED`` up, and the result is written to a
+temporary sibling directory that is renamed onto the target only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from faithclip.errors import FaithclipError
+from faithclip.shapes.world import MAX_OBJECTS, SceneBatch, ShapesWorld
+
+logger = logging.getLogger(__name__)
+
+# Sample seeds of held-out scenes: training draws seeds 0, 1, 2, ... (one per step), never these.
+HELD_OUT_SEED = 10**12
+# Sample seeds of the figures a trainer's ``--evaluate`` prints for a saved directory: used neither in
+# training nor by the evaluation logged during training (HELD_OUT_SEED), so no model was chosen on them.
+EVALUATE_SEED = 4 * 10**12
+
+
+class TrainingError(FaithclipError):
+    """Invalid training options or output location."""
+
+
+class Schedule(Protocol):
+    """The recipe fields that ``learning_rate`` and ``curriculum_batch`` read."""
+
+    learning_rate: float
+    warmup_fraction: float
+    batch_size: int
+    single_only_fraction: float
+    ramp_fraction: float
+    single_share: float
+    max_objects: int
+
+
+@dataclass(frozen=True)
+class VisionRecipe:
+    """The tiny ViT of every stand-in (the shapes-clip vision tower's size) and the shared optimisation,
+    schedule and curriculum settings."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    vision_mlp: int = 512
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    single_only_fraction: float = 0.1  # first share of the budget: one object per scene
+    ramp_fraction: float = 0.4  # by this share of the budget, scenes reach max_objects
+    single_share: float = 1 / 3  # share of single-object scenes in each batch after that
+    max_objects: int = MAX_OBJECTS
+    image_mean: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
+    image_std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
+    bf16_autocast: bool = True  # CPU autocast: ~2x faster steps where the CPU has AMX/AVX512-BF16
+    threads: int = 1  # torch threads; 1 is much faster than 2 when other jobs share the 2 cores
+    eval_every_seconds: float = 120.0
+    eval_scenes: int = 300
+
+
+def normalised_pixels(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(pixels / 255 - mean) / std`` as (N, 3, H, W) from uint8 images (N, H, W, 3): what a
+    transformers image processor with ``do_rescale`` and ``do_normalize`` gives at the native size."""
+    x = torch.from_numpy(images).float().div_(255.0)  # (N, H, W, 3)
+    x = (x - torch.tensor(mean)) / torch.tensor(std)
+    return x.permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+
+
+def present_classes(scene_labels: np.ndarray | torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``P[i, c]`` = class ``c`` is among scene ``i``'s objects. (N, K) labels, -1 empty -> (N, C) bool."""
+    labels = torch.as_tensor(scene_labels)
+    return (labels[:, :, None] == torch.arange(num_classes)[None, None, :]).any(dim=1)
+
+
+def learning_rate(progress: float, recipe: Schedule) -> float:
+    """Linear warm-up over ``warmup_fraction`` of the budget, then cosine decay to zero."""
+    warmup = recipe.warmup_fraction
+    if progress < warmup:
+        return recipe.learning_rate * progress / warmup
+    decay = min(1.0, (progress - warmup) / (1.0 - warmup))
+    return recipe.learning_rate * 0.5 * (1.0 + math.cos(math.pi * decay))
+
+
+def curriculum_batch(world: ShapesWorld, progress: float, recipe: Schedule, seed: int) -> SceneBatch:
+    """Training scenes for the current share of the budget spent: single objects for the first
+    ``single_only_fraction``; then ``single_share`` of each batch single objects and the rest 2..k
+    objects, k ramping up to ``max_objects`` by ``ramp_fraction``."""
+    n = recipe.batch_size
+    if progress < recipe.single_only_fraction:
+        return world.sample(n, 1, 1, seed=seed)
+    ramp = min(1.0, (progress - recipe.single_only_fraction) / (recipe.ramp_fraction - recipe.single_only_fraction))
+    max_objects = 1 + round(ramp * (recipe.max_objects - 1))
+    n_single = round(n * recipe.single_share)
+    single = world.sample(n_single, 1, 1, seed=seed)
+    multi = world.sample(n - n_single, min(2, max_objects), max_objects, seed=seed)
+    return SceneBatch(
+        images=np.concatenate([single.images, multi.images]),
+        labels=np.concatenate([single.labels, multi.labels]),
+        masks=np.zeros((0,), dtype=bool),  # not needed for training
+        boxes=np.concatenate([single.boxes, multi.boxes]),
+        colours_rgb=np.concatenate([single.colours_rgb, multi.colours_rgb]),
+        targets=np.concatenate([single.targets, multi.targets]),
+        prompts=world.prompts,
+    )
+
+
+def adamw(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (not on biases, norms, embeddings, class token,
+    pooling probe or logit scale/bias)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        exempt = parameter.ndim < 2 or "embedding" in name or "probe" in name
+        (no_decay if exempt else decay).append(parameter)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate,
+        betas=(0.9, 0.98),
+    )
+
+
+class Clock:
+    """Wall-clock budget of a training run, plus the process CPU time it used (all threads)."""
+
+    def __init__(self, minutes: float):
+        self.budget = minutes * 60.0
+        self._wall = time.monotonic()
+        self._cpu = time.process_time()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._wall
+
+    @property
+    def progress(self) -> float:
+        return self.elapsed / self.budget
+
+    def minutes(self) -> float:
+        return self.elapsed / 60.0
+
+    def cpu_minutes(self) -> float:
+        return (time.process_time() - self._cpu) / 60.0
+
+
+def check_minutes(minutes: Any) -> None:
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+        raise TrainingError(f"minutes must be a positive number, got {minutes!r}; e.g. --minutes 20")
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Fail before training if ``out_dir`` cannot be written or would clobber something else."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"{out_dir} is a file; pass --out a directory path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").exists():
+        raise TrainingError(f"{out_dir} is a non-empty directory that is not a saved model; choose another --out")
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        # Root ignores permission bits, so try for real instead of asking os.access.
+        tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.probe-", dir=parent).cleanup()
+    except OSError as error:
+        raise TrainingError(
+            f"cannot write next to {out_dir} ({error.strerror or error}); choose a writable --out"
+        ) from error
+
+
+def classification_metrics(
+    scores: Callable[[SceneBatch], np.ndarray], world: ShapesWorld, n: int, seed: int
+) -> dict[str, float]:
+    """Held-out figures from ``scores(batch)`` (N, classes), higher = more likely present.
+
+    ``zero_shot_top1``: top-1 over all classes on ``n`` balanced single-object scenes (sample seed
+    ``seed``). On ``n`` scenes of 2-4 objects (seed ``seed + 1``): ``multi_object_top1``, the share whose
+    top-scoring class is one of the present ones, and ``multi_object_ranking``, the share in which every
+    present class scores above every absent one.
+    """
+    single = world.single_object_set(n, seed=seed)
+    zero_shot = (scores(single).argmax(1) == single.labels[:, 0]).mean()
+    multi = world.multi_object_set(n, seed=seed + 1)
+    multi_scores = scores(multi)  # (n, C)
+    present = present_classes(multi.labels, world.num_classes).numpy()  # (n, C)
+    top1 = present[np.arange(n), multi_scores.argmax(1)].mean()
+    lowest_present = np.where(present, multi_scores, np.inf).min(1)
+    highest_absent = np.where(present, -np.inf, multi_scores).max(1)
+    ranking = (lowest_present > highest_absent).mean()
+    return {
+        "zero_shot_top1": float(zero_shot),
+        "multi_object_top1": float(top1),
+        "multi_object_ranking": float(ranking),
+    }
+
+
+def saved_summary(directory: str | Path) -> dict:
+    """What a saved directory's ``TRAINING.json`` says about its training, plus its size on disk and
+    parameter count (from the safetensors header)."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    record = json.loads((directory / "TRAINING.json").read_text())
+    with safe_open(str(directory / "model.safetensors"), framework="pt") as weights:
+        parameters = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118
+    return {
+        "command": record.get("command"),
+        "seed": record.get("seed"),
+        "steps": record.get("steps"),
+        "minutes": record.get("minutes"),
+        "cpu_minutes": record.get("cpu_minutes"),
+        "parameters": parameters,
+        "bytes_on_disk": sum(path.stat().st_size for path in directory.iterdir() if path.is_file()),
+        **{key: record[key] for key in ("logit_scale_exp", "logit_bias") if key in record},  # SigLIP's t, b
+    }
+
+
+def save_atomically(
+    out_dir: Path,
+    model: Any,
+    tokenizer: Any | None,
+    processor: Any,
+    record: dict,
+    measure: Callable[[Path], dict] | None = None,
+) -> None:
+    """Write everything to a temporary sibling directory, then rename it onto ``out_dir``.
+
+    ``measure(staging)``, when given, is called on the complete staging directory before the rename and
+    its result stored as ``record["metrics_held_out"]``: figures taken from the very files that ship.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        if measure is not None:
+            record = {**record, "metrics_held_out": measure(staging)}
+        (staging / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
+        # mkdtemp and safetensors create owner-only files; a shipped model must be readable by all.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        if out_dir.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(retired / out_dir.name)
+            staging.rename(out_dir)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("saved %s", out_dir)
