@@ -36,7 +36,7 @@ CASES = [
      "--other is not used by --target cosine"),
     ("contrast-without-other", ["explain", "img.png", *TEXT, "--target", "contrast"], 2,
      "--target contrast needs exactly one --other TEXT"),
-    ("model-typo", ["explain", "img.png", *TEXT, "--model", "shapes_clip"], 2, "Did you mean 'shapes-clip'?"),
+    ("model-typo", ["explain", "img.png", *TEXT, "--model", "shapes_clip"], 2, "Did you mean 'shapes-clip'"),
     ("explain-out-unwritable", ["explain", "img.png", *TEXT, "--out", "blocker/x"], 2, "Choose another --out"),
     ("demo-out-unwritable", ["demo", "--out", "blocker/d"], 2, "Choose another --out"),
     ("demo-scenes-0", ["demo", "--scenes", "0"], 2, "--scenes: must be a whole number of at least 1"),
