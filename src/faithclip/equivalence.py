@@ -55,7 +55,8 @@ def verify_equivalence(
 ) -> list[EquivalenceRow]:
     """Compare Grad-ECLIP with Attention-ECLIP on every pair, per side, number of layers and dtype.
 
-    ``sides``: default every side the model's family has. A dtype other than the model's runs on a
+    ``sides``: default every side the model's family has. A tower pooled by an attention head (SigLIP's
+    image tower) has one explained layer, the head: only ``layers`` 1 is compared there. A dtype other than the model's runs on a
     converted deep copy (the user's model is not touched).
     """
     sides = [side for side in ("image", "text") if model.family.has_side(side)] if sides is None else sides
@@ -65,7 +66,8 @@ def verify_equivalence(
         pixels = model.pixels(images).to(dtype)
         for side in (side for side in sides if model.family.has_side(side)):  # a classifier: image only
             run = explain if side == "image" else explain_text
-            for n in layers:
+            pooled_by_head = model.family.pooling_attention(model.model, model.family.towers[side]) is not None
+            for n in (layers if not pooled_by_head else [n for n in layers if n == 1]):  # a head is one layer
                 a = _as_list(run(handle, pixels, texts, "grad_eclip", layers=n))
                 b = _as_list(run(handle, pixels, texts, "attention_eclip", layers=n))
                 maps_a = torch.stack([e.map.double() for e in a])
