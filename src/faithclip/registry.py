@@ -66,10 +66,20 @@ class MethodSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
     families: tuple[str, ...] = ("clip",)
+    #: the sides the method has on a family's models, when that depends on the family (``None``: every side
+    #: of the method that the family has), e.g. a published pipeline with no text side for some family
+    family_sides: Callable[[Any], tuple[str, ...]] | None = None
 
     @property
     def sides(self) -> tuple[str, ...]:
         return tuple(side for side in ("image", "text") if getattr(self, side) is not None)
+
+    def sides_on(self, family: Any) -> tuple[str, ...]:
+        """The sides this method explains on models of ``family`` (a ``Family``); empty when unsupported."""
+        if not self.supports(family.name):
+            return ()
+        sides = tuple(side for side in self.sides if family.has_side(side))
+        return sides if self.family_sides is None else tuple(s for s in sides if s in self.family_sides(family))
 
     def supports(self, family: str) -> bool:
         from faithclip.models.families import FAMILIES, _load_families

@@ -20,13 +20,13 @@ def family_table() -> str:
     from faithclip.registry import METHODS
 
     _load_families()
-    families = list(FAMILIES.values())
+    families = sorted(FAMILIES.values(), key=lambda f: f.name != "clip")  # CLIP first, then as registered
     lines = ["| method | " + " | ".join(f.name for f in families) + " |",
              "|---|" + "---|" * len(families)]
     for spec in METHODS:
         cells = []
         for family in families:
-            sides = [side for side in spec.sides if family.has_side(side)] if spec.supports(family.name) else []
+            sides = spec.sides_on(family)
             cells.append(" + ".join(sides) if sides else "-")
         lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

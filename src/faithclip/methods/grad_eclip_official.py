@@ -254,6 +254,7 @@ register_method(MethodSpec(
     text=grad_eclip_official_text,
     modifies_model=True,
     modifies_input=True,
+    family_sides=lambda family: ("image", "text") if family.official.text else ("image",),
     defaults={"layers": "1 (image) / 8 (text)",
               "qk": "the family's published variant (CLIP: out_proj, the evaluation script; ViT and BLIP: raw, the notebooks)",
               "half": False, "original": None,
