@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from faithclip.cli.common import add_model_argument, add_out_argument, check_writable, load_model
+from faithclip.cli.common import require_family, add_model_argument, add_out_argument, check_writable, load_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     names = [n for name in args.methods for n in (METHODS.names() if name == "all" else [name])]
     resolved = [resolve_method(name) for name in names]  # every name checked before any work
     handle = load_model(args.model)
+    require_family(handle, "check")
     cards = []
     for spec, origin in resolved:
         card = run_check(handle, spec, settings, origin, progress=lambda line: print(line, file=sys.stderr))

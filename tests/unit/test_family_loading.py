@@ -1,0 +1,76 @@
+"""``--model`` picks the family from ``config.model_type`` for every way a model arrives: shipped names,
+directories, and hub ids (from the local hub cache, offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blip_fixtures import save_random_blip
+
+import faithclip
+from faithclip.models.loading import SHIPPED_DIR
+
+STAND_INS = {"shapes-clip": "clip", "shapes-vit": "vit", "shapes-siglip": "siglip"}
+
+
+@pytest.mark.parametrize("name, family", sorted(STAND_INS.items()))
+def test_shipped_names_and_their_directories_load_as_their_family(name, family):
+    by_name = faithclip.load(name)
+    by_directory = faithclip.load(SHIPPED_DIR / name)
+    assert by_name.family.name == by_directory.family.name == family
+    assert json.loads((SHIPPED_DIR / name / "config.json").read_text())["model_type"] == family
+
+
+def hub_snapshot(cache: Path, repo: str, source: Path) -> None:
+    """Lay ``source`` out as the hub cache holds a downloaded repository: models--org--name/snapshots/<rev>/."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    revision = "0" * 40
+    shutil.copytree(source, folder / "snapshots" / revision)
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(revision)
+
+
+def test_hub_ids_from_the_cache_load_as_their_family_offline(tmp_path):
+    cache = tmp_path / "hub"
+    hub_snapshot(cache, "faithclip-test/shapes-vit", SHIPPED_DIR / "shapes-vit")
+    hub_snapshot(cache, "faithclip-test/shapes-siglip", SHIPPED_DIR / "shapes-siglip")
+    hub_snapshot(cache, "faithclip-test/tiny-blip", save_random_blip(tmp_path / "blip", image_size=64))
+    script = (
+        "import faithclip, numpy as np\n"
+        "from PIL import Image\n"
+        "image = Image.fromarray(np.full((80, 96, 3), 128, np.uint8))\n"
+        "for repo, text in (('faithclip-test/shapes-vit', 'a red circle'), ('faithclip-test/shapes-siglip', 'a red circle'),"
+        " ('faithclip-test/tiny-blip', 'a dog')):\n"
+        "    handle = faithclip.load(repo)\n"
+        "    ex = faithclip.explain(handle, image, text)\n"
+        "    print(repo, handle.family.name, ex.target, abs(ex.score - ex.model_score))\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line.split() for line in done.stdout.splitlines()]
+    assert [(repo, family, target) for repo, family, target, _ in lines] == [
+        ("faithclip-test/shapes-vit", "vit", "logit"),
+        ("faithclip-test/shapes-siglip", "siglip", "logit"),
+        ("faithclip-test/tiny-blip", "blip", "cosine"),
+    ]
+    assert all(float(gap) == 0.0 for *_, gap in lines)  # P1: the explained score is the model's own
+
+
+@pytest.mark.parametrize("command", [["check", "attention_eclip"], ["evaluate", "--data", "shapes", "--methods",
+                                                                     "attention_eclip", "--limit", "1"]])
+def test_commands_not_yet_generalised_refuse_other_families_in_one_line(command, tmp_path, capsys):
+    from faithclip.cli.main import main
+
+    code = main([*command, "--model", "shapes-vit", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "runs on clip models; shapes-vit is a vit model" in error[0]
+    assert not (tmp_path / "out").exists()
