@@ -42,6 +42,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_family(model, method: str, side: str) -> None:
+    """The method and side exist for the model's family (the same checks ``faithclip.explain`` makes)."""
+    from faithclip.api import method_spec
+
+    if not model.family.has_side(side):
+        raise MethodError(f"a {model.family.name} model has no {side} side to explain; it has "
+                          f"{', '.join(model.family.towers)}.")
+    spec = method_spec(method, side, model.family.name)
+    if side not in spec.sides_on(model.family):
+        raise MethodError(f"{method} has no {side} side on {model.family.name} models; use --side "
+                          f"{' or '.join(spec.sides_on(model.family)) or 'image'}.")
+
+
 def check_target(target: str, others: list[str]) -> None:
     """The ``--target`` / ``--other`` combination in the command line's words (before anything is loaded)."""
     if target in (None, "cosine", "logit") and others:
@@ -93,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     # Progress lines come only once work is under way: a usage error stays the one line on stderr.
     progress = stage_logger("faithclip explain", not args.no_progress)
     model = load_model(args.model, args)
+    check_family(model, args.method, args.side)  # before any image is read: one line, not one per image
     if args.target == "probability" and not args.other and model.family.probability_over_prompts:
         raise MethodError("--target probability needs the other prompts of the set: add --other TEXT for each.")
     options = {}
