@@ -89,12 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
 class _NotTheUsersConcern(logging.Filter):
     """Drops transformers' notice that an image processor falls back to its PIL backend because torchvision
     is absent: faithclip never uses transformers' image processors for its results (its own preprocessing
-    is ``faithclip.models.preprocess``), and the README says never to install torchvision. Every other
-    message of that logger (real warnings) passes."""
+    is ``faithclip.models.preprocess``), and the README says never to install torchvision. Also drops the
+    complaint transformers 5.24 makes about its OWN default ``SiglipTextConfig()`` (CLIP's end ids 49406 /
+    49407 in SigLIP's 32,000-token vocabulary), which it builds while loading any SigLIP, whatever the
+    checkpoint's ids are. Every other message of that logger (real warnings) passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not ("requires torchvision" in message and "falling back to" in message)
+        if "requires torchvision" in message and "falling back to" in message:
+            return False
+        default_siglip = "between 0 and 31999), got 4940" in message and "token_id must be `None`" in message
+        return not default_siglip
 
 
 def quiet_transformers() -> None:
@@ -103,7 +108,7 @@ def quiet_transformers() -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    for name in ("transformers.utils.import_utils", "transformers"):
+    for name in ("transformers.utils.import_utils", "transformers.configuration_utils", "transformers"):
         logging.getLogger(name).addFilter(_NotTheUsersConcern())
 
 
