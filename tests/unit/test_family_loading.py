@@ -74,3 +74,19 @@ def test_commands_not_yet_generalised_refuse_other_families_in_one_line(command,
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "runs on clip models; shapes-vit is a vit model" in error[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_audit_of_a_family_without_a_published_pipeline_says_so(tmp_path, capsys):
+    from faithclip.audit.run import AuditSettings, run_audit
+    from faithclip.audit.report import format_audit
+    from faithclip.cli.main import main
+
+    assert main(["audit", "--model", "shapes-siglip", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "no published Grad-ECLIP pipeline exists for siglip models" in error[0]
+    assert not (tmp_path / "out").exists()
+    settings = AuditSettings(scenes=6, ladder=True, alphas=(0.0, 0.5, 1.0), pointing_scenes=2, ladder_deletion_steps=2,
+                             methods=("attention_eclip",), resamples=20)
+    results = run_audit(faithclip.load("shapes-siglip"), settings)  # P2 still runs: it needs no pipeline
+    assert "arms" not in results and results["ladder"]["methods"] == ["attention_eclip"]
+    assert "departure not measured" in format_audit(results)

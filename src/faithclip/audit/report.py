@@ -69,6 +69,8 @@ def format_audit(results: dict) -> str:
     """Terminal tables of one ``audit_departure`` result (plus ladder / P2 parts when present)."""
     lines = [f"Grad-ECLIP audit: {results['model']} on {results['data']} "
              f"({results['images']} images, {results['prompts']} prompts)", ""]
+    if results.get("departure_skipped"):
+        return "\n".join([*lines[:1], f"  departure not measured: {results['departure_skipped']}", *_p2_lines(results)])
     header = f"{'forward':<40}" + "".join(f"{title:>21}" for _, title in ARM_COLUMNS)
     lines += [header, "-" * len(header)]
     lines += [f"{label:<40}" + "".join(f"{v:>21}" for v in values) for label, values in _arm_rows(results)]
@@ -83,12 +85,18 @@ def format_audit(results: dict) -> str:
                   for arm, title in _map_labels(results).items()]
         lines.append(f"  consistency: faithful arm vs faithclip's grad_eclip, Spearman "
                      f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1)")
+    return "\n".join(lines + _p2_lines(results))
+
+
+def _p2_lines(results: dict) -> list[str]:
+    """The ladder's and the correctness split's terminal tables, when the audit measured them."""
+    lines = []
     if "ladder" in results:
         lines += ["", format_ladder(results["ladder"])]
     if "correctness" in results:
         for split in _splits(results):
             lines += ["", format_correctness(split)]
-    return "\n".join(lines)
+    return lines
 
 
 def _interval(interval: Any, digits: int = 2) -> str:
@@ -169,6 +177,9 @@ def audit_html(results: dict) -> str:
         parts.append(f"<p>Reproduce: <code>{html.escape(results['command'])}</code></p>")
     if results.get("reduced"):
         parts.append(f"<p><b>{html.escape(str(results['reduced']))}</b></p>")
+    if results.get("departure_skipped"):
+        parts.append(f"<p>Departure not measured: {html.escape(results['departure_skipped'])}.</p>")
+        return "".join(parts + _p2_html(results) + ["</section>"])
     parts.append(_table(["forward"] + [title for _, title in ARM_COLUMNS],
                         [[label] + values for label, values in _arm_rows(results)]))
     maps = results.get("maps", {}).get("mean", {})
@@ -179,6 +190,14 @@ def audit_html(results: dict) -> str:
                               _fmt(maps.get(f"insertion_auc_{arm}"))] for arm, title in _map_labels(results).items()]))
         parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman "
                      f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1).</p>")
+    parts += _p2_html(results)
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _p2_html(results: dict) -> list[str]:
+    """The ladder's and the correctness split's HTML tables, when the audit measured them."""
+    parts: list[str] = []
     if "ladder" in results:
         ladder = results["ladder"]
         parts.append(f"<h3>P2: performance ladder ({ladder['pointing_images']} pointing scenes per rung; "
@@ -202,8 +221,7 @@ def audit_html(results: dict) -> str:
                     for m, p in split["methods"].items()]
             parts.append(_table(["method", "pointing (right)", "pointing (wrong)", "right - wrong", "verdict",
                                  "ins-del (right)", "ins-del (wrong)", "right - wrong"], rows, _flagged(rows, 4)))
-    parts.append("</section>")
-    return "".join(parts)
+    return parts
 
 
 def audit_page(results: dict) -> str:

@@ -132,6 +132,10 @@ def shapes_inputs(handle: ClipHandle, settings: AuditSettings) -> tuple[AuditDat
     return single, pointing_scenes(settings.pointing_scenes, raw, settings.seed + 2)
 
 
+def no_pipeline(handle: ClipHandle) -> str:
+    return f"no published Grad-ECLIP pipeline exists for {handle.family.name} models"
+
+
 def run_audit(handle: ClipHandle, settings: AuditSettings = AuditSettings(), data: AuditData | None = None,
               **departure_options: Any) -> dict[str, Any]:
     """The departure of the official pipeline, and P2 when ``settings.ladder`` / ``settings.correctness``.
@@ -143,7 +147,17 @@ def run_audit(handle: ClipHandle, settings: AuditSettings = AuditSettings(), dat
     if data is not None and (settings.ladder or settings.correctness) and (data.labels is None or data.masks is None):
         raise FaithclipError("the ladder and --correctness need labelled scenes with masks: run without --images.")
     single, multi = shapes_inputs(handle, settings) if data is None else (data, None)
-    results = audit_departure(handle, single, map_images=settings.map_images, deletion_steps=settings.deletion_steps, **departure_options)
+    from faithclip.registry import METHODS
+
+    if METHODS.get("grad_eclip_official").supports(handle.family.name):
+        results = audit_departure(handle, single, map_images=settings.map_images,
+                                  deletion_steps=settings.deletion_steps, **departure_options)
+    elif settings.ladder or settings.correctness:  # P2 still applies; there is no published pipeline to compare
+        results = {"data": single.name, "model": handle.name, "images": len(single.images),
+                   "prompts": len(single.prompts), "departure_skipped": no_pipeline(handle)}
+    else:
+        raise FaithclipError(f"{no_pipeline(handle)}: nothing to audit; --ladder and --correctness measure "
+                             "principle P2 on it.")
     methods = list(settings.methods) if settings.methods is not None else None
     if settings.ladder:
         if multi is None:
