@@ -42,6 +42,7 @@ from faithclip.shapes.tokenizer import (
     build_word_tokenizer,
 )
 from faithclip.shapes.training import (  # noqa: F401  (HELD_OUT_SEED, TrainingError: re-exported)
+    budgeted,
     HELD_OUT_SEED,
     TrainingError,
     adamw,
@@ -222,17 +223,8 @@ def train_shapes(
 
     Returns the final held-out metrics plus ``steps``, ``minutes`` and ``final_loss``.
     """
-    check_minutes(minutes)
     recipe = recipe or ShapesRecipe()
-    out_dir = Path(out_dir).expanduser().resolve()
-    check_output_dir(out_dir)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, recipe.threads)))
-    try:
-        return _train(out_dir, minutes, seed, recipe, command, max_steps)
-    finally:
-        torch.set_num_threads(threads)
+    return budgeted(out_dir, minutes, recipe.threads, lambda out: _train(out, minutes, seed, recipe, command, max_steps))
 
 
 def _train(

@@ -30,7 +30,6 @@ directory, loaded with plain transformers classes, and its training time, steps,
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -48,19 +47,18 @@ from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel
 from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
 from faithclip.shapes.train_clip import positive_matrix, prompt_separation_loss
 from faithclip.shapes.training import (
+    budgeted,
+    evaluate_main,
     EVALUATE_SEED,
     HELD_OUT_SEED,
     Clock,
     VisionRecipe,
     adamw,
-    check_minutes,
-    check_output_dir,
     classification_metrics,
     curriculum_batch,
     learning_rate,
     normalised_pixels,
     save_atomically,
-    saved_summary,
 )
 from faithclip.shapes.world import COLOUR_NAMES, SHAPES, SceneBatch, ShapesWorld
 
@@ -167,16 +165,9 @@ def train_siglip(
     Returns the held-out metrics of the saved files (``evaluate_dir`` with ``held_out_scenes`` scenes per
     figure, its defaults otherwise) plus ``steps``, ``minutes``, ``cpu_minutes`` and the losses.
     """
-    check_minutes(minutes)
     recipe = recipe or SiglipRecipe()
-    out_dir = Path(out_dir).expanduser().resolve()
-    check_output_dir(out_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, recipe.threads)))
-    try:
-        return _train(out_dir, minutes, seed, recipe, command, max_steps, held_out_scenes)
-    finally:
-        torch.set_num_threads(threads)
+    return budgeted(out_dir, minutes, recipe.threads,
+                    lambda out: _train(out, minutes, seed, recipe, command, max_steps, held_out_scenes))
 
 
 def _train(
@@ -296,23 +287,7 @@ def evaluate_dir(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m faithclip.shapes.train_siglip",
-        description="Print the held-out figures of a saved shapes SigLIP (train one with "
-        "`faithclip train-shapes --family siglip`).",
-    )
-    parser.add_argument("--evaluate", metavar="DIR", required=True, help="a directory written by the trainer")
-    parser.add_argument("--scenes", type=int, default=1000, help="scenes per figure (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=EVALUATE_SEED, help="first sample seed (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if args.scenes < 1:
-        parser.error(f"--scenes must be at least 1, got {args.scenes}")
-    if not (Path(args.evaluate) / "config.json").is_file():
-        parser.exit(2, f"error: {args.evaluate} holds no config.json; pass a directory the trainer saved\n")
-    transformers.utils.logging.disable_progress_bar()
-    report = {"held_out": evaluate_dir(args.evaluate, args.scenes, args.seed), "training": saved_summary(args.evaluate)}
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    return 0
+    return evaluate_main(argv, "siglip", evaluate_dir)
 
 
 if __name__ == "__main__":

@@ -266,3 +266,45 @@ def save_atomically(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("saved %s", out_dir)
+
+
+def budgeted(out_dir: str | Path, minutes: float, threads: int, train: Callable[[Path], dict]) -> dict:
+    """Run ``train(out_dir)`` after checking the budget and the output directory, on ``threads`` torch
+    threads (1 or 2), restoring the caller's thread count afterwards. Every trainer enters here."""
+    check_minutes(minutes)
+    out = Path(out_dir).expanduser().resolve()
+    check_output_dir(out)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, threads)))
+    try:
+        return train(out)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def evaluate_main(argv: list[str] | None, family: str, evaluate_dir: Callable[[str, int, int], dict]) -> int:
+    """``python -m faithclip.shapes.train_<family> --evaluate DIR``: a saved directory's held-out figures
+    (``evaluate_dir``) and its recorded training summary, as JSON on stdout."""
+    import argparse
+    import json
+    import sys
+
+    import transformers
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m faithclip.shapes.train_{family}",
+        description=f"Print the held-out figures of a saved shapes {family} model (train one with "
+        f"`faithclip train-shapes --family {family}`).",
+    )
+    parser.add_argument("--evaluate", metavar="DIR", required=True, help="a directory written by the trainer")
+    parser.add_argument("--scenes", type=int, default=1000, help="scenes per figure (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=EVALUATE_SEED, help="first sample seed (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.scenes < 1:
+        parser.error(f"--scenes must be at least 1, got {args.scenes}")
+    if not (Path(args.evaluate) / "config.json").is_file():
+        parser.exit(2, f"error: {args.evaluate} holds no config.json; pass a directory the trainer saved\n")
+    transformers.utils.logging.disable_progress_bar()
+    report = {"held_out": evaluate_dir(args.evaluate, args.scenes, args.seed), "training": saved_summary(args.evaluate)}
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0
