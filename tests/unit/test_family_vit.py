@@ -26,7 +26,6 @@ from reference import vit_reference as ref
 import faithclip
 from faithclip.equivalence import relative_difference
 from faithclip.errors import MethodError, ModelError, TextError
-from faithclip.methods.context import Context
 from faithclip.methods.official import vit as official_vit
 from faithclip.models.loading import from_hf
 from faithclip.models.preprocess import ClipPreprocess

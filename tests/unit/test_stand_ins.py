@@ -3,7 +3,6 @@ calls) and its pointing rates are the pointing game on the scenes it names."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
