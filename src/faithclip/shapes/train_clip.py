@@ -42,10 +42,10 @@ from faithclip.shapes.tokenizer import (
     build_word_tokenizer,
 )
 from faithclip.shapes.training import (  # noqa: F401  (HELD_OUT_SEED, TrainingError: re-exported)
-    budgeted,
     HELD_OUT_SEED,
     TrainingError,
     adamw,
+    budgeted,
     check_minutes,
     check_output_dir,
     curriculum_batch,

@@ -30,35 +30,28 @@ directory, loaded with plain transformers classes, and its training time, steps,
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel
 
 from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
 from faithclip.shapes.train_clip import positive_matrix, prompt_separation_loss
 from faithclip.shapes.training import (
+    EVALUATE_SEED,
+    VisionRecipe,
     budgeted,
     evaluate_main,
-    EVALUATE_SEED,
-    HELD_OUT_SEED,
-    Clock,
-    VisionRecipe,
-    adamw,
-    classification_metrics,
-    curriculum_batch,
-    learning_rate,
+    evaluate_saved,
     normalised_pixels,
-    save_atomically,
+    train_and_save,
 )
 from faithclip.shapes.world import COLOUR_NAMES, SHAPES, SceneBatch, ShapesWorld
 
@@ -178,29 +171,10 @@ def _train(
     world = ShapesWorld(recipe.image_size, seed=seed)
     tokenizer = build_tokenizer(recipe)
     model = build_model(recipe, tokenizer)
-    model.train()
-    optimizer = adamw(model, recipe.learning_rate, recipe.weight_decay)
     prompt_ids = text_ids(tokenizer, list(world.prompts), recipe.max_length)  # (C, max_length)
 
-    def logged_metrics() -> dict[str, float]:
-        model.eval()
-        metrics = classification_metrics(
-            lambda batch: _prompt_logits(model, recipe, prompt_ids, batch), world, recipe.eval_scenes, HELD_OUT_SEED
-        )
-        model.train()
-        return metrics
-
-    clock = Clock(minutes)
-    last_eval = clock.elapsed
-    step, history = 0, []
-    bar = tqdm(total=round(clock.budget), unit="s", desc="train-shapes siglip")
-    while clock.elapsed < clock.budget and (max_steps is None or step < max_steps):
-        progress = clock.progress
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(progress, recipe)
-        batch = curriculum_batch(world, progress, recipe, seed=step)
+    def batch_loss(batch: SceneBatch, pixels: torch.Tensor) -> torch.Tensor:
         caption_labels = torch.from_numpy(batch.target_labels)
-        pixels = normalised_pixels(batch.images, recipe.image_mean, recipe.image_std)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
             image = model.get_image_features(pixel_values=pixels)
             # Each caption is a class prompt: embed the C prompts once, index them per caption.
@@ -210,49 +184,15 @@ def _train(
         logits = scale * image @ prompts[caption_labels].T + model.logit_bias  # (B, B)
         loss = sigmoid_loss(logits, positive_matrix(torch.from_numpy(batch.labels), caption_labels))
         # Detached scale: the separation term must not tune the sigmoid loss's temperature.
-        loss = loss + recipe.prompt_separation * prompt_separation_loss(prompts, scale.detach())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        history.append(loss.item())
-        step += 1
-        bar.update(round(clock.elapsed) - bar.n)
-        bar.set_postfix(loss=f"{history[-1]:.3f}", step=step)
-        if clock.elapsed - last_eval >= recipe.eval_every_seconds:
-            logger.info("step %d (%.1f min): loss %.3f, %s", step, clock.minutes(), history[-1], logged_metrics())
-            last_eval = clock.elapsed
-    bar.close()
-    training = {
-        "steps": step,
-        "minutes": round(clock.minutes(), 2),
-        "cpu_minutes": round(clock.cpu_minutes(), 2),
-        "first_loss": history[0] if history else float("nan"),
-        "final_loss": float(np.mean(history[-20:])) if history else float("nan"),
-        "logit_scale_exp": model.logit_scale.exp().item(),
-        "logit_bias": model.logit_bias.item(),
-    }
-    model.eval()
-    record = {
-        "command": command,
-        "seed": seed,
-        "minutes_budget": minutes,
-        **training,
-        "recipe": asdict(recipe),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "held_out_during_training": {"world_seed": seed, "sample_seeds": [HELD_OUT_SEED, HELD_OUT_SEED + 1],
-                                     "scenes": recipe.eval_scenes, **logged_metrics()},
-    }  # fmt: skip
-    held_out: dict = {}
+        return loss + recipe.prompt_separation * prompt_separation_loss(prompts, scale.detach())
 
-    def measure(directory: Path) -> dict:
-        held_out.update(evaluate_dir(directory, held_out_scenes, world_seed=seed))
-        return held_out
-
-    save_atomically(out_dir, model, tokenizer, build_image_processor(recipe), record, measure)
-    logger.info("trained %d steps in %.1f min: %s", step, training["minutes"], held_out)
-    return {**held_out, **training}
+    return train_and_save(
+        out_dir, family="siglip", model=model, world=world, recipe=recipe, seed=seed, minutes=minutes,
+        command=command, max_steps=max_steps, held_out_scenes=held_out_scenes, batch_loss=batch_loss,
+        eval_logits=lambda batch: _prompt_logits(model, recipe, prompt_ids, batch), evaluate_dir=evaluate_dir,
+        tokenizer=tokenizer, image_processor=build_image_processor(recipe),
+        final_state=lambda: {"logit_scale_exp": model.logit_scale.exp().item(), "logit_bias": model.logit_bias.item()},
+    )
 
 
 def evaluate_dir(
@@ -267,23 +207,10 @@ def evaluate_dir(
     directory = Path(directory)
     model = SiglipModel.from_pretrained(directory).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-    processor = transformers.AutoImageProcessor.from_pretrained(directory)
-    if world_seed is None:
-        world_seed = json.loads((directory / "TRAINING.json").read_text())["seed"]
-    world = ShapesWorld(model.config.vision_config.image_size, seed=world_seed)
-    input_ids = tokenizer(list(world.prompts), padding="max_length", return_tensors="pt").input_ids
-
-    @torch.no_grad()
-    def scores(batch: SceneBatch) -> np.ndarray:
-        parts = []
-        for start in range(0, len(batch), 250):
-            images = [batch.scene(i).image for i in range(start, min(start + 250, len(batch)))]
-            pixels = processor(images=images, return_tensors="pt").pixel_values
-            parts.append(model(input_ids=input_ids, pixel_values=pixels).logits_per_image)
-        return torch.cat(parts).numpy()  # (N, C)
-
-    metrics = classification_metrics(scores, world, scenes, seed)
-    return {"scenes": scenes, "world_seed": world_seed, "sample_seeds": [seed, seed + 1], **metrics}
+    image_size = model.config.vision_config.image_size
+    input_ids = tokenizer(list(ShapesWorld(image_size).prompts), padding="max_length", return_tensors="pt").input_ids
+    return evaluate_saved(directory, image_size, scenes, seed, world_seed,
+                          lambda pixels: model(input_ids=input_ids, pixel_values=pixels).logits_per_image)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,33 +19,26 @@ directory, loaded with plain transformers classes, and its training time, steps,
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from tqdm.auto import tqdm
 from transformers import ViTConfig, ViTForImageClassification
 
 from faithclip.shapes.training import (
+    EVALUATE_SEED,
+    VisionRecipe,
     budgeted,
     evaluate_main,
-    EVALUATE_SEED,
-    HELD_OUT_SEED,
-    Clock,
-    VisionRecipe,
-    adamw,
-    classification_metrics,
-    curriculum_batch,
-    learning_rate,
+    evaluate_saved,
     normalised_pixels,
     present_classes,
-    save_atomically,
+    train_and_save,
 )
 from faithclip.shapes.world import SceneBatch, ShapesWorld
 
@@ -126,70 +119,18 @@ def _train(
     torch.manual_seed(seed)
     world = ShapesWorld(recipe.image_size, seed=seed)
     model = build_model(recipe, world.prompts)
-    model.train()
-    optimizer = adamw(model, recipe.learning_rate, recipe.weight_decay)
 
-    def logged_metrics() -> dict[str, float]:
-        model.eval()
-        metrics = classification_metrics(
-            lambda batch: _class_logits(model, recipe, batch), world, recipe.eval_scenes, HELD_OUT_SEED
-        )
-        model.train()
-        return metrics
-
-    clock = Clock(minutes)
-    last_eval = clock.elapsed
-    step, history = 0, []
-    bar = tqdm(total=round(clock.budget), unit="s", desc="train-shapes vit")
-    while clock.elapsed < clock.budget and (max_steps is None or step < max_steps):
-        progress = clock.progress
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(progress, recipe)
-        batch = curriculum_batch(world, progress, recipe, seed=step)
-        pixels = normalised_pixels(batch.images, recipe.image_mean, recipe.image_std)
+    def batch_loss(batch: SceneBatch, pixels: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
             logits = model(pixel_values=pixels).logits
-        loss = soft_target_cross_entropy(logits.float(), present_classes(batch.labels, world.num_classes))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        history.append(loss.item())
-        step += 1
-        bar.update(round(clock.elapsed) - bar.n)
-        bar.set_postfix(loss=f"{history[-1]:.3f}", step=step)
-        if clock.elapsed - last_eval >= recipe.eval_every_seconds:
-            logger.info("step %d (%.1f min): loss %.3f, %s", step, clock.minutes(), history[-1], logged_metrics())
-            last_eval = clock.elapsed
-    bar.close()
-    training = {
-        "steps": step,
-        "minutes": round(clock.minutes(), 2),
-        "cpu_minutes": round(clock.cpu_minutes(), 2),
-        "first_loss": history[0] if history else float("nan"),
-        "final_loss": float(np.mean(history[-20:])) if history else float("nan"),
-    }
-    model.eval()
-    record = {
-        "command": command,
-        "seed": seed,
-        "minutes_budget": minutes,
-        **training,
-        "recipe": asdict(recipe),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "held_out_during_training": {"world_seed": seed, "sample_seeds": [HELD_OUT_SEED, HELD_OUT_SEED + 1],
-                                     "scenes": recipe.eval_scenes, **logged_metrics()},
-    }  # fmt: skip
-    held_out: dict = {}
+        return soft_target_cross_entropy(logits.float(), present_classes(batch.labels, world.num_classes))
 
-    def measure(directory: Path) -> dict:
-        held_out.update(evaluate_dir(directory, held_out_scenes, world_seed=seed))
-        return held_out
-
-    save_atomically(out_dir, model, None, build_image_processor(recipe), record, measure)
-    logger.info("trained %d steps in %.1f min: %s", step, training["minutes"], held_out)
-    return {**held_out, **training}
+    return train_and_save(
+        out_dir, family="vit", model=model, world=world, recipe=recipe, seed=seed, minutes=minutes, command=command,
+        max_steps=max_steps, held_out_scenes=held_out_scenes, batch_loss=batch_loss,
+        eval_logits=lambda batch: _class_logits(model, recipe, batch), evaluate_dir=evaluate_dir,
+        tokenizer=None, image_processor=build_image_processor(recipe),
+    )
 
 
 def evaluate_dir(
@@ -202,24 +143,11 @@ def evaluate_dir(
     """
     directory = Path(directory)
     model = ViTForImageClassification.from_pretrained(directory).eval()
-    processor = transformers.AutoImageProcessor.from_pretrained(directory)
-    if world_seed is None:
-        world_seed = json.loads((directory / "TRAINING.json").read_text())["seed"]
-    world = ShapesWorld(model.config.image_size, seed=world_seed)
-    if [model.config.id2label[c] for c in range(world.num_classes)] != list(world.prompts):
+    prompts = ShapesWorld(model.config.image_size).prompts
+    if [model.config.id2label[c] for c in range(len(prompts))] != list(prompts):
         raise ValueError(f"{directory}: id2label is not the shapes world's prompts in order")
-
-    @torch.no_grad()
-    def scores(batch: SceneBatch) -> np.ndarray:
-        parts = []
-        for start in range(0, len(batch), 250):
-            images = [batch.scene(i).image for i in range(start, min(start + 250, len(batch)))]
-            pixels = processor(images=images, return_tensors="pt").pixel_values
-            parts.append(model(pixel_values=pixels).logits)
-        return torch.cat(parts).numpy()  # (N, C)
-
-    metrics = classification_metrics(scores, world, scenes, seed)
-    return {"scenes": scenes, "world_seed": world_seed, "sample_seeds": [seed, seed + 1], **metrics}
+    return evaluate_saved(directory, model.config.image_size, scenes, seed, world_seed,
+                          lambda pixels: model(pixel_values=pixels).logits)
 
 
 def main(argv: list[str] | None = None) -> int:

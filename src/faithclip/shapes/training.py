@@ -308,3 +308,106 @@ def evaluate_main(argv: list[str] | None, family: str, evaluate_dir: Callable[[s
     report = {"held_out": evaluate_dir(args.evaluate, args.scenes, args.seed), "training": saved_summary(args.evaluate)}
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def train_and_save(
+    out_dir: Path, *, family: str, model: torch.nn.Module, world: ShapesWorld, recipe: VisionRecipe, seed: int,
+    minutes: float, command: str | None, max_steps: int | None, held_out_scenes: int,
+    batch_loss: Callable[[SceneBatch, torch.Tensor], torch.Tensor],
+    eval_logits: Callable[[SceneBatch], np.ndarray], evaluate_dir: Callable[..., dict],
+    tokenizer: Any, image_processor: Any, final_state: Callable[[], dict] = dict,
+) -> dict[str, float]:
+    """The stand-ins' shared loop and ending: AdamW with the schedule and curriculum of ``recipe`` until the
+    budget (or ``max_steps``) is spent, gradients clipped at norm 1, held-out figures logged every
+    ``eval_every_seconds``; then ``TRAINING.json`` and the model saved atomically, with the held-out figures
+    of the SAVED files (``evaluate_dir``). ``batch_loss(batch, pixels)`` is the family's loss;
+    ``eval_logits(batch)`` its ``(N, C)`` class scores; ``final_state()`` extra figures of the trained model."""
+    from dataclasses import asdict
+
+    import transformers
+    from tqdm.auto import tqdm
+
+    optimizer = adamw(model, recipe.learning_rate, recipe.weight_decay)
+
+    def logged_metrics() -> dict[str, float]:
+        model.eval()
+        metrics = classification_metrics(eval_logits, world, recipe.eval_scenes, HELD_OUT_SEED)
+        model.train()
+        return metrics
+
+    model.train()
+    clock = Clock(minutes)
+    last_eval = clock.elapsed
+    step, history = 0, []
+    bar = tqdm(total=round(clock.budget), unit="s", desc=f"train-shapes {family}")
+    while clock.elapsed < clock.budget and (max_steps is None or step < max_steps):
+        progress = clock.progress
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(progress, recipe)
+        batch = curriculum_batch(world, progress, recipe, seed=step)
+        loss = batch_loss(batch, normalised_pixels(batch.images, recipe.image_mean, recipe.image_std))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        history.append(loss.item())
+        step += 1
+        bar.update(round(clock.elapsed) - bar.n)
+        bar.set_postfix(loss=f"{history[-1]:.3f}", step=step)
+        if clock.elapsed - last_eval >= recipe.eval_every_seconds:
+            logger.info("step %d (%.1f min): loss %.3f, %s", step, clock.minutes(), history[-1], logged_metrics())
+            last_eval = clock.elapsed
+    bar.close()
+    training = {
+        "steps": step,
+        "minutes": round(clock.minutes(), 2),
+        "cpu_minutes": round(clock.cpu_minutes(), 2),
+        "first_loss": history[0] if history else float("nan"),
+        "final_loss": float(np.mean(history[-20:])) if history else float("nan"),
+        **final_state(),
+    }
+    model.eval()
+    record = {
+        "command": command,
+        "seed": seed,
+        "minutes_budget": minutes,
+        **training,
+        "recipe": asdict(recipe),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "held_out_during_training": {"world_seed": seed, "sample_seeds": [HELD_OUT_SEED, HELD_OUT_SEED + 1],
+                                     "scenes": recipe.eval_scenes, **logged_metrics()},
+    }  # fmt: skip
+    held_out: dict = {}
+
+    def measure(directory: Path) -> dict:
+        held_out.update(evaluate_dir(directory, held_out_scenes, world_seed=seed))
+        return held_out
+
+    save_atomically(out_dir, model, tokenizer, image_processor, record, measure)
+    logger.info("trained %d steps in %.1f min: %s", step, training["minutes"], held_out)
+    return {**held_out, **training}
+
+
+def evaluate_saved(directory: Path, image_size: int, scenes: int, seed: int, world_seed: int | None,
+                   class_logits: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+    """Held-out figures of a saved directory: the scenes' PIL images through the directory's own
+    ``AutoImageProcessor``, then ``class_logits(pixels) -> (N, C)``, the model's own scores of the world's
+    classes. ``world_seed`` defaults to the ``seed`` in the directory's ``TRAINING.json``."""
+    import transformers
+
+    processor = transformers.AutoImageProcessor.from_pretrained(directory)
+    if world_seed is None:
+        world_seed = json.loads((directory / "TRAINING.json").read_text())["seed"]
+    world = ShapesWorld(image_size, seed=world_seed)
+
+    @torch.no_grad()
+    def scores(batch: SceneBatch) -> np.ndarray:
+        parts = []
+        for start in range(0, len(batch), 250):
+            images = [batch.scene(i).image for i in range(start, min(start + 250, len(batch)))]
+            parts.append(class_logits(processor(images=images, return_tensors="pt").pixel_values))
+        return torch.cat(parts).numpy()  # (N, C)
+
+    metrics = classification_metrics(scores, world, scenes, seed)
+    return {"scenes": scenes, "world_seed": world_seed, "sample_seeds": [seed, seed + 1], **metrics}
