@@ -87,11 +87,17 @@ def run_method(model: ClipHandle, ctx: Context, spec: MethodSpec, options: dict)
         raise
 
 
-def _run(model, image, text, method, side, target, options) -> Explanation | list[Explanation]:
+def method_for(model: ClipHandle, method: str, side: str) -> MethodSpec:
+    """The method ``method`` for ``side`` of ``model``: a one-line error when the model's family has no such
+    side, or the method does not support the family or the side."""
     if not model.family.has_side(side):
         raise MethodError(f"a {model.family.name} model has no {side} side to explain; it has "
                           f"{', '.join(model.family.towers)}.")
-    spec = method_spec(method, side, model.family.name)
+    return method_spec(method, side, model.family.name)
+
+
+def _run(model, image, text, method, side, target, options) -> Explanation | list[Explanation]:
+    spec = method_for(model, method, side)
     read = _read(model, image)  # decoded once, upright if the pipeline applies EXIF orientation: the pixels
     decoded = None if read is None else [item for item, _ in read]  # (RGB under the model's own rule) ...
     originals = None if decoded is None else [to_rgb(item) for item in decoded]  # ... and methods' originals

@@ -44,12 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def check_family(model, method: str, side: str) -> None:
     """The method and side exist for the model's family (the same checks ``faithclip.explain`` makes)."""
-    from faithclip.api import method_spec
+    from faithclip.api import method_for
 
-    if not model.family.has_side(side):
-        raise MethodError(f"a {model.family.name} model has no {side} side to explain; it has "
-                          f"{', '.join(model.family.towers)}.")
-    spec = method_spec(method, side, model.family.name)
+    spec = method_for(model, method, side)
     if side not in spec.sides_on(model.family):
         raise MethodError(f"{method} has no {side} side on {model.family.name} models; use --side "
                           f"{' or '.join(spec.sides_on(model.family)) or 'image'}.")
