@@ -154,7 +154,7 @@ class Context:
             mask = torch.ones(self.num_images, self.num_tokens, dtype=torch.bool, device=self.pixels.device)
             mask[:, :self.prefix_tokens] = False
             return mask
-        return self.family.text_support_of(self.handle.model, self.text)
+        return self.family.text_support(self.handle.model, self.text)
 
     def pair(self, per_input: torch.Tensor) -> torch.Tensor:
         """Broadcast a ``(C, ...)`` tensor of the explained tower to ``(B or 1, K or 1, ...)``."""

@@ -164,14 +164,11 @@ class Family:
             return torch.zeros(num_inputs, dtype=torch.long, device=device)
         return text.eos_positions
 
-    def text_support(self, text: "TextBatch") -> torch.Tensor:
-        """``(K, L)`` bool: the tokens a text map covers: strictly between the start and the end token."""
+    def text_support(self, model: Any, text: "TextBatch") -> torch.Tensor:
+        """``(K, L)`` bool: the tokens a text map covers: strictly between the start and the end token (a
+        family whose rule needs the model's config, e.g. its start token id, reads it from ``model``)."""
         positions = torch.arange(text.input_ids.shape[1], device=text.input_ids.device)
         return (positions[None, :] > 0) & (positions[None, :] < text.eos_positions[:, None])
-
-    def text_support_of(self, model: Any, text: "TextBatch") -> torch.Tensor:
-        """``text_support`` for a family whose rule needs the model's config (e.g. its start token id)."""
-        return self.text_support(text)
 
     # ---- embeddings and the score -------------------------------------------------------------------
     def encode_image(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,7 @@ class SiglipFamily(Family):
         last = 0 if side == "image" else text.input_ids.shape[1] - 1
         return torch.full((num_inputs,), last, dtype=torch.long, device=device)
 
-    def text_support_of(self, model: Any, text: Any) -> torch.Tensor:
+    def text_support(self, model: Any, text: Any) -> torch.Tensor:
         """The word tokens: before the end token, and after a start token at position 0 when the tokenizer
         writes one (the published SentencePiece tokenizer does not; a word-level one may)."""
         positions = torch.arange(text.input_ids.shape[1], device=text.input_ids.device)
