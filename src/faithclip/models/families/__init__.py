@@ -23,6 +23,7 @@ A family is chosen from ``config.model_type`` (``family_for_model_type``) or fro
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -278,8 +279,10 @@ def family_of(model: Any) -> Family:
     return family
 
 
+@functools.cache
 def _load_families() -> None:
-    """Import every module of this folder once: each registers its family."""
+    """Import every module of this folder, once per process (the folder is not re-listed by later calls:
+    ``family_of`` runs on every probe): each registers its family."""
     import importlib
     import pkgutil
 
