@@ -90,10 +90,10 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
     for index, scene in enumerate(items):
         mask = torch.from_numpy(np.ascontiguousarray(scene.objects[scene.target].mask))
         record = {"caption": scene.caption, "objects": scene.captions, "scores": {}}
+        text = _class_text(handle, scene)
         for name in methods:
             tick = time.perf_counter()
-            explanation = faithclip.explain(handle, scene.image, _class_text(handle, scene), name,
-                                            **DEMO_OPTIONS.get(name, {}))
+            explanation = faithclip.explain(handle, scene.image, text, name, **DEMO_OPTIONS.get(name, {}))
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - tick
             saliency = pixel_map(explanation.map, (size, size))
             entry = results["methods"][name]
