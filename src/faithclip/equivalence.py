@@ -59,12 +59,12 @@ def verify_equivalence(
     image tower) has one explained layer, the head: only ``layers`` 1 is compared there. A dtype other than the model's runs on a
     converted deep copy (the user's model is not touched).
     """
-    sides = [side for side in ("image", "text") if model.family.has_side(side)] if sides is None else sides
+    sides = [side for side in (("image", "text") if sides is None else sides) if model.family.has_side(side)]  # a classifier: image only
     rows = []
     for dtype in dtypes:
         handle = model if dtype == model.dtype else _converted(model, dtype)
         pixels = model.pixels(images).to(dtype)
-        for side in (side for side in sides if model.family.has_side(side)):  # a classifier: image only
+        for side in sides:
             run = explain if side == "image" else explain_text
             pooled_by_head = model.family.pooling_attention(model.model, model.family.towers[side]) is not None
             for n in (layers if not pooled_by_head else [n for n in layers if n == 1]):  # a head is one layer

@@ -95,13 +95,13 @@ def check_p1(model: ClipHandle, images: ImageInput | Sequence[ImageInput], texts
     family = model.family
     names = methods if methods is not None else [s.name for s in METHODS if s.supports(family.name)]
     specs = [METHODS.get(m) if isinstance(m, str) else m for m in names]
-    sides = [side for side in ("image", "text") if family.has_side(side)] if sides is None else sides
+    sides = [side for side in (("image", "text") if sides is None else sides) if family.has_side(side)]
     target = family_target(model, None)
     pixels = model.pixels(images)
     batch = model.tokens(texts)
     rows = []
     for spec in specs:
-        for side in (side for side in sides if family.has_side(side)):
+        for side in sides:
             runner = getattr(spec, side)
             if runner is None:
                 continue
