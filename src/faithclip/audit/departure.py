@@ -99,7 +99,7 @@ def rewritten_image_embeds(handle: ClipHandle, pixels: torch.Tensor, heads: int 
 def default_scores(handle: ClipHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
     """``(N, C)``: the family's default score of every image against every prompt (CLIP: the cosine; a
     classifier: the class logit)."""
-    target = handle.family.target(handle.family.target_kinds[0])
+    target = handle.family.default_target()
     return handle.family.score(target, image_embeds, text_embeds, handle.model)
 
 
@@ -199,7 +199,7 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
             label = data.labels[index] if data.labels is not None else \
                 int(default_scores(handle, handle.encode_image(pixels), text_embeds).argmax())
         ctx = Context(handle=handle, side="image", pixels=pixels, text=handle.tokens([data.prompts[label]]),
-                      target=handle.family.target(handle.family.target_kinds[0]))
+                      target=handle.family.default_target())
         maps = {}
         arms = map_arms(handle.family)
         for arm, (one_head, keep, qk) in arms.items():

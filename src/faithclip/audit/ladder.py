@@ -101,7 +101,7 @@ def explain_quality(handle: ClipHandle, method: Method, data: AuditData, indices
         pixels = handle.pixels(image)
         ctx = Context(handle=handle, side="image", pixels=pixels,
                       text=handle.tokens([data.prompts[data.labels[index]]]),
-                      target=handle.family.target(handle.family.target_kinds[0]))
+                      target=handle.family.default_target())
         extra = {"original": image} if spec.name == "grad_eclip_official" else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

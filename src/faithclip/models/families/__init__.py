@@ -198,6 +198,10 @@ class Family:
             raise MethodError(f"a {self.name} model's probability is per pair (a sigmoid of its logit) and uses no "
                               f"other prompts, but {len(target.extra_texts)} were given; drop them.")
 
+    def default_target(self) -> "Target":
+        """The score explained when none is named: the first of ``target_kinds`` (CLIP: the cosine)."""
+        return self.target(self.target_kinds[0])
+
     def target(self, kind: "str | Target", others: Sequence[str] = ()) -> "Target":
         """The named score with the other texts it needs (``faithclip.targets.make_target``); a family whose
         score needs no prompt set (a classifier's softmax runs over its classes) overrides this."""
