@@ -18,7 +18,9 @@ Many processes: ``Shard(i, n)`` computes the cases at positions ``i, i + n, ...`
 ``config.json``); a run without a shard, or ``Evaluator.merge`` (which computes nothing), reads every
 record file, checks each line, and aggregates exactly as one process would. A record's numbers do not
 depend on the process that computed it: the identity pins the batch size, the thread count, the device
-kind and dtype, and nothing else of a process enters a record (seeds are per case and metric).
+kind and dtype and the processor (a CPU's name and instruction set, a GPU's name: another kind runs other
+kernels, whose results agree to float rounding only), and nothing else of a process enters a record (seeds
+are per case and metric).
 ``faithclip.distributed`` runs the shards under torch.distributed.
 """
 
@@ -118,7 +120,7 @@ _IDENTITY_NAMES = {
     "model_preprocess": "the model's preprocessing", "model_tokenizer": "the model's tokenizer",
     "versions": "the code's versions", "data_fingerprint": "the data's files or scenes",
     "data_class_names": "the class names", "data_prompts": "the prompt templates",
-    "batch_size": "--batch-size", "threads": "--threads", "model_device": "--device / --dtype",
+    "batch_size": "--batch-size", "threads": "--threads", "model_device": "--device / --dtype, or the processor (another CPU or GPU kind rounds differently)",
 }
 _ABSENT = object()
 
@@ -310,7 +312,7 @@ class Evaluator:
 
         Every forward has the same shape whatever the number of images per step, and a row's numbers
         depend on the forward's shape, not on which other rows share it (matrix products compute each
-        row from that row alone; measured bit-identical on this machine): so the results do not depend on
+        row from that row alone; bit-identical on one processor kind, which the identity pins): so they do not depend on
         ``images_per_step``. Any context of the data set can score any image: all hold the same
         classifier weights."""
         size = self.config.batch_size

@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 
+from tolerance import assert_rounding_close
 import faithclip
 from conftest import VOC_DIR, needs_reference, random_clip, save_reference_checkpoint, token_ids
 from faithclip.errors import MethodError, ModelError, TextError
@@ -152,4 +153,4 @@ def test_batches_are_image_major(tiny):
     for index, ex in enumerate(many):
         b, k = divmod(index, 3)
         single = faithclip.explain(tiny, pixels[b], ids[k:k + 1])
-        torch.testing.assert_close(ex.map, single.map, rtol=1e-5, atol=1e-7)
+        assert_rounding_close(ex.map, single.map, torch.float32, kind="map")  # batch of 2 vs 1: other kernels

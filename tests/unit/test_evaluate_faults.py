@@ -286,6 +286,22 @@ def test_other_threads_batch_size_or_code_version_are_refused(setup, tmp_path, c
     assert "the code's versions (versions.faithclip: \"0.1.0\" -> \"9.9.9\")" in errors(capsys)[0]
 
 
+def test_another_processor_kind_is_refused(setup, tmp_path, capsys, monkeypatch):
+    """Records are promised identical across processes only on the same kind of processor: another CPU
+    runs other kernels, equal to rounding only, so a resume or a shard there is refused."""
+    model, data, reference = setup
+    out = tmp_path / "run"
+    command = argv(model, data, out, "--limit", "1")
+    assert main(command) == 0
+    capsys.readouterr()
+    from faithclip.models import fingerprint
+
+    monkeypatch.setattr(fingerprint, "cpu_kind", lambda: "Another CPU (AVX512)")
+    assert main(command) == 2
+    message = errors(capsys)[0]
+    assert "or the processor" in message and "-> \"Another CPU (AVX512)\"" in message
+
+
 # ---- strict JSON, the schema, the set -----------------------------------------------------------------
 def _schema_errors(schema: dict, value, root: dict, path: str = "$") -> list[str]:
     """A checker of the JSON Schema keywords results.schema.json uses (jsonschema is not installed)."""

@@ -20,9 +20,10 @@ def test_embeddings_bit_identical_under_probe():
     model = random_clip(heads=4, layers=3)
     pixels = torch.randn(2, 3, 32, 32)
     ids = token_ids([2, 5])
-    with torch.no_grad():
-        image_ref = model.get_image_features(pixel_values=pixels).pooler_output
-        text_ref = model.get_text_features(input_ids=ids).pooler_output
+    # The reference runs in the same grad mode as the probed forward (grad on: the parameters require it), on
+    # the same shapes: the only difference is the probe's hooks, so equality is exact by construction.
+    image_ref = model.get_image_features(pixel_values=pixels).pooler_output.detach()
+    text_ref = model.get_text_features(input_ids=ids).pooler_output.detach()
     for grad_from in (None, 0, 2):
         with Probe(model, "vision", layers=[0, -1], grad_from=grad_from):
             image = model.get_image_features(pixel_values=pixels).pooler_output

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tolerance import assert_rounding_close
 import faithclip
 from faithclip.cli.main import main
 from faithclip.metrics.case import pixel_map
@@ -77,7 +78,7 @@ def test_cli_explain_writes_overlay_and_json(tmp_path, capsys):
     index = json.loads((tmp_path / "out" / "explain.json").read_text())  # the run's record (--out convention)
     assert [e["png"] for e in index["explanations"]] == [pngs[0].name] and (tmp_path / "out" / "report.html").is_file()
     assert records[0]["method"] == "attention_eclip" and records[0]["map_shape"] == [8, 8]
-    assert abs(records[0]["score"] - records[0]["model_score"]) < 1e-6
+    assert_rounding_close(records[0]["score"], records[0]["model_score"], "float32")
     assert main(["explain", str(path), "--text", scene.caption, "--side", "text", "--method", "grad_eclip",
                  "--out", str(tmp_path / "out2")]) == 0
     assert "a" in capsys.readouterr().out

@@ -41,9 +41,9 @@ import torch
 
 from faithclip.audit.bootstrap import Bootstrap, mean_interval
 from faithclip.audit.departure import AuditData
-from faithclip.audit.detect import DETECT_TOLERANCE, Finding, Recorder
+from faithclip.audit.detect import Finding, Recorder
 from faithclip.audit.ladder import DEFAULT_ALPHAS
-from faithclip.audit.principles import P1_TOLERANCE, p1_gaps
+from faithclip.audit.principles import explains_own_scores, p1_gaps, p1_tolerance
 from faithclip.errors import FaithclipError, MethodError
 from faithclip.methods.context import Context
 from faithclip.models.clip import ClipHandle
@@ -167,7 +167,7 @@ def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSet
     if result.options.get("scores_reported", True):
         own = Context(handle=handle, side=side, pixels=pixels, text=text, target=make_target("cosine")).model_scores()
         gap = float(p1_gaps(result.scores, own).max())
-        if gap > P1_TOLERANCE:
+        if not explains_own_scores(result.scores, own, p1_tolerance(handle.dtype)):
             findings.insert(0, Finding("score_gap", "scores", f"explains scores {gap:.3g} (relative) away from the "
                                        "model's own", "departure", "score"))
     def short(where: str) -> str:
@@ -184,7 +184,7 @@ def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSet
     else:
         verdict, evidence = "pass", "the model's own forward on its own input" + (
             f" (notes: {', '.join(sorted({f.kind for f in findings}))})" if findings else "")
-    return CheckResult(f"P1 {side}", verdict, f"{evidence} [{pairs}, tol {DETECT_TOLERANCE:g}]",
+    return CheckResult(f"P1 {side}", verdict, f"{evidence} [{pairs}, tol {recorder.tol:g}]",
                        details={"findings": [f.as_dict() for f in findings]}), findings
 
 

@@ -15,7 +15,8 @@ reports every departure it saw, each naming the module or tensor:
 
 The model's own behaviour comes from ONE recorded plain forward of each tower on the model's own input
 (``Recorder.reference``): its call tree (which module calls which) and its embeddings. Every embedding a
-method produces is then compared with them (relative L2 distance, ``tol``):
+method produces is then compared with them (relative L2 distance, ``tol``: by default the rounding bound
+of the model's dtype, ``faithclip.numerics``):
 
 - on the model's own input it must BE the model's embedding; when it is not, the method explained another
   forward (parts recomputed outside the model's own forward, a hook, an edited weight): a departure;
@@ -44,7 +45,8 @@ from typing import Any, Iterator
 import torch
 from torch.nn.modules import module as torch_module
 
-DETECT_TOLERANCE = 1e-5  # relative L2 distance under which two embeddings are the same
+from faithclip.numerics import rounding_rtol
+
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 SEVERITIES = ("departure", "unverified", "note")
 
@@ -112,9 +114,12 @@ class Recorder:
     """
 
     def __init__(self, model: torch.nn.Module, pixels: torch.Tensor, input_ids: torch.Tensor,
-                 tol: float = DETECT_TOLERANCE) -> None:
+                 tol: float | None = None) -> None:
         self.model = model
-        self.tol = tol
+        # relative L2 distance under which two embeddings are the same: by default the rounding bound of the
+        # model's dtype (two forwards of another batch shape agree to rounding only; docs/testing.md)
+        dtype = next(model.parameters()).dtype
+        self.tol = rounding_rtol(dtype) if tol is None else tol
         self.names = {id(m): (name or "model") for name, m in model.named_modules()}
         self.towers = {
             "image": _Tower(model.vision_model.embeddings.patch_embedding, model.visual_projection, pixels.detach()),
@@ -390,4 +395,4 @@ class Recorder:
         return out
 
 
-__all__ = ["Recorder", "Finding", "DETECT_TOLERANCE", "SEVERITIES"]
+__all__ = ["Recorder", "Finding", "SEVERITIES"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 from typing import Any
 
 import torch
@@ -74,12 +75,30 @@ def code_versions() -> dict[str, str]:
 
 def device_identity(handle: ClipHandle) -> dict[str, str]:
     """Where and in what precision the model computes: the device's kind (not its index, so the ranks of
-    one job on cuda:0..N-1 share it), the GPU's name (another GPU model rounds differently), the dtype."""
+    one job on cuda:0..N-1 share it), the GPU's name or, on a CPU, the processor's name and the instruction
+    set torch dispatches to (another GPU model, another CPU vendor or another vector width runs other
+    kernels, whose float results agree to rounding, not to the bit), the dtype."""
     device = handle.device
     identity = {"device": device.type, "dtype": str(handle.dtype).replace("torch.", "")}
     if device.type == "cuda":
         identity["gpu"] = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        identity["cpu"] = cpu_kind()
     return identity
+
+
+def cpu_kind() -> str:
+    """The processor's model name and torch's CPU capability, e.g. ``"AMD EPYC (AVX2)"``."""
+    name = platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith(("model name", "Model")):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def unreadable_words(handle: ClipHandle, names: list[str]) -> dict[str, list[str]]:
