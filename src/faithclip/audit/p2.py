@@ -70,9 +70,9 @@ MIN_LADDERS = 2
 class P2Design:
     """Everything that decides a P2 run's numbers (the model and methods aside)."""
 
-    scenes: int = 48
+    scenes: int = 32
     ladders: int = 3  # re-initialisation seeds ladder_seed, ladder_seed + 1, ...
-    rungs: int = 10
+    rungs: int = 6
     scan_step: float = 0.05
     chance_margin: float = 0.05
     contrast_level: float = 0.5
@@ -151,22 +151,36 @@ def headline_contrast(competent: np.ndarray, pointing: np.ndarray, level: float)
 
 
 # ---- the measurements -----------------------------------------------------------------------------
-def scene_pairs(handle: Any, n: int, seed: int) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class ScenePairs:
+    """The scenes, their erased copies, and both as the model's input (the same for every rung)."""
+
+    scenes: Any  # ShapesWorld SceneBatch
+    images: list  # PIL renders of the scenes
+    pixels: torch.Tensor  # (S, 3, H, W)
+    erased_pixels: torch.Tensor  # (S, 3, H, W): the named object erased
+
+
+def scene_pairs(handle: Any, n: int, seed: int) -> ScenePairs:
     """``n`` 2-4-object scenes and the same scenes with the named object erased, at the model's input size."""
     from faithclip.shapes.world import ShapesWorld
 
-    return ShapesWorld(image_size=handle.image_size).counterfactual_pairs(n, seed=seed, kind="remove", min_objects=2)
+    scenes, erased = ShapesWorld(image_size=handle.image_size).counterfactual_pairs(n, seed=seed, kind="remove",
+                                                                                    min_objects=2)
+    images = _pil(scenes.images)
+    return ScenePairs(scenes, images, handle.pixels(images), handle.pixels(_pil(erased.images)))
 
 
-def model_measures(handle: Any, scenes: Any, erased: Any) -> dict[str, np.ndarray]:
+def model_measures(handle: Any, pairs: ScenePairs) -> dict[str, np.ndarray]:
     """Per scene ``(S,)``: effect, margin, competent (module docstring) and the chance level of competence."""
     from faithclip.audit.departure import default_scores
 
+    scenes = pairs.scenes
     prompts = list(scenes.prompts)
     with torch.no_grad():
         text = handle.encode_text(handle.tokens(prompts))
-        scores = default_scores(handle, handle.encode_image(handle.pixels(list(scenes.images))), text)  # (S, C)
-        removed = default_scores(handle, handle.encode_image(handle.pixels(list(erased.images))), text)  # (S, C)
+        scores = default_scores(handle, handle.encode_image(pairs.pixels), text)  # (S, C)
+        removed = default_scores(handle, handle.encode_image(pairs.erased_pixels), text)  # (S, C)
     scores, removed = scores.double().cpu().numpy(), removed.double().cpu().numpy()
     rows = np.arange(len(scenes))
     named = scenes.target_labels
@@ -187,7 +201,7 @@ def _pil(images: np.ndarray) -> list:
     return [Image.fromarray(np.ascontiguousarray(image), mode="RGB") for image in images]
 
 
-def map_measures(handle: Any, method: Any, scenes: Any, options: dict | None = None) -> dict[str, np.ndarray]:
+def map_measures(handle: Any, method: Any, pairs: ScenePairs, options: dict | None = None) -> dict[str, np.ndarray]:
     """Per scene ``(S,)``: the method's map for the named prompt, scored by share and pointing."""
     from faithclip.audit.ladder import method_name
     from faithclip.audit.measures import crop_grid_map, pointing_hit
@@ -195,11 +209,11 @@ def map_measures(handle: Any, method: Any, scenes: Any, options: dict | None = N
     from faithclip.registry import METHODS
 
     spec = METHODS.get(method) if isinstance(method, str) else method
-    images = _pil(scenes.images)
+    scenes = pairs.scenes
     share, pointing = [], []
-    for index, image in enumerate(images):
+    for index, image in enumerate(pairs.images):
         mask = scenes.target_masks[index]
-        pixels = handle.pixels(image)
+        pixels = pairs.pixels[index:index + 1]
         ctx = Context(handle=handle, side="image", pixels=pixels,
                       text=handle.tokens([scenes.prompts[scenes.target_labels[index]]]),
                       target=handle.family.default_target(), originals=[image])
@@ -211,7 +225,7 @@ def map_measures(handle: Any, method: Any, scenes: Any, options: dict | None = N
             patch_map = crop_grid_map(patch_map, image.size, handle.preprocess, ctx.grid)
         share.append(mass_share(patch_map, mask))
         pointing.append(pointing_hit(patch_map, mask))
-    logger.debug("p2: %s on %d scenes", method_name(method), len(images))
+    logger.debug("p2: %s on %d scenes", method_name(method), len(pairs.images))
     return {"share": np.asarray(share), "pointing": np.asarray(pointing)}
 
 
@@ -225,7 +239,7 @@ def mass_share(patch_map: torch.Tensor, mask: np.ndarray) -> float:
     return float(cover.mean()) if total <= 0 else float((positive * cover).sum() / total)
 
 
-def ladder_rungs(handle: Any, scenes: Any, erased: Any, seed: int, design: P2Design) -> tuple[list[float], list[float]]:
+def ladder_rungs(handle: Any, pairs: ScenePairs, seed: int, design: P2Design) -> tuple[list[float], list[float]]:
     """The ladder's rungs: V alphas from 0 to the first scanned alpha at chance; and the scanned competence."""
     from faithclip.audit.ladder import degrade
 
@@ -233,7 +247,7 @@ def ladder_rungs(handle: Any, scenes: Any, erased: Any, seed: int, design: P2Des
     scan, competence = [k / steps for k in range(steps + 1)], []
     end = 1.0
     for alpha in scan:
-        measures = model_measures(degrade(handle, alpha, seed), scenes, erased)
+        measures = model_measures(degrade(handle, alpha, seed), pairs)
         competence.append(float(measures["competent"].mean()))
         if competence[-1] <= float(measures["chance"].mean()) + design.chance_margin:
             end = alpha
@@ -249,7 +263,7 @@ def p2_test(handle: Any, methods: Sequence[Any], design: P2Design = P2Design(),
     from faithclip.audit.ladder import degrade, method_name
 
     started = time.perf_counter()
-    scenes, erased = scene_pairs(handle, design.scenes, design.scene_seed)
+    pairs = scene_pairs(handle, design.scenes, design.scene_seed)
     names = [method_name(m) for m in methods]
     model = {k: np.zeros((design.ladders, design.scenes, design.rungs)) for k in ("effect", "margin", "competent")}
     maps = {n: {k: np.zeros((design.ladders, design.scenes, design.rungs)) for k in ("share", "pointing")} for n in names}
@@ -257,18 +271,18 @@ def p2_test(handle: Any, methods: Sequence[Any], design: P2Design = P2Design(),
     trained_maps: dict[str, dict[str, np.ndarray]] = {}
     for l in range(design.ladders):
         seed = design.ladder_seed + l
-        alphas, scanned = ladder_rungs(handle, scenes, erased, seed, design)
+        alphas, scanned = ladder_rungs(handle, pairs, seed, design)
         ladders.append({"seed": seed, "alphas": alphas, "scan_competence": scanned, "scan_step": design.scan_step})
         for v, alpha in enumerate(alphas):
             rung = degrade(handle, alpha, seed)
-            for key, values in model_measures(rung, scenes, erased).items():
+            for key, values in model_measures(rung, pairs).items():
                 if key in model:
                     model[key][l, :, v] = values
             for method, name in zip(methods, names):
                 if v == 0 and name in trained_maps:  # alpha = 0 is the same trained model in every ladder
                     measured = trained_maps[name]
                 else:
-                    measured = map_measures(rung, method, scenes, (options or {}).get(name))
+                    measured = map_measures(rung, method, pairs, (options or {}).get(name))
                     if v == 0:
                         trained_maps[name] = measured
                 for key, values in measured.items():
@@ -288,4 +302,4 @@ def p2_test(handle: Any, methods: Sequence[Any], design: P2Design = P2Design(),
 
 __all__ = ["P2Design", "VERDICTS", "PAIRS", "MIN_EFFECT", "ALPHA", "MIN_SCENES", "MIN_LADDERS", "p2_verdicts",
            "p2_statistics", "headline_contrast", "model_measures", "map_measures", "mass_share", "ladder_rungs",
-           "p2_test", "scene_pairs"]
+           "p2_test", "scene_pairs", "ScenePairs"]

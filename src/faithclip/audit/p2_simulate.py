@@ -21,6 +21,7 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -75,13 +76,20 @@ def simulate(scenario: Scenario, ladders: int, scenes: int, rungs: int, replicat
 
 
 def operating_characteristics(sizes: list[tuple[int, int]], rungs: int, replicates: int, methods: int,
-                              design: P2Design = P2Design(), seed: int = 0) -> list[dict]:
+                              design: P2Design = P2Design(), seed: int = 0, report: Any = None) -> list[dict]:
     rows = []
     for ladders, scenes in sizes:
         for scenario in SCENARIOS:
             rates = simulate(scenario, ladders, scenes, rungs, replicates, methods, design, seed)
             rows.append({"ladders": ladders, "scenes": scenes, "scenario": scenario.name, "r": scenario.r, **rates})
+            if report:
+                report(format_row(rows[-1]))
     return rows
+
+
+def format_row(row: dict) -> str:
+    return (f"| {row['ladders']} | {row['scenes']} | {row['scenario']} | {row['tracks']:.3f} | "
+            f"{row['does not track']:.3f} | {row['inconclusive']:.3f} |")
 
 
 def format_table(rows: list[dict], replicates: int, methods: int, design: P2Design) -> str:
@@ -89,31 +97,35 @@ def format_table(rows: list[dict], replicates: int, methods: int, design: P2Desi
              f"{2 * methods} p-values, alpha {design.alpha:g}, minimum effect {design.min_effect:g}, "
              f"{design.resamples} resamples, {design.permutations} permutations)",
              "| ladders | scenes | scenario | tracks | does not track | inconclusive |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['ladders']} | {row['scenes']} | {row['scenario']} | {row['tracks']:.3f} | "
-                     f"{row['does not track']:.3f} | {row['inconclusive']:.3f} |")
+    lines += [format_row(row) for row in rows]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m faithclip.audit.p2_simulate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--replicates", type=int, default=200, help="simulated runs per scenario and size")
+    parser.add_argument("--replicates", type=int, default=100, help="simulated runs per scenario and size")
     parser.add_argument("--methods", type=int, default=1, help="methods per run (Holm over 2 x methods p-values)")
-    parser.add_argument("--ladders", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--scenes", type=int, nargs="+", default=[16, 32, 48])
+    parser.add_argument("--sizes", nargs="+", default=["1x32", "2x32", "3x16", "3x32", "3x48"],
+                        help="designs as LADDERSxSCENES")
     parser.add_argument("--rungs", type=int, default=P2Design().rungs)
     parser.add_argument("--resamples", type=int, default=P2Design().resamples)
     parser.add_argument("--permutations", type=int, default=P2Design().permutations)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true", help="print each row to stderr as it is measured")
     args = parser.parse_args(argv)
-    if min(args.replicates, args.methods, args.rungs, args.resamples, args.permutations, *args.ladders, *args.scenes) < 1:
-        print("p2_simulate: every size must be at least 1.", file=sys.stderr)
+    try:
+        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(size) != 2 for size in sizes) or min(
+            args.replicates, args.methods, args.rungs, args.resamples, args.permutations, *(v for s in sizes for v in s)) < 1:
+        print("p2_simulate: sizes are LADDERSxSCENES (e.g. 3x48) and every size must be at least 1.", file=sys.stderr)
         return 2
     design = P2Design(resamples=args.resamples, permutations=args.permutations)
     started = time.perf_counter()
-    sizes = [(ladders, scenes) for ladders in args.ladders for scenes in args.scenes]
-    rows = operating_characteristics(sizes, args.rungs, args.replicates, args.methods, design, args.seed)
+    report = (lambda line: print(line, file=sys.stderr, flush=True)) if args.progress else None
+    rows = operating_characteristics(sizes, args.rungs, args.replicates, args.methods, design, args.seed, report)
     print(format_table(rows, args.replicates, args.methods, design))
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0
