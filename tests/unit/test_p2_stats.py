@@ -170,3 +170,28 @@ def test_holm_is_applied_across_the_methods_of_a_run():
     result = p2_verdicts(tests)
     raw = [tests["a"].p_tracks, tests["b"].p_tracks, tests["a"].p_below, tests["b"].p_below]
     assert [result["a"]["p_tracks_holm"], result["b"]["p_tracks_holm"]] == holm(raw)[:2]
+
+
+def test_check_cards_get_holm_across_the_methods_of_a_run():
+    from dataclasses import asdict
+
+    from faithclip.audit.check import holm_across_cards
+    from faithclip.audit.p2 import P2Design
+
+    x, y = _panel(8, 0.25, (2, 32, 6))
+    design = asdict(P2Design())
+    cards = []
+    for name, values in (("a", y), ("b", np.broadcast_to(y[:, :, :1], y.shape).copy())):
+        alone = p2_verdicts({name: within_test(x, values, 0.1, 500, 500)})  # each card judged on its own
+        check = {"check": "P2 ladder", "verdict": {"tracks": "pass", "does not track": "fail"}.get(
+                 alone[name]["verdict"], "inconclusive"), "evidence": "",
+                 "details": {"design": design, "primary": {"methods": alone}}}
+        cards.append({"method": name, "checks": [check], "failed": check["verdict"] == "fail"})
+    raw = [cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]["p_tracks"],
+           cards[1]["checks"][0]["details"]["primary"]["methods"]["b"]["p_tracks"],
+           cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]["p_below"],
+           cards[1]["checks"][0]["details"]["primary"]["methods"]["b"]["p_below"]]
+    holm_across_cards(cards)
+    entry = cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]
+    assert entry["p_tracks_holm"] == pytest.approx(holm(raw)[0])
+    assert cards[1]["checks"][0]["verdict"] == "fail" and cards[1]["failed"]  # constant maps: r = 0 exactly

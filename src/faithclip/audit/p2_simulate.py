@@ -10,9 +10,11 @@ is counted per scenario and size. Per ladder l, scene s, rung v (z's independent
 
 Scenarios: ``maps ignore the model`` (y constant across rungs within a scene: the trained model's map reused),
 ``null r = 0`` (y moves with the rungs but not with the model within scenes), ``flat pointing 0/1`` (y 0/1
-with a fixed hit rate while x falls), ``tracks r = 0.1 / 0.2 / 0.3``, and ``tracks 0/1 r = 0.3``.
+with a fixed hit rate while x falls), ``tracks r = 0.1 / 0.2 / 0.3``, and ``tracks 0/1 r = 0.3``; the
+``heavy`` scenarios draw z_x from Student's t with 3 degrees of freedom times a per-scene scale (lognormal,
+sigma 1), standardised, as real erase effects are: a few scenes at a few rungs carry most of the variation.
 A false flag is ``tracks`` when r <= 0 or ``does not track`` when r >= the minimum effect (0.1); power is
-``does not track`` at r = 0 and ``tracks`` at r = 0.3.
+``does not track`` at r = 0 and ``tracks`` at r = 0.2 and 0.3.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +42,8 @@ class Scenario:
 SCENARIOS = (Scenario("maps ignore the model", 0.0, "reuse"), Scenario("null r = 0", 0.0, "continuous"),
              Scenario("flat pointing 0/1", 0.0, "binary"), Scenario("tracks r = 0.1", 0.1, "continuous"),
              Scenario("tracks r = 0.2", 0.2, "continuous"), Scenario("tracks r = 0.3", 0.3, "continuous"),
-             Scenario("tracks 0/1 r = 0.3", 0.3, "binary"))
+             Scenario("tracks 0/1 r = 0.3", 0.3, "binary"), Scenario("heavy null r = 0", 0.0, "heavy"),
+             Scenario("heavy tracks r = 0.3", 0.3, "heavy"))
 
 
 def synthetic(scenario: Scenario, ladders: int, scenes: int, rungs: int,
@@ -48,6 +52,9 @@ def synthetic(scenario: Scenario, ladders: int, scenes: int, rungs: int,
     shape = (ladders, scenes, rungs)
     trend = np.linspace(0, -3, rungs)[None, None, :]
     z_x = generator.standard_normal(shape)
+    if scenario.kind == "heavy":
+        z_x = generator.standard_t(3, shape) * np.exp(generator.standard_normal((1, scenes, 1)))
+        z_x = (z_x - z_x.mean()) / z_x.std()
     x = generator.standard_normal((1, scenes, 1)) + trend + z_x
     scene_y = generator.standard_normal((1, scenes, 1))
     if scenario.kind == "reuse":
@@ -61,7 +68,7 @@ def synthetic(scenario: Scenario, ladders: int, scenes: int, rungs: int,
 def simulate(scenario: Scenario, ladders: int, scenes: int, rungs: int, replicates: int, methods: int,
              design: P2Design, seed: int = 0) -> dict[str, float]:
     """Verdict rates of ``replicates`` runs of ``methods`` methods each (all drawn from ``scenario``)."""
-    generator = np.random.default_rng([seed, ladders, scenes, rungs, int(scenario.r * 100), len(scenario.kind)])
+    generator = np.random.default_rng([seed, ladders, scenes, rungs, zlib.crc32(scenario.name.encode())])
     counts = {"tracks": 0, "does not track": 0, "inconclusive": 0}
     for replicate in range(replicates):
         tests = {}

@@ -48,7 +48,7 @@ class Run:
 
 SECTIONS: dict[str, list[Run]] = {
     # P2's runs (`faithclip audit --ladder`, 3 seeds) are in docs/p2.md; this page keeps the departure.
-    "shapes": [Run("faithclip audit")] + [
+    "shapes": [Run("faithclip audit" + (f" --seed {seed} --map-images 0" if seed else "")) for seed in SEEDS] + [
         Run("faithclip audit --aspect 0.75 --seed 2",
             "Non-square variant: renders cropped to 128x96 (W x H), so the model's centre crop loses the sides "
             "the official input keeps (single-object scene seed 3):")],
