@@ -136,7 +136,7 @@ def split_statistics(correct: Sequence[bool], per_scene: dict[str, dict[str, Seq
     correct = np.asarray(correct, dtype=bool)
     strata = np.asarray(strata)
     out: dict[str, Any] = {"right": int(correct.sum()), "wrong": int((~correct).sum()), "min_group": min_group,
-                           "bootstrap": asdict(boot), "permutations": permutations, "alpha": alpha, "methods": {}}
+                           "bootstrap": asdict(boot), "permutations": permutations, "level": alpha, "methods": {}}
     enough = min(out["right"], out["wrong"]) >= min_group
     tests = {}
     for method, metrics in per_scene.items():

@@ -167,7 +167,7 @@ def format_correctness(split: dict) -> str:
     at = f" at alpha = {split['alpha']:g}" if "alpha" in split else ""
     lines = [f"P2 (b) quality by correctness{at} ({split['right']} right, {split['wrong']} wrong predictions); "
              f"right - wrong with its interval; verdict on the difference WITHIN shape (permutation within shape, Holm "
-             f"at {split.get('alpha', 0.05):g}; none with fewer than {split.get('min_group', 0)} images in a group)",
+             f"at {split.get('level', 0.05):g}; none with fewer than {split.get('min_group', 0)} images in a group)",
              f"  {'method':<22} {'pointing right':>14} {'pointing wrong':>14}  {'pointing right-wrong':<22} "
              f"{'within shape':>12} {'verdict':<13} "
              f"{'ins-del right':>13} {'ins-del wrong':>13}  {'ins-del right-wrong':<22}"]
