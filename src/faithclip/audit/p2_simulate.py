@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from faithclip.audit.p2 import MIN_EFFECT, P2Design, p2_verdicts
+from faithclip.audit.p2 import P2Design, p2_verdicts
 from faithclip.audit.p2stats import within_test
 
 
