@@ -34,8 +34,10 @@ DEMO_SEED = 20261126
 DEMO_OPTIONS: dict[str, dict[str, Any]] = {"rise": {"masks": 500}}
 # The audit at a REDUCED size that keeps the demo near a minute: the same code path as `faithclip audit`
 # (this is `DEMO_AUDIT.command()`, documented in docs/audit.md's reduced block); its intervals are wide.
+# Its P2 design is below the smallest one offered a verdict (docs/p2.md): every P2 verdict it prints is
+# "inconclusive", by the rule, and the numbers beside it only show what the test measures.
 DEMO_AUDIT = AuditSettings(scenes=40, map_images=4, deletion_steps=8, ladder=True, correctness=True,
-                           pointing_scenes=12, ladder_deletion_steps=8, correctness_alphas=(0.5,),
+                           p2_scenes=16, p2_ladders=1, p2_rungs=4, ladder_deletion_steps=8, correctness_alphas=(0.5,),
                            methods=("attention_eclip", "grad_eclip", "self_attention", "grad_cam"))
 
 

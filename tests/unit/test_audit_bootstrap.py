@@ -1,4 +1,5 @@
-"""P2's bootstrap: oracles are scipy (intervals, rank correlation) and fixtures whose answer is known by construction."""
+"""The audit's bootstrap intervals and the correctness split: oracles are scipy (intervals) and fixtures whose answer is
+known by construction."""
 
 from __future__ import annotations
 
@@ -7,17 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from faithclip.audit.bootstrap import (
-    Bootstrap,
-    average_ranks_rows,
-    difference_interval,
-    ladder_rho_interval,
-    mean_interval,
-    percentile_interval,
-    spearman_rows,
-    verdict,
-)
-from faithclip.audit.ladder import ladder_statistics, split_statistics
+from faithclip.audit.bootstrap import Bootstrap, difference_interval, mean_interval, percentile_interval
+from faithclip.audit.ladder import shape_of, split_statistics
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
@@ -57,89 +49,38 @@ def test_percentile_interval_of_a_uniform_grid():
     assert percentile_interval(samples, 0.95) == pytest.approx((0.025, 0.975))
 
 
-@pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")
-def test_rank_rows_and_spearman_match_scipy_with_ties():
-    rng = np.random.default_rng(1)
-    a = rng.integers(0, 3, (50, 5)).astype(float)
-    b = rng.integers(0, 4, (50, 5)).astype(float)
-    ranks = average_ranks_rows(a)
-    ours = spearman_rows(a, b)
-    for row in range(50):
-        assert ranks[row] == pytest.approx(scipy_stats.rankdata(a[row]) - 1)
-        expected = scipy_stats.spearmanr(a[row], b[row]).statistic
-        if np.isnan(expected):
-            assert np.isnan(ours[row])
-        else:
-            assert ours[row] == pytest.approx(expected, abs=1e-12)
-
-
-def _constant_rungs(rates: list[float], n: int) -> np.ndarray:
-    """Per-scene values whose every resample has exactly the given rung means (each rung is constant)."""
-    return np.repeat(np.asarray(rates, dtype=float)[:, None], n, axis=1)
-
-
-def test_ladder_rho_known_by_construction():
-    correct = _constant_rungs([1.0, 0.75, 0.5, 0.25, 0.0], 40)
-    tracking = _constant_rungs([0.9, 0.7, 0.5, 0.3, 0.1], 20)
-    opposite = tracking[::-1]
-    assert ladder_rho_interval(correct, tracking) == {"value": 1.0, "low": 1.0, "high": 1.0}
-    assert ladder_rho_interval(correct, opposite) == {"value": -1.0, "low": -1.0, "high": -1.0}
-    flat = ladder_rho_interval(correct, _constant_rungs([0.5] * 5, 20))
-    assert math.isnan(flat["value"]) and flat["low"] == flat["high"] == 0.0  # no order: counted as rho 0
-
-
-def test_ladder_rho_interval_covers_noise_and_shrinks_with_scenes():
-    rng = np.random.default_rng(7)
-    accuracy = [0.95, 0.8, 0.5, 0.2, 0.05]
-    pointing = [0.6, 0.55, 0.5, 0.45, 0.4]  # a weak but real decrease
-    correct = (rng.random((5, 200)) < np.array(accuracy)[:, None]).astype(float)
-    widths = []
-    for n in (20, 2000):
-        hits = (rng.random((5, n)) < np.array(pointing)[:, None]).astype(float)
-        rho = ladder_rho_interval(correct, hits, Bootstrap(resamples=1000))
-        widths.append(rho["high"] - rho["low"])
-    assert widths[1] < widths[0]
-    assert rho["low"] > 0.5  # with 2000 scenes per rung the decrease is certain
-
-
-def test_verdicts():
-    assert verdict(0.1, 0.4, 0.5) == "flagged"
-    assert verdict(0.5, 0.9, 0.5) == "pass"
-    assert verdict(0.2, 0.7, 0.5) == "inconclusive"
-    assert verdict(math.nan, math.nan, 0.5) == "n/a"
-
-
-def test_ladder_statistics_flags_only_when_the_whole_interval_is_below():
-    correct = _constant_rungs([1.0, 0.7, 0.4, 0.1], 30)
-    per_scene = {
-        "tracks": {"pointing": _constant_rungs([0.8, 0.6, 0.4, 0.2], 10), "ins_minus_del": _constant_rungs([4, 3, 2, 1], 10)},
-        "inverse": {"pointing": _constant_rungs([0.2, 0.4, 0.6, 0.8], 10), "ins_minus_del": _constant_rungs([1, 2, 3, 4], 10)},
-        # every rung hits 4 of 8 scenes, a window shifted by 2 per rung: equal rates, and resamples order
-        # the rungs every way, so the interval straddles the threshold
-        "noisy": {"pointing": np.array([[float((s - 2 * r) % 8 < 4) for s in range(8)] for r in range(4)]),
-                  "ins_minus_del": np.zeros((4, 8))},
-    }
-    stats = ladder_statistics((0, 0.3, 0.6, 1), correct, per_scene, flag_below=0.5)
-    assert stats["spearman"]["tracks"]["verdict"] == "pass"
-    assert stats["spearman"]["inverse"]["verdict"] == "flagged" and stats["spearman"]["inverse"]["flagged"]
-    noisy = stats["spearman"]["noisy"]
-    assert noisy["verdict"] == "inconclusive" and noisy["pointing_interval"][0] < 0 < 0.5 < noisy["pointing_interval"][1]
-    assert stats["rungs"][1]["accuracy"] == pytest.approx(0.7) and stats["rungs"][1]["accuracy_interval"] == pytest.approx([0.7, 0.7])
-    assert stats["accuracy_monotone"]
-
-
 def test_split_statistics_difference_and_verdict():
     correct = [True] * 6 + [False] * 4
     per_scene = {"better_when_right": {"pointing": [1.0] * 6 + [0.0] * 4, "ins_minus_del": [0.0] * 10},
                  "worse_when_right": {"pointing": [0.0] * 6 + [1.0] * 4, "ins_minus_del": [0.0] * 10}}
-    split = split_statistics(correct, per_scene, min_group=4)
+    one_shape = [0] * 10
+    split = split_statistics(correct, per_scene, one_shape, min_group=4, permutations=500)
     assert (split["right"], split["wrong"]) == (6, 4)
     good, bad = split["methods"]["better_when_right"], split["methods"]["worse_when_right"]
     assert good["pointing_difference"] == 1.0 and good["pointing_difference_interval"] == [1.0, 1.0]
+    # one permutation in C(10, 6) = 210 reproduces the split exactly: p ~ 1/210 each, Holm x 4 < 0.05
+    assert good["pointing_within_shape"] == 1.0 and good["p_greater_holm"] < 0.05
     assert good["verdict"] == "pass" and bad["verdict"] == "flagged"
-    none_wrong = split_statistics([True] * 3, {"m": {"pointing": [1.0] * 3, "ins_minus_del": [0.0] * 3}})
+    none_wrong = split_statistics([True] * 3, {"m": {"pointing": [1.0] * 3, "ins_minus_del": [0.0] * 3}}, [0, 1, 2])
     assert none_wrong["methods"]["m"]["verdict"] == "n/a"
-    # 6 right images that all miss: the interval has no spread, but 6 images cannot carry a verdict
-    few = split_statistics(correct, per_scene, min_group=20)
-    assert few["methods"]["worse_when_right"]["pointing_difference_interval"] == [-1.0, -1.0]
+    few = split_statistics(correct, per_scene, one_shape, min_group=20, permutations=100)
     assert few["methods"]["worse_when_right"]["verdict"] == "n/a"
+
+
+def test_split_verdict_is_taken_within_shape():
+    # shape 0 is always right and always hit, shape 1 always wrong and always missed; a mixed shape 2 has no
+    # difference. Right - wrong is large, but within shape there is nothing: no verdict but inconclusive.
+    correct = [True] * 10 + [False] * 10 + [True, False] * 10
+    pointing = [1.0] * 10 + [0.0] * 10 + [0.5] * 20
+    split = split_statistics(correct, {"m": {"pointing": pointing, "ins_minus_del": [0.0] * 40}},
+                             [0] * 10 + [1] * 10 + [2] * 20, min_group=5, permutations=200)
+    entry = split["methods"]["m"]
+    assert entry["pointing_difference"] > 0.4 and entry["pointing_within_shape"] == 0.0
+    assert entry["verdict"] == "inconclusive"
+
+
+def test_shape_of_reads_the_colours_major_labels():
+    from faithclip.shapes.world import SHAPES, class_caption
+
+    for label in (0, 4, 7, 29):
+        assert class_caption(label).endswith(SHAPES[shape_of([label])[0]])

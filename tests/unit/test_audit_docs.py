@@ -27,8 +27,8 @@ from faithclip.models.loading import shipped_models
 
 needs_shapes = pytest.mark.skipif("shapes-clip" not in shipped_models(), reason="the shipped shapes model is absent")
 
-TINY = ("faithclip audit --scenes 12 --map-images 1 --deletion-steps 2 --ladder --correctness --alphas 0 0.5 1 "
-        "--pointing-scenes 4 --ladder-deletion-steps 2 --correctness-alphas 0.5 --methods grad_cam --resamples 200")
+TINY = ("faithclip audit --scenes 12 --map-images 1 --deletion-steps 2 --ladder --correctness --p2-scenes 6 "
+        "--p2-ladders 1 --p2-rungs 3 --ladder-deletion-steps 2 --correctness-alphas 0.5 --methods grad_cam --resamples 200")
 
 
 def test_cli_defaults_are_the_settings_defaults():
@@ -40,8 +40,8 @@ def test_cli_defaults_are_the_settings_defaults():
 
 
 def test_settings_command_round_trips():
-    settings = AuditSettings(scenes=7, aspect=0.75, ladder=True, alphas=(0.0, 0.4, 1.0), methods=("grad_cam", "legrad"),
-                             deletion_steps=3, seed=4, confidence=0.9)
+    settings = AuditSettings(scenes=7, aspect=0.75, ladder=True, p2_scenes=9, p2_rungs=4, min_effect=0.2,
+                             methods=("grad_cam", "legrad"), deletion_steps=3, seed=4, confidence=0.9)
     assert settings_from_args(parse_command(settings.command())) == settings
     assert AuditSettings().command() == "faithclip audit"
     for runs in SECTIONS.values():
@@ -49,7 +49,8 @@ def test_settings_command_round_trips():
             parse_command(run.command)  # every documented command is valid CLI input
 
 
-@pytest.mark.parametrize("arguments", [["--scenes", "0"], ["--alphas", "0", "2"], ["--ladder", "--alphas", "0", "1"],
+@pytest.mark.parametrize("arguments", [["--scenes", "0"], ["--correctness-alphas", "2"], ["--ladder", "--p2-rungs", "2"],
+                                       ["--ladder", "--min-effect", "1.5"],
                                        ["--json", "/proc/no-such-dir/a.json"], ["--out", "/proc/no-such-dir"], ["--random-init"],
                                        ["--ladder", "--methods", "no_such_method"]])
 def test_bad_usage_is_one_line_and_exit_2(arguments, capsys):
@@ -77,12 +78,12 @@ def test_docs_check_passes_on_a_fresh_block_and_fails_on_a_wrong_figure(tmp_path
     document = tmp_path / "audit.md"
     document.write_text(f"# audit\n\n<!-- results:reduced:start -->\n{block}<!-- results:reduced:end -->\n")
     assert main(["--check", str(document), "--reduced"]) == 0  # reruns the command: a fresh run agrees
-    rho = results["ladder"]["spearman"]["grad_cam"]
-    wrong_rho = -0.99 if rho["pointing_interval"][0] > -0.9 else 0.99
+    entry = results["p2"]["primary"]["methods"]["grad_cam"]
+    wrong_r = -0.99 if entry["low"] > -0.9 else 0.99
     lines = block.splitlines()
-    row = next(i for i, line in enumerate(lines) if "rank correlation" in line) + 1  # grad_cam's rho row
+    row = next(i for i, line in enumerate(lines) if line.strip().startswith("primary")) + 2  # grad_cam's r row
     assert lines[row].strip().startswith("grad_cam")
-    lines[row] = re.sub(r"-?\d+\.\d+", f"{wrong_rho:.2f}", lines[row], count=1)
+    lines[row] = re.sub(r"-?\d+\.\d+", f"{wrong_r:.2f}", lines[row], count=1)
     wrong = tmp_path / "wrong.md"
     wrong.write_text(document.read_text().replace(block, "\n".join(lines) + "\n"))
     problems = check(wrong, reduced=True, run=lambda command: results)
@@ -97,17 +98,3 @@ def test_docs_check_usage_errors(tmp_path):
     empty = tmp_path / "empty.md"
     empty.write_text("no results here\n")
     assert main(["--check", str(empty), "--reduced"]) == 2
-
-
-def test_a_smaller_pointing_set_is_a_prefix_of_a_larger_one():
-    """The seeds study reads sizes n < N as the first n scenes of one run: that must be what --pointing-scenes n draws."""
-    import numpy as np
-
-    from faithclip.audit.run import pointing_scenes
-
-    small, large = pointing_scenes(5, 64, 2), pointing_scenes(12, 64, 2)
-    assert len(small.images) == 5 and len(large.images) == 12
-    for a, b, ma, mb in zip(small.images, large.images, small.masks, large.masks):
-        assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(ma, mb)
-    assert small.labels == large.labels[:5]
-    assert not np.array_equal(np.asarray(large.images[0]), np.asarray(pointing_scenes(1, 64, 3).images[0]))

@@ -86,8 +86,8 @@ def test_audit_of_a_family_without_a_published_pipeline_says_so(tmp_path, capsys
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "no published Grad-ECLIP pipeline exists for siglip models" in error[0]
     assert not (tmp_path / "out").exists()
-    settings = AuditSettings(scenes=6, ladder=True, alphas=(0.0, 0.5, 1.0), pointing_scenes=2, ladder_deletion_steps=2,
+    settings = AuditSettings(scenes=6, ladder=True, p2_scenes=4, p2_ladders=1, p2_rungs=3, ladder_deletion_steps=2,
                              methods=("attention_eclip",), resamples=20)
     results = run_audit(faithclip.load("shapes-siglip"), settings)  # P2 still runs: it needs no pipeline
-    assert "arms" not in results and results["ladder"]["methods"] == ["attention_eclip"]
+    assert "arms" not in results and results["p2"]["methods"] == ["attention_eclip"]
     assert "departure not measured" in format_audit(results)

@@ -10,9 +10,12 @@ P1 (per side)   ``faithclip.audit.detect.Recorder`` watches the model while the 
                 the method reports must be the model's own (relative gap <= 1e-5) when it reports one.
 claims          the method's declared ``modifies_model`` / ``modifies_input`` against what was detected: an
                 undeclared departure fails; a declared departure that was not seen is inconclusive.
-P2 ladder       ``faithclip.audit.ladder.performance_ladder``: rho(accuracy, pointing) across degraded models,
-                flagged below 0.5 (the audit's rule and intervals).
-P2 correctness  ``correctness_split`` on the alpha = 0.5 rung: pointing on right minus wrong images.
+P2 ladder       ``faithclip.audit.p2.p2_test``: do the method's maps track the model? The paired within-scene test
+                over degraded models (docs/p2.md), primary pair (the model's score drop when the named object is
+                erased vs the map's mass on it): ``tracks`` passes, ``does not track`` fails. Holm runs over the
+                methods of one ``faithclip check`` run (``holm_across_cards``).
+P2 correctness  ``correctness_split`` on the alpha = 0.5 rung: pointing on right minus wrong images, tested within
+                shape (permutation within shape).
 sanity          cascading randomisation (``faithclip.metrics.sanity``) of the image tower on ``sanity_scenes``
                 scenes: the mean Spearman rho between the original map and the map of the fully randomised
                 model; fail when its interval lies above 0.5 (the map survives the model's destruction), pass
@@ -42,7 +45,7 @@ import torch
 from faithclip.audit.bootstrap import Bootstrap, mean_interval
 from faithclip.audit.departure import AuditData
 from faithclip.audit.detect import Finding, Recorder
-from faithclip.audit.ladder import DEFAULT_ALPHAS
+from faithclip.audit.p2 import MIN_LADDERS, MIN_SCENES, P2Design
 from faithclip.audit.principles import explains_own_scores, p1_gaps, p1_tolerance
 from faithclip.errors import FaithclipError, MethodError
 from faithclip.methods.context import Context
@@ -65,9 +68,10 @@ CHECK_OPTIONS = {"rise": {"masks": 256}, "m2ib": {"steps": 5}}
 class CheckSettings:
     checks: tuple[str, ...] = CHECKS
     p1_scenes: int = 2
-    scenes: int = 64  # single-object scenes: accuracy per rung and the correctness split
-    pointing_scenes: int = 16
-    alphas: tuple[float, ...] = DEFAULT_ALPHAS  # five rungs: with three, Spearman's rho takes only four values
+    scenes: int = 64  # single-object scenes: the correctness split
+    p2_scenes: int = MIN_SCENES  # the smallest P2 design offered a verdict (docs/p2.md)
+    p2_ladders: int = MIN_LADDERS
+    p2_rungs: int = P2Design().rungs
     correctness_alpha: float = 0.5
     deletion_steps: int = 8
     sanity_scenes: int = 8
@@ -83,8 +87,8 @@ class CheckSettings:
         from faithclip.audit.run import AuditSettings
 
         audit = AuditSettings()
-        return replace(cls(scenes=audit.scenes, pointing_scenes=audit.pointing_scenes, alphas=audit.alphas,
-                           deletion_steps=audit.ladder_deletion_steps, resamples=audit.resamples,
+        return replace(cls(scenes=audit.scenes, p2_scenes=audit.p2_scenes, p2_ladders=audit.p2_ladders,
+                           p2_rungs=audit.p2_rungs, deletion_steps=audit.ladder_deletion_steps, resamples=audit.resamples,
                            method_options=()), **changes)
 
     def options(self, name: str) -> dict[str, Any]:
@@ -218,33 +222,75 @@ def _verdict(audit_verdict: str) -> str:
     return {"flagged": "fail", "pass": "pass"}.get(audit_verdict, "inconclusive")
 
 
-def check_ladder(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
-    from faithclip.audit.ladder import LadderConfig, performance_ladder
-    from faithclip.audit.run import AuditSettings, shapes_inputs
+P2_CHECK_VERDICT = {"tracks": "pass", "does not track": "fail", "inconclusive": "inconclusive"}
 
-    single, multi = shapes_inputs(handle, AuditSettings(scenes=settings.scenes, pointing_scenes=settings.pointing_scenes,
-                                                        seed=settings.seed))
-    config = LadderConfig(alphas=settings.alphas, seed=settings.seed, deletion_steps=settings.deletion_steps,
-                          bootstrap=settings.bootstrap())
-    result = performance_ladder(handle, single, multi, [spec], config, {spec.name: settings.options(spec.name)})
-    entry = result["spearman"][spec.name]
-    low, high = entry["pointing_interval"]
-    accuracy = ", ".join(f"{r['alpha']:g}: {r['accuracy']:.2f}" for r in result["rungs"])
-    pointing = ", ".join(f"{r['quality'][spec.name]['pointing']:.2f}" for r in result["rungs"])
-    return CheckResult("P2 ladder", _verdict(entry["verdict"]),
-                       f"rho(accuracy, pointing) = {entry['pointing']:.2f} (flagged below {result['flag_below']:g}); "
-                       f"accuracy per rung {accuracy}; pointing {pointing} [{len(multi.images)} scenes]",
-                       [low, high], details={k: v for k, v in result.items() if k != "per_scene"})
+
+def check_ladder(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
+    from faithclip.audit.p2 import P2Design, p2_test
+
+    design = P2Design(scenes=settings.p2_scenes, ladders=settings.p2_ladders, rungs=settings.p2_rungs,
+                      resamples=settings.resamples, permutations=settings.resamples, scene_seed=settings.seed + 2,
+                      ladder_seed=3 * settings.seed)
+    result = p2_test(handle, [spec], design, {spec.name: settings.options(spec.name)})
+    return _p2_card(result, spec.name)
+
+
+def _p2_card(result: dict[str, Any], name: str) -> CheckResult:
+    entry = result["primary"]["methods"][name]
+    d = result["design"]
+    contrast = "; ".join(f"{row['pointing'][0]:.2f} -> {row['pointing'][1]:.2f} (McNemar p {row['p_mcnemar']:.2g})"
+                         for row in result["contrast"][name] if row["rung"] is not None)
+    evidence = (f"within-scene r(model's erase effect, map's mass on the named object) = {entry['r']:.2f}, p tracks "
+                f"{entry['p_tracks_holm']:.2g}, p below {d['min_effect']:g} {entry['p_below_holm']:.2g} (Holm)"
+                + (f"; {entry['reason']}" if entry["reason"] else "")
+                + (f"; pointing trained -> degraded {contrast}" if contrast else "")
+                + f" [{d['scenes']} scenes x {d['ladders']} ladders x {d['rungs']} rungs]")
+    details = {k: v for k, v in result.items() if k != "per_scene"}
+    return CheckResult("P2 ladder", P2_CHECK_VERDICT[entry["verdict"]], evidence, [entry["low"], entry["high"]],
+                       details=details)
+
+
+def holm_across_cards(cards: list[dict[str, Any]]) -> list[str]:
+    """Holm over the P2 ladder p-values of every card of one run (in place); the methods whose verdict changed."""
+    from faithclip.audit.p2 import p2_verdicts
+    from faithclip.audit.p2stats import WithinTest
+
+    found = {}
+    for card in cards:
+        for check in card["checks"]:
+            if check["check"] == "P2 ladder" and check.get("details"):
+                found[card["method"]] = check
+    if len(found) < 2:
+        return []
+    tests = {}
+    for name, check in found.items():
+        entry = check["details"]["primary"]["methods"][name]
+        tests[name] = WithinTest(**{k: entry[k] for k in WithinTest.__dataclass_fields__})
+    design = next(iter(found.values()))["details"]["design"]
+    adjusted = p2_verdicts(tests, design["min_effect"], design["alpha"])
+    changed = []
+    for card in cards:
+        if card["method"] not in found:
+            continue
+        check = found[card["method"]]
+        check["details"]["primary"]["methods"][card["method"]].update(adjusted[card["method"]])
+        verdict = P2_CHECK_VERDICT[adjusted[card["method"]]["verdict"]]
+        if verdict != check["verdict"]:
+            changed.append(card["method"])
+            check["verdict"] = verdict
+            check["evidence"] += f" (Holm over the {len(found)} methods of this run)"
+        card["failed"] = any(c["verdict"] == "fail" for c in card["checks"])
+    return changed
 
 
 def check_correctness(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
     from faithclip.audit.ladder import correctness_split, degrade
     from faithclip.audit.run import AuditSettings, shapes_inputs
 
-    single, _ = shapes_inputs(handle, AuditSettings(scenes=settings.scenes, pointing_scenes=1, seed=settings.seed))
+    single = shapes_inputs(handle, AuditSettings(scenes=settings.scenes, seed=settings.seed))
     rung = degrade(handle, settings.correctness_alpha, settings.seed)
     split = correctness_split(rung, single, [spec], settings.deletion_steps, settings.bootstrap(),
-                              {spec.name: settings.options(spec.name)})
+                              {spec.name: settings.options(spec.name)}, permutations=settings.resamples)
     entry = split["methods"][spec.name]
     interval = entry["pointing_difference_interval"]
     groups = f"{split['right']} right, {split['wrong']} wrong at alpha={settings.correctness_alpha:g}"
@@ -252,7 +298,8 @@ def check_correctness(handle: ClipHandle, spec: MethodSpec, settings: CheckSetti
         return CheckResult("P2 correctness", "inconclusive", f"too few images in a group ({groups}; needs "
                            f"{split['min_group']} each)", interval)
     return CheckResult("P2 correctness", _verdict(entry["verdict"]),
-                       f"pointing right - wrong = {entry['pointing_difference']:+.2f} ({groups})", interval,
+                       f"pointing right - wrong = {entry['pointing_difference']:+.2f}, within shape "
+                       f"{entry['pointing_within_shape']:+.2f} (permutation within shape) ({groups})", interval,
                        details={k: v for k, v in split.items() if k != "per_scene"})
 
 
@@ -355,4 +402,4 @@ def run_check(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings = Ch
 
 
 __all__ = ["CheckSettings", "CheckResult", "CHECKS", "CHECK_OPTIONS", "VERDICTS", "resolve_method", "run_check",
-           "check_p1", "check_claims", "check_ladder", "check_correctness", "check_sanity", "check_text", "image_map"]
+           "check_p1", "check_claims", "check_ladder", "holm_across_cards", "check_correctness", "check_sanity", "check_text", "image_map"]

@@ -91,8 +91,8 @@ def format_audit(results: dict) -> str:
 def _p2_lines(results: dict) -> list[str]:
     """The ladder's and the correctness split's terminal tables, when the audit measured them."""
     lines = []
-    if "ladder" in results:
-        lines += ["", format_ladder(results["ladder"])]
+    if "p2" in results:
+        lines += ["", format_p2(results["p2"])]
     if "correctness" in results:
         for split in _splits(results):
             lines += ["", format_correctness(split)]
@@ -114,43 +114,68 @@ def _splits(results: dict) -> list[dict]:
     return split if isinstance(split, list) else [split]
 
 
-CELL = 21  # one rung's "0.983 [0.950, 1.000]"
+PAIR_TITLES = {"primary": "faithfulness: x = the model's score drop when the named object is erased, y = the map's "
+                           "mass share on it",
+               "secondary": "plausibility: x = margin of the named prompt over the best absent class, y = pointing hit"}
 
 
-def format_ladder(ladder: dict) -> str:
-    boot = ladder["bootstrap"]
-    level = f"{100 * boot['confidence']:g} %"
-    lines = [f"P2 (a) performance ladder: theta = (1-alpha) trained + alpha re-initialised (seed {ladder['seed']})",
-             f"  {ladder['accuracy_images']} accuracy scenes and {ladder['pointing_images']} pointing scenes per rung; "
-             f"[{level} percentile bootstrap interval, {boot['resamples']} resamples of scenes, bootstrap seed {boot['seed']}]",
-             f"  {'alpha':<22} " + " ".join(f"{r['alpha']:<{CELL}g}" for r in ladder["rungs"]),
-             f"  {'accuracy':<22} " + " ".join(f"{_estimate(r['accuracy'], r['accuracy_interval'], 3):<{CELL}}"
-                                               for r in ladder["rungs"]),
-             f"  accuracy falls monotonically: {ladder['accuracy_monotone']}",
-             f"  {'pointing rate':<22} (per rung)"]
-    for method in ladder["methods"]:
-        lines.append(f"  {method:<22} " + " ".join(
-            f"{_estimate(r['quality'][method]['pointing'], r['pointing_interval'][method]):<{CELL}}" for r in ladder["rungs"]))
-    lines += [f"  {'rank correlation':<22} {'rho(acc, pointing)':<22} {'verdict (< ' + _fmt(ladder['flag_below'], 2) + ')':<16} "
-              f"{'rho(acc, ins-del)':<22}"]
-    for method in ladder["methods"]:
-        rho = ladder["spearman"][method]
-        lines.append(f"  {method:<22} {_estimate(rho['pointing'], rho['pointing_interval']):<22} {rho['verdict']:<16} "
-                     f"{_estimate(rho['ins_minus_del'], rho['ins_minus_del_interval']):<22}")
+def _p(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3g}"
+
+
+def p2_rows(p2: dict, pair: str) -> list[list[str]]:
+    """One row per method: r [interval], Holm-adjusted p-values, verdict (and why no verdict)."""
+    rows = []
+    for method, e in p2[pair]["methods"].items():
+        rows.append([method, _estimate(e["r"], [e["low"], e["high"]]), _p(e["p_tracks_holm"]), _p(e["p_below_holm"]),
+                     e["verdict"] + (f" ({e['reason']})" if e["reason"] else "")])
+    return rows
+
+
+def contrast_cells(p2: dict, method: str) -> list[str]:
+    cells = []
+    for row in p2["contrast"][method]:
+        if row["rung"] is None:
+            cells.append("no rung at that level")
+        else:
+            cells.append(f"{row['pointing'][0]:.2f} -> {row['pointing'][1]:.2f} (competence {row['competence'][0]:.2f} -> "
+                         f"{row['competence'][1]:.2f}; -{row['lost']} +{row['gained']}, p {_p(row['p_mcnemar'])})")
+    return cells
+
+
+def format_p2(p2: dict) -> str:
+    d = p2["design"]
+    lines = [f"P2: do the maps track the model? Paired test (docs/p2.md): {d['scenes']} scene pairs x {d['ladders']} "
+             f"ladders x {d['rungs']} rungs; r = within-scene, within-rung association, {d['resamples']} two-level "
+             f"bootstrap resamples [95 %], {d['permutations']} scene permutations, Holm over the run at {d['alpha']:g}, "
+             f"minimum effect {d['min_effect']:g}"]
+    for ladder in p2["ladders"]:
+        lines.append(f"  ladder seed {ladder['seed']}: alpha 0 .. {ladder['alphas'][-1]:.3g}, competence on the scenes "
+                     + " ".join(f"{c:.2f}" for c in ladder["competence"]))
+    for pair in ("primary", "secondary"):
+        lines += [f"  {pair} ({PAIR_TITLES[pair]})",
+                  f"  {'method':<22} {'r [95 %]':<22} {'p tracks':>9} {'p below':>9}  verdict"]
+        lines += [f"  {m:<22} {r:<22} {pt:>9} {pb:>9}  {v}" for m, r, pt, pb, v in p2_rows(p2, pair)]
+    lines.append(f"  headline: pointing on the trained model -> first rung with competence <= {d['contrast_level']:g} "
+                 "(exact McNemar per ladder)")
+    for method in p2["methods"]:
+        lines.append(f"  {method:<22} " + "; ".join(contrast_cells(p2, method)))
     return "\n".join(line.rstrip() for line in lines)
 
 
 def format_correctness(split: dict) -> str:
     at = f" at alpha = {split['alpha']:g}" if "alpha" in split else ""
     lines = [f"P2 (b) quality by correctness{at} ({split['right']} right, {split['wrong']} wrong predictions); "
-             f"right - wrong with its interval, verdict against {_fmt(split.get('margin', 0.0), 2)} "
-             f"(none with fewer than {split.get('min_group', 0)} images in a group)",
-             f"  {'method':<22} {'pointing right':>14} {'pointing wrong':>14}  {'pointing right-wrong':<22} {'verdict':<13} "
+             f"right - wrong with its interval; verdict on the difference WITHIN shape (permutation within shape, Holm "
+             f"at {split.get('level', 0.05):g}; none with fewer than {split.get('min_group', 0)} images in a group)",
+             f"  {'method':<22} {'pointing right':>14} {'pointing wrong':>14}  {'pointing right-wrong':<22} "
+             f"{'within shape':>12} {'verdict':<13} "
              f"{'ins-del right':>13} {'ins-del wrong':>13}  {'ins-del right-wrong':<22}"]
     for method, parts in split["methods"].items():
         lines.append(
             f"  {method:<22} {_fmt(parts['right'].get('pointing'), 3):>14} {_fmt(parts['wrong'].get('pointing'), 3):>14}  "
-            f"{_estimate(parts['pointing_difference'], parts['pointing_difference_interval']):<22} {parts['verdict']:<13} "
+            f"{_estimate(parts['pointing_difference'], parts['pointing_difference_interval']):<22} "
+            f"{_fmt(parts['pointing_within_shape'], 3):>12} {parts['verdict']:<13} "
             f"{_fmt(parts['right'].get('ins_minus_del'), 3):>13} {_fmt(parts['wrong'].get('ins_minus_del'), 3):>13}  "
             f"{_estimate(parts['ins_minus_del_difference'], parts['ins_minus_del_difference_interval']):<22}")
     return "\n".join(line.rstrip() for line in lines)
@@ -198,29 +223,31 @@ def audit_html(results: dict) -> str:
 def _p2_html(results: dict) -> list[str]:
     """The ladder's and the correctness split's HTML tables, when the audit measured them."""
     parts: list[str] = []
-    if "ladder" in results:
-        ladder = results["ladder"]
-        parts.append(f"<h3>P2: performance ladder ({ladder['pointing_images']} pointing scenes per rung; "
-                     f"{100 * ladder['bootstrap']['confidence']:g} % bootstrap intervals)</h3>")
-        header = ["method"] + [f"alpha={r['alpha']:g} (acc {_estimate(r['accuracy'], r['accuracy_interval'])})"
-                               for r in ladder["rungs"]] + ["rho(acc, pointing)", "verdict", "rho(acc, ins-del)"]
-        rows = [[m] + [_estimate(r["quality"][m]["pointing"], r["pointing_interval"][m]) for r in ladder["rungs"]] +
-                [_estimate(ladder["spearman"][m]["pointing"], ladder["spearman"][m]["pointing_interval"]),
-                 ladder["spearman"][m]["verdict"],
-                 _estimate(ladder["spearman"][m]["ins_minus_del"], ladder["spearman"][m]["ins_minus_del_interval"])]
-                for m in ladder["methods"]]
-        parts.append(_table(header, rows, _flagged(rows, len(header) - 2)))
+    if "p2" in results:
+        p2 = results["p2"]
+        d = p2["design"]
+        parts.append(f"<h3>P2: do the maps track the model? ({d['scenes']} scene pairs x {d['ladders']} ladders x "
+                     f"{d['rungs']} rungs; Holm at {d['alpha']:g}; minimum effect {d['min_effect']:g})</h3>")
+        for pair in ("primary", "secondary"):
+            rows = p2_rows(p2, pair)
+            parts.append(f"<p>{html.escape(pair)}: {html.escape(PAIR_TITLES[pair])}</p>")
+            parts.append(_table(["method", "r [95 %]", "p tracks (Holm)", "p below minimum (Holm)", "verdict"], rows,
+                                [(r, 4) for r, row in enumerate(rows) if row[4] == "does not track"]))
+        parts.append(_table(["method"] + [f"ladder seed {ladder['seed']}: pointing trained -> competence <= "
+                                          f"{d['contrast_level']:g}" for ladder in p2["ladders"]],
+                            [[m] + contrast_cells(p2, m) for m in p2["methods"]]))
     if "correctness" in results:
         for split in _splits(results):
             at = f" at alpha = {split['alpha']:g}" if "alpha" in split else ""
             parts.append(f"<h3>P2: quality by correctness{at} ({split['right']} right, {split['wrong']} wrong)</h3>")
             rows = [[m, _fmt(p["right"].get("pointing"), 3), _fmt(p["wrong"].get("pointing"), 3),
-                     _estimate(p["pointing_difference"], p["pointing_difference_interval"]), p["verdict"],
+                     _estimate(p["pointing_difference"], p["pointing_difference_interval"]),
+                     _fmt(p["pointing_within_shape"], 3), p["verdict"],
                      _fmt(p["right"].get("ins_minus_del"), 3), _fmt(p["wrong"].get("ins_minus_del"), 3),
                      _estimate(p["ins_minus_del_difference"], p["ins_minus_del_difference_interval"])]
                     for m, p in split["methods"].items()]
-            parts.append(_table(["method", "pointing (right)", "pointing (wrong)", "right - wrong", "verdict",
-                                 "ins-del (right)", "ins-del (wrong)", "right - wrong"], rows, _flagged(rows, 4)))
+            parts.append(_table(["method", "pointing (right)", "pointing (wrong)", "right - wrong", "within shape",
+                                 "verdict", "ins-del (right)", "ins-del (wrong)", "right - wrong"], rows, _flagged(rows, 5)))
     return parts
 
 
@@ -233,4 +260,4 @@ def audit_page(results: dict) -> str:
                               "pipeline departs from the model, and principle P2")
 
 
-__all__ = ["audit_html", "audit_page", "format_audit", "format_correctness", "format_ladder"]
+__all__ = ["audit_html", "audit_page", "format_audit", "format_correctness", "format_p2", "p2_rows"]

@@ -6,9 +6,10 @@ call ``run_audit`` with an ``AuditSettings``; the CLI's defaults ARE ``AuditSett
 table can always name the command that regenerates it.
 
 Data (shapes scenes rendered at ``raw_size``, default 2x the model's input), for ``seed`` s:
-single-object scenes of scene seed s + 1 (departure, accuracy per rung, correctness split) and
-multi-object scenes of scene seed s + 2 (pointing per rung); the ladder's re-initialised copy is
-seeded with s. The bootstrap has its own seed (``bootstrap_seed``), fixed by default.
+single-object scenes of scene seed s + 1 (departure, correctness split, whose rung's re-initialised copy
+is seeded with s). P2 (``--ladder``, ``faithclip.audit.p2``): scene pairs of scene seed s + 2 at the model's
+input size, ladders re-initialised with seeds 3s, 3s + 1, ... (disjoint across s). The bootstraps and
+permutations have their own seed (``bootstrap_seed``), fixed by default.
 """
 
 from __future__ import annotations
@@ -19,21 +20,12 @@ from typing import Any
 
 from faithclip.audit.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Bootstrap
 from faithclip.audit.departure import AuditData, audit_departure
-from faithclip.audit.ladder import (
-    DEFAULT_ALPHAS,
-    LadderConfig,
-    correctness_split,
-    degrade,
-    performance_ladder,
-)
+from faithclip.audit.ladder import correctness_split, degrade
+from faithclip.audit.p2 import MIN_EFFECT, P2Design
 from faithclip.errors import FaithclipError
 from faithclip.models.clip import ClipHandle
 
 logger = logging.getLogger(__name__)
-
-# The largest size the seeds study in docs/audit.md could run for seeds 0, 1 and 2 (about 10 CPU-minutes
-# per seed); the P2 verdicts still differ between seeds there, for the reasons docs/audit.md gives.
-DEFAULT_POINTING_SCENES = 192
 
 
 @dataclass(frozen=True)
@@ -45,16 +37,17 @@ class AuditSettings:
     aspect: float = 1.0  # height / width of the renders (a crop)
     map_images: int = 16
     deletion_steps: int | None = None  # departure curves; None = one point per patch
-    ladder: bool = False
+    ladder: bool = False  # P2: the paired test of faithclip.audit.p2 (docs/p2.md)
     correctness: bool = False
-    alphas: tuple[float, ...] = DEFAULT_ALPHAS
-    pointing_scenes: int = DEFAULT_POINTING_SCENES
-    ladder_deletion_steps: int = 16  # P2 curves
+    p2_scenes: int = P2Design().scenes
+    p2_ladders: int = P2Design().ladders
+    p2_rungs: int = P2Design().rungs
+    min_effect: float = MIN_EFFECT
+    ladder_deletion_steps: int = 16  # deletion curves of the correctness split
     # The trained shapes model classifies all 200 scenes right (no wrong group to compare with); the ladder's
     # alpha = 0.5 rung errs on about 60 %: that is where right and wrong can be compared.
     correctness_alphas: tuple[float, ...] = (0.5,)
     methods: tuple[str, ...] | None = None  # P2 methods; None = all but rise, m2ib, occlusion
-    flag_below: float = 0.5
     resamples: int = DEFAULT_RESAMPLES
     confidence: float = DEFAULT_CONFIDENCE
     bootstrap_seed: int = 0
@@ -63,9 +56,15 @@ class AuditSettings:
     def bootstrap(self) -> Bootstrap:
         return Bootstrap(self.resamples, self.confidence, self.bootstrap_seed)
 
+    def p2_design(self) -> P2Design:
+        """P2's design for this seed: scene pairs of seed s + 2, ladders seeded 3s, 3s + 1, ..."""
+        return P2Design(scenes=self.p2_scenes, ladders=self.p2_ladders, rungs=self.p2_rungs, min_effect=self.min_effect,
+                        resamples=self.resamples, permutations=self.resamples, scene_seed=self.seed + 2,
+                        ladder_seed=3 * self.seed, bootstrap_seed=self.bootstrap_seed)
+
     def validate(self) -> None:
         """Raise a ``FaithclipError`` naming the first setting a run could not use."""
-        positive = ("scenes", "pointing_scenes", "ladder_deletion_steps", "resamples")
+        positive = ("scenes", "p2_ladders", "ladder_deletion_steps", "resamples")
         for name in positive:
             if getattr(self, name) < 1:
                 raise FaithclipError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
@@ -75,11 +74,13 @@ class AuditSettings:
             raise FaithclipError(f"--aspect must be in (0, 1], got {self.aspect}.")
         if not 0 < self.confidence < 1:
             raise FaithclipError(f"--confidence must be in (0, 1), got {self.confidence}.")
-        for alpha in (*self.alphas, *self.correctness_alphas):
+        for alpha in self.correctness_alphas:
             if not 0 <= alpha <= 1:
                 raise FaithclipError(f"ladder rungs must lie in [0, 1], got {alpha}.")
-        if self.ladder and len(self.alphas) < 3:
-            raise FaithclipError("--alphas needs at least 3 rungs for a rank correlation.")
+        if self.p2_scenes < 2 or self.p2_rungs < 3:
+            raise FaithclipError("--p2-scenes must be at least 2 and --p2-rungs at least 3.")
+        if not 0 < self.min_effect < 1:
+            raise FaithclipError(f"--min-effect must be in (0, 1), got {self.min_effect}.")
         if self.methods is not None:
             import faithclip.methods  # noqa: F401  (registers the methods)
             from faithclip.registry import METHODS
@@ -106,30 +107,12 @@ class AuditSettings:
         return " ".join(parts)
 
 
-POINTING_BLOCK = 8  # pointing scenes are drawn in blocks: a larger --pointing-scenes extends a smaller one
-
-
-def pointing_scenes(n: int, raw_size: int, seed: int) -> AuditData:
-    """``n`` multi-object scenes drawn in blocks of ``POINTING_BLOCK`` (block b has scene seed
-    ``seed * 100_000 + b``), so the first n scenes of a larger set are the set of size n: the seeds study
-    reads its smaller sizes as prefixes of one run, and they equal what ``--pointing-scenes n`` computes."""
-    from faithclip.audit.data import shapes_data
-
-    blocks = [shapes_data(POINTING_BLOCK, raw_size=raw_size, seed=seed * 100_000 + b, kind="multi")
-              for b in range(-(-n // POINTING_BLOCK))]
-    return AuditData(images=[i for b in blocks for i in b.images][:n], prompts=blocks[0].prompts,
-                     labels=[i for b in blocks for i in b.labels][:n], masks=[i for b in blocks for i in b.masks][:n],
-                     name=f"shapes multi-object scenes rendered at {raw_size}x{raw_size} (seed {seed}, blocks of "
-                          f"{POINTING_BLOCK})")
-
-
-def shapes_inputs(handle: ClipHandle, settings: AuditSettings) -> tuple[AuditData, AuditData]:
-    """Single-object scenes (scene seed s + 1) and multi-object pointing scenes (scene seed s + 2)."""
+def shapes_inputs(handle: ClipHandle, settings: AuditSettings) -> AuditData:
+    """Single-object scenes (scene seed s + 1)."""
     from faithclip.audit.data import shapes_data
 
     raw = settings.raw_size or 2 * handle.image_size
-    single = shapes_data(settings.scenes, raw_size=raw, seed=settings.seed + 1, aspect=settings.aspect)
-    return single, pointing_scenes(settings.pointing_scenes, raw, settings.seed + 2)
+    return shapes_data(settings.scenes, raw_size=raw, seed=settings.seed + 1, aspect=settings.aspect)
 
 
 def no_pipeline(handle: ClipHandle) -> str:
@@ -146,7 +129,7 @@ def run_audit(handle: ClipHandle, settings: AuditSettings = AuditSettings(), dat
     settings.validate()
     if data is not None and (settings.ladder or settings.correctness) and (data.labels is None or data.masks is None):
         raise FaithclipError("the ladder and --correctness need labelled scenes with masks: run without --images.")
-    single, multi = shapes_inputs(handle, settings) if data is None else (data, None)
+    single = shapes_inputs(handle, settings) if data is None else data
     from faithclip.registry import METHODS
 
     if METHODS.get("grad_eclip_official").supports(handle.family.name):
@@ -160,21 +143,21 @@ def run_audit(handle: ClipHandle, settings: AuditSettings = AuditSettings(), dat
                              "principle P2 on it.")
     methods = list(settings.methods) if settings.methods is not None else None
     if settings.ladder:
-        if multi is None:
-            _, multi = shapes_inputs(handle, settings)
-        config = LadderConfig(alphas=tuple(settings.alphas), seed=settings.seed,
-                              deletion_steps=settings.ladder_deletion_steps, flag_below=settings.flag_below,
-                              bootstrap=settings.bootstrap())
-        results["ladder"] = performance_ladder(handle, single, multi, methods, config)
+        from faithclip.audit.ladder import default_methods
+        from faithclip.audit.p2 import p2_test
+
+        results["p2"] = p2_test(handle, methods or default_methods(handle.family.name), settings.p2_design(),
+                                progress=logger.info)
     if settings.correctness:
         results["correctness"] = []
         for alpha in settings.correctness_alphas:
             rung = degrade(handle, alpha, settings.seed)
-            split = correctness_split(rung, single, methods, settings.ladder_deletion_steps, settings.bootstrap())
+            split = correctness_split(rung, single, methods, settings.ladder_deletion_steps, settings.bootstrap(),
+                                      permutations=settings.resamples)
             results["correctness"].append({"alpha": alpha, **split})
     results["settings"] = asdict(settings)
     results["command"] = settings.command()
     return results
 
 
-__all__ = ["DEFAULT_POINTING_SCENES", "POINTING_BLOCK", "AuditSettings", "pointing_scenes", "run_audit", "shapes_inputs"]
+__all__ = ["AuditSettings", "run_audit", "shapes_inputs"]

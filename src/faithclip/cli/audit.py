@@ -48,23 +48,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--map-images", type=int, default=d.map_images, help="images whose maps are compared")
     parser.add_argument("--deletion-steps", type=int, default=d.deletion_steps,
                         help="points per departure deletion curve (default: one per patch)")
-    parser.add_argument("--ladder", action="store_true", help="P2 (a): the performance ladder")
-    parser.add_argument("--alphas", type=float, nargs="+", default=list(d.alphas), help="ladder rungs (0 = trained)")
-    parser.add_argument("--pointing-scenes", type=int, default=d.pointing_scenes,
-                        help=f"multi-object scenes per ladder rung (default {d.pointing_scenes}: see docs/audit.md)")
+    parser.add_argument("--ladder", action="store_true",
+                        help="P2: do the maps track the model? (paired test over degraded models, docs/p2.md)")
+    parser.add_argument("--p2-scenes", type=int, default=d.p2_scenes, help="P2 scene pairs (the same at every rung)")
+    parser.add_argument("--p2-ladders", type=int, default=d.p2_ladders, help="P2 ladders (re-initialisation seeds)")
+    parser.add_argument("--p2-rungs", type=int, default=d.p2_rungs,
+                        help="P2 rungs per ladder, from the trained model to the first at chance")
+    parser.add_argument("--min-effect", type=float, default=d.min_effect,
+                        help="P2's pre-registered minimum within-scene association")
     parser.add_argument("--ladder-deletion-steps", type=int, default=d.ladder_deletion_steps,
-                        help="points per P2 deletion curve")
+                        help="points per deletion curve of the correctness split")
     parser.add_argument("--correctness", action="store_true", help="P2 (b): quality split by right / wrong predictions")
     parser.add_argument("--correctness-alphas", type=float, nargs="+", default=list(d.correctness_alphas),
                         help="rungs whose predictions are split (default 0.5: the trained model is almost never wrong)")
     parser.add_argument("--methods", nargs="+", default=None, help="methods for P2 (default: all but rise, m2ib, occlusion)")
-    parser.add_argument("--flag-below", type=float, default=d.flag_below,
-                        help="P2 threshold on rho(accuracy, pointing)")
-    parser.add_argument("--resamples", type=int, default=d.resamples, help="bootstrap resamples")
+    parser.add_argument("--resamples", type=int, default=d.resamples, help="bootstrap resamples (and permutations)")
     parser.add_argument("--confidence", type=float, default=d.confidence, help="bootstrap interval level")
     parser.add_argument("--bootstrap-seed", type=int, default=d.bootstrap_seed)
     parser.add_argument("--seed", type=int, default=d.seed,
-                        help="scene seeds seed+1 (single) and seed+2 (pointing); seed of the ladder's re-initialised copy")
+                        help="scene seeds seed+1 (single) and seed+2 (P2 pairs); P2 ladders seeded 3 seed, 3 seed + 1, ...")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON to this file")
     parser.add_argument("--html", dest="html_path", default=None, help="also write the self-contained HTML page to this file")
     add_out_argument(parser, "audit", optional=True)
@@ -81,9 +83,10 @@ def settings_from_args(args: argparse.Namespace) -> AuditSettings:
     return AuditSettings(
         scenes=args.scenes, raw_size=args.raw_size, aspect=args.aspect, map_images=args.map_images,
         deletion_steps=args.deletion_steps, ladder=args.ladder, correctness=args.correctness,
-        alphas=tuple(args.alphas), pointing_scenes=args.pointing_scenes, ladder_deletion_steps=args.ladder_deletion_steps,
+        p2_scenes=args.p2_scenes, p2_ladders=args.p2_ladders, p2_rungs=args.p2_rungs, min_effect=args.min_effect,
+        ladder_deletion_steps=args.ladder_deletion_steps,
         correctness_alphas=tuple(args.correctness_alphas), methods=tuple(args.methods) if args.methods else None,
-        flag_below=args.flag_below, resamples=args.resamples, confidence=args.confidence,
+        resamples=args.resamples, confidence=args.confidence,
         bootstrap_seed=args.bootstrap_seed, seed=args.seed)
 
 

@@ -47,14 +47,16 @@ class Run:
 
 
 SECTIONS: dict[str, list[Run]] = {
-    # Seeds 1 and 2 are there for P2: their departure maps (--map-images 0) would only repeat seed 0's.
-    "shapes": [Run(MAIN + (f" --seed {seed} --map-images 0" if seed else "")) for seed in SEEDS] + [
+    # P2's runs (`faithclip audit --ladder`, 3 seeds) are in docs/p2.md; this page keeps the departure.
+    "shapes": [Run("faithclip audit" + (f" --seed {seed} --map-images 0" if seed else "")) for seed in SEEDS] + [
         Run("faithclip audit --aspect 0.75 --seed 2",
             "Non-square variant: renders cropped to 128x96 (W x H), so the model's centre crop loses the sides "
             "the official input keeps (single-object scene seed 3):")],
     "reduced": [Run(REDUCED, f"The demo's audit section (`faithclip demo`), a REDUCED size: {len(DEMO_AUDIT.methods or ())} "
-                             f"methods, {DEMO_AUDIT.pointing_scenes} pointing scenes per rung, {DEMO_AUDIT.scenes} "
-                             "single-object scenes. Its intervals are wide; the verdicts above are the ones to read.")],
+                             f"methods, P2 on {DEMO_AUDIT.p2_scenes} scene pairs x {DEMO_AUDIT.p2_ladders} ladder x "
+                             f"{DEMO_AUDIT.p2_rungs} rungs (below the smallest design offered a P2 verdict: "
+                             f"inconclusive by rule), {DEMO_AUDIT.scenes} single-object scenes. The P2 verdicts to "
+                             "read are in docs/p2.md.")],
     "b32": [Run(f"faithclip audit --model {B32} --random-init --scenes 24 --raw-size 448 --map-images 4 --deletion-steps 8"),
             Run(f"faithclip audit --model {B32} --random-init --images {VOC}/JPEGImages/*.jpg "
                 f"--class-names {VOC}/class_names.txt --map-images 3 --deletion-steps 10")],
@@ -111,17 +113,16 @@ def render_run(command: str, results: dict) -> str:
 
 
 def seeds_table(results: dict[int, dict]) -> str:
-    """A Markdown table of the P2 verdicts of the runs for several seeds."""
+    """A Markdown table of the P2 verdicts (primary pair) of the runs for several seeds."""
     seeds = sorted(results)
-    methods = results[seeds[0]]["ladder"]["methods"]
-    header = "| method | " + " | ".join(f"seed {s}: rho(acc, pointing) [95 %], verdict" for s in seeds) + " |"
+    methods = results[seeds[0]]["p2"]["methods"]
+    header = "| method | " + " | ".join(f"seed {s}: r [95 %], verdict" for s in seeds) + " |"
     lines = [header, "|---" * (len(seeds) + 1) + "|"]
     for method in methods:
         cells = []
         for seed in seeds:
-            rho = results[seed]["ladder"]["spearman"][method]
-            low, high = rho["pointing_interval"]
-            cells.append(f"{rho['pointing']:.2f} [{low:.2f}, {high:.2f}] {rho['verdict']}")
+            entry = results[seed]["p2"]["primary"]["methods"][method]
+            cells.append(f"{entry['r']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}] {entry['verdict']}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -137,7 +138,7 @@ def render_section(name: str, jobs: int = 1) -> str:
     parts, by_seed = [], {}
     runs = SECTIONS[name]
     for run, results in zip(runs, run_commands([run.command for run in runs], jobs)):
-        if name == "shapes" and "ladder" in results:
+        if name == "shapes" and "p2" in results:
             by_seed[results["settings"]["seed"]] = results
         parts.append((run.intro + "\n\n" if run.intro else "") + render_run(run.command, results))
     if by_seed:

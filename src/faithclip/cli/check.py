@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     import faithclip.methods  # noqa: F401
     from faithclip import __version__
-    from faithclip.audit.check import CHECKS, CheckSettings, resolve_method, run_check
+    from faithclip.audit.check import CHECKS, CheckSettings, holm_across_cards, resolve_method, run_check
     from faithclip.errors import FaithclipError
     from faithclip.registry import METHODS
     from faithclip.report.check_report import check_page, format_cards
@@ -55,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
         card = run_check(handle, spec, settings, origin, progress=lambda line: print(line, file=sys.stderr))
         print(format_cards([card]), flush=True)
         cards.append(card)
+    changed = holm_across_cards(cards)  # P2's multiplicity control runs over the methods of this run
+    if changed:
+        print(f"P2 ladder after Holm over the {len(cards)} methods of this run: " + ", ".join(
+            f"{card['method']} {check['verdict']}" for card in cards for check in card["checks"]
+            if check["check"] == "P2 ladder" and card["method"] in changed))
     if args.out is not None:
         record = {"faithclip": __version__, "model": handle.name, "settings": asdict(settings), "cards": cards}
         json_path, html_path = write_report(args.out, "check", record, check_page(record))

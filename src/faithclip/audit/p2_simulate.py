@@ -1,0 +1,142 @@
+"""Operating characteristics of P2's verdict: ``python -m faithclip.audit.p2_simulate [--replicates N] ...``
+
+Synthetic per-scene data ``(L, S, V)`` go through the SAME ``within_test`` and ``p2_verdicts`` (Holm over the
+run's methods included) that ``faithclip audit --ladder`` and ``faithclip check`` use; the rate of each verdict
+is counted per scenario and size. Per ladder l, scene s, rung v (z's independent standard normals):
+
+    x = scene_s + trend_v + z_x                             trend_v falls linearly by 3 (within SD 1)
+    y = scene'_s + trend'_v + r z_x + sqrt(1 - r^2) z_y     continuous map quality, true within r = r
+    y = 1[scene'_s + r z_x + sqrt(1 - r^2) z_y > 0]         binary pointing (scenarios marked "0/1")
+
+Scenarios: ``maps ignore the model`` (y constant across rungs within a scene: the trained model's map reused),
+``null r = 0`` (y moves with the rungs but not with the model within scenes), ``flat pointing 0/1`` (y 0/1
+with a fixed hit rate while x falls), ``tracks r = 0.1 / 0.2 / 0.3``, and ``tracks 0/1 r = 0.3``; the
+``heavy`` scenarios draw z_x from Student's t with 3 degrees of freedom times a per-scene scale (lognormal,
+sigma 1), standardised, as real erase effects are: a few scenes at a few rungs carry most of the variation.
+A false flag is ``tracks`` when r <= 0 or ``does not track`` when r >= the minimum effect (0.1); power is
+``does not track`` at r = 0 and ``tracks`` at r = 0.2 and 0.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from faithclip.audit.p2 import P2Design, p2_verdicts
+from faithclip.audit.p2stats import within_test
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    r: float
+    kind: str  # "reuse", "continuous", "binary"
+
+
+SCENARIOS = (Scenario("maps ignore the model", 0.0, "reuse"), Scenario("null r = 0", 0.0, "continuous"),
+             Scenario("flat pointing 0/1", 0.0, "binary"), Scenario("tracks r = 0.1", 0.1, "continuous"),
+             Scenario("tracks r = 0.2", 0.2, "continuous"), Scenario("tracks r = 0.3", 0.3, "continuous"),
+             Scenario("tracks 0/1 r = 0.3", 0.3, "binary"), Scenario("heavy null r = 0", 0.0, "heavy"),
+             Scenario("heavy tracks r = 0.3", 0.3, "heavy"))
+
+
+def synthetic(scenario: Scenario, ladders: int, scenes: int, rungs: int,
+              generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One method's ``(x, y)``, each ``(L, S, V)``, drawn from ``scenario`` (module docstring)."""
+    shape = (ladders, scenes, rungs)
+    trend = np.linspace(0, -3, rungs)[None, None, :]
+    z_x = generator.standard_normal(shape)
+    if scenario.kind == "heavy":
+        z_x = generator.standard_t(3, shape) * np.exp(generator.standard_normal((1, scenes, 1)))
+        z_x = (z_x - z_x.mean()) / z_x.std()
+    x = generator.standard_normal((1, scenes, 1)) + trend + z_x
+    scene_y = generator.standard_normal((1, scenes, 1))
+    if scenario.kind == "reuse":
+        return x, np.broadcast_to(scene_y, shape).copy()
+    noise = scenario.r * z_x + np.sqrt(1 - scenario.r ** 2) * generator.standard_normal(shape)
+    if scenario.kind == "binary":
+        return x, (0.3 * scene_y + noise > 0).astype(np.float64)
+    return x, scene_y + 0.5 * trend + noise
+
+
+def simulate(scenario: Scenario, ladders: int, scenes: int, rungs: int, replicates: int, methods: int,
+             design: P2Design, seed: int = 0) -> dict[str, float]:
+    """Verdict rates of ``replicates`` runs of ``methods`` methods each (all drawn from ``scenario``)."""
+    generator = np.random.default_rng([seed, ladders, scenes, rungs, zlib.crc32(scenario.name.encode())])
+    counts = {"tracks": 0, "does not track": 0, "inconclusive": 0}
+    for replicate in range(replicates):
+        tests = {}
+        for m in range(methods):
+            x, y = synthetic(scenario, ladders, scenes, rungs, generator)
+            tests[f"m{m}"] = within_test(x, y, design.min_effect, design.resamples, design.permutations, 0.95,
+                                         seed=replicate * methods + m)
+        for entry in p2_verdicts(tests, design.min_effect, design.alpha, min_scenes=0, min_ladders=0).values():
+            counts[entry["verdict"]] += 1
+    total = replicates * methods
+    return {k: v / total for k, v in counts.items()}
+
+
+def operating_characteristics(sizes: list[tuple[int, int]], rungs: int, replicates: int, methods: int,
+                              design: P2Design = P2Design(), seed: int = 0, report: Any = None) -> list[dict]:
+    rows = []
+    for ladders, scenes in sizes:
+        for scenario in SCENARIOS:
+            rates = simulate(scenario, ladders, scenes, rungs, replicates, methods, design, seed)
+            rows.append({"ladders": ladders, "scenes": scenes, "scenario": scenario.name, "r": scenario.r, **rates})
+            if report:
+                report(format_row(rows[-1]))
+    return rows
+
+
+def format_row(row: dict) -> str:
+    return (f"| {row['ladders']} | {row['scenes']} | {row['scenario']} | {row['tracks']:.3f} | "
+            f"{row['does not track']:.3f} | {row['inconclusive']:.3f} |")
+
+
+def format_table(rows: list[dict], replicates: int, methods: int, design: P2Design) -> str:
+    lines = [f"P2 verdict rates over {replicates} simulated runs of {methods} method(s) each (Holm over the run's "
+             f"{2 * methods} p-values, alpha {design.alpha:g}, minimum effect {design.min_effect:g}, "
+             f"{design.resamples} resamples, {design.permutations} permutations)",
+             "| ladders | scenes | scenario | tracks | does not track | inconclusive |", "|---|---|---|---|---|---|"]
+    lines += [format_row(row) for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m faithclip.audit.p2_simulate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replicates", type=int, default=100, help="simulated runs per scenario and size")
+    parser.add_argument("--methods", type=int, default=1, help="methods per run (Holm over 2 x methods p-values)")
+    parser.add_argument("--sizes", nargs="+", default=["1x32", "2x32", "3x16", "3x32", "3x48"],
+                        help="designs as LADDERSxSCENES")
+    parser.add_argument("--rungs", type=int, default=P2Design().rungs)
+    parser.add_argument("--resamples", type=int, default=P2Design().resamples)
+    parser.add_argument("--permutations", type=int, default=P2Design().permutations)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true", help="print each row to stderr as it is measured")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(size) != 2 for size in sizes) or min(
+            args.replicates, args.methods, args.rungs, args.resamples, args.permutations, *(v for s in sizes for v in s)) < 1:
+        print("p2_simulate: sizes are LADDERSxSCENES (e.g. 3x48) and every size must be at least 1.", file=sys.stderr)
+        return 2
+    design = P2Design(resamples=args.resamples, permutations=args.permutations)
+    started = time.perf_counter()
+    report = (lambda line: print(line, file=sys.stderr, flush=True)) if args.progress else None
+    rows = operating_characteristics(sizes, args.rungs, args.replicates, args.methods, design, args.seed, report)
+    print(format_table(rows, args.replicates, args.methods, design))
+    print(f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Known-answer controls of P2's test on the shipped shapes model, and its measures worked by hand.
+
+Maps that cannot track the model they are handed (the trained model's map reused on every rung, a fixed
+centre blob, random maps) must never get ``tracks``; a method that measures the handed model by intervention
+(occlusion) must never get ``does not track``. The design is tiny for speed, so the size gate is lifted
+(``min_scenes=0``): the rule itself is what is tested here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from faithclip.audit.p2 import P2Design, headline_contrast, mass_share, p2_statistics, p2_test
+from faithclip.audit.p2_simulate import SCENARIOS, main as simulate_main, simulate
+from faithclip.methods.context import Context, MapResult
+from faithclip.models.loading import shipped_models
+from faithclip.registry import METHODS, MethodSpec
+
+needs_shapes = pytest.mark.skipif("shapes-clip" not in shipped_models(), reason="the shipped shapes model is absent")
+
+
+def test_mass_share_by_hand():
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[:2, :2] = True  # the top-left cell of a 2x2 map grid, a quarter of the image
+    one_cell = torch.tensor([[3.0, 0.0], [0.0, 0.0]])
+    assert mass_share(one_cell, mask) == 1.0
+    assert mass_share(torch.tensor([[1.0, 1.0], [1.0, 1.0]]), mask) == 0.25  # uniform: the mask's area
+    assert mass_share(-torch.ones(2, 2), mask) == 0.25  # no positive mass: counted as uniform
+    assert mass_share(torch.tensor([[1.0, -5.0], [3.0, 0.0]]), mask) == 0.25  # 1 of 4 positive units
+
+
+def test_headline_contrast_counts_discordant_pairs_by_hand():
+    # one ladder, 6 scenes, 3 rungs; competence 1.0, 0.5, 0.0 -> the contrast rung for level 0.5 is rung 1
+    competent = np.array([[[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]]], dtype=float)
+    pointing = np.array([[[1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]]], dtype=float)
+    row = headline_contrast(competent, pointing, 0.5)[0]
+    assert row["rung"] == 1 and row["competence"] == [1.0, 0.5]
+    assert (row["lost"], row["gained"]) == (2, 1)  # scenes 0, 1 lost the hit; scene 3 gained it
+    assert row["p_mcnemar"] == pytest.approx(1.0)  # 2 * P(X <= 1 | n = 3) = 2 * 4/8, capped at 1
+
+
+def test_simulated_maps_that_ignore_the_model_never_track():
+    design = P2Design(resamples=200, permutations=200)
+    rates = simulate(SCENARIOS[0], 2, 16, 4, replicates=5, methods=2, design=design)
+    assert rates["tracks"] == 0.0 and rates["does not track"] == 1.0
+
+
+def test_simulate_usage_error_is_one_line(capsys):
+    assert simulate_main(["--sizes", "3y4"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _controls(trained):
+    grad_eclip = METHODS.get("grad_eclip")
+    cache = {}
+
+    def reused(ctx: Context) -> MapResult:  # the TRAINED model's map, whatever model is handed
+        key = ctx.pixels.double().sum().item()
+        if key not in cache:
+            own = Context(handle=trained, side="image", pixels=ctx.pixels, text=ctx.text, target=ctx.target)
+            cache[key] = grad_eclip.image(own).maps.detach()
+        return MapResult(maps=cache[key], scores=torch.zeros(1, 1))
+
+    def centre(ctx: Context) -> MapResult:
+        gh, gw = ctx.grid
+        y, x = torch.meshgrid(torch.arange(gh) - (gh - 1) / 2, torch.arange(gw) - (gw - 1) / 2, indexing="ij")
+        return MapResult(maps=torch.exp(-(y ** 2 + x ** 2) / 4.0)[None, None], scores=torch.zeros(1, 1))
+
+    generator = torch.Generator().manual_seed(0)
+
+    def random(ctx: Context) -> MapResult:
+        return MapResult(maps=torch.rand((1, 1, *ctx.grid), generator=generator), scores=torch.zeros(1, 1))
+
+    return [MethodSpec("reused_trained", "", image=reused), MethodSpec("centre_blob", "", image=centre),
+            MethodSpec("random", "", image=random)]
+
+
+@needs_shapes
+def test_known_answer_controls_on_the_shapes_model():
+    import faithclip
+
+    handle = faithclip.load("shapes-clip")
+    torch.set_num_threads(1)
+    design = P2Design(scenes=12, ladders=2, rungs=3, resamples=300, permutations=300)
+    result = p2_test(handle, _controls(handle) + ["occlusion"], design,
+                     options={"occlusion": {"window": 32, "stride": 32}})
+    model = {k: np.asarray(v) for k, v in result["per_scene"]["model"].items()}
+    maps = {m: {k: np.asarray(v) for k, v in values.items()} for m, values in result["per_scene"]["maps"].items()}
+    ungated = p2_statistics(model, maps, design, min_scenes=0, min_ladders=0)
+    for pair in ("primary", "secondary"):
+        methods = ungated[pair]["methods"]
+        for control in ("reused_trained", "centre_blob", "random"):
+            assert methods[control]["verdict"] != "tracks", (pair, control)
+        for constant in ("reused_trained", "centre_blob"):  # the same map on every rung: no within variation
+            assert methods[constant]["r"] == 0.0 and methods[constant]["verdict"] == "does not track"
+        assert methods["occlusion"]["verdict"] != "does not track", pair
+    # the size gate: this tiny design is offered no verdict at all
+    assert {e["verdict"] for e in result["primary"]["methods"].values()} == {"inconclusive"}
+    # the ladder stops where competence on these scenes reaches chance, and every rung saw the same scenes
+    for ladder in result["ladders"]:
+        assert ladder["alphas"][0] == 0.0 and ladder["competence"][0] > ladder["competence"][-1]

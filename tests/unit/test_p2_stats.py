@@ -1,0 +1,197 @@
+"""P2's statistics (``faithclip.audit.p2stats``) and verdict rule (``faithclip.audit.p2.p2_verdicts``).
+
+Oracles: a literal least-squares fit with scene and rung dummy columns (numpy ``lstsq``), explicit
+duplication of resampled scenes, scipy's binomial test, values worked out by hand, and fixtures whose answer
+is known by construction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from faithclip.audit.p2 import p2_verdicts
+from faithclip.audit.p2stats import (
+    _weighted_sums,
+    draw_counts,
+    holm,
+    mcnemar_exact,
+    percentile,
+    permutation_within,
+    scene_centred,
+    stratified_difference,
+    stratified_permutation,
+    two_way_centred,
+    within_correlation,
+    within_test,
+)
+
+scipy_stats = pytest.importorskip("scipy.stats")
+
+
+def _panel(seed: int, r: float, shape=(2, 12, 5)) -> tuple[np.ndarray, np.ndarray]:
+    g = np.random.default_rng(seed)
+    z = g.standard_normal(shape)
+    x = g.standard_normal((1, shape[1], 1)) + np.linspace(0, -2, shape[2]) + z
+    y = g.standard_normal((1, shape[1], 1)) + r * z + math.sqrt(1 - r * r) * g.standard_normal(shape)
+    return x, y
+
+
+def _dummy_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slow literal oracle: per ladder, y and x regressed on scene and rung dummies (least squares);
+    beta = <res_x, res_y> / <res_x, res_x>, r = the correlation of the residuals, pooled over ladders."""
+    cross = xx = yy = 0.0
+    for l in range(x.shape[0]):
+        scenes, rungs = x.shape[1:]
+        rows = []
+        for s in range(scenes):
+            for v in range(rungs):
+                row = np.zeros(scenes + rungs)
+                row[s], row[scenes + v] = 1.0, 1.0
+                rows.append(row)
+        design = np.array(rows)
+        xs, ys = x[l].reshape(-1), y[l].reshape(-1)
+        res_x = xs - design @ np.linalg.lstsq(design, xs, rcond=None)[0]
+        res_y = ys - design @ np.linalg.lstsq(design, ys, rcond=None)[0]
+        cross, xx, yy = cross + res_x @ res_y, xx + res_x @ res_x, yy + res_y @ res_y
+    return cross / math.sqrt(xx * yy), cross / xx
+
+
+def test_within_correlation_equals_the_dummy_variable_regression():
+    x, y = _panel(0, 0.4)
+    r, beta = within_correlation(x, y)
+    r_fit, beta_fit = _dummy_fit(x, y)
+    # two float paths (lstsq vs centring) of the same exact quantity: rounding-level agreement
+    assert r == pytest.approx(r_fit, rel=1e-9, abs=1e-12)
+    assert beta == pytest.approx(beta_fit, rel=1e-9, abs=1e-12)
+
+
+def test_scene_and_rung_effects_do_not_move_r():
+    x, y = _panel(1, 0.3)
+    shifted = y + 5 * np.arange(12)[None, :, None] - 3 * np.arange(5)[None, None, :]  # pure scene + rung effects
+    assert within_correlation(x, shifted)[0] == pytest.approx(within_correlation(x, y)[0], rel=1e-9)
+    # and y that is ONLY scene + rung effects has no within association at all: r = 0 by definition
+    assert within_correlation(x, shifted - y)[0] == 0.0
+
+
+def test_weighted_sums_equal_explicit_duplication_of_scenes():
+    x, y = _panel(2, 0.5)
+    counts = np.array([2, 0, 1, 1, 3, 0, 1, 1, 0, 1, 1, 1], dtype=float)
+    drawn = np.repeat(np.arange(12), counts.astype(int))
+    ours = _weighted_sums(scene_centred(x), scene_centred(y), counts[None])[0]  # (L,)
+    literal = (two_way_centred(x[:, drawn]) * two_way_centred(y[:, drawn])).sum((1, 2))
+    np.testing.assert_allclose(ours, literal, rtol=1e-10)  # same sums in another order: rounding only
+
+
+def test_draw_counts_and_percentile():
+    counts = draw_counts(np.random.default_rng(0), 7, 500)
+    assert counts.shape == (500, 7) and (counts.sum(1) == 7).all()
+    samples = np.arange(1001) / 1000
+    assert percentile(samples, 0.025) == pytest.approx(np.quantile(samples, 0.025))
+    rng = np.random.default_rng(3).random(97)
+    assert percentile(rng, 0.9) == pytest.approx(np.quantile(rng, 0.9), rel=1e-12)
+
+
+def test_permutation_p_value_extremes():
+    x, _ = _panel(3, 0.0, (1, 30, 4))
+    assert within_test(x, x + 1e-3 * np.random.default_rng(0).standard_normal(x.shape), 0.1).p_tracks == \
+        pytest.approx(1 / 2001)
+    assert within_test(x, -x, 0.1).p_tracks == 1.0
+    perm = permutation_within(x, x, 200, np.random.default_rng(0))
+    assert perm.max() <= 1 + 1e-12  # the identity permutation gives r = 1, nothing above it
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, max(0.06, 1 x 0.04) = 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    adjusted = holm([0.5, math.nan, 0.2])
+    assert math.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.5) and adjusted[2] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (3, 12), (10, 10), (1, 9), (25, 40), (0, 7)])
+def test_mcnemar_exact_matches_scipy_binomial_test(b, c):
+    expected = 1.0 if b + c == 0 else scipy_stats.binomtest(b, b + c, 0.5).pvalue
+    assert mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-12)
+
+
+def test_stratified_difference_removes_a_confounding_stratum():
+    # stratum A: always right, values 1; stratum B: always wrong, values 0 -- plus one mixed stratum C where
+    # right and wrong have the same values: naive right - wrong = large, within strata = 0 exactly
+    values = np.array([1, 1, 1, 0, 0, 0, 0.5, 0.5, 0.5, 0.5])
+    right = np.array([1, 1, 1, 0, 0, 0, 1, 1, 0, 0], dtype=bool)
+    strata = np.array(list("AAABBBCCCC"))
+    assert values[right].mean() - values[~right].mean() > 0.5
+    assert stratified_difference(values, right, strata) == (0.0, 1)
+    result = stratified_permutation(values, right, strata, permutations=200)
+    assert result["difference"] == 0.0 and result["p_greater"] == 1.0 and result["p_less"] == 1.0
+
+
+def test_stratified_weights_by_hand():
+    # stratum A: right [1, 1], wrong [0] -> diff 1, weight 2*1/3; stratum B: right [0], wrong [1] -> diff -1,
+    # weight 1*1/2. (2/3 - 1/2) / (2/3 + 1/2) = (1/6) / (7/6) = 1/7
+    values = np.array([1, 1, 0, 0, 1.0])
+    right = np.array([1, 1, 0, 1, 0], dtype=bool)
+    strata = np.array(list("AAABB"))
+    assert stratified_difference(values, right, strata)[0] == pytest.approx(1 / 7)
+
+
+# ---- the verdict rule: known-answer controls on data ----------------------------------------------------
+def _tests(pairs: dict[str, tuple[np.ndarray, np.ndarray]]):
+    return {name: within_test(x, y, 0.1, seed=i) for i, (name, (x, y)) in enumerate(pairs.items())}
+
+
+def test_maps_that_do_not_move_with_the_model_never_track():
+    x, _ = _panel(4, 0.0, (3, 48, 10))
+    reused = np.broadcast_to(np.random.default_rng(1).random((1, 48, 1)), x.shape).copy()  # the same map every rung
+    result = p2_verdicts(_tests({"reused": (x, reused)}))["reused"]
+    assert result["r"] == 0.0 and result["low"] == 0.0 and result["high"] == 0.0
+    assert result["verdict"] == "does not track"
+
+
+def test_tracking_maps_track_and_small_designs_get_no_verdict():
+    x, y = _panel(5, 0.6, (3, 48, 10))
+    assert p2_verdicts(_tests({"m": (x, y)}))["m"]["verdict"] == "tracks"
+    small = p2_verdicts(_tests({"m": (x[:1, :12], y[:1, :12])}))["m"]
+    assert small["verdict"] == "inconclusive" and "below the smallest design" in small["reason"]
+
+
+def test_constant_model_gives_no_verdict():
+    x = np.broadcast_to(np.arange(48.0)[None, :, None], (3, 48, 10)).copy()  # no within variation in x
+    _, y = _panel(6, 0.0, (3, 48, 10))
+    result = p2_verdicts(_tests({"m": (x, y)}))["m"]
+    assert math.isnan(result["r"]) and result["verdict"] == "inconclusive"
+
+
+def test_holm_is_applied_across_the_methods_of_a_run():
+    x, y = _panel(7, 0.6, (3, 48, 10))
+    tests = _tests({"a": (x, y), "b": (x, y + 0.0)})
+    result = p2_verdicts(tests)
+    raw = [tests["a"].p_tracks, tests["b"].p_tracks, tests["a"].p_below, tests["b"].p_below]
+    assert [result["a"]["p_tracks_holm"], result["b"]["p_tracks_holm"]] == holm(raw)[:2]
+
+
+def test_check_cards_get_holm_across_the_methods_of_a_run():
+    from dataclasses import asdict
+
+    from faithclip.audit.check import holm_across_cards
+    from faithclip.audit.p2 import P2Design
+
+    x, y = _panel(8, 0.25, (2, 32, 6))
+    design = asdict(P2Design())
+    cards = []
+    for name, values in (("a", y), ("b", np.broadcast_to(y[:, :, :1], y.shape).copy())):
+        alone = p2_verdicts({name: within_test(x, values, 0.1, 500, 500)})  # each card judged on its own
+        check = {"check": "P2 ladder", "verdict": {"tracks": "pass", "does not track": "fail"}.get(
+                 alone[name]["verdict"], "inconclusive"), "evidence": "",
+                 "details": {"design": design, "primary": {"methods": alone}}}
+        cards.append({"method": name, "checks": [check], "failed": check["verdict"] == "fail"})
+    raw = [cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]["p_tracks"],
+           cards[1]["checks"][0]["details"]["primary"]["methods"]["b"]["p_tracks"],
+           cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]["p_below"],
+           cards[1]["checks"][0]["details"]["primary"]["methods"]["b"]["p_below"]]
+    holm_across_cards(cards)
+    entry = cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]
+    assert entry["p_tracks_holm"] == pytest.approx(holm(raw)[0])
+    assert cards[1]["checks"][0]["verdict"] == "fail" and cards[1]["failed"]  # constant maps: r = 0 exactly
