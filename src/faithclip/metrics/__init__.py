@@ -60,7 +60,7 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     return METRICS.add(spec.name, spec)
 
 
-_MODULES = ("deletion", "pointing", "sanity", "zeroshot")
+_MODULES = ("deletion", "pointing", "sanity", "zeroshot", "segmentation")
 
 for _name in _MODULES:
     import_module(f"{__name__}.{_name}")
