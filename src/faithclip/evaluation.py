@@ -84,6 +84,10 @@ class EvalConfig:
     images_per_step: int = 1
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # precomputed maps (data/maps.py) scored instead of running the methods; their bytes join the identity
+    maps: str | None = None
+    # write every computed map to OUT/maps/ (data/maps.py format; not part of the identity)
+    save_maps: bool = False
 
     def identity(self, handle: ClipHandle, data: LabelledSet, digests: FileDigests | None = None) -> dict[str, Any]:
         """Everything a record's numbers depend on, as JSON. ``data`` is the FULL set: ``limit`` only says
@@ -106,6 +110,10 @@ class EvalConfig:
             # a GPU, another GPU model or half precision change the numbers too
             "model_device": device_identity(handle),
         }
+        if self.maps is not None:
+            from faithclip.data.maps import MapFolder
+
+            identity["maps"] = {"dir": str(self.maps), "fingerprint": MapFolder(self.maps).fingerprint()}
         return json.loads(json.dumps(identity, default=str))  # as config.json will read back
 
     def options_for(self, metric: str) -> dict[str, Any]:
@@ -119,6 +127,7 @@ _IDENTITY_NAMES = {
     "versions": "the code's versions", "data_fingerprint": "the data's files or scenes",
     "data_class_names": "the class names", "data_prompts": "the prompt templates",
     "batch_size": "--batch-size", "threads": "--threads", "model_device": "--device / --dtype",
+    "maps": "the --maps files",
 }
 _ABSENT = object()
 
@@ -188,6 +197,7 @@ class PreparedCase:
     mask: torch.Tensor | None
     ignore: torch.Tensor | None
     crop: Any  # PIL crop, for example overlays
+    image_size: tuple[int, int] = (0, 0)  # (width, height) of the original image (maps at image resolution)
     score_ctx: Context | None = None  # shared by the methods of the case: the unperturbed score is computed once
 
 
@@ -202,7 +212,7 @@ def prepare(handle: ClipHandle, item: LabelledImage) -> PreparedCase:
     if mask is not None and not mask.any():
         logger.warning("case %s: the object lies outside the centre crop; localisation metrics skip it", item.case_id)
         mask = None
-    return PreparedCase(item.case_id, item.label, rgb, pixels, mask, ignore, crop)
+    return PreparedCase(item.case_id, item.label, rgb, pixels, mask, ignore, crop, image_size=item.image.size)
 
 
 class Evaluator:
@@ -210,8 +220,18 @@ class Evaluator:
 
     def __init__(self, handle: ClipHandle, config: EvalConfig) -> None:
         self.handle = handle
-        self.methods = resolve_methods(config.methods)
+        self.map_folder = None
+        self.maps_out: Path | None = None  # set by _run_cases when config.save_maps
+        if config.maps is not None:
+            self.map_folder, methods = _maps_methods(config)
+            config = replace(config, methods=methods)
+        self.methods = resolve_methods(config.methods) if self.map_folder is None else list(config.methods)
         self.metrics = [METRICS.get(name) for name in resolve_metrics(config.metrics)]
+        if self.map_folder is not None:
+            recompute = [m.name for m in self.metrics if m.recomputes_map]
+            if recompute:
+                raise EvaluationError(f"--maps cannot score {', '.join(recompute)}: it recomputes the map with the "
+                                      "method on other models; drop it from --metrics.")
         # 'all' is resolved once, so the run's identity names what was actually evaluated
         self.config = replace(config, methods=list(self.methods), metrics=[m.name for m in self.metrics])
         for method, options in config.method_options.items():
@@ -269,9 +289,19 @@ class Evaluator:
         if method is None:
             patch_map = torch.zeros(1, 1)
             metrics = [m for m in self.metrics if not m.per_method]
+        elif self.map_folder is not None:
+            patch_map = self.map_folder.patch_map(prepared.case_id, method, self.handle.preprocess, _grid(self.handle),
+                                                  prepared.image_size).to(torch.float32)
+            metrics = [m for m in self.metrics if m.per_method]
         else:
             patch_map = self.explain(method, prepared.pixels, prepared.label)
             metrics = [m for m in self.metrics if m.per_method]
+            if self.maps_out is not None:
+                from faithclip.data.maps import write_map
+
+                write_map(self.maps_out, prepared.case_id, method, patch_map, "patch",
+                          text=self.prompt_set.class_names[prepared.label] if self.prompt_set else None,
+                          model=self.config.model)
             if keep_map:
                 record["map"] = patch_map.double().tolist()
         case = MetricCase(
@@ -511,6 +541,12 @@ class Evaluator:
         skipped_metrics = [m.name for m in self.metrics if m.needs_mask and not data.has_masks]
         if skipped_metrics:
             logger.warning("%s has no object masks; skipping %s", data.name, ", ".join(skipped_metrics))
+        if self.map_folder is not None:
+            missing = self.map_folder.missing([load.case_id for load in data.cases], self.methods)
+            if missing:
+                raise EvaluationError(f"{len(missing)} maps are missing from {self.map_folder.root} (e.g. "
+                                      f"{', '.join(missing[:3])}.npz); write one per case and method, or pass --limit.")
+        self.maps_out = out / "maps" if self.config.save_maps and self.map_folder is None else None
         self.prompt_set = build_prompt_set(self.handle, data.class_names, data.templates, data.prompts)
         self.all_texts = self.prompt_set.text_batch(self.handle)
         jobs = self._jobs()
@@ -635,6 +671,25 @@ def _remove_created(out: Path, created: list[Path]) -> None:
             pass  # not empty or already gone: someone else's now
 
 
+def _grid(handle: ClipHandle) -> tuple[int, int]:
+    """``(gh, gw)``: the patch grid over the model's crop."""
+    return (handle.preprocess.crop_height // handle.patch_size, handle.preprocess.crop_width // handle.patch_size)
+
+
+def _maps_methods(config: EvalConfig) -> tuple[Any, list[str]]:
+    """The maps folder and the methods to score: those of its files (``--methods`` left at its default or
+    ``all``), or the ones named, each of which must have files."""
+    from faithclip.data.maps import MapFolder
+
+    folder = MapFolder(config.maps)
+    if list(config.methods) in (list(DEFAULT_METHODS), ["all"]):
+        return folder, folder.methods
+    absent = [m for m in config.methods if m not in folder.methods]
+    if absent:
+        raise EvaluationError(f"{folder.root} has no maps of {', '.join(absent)}; it holds {', '.join(folder.methods)}.")
+    return folder, list(config.methods)
+
+
 def _takes_any_keyword(function: Any) -> bool:
     import inspect
 
@@ -715,6 +770,10 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
             examples.append({"case": case_id, "image": f"examples/{example_name(case_id)}.png", "maps": maps})
     method_meta = []
     for name in evaluator.methods:
+        if evaluator.map_folder is not None:
+            method_meta.append({"name": name, "paper": f"precomputed maps ({evaluator.map_folder.root})", "options": {},
+                                "defaults": {}, "modifies_model": False, "modifies_input": False})
+            continue
         spec = METHODS.get(name)
         method_meta.append({"name": name, "paper": spec.paper,
                             "options": _jsonable(evaluator.config.method_options.get(name, {})),
