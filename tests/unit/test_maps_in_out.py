@@ -64,6 +64,11 @@ def test_maps_written_by_a_numpy_script_score_as_the_method_inside_faithclip(han
     # same map values (float32 -> float64 -> float32 is exact), same code after the map: equal by construction
     assert _figures(outside) == _figures(inside)
     assert outside["config"]["maps"]["fingerprint"] == MapFolder(tmp_path / "external").fingerprint()
+    import faithclip
+
+    api = faithclip.evaluate_maps(handle, tmp_path / "external", tmp_path / "api", data="shapes", count=4,
+                                  metrics=METRICS, batch_size=8)
+    assert _figures(api) == _figures(inside)
     # a changed map changes the run identity: resuming in the same folder is refused
     first = sorted((tmp_path / "external").iterdir())[0]
     np.save(first, np.load(first) * 2)
