@@ -62,7 +62,7 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     return METRICS.add(spec.name, spec)
 
 
-_MODULES = ("deletion", "pointing", "sanity", "zeroshot", "segmentation")
+_MODULES = ("deletion", "pointing", "sanity", "zeroshot", "segmentation", "road")
 
 for _name in _MODULES:
     import_module(f"{__name__}.{_name}")
