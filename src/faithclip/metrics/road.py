@@ -47,10 +47,27 @@ def neighbour_kernel(dtype: torch.dtype = torch.float64, device: torch.device | 
     return kernel[None, None]
 
 
+def coarse_guess(x: torch.Tensor, removed: torch.Tensor, tol: float) -> torch.Tensor | None:
+    """A starting point for the solver (speed only; the solution is the same): the problem solved on a
+    2x coarser grid (known pixels averaged per 2x2 block; a block is removed when none of its pixels is
+    known), upsampled bilinearly. ``None`` on small grids or when the coarse grid knows nothing."""
+    height, width = removed.shape
+    if min(height, width) < 32:
+        return None
+    known = (~removed).to(x.dtype)[None]  # (1, H, W)
+    sums = F.avg_pool2d((x * known)[:, None], 2, ceil_mode=True, divisor_override=1)[:, 0]  # (C, h, w)
+    counts = F.avg_pool2d(known[:, None], 2, ceil_mode=True, divisor_override=1)[:, 0]  # (1, h, w)
+    coarse_removed = counts[0] == 0
+    if bool(coarse_removed.all()):
+        return None
+    coarse = linear_imputation(sums / counts.clamp(min=1), coarse_removed, tol)  # (C, h, w)
+    return F.interpolate(coarse[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
 def linear_imputation(image: torch.Tensor, removed: torch.Tensor, tol: float = 1e-8,
                       max_iterations: int = 5000) -> torch.Tensor:
     """The noise-free fill: ``(C, H, W)`` image with its ``(H, W)`` ``removed`` pixels replaced by the
-    solution of the system in the module docstring (float64 throughout)."""
+    solution of the system in the module docstring (float64 throughout), to a relative residual ``tol``."""
     x = image.to(torch.float64)
     if not removed.any():
         return x.clone()
@@ -72,8 +89,9 @@ def linear_imputation(image: torch.Tensor, removed: torch.Tensor, tol: float = 1
     def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # per channel, (C, 1, 1)
         return (a * b).sum(dim=(-2, -1), keepdim=True)
 
-    solution = torch.zeros_like(x)
-    residual = rhs.clone()
+    guess = coarse_guess(x, removed, tol)
+    solution = torch.zeros_like(x) if guess is None else torch.where(gone, guess, 0.0)
+    residual = rhs - operator(solution)
     preconditioned = torch.where(gone, residual / weight_sum, 0.0)
     direction = preconditioned.clone()
     rz = dot(residual, preconditioned)
@@ -95,9 +113,11 @@ def linear_imputation(image: torch.Tensor, removed: torch.Tensor, tol: float = 1
 
 
 def noisy_linear_imputation(image: torch.Tensor, removed: torch.Tensor, noise: float,
-                            generator: torch.Generator) -> torch.Tensor:
-    """``linear_imputation`` plus ``noise * N(0, 1)`` on the removed pixels, in the image's dtype."""
-    filled = linear_imputation(image, removed)
+                            generator: torch.Generator, tol: float = 1e-5) -> torch.Tensor:
+    """``linear_imputation`` plus ``noise * N(0, 1)`` on the removed pixels, in the image's dtype. The
+    default ``tol`` leaves a solver error far below the noise (measured at 224 px: under 1e-3 against
+    the 0.01 noise)."""
+    filled = linear_imputation(image, removed, tol)
     draws = torch.randn(filled.shape, generator=generator, dtype=torch.float64)  # (C, H, W), on the CPU
     return torch.where(removed.to(filled.device)[None], filled + noise * draws.to(filled.device), filled).to(image.dtype)
 
