@@ -154,3 +154,20 @@ def test_to_numpy_spaces(handle):
     assert np.isfinite(full[top:bottom, left:right]).all()
     with pytest.raises(ValueError, match="space"):
         explanation.to_numpy("pixels")
+
+
+def test_explain_save_maps_writes_the_raw_map_beside_the_json(tmp_path):
+    from PIL import Image
+
+    from faithclip.cli.main import main
+
+    image = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(1).random((48, 80, 3)) * 255).astype(np.uint8)).save(image)
+    assert main(["explain", str(image), "--text", "red circle", "--save-maps", "--no-progress",
+                 "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "photo__red-circle__attention_eclip.json").read_text())
+    with np.load(tmp_path / "out" / "photo__red-circle__attention_eclip.npz") as archive:
+        assert str(archive["space"]) == "patch" and str(archive["text"]) == "red circle"
+        assert np.array_equal(archive["map"], np.array(record["map"]))  # the same float64 values, two writers
+        assert archive["image_size"].tolist() == [48, 80]
+    assert main(["explain", str(image), "--text", "x", "--side", "text", "--save-maps", "--out", str(tmp_path / "t")]) == 2
