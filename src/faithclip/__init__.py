@@ -10,8 +10,9 @@
 
 __version__ = "0.1.0"
 
-from faithclip.api import evaluate_maps, explain, explain_text  # noqa: E402
+from faithclip.api import explain, explain_text  # noqa: E402
 from faithclip.equivalence import verify_equivalence  # noqa: E402
+from faithclip.evaluation import evaluate_maps  # noqa: E402
 from faithclip.explanation import Explanation  # noqa: E402
 from faithclip.models.loading import from_hf, load  # noqa: E402
 from faithclip.probe import Probe  # noqa: E402

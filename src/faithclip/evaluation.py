@@ -862,4 +862,20 @@ def merge(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, sources: S
     return Evaluator(handle, config).merge(data, out_dir, sources, progress=progress, report=report, repair=repair)
 
 
-__all__ = ["EvalConfig", "Evaluator", "Shard", "evaluate", "merge", "EvaluationError", "describe_changes", "model_fingerprint"]
+def evaluate_maps(model: ClipHandle, maps: str | Path, out: str | Path, data: str = "shapes",
+                  metrics: Sequence[str] | None = None, methods: Sequence[str] | None = None, count: int = 100,
+                  limit: int | None = None, seed: int = 0, progress: bool = False, **options: Any) -> dict:
+    """Score precomputed maps (``maps``: a folder of ``<case>__<method>.npy/.npz``, format in docs/interop.md)
+    on ``data`` (``"shapes"``, ``"voc:PATH"``, ``"imagenet:PATH"``) with ``metrics`` (default: evaluate's;
+    metrics that recompute maps are refused), writing a run into ``out`` as ``faithclip evaluate --maps``
+    does; returns the results. ``options``: further ``EvalConfig`` fields (``batch_size``, ``metric_options``)."""
+    from faithclip.data.folders import open_data
+
+    config = EvalConfig(model=model.name, data=data, methods=list(methods or DEFAULT_METHODS),
+                        metrics=list(metrics or DEFAULT_METRICS), limit=limit, seed=seed, maps=str(maps), **options)
+    evaluator = Evaluator(model, config)
+    labelled = open_data(data, image_size=model.preprocess.size, count=count)
+    return evaluator.run(labelled, out, progress=progress)
+
+
+__all__ = ["EvalConfig", "Evaluator", "Shard", "evaluate", "evaluate_maps", "merge", "EvaluationError", "describe_changes", "model_fingerprint"]
