@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from faithclip.api import explain, explain_text  # noqa: E402
 from faithclip.equivalence import verify_equivalence  # noqa: E402
+from faithclip.evaluation import evaluate_maps  # noqa: E402
 from faithclip.explanation import Explanation  # noqa: E402
 from faithclip.models.loading import from_hf, load  # noqa: E402
 from faithclip.probe import Probe  # noqa: E402
@@ -19,5 +20,5 @@ from faithclip.registry import METHODS  # noqa: E402
 from faithclip.report.figures import plot  # noqa: E402
 from faithclip.targets import Target  # noqa: E402
 
-__all__ = ["load", "from_hf", "explain", "explain_text", "verify_equivalence", "Explanation", "Probe",
+__all__ = ["load", "from_hf", "explain", "explain_text", "evaluate_maps", "verify_equivalence", "Explanation", "Probe",
            "METHODS", "Target", "plot", "__version__"]

@@ -86,6 +86,10 @@ class EvalConfig:
     images_per_step: int = 1
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # precomputed maps (data/maps.py) scored instead of running the methods; their bytes join the identity
+    maps: str | None = None
+    # write every computed map to OUT/maps/ (data/maps.py format; not part of the identity)
+    save_maps: bool = False
 
     def identity(self, handle: ClipHandle, data: LabelledSet, digests: FileDigests | None = None) -> dict[str, Any]:
         """Everything a record's numbers depend on, as JSON. ``data`` is the FULL set: ``limit`` only says
@@ -108,6 +112,10 @@ class EvalConfig:
             # a GPU, another GPU model or half precision change the numbers too
             "model_device": device_identity(handle),
         }
+        if self.maps is not None:
+            from faithclip.data.maps import MapFolder
+
+            identity["maps"] = {"dir": str(self.maps), "fingerprint": MapFolder(self.maps).fingerprint()}
         return json.loads(json.dumps(identity, default=str))  # as config.json will read back
 
     def options_for(self, metric: str) -> dict[str, Any]:
@@ -120,7 +128,9 @@ _IDENTITY_NAMES = {
     "model_preprocess": "the model's preprocessing", "model_tokenizer": "the model's tokenizer",
     "versions": "the code's versions", "data_fingerprint": "the data's files or scenes",
     "data_class_names": "the class names", "data_prompts": "the prompt templates",
-    "batch_size": "--batch-size", "threads": "--threads", "model_device": "--device / --dtype, or the processor (another CPU or GPU kind rounds differently)",
+    "batch_size": "--batch-size", "threads": "--threads",
+    "model_device": "--device / --dtype, or the processor (another CPU or GPU kind rounds differently)",
+    "maps": "the --maps files",
 }
 _ABSENT = object()
 
@@ -190,6 +200,7 @@ class PreparedCase:
     mask: torch.Tensor | None
     ignore: torch.Tensor | None
     crop: Any  # PIL crop, for example overlays
+    image_size: tuple[int, int] = (0, 0)  # (width, height) of the original image (maps at image resolution)
     score_ctx: Context | None = None  # shared by the methods of the case: the unperturbed score is computed once
 
 
@@ -204,7 +215,7 @@ def prepare(handle: ClipHandle, item: LabelledImage) -> PreparedCase:
     if mask is not None and not mask.any():
         logger.warning("case %s: the object lies outside the centre crop; localisation metrics skip it", item.case_id)
         mask = None
-    return PreparedCase(item.case_id, item.label, rgb, pixels, mask, ignore, crop)
+    return PreparedCase(item.case_id, item.label, rgb, pixels, mask, ignore, crop, image_size=item.image.size)
 
 
 class Evaluator:
@@ -212,8 +223,18 @@ class Evaluator:
 
     def __init__(self, handle: ClipHandle, config: EvalConfig) -> None:
         self.handle = handle
-        self.methods = resolve_methods(config.methods)
+        self.map_folder = None
+        self.maps_out: Path | None = None  # set by _run_cases when config.save_maps
+        if config.maps is not None:
+            self.map_folder, methods = _maps_methods(config)
+            config = replace(config, methods=methods)
+        self.methods = resolve_methods(config.methods) if self.map_folder is None else list(config.methods)
         self.metrics = [METRICS.get(name) for name in resolve_metrics(config.metrics)]
+        if self.map_folder is not None:
+            recompute = [m.name for m in self.metrics if m.recomputes_map]
+            if recompute:
+                raise EvaluationError(f"--maps cannot score {', '.join(recompute)}: it recomputes the map with the "
+                                      "method on other models; drop it from --metrics.")
         # 'all' is resolved once, so the run's identity names what was actually evaluated
         self.config = replace(config, methods=list(self.methods), metrics=[m.name for m in self.metrics])
         for method, options in config.method_options.items():
@@ -271,9 +292,19 @@ class Evaluator:
         if method is None:
             patch_map = torch.zeros(1, 1)
             metrics = [m for m in self.metrics if not m.per_method]
+        elif self.map_folder is not None:
+            patch_map = self.map_folder.patch_map(prepared.case_id, method, self.handle.preprocess, _grid(self.handle),
+                                                  prepared.image_size).to(torch.float32)
+            metrics = [m for m in self.metrics if m.per_method]
         else:
             patch_map = self.explain(method, prepared.pixels, prepared.label)
             metrics = [m for m in self.metrics if m.per_method]
+            if self.maps_out is not None:
+                from faithclip.data.maps import write_map
+
+                write_map(self.maps_out, prepared.case_id, method, patch_map, "patch",
+                          text=self.prompt_set.class_names[prepared.label] if self.prompt_set else None,
+                          model=self.config.model)
             if keep_map:
                 record["map"] = patch_map.double().tolist()
         case = MetricCase(
@@ -513,6 +544,12 @@ class Evaluator:
         skipped_metrics = [m.name for m in self.metrics if m.needs_mask and not data.has_masks]
         if skipped_metrics:
             logger.warning("%s has no object masks; skipping %s", data.name, ", ".join(skipped_metrics))
+        if self.map_folder is not None:
+            missing = self.map_folder.missing([load.case_id for load in data.cases], self.methods)
+            if missing:
+                raise EvaluationError(f"{len(missing)} maps are missing from {self.map_folder.root} (e.g. "
+                                      f"{', '.join(missing[:3])}.npz); write one per case and method, or pass --limit.")
+        self.maps_out = out / "maps" if self.config.save_maps and self.map_folder is None else None
         self.prompt_set = build_prompt_set(self.handle, data.class_names, data.templates, data.prompts)
         self.all_texts = self.prompt_set.text_batch(self.handle)
         jobs = self._jobs()
@@ -637,6 +674,25 @@ def _remove_created(out: Path, created: list[Path]) -> None:
             pass  # not empty or already gone: someone else's now
 
 
+def _grid(handle: ClipHandle) -> tuple[int, int]:
+    """``(gh, gw)``: the patch grid over the model's crop."""
+    return (handle.preprocess.crop_height // handle.patch_size, handle.preprocess.crop_width // handle.patch_size)
+
+
+def _maps_methods(config: EvalConfig) -> tuple[Any, list[str]]:
+    """The maps folder and the methods to score: those of its files (``--methods`` left at its default or
+    ``all``), or the ones named, each of which must have files."""
+    from faithclip.data.maps import MapFolder
+
+    folder = MapFolder(config.maps)
+    if list(config.methods) in (list(DEFAULT_METHODS), ["all"]):
+        return folder, folder.methods
+    absent = [m for m in config.methods if m not in folder.methods]
+    if absent:
+        raise EvaluationError(f"{folder.root} has no maps of {', '.join(absent)}; it holds {', '.join(folder.methods)}.")
+    return folder, list(config.methods)
+
+
 def _takes_any_keyword(function: Any) -> bool:
     import inspect
 
@@ -717,6 +773,10 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
             examples.append({"case": case_id, "image": f"examples/{example_name(case_id)}.png", "maps": maps})
     method_meta = []
     for name in evaluator.methods:
+        if evaluator.map_folder is not None:
+            method_meta.append({"name": name, "paper": f"precomputed maps ({evaluator.map_folder.root})", "options": {},
+                                "defaults": {}, "modifies_model": False, "modifies_input": False})
+            continue
         spec = METHODS.get(name)
         method_meta.append({"name": name, "paper": spec.paper,
                             "options": _jsonable(evaluator.config.method_options.get(name, {})),
@@ -805,4 +865,20 @@ def merge(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, sources: S
     return Evaluator(handle, config).merge(data, out_dir, sources, progress=progress, report=report, repair=repair)
 
 
-__all__ = ["EvalConfig", "Evaluator", "Shard", "evaluate", "merge", "EvaluationError", "describe_changes", "model_fingerprint"]
+def evaluate_maps(model: ClipHandle, maps: str | Path, out: str | Path, data: str = "shapes",
+                  metrics: Sequence[str] | None = None, methods: Sequence[str] | None = None, count: int = 100,
+                  limit: int | None = None, seed: int = 0, progress: bool = False, **options: Any) -> dict:
+    """Score precomputed maps (``maps``: a folder of ``<case>__<method>.npy/.npz``, format in docs/interop.md)
+    on ``data`` (``"shapes"``, ``"voc:PATH"``, ``"imagenet:PATH"``) with ``metrics`` (default: evaluate's;
+    metrics that recompute maps are refused), writing a run into ``out`` as ``faithclip evaluate --maps``
+    does; returns the results. ``options``: further ``EvalConfig`` fields (``batch_size``, ``metric_options``)."""
+    from faithclip.data.folders import open_data
+
+    config = EvalConfig(model=model.name, data=data, methods=list(methods or DEFAULT_METHODS),
+                        metrics=list(metrics or DEFAULT_METRICS), limit=limit, seed=seed, maps=str(maps), **options)
+    evaluator = Evaluator(model, config)
+    labelled = open_data(data, image_size=model.preprocess.size, count=count)
+    return evaluator.run(labelled, out, progress=progress)
+
+
+__all__ = ["EvalConfig", "Evaluator", "Shard", "evaluate", "evaluate_maps", "merge", "EvaluationError", "describe_changes", "model_fingerprint"]

@@ -87,6 +87,38 @@ class Explanation:
             raise ValueError("give the size to upsample to")
         return upsample(self.map, size, mode)
 
+    def to_numpy(self, space: str = "patch", image_size: tuple[int, int] | None = None):
+        """The map as a float64 numpy array, for other tools (Quantus, Captum; format in docs/interop.md).
+
+        ``"patch"``: the raw ``(gh, gw)`` map (text side: the ``(L,)`` token map). ``"crop"``: upsampled
+        bilinearly (``align_corners=False``) to the model's input ``(H, W)``, the resized and centre-cropped
+        image (``upsampled()``). ``"image"``: ``(H0, W0)`` on the image as read, NaN outside ``region`` (the
+        model's crop in the image's pixels; the map says nothing there), and inside it the map upsampled
+        bilinearly to the region's size rounded to whole pixels, placed at its rounded corner, as the
+        figures draw it. ``image_size`` ``(H0, W0)`` is needed when the explanation holds no image."""
+        import numpy as np
+
+        if space == "patch":
+            return self.map.detach().cpu().double().numpy().copy()
+        if space == "crop":
+            return self.upsampled().numpy()
+        if space != "image":
+            raise ValueError(f"space must be 'patch', 'crop' or 'image', got {space!r}")
+        if self.side != "image":
+            raise ValueError("only image-side maps have an image space")
+        if image_size is None:
+            if self.source_image is None:
+                raise ValueError("this explanation holds no image; pass image_size=(height, width)")
+            image_size = (self.source_image.height, self.source_image.width)
+        height, width = image_size
+        left, top, right, bottom = (int(round(v)) for v in (self.region or (0, 0, width, height)))
+        out = np.full((height, width), np.nan)
+        inside = upsample(self.map, (bottom - top, right - left)).numpy()  # (region h, region w)
+        y0, x0 = max(top, 0), max(left, 0)
+        out[y0:min(bottom, height), x0:min(right, width)] = inside[y0 - top:min(bottom, height) - top,
+                                                                   x0 - left:min(right, width) - left]
+        return out
+
     # ---- output ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         record = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)

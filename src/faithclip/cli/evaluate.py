@@ -74,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--merge", nargs="*", default=None, metavar="DIR",
                         help="compute nothing: check and merge the shards' records in --out and in these other run "
                              "folders of the same command, then write the results into --out")
+    parser.add_argument("--maps", default=None, metavar="DIR",
+                        help="score precomputed maps, one <case>__<method>.npy/.npz per case and method (format: "
+                             "docs/interop.md), instead of running methods; their bytes join the run identity")
+    parser.add_argument("--save-maps", action="store_true",
+                        help="also write every computed map to OUT/maps/<case>__<method>.npz (readable by --maps)")
     parser.add_argument("--out", required=True, help="output directory (records.jsonl, results.json/.md, report.html)")
     parser.set_defaults(func=run)
 
@@ -105,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable(args.out, "dir", "--out")  # creates nothing: the run creates it, and removes it if it fails early
     metric_options = parse_options(args.option)
     method_options = parse_options(args.method_option, "--method-option")
+    if args.maps is not None and args.save_maps:
+        raise EvaluationError("--save-maps writes the maps the methods compute; with --maps none are computed. Give one.")
     shard = Shard.parse(args.shard) if args.shard is not None else None
     if shard is not None and args.merge is not None:
         raise EvaluationError("--shard computes one shard and --merge merges finished ones; give one of them.")
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     config = EvalConfig(model=args.model or "shapes-clip", data=args.data, methods=args.methods,
                         metrics=args.metrics, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
                         examples=args.examples, metric_options=metric_options, method_options=method_options,
-                        images_per_step=args.images_per_step)
+                        images_per_step=args.images_per_step, maps=args.maps, save_maps=args.save_maps)
     evaluator = Evaluator(handle, config)  # checks methods, metrics and every option
     data = open_data(args.data, image_size=handle.preprocess.size, count=args.count)
     try:

@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device_arguments(parser)
     add_out_argument(parser, "explain", holds="a PNG figure and a JSON record per pair")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--save-maps", action="store_true",
+                        help="also write each raw patch-grid map as <stem>.npz (format: docs/interop.md)")
     parser.set_defaults(func=run)
 
 
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from faithclip.progress import stage_logger
 
     check_target(args.target, args.other)
+    if args.save_maps and args.side != "image":
+        raise MethodError("--save-maps writes image maps; drop it for --side text (the token map is in the JSON record).")
     out = check_writable(args.out, "dir")  # created when the first file is written
     texts = unique(args.text)
     images = unique(args.images, key=lambda p: Path(p).resolve())
@@ -140,6 +144,11 @@ def run(args: argparse.Namespace) -> int:
         for text, explanation in zip(texts, explained):
             stem = stems[(image_path, text)]
             explanation.save_json(out / f"{stem}.json")
+            if args.save_maps:
+                from faithclip.data.maps import write_map
+
+                write_map(out, image_path, args.method, explanation.map, "patch", stem=stem, text=text, model=model.name,
+                          region=explanation.region, image_size=_image_size(explanation))
             line = f"{image_path}  {text!r}  {args.method}  {explanation.target}={explanation.score:+.4f}"
             entry = {"image": image_path, "text": text, "method": args.method, "target": explanation.target,
                      "score": explanation.score, "model_score": explanation.model_score,
@@ -167,6 +176,12 @@ def run(args: argparse.Namespace) -> int:
     _, page = write_report(out, "explain", record, render_explain(record, out))
     print(f"Report: {page.resolve()}")
     return 0
+
+
+def _image_size(explanation) -> tuple[int, int] | None:
+    """``(height, width)`` of the image as read, for the saved map's metadata."""
+    image = explanation.source_image
+    return None if image is None else (image.height, image.width)
 
 
 def render_explain(record: dict, out: Path) -> str:

@@ -39,6 +39,8 @@ class MetricSpec:
     # (case, **options) -> deletion.ScoringPlan: the perturbed images to score and how to finish; a metric
     # that has one can have its images scored together with other cases' (evaluate --images-per-step)
     plan: Callable[..., Any] | None = None
+    # True when the metric calls the method again (on other models): it cannot score precomputed maps
+    recomputes_map: bool = False
 
     def protocol_label(self, options: dict[str, Any] | None = None) -> str:
         """The protocol with its options: ``protocol`` may name options (``"pointing, {tolerance:g} px"``);
@@ -60,7 +62,7 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     return METRICS.add(spec.name, spec)
 
 
-_MODULES = ("deletion", "pointing", "sanity", "zeroshot")
+_MODULES = ("deletion", "pointing", "sanity", "zeroshot", "segmentation", "road")
 
 for _name in _MODULES:
     import_module(f"{__name__}.{_name}")

@@ -124,4 +124,5 @@ register_metric(MetricSpec(
     summary="Spearman correlation of maps after cascading re-initialisation of the image tower (top first)",
     paper="Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018",
     run=run_sanity, outputs={"final": "Spearman, all randomised", "mean": "Spearman, mean over steps"},
+    recomputes_map=True,
 ))
