@@ -388,6 +388,8 @@ class Evaluator:
                                       "written by faithclip evaluate with the same options.")
             self._check_identity(source, identity, digests)
         self._check_identity(out, identity, digests)  # before creating anything; again under the lock
+        if compute and not (out / "config.json").exists():
+            check_readable(data.limited(limit), shard)  # a corrupt image refuses the run before its folder exists
         created = _make_directories(out)
         # Shards share the folder lock (and each holds its own); a whole run or a merge holds it alone.
         locks = [RunLock(out, shared=shard is not None)]
@@ -600,6 +602,27 @@ def _copy_examples(source: Path, out: Path) -> None:
     for image in sorted((source / "examples").glob("*.png")):
         if not (out / "examples" / image.name).exists():
             write_atomic(out / "examples" / image.name, image.read_bytes())
+
+
+def check_readable(data: LabelledSet, shard: Shard | None = None) -> None:
+    """Read every case of ``data`` (of ``shard``'s, when given) once, before a new run creates its folder:
+    a corrupt or unreadable image is found before the first record, not after hours of them, and the
+    fixed file is then part of the run's data fingerprint from the start. One line names the first bad
+    file and how many there are."""
+    if len(data) > 100:
+        logger.info("reading the %d images of %s before the first record", len(data), data.name)
+    problems = []
+    for index, load in enumerate(data.cases):
+        if shard is not None and not shard.owns(index):
+            continue
+        try:
+            load()
+        except FaithclipError as error:
+            problems.append(str(error))
+    if problems:
+        more = f" (and {len(problems) - 1} more unreadable case{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
+        raise EvaluationError(f"{data.name}: {problems[0].rstrip('.')}{more}. Nothing was computed; fix or remove the file(s) "
+                              "and run the same command again.")
 
 
 # The outputs whose values are bounded by their definition: a hit is 0 or 1, a share or a probability

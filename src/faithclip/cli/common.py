@@ -114,11 +114,19 @@ def output_dir(path: str | Path, option: str = "--out") -> Path:
     return directory
 
 
-def add_image_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--max-pixels``, the same on every command that reads image files (``main`` applies it)."""
+def _pillow_default_max_pixels() -> int | None:
     from PIL import Image
 
-    parser.add_argument("--max-pixels", type=non_negative_int, default=Image.MAX_IMAGE_PIXELS, metavar="N",
+    return Image.MAX_IMAGE_PIXELS
+
+
+# Pillow's own limit, read once when the command line is first built (``main`` sets Pillow's limit per command)
+PILLOW_MAX_PIXELS = _pillow_default_max_pixels()
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels``, the same on every command that reads image files (``main`` applies it)."""
+    parser.add_argument("--max-pixels", type=non_negative_int, default=PILLOW_MAX_PIXELS, metavar="N",
                         help="refuse images of more than N pixels, a guard against decompression bombs; 0: no "
                              "limit (default: Pillow's, %(default)s, about 9,500 x 9,500)")
 

@@ -104,7 +104,9 @@ class _NotTheUsersConcern(logging.Filter):
         if "requires torchvision" in message and "falling back to" in message:
             return False
         default_siglip = "between 0 and 31999), got 4940" in message and "token_id must be `None`" in message
-        return not default_siglip
+        # faithclip truncates a text longer than the context itself and says so in one warning line
+        too_long = message.startswith("Token indices sequence length is longer than")
+        return not (default_siglip or too_long)
 
 
 def quiet_transformers() -> None:
@@ -113,7 +115,8 @@ def quiet_transformers() -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    for name in ("transformers.utils.import_utils", "transformers.configuration_utils", "transformers"):
+    for name in ("transformers.utils.import_utils", "transformers.configuration_utils", "transformers",
+                 "transformers.tokenization_utils_base"):
         logging.getLogger(name).addFilter(_NotTheUsersConcern())
 
 

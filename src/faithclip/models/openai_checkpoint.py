@@ -214,14 +214,13 @@ def torch_load_reason(error: BaseException) -> str:
     many lines of advice about ``weights_only``; the line that says what the file holds is kept."""
     text = str(error)
     marker = "WeightsUnpickler error:"
-    if marker in text:
-        detail = " ".join(text.split(marker, 1)[1].split()).split(" Check the documentation")[0].split(". Please use")[0].rstrip(". ")
-        if detail.startswith("Unsupported operand"):  # not even a pickle: a damaged or foreign file
-            return f"its bytes are not a PyTorch pickle ({detail})"
+    detail = (" ".join(text.split(marker, 1)[1].split()).split(" Check the documentation")[0].split(". Please use")[0]
+              if marker in text else next((line.strip() for line in text.splitlines() if line.strip()), ""))
+    detail = detail.rstrip(". ") or type(error).__name__
+    if "Unsupported global" in detail:
         return (f"it holds Python objects besides tensors ({detail}), which faithclip does not unpickle: "
                 "torch.load with weights_only=True, so that a checkpoint cannot run code")
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
-    return f"torch.load said: {first}"
+    return f"its bytes are not a PyTorch pickle of tensors (torch.load: {detail})"
 
 
 def _is_torchscript_archive(path: Path) -> bool:
