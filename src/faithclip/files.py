@@ -86,8 +86,8 @@ def output_kind(path: str | Path) -> str:
         return "stdout"
     try:
         mode = os.stat(path).st_mode  # follows symlinks
-    except FileNotFoundError:
-        return "missing"  # nothing there, or a dangling symlink (written at its target)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"  # nothing there (or a file where a parent directory should be), or a dangling symlink
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise OutputError(f"cannot write {path}: it is a symlink loop; give a file name.") from error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -223,10 +224,10 @@ def value_problem(parameter: inspect.Parameter, value: Any, layers: int | None =
     known = [kind for kind in kinds if kind in _TYPE_WORDS]
     if known and len(known) == len(kinds) and not any(_is_kind(value, kind) for kind in known):
         return " or ".join(_TYPE_WORDS[kind] for kind in known)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "a finite number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
+    if not math.isfinite(value):
+        return "a finite number"
     name = parameter.name
     if name in OPTION_RANGES:
         words, accepts = OPTION_RANGES[name]
@@ -244,10 +245,10 @@ def _is_kind(value: Any, kind: str) -> bool:
         return value is None
     if kind == "bool":
         return isinstance(value, bool)
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "int":  # numpy's integers too
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
     return isinstance(value, str)
 
 
