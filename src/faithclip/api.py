@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import faithclip.methods  # noqa: F401  (registers the methods)
-from faithclip.errors import MethodError
+from faithclip.errors import ImageError, MethodError, ModelError, TextError
 from faithclip.explanation import Explanation, map_warnings
 from faithclip.methods.context import Context, MapResult
 from faithclip.models.clip import ClipHandle, ImageInput, TextBatch, TextInput
@@ -42,6 +42,7 @@ def explain(
     ``contrast`` with ``others`` the one contrasting text; ``model.family.target_kinds`` lists them). Method options (e.g. ``layers=2``) are passed by keyword. ``text`` may be
     ``model.prompts(texts)``: prompts encoded once, reused for many images.
     """
+    check_arguments(model, image, text, others)
     return _run(model, image, text, method, "image", family_target(model, target, others), options)
 
 
@@ -56,7 +57,44 @@ def explain_text(
     **options: Any,
 ) -> Explanation | list[Explanation]:
     """Text-side explanation(s): an ``(L,)`` map over token positions per image-text pair."""
+    check_arguments(model, image, text, others)
     return _run(model, image, text, method, "text", family_target(model, target, others), options)
+
+
+def check_arguments(model: Any, image: Any, text: Any, others: Any = ()) -> None:
+    """The arguments of ``explain`` / ``explain_text`` in the command line's words, before any work: a
+    loaded model (not its name), at least one image and one text, ``others`` a list of texts (not one
+    string, whose letters would be taken as texts) that does not repeat an explained text."""
+    if not isinstance(model, ClipHandle):
+        if isinstance(model, (str, Path)):
+            raise ModelError(f"model must be a loaded model, not its name: model = faithclip.load({str(model)!r}), "
+                             "then faithclip.explain(model, ...).")
+        raise ModelError(f"model must be a faithclip model (faithclip.load(name) or faithclip.from_hf(model)); "
+                         f"got {type(model).__name__}.")
+    if image is None or (isinstance(image, (list, tuple)) and not image):
+        raise ImageError("no image given: pass a path, a PIL image, a pixel tensor, or a non-empty list of them.")
+    if isinstance(image, torch.Tensor) and image.numel() == 0:
+        raise ImageError(f"the pixel tensor is empty (shape {tuple(image.shape)}); pass at least one image.")
+    if text is None or (isinstance(text, (list, tuple)) and not text):
+        raise TextError("no text given: pass a text, a list of texts, or model.prompts(texts), e.g. text='a photo of a cat'.")
+    if isinstance(others, (str, bytes)):
+        raise MethodError(f"others must be a list of texts, e.g. others=[{others!r}]; got the string {others!r} "
+                          "(its letters would be taken as texts).")
+    if not all(isinstance(other, str) for other in others):
+        raise MethodError("others must be a list of texts (strings).")
+    texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else []
+    check_others(texts, others)
+
+
+def check_others(texts: Sequence[str], others: Sequence[str]) -> None:
+    """Refuse an other text (``--other``, ``others=``) that is one of the explained texts: the probability
+    would be over a set that holds the text twice (at most 0.5, without a word), a contrast with itself zero."""
+    explained = {" ".join(text.split()) for text in texts if isinstance(text, str)}
+    for other in others:
+        if isinstance(other, str) and " ".join(other.split()) in explained:
+            raise MethodError(f"the other text {other!r} (--other, others=) is an explained text itself: a "
+                              "probability over a set holding it twice is at most 0.5, a contrast with itself is "
+                              "zero. List only the OTHER prompts of the set.")
 
 
 def family_target(model: ClipHandle, target: str | Target | None, others: Sequence[str] = ()) -> Target:
@@ -96,8 +134,16 @@ def method_for(model: ClipHandle, method: str, side: str) -> MethodSpec:
     return method_spec(method, side, model.family.name)
 
 
+def tower_layers(model: ClipHandle, side: str) -> int | None:
+    """How many layers the tower of ``side`` has (``None`` when the model does not say)."""
+    config = getattr(model, "vision_config" if side == "image" else "text_config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    return int(layers) if isinstance(layers, int) else None
+
+
 def _run(model, image, text, method, side, target, options) -> Explanation | list[Explanation]:
     spec = method_for(model, method, side)
+    spec.check_options(side, options, layers=tower_layers(model, side))
     read = _read(model, image)  # decoded once, upright if the pipeline applies EXIF orientation: the pixels
     decoded = None if read is None else [item for item, _ in read]  # (RGB under the model's own rule) ...
     originals = None if decoded is None else [to_rgb(item) for item in decoded]  # ... and methods' originals

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import time
 import zlib
@@ -44,6 +45,7 @@ from faithclip.data.digests import FileDigests
 from faithclip.data.folders import LabelledImage, LabelledSet, aligned_mask
 from faithclip.errors import FaithclipError
 from faithclip.explanation import dumps_strict, strict_json, write_atomic
+from faithclip.files import OutputError
 from faithclip.methods.context import Context
 from faithclip.metrics import METRICS
 from faithclip.metrics.case import MetricCase
@@ -51,7 +53,7 @@ from faithclip.metrics.zeroshot import PromptSet, build_prompt_set
 from faithclip.models.clip import ClipHandle, TextBatch
 from faithclip.models.fingerprint import (code_versions, config_identity, device_identity, model_fingerprint,
                                           preprocess_identity, tokenizer_fingerprint, unreadable_words)
-from faithclip.registry import METHODS
+from faithclip.registry import METHODS, check_options
 from faithclip.rundir import (LOCK_NAME, RECORDS_NAME, RecordFile, RunLock, create_once, finished_keys, record_paths,
                               shard_records_name, write_result_set)
 from faithclip.targets import Target
@@ -237,23 +239,20 @@ class Evaluator:
                                       "method on other models; drop it from --metrics.")
         # 'all' is resolved once, so the run's identity names what was actually evaluated
         self.config = replace(config, methods=list(self.methods), metrics=[m.name for m in self.metrics])
+        from faithclip.api import tower_layers
+
+        # every option and value checked here, before a folder exists: a refused run leaves nothing behind
         for method, options in config.method_options.items():
             if method not in self.methods:
                 raise EvaluationError(f"options given for method {method!r}, which is not among the methods evaluated.")
-            function = METHODS.get(method).image
-            if not _takes_any_keyword(function):
-                allowed = _parameters(function) - {"ctx"}
-                unknown = sorted(set(options) - allowed)
-                if unknown:
-                    raise EvaluationError(f"method {method} has no option {', '.join(unknown)}; its options: "
-                                          f"{', '.join(sorted(allowed)) or 'none'}.")
+            check_options(method, [METHODS.get(method).image], options, spelled=lambda key, m=method: f"{m}.{key}",
+                          layers=tower_layers(handle, "image"), error=EvaluationError)
         for metric, options in config.metric_options.items():
             if metric not in [spec.name for spec in self.metrics]:
                 raise EvaluationError(f"options given for {metric!r}, which is not among the metrics evaluated.")
-            allowed = _parameters(METRICS.get(metric).run) - {"case"}
-            unknown = sorted(set(options) - allowed)
-            if unknown:
-                raise EvaluationError(f"{metric} has no option {', '.join(unknown)}; its options: {', '.join(sorted(allowed)) or 'none'}.")
+            spec = METRICS.get(metric)
+            check_options(metric, [spec.plan if spec.plan is not None else spec.run], options,
+                          spelled=lambda key, m=metric: f"{m}.{key}", error=EvaluationError)
         self.prompt_set: PromptSet | None = None
         self.all_texts: TextBatch | None = None
 
@@ -422,6 +421,8 @@ class Evaluator:
                                       "written by faithclip evaluate with the same options.")
             self._check_identity(source, identity, digests)
         self._check_identity(out, identity, digests)  # before creating anything; again under the lock
+        if compute and not (out / "config.json").exists():
+            check_readable(data.limited(limit), shard)  # a corrupt image refuses the run before its folder exists
         created = _make_directories(out)
         # Shards share the folder lock (and each holds its own); a whole run or a merge holds it alone.
         locks = [RunLock(out, shared=shard is not None)]
@@ -460,9 +461,12 @@ class Evaluator:
                 return None
             results = aggregate(self._all_records(out), self, cases, identity)
             results = write_outputs(results, out, report=report)
-        except BaseException:
+        except BaseException as error:
             if created and shard is None and (records is None or not records.done):
                 _remove_created(out, created)  # an early failure leaves no folder behind (shards: others may use it)
+            if isinstance(error, OutputError):  # disk full, quota, I/O error: every record written is whole
+                raise OutputError(f"{error}. The records already computed are kept: once space is freed, run the "
+                                  "same command again to resume.") from error
             raise
         finally:
             for lock in reversed(locks):
@@ -536,6 +540,10 @@ class Evaluator:
             values = record["values"].get(spec.name)
             if not isinstance(values, dict) or not set(spec.outputs) <= set(values):
                 return f"no values of {spec.name}"
+            for output in spec.outputs:
+                problem = value_problem(spec.name, output, values[output])
+                if problem:
+                    return problem
         return None
 
     def _run_cases(self, data: LabelledSet, out: Path, records: RecordFile, done: set[tuple[str, str]],
@@ -635,6 +643,56 @@ def _copy_examples(source: Path, out: Path) -> None:
             write_atomic(out / "examples" / image.name, image.read_bytes())
 
 
+def check_readable(data: LabelledSet, shard: Shard | None = None) -> None:
+    """Read every case of ``data`` (of ``shard``'s, when given) once, before a new run creates its folder:
+    a corrupt or unreadable image is found before the first record, not after hours of them, and the
+    fixed file is then part of the run's data fingerprint from the start. One line names the first bad
+    file and how many there are."""
+    if len(data) > 100:
+        logger.info("reading the %d images of %s before the first record", len(data), data.name)
+    problems = []
+    for index, load in enumerate(data.cases):
+        if shard is not None and not shard.owns(index):
+            continue
+        try:
+            load()
+        except FaithclipError as error:
+            problems.append(str(error))
+    if problems:
+        more = f" (and {len(problems) - 1} more unreadable case{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
+        raise EvaluationError(f"{data.name}: {problems[0].rstrip('.')}{more}. Nothing was computed; fix or remove the file(s) "
+                              "and run the same command again.")
+
+
+# The outputs whose values are bounded by their definition: a hit is 0 or 1, a share or a probability
+# lies in [0, 1], a Spearman correlation in [-1, 1]. Every other output is a finite number or null.
+OUTPUT_RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {  # (low, high, whole numbers only)
+    ("pointing_game", "hit"): (0, 1, True),
+    ("energy_pointing_game", "energy"): (0, 1, False),
+    ("zeroshot", "top1"): (0, 1, True),
+    ("zeroshot", "prob"): (0, 1, False),
+    ("sanity_cascade", "final"): (-1, 1, False),
+    ("sanity_cascade", "mean"): (-1, 1, False),
+}
+
+
+def value_problem(metric: str, output: str, value: Any) -> str | None:
+    """What is wrong with a record's value of ``metric``'s ``output`` (``None``: a number in its range, or
+    null for undefined): a hand-edited ``"hit": 7.5`` or ``"hit": "yes"`` is damage, not a result."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{metric}.{output} is {json.dumps(value)[:30]}, not a number"
+    if not math.isfinite(value):
+        return f"{metric}.{output} is {value}, not a finite number (undefined values are null)"
+    low, high, whole = OUTPUT_RANGES.get((metric, output), (-math.inf, math.inf, False))
+    slack = 0.0 if whole else 1e-6  # a share or correlation summed in floats may pass its bound by rounding
+    if not low - slack <= value <= high + slack or (whole and value != int(value)):
+        return (f"{metric}.{output} is {value}, outside its range "
+                + (f"({low:g} or {high:g})" if whole else f"[{low:g}, {high:g}]"))
+    return None
+
+
 def _store(record: dict[str, Any], metric: str, value: Any) -> None:
     record["values"][metric] = value.values
     if value.curves:
@@ -691,12 +749,6 @@ def _maps_methods(config: EvalConfig) -> tuple[Any, list[str]]:
     if absent:
         raise EvaluationError(f"{folder.root} has no maps of {', '.join(absent)}; it holds {', '.join(folder.methods)}.")
     return folder, list(config.methods)
-
-
-def _takes_any_keyword(function: Any) -> bool:
-    import inspect
-
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
 
 
 def _parameters(function: Any) -> set[str]:

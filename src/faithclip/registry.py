@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Sequence, TypeVar
 
 from faithclip.errors import MethodError
 
@@ -95,6 +98,13 @@ class MethodSpec:
         _load_families()
         return ["any"] if "*" in self.families else [name for name in FAMILIES if self.supports(name)]
 
+    def check_options(self, side: str, options: Mapping[str, Any], *, spelled: Callable[[str], str] = lambda key: key,
+                      layers: int | None = None) -> None:
+        """``check_options`` for this method's ``side``: unknown options and bad values refused, in one line."""
+        function = getattr(self, side)
+        if function is not None:
+            check_options(self.name, [function], options, spelled=spelled, layers=layers)
+
     def check_family(self, family: str) -> None:
         """Raise ``MethodError`` naming the methods that do support ``family`` when this one does not."""
         if not self.supports(family):
@@ -147,3 +157,101 @@ def load_plugins() -> list[str]:
         logger.debug("plugin %s registered %s", key, new)
         added += new
     return added
+
+
+# ---- options ----------------------------------------------------------------------------------------
+# One name per concept: an option word means the same thing in every method and metric that takes it, so
+# its range is stated once, here. (The type comes from the function's own annotation.)
+_COUNT = ("a whole number of at least 1", lambda value: value >= 1)
+OPTION_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    **dict.fromkeys(("layers", "masks", "cells", "steps", "samples", "batch_size", "window", "stride", "every",
+                     "klen", "step"), _COUNT),
+    "tolerance": ("a distance in pixels of at least 0", lambda value: value >= 0),
+    "sigma": ("a positive number", lambda value: value > 0),
+    "variance": ("a positive number", lambda value: value > 0),
+    "lr": ("a positive number", lambda value: value > 0),
+    "beta": ("a number of at least 0", lambda value: value >= 0),
+    "prob": ("a probability above 0 and at most 1", lambda value: 0 < value <= 1),
+}
+# indices into a tower's layers, checked against the model's layer count when it is known
+LAYER_INDEX_OPTIONS = ("layer", "start_layer")
+# parameters a caller passes, not the user (the official pipeline's original image)
+INTERNAL_PARAMETERS = frozenset({"original"})
+
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a word",
+               "None": "null"}
+
+
+def option_parameters(*functions: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
+    """The keyword options ``functions`` take (every parameter after the first, ``ctx`` or ``case``),
+    merged; ``None`` when one of them takes any keyword (``**options``: it says nothing about its names)."""
+    found: dict[str, inspect.Parameter] = {}
+    for function in functions:
+        parameters = list(inspect.signature(function).parameters.values())[1:]
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return None
+        found.update((p.name, p) for p in parameters if p.name not in INTERNAL_PARAMETERS)
+    return found
+
+
+def check_options(owner: str, functions: Sequence[Callable[..., Any]], options: Mapping[str, Any], *,
+                  spelled: Callable[[str], str] = lambda key: key, layers: int | None = None,
+                  error: type[Exception] = MethodError) -> None:
+    """Refuse, before any work, an option ``owner`` (a method or metric) does not take, naming the ones it
+    does, and a value of the wrong type (from the function's annotation), not finite, or out of its range
+    (``OPTION_RANGES``; ``layers`` and layer indices against the ``layers`` of the model's tower when
+    given). ``spelled(key)`` is how the user wrote the option (``--layers``, ``grad_eclip.layers``)."""
+    parameters = option_parameters(*functions)
+    if parameters is None:
+        return
+    for key, value in options.items():
+        if key not in parameters:
+            names = ", ".join(parameters) if parameters else None
+            raise error(f"{spelled(key)} is not an option of {owner}; "
+                        + (f"its options are {names}." if names else f"{owner} takes no options."))
+        problem = value_problem(parameters[key], value, layers)
+        if problem:
+            given = spelled(key) + (" " if spelled(key).startswith("--") else "=") + _shown(value)
+            raise error(f"{given}: {owner}'s {key} must be {problem}.")
+
+
+def value_problem(parameter: inspect.Parameter, value: Any, layers: int | None = None) -> str | None:
+    """What is wrong with ``value`` for ``parameter`` (``None``: nothing)."""
+    annotation = parameter.annotation
+    if isinstance(annotation, type):
+        annotation = annotation.__name__
+    kinds = [part.strip().strip("'\"") for part in annotation.split("|")] if isinstance(annotation, str) else []
+    known = [kind for kind in kinds if kind in _TYPE_WORDS]
+    if known and len(known) == len(kinds) and not any(_is_kind(value, kind) for kind in known):
+        return " or ".join(_TYPE_WORDS[kind] for kind in known)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    if not math.isfinite(value):
+        return "a finite number"
+    name = parameter.name
+    if name in OPTION_RANGES:
+        words, accepts = OPTION_RANGES[name]
+        if not accepts(value):
+            return words
+    if layers is not None and name == "layers" and value > layers:
+        return f"at most {layers}, the layers of the model's tower"
+    if layers is not None and name in LAYER_INDEX_OPTIONS and not -layers <= value < layers:
+        return f"a layer index from {-layers} to {layers - 1} (the model's tower has {layers} layers)"
+    return None
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "None":
+        return value is None
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":  # numpy's integers too
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from faithclip.errors import FaithclipError
-from faithclip.explanation import dumps_strict, fsync_directory, write_atomic
+from faithclip.files import OutputError, append_durably, dumps_strict, fsync_directory, write_atomic, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def finished_keys(path: Path) -> set[tuple[str, str]]:
         return keys
     for line in data.split(b"\n")[:-1]:
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_refuse_constant)
         except ValueError:
             continue
         if record_problem(record) is None:
@@ -146,18 +146,28 @@ def create_once(path: Path, data: bytes) -> bool:
     """Write ``path`` if it does not exist, atomically with respect to other processes doing the same
     (a complete file is linked into place; ``link`` fails when the name exists). True if this call wrote it."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{socket.gethostname()}.new")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
     try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.link(temporary, path)
         fsync_directory(path.parent)
         return True
     except FileExistsError:
         return False
+    except OSError as error:
+        raise OutputError(write_failure(path, error)) from error
     finally:
         temporary.unlink(missing_ok=True)
+
+
+class _NonFinite(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in a record: JSON has no such numbers; faithclip never writes them."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFinite(name)
 
 
 def record_problem(record: Any) -> str | None:
@@ -195,7 +205,9 @@ class RecordFile:
                 problem = "NUL bytes (what a crash can leave)"
             else:
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line, parse_constant=_refuse_constant)
+                except _NonFinite as constant:
+                    problem = f"{constant} in a value (faithclip writes an undefined value as null)"
                 except ValueError:
                     problem = "not valid JSON"
                 else:
@@ -225,8 +237,7 @@ class RecordFile:
             logger.warning("dropping a half-written record at the end of %s", path)
         if dropped:
             lines = path.read_bytes().split(b"\n")
-            with open(path.with_name(path.name + ".dropped"), "ab") as keep:
-                keep.write(b"".join(lines[n - 1] + b"\n" for n in dropped))
+            append_durably(path.with_name(path.name + ".dropped"), b"".join(lines[n - 1] + b"\n" for n in dropped))
             logger.warning("%s: dropped %d damaged line(s) (%s; kept in %s.dropped); their records are computed again",
                            path, len(dropped), ", ".join(map(str, dropped[:10])), path.name)
         if dropped or tail.strip():
@@ -238,10 +249,7 @@ class RecordFile:
         if key in self.done:
             raise RunFolderError(f"{self.path}: the record of {key[0]} / {key[1]} is already written.")
         line = dumps_strict(record, separators=(",", ":")) + "\n"
-        with open(self.path, "ab") as handle:
-            handle.write(line.encode())
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_durably(self.path, line.encode())  # all of the line or none of it (disk full: cut back)
         self.done.add(key)
 
     def read(self) -> list[dict[str, Any]]:
@@ -274,14 +282,20 @@ def write_result_set(out: Path, files: dict[str, bytes]) -> Path:
     if not final.is_dir():
         staging = out / f"{_SET_PREFIX}staging-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        for name, data in files.items():
-            with open(staging / name, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        fsync_directory(staging)
-        os.replace(staging, final)
+        try:
+            staging.mkdir()
+            for name, data in files.items():
+                with open(staging / name, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            fsync_directory(staging)
+            os.replace(staging, final)
+        except BaseException as error:  # disk full, interrupted: no half-written set left behind
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError):
+                raise OutputError(write_failure(error.filename or staging, error)) from error
+            raise
     _replace_link(out / RESULTS_LINK, final.name)
     for name in files:
         link = out / name
@@ -298,9 +312,13 @@ def write_result_set(out: Path, files: dict[str, bytes]) -> Path:
 
 def _replace_link(link: Path, target: str) -> None:
     temporary = link.with_name(f".{link.name}.link-{os.getpid()}")
-    temporary.unlink(missing_ok=True)
-    os.symlink(target, temporary)
     if link.is_dir() and not link.is_symlink():
         raise RunFolderError(f"{link} is a directory; move it away so that the results can be written.")
-    os.replace(temporary, link)
-    fsync_directory(link.parent)
+    try:
+        temporary.unlink(missing_ok=True)
+        os.symlink(target, temporary)
+        os.replace(temporary, link)
+        fsync_directory(link.parent)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(write_failure(link, error)) from error

@@ -27,7 +27,7 @@ TEXT = ("--text", "a red circle")
 CASES = [
     ("layers-0", ["explain", "img.png", *TEXT, "--layers", "0"], 2, "--layers: must be a whole number of at least 1"),
     ("layers-negative", ["explain", "img.png", *TEXT, "--layers", "-1"], 2, "--layers: must be a whole number"),
-    ("layers-99", ["explain", "img.png", *TEXT, "--layers", "99"], 2, "--layers 99 is more than the 4 layers"),
+    ("layers-99", ["explain", "img.png", *TEXT, "--layers", "99"], 2, "--layers 99: attention_eclip's layers must be at most 4"),
     ("official-1x1", ["explain", "one.png", *TEXT, "--method", "grad_eclip_official"], 2, "a 1x1 image is too small"),
     ("official-3000x1", ["explain", "wide.png", *TEXT, "--method", "grad_eclip_official"], 2,
      "a 3000x1 image is too small"),

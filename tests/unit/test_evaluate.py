@@ -161,7 +161,7 @@ def test_outputs_schema_and_protocol_labels(handle, tmp_path):
     assert saved["config"]["method_options"] == {"grad_eclip": {}, "attention_eclip": {"layers": 2}}
     with pytest.raises(EvaluationError, match="not among the methods"):
         Evaluator(handle, EvalConfig(model="tiny", data="shapes", method_options={"rise": {"masks": 10}}))
-    with pytest.raises(EvaluationError, match="no option"):
+    with pytest.raises(EvaluationError, match="is not an option of pointing_game; its options are tolerance"):
         Evaluator(handle, EvalConfig(model="tiny", data="shapes", metrics=["pointing_game"],
                                      metric_options={"pointing_game": {"radius": 3}}))
 

@@ -419,7 +419,7 @@ def test_a_mistyped_option_or_an_early_failure_leaves_nothing_behind(setup, tmp_
     command = argv(model, data, out, "--limit", "1")
     command[command.index("--methods") + 1] = "rise"
     assert main(command + ["--method-option", "rise.mask=10"]) == 2
-    assert "method rise has no option mask; its options: " in errors(capsys)[0]
+    assert "rise.mask is not an option of rise; its options are masks, cells, prob, batch_size, seed" in errors(capsys)[0]
     assert not (tmp_path / "new").exists()
     assert main(command + ["--method-option", "rise.masks=10"]) == 0  # the corrected command runs
     broken = tmp_path / "broken"

@@ -296,7 +296,7 @@ def test_api_shapes_and_errors(tiny):
             faithclip.explain_text(tiny, pixels, ids, method=name)
     with pytest.raises(MethodError, match="pooling"):
         faithclip.explain(tiny, pixels, ids, method="legrad", pooling="max")
-    with pytest.raises(FaithclipError, match="does not exist"):
+    with pytest.raises(FaithclipError, match="must be a layer index from -2 to 1"):
         faithclip.explain(tiny, pixels, ids, method="game", start_layer=5)
 
 

@@ -22,6 +22,7 @@ import torch
 from faithclip.audit.run import AuditSettings
 from faithclip.cli.common import (
     add_device_arguments,
+    add_image_arguments,
     add_out_argument,
     check_writable,
     load_model,
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = AuditSettings()
     parser.add_argument("--model", default=None, help="model name, directory or checkpoint (default: shapes-clip)")
     add_device_arguments(parser)
+    add_image_arguments(parser)
     parser.add_argument("--random-init", action="store_true",
                         help="build the model from the directory's config.json with random weights (no weights needed)")
     parser.add_argument("--images", nargs="+", default=None, help="image files (default: shapes scenes)")

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not checks:
         raise FaithclipError(f"--checks: unknown {unknown or 'empty'}; choose from {', '.join(CHECKS)}.")
     names = [n for name in args.methods for n in (METHODS.names() if name == "all" else [name])]
+    for name in names:
+        if ":" in name:
+            check_callable(name)
     resolved = [resolve_method(name) for name in names]  # every name checked before any work
     handle = load_model(args.model)
     require_family(handle, "check")
@@ -65,3 +68,23 @@ def run(args: argparse.Namespace) -> int:
         json_path, html_path = write_report(args.out, "check", record, check_page(record))
         print(f"wrote {json_path} and {html_path}")
     return 1 if any(card["failed"] for card in cards) else 0
+
+
+def check_callable(reference: str) -> None:
+    """A ``module:function`` METHOD must take ``(model, pixels, texts)``, as the check calls it: refused in
+    one line before any work when its signature says otherwise (``os:getcwd`` takes nothing)."""
+    import inspect
+
+    from faithclip.errors import MethodError
+    from faithclip.methods.external import import_callable
+
+    function = import_callable(reference)
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return  # no signature to read (some builtins): the call itself will tell
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        raise MethodError(f"{reference} takes {signature}, but faithclip calls a METHOD given as module:function "
+                          "as function(model, pixels, texts) -> maps (docs/plugins.md).") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -58,18 +59,32 @@ def check_writable(path: str | Path, kind: Literal["dir", "file"] = "dir", optio
     """Fail now, before any computation, if ``path`` could not be written later; create nothing.
 
     ``kind="dir"``: ``path`` is an output directory (it may not exist yet: it is created when the first
-    file is written). ``kind="file"``: ``path`` is an output file (an existing file is replaced
-    atomically). The check writes and removes a probe file in the directory that will hold the output
-    (or in its nearest existing ancestor), because permission bits do not tell (root ignores them; a
-    read-only file system does not show in them). Raises ``FaithclipError`` naming ``option``.
+    file is written). ``kind="file"``: ``path`` is an output file: a regular file is replaced atomically;
+    ``-`` (standard output), a FIFO, a character device or a symlink to one is written into, never
+    replaced; a directory, block device or socket is refused (``faithclip.files.output_kind``). The check
+    writes and removes a probe file in the directory that will hold the output (or in its nearest
+    existing ancestor), because permission bits do not tell (root ignores them; a read-only file system
+    does not show in them). Raises ``FaithclipError`` naming ``option``.
     """
+    from faithclip.files import REFUSED_KINDS, WRITTEN_THROUGH, OutputError, output_kind, refusal
+
+    if kind == "file" and str(path) == "-":
+        return Path("-")
     target = Path(path).expanduser()
     if kind == "file":
-        if target.is_dir():
-            raise FaithclipError(f"{option} {target} is a directory; give a file name, e.g. {target / 'out.json'}.")
+        try:
+            what = output_kind(target)
+        except OutputError as error:
+            raise FaithclipError(f"{option}: {error}") from error
+        if what in REFUSED_KINDS:
+            raise FaithclipError(f"{option} {refusal(target, what)}")
+        if what in WRITTEN_THROUGH:
+            if not os.access(target, os.W_OK):
+                raise FaithclipError(f"cannot write {target}: permission denied. Choose another {option}.")
+            return target
         if not target.name:
             raise FaithclipError(f"{option} {path!r} is not a file name.")
-        directory = target.parent
+        directory = Path(os.path.realpath(target)).parent
     else:
         if target.exists() and not target.is_dir():
             raise FaithclipError(f"{option} {target} is a file, not a directory; choose another {option}.")
@@ -97,6 +112,23 @@ def output_dir(path: str | Path, option: str = "--out") -> Path:
     except OSError as error:
         raise FaithclipError(f"cannot create output directory {directory}: {error.strerror}. Choose another {option}.") from error
     return directory
+
+
+def _pillow_default_max_pixels() -> int | None:
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS
+
+
+# Pillow's own limit, read once when the command line is first built (``main`` sets Pillow's limit per command)
+PILLOW_MAX_PIXELS = _pillow_default_max_pixels()
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels``, the same on every command that reads image files (``main`` applies it)."""
+    parser.add_argument("--max-pixels", type=non_negative_int, default=PILLOW_MAX_PIXELS, metavar="N",
+                        help="refuse images of more than N pixels, a guard against decompression bombs; 0: no "
+                             "limit (default: Pillow's, %(default)s, about 9,500 x 9,500)")
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from faithclip.cli.common import add_device_arguments, add_model_argument, check_writable, load_model, require_family
+from faithclip.cli.common import add_device_arguments, add_image_arguments, add_model_argument, check_writable, load_model, require_family
 from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError, Shard
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_argument(parser)
     add_device_arguments(parser)
+    add_image_arguments(parser)
     parser.add_argument("--data", default="shapes",
                         help="'shapes' (the generated world, fixed evaluation seed), 'voc:PATH', 'imagenet:PATH' "
                              "or a folder whose layout is detected (default: shapes)")

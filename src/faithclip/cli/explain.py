@@ -7,8 +7,9 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
-from faithclip.cli.common import add_device_arguments, add_model_argument, add_out_argument, check_writable, load_model, positive_int, slug
+from faithclip.cli.common import add_device_arguments, add_image_arguments, add_model_argument, add_out_argument, check_writable, load_model, positive_int, slug
 from faithclip.errors import FaithclipError, MethodError
+from faithclip.models.images import check_image_path
 from faithclip.registry import METHODS
 
 
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="number of last layers (methods that take it)")
     add_model_argument(parser)
     add_device_arguments(parser)
+    add_image_arguments(parser)
     add_out_argument(parser, "explain", holds="a PNG figure and a JSON record per pair")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--save-maps", action="store_true",
@@ -54,8 +56,11 @@ def check_family(model, method: str, side: str) -> None:
                           f"{' or '.join(spec.sides_on(model.family)) or 'image'}.")
 
 
-def check_target(target: str, others: list[str]) -> None:
+def check_target(target: str, others: list[str], texts: list[str] = ()) -> None:
     """The ``--target`` / ``--other`` combination in the command line's words (before anything is loaded)."""
+    from faithclip.api import check_others
+
+    check_others(texts, others)
     if target in (None, "cosine", "logit") and others:
         raise MethodError(f"--other is not used by --target {target or '(default)'}; remove it, or use --target contrast "
                           "(one --other) or --target probability (the other prompts of the set).")
@@ -95,9 +100,11 @@ def run(args: argparse.Namespace) -> int:
     from faithclip.api import method_spec
     from faithclip.progress import stage_logger
 
-    check_target(args.target, args.other)
+    check_target(args.target, args.other, args.text)
     if args.save_maps and args.side != "image":
         raise MethodError("--save-maps writes image maps; drop it for --side text (the token map is in the JSON record).")
+    for path in args.images:  # each a readable image file: one line naming it if not (a loop, a directory ...)
+        check_image_path(path)
     out = check_writable(args.out, "dir")  # created when the first file is written
     texts = unique(args.text)
     images = unique(args.images, key=lambda p: Path(p).resolve())
@@ -110,15 +117,12 @@ def run(args: argparse.Namespace) -> int:
     check_family(model, args.method, args.side)  # before any image is read: one line, not one per image
     if args.target == "probability" and not args.other and model.family.probability_over_prompts:
         raise MethodError("--target probability needs the other prompts of the set: add --other TEXT for each.")
-    options = {}
-    if args.layers is not None:
-        config = model.vision_config if args.side == "image" else model.text_config
-        available = int(config.num_hidden_layers)
-        if args.layers > available:
-            raise MethodError(f"--layers {args.layers} is more than the {available} layers of {model.name}'s "
-                              f"{'image' if args.side == 'image' else 'text'} tower; give 1 to {available}.")
-        options["layers"] = args.layers
-    method_spec(args.method, args.side)  # the method and every text usable before any work is done ...
+    from faithclip.api import tower_layers
+
+    options = {} if args.layers is None else {"layers": args.layers}
+    # the method, its options (is --layers one of them? within the tower?) and every text usable before any work ...
+    method_spec(args.method, args.side).check_options(args.side, options, spelled=lambda key: f"--{key}",
+                                                     layers=tower_layers(model, args.side))
     model.tokens(texts)
     # ... and every image read; kept as the model's crop (the pixels it sees, under its own
     # pipeline's rules), which the overlay is drawn on.

@@ -14,6 +14,8 @@ Warnings are printed as one line each (``faithclip COMMAND: warning: ...``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -41,6 +43,9 @@ SUBCOMMANDS = (
 RESUMABLE = frozenset({"evaluate"})
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Errors of writing (disk full, quota, I/O error, file too large, read-only file system)
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS})
 
 
 class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
@@ -99,7 +104,9 @@ class _NotTheUsersConcern(logging.Filter):
         if "requires torchvision" in message and "falling back to" in message:
             return False
         default_siglip = "between 0 and 31999), got 4940" in message and "token_id must be `None`" in message
-        return not default_siglip
+        # faithclip truncates a text longer than the context itself and says so in one warning line
+        too_long = message.startswith("Token indices sequence length is longer than")
+        return not (default_siglip or too_long)
 
 
 def quiet_transformers() -> None:
@@ -108,7 +115,8 @@ def quiet_transformers() -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    for name in ("transformers.utils.import_utils", "transformers.configuration_utils", "transformers"):
+    for name in ("transformers.utils.import_utils", "transformers.configuration_utils", "transformers",
+                 "transformers.tokenization_utils_base"):
         logging.getLogger(name).addFilter(_NotTheUsersConcern())
 
 
@@ -126,17 +134,28 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     quiet_transformers()
+    if getattr(args, "max_pixels", None) is not None:  # --max-pixels: Pillow's own limit, for this process
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = args.max_pixels or None
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
     prefix = f"faithclip {args.command}"
+    from faithclip.files import all_or_nothing
+
+    # A command that fails puts back every output file it had already replaced (a resumable command
+    # keeps what it wrote: its records are the work to resume from).
+    outputs = contextlib.nullcontext() if args.command in RESUMABLE else all_or_nothing()
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(prefix)
         try:
-            return int(args.func(args) or EXIT_OK)
+            with outputs:
+                return int(args.func(args) or EXIT_OK)
         except FaithclipError as error:
-            # Bad input: a one-line message that says what to do, no traceback.
-            print(f"{prefix}: error: {error}", file=sys.stderr)
+            # Bad input: a one-line message that says what to do, no traceback (a message quoting a
+            # library's several lines is joined into one).
+            print(f"{prefix}: error: {' '.join(str(error).split())}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
             again = "; run the same command again to resume" if args.command in RESUMABLE else ""
@@ -147,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             # stdout at devnull so the interpreter's final flush does not raise a second time.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_OK
+        except OSError as error:
+            if error.errno not in WRITE_ERRNOS:
+                raise
+            # A write no output routine caught (they raise OutputError): still one line, naming the file.
+            from faithclip.files import write_failure
+
+            again = "; once space is freed, run the same command again to resume" if args.command in RESUMABLE else ""
+            print(f"{prefix}: error: {write_failure(error.filename or 'an output file', error)}{again}", file=sys.stderr)
+            return EXIT_USAGE
 
 
 def _one_line_warnings(prefix: str):

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from faithclip.cli.common import add_device_arguments, add_model_argument, add_out_argument, check_writable, load_model, place_model, positive_int
+from faithclip.cli.common import add_device_arguments, add_image_arguments, add_model_argument, add_out_argument, check_writable, load_model, place_model, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", default=None, help="also write the tables as JSON to this file")
     add_model_argument(parser)
     add_device_arguments(parser)
+    add_image_arguments(parser)
     add_out_argument(parser, "verify", optional=True)
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)

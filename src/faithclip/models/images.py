@@ -6,12 +6,17 @@ Conversions (each a documented, tested choice):
 - 16-bit greyscale (``I;16*``) and 32-bit integer ``I`` holding 16-bit data: divided by 257 (65535 -> 255);
 - 32-bit float ``F``: values in [0, 1] are scaled by 255, otherwise clipped to [0, 255];
 - animated images (GIF, APNG, multi-page TIFF): the FIRST frame, with a warning;
-- unreadable, truncated or empty files: ``ImageError`` naming the file and what to do.
+- unreadable, truncated or empty files, directories, FIFOs, symlink loops, and images of more pixels than
+  ``max_pixels()`` (Pillow's limit, ``--max-pixels``): ``ImageError`` naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -32,21 +37,75 @@ def decode_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image file in its OWN mode (the first frame of an animation, with a warning).
 
     Preprocessing that converts to RGB after resizing (OpenAI's pipeline, see
-    ``faithclip.models.preprocess``) needs the image before any conversion.
+    ``faithclip.models.preprocess``) needs the image before any conversion. An image of more pixels than
+    ``max_pixels()`` is refused before it is decoded (a guard against decompression bombs).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"image not found: {path}. Pass the path of an existing image file.")
+    path = check_image_path(path)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow warns above its limit and refuses above twice it; faithclip refuses above it, below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as image:
+            check_pixels(image.width, image.height, str(path))
             image.load()  # decode now, so a truncated file fails here and not later
             frame = first_frame(image, name=str(path))
             frame.load()
             return frame.copy()
+    except Image.DecompressionBombError as error:
+        size = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{int(size.group(1)):,} pixels" if size else "more pixels than Pillow allows"
+        raise ImageError(f"{path} has {pixels}, more than {limit_words()}.") from error
     except UnidentifiedImageError as error:
         raise ImageError(f"{path} is not an image PIL can read ({error}). Pass a JPEG, PNG, GIF, TIFF, BMP or WebP file.") from error
-    except (OSError, SyntaxError) as error:
+    except OSError as error:
+        if error.errno is not None:  # the file could not be read (EIO, EACCES ...), not a decoding problem
+            raise ImageError(f"cannot read {path}: {error.strerror or error}.") from error
         raise ImageError(f"{path} could not be decoded ({error}); the file is probably truncated or corrupt. Re-export it and try again.") from error
+    except (SyntaxError, ValueError) as error:
+        raise ImageError(f"{path} could not be decoded ({error}); the file is probably truncated or corrupt. Re-export it and try again.") from error
+
+
+def max_pixels() -> int | None:
+    """The largest image faithclip decodes, in pixels: Pillow's ``PIL.Image.MAX_IMAGE_PIXELS`` (its default,
+    89,478,485, is about 9,500 x 9,500; ``None``: no limit). The command line's ``--max-pixels`` sets it."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def limit_words() -> str:
+    return (f"the limit of {max_pixels():,} pixels (a guard against decompression bombs); to read it, raise the "
+            "limit with --max-pixels N (in Python: PIL.Image.MAX_IMAGE_PIXELS = N)")
+
+
+def check_pixels(width: int, height: int, name: str = "image") -> None:
+    """``ImageError`` when a ``width`` x ``height`` image is over ``max_pixels()``."""
+    limit = max_pixels()
+    if limit is not None and width * height > limit:
+        raise ImageError(f"{name} is {width} x {height} = {width * height:,} pixels, more than {limit_words()}.")
+
+
+def check_image_path(path: str | Path) -> Path:
+    """``path`` if it names a regular file that can be opened; else one ``ImageError`` line that says what
+    it names instead (nothing, a directory, a FIFO or device, a symlink loop, a file it may not read)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks
+    except FileNotFoundError:
+        dangling = " (a symlink to a missing file)" if path.is_symlink() else ""
+        raise ImageError(f"image not found: {path}{dangling}. Pass the path of an existing image file.") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ImageError(f"{path} is a symlink loop, not an image file; pass the image itself.") from None
+        raise ImageError(f"cannot read {path}: {error.strerror or error}.") from None
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{path} is a directory, not an image file; pass the images in it (e.g. {path}/*.jpg).")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+        raise ImageError(f"{path} is {kind}, not an image file; save the image to a file and pass that.")
+    if not os.access(path, os.R_OK):
+        raise ImageError(f"cannot read {path}: permission denied.")
+    return path
 
 
 def first_frame(image: Image.Image, name: str = "image") -> Image.Image:

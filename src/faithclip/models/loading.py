@@ -7,6 +7,7 @@ is switched to eager (numerically the same attention, computed explicitly) with 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -204,10 +205,19 @@ def _load_directory(path: Path, *, name: str, dtype: torch.dtype, tokenizer: str
     family = family_for_model_type(model_type, str(path))
     import transformers
 
+    check_weight_dtypes(path)
     try:
-        model = getattr(transformers, family.model_class).from_pretrained(path, attn_implementation="eager", dtype=dtype)
+        # mismatched shapes and missing tensors are reported by faithclip below, in one line each, not as
+        # transformers' table and exception (a model with random tensors must never be explained)
+        with _quiet_loading_report():
+            model, info = getattr(transformers, family.model_class).from_pretrained(
+                path, attn_implementation="eager", dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True)
     except OSError as error:
         raise ModelError(f"{path} has a {model_type} config but its weights could not be loaded: {error}") from error
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ModelError(f"{path} could not be built from its config.json and weights ({_first_line(error)}); "
+                         f"faithclip expected a {model_type} directory written by save_pretrained.") from error
+    check_loading_info(path, model_type, info)
     family.check_model(model)
     preprocessor = path / "preprocessor_config.json"
     preprocess = (ClipPreprocess.from_json(preprocessor) if preprocessor.is_file()
@@ -217,6 +227,71 @@ def _load_directory(path: Path, *, name: str, dtype: torch.dtype, tokenizer: str
         tok_source = tokenizer if tokenizer is not None else path
         tok = _load_tokenizer(tok_source, required=tokenizer is not None)
     return ClipHandle(model=model.eval(), tokenizer=tok, preprocess=preprocess, name=name, family=family)
+
+
+def check_loading_info(path: Path, model_type: str, info: dict[str, Any]) -> None:
+    """Refuse a directory whose weights do not fit its ``config.json``: tensors of other shapes, or tensors
+    the config needs that the weights lack (transformers would fill them with random values)."""
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, found, expected = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more tensors)" if len(mismatched) > 1 else ""
+        raise ModelError(f"{path}: the weights do not fit its config.json: {key} is {tuple(found)} in the weights, "
+                         f"but the {model_type} config.json implies {tuple(expected)}{more}. faithclip expected "
+                         "weights and config.json saved together (save_pretrained).")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ModelError(f"{path}: the weights lack {len(missing)} tensor(s) its config.json needs ({missing[0]}"
+                         f"{more}); faithclip expected every tensor of a {model_type} model, not a model with "
+                         "randomly initialised parts. Re-save it with save_pretrained.")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        logger.warning("%s: %d tensor(s) of the weights are not used by a %s model (%s ...)", path, len(unexpected),
+                       model_type, unexpected[0])
+
+
+def check_weight_dtypes(path: Path) -> None:
+    """Refuse weights and biases stored as integers or booleans in a directory's ``*.safetensors`` files
+    (transformers would cast them to floats without a word); read from the files' headers only."""
+    try:
+        from safetensors import safe_open
+    except ImportError:  # pragma: no cover - safetensors comes with transformers
+        return
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                for key in weights.keys():
+                    if not key.endswith((".weight", ".bias")):
+                        continue
+                    dtype = weights.get_slice(key).get_dtype()
+                    if not dtype.startswith(("F", "BF")):
+                        raise ModelError(f"{file}: tensor {key} holds {dtype} values; faithclip expected "
+                                         "floating-point weights (F32, F16 or BF16).")
+        except ModelError:
+            raise
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+            raise ModelError(f"{file} is not a readable safetensors file ({_first_line(error)}); faithclip "
+                             "expected the weights save_pretrained writes.") from error
+
+
+@contextlib.contextmanager
+def _quiet_loading_report():
+    """Hide transformers' multi-line load report while ``check_loading_info`` says the same in one line."""
+    names = ("transformers.modeling_utils", "transformers.utils.loading_report", "transformers.distributed.tensor_parallel")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [item.level for item in loggers]
+    for item in loggers:
+        item.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for item, level in zip(loggers, levels):
+            item.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 def _load_tokenizer(source: str | Path, required: bool = True) -> Any:

@@ -131,6 +131,12 @@ def convert_openai_state_dict(
     mapping = _key_mapping(architecture)
     _check_keys(state_dict, mapping)
 
+    not_float = [key for key in mapping if not state_dict[key].is_floating_point()]
+    if not_float:
+        key = not_float[0]
+        raise ModelError(f"checkpoint tensor {key!r} holds {state_dict[key].dtype} values"
+                         + (f" (and {len(not_float) - 1} more tensors)" if len(not_float) > 1 else "")
+                         + "; faithclip expected floating-point weights (float32, float16 or bfloat16)")
     converted: dict[str, torch.Tensor] = {}
     for openai_key, targets in mapping.items():
         source = state_dict[openai_key].detach().to(torch.float32)
@@ -143,8 +149,18 @@ def convert_openai_state_dict(
     try:
         model.load_state_dict(converted, strict=True)
     except RuntimeError as error:  # shape mismatches between tensors of one checkpoint
-        raise ModelError(f"checkpoint tensors have inconsistent shapes: {error}") from error
+        raise ModelError(f"checkpoint tensors have inconsistent shapes ({shape_mismatches(error)}); faithclip "
+                         "expected the shapes the checkpoint's own widths and layer counts imply") from error
     return model.eval()
+
+
+def shape_mismatches(error: BaseException, shown: int = 2) -> str:
+    """The first ``shown`` 'size mismatch for KEY: ...' lines of torch's ``load_state_dict`` error, in one line."""
+    lines = [" ".join(line.split()) for line in str(error).splitlines() if "size mismatch" in line]
+    if not lines:
+        return " ".join(str(error).split())[:300]
+    more = f" and {len(lines) - shown} more" if len(lines) > shown else ""
+    return "; ".join(line.rstrip(".") for line in lines[:shown]) + more
 
 
 def load_openai_checkpoint(path: str | Path, *, hidden_act: str = "quick_gelu") -> CLIPModel:
@@ -187,10 +203,24 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         except ModelError:
             raise ModelError(
                 f"{path} is neither a PyTorch state dict nor a TorchScript archive "
-                f"(torch.load said: {torch_load_error}); "
-                "pass an OpenAI or open_clip CLIP checkpoint"
+                f"({torch_load_reason(torch_load_error)}); faithclip expected an OpenAI or open_clip ViT CLIP "
+                "checkpoint: a file of named tensors"
             ) from torch_load_error
     return _unwrap_checkpoint(loaded, path)
+
+
+def torch_load_reason(error: BaseException) -> str:
+    """One line for why ``torch.load(..., weights_only=True)`` refused a file: torch's own message spans
+    many lines of advice about ``weights_only``; the line that says what the file holds is kept."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    detail = (" ".join(text.split(marker, 1)[1].split()).split(" Check the documentation")[0].split(". Please use")[0]
+              if marker in text else next((line.strip() for line in text.splitlines() if line.strip()), ""))
+    detail = detail.rstrip(". ") or type(error).__name__
+    if "Unsupported global" in detail:
+        return (f"it holds Python objects besides tensors ({detail}), which faithclip does not unpickle: "
+                "torch.load with weights_only=True, so that a checkpoint cannot run code")
+    return f"its bytes are not a PyTorch pickle of tensors (torch.load: {detail})"
 
 
 def _is_torchscript_archive(path: Path) -> bool:
