@@ -120,9 +120,9 @@ class Explanations(list):
     """A list of ``Explanation`` that Jupyter shows as one grid figure (``faithclip.plot``)."""
 
     def _repr_png_(self) -> bytes | None:
-        from faithclip.report.figures import figure_png, plot
+        from faithclip.report.figures import SCREEN_DPI, figure_bytes, plot
 
-        return figure_png(plot(self)) if self else None
+        return figure_bytes(plot(self), "png", dpi=SCREEN_DPI) if self else None
 
 
 def crop_region(model: ClipHandle, width: int, height: int) -> tuple[float, float, float, float]:
