@@ -16,6 +16,8 @@ Conventions, the same on every figure:
 
 ``explanation_figure(ex)`` draws one explanation; ``plot(explanations)`` a grid (methods x prompts, or
 images x prompts); ``figure_bytes`` writes either as PNG (300 dpi), PDF or SVG.
+The returned figures carry ``colour_scales`` (the scale of each map drawn, in input order) and
+``colour_bars`` (``(bar axes, panel axes, scale)`` for each bar).
 """
 
 from __future__ import annotations
@@ -235,7 +237,8 @@ def colour_bar(figure: Any, axes: Any, scale: ColourScale, view: str = "overlay"
 
     from matplotlib.colors import Normalize
 
-    bar_axes = axes.inset_axes([1.03, 0.0, 0.06, 1.0])
+    bar_axes = axes.inset_axes([1.03, 0.0, 0.06, 1.0])  # a child of the panel: exactly as tall as it
+    bar_axes.set_label("<colorbar>")
     if view == "masked":  # brightness: the positive part of the map, 0 to the scale's top
         mappable, ticks = ScalarMappable(norm=Normalize(0.0, scale.high), cmap="gray"), [0.0, scale.high / 2, scale.high]
         extend = "max" if scale.data_high > scale.high else "neither"
@@ -245,6 +248,7 @@ def colour_bar(figure: Any, axes: Any, scale: ColourScale, view: str = "overlay"
     bar.set_ticks(ticks, labels=[tick_text(t) for t in ticks])
     bar.ax.tick_params(labelsize=FONT["tick"], length=2, pad=1.5)
     bar.outline.set_linewidth(0.5)
+    figure.colour_bars = [*getattr(figure, "colour_bars", []), (bar_axes, axes, scale)]
     bar.ax.axhline(0.0, color="black", linewidth=0.6)
     if label:
         bar.set_label(scale.label() if view != "masked" else "image brightness x map value", fontsize=FONT["tick"],
