@@ -182,12 +182,20 @@ def audit_html(results: dict) -> str:
         return "".join(parts + _p2_html(results) + ["</section>"])
     parts.append(_table(["forward"] + [title for _, title in ARM_COLUMNS],
                         [[label] + values for label, values in _arm_rows(results)]))
+    parts.append("<p class='meta'>Reading: each row is a forward the published pipeline runs; where its values "
+                 "differ from the original model's, that pipeline's maps explain a different model from the one "
+                 "whose score is reported.</p>")
     maps = results.get("maps", {}).get("mean", {})
     if maps:
         parts.append(f"<h3>Maps ({results['maps']['images']} images), scored by the original model</h3>")
         parts.append(_table(["map", "Spearman vs faithful", "deletion AUC (lower better)", "insertion AUC (higher better)"],
                             [[title, _fmt(maps.get(f"spearman_{arm}_vs_faithful")), _fmt(maps.get(f"deletion_auc_{arm}")),
                               _fmt(maps.get(f"insertion_auc_{arm}"))] for arm, title in _map_labels(results).items()]))
+        parts.append("<p class='meta'>Reading: deletion (lower is better) and insertion (higher is better) are "
+                     "scored by the original model. The published pipeline's map can score as well or better "
+                     "although it explains another forward: these metrics reward any map that ranks pixels well "
+                     "for the scoring model, whichever model the map came from, so a better AUC here is not "
+                     "evidence of faithfulness; the departure table above is.</p>")
         parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman "
                      f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1).</p>")
     parts += _p2_html(results)
@@ -210,6 +218,10 @@ def _p2_html(results: dict) -> list[str]:
                  _estimate(ladder["spearman"][m]["ins_minus_del"], ladder["spearman"][m]["ins_minus_del_interval"])]
                 for m in ladder["methods"]]
         parts.append(_table(header, rows, _flagged(rows, len(header) - 2)))
+        parts.append("<p class='meta'>Reading: each rung is a weaker model (its accuracy in the header); a method "
+                     "whose maps follow the model should lose pointing quality with it, so its rank correlation "
+                     "with accuracy is positive. The verdict is the test's decision (docs/audit.md); an interval "
+                     "that spans 0 does not show a relation.</p>")
     if "correctness" in results:
         for split in _splits(results):
             at = f" at alpha = {split['alpha']:g}" if "alpha" in split else ""
@@ -221,6 +233,9 @@ def _p2_html(results: dict) -> list[str]:
                     for m, p in split["methods"].items()]
             parts.append(_table(["method", "pointing (right)", "pointing (wrong)", "right - wrong", "verdict",
                                  "ins-del (right)", "ins-del (wrong)", "right - wrong"], rows, _flagged(rows, 4)))
+            parts.append("<p class='meta'>Reading: a map that follows the model should look better where the "
+                         "model is right than where it is wrong (a positive right - wrong); an interval that spans "
+                         "0 does not separate the two.</p>")
     return parts
 
 
@@ -230,7 +245,8 @@ def audit_page(results: dict) -> str:
 
     return html_page("faithclip audit", audit_html(results),
                      subtitle=f"{html.escape(str(results.get('model', '')))}: how far the published Grad-ECLIP "
-                              "pipeline departs from the model, and principle P2")
+                              "pipeline departs from the model" +
+                              (", and principle P2" if "ladder" in results or "correctness" in results else ""))
 
 
 __all__ = ["audit_html", "audit_page", "format_audit", "format_correctness", "format_ladder"]
