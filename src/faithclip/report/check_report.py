@@ -29,6 +29,9 @@ def settings_table(settings: dict[str, Any]) -> str:
     def value(item: Any) -> str:
         if isinstance(item, dict):
             return "; ".join(f"{k}: {value(v)}" for k, v in item.items()) or "none"
+        if isinstance(item, (list, tuple)) and item and all(isinstance(v, (list, tuple)) and len(v) == 2
+                                                          and isinstance(v[0], str) for v in item):
+            return "; ".join(f"{k}: {value(v)}" for k, v in item)  # pairs (a frozen mapping)
         if isinstance(item, (list, tuple)):
             return ", ".join(value(v) for v in item) or "none"
         return "none" if item is None else str(item)
@@ -47,7 +50,7 @@ def format_cards(cards: Sequence[dict[str, Any]]) -> str:
     for card in cards:
         declared = [flag for flag, on in card["declared"].items() if on]
         lines.append(f"{card['method']} ({card['origin']}; declares {', '.join(declared) or 'nothing'}) on "
-                     f"{card['model']}: {'FAIL' if card['failed'] else 'no check failed'} in {card['seconds']:.1f} s")
+                     f"{card['model']}: {'a check failed (exit 1)' if card['failed'] else 'no check failed'} in {card['seconds']:.1f} s")
         for check in card["checks"]:
             verdict = _verdict(card, check)
             lines.append(f"  {check['check']:<17} {verdict:<13} {_interval(check['interval']):<15} {check['evidence']}")
@@ -71,7 +74,7 @@ def verdict_table(cards: Sequence[dict[str, Any]]) -> tuple[list[str], list[list
 def check_page(record: dict[str, Any]) -> str:
     cards = record["cards"]
     header, rows = verdict_table(cards)
-    bad = [(r, c) for r, row in enumerate(rows) for c, value in enumerate(row) if value == "fail"]
+    bad = [(r, c) for r, row in enumerate(rows) for c, value in enumerate(row) if str(value).startswith("fail")]
     failed = any(card["failed"] for card in cards)
     body = [f"<p>Model <code>{esc(record['model'])}</code>. Each check's verdict is pass, fail or inconclusive "
             "(too little evidence either way); a P1 failure of a method that declares it changes the model or "
