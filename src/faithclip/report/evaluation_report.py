@@ -285,8 +285,11 @@ def render_html(results: dict[str, Any], out_dir: str | Path) -> str:
         parts.append("</div>")
     examples = overlay_cells(results, Path(out_dir))
     if examples:
-        parts.append("<h2>Examples</h2><p>Each method's RAW map over the scored crop: transparent where low, "
-                     "its colour bar on the right, its raw range under it (scales differ between methods).</p>")
+        parts.append("<h2>Examples</h2><p>Each method's RAW map over the scored crop on its own colour scale: "
+                     "non-negative maps from 0 (transparent) to their largest value, signed maps centred on 0 (blue "
+                     "below, red above); the strip on the right is the scale with a black mark at 0, its ends "
+                     "written under the card. Methods' units differ: compare patterns across methods, not "
+                     "colours.</p>")
         for case, caption, cells in examples:
             parts.append(f"<h3>{escape(caption)}</h3><div class='cards' style='--card:172px'>")
             for name, uri, span in cells:
