@@ -173,6 +173,8 @@ def test_save_overlay_is_the_raw_map_not_a_jet_min_max(model, photo, tmp_path):
     base = np.asarray(crop.resize((crop.width, crop.height)), dtype=np.int16)
     zero = (ex.upsampled((crop.height, crop.width)) == 0).numpy()
     assert zero.any() and np.abs(pixels[:, :crop.width][zero] - base[zero]).max() <= 1  # transparent where 0
+    as_array = ex.save_overlay(tmp_path / "a.png", np.asarray(crop))  # an array gives the same picture
+    assert as_array.read_bytes() == (tmp_path / "o.png").read_bytes()  # same pixels, same encoder: exact
 
 
 def test_page_is_self_contained_and_marks_bad_rows():

@@ -445,7 +445,7 @@ def map_card_png(patch_map: Any, image: Any, width: int = 128, scale: ColourScal
 
     from faithclip.mapmath import upsample
 
-    picture = Image.fromarray(np.asarray(image)) if not hasattr(image, "resize") else image
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
     picture = picture.convert("RGB")
     height = max(1, round(width * picture.height / picture.width))
     resample = Image.Resampling.BICUBIC if picture.width < width else Image.Resampling.LANCZOS
