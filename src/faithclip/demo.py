@@ -180,7 +180,7 @@ def _card(image: Any, explanation: Any) -> tuple[str, str, list[str]]:
     """The map as a report card: raw values over the scene, colour bar, raw range; and its warnings."""
     from faithclip.report.figures import map_card_png
 
-    png, span = map_card_png(explanation.map, image, 128)
+    png, span = map_card_png(explanation.map, image, 176)
     return _data_uri(png), span, list(explanation.warnings)
 
 
@@ -234,7 +234,7 @@ def render_html(results: dict[str, Any], items: list[Any], methods: list[str], o
                  "another method's. Then the score the method explained, and the model's own score where they "
                  "differ (principle P1). A warning is marked in red.</p>")
     for index, (scene, record) in enumerate(zip(items, results["scenes"])):
-        cards = [f"<figure class='card'><img alt='scene {index}' src='{_data_uri(_png(scene.image.resize((128, 128))))}'>"
+        cards = [f"<figure class='card'><img alt='scene {index}' src='{_data_uri(_png(scene.image.resize((176, 176), 0)))}'>"
                  f"<figcaption><b>scene {index + 1}</b><br>objects: {esc(', '.join(record['objects']))}</figcaption></figure>"]
         for name in methods:
             uri, span, notes = overlays[(index, name)]
@@ -245,7 +245,7 @@ def render_html(results: dict[str, Any], items: list[Any], methods: list[str], o
             cards.append(f"<figure class='card'><img alt='{esc(name)}' src='{uri}'><figcaption><b>{esc(name)}</b>"
                          f"<br>{esc(span)}<br>score {score['score']:+.3f}{own}{warn}</figcaption></figure>")
         parts.append(f"<h3>Scene {index + 1}: explained \"{esc(record['caption'])}\"</h3>"
-                     f"<div class='cards' style='--card:140px'>{''.join(cards)}</div>")
+                     f"<div class='cards' style='--card:190px'>{''.join(cards)}</div>")
     return html_page("faithclip demo", "".join(parts))
 
 
