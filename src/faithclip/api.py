@@ -166,9 +166,9 @@ class Explanations(list):
     """A list of ``Explanation`` that Jupyter shows as one grid figure (``faithclip.plot``)."""
 
     def _repr_png_(self) -> bytes | None:
-        from faithclip.report.figures import figure_png, plot
+        from faithclip.report.figures import SCREEN_DPI, figure_bytes, plot
 
-        return figure_png(plot(self)) if self else None
+        return figure_bytes(plot(self), "png", dpi=SCREEN_DPI) if self else None
 
 
 def crop_region(model: ClipHandle, width: int, height: int) -> tuple[float, float, float, float]:
@@ -190,11 +190,27 @@ def _attach_images(model: ClipHandle, explanations: list[Explanation], originals
         originals = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in rgb]
         whole_image = True
     per_image = len(explanations) // max(len(originals), 1)
+    outside = _domain_warnings(model, pixels)
     for index, explanation in enumerate(explanations):
         image = originals[index // per_image]
+        if outside[index // per_image] and outside[index // per_image] not in explanation.warnings:
+            explanation.warnings.append(outside[index // per_image])
         width, height = image.size
         explanation.source_image = image
         explanation.region = (0.0, 0.0, float(width), float(height)) if whole_image else crop_region(model, width, height)
+
+
+def _domain_warnings(model: ClipHandle, pixels: torch.Tensor) -> list[str | None]:
+    """Per image: the shipped shapes stand-ins' out-of-domain warning on the pixels the model saw
+    (``faithclip.shapes.domain``); ``None`` for images inside the shapes world and for every other model."""
+    from faithclip.models.loading import shipped_models
+
+    if model.name not in shipped_models():
+        return [None] * pixels.shape[0]
+    from faithclip.shapes.domain import domain_warning
+
+    rgb = model.preprocess.denormalize(pixels.detach().float().cpu()).clamp(0, 255).round().byte()  # (B, 3, H, W)
+    return [domain_warning(image.permute(1, 2, 0).numpy(), model.name) for image in rgb]
 
 
 def _read(model: ClipHandle, image: Any) -> list | None:

@@ -103,6 +103,7 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
             entry["energy"].append(energy_share(saliency, mask))
             record["scores"][name] = {"score": explanation.score, "model_score": explanation.model_score}
             overlays[(index, name)] = _card(scene.image, explanation)
+        record["random_map"] = random_map_levels(mask, tolerance)
         results["scenes"].append(record)
         progress(f"scene {index + 1}/{len(items)}: {scene.caption}")
     for name, entry in results["methods"].items():
@@ -110,6 +111,8 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
         energies = [e for e in entry["energy"] if e == e]
         entry["energy_share"] = float(np.mean(energies)) if energies else float("nan")
         entry["seconds_per_map"] = timings[name] / len(items)
+    results["random_map"] = {key: float(np.mean([r["random_map"][key] for r in results["scenes"]]))
+                             for key in ("pointing", "energy_share")}
     images = [s.image for s in items[:4]]
     texts = [_class_text(handle, s) for s in items[:2]]
     rows = verify_equivalence(handle, images, texts, layers=(1, 2), dtypes=(torch.float32, torch.float64))
@@ -122,6 +125,21 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
     write_atomic(out / "demo.json", json_bytes(results))
     write_atomic(out / "report.html", render_html(results, items, methods, overlays).encode())
     return results
+
+
+def random_map_levels(mask: torch.Tensor, tolerance: float) -> dict[str, float]:
+    """What a map that knows nothing scores on this mask, the level a method must beat:
+
+    - pointing game: a peak at a uniformly random pixel hits when it lies within ``tolerance`` px of an
+      object pixel, so the expected hit is the share of pixels within ``tolerance`` of the mask;
+    - energy share: a constant map puts the object's area share of its mass inside the object."""
+    height, width = mask.shape
+    rows, columns = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                                   indexing="ij")
+    pixels = torch.stack([rows.reshape(-1), columns.reshape(-1)], dim=1)  # (H*W, 2)
+    objects = torch.nonzero(mask).to(torch.float64)  # (M, 2)
+    nearest = torch.cdist(pixels, objects).min(dim=1).values  # (H*W,) distance to the closest object pixel
+    return {"pointing": float((nearest <= tolerance).double().mean()), "energy_share": float(mask.double().mean())}
 
 
 def _class_text(handle: Any, scene: Any) -> str:
@@ -164,7 +182,7 @@ def _card(image: Any, explanation: Any) -> tuple[str, str, list[str]]:
     """The map as a report card: raw values over the scene, colour bar, raw range; and its warnings."""
     from faithclip.report.figures import map_card_png
 
-    png, span = map_card_png(explanation.map, image, 128)
+    png, span = map_card_png(explanation.map, image, 176)
     return _data_uri(png), span, list(explanation.warnings)
 
 
@@ -181,15 +199,26 @@ def render_html(results: dict[str, Any], items: list[Any], methods: list[str], o
              f"scenes (seed {results['seed']}), {results['seconds']:.1f} s. Method options: "
              f"<code>{esc(json.dumps(results['options']))}</code>.</p>"]
     parts.append("<h2>Localisation against exact object masks</h2>")
-    parts.append(f"<p>Pointing game: the map's peak within {results['tolerance_px']} px of the named object "
-                 "(15 px at 224 px, scaled). Energy: share of the map's positive mass inside the object.</p>")
+    parts.append(f"<p>Pointing game: the share of scenes where the map's peak lies within {results['tolerance_px']} px "
+                 "of the named object (15 px at 224 px, scaled). Energy share: the share of the map's positive mass "
+                 "inside the object. Both: higher is better (↑); time: lower is better (↓).</p>")
     rows = []
-    for name in sorted(methods, key=lambda m: -results["methods"][m]["pointing"]):
+    for name in sorted(methods, key=lambda m: (-results["methods"][m]["pointing"], -results["methods"][m]["energy_share"])):
         entry = results["methods"][name]
         rows.append([name, f"{entry['pointing']:.2f}", f"{entry['energy_share']:.2f}",
                      f"{entry['seconds_per_map'] * 1000:.0f}", declaration(entry)])
-    parts.append(table(["method", "pointing game", "energy share", "ms per map", "P1 declaration"], rows,
+    chance = results.get("random_map")
+    if chance:
+        rows.append(["random map (expected)", f"{chance['pointing']:.2f}", f"{chance['energy_share']:.2f}", "",
+                     "a map that knows nothing: a uniformly random peak; a constant map"])
+    scenes = len(results["scenes"])
+    parts.append(table(["method", "pointing game ↑", "energy share ↑", "ms per map ↓", "P1 declaration"], rows,
                        text_columns=(0, 4)))
+    parts.append(f"<p class='meta'>Reading: a method locates the named object only where it beats the random-map "
+                 f"row. Each value is a mean over {scenes} scene(s), so one scene moves the pointing game by "
+                 f"{1 / max(scenes, 1):.2f}; with few scenes, ties and small gaps say nothing. Localisation is not "
+                 "faithfulness: a method that modifies the model (see P1) can point well while explaining a "
+                 "different model.</p>")
     parts.append("<h2>Grad-ECLIP == Attention-ECLIP</h2>" + equivalence_table(results["equivalence"]))
     if "p1" in results:
         parts.append("<h2>Principle P1: is the explained score the model's own?</h2>" + p1_table(results["p1"]))
@@ -200,11 +229,14 @@ def render_html(results: dict[str, Any], items: list[Any], methods: list[str], o
                      "pixels are removed; the score is a cosine, which falls below zero once the evidence is "
                      "gone, so an AUC can be negative, and lower still means better.</p>")
         parts.append(audit_html(results["audit"]))
-    parts.append("<h2>Maps</h2><p>Each method's RAW map over the scene (transparent where low), its colour bar "
-                 "on the right and its raw range under it; then the score the method explained, and the model's "
-                 "own score where they differ (principle P1). A warning is marked in red.</p>")
+    parts.append("<h2>Maps</h2><p>Each method's RAW map over the scene on its own colour scale: non-negative maps "
+                 "run from 0 (transparent) to their largest value, signed maps are centred on 0 (blue below, red "
+                 "above); the strip on the right is the scale, with a black mark at 0, and its ends are written "
+                 "under the card. Methods' units differ, so compare a card's pattern, not its colour, with "
+                 "another method's. Then the score the method explained, and the model's own score where they "
+                 "differ (principle P1). A warning is marked in red.</p>")
     for index, (scene, record) in enumerate(zip(items, results["scenes"])):
-        cards = [f"<figure class='card'><img alt='scene {index}' src='{_data_uri(_png(scene.image.resize((128, 128))))}'>"
+        cards = [f"<figure class='card'><img alt='scene {index}' src='{_data_uri(_png(scene.image.resize((176, 176), 0)))}'>"
                  f"<figcaption><b>scene {index + 1}</b><br>objects: {esc(', '.join(record['objects']))}</figcaption></figure>"]
         for name in methods:
             uri, span, notes = overlays[(index, name)]
@@ -215,7 +247,7 @@ def render_html(results: dict[str, Any], items: list[Any], methods: list[str], o
             cards.append(f"<figure class='card'><img alt='{esc(name)}' src='{uri}'><figcaption><b>{esc(name)}</b>"
                          f"<br>{esc(span)}<br>score {score['score']:+.3f}{own}{warn}</figcaption></figure>")
         parts.append(f"<h3>Scene {index + 1}: explained \"{esc(record['caption'])}\"</h3>"
-                     f"<div class='cards' style='--card:140px'>{''.join(cards)}</div>")
+                     f"<div class='cards' style='--card:190px'>{''.join(cards)}</div>")
     return html_page("faithclip demo", "".join(parts))
 
 

@@ -131,31 +131,40 @@ class Explanation:
     def save_json(self, path: str | Path) -> Path:
         return write_atomic(Path(path), json_bytes(self.to_dict()))
 
-    def save_overlay(self, path: str | Path, image: Any, alpha: float = 0.5) -> Path:
-        """Write a PNG of the map (min-max normalised, jet colours) over ``image`` (the scored RGB crop)."""
-        from faithclip.report.overlay import overlay_png
+    def save_overlay(self, path: str | Path, image: Any, alpha: float | None = None) -> Path:
+        """Write a PNG of the raw map over ``image`` (the scored RGB crop) on its own colour scale: from 0
+        (transparent) to its top for a non-negative map, centred on 0 for a signed one, a strip with zero
+        marked on the right (``faithclip.report.colour``; no min-max, no jet). ``alpha`` is accepted for
+        compatibility and ignored: opacity grows with the value's distance from 0."""
+        from faithclip.report.figures import map_card_png
 
-        return write_atomic(Path(path), overlay_png(image, self.normalized(), alpha=alpha))
+        width = image.size[0] if hasattr(image, "size") and not hasattr(image, "shape") else len(image[0])
+        png, _ = map_card_png(self.map, image, width)
+        return write_atomic(Path(path), png)
 
-    def figure(self, image: Any = None):
-        """A matplotlib figure: the map on the user's image at its own resolution (the model's crop
-        outlined), the image untouched beside it, the crop-sized view, a colour bar with the RAW value range
-        and a title with prompt, method, target, score and the model's score (``faithclip.report.figures``)."""
+    def figure(self, image: Any = None, **options: Any):
+        """A matplotlib figure: the image untouched (the model's crop outlined), the map on it over the region
+        it covers, the crop alone, and a colour bar in raw values with zero marked; a title with prompt,
+        method, target, score and the model's score. ``options``: ``view`` (``"overlay"``, ``"contour"``,
+        ``"masked"``), ``clip`` (a percentile), ``max_pixels`` (``faithclip.report.figures``)."""
         from faithclip.report.figures import explanation_figure
 
-        return explanation_figure(self, image)
+        return explanation_figure(self, image, **options)
 
-    def save_figure(self, path: str | Path, image: Any = None, dpi: int = 100) -> Path:
-        """Write ``figure()`` as a PNG."""
-        from faithclip.report.figures import figure_png
+    def save_figure(self, path: str | Path, image: Any = None, format: str | None = None, dpi: int = 300,
+                    **options: Any) -> Path:
+        """Write ``figure()`` as PNG (``dpi``), PDF or SVG (``format``; default: the path's suffix, else PNG)."""
+        from faithclip.report.figures import FORMATS, figure_bytes
 
-        return write_atomic(Path(path), figure_png(self.figure(image), dpi=dpi))
+        path = Path(path)
+        format = format or (path.suffix[1:].lower() if path.suffix[1:].lower() in FORMATS else "png")
+        return write_atomic(path, figure_bytes(self.figure(image, **options), format, dpi=dpi))
 
     def _repr_png_(self) -> bytes:
         """Jupyter shows an explanation as its figure."""
-        from faithclip.report.figures import figure_png
+        from faithclip.report.figures import SCREEN_DPI, figure_bytes
 
-        return figure_png(self.figure())
+        return figure_bytes(self.figure(), "png", dpi=SCREEN_DPI)
 
 
 def map_warnings(patch_map: torch.Tensor, side: str) -> list[str]:

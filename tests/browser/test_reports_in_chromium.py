@@ -55,7 +55,8 @@ def reports(tmp_path_factory) -> dict[str, Path]:
         "evaluate": ["evaluate", "--data", "shapes", "--count", "3", "--methods", "attention_eclip,grad_eclip,rise",
                      "--method-option", "rise.masks=100", "--metrics", "all", "--no-progress"],
         "verify": ["verify", "--no-progress"],
-        "explain": ["explain", str(photo), "--text", scene.caption, "--text", "a zebra", "--no-progress"],
+        "explain": ["explain", str(photo), "--text", scene.caption, "--text", "a blue square", "--text", "a zebra",
+                    "--method", "attention_eclip,grad_cam", "--no-progress"],
         "audit": ["audit", "--scenes", "8", "--map-images", "1", "--ladder", "--correctness", "--pointing-scenes", "8",
                   "--alphas", "0", "0.5", "1", "--resamples", "200", "--methods", "attention_eclip", "rollout"],
     }
@@ -102,3 +103,24 @@ def test_report_fits_loads_and_stays_offline(browser, reports, name):
     assert figures["network_requests"] == [], f"{name} asked the network: {figures['network_requests']}"
     if name in ("demo", "evaluate", "explain"):  # pages with maps (verify's and the audit's are tables)
         assert figures["images"] > 0
+
+
+def test_compared_panels_share_one_scale(browser, reports):
+    """The explain page's grid (two methods x three prompts, one prompt absent): read from the page in the
+    browser, every panel of one method has the same colour scale, whose top is the largest value of that
+    method's maps (from the JSON records), and the scale starts at 0 for these non-negative maps."""
+    browser.get(reports["explain"].as_uri())
+    scales = browser.execute_script(
+        "return Array.from(document.querySelectorAll('img[data-colour-scales]')).map(i => i.dataset.colourScales);")
+    assert len(scales) == 1  # one image: one grid
+    panels = json.loads(scales[0])
+    assert len(panels) == 6
+    out = reports["explain"].parent
+    record = json.loads((out / "explain.json").read_text())
+    for method in ("attention_eclip", "grad_cam"):
+        mine = [p for p in panels if p["method"] == method]
+        assert len(mine) == 3 and len({(p["low"], p["high"]) for p in mine}) == 1, mine
+        values = [v for e in record["explanations"] if e["method"] == method
+                  for row in json.loads((out / e["json"]).read_text())["map"] for v in row]
+        assert mine[0]["high"] == max(abs(v) for v in values)  # the same floats, written and read back
+        assert mine[0]["low"] == (0.0 if min(values) >= 0 else -mine[0]["high"])

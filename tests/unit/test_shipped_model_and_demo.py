@@ -76,7 +76,7 @@ def test_cli_explain_writes_overlay_and_json(tmp_path, capsys):
     records = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json") if p.name != "explain.json"]
     assert len(pngs) == 1 and len(records) == 1
     index = json.loads((tmp_path / "out" / "explain.json").read_text())  # the run's record (--out convention)
-    assert [e["png"] for e in index["explanations"]] == [pngs[0].name] and (tmp_path / "out" / "report.html").is_file()
+    assert [e["figure"] for e in index["explanations"]] == [pngs[0].name] and (tmp_path / "out" / "report.html").is_file()
     assert records[0]["method"] == "attention_eclip" and records[0]["map_shape"] == [8, 8]
     assert_rounding_close(records[0]["score"], records[0]["model_score"], "float32")
     assert main(["explain", str(path), "--text", scene.caption, "--side", "text", "--method", "grad_eclip",

@@ -207,12 +207,20 @@ def audit_html(results: dict) -> str:
         return "".join(parts + _p2_html(results) + ["</section>"])
     parts.append(_table(["forward"] + [title for _, title in ARM_COLUMNS],
                         [[label] + values for label, values in _arm_rows(results)]))
+    parts.append("<p class='meta'>Reading: each row is a forward the published pipeline runs; where its values "
+                 "differ from the original model's, that pipeline's maps explain a different model from the one "
+                 "whose score is reported.</p>")
     maps = results.get("maps", {}).get("mean", {})
     if maps:
         parts.append(f"<h3>Maps ({results['maps']['images']} images), scored by the original model</h3>")
         parts.append(_table(["map", "Spearman vs faithful", "deletion AUC (lower better)", "insertion AUC (higher better)"],
                             [[title, _fmt(maps.get(f"spearman_{arm}_vs_faithful")), _fmt(maps.get(f"deletion_auc_{arm}")),
                               _fmt(maps.get(f"insertion_auc_{arm}"))] for arm, title in _map_labels(results).items()]))
+        parts.append("<p class='meta'>Reading: deletion (lower is better) and insertion (higher is better) are "
+                     "scored by the original model. The published pipeline's map can score as well or better "
+                     "although it explains another forward: these metrics reward any map that ranks pixels well "
+                     "for the scoring model, whichever model the map came from, so a better AUC here is not "
+                     "evidence of faithfulness; the departure table above is.</p>")
         parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman "
                      f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1).</p>")
     parts += _p2_html(results)
@@ -236,6 +244,10 @@ def _p2_html(results: dict) -> list[str]:
         parts.append(_table(["method"] + [f"ladder seed {ladder['seed']}: pointing trained -> competence <= "
                                           f"{d['contrast_level']:g}" for ladder in p2["ladders"]],
                             [[m] + contrast_cells(p2, m) for m in p2["methods"]]))
+        parts.append("<p class='meta'>Reading: r is the association, within each scene and rung, between how much "
+                     "the model leans on the named object and how much of the map lies on it; a map that follows the "
+                     "model has r above 0. 'tracks' and 'does not track' are the paired test's decisions (Holm over "
+                     "the run's methods; docs/p2.md); 'inconclusive' means this design cannot decide.</p>")
     if "correctness" in results:
         for split in _splits(results):
             at = f" at alpha = {split['alpha']:g}" if "alpha" in split else ""
@@ -248,6 +260,9 @@ def _p2_html(results: dict) -> list[str]:
                     for m, p in split["methods"].items()]
             parts.append(_table(["method", "pointing (right)", "pointing (wrong)", "right - wrong", "within shape",
                                  "verdict", "ins-del (right)", "ins-del (wrong)", "right - wrong"], rows, _flagged(rows, 5)))
+            parts.append("<p class='meta'>Reading: a map that follows the model should look better where the "
+                         "model is right than where it is wrong (a positive right - wrong, compared within shape); "
+                         "an interval that spans 0 does not separate the two.</p>")
     return parts
 
 
@@ -257,7 +272,8 @@ def audit_page(results: dict) -> str:
 
     return html_page("faithclip audit", audit_html(results),
                      subtitle=f"{html.escape(str(results.get('model', '')))}: how far the published Grad-ECLIP "
-                              "pipeline departs from the model, and principle P2")
+                              "pipeline departs from the model" +
+                              (", and principle P2" if "ladder" in results or "correctness" in results else ""))
 
 
 __all__ = ["audit_html", "audit_page", "format_audit", "format_correctness", "format_p2", "p2_rows"]

@@ -10,7 +10,10 @@ from pathlib import Path
 from faithclip.cli.common import add_device_arguments, add_image_arguments, add_model_argument, add_out_argument, check_writable, load_model, positive_int, slug
 from faithclip.errors import FaithclipError, MethodError
 from faithclip.models.images import check_image_path
+from faithclip.files import write_atomic
 from faithclip.registry import METHODS
+from faithclip.report.colour import SCALES
+from faithclip.report.figures import FORMATS, VIEWS
 
 
 # Methods that score hundreds of perturbed images per map: the user is told before each image, not after.
@@ -26,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "record per image-text pair, and explain.json + report.html.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--text", action="append", required=True, help="text to explain (repeat for several)")
-    parser.add_argument("--method", default="attention_eclip", choices=METHODS.names())
+    parser.add_argument("--method", action="append", default=None, metavar="M[,M...]",
+                        help="the method, or a comma list of methods drawn side by side "
+                             f"(default attention_eclip; one of {', '.join(METHODS.names())})")
     parser.add_argument("--side", default="image", choices=("image", "text"), help="explain the image or the text")
     parser.add_argument("--target", default=None, choices=("cosine", "logit", "probability", "contrast"),
                         help="the score explained (default: the model family's own: cosine for CLIP and BLIP, "
@@ -40,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device_arguments(parser)
     add_image_arguments(parser)
     add_out_argument(parser, "explain", holds="a PNG figure and a JSON record per pair")
+    parser.add_argument("--format", default="png", choices=FORMATS,
+                        help="figure files: png (300 dpi), or pdf / svg (vector, for papers)")
+    parser.add_argument("--scale", default="shared", choices=SCALES,
+                        help="colour scales: shared (default; one per method: its maps of every prompt compare by "
+                             "colour), all (one for every map, for methods whose units agree), per_map")
+    parser.add_argument("--view", default="overlay", choices=VIEWS,
+                        help="how a map is drawn on the image: overlay (default), contour lines, or masked image")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--save-maps", action="store_true",
                         help="also write each raw patch-grid map as <stem>.npz (format: docs/interop.md)")
@@ -54,6 +66,21 @@ def check_family(model, method: str, side: str) -> None:
     if side not in spec.sides_on(model.family):
         raise MethodError(f"{method} has no {side} side on {model.family.name} models; use --side "
                           f"{' or '.join(spec.sides_on(model.family)) or 'image'}.")
+
+
+def method_list(given: list[str] | None) -> list[str]:
+    """``--method a,b,c`` as a list of registered names (one comma list: a repeated ``--method`` is refused,
+    never silently reduced to its last value)."""
+    if not given:
+        return ["attention_eclip"]
+    if len(given) > 1:
+        raise MethodError(f"--method was given {len(given)} times; give several methods as one comma list: "
+                          f"--method {','.join(given)}")
+    names = unique([name.strip() for name in given[0].split(",") if name.strip()])
+    unknown = [name for name in names if name not in METHODS.names()]
+    if unknown or not names:
+        raise MethodError(f"unknown method {', '.join(unknown) or repr(given[0])}; choose from {', '.join(METHODS.names())}")
+    return names
 
 
 def check_target(target: str, others: list[str], texts: list[str] = ()) -> None:
@@ -100,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from faithclip.api import method_spec
     from faithclip.progress import stage_logger
 
+    methods = method_list(args.method)
     check_target(args.target, args.other, args.text)
     if args.save_maps and args.side != "image":
         raise MethodError("--save-maps writes image maps; drop it for --side text (the token map is in the JSON record).")
@@ -114,70 +142,44 @@ def run(args: argparse.Namespace) -> int:
     # Progress lines come only once work is under way: a usage error stays the one line on stderr.
     progress = stage_logger("faithclip explain", not args.no_progress)
     model = load_model(args.model, args)
-    check_family(model, args.method, args.side)  # before any image is read: one line, not one per image
+    for method in methods:  # before any image is read: one line, not one per image
+        check_family(model, method, args.side)
     if args.target == "probability" and not args.other and model.family.probability_over_prompts:
         raise MethodError("--target probability needs the other prompts of the set: add --other TEXT for each.")
     from faithclip.api import tower_layers
 
     options = {} if args.layers is None else {"layers": args.layers}
-    # the method, its options (is --layers one of them? within the tower?) and every text usable before any work ...
-    method_spec(args.method, args.side).check_options(args.side, options, spelled=lambda key: f"--{key}",
+    # each method, its options (is --layers one of them? within the tower?) and every text usable before any work ...
+    for method in methods:
+        method_spec(method, args.side).check_options(args.side, options, spelled=lambda key: f"--{key}",
                                                      layers=tower_layers(model, args.side))
     model.tokens(texts)
-    # ... and every image read; kept as the model's crop (the pixels it sees, under its own
-    # pipeline's rules), which the overlay is drawn on.
-    crops = {path: model.preprocess.crop_image(model.decoded(path)) for path in images}
-    stems = output_stems(images, texts, args.method)
+    for path in images:  # ... and every image readable
+        model.decoded(path)
     run_side = faithclip.explain if args.side == "image" else faithclip.explain_text
-    results = []
+    results = []  # (image, method, [explanation per text])
     for number, image_path in enumerate(images, 1):
-        if args.method in SLOW_METHODS:
-            progress(f"{args.method} on {image_path} ({number}/{len(images)} images, {len(texts)} texts): "
-                     "a perturbation method, seconds per map")
-        try:  # the path itself, so that the record names it and what was done with its EXIF orientation
-            explained = run_side(model, [image_path], list(texts), args.method,
-                                 target=args.target, others=args.other, **options)
-        except FaithclipError as error:
-            raise type(error)(f"{image_path}: {error}") from error
-        results.append((image_path, crops[image_path], explained))
+        for method in methods:
+            if method in SLOW_METHODS:
+                progress(f"{method} on {image_path} ({number}/{len(images)} images, {len(texts)} texts): "
+                         "a perturbation method, seconds per map")
+            try:  # the path itself, so that the record names it and what was done with its EXIF orientation
+                explained = run_side(model, [image_path], list(texts), method,
+                                     target=args.target, others=args.other, **options)
+            except FaithclipError as error:
+                raise type(error)(f"{image_path}: {error}") from error
+            results.append((image_path, method, list(explained)))
         progress(f"{image_path} done ({number}/{len(images)} images)")
     # Written only once everything is computed: an input error never leaves part of the outputs behind.
     progress("writing figures")
-    index = []
-    for image_path, crop, explained in results:
-        for text, explanation in zip(texts, explained):
-            stem = stems[(image_path, text)]
-            explanation.save_json(out / f"{stem}.json")
-            if args.save_maps:
-                from faithclip.data.maps import write_map
-
-                write_map(out, image_path, args.method, explanation.map, "patch", stem=stem, text=text, model=model.name,
-                          region=explanation.region, image_size=_image_size(explanation))
-            line = f"{image_path}  {text!r}  {args.method}  {explanation.target}={explanation.score:+.4f}"
-            entry = {"image": image_path, "text": text, "method": args.method, "target": explanation.target,
-                     "score": explanation.score, "model_score": explanation.model_score,
-                     "json": f"{stem}.json", "warnings": explanation.warnings}
-            if args.side == "image":
-                # The map on the user's image at its own resolution, the model's crop outlined.
-                explanation.save_figure(out / f"{stem}.png")
-                entry["png"] = f"{stem}.png"
-                line += f"  -> {out / (stem + '.png')}"
-            else:
-                tokens = explanation.tokens or []
-                weights = " ".join(f"{t}:{w:.2f}" for t, w in zip(tokens, explanation.map.tolist()) if w > 0)
-                explanation.save_figure(out / f"{stem}.png")
-                entry["png"] = f"{stem}.png"
-                line += f"  [{weights}]  -> {out / (stem + '.json')}"
-            index.append(entry)
-            print(line)
-            for note in explanation.warnings:
-                print(f"  warning: {note}")
+    index, figures = write_outputs(results, images, texts, methods, out, args)
     from faithclip.report.page import write_report
 
-    record = {"model": model.name, "method": args.method, "side": args.side,
-              "target": args.target or model.family.target_kinds[0],
-              "others": args.other, "options": options, "explanations": index}
-    _, page = write_report(out, "explain", record, render_explain(record, out))
+    record = {"model": model.name, "methods": methods, "side": args.side,
+              "target": args.target or model.family.target_kinds[0], "others": args.other, "options": options,
+              "format": args.format, "scale": args.scale, "view": args.view,
+              "figures": [{k: v for k, v in f.items() if k != "preview"} for f in figures], "explanations": index}
+    _, page = write_report(out, "explain", record, render_explain(record, figures))
     print(f"Report: {page.resolve()}")
     return 0
 
@@ -188,22 +190,100 @@ def _image_size(explanation) -> tuple[int, int] | None:
     return None if image is None else (image.height, image.width)
 
 
-def render_explain(record: dict, out: Path) -> str:
-    """The figures of one ``explain`` run on one page, with their scores and warnings."""
+def write_outputs(results: list, images: list[str], texts: list[str], methods: list[str], out: Path,
+                  args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """A JSON record per (image, text, method) and the figures: with one method, a figure per pair; with
+    several, for each image a grid (a row per method, a column per prompt, each method's maps on one colour
+    scale). Returns the index entries and the figures (file, colour scales, a PNG preview for the page)."""
+    from faithclip.report.figures import SCREEN_DPI, comparison_figure, explanation_figure, figure_bytes
+
+    def save(figure, stem: str, title: str, members: list[int]) -> dict:
+        path = out / f"{stem}.{args.format}"
+        write_atomic(path, figure_bytes(figure, args.format))
+        preview = path.read_bytes() if args.format == "png" else figure_bytes(figure, "png", dpi=SCREEN_DPI)
+        scales = [dict(scale.as_dict(), explanation=member, method=index[member]["method"])
+                  for scale, member in zip(getattr(figure, "colour_scales", []), members)]
+        print(f"  figure -> {path}")
+        return {"file": path.name, "title": title, "colour_scales": scales, "preview": preview,
+                "explanations": members}
+
+    index, figures = [], []
+    for image_path in images:
+        by_method = {method: explained for path, method, explained in results if path == image_path}
+        for method in methods:
+            stems = output_stems(images, texts, method)
+            for text, explanation in zip(texts, by_method[method]):
+                stem = stems[(image_path, text)]
+                explanation.save_json(out / f"{stem}.json")
+                if args.save_maps:
+                    from faithclip.data.maps import write_map
+
+                    write_map(out, image_path, method, explanation.map, "patch", stem=stem, text=text,
+                              model=explanation.model_id, region=explanation.region,
+                              image_size=_image_size(explanation))
+                line = f"{image_path}  {text!r}  {method}  {explanation.target}={explanation.score:+.4f}"
+                entry = {"image": image_path, "text": text, "method": method, "target": explanation.target,
+                         "score": explanation.score, "model_score": explanation.model_score,
+                         "json": f"{stem}.json", "warnings": explanation.warnings}
+                if args.side == "text":
+                    tokens = explanation.tokens or []
+                    weights = " ".join(f"{t}:{w:.2f}" for t, w in zip(tokens, explanation.map.tolist()) if w > 0)
+                    line += f"  [{weights}]  -> {out / (stem + '.json')}"
+                index.append(entry)
+                print(line)
+                for note in explanation.warnings:
+                    print(f"  warning: {note}")
+                if len(methods) == 1 or args.side == "text":  # a figure per pair
+                    figure = (explanation_figure(explanation, view=args.view) if args.side == "image"
+                              else explanation.figure())
+                    entry["figure"] = f"{stem}.{args.format}"
+                    figures.append(save(figure, stem, f"{image_path}: \"{text}\" ({method})", [len(index) - 1]))
+        if len(methods) > 1 and args.side == "image":
+            grid = comparison_figure([e for method in methods for e in by_method[method]], scale=args.scale,
+                                     view=args.view)
+            stem = f"{Path(image_path).stem}__{'+'.join(methods)}"
+            if len(images) != len({Path(p).stem.lower() for p in images}):
+                stem += "__" + hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
+            members = list(range(len(index) - len(methods) * len(texts), len(index)))
+            for member in members:
+                index[member]["figure"] = f"{stem}.{args.format}"
+            figures.append(save(grid, stem, f"{image_path}: {', '.join(methods)} x {len(texts)} prompt(s)", members))
+    return index, figures
+
+
+def render_explain(record: dict, figures: list[dict]) -> str:
+    """The figures of one ``explain`` run on one page, with their scores and warnings. Each figure's
+    ``<img>`` carries its colour scales (``data-colour-scales``, JSON), so a reader or a test can see
+    which panels share one."""
+    import json
+
     from faithclip.report.page import data_uri, esc, html_page, table
 
-    rows = [[e["image"], e["text"], f"{e['score']:+.4f}", "" if e["model_score"] is None else f"{e['model_score']:+.4f}",
-             "; ".join(e["warnings"])] for e in record["explanations"]]
+    rows = [[e["image"], e["text"], e["method"], f"{e['score']:+.4f}",
+             "" if e["model_score"] is None else f"{e['model_score']:+.4f}", "; ".join(e["warnings"])]
+            for e in record["explanations"]]
     bad = [i for i, e in enumerate(record["explanations"]) if e["warnings"]]
-    parts = [f"<p>Model <b>{esc(record['model'])}</b>, method <b>{esc(record['method'])}</b> ({esc(record['side'])} "
-             f"side), target <b>{esc(record['target'])}</b>. Each figure shows the map on the image at the image's "
-             "own resolution over the region it covers (the model's crop, outlined), the image untouched, and a "
-             "colour bar with the map's raw values.</p>",
-             table(["image", "text", "score", "model score", "warnings"], rows, bad_cells=[(i, 4) for i in bad],
-                   text_columns=(0, 1, 4))]
-    for entry in record["explanations"]:
-        png = out / entry["png"]
-        parts.append(f"<h2>{esc(entry['image'])}: \"{esc(entry['text'])}\"</h2>")
-        parts += [f"<p class='bad'>warning: {esc(w)}</p>" for w in entry["warnings"]]
-        parts.append(f"<figure><img alt='{esc(entry['text'])}' src='{data_uri(png.read_bytes())}'></figure>")
+    scale_words = {"shared": "each method's maps share one colour scale (a method's maps are in the same units; "
+                             "different methods' are not)",
+                   "all": "every map shares one colour scale", "per_map": "each map has its own colour scale"}
+    parts = [f"<p>Model <b>{esc(record['model'])}</b>, method(s) <b>{esc(', '.join(record['methods']))}</b> "
+             f"({esc(record['side'])} side), target <b>{esc(record['target'])}</b>.</p>"]
+    if record["side"] == "image":
+        parts.append("<p>Each figure shows the map on the image over the region it covers (the model's crop, "
+                     "outlined), the image untouched, and a colour bar in the map's raw values with zero marked: "
+                     "non-negative maps run from 0 (transparent) to their top, signed maps are centred on 0 "
+                     f"(blue below, red above). In these figures {scale_words[record['scale']]}, so within a "
+                     "scale a stronger colour is a larger value. The score in each panel's title is the "
+                     "explained score; a prompt the model rejects has a negative one.</p>")
+    else:
+        parts.append("<p>Each figure shows one bar per token: the token's raw weight in the explained score "
+                     "(red above zero, blue below).</p>")
+    parts.append(table(["image", "text", "method", "score", "model score", "warnings"], rows,
+                       bad_cells=[(i, 5) for i in bad], text_columns=(0, 1, 2, 5)))
+    for figure in figures:
+        parts.append(f"<h2>{esc(figure['title'])}</h2>")
+        warnings = dict.fromkeys(w for i in figure["explanations"] for w in record["explanations"][i]["warnings"])
+        parts += [f"<p class='bad'>warning: {esc(w)}</p>" for w in warnings]
+        parts.append(f"<figure><img alt='{esc(figure['title'])}' data-colour-scales='{esc(json.dumps(figure['colour_scales']))}' "
+                     f"src='{data_uri(figure['preview'])}'><figcaption>{esc(figure['file'])}</figcaption></figure>")
     return html_page("faithclip explain", "".join(parts))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import textwrap
 import re
 from pathlib import Path
 from typing import Any
@@ -170,9 +171,12 @@ def curve_figures(results: dict[str, Any]) -> list[tuple[str, bytes]]:
                 axes.plot(x[gap:gap + 1], y[gap:gap + 1], marker="o", fillstyle="none", color=style["color"])
                 jumped = True
         protocol = specs[metric]["protocol"] if metric in specs else ""
-        axes.set_title(f"{metric}: {name} [{protocol}]", fontsize=9)
-        axes.set_xlabel("fraction of pixels moved" if "sanity" not in metric else "randomisation step")
-        axes.set_ylabel(name)
+        axes.set_title(curve_title(metric, protocol), fontsize=9)
+        axes.set_xlabel("fraction of pixels removed" if metric.startswith("deletion") else
+                        "fraction of pixels added" if metric.startswith("insertion") else
+                        "layers randomised (from the top)" if "sanity" in metric else "fraction of pixels moved",
+                        fontsize=8)
+        axes.set_ylabel(CURVE_UNITS.get(name, name), fontsize=8)
         axes.legend(fontsize=7)
         if jumped:
             axes.annotate("dotted: no step measured in between", (0.99, 0.02), xycoords="axes fraction",
@@ -182,6 +186,19 @@ def curve_figures(results: dict[str, Any]) -> list[tuple[str, bytes]]:
         figure.savefig(buffer, format="png")
         figures.append((f"{metric} {name} [{protocol}]", buffer.getvalue()))
     return figures
+
+
+CURVE_UNITS = {"top1": "top-1 correct (share of images)", "prob": "label probability",
+               "spearman": "Spearman with the original map", "score": "explained score"}
+
+
+def curve_title(metric: str, protocol: str) -> str:
+    """A plain title: what is done to the image, and which way is better, with the protocol in brackets."""
+    kind = metric.split("_")[0]
+    what = {"deletion": "Deletion: the map's top pixels removed first (lower curve is better)",
+            "insertion": "Insertion: the map's top pixels added first (higher curve is better)",
+            "sanity": "Sanity: the model's layers randomised (the map should change: lower is better)"}.get(kind, metric)
+    return "\n".join(textwrap.wrap(f"{what} [{protocol}]", 56))
 
 
 def _unmeasured_gaps(x: list[float]) -> list[int]:
@@ -254,6 +271,12 @@ def render_html(results: dict[str, Any], out_dir: str | Path) -> str:
         parts.append("<p>Deletion AUC: lower is better (the score falls faster as the map's top pixels go). "
                      "A cosine can fall below zero once the evidence is removed, so an AUC can be negative; "
                      "lower still means better.</p>")
+        parts.append("<p class='meta'>Reading: ↑ marks a column where higher is better, ↓ where lower is. "
+                     "Deletion and insertion measure how well a map ranks pixels for the model that is scored; a "
+                     "method that explains another model (one that modifies the model, such as the published "
+                     "Grad-ECLIP pipeline's one-head rewrite) can still rank pixels well or better, so a better "
+                     "AUC is not evidence of a faithful explanation: check P1 (<code>faithclip check</code>). "
+                     "Intervals that overlap do not separate two methods.</p>")
     figures = curve_figures(results)
     if figures:
         parts.append("<h2>Curves (mean over images)</h2><div class='cards' style='--card:450px'>")
@@ -262,8 +285,11 @@ def render_html(results: dict[str, Any], out_dir: str | Path) -> str:
         parts.append("</div>")
     examples = overlay_cells(results, Path(out_dir))
     if examples:
-        parts.append("<h2>Examples</h2><p>Each method's RAW map over the scored crop: transparent where low, "
-                     "its colour bar on the right, its raw range under it (scales differ between methods).</p>")
+        parts.append("<h2>Examples</h2><p>Each method's RAW map over the scored crop on its own colour scale: "
+                     "non-negative maps from 0 (transparent) to their largest value, signed maps centred on 0 (blue "
+                     "below, red above); the strip on the right is the scale with a black mark at 0, its ends "
+                     "written under the card. Methods' units differ: compare patterns across methods, not "
+                     "colours.</p>")
         for case, caption, cells in examples:
             parts.append(f"<h3>{escape(caption)}</h3><div class='cards' style='--card:172px'>")
             for name, uri, span in cells:
