@@ -236,6 +236,9 @@ def wrap(model: ClipHandle, ctx: Context, spec: MethodSpec, result: MapResult, o
          sources: list[dict] | None = None) -> list[Explanation]:
     """One ``Explanation`` per (image, text) pair, image-major. ``sources`` (one per image): the file it was
     read from and what was done with its EXIF orientation, for the record."""
+    if not bool(torch.isfinite(result.maps).all()):  # never a silent wrong result (a fp16 overflow, a plugin's NaN)
+        raise MethodError(f"{spec.name} produced NaN or infinite map values in {str(model.dtype).replace('torch.', '')}"
+                          + ("; run it in float32 (--dtype float32)." if model.dtype != torch.float32 else "."))
     out = []
     input_size = result.input_size or tuple(ctx.pixels.shape[-2:])
     for b in range(ctx.num_images):

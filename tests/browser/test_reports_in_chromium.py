@@ -57,8 +57,9 @@ def reports(tmp_path_factory) -> dict[str, Path]:
         "verify": ["verify", "--no-progress"],
         "explain": ["explain", str(photo), "--text", scene.caption, "--text", "a blue square", "--text", "a zebra",
                     "--method", "attention_eclip,grad_cam", "--no-progress"],
-        "audit": ["audit", "--scenes", "8", "--map-images", "1", "--ladder", "--correctness", "--pointing-scenes", "8",
-                  "--alphas", "0", "0.5", "1", "--resamples", "200", "--methods", "attention_eclip", "rollout"],
+        "audit": ["audit", "--scenes", "8", "--map-images", "1", "--ladder", "--correctness", "--p2-scenes", "6",
+                  "--p2-ladders", "1", "--p2-rungs", "3", "--correctness-alphas", "0.5", "--resamples", "200",
+                  "--methods", "attention_eclip", "rollout"],
     }
     pages = {}
     for name, arguments in commands.items():

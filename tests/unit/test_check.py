@@ -174,3 +174,36 @@ def test_bad_method_or_check_is_one_line_and_exit_2(capsys, argv, fragment):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+def nan_maps(model, pixels, texts):
+    """Maps of the right shape that are all NaN (a broken method): never a pass."""
+    return torch.full((pixels.shape[0], len(texts), 8, 8), float("nan"))
+
+
+def raises(model, pixels, texts):
+    raise ValueError("no such layer\nsecond line of the plugin's own message")
+
+
+def test_nan_maps_fail_p1_and_a_raising_plugin_is_one_line(shapes):
+    result, _, _ = p1(shapes, nan_maps, "nan_maps")
+    assert result.verdict == "fail" and "NaN or infinite" in result.evidence
+    result, _, _ = p1(shapes, raises, "raises")
+    assert result.verdict == "inconclusive"
+    assert result.evidence.endswith("raises raised ValueError: no such layer") and "second" not in result.evidence
+
+
+def test_a_nan_map_is_an_error_not_a_silent_result(shapes, monkeypatch):
+    import faithclip.api as api
+    from faithclip.errors import MethodError
+
+    original = api.run_method
+
+    def poisoned(*args, **kwargs):  # the method's own result with one infinite value, as a fp16 overflow gives
+        result = original(*args, **kwargs)
+        result.maps[0, 0, 0, 0] = float("inf")
+        return result
+
+    monkeypatch.setattr(api, "run_method", poisoned)
+    with pytest.raises(MethodError, match="self_attention produced NaN or infinite map values in float32"):
+        faithclip.explain(shapes, torch.zeros(1, 3, 64, 64), "a red circle", "self_attention")

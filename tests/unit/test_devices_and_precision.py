@@ -91,6 +91,9 @@ ON_THE_CPU = {
     ("metrics/pointing.py", "box_mask"): "masks live on the CPU with the maps the metrics receive",
     ("metrics/pointing.py", "pointing_hit"): "the peak of a CPU map (metrics receive maps on the CPU)",
     ("metrics/sanity.py", "reinitialise"): "draws on the CPU (same numbers on every device), copied into the parameter",
+    ("metrics/road.py", "noisy_linear_imputation"): "noise drawn on the CPU (same numbers on every device), then moved",
+    ("metrics/road.py", "road_plan"): "ranks of the CPU map the metric receives",
+    ("metrics/segmentation.py", "average_precision"): "counts over CPU maps and masks",
 }
 
 
@@ -139,13 +142,15 @@ def test_unknown_devices_and_dtypes_are_refused(capsys):
 def test_evaluate_in_bfloat16_is_its_own_run_identity(tmp_path, capsys):
     from test_evaluate_faults import argv, write_data, write_model
 
+    from faithclip.models.fingerprint import cpu_kind
+
     model, data = write_model(tmp_path / "model"), write_data(tmp_path / "data")
     out = tmp_path / "run"
     assert main(argv(model, data, out, "--dtype", "bfloat16", "--device", "cpu")) == 0
     import json
 
     config = json.loads((out / "config.json").read_text())
-    assert config["model_device"] == {"device": "cpu", "dtype": "bfloat16"}
+    assert config["model_device"] == {"device": "cpu", "dtype": "bfloat16", "cpu": cpu_kind()}
     assert main(argv(model, data, out)) == 2  # float32 records are not mixed into a bfloat16 run
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert '--device / --dtype (model_device.dtype: "bfloat16" -> "float32")' in message
+    assert '(model_device.dtype: "bfloat16" -> "float32")' in message and "--device / --dtype" in message

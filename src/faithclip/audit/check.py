@@ -167,6 +167,10 @@ def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSet
             result = _run(spec, side, ctx, settings.options(spec.name))
     except FaithclipError as error:
         return CheckResult(f"P1 {side}", "inconclusive", f"the method could not run: {error}"), []
+    if not bool(torch.isfinite(result.maps).all()):  # a NaN map explains nothing: never a pass
+        bad = int((~torch.isfinite(result.maps)).flatten(2).any(-1).sum())
+        return CheckResult(f"P1 {side}", "fail", f"{bad} of {result.maps.shape[0] * result.maps.shape[1]} maps hold "
+                           "NaN or infinite values: they explain nothing"), []
     findings = recorder.findings()
     if result.options.get("scores_reported", True):
         own = Context(handle=handle, side=side, pixels=pixels, text=text, target=make_target("cosine")).model_scores()

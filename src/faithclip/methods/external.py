@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from faithclip.errors import MethodError
+from faithclip.errors import FaithclipError, MethodError
 from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec
 
@@ -61,7 +61,12 @@ def callable_method(function: Callable[..., Any], name: str, paper: str = "") ->
         if ctx.target.name != "cosine":
             raise MethodError(f"{name} is a plain callable: it explains the image-text cosine only.")
         texts = [t if t is not None else "" for t in ctx.text.texts]
-        output = function(ctx.handle, ctx.pixels, texts)
+        try:
+            output = function(ctx.handle, ctx.pixels, texts)
+        except FaithclipError:
+            raise
+        except Exception as error:  # the plugin's own failure, in one line that names it (never a traceback)
+            raise MethodError(f"{name} raised {type(error).__name__}: {error}".splitlines()[0]) from error
         maps, scores = output if isinstance(output, tuple) else (output, None)
         maps = image_maps(ctx, maps)
         reported = scores is not None
