@@ -317,6 +317,7 @@ def test_official_rewrite_with_the_models_heads_is_the_model(tiny64):
 
 
 # ---- the figures docs/equivalence.md quotes (pytest -s prints them) -----------------------------------------
+@pytest.mark.slow  # regenerates the figures docs/equivalence.md prints
 def test_blip_equivalence_figures(saved, published_sizes, capsys):
     """Max relative differences, Grad-ECLIP vs Attention-ECLIP and each vs the float64 oracle, per tower and dtype."""
     rows = []

@@ -138,6 +138,7 @@ def test_registered_flags_are_claims_the_detectors_verify(shapes, name, p1_verdi
         assert {"input_size", "recomputed_outside"} <= kinds(findings)
 
 
+@pytest.mark.slow  # a soak: every check at its default sizes in a fresh process
 def test_captum_plugin_registered_from_outside_is_checked_end_to_end(tmp_path):
     pytest.importorskip("captum")
     site = tmp_path / "site"

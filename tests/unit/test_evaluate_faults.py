@@ -127,6 +127,7 @@ def wait_for_records(out: Path, count: int, process: subprocess.Popen, timeout: 
 
 
 # ---- killed, interrupted, concurrent -----------------------------------------------------------------
+@pytest.mark.slow  # a soak: kills at random points, resumes each
 def test_killed_at_random_points_or_interrupted_then_resumed_gives_identical_results(setup, tmp_path, capsys):
     model, data, reference = setup
     runs = []

@@ -138,6 +138,7 @@ def rank_process(launcher: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # a soak: torchrun ranks, one killed and resumed
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside the Python interpreter")
 def test_torchrun_two_gloo_processes_equal_one_process_and_resume_after_a_killed_rank(setup, tmp_path):
     model, data, reference = setup

@@ -194,6 +194,7 @@ def test_eclip_methods_equal_each_other_and_the_oracle(kind, shape):
     assert largest > 0
 
 
+@pytest.mark.slow  # regenerates the ViT-B/16 figures docs/families.md prints
 def test_real_vit_b16_architecture_equivalence():
     """google/vit-base-patch16-224's published sizes, random weights: hidden 768, 12 layers, 12 heads, patch
     16, 224 px, 1000 labels. float32: the two methods within 1e-5; float64: both within 1e-10 of each other

@@ -184,6 +184,7 @@ def test_page_is_self_contained_and_marks_bad_rows():
     assert "http" not in page.replace("http-equiv", "")
 
 
+@pytest.mark.slow  # regenerates the example notebook's stored outputs
 def test_example_notebook_runs_offline_and_its_stored_outputs_are_current():
     """The notebook is committed with its outputs; executed again, every code cell gives outputs of the
     same kinds and the same printed values (numbers within 2e-3: they are rounded to 3 decimals in the

@@ -19,6 +19,7 @@ def _recipe() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow  # regenerates the figure docs/interop.md states
 def test_quantus_recipe_agrees_with_faithclip(tmp_path):
     pytest.importorskip("quantus", reason="quantus is not installed (pip install -e '.[test]' brings it)")
     run = subprocess.run([sys.executable, "-c", _recipe()], cwd=tmp_path, capture_output=True, text=True,
