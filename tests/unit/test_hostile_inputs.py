@@ -148,6 +148,11 @@ OTHER_CASES = [
     ("json-is-a-directory", ["bench", "--json", "adir"], 2, "--json adir is a directory"),
     ("audit-json-is-a-directory", ["audit", "--json", "adir"], 2, "--json adir is a directory"),
     ("verify-json-is-a-symlink-loop", ["verify", "--json", "loop-a"], 2, "loop-a: it is a symlink loop"),
+    ("demo-out-is-a-symlink-loop", ["demo", "--out", "loop-a"], 2, "--out loop-a is a symlink to nothing"),
+    ("demo-out-is-a-file", ["demo", "--out", "img.png"], 2, "--out img.png is a file, not a directory"),
+    ("train-out-is-a-file", ["train-shapes", "--out", "img.png", "--minutes", "1"], 2,
+     "--out img.png is a file, not a directory"),
+    ("bench-out-is-a-symlink-loop", ["bench", "--out", "loop-a"], 2, "--out loop-a is a symlink to nothing"),
 ]
 
 CASES = ([(f"{command}-image-{name}", [name if arg == "IMAGE" else arg for arg in argv], 2, words)

@@ -86,6 +86,9 @@ def check_writable(path: str | Path, kind: Literal["dir", "file"] = "dir", optio
             raise FaithclipError(f"{option} {path!r} is not a file name.")
         directory = Path(os.path.realpath(target)).parent
     else:
+        if target.is_symlink() and not target.exists():  # a dangling link or a loop: no directory can be made there
+            raise FaithclipError(f"{option} {target} is a symlink to nothing (a loop or a missing target), not a "
+                                 f"directory; choose another {option}.")
         if target.exists() and not target.is_dir():
             raise FaithclipError(f"{option} {target} is a file, not a directory; choose another {option}.")
         directory = target
