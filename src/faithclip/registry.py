@@ -173,6 +173,17 @@ OPTION_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "beta": ("a number of at least 0", lambda value: value >= 0),
     "prob": ("a probability above 0 and at most 1", lambda value: 0 < value <= 1),
 }
+# options that take one word of a fixed set, by option name (the methods hold the same tuples; a test checks that
+# they agree): checked before any work, like the ranges above
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {
+    "relu": ("per_layer", "after_sum", "none"),
+    "lambda_span": ("context", "inner"),
+    "lambda_qk": ("raw", "out_proj"),
+    "qk": ("out_proj", "raw"),
+    "pooling": ("mean", "tokens"),
+    "residual": ("normalized", "input"),
+    "redundant": ("auto", "empty", "set"),
+}
 # indices into a tower's layers, checked against the model's layer count when it is known
 LAYER_INDEX_OPTIONS = ("layer", "start_layer")
 # parameters a caller passes, not the user (the official pipeline's original image)
@@ -217,6 +228,9 @@ def check_options(owner: str, functions: Sequence[Callable[..., Any]], options: 
 
 def value_problem(parameter: inspect.Parameter, value: Any, layers: int | None = None) -> str | None:
     """What is wrong with ``value`` for ``parameter`` (``None``: nothing)."""
+    choices = OPTION_CHOICES.get(parameter.name)
+    if choices is not None and value is not None and value not in choices:
+        return "one of " + ", ".join(choices)
     annotation = parameter.annotation
     if isinstance(annotation, type):
         annotation = annotation.__name__

@@ -139,6 +139,8 @@ OTHER_CASES = [
      "pointing_game.tolerance='abc': pointing_game's tolerance must be a number."),
     ("tolerance-nan", [*EVALUATE, "--metrics", "pointing_game", "--option", "pointing_game.tolerance=NaN"], 2,
      "must be a finite number"),
+    ("method-option-choice", [*EVALUATE, "--method-option", "grad_eclip.relu=banana"], 2,
+     "grad_eclip.relu='banana': grad_eclip's relu must be one of per_layer, after_sum, none."),
     ("method-option-unknown", [*EVALUATE, "--method-option", "grad_eclip.window=3"], 2,
      "grad_eclip.window is not an option of grad_eclip; its options are layers, use_lambda, relu"),
     ("corrupt-image-in-folder", ["evaluate", "--data", "imagenet:data", "--methods", "grad_eclip", "--metrics",
@@ -364,3 +366,21 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(corpus, monkey
     Image.MAX_IMAGE_PIXELS = 4095
     with pytest.raises(FaithclipError, match="64 x 64 = 4,096 pixels, more than the limit of 4,095"):
         decode_image(corpus / "img.png")
+
+
+def test_option_choices_are_the_methods_own():
+    """The registry refuses a word outside an option's set before any work; its sets are the methods'."""
+    from faithclip.methods.clip_surgery import REDUNDANT
+    from faithclip.methods.common import LAMBDA_QK, LAMBDA_SPANS
+    from faithclip.methods.grad_eclip_official import QK_CHOICES
+    from faithclip.methods.legrad import POOLINGS
+    from faithclip.methods.official.vit import RESIDUALS
+    from faithclip.registry import OPTION_CHOICES
+
+    assert OPTION_CHOICES["lambda_span"] == LAMBDA_SPANS and OPTION_CHOICES["lambda_qk"] == LAMBDA_QK
+    assert OPTION_CHOICES["qk"] == QK_CHOICES and OPTION_CHOICES["pooling"] == POOLINGS
+    assert OPTION_CHOICES["residual"] == RESIDUALS and OPTION_CHOICES["redundant"] == REDUNDANT
+    import faithclip.methods.common as common
+
+    for word in OPTION_CHOICES["relu"]:  # every word the registry lets through is one combine_layers takes
+        common.combine_layers([__import__("torch").ones(1, 2)], word)
