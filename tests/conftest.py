@@ -17,6 +17,11 @@ import pytest
 import torch
 import transformers
 
+# The README's command runs the suite in parallel processes (pytest-xdist, ``-n auto``): each worker takes its
+# share of the cores for torch's intra-op threads, so two workers on two cores do not fight over four threads.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 from faithclip.models.loading import from_hf
 
 REPO = Path(__file__).resolve().parents[1]
