@@ -14,13 +14,14 @@ import pytest
 
 from faithclip.audit.p2 import p2_verdicts
 from faithclip.audit.p2stats import (
-    _weighted_sums,
+    average_scene_correlation,
     draw_counts,
     holm,
     mcnemar_exact,
     percentile,
     permutation_within,
-    scene_centred,
+    resampled_r,
+    scene_sums,
     stratified_difference,
     stratified_permutation,
     two_way_centred,
@@ -39,24 +40,79 @@ def _panel(seed: int, r: float, shape=(2, 12, 5)) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
+def _dummy_residuals(values: np.ndarray) -> np.ndarray:
+    """Slow literal oracle: per ladder, the residuals of ``values`` regressed on scene and rung dummy columns
+    (numpy least squares). ``(L, S, V)``."""
+    ladders, scenes, rungs = values.shape
+    rows = []
+    for s in range(scenes):
+        for v in range(rungs):
+            row = np.zeros(scenes + rungs)
+            row[s], row[scenes + v] = 1.0, 1.0
+            rows.append(row)
+    design = np.array(rows)
+    out = np.empty_like(values)
+    for l in range(ladders):
+        flat = values[l].reshape(-1)
+        out[l] = (flat - design @ np.linalg.lstsq(design, flat, rcond=None)[0]).reshape(scenes, rungs)
+    return out
+
+
 def _dummy_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Slow literal oracle: per ladder, y and x regressed on scene and rung dummies (least squares);
-    beta = <res_x, res_y> / <res_x, res_x>, r = the correlation of the residuals, pooled over ladders."""
-    cross = xx = yy = 0.0
-    for l in range(x.shape[0]):
-        scenes, rungs = x.shape[1:]
-        rows = []
-        for s in range(scenes):
-            for v in range(rungs):
-                row = np.zeros(scenes + rungs)
-                row[s], row[scenes + v] = 1.0, 1.0
-                rows.append(row)
-        design = np.array(rows)
-        xs, ys = x[l].reshape(-1), y[l].reshape(-1)
-        res_x = xs - design @ np.linalg.lstsq(design, xs, rcond=None)[0]
-        res_y = ys - design @ np.linalg.lstsq(design, ys, rcond=None)[0]
-        cross, xx, yy = cross + res_x @ res_y, xx + res_x @ res_x, yy + res_y @ res_y
+    """beta = <res_x, res_y> / <res_x, res_x>, r = the correlation of the residuals, pooled over ladders."""
+    res_x, res_y = _dummy_residuals(x), _dummy_residuals(y)
+    cross, xx, yy = (res_x * res_y).sum(), (res_x * res_x).sum(), (res_y * res_y).sum()
     return cross / math.sqrt(xx * yy), cross / xx
+
+
+def _literal_average(res_x: np.ndarray, res_y: np.ndarray, ladders: list[int], scene_weights: np.ndarray) -> float:
+    """Per scene, Pearson's r (numpy corrcoef) of its residuals over the listed ladders (repeats allowed) and
+    every rung; the scene-weighted mean of them. Residuals have mean 0 within a scene and ladder, so
+    corrcoef's own centring changes nothing."""
+    values, weights = [], []
+    for s in range(res_x.shape[1]):
+        a = np.concatenate([res_x[l, s] for l in ladders])
+        b = np.concatenate([res_y[l, s] for l in ladders])
+        values.append(np.corrcoef(a, b)[0, 1])
+        weights.append(scene_weights[s])
+    return float(np.average(values, weights=weights))
+
+
+def test_the_estimand_is_the_average_scene_of_the_dummy_variable_residuals():
+    x, y = _panel(9, 0.4)
+    r, undefined = average_scene_correlation(x, y)
+    expected = _literal_average(_dummy_residuals(x), _dummy_residuals(y), [0, 1], np.ones(12))
+    assert undefined == 0
+    assert r == pytest.approx(expected, rel=1e-9, abs=1e-12)  # lstsq vs centring: rounding only
+    assert within_test(x, y, 0.1, 50, 50).r == r
+
+
+def test_a_scene_whose_model_measure_does_not_move_is_left_out_and_counted():
+    x, y = _panel(10, 0.4)
+    # scene 3 moves exactly with the other scenes' rung means: its two-way residual is 0, so it has no r_s
+    x[:, 3] = 7.0 + np.delete(x, 3, axis=1).mean(1)
+    r, undefined = average_scene_correlation(x, y)
+    keep = [s for s in range(12) if s != 3]
+    expected = _literal_average(_dummy_residuals(x)[:, keep], _dummy_residuals(y)[:, keep], [0, 1], np.ones(11))
+    assert undefined == 1 and r == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_resample_equals_explicit_duplication_of_ladders_and_scenes():
+    x, y = _panel(2, 0.5, (3, 12, 5))
+    ladder_counts = np.array([[2.0, 0.0, 1.0]])
+    scene_counts = np.array([[2, 0, 1, 1, 3, 0, 1, 1, 0, 1, 1, 1]], dtype=float)
+    ours = resampled_r(scene_sums(x, y), ladder_counts, scene_counts)[0]
+    literal = _literal_average(_dummy_residuals(x), _dummy_residuals(y), [0, 0, 2], scene_counts[0])
+    assert ours == pytest.approx(literal, rel=1e-9)
+
+
+def test_each_permutation_is_the_estimand_on_scenes_paired_with_another_scenes_model():
+    x, y = _panel(11, 0.3, (2, 10, 4))
+    drawn = permutation_within(x, y, 5, np.random.default_rng(0))
+    orders = np.argsort(np.random.default_rng(0).random((5, 10)), axis=1)  # the same draws, replayed
+    for k in range(5):
+        # scene s gets the model measure of scene orders[k, s]; centring commutes with permuting scenes
+        assert drawn[k] == pytest.approx(average_scene_correlation(x[:, orders[k]], y)[0], rel=1e-9)
 
 
 def test_within_correlation_equals_the_dummy_variable_regression():
@@ -76,15 +132,6 @@ def test_scene_and_rung_effects_do_not_move_r():
     assert within_correlation(x, shifted - y)[0] == 0.0
 
 
-def test_weighted_sums_equal_explicit_duplication_of_scenes():
-    x, y = _panel(2, 0.5)
-    counts = np.array([2, 0, 1, 1, 3, 0, 1, 1, 0, 1, 1, 1], dtype=float)
-    drawn = np.repeat(np.arange(12), counts.astype(int))
-    ours = _weighted_sums(scene_centred(x), scene_centred(y), counts[None])[0]  # (L,)
-    literal = (two_way_centred(x[:, drawn]) * two_way_centred(y[:, drawn])).sum((1, 2))
-    np.testing.assert_allclose(ours, literal, rtol=1e-10)  # same sums in another order: rounding only
-
-
 def test_draw_counts_and_percentile():
     counts = draw_counts(np.random.default_rng(0), 7, 500)
     assert counts.shape == (500, 7) and (counts.sum(1) == 7).all()
@@ -96,9 +143,10 @@ def test_draw_counts_and_percentile():
 
 def test_permutation_p_value_extremes():
     x, _ = _panel(3, 0.0, (1, 30, 4))
-    assert within_test(x, x + 1e-3 * np.random.default_rng(0).standard_normal(x.shape), 0.1).p_tracks == \
-        pytest.approx(1 / 2001)
-    assert within_test(x, -x, 0.1).p_tracks == 1.0
+    close = within_test(x, x + 1e-3 * np.random.default_rng(0).standard_normal(x.shape), 0.1)
+    assert close.p_tracks == pytest.approx(1 / 2001) and close.p_sharp == pytest.approx(1 / 2001)
+    opposite = within_test(x, -x, 0.1)
+    assert opposite.p_tracks == 1.0 and opposite.p_sharp == 1.0
     perm = permutation_within(x, x, 200, np.random.default_rng(0))
     assert perm.max() <= 1 + 1e-12  # the identity permutation gives r = 1, nothing above it
 
@@ -143,15 +191,15 @@ def _tests(pairs: dict[str, tuple[np.ndarray, np.ndarray]]):
 
 
 def test_maps_that_do_not_move_with_the_model_never_track():
-    x, _ = _panel(4, 0.0, (3, 48, 10))
-    reused = np.broadcast_to(np.random.default_rng(1).random((1, 48, 1)), x.shape).copy()  # the same map every rung
+    x, _ = _panel(4, 0.0, (2, 64, 10))
+    reused = np.broadcast_to(np.random.default_rng(1).random((1, 64, 1)), x.shape).copy()  # the same map every rung
     result = p2_verdicts(_tests({"reused": (x, reused)}))["reused"]
     assert result["r"] == 0.0 and result["low"] == 0.0 and result["high"] == 0.0
     assert result["verdict"] == "does not track"
 
 
 def test_tracking_maps_track_and_small_designs_get_no_verdict():
-    x, y = _panel(5, 0.6, (3, 48, 10))
+    x, y = _panel(5, 0.6, (2, 64, 10))
     assert p2_verdicts(_tests({"m": (x, y)}))["m"]["verdict"] == "tracks"
     small = p2_verdicts(_tests({"m": (x[:1, :12], y[:1, :12])}))["m"]
     assert small["verdict"] == "inconclusive" and "below the smallest design" in small["reason"]
@@ -178,7 +226,7 @@ def test_check_cards_get_holm_across_the_methods_of_a_run():
     from faithclip.audit.check import holm_across_cards
     from faithclip.audit.p2 import P2Design
 
-    x, y = _panel(8, 0.25, (2, 32, 6))
+    x, y = _panel(8, 0.25, (2, 64, 6))
     design = asdict(P2Design())
     cards = []
     for name, values in (("a", y), ("b", np.broadcast_to(y[:, :, :1], y.shape).copy())):

@@ -5,26 +5,34 @@ Data layout: one array ``(L, S, V)`` per quantity -- L ladders (re-initialisatio
 scenes in every ladder and at every rung), V rungs (model variants) of each ladder.
 
 **Within association.** Per ladder l, remove the scene and the variant means (two-way centring,
-``y~ = y - mean_v y - mean_s y + mean y``, the least-squares fit of ``y = scene + variant + noise``), then
+``y~ = y - mean_v y - mean_s y + mean y``, the least-squares fit of ``y = scene + variant + noise``). The
+estimand is the AVERAGE SCENE's within association,
 
-    r = sum_{l,s,v} x~ y~ / sqrt(sum x~^2 * sum y~^2)          (pooled over ladders)
+    r_s = sum_{l,v} x~ y~ / sqrt(sum_{l,v} x~^2 * sum_{l,v} y~^2)      (scene s, all its ladders and rungs)
+    r   = mean over scenes of r_s
 
-the standardised slope of ``y = beta x + scene_l + variant_l + noise`` (``beta = sum x~ y~ / sum x~^2`` in
-raw units). ``r`` is 0 by definition when ``y~`` is identically 0 (the map does not move with the model
-inside a scene) and undefined (NaN) when ``x~`` is (the model does not change).
+each scene weighted equally. ``r_s`` is 0 when ``y~`` is identically 0 in scene s (the map does not move with
+the model there) and undefined when ``x~`` is (the model's measure does not change in that scene): such scenes
+are left out and counted (``WithinTest.undefined``). The pooled correlation ``sum x~ y~ / sqrt(sum x~^2 sum
+y~^2)`` over all scenes (the standardised slope of ``y = beta x + scene_l + variant_l + noise``) is reported
+beside it (``r_pooled``, ``beta``) but is not the estimand: it weights scenes by their variation in x, and on
+shapes-clip a few scenes carried most of that weight, so 32-scene samples of it disagreed beyond its own
+bootstrap interval (docs/p2.md, "Why the average scene").
 
-**Two-level bootstrap** (Davison & Hinkley 1997, sec. 3.8): per resample, ladders are drawn with replacement,
-then scenes (one draw for all ladders: the scenes are shared); r is recomputed with the scene-weighted
-variant means. Percentile interval.
+**Two-level bootstrap** (Davison & Hinkley 1997, sec. 3.8): per resample, ladders are drawn with replacement
+(each scene's r_s recomputed from the drawn ladders' sums), then scenes (one draw for all ladders: the scenes
+are shared); the rung means are those of the full sample. Percentile interval of r.
 
-**Scene-permutation test** of ``H0: x and y are unrelated within scenes``: the scenes' x-profiles (all
-ladders and rungs of a scene move together) are permuted among scenes; the two-way centring of a row-permuted
-array is the row-permuted centring, so only the cross product changes. One-sided p-value
-``(1 + #{r_perm >= r}) / (1 + P)`` -- exact when scenes are exchangeable under H0.
+**Bootstrap tests** of ``H0: r <= 0`` (``p_tracks = (1 + #{r* <= 0}) / (1 + B)``) and of ``H0: r >= delta``,
+the association reaches the minimum effect (``p_below = (1 + #{r* >= delta}) / (1 + B)``): inversions of the
+one-sided percentile interval (approximate; their levels are measured by ``faithclip.audit.p2_simulate``).
 
-**Bootstrap test of ``H0: r >= delta``** (the association reaches the minimum effect): ``p = (1 + #{r* >=
-delta}) / (1 + B)``, the inversion of the one-sided percentile interval (approximate; its level is measured
-by ``faithclip.audit.p2_simulate``).
+**Scene-permutation test** (descriptive, ``p_sharp``) of the SHARP null ``x and y are unrelated within every
+scene``: the scenes' x-profiles (all ladders and rungs of a scene move together) are permuted among scenes and
+r recomputed from the pairs (x-profile of scene pi(s), y-profile of scene s); ``(1 + #{r_perm >= r}) / (1 +
+P)``, exact when scenes are exchangeable. It is not the verdict's test: when scenes differ in their
+association and the average is 0, it rejects far more often than its level (0.17-0.18 at 5 % in simulation),
+because it tests "no scene associated", not "the average scene is not associated".
 """
 
 from __future__ import annotations
@@ -37,15 +45,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class WithinTest:
-    r: float  # within-scene, within-variant correlation (standardised slope)
-    beta: float  # slope in raw units (y per unit x)
+    r: float  # the average scene's within-scene, within-variant correlation (the estimand)
+    beta: float  # pooled slope in raw units (y per unit x), descriptive
     low: float  # percentile interval of r (two-level bootstrap)
     high: float
-    p_tracks: float  # one-sided scene-permutation p-value of H0: r <= 0
+    p_tracks: float  # one-sided bootstrap p-value of H0: r <= 0
     p_below: float  # one-sided bootstrap p-value of H0: r >= min_effect
     ladders: int
     scenes: int
     rungs: int
+    r_pooled: float = math.nan  # the pooled correlation over all scenes, descriptive
+    undefined: int = 0  # scenes left out: the model's measure does not vary within them
+    p_sharp: float = math.nan  # scene-permutation p-value of the sharp null (no scene associated), descriptive
 
 
 def as_panel(values: np.ndarray) -> np.ndarray:
@@ -85,18 +96,23 @@ def within_correlation(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(_ratio(np.asarray(xy), np.asarray(xx), np.asarray(yy))), beta
 
 
-def _weighted_sums(a: np.ndarray, b: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Per resample and ladder: sum_s w_s sum_v (a - m_a)(b - m_b), m = scene-weighted rung means.
+def scene_sums(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per ladder and scene ``(L, S)``: sum over rungs of x~ y~, x~^2 and y~^2 (two-way centred)."""
+    xt, yt = two_way_centred(as_panel(x)), two_way_centred(as_panel(y))
+    return (xt * yt).sum(2), (xt * xt).sum(2), (yt * yt).sum(2)
 
-    a, b ``(L, S, V)`` scene-centred; weights ``(B, S)`` counts summing to S. Returns ``(B, L)``."""
-    ladders, scenes, rungs = a.shape
-    total = weights.sum(1, keepdims=True)  # (B, 1)
-    products = weights @ (a * b).sum(2).T  # (B, S) @ (S, L) -> (B, L)
-    flat_a = a.transpose(1, 0, 2).reshape(scenes, ladders * rungs)  # (S, L*V)
-    flat_b = b.transpose(1, 0, 2).reshape(scenes, ladders * rungs)  # (S, L*V)
-    sum_a = (weights @ flat_a).reshape(-1, ladders, rungs)  # (B, L, V)
-    sum_b = sum_a if b is a else (weights @ flat_b).reshape(-1, ladders, rungs)  # (B, L, V)
-    return products - (sum_a * sum_b).sum(-1) / total
+
+def scene_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``(S,)`` r_s, each scene's within correlation over all its ladders and rungs; NaN where x~ is 0."""
+    xy, xx, yy = scene_sums(x, y)
+    return _ratio(xy.sum(0), xx.sum(0), yy.sum(0))
+
+
+def average_scene_correlation(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """``(r, undefined)``: the mean of the defined r_s and the number of scenes left out."""
+    r_s = scene_correlations(x, y)
+    defined = ~np.isnan(r_s)
+    return (float(r_s[defined].mean()) if defined.any() else math.nan), int((~defined).sum())
 
 
 def draw_counts(generator: np.random.Generator, n: int, resamples: int) -> np.ndarray:
@@ -116,27 +132,43 @@ def percentile(samples: np.ndarray, q: float) -> float:
 
 def bootstrap_within(x: np.ndarray, y: np.ndarray, resamples: int, generator: np.random.Generator) -> np.ndarray:
     """``(B,)`` r recomputed on two-level resamples (ladders, then scenes shared by all ladders)."""
-    x, y = as_panel(x), as_panel(y)
-    ladders, scenes = x.shape[:2]
+    sums = scene_sums(x, y)  # (L, S) each
+    ladders, scenes = sums[0].shape
     ladder_counts = draw_counts(generator, ladders, resamples)  # (B, L) how often each ladder was drawn
     scene_counts = draw_counts(generator, scenes, resamples)  # (B, S) how often each scene was drawn
-    xs, ys = scene_centred(x), scene_centred(y)
-    xy = (_weighted_sums(xs, ys, scene_counts) * ladder_counts).sum(1)  # (B,)
-    xx = (_weighted_sums(xs, xs, scene_counts) * ladder_counts).sum(1)
-    yy = (_weighted_sums(ys, ys, scene_counts) * ladder_counts).sum(1)
-    return _ratio(xy, xx, yy)
+    return resampled_r(sums, ladder_counts, scene_counts)
+
+
+def resampled_r(sums: tuple[np.ndarray, np.ndarray, np.ndarray], ladder_counts: np.ndarray,
+                scene_counts: np.ndarray) -> np.ndarray:
+    """``(B,)`` r of resamples given as counts: each scene's r_s from its drawn ladders' sums, then the
+    scene-count-weighted mean over the scenes whose r_s is defined."""
+    xy, xx, yy = sums
+    r_s = _ratio(ladder_counts @ xy, ladder_counts @ xx, ladder_counts @ yy)  # (B, S) per scene, drawn ladders
+    defined = ~np.isnan(r_s)
+    weights = scene_counts * defined
+    total = weights.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (weights * np.where(defined, r_s, 0.0)).sum(1) / total, np.nan)
 
 
 def permutation_within(x: np.ndarray, y: np.ndarray, permutations: int, generator: np.random.Generator) -> np.ndarray:
-    """``(P,)`` r with the scenes' x-profiles permuted among scenes (the same permutation in every ladder)."""
+    """``(P,)`` r with the scenes' x-profiles permuted among the defined scenes (one permutation for every
+    ladder): the pair (x-profile of scene pi(s), y-profile of scene s) gives r_s, and r is their mean."""
     xt, yt = two_way_centred(as_panel(x)), two_way_centred(as_panel(y))
     scenes = xt.shape[1]
     xs = xt.transpose(1, 0, 2).reshape(scenes, -1)  # (S, L*V)
     ys = yt.transpose(1, 0, 2).reshape(scenes, -1)  # (S, L*V)
-    gram = xs @ ys.T  # (S, S): gram[i, j] = <x-profile of scene i, y-profile of scene j>
-    orders = np.argsort(generator.random((permutations, scenes)), axis=1)  # (P, S) random permutations
-    cross = gram[orders, np.arange(scenes)[None, :]].sum(1)  # (P,)
-    return _ratio(cross, np.full(permutations, (xs * xs).sum()), np.full(permutations, (ys * ys).sum()))
+    xx, yy = (xs * xs).sum(1), (ys * ys).sum(1)
+    keep = xx > 1e-24  # scenes whose x varies: the others have no r_s
+    xs, ys, xx, yy = xs[keep], ys[keep], xx[keep], yy[keep]
+    n = int(keep.sum())
+    if n == 0:
+        return np.full(permutations, np.nan)
+    # pair[i, j] = r of (x-profile of scene i, y-profile of scene j)
+    pair = _ratio(xs @ ys.T, np.broadcast_to(xx[:, None], (n, n)), np.broadcast_to(yy[None, :], (n, n)))
+    orders = np.argsort(generator.random((permutations, n)), axis=1)  # (P, n) random permutations
+    return pair[orders, np.arange(n)[None, :]].mean(1)
 
 
 def within_test(x: np.ndarray, y: np.ndarray, min_effect: float, resamples: int = 2000, permutations: int = 2000,
@@ -145,19 +177,21 @@ def within_test(x: np.ndarray, y: np.ndarray, min_effect: float, resamples: int 
     x, y = as_panel(x), as_panel(y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same (ladders, scenes, rungs) shape, got {x.shape} and {y.shape}")
-    r, beta = within_correlation(x, y)
+    r, undefined = average_scene_correlation(x, y)
+    r_pooled, beta = within_correlation(x, y)
     ladders, scenes, rungs = x.shape
-    if math.isnan(r) or scenes < 2 or rungs < 2:
-        return WithinTest(r, beta, math.nan, math.nan, math.nan, math.nan, ladders, scenes, rungs)
+    if math.isnan(r) or scenes - undefined < 2 or rungs < 2:
+        return WithinTest(r, beta, math.nan, math.nan, math.nan, math.nan, ladders, scenes, rungs, r_pooled, undefined)
     generator = np.random.default_rng(seed)
     boot = bootstrap_within(x, y, resamples, generator)
     boot = boot[~np.isnan(boot)]
     tail = (1 - confidence) / 2
     low, high = (percentile(boot, tail), percentile(boot, 1 - tail)) if boot.size else (math.nan, math.nan)
     perm = permutation_within(x, y, permutations, generator)
-    p_tracks = float((1 + np.sum(perm >= r - 1e-12)) / (1 + permutations))
+    p_sharp = float((1 + np.sum(perm >= r - 1e-12)) / (1 + permutations))
+    p_tracks = float((1 + np.sum(boot <= 0.0)) / (1 + boot.size)) if boot.size else math.nan
     p_below = float((1 + np.sum(boot >= min_effect)) / (1 + boot.size)) if boot.size else math.nan
-    return WithinTest(r, beta, low, high, p_tracks, p_below, ladders, scenes, rungs)
+    return WithinTest(r, beta, low, high, p_tracks, p_below, ladders, scenes, rungs, r_pooled, undefined, p_sharp)
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -219,5 +253,6 @@ def stratified_permutation(values: np.ndarray, group: np.ndarray, strata: np.nda
             "p_less": float((1 + np.sum(draws <= observed + 1e-12)) / (1 + permutations)), "strata": used}
 
 
-__all__ = ["WithinTest", "as_panel", "two_way_centred", "within_correlation", "bootstrap_within", "permutation_within",
+__all__ = ["WithinTest", "as_panel", "two_way_centred", "within_correlation", "scene_sums", "scene_correlations",
+           "average_scene_correlation", "resampled_r", "bootstrap_within", "permutation_within",
            "within_test", "draw_counts", "percentile", "holm", "binomial_cdf", "mcnemar_exact", "stratified_difference", "stratified_permutation"]

@@ -146,9 +146,9 @@ def contrast_cells(p2: dict, method: str) -> list[str]:
 def format_p2(p2: dict) -> str:
     d = p2["design"]
     lines = [f"P2: do the maps track the model? Paired test (docs/p2.md): {d['scenes']} scene pairs x {d['ladders']} "
-             f"ladders x {d['rungs']} rungs; r = within-scene, within-rung association, {d['resamples']} two-level "
-             f"bootstrap resamples [95 %], {d['permutations']} scene permutations, Holm over the run at {d['alpha']:g}, "
-             f"minimum effect {d['min_effect']:g}"]
+             f"ladders x {d['rungs']} rungs; r = the average scene's within-scene, within-rung association, "
+             f"{d['resamples']} two-level bootstrap resamples [95 %] for the interval and both tests, Holm over the "
+             f"run at {d['alpha']:g}, minimum effect {d['min_effect']:g}"]
     for ladder in p2["ladders"]:
         lines.append(f"  ladder seed {ladder['seed']}: alpha 0 .. {ladder['alphas'][-1]:.3g}, competence on the scenes "
                      + " ".join(f"{c:.2f}" for c in ladder["competence"]))

@@ -1,0 +1,139 @@
+"""P2 replicated: ``python -m faithclip.audit.p2_replicate [--scene-seeds 2,3,4] [--ladder-seeds 0,3,6] ...``
+
+One P2 run (``faithclip.audit.p2.p2_test``, the audit's design) per pair of a scene seed and a ladder seed,
+each with every listed method (Holm within the run, as in the audit), and one table per pair of measures:
+per method, r [95 %] and the verdict in every cell, and whether the verdict is the same in all of them. A
+verdict that changes with the scenes or the ladders is not a finding about the method; this command is how
+docs/p2.md shows which verdicts hold.
+
+``--save DIR`` keeps every run (its per-scene measures included) as ``DIR/scenesS_laddersL.json``; ``--load
+DIR`` recomputes the tables from those measures with the current statistics, without the model (a run is a
+measurement; the statistics are a function of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faithclip.audit.p2 import PAIRS, P2Design, p2_statistics
+
+# grad_eclip is left out: it gives Attention-ECLIP's maps (docs/equivalence.md), so the same r in every cell.
+DEFAULT_METHODS = ("attention_eclip", "grad_eclip_official", "clip_surgery", "game", "grad_cam",
+                   "legrad", "maskclip", "rollout", "self_attention", "occlusion")
+
+
+def run_name(scene_seed: int, ladder_seed: int) -> str:
+    return f"scenes{scene_seed}_ladders{ladder_seed}.json"
+
+
+def restate(run: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """The run's statistics for ``methods`` (Holm over them) recomputed from its stored per-scene measures with
+    the current code. A method the run did not measure is a KeyError."""
+    design = P2Design(**run["design"])
+    model = {k: np.asarray(v, dtype=np.float64) for k, v in run["per_scene"]["model"].items()}
+    maps = {m: {k: np.asarray(v, dtype=np.float64) for k, v in run["per_scene"]["maps"][m].items()} for m in methods}
+    return {**run, "methods": list(methods), **p2_statistics(model, maps, design)}
+
+
+def tables(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
+    """One markdown table per pair of measures: methods x cells, and whether the verdicts agree."""
+    cells = sorted(runs)
+    methods = list(next(iter(runs.values()))["methods"])
+    lines = []
+    for pair, (x_name, y_name) in PAIRS.items():
+        lines += ["", f"{pair}: x = {x_name}, y = {y_name}; r [95 %] verdict per (scene seed, ladder seed)", "",
+                  "| method | " + " | ".join(f"{s}, {l}" for s, l in cells) + " | same verdict |",
+                  "|---|" + "---|" * (len(cells) + 1)]
+        for method in methods:
+            entries = [runs[cell][pair]["methods"][method] for cell in cells]
+            verdicts = {e["verdict"] for e in entries}
+            lines.append(f"| {method} | " + " | ".join(
+                f"{e['r']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}] {e['verdict']}" for e in entries)
+                + f" | {'yes: ' + verdicts.pop() if len(verdicts) == 1 else 'no'} |")
+    first = next(iter(runs.values()))["design"]
+    head = (f"P2 on {next(iter(runs.values()))['model']}: {len(cells)} runs of {first['scenes']} scenes x "
+            f"{first['ladders']} ladders x {first['rungs']} rungs, {len(methods)} methods (Holm within each run)")
+    return head + "\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m faithclip.audit.p2_replicate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes-clip")
+    parser.add_argument("--scene-seeds", default="2,3,4", help="comma-separated scene seeds")
+    parser.add_argument("--ladder-seeds", default="0,3,6",
+                        help="comma-separated first ladder seeds (a run's ladders are L, L + 1, ...)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods")
+    parser.add_argument("--scenes", type=int, default=P2Design().scenes)
+    parser.add_argument("--ladders", type=int, default=P2Design().ladders)
+    parser.add_argument("--rungs", type=int, default=P2Design().rungs)
+    parser.add_argument("--save", type=Path, default=None, help="folder to keep every run in")
+    parser.add_argument("--load", type=Path, default=None, help="recompute from runs kept by --save")
+    args = parser.parse_args(argv)
+    try:
+        scene_seeds = [int(v) for v in args.scene_seeds.split(",")]
+        ladder_seeds = [int(v) for v in args.ladder_seeds.split(",")]
+    except ValueError:
+        print("p2_replicate: --scene-seeds and --ladder-seeds are comma-separated integers.", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    runs: dict[tuple[int, int], dict[str, Any]] = {}
+    methods = [m for m in args.methods.split(",") if m]
+    if args.load is not None:
+        for s in scene_seeds:
+            for l in ladder_seeds:
+                path = args.load / run_name(s, l)
+                try:
+                    runs[(s, l)] = restate(json.loads(path.read_text()), methods)
+                except (OSError, ValueError, KeyError) as error:
+                    print(f"p2_replicate: cannot read a run with methods {', '.join(methods)} from {path}: "
+                          f"{error!r}", file=sys.stderr)
+                    return 2
+    else:
+        if args.save is not None:
+            try:
+                args.save.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                print(f"p2_replicate: cannot write to {args.save}: {error}", file=sys.stderr)
+                return 2
+        import torch
+
+        import faithclip
+        from faithclip.audit.p2 import p2_test
+        from faithclip.errors import FaithclipError
+
+        torch.set_num_threads(1)
+        try:
+            handle = faithclip.load(args.model)
+            from faithclip.registry import METHODS
+
+            for m in methods:
+                METHODS.get(m)
+        except (FaithclipError, KeyError, ValueError) as error:
+            print(f"p2_replicate: {error}", file=sys.stderr)
+            return 2
+        design = replace(P2Design(), scenes=args.scenes, ladders=args.ladders, rungs=args.rungs)
+        for s in scene_seeds:
+            for l in ladder_seeds:
+                run = p2_test(handle, methods, replace(design, scene_seed=s, ladder_seed=l))
+                runs[(s, l)] = run
+                print(f"run scenes {s}, ladders {l}: {run['seconds']} s", file=sys.stderr, flush=True)
+                if args.save is not None:
+                    (args.save / run_name(s, l)).write_text(json.dumps(run))
+    print(tables(runs))
+    seconds = [run["seconds"] for run in runs.values()]
+    print(f"\n(runs took {min(seconds):.0f}-{max(seconds):.0f} s each when measured; this command "
+          f"{time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
