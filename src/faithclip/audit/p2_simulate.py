@@ -21,7 +21,8 @@ per-scene r SD 0.54 median, bootstrap half-width 0.20 median; simulated 0.54 and
 equals 1.96 SD of r over simulated runs, 0.21). Without it the simulated data are three times cleaner than the
 real ones (half-width 0.07).
 A false flag is ``tracks`` when r <= 0 or ``does not track`` when r >= the minimum effect (0.1); power is
-``does not track`` at r = 0 and ``tracks`` at r = 0.2 and 0.3.
+``does not track`` at r = 0 and ``tracks`` at r = 0.2 and 0.3. The last column is descriptive: how often the
+scene-permutation test of the sharp null (``p_sharp``, unadjusted) rejects at alpha -- it decides nothing.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def simulate(scenario: Scenario, ladders: int, scenes: int, rungs: int, replicat
              design: P2Design, seed: int = 0) -> dict[str, float]:
     """Verdict rates of ``replicates`` runs of ``methods`` methods each (all drawn from ``scenario``)."""
     generator = np.random.default_rng([seed, ladders, scenes, rungs, zlib.crc32(scenario.name.encode())])
-    counts = {"tracks": 0, "does not track": 0, "inconclusive": 0}
+    counts = {"tracks": 0, "does not track": 0, "inconclusive": 0, "sharp": 0}
     for replicate in range(replicates):
         tests = {}
         for m in range(methods):
@@ -92,6 +93,7 @@ def simulate(scenario: Scenario, ladders: int, scenes: int, rungs: int, replicat
                                          seed=replicate * methods + m)
         for entry in p2_verdicts(tests, design.min_effect, design.alpha, min_scenes=0, min_ladders=0).values():
             counts[entry["verdict"]] += 1
+            counts["sharp"] += entry["p_sharp"] < design.alpha  # descriptive: the permutation test, unadjusted
     total = replicates * methods
     return {k: v / total for k, v in counts.items()}
 
@@ -108,16 +110,38 @@ def operating_characteristics(sizes: list[tuple[int, int]], rungs: int, replicat
     return rows
 
 
+def spread(ladders: int, scenes: int, rungs: int, replicates: int, design: P2Design, seed: int = 0) -> list[str]:
+    """Per scenario kind at mean r = 0.1: the median SD of the per-scene r_s, the median bootstrap half-width
+    of r and 1.96 SD of r over the replicates -- the figures ``SCENE_SD`` is calibrated on (module docstring)."""
+    from faithclip.audit.p2stats import scene_correlations
+
+    lines = [f"spread at {ladders} x {scenes}, mean r = 0.1, {replicates} runs:",
+             "| scenario | per-scene r SD (median) | half-width of r (median) | 1.96 SD of r over runs |",
+             "|---|---|---|---|"]
+    for kind in ("continuous", "heavy", "scenes differ"):
+        generator = np.random.default_rng([seed, ladders, scenes, zlib.crc32(kind.encode())])
+        sds, widths, values = [], [], []
+        for replicate in range(replicates):
+            x, y = synthetic(Scenario(kind, 0.1, kind), ladders, scenes, rungs, generator)
+            test = within_test(x, y, design.min_effect, design.resamples, design.permutations, 0.95, seed=replicate)
+            sds.append(np.nanstd(scene_correlations(x, y), ddof=1))
+            widths.append((test.high - test.low) / 2)
+            values.append(test.r)
+        lines.append(f"| {kind} | {np.median(sds):.2f} | {np.median(widths):.3f} | {1.96 * np.std(values):.3f} |")
+    return lines
+
+
 def format_row(row: dict) -> str:
     return (f"| {row['ladders']} | {row['scenes']} | {row['scenario']} | {row['tracks']:.3f} | "
-            f"{row['does not track']:.3f} | {row['inconclusive']:.3f} |")
+            f"{row['does not track']:.3f} | {row['inconclusive']:.3f} | {row['sharp']:.3f} |")
 
 
 def format_table(rows: list[dict], replicates: int, methods: int, design: P2Design) -> str:
     lines = [f"P2 verdict rates over {replicates} simulated runs of {methods} method(s) each (Holm over the run's "
              f"{2 * methods} p-values, alpha {design.alpha:g}, minimum effect {design.min_effect:g}, "
              f"{design.resamples} resamples, {design.permutations} permutations)",
-             "| ladders | scenes | scenario | tracks | does not track | inconclusive |", "|---|---|---|---|---|---|"]
+             "| ladders | scenes | scenario | tracks | does not track | inconclusive | sharp null rejected |",
+             "|---|---|---|---|---|---|---|"]
     lines += [format_row(row) for row in rows]
     return "\n".join(lines)
 
@@ -134,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--permutations", type=int, default=P2Design().permutations)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="print each row to stderr as it is measured")
+    parser.add_argument("--spread", action="store_true",
+                        help="print only the spread of each scenario kind at the first size (SCENE_SD's calibration)")
     args = parser.parse_args(argv)
     try:
         sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
@@ -145,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     design = P2Design(resamples=args.resamples, permutations=args.permutations)
     started = time.perf_counter()
+    if args.spread:
+        print("\n".join(spread(*sizes[0], args.rungs, args.replicates, design, args.seed)))
+        print(f"({time.perf_counter() - started:.0f} s)")
+        return 0
     report = (lambda line: print(line, file=sys.stderr, flush=True)) if args.progress else None
     rows = operating_characteristics(sizes, args.rungs, args.replicates, args.methods, design, args.seed, report)
     print(format_table(rows, args.replicates, args.methods, design))
