@@ -26,6 +26,7 @@ import torch
 from faithclip import __version__
 from faithclip.audit.run import AuditSettings
 from faithclip.explanation import json_bytes, write_atomic
+from faithclip.numerics import same_to_rounding
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,9 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
             entry = results["methods"][name]
             entry["hits"].append(pointing_hit(saliency, mask, tolerance))
             entry["energy"].append(energy_share(saliency, mask))
-            record["scores"][name] = {"score": explanation.score, "model_score": explanation.model_score}
+            record["scores"][name] = {"score": explanation.score, "model_score": explanation.model_score,
+                                      "same": explanation.model_score is None or same_to_rounding(
+                                          explanation.score, explanation.model_score, handle.dtype)}
             overlays[(index, name)] = _card(scene.image, explanation)
         record["random_map"] = random_map_levels(mask, tolerance)
         results["scenes"].append(record)
@@ -241,7 +244,7 @@ def render_html(results: dict[str, Any], items: list[Any], methods: list[str], o
         for name in methods:
             uri, span, notes = overlays[(index, name)]
             score = record["scores"][name]
-            gap = abs(score["score"] - score["model_score"]) >= 1e-5
+            gap = not score["same"]  # P1: the documented rounding bound of the model's dtype (docs/testing.md)
             own = f" <span class='bad'>(model {score['model_score']:+.3f})</span>" if gap else ""
             warn = "".join(f"<br><span class='bad'>{esc(n)}</span>" for n in notes)
             cards.append(f"<figure class='card'><img alt='{esc(name)}' src='{uri}'><figcaption><b>{esc(name)}</b>"
