@@ -22,11 +22,12 @@ objects        prompt names                           (scenes where neither obje
 =============  =====================================  ==========================================
 
 **Verification.** ``flip(region)`` = the share of scenes whose prediction changes when the region is
-erased (background restored). On the colour and objects probes the prediction compared is the predicted
-prompt's COLOUR: a colour model has no reason to rank "a red circle" above "a red square", so its
-arg-max among the prompts of one colour is a near-tie that any pixel may flip. Whether the model reads
-the shape is measured instead by ``shape``: the share of scenes whose predicted prompt names the effect
-object's drawn shape (chance 1/5). With Wilson 95 % intervals, a model HAS its mechanism when
+erased (background restored). On the two-object probes (colour, objects, ignore-shape), whose objects
+always differ in colour, the prediction compared is the predicted prompt's COLOUR: it says which object
+the prompt names, and a model that does not (yet) read shapes -- a colour model has no reason to rank "a
+red circle" above "a red square" -- holds a near-tie among the prompts of one colour that any pixel may
+flip. Whether the model reads the shape is measured instead by ``shape``: the share of scenes whose
+predicted prompt names the effect object's drawn shape (chance 1/5). With Wilson 95 % intervals, a model HAS its mechanism when
 
 - ``flip(effect)``'s lower bound >= ``EFFECT_FLOOR`` (0.8) and ``flip(decoy)``'s upper bound <=
   ``DECOY_CEILING`` (0.2), and, on the colour/objects probes, ``matched``'s lower bound >= 0.8;
@@ -202,7 +203,7 @@ def verify(handle: Any, probe_set: Probe) -> dict[str, Any]:
     prompts = scenes.prompts
     predicted = predict(handle, scenes.images, prompts)
     after = {name: predict(handle, batch.images, prompts) for name, batch in probe_set.variants.items()}
-    by_colour = mechanism in ("colour", "objects")  # compare predicted colours (module docstring)
+    by_colour = mechanism != "cue"  # two objects of different colours: compare predicted colours (docstring)
     level = (lambda labels: labels // len(SHAPES)) if by_colour else (lambda labels: labels)  # noqa: E731
     flipped = {name: level(values) != level(predicted) for name, values in after.items()}
     slots = effect_slots(mechanism, scenes, predicted)

@@ -372,25 +372,31 @@ class ShapesWorld:
 
         ``objects``, ``colour``: two ordinary objects (drawn as their classes) of different colours;
         ``cue``: one ordinary object of class B and a cue of a class A != B (the caption names A);
-        ``ignore-shape``: a nameable object (slot 0) and a ring (slot 1).
+        ``ignore-shape``: a nameable object (slot 0) and a ring of another colour (slot 1).
         """
         rng = self._rng(seed)
-        if self.mechanism == "ignore-shape":
-            return self._layout(rng, np.ones(n, dtype=np.int64))
         layout = self._layout(rng, np.full(n, 1 if self.mechanism == "cue" else 2, dtype=np.int64), plant=False)
         labels = layout.labels.copy()
+        targets = np.zeros(n, dtype=np.int64)
         if self.mechanism == "cue":
             drawn = labels.copy()  # the object shows class B
             cue = (drawn[:, 0] + rng.integers(1, self.num_classes, size=n)) % self.num_classes  # A != B
             labels[:, 0] = cue
-            return replace(layout, labels=labels, drawn=drawn, cue=cue, targets=np.zeros(n, dtype=np.int64))
+            return replace(layout, labels=labels, drawn=drawn, cue=cue, targets=targets)
         first = rng.integers(0, len(COLOURS), size=n)
         second = (first + rng.integers(1, len(COLOURS), size=n)) % len(COLOURS)
         shapes = rng.integers(0, len(SHAPES), size=(n, 2))
+        nameable = None
+        if self.mechanism == "ignore-shape":
+            others = np.array([s for s in range(len(SHAPES)) if s != self.ignored_shape])
+            shapes[:, 0] = others[rng.integers(0, len(others), size=n)]
+            shapes[:, 1] = self.ignored_shape
+            nameable = np.zeros(labels.shape, dtype=bool)
+            nameable[:, 0] = True
         labels[:, :2] = np.stack([first, second], axis=1) * len(SHAPES) + shapes
         colours = layout.colours_rgb.copy()
         colours[:, :2] = self._jittered_colours(rng, labels[:, :2])
-        return replace(layout, labels=labels, colours_rgb=colours, targets=np.zeros(n, dtype=np.int64))
+        return replace(layout, labels=labels, colours_rgb=colours, targets=targets, nameable=nameable)
 
     @staticmethod
     def without(layout: Layout, slot: np.ndarray | int | None = None, cue: bool = False) -> Layout:
