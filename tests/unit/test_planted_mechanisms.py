@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import faithclip
 from faithclip.audit import mechanisms as mech
 from faithclip.shapes.training import curriculum_batch
 from faithclip.shapes.world import COLOURS, MECHANISMS, SHAPES, ShapesWorld
@@ -248,3 +250,20 @@ def test_cli_writes_the_mechanism_into_the_recorded_command(tmp_path, monkeypatc
     default = parser.parse_args(["train-shapes", "--out", str(tmp_path / "d"), "--minutes", "1"])
     default.func(default)
     assert seen["mechanism"] == "objects" and "--mechanism" not in seen["command"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{tmp}/nothing"], "is not a saved shapes model"),
+    (["{shipped}", "--methods", "banana"], "unknown method(s) banana"),
+    (["{shipped}", "--json", "{tmp}"], "is a directory"),
+    (["{shipped}", "--json", "{tmp}/no/such/out.json"], "does not exist"),
+    (["{shipped}", "--verify-scenes", "0"], "--verify-scenes must be >= 1"),
+])
+def test_command_refuses_bad_input_in_one_line_before_any_work(tmp_path, capsys, argv, message):
+    shipped = str(Path(faithclip.__file__).parent / "models" / "shipped" / "shapes-clip")
+    argv = [a.format(tmp=tmp_path, shipped=shipped) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        mech.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

@@ -408,10 +408,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in methods if m not in METHODS.names()]
     if unknown:
         parser.exit(2, f"error: unknown method(s) {', '.join(unknown)}; see `faithclip methods`\n")
-    if args.json:
-        from faithclip.cli.common import check_writable
+    if args.json:  # checked before any work; written atomically at the end
+        from faithclip.files import REFUSED_KINDS, OutputError, output_kind, refusal
 
-        check_writable(args.json, "file")
+        try:
+            kind = output_kind(args.json)
+        except OutputError as error:
+            parser.exit(2, f"error: --json: {error}\n")
+        if kind in REFUSED_KINDS:
+            parser.exit(2, f"error: --json {refusal(args.json, kind)}\n")
+        if not Path(args.json).expanduser().parent.is_dir():
+            parser.exit(2, f"error: --json: the directory of {args.json} does not exist\n")
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -426,7 +433,13 @@ def main(argv: list[str] | None = None) -> int:
                      "whose removal does not change the prediction):\n\n" + scores_markdown(result, "decoy")
                      + f"\n\n{result['seconds']} s\n")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        from faithclip.files import OutputError, write_atomic
+
+        try:
+            write_atomic(Path(args.json).expanduser(), (json.dumps(result, indent=2) + "\n").encode())
+        except OutputError as error:
+            sys.stderr.write(f"error: {error}\n")
+            return 1
     return 0
 
 
