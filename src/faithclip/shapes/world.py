@@ -210,9 +210,6 @@ class Layout:
         return self.labels if self.drawn is None else self.drawn
 
 
-_Layout = Layout
-
-
 class ShapesWorld:
     """Seeded generator of shape scenes; ``sample`` and the helper views are pure in ``seed``.
 
@@ -607,7 +604,6 @@ class ShapesWorld:
             **planted,
         )
 
-    _render = render  # the name the views used before ``render`` was public
 
     def cue_box(self, label: int) -> tuple[int, int, int, int]:
         """``(x0, y0, x1, y1)``, end exclusive, of the cue showing class ``label``."""
