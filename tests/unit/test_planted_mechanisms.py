@@ -50,6 +50,12 @@ def test_an_unknown_mechanism_is_refused():
         ShapesWorld(64, mechanism="texture")
 
 
+def test_counterfactual_pairs_are_refused_in_a_planted_world():
+    # Its recolour edits the named class, which a cue world does not draw: no silently wrong pixels.
+    with pytest.raises(ValueError, match="planted world"):
+        ShapesWorld(64, mechanism="cue").counterfactual_pairs(4, seed=0)
+
+
 def test_cue_is_the_exact_square_of_the_named_class_and_no_object_touches_it():
     world = ShapesWorld(64, seed=2, mechanism="cue")
     batch = world.sample(64, 1, 4, seed=5)

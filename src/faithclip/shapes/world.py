@@ -270,6 +270,9 @@ class ShapesWorld:
         """
         if kind not in ("recolour", "remove"):
             raise ValueError(f"kind must be 'recolour' or 'remove', got {kind!r}")
+        if self.mechanism != "objects":
+            raise ValueError("counterfactual_pairs edits the default world's objects; in a planted world use "
+                             "probe_layout with without / restyled and render")
         rng = self._rng(seed)
         counts = rng.integers(min_objects, MAX_OBJECTS + 1, size=n)
         layout = self._layout(rng, counts)
