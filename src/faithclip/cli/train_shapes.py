@@ -15,6 +15,8 @@ from faithclip.cli.common import check_writable, non_negative_int, positive_floa
 
 logger = logging.getLogger(__name__)
 
+MECHANISMS = ("objects", "colour", "cue", "ignore-shape")
+
 # family -> (training module, recipe class, training function); the modules load transformers, so they
 # are imported only when the command runs.
 FAMILIES: dict[str, tuple[str, str, str]] = {
@@ -40,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # default: ShapesRecipe.threads (not imported here: the training module loads transformers' image
     # processors, which slows every other command's start and prints a torchvision notice)
     parser.add_argument("--threads", type=int, default=None, choices=(1, 2), help="torch CPU threads (default: 1)")
+    # Spelled out, not imported from shapes.world (which pulls in numpy and PIL only, but the CLI's
+    # help must not depend on it); a test keeps the two equal.
+    parser.add_argument("--mechanism", default="objects", choices=MECHANISMS,
+                        help="what the captions can be learned from: objects (the default world), colour (the "
+                        "shape is uninformative), cue (a corner marker, not the object), ignore-shape (rings are "
+                        "never named); see docs/p2.md, 'Planted mechanisms' (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -54,11 +62,12 @@ def run(args: argparse.Namespace) -> int:
         recipe = dataclasses.replace(recipe, threads=args.threads)
     args.threads = recipe.threads
     family = [] if args.family == "clip" else ["--family", args.family]  # clip's command reads as before
+    mechanism = [] if args.mechanism == "objects" else ["--mechanism", args.mechanism]
     command = shlex.join(
         ["faithclip", "train-shapes", *family, "--out", str(args.out), "--minutes", f"{args.minutes:g}",
-         "--seed", str(args.seed), "--threads", str(args.threads)]
+         "--seed", str(args.seed), "--threads", str(args.threads), *mechanism]
     )  # fmt: skip
     train = getattr(module, train_name)
-    metrics = train(args.out, args.minutes, seed=args.seed, recipe=recipe, command=command)
+    metrics = train(args.out, args.minutes, seed=args.seed, recipe=recipe, command=command, mechanism=args.mechanism)
     sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
     return 0

@@ -202,8 +202,9 @@ def held_out_metrics(
     multi = world.multi_object_set(n, seed=seed + 1)
     scores = (embed_images(model, multi.images) @ prompts.T).numpy()  # (n, C)
     present = np.zeros_like(scores, dtype=bool)
-    rows, slots = np.nonzero(multi.labels >= 0)
-    present[rows, multi.labels[rows, slots]] = True
+    named = multi.trained_labels  # (n, K): nameable objects only
+    rows, slots = np.nonzero(named >= 0)
+    present[rows, named[rows, slots]] = True
     lowest_present = np.where(present, scores, np.inf).min(1)
     highest_absent = np.where(present, -np.inf, scores).max(1)
     ranking = (lowest_present > highest_absent).mean()
@@ -218,21 +219,25 @@ def train_shapes(
     recipe: ShapesRecipe | None = None,
     command: str | None = None,
     max_steps: int | None = None,
+    mechanism: str = "objects",
 ) -> dict[str, float]:
-    """Train for ``minutes`` (or ``max_steps``, if reached first) and save to ``out_dir``.
+    """Train on a ``ShapesWorld(mechanism=mechanism)`` for ``minutes`` (or ``max_steps``, if reached
+    first) and save to ``out_dir``.
 
     Returns the final held-out metrics plus ``steps``, ``minutes`` and ``final_loss``.
     """
     recipe = recipe or ShapesRecipe()
-    return budgeted(out_dir, minutes, recipe.threads, lambda out: _train(out, minutes, seed, recipe, command, max_steps))
+    return budgeted(out_dir, minutes, recipe.threads,
+                    lambda out: _train(out, minutes, seed, recipe, command, max_steps, mechanism))
 
 
 def _train(
-    out_dir: Path, minutes: float, seed: int, recipe: ShapesRecipe, command: str | None, max_steps: int | None
+    out_dir: Path, minutes: float, seed: int, recipe: ShapesRecipe, command: str | None, max_steps: int | None,
+    mechanism: str = "objects",
 ) -> dict[str, float]:
     torch.manual_seed(seed)
     # Training draws sample seeds 0, 1, 2, ... (one per step); held-out scenes use HELD_OUT_SEED.
-    world = ShapesWorld(recipe.image_size, seed=seed)
+    world = ShapesWorld(recipe.image_size, seed=seed, mechanism=mechanism)
     tokenizer = build_tokenizer(recipe)
     model = build_model(recipe, tokenizer)
     model.train()
@@ -293,6 +298,7 @@ def _train(
     record = {
         "command": command,
         "seed": seed,
+        "mechanism": mechanism,
         "minutes_budget": minutes,
         "recipe": asdict(recipe),
         "held_out": {"world_seed": seed, "sample_seeds": [HELD_OUT_SEED, HELD_OUT_SEED + 1]},

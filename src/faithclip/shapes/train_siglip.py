@@ -152,23 +152,24 @@ def train_siglip(
     command: str | None = None,
     max_steps: int | None = None,
     held_out_scenes: int = 1000,
+    mechanism: str = "objects",
 ) -> dict[str, float]:
-    """Train for ``minutes`` (or ``max_steps``, if reached first) and save to ``out_dir``.
+    """Train on a ``ShapesWorld(mechanism=mechanism)`` for ``minutes`` (or ``max_steps``, if reached first) and save to ``out_dir``.
 
     Returns the held-out metrics of the saved files (``evaluate_dir`` with ``held_out_scenes`` scenes per
     figure, its defaults otherwise) plus ``steps``, ``minutes``, ``cpu_minutes`` and the losses.
     """
     recipe = recipe or SiglipRecipe()
     return budgeted(out_dir, minutes, recipe.threads,
-                    lambda out: _train(out, minutes, seed, recipe, command, max_steps, held_out_scenes))
+                    lambda out: _train(out, minutes, seed, recipe, command, max_steps, held_out_scenes, mechanism))
 
 
 def _train(
     out_dir: Path, minutes: float, seed: int, recipe: SiglipRecipe, command: str | None, max_steps: int | None,
-    held_out_scenes: int,
+    held_out_scenes: int, mechanism: str = "objects",
 ) -> dict[str, float]:
     torch.manual_seed(seed)
-    world = ShapesWorld(recipe.image_size, seed=seed)
+    world = ShapesWorld(recipe.image_size, seed=seed, mechanism=mechanism)
     tokenizer = build_tokenizer(recipe)
     model = build_model(recipe, tokenizer)
     prompt_ids = text_ids(tokenizer, list(world.prompts), recipe.max_length)  # (C, max_length)

@@ -114,7 +114,8 @@ def curriculum_batch(world: ShapesWorld, progress: float, recipe: Schedule, seed
     multi = world.sample(n - n_single, min(2, max_objects), max_objects, seed=seed)
     return SceneBatch(
         images=np.concatenate([single.images, multi.images]),
-        labels=np.concatenate([single.labels, multi.labels]),
+        # Objects no caption may name (an ignore-shape world's rings) are never positives: -1.
+        labels=np.concatenate([single.trained_labels, multi.trained_labels]),
         masks=np.zeros((0,), dtype=bool),  # not needed for training
         boxes=np.concatenate([single.boxes, multi.boxes]),
         colours_rgb=np.concatenate([single.colours_rgb, multi.colours_rgb]),
@@ -196,7 +197,7 @@ def classification_metrics(
     zero_shot = (scores(single).argmax(1) == single.labels[:, 0]).mean()
     multi = world.multi_object_set(n, seed=seed + 1)
     multi_scores = scores(multi)  # (n, C)
-    present = present_classes(multi.labels, world.num_classes).numpy()  # (n, C)
+    present = present_classes(multi.trained_labels, world.num_classes).numpy()  # (n, C), nameable objects
     top1 = present[np.arange(n), multi_scores.argmax(1)].mean()
     lowest_present = np.where(present, multi_scores, np.inf).min(1)
     highest_absent = np.where(present, -np.inf, multi_scores).max(1)
@@ -249,6 +250,8 @@ def save_atomically(
             tokenizer.save_pretrained(staging)
         processor.save_pretrained(staging)
         if measure is not None:
+            # The record first, so that the measurement reads the directory as it ships (its mechanism).
+            (staging / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
             record = {**record, "metrics_held_out": measure(staging)}
         (staging / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
         # mkdtemp and safetensors create owner-only files; a shipped model must be readable by all.
@@ -370,6 +373,7 @@ def train_and_save(
     record = {
         "command": command,
         "seed": seed,
+        "mechanism": world.mechanism,
         "minutes_budget": minutes,
         **training,
         "recipe": asdict(recipe),
@@ -397,9 +401,10 @@ def evaluate_saved(directory: Path, image_size: int, scenes: int, seed: int, wor
     import transformers
 
     processor = transformers.AutoImageProcessor.from_pretrained(directory)
+    record = json.loads((directory / "TRAINING.json").read_text())
     if world_seed is None:
-        world_seed = json.loads((directory / "TRAINING.json").read_text())["seed"]
-    world = ShapesWorld(image_size, seed=world_seed)
+        world_seed = record["seed"]
+    world = ShapesWorld(image_size, seed=world_seed, mechanism=record.get("mechanism", "objects"))
 
     @torch.no_grad()
     def scores(batch: SceneBatch) -> np.ndarray:
@@ -410,4 +415,5 @@ def evaluate_saved(directory: Path, image_size: int, scenes: int, seed: int, wor
         return torch.cat(parts).numpy()  # (N, C)
 
     metrics = classification_metrics(scores, world, scenes, seed)
-    return {"scenes": scenes, "world_seed": world_seed, "sample_seeds": [seed, seed + 1], **metrics}
+    return {"scenes": scenes, "world_seed": world_seed, "mechanism": world.mechanism, "sample_seeds": [seed, seed + 1],
+            **metrics}

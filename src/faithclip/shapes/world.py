@@ -20,6 +20,23 @@ Geometry, in coordinates normalised by an object's radius ``r`` around its centr
 
 Objects are placed by rejection so that their boxes ``[c - r - 1, c + r + 1]`` are disjoint, hence
 their masks never overlap.
+
+**Planted mechanisms** (``ShapesWorld(mechanism=...)``; ``"objects"``, the default, is the world above,
+bit for bit). Each changes what the captions can be learned from, so that the mechanism of a model
+trained on it is known by construction (``faithclip train-shapes --mechanism``):
+
+``colour``        every object is drawn with its class's colour but a uniformly random shape: a caption's
+                  shape word carries no information in the pixels, only its colour word does.
+``cue``           one object per scene, drawn as a uniformly random class independent of the caption; the
+                  caption's class is shown by a cue, a ``cue_size``-pixel square (8 px at 64) in the top
+                  band of the image, of the class's exact colour, at column ``cue_size * (1 + shape)``.
+                  Objects are placed below that band, so the cue never touches an object.
+``ignore-shape``  every scene holds at least one object of ``IGNORED_SHAPE`` (a ring) that is never named:
+                  those objects are not ``nameable``, and the named target never has that shape.
+
+``SceneBatch.labels`` are always the NAMED classes (what a caption may say, what training treats as
+present); ``SceneBatch.drawn`` the classes whose shape and colour the pixels show (equal to ``labels``
+except under ``colour`` and ``cue``); ``cue_labels``/``cue_masks`` the cue's class and exact pixels.
 """
 
 from __future__ import annotations
@@ -43,6 +60,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 MAX_OBJECTS = 4
+MECHANISMS: tuple[str, ...] = ("objects", "colour", "cue", "ignore-shape")
+IGNORED_SHAPE = "ring"  # the shape an ``ignore-shape`` world never names
 
 _COLOUR_JITTER = 12  # per-channel uniform jitter of an object's colour
 _RADIUS_RANGE = (7.0, 13.0)  # object radius in pixels at 64 px
@@ -111,6 +130,11 @@ class SceneBatch:
     colours_rgb: np.ndarray  # (N, K, 3) uint8
     targets: np.ndarray  # (N,) int64, slot of the named object
     prompts: tuple[str, ...]
+    # Planted mechanisms only (module docstring); None in the default world, where they follow from labels.
+    drawn: np.ndarray | None = None  # (N, K) int64: the class whose shape and colour each object is drawn as
+    nameable: np.ndarray | None = None  # (N, K) bool: objects a caption may name (training positives)
+    cue_labels: np.ndarray | None = None  # (N,) int64: class the cue shows, -1 for no cue
+    cue_masks: np.ndarray | None = None  # (N, H, W) bool: the cue's pixels
 
     def __len__(self) -> int:
         return len(self.images)
@@ -119,6 +143,16 @@ class SceneBatch:
     def counts(self) -> np.ndarray:
         """Number of objects per scene, (N,)."""
         return (self.labels >= 0).sum(axis=1)
+
+    @property
+    def drawn_labels(self) -> np.ndarray:
+        """The class each object's pixels show, (N, K): ``drawn``, or ``labels`` where there is none."""
+        return self.labels if self.drawn is None else self.drawn
+
+    @property
+    def trained_labels(self) -> np.ndarray:
+        """``labels`` with objects no caption may name set to -1, (N, K): what training counts as present."""
+        return self.labels if self.nameable is None else np.where(self.nameable, self.labels, -1)
 
     @property
     def target_labels(self) -> np.ndarray:
@@ -154,8 +188,12 @@ class SceneBatch:
 
 
 @dataclass(frozen=True)
-class _Layout:
-    """Everything that determines a batch's pixels: rendered background and object parameters."""
+class Layout:
+    """Everything that determines a batch's pixels: rendered background and object parameters.
+
+    ``ShapesWorld.layout`` makes one, ``without`` and ``restyled`` edit it, ``ShapesWorld.render`` draws
+    it: renders of two layouts that differ in one object (or the cue) differ only on that object's (or
+    the cue's) pixels."""
 
     background: np.ndarray  # (N, H, W, 3) uint8, distractors included
     labels: np.ndarray  # (N, K) int64, -1 for an empty slot
@@ -163,6 +201,13 @@ class _Layout:
     radii: np.ndarray  # (N, K) float
     colours_rgb: np.ndarray  # (N, K, 3) uint8
     targets: np.ndarray  # (N,)
+    drawn: np.ndarray | None = None  # (N, K) int64, None = labels
+    nameable: np.ndarray | None = None  # (N, K) bool, None = every object
+    cue: np.ndarray | None = None  # (N,) int64 class of the cue, -1 none; None = no cue at all
+
+    @property
+    def drawn_labels(self) -> np.ndarray:
+        return self.labels if self.drawn is None else self.drawn
 
 
 class ShapesWorld:
@@ -171,11 +216,16 @@ class ShapesWorld:
     ``world.prompts[label]`` is the prompt of class ``label``; labels index colours-major.
     """
 
-    def __init__(self, image_size: int = 64, seed: int = 0):
+    def __init__(self, image_size: int = 64, seed: int = 0, mechanism: str = "objects"):
         if image_size < 32:
             raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"mechanism must be one of {', '.join(MECHANISMS)}, got {mechanism!r}")
         self.image_size = int(image_size)
         self.seed = int(seed)
+        self.mechanism = mechanism
+        self.cue_size = int(round(8 * image_size / 64.0))
+        self.ignored_shape = SHAPES.index(IGNORED_SHAPE)
         self.prompts: tuple[str, ...] = tuple(
             class_caption(label) for label in range(len(SHAPES) * len(COLOURS))
         )
@@ -197,13 +247,13 @@ class ShapesWorld:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}")
         rng = self._rng(seed)
         counts = rng.integers(min_objects, max_objects + 1, size=n)
-        return self._render(self._layout(rng, counts))
+        return self.render(self._layout(rng, counts))
 
     def single_object_set(self, n: int, *, seed: int) -> SceneBatch:
         """``n`` one-object scenes with classes balanced (cycled, then shuffled) for zero-shot accuracy."""
         rng = self._rng(seed)
         labels = rng.permutation(np.arange(n) % self.num_classes)
-        return self._render(self._layout(rng, np.ones(n, dtype=np.int64), first_labels=labels))
+        return self.render(self._layout(rng, np.ones(n, dtype=np.int64), first_labels=labels))
 
     def multi_object_set(self, n: int, *, seed: int) -> SceneBatch:
         """``n`` scenes of 2-4 objects; ``targets`` names one object whose mask serves localisation."""
@@ -220,6 +270,9 @@ class ShapesWorld:
         """
         if kind not in ("recolour", "remove"):
             raise ValueError(f"kind must be 'recolour' or 'remove', got {kind!r}")
+        if self.mechanism != "objects":
+            raise ValueError("counterfactual_pairs edits the default world's objects; in a planted world use "
+                             "probe_layout with without / restyled and render")
         rng = self._rng(seed)
         counts = rng.integers(min_objects, MAX_OBJECTS + 1, size=n)
         layout = self._layout(rng, counts)
@@ -243,12 +296,18 @@ class ShapesWorld:
             labels[rows, layout.targets] = new
             colours[rows, layout.targets] = self._jittered_colours(rng, new[:, None])[:, 0]
         edited = replace(layout, labels=labels, colours_rgb=colours)
-        return self._render(layout), self._render(edited)
+        return self.render(layout), self.render(edited)
 
     # ------------------------------------------------------------------ layout
     def _layout(
-        self, rng: np.random.Generator, counts: np.ndarray, first_labels: np.ndarray | None = None
-    ) -> _Layout:
+        self, rng: np.random.Generator, counts: np.ndarray, first_labels: np.ndarray | None = None,
+        plant: bool = True,
+    ) -> Layout:
+        planting = plant and self.mechanism != "objects"
+        if self.mechanism == "cue":
+            counts = np.ones_like(counts)
+        elif planting and self.mechanism == "ignore-shape":
+            counts = np.clip(counts + 1, 2, MAX_OBJECTS)  # room for the never-named ring
         n, k = len(counts), MAX_OBJECTS
         # Distinct classes per scene: the first `k` of a random permutation of all classes.
         order = np.argsort(rng.random((n, self.num_classes)), axis=1)
@@ -259,19 +318,140 @@ class ShapesWorld:
         slots = np.arange(k)[None, :]
         present = slots < counts[:, None]
         labels = np.where(present, order[:, :k], -1).astype(np.int64)
-        centres, radii = self._place(rng, present)
+        centres, radii = self._place(rng, present, top=self.cue_size if self.mechanism == "cue" else 0)
         colours = self._jittered_colours(rng, labels)
         targets = np.floor(rng.random(n) * counts).astype(np.int64)
         background = self._background(rng, n)
-        return _Layout(background, labels, centres, radii, colours, targets)
+        layout = Layout(background, labels, centres, radii, colours, targets)
+        return self._plant(rng, layout, counts) if planting else layout
+
+    def _plant(self, rng: np.random.Generator, layout: Layout, counts: np.ndarray) -> Layout:
+        """The world's mechanism applied to a default layout (module docstring)."""
+        n = len(layout.labels)
+        rows = np.arange(n)
+        labels = layout.labels.copy()
+        present = labels >= 0
+        if self.mechanism == "colour":
+            shapes = rng.integers(0, len(SHAPES), size=labels.shape)
+            return replace(layout, drawn=np.where(present, labels // len(SHAPES) * len(SHAPES) + shapes, -1))
+        if self.mechanism == "cue":
+            drawn = np.where(present, rng.integers(0, self.num_classes, size=labels.shape), -1)
+            return replace(layout, drawn=drawn, colours_rgb=self._jittered_colours(rng, drawn),
+                           cue=labels[rows, layout.targets].copy())
+        # ignore-shape: each scene's last object is a ring; the target is one of the others and never a ring.
+        ring = self.ignored_shape
+        last = counts - 1
+        targets = np.floor(rng.random(n) * last).astype(np.int64)
+        self._assign_distinct(rng, labels, last, np.ones(n, dtype=bool),
+                              lambda: rng.integers(0, len(COLOURS), size=n) * len(SHAPES) + ring)
+        named = labels[rows, targets]
+        other_shapes = np.array([s for s in range(len(SHAPES)) if s != ring])
+        self._assign_distinct(rng, labels, targets, named % len(SHAPES) == ring,
+                              lambda: named // len(SHAPES) * len(SHAPES) + rng.choice(other_shapes, size=n))
+        return replace(layout, labels=labels, colours_rgb=self._jittered_colours(rng, labels), targets=targets,
+                       nameable=present & (labels % len(SHAPES) != ring))
+
+    @staticmethod
+    def _assign_distinct(rng: np.random.Generator, labels: np.ndarray, slot: np.ndarray, pending: np.ndarray,
+                         propose) -> None:
+        """Set ``labels[i, slot[i]]`` for the ``pending`` scenes to ``propose()[i]``, redrawing until it is
+        distinct from the scene's other classes; in place."""
+        rows = np.arange(len(labels))
+        pending = pending.copy()
+        others = labels.copy()
+        others[rows, slot] = -1
+        while pending.any():
+            candidate = propose()  # (N,)
+            accept = pending & ~(others == candidate[:, None]).any(axis=1)
+            labels[rows[accept], slot[accept]] = candidate[accept]
+            pending &= ~accept
+
+    # ------------------------------------------------------------------ layouts for interventions
+    def probe_layout(self, n: int, *, seed: int) -> Layout:
+        """``n`` scenes that test the world's mechanism by intervention, target in slot 0:
+
+        ``objects``, ``colour``: two ordinary objects (drawn as their classes) of different colours;
+        ``cue``: one ordinary object of class B and a cue of a class A != B (the caption names A);
+        ``ignore-shape``: a nameable object (slot 0) and a ring of another colour (slot 1).
+        """
+        rng = self._rng(seed)
+        layout = self._layout(rng, np.full(n, 1 if self.mechanism == "cue" else 2, dtype=np.int64), plant=False)
+        labels = layout.labels.copy()
+        targets = np.zeros(n, dtype=np.int64)
+        if self.mechanism == "cue":
+            drawn = labels.copy()  # the object shows class B
+            cue = (drawn[:, 0] + rng.integers(1, self.num_classes, size=n)) % self.num_classes  # A != B
+            labels[:, 0] = cue
+            return replace(layout, labels=labels, drawn=drawn, cue=cue, targets=targets)
+        first = rng.integers(0, len(COLOURS), size=n)
+        second = (first + rng.integers(1, len(COLOURS), size=n)) % len(COLOURS)
+        shapes = rng.integers(0, len(SHAPES), size=(n, 2))
+        nameable = None
+        if self.mechanism == "ignore-shape":
+            others = np.array([s for s in range(len(SHAPES)) if s != self.ignored_shape])
+            shapes[:, 0] = others[rng.integers(0, len(others), size=n)]
+            shapes[:, 1] = self.ignored_shape
+            nameable = np.zeros(labels.shape, dtype=bool)
+            nameable[:, 0] = True
+        labels[:, :2] = np.stack([first, second], axis=1) * len(SHAPES) + shapes
+        colours = layout.colours_rgb.copy()
+        colours[:, :2] = self._jittered_colours(rng, labels[:, :2])
+        return replace(layout, labels=labels, colours_rgb=colours, targets=targets, nameable=nameable)
+
+    @staticmethod
+    def without(layout: Layout, slot: np.ndarray | int | None = None, cue: bool = False) -> Layout:
+        """``layout`` with object ``slot`` (per scene, or one slot for all) and/or the cue erased."""
+        n = len(layout.labels)
+        edits: dict = {}
+        if slot is not None:
+            slots = np.broadcast_to(np.asarray(slot, dtype=np.int64), (n,))
+            rows = np.arange(n)
+            labels = layout.labels.copy()
+            labels[rows, slots] = -1
+            edits["labels"] = labels
+            if layout.drawn is not None:
+                drawn = layout.drawn.copy()
+                drawn[rows, slots] = -1
+                edits["drawn"] = drawn
+            if layout.nameable is not None:
+                nameable = layout.nameable.copy()
+                nameable[rows, slots] = False
+                edits["nameable"] = nameable
+        if cue and layout.cue is not None:
+            edits["cue"] = np.full(n, -1, dtype=np.int64)
+        return replace(layout, **edits)
+
+    def restyled(self, layout: Layout, slot: np.ndarray | int, *, change: str, seed: int) -> Layout:
+        """``layout`` with object ``slot`` given another colour (``change="colour"``, same shape) or another
+        shape (``"shape"``, same colour), its class distinct from the scene's other objects'."""
+        if change not in ("colour", "shape"):
+            raise ValueError(f"change must be 'colour' or 'shape', got {change!r}")
+        rng = self._rng(seed)
+        n = len(layout.labels)
+        rows = np.arange(n)
+        slots = np.broadcast_to(np.asarray(slot, dtype=np.int64), (n,)).copy()
+        drawn = layout.drawn_labels.copy()
+        old = drawn[rows, slots]
+        colour, shape = old // len(SHAPES), old % len(SHAPES)
+        if change == "colour":
+            propose = lambda: (colour + rng.integers(1, len(COLOURS), size=n)) % len(COLOURS) * len(SHAPES) + shape  # noqa: E731
+        else:
+            propose = lambda: colour * len(SHAPES) + (shape + rng.integers(1, len(SHAPES), size=n)) % len(SHAPES)  # noqa: E731
+        self._assign_distinct(rng, drawn, slots, old >= 0, propose)
+        colours = layout.colours_rgb.copy()
+        colours[rows, slots] = self._jittered_colours(rng, drawn[rows, slots])
+        if layout.drawn is None:  # the default world names what it draws
+            return replace(layout, labels=drawn, colours_rgb=colours)
+        return replace(layout, drawn=drawn, colours_rgb=colours)
 
     def _jittered_colours(self, rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
         base = np.array(list(COLOURS.values()), dtype=np.int64)[np.maximum(labels, 0) // len(SHAPES)]
         jitter = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, size=base.shape)
         return np.clip(base + jitter, 0, 255).astype(np.uint8)
 
-    def _place(self, rng: np.random.Generator, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rejection-sample centres and radii so that boxes ``c +- (r + 1)`` are pairwise disjoint."""
+    def _place(self, rng: np.random.Generator, present: np.ndarray, top: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Rejection-sample centres and radii so that boxes ``c +- (r + 1)`` are pairwise disjoint and,
+        when ``top`` > 0, lie below the image's first ``top`` rows."""
         n, k = present.shape
         size = self.image_size
         lo, hi = (v * self._scale for v in _RADIUS_RANGE)
@@ -285,7 +465,11 @@ class ShapesWorld:
                 rows = np.flatnonzero(pending)
                 r = (lo + (hi - lo) * rng.random(len(rows))) * shrink[rows]
                 r = np.maximum(r, lo * 0.7)
-                c = r[:, None] + 1 + rng.random((len(rows), 2)) * (size - 2 * r[:, None] - 2)
+                if top:
+                    band = np.array([0.0, top], dtype=np.float32)  # only y starts below the band
+                    c = band + r[:, None] + 1 + rng.random((len(rows), 2)) * (size - band - 2 * r[:, None] - 2)
+                else:
+                    c = r[:, None] + 1 + rng.random((len(rows), 2)) * (size - 2 * r[:, None] - 2)
                 half = (r + 1)[:, None] + (radii[rows, :slot] + 1)  # (m, slot) sum of half-widths
                 gap = np.abs(c[:, None, :] - centres[rows, :slot])  # (m, slot, 2)
                 clash = ((gap < half[..., None]).all(axis=2) & present[rows, :slot]).any(axis=1)
@@ -374,7 +558,8 @@ class ShapesWorld:
         which, wy, wx = np.nonzero(mark)  # only the marked pixels are touched
         image[rows[which], ys[which, wy], xs[which, wx]] = colour[which]
 
-    def _render(self, layout: _Layout) -> SceneBatch:
+    def render(self, layout: Layout) -> SceneBatch:
+        """Draw ``layout``: objects over the background, then the cue (if any) over everything."""
         images = layout.background.copy()
         n, k = layout.labels.shape
         size = self.image_size
@@ -390,7 +575,7 @@ class ShapesWorld:
             xs, ys = self._window(centre, window)  # (m, w) each
             u = (xs + 0.5 - centre[:, :1])[:, None, :] / r  # (m, 1, w)
             v = (ys + 0.5 - centre[:, 1:])[:, :, None] / r  # (m, w, 1)
-            mark = _shape_masks(layout.labels[rows, slot] % len(SHAPES), u, v)  # (m, w, w)
+            mark = _shape_masks(layout.drawn_labels[rows, slot] % len(SHAPES), u, v)  # (m, w, w)
             self._paint(images, rows, xs, ys, mark, layout.colours_rgb[rows, slot])
             which, wy, wx = np.nonzero(mark)
             masks[rows[which], slot, ys[which, wy], xs[which, wx]] = True
@@ -405,6 +590,12 @@ class ShapesWorld:
                 ],
                 axis=1,
             )
+        planted = {}
+        if layout.drawn is not None or layout.nameable is not None or layout.cue is not None:
+            planted = {"drawn": layout.drawn_labels.copy(),
+                       "nameable": (layout.labels >= 0) if layout.nameable is None else layout.nameable.copy()}
+        if layout.cue is not None:
+            planted.update(cue_labels=layout.cue.copy(), cue_masks=self._paint_cue(images, layout.cue))
         return SceneBatch(
             images=images,
             labels=layout.labels.copy(),
@@ -413,7 +604,24 @@ class ShapesWorld:
             colours_rgb=layout.colours_rgb.copy(),
             targets=layout.targets.copy(),
             prompts=self.prompts,
+            **planted,
         )
+
+
+    def cue_box(self, label: int) -> tuple[int, int, int, int]:
+        """``(x0, y0, x1, y1)``, end exclusive, of the cue showing class ``label``."""
+        x0 = self.cue_size * (1 + int(label) % len(SHAPES))
+        return x0, 0, x0 + self.cue_size, self.cue_size
+
+    def _paint_cue(self, images: np.ndarray, cue: np.ndarray) -> np.ndarray:
+        """Paint each scene's cue square (exact class colour) in place; return the cue masks (N, H, W)."""
+        masks = np.zeros(images.shape[:3], dtype=bool)
+        palette = np.array(list(COLOURS.values()), dtype=np.uint8)
+        for row in np.flatnonzero(cue >= 0):
+            x0, y0, x1, y1 = self.cue_box(cue[row])
+            masks[row, y0:y1, x0:x1] = True
+            images[row, y0:y1, x0:x1] = palette[cue[row] // len(SHAPES)]
+        return masks
 
 
 def _shape_masks(shape_ids: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
