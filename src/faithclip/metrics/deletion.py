@@ -186,7 +186,7 @@ def gradeclip_plan(case: MetricCase, mode: str, steps: int = 100, every: int = 1
 
     def summarise(logits: torch.Tensor) -> torch.Tensor:
         top1 = (logits.argmax(-1) == case.label).to(torch.float64)  # (b,)
-        probability = logits.double().softmax(-1)[:, case.label]  # (b,)
+        probability = case.label_probability(logits)  # (b,)
         return torch.stack([top1, probability], dim=-1)  # (b, 2)
 
     known = summarise(case.unperturbed_logits())[0]  # (2,)
@@ -231,11 +231,11 @@ def rise_plan(case: MetricCase, mode: str, step: int | None = None, substrate: s
         start, finish = rise_blur(pixels, klen, sigma), pixels
 
     unperturbed = 0 if mode == "deletion" else num_pixels
-    known = case.unperturbed_logits().double().softmax(-1)[0, case.label]
+    known = case.label_probability(case.unperturbed_logits())[0]
     todo = [m for m in counts if m != unperturbed]
 
     def value(logits: torch.Tensor) -> MetricValue:
-        computed = iter(logits.double().softmax(-1)[:, case.label])  # (count,)
+        computed = iter(case.label_probability(logits))  # (count,)
         probability = torch.stack([known if m == unperturbed else next(computed) for m in counts]).cpu().tolist()
         x = [m / num_pixels for m in counts]
         return MetricValue(values={"auc": trapezoid_auc(x, probability)}, curves={"prob": (x, probability)},

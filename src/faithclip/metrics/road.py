@@ -155,7 +155,7 @@ def road_plan(case: MetricCase, mode: str, fractions: Sequence[float] = FRACTION
             yield torch.stack(images).to(device)
 
     def value(logits: torch.Tensor) -> MetricValue:
-        probability = logits.double().softmax(-1)[:, case.label].cpu().tolist()  # (F,)
+        probability = case.label_probability(logits).cpu().tolist()  # (F,)
         top1 = (logits.argmax(-1) == case.label).double().cpu().tolist()
         return MetricValue(values={"prob": sum(probability) / len(probability), "top1": sum(top1) / len(top1)},
                            curves={"prob": (fractions, probability), "top1": (fractions, top1)})

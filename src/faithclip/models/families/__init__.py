@@ -243,6 +243,51 @@ class Family:
     def check_model(self, model: Any) -> None:
         """Raise ``ModelError`` unless ``model`` has the parts this family reads."""
 
+    # ---- evaluation over a labelled set (``faithclip evaluate``, ``faithclip.metrics``) ---------------
+    def class_weights(self, handle: "ClipHandle", texts: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
+        """``(K, D)``: what stands for each class's texts in the score (``TextBatch.embeds``). CLIP's
+        zero-shot rule (Radford et al. 2021): per class, the renormalised mean of its unit text embeddings."""
+        import torch.nn.functional as F
+
+        weights = []
+        with torch.no_grad():
+            for group in texts:
+                group = list(group)
+                embeds = torch.cat([handle.encode_text(handle.tokens(group[i:i + batch_size]))
+                                    for i in range(0, len(group), batch_size)])  # (T, D)
+                weights.append(F.normalize(F.normalize(embeds, dim=-1).mean(0), dim=-1))
+        return torch.stack(weights)  # (K, D)
+
+    def check_class_names(self, model: Any, names: Sequence[str]) -> None:
+        """Raise ``ModelError`` unless the data set's class names can be scored by this family (a contrastive
+        model scores any text; a classifier only its own classes)."""
+
+    def class_logits(self, model: Any, scores: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` logits of the default score ``scores`` over the data set's classes: their argmax is the
+        prediction, ``label_probability`` reads the label's probability from them. CLIP:
+        ``exp(logit_scale) * cosine``."""
+        return self.logit_scale(model).detach() * scores
+
+    def label_probability(self, logits: torch.Tensor, label: int) -> torch.Tensor:
+        """``(N,)`` the label's probability from ``class_logits`` (float64). CLIP: the softmax over the
+        data set's prompts."""
+        return logits.double().softmax(-1)[:, label]
+
+    #: metrics (``faithclip.metrics`` names) whose quantity this family's score does not define: metric -> why
+    refused_metrics: dict[str, str] = {}
+
+    def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
+        """The image side's parameters from the score down, as ``(name, modules)`` (the cascading
+        randomisation of ``faithclip.metrics.sanity``). CLIP: the projection, ``post_layernorm``, the blocks
+        from the last, then the embeddings with ``pre_layrnorm``."""
+        vision = self.tower_module(model, "vision")
+        top = [("visual_projection", [model.visual_projection]), ("post_layernorm", [vision.post_layernorm])]
+        return top + self.block_cascade(model) + [("embeddings", [vision.embeddings, vision.pre_layrnorm])]
+
+    def block_cascade(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
+        layers = list(self.blocks(model, "vision"))
+        return [(f"layer {index}", [layers[index]]) for index in reversed(range(len(layers)))]
+
     def default_preprocess(self, model: Any) -> Any:
         """The preprocessing when no processor config comes with the model: transformers' CLIP rules at
         the model's input size (a family whose processor differs overrides this)."""

@@ -94,6 +94,15 @@ class BlipFamily(Family):
         padded[:, :ids.shape[1]], padded_mask[:, :ids.shape[1]] = ids, mask
         return TextBatch(padded, padded_mask, text.eos_positions.clone(), list(text.texts), list(text.tokens))
 
+    refused_metrics = {name: "BLIP's ITC score is a cosine with no temperature, so it defines no class probability"
+                       for name in ("zeroshot", "deletion_gradeclip", "insertion_gradeclip", "deletion_rise",
+                                    "insertion_rise", "road_morf", "road_lerf")}
+
+    def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
+        vision = model.vision_model
+        return ([("vision_proj", [model.vision_proj]), ("post_layernorm", [vision.post_layernorm])]
+                + self.block_cascade(model) + [("embeddings", [vision.embeddings])])
+
     def check_model(self, model: Any) -> None:
         if not all(hasattr(model, part) for part in ("vision_model", "text_encoder", "vision_proj", "text_proj")):
             raise ModelError(f"{type(model).__name__} is not a BLIP image-text retrieval model; load one with "

@@ -111,6 +111,18 @@ class SiglipFamily(Family):
             raise ModelError("this SigLIP vision tower has no attention-pooling head (vision_use_head=False), so it has "
                              "no pooled image embedding to explain.")
 
+    def class_logits(self, model: Any, scores: torch.Tensor) -> torch.Tensor:
+        return scores  # the default score is the logit itself
+
+    def label_probability(self, logits: torch.Tensor, label: int) -> torch.Tensor:
+        """SigLIP's own probability of a pair: the sigmoid of its logit (not a softmax over the prompts)."""
+        return torch.sigmoid(logits[:, label].double())
+
+    def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
+        vision = model.vision_model
+        return ([("head", [vision.head]), ("post_layernorm", [vision.post_layernorm])] + self.block_cascade(model)
+                + [("embeddings", [vision.embeddings])])
+
     def default_preprocess(self, model: Any) -> Any:
         """``SiglipImageProcessor``'s defaults: the whole image squashed to size x size (bicubic), mean and
         std 0.5."""

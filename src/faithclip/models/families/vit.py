@@ -138,6 +138,32 @@ class ViTFamily(Family):
     def context_length(self, model: Any) -> int:
         return 1
 
+    # ---- evaluation over a labelled set ---------------------------------------------------------------
+    def class_weights(self, handle: Any, texts: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
+        """``(K, D + 1)``: the classifier's rows of the classes (each group's first text is the class name)."""
+        return self.encode_text(handle.model, handle.tokens([group[0] for group in texts])).detach()
+
+    def check_class_names(self, model: Any, names: Sequence[str]) -> None:
+        """The data set's classes must be exactly the classifier's ``id2label`` (in any order): the label
+        probability is the softmax over all of the model's classes."""
+        labels = class_names(model)
+        try:
+            found = {class_index(labels, name) for name in names}
+        except TextError as error:
+            raise ModelError(f"the data's class names must be this classifier's id2label labels: {error}") from None
+        if len(found) != len(labels) or len(names) != len(labels):
+            raise ModelError(f"the data set has {len(names)} classes, naming {len(found)} of this classifier's "
+                             f"{len(labels)}: its classes must be the classifier's id2label labels, each once, so that "
+                             "the label probability is the model's own softmax.")
+
+    def class_logits(self, model: Any, scores: torch.Tensor) -> torch.Tensor:
+        return scores  # the default score is the class logit itself
+
+    def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
+        backbone = getattr(model, self.backbone)
+        return ([("classifier", [model.classifier]), ("layernorm", [backbone.layernorm])] + self.block_cascade(model)
+                + [("embeddings", [backbone.embeddings])])
+
     # ---- checks and preprocessing -------------------------------------------------------------------
     def check_model(self, model: Any) -> None:
         architectures = getattr(model.config, "architectures", None) or []
