@@ -128,6 +128,17 @@ class Family:
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         raise NotImplementedError
 
+    def input_module(self, model: Any, side: str) -> torch.nn.Module:
+        """The module whose first input is the side's own input (pixels at the patch embedding, token ids at
+        the token embedding): where ``faithclip.audit.detect`` sees what a method fed the model."""
+        tower = self.tower_module(model, self.towers[side])
+        return tower.embeddings.patch_embedding if side == "image" else tower.embeddings.token_embedding
+
+    def embedding_module(self, model: Any, side: str) -> torch.nn.Module:
+        """The last module of the side's own forward to the score: its output, on the model's own input, is
+        what the score reads (CLIP: the two projections, whose outputs are ``encode_image`` / ``encode_text``)."""
+        return model.visual_projection if side == "image" else model.text_projection
+
     def check_tower(self, tower: str) -> None:
         if tower not in self.towers.values():
             raise ProbeError(f"a {self.name} model has no {tower!r} tower; it has {', '.join(self.towers.values())}.")

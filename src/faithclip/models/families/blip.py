@@ -65,6 +65,12 @@ class BlipFamily(Family):
                               heads=int(attention.num_attention_heads), q=attention.query, k=attention.key,
                               v=attention.value)
 
+    def input_module(self, model: Any, side: str) -> torch.nn.Module:
+        return model.vision_model.embeddings.patch_embedding if side == "image" else model.text_encoder.embeddings.word_embeddings
+
+    def embedding_module(self, model: Any, side: str) -> torch.nn.Module:
+        return model.vision_proj if side == "image" else model.text_proj
+
     def query_positions(self, side: str, num_inputs: int, text: Any, device: torch.device) -> torch.Tensor:
         return torch.zeros(num_inputs, dtype=torch.long, device=device)  # class token / [CLS]
 

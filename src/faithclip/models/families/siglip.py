@@ -52,6 +52,10 @@ class SiglipFamily(Family):
     def prefix_tokens(self, model: Any) -> int:
         return 0
 
+    def embedding_module(self, model: Any, side: str) -> torch.nn.Module:
+        """The image side's attention-pooling head, the text side's ``head`` (no projections)."""
+        return model.vision_model.head if side == "image" else model.text_model.head
+
     def parameter(self, model: Any) -> torch.Tensor:
         return model.logit_scale
 

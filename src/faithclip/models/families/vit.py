@@ -86,6 +86,15 @@ class ViTFamily(Family):
     def prefix_tokens(self, model: Any) -> int:
         return 1
 
+    def input_module(self, model: Any, side: str) -> torch.nn.Module:
+        self.check_tower(self.towers.get(side, side))
+        return getattr(model, self.backbone).embeddings.patch_embeddings
+
+    def embedding_module(self, model: Any, side: str) -> torch.nn.Module:
+        """The classifier head: its logits are the score."""
+        self.check_tower(self.towers.get(side, side))
+        return model.classifier
+
     # ---- embeddings and the score -------------------------------------------------------------------
     def encode_image(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, D)``: the final-LayerNormed class token, what the classifier reads."""
