@@ -63,11 +63,21 @@ class OfficialPipeline:
     """What the published Grad-ECLIP pipeline (github.com/Cyang-Zhao/Grad-Eclip) is for a family, for
     ``grad_eclip_official`` and the audit: the lambda q/k variants it publishes (the first is the one the
     audit's ``published`` arm uses), whether it has a text side, and the short-side cap of its keep-size
-    input. The defaults are CLIP's (``generate_emap.py``: out_proj q/k, a text side, the 640 px cap)."""
+    input, and the module that computes its forward and maps. The defaults are CLIP's (``generate_emap.py``:
+    out_proj q/k, a text side, the 640 px cap, ``methods/official/rewrite.py``)."""
 
     lambda_qk: tuple[str, ...] = ("out_proj", "raw")
     text: bool = True
     short_side_cap: int | None = 640
+    #: the module of the family's rewritten forward: ``image_maps(ctx, pixels, layers, qk, model, heads)`` and
+    #: ``image_embeds(model, pixels, heads)`` (named, not imported: methods sit above models)
+    module: str = "faithclip.methods.official.rewrite"
+
+    @property
+    def pipeline(self) -> Any:
+        import importlib
+
+        return importlib.import_module(self.module)
 
 
 @dataclass(frozen=True)

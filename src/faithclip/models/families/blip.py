@@ -42,7 +42,8 @@ class BlipFamily(Family):
     methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
                "rise", "grad_eclip_official")
     # the published BLIP notebook: image side only, raw q/k in lambda, keep-size input without a cap
-    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None)
+    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None,
+                                module="faithclip.methods.official.blip")
 
     def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
         self.check_tower(tower)

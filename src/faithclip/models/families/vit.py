@@ -60,7 +60,8 @@ class ViTFamily(Family):
     methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
                "rise", "grad_eclip_official")
     #: the published ViT notebook: raw q/k in lambda, no text side, no short-side cap
-    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None)
+    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None,
+                                module="faithclip.methods.official.vit")
 
     # ---- structure --------------------------------------------------------------------------------
     def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
