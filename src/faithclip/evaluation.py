@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import faithclip.methods  # noqa: F401  (registers the methods)
-from faithclip import __version__
+from faithclip._version import __version__
 from faithclip.data.digests import FileDigests
 from faithclip.data.folders import LabelledImage, LabelledSet, aligned_mask
 from faithclip.errors import FaithclipError

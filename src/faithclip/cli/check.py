@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     import faithclip.methods  # noqa: F401
-    from faithclip import __version__
+    from faithclip._version import __version__
     from faithclip.audit.check import CHECKS, CheckSettings, holm_across_cards, resolve_method, run_check
     from faithclip.errors import FaithclipError
     from faithclip.registry import METHODS

@@ -32,7 +32,7 @@ import torch
 from faithclip.errors import ModelError, ProbeError
 
 if TYPE_CHECKING:
-    from faithclip.models.clip import ClipHandle, TextBatch
+    from faithclip.models.text import TextBatch
     from faithclip.targets import Target
 
 
@@ -231,7 +231,7 @@ class Family:
         return make_target(kind, others)
 
     # ---- texts ----------------------------------------------------------------------------------------
-    def tokenize(self, handle: "ClipHandle", texts: list[str]) -> "TextBatch":
+    def tokenize(self, handle: Any, texts: list[str]) -> "TextBatch":
         """Strings -> the ``TextBatch`` the text tower reads (CLIP: the tokenizer, ``ClipHandle.tokenize_texts``).
         A classifier maps class names to class indices instead."""
         return handle.tokenize_texts(texts)
@@ -265,7 +265,7 @@ class Family:
         """Raise ``ModelError`` unless ``model`` has the parts this family reads."""
 
     # ---- evaluation over a labelled set (``faithclip evaluate``, ``faithclip.metrics``) ---------------
-    def class_weights(self, handle: "ClipHandle", texts: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
+    def class_weights(self, handle: Any, texts: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
         """``(K, D)``: what stands for each class's texts in the score (``TextBatch.embeds``). CLIP's
         zero-shot rule (Radford et al. 2021): per class, the renormalised mean of its unit text embeddings."""
         import torch.nn.functional as F

@@ -92,7 +92,7 @@ class BlipFamily(Family):
     def lambda_context(self, handle: Any, text: Any) -> Any:
         """The texts as the BLIP pipeline pads them (``max_length=35``: every row to 35 tokens or its own
         length, pad id 0, padding masked): the score is the text's own, only the padding keys are new."""
-        from faithclip.models.clip import TextBatch
+        from faithclip.models.text import TextBatch
 
         ids, mask = text.input_ids, text.attention_mask
         length = max(PUBLISHED_TEXT_LENGTH, ids.shape[1])

@@ -126,7 +126,7 @@ class ViTFamily(Family):
 
     # ---- texts: class names -------------------------------------------------------------------------
     def tokenize(self, handle: Any, texts: Any) -> Any:
-        from faithclip.models.clip import TextBatch
+        from faithclip.models.text import TextBatch
 
         labels = class_names(handle.model)
         if isinstance(texts, torch.Tensor):
