@@ -110,6 +110,7 @@ def clip_surgery(ctx: Context, layers: int | None = None, redundant: str = "auto
 
 register_method(MethodSpec(
     name="clip_surgery",
+    families=("clip",),  # reads CLIP's module layout directly
     paper="Li et al., CLIP Surgery for Better Explainability with Enhancement in Open-Vocabulary Tasks, 2023",
     image=clip_surgery,
     modifies_model=True,

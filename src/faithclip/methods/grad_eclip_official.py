@@ -176,12 +176,13 @@ def grad_eclip_official_text(ctx: Context, layers: int = 8, qk: str = "out_proj"
 
 register_method(MethodSpec(
     name="grad_eclip_official",
+    families=("*",),  # every family whose adapter declares a published pipeline (family_sides)
     paper="Zhao et al., ICML 2024, official code github.com/Cyang-Zhao/Grad-Eclip (audited in arXiv 2605.12952)",
     image=grad_eclip_official_image,
     text=grad_eclip_official_text,
     modifies_model=True,
     modifies_input=True,
-    family_sides=lambda family: ("image", "text") if family.official.text else ("image",),
+    family_sides=lambda family: () if family.official is None else ("image", "text") if family.official.text else ("image",),
     defaults={"layers": "1 (image) / 8 (text)",
               "qk": "the family's published variant (CLIP: out_proj, the evaluation script; ViT and BLIP: raw, the notebooks)",
               "half": False, "original": None,

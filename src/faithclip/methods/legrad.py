@@ -85,6 +85,7 @@ def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_n
 
 register_method(MethodSpec(
     name="legrad",
+    families=("clip",),  # reads CLIP's module layout directly
     paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
           "Formation Sensitivity, arXiv 2404.03214, 2024",
     image=legrad,

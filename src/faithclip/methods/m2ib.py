@@ -169,6 +169,7 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
 
 register_method(MethodSpec(
     name="m2ib",
+    families=("clip",),  # reads CLIP's module layout directly
     paper="Wang et al., Visual Explanations of Image-Text Representations via Multi-Modal Information "
           "Bottleneck Attribution, NeurIPS 2023",
     image=m2ib,

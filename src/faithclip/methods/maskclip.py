@@ -58,6 +58,7 @@ def maskclip(ctx: Context) -> MapResult:
 
 register_method(MethodSpec(
     name="maskclip",
+    families=("clip",),  # reads CLIP's module layout directly
     paper="Zhou, Loy & Dai, Extract Free Dense Labels from CLIP (MaskCLIP), ECCV 2022",
     image=maskclip,
     modifies_model=True,

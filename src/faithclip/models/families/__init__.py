@@ -110,10 +110,9 @@ class Family:
     fast_path = False
     #: the transformers class ``faithclip.load`` builds for a directory or hub id of this family
     model_class = "AutoModel"
-    #: methods tested on this family beyond those that declare it themselves (``MethodSpec.families``)
-    methods: tuple[str, ...] = ()
-    #: the published Grad-ECLIP pipeline for this family (``grad_eclip_official``, the audit)
-    official = OfficialPipeline()
+    #: the published Grad-ECLIP pipeline for this family (``grad_eclip_official``, the audit); ``None``: none
+    #: was published for it (the method is then not offered)
+    official: OfficialPipeline | None = OfficialPipeline()
     #: the ``probability`` score is a softmax over a prompt set (CLIP: it needs the other prompts); a
     #: family whose probability is per pair (SigLIP's sigmoid) sets this False
     probability_over_prompts = True

@@ -39,8 +39,6 @@ class BlipFamily(Family):
     model_types = ("blip",)
     model_class = "BlipForImageTextRetrieval"
     target_kinds = ("cosine", "contrast")
-    methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
-               "rise", "grad_eclip_official")
     # the published BLIP notebook: image side only, raw q/k in lambda, keep-size input without a cap
     official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None,
                                 module="faithclip.methods.official.blip")

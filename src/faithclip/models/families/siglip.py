@@ -36,7 +36,7 @@ class SiglipFamily(Family):
     model_class = "SiglipModel"
     target_kinds = ("logit", "probability", "cosine", "contrast")
     probability_over_prompts = False
-    methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion", "rise")
+    official = None  # no published Grad-ECLIP pipeline for SigLIP
 
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         attention = block.self_attn

@@ -57,8 +57,6 @@ class ViTFamily(Family):
     probability_over_prompts = False  # a softmax over the classifier's own classes: no prompt set
     model_class = "ViTForImageClassification"
     backbone = "vit"
-    methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
-               "rise", "grad_eclip_official")
     #: the published ViT notebook: raw q/k in lambda, no text side, no short-side cap
     official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None,
                                 module="faithclip.methods.official.vit")
@@ -200,7 +198,7 @@ class DeiTFamily(ViTFamily):
     model_types = ("deit",)
     model_class = "DeiTForImageClassification"
     backbone = "deit"
-    methods = tuple(name for name in ViTFamily.methods if name != "grad_eclip_official")  # the notebook is ViT's
+    official = None  # the published notebook is ViT's
 
     def prefix_tokens(self, model: Any) -> int:
         return 2
