@@ -2,7 +2,9 @@
 
 For every case (image, label) the runner builds the scored image (the model's standard preprocessing),
 aligns the object mask to it, runs each method on the model's own forward for the label's classifier
-weight (cosine target), and runs each metric. One JSON line per finished (case, method) is appended to
+weight (the family's default target: CLIP's and BLIP's cosine, SigLIP's logit, a classifier's class logit;
+``Family.class_weights``, ``class_logits`` and ``label_probability`` say what the metrics read), and runs
+each metric. One JSON line per finished (case, method) is appended to
 ``records.jsonl`` and flushed to disk before the next is computed, so an interrupted run resumes where it
 stopped: finished records are read back, never recomputed. ``config.json`` pins everything the records'
 numbers depend on (model weights, configuration, preprocessing and tokenizer; code versions; the data's

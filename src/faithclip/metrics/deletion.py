@@ -15,7 +15,8 @@ after ``m`` pixels is
 every 10 steps. Deletion: start = the image, finish = a uniform random colour per pixel
 (``floor(255 * U[0, 1))`` per channel), points m = 0, 10n, ..., 100n. Insertion: start = black, finish = the
 image, points m = 10n, ..., 100n and then the unperturbed image (x = 1). Scores: zero-shot top-1
-correctness of the label among all prompts, and the label's probability ``softmax(exp(s) cos)``; each
+correctness of the label among all prompts, and the label's probability (``Family.label_probability``: CLIP's
+``softmax(exp(s) cos)`` over the prompts, SigLIP's sigmoid of its logit, a classifier's softmax over its classes); each
 curve's 11 values, in the script's order, are summarised as ``AUC = (sum y - y_0/2 - y_10/2) / 10``.
 
 ``rise``: ``step`` pixels per step (default: one patch area), ``ceil(P / step)`` steps, all scored

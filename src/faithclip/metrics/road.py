@@ -18,7 +18,7 @@ per case and metric).
 Orders: the pixels of the scored image ranked by the map upsampled bilinearly (``deletion.salience_order``,
 ties in raster order). **MoRF** removes the most relevant fraction ``f``, **LeRF** the least relevant, for
 ``f`` in 10 %, 20 %, ..., 90 % (``round(f * P)`` pixels), each from the unperturbed image. Scores per
-fraction: the label's probability ``softmax(exp(s) cos)`` over all prompts and zero-shot top-1 correctness;
+fraction: the label's probability (``Family.label_probability``; CLIP: ``softmax(exp(s) cos)`` over all prompts) and top-1 correctness;
 the metric reports their means over the fractions (the curves are kept). A faithful map makes MoRF low and
 LeRF high.
 """
