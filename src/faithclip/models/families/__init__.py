@@ -263,6 +263,17 @@ class Family:
     def check_model(self, model: Any) -> None:
         """Raise ``ModelError`` unless ``model`` has the parts this family reads."""
 
+    # ---- per-token readings (MaskCLIP, CLIP Surgery, LeGrad) ----------------------------------------------
+    def token_head(self, model: Any, tokens: torch.Tensor) -> torch.Tensor:
+        """The image tower's head applied to every token, ``(..., D) -> (..., E)``: what the pooled token passes
+        through to become the embedding the score reads. CLIP: ``visual_projection(post_layernorm(x))``. A
+        family whose methods list includes a per-token method declares its own."""
+        return model.visual_projection(model.vision_model.post_layernorm(tokens))
+
+    def block_mlp(self, block: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """A block's second half on its mid-block hidden state: ``h + MLP(LN_2(h))`` (CLIP's pre-norm block)."""
+        return hidden + block.mlp(block.layer_norm2(hidden))
+
     # ---- evaluation over a labelled set (``faithclip evaluate``, ``faithclip.metrics``) ---------------
     def class_weights(self, handle: Any, texts: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
         """``(K, D)``: what stands for each class's texts in the score (``TextBatch.embeds``). CLIP's
