@@ -364,6 +364,7 @@ def run_check(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings = Ch
     unknown = sorted(set(settings.checks) - set(CHECKS))
     if unknown:
         raise FaithclipError(f"unknown check(s) {unknown}; choose from {', '.join(CHECKS)}.")
+    spec.check_family(handle.family.name)  # a method the family does not run: one line, not an empty card
     start = time.perf_counter()
     results: list[CheckResult] = []
     findings: list[Finding] = []
@@ -379,7 +380,7 @@ def run_check(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings = Ch
 
     with torch.inference_mode(False):
         if "p1" in settings.checks or "claims" in settings.checks:
-            for side in spec.sides_on(handle.family) or spec.sides:
+            for side in spec.sides_on(handle.family):
                 result, seen = timed(f"P1 {side}", lambda: check_p1(handle, spec, side, settings))
                 findings += seen
                 if "p1" in settings.checks:

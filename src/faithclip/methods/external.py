@@ -77,7 +77,7 @@ def callable_method(function: Callable[..., Any], name: str, paper: str = "") ->
         return MapResult(maps=maps, scores=scores, input_size=tuple(ctx.pixels.shape[-2:]),
                          options={"scores_reported": reported})
 
-    return MethodSpec(name=name, paper=paper or f"user callable {name}", image=run,
+    return MethodSpec(name=name, paper=paper or f"user callable {name}", image=run, families=("*",),
                       summary=f"{name}(model, pixels, texts) -> maps, brought from outside faithclip")
 
 
