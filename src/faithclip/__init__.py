@@ -8,7 +8,7 @@
     faithclip.plot([ex, ...])                                   # a grid figure (methods x prompts)
 """
 
-__version__ = "0.1.0"
+from faithclip._version import __version__  # noqa: E402
 
 from faithclip.api import explain, explain_text  # noqa: E402
 from faithclip.equivalence import verify_equivalence  # noqa: E402

@@ -70,7 +70,7 @@ def setup(architecture: str, ks: tuple[int, ...], reference: str | None = None, 
 
 def items(bench: BenchSetup, ks: tuple[int, ...], rise_masks: int) -> dict[str, Callable[[], object]]:
     """Name -> a zero-argument callable doing one unit of work."""
-    import faithclip
+    from faithclip.api import explain
     from faithclip.registry import METHODS
 
     handle, pixels = bench.handle, bench.pixels
@@ -84,27 +84,27 @@ def items(bench: BenchSetup, ks: tuple[int, ...], rise_masks: int) -> dict[str, 
     work["forward (no grad)"] = forward
     for method in ("attention_eclip", "grad_eclip"):
         for k in ks:
-            work[f"{method} K={k}"] = (lambda m=method, k=k: faithclip.explain(handle, pixels, bench.prompts(k), m))
+            work[f"{method} K={k}"] = (lambda m=method, k=k: explain(handle, pixels, bench.prompts(k), m))
     if "grad_eclip_official" in METHODS:
         work["grad_eclip_official per pair (500x375 keep-size)"] = (
-            lambda: faithclip.explain(handle, bench.original, one, "grad_eclip_official"))
+            lambda: explain(handle, bench.original, one, "grad_eclip_official"))
     if "game" in METHODS:
-        work["game (all layers) K=1"] = lambda: faithclip.explain(handle, pixels, one, "game")
+        work["game (all layers) K=1"] = lambda: explain(handle, pixels, one, "game")
     if "rise" in METHODS:
-        work[f"rise per map (N={rise_masks})"] = lambda: faithclip.explain(handle, pixels, one, "rise", masks=rise_masks)
+        work[f"rise per map (N={rise_masks})"] = lambda: explain(handle, pixels, one, "rise", masks=rise_masks)
     work["deletion+insertion (Grad-ECLIP protocol) per image"] = lambda: _deletion_insertion(handle, pixels, bench)
     return work
 
 
 def _deletion_insertion(handle, pixels, bench: BenchSetup):
-    import faithclip
+    from faithclip.api import explain
     from faithclip.methods.context import Context
     from faithclip.metrics.case import MetricCase
     from faithclip.metrics.deletion import gradeclip_curves
     from faithclip.targets import Target
 
     prompts = bench.prompts(10)
-    explanation = faithclip.explain(handle, pixels, prompts.input_ids[:1], "attention_eclip")
+    explanation = explain(handle, pixels, prompts.input_ids[:1], "attention_eclip")
     ctx = Context(handle, "image", pixels, prompts, Target())
     rgb = handle.preprocess.denormalize(pixels[0])
     case = MetricCase(score_ctx=ctx, rgb=rgb, patch_map=explanation.map, label=0, seed=0)

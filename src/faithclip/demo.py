@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from faithclip import __version__
+from faithclip._version import __version__
 from faithclip.audit.run import AuditSettings
 from faithclip.explanation import json_bytes, write_atomic
 from faithclip.numerics import same_to_rounding
@@ -52,11 +52,11 @@ def _image_methods(family: str = "clip") -> list[str]:
 
 def run_demo(out_dir: str | Path, model: Any = None, scenes: int = 8, methods: list[str] | None = None,
              audit: bool = True, progress: Callable[[str], None] = logger.info) -> dict[str, Any]:
-    import faithclip
+    from faithclip.models.loading import load
 
     started = time.perf_counter()
     out = Path(out_dir)
-    handle = model if model is not None else faithclip.load()
+    handle = model if model is not None else load()
     threads = torch.get_num_threads()
     if sum(p.numel() for p in handle.model.parameters()) < 20_000_000:
         # Small models run several times faster on one thread than on two contended ones.
@@ -69,7 +69,7 @@ def run_demo(out_dir: str | Path, model: Any = None, scenes: int = 8, methods: l
 
 def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: bool,
          progress: Callable[[str], None], started: float) -> dict[str, Any]:
-    import faithclip
+    from faithclip.api import explain
     from faithclip.equivalence import verify_equivalence
     from faithclip.metrics.case import pixel_map
     from faithclip.metrics.pointing import energy_share, pointing_hit
@@ -96,7 +96,7 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
         text = _class_text(handle, scene)
         for name in methods:
             tick = time.perf_counter()
-            explanation = faithclip.explain(handle, scene.image, text, name, **DEMO_OPTIONS.get(name, {}))
+            explanation = explain(handle, scene.image, text, name, **DEMO_OPTIONS.get(name, {}))
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - tick
             saliency = pixel_map(explanation.map, (size, size))
             entry = results["methods"][name]

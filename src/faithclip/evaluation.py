@@ -2,7 +2,9 @@
 
 For every case (image, label) the runner builds the scored image (the model's standard preprocessing),
 aligns the object mask to it, runs each method on the model's own forward for the label's classifier
-weight (cosine target), and runs each metric. One JSON line per finished (case, method) is appended to
+weight (the family's default target: CLIP's and BLIP's cosine, SigLIP's logit, a classifier's class logit;
+``Family.class_weights``, ``class_logits`` and ``label_probability`` say what the metrics read), and runs
+each metric. One JSON line per finished (case, method) is appended to
 ``records.jsonl`` and flushed to disk before the next is computed, so an interrupted run resumes where it
 stopped: finished records are read back, never recomputed. ``config.json`` pins everything the records'
 numbers depend on (model weights, configuration, preprocessing and tokenizer; code versions; the data's
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 
 import faithclip.methods  # noqa: F401  (registers the methods)
-from faithclip import __version__
+from faithclip._version import __version__
 from faithclip.data.digests import FileDigests
 from faithclip.data.folders import LabelledImage, LabelledSet, aligned_mask
 from faithclip.errors import FaithclipError
@@ -51,12 +53,12 @@ from faithclip.metrics import METRICS
 from faithclip.metrics.case import MetricCase
 from faithclip.metrics.zeroshot import PromptSet, build_prompt_set
 from faithclip.models.clip import ClipHandle, TextBatch
+from faithclip.models.families import Family
 from faithclip.models.fingerprint import (code_versions, config_identity, device_identity, model_fingerprint,
                                           preprocess_identity, tokenizer_fingerprint, unreadable_words)
 from faithclip.registry import METHODS, check_options
 from faithclip.rundir import (LOCK_NAME, RECORDS_NAME, RecordFile, RunLock, create_once, finished_keys, record_paths,
                               shard_records_name, write_result_set)
-from faithclip.targets import Target
 
 logger = logging.getLogger(__name__)
 
@@ -172,23 +174,36 @@ def case_seed(seed: int, case_id: str, metric: str) -> int:
     return zlib.crc32(f"{seed}|{case_id}|{metric}".encode())
 
 
-def resolve_methods(names: Iterable[str]) -> list[str]:
+def resolve_methods(names: Iterable[str], family: Family | None = None) -> list[str]:
+    """The methods to evaluate (``all``: every image-side method that supports ``family``); a method without
+    an image side, or that does not run on ``family``, is refused in one line."""
     names = list(names)
     if names == ["all"]:
-        return [spec.name for spec in METHODS if spec.image is not None]
+        return [spec.name for spec in METHODS if spec.image is not None and (family is None or spec.supports(family.name))]
     for name in names:
         spec = METHODS.get(name)
         if spec.image is None:
             raise EvaluationError(f"method {name!r} has no image-side explanation; it cannot be evaluated on images.")
+        if family is not None:
+            spec.check_family(family.name)
     return names
 
 
-def resolve_metrics(names: Iterable[str]) -> list[str]:
+def resolve_metrics(names: Iterable[str], family: Family | None = None) -> list[str]:
+    """The metrics to compute (``all``: every one ``family`` defines); one the family's score does not define
+    (``Family.refused_metrics``) is refused in one line, before any work."""
     names = list(names)
+    refused = family.refused_metrics if family is not None else {}
     if names == ["all"]:
-        return METRICS.names()
+        return [name for name in METRICS.names() if name not in refused]
     for name in names:
         METRICS.get(name)
+    wrong = [name for name in names if name in refused]
+    if wrong:
+        reasons = sorted({refused[name] for name in wrong})
+        allowed = [name for name in METRICS.names() if name not in refused]
+        raise EvaluationError(f"{', '.join(wrong)} cannot run on {family.name} models: {'; '.join(reasons)}. "
+                              f"For {family.name}: {', '.join(allowed)}.")
     return names
 
 
@@ -230,8 +245,8 @@ class Evaluator:
         if config.maps is not None:
             self.map_folder, methods = _maps_methods(config)
             config = replace(config, methods=methods)
-        self.methods = resolve_methods(config.methods) if self.map_folder is None else list(config.methods)
-        self.metrics = [METRICS.get(name) for name in resolve_metrics(config.metrics)]
+        self.methods = resolve_methods(config.methods, handle.family) if self.map_folder is None else list(config.methods)
+        self.metrics = [METRICS.get(name) for name in resolve_metrics(config.metrics, handle.family)]
         if self.map_folder is not None:
             recompute = [m.name for m in self.metrics if m.recomputes_map]
             if recompute:
@@ -258,15 +273,16 @@ class Evaluator:
 
     # ---- model calls ------------------------------------------------------------------------------
     def _context(self, pixels: torch.Tensor, labels: list[int] | None, handle: ClipHandle | None = None) -> Context:
-        """An image-side context over the given classes (all when ``labels`` is None), cosine target,
-        with the classifier weights as the text embeddings."""
+        """An image-side context over the given classes (all when ``labels`` is None), the family's default
+        target (CLIP: cosine; SigLIP, classifiers: logit), with the classifier weights as the text embeddings."""
         prompt_set = self.prompt_set
         if labels is None:
             text, weights = self.all_texts, prompt_set.weights
         else:
             text, weights = prompt_set.text_batch(handle or self.handle, labels), prompt_set.weights[labels]
         text = replace(text, embeds=weights)  # the classifier weights stand for the prompts' embeddings
-        return Context(handle=handle or self.handle, side="image", pixels=pixels, text=text, target=Target("cosine"))
+        handle = handle or self.handle
+        return Context(handle=handle, side="image", pixels=pixels, text=text, target=handle.family.default_target())
 
     def explain(self, method: str, pixels: torch.Tensor, label: int, handle: ClipHandle | None = None) -> torch.Tensor:
         """The method's raw ``(gh, gw)`` map of ``label`` for one image, on ``handle`` (default: the model)."""
@@ -346,7 +362,7 @@ class Evaluator:
         ``images_per_step``. Any context of the data set can score any image: all hold the same
         classifier weights."""
         size = self.config.batch_size
-        logit_scale = self.handle.logit_scale.detach()
+        family, model = self.handle.family, self.handle.model
         started = time.perf_counter()
         pieces: list[list[torch.Tensor]] = [[] for _ in deferred]
         buffer: list[torch.Tensor] = []
@@ -357,7 +373,7 @@ class Evaluator:
             rows = pixels.shape[0]
             if rows < size:
                 pixels = torch.cat([pixels, pixels.new_zeros(size - rows, *pixels.shape[1:])])  # (size, 3, H, W)
-            logits = logit_scale * score_ctx.score_images(pixels, batch_size=size)[:rows]  # (n, K)
+            logits = family.class_logits(model, score_ctx.score_images(pixels, batch_size=size)[:rows])  # (n, K)
             offset = 0
             for plan, count in owners:
                 pieces[plan].append(logits[offset:offset + count])
@@ -404,6 +420,7 @@ class Evaluator:
             raise EvaluationError(
                 f"limit {limit} is more than the {len(data)} cases of {data.name}; ask for at most {len(data)} "
                 "(for --data shapes, --count sets how many scenes there are).")
+        self.handle.family.check_class_names(self.handle.model, data.class_names)  # a classifier: its own classes
         unreadable = unreadable_words(self.handle, data.class_names)
         if unreadable:
             listed = "; ".join(f"{name!r} ({', '.join(words)})" for name, words in list(unreadable.items())[:5])

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from faithclip import __version__
+from faithclip._version import __version__
 from faithclip.files import (  # noqa: F401 (re-exported)
     dumps_strict,
     fsync_directory,

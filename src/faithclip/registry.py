@@ -54,10 +54,10 @@ class MethodSpec:
     ``image`` / ``text`` compute raw maps for one side (``None`` where the side is not supported).
     ``modifies_model``: the explained forward is NOT the model's own (principle P1 fails by design).
     ``modifies_input``: the method scores perturbed or resized inputs rather than the model's input.
-    ``families``: the model families (``faithclip.models.families``) the method is implemented and tested
-    for; ``("*",)``: any family (e.g. a perturbation method that only calls the model's own score). A
-    family adapter may also list the methods it was tested with (``Family.methods``): a method supports a
-    family when either says so.
+    ``families``: the model families (``faithclip.models.families``) the method runs on, the one declaration
+    of support (``faithclip methods --table`` is generated from it); ``("*",)``: every registered family,
+    for a method that reads the model only through the family adapter (so a new family needs no method
+    edit). ``family_sides`` narrows it by what a family declares (a published pipeline it has or lacks).
     """
 
     name: str
@@ -85,18 +85,20 @@ class MethodSpec:
         return sides if self.family_sides is None else tuple(s for s in sides if s in self.family_sides(family))
 
     def supports(self, family: str) -> bool:
+        """Whether the method runs on models of the registered family named ``family``."""
         from faithclip.models.families import FAMILIES, _load_families
 
         _load_families()
-        declared = FAMILIES[family].methods if family in FAMILIES else ()
-        return "*" in self.families or family in self.families or self.name in declared
+        if family not in FAMILIES or ("*" not in self.families and family not in self.families):
+            return False
+        return self.family_sides is None or bool(self.family_sides(FAMILIES[family]))
 
     def family_names(self) -> list[str]:
-        """The families this method supports (by its own declaration or the family's)."""
+        """The families this method supports."""
         from faithclip.models.families import FAMILIES, _load_families
 
         _load_families()
-        return ["any"] if "*" in self.families else [name for name in FAMILIES if self.supports(name)]
+        return [name for name in FAMILIES if self.supports(name)]
 
     def check_options(self, side: str, options: Mapping[str, Any], *, spelled: Callable[[str], str] = lambda key: key,
                       layers: int | None = None) -> None:

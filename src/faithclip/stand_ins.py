@@ -68,7 +68,7 @@ def stand_in_figures(handle: Any, scenes: int = 1000, pointing_scenes: int = 300
                      layers: int = 1) -> dict:
     """Accuracy, multi-object accuracy and pointing game of ``handle`` on held-out shapes scenes;
     Attention-ECLIP over the last ``layers`` layers (1: the published default)."""
-    import faithclip
+    from faithclip.api import explain
     from faithclip.metrics.case import pixel_map
     from faithclip.metrics.pointing import pointing_hit
     from faithclip.shapes.world import ShapesWorld
@@ -92,7 +92,7 @@ def stand_in_figures(handle: Any, scenes: int = 1000, pointing_scenes: int = 300
         text = names[int(multi.target_labels[index])]
         for method in METHODS:
             options = {"layers": layers} if method == "attention_eclip" else {}
-            explanation = faithclip.explain(handle, torch.as_tensor(handle.preprocess.normalize(scene.image)), text,
+            explanation = explain(handle, torch.as_tensor(handle.preprocess.normalize(scene.image)), text,
                                             method, **options)
             hits[method].append(pointing_hit(pixel_map(explanation.map, (size, size)), mask, tolerance))
         hits["random"].append(pointing_hit(torch.rand(size, size, generator=generator, dtype=torch.float64), mask, tolerance))
@@ -137,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="Attention-ECLIP over the last N layers (default: 1, the published definition)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    import faithclip
+    from faithclip.models.loading import load
     from faithclip.errors import FaithclipError
 
     torch.set_num_threads(1)
     try:
-        figures = stand_in_figures(faithclip.load(args.model), args.scenes, args.pointing_scenes, layers=args.layers)
+        figures = stand_in_figures(load(args.model), args.scenes, args.pointing_scenes, layers=args.layers)
     except (FaithclipError, ValueError) as error:
         print(f"python -m faithclip.stand_ins: error: {error}", file=sys.stderr)
         return 2

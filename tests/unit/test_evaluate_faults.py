@@ -280,9 +280,9 @@ def test_other_threads_batch_size_or_code_version_are_refused(setup, tmp_path, c
     assert "--threads (threads: 1 -> 2)" in errors(capsys)[0]
     assert main(command + ["--batch-size", "8"]) == 2
     assert "--batch-size (batch_size: 32 -> 8)" in errors(capsys)[0]
-    import faithclip
+    import faithclip._version
 
-    monkeypatch.setattr(faithclip, "__version__", "9.9.9")
+    monkeypatch.setattr(faithclip._version, "__version__", "9.9.9")  # the version's one home
     assert main(command) == 2
     assert "the code's versions (versions.faithclip: \"0.1.0\" -> \"9.9.9\")" in errors(capsys)[0]
 

@@ -66,14 +66,26 @@ def test_hub_ids_from_the_cache_load_as_their_family_offline(tmp_path):
     assert all(float(gap) <= rounding_rtol("float32") for *_, gap in lines)  # P1: the model's own, to rounding
 
 
-@pytest.mark.parametrize("command", [["check", "attention_eclip"], ["evaluate", "--data", "shapes", "--methods",
-                                                                     "attention_eclip", "--limit", "1"]])
-def test_commands_not_yet_generalised_refuse_other_families_in_one_line(command, tmp_path, capsys):
+@pytest.mark.parametrize("command, says", [
+    (["check", "clip_surgery"], "method 'clip_surgery' is not available for vit models"),
+    (["evaluate", "--data", "shapes", "--methods", "clip_surgery", "--limit", "1"],
+     "method 'clip_surgery' is not available for vit models"),
+    (["evaluate", "--data", "DOGS", "--methods", "attention_eclip", "--limit", "1"],
+     "must be this classifier's id2label labels"),
+])
+def test_what_a_family_cannot_run_is_refused_in_one_line_before_any_work(command, says, tmp_path, capsys):
+    """evaluate and check run on every family; a method the family does not support, or a data set whose
+    classes are not the classifier's own, is one line and exit 2, with no output folder."""
+    from PIL import Image
+
     from faithclip.cli.main import main
 
+    (tmp_path / "dogs" / "dog").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "dogs" / "dog" / "one.png")
+    command = [str(tmp_path / "dogs") if part == "DOGS" else part for part in command]
     code = main([*command, "--model", "shapes-vit", "--out", str(tmp_path / "out")])
     error = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(error) == 1 and "runs on clip models; shapes-vit is a vit model" in error[0]
+    assert code == 2 and len(error) == 1 and says in error[0], error
     assert not (tmp_path / "out").exists()
 
 

@@ -51,7 +51,6 @@ from faithclip.errors import FaithclipError, MethodError
 from faithclip.methods.context import Context
 from faithclip.models.clip import ClipHandle
 from faithclip.registry import METHODS, MethodSpec
-from faithclip.targets import make_target
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +146,7 @@ def image_map(handle: ClipHandle, spec: MethodSpec, image: Any, prompts: list[st
     from faithclip.audit.measures import crop_grid_map
 
     ctx = Context(handle=handle, side="image", pixels=handle.pixels(image), text=handle.tokens(prompts),
-                  target=make_target("cosine"), originals=[image])
+                  target=handle.family.default_target(), originals=[image])
     maps = _run(spec, "image", ctx, options).maps[0].detach()
     if tuple(maps.shape[-2:]) != ctx.grid:
         maps = torch.stack([crop_grid_map(m, image.size, handle.preprocess, ctx.grid) for m in maps])
@@ -158,7 +157,7 @@ def image_map(handle: ClipHandle, spec: MethodSpec, image: Any, prompts: list[st
 def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSettings) -> tuple[CheckResult, list[Finding]]:
     data = _multi(handle, settings.p1_scenes, settings.seed + 3)
     pixels, text = handle.pixels(data.images), handle.tokens(_named_prompts(data))
-    ctx = Context(handle=handle, side=side, pixels=pixels, text=text, target=make_target("cosine"),
+    ctx = Context(handle=handle, side=side, pixels=pixels, text=text, target=handle.family.default_target(),
                   originals=list(data.images))
     recorder = Recorder(handle.model, pixels, text.input_ids)
     recorder.reference(handle, text)
@@ -173,7 +172,7 @@ def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSet
                            "NaN or infinite values: they explain nothing"), []
     findings = recorder.findings()
     if result.options.get("scores_reported", True):
-        own = Context(handle=handle, side=side, pixels=pixels, text=text, target=make_target("cosine")).model_scores()
+        own = Context(handle=handle, side=side, pixels=pixels, text=text, target=handle.family.default_target()).model_scores()
         gap = float(p1_gaps(result.scores, own).max())
         if not explains_own_scores(result.scores, own, p1_tolerance(handle.dtype)):
             findings.insert(0, Finding("score_gap", "scores", f"explains scores {gap:.3g} (relative) away from the "
@@ -336,7 +335,7 @@ def check_text(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) ->
     for image, label in zip(data.images, data.labels):
         prompts = [data.prompts[label], data.prompts[(label + len(data.prompts) // 2) % len(data.prompts)]]
         ctx = Context(handle=handle, side="image", pixels=handle.pixels(image), text=handle.tokens(prompts),
-                      target=make_target("cosine"))
+                      target=handle.family.default_target())
         scores = ctx.model_scores()[0]
         maps = image_map(handle, spec, image, prompts, options)  # (2, gh, gw)
         flat = maps.flatten(1)
@@ -365,6 +364,7 @@ def run_check(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings = Ch
     unknown = sorted(set(settings.checks) - set(CHECKS))
     if unknown:
         raise FaithclipError(f"unknown check(s) {unknown}; choose from {', '.join(CHECKS)}.")
+    spec.check_family(handle.family.name)  # a method the family does not run: one line, not an empty card
     start = time.perf_counter()
     results: list[CheckResult] = []
     findings: list[Finding] = []
@@ -380,7 +380,7 @@ def run_check(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings = Ch
 
     with torch.inference_mode(False):
         if "p1" in settings.checks or "claims" in settings.checks:
-            for side in spec.sides:
+            for side in spec.sides_on(handle.family):
                 result, seen = timed(f"P1 {side}", lambda: check_p1(handle, spec, side, settings))
                 findings += seen
                 if "p1" in settings.checks:

@@ -31,12 +31,10 @@ from PIL import Image
 
 from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, spearman
 from faithclip.methods.context import Context
-from faithclip.methods.grad_eclip_official import rewritten_image_encoder
 from faithclip.methods.official.keepsize import (
     OFFICIAL_SHORT_SIDE_CAP,
     keep_size_pixels,
 )
-from faithclip.methods.official import vit as official_vit
 from faithclip.methods.official.rewrite import encode_text_rewritten
 from faithclip.models.clip import ClipHandle
 
@@ -90,10 +88,7 @@ def rewritten_image_embeds(handle: ClipHandle, pixels: torch.Tensor, heads: int 
     """The image embeddings of the official forward (the last block recomputed with ``heads`` heads, positions
     interpolated to the pixels' grid): CLIP's ``generate_emap.py``, or the published ViT notebook's for a ViT
     classifier (its features, before the classifier)."""
-    if handle.family.name == "vit":
-        return official_vit.encode_image_rewritten(handle.model, pixels, heads=heads, layers=1,
-                                                   residual="normalized" if heads == 1 else "input")[0]
-    return rewritten_image_encoder(handle.family)(handle.model, pixels, heads=heads, layers=1)[0]
+    return handle.family.official.pipeline.image_embeds(handle.model, pixels, heads)
 
 
 def default_scores(handle: ClipHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:

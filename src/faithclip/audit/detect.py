@@ -74,7 +74,7 @@ class _InputEvent:
 @dataclass
 class _Tower:
     input_module: torch.nn.Module
-    projection: torch.nn.Module
+    projection: torch.nn.Module  # the last module before the score (Family.embedding_module)
     own_input: torch.Tensor  # (B, 3, H, W) pixels or (K, L) token ids
     own_embeds: torch.Tensor | None = None  # (B or K, E), from the reference forward
     current: _InputEvent | None = None
@@ -104,7 +104,9 @@ def _state_snapshot(model: torch.nn.Module, names: dict[int, str]) -> dict[str, 
 
 
 class Recorder:
-    """Watch a transformers CLIP model while a method runs (see the module docstring).
+    """Watch a transformers model while a method runs (see the module docstring). Where each side's input
+    enters and its embedding leaves is the family's declaration (``Family.input_module``,
+    ``Family.embedding_module``); a side the family lacks (a classifier's text) is not watched.
 
     >>> recorder = Recorder(handle.model, pixels, input_ids)
     >>> recorder.reference(handle, text_batch)   # the model's own forward, recorded
@@ -115,16 +117,18 @@ class Recorder:
 
     def __init__(self, model: torch.nn.Module, pixels: torch.Tensor, input_ids: torch.Tensor,
                  tol: float | None = None) -> None:
+        from faithclip.models.families import family_of
+
+        family = family_of(model)
         self.model = model
         # relative L2 distance under which two embeddings are the same: by default the rounding bound of the
         # model's dtype (two forwards of another batch shape agree to rounding only; docs/testing.md)
         dtype = next(model.parameters()).dtype
         self.tol = rounding_rtol(dtype) if tol is None else tol
         self.names = {id(m): (name or "model") for name, m in model.named_modules()}
-        self.towers = {
-            "image": _Tower(model.vision_model.embeddings.patch_embedding, model.visual_projection, pixels.detach()),
-            "text": _Tower(model.text_model.embeddings.token_embedding, model.text_projection, input_ids.detach()),
-        }
+        inputs = {"image": pixels.detach(), "text": input_ids.detach()}
+        self.towers = {side: _Tower(family.input_module(model, side), family.embedding_module(model, side), inputs[side])
+                       for side in ("image", "text") if family.has_side(side)}
         self._by_input = {id(t.input_module): side for side, t in self.towers.items()}
         self._by_projection = {id(t.projection): side for side, t in self.towers.items()}
         self.own_edges: set[tuple[str, str | None]] = set()
@@ -151,12 +155,16 @@ class Recorder:
 
     # ---- the model's own forward --------------------------------------------------------------------
     def reference(self, handle: Any, text: Any) -> None:
-        """Record the model's own call tree and embeddings: one plain forward of each tower on its own input."""
+        """Record the model's own call tree and embeddings: one plain forward of each tower on its own input,
+        then the family's default score (a classifier's head runs there); the embeddings are what each
+        side's ``Family.embedding_module`` output in it."""
+        from faithclip.methods.context import Context
+
         self._recording_reference = True
         try:
             with self._hooks(), torch.no_grad():
-                self.towers["image"].own_embeds = handle.encode_image(self.towers["image"].own_input).detach()
-                self.towers["text"].own_embeds = handle.encode_text(text).detach()
+                Context(handle=handle, side="image", pixels=self.towers["image"].own_input, text=text,
+                        target=handle.family.default_target()).model_scores()
         finally:
             self._recording_reference = False
             self._reset_run()
@@ -223,7 +231,9 @@ class Recorder:
             if self._stack.pop() == name:
                 break
         side = self._by_projection.get(id(module))
-        if side is not None and not self._recording_reference and isinstance(output, torch.Tensor):
+        if side is not None and self._recording_reference and isinstance(output, torch.Tensor):
+            self.towers[side].own_embeds = output.detach()
+        elif side is not None and isinstance(output, torch.Tensor):
             self._embedding_event(side, name, output)
 
     def _note(self, kind: str, where: str, detail: str, severity: str = "departure", category: str = "model") -> None:

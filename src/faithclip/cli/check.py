@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from faithclip.cli.common import require_family, add_model_argument, add_out_argument, check_writable, load_model
+from faithclip.cli.common import add_model_argument, add_out_argument, check_writable, load_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     import faithclip.methods  # noqa: F401
-    from faithclip import __version__
+    from faithclip._version import __version__
     from faithclip.audit.check import CHECKS, CheckSettings, holm_across_cards, resolve_method, run_check
     from faithclip.errors import FaithclipError
     from faithclip.registry import METHODS
@@ -46,13 +46,17 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(checks) - set(CHECKS))
     if unknown or not checks:
         raise FaithclipError(f"--checks: unknown {unknown or 'empty'}; choose from {', '.join(CHECKS)}.")
-    names = [n for name in args.methods for n in (METHODS.names() if name == "all" else [name])]
-    for name in names:
+    for name in args.methods:
         if ":" in name:
             check_callable(name)
-    resolved = [resolve_method(name) for name in names]  # every name checked before any work
     handle = load_model(args.model)
-    require_family(handle, "check")
+    family = handle.family.name
+    names = [n for name in args.methods
+             for n in ([s.name for s in METHODS if s.supports(family)] if name == "all" else [name])]
+    resolved = [resolve_method(name) for name in names]  # every name checked before any work
+    for spec, origin in resolved:
+        if origin != "callable":
+            spec.check_family(family)
     cards = []
     for spec, origin in resolved:
         card = run_check(handle, spec, settings, origin, progress=lambda line: print(line, file=sys.stderr))

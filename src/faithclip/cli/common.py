@@ -155,15 +155,6 @@ def load_model(name: str | None, args: argparse.Namespace | None = None) -> Any:
     return load(name, device=getattr(args, "device", None), dtype=getattr(args, "dtype", None) or "float32")
 
 
-def require_family(handle: Any, command: str, families: tuple[str, ...] = ("clip",)) -> None:
-    """A one-line error when ``command`` does not run on the model's family yet (what does, instead)."""
-    if handle.family.name not in families:
-        from faithclip.errors import ModelError
-
-        raise ModelError(f"faithclip {command} runs on {', '.join(families)} models; {handle.name} is a "
-                         f"{handle.family.name} model. For it: faithclip explain, verify, demo and audit.")
-
-
 def place_model(handle: Any, args: argparse.Namespace) -> Any:
     """A model the command built itself (random weights), moved to ``args.device`` / ``args.dtype``."""
     from faithclip.models.loading import place

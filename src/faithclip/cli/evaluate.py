@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from faithclip.cli.common import add_device_arguments, add_image_arguments, add_model_argument, check_writable, load_model, require_family
+from faithclip.cli.common import add_device_arguments, add_image_arguments, add_model_argument, check_writable, load_model
 from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError, Shard
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,6 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     args.device = distributed.rank_device(args.device)
     handle = load_model(args.model, args)
-    require_family(handle, "evaluate")
     config = EvalConfig(model=args.model or "shapes-clip", data=args.data, methods=args.methods,
                         metrics=args.metrics, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
                         examples=args.examples, metric_options=metric_options, method_options=method_options,

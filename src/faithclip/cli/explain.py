@@ -123,7 +123,7 @@ def output_stems(images: list[str], texts: list[str], method: str) -> dict[tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    import faithclip
+    from faithclip.api import explain, explain_text
     from faithclip.api import method_spec
     from faithclip.progress import stage_logger
 
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     model.tokens(texts)
     for path in images:  # ... and every image readable
         model.decoded(path)
-    run_side = faithclip.explain if args.side == "image" else faithclip.explain_text
+    run_side = explain if args.side == "image" else explain_text
     results = []  # (image, method, [explanation per text])
     for number, image_path in enumerate(images, 1):
         for method in methods:

@@ -23,7 +23,7 @@ import sys
 import warnings
 from typing import NoReturn
 
-from faithclip import __version__
+from faithclip._version import __version__
 from faithclip.errors import FaithclipError
 
 # Subcommand modules, in the order `faithclip --help` lists them.

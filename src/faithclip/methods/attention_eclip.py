@@ -40,6 +40,7 @@ def attention_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu
 
 register_method(MethodSpec(
     name="attention_eclip",
+    families=("*",),  # reads the model through the family adapter only
     paper="Debunking Grad-ECLIP (arXiv 2605.12952)",
     image=attention_eclip,
     text=attention_eclip,

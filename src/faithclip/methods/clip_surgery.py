@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from faithclip.errors import MethodError
 from faithclip.methods.context import Context, MapResult
 from faithclip.models.clip import TextBatch
+from faithclip.models.families import family_of
 from faithclip.probe import Probe, encoder_layers
 from faithclip.registry import MethodSpec, register_method
 
@@ -48,11 +49,13 @@ def vv_attention(v: torch.Tensor, heads: int) -> torch.Tensor:
 def surgery_tokens(model, start: int, start_hidden: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:
     """The new path's normalised token embeddings ``(B, T, P)`` from the start block's input ``(B, T, D)`` and
     the original values ``(B, T, D)`` of blocks ``start, start+1, ...``."""
+    family = family_of(model)
     blocks = encoder_layers(model, "vision")
     path = start_hidden
     for block, v in zip(blocks[start:], values):
-        path = path + block.self_attn.out_proj(vv_attention(v, block.self_attn.num_heads))  # (B, T, D)
-    embeds = model.visual_projection(model.vision_model.post_layernorm(path))  # (B, T, P)
+        parts = family.attention(block)
+        path = path + parts.out(vv_attention(v, parts.heads))  # (B, T, D)
+    embeds = family.token_head(model, path)  # (B, T, P)
     return F.normalize(embeds, dim=-1)
 
 
@@ -110,6 +113,7 @@ def clip_surgery(ctx: Context, layers: int | None = None, redundant: str = "auto
 
 register_method(MethodSpec(
     name="clip_surgery",
+    families=("clip",),  # reads CLIP's module layout directly
     paper="Li et al., CLIP Surgery for Better Explainability with Enhancement in Open-Vocabulary Tasks, 2023",
     image=clip_surgery,
     modifies_model=True,

@@ -363,12 +363,11 @@ class Context:
         hidden_in, v, attn_out = cap.require("hidden_in", "v", "attn_out")
         x_cls, o = hidden_in[:, 0], attn_out[:, 0]  # (B, D): the class token's residual and attention output
         block = encoder_layers(self.handle.model, "vision")[last]
-        vision = self.handle.model.vision_model
+        family, model = self.family, self.handle.model
 
         def embed_from_output(o_cls: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, E)
-            h = x_cls + block.self_attn.out_proj(o_cls)
-            h = h + block.mlp(block.layer_norm2(h))
-            return self.handle.model.visual_projection(vision.post_layernorm(h))
+            h = x_cls + family.attention(block).out(o_cls)
+            return family.token_head(model, family.block_mlp(block, h))
 
         heads = cap.attn.shape[1] if cap.attn is not None else None
 

@@ -1,11 +1,12 @@
 """A method brought from outside faithclip: a plain callable ``(model, pixels, texts) -> maps``.
 
-The callable receives faithclip's model handle (``model.model`` is the transformers ``CLIPModel``;
+The callable receives faithclip's model handle (``model.model`` is the transformers model, ``model.family`` its family;
 ``model.encode_image`` / ``model.encode_text`` / ``model.tokens`` are its own forward and tokenizer), the
 normalised pixels ``(B, 3, H, W)`` the model predicts from, and the K texts as strings. It returns maps
 ``(B, K, gh, gw)`` on the patch grid, ``(B, K, H, W)`` at pixel resolution, or ``(B, K, 3, H, W)`` per channel
 (summed over channels, as attribution libraries' outputs usually are); or a pair ``(maps, scores)`` with
-the ``(B, K)`` cosines it explained. It declares nothing: ``faithclip check`` detects what it does
+the ``(B, K)`` scores it explained: the family's default score (``Family.default_target``: CLIP's
+and BLIP's cosine, SigLIP's logit, a classifier's class logit), for which the texts are prompts or class names. It declares nothing: ``faithclip check`` detects what it does
 (docs/plugins.md). ``callable_method`` wraps it into a ``MethodSpec`` without registering it.
 """
 
@@ -58,8 +59,10 @@ def callable_method(function: Callable[..., Any], name: str, paper: str = "") ->
     """A ``MethodSpec`` (image side, declaring nothing) around ``function(model, pixels, texts)``."""
 
     def run(ctx: Context) -> MapResult:
-        if ctx.target.name != "cosine":
-            raise MethodError(f"{name} is a plain callable: it explains the image-text cosine only.")
+        default = ctx.family.default_target()
+        if ctx.target.name != default.name:
+            raise MethodError(f"{name} is a plain callable: it explains the model's default score only "
+                              f"({default.name} for {ctx.family.name} models).")
         texts = [t if t is not None else "" for t in ctx.text.texts]
         try:
             output = function(ctx.handle, ctx.pixels, texts)
@@ -74,7 +77,7 @@ def callable_method(function: Callable[..., Any], name: str, paper: str = "") ->
         return MapResult(maps=maps, scores=scores, input_size=tuple(ctx.pixels.shape[-2:]),
                          options={"scores_reported": reported})
 
-    return MethodSpec(name=name, paper=paper or f"user callable {name}", image=run,
+    return MethodSpec(name=name, paper=paper or f"user callable {name}", image=run, families=("*",),
                       summary=f"{name}(model, pixels, texts) -> maps, brought from outside faithclip")
 
 

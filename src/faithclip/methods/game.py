@@ -92,6 +92,7 @@ def game(ctx: Context, start_layer: int = 0) -> MapResult:
 
 register_method(MethodSpec(
     name="game",
+    families=("*",),  # reads the model through the family adapter only
     paper="Chefer, Gur & Wolf, Generic Attention-model Explainability for Interpreting Bi-Modal and "
           "Encoder-Decoder Transformers, ICCV 2021",
     image=game,

@@ -55,6 +55,7 @@ def grad_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str
 
 register_method(MethodSpec(
     name="grad_eclip",
+    families=("*",),  # reads the model through the family adapter only
     paper="Zhao et al., Gradient-based Visual Explanation for Transformer-based CLIP, ICML 2024",
     image=grad_eclip,
     text=grad_eclip,

@@ -33,7 +33,7 @@ one head scaled by the model's per-head 1/sqrt(D/H), the LayerNormed input as th
 the class logit as the score, raw q, k for lambda (``qk="raw"`` by default), no short-side cap.
 BLIP (``gradeclip_adaptation_blip.ipynb``): the image side only, qk="raw", no cap, and a one-head rewrite
 that keeps the model's softmax scale (``faithclip.methods.official.blip``); the family declares which
-(``Family.official``), and ``rewritten_image_encoder`` picks the family's rewrite.
+(``Family.official``: its variants and the module of its rewritten forward).
 
 The keep-size input needs the ORIGINAL image: pass it as ``original=`` (a PIL image or path, or a list
 with one per image). Without it the model's own crop is used (warned): only the one-head rewrite departs.
@@ -56,59 +56,11 @@ from faithclip.methods.official.keepsize import (
     keep_size_pixels,
     keep_size_size,
 )
-from faithclip.methods.official import vit as official_vit
-from faithclip.methods.official.rewrite import (
-    encode_image_rewritten,
-    encode_text_rewritten,
-)
+from faithclip.methods.official.formula import QK_CHOICES, minmax, official_lambda, official_term  # noqa: F401
+from faithclip.methods.official.formula import out_proj_for as _out_proj
+from faithclip.methods.official.rewrite import encode_text_rewritten
 from faithclip.models.clip import ClipHandle
 from faithclip.registry import MethodSpec, register_method
-
-QK_CHOICES = ("out_proj", "raw")
-
-
-def minmax(values: torch.Tensor) -> torch.Tensor:
-    """``(x - min) / (max - min)`` over the last axis, as the official code. The official code has no guard
-    (a constant row gives NaN); here a constant row gives 1 (no reweighting), as faithful Grad-ECLIP."""
-    low = values.amin(dim=-1, keepdim=True)
-    span = values.amax(dim=-1, keepdim=True) - low
-    flat = span <= 0
-    return torch.where(flat, torch.ones_like(values), (values - low) / torch.where(flat, torch.ones_like(span), span))
-
-
-def official_lambda(q: torch.Tensor, k: torch.Tensor, query: int, keys: slice, out_proj: Any | None) -> torch.Tensor:
-    """Min-max normalised cosine of the query token's q and the keys' k: q, k ``(T, D)`` -> ``(len(keys),)``.
-
-    ``out_proj`` given: both pass through it first (bias included), as the evaluation script's ``q_out, k_out``.
-    """
-    with torch.no_grad():
-        if out_proj is not None:
-            q, k = out_proj(q), out_proj(k)  # (T, D) each
-        query_vector = F.normalize(q[query], dim=-1)  # (D,)
-        cosine = (F.normalize(k[keys], dim=-1) * query_vector).sum(-1)  # (T',)
-        return minmax(cosine)
-
-
-def official_term(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """One layer's signed term ``lambda_j * sum_c g_c v_jc``: g ``(D,)``, v ``(T', D)``, lambda ``(T',)`` -> ``(T',)``."""
-    return (query_grad * v * lam[:, None]).sum(-1)
-
-
-def _out_proj(trace_layer: Any, qk: str, family: Any = None) -> Any | None:
-    if qk not in QK_CHOICES:
-        raise MethodError(f"qk must be one of {QK_CHOICES}, got {qk!r}.")
-    if qk != "out_proj":
-        return None
-    return family.attention(trace_layer).out if family is not None else trace_layer.self_attn.out_proj
-
-
-def rewritten_image_encoder(family: Any):
-    """The family's rewritten image forward (``encode_image_rewritten``'s signature): CLIP's by default."""
-    if family.name == "blip":  # the BLIP notebook's rewrite keeps the model's softmax scale (official/blip.py)
-        from faithclip.methods.official.blip import encode_image_rewritten as blip_rewrite
-
-        return blip_rewrite
-    return encode_image_rewritten
 
 
 def _half_copy(handle: ClipHandle) -> ClipHandle:
@@ -119,36 +71,11 @@ def _half_copy(handle: ClipHandle) -> ClipHandle:
 
 def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, qk: str,
                model: Any | None = None, heads: int | None = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """Official image maps of ONE input ``pixels (1, 3, H, W)`` against the context's K texts.
-
-    Returns maps ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid. ``heads=None`` applies the
-    same formula to the model's own heads (the audit's ablation arms).
-    """
-    if ctx.family.name == "vit":  # the published ViT notebook's forward (faithclip.methods.official.vit)
-        return official_vit.image_maps(ctx, pixels, layers, qk, model, heads)
-    model = ctx.handle.model if model is None else model
-    blocks = ctx.family.blocks(model, "vision")
-    recomputed = list(blocks[len(blocks) - layers:])
-    text_embeds = ctx.fixed_text_embeds().to(pixels.dtype)
-    with torch.enable_grad():
-        embeds, traces, grid = rewritten_image_encoder(ctx.family)(model, pixels, heads=heads, layers=layers)
-        scores = ctx.target.scores(embeds, text_embeds, ctx.handle.logit_scale.detach().to(embeds.dtype),
-                                   None if ctx.extra_embeds() is None else ctx.extra_embeds().to(embeds.dtype))[0]
-        lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), _out_proj(layer, qk, ctx.family))
-                for t, layer in zip(traces, recomputed)]  # (T-1,) each
-        maps = official_image_maps(scores, traces, lams, grid)
-    return maps, scores.detach(), grid
-
-
-def official_image_maps(scores: torch.Tensor, traces: list, lams: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
-    """The published image map of each score ``(K,)``: ``sum_l ReLU(lambda_l * sum_c g_c v_jc)`` over the
-    rewritten layers' traces (``attn_out``, ``v`` of the class token's forward), on the patch grid: ``(K, gh, gw)``."""
-    maps = []
-    for k in range(scores.shape[0]):
-        grads = torch.autograd.grad(scores[k], [t.attn_out for t in traces], retain_graph=True)
-        terms = [official_term(g[0, 0], t.v[0, 1:].detach(), lam) for g, t, lam in zip(grads, traces, lams)]
-        maps.append(torch.stack([F.relu(term) for term in terms]).sum(0).reshape(grid))  # (gh, gw)
-    return torch.stack(maps).detach()
+    """Official image maps of ONE input ``pixels (1, 3, H, W)`` against the context's K texts, by the model
+    family's published pipeline (``Family.official.pipeline``: CLIP's ``generate_emap.py``, the BLIP and ViT
+    notebooks). Returns maps ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid. ``heads=None``
+    applies the same formula to the model's own heads (the audit's ablation arms)."""
+    return ctx.family.official.pipeline.image_maps(ctx, pixels, layers, qk, model, heads)
 
 
 def text_maps(ctx: Context, layers: int, qk: str, model: Any | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,12 +176,13 @@ def grad_eclip_official_text(ctx: Context, layers: int = 8, qk: str = "out_proj"
 
 register_method(MethodSpec(
     name="grad_eclip_official",
+    families=("*",),  # every family whose adapter declares a published pipeline (family_sides)
     paper="Zhao et al., ICML 2024, official code github.com/Cyang-Zhao/Grad-Eclip (audited in arXiv 2605.12952)",
     image=grad_eclip_official_image,
     text=grad_eclip_official_text,
     modifies_model=True,
     modifies_input=True,
-    family_sides=lambda family: ("image", "text") if family.official.text else ("image",),
+    family_sides=lambda family: () if family.official is None else ("image", "text") if family.official.text else ("image",),
     defaults={"layers": "1 (image) / 8 (text)",
               "qk": "the family's published variant (CLIP: out_proj, the evaluation script; ViT and BLIP: raw, the notebooks)",
               "half": False, "original": None,

@@ -51,12 +51,11 @@ def min_max(maps: torch.Tensor) -> torch.Tensor:
 
 def layer_scores(ctx: Context, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
     """The score of one layer's output tokens ``(B, T, D)`` against the K texts -> ``(B, K)``."""
-    vision = ctx.handle.model.vision_model
-    project = ctx.handle.model.visual_projection
+    model = ctx.handle.model
     text_embeds = ctx.fixed_text_embeds()  # (K, E)
     if pooling == "mean":
-        return ctx.score(project(vision.post_layernorm(tokens.mean(dim=1))), text_embeds)  # (B, K)
-    per_token = project(vision.post_layernorm(tokens))  # (B, T, E)
+        return ctx.score(ctx.family.token_head(model, tokens.mean(dim=1)), text_embeds)  # (B, K)
+    per_token = ctx.family.token_head(model, tokens)  # (B, T, E)
     batch, length = per_token.shape[:2]
     token_scores = ctx.score(per_token.flatten(0, 1), text_embeds)  # (B*T, K)
     return token_scores.reshape(batch, length, -1)[:, 1:].sum(dim=1)  # patch tokens: (B, K)
@@ -85,6 +84,7 @@ def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_n
 
 register_method(MethodSpec(
     name="legrad",
+    families=("clip",),  # reads CLIP's module layout directly
     paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
           "Formation Sensitivity, arXiv 2404.03214, 2024",
     image=legrad,

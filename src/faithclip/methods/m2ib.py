@@ -133,7 +133,7 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
             scores = ctx.score(other_image, ctx.handle.encode_text(batch_text))  # (B, P*S)
             return scores.gather(0, repeat(image_of)[None, :])[0]  # (P*S,)
 
-    width = encoder_layers(model, ctx.tower)[layer].self_attn.embed_dim
+    width = ctx.family.attention(encoder_layers(model, ctx.tower)[layer]).out.in_features  # D, heads concatenated
     noise_tokens = tokens if ctx.side == "image" else max(tokens, ctx.handle.context_length)
     dtype = ctx.handle.dtype
     alpha = torch.full((pairs, 1, tokens, width), INITIAL_ALPHA, dtype=dtype, device=ctx.pixels.device,
@@ -169,6 +169,7 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
 
 register_method(MethodSpec(
     name="m2ib",
+    families=("clip",),  # reads CLIP's module layout directly
     paper="Wang et al., Visual Explanations of Image-Text Representations via Multi-Modal Information "
           "Bottleneck Attribution, NeurIPS 2023",
     image=m2ib,

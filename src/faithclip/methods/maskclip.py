@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from faithclip.methods.context import Context, MapResult
+from faithclip.models.families import family_of
 from faithclip.probe import Probe, encoder_layers
 from faithclip.registry import MethodSpec, register_method
 
@@ -30,10 +31,11 @@ from faithclip.registry import MethodSpec, register_method
 def value_path_tokens(model, hidden_in: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """MaskCLIP's per-token embeddings from the last block's input ``(B, T, D)`` and values ``(B, T, D)``
     -> ``(B, T, P)`` projected (not normalised) token embeddings."""
+    family = family_of(model)
     block = encoder_layers(model, "vision")[-1]
-    residual = hidden_in + block.self_attn.out_proj(v)  # (B, T, D): attention -> identity on values
-    features = residual + block.mlp(block.layer_norm2(residual))  # (B, T, D)
-    return model.visual_projection(model.vision_model.post_layernorm(features))  # (B, T, P)
+    residual = hidden_in + family.attention(block).out(v)  # (B, T, D): attention -> identity on values
+    features = family.block_mlp(block, residual)  # (B, T, D)
+    return family.token_head(model, features)  # (B, T, P)
 
 
 def dense_scores(ctx: Context, token_embeds: torch.Tensor) -> torch.Tensor:
@@ -58,6 +60,7 @@ def maskclip(ctx: Context) -> MapResult:
 
 register_method(MethodSpec(
     name="maskclip",
+    families=("clip",),  # reads CLIP's module layout directly
     paper="Zhou, Loy & Dai, Extract Free Dense Labels from CLIP (MaskCLIP), ECCV 2022",
     image=maskclip,
     modifies_model=True,

@@ -64,7 +64,8 @@ def pooling_internals(x: torch.Tensor, pooling: PoolingAttention) -> PoolingInte
         logits = split(q) @ split(k).transpose(-1, -2) / (width // heads) ** 0.5  # (C, H, Tq, T)
         attn = logits.softmax(dim=-1)
         attn_out = (attn @ split(v)).transpose(1, 2).reshape(batch, -1, width)  # (C, Tq, D)
-        output = attention.out_proj(attn_out)
+        # as MultiheadAttention's own forward applies it (its weights, not a call of the out_proj module)
+        output = torch.nn.functional.linear(attn_out, attention.out_proj.weight, attention.out_proj.bias)
     return PoolingInternals(q=q, k=k, v=v, attn=attn, attn_out=attn_out, output=output)
 
 

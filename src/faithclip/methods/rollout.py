@@ -63,6 +63,7 @@ def rollout(ctx: Context, start_layer: int = 0) -> MapResult:
 
 register_method(MethodSpec(
     name="rollout",
+    families=("*",),  # reads the model through the family adapter only
     paper="Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020",
     image=rollout,
     text=rollout,

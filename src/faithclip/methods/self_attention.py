@@ -39,6 +39,7 @@ def self_attention(ctx: Context, layer: int = -1) -> MapResult:
 
 register_method(MethodSpec(
     name="self_attention",
+    families=("*",),  # reads the model through the family adapter only
     paper="none (raw attention of the pooled token; the baseline of Abnar & Zuidema 2020)",
     image=self_attention,
     text=self_attention,

@@ -22,7 +22,7 @@ class MetricCase:
     """One image, its label, the map one method gave for that label, and ways to call the model.
 
     ``score_ctx`` is an image-side ``Context`` over the image and ALL class prompts of the data set
-    (cosine target), so ``score_ctx.score_images(pixels)`` gives ``(N, K)`` cosines for perturbed images.
+    (the family's default target), so ``score_ctx.score_images(pixels)`` gives ``(N, K)`` scores of perturbed images.
     ``explain(handle)`` recomputes the same method's map for the same image and label on another model
     (used by the randomisation test).
     """
@@ -49,13 +49,19 @@ class MetricCase:
         return normalize_rgb(rgb, self.handle.preprocess.mean, self.handle.preprocess.std)
 
     def class_logits(self, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """``(N, K)`` zero-shot logits ``exp(logit_scale) * cos`` of normalised images against all prompts."""
-        cosine = self.score_ctx.score_images(pixels, batch_size=batch_size)  # (N, K)
-        return self.handle.logit_scale.detach() * cosine
+        """``(N, K)`` class logits of normalised images against all classes (``Family.class_logits``;
+        CLIP: the zero-shot ``exp(logit_scale) * cos``)."""
+        scores = self.score_ctx.score_images(pixels, batch_size=batch_size)  # (N, K)
+        return self.handle.family.class_logits(self.handle.model, scores)
 
     def unperturbed_logits(self) -> torch.Tensor:
         """``(1, K)`` logits of the scored image itself (computed once per context, then cached)."""
-        return self.handle.logit_scale.detach() * self.score_ctx.model_scores()
+        return self.handle.family.class_logits(self.handle.model, self.score_ctx.model_scores())
+
+    def label_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` float64: the label's probability from class logits (``Family.label_probability``; CLIP:
+        the softmax over all prompts, SigLIP: the sigmoid of its logit)."""
+        return self.handle.family.label_probability(logits, self.label)
 
 
 @dataclass

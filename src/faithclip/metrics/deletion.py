@@ -15,7 +15,8 @@ after ``m`` pixels is
 every 10 steps. Deletion: start = the image, finish = a uniform random colour per pixel
 (``floor(255 * U[0, 1))`` per channel), points m = 0, 10n, ..., 100n. Insertion: start = black, finish = the
 image, points m = 10n, ..., 100n and then the unperturbed image (x = 1). Scores: zero-shot top-1
-correctness of the label among all prompts, and the label's probability ``softmax(exp(s) cos)``; each
+correctness of the label among all prompts, and the label's probability (``Family.label_probability``: CLIP's
+``softmax(exp(s) cos)`` over the prompts, SigLIP's sigmoid of its logit, a classifier's softmax over its classes); each
 curve's 11 values, in the script's order, are summarised as ``AUC = (sum y - y_0/2 - y_10/2) / 10``.
 
 ``rise``: ``step`` pixels per step (default: one patch area), ``ceil(P / step)`` steps, all scored
@@ -186,7 +187,7 @@ def gradeclip_plan(case: MetricCase, mode: str, steps: int = 100, every: int = 1
 
     def summarise(logits: torch.Tensor) -> torch.Tensor:
         top1 = (logits.argmax(-1) == case.label).to(torch.float64)  # (b,)
-        probability = logits.double().softmax(-1)[:, case.label]  # (b,)
+        probability = case.label_probability(logits)  # (b,)
         return torch.stack([top1, probability], dim=-1)  # (b, 2)
 
     known = summarise(case.unperturbed_logits())[0]  # (2,)
@@ -231,11 +232,11 @@ def rise_plan(case: MetricCase, mode: str, step: int | None = None, substrate: s
         start, finish = rise_blur(pixels, klen, sigma), pixels
 
     unperturbed = 0 if mode == "deletion" else num_pixels
-    known = case.unperturbed_logits().double().softmax(-1)[0, case.label]
+    known = case.label_probability(case.unperturbed_logits())[0]
     todo = [m for m in counts if m != unperturbed]
 
     def value(logits: torch.Tensor) -> MetricValue:
-        computed = iter(logits.double().softmax(-1)[:, case.label])  # (count,)
+        computed = iter(case.label_probability(logits))  # (count,)
         probability = torch.stack([known if m == unperturbed else next(computed) for m in counts]).cpu().tolist()
         x = [m / num_pixels for m in counts]
         return MetricValue(values={"auc": trapezoid_auc(x, probability)}, curves={"prob": (x, probability)},

@@ -18,7 +18,7 @@ per case and metric).
 Orders: the pixels of the scored image ranked by the map upsampled bilinearly (``deletion.salience_order``,
 ties in raster order). **MoRF** removes the most relevant fraction ``f``, **LeRF** the least relevant, for
 ``f`` in 10 %, 20 %, ..., 90 % (``round(f * P)`` pixels), each from the unperturbed image. Scores per
-fraction: the label's probability ``softmax(exp(s) cos)`` over all prompts and zero-shot top-1 correctness;
+fraction: the label's probability (``Family.label_probability``; CLIP: ``softmax(exp(s) cos)`` over all prompts) and top-1 correctness;
 the metric reports their means over the fractions (the curves are kept). A faithful map makes MoRF low and
 LeRF high.
 """
@@ -155,7 +155,7 @@ def road_plan(case: MetricCase, mode: str, fractions: Sequence[float] = FRACTION
             yield torch.stack(images).to(device)
 
     def value(logits: torch.Tensor) -> MetricValue:
-        probability = logits.double().softmax(-1)[:, case.label].cpu().tolist()  # (F,)
+        probability = case.label_probability(logits).cpu().tolist()  # (F,)
         top1 = (logits.argmax(-1) == case.label).double().cpu().tolist()
         return MetricValue(values={"prob": sum(probability) / len(probability), "top1": sum(top1) / len(top1)},
                            curves={"prob": (fractions, probability), "top1": (fractions, top1)})

@@ -56,17 +56,11 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def cascade_blocks(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
-    """The image tower's blocks, top first: ``(name, modules)`` of a transformers ``CLIPModel``."""
-    vision = model.vision_model
-    blocks: list[tuple[str, list[nn.Module]]] = [
-        ("visual_projection", [model.visual_projection]),
-        ("post_layernorm", [vision.post_layernorm]),
-    ]
-    layers = list(vision.encoder.layers)
-    for index in reversed(range(len(layers))):
-        blocks.append((f"layer {index}", [layers[index]]))
-    blocks.append(("embeddings", [vision.embeddings, vision.pre_layrnorm]))
-    return blocks
+    """The image tower's blocks, top first: ``(name, modules)``, as the model's family declares them
+    (``Family.cascade_blocks``; CLIP: projection, post_layernorm, layers L-1..0, embeddings)."""
+    from faithclip.models.families import family_of
+
+    return family_of(model).cascade_blocks(model)
 
 
 @torch.no_grad()

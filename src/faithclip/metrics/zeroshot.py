@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from faithclip.data.templates import DEFAULT_TEMPLATE, fill
 from faithclip.metrics import MetricSpec, register_metric
@@ -49,21 +48,20 @@ class PromptSet:
 
 def classifier_weights(handle: ClipHandle, class_names: Sequence[str], templates: Sequence[str] = ("{}",),
                        batch_size: int = 256) -> torch.Tensor:
-    """``(K, D)`` zero-shot weights: per class, the renormalised mean of the unit template embeddings."""
-    weights = []
-    with torch.no_grad():
-        for name in class_names:
-            texts = fill(tuple(templates), name)
-            embeds = torch.cat([handle.encode_text(handle.tokens(texts[i:i + batch_size]))
-                                for i in range(0, len(texts), batch_size)])  # (T, D)
-            weights.append(F.normalize(F.normalize(embeds, dim=-1).mean(0), dim=-1))
-    return torch.stack(weights)  # (K, D)
+    """``(K, D)`` zero-shot weights: per class, what the family's score reads for its filled templates
+    (``Family.class_weights``; CLIP: the renormalised mean of the unit template embeddings)."""
+    return handle.family.class_weights(handle, [fill(tuple(templates), name) for name in class_names], batch_size)
 
 
 def build_prompt_set(handle: ClipHandle, class_names: Sequence[str], templates: Sequence[str] | None = None,
                      prompts: Sequence[str] | None = None) -> PromptSet:
     """Classifier weights from ``templates`` filled with the class names, or from ready ``prompts``
-    (one per class, e.g. the shapes world's "a red circle")."""
+    (one per class, e.g. the shapes world's "a red circle"). A model without a text side (a classifier)
+    reads the class names themselves: its texts are its classes."""
+    handle.family.check_class_names(handle.model, list(class_names))
+    if not handle.family.has_side("text"):
+        weights = classifier_weights(handle, list(class_names), ("{}",))
+        return PromptSet(list(class_names), list(class_names), weights, ("{}",))
     if prompts is not None:
         if len(prompts) != len(class_names):
             raise ValueError(f"{len(prompts)} prompts for {len(class_names)} classes; give one prompt per class")
@@ -81,11 +79,11 @@ def top1_correct(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def run_zeroshot(case: MetricCase) -> MetricValue:
-    cosine = case.score_ctx.model_scores()  # (1, K): the unperturbed image against all classes
-    correct = top1_correct(cosine, torch.tensor([case.label], device=cosine.device))
-    probability = (case.handle.logit_scale.detach() * cosine).double().softmax(-1)[0, case.label]
+    logits = case.unperturbed_logits()  # (1, K): the unperturbed image against all classes
+    correct = top1_correct(logits, torch.tensor([case.label], device=logits.device))
+    probability = case.label_probability(logits)[0]
     return MetricValue(values={"top1": float(correct[0]), "prob": float(probability)},
-                       details={"predicted": int(cosine.argmax())})
+                       details={"predicted": int(logits.argmax())})
 
 
 register_metric(MetricSpec(

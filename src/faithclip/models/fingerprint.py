@@ -67,7 +67,7 @@ def code_versions() -> dict[str, str]:
     import PIL
     import transformers
 
-    from faithclip import __version__
+    from faithclip._version import __version__
 
     return {"faithclip": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "pillow": PIL.__version__}

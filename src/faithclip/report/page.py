@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from faithclip import __version__
+from faithclip._version import __version__
 
 CSS = """
 *{box-sizing:border-box}

@@ -88,4 +88,18 @@ def encode_image_rewritten(model: Any, pixels: torch.Tensor, *, heads: int | Non
     return model.vision_proj(pooled), traces, grid
 
 
-__all__ = ["attention", "recompute_block", "vision_tokens", "encode_image_rewritten"]
+def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, model: Any | None = None,
+               heads: int | None = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """BLIP's published maps of ONE input (``formula.embedding_image_maps`` through this rewrite)."""
+    from faithclip.methods.official.formula import embedding_image_maps
+
+    return embedding_image_maps(ctx, pixels, layers, qk, model, heads, encode_image_rewritten)
+
+
+def image_embeds(model: Any, pixels: torch.Tensor, heads: int | None) -> torch.Tensor:
+    """The image embeddings of the published forward with the last block recomputed with ``heads`` heads
+    (``None``: the model's own), positions interpolated to the pixels' grid (the audit's arms)."""
+    return encode_image_rewritten(model, pixels, heads=heads, layers=1)[0]
+
+
+__all__ = ["image_maps", "image_embeds", "attention", "recompute_block", "vision_tokens", "encode_image_rewritten"]

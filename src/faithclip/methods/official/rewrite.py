@@ -169,5 +169,19 @@ def encode_text_rewritten(model: Any, input_ids: torch.Tensor, eos_positions: to
     return model.text_projection(pooled), traces
 
 
-__all__ = ["BlockTrace", "attention", "recompute_block", "interpolated_positions", "vision_tokens",
+def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, model: Any | None = None,
+               heads: int | None = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """CLIP's published maps of ONE input (``formula.embedding_image_maps`` through this rewrite)."""
+    from faithclip.methods.official.formula import embedding_image_maps
+
+    return embedding_image_maps(ctx, pixels, layers, qk, model, heads, encode_image_rewritten)
+
+
+def image_embeds(model: Any, pixels: torch.Tensor, heads: int | None) -> torch.Tensor:
+    """The image embeddings of the published forward with the last block recomputed with ``heads`` heads
+    (``None``: the model's own), positions interpolated to the pixels' grid (the audit's arms)."""
+    return encode_image_rewritten(model, pixels, heads=heads, layers=1)[0]
+
+
+__all__ = ["image_maps", "image_embeds", "BlockTrace", "attention", "recompute_block", "interpolated_positions", "vision_tokens",
            "encode_image_rewritten", "encode_text_rewritten", "causal_mask"]

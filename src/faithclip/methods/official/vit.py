@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from faithclip.errors import MethodError
+from faithclip.methods.official.formula import official_image_maps, official_lambda
 from faithclip.methods.official.rewrite import BlockTrace
 
 RESIDUALS = ("normalized", "input")
@@ -92,8 +93,6 @@ def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, model: Any 
     ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid (``grad_eclip_official.image_maps``'s contract).
     ``residual=None``: the notebook's when the block is rewritten (``heads`` given), the model's for
     ``heads=None`` (the audit's arms without the rewrite)."""
-    from faithclip.methods.grad_eclip_official import official_image_maps, official_lambda
-
     residual = residual or ("input" if heads is None else "normalized")
     model = ctx.handle.model if model is None else model
     recomputed = list(model.vit.layers[len(model.vit.layers) - layers:])
@@ -107,4 +106,11 @@ def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, model: Any 
     return maps, scores.detach(), grid
 
 
-__all__ = ["RESIDUALS", "scaled_attention", "recompute_block", "encode_image_rewritten", "image_maps"]
+def image_embeds(model: Any, pixels: torch.Tensor, heads: int | None) -> torch.Tensor:
+    """The class-token features of the notebook's forward (``heads=1``: its rewrite with its LayerNormed
+    residual; ``None``: the model's own heads and residual), before the classifier (the audit's arms)."""
+    return encode_image_rewritten(model, pixels, heads=heads, layers=1,
+                                  residual="normalized" if heads == 1 else "input")[0]
+
+
+__all__ = ["RESIDUALS", "scaled_attention", "recompute_block", "encode_image_rewritten", "image_maps", "image_embeds"]

@@ -32,7 +32,7 @@ import torch
 from faithclip.errors import ModelError, ProbeError
 
 if TYPE_CHECKING:
-    from faithclip.models.clip import ClipHandle, TextBatch
+    from faithclip.models.text import TextBatch
     from faithclip.targets import Target
 
 
@@ -63,11 +63,21 @@ class OfficialPipeline:
     """What the published Grad-ECLIP pipeline (github.com/Cyang-Zhao/Grad-Eclip) is for a family, for
     ``grad_eclip_official`` and the audit: the lambda q/k variants it publishes (the first is the one the
     audit's ``published`` arm uses), whether it has a text side, and the short-side cap of its keep-size
-    input. The defaults are CLIP's (``generate_emap.py``: out_proj q/k, a text side, the 640 px cap)."""
+    input, and the module that computes its forward and maps. The defaults are CLIP's (``generate_emap.py``:
+    out_proj q/k, a text side, the 640 px cap, ``methods/official/rewrite.py``)."""
 
     lambda_qk: tuple[str, ...] = ("out_proj", "raw")
     text: bool = True
     short_side_cap: int | None = 640
+    #: the module of the family's rewritten forward: ``image_maps(ctx, pixels, layers, qk, model, heads)`` and
+    #: ``image_embeds(model, pixels, heads)`` (named, not imported: methods sit above models)
+    module: str = "faithclip.methods.official.rewrite"
+
+    @property
+    def pipeline(self) -> Any:
+        import importlib
+
+        return importlib.import_module(self.module)
 
 
 @dataclass(frozen=True)
@@ -100,10 +110,9 @@ class Family:
     fast_path = False
     #: the transformers class ``faithclip.load`` builds for a directory or hub id of this family
     model_class = "AutoModel"
-    #: methods tested on this family beyond those that declare it themselves (``MethodSpec.families``)
-    methods: tuple[str, ...] = ()
-    #: the published Grad-ECLIP pipeline for this family (``grad_eclip_official``, the audit)
-    official = OfficialPipeline()
+    #: the published Grad-ECLIP pipeline for this family (``grad_eclip_official``, the audit); ``None``: none
+    #: was published for it (the method is then not offered)
+    official: OfficialPipeline | None = OfficialPipeline()
     #: the ``probability`` score is a softmax over a prompt set (CLIP: it needs the other prompts); a
     #: family whose probability is per pair (SigLIP's sigmoid) sets this False
     probability_over_prompts = True
@@ -127,6 +136,17 @@ class Family:
 
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         raise NotImplementedError
+
+    def input_module(self, model: Any, side: str) -> torch.nn.Module:
+        """The module whose first input is the side's own input (pixels at the patch embedding, token ids at
+        the token embedding): where ``faithclip.audit.detect`` sees what a method fed the model."""
+        tower = self.tower_module(model, self.towers[side])
+        return tower.embeddings.patch_embedding if side == "image" else tower.embeddings.token_embedding
+
+    def embedding_module(self, model: Any, side: str) -> torch.nn.Module:
+        """The last module of the side's own forward to the score: its output, on the model's own input, is
+        what the score reads (CLIP: the two projections, whose outputs are ``encode_image`` / ``encode_text``)."""
+        return model.visual_projection if side == "image" else model.text_projection
 
     def check_tower(self, tower: str) -> None:
         if tower not in self.towers.values():
@@ -210,7 +230,7 @@ class Family:
         return make_target(kind, others)
 
     # ---- texts ----------------------------------------------------------------------------------------
-    def tokenize(self, handle: "ClipHandle", texts: list[str]) -> "TextBatch":
+    def tokenize(self, handle: Any, texts: list[str]) -> "TextBatch":
         """Strings -> the ``TextBatch`` the text tower reads (CLIP: the tokenizer, ``ClipHandle.tokenize_texts``).
         A classifier maps class names to class indices instead."""
         return handle.tokenize_texts(texts)
@@ -242,6 +262,62 @@ class Family:
 
     def check_model(self, model: Any) -> None:
         """Raise ``ModelError`` unless ``model`` has the parts this family reads."""
+
+    # ---- per-token readings (MaskCLIP, CLIP Surgery, LeGrad) ----------------------------------------------
+    def token_head(self, model: Any, tokens: torch.Tensor) -> torch.Tensor:
+        """The image tower's head applied to every token, ``(..., D) -> (..., E)``: what the pooled token passes
+        through to become the embedding the score reads. CLIP: ``visual_projection(post_layernorm(x))``. A
+        family whose methods list includes a per-token method declares its own."""
+        return model.visual_projection(model.vision_model.post_layernorm(tokens))
+
+    def block_mlp(self, block: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """A block's second half on its mid-block hidden state: ``h + MLP(LN_2(h))`` (CLIP's pre-norm block)."""
+        return hidden + block.mlp(block.layer_norm2(hidden))
+
+    # ---- evaluation over a labelled set (``faithclip evaluate``, ``faithclip.metrics``) ---------------
+    def class_weights(self, handle: Any, texts: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
+        """``(K, D)``: what stands for each class's texts in the score (``TextBatch.embeds``). CLIP's
+        zero-shot rule (Radford et al. 2021): per class, the renormalised mean of its unit text embeddings."""
+        import torch.nn.functional as F
+
+        weights = []
+        with torch.no_grad():
+            for group in texts:
+                group = list(group)
+                embeds = torch.cat([handle.encode_text(handle.tokens(group[i:i + batch_size]))
+                                    for i in range(0, len(group), batch_size)])  # (T, D)
+                weights.append(F.normalize(F.normalize(embeds, dim=-1).mean(0), dim=-1))
+        return torch.stack(weights)  # (K, D)
+
+    def check_class_names(self, model: Any, names: Sequence[str]) -> None:
+        """Raise ``ModelError`` unless the data set's class names can be scored by this family (a contrastive
+        model scores any text; a classifier only its own classes)."""
+
+    def class_logits(self, model: Any, scores: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` logits of the default score ``scores`` over the data set's classes: their argmax is the
+        prediction, ``label_probability`` reads the label's probability from them. CLIP:
+        ``exp(logit_scale) * cosine``."""
+        return self.logit_scale(model).detach() * scores
+
+    def label_probability(self, logits: torch.Tensor, label: int) -> torch.Tensor:
+        """``(N,)`` the label's probability from ``class_logits`` (float64). CLIP: the softmax over the
+        data set's prompts."""
+        return logits.double().softmax(-1)[:, label]
+
+    #: metrics (``faithclip.metrics`` names) whose quantity this family's score does not define: metric -> why
+    refused_metrics: dict[str, str] = {}
+
+    def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
+        """The image side's parameters from the score down, as ``(name, modules)`` (the cascading
+        randomisation of ``faithclip.metrics.sanity``). CLIP: the projection, ``post_layernorm``, the blocks
+        from the last, then the embeddings with ``pre_layrnorm``."""
+        vision = self.tower_module(model, "vision")
+        top = [("visual_projection", [model.visual_projection]), ("post_layernorm", [vision.post_layernorm])]
+        return top + self.block_cascade(model) + [("embeddings", [vision.embeddings, vision.pre_layrnorm])]
+
+    def block_cascade(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
+        layers = list(self.blocks(model, "vision"))
+        return [(f"layer {index}", [layers[index]]) for index in reversed(range(len(layers)))]
 
     def default_preprocess(self, model: Any) -> Any:
         """The preprocessing when no processor config comes with the model: transformers' CLIP rules at

@@ -39,10 +39,9 @@ class BlipFamily(Family):
     model_types = ("blip",)
     model_class = "BlipForImageTextRetrieval"
     target_kinds = ("cosine", "contrast")
-    methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
-               "rise", "grad_eclip_official")
     # the published BLIP notebook: image side only, raw q/k in lambda, keep-size input without a cap
-    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None)
+    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None,
+                                module="faithclip.methods.official.blip")
 
     def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
         self.check_tower(tower)
@@ -65,6 +64,12 @@ class BlipFamily(Family):
                               heads=int(attention.num_attention_heads), q=attention.query, k=attention.key,
                               v=attention.value)
 
+    def input_module(self, model: Any, side: str) -> torch.nn.Module:
+        return model.vision_model.embeddings.patch_embedding if side == "image" else model.text_encoder.embeddings.word_embeddings
+
+    def embedding_module(self, model: Any, side: str) -> torch.nn.Module:
+        return model.vision_proj if side == "image" else model.text_proj
+
     def query_positions(self, side: str, num_inputs: int, text: Any, device: torch.device) -> torch.Tensor:
         return torch.zeros(num_inputs, dtype=torch.long, device=device)  # class token / [CLS]
 
@@ -85,7 +90,7 @@ class BlipFamily(Family):
     def lambda_context(self, handle: Any, text: Any) -> Any:
         """The texts as the BLIP pipeline pads them (``max_length=35``: every row to 35 tokens or its own
         length, pad id 0, padding masked): the score is the text's own, only the padding keys are new."""
-        from faithclip.models.clip import TextBatch
+        from faithclip.models.text import TextBatch
 
         ids, mask = text.input_ids, text.attention_mask
         length = max(PUBLISHED_TEXT_LENGTH, ids.shape[1])
@@ -93,6 +98,15 @@ class BlipFamily(Family):
         padded_mask = torch.zeros_like(padded)
         padded[:, :ids.shape[1]], padded_mask[:, :ids.shape[1]] = ids, mask
         return TextBatch(padded, padded_mask, text.eos_positions.clone(), list(text.texts), list(text.tokens))
+
+    refused_metrics = {name: "BLIP's ITC score is a cosine with no temperature, so it defines no class probability"
+                       for name in ("zeroshot", "deletion_gradeclip", "insertion_gradeclip", "deletion_rise",
+                                    "insertion_rise", "road_morf", "road_lerf")}
+
+    def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
+        vision = model.vision_model
+        return ([("vision_proj", [model.vision_proj]), ("post_layernorm", [vision.post_layernorm])]
+                + self.block_cascade(model) + [("embeddings", [vision.embeddings])])
 
     def check_model(self, model: Any) -> None:
         if not all(hasattr(model, part) for part in ("vision_model", "text_encoder", "vision_proj", "text_proj")):

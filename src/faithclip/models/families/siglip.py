@@ -36,7 +36,7 @@ class SiglipFamily(Family):
     model_class = "SiglipModel"
     target_kinds = ("logit", "probability", "cosine", "contrast")
     probability_over_prompts = False
-    methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion", "rise")
+    official = None  # no published Grad-ECLIP pipeline for SigLIP
 
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         attention = block.self_attn
@@ -51,6 +51,10 @@ class SiglipFamily(Family):
 
     def prefix_tokens(self, model: Any) -> int:
         return 0
+
+    def embedding_module(self, model: Any, side: str) -> torch.nn.Module:
+        """The image side's attention-pooling head, the text side's ``head`` (no projections)."""
+        return model.vision_model.head if side == "image" else model.text_model.head
 
     def parameter(self, model: Any) -> torch.Tensor:
         return model.logit_scale
@@ -110,6 +114,18 @@ class SiglipFamily(Family):
         if not getattr(vision, "use_head", False):
             raise ModelError("this SigLIP vision tower has no attention-pooling head (vision_use_head=False), so it has "
                              "no pooled image embedding to explain.")
+
+    def class_logits(self, model: Any, scores: torch.Tensor) -> torch.Tensor:
+        return scores  # the default score is the logit itself
+
+    def label_probability(self, logits: torch.Tensor, label: int) -> torch.Tensor:
+        """SigLIP's own probability of a pair: the sigmoid of its logit (not a softmax over the prompts)."""
+        return torch.sigmoid(logits[:, label].double())
+
+    def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
+        vision = model.vision_model
+        return ([("head", [vision.head]), ("post_layernorm", [vision.post_layernorm])] + self.block_cascade(model)
+                + [("embeddings", [vision.embeddings])])
 
     def default_preprocess(self, model: Any) -> Any:
         """``SiglipImageProcessor``'s defaults: the whole image squashed to size x size (bicubic), mean and

@@ -57,10 +57,9 @@ class ViTFamily(Family):
     probability_over_prompts = False  # a softmax over the classifier's own classes: no prompt set
     model_class = "ViTForImageClassification"
     backbone = "vit"
-    methods = ("grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
-               "rise", "grad_eclip_official")
     #: the published ViT notebook: raw q/k in lambda, no text side, no short-side cap
-    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None)
+    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None,
+                                module="faithclip.methods.official.vit")
 
     # ---- structure --------------------------------------------------------------------------------
     def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
@@ -85,6 +84,15 @@ class ViTFamily(Family):
 
     def prefix_tokens(self, model: Any) -> int:
         return 1
+
+    def input_module(self, model: Any, side: str) -> torch.nn.Module:
+        self.check_tower(self.towers.get(side, side))
+        return getattr(model, self.backbone).embeddings.patch_embeddings
+
+    def embedding_module(self, model: Any, side: str) -> torch.nn.Module:
+        """The classifier head: its logits are the score."""
+        self.check_tower(self.towers.get(side, side))
+        return model.classifier
 
     # ---- embeddings and the score -------------------------------------------------------------------
     def encode_image(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
@@ -116,7 +124,7 @@ class ViTFamily(Family):
 
     # ---- texts: class names -------------------------------------------------------------------------
     def tokenize(self, handle: Any, texts: Any) -> Any:
-        from faithclip.models.clip import TextBatch
+        from faithclip.models.text import TextBatch
 
         labels = class_names(handle.model)
         if isinstance(texts, torch.Tensor):
@@ -137,6 +145,32 @@ class ViTFamily(Family):
 
     def context_length(self, model: Any) -> int:
         return 1
+
+    # ---- evaluation over a labelled set ---------------------------------------------------------------
+    def class_weights(self, handle: Any, texts: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
+        """``(K, D + 1)``: the classifier's rows of the classes (each group's first text is the class name)."""
+        return self.encode_text(handle.model, handle.tokens([group[0] for group in texts])).detach()
+
+    def check_class_names(self, model: Any, names: Sequence[str]) -> None:
+        """The data set's classes must be exactly the classifier's ``id2label`` (in any order): the label
+        probability is the softmax over all of the model's classes."""
+        labels = class_names(model)
+        try:
+            found = {class_index(labels, name) for name in names}
+        except TextError as error:
+            raise ModelError(f"the data's class names must be this classifier's id2label labels: {error}") from None
+        if len(found) != len(labels) or len(names) != len(labels):
+            raise ModelError(f"the data set has {len(names)} classes, naming {len(found)} of this classifier's "
+                             f"{len(labels)}: its classes must be the classifier's id2label labels, each once, so that "
+                             "the label probability is the model's own softmax.")
+
+    def class_logits(self, model: Any, scores: torch.Tensor) -> torch.Tensor:
+        return scores  # the default score is the class logit itself
+
+    def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
+        backbone = getattr(model, self.backbone)
+        return ([("classifier", [model.classifier]), ("layernorm", [backbone.layernorm])] + self.block_cascade(model)
+                + [("embeddings", [backbone.embeddings])])
 
     # ---- checks and preprocessing -------------------------------------------------------------------
     def check_model(self, model: Any) -> None:
@@ -164,7 +198,7 @@ class DeiTFamily(ViTFamily):
     model_types = ("deit",)
     model_class = "DeiTForImageClassification"
     backbone = "deit"
-    methods = tuple(name for name in ViTFamily.methods if name != "grad_eclip_official")  # the notebook is ViT's
+    official = None  # the published notebook is ViT's
 
     def prefix_tokens(self, model: Any) -> int:
         return 2
