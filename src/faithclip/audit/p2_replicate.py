@@ -128,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         import torch
 
-        import faithclip
         from faithclip.audit.p2 import p2_test
+        from faithclip.models.loading import load
         from faithclip.errors import FaithclipError
 
         torch.set_num_threads(1)
         try:
-            handle = faithclip.load(args.model)
+            handle = load(args.model)
             from faithclip.registry import METHODS
 
             for m in methods:
