@@ -272,9 +272,10 @@ class RecordFile:
 def write_result_set(out: Path, files: dict[str, bytes]) -> Path:
     """Publish ``files`` (name -> bytes) as the run's current result set, all at once.
 
-    The set goes into ``out/.results-<digest>/`` (each file and the directory fsynced), then the symlink
-    ``out/results`` is replaced by one pointing to it (rename over the old link: atomic), and the
-    links ``out/<name> -> results/<name>`` are made. Older sets are removed afterwards."""
+    The set goes into ``out/.results-<digest>/`` (each file and the directory fsynced); the links
+    ``out/<name> -> results/<name>`` are made (they resolve in the old set, or nowhere on a first run);
+    then the symlink ``out/results`` is replaced by one pointing to the new set (rename over the old link:
+    atomic), so a reader sees the old set or the new one, never a mix. Older sets are removed afterwards."""
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
@@ -296,11 +297,11 @@ def write_result_set(out: Path, files: dict[str, bytes]) -> Path:
             if isinstance(error, OSError):
                 raise OutputError(write_failure(error.filename or staging, error)) from error
             raise
-    _replace_link(out / RESULTS_LINK, final.name)
-    for name in files:
-        link = out / name
+    for name in files:  # the links by name first: until ``results`` flips they resolve in the old set (or
+        link = out / name  # nowhere, on a first run), so a kill between two of them never shows a mix
         if not (link.is_symlink() and os.readlink(link) == f"{RESULTS_LINK}/{name}"):
             _replace_link(link, f"{RESULTS_LINK}/{name}")  # also replaces a plain file of an older version
+    _replace_link(out / RESULTS_LINK, final.name)  # the one atomic step that publishes the whole set
     for stale in out.iterdir():
         if stale.name.startswith(_SET_PREFIX) and stale != final:
             shutil.rmtree(stale, ignore_errors=True)
