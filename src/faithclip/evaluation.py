@@ -33,6 +33,7 @@ import logging
 import math
 import platform
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,7 +63,8 @@ from faithclip.rundir import (LOCK_NAME, RECORDS_NAME, RecordFile, RunLock, crea
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "faithclip.evaluation/2"  # 2: strict JSON (null for undefined values), the full run identity
+SCHEMA = "faithclip.evaluation/3"  # 2: strict JSON (null for undefined values), the full run identity;
+# 3: chance levels (aggregate["-"] of metrics with MetricSpec.chance) and curve bands (low, high)
 DIGESTS_NAME = ".data-digests.json"  # the file-hash cache of the run's data (data/digests.py)
 DEFAULT_METRICS = ("zeroshot", "deletion_gradeclip", "insertion_gradeclip", "deletion_rise", "insertion_rise",
                    "pointing_game", "energy_pointing_game")
@@ -168,6 +170,12 @@ def describe_changes(previous: dict[str, Any], current: dict[str, Any], limit: i
     if len(changes) > limit:
         changes = changes[:limit] + [f"{len(changes) - limit} more"]
     return changes
+
+
+def _model_level(spec: Any) -> bool:
+    """Whether the image's model-level record ('-') holds values of ``spec``: a model-level metric, or the
+    chance level of a per-method one (``MetricSpec.chance``)."""
+    return not spec.per_method or spec.chance is not None
 
 
 def case_seed(seed: int, case_id: str, metric: str) -> int:
@@ -307,6 +315,7 @@ class Evaluator:
         if method is None:
             patch_map = torch.zeros(1, 1)
             metrics = [m for m in self.metrics if not m.per_method]
+            chance = [m for m in self.metrics if m.per_method and m.chance is not None]
         elif self.map_folder is not None:
             patch_map = self.map_folder.patch_map(prepared.case_id, method, self.handle.preprocess, _grid(self.handle),
                                                   prepared.image_size).to(torch.float32)
@@ -314,6 +323,8 @@ class Evaluator:
         else:
             patch_map = self.explain(method, prepared.pixels, prepared.label)
             metrics = [m for m in self.metrics if m.per_method]
+        if method is not None:
+            chance = []
             if self.maps_out is not None:
                 from faithclip.data.maps import write_map
 
@@ -340,6 +351,13 @@ class Evaluator:
                 record["values"][spec.name] = None  # keeps the metrics' order; filled in by _score_together
                 continue
             _store(record, spec.name, spec.run(case, **options))
+        for spec in chance:  # the model-free level of a per-method metric, once per image in the '-' record
+            if spec.needs_mask and prepared.mask is None:
+                record["skipped"].append(spec.name)
+                continue
+            options = self.config.options_for(spec.name)
+            options.pop("batch_size", None)
+            _store(record, spec.name, spec.chance(case, **options))
         record["seconds"] = round(time.perf_counter() - started, 4)
         return record
 
@@ -499,7 +517,7 @@ class Evaluator:
         return self.run(data, out_dir, progress=progress, report=report, repair=repair, sources=sources, compute=False)
 
     def _jobs(self) -> list[str | None]:
-        return ([None] if any(not m.per_method for m in self.metrics) else []) + list(self.methods)
+        return ([None] if any(_model_level(m) for m in self.metrics) else []) + list(self.methods)
 
     def _refuse_missing(self, data: LabelledSet, done: set[tuple[str, str]], out: Path) -> None:
         missing = [(index, load.case_id, job or "-") for index, load in enumerate(data.cases) for job in self._jobs()
@@ -552,7 +570,7 @@ class Evaluator:
             return f"a record of method {method!r}, which this run does not evaluate"
         skipped = record.get("skipped") or []
         for spec in self.metrics:
-            if spec.per_method != (method != "-") or spec.name in skipped:
+            if (not _model_level(spec) if method == "-" else not spec.per_method) or spec.name in skipped:
                 continue
             values = record["values"].get(spec.name)
             if not isinstance(values, dict) or not set(spec.outputs) <= set(values):
@@ -821,7 +839,7 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
             continue
         per_metric: dict[str, dict[str, Any]] = {}
         for spec in evaluator.metrics:
-            if spec.per_method != (method != "-"):
+            if (not _model_level(spec)) if method == "-" else not spec.per_method:
                 continue
             outputs = per_metric.setdefault(spec.name, {})
             for output in spec.outputs:
@@ -831,7 +849,7 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
             if curve_sets:
                 curves.setdefault(method, {})[spec.name] = {
                     name: {"x": curve_sets[0][name][0], "y": _nanmean([c[name][1] for c in curve_sets]),
-                           "n": len(curve_sets)}
+                           "n": len(curve_sets), **curve_band([c[name][1] for c in curve_sets], seed)}
                     for name in curve_sets[0]
                 }
         aggregate_values[method] = per_metric
@@ -862,6 +880,7 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
             "protocol": protocol, "paper": spec.paper, "summary": spec.summary, "per_method": spec.per_method,
             "options": {**_jsonable(spec.defaults), **chosen},
             "columns": {output: f"{spec.outputs[output]} [{protocol}]" for output in spec.outputs},
+            "chance": (spec.chance_label or spec.name) if spec.chance is not None else None,
         })
     prompt_set = evaluator.prompt_set
     return {
@@ -887,7 +906,7 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
         "curves": curves,
         "examples": examples,
         "per_image": records,
-        "complete": len(records) == len(case_ids) * (len(evaluator.methods) + any(not m.per_method for m in evaluator.metrics)),
+        "complete": len(records) == len(case_ids) * len(evaluator._jobs()),
     }
 
 
@@ -898,6 +917,32 @@ def _nanmean(rows: list[list[float]]) -> list[float | None]:
     counts = finite.sum(axis=0)
     sums = np.where(finite, values, 0.0).sum(axis=0)
     return [float(t / c) if c else None for t, c in zip(sums, counts)]
+
+
+def curve_band(rows: list[list[float]], seed: int, chunk: int = 250) -> dict[str, list[float | None]]:
+    """Point-wise 95 % bootstrap percentile band of the mean curve over images: ``CI_RESAMPLES`` resamples
+    of the images (the same resamples for every point), each point's mean over the resampled images that
+    define it (NaN points left out, as in ``_nanmean``). A point defined by fewer than 2 images has none."""
+    values = np.array(rows, dtype=np.float64)  # (images, points)
+    images, points = values.shape
+    finite = np.isfinite(values)
+    defined = np.where(finite, values, 0.0)
+    counts_ok = finite.sum(axis=0) >= 2
+    generator = np.random.default_rng(seed)
+    means = np.empty((CI_RESAMPLES, points))
+    for start in range(0, CI_RESAMPLES, chunk):  # resample weights in chunks: (chunk, images) at a time
+        size = min(chunk, CI_RESAMPLES - start)
+        picks = generator.integers(0, images, size=(size, images))
+        weights = np.zeros((size, images))
+        np.add.at(weights, (np.arange(size)[:, None], picks), 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[start:start + size] = (weights @ defined) / (weights @ finite)
+    with warnings.catch_warnings():  # a point no resample defines is all-NaN: it gets None below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = np.nanpercentile(means, 2.5, axis=0)
+        high = np.nanpercentile(means, 97.5, axis=0)
+    return {"low": [float(v) if ok and np.isfinite(v) else None for v, ok in zip(low, counts_ok)],
+            "high": [float(v) if ok and np.isfinite(v) else None for v, ok in zip(high, counts_ok)]}
 
 
 def _jsonable(value: Any) -> Any:

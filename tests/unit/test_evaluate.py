@@ -142,7 +142,7 @@ def test_outputs_schema_and_protocol_labels(handle, tmp_path):
                         method_options={"attention_eclip": {"layers": 2}})
     results = evaluate(handle, shapes_set(32, 3), tmp_path, config, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["schema"] == "faithclip.evaluation/2"
+    assert saved["schema"] == "faithclip.evaluation/3"
     for key in ("faithclip_version", "torch_version", "transformers_version", "model", "seed", "aggregate",
                 "per_image", "metrics", "methods", "curves", "confidence_interval"):
         assert key in saved
@@ -177,7 +177,8 @@ def test_memory_stays_flat_over_many_images(handle, tmp_path, monkeypatch):
 
     def measured(self, prepared, method, keep, *deferred):
         record = original(self, prepared, method, keep, *deferred)
-        samples.append(_rss_bytes())
+        if method is not None:  # the method's record, not the image's chance record ('-')
+            samples.append(_rss_bytes())
         return record
 
     monkeypatch.setattr(Evaluator, "run_case", measured)
@@ -292,3 +293,62 @@ def test_model_fingerprint_is_exact_and_independent_of_threads(handle):
         weight = model.visual_projection.weight
         weight[0, 0] = torch.nextafter(weight[0, 0], torch.tensor(1.0))  # one ulp
     assert model_fingerprint(from_hf(model)) != first
+
+
+# ---- chance levels and curve bands ------------------------------------------------------------------
+def test_curve_band_equals_a_literal_bootstrap_and_collapses_on_identical_curves():
+    """The weighted form of the band against the slow literal one (each resample's images, their NaN-aware
+    mean per point, percentiles), drawing the same resamples; identical curves give a band equal to them."""
+    from faithclip.evaluation import CI_RESAMPLES, curve_band
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(7, 5))
+    rows[2, 1] = rows[4, 1] = np.nan  # undefined points are left out of a resample's mean
+    rows[:, 4] = np.nan
+    rows[0, 4] = 1.0  # a point one image defines has no band
+    band = curve_band(rows.tolist(), seed=11, chunk=300)
+    generator = np.random.default_rng(11)
+    means = []
+    for start in range(0, CI_RESAMPLES, 300):
+        for pick in generator.integers(0, 7, size=(min(300, CI_RESAMPLES - start), 7)):
+            resample = rows[pick]  # (7, 5)
+            means.append([np.mean(col[np.isfinite(col)]) if np.isfinite(col).any() else np.nan for col in resample.T])
+    means = np.array(means)
+    for point in range(4):
+        finite = means[:, point][np.isfinite(means[:, point])]
+        assert band["low"][point] == pytest.approx(np.percentile(finite, 2.5), rel=1e-12)
+        assert band["high"][point] == pytest.approx(np.percentile(finite, 97.5), rel=1e-12)
+    assert band["low"][4] is None and band["high"][4] is None
+    same = curve_band([[0.5, 0.25, 0.0]] * 6, seed=0)
+    assert same == {"low": [0.5, 0.25, 0.0], "high": [0.5, 0.25, 0.0]}
+
+
+def test_pointing_games_report_their_chance_level_from_the_data_alone(handle, tmp_path):
+    """The '-' record of each image holds the image-centre hit and a uniform map's energy; their means equal
+    the same quantities computed here from the masks of the scored crops (distance of the centre pixel to
+    the nearest object pixel, object share of the pixels)."""
+    from faithclip.evaluation import prepare
+
+    data = shapes_set(32, 6)
+    config = EvalConfig(model="tiny", data="shapes", metrics=["pointing_game", "energy_pointing_game"],
+                        methods=["grad_eclip"], examples=0)
+    evaluate(handle, data, tmp_path, config, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    hits, shares = [], []
+    for item in data:
+        mask = prepare(handle, item).mask
+        if mask is None:
+            continue
+        height, width = mask.shape
+        ys, xs = np.nonzero(mask.numpy())
+        hits.append(float(np.min(np.hypot(ys - height // 2, xs - width // 2)) <= 15))
+        shares.append(mask.numpy().sum() / mask.numel())
+    chance = saved["aggregate"]["-"]
+    assert chance["pointing_game"]["hit"]["n"] == len(hits) > 0
+    assert chance["pointing_game"]["hit"]["mean"] == pytest.approx(np.mean(hits))
+    assert chance["energy_pointing_game"]["energy"]["mean"] == pytest.approx(np.mean(shares))
+    assert {m["name"]: m["chance"] for m in saved["metrics"]} == {"pointing_game": "the image centre",
+                                                                   "energy_pointing_game": "a uniform map"}
+    assert saved["complete"] and "grad_eclip" in saved["aggregate"]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| chance (the image centre; a uniform map) |" in markdown

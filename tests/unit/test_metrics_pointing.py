@@ -9,7 +9,15 @@ import torch
 
 from faithclip.metrics import METRICS
 from faithclip.metrics.case import MetricCase
-from faithclip.metrics.pointing import box_mask, energy_share, pointing_hit, run_energy, run_pointing
+from faithclip.metrics.pointing import (
+    box_mask,
+    chance_energy,
+    chance_pointing,
+    energy_share,
+    pointing_hit,
+    run_energy,
+    run_pointing,
+)
 
 SIZE = (64, 48)  # (H, W): non-square on purpose
 
@@ -88,3 +96,20 @@ def test_registry_metadata():
     assert METRICS.get("pointing_game").column("hit") == "pointing game [pointing, 15 px]"
     assert METRICS.get("pointing_game").column("hit", {"tolerance": 4.3}) == "pointing game [pointing, 4.3 px]"
     assert METRICS.get("deletion_rise").column("auc", {"substrate": "black"}) == "deletion AUC [rise; substrate=black]"
+
+
+def test_chance_levels_worked_by_hand():
+    """The image-centre map's hit and a uniform map's energy, on masks whose answer is known by construction."""
+    size = (40, 60)  # centre pixel (20, 30)
+    case = lambda mask, ignore=None: MetricCase(score_ctx=None, rgb=torch.zeros(3, *size), patch_map=torch.zeros(2, 2),
+                                                label=0, seed=0, mask=mask, ignore=ignore)
+    assert chance_pointing(case(box_mask((30, 20, 31, 21), size))).values == {"hit": 1.0}  # the centre itself
+    assert chance_pointing(case(box_mask((45, 20, 46, 21), size))).values == {"hit": 1.0}  # 15 px right: within
+    assert chance_pointing(case(box_mask((46, 20, 47, 21), size))).values == {"hit": 0.0}  # 16 px right
+    assert chance_pointing(case(box_mask((46, 20, 47, 21), size)), tolerance=16).values == {"hit": 1.0}
+    mask = box_mask((0, 0, 10, 6), size)  # 60 object pixels
+    ignore = box_mask((50, 30, 60, 40), size)  # 100 ignored pixels, none in the object
+    assert chance_energy(case(mask)).values["energy"] == pytest.approx(60 / 2400)
+    assert chance_energy(case(mask, ignore)).values["energy"] == pytest.approx(60 / 2300)
+    for name, label in (("pointing_game", "the image centre"), ("energy_pointing_game", "a uniform map")):
+        assert METRICS.get(name).chance_label == label

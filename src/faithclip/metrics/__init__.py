@@ -41,6 +41,11 @@ class MetricSpec:
     plan: Callable[..., Any] | None = None
     # True when the metric calls the method again (on other models): it cannot score precomputed maps
     recomputes_map: bool = False
+    # (case, **options) -> MetricValue: the level a map that knows nothing of the model reaches on this case
+    # (the same outputs as ``run``), computed once per image from the data alone; ``chance_label`` says which
+    # map (e.g. "image centre"). The report shows it beside the methods.
+    chance: Callable[..., Any] | None = None
+    chance_label: str = ""
 
     def protocol_label(self, options: dict[str, Any] | None = None) -> str:
         """The protocol with its options: ``protocol`` may name options (``"pointing, {tolerance:g} px"``);

@@ -15,6 +15,11 @@ Pixels marked ``ignore`` (VOC's 255 boundary label) count neither as object nor 
 left out of both sums, and a maximum on them is judged by its distance to the object like any other.
 A map without positive mass has no energy share (NaN, left out of the mean and counted). The object is
 a boolean mask, or a box ``(x0, y0, x1, y1)`` with exclusive ends turned into one (``box_mask``).
+
+Chance levels (``MetricSpec.chance``, computed once per image from the data alone, shown beside the
+methods): the pointing game of the image-centre map (its single maximum at ``(H // 2, W // 2)``, Zhang et
+al.'s "Center" baseline), and the energy share of a uniform map (the object's share of the non-ignored
+pixels). A method at or below its chance row localises no better than a map that ignores the model.
 """
 
 from __future__ import annotations
@@ -67,6 +72,25 @@ def run_pointing(case: MetricCase, tolerance: float = 15.0) -> MetricValue:
     return MetricValue(values={"hit": pointing_hit(pixel_map(case.patch_map, case.size), _require_mask(case), tolerance)})
 
 
+def centre_map(size: tuple[int, int]) -> torch.Tensor:
+    """``(H, W)`` map with its single maximum at the image centre ``(H // 2, W // 2)``: the "Center" baseline
+    of the pointing game (Zhang et al. 2016), which knows nothing of the model or the prompt."""
+    saliency = torch.zeros(size, dtype=torch.float64)
+    saliency[size[0] // 2, size[1] // 2] = 1.0
+    return saliency
+
+
+def chance_pointing(case: MetricCase, tolerance: float = 15.0) -> MetricValue:
+    """The pointing game of the image-centre map (same hit rule and tolerance as the methods)."""
+    return MetricValue(values={"hit": pointing_hit(centre_map(case.size), _require_mask(case), tolerance)})
+
+
+def chance_energy(case: MetricCase) -> MetricValue:
+    """The energy share of a uniform map: the object's share of the non-ignored pixels."""
+    return MetricValue(values={"energy": energy_share(torch.ones(case.size, dtype=torch.float64),
+                                                      _require_mask(case), case.ignore)})
+
+
 def run_energy(case: MetricCase) -> MetricValue:
     return MetricValue(values={"energy": energy_share(pixel_map(case.patch_map, case.size), _require_mask(case), case.ignore)})
 
@@ -76,10 +100,12 @@ register_metric(MetricSpec(
     summary="hit if the map's maximum lies within 15 px of the object",
     paper="Zhang et al., Top-down Neural Attention by Excitation Backprop, ECCV 2016",
     run=run_pointing, outputs={"hit": "pointing game"}, needs_mask=True, defaults={"tolerance": 15.0},
+    chance=chance_pointing, chance_label="the image centre",
 ))
 register_metric(MetricSpec(
     name="energy_pointing_game", category="localisation", higher_is_better=True, protocol="energy, ReLU",
     summary="share of the map's positive mass inside the object",
     paper="Wang et al., Score-CAM: Score-Weighted Visual Explanations for CNNs, CVPR-W 2020",
     run=run_energy, outputs={"energy": "energy pointing game"}, needs_mask=True,
+    chance=chance_energy, chance_label="a uniform map",
 ))

@@ -87,6 +87,15 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                 for output in m["columns"]:
                     row.append(_cell(results["aggregate"].get(method["name"], {}).get(m["name"], {}).get(output)))
             rows.append(row)
+        chance = [m for m in members if m.get("chance")]
+        if chance:  # the level of a map that knows nothing of the model, per metric (aggregate['-'])
+            labels = list(dict.fromkeys(m["chance"] for m in chance))  # in column order
+            row = [f"chance ({'; '.join(labels)})"]
+            for m in members:
+                for output in m["columns"]:
+                    row.append(_cell(results["aggregate"].get("-", {}).get(m["name"], {}).get(output))
+                               if m.get("chance") else "-")
+            rows.append(row)
         out.append((category, header, rows))
     return out
 
@@ -152,7 +161,7 @@ def curve_figures(results: dict[str, Any]) -> list[tuple[str, bytes]]:
         figure = Figure(figsize=(4.5, 3.2), dpi=100)
         axes = figure.add_subplot()
         colours = matplotlib.colormaps["tab10" if len(by_method) <= 10 else "tab20"]
-        jumped = False
+        jumped = banded = False
         for index, (method, curve) in enumerate(by_method.items()):
             if method in same:
                 continue  # drawn once, under the name of the method it equals
@@ -161,6 +170,11 @@ def curve_figures(results: dict[str, Any]) -> list[tuple[str, bytes]]:
             y = [float("nan") if v is None else v for v in curve["y"]]  # undefined points leave gaps
             style = dict(color=colours(index % colours.N), linestyle="-" if index % 2 == 0 else "--")
             breaks = _unmeasured_gaps(x)
+            if curve.get("low") is not None:  # the point-wise 95 % band over images, shaded
+                low = [float("nan") if v is None else v for v in curve["low"]]
+                high = [float("nan") if v is None else v for v in curve["high"]]
+                axes.fill_between(x, low, high, color=style["color"], alpha=0.15, linewidth=0)
+                banded = True
             start = 0
             for stop in breaks + [len(x)]:  # measured stretches as lines ...
                 axes.plot(x[start:stop], y[start:stop], marker="." if len(x) <= 20 else None,
@@ -178,9 +192,11 @@ def curve_figures(results: dict[str, Any]) -> list[tuple[str, bytes]]:
                         fontsize=8)
         axes.set_ylabel(CURVE_UNITS.get(name, name), fontsize=8)
         axes.legend(fontsize=7)
-        if jumped:
-            axes.annotate("dotted: no step measured in between", (0.99, 0.02), xycoords="axes fraction",
-                          ha="right", fontsize=6, color="#555")
+        notes = (["shaded: point-wise 95% bootstrap band over images"] if banded else []) + \
+            (["dotted: no step measured in between"] if jumped else [])
+        if notes:
+            axes.annotate("; ".join(notes), (0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=6,
+                          color="#555")
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
