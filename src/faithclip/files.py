@@ -167,7 +167,9 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     target = _final_target(path)  # a symlink's file is replaced, the link kept
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        _sweep_leftovers(target)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp",
+                                                 dir=target.parent)
     except OSError as error:
         raise OutputError(write_failure(path, error)) from error
     backup = None
@@ -193,6 +195,38 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def _sweep_leftovers(target: Path) -> None:
+    """Remove what a killed writer of ``target`` left beside it: its backup link ``.NAME.old-PID`` and its
+    temporary file ``.NAME.PID.*.tmp``, when process PID no longer runs (SIGKILL gives it no chance to
+    clean up). A live writer's files are left alone."""
+    prefix = f".{target.name}."
+    try:
+        entries = [entry for entry in os.scandir(target.parent) if entry.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        rest = entry.name[len(prefix):]
+        if rest.startswith("old-"):
+            pid = rest[4:]
+        elif rest.endswith(".tmp") and rest.count(".") >= 2:
+            pid = rest.split(".", 1)[0]
+        else:
+            continue
+        if pid.isdigit() and int(pid) != os.getpid() and _process_gone(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
 
 def _keep_old(target: Path) -> Path | None:

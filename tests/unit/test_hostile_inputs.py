@@ -384,3 +384,34 @@ def test_option_choices_are_the_methods_own():
 
     for word in OPTION_CHOICES["relu"]:  # every word the registry lets through is one combine_layers takes
         common.combine_layers([__import__("torch").ones(1, 2)], word)
+
+
+def test_a_killed_writers_backup_and_temporary_are_swept_by_the_next_write(tmp_path):
+    """SIGKILL leaves ``.NAME.old-PID`` (the transaction's hard link) and ``.NAME.PID.*.tmp`` behind; the
+    next write of NAME removes those of processes that no longer run and keeps a live process's."""
+    import subprocess
+    import sys
+
+    from faithclip.files import all_or_nothing, write_atomic
+
+    target = tmp_path / "verify.json"
+    target.write_bytes(b"old")
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed.kill()
+    killed.wait()  # its pid now names no process
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone = [tmp_path / f".verify.json.old-{killed.pid}", tmp_path / f".verify.json.{killed.pid}.ab12cd.tmp"]
+        kept = [tmp_path / f".verify.json.old-{live.pid}", tmp_path / f".verify.json.{live.pid}.ef34gh.tmp",
+                tmp_path / ".other.json.old-1", tmp_path / f".verify.json.old-{killed.pid}x"]
+        for path in gone + kept:
+            path.write_bytes(b"left")
+        with all_or_nothing():
+            write_atomic(target, b"new")
+        assert target.read_bytes() == b"new"
+        assert [p.name for p in gone if p.exists()] == []
+        assert [p.name for p in kept if not p.exists()] == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name] + [p.name for p in kept])
+    finally:
+        live.kill()
+        live.wait()
