@@ -242,6 +242,34 @@ def _keep_old(target: Path) -> Path | None:
     return backup
 
 
+_HELD: dict[str, int] = {}  # FIFOs opened by ``hold_output`` before the work, written (and closed) later
+
+
+def _held_key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _open_written_through(path: Path) -> int:
+    try:
+        # O_NONBLOCK: opening a FIFO nobody reads fails (ENXIO) instead of waiting for ever
+        return os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as error:
+        if error.errno == errno.ENXIO:
+            raise OutputError(f"cannot write {path}: it is a FIFO that no process is reading; start the "
+                              "reader first, or give a file name.") from error
+        raise OutputError(write_failure(path, error)) from error
+
+
+def hold_output(path: str | Path) -> None:
+    """For a FIFO output, open it now (one ``OutputError`` line when no process reads it) and keep it open
+    until ``write_atomic`` writes it: the check before the work must not close it, since closing a FIFO's
+    only writer ends its reader's input. Other kinds of output need nothing held."""
+    path = Path(path)
+    if output_kind(path) != "fifo" or _held_key(path) in _HELD:
+        return
+    _HELD[_held_key(path)] = _open_written_through(path)
+
+
 def _write_through(path: Path, data: bytes, kind: str) -> None:
     """Write ``data`` into standard output, a FIFO or a character device, never replacing it."""
     if kind == "stdout":
@@ -252,14 +280,9 @@ def _write_through(path: Path, data: bytes, kind: str) -> None:
         except OSError as error:
             raise OutputError(write_failure("standard output", error)) from error
         return
-    try:
-        # O_NONBLOCK: opening a FIFO nobody reads fails (ENXIO) instead of waiting for ever
-        descriptor = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except OSError as error:
-        if error.errno == errno.ENXIO:
-            raise OutputError(f"cannot write {path}: it is a FIFO that no process is reading; start the "
-                              "reader first, or give a file name.") from error
-        raise OutputError(write_failure(path, error)) from error
+    descriptor = _HELD.pop(_held_key(path), None)
+    if descriptor is None:
+        descriptor = _open_written_through(path)
     try:
         flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
         fcntl.fcntl(descriptor, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)

@@ -224,9 +224,43 @@ def test_a_fifo_output_is_written_into_when_read_and_refused_when_nobody_reads(t
     reader.join(timeout=10)
     assert received == [b'{"a": 1}'] and fifo.is_fifo()  # written into, still a FIFO
     monkeypatch.chdir(tmp_path)
+    import faithclip.audit.run as audit_run
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the audit ran before its output was checked")
+
+    monkeypatch.setattr(audit_run, "run_audit", no_work)  # the refusal comes before any work
     assert main(["audit", "--scenes", "2", "--map-images", "1", "--json", "out.fifo"]) == 2
     assert "cannot write out.fifo: it is a FIFO that no process is reading" in capsys.readouterr().err
     assert fifo.is_fifo()
+
+
+def test_a_fifo_checked_before_the_work_stays_open_for_its_reader(tmp_path):
+    """check_writable opens a read FIFO and holds it: closing the probe would end the reader's input
+    (EOF) before the output is written. The reader receives the whole output written later."""
+    import threading
+
+    from faithclip.cli.common import check_writable
+    from faithclip.files import OutputError, write_atomic
+
+    fifo = tmp_path / "late.fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    while True:
+        try:
+            check_writable(fifo, "file", "--json")
+            break
+        except FaithclipError:
+            continue
+    reader.join(timeout=0.3)
+    assert reader.is_alive() and received == []  # the probe did not close the FIFO: no EOF yet
+    write_atomic(fifo, b'{"late": true}')
+    reader.join(timeout=10)
+    assert received == [b'{"late": true}']
+    with pytest.raises(OutputError, match="no process is reading"):  # the held end was closed after writing
+        write_atomic(fifo, b"{}")
 
 
 def test_dash_writes_to_standard_output(tmp_path, capfd):
@@ -415,3 +449,21 @@ def test_a_killed_writers_backup_and_temporary_are_swept_by_the_next_write(tmp_p
     finally:
         live.kill()
         live.wait()
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """The size comes from the file's header: a 30 x 20 image over --max-pixels 500 (600 pixels; under
+    Pillow's own refusal at twice the limit) is one line before any model is built."""
+    import faithclip.cli.explain as explain_cli
+
+    Image.new("RGB", (30, 20)).save(tmp_path / "wide.png")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the image was checked")
+
+    monkeypatch.setattr(explain_cli, "load_model", no_model)
+    assert main(["explain", str(tmp_path / "wide.png"), "--text", "x", "--max-pixels", "500",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is 30 x 20 = 600 pixels, more than the limit of 500 pixels" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

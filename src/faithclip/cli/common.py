@@ -66,7 +66,7 @@ def check_writable(path: str | Path, kind: Literal["dir", "file"] = "dir", optio
     existing ancestor), because permission bits do not tell (root ignores them; a read-only file system
     does not show in them). Raises ``FaithclipError`` naming ``option``.
     """
-    from faithclip.files import REFUSED_KINDS, WRITTEN_THROUGH, OutputError, output_kind, refusal
+    from faithclip.files import REFUSED_KINDS, WRITTEN_THROUGH, OutputError, hold_output, output_kind, refusal
 
     if kind == "file" and str(path) == "-":
         return Path("-")
@@ -81,6 +81,10 @@ def check_writable(path: str | Path, kind: Literal["dir", "file"] = "dir", optio
         if what in WRITTEN_THROUGH:
             if not os.access(target, os.W_OK):
                 raise FaithclipError(f"cannot write {target}: permission denied. Choose another {option}.")
+            try:
+                hold_output(target)  # a FIFO nobody reads is refused now, not after the work
+            except OutputError as error:
+                raise FaithclipError(f"{option}: {error}") from error
             return target
         if not target.name:
             raise FaithclipError(f"{option} {path!r} is not a file name.")

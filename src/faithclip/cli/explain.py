@@ -9,7 +9,7 @@ from pathlib import Path
 
 from faithclip.cli.common import add_device_arguments, add_image_arguments, add_model_argument, add_out_argument, check_writable, load_model, positive_int, slug
 from faithclip.errors import FaithclipError, MethodError
-from faithclip.models.images import check_image_path
+from faithclip.models.images import check_image_file
 from faithclip.files import write_atomic
 from faithclip.registry import METHODS
 from faithclip.report.colour import SCALES
@@ -131,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
     check_target(args.target, args.other, args.text)
     if args.save_maps and args.side != "image":
         raise MethodError("--save-maps writes image maps; drop it for --side text (the token map is in the JSON record).")
-    for path in args.images:  # each a readable image file: one line naming it if not (a loop, a directory ...)
-        check_image_path(path)
+    for path in args.images:  # each a readable image file within --max-pixels: one line naming it if not (a
+        check_image_file(path)  # loop, a directory ...), before the model is loaded
     out = check_writable(args.out, "dir")  # created when the first file is written
     texts = unique(args.text)
     images = unique(args.images, key=lambda p: Path(p).resolve())

@@ -53,9 +53,7 @@ def decode_image(path: str | Path) -> Image.Image:
             frame.load()
             return frame.copy()
     except Image.DecompressionBombError as error:
-        size = re.search(r"\((\d+) pixels\)", str(error))
-        pixels = f"{int(size.group(1)):,} pixels" if size else "more pixels than Pillow allows"
-        raise ImageError(f"{path} has {pixels}, more than {limit_words()}.") from error
+        raise _bomb(path, error) from error
     except UnidentifiedImageError as error:
         raise ImageError(f"{path} is not an image PIL can read ({error}). Pass a JPEG, PNG, GIF, TIFF, BMP or WebP file.") from error
     except OSError as error:
@@ -64,6 +62,13 @@ def decode_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{path} could not be decoded ({error}); the file is probably truncated or corrupt. Re-export it and try again.") from error
     except (SyntaxError, ValueError) as error:
         raise ImageError(f"{path} could not be decoded ({error}); the file is probably truncated or corrupt. Re-export it and try again.") from error
+
+
+def _bomb(path: Path, error: Exception) -> ImageError:
+    """The one line for an image Pillow refuses to open (twice over its limit)."""
+    size = re.search(r"\((\d+) pixels\)", str(error))
+    pixels = f"{int(size.group(1)):,} pixels" if size else "more pixels than Pillow allows"
+    return ImageError(f"{path} has {pixels}, more than {limit_words()}.")
 
 
 def max_pixels() -> int | None:
@@ -105,6 +110,24 @@ def check_image_path(path: str | Path) -> Path:
         raise ImageError(f"{path} is {kind}, not an image file; save the image to a file and pass that.")
     if not os.access(path, os.R_OK):
         raise ImageError(f"cannot read {path}: permission denied.")
+    return path
+
+
+def check_image_file(path: str | Path) -> Path:
+    """``check_image_path``, then the size from the file's header (nothing decoded) against ``max_pixels()``:
+    a command refuses an image that is too large before it loads a model or computes anything. A header
+    PIL cannot read is left to ``decode_image``, which says what is wrong with the file."""
+    path = check_image_path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                size = image.size
+    except Image.DecompressionBombError as error:  # twice over the limit: Pillow refuses to open it at all
+        raise _bomb(path, error) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return path
+    check_pixels(size[0], size[1], str(path))
     return path
 
 
