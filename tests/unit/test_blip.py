@@ -99,13 +99,13 @@ def test_family_declarations_and_errors(tiny64):
     for kind in ("logit", "probability"):
         with pytest.raises(MethodError, match="no '" + kind):
             faithclip.explain(tiny64, pixels, "a dog", "grad_eclip", target=kind, others=["a cat"] * (kind == "probability"))
-    with pytest.raises(MethodError, match="not available for blip"):
-        faithclip.explain(tiny64, pixels, "a dog", "clip_surgery")
+    with pytest.raises(MethodError, match="defines its map for the cosine target only"):
+        faithclip.explain(tiny64, pixels, "a dog", "clip_surgery", target="contrast", others=["a cat"])
     with pytest.raises(MethodError, match="no text side for blip"):
         faithclip.explain_text(tiny64, pixels, "a dog", "grad_eclip_official")
     supported = {s.name for s in METHODS if s.supports("blip")}
     assert supported == {"grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
-                         "rise", "grad_eclip_official"}
+                         "rise", "grad_eclip_official", "maskclip", "legrad", "m2ib", "clip_surgery"}
     contrast = faithclip.explain(tiny64, pixels, "a dog", "grad_eclip", target="contrast", others=["a cat"])
     with torch.no_grad():
         image, text = features(tiny64, pixels, ["a dog", "a cat"])

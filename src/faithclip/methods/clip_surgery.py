@@ -113,7 +113,9 @@ def clip_surgery(ctx: Context, layers: int | None = None, redundant: str = "auto
 
 register_method(MethodSpec(
     name="clip_surgery",
-    families=("clip",),  # reads CLIP's module layout directly
+    # the cosine target and an empty prompt's text embedding: CLIP and BLIP (SigLIP explains its logit by
+    # default and has no empty prompt it was trained on; a classifier has no text tower)
+    families=("clip", "blip"),
     paper="Li et al., CLIP Surgery for Better Explainability with Enhancement in Open-Vocabulary Tasks, 2023",
     image=clip_surgery,
     modifies_model=True,

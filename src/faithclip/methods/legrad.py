@@ -58,7 +58,8 @@ def layer_scores(ctx: Context, tokens: torch.Tensor, pooling: str) -> torch.Tens
     per_token = ctx.family.token_head(model, tokens)  # (B, T, E)
     batch, length = per_token.shape[:2]
     token_scores = ctx.score(per_token.flatten(0, 1), text_embeds)  # (B*T, K)
-    return token_scores.reshape(batch, length, -1)[:, 1:].sum(dim=1)  # patch tokens: (B, K)
+    prefix = ctx.family.prefix_tokens(model)  # class (and distillation) tokens before the patches
+    return token_scores.reshape(batch, length, -1)[:, prefix:].sum(dim=1)  # patch tokens: (B, K)
 
 
 def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_normalize: bool = True) -> MapResult:
@@ -66,8 +67,9 @@ def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_n
         raise MethodError("legrad explains the image side only; use faithclip.explain, not explain_text.")
     if pooling not in POOLINGS:
         raise MethodError(f"legrad: pooling must be one of {POOLINGS}, got {pooling!r}.")
-    (first,) = resolve_layers([start_layer], ctx.num_layers)
-    layers = list(range(first, ctx.num_layers))
+    blocks = len(ctx.encoder_layers())  # LeGrad sums over blocks: an attention-pooling head (SigLIP) is none
+    (first,) = resolve_layers([start_layer], blocks)
+    layers = list(range(first, blocks))
     _, caps = ctx.probe_forward(layers, capture=("attn", "hidden_out"))
     total = None
     for index in layers:
@@ -84,7 +86,7 @@ def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_n
 
 register_method(MethodSpec(
     name="legrad",
-    families=("clip",),  # reads CLIP's module layout directly
+    families=("*",),  # the family's per-token head and attention probe
     paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
           "Formation Sensitivity, arXiv 2404.03214, 2024",
     image=legrad,

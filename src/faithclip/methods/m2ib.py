@@ -114,7 +114,7 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
     ctx.extra_embeds()
 
     if ctx.side == "image":
-        tokens = ctx.grid[0] * ctx.grid[1] + 1
+        tokens = ctx.grid[0] * ctx.grid[1] + ctx.family.prefix_tokens(model)  # patches and class token(s)
         counted = torch.ones(pairs, tokens, dtype=torch.bool, device=ctx.pixels.device)  # (P, T)
         batch_pixels = ctx.pixels[repeat(image_of)]  # (P*S, 3, H, W)
 
@@ -169,7 +169,7 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
 
 register_method(MethodSpec(
     name="m2ib",
-    families=("clip",),  # reads CLIP's module layout directly
+    families=("*",),  # the family's blocks and scores; a bottleneck needs nothing else
     paper="Wang et al., Visual Explanations of Image-Text Representations via Multi-Modal Information "
           "Bottleneck Attribution, NeurIPS 2023",
     image=m2ib,

@@ -8,6 +8,11 @@ path alone. With x the input of the last block, v = v_proj(ln_1(x)) per token (a
     e_j   = visual_projection(post_layernorm(f_j))    (the model's head, applied to every token)
     map_j = target(e_j, t_k)                          (cosine with the text embedding by default)
 
+On a tower pooled by an attention head (SigLIP) the last attention is the head's own: MaskCLIP's rule
+drops its query-key attention, so each token goes through the head as its only key (``Family.token_head``)
+and the blocks run as the model runs them. Every family's block MLP and per-token head come from its
+adapter (``Family.block_mlp``, ``Family.token_head``).
+
 This is MaskCLIP's ViT head (value -> out_proj, residual, FFN, final norm, projection), exactly
 Grad-ECLIP's ``v_final`` (``generate_emap.py``, ``clip_encode_dense``). Grad-ECLIP's ``mask_clip`` further
 multiplies by a key-key cosine; that is Grad-ECLIP's variant, not MaskCLIP's, and is not applied.
@@ -49,18 +54,23 @@ def maskclip(ctx: Context) -> MapResult:
     model = ctx.handle.model
     text_embeds = ctx.fixed_text_embeds()
     ctx.extra_embeds()
+    last = len(ctx.encoder_layers()) - 1  # the last block
+    pooled = ctx.pooling is not None  # the last attention is an attention-pooling head's (SigLIP)
     with torch.no_grad():
-        with Probe(model, "vision", layers=[-1], capture=("hidden_in", "v")) as probe:
+        with Probe(model, "vision", layers=[last], capture=("hidden_out",) if pooled else ("hidden_in", "v")) as probe:
             image_embeds = ctx.handle.encode_image(ctx.pixels)  # the model's own forward, (B, P)
-        hidden_in, v = probe.captures[ctx.num_layers - 1].require("hidden_in", "v")
+        if pooled:  # the head's value path: each token its only key (Family.token_head)
+            tokens = ctx.family.token_head(model, probe.captures[last].require("hidden_out")[0])
+        else:
+            tokens = value_path_tokens(model, *probe.captures[last].require("hidden_in", "v"))
         scores = ctx.score(image_embeds, text_embeds)  # (B, K)
-        per_token = dense_scores(ctx, value_path_tokens(model, hidden_in, v))  # (B, K, T)
+        per_token = dense_scores(ctx, tokens)  # (B, K, T)
     return MapResult(maps=ctx.token_map(per_token), scores=scores, layers=[ctx.num_layers - 1], options={})
 
 
 register_method(MethodSpec(
     name="maskclip",
-    families=("clip",),  # reads CLIP's module layout directly
+    families=("*",),  # the family's attention parts, block MLP and per-token head
     paper="Zhou, Loy & Dai, Extract Free Dense Labels from CLIP (MaskCLIP), ECCV 2022",
     image=maskclip,
     modifies_model=True,

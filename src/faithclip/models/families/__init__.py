@@ -265,10 +265,13 @@ class Family:
 
     # ---- per-token readings (MaskCLIP, CLIP Surgery, LeGrad) ----------------------------------------------
     def token_head(self, model: Any, tokens: torch.Tensor) -> torch.Tensor:
-        """The image tower's head applied to every token, ``(..., D) -> (..., E)``: what the pooled token passes
-        through to become the embedding the score reads. CLIP: ``visual_projection(post_layernorm(x))``. A
-        family whose methods list includes a per-token method declares its own."""
-        return model.visual_projection(model.vision_model.post_layernorm(tokens))
+        """The image tower's head applied to every token, ``(B, T, D) -> (B, T, E)``: what the pooled token
+        passes through to become the embedding the score reads (CLIP: ``visual_projection(post_layernorm(x))``,
+        ``ClipFamily``). A family without one refuses the per-token methods in one line."""
+        from faithclip.errors import MethodError
+
+        raise MethodError(f"{self.name} models declare no per-token head, which MaskCLIP, CLIP Surgery and LeGrad "
+                          "apply to every token.")
 
     def block_mlp(self, block: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """A block's second half on its mid-block hidden state: ``h + MLP(LN_2(h))`` (CLIP's pre-norm block)."""

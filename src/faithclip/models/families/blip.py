@@ -76,6 +76,11 @@ class BlipFamily(Family):
     def encode_image(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
         return model.vision_proj(model.vision_model(pixel_values=pixels).last_hidden_state[:, 0])
 
+    def token_head(self, model: Any, tokens: torch.Tensor) -> torch.Tensor:
+        """``vision_proj(post_layernorm(x))``: the vision tower's final LayerNorm (inside its
+        ``last_hidden_state``) and the ITC projection, what the class token passes through."""
+        return model.vision_proj(model.vision_model.post_layernorm(tokens))
+
     def encode_text(self, model: Any, text: Any) -> torch.Tensor:
         hidden = model.text_encoder(input_ids=text.input_ids, attention_mask=text.attention_mask).last_hidden_state
         return model.text_proj(hidden[:, 0])

@@ -31,6 +31,10 @@ class ClipFamily(Family):
     def parameter(self, model: Any) -> torch.Tensor:
         return model.logit_scale
 
+    def token_head(self, model: Any, tokens: torch.Tensor) -> torch.Tensor:
+        """``visual_projection(post_layernorm(x))``, what the class token passes through."""
+        return model.visual_projection(model.vision_model.post_layernorm(tokens))
+
     def encode_image(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
         return model.get_image_features(pixel_values=pixels).pooler_output
 

@@ -75,6 +75,21 @@ class SiglipFamily(Family):
     def encode_image(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
         return model.get_image_features(pixel_values=pixels).pooler_output
 
+    def token_head(self, model: Any, tokens: torch.Tensor) -> torch.Tensor:
+        """SigLIP pools its tokens with an attention head (one learned query), so no token passes through a
+        head on its own. The per-token head is that pooling head with the token as its ONLY key, where the
+        attention weight is 1: ``h = out_proj(W_v LN_post(x) + b_v)``, then ``h + MLP(LN(h))``. It is what the
+        head returns for an image whose tokens all equal x (the test's oracle); a faithclip choice, stated
+        for the per-token methods, since their papers define none for attention pooling."""
+        head = model.vision_model.head
+        normed = model.vision_model.post_layernorm(tokens)  # (B, T, D)
+        attention = head.attention  # torch.nn.MultiheadAttention, packed in_proj
+        width = normed.shape[-1]
+        weight, bias = attention.in_proj_weight[2 * width:], attention.in_proj_bias[2 * width:]
+        values = torch.nn.functional.linear(normed, weight, bias)  # (B, T, D): W_v x + b_v
+        hidden = attention.out_proj(values)  # softmax over one key is 1
+        return hidden + head.mlp(head.layernorm(hidden))
+
     def encode_text(self, model: Any, text: Any) -> torch.Tensor:
         return model.get_text_features(input_ids=text.input_ids).pooler_output  # no mask, as trained
 

@@ -99,6 +99,15 @@ class ViTFamily(Family):
         """``(B, D)``: the final-LayerNormed class token, what the classifier reads."""
         return getattr(model, self.backbone)(pixel_values=pixels).last_hidden_state[:, 0]
 
+    def token_head(self, model: Any, tokens: torch.Tensor) -> torch.Tensor:
+        """The backbone's final LayerNorm: ``encode_image`` is the class token after it, and the classifier
+        rows (the "texts") are applied by ``score``."""
+        return getattr(model, self.backbone).layernorm(tokens)
+
+    def block_mlp(self, block: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """``h + MLP(layernorm_after(h))`` (transformers 5's pre-norm ``ViTLayer``)."""
+        return hidden + block.mlp(block.layernorm_after(hidden))
+
     def encode_text(self, model: Any, text: Any) -> torch.Tensor:
         """``(K, D + 1)``: the classifier rows ``[W_k | b_k]`` of the K classes."""
         classes = text.input_ids[:, 0]
