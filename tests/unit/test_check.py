@@ -127,8 +127,8 @@ def test_text_and_sanity_detectors(shapes):
     assert check_sanity(shapes, callable_method(ignores_weights, "ignores_weights"), SETTINGS).verdict == "fail"
 
 
-@pytest.mark.parametrize("name, p1_verdict", [("attention_eclip", "pass"), ("grad_eclip_official", "fail"),
-                                              ("maskclip", "fail"), ("rise", "pass")])
+@pytest.mark.parametrize("name, p1_verdict", [("attention_eclip", "pass"), ("grad_eclip_official", "declared departure"),
+                                              ("maskclip", "declared departure"), ("rise", "pass")])
 def test_registered_flags_are_claims_the_detectors_verify(shapes, name, p1_verdict):
     spec, origin = resolve_method(name)
     result, findings = check_p1(shapes, spec, "image", SETTINGS)
@@ -208,3 +208,21 @@ def test_a_nan_map_is_an_error_not_a_silent_result(shapes, monkeypatch):
     monkeypatch.setattr(api, "run_method", poisoned)
     with pytest.raises(MethodError, match="self_attention produced NaN or infinite map values in float32"):
         faithclip.explain(shapes, torch.zeros(1, 3, 64, 64), "a red circle", "self_attention")
+
+
+def test_a_departure_is_declared_only_by_its_own_flag(shapes):
+    """P1's "declared departure" needs the flag of the departure's kind: a weight edit under modifies_model is
+    declared; a resized input under modifies_model alone is a fail, and so are the claims."""
+    from dataclasses import replace
+
+    for function, flags, verdict in ((edits_weight, {"modifies_model": True}, "declared departure"),
+                                     (resizes_input, {"modifies_model": True}, "fail"),
+                                     (resizes_input, {"modifies_input": True}, "declared departure")):
+        spec = replace(callable_method(function, function.__name__), **flags)
+        try:
+            result, findings = check_p1(shapes, spec, "image", SETTINGS)
+        finally:
+            for layer in shapes.model.vision_model.encoder.layers:
+                layer._forward_hooks.clear()
+        assert result.verdict == verdict, (function.__name__, flags, result.evidence)
+        assert (check_claims(spec, findings).verdict == "fail") == (verdict == "fail")

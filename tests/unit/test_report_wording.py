@@ -35,13 +35,13 @@ def test_a_declared_departure_is_not_called_a_failure_where_the_command_passes()
     page = render_verify({"model": "m", "equivalence": [], "p1": P1_ROWS, "failures": []})
     assert "All checks passed (exit 0). Declared departures (not failures): maskclip." in page
     undeclared = [dict(P1_ROWS[1], modifies_model=False)]
-    assert "FAIL" in p1_table(undeclared) and "class=bad" in p1_table(undeclared)
+    assert ">fail<" in p1_table(undeclared) and "class=bad" in p1_table(undeclared)
 
 
 def test_check_page_writes_settings_as_a_table_and_hooks_in_words():
     card = {"method": "mine", "origin": "plugin", "declared": {"modifies_model": True, "modifies_input": False},
             "paper": "p", "seconds": 1.0, "model": "shapes-clip", "failed": True,
-            "checks": [{"check": "P1 image", "verdict": "fail", "interval": None,
+            "checks": [{"check": "P1 image", "verdict": "declared departure", "interval": None,
                         "evidence": "hook plugins.mine.explain.<locals>.hook on vision layer 3",
                         "details": {"findings": []}}]}
     record = {"model": "shapes-clip", "settings": {"scenes": 8, "checks": ["p1", "ladder"], "options": {}},
@@ -50,8 +50,8 @@ def test_check_page_writes_settings_as_a_table_and_hooks_in_words():
     assert "{'scenes'" not in page and "<td class='text'>scenes</td><td class='text'>8</td>" in page
     assert "p1, ladder" in page and "&lt;locals&gt;" not in page
     assert "hook (defined inside plugins.mine.explain)" in page
-    assert "fail (declared departure)" in page and "exits 1" in page
-    assert "fail (declared departure)" in format_cards([card])
+    assert "declared departure" in page and "is not a fail" in page and "class=bad" not in page
+    assert "declared departure" in format_cards([card])
 
 
 def test_curve_titles_say_what_is_done_and_which_way_is_better():

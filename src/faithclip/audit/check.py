@@ -6,7 +6,9 @@ A method is a registered name, a plugin's (``faithclip.methods`` entry points), 
 
 P1 (per side)   ``faithclip.audit.detect.Recorder`` watches the model while the method explains 2 multi-object
                 shapes scenes rendered at 2x (methods that read the original image get it) against the prompts of
-                their named objects. Any departure fails; an unverifiable recomputation is inconclusive. The score
+                their named objects. A departure the method does not declare fails; one it declares is a
+                ``declared departure`` (it explains another model, and says so; not a fail, as in verify and the
+                demo); an unverifiable recomputation is inconclusive. The score
                 the method reports must be the model's own (relative gap <= 1e-5) when it reports one.
 claims          the method's declared ``modifies_model`` / ``modifies_input`` against what was detected: an
                 undeclared departure fails; a declared departure that was not seen is inconclusive.
@@ -54,7 +56,10 @@ from faithclip.registry import METHODS, MethodSpec
 
 logger = logging.getLogger(__name__)
 
-VERDICTS = ("pass", "fail", "inconclusive")
+# "declared departure": P1 only, every departure seen is one the method declares (modifies_model /
+# modifies_input): it does not explain the original model, and says so. One wording with verify and the demo;
+# like them, check exits 1 on "fail" only (an undeclared departure is a fail, here and in "claims").
+VERDICTS = ("pass", "fail", "inconclusive", "declared departure")
 CHECKS = ("p1", "claims", "ladder", "correctness", "sanity", "text")
 SANITY_THRESHOLD = 0.5
 TEXT_MIN_SCORE_GAP = 0.02
@@ -185,7 +190,8 @@ def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSet
     unverified = [f for f in findings if f.severity == "unverified"]
     pairs = f"{pixels.shape[0]} x {text.input_ids.shape[0]} pairs"
     if departures:
-        verdict, evidence = "fail", "; ".join(f"{f.kind} at {short(f.where)}" for f in departures)
+        evidence = "; ".join(f"{f.kind} at {short(f.where)}" for f in departures)
+        verdict = "declared departure" if all(_declared(spec, f) for f in departures) else "fail"
     elif unverified:
         verdict, evidence = "inconclusive", "; ".join(f"{f.kind} at {short(f.where)}" for f in unverified)
     else:
@@ -193,6 +199,17 @@ def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSet
             f" (notes: {', '.join(sorted({f.kind for f in findings}))})" if findings else "")
     return CheckResult(f"P1 {side}", verdict, f"{evidence} [{pairs}, tol {recorder.tol:g}]",
                        details={"findings": [f.as_dict() for f in findings]}), findings
+
+
+def _declared(spec: MethodSpec, finding: Finding) -> bool:
+    """Whether the method declares the kind of departure ``finding`` is: a changed model or forward
+    (``modifies_model``), a changed input (``modifies_input``); a score that is not the model's own follows
+    from either."""
+    if finding.category == "model":
+        return bool(spec.modifies_model)
+    if finding.category == "input":
+        return bool(spec.modifies_input)
+    return bool(spec.modifies_model or spec.modifies_input)
 
 
 def check_claims(spec: MethodSpec, findings: list[Finding]) -> CheckResult:

@@ -138,7 +138,7 @@ def format_p1(rows: Sequence[P1Row]) -> str:
     for r in rows:
         gap = "n/a" if r.max_gap is None else f"{r.max_gap:.2e}"
         declared = r.modifies_model or r.modifies_input
-        verdict = "pass" if r.passed else ("declared departure" if declared else "FAIL")  # verify's exit: 0, 0, 1
+        verdict = "pass" if r.passed else ("declared departure" if declared else "fail")  # verify's exit: 0, 0, 1
         lines.append(f"{r.method:<22} {r.side:<6} {r.pairs:>5} {gap:>10} {verdict:<16} {r.reason}")
     return "\n".join(lines)
 

@@ -15,12 +15,8 @@ def _words(text: Any) -> str:
 
 
 def _verdict(card: dict[str, Any], check: dict[str, Any]) -> str:
-    """pass / fail / inconclusive, one wording with verify and the demo: a P1 failure of a method that
-    declares it changes the model or its input is named a declared departure (check still exits 1: it tests
-    P1 itself)."""
-    declared = any(card["declared"].values())
-    if check["verdict"] == "fail" and check["check"].startswith("P1") and declared:
-        return "fail (declared departure)"
+    """The check's verdict as written everywhere (verify and the demo use the same words): pass, fail,
+    inconclusive, or, for P1, declared departure (not a fail: exit 0, as in verify)."""
     return check["verdict"]
 
 
@@ -77,8 +73,9 @@ def check_page(record: dict[str, Any]) -> str:
     bad = [(r, c) for r, row in enumerate(rows) for c, value in enumerate(row) if str(value).startswith("fail")]
     failed = any(card["failed"] for card in cards)
     body = [f"<p>Model <code>{esc(record['model'])}</code>. Each check's verdict is pass, fail or inconclusive "
-            "(too little evidence either way); a P1 failure of a method that declares it changes the model or "
-            "its input reads \"fail (declared departure)\". The command exits 1 when any check fails"
+            "(too little evidence either way); P1 of a method that departs from the model exactly as it declares "
+            "(it changes the model or its input, and says so) reads \"declared departure\": it does not explain "
+            "the original model, and is not a fail. The command exits 1 when any check fails"
             f"{' (it did)' if failed else ' (none did: exit 0)'}. What each check does: docs/plugins.md and "
             "<code>faithclip.audit.check</code>.</p>", table(header, rows, bad_cells=bad),
             "<h2>Settings</h2>", settings_table(record["settings"])]

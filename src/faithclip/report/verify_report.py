@@ -28,7 +28,7 @@ def p1_table(rows: list[dict[str, Any]]) -> str:
     for index, r in enumerate(rows):
         declared = r.get("modifies_model") or r.get("modifies_input")
         # one wording everywhere (verify, demo): a declared departure is not a failure (verify exits 0)
-        verdict = "pass" if r["passed"] else ("declared departure" if declared else "FAIL")
+        verdict = "pass" if r["passed"] else ("declared departure" if declared else "fail")
         if not r["passed"] and not declared:
             bad.append(index)
         body.append([r["method"], r["side"], "n/a" if r["max_gap"] is None else f"{r['max_gap']:.2e}", verdict,
