@@ -49,7 +49,7 @@ def format_cards(cards: Sequence[dict[str, Any]]) -> str:
                      f"{card['model']}: {'a check failed (exit 1)' if card['failed'] else 'no check failed'} in {card['seconds']:.1f} s")
         for check in card["checks"]:
             verdict = _verdict(card, check)
-            lines.append(f"  {check['check']:<17} {verdict:<13} {_interval(check['interval']):<15} {check['evidence']}")
+            lines.append(f"  {check['check']:<17} {verdict:<18} {_interval(check['interval']):<15} {check['evidence']}")
     return "\n".join(lines)
 
 
