@@ -134,7 +134,8 @@ def run_audit(handle: ClipHandle, settings: AuditSettings = AuditSettings(), dat
 
     if METHODS.get("grad_eclip_official").supports(handle.family.name):
         results = audit_departure(handle, single, map_images=settings.map_images,
-                                  deletion_steps=settings.deletion_steps, **departure_options)
+                                  deletion_steps=settings.deletion_steps, boot=settings.bootstrap(),
+                                  **departure_options)
     elif settings.ladder or settings.correctness:  # P2 still applies; there is no published pipeline to compare
         results = {"data": single.name, "model": handle.name, "images": len(single.images),
                    "prompts": len(single.prompts), "departure_skipped": no_pipeline(handle)}
