@@ -35,7 +35,7 @@ class AuditSettings:
     scenes: int = 200  # single-object scenes: departure, accuracy per rung, correctness split
     raw_size: int | None = None  # scene render size; None = 2x the model's input
     aspect: float = 1.0  # height / width of the renders (a crop)
-    map_images: int = 16
+    map_images: int = 64  # departure maps; 64 keeps the AUC contrasts' intervals readable (~4 CPU-min on shapes-clip)
     deletion_steps: int | None = None  # departure curves; None = one point per patch
     ladder: bool = False  # P2: the paired test of faithclip.audit.p2 (docs/p2.md)
     correctness: bool = False
