@@ -90,6 +90,13 @@ def _intervals_note(results: dict) -> str:
             f"seed {boot['seed']}){prompts}; min cosine: the smallest")
 
 
+def _map_figure(maps: dict, key: str) -> str:
+    """A map figure's mean over the images where it is defined, with its interval when recorded."""
+    interval = maps.get("intervals", {}).get(key)
+    value = maps["mean"].get(key)
+    return _fmt(value, DIGITS) if value is None or interval is None else _estimate(value, interval, DIGITS)
+
+
 MAP_COLUMNS = ("Spearman vs faithful", "n (undefined)", "deletion AUC (lower better)", "deletion - faithful",
                "insertion AUC (higher better)", "insertion - faithful")
 
@@ -98,16 +105,16 @@ def _map_rows(results: dict) -> list[tuple[str, list[str]]]:
     """One row per map arm: Spearman with the faithful map (its n and undefined count), each AUC and its paired
     contrast with the faithful map on the same images."""
     maps = results["maps"]
-    intervals, contrasts = maps.get("intervals", {}), maps.get("contrasts", {})
+    contrasts = maps.get("contrasts", {})
     rows = []
     for arm, title in _map_labels(results).items():
         spearman_key = f"spearman_{arm}_vs_faithful"
-        cells = [_figure({**maps["mean"], "i": intervals.get(spearman_key)}, spearman_key, "i"),
+        cells = [_map_figure(maps, spearman_key),
                  f"{maps['n'][spearman_key]} ({maps['undefined'][spearman_key]})" if "n" in maps else "-"]
         for curve in ("deletion_auc", "insertion_auc"):
             key = f"{curve}_{arm}"
             contrast = contrasts.get(arm, {}).get(curve)
-            cells += [_figure({**maps["mean"], "i": intervals.get(key)}, key, "i"),
+            cells += [_map_figure(maps, key),
                       "-" if contrast is None else _estimate(contrast["value"], [contrast["low"], contrast["high"]], DIGITS)]
         rows.append((title, cells))
     return rows
@@ -164,8 +171,7 @@ def format_audit(results: dict) -> str:
         verdict = _published_verdict(results)
         if verdict:
             lines.append(f"  {verdict}")
-        key = "spearman_faithful_vs_grad_eclip"
-        consistency = _figure({**maps["mean"], "i": maps.get("intervals", {}).get(key)}, key, "i")
+        consistency = _map_figure(maps, "spearman_faithful_vs_grad_eclip")
         lines.append(f"  consistency: faithful arm vs faithclip's grad_eclip, Spearman {consistency} (expect 1)")
     return "\n".join(line.rstrip() for line in lines + _p2_lines(results))
 
@@ -307,8 +313,7 @@ def audit_html(results: dict) -> str:
                      "well or better although it explains another forward: these metrics reward any map that ranks "
                      "pixels well for the scoring model, whichever model the map came from, so a better AUC here is "
                      "not evidence of faithfulness; the departure table above is.</p>")
-        key = "spearman_faithful_vs_grad_eclip"
-        consistency = _figure({**maps["mean"], "i": maps.get("intervals", {}).get(key)}, key, "i")
+        consistency = _map_figure(maps, "spearman_faithful_vs_grad_eclip")
         parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman {consistency} (expect 1).</p>")
     parts += _p2_html(results)
     parts.append("</section>")
