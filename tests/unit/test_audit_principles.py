@@ -122,6 +122,13 @@ def test_audit_departure_end_to_end_and_renderings():
     assert "official pipeline (both)" in text and "one-head rewrite alone" in text
     assert "lambda on out_proj(q), out_proj(k) alone" in text and "published (all three" in text
     assert "published - faithful, paired over 2 images" in text
+    # a result recorded before intervals existed (means only) still renders, its figures bare
+    legacy = {**results, "maps": {k: results["maps"][k] for k in ("images", "arms", "mean")}}
+    legacy.pop("bootstrap")
+    legacy["arms"] = {arm: {k: v for k, v in values.items() if not k.endswith("_interval")}
+                      for arm, values in results["arms"].items()}
+    legacy_text = format_audit(legacy)
+    assert "published (all three" in legacy_text and "[" not in legacy_text.split("Grad-ECLIP maps")[1]
     fragment = audit_html(results)
     assert fragment.startswith("<section") and fragment.endswith("</section>") and "<script" not in fragment
 
