@@ -123,7 +123,7 @@ def _z(confidence: float) -> float:
 
 
 def _mean_figure(values: torch.Tensor | np.ndarray, boot: Bootstrap) -> tuple[float, list[float]]:
-    estimate = mean_interval(np.asarray(torch.as_tensor(values).double().cpu()), boot)
+    estimate = mean_interval(torch.as_tensor(values).detach().double().cpu().numpy(), boot)
     return estimate["value"], [estimate["low"], estimate["high"]]
 
 
