@@ -107,10 +107,28 @@ def test_audit_departure_end_to_end_and_renderings():
     for arm in MAP_ARMS:
         assert np.isfinite(maps[f"deletion_auc_{arm}"]) and np.isfinite(maps[f"spearman_{arm}_vs_faithful"])
     assert maps["spearman_published_vs_faithful"] < 1 - 1e-6  # the published map departs
+    # every figure has its n and interval: counts behind the rates, Wilson for 0 of 8 flips, bootstrap brackets
+    official = arms["official"]
+    assert official["n"] == 8 and official["flips"] == round(official["flip_rate"] * 8)
+    assert arms["original"]["flip_rate_interval"] == pytest.approx([0.0, 1.959964**2 / (8 + 1.959964**2)], abs=1e-6)
+    low, high = official["embedding_cosine_interval"]
+    assert low <= official["embedding_cosine_mean"] <= high
+    summary = results["maps"]
+    assert summary["n"]["spearman_published_vs_faithful"] + summary["undefined"]["spearman_published_vs_faithful"] == 2
+    assert summary["contrasts"]["faithful"]["deletion_auc"] == {"value": 0.0, "low": 0.0, "high": 0.0, "n": 2}
+    assert len(summary["per_image"]) == 2
     json.dumps(results)
     text = format_audit(results)
     assert "official pipeline (both)" in text and "one-head rewrite alone" in text
     assert "lambda on out_proj(q), out_proj(k) alone" in text and "published (all three" in text
+    assert "published - faithful, paired over 2 images" in text
+    # a result recorded before intervals existed (means only) still renders, its figures bare
+    legacy = {**results, "maps": {k: results["maps"][k] for k in ("images", "arms", "mean")}}
+    legacy.pop("bootstrap")
+    legacy["arms"] = {arm: {k: v for k, v in values.items() if not k.endswith("_interval")}
+                      for arm, values in results["arms"].items()}
+    legacy_text = format_audit(legacy)
+    assert "published (all three" in legacy_text and "[" not in legacy_text.split("Grad-ECLIP maps")[1]
     fragment = audit_html(results)
     assert fragment.startswith("<section") and fragment.endswith("</section>") and "<script" not in fragment
 

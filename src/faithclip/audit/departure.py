@@ -15,11 +15,19 @@ flips (top-1 prompt differs from the original's); zero-shot accuracy. Text side:
 recomputed with one head against the model's text tower. Maps (on ``map_images`` images): a 2x2x2
 ablation that adds the third cause, lambda's q/k (``MAP_ARMS``), so that each cause is measured on its own
 (``map_departure``); the keep-size arms use the evaluation loop's short-side cap ``cap`` throughout.
+
+Every figure carries its n and an interval (``faithclip.audit.bootstrap``, seeded): flips and accuracy a
+Wilson interval on their counts; means and medians over images (cosines, score changes, AUCs, Spearman)
+a percentile bootstrap over images. Spearman is undefined (NaN) when a map is constant; those images are
+counted (``undefined``) and left out of that arm's mean and n. The map part also gives PAIRED contrasts,
+each arm's AUC minus the faithful map's on the same image, with a bootstrap over images of the
+differences: whether a cause makes the map worse under the ORIGINAL model.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from faithclip.audit.bootstrap import Bootstrap, mean_interval, median_interval, wilson_interval
 from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, spearman
 from faithclip.methods.context import Context
 from faithclip.methods.official.keepsize import (
@@ -106,30 +115,65 @@ def rewritten_text_embeds(handle: ClipHandle, prompts: Sequence[str], layers: in
         return encode_text_rewritten(handle.model, ids, batch.eos_positions, heads=1, layers=layers)[0]
 
 
+def _z(confidence: float) -> float:
+    """The normal quantile of a two-sided ``confidence`` interval (1.96 at 95 %)."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf((1 + confidence) / 2)
+
+
+def _mean_figure(values: torch.Tensor | np.ndarray, boot: Bootstrap) -> tuple[float, list[float]]:
+    estimate = mean_interval(torch.as_tensor(values).detach().double().cpu().numpy(), boot)
+    return estimate["value"], [estimate["low"], estimate["high"]]
+
+
+def _count_figure(flags: torch.Tensor, boot: Bootstrap) -> tuple[int, float, list[float]]:
+    """(successes, rate, Wilson interval) of boolean ``flags`` ``(N,)``."""
+    successes, n = int(flags.sum()), int(flags.numel())
+    return successes, successes / n if n else math.nan, list(wilson_interval(successes, n, _z(boot.confidence)))
+
+
+def _cosine_rows(cosine: torch.Tensor, boot: Bootstrap) -> dict:
+    mean, interval = _mean_figure(cosine, boot)
+    return {"embedding_cosine_mean": mean, "embedding_cosine_interval": interval,
+            "embedding_cosine_min": float(cosine.min())}
+
+
 def _prediction_rows(handle: ClipHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor, reference: torch.Tensor,
-                     reference_text: torch.Tensor, explained: torch.Tensor, labels: torch.Tensor | None) -> dict:
-    """Departure of one (image embeddings, text embeddings) pair from the reference pair."""
+                     reference_text: torch.Tensor, explained: torch.Tensor, labels: torch.Tensor | None,
+                     boot: Bootstrap) -> dict:
+    """Departure of one (image embeddings, text embeddings) pair from the reference pair, over ``n`` images."""
     with torch.no_grad():
         cos = default_scores(handle, image_embeds, text_embeds)  # (N, C)
         cos_ref = default_scores(handle, reference, reference_text)  # (N, C)
     rows = torch.arange(len(explained))
     score, score_ref = cos[rows, explained], cos_ref[rows, explained]
     pred, pred_ref = cos.argmax(-1), cos_ref.argmax(-1)
-    change = (score - score_ref).abs()
+    change = (score - score_ref).abs()  # (N,)
+    relative = median_interval((change / score_ref.abs().clamp_min(1e-12)).double().cpu().numpy(), boot)
+    change_mean, change_interval = _mean_figure(change, boot)
+    flips, flip_rate, flip_interval = _count_figure(pred != pred_ref, boot)
     row = {
+        "n": len(explained),
         "score_mean": float(score.mean()),
-        "score_change_mean_abs": float(change.mean()),
-        "score_change_relative": float((change / score_ref.abs().clamp_min(1e-12)).median()),
-        "flip_rate": float((pred != pred_ref).double().mean()),
+        "score_change_mean_abs": change_mean,
+        "score_change_mean_abs_interval": change_interval,
+        "score_change_relative": relative["value"],
+        "score_change_relative_interval": [relative["low"], relative["high"]],
+        "flips": flips,
+        "flip_rate": flip_rate,
+        "flip_rate_interval": flip_interval,
     }
     if labels is not None:
-        row["accuracy"] = float((pred == labels).double().mean())
+        correct, accuracy, accuracy_interval = _count_figure(pred == labels, boot)
+        row.update(correct=correct, accuracy=accuracy, accuracy_interval=accuracy_interval)
     return row
 
 
 def embedding_departure(handle: ClipHandle, data: AuditData, cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
-                        text_layers: int = 8) -> dict:
-    """Embedding cosines, score changes, flips and accuracy of every arm and of the rewritten text tower."""
+                        text_layers: int = 8, boot: Bootstrap = Bootstrap()) -> dict:
+    """Embedding cosines, score changes, flips and accuracy of every arm and of the rewritten text tower, each
+    with its n and interval (the text side's cosine is over the prompts, its predictions over the images)."""
     text_embeds = handle.encode_text(handle.tokens(list(data.prompts))).detach()
     original = arm_image_embeds(handle, data.images, "original", cap)
     labels = None if data.labels is None else torch.as_tensor(data.labels, device=original.device)
@@ -139,15 +183,15 @@ def embedding_departure(handle: ClipHandle, data: AuditData, cap: int | None = O
     for arm in ARMS:
         embeds = original if arm == "original" else arm_image_embeds(handle, data.images, arm, cap)
         cosine = F.cosine_similarity(embeds, original, dim=-1)  # (N,)
-        arms[arm] = {"embedding_cosine_mean": float(cosine.mean()), "embedding_cosine_min": float(cosine.min()),
-                     **_prediction_rows(handle, embeds, text_embeds, original, text_embeds, explained, labels)}
+        arms[arm] = {**_cosine_rows(cosine, boot),
+                     **_prediction_rows(handle, embeds, text_embeds, original, text_embeds, explained, labels, boot)}
     if not handle.family.has_side("text") or not handle.family.official.text:  # a classifier; BLIP's image-only notebook
         return {"arms": arms, "text": None}
     text_rewritten = rewritten_text_embeds(handle, data.prompts, text_layers)
     text_cosine = F.cosine_similarity(text_rewritten, text_embeds, dim=-1)  # (C,)
-    text = {"embedding_cosine_mean": float(text_cosine.mean()), "embedding_cosine_min": float(text_cosine.min()),
+    text = {**_cosine_rows(text_cosine, boot), "prompts": len(data.prompts),
             "layers": min(text_layers, len(handle.model.text_model.encoder.layers)),
-            **_prediction_rows(handle, original, text_rewritten, original, text_embeds, explained, labels)}
+            **_prediction_rows(handle, original, text_rewritten, original, text_embeds, explained, labels, boot)}
     return {"arms": arms, "text": text}
 
 
@@ -173,15 +217,45 @@ def map_arms(family: Any) -> dict[str, tuple[bool, bool, str]]:
     return {**{name: arm for name, arm in arms.items() if arm != published}, "published": published}
 
 
+def summarise_maps(per_image: Sequence[dict], arms: Sequence[str], boot: Bootstrap = Bootstrap()) -> dict:
+    """Per-figure summaries of the per-image map rows (``map_departure``'s), for JSON:
+
+    - ``mean``: the mean of each figure over the images where it is defined (not NaN); ``n``: how many
+      those are; ``undefined``: how many are NaN (Spearman of a constant map); ``intervals``: the
+      percentile bootstrap interval of each mean over those images;
+    - ``contrasts[arm]``: the PAIRED contrast of the arm's deletion and insertion AUCs minus the faithful
+      map's on the same image (``value``, ``low``, ``high``, ``n``): the mean per-image difference with a
+      bootstrap over images of the differences; deletion: above 0 = the arm's map is worse (lower is
+      better); insertion: below 0 = worse."""
+    keys = list(per_image[0]) if per_image else []
+    mean, n, undefined, intervals = {}, {}, {}, {}
+    for key in keys:
+        values = np.array([row[key] for row in per_image], dtype=np.float64)  # (images,)
+        defined = values[~np.isnan(values)]
+        estimate = mean_interval(defined, boot)
+        mean[key], n[key], undefined[key] = estimate["value"], int(defined.size), int(values.size - defined.size)
+        intervals[key] = [estimate["low"], estimate["high"]]
+    contrasts: dict[str, dict] = {}
+    for arm in arms if per_image else ():
+        contrasts[arm] = {}
+        for curve in ("deletion_auc", "insertion_auc"):
+            difference = np.array([row[f"{curve}_{arm}"] - row[f"{curve}_faithful"] for row in per_image])  # (images,)
+            difference = difference[~np.isnan(difference)]
+            contrasts[arm][curve] = {**mean_interval(difference, boot), "n": int(difference.size)}
+    return {"mean": mean, "n": n, "undefined": undefined, "intervals": intervals, "contrasts": contrasts}
+
+
 def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *,
-                  cap: int | None = OFFICIAL_SHORT_SIDE_CAP, deletion_steps: int | None = None) -> dict:
+                  cap: int | None = OFFICIAL_SHORT_SIDE_CAP, deletion_steps: int | None = None,
+                  boot: Bootstrap = Bootstrap()) -> dict:
     """The map ablation over THREE causes, on ``indices`` of the images: the one-head rewrite, the keep-size
     input, and lambda's q/k (raw, as the paper and notebooks, or out_proj(q), out_proj(k), as the published
     evaluation script). Every arm is the Grad-ECLIP formula on that arm's forward and input; ``faithful``
     (no cause) is Grad-ECLIP on the model's own forward and input, ``published`` (all three) is the
     evaluation script's map. Per arm: Spearman with the faithful map on the model's crop grid, deletion and
     insertion AUCs scored by the ORIGINAL model on its own input; plus the consistency of the faithful arm
-    with ``faithclip``'s ``grad_eclip`` method (expect 1)."""
+    with ``faithclip``'s ``grad_eclip`` method (expect 1). Summaries, intervals and paired contrasts:
+    ``summarise_maps``."""
     from faithclip.methods.grad_eclip import grad_eclip
     from faithclip.methods.grad_eclip_official import image_maps
 
@@ -210,15 +284,17 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
             row[f"deletion_auc_{name}"] = curves["deletion"]
             row[f"insertion_auc_{name}"] = curves["insertion"]
         per_image.append(row)
-    summary = {key: float(np.nanmean([r[key] for r in per_image])) for key in per_image[0]} if per_image else {}
+    arms = map_arms(handle.family)
     return {"images": len(per_image), "arms": {arm: {"one_head": h, "keep_size": k, "qk": q}
-                                               for arm, (h, k, q) in map_arms(handle.family).items()}, "mean": summary}
+                                               for arm, (h, k, q) in arms.items()},
+            **summarise_maps(per_image, list(arms), boot), "per_image": per_image}
 
 
 def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8, cap: int | None | str = "published",
-                    deletion_steps: int | None = None, text_layers: int = 8) -> dict:
+                    deletion_steps: int | None = None, text_layers: int = 8, boot: Bootstrap = Bootstrap()) -> dict:
     """The departure of the official pipeline from the model, as one JSON-ready dict. ``cap="published"``: the
-    short-side cap of the family's published pipeline (CLIP: 640, the evaluation loop; BLIP: none)."""
+    short-side cap of the family's published pipeline (CLIP: 640, the evaluation loop; BLIP: none). ``boot``:
+    the resamples, level and seed of every interval."""
     if cap == "published":
         cap = handle.family.official.short_side_cap
     logger.info("audit: embeddings of %d images under %d arms", len(data.images), len(ARMS))
@@ -229,11 +305,12 @@ def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8,
         "prompts": len(data.prompts),
         "labelled": data.labels is not None,
         "cap": cap,
-        **embedding_departure(handle, data, cap, text_layers),
+        "bootstrap": {"resamples": boot.resamples, "confidence": boot.confidence, "seed": boot.seed},
+        **embedding_departure(handle, data, cap, text_layers, boot),
     }
     logger.info("audit: maps of %d images", min(map_images, len(data.images)))
     result["maps"] = map_departure(handle, data, range(min(map_images, len(data.images))), cap=cap,
-                                   deletion_steps=deletion_steps)
+                                   deletion_steps=deletion_steps, boot=boot)
     return result
 
 
@@ -248,4 +325,5 @@ __all__ = [
     "map_arms",
     "map_departure",
     "rewritten_text_embeds",
+    "summarise_maps",
 ]

@@ -61,6 +61,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from faithclip.audit.bootstrap import wilson_interval
+
 logger = logging.getLogger(__name__)
 
 EFFECT_FLOOR = 0.8
@@ -74,16 +76,6 @@ PROBE_SEED = 7 * 10**12
 
 
 # ---- statistics -------------------------------------------------------------------------------------
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion; (nan, nan) for n = 0."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def rate(flags: np.ndarray) -> dict[str, float]:
     """Share of true ``flags`` with its Wilson 95 % interval and n."""
     flags = np.asarray(flags, dtype=bool)

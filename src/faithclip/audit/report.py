@@ -17,14 +17,15 @@ ARM_LABELS = {
     "keep_size": "keep-size input alone",
     "official": "official pipeline (both)",
 }
-ARM_COLUMNS = (
-    ("embedding_cosine_mean", "emb. cosine"),
-    ("embedding_cosine_min", "min cosine"),
-    ("score_change_mean_abs", "|score change|"),
-    ("score_change_relative", "rel. change (median)"),
-    ("flip_rate", "flips"),
-    ("accuracy", "zero-shot acc."),
+ARM_COLUMNS = (  # (key, title, key of its interval or None)
+    ("embedding_cosine_mean", "emb. cosine", "embedding_cosine_interval"),
+    ("embedding_cosine_min", "min cosine", None),
+    ("score_change_mean_abs", "|score change|", "score_change_mean_abs_interval"),
+    ("score_change_relative", "rel. change (median)", "score_change_relative_interval"),
+    ("flip_rate", "flips", "flip_rate_interval"),
+    ("accuracy", "zero-shot acc.", "accuracy_interval"),
 )
+DIGITS = 3  # every departure figure and its interval bounds
 MAP_ARM_LABELS = {
     "faithful": "faithful (model's forward and input, raw q/k)",
     "qk_out_proj": "lambda on out_proj(q), out_proj(k) alone",
@@ -51,18 +52,98 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+        if math.isnan(value):
+            return "nan"
+        return f"{value + 0.0 if round(value, digits) else 0.0:.{digits}f}"  # no "-0.000" from float noise
     return str(value)
 
 
+def _figure(values: dict, key: str, interval_key: str | None, digits: int = DIGITS) -> str:
+    """``value [low, high]`` (the form ``audit_docs --check`` reads back), or the bare value when the result
+    has no interval for it (a min; a result written before intervals were recorded)."""
+    value = values.get(key)
+    interval = values.get(interval_key) if interval_key else None
+    if value is None or interval is None:
+        return _fmt(value, digits)
+    return _estimate(value, interval, digits)
+
+
 def _arm_rows(results: dict) -> list[tuple[str, list[str]]]:
-    rows = [(ARM_LABELS[arm], [_fmt(values.get(key)) for key, _ in ARM_COLUMNS])
+    rows = [(ARM_LABELS[arm], [_figure(values, key, interval) for key, _, interval in ARM_COLUMNS])
             for arm, values in results["arms"].items()]
     text = results["text"]
     if text is None:  # no text tower (a classifier), or no published text side (BLIP)
         return rows
-    rows.append((f"text: last {text['layers']} blocks one-head", [_fmt(text.get(key)) for key, _ in ARM_COLUMNS]))
+    rows.append((f"text: last {text['layers']} blocks one-head", [_figure(text, key, interval)
+                                                                  for key, _, interval in ARM_COLUMNS]))
     return rows
+
+
+def _intervals_note(results: dict) -> str:
+    """How the arm table's intervals were made, with its n."""
+    boot = results.get("bootstrap")
+    if boot is None:
+        return ""
+    prompts = f"; the text row's cosine over the {results['text']['prompts']} prompts" if results.get("text") else ""
+    return (f"value [{100 * boot['confidence']:g} % interval] over the {results['images']} images: flips and accuracy "
+            f"Wilson on the count, the rest a percentile bootstrap over images ({boot['resamples']} resamples, "
+            f"seed {boot['seed']}){prompts}; min cosine: the smallest")
+
+
+def _map_figure(maps: dict, key: str) -> str:
+    """A map figure's mean over the images where it is defined, with its interval when recorded."""
+    interval = maps.get("intervals", {}).get(key)
+    value = maps["mean"].get(key)
+    return _fmt(value, DIGITS) if value is None or interval is None else _estimate(value, interval, DIGITS)
+
+
+MAP_COLUMNS = ("Spearman vs faithful", "n (undefined)", "deletion AUC (lower better)", "deletion - faithful",
+               "insertion AUC (higher better)", "insertion - faithful")
+
+
+def _map_rows(results: dict) -> list[tuple[str, list[str]]]:
+    """One row per map arm: Spearman with the faithful map (its n and undefined count), each AUC and its paired
+    contrast with the faithful map on the same images."""
+    maps = results["maps"]
+    contrasts = maps.get("contrasts", {})
+    rows = []
+    for arm, title in _map_labels(results).items():
+        spearman_key = f"spearman_{arm}_vs_faithful"
+        cells = [_map_figure(maps, spearman_key),
+                 f"{maps['n'][spearman_key]} ({maps['undefined'][spearman_key]})" if "n" in maps else "-"]
+        for curve in ("deletion_auc", "insertion_auc"):
+            key = f"{curve}_{arm}"
+            contrast = contrasts.get(arm, {}).get(curve)
+            cells += [_map_figure(maps, key),
+                      "-" if contrast is None else _estimate(contrast["value"], [contrast["low"], contrast["high"]], DIGITS)]
+        rows.append((title, cells))
+    return rows
+
+
+def contrast_reading(contrast: dict, curve: str) -> str:
+    """What the interval of a paired contrast (an arm's AUC minus the faithful map's) says: ``worse``, ``better``
+    or ``no difference shown`` (the interval spans 0). Deletion: lower is better; insertion: higher."""
+    low, high = contrast["low"], contrast["high"]
+    if low != low or high != high:
+        return "undefined"
+    sign = 1 if curve == "deletion_auc" else -1  # the direction in which a larger difference is worse
+    nearer, further = sorted((sign * low, sign * high))
+    if nearer > 0:
+        return "worse"
+    if further < 0:
+        return "better"
+    return "no difference shown"
+
+
+def _published_verdict(results: dict) -> str | None:
+    """One line: are the published maps worse than the faithful ones under the original model?"""
+    contrasts = results["maps"].get("contrasts", {}).get("published")
+    if not contrasts:
+        return None
+    parts = [f"{curve.split('_')[0]} {_estimate(c['value'], [c['low'], c['high']], DIGITS)} "
+             f"({contrast_reading(c, curve)})" for curve, c in contrasts.items()]
+    return (f"published - faithful, paired over {contrasts['deletion_auc']['n']} images, scored by the ORIGINAL "
+            f"model: " + "; ".join(parts))
 
 
 def format_audit(results: dict) -> str:
@@ -71,21 +152,28 @@ def format_audit(results: dict) -> str:
              f"({results['images']} images, {results['prompts']} prompts)", ""]
     if results.get("departure_skipped"):
         return "\n".join([*lines[:1], f"  departure not measured: {results['departure_skipped']}", *_p2_lines(results)])
-    header = f"{'forward':<40}" + "".join(f"{title:>21}" for _, title in ARM_COLUMNS)
+    if _intervals_note(results):
+        lines += [_intervals_note(results) + ":", ""]
+    width = 24
+    header = f"{'forward':<40}" + "".join(f"{title:>{width}}" for _, title, _ in ARM_COLUMNS)
     lines += [header, "-" * len(header)]
-    lines += [f"{label:<40}" + "".join(f"{v:>21}" for v in values) for label, values in _arm_rows(results)]
-    maps = results.get("maps", {}).get("mean", {})
-    if maps:
-        lines += ["", f"Grad-ECLIP maps on {results['maps']['images']} images, each cause alone and together; "
-                      "AUCs scored by the ORIGINAL model on its own input:"]
-        lines.append(f"  {'map':<46} {'Spearman vs faithful':>20} {'deletion AUC (lower better)':>28} "
-                     f"{'insertion AUC (higher better)':>30}")
-        lines += [f"  {title:<46} {_fmt(maps.get(f'spearman_{arm}_vs_faithful')):>20} "
-                  f"{_fmt(maps.get(f'deletion_auc_{arm}')):>28} {_fmt(maps.get(f'insertion_auc_{arm}')):>30}"
-                  for arm, title in _map_labels(results).items()]
-        lines.append(f"  consistency: faithful arm vs faithclip's grad_eclip, Spearman "
-                     f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1)")
-    return "\n".join(lines + _p2_lines(results))
+    lines += [f"{label:<40}" + "".join(f"{v:>{width}}" for v in values) for label, values in _arm_rows(results)]
+    maps = results.get("maps", {})
+    if maps.get("mean"):
+        lines += ["", f"Grad-ECLIP maps on {maps['images']} images, each cause alone and together; AUCs scored by "
+                      "the ORIGINAL model on its own input; '- faithful': the paired per-image difference from the "
+                      "faithful map; n (undefined): images with a defined Spearman (constant maps have none):"]
+        lines.append(f"  {'map':<46}" + "".join(f"{title:>{width + 8 if 'AUC' in title else width}}"
+                                                for title in MAP_COLUMNS))
+        lines += [f"  {title:<46}" + "".join(f"{v:>{width + 8 if 'AUC' in MAP_COLUMNS[i] else width}}"
+                                             for i, v in enumerate(values))
+                  for title, values in _map_rows(results)]
+        verdict = _published_verdict(results)
+        if verdict:
+            lines.append(f"  {verdict}")
+        consistency = _map_figure(maps, "spearman_faithful_vs_grad_eclip")
+        lines.append(f"  consistency: faithful arm vs faithclip's grad_eclip, Spearman {consistency} (expect 1)")
+    return "\n".join(line.rstrip() for line in lines + _p2_lines(results))
 
 
 def _p2_lines(results: dict) -> list[str]:
@@ -205,24 +293,28 @@ def audit_html(results: dict) -> str:
     if results.get("departure_skipped"):
         parts.append(f"<p>Departure not measured: {html.escape(results['departure_skipped'])}.</p>")
         return "".join(parts + _p2_html(results) + ["</section>"])
-    parts.append(_table(["forward"] + [title for _, title in ARM_COLUMNS],
+    parts.append(_table(["forward"] + [title for _, title, _ in ARM_COLUMNS],
                         [[label] + values for label, values in _arm_rows(results)]))
+    if _intervals_note(results):
+        parts.append(f"<p class='meta'>Each figure: {html.escape(_intervals_note(results))}.</p>")
     parts.append("<p class='meta'>Reading: each row is a forward the published pipeline runs; where its values "
                  "differ from the original model's, that pipeline's maps explain a different model from the one "
                  "whose score is reported.</p>")
-    maps = results.get("maps", {}).get("mean", {})
-    if maps:
-        parts.append(f"<h3>Maps ({results['maps']['images']} images), scored by the original model</h3>")
-        parts.append(_table(["map", "Spearman vs faithful", "deletion AUC (lower better)", "insertion AUC (higher better)"],
-                            [[title, _fmt(maps.get(f"spearman_{arm}_vs_faithful")), _fmt(maps.get(f"deletion_auc_{arm}")),
-                              _fmt(maps.get(f"insertion_auc_{arm}"))] for arm, title in _map_labels(results).items()]))
+    maps = results.get("maps", {})
+    if maps.get("mean"):
+        parts.append(f"<h3>Maps ({maps['images']} images), scored by the original model</h3>")
+        parts.append(_table(["map", *MAP_COLUMNS], [[title, *values] for title, values in _map_rows(results)]))
+        verdict = _published_verdict(results)
+        if verdict:
+            parts.append(f"<p>{html.escape(verdict)}.</p>")
         parts.append("<p class='meta'>Reading: deletion (lower is better) and insertion (higher is better) are "
-                     "scored by the original model. The published pipeline's map can score as well or better "
-                     "although it explains another forward: these metrics reward any map that ranks pixels well "
-                     "for the scoring model, whichever model the map came from, so a better AUC here is not "
-                     "evidence of faithfulness; the departure table above is.</p>")
-        parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman "
-                     f"{_fmt(maps.get('spearman_faithful_vs_grad_eclip'))} (expect 1).</p>")
+                     "scored by the original model; '- faithful' is the paired per-image difference from the "
+                     "faithful map with a bootstrap interval over images. The published pipeline's map can score as "
+                     "well or better although it explains another forward: these metrics reward any map that ranks "
+                     "pixels well for the scoring model, whichever model the map came from, so a better AUC here is "
+                     "not evidence of faithfulness; the departure table above is.</p>")
+        consistency = _map_figure(maps, "spearman_faithful_vs_grad_eclip")
+        parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman {consistency} (expect 1).</p>")
     parts += _p2_html(results)
     parts.append("</section>")
     return "".join(parts)
@@ -276,4 +368,4 @@ def audit_page(results: dict) -> str:
                               (", and principle P2" if "ladder" in results or "correctness" in results else ""))
 
 
-__all__ = ["audit_html", "audit_page", "format_audit", "format_correctness", "format_p2", "p2_rows"]
+__all__ = ["audit_html", "audit_page", "contrast_reading", "format_audit", "format_correctness", "format_p2", "p2_rows"]

@@ -35,7 +35,7 @@ class AuditSettings:
     scenes: int = 200  # single-object scenes: departure, accuracy per rung, correctness split
     raw_size: int | None = None  # scene render size; None = 2x the model's input
     aspect: float = 1.0  # height / width of the renders (a crop)
-    map_images: int = 16
+    map_images: int = 64  # departure maps; 64 keeps the AUC contrasts' intervals readable (~4 CPU-min on shapes-clip)
     deletion_steps: int | None = None  # departure curves; None = one point per patch
     ladder: bool = False  # P2: the paired test of faithclip.audit.p2 (docs/p2.md)
     correctness: bool = False
@@ -134,7 +134,8 @@ def run_audit(handle: ClipHandle, settings: AuditSettings = AuditSettings(), dat
 
     if METHODS.get("grad_eclip_official").supports(handle.family.name):
         results = audit_departure(handle, single, map_images=settings.map_images,
-                                  deletion_steps=settings.deletion_steps, **departure_options)
+                                  deletion_steps=settings.deletion_steps, boot=settings.bootstrap(),
+                                  **departure_options)
     elif settings.ladder or settings.correctness:  # P2 still applies; there is no published pipeline to compare
         results = {"data": single.name, "model": handle.name, "images": len(single.images),
                    "prompts": len(single.prompts), "departure_skipped": no_pipeline(handle)}

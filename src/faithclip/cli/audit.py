@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=d.scenes, help="single-object shapes scenes (drift, accuracy, P2 b)")
     parser.add_argument("--raw-size", type=int, default=d.raw_size, help="scene render size (default: 2x the model's input)")
     parser.add_argument("--aspect", type=float, default=d.aspect, help="height/width of the scene renders (crop)")
-    parser.add_argument("--map-images", type=int, default=d.map_images, help="images whose maps are compared")
+    parser.add_argument("--map-images", type=int, default=d.map_images, help="images whose maps are compared (the first N of the scenes or --images)")
     parser.add_argument("--deletion-steps", type=int, default=d.deletion_steps,
                         help="points per departure deletion curve (default: one per patch)")
     parser.add_argument("--ladder", action="store_true",
