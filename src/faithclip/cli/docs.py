@@ -1,0 +1,328 @@
+"""Every documented figure, checked against the command that prints it.
+
+    python -m faithclip.cli.docs --check [FILES...] [--reduced] [--slow]   # exit 1 naming each figure that disagrees
+    python -m faithclip.cli.docs --replicate [FILES...] [--reduced]        # rerun with fresh seeds, compare intervals
+    python -m faithclip.cli.docs --list [FILES...]                         # every documented command, doc:line
+    python -m faithclip.cli.docs [FILES...] [--reduced]                    # rewrite the results blocks
+
+FILES default to the pages that state figures (README.md and docs/{audit,families,plugins,evaluation,p2}.md),
+read from the repository root; the prose figures are registered in docs/claims.toml. What a results block and
+a claim are, and the rules of agreement: ``faithclip.docfigures``. ``--reduced`` takes only what is marked
+cheap (a few seconds each), ``slow`` blocks (hours) run only with ``--slow``. A command runs in this process
+through its own ``main(argv)`` (``faithclip ...``, ``python -m faithclip.MODULE ...``) on one torch thread, or
+else as a subprocess of this Python. docs/audit.md's sections keep their own generator
+(``python -m faithclip.cli.audit_docs``), which writes their intros and the seeds table too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import importlib
+import inspect
+import io
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from faithclip.docfigures import (
+    Figure,
+    claim_figures,
+    compare_intervals,
+    compare_output,
+    fresh_seed,
+    load_claims,
+    pick,
+    replace_output,
+    results_blocks,
+)
+from faithclip.explanation import write_atomic
+
+logger = logging.getLogger(__name__)
+
+DOCS = ("README.md", "docs/audit.md", "docs/families.md", "docs/plugins.md", "docs/evaluation.md", "docs/p2.md")
+CLAIMS = Path("docs/claims.toml")
+B32 = "../shared/reference"
+
+
+class CommandFailed(Exception):
+    """A documented command did not print its figures (its exit code and last line of stderr)."""
+
+
+def _words(command: str) -> tuple[dict[str, str], list[str]]:
+    """Leading ``NAME=value`` assignments and the words, globs and ``~`` expanded as a shell would."""
+    env, words = {}, shlex.split(command)
+    while words and re.fullmatch(r"[A-Za-z_]\w*=\S*", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    expanded = []
+    for word in words:
+        word = os.path.expanduser(word)
+        matches = sorted(glob.glob(word)) if any(c in word for c in "*?[") else []
+        expanded += matches or [word]  # a pattern matching nothing stays literal
+    return env, expanded
+
+
+def _entry(words: list[str]):
+    """(main, argv) of a command this process can run itself, or None."""
+    if words[:2] == ["faithclip", "audit"]:
+        return None  # docs/audit.md's runs print ``format_audit`` of ``run_audit``: see run()
+    if words[:1] == ["faithclip"]:
+        from faithclip.cli.main import main
+
+        return main, words[1:]
+    if words[:2] == ["python", "-m"] and len(words) > 2 and words[2].startswith("faithclip."):
+        module = importlib.import_module(words[2])
+        if callable(getattr(module, "main", None)):
+            return module.main, words[3:]
+    return None
+
+
+def _run_in_process(main, argv: list[str]) -> tuple[int, str, str]:
+    import torch
+
+    torch.set_num_threads(1)
+    out, err, saved = io.StringIO(), io.StringIO(), sys.argv
+    takes_argv = bool(inspect.signature(main).parameters)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if takes_argv:
+                code = main(argv)
+            else:  # a main() that reads sys.argv itself
+                sys.argv = [main.__module__, *argv]
+                code = main()
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+        finally:
+            sys.argv = saved
+    return int(code or 0), out.getvalue(), err.getvalue()
+
+
+def run(command: str) -> str:
+    """The standard output of a documented command (a CommandFailed when it exits other than 0 or 1)."""
+    env, words = _words(command)
+    if words[:2] == ["faithclip", "audit"] and not env:
+        from faithclip.audit.report import format_audit
+        from faithclip.cli.audit_docs import run_command
+
+        return format_audit(run_command(command)) + "\n"
+    entry = None if env else _entry(words)
+    if entry is not None:
+        code, out, err = _run_in_process(*entry)
+    else:
+        if words[:1] == ["faithclip"]:
+            words = [sys.executable, "-m", "faithclip", *words[1:]]
+        elif words[:1] in (["python"], ["python3"]):
+            words = [sys.executable, *words[1:]]
+        done = subprocess.run(words, capture_output=True, text=True, env={**os.environ, **env})
+        code, out, err = done.returncode, done.stdout, done.stderr
+    if code not in (0, 1):  # 1: a check the command runs failed; its figures are still printed
+        last = (err.strip().splitlines() or ["no message"])[-1]
+        raise CommandFailed(f"exit {code}: {last}")
+    return out
+
+
+def seed_default(command: str) -> int | None:
+    """The default of the command's ``--seed`` as its ``--help`` states it (0 when it states none), or None
+    when the command takes no ``--seed``."""
+    words = _words(command)[1]
+    if words[:1] == ["faithclip"]:
+        from faithclip.cli.main import main as cli_main
+
+        entry = cli_main, words[1:]
+    else:
+        entry = _entry(words)
+    if entry is None:
+        return None  # not a command of this package: its seed, if any, is unknown
+    text = _run_in_process(entry[0], [*entry[1], "--help"])[1]
+    match = re.search(r"--seed\b[^\n]*(?:\n {20,}[^\n]*)*", text)
+    if match is None:
+        return None
+    default = re.search(r"default:? (-?\d+)", match.group(0))
+    return int(default.group(1)) if default else 0
+
+
+def collect(files: list[Path], claims_path: Path = CLAIMS) -> tuple[list[Figure], list[str]]:
+    """Every documented figure of the pages (results blocks, then claims), and the claims the pages lost."""
+    claims = load_claims(claims_path)
+    figures, problems = [], []
+    for doc in files:
+        text = doc.read_text()
+        figures += results_blocks(doc, text)
+        found, lost = claim_figures(doc, text, claims)
+        figures += found
+        problems += lost
+    return figures, problems
+
+
+def _selected(figures: list[Figure], reduced: bool, slow: bool) -> tuple[list[Figure], list[str]]:
+    chosen, skipped = [], []
+    for figure in figures:
+        if reduced and not figure.reduced:
+            continue
+        if figure.slow and not slow:
+            skipped.append(f"{figure.doc}:{figure.line}: skipped (slow; --slow runs it): `{figure.command}`")
+        elif B32 in figure.command and not Path(B32).is_dir():
+            skipped.append(f"{figure.doc}:{figure.line}: skipped ({B32} is not available): `{figure.command}`")
+        else:
+            chosen.append(figure)
+    return chosen, skipped
+
+
+class Runner:
+    """Runs each distinct command once and remembers how long each page's commands took."""
+
+    def __init__(self, execute=run) -> None:
+        self.execute, self.outputs, self.seconds = execute, {}, {}
+
+    def __call__(self, figure: Figure) -> str:
+        if figure.command not in self.outputs:
+            started = time.perf_counter()
+            self.outputs[figure.command] = self.execute(figure.command)
+            self.seconds[figure.doc] = self.seconds.get(figure.doc, 0.0) + time.perf_counter() - started
+        return self.outputs[figure.command]
+
+
+def check(figures: list[Figure], runner: Runner) -> list[str]:
+    """One line per documented figure that a fresh run contradicts: doc:line, command, documented vs fresh."""
+    problems = []
+    for figure in figures:
+        where = f"{figure.doc}:{figure.line}: `{figure.command}`"
+        try:
+            fresh = pick(figure, runner(figure))
+        except CommandFailed as error:
+            problems.append(f"{where}: the command failed ({error})")
+            continue
+        if fresh is None:
+            problems.append(f"{where}: its output no longer holds the claimed figure (pattern {figure.output!r})")
+            continue
+        problems += [f"{where}: {p}" for p in compare_output(figure.documented, fresh)]
+    return problems
+
+
+def replicate(figures: list[Figure], runner: Runner) -> tuple[list[str], list[str], int]:
+    """(report lines, disagreements, intervals compared): each statistical figure rerun with its seed + 1."""
+    lines, problems, total = [], [], 0
+    for figure in figures:
+        where = f"{figure.doc}:{figure.line}: `{figure.command}`"
+        count, _ = compare_intervals(figure.documented, figure.documented)
+        if not count:
+            continue  # no interval: nothing statistical to replicate
+        fresh_command = fresh_seed(figure.command, seed_default(figure.command))
+        if fresh_command is None:
+            lines.append(f"{where}: skipped (the command takes no --seed)")
+            continue
+        try:
+            output = pick(figure, runner(replace(figure, command=fresh_command)))
+        except CommandFailed as error:
+            problems.append(f"{where}: the replicate `{fresh_command}` failed ({error})")
+            continue
+        if output is None:
+            problems.append(f"{where}: the replicate's output does not hold the claimed figure")
+            continue
+        count, disagreements = compare_intervals(figure.documented, output)
+        total += count
+        problems += [f"{where} vs `{fresh_command}`: {p}" for p in disagreements]
+        lines.append(f"{where}: {count - len(disagreements)} of {count} intervals overlap the replicate's "
+                     f"(`{fresh_command}`)")
+    return lines, problems, total
+
+
+def regenerate(figures: list[Figure]) -> None:
+    """Rewrite each results block's output with a fresh run (claims are prose: they are checked, not written)."""
+    from faithclip.cli.audit_docs import SECTIONS, regenerate as regenerate_audit
+
+    audit_sections: dict[Path, set[str]] = {}
+    for figure in figures:
+        if figure.block == "claim":
+            continue
+        if figure.doc.name == "audit.md" and figure.block in SECTIONS:
+            audit_sections.setdefault(figure.doc, set()).add(figure.block)
+            continue
+        fresh = run(figure.command)
+        text = figure.doc.read_text()
+        current = {f.command: f for f in results_blocks(figure.doc, text) if f.block == figure.block}
+        if figure.command not in current:
+            raise KeyError(f"{figure.doc}: block {figure.block} lost `{figure.command}` during the run")
+        write_atomic(figure.doc, replace_output(text, current[figure.command], fresh).encode())
+        logger.info("wrote %s's %s block (`%s`)", figure.doc, figure.block, figure.command)
+    for doc, names in audit_sections.items():
+        regenerate_audit(doc, [name for name in SECTIONS if name in names])
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def main(argv: list[str] | None = None, execute=run) -> int:
+    parser = OneLineParser(prog="python -m faithclip.cli.docs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*", type=Path, help=f"pages (default: {' '.join(DOCS)})")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="rerun every documented command and compare its figures")
+    mode.add_argument("--replicate", action="store_true",
+                      help="rerun every statistical figure with its seed + 1 and compare the intervals")
+    mode.add_argument("--list", action="store_true", help="print every documented command with its doc and line")
+    parser.add_argument("--reduced", action="store_true", help="only the figures marked cheap (reduced)")
+    parser.add_argument("--slow", action="store_true", help="also the figures marked slow (hours)")
+    parser.add_argument("--claims", type=Path, default=CLAIMS, help="the prose figures' registry")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    files = args.files or [Path(name) for name in DOCS]
+    usage = next((f"{path}: no such file" for path in files if not path.is_file()), None)
+    if usage is None and args.list and (args.reduced or args.slow):
+        usage = "--list lists every documented command; it takes neither --reduced nor --slow"
+    if usage:
+        print(f"python -m faithclip.cli.docs: {usage}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        figures, lost = collect(files, args.claims)
+    except (ValueError, KeyError) as error:
+        print(f"python -m faithclip.cli.docs: {error.args[0]}", file=sys.stderr)
+        return 2
+    if args.list:
+        for figure in figures:
+            flags = ", ".join(sorted(figure.flags))
+            print(f"{figure.doc}:{figure.line}: {figure.block}{f' ({flags})' if flags else ''}: {figure.command}")
+        return 0
+    chosen, skipped = _selected(figures, args.reduced, args.slow)
+    if not chosen and not lost:
+        print(f"python -m faithclip.cli.docs: no documented figures to run in {', '.join(map(str, files))}"
+              f"{' marked reduced' if args.reduced else ''}", file=sys.stderr)
+        return 2
+    for line in skipped:
+        print(line)
+    runner = Runner(execute)
+    if not args.check and not args.replicate:
+        regenerate(chosen)
+        return 0
+    if args.check:
+        problems = lost + check(chosen, runner)
+        for line in problems:
+            print(line)
+        for doc, seconds in runner.seconds.items():
+            print(f"{doc}: its commands took {seconds:.0f} s")
+        checked = len({(f.doc, f.line) for f in chosen})
+        print(f"{checked - len({p.split(': `')[0] for p in problems})} of {checked} documented runs agree "
+              f"with a fresh run")
+        return 1 if problems else 0
+    lines, problems, total = replicate(chosen, runner)
+    for line in lines + problems:
+        print(line)
+    print(f"{total - len(problems)} of {total} documented intervals overlap their replicate's")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
