@@ -49,6 +49,7 @@ class Figure:
     block: str  # the results block's name, or "claim"
     flags: frozenset[str] = frozenset()
     output: str | None = None  # a claim: the regular expression that picks its figures from the output
+    scale: float = 1.0  # a claim: the page's figures are the output's times this
     span: tuple[int, int] = (0, 0)  # where ``documented`` sits in the page (results blocks)
 
     @property
@@ -195,6 +196,7 @@ class Claim:
     text: str
     output: str
     flags: list[str] = field(default_factory=list)
+    scale: float = 1.0  # the page states the output's figures times this (100: a fraction printed as a percent)
 
 
 def load_claims(path: Path) -> list[Claim]:
@@ -231,16 +233,38 @@ def claim_figures(doc: Path, text: str, claims: list[Claim]) -> tuple[list[Figur
             continue
         documented = " ".join(" ".join(g.split()) for g in match.groups())
         figures.append(Figure(doc, _line_of(text, match.start(1) if match.groups() else match.start()),
-                              claim.command, documented, "claim", frozenset(claim.flags), output=claim.output))
+                              claim.command, documented, "claim", frozenset(claim.flags), output=claim.output,
+                              scale=claim.scale))
     return figures, problems
 
 
+def _scaled(match: re.Match, scale: float) -> str:
+    if match.group(3) is None:
+        return match.group(0)  # an interval keeps its own numbers: scale them through their own groups
+    text = match.group(3)
+    digits = len(text.split(".")[1]) if "." in text and "e" not in text.lower() else 0
+    return f"{_value(text) * scale:.{max(0, digits - round(math.log10(scale)))}f}"
+
+
+def scale_numbers(text: str, scale: float) -> str:
+    """``text`` with every number multiplied by ``scale`` (a power of ten), printed to the same precision."""
+    if scale == 1:
+        return text
+    text = TOKEN.sub(lambda m: _scaled(m, scale) if m.group(3) else
+                     f"[{scale_numbers(m.group(1), scale)}, {scale_numbers(m.group(2), scale)}]", text)
+    return text
+
+
 def pick(figure: Figure, fresh: str) -> str | None:
-    """The fresh counterpart of a figure: a claim's groups from the output (None when absent), or the output."""
+    """The fresh counterpart of a figure: a claim's groups from the output (None when absent; a group that
+    matched nothing is ``-``, as a table shows a cell with nothing in it), or the output."""
     if figure.output is None:
         return fresh
     match = re.search(figure.output, fresh, re.DOTALL)
-    return None if match is None else " ".join(" ".join(g.split()) for g in match.groups())
+    if match is None:
+        return None
+    picked = " ".join(" ".join((g if g is not None else "-").split()) for g in match.groups())
+    return scale_numbers(picked, figure.scale)
 
 
 # ---- commands -------------------------------------------------------------------------------------------

@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 from faithclip.cli.docs import DOCS, CommandFailed, main
-from faithclip.docfigures import compare_intervals, compare_output, fresh_seed, results_blocks, tokens
+from faithclip.docfigures import (
+    Claim,
+    claim_figures,
+    compare_intervals,
+    compare_output,
+    fresh_seed,
+    pick,
+    results_blocks,
+    scale_numbers,
+    tokens,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -189,3 +199,16 @@ def test_the_real_pages_fast_check_passes(monkeypatch, capsys):
     assert re.search(r"(\d+) of \1 documented runs agree", out)
     print(f"{time.perf_counter() - started:.1f} s")  # not asserted: the test suite is not timed
     assert all((ROOT / doc).is_file() for doc in DOCS)
+
+
+def test_a_claim_may_scale_fractions_to_percents_and_read_an_absent_cell_as_a_dash(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("| grad_cam | 27 % | - |\n")
+    claim = Claim(str(page), "fake", r"\| grad_cam \| (\d+) % \| (\S+) \|", r"flips ([\d.]+)(?: text (\w+))?", scale=100)
+    [figure], lost = claim_figures(page, page.read_text(), [claim])
+    assert lost == [] and figure.documented == "27 -"
+    assert pick(figure, "flips 0.2700\n") == "27.00 -"
+    assert compare_output(figure.documented, pick(figure, "flips 0.2700\n")) == []
+    assert compare_output(figure.documented, pick(figure, "flips 0.2900\n")) != []  # 29 % is not 27 %
+    assert compare_output(figure.documented, pick(figure, "flips 0.2700 text pass\n")) != []  # a cell that exists
+    assert scale_numbers("0.512 [0.400, 0.600]", 100) == "51.2 [40.0, 60.0]"

@@ -28,6 +28,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -106,13 +107,22 @@ def _run_in_process(main, argv: list[str]) -> tuple[int, str, str]:
 
 
 def run(command: str) -> str:
-    """The standard output of a documented command (a CommandFailed when it exits other than 0 or 1)."""
+    """The standard output of a documented command (a CommandFailed when it exits other than 0 or 1). Its
+    ``--out`` folder is a fresh temporary one: a documented run folder is neither resumed nor overwritten."""
     env, words = _words(command)
+    if "--out" not in words[:-1]:
+        return _run(command, env, words)
+    with tempfile.TemporaryDirectory(prefix="faithclip-docs-") as folder:
+        index = words.index("--out") + 1
+        return _run(command, env, [*words[:index], str(Path(folder) / "out"), *words[index + 1:]])
+
+
+def _run(command: str, env: dict[str, str], words: list[str]) -> str:
     if words[:2] == ["faithclip", "audit"] and not env:
         from faithclip.audit.report import format_audit
         from faithclip.cli.audit_docs import run_command
 
-        return format_audit(run_command(command)) + "\n"
+        return format_audit(run_command(shlex.join(words))) + "\n"
     entry = None if env else _entry(words)
     if entry is not None:
         code, out, err = _run_in_process(*entry)
