@@ -173,17 +173,21 @@ def collect(files: list[Path], claims_path: Path = CLAIMS) -> tuple[list[Figure]
 
 
 def _selected(figures: list[Figure], reduced: bool, slow: bool) -> tuple[list[Figure], list[str]]:
-    chosen, skipped = [], []
+    """The figures to run, and one line per (page, command) left out and why."""
+    chosen, skipped = [], {}
     for figure in figures:
         if reduced and not figure.reduced:
             continue
         if figure.slow and not slow:
-            skipped.append(f"{figure.doc}:{figure.line}: skipped (slow; --slow runs it): `{figure.command}`")
+            reason = "slow; --slow runs it"
         elif B32 in figure.command and not Path(B32).is_dir():
-            skipped.append(f"{figure.doc}:{figure.line}: skipped ({B32} is not available): `{figure.command}`")
+            reason = f"{B32} is not available"
         else:
             chosen.append(figure)
-    return chosen, skipped
+            continue
+        skipped.setdefault((figure.doc, figure.command, reason), []).append(figure.line)
+    return chosen, [f"{doc}:{min(lines)}: {len(lines)} figure{'s' * (len(lines) > 1)} skipped ({reason}): `{command}`"
+                    for (doc, command, reason), lines in skipped.items()]
 
 
 class Runner:
@@ -310,7 +314,7 @@ def main(argv: list[str] | None = None, execute=run) -> int:
             print(f"{figure.doc}:{figure.line}: {figure.block}{f' ({flags})' if flags else ''}: {figure.command}")
         return 0
     chosen, skipped = _selected(figures, args.reduced, args.slow)
-    if not chosen and not lost:
+    if not chosen and not skipped and not lost:
         print(f"python -m faithclip.cli.docs: no documented figures to run in {', '.join(map(str, files))}"
               f"{' marked reduced' if args.reduced else ''}", file=sys.stderr)
         return 2
