@@ -78,7 +78,7 @@ def test_a_fresh_page_agrees_and_one_unit_is_rounding_but_two_are_not(tmp_path, 
     outputs = {"fake --seed 3": OUTPUT, "fake-table": TABLE}
     page = write(tmp_path)
     code, out = run_main(["--check", str(page)], outputs, capsys)
-    assert code == 0 and "2 of 2 documented runs agree" in out
+    assert code == 0 and "2 of 2 documented figures agree" in out
     assert run_main(["--check", str(write(tmp_path, OUTPUT.replace("12.34", "12.35")))], outputs, capsys)[0] == 0
     code, out = run_main(["--check", str(write(tmp_path, OUTPUT.replace("12.34", "12.36")))], outputs, capsys)
     assert code == 1
@@ -111,7 +111,7 @@ def test_a_raw_block_is_the_output_itself_and_its_form_is_checked(tmp_path, caps
 def test_reduced_runs_only_the_cheap_blocks(tmp_path, capsys):
     page = write(tmp_path)
     code, out = run_main(["--check", "--reduced", str(page)], {"fake --seed 3": OUTPUT}, capsys)
-    assert code == 0 and "1 of 1 documented runs agree" in out  # fake-table was not run (it would fail)
+    assert code == 0 and "1 of 1 documented figures agree" in out  # fake-table was not run (it would fail)
 
 
 def test_claims_pick_prose_figures_and_a_lost_claim_fails(tmp_path, capsys):
@@ -126,7 +126,7 @@ flags = ["reduced"]
 """)
     outputs = {"fake --seed 3": OUTPUT}
     code, out = run_main(["--check", "--reduced", str(page)], outputs, capsys, claims)
-    assert code == 0 and "2 of 2" in out
+    assert code == 0 and "2 of 2 documented figures agree with a fresh run (1 results runs, 1 claims)" in out
     page.write_text(page.read_text().replace("margin is 12.34", "margin is 12.36"))
     code, out = run_main(["--check", "--reduced", str(page)], outputs, capsys, claims)
     assert code == 1 and "page.md:3: `fake --seed 3`: figure 1: documented 12.36, fresh 12.34" in out
@@ -196,7 +196,7 @@ def test_the_real_pages_fast_check_passes(monkeypatch, capsys):
     code = main(["--check", "--reduced"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert re.search(r"(\d+) of \1 documented runs agree", out)
+    assert re.search(r"(\d+) of \1 documented figures agree", out)
     print(f"{time.perf_counter() - started:.1f} s")  # not asserted: the test suite is not timed
     assert all((ROOT / doc).is_file() for doc in DOCS)
 

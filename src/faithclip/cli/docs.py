@@ -204,24 +204,29 @@ class Runner:
         return self.outputs[figure.command]
 
 
-def check(figures: list[Figure], runner: Runner) -> list[str]:
-    """One line per documented figure that a fresh run contradicts: doc:line, command, documented vs fresh."""
-    problems = []
+def disagreements(figure: Figure, runner: Runner) -> list[str]:
+    """What a fresh run of the figure's command contradicts (empty: the figure agrees)."""
+    try:
+        fresh = pick(figure, runner(figure))
+    except CommandFailed as error:
+        return [f"the command failed ({error})"]
+    if fresh is None:
+        return [f"its output no longer holds the claimed figure (pattern {figure.output!r})"]
+    found = compare_output(figure.documented, fresh)
+    if figure.output is not None:  # a claim is one line of quoted figures: name the figure, not the line
+        found = [re.sub(r"^output line 1 \([^)]*\), ", "", p) for p in found]
+    return found
+
+
+def check(figures: list[Figure], runner: Runner) -> tuple[list[str], int]:
+    """(one line per contradicted figure: doc:line, command, documented vs fresh; how many figures -- results
+    runs and claims -- disagree)."""
+    problems, disagreeing = [], 0
     for figure in figures:
-        where = f"{figure.doc}:{figure.line}: `{figure.command}`"
-        try:
-            fresh = pick(figure, runner(figure))
-        except CommandFailed as error:
-            problems.append(f"{where}: the command failed ({error})")
-            continue
-        if fresh is None:
-            problems.append(f"{where}: its output no longer holds the claimed figure (pattern {figure.output!r})")
-            continue
-        found = compare_output(figure.documented, fresh)
-        if figure.output is not None:  # a claim is one line of quoted figures: name the figure, not the line
-            found = [re.sub(r"^output line 1 \([^)]*\), ", "", p) for p in found]
-        problems += [f"{where}: {p}" for p in found]
-    return problems
+        found = disagreements(figure, runner)
+        disagreeing += bool(found)
+        problems += [f"{figure.doc}:{figure.line}: `{figure.command}`: {p}" for p in found]
+    return problems, disagreeing
 
 
 def replicate(figures: list[Figure], runner: Runner) -> tuple[list[str], list[str], int]:
@@ -325,15 +330,15 @@ def main(argv: list[str] | None = None, execute=run) -> int:
         regenerate(chosen)
         return 0
     if args.check:
-        problems = lost + check(chosen, runner)
-        for line in problems:
+        problems, disagreeing = check(chosen, runner)
+        for line in lost + problems:
             print(line)
         for doc, seconds in runner.seconds.items():
             print(f"{doc}: its commands took {seconds:.0f} s")
-        checked = len({(f.doc, f.line) for f in chosen})
-        print(f"{checked - len({p.split(': `')[0] for p in problems})} of {checked} documented runs agree "
-              f"with a fresh run")
-        return 1 if problems else 0
+        claims = sum(figure.block == "claim" for figure in chosen)
+        print(f"{len(chosen) - disagreeing} of {len(chosen)} documented figures agree with a fresh run "
+              f"({len(chosen) - claims} results runs, {claims} claims{f'; {len(lost)} claims lost' if lost else ''})")
+        return 1 if lost or problems else 0
     lines, problems, total = replicate(chosen, runner)
     for line in lines + problems:
         print(line)
