@@ -51,6 +51,7 @@ class Figure:
     output: str | None = None  # a claim: the regular expression that picks its figures from the output
     scale: float = 1.0  # a claim: the page's figures are the output's times this
     span: tuple[int, int] = (0, 0)  # where ``documented`` sits in the page (results blocks)
+    raw: bool = False  # the output is the page's Markdown itself, not a fence
 
     @property
     def reduced(self) -> bool:
@@ -178,7 +179,7 @@ def results_blocks(doc: Path, text: str) -> list[Figure]:
         if raw is not None:
             start = begin + raw.end()
             figures.append(Figure(doc, _line_of(text, begin + raw.start(1)), raw.group(1), text[start:finish],
-                                  name, flags, span=(start, finish)))
+                                  name, flags, span=(start, finish), raw=True))
             continue
         for fence in FENCE.finditer(body):
             figures.append(Figure(doc, _line_of(text, begin + fence.start(1)), fence.group(1), fence.group(2), name,
@@ -287,5 +288,5 @@ def fresh_seed(command: str, default: int | None) -> str | None:
 def replace_output(text: str, figure: Figure, fresh: str) -> str:
     """The page with the figure's documented output replaced by ``fresh`` (results blocks only)."""
     begin, finish = figure.span
-    body = fresh.rstrip("\n") + "\n"
+    body = fresh.rstrip("\n") + ("\n\n" if figure.raw else "\n")  # Markdown: a blank line ends a table
     return text[:begin] + body + text[finish:]

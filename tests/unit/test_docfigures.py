@@ -212,3 +212,15 @@ def test_a_claim_may_scale_fractions_to_percents_and_read_an_absent_cell_as_a_da
     assert compare_output(figure.documented, pick(figure, "flips 0.2900\n")) != []  # 29 % is not 27 %
     assert compare_output(figure.documented, pick(figure, "flips 0.2700 text pass\n")) != []  # a cell that exists
     assert scale_numbers("0.512 [0.400, 0.600]", 100) == "51.2 [40.0, 60.0]"
+
+
+def test_regenerating_writes_each_block_from_its_command_and_leaves_the_prose(tmp_path, capsys):
+    page = write(tmp_path, OUTPUT.replace("12.34", "99.99"))
+    stale = page.read_text().replace("| x | 0.25 |", "| x | 0.99 |")
+    page.write_text(stale)
+    code, _ = run_main([str(page)], {"fake --seed 3": OUTPUT, "fake-table": TABLE}, capsys)
+    assert code == 0 and page.read_text() == PAGE.format(output=OUTPUT)  # exactly the page a fresh run prints
+    code, _ = run_main(["--check", str(page)], {"fake --seed 3": OUTPUT, "fake-table": TABLE}, capsys)
+    assert code == 0
+    assert main([str(page), "--claims", "/nonexistent/claims.toml"], execute=fake({})) == 2  # a command that fails
+    assert "cannot run" in capsys.readouterr().err

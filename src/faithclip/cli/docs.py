@@ -229,9 +229,10 @@ def check(figures: list[Figure], runner: Runner) -> tuple[list[str], int]:
     return problems, disagreeing
 
 
-def replicate(figures: list[Figure], runner: Runner) -> tuple[list[str], list[str], int]:
-    """(report lines, disagreements, intervals compared): each statistical figure rerun with its seed + 1."""
-    lines, problems, total = [], [], 0
+def replicate(figures: list[Figure], runner: Runner) -> tuple[list[str], list[str], int, int]:
+    """(report lines, problems, intervals compared, intervals that overlap their replicate's): each figure with
+    an interval rerun with its command's seed + 1."""
+    lines, problems, total, overlapping = [], [], 0, 0
     for figure in figures:
         where = f"{figure.doc}:{figure.line}: `{figure.command}`"
         count, _ = compare_intervals(figure.documented, figure.documented)
@@ -249,15 +250,15 @@ def replicate(figures: list[Figure], runner: Runner) -> tuple[list[str], list[st
         if output is None:
             problems.append(f"{where}: the replicate's output does not hold the claimed figure")
             continue
-        count, disagreements = compare_intervals(figure.documented, output)
-        total += count
-        problems += [f"{where} vs `{fresh_command}`: {p}" for p in disagreements]
-        lines.append(f"{where}: {count - len(disagreements)} of {count} intervals overlap the replicate's "
+        count, apart = compare_intervals(figure.documented, output)
+        total, overlapping = total + count, overlapping + count - len(apart)
+        problems += [f"{where} vs `{fresh_command}`: {p}" for p in apart]
+        lines.append(f"{where}: {count - len(apart)} of {count} intervals overlap the replicate's "
                      f"(`{fresh_command}`)")
-    return lines, problems, total
+    return lines, problems, total, overlapping
 
 
-def regenerate(figures: list[Figure]) -> None:
+def regenerate(figures: list[Figure], execute=run) -> None:
     """Rewrite each results block's output with a fresh run (claims are prose: they are checked, not written)."""
     from faithclip.cli.audit_docs import SECTIONS, regenerate as regenerate_audit
 
@@ -268,8 +269,8 @@ def regenerate(figures: list[Figure]) -> None:
         if figure.doc.name == "audit.md" and figure.block in SECTIONS:
             audit_sections.setdefault(figure.doc, set()).add(figure.block)
             continue
-        fresh = run(figure.command)
-        text = figure.doc.read_text()
+        fresh = execute(figure.command)
+        text = figure.doc.read_text()  # read again: the page may have been edited during the run
         current = {f.command: f for f in results_blocks(figure.doc, text) if f.block == figure.block}
         if figure.command not in current:
             raise KeyError(f"{figure.doc}: block {figure.block} lost `{figure.command}` during the run")
@@ -327,7 +328,11 @@ def main(argv: list[str] | None = None, execute=run) -> int:
         print(line)
     runner = Runner(execute)
     if not args.check and not args.replicate:
-        regenerate(chosen)
+        try:
+            regenerate(chosen, execute)
+        except CommandFailed as error:
+            print(f"python -m faithclip.cli.docs: a documented command cannot run: {error}", file=sys.stderr)
+            return 2
         return 0
     if args.check:
         problems, disagreeing = check(chosen, runner)
@@ -339,10 +344,11 @@ def main(argv: list[str] | None = None, execute=run) -> int:
         print(f"{len(chosen) - disagreeing} of {len(chosen)} documented figures agree with a fresh run "
               f"({len(chosen) - claims} results runs, {claims} claims{f'; {len(lost)} claims lost' if lost else ''})")
         return 1 if lost or problems else 0
-    lines, problems, total = replicate(chosen, runner)
+    lines, problems, total, overlapping = replicate(chosen, runner)
+    problems = lost + problems
     for line in lines + problems:
         print(line)
-    print(f"{total - len(problems)} of {total} documented intervals overlap their replicate's")
+    print(f"{overlapping} of {total} documented intervals overlap their replicate's")
     return 1 if problems else 0
 
 
