@@ -121,8 +121,12 @@ def _run(command: str, env: dict[str, str], words: list[str]) -> str:
     if words[:2] == ["faithclip", "audit"] and not env:
         from faithclip.audit.report import format_audit
         from faithclip.cli.audit_docs import run_command
+        from faithclip.errors import FaithclipError
 
-        return format_audit(run_command(shlex.join(words))) + "\n"
+        try:
+            return format_audit(run_command(shlex.join(words))) + "\n"
+        except (FaithclipError, SystemExit) as error:  # SystemExit: the audit's parser refused the line
+            raise CommandFailed(f"{type(error).__name__}: {error}") from None
     entry = None if env else _entry(words)
     if entry is not None:
         code, out, err = _run_in_process(*entry)
@@ -285,35 +289,58 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def main(argv: list[str] | None = None, execute=run) -> int:
+def report_check(chosen: list[Figure], lost: list[str], runner: Runner) -> int:
+    problems, disagreeing = check(chosen, runner)
+    for line in lost + problems:
+        print(line)
+    for doc, seconds in runner.seconds.items():
+        print(f"{doc}: its commands took {seconds:.0f} s")
+    claims = sum(figure.block == "claim" for figure in chosen)
+    print(f"{len(chosen) - disagreeing} of {len(chosen)} documented figures agree with a fresh run "
+          f"({len(chosen) - claims} results runs, {claims} claims{f'; {len(lost)} claims lost' if lost else ''})")
+    return 1 if lost or problems else 0
+
+
+def report_replicate(chosen: list[Figure], lost: list[str], runner: Runner) -> int:
+    lines, problems, total, overlapping = replicate(chosen, runner)
+    for line in lines + lost + problems:
+        print(line)
+    print(f"{overlapping} of {total} documented intervals overlap their replicate's")
+    return 1 if lost or problems else 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m faithclip.cli.docs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", type=Path, help=f"pages (default: {' '.join(DOCS)})")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="rerun every documented command and compare its figures")
     mode.add_argument("--replicate", action="store_true",
-                      help="rerun every statistical figure with its seed + 1 and compare the intervals")
+                      help="rerun every figure with an interval with its seed + 1 and compare the intervals")
     mode.add_argument("--list", action="store_true", help="print every documented command with its doc and line")
     parser.add_argument("--reduced", action="store_true", help="only the figures marked cheap (reduced)")
     parser.add_argument("--slow", action="store_true", help="also the figures marked slow (hours)")
     parser.add_argument("--claims", type=Path, default=CLAIMS, help="the prose figures' registry")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, execute=run) -> int:
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:
+        args = parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error, already printed in one line (2)
         return int(stop.code or 0)
     files = args.files or [Path(name) for name in DOCS]
     usage = next((f"{path}: no such file" for path in files if not path.is_file()), None)
     if usage is None and args.list and (args.reduced or args.slow):
         usage = "--list lists every documented command; it takes neither --reduced nor --slow"
+    try:
+        figures, lost = ([], []) if usage else collect(files, args.claims)
+    except (ValueError, KeyError) as error:
+        usage = error.args[0]
     if usage:
         print(f"python -m faithclip.cli.docs: {usage}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        figures, lost = collect(files, args.claims)
-    except (ValueError, KeyError) as error:
-        print(f"python -m faithclip.cli.docs: {error.args[0]}", file=sys.stderr)
-        return 2
     if args.list:
         for figure in figures:
             flags = ", ".join(sorted(figure.flags))
@@ -326,30 +353,19 @@ def main(argv: list[str] | None = None, execute=run) -> int:
         return 2
     for line in skipped:
         print(line)
-    runner = Runner(execute)
-    if not args.check and not args.replicate:
-        try:
-            regenerate(chosen, execute)
-        except CommandFailed as error:
-            print(f"python -m faithclip.cli.docs: a documented command cannot run: {error}", file=sys.stderr)
-            return 2
+    try:
+        if args.check:
+            return report_check(chosen, lost, Runner(execute))
+        if args.replicate:
+            return report_replicate(chosen, lost, Runner(execute))
+        regenerate(chosen, execute)
         return 0
-    if args.check:
-        problems, disagreeing = check(chosen, runner)
-        for line in lost + problems:
-            print(line)
-        for doc, seconds in runner.seconds.items():
-            print(f"{doc}: its commands took {seconds:.0f} s")
-        claims = sum(figure.block == "claim" for figure in chosen)
-        print(f"{len(chosen) - disagreeing} of {len(chosen)} documented figures agree with a fresh run "
-              f"({len(chosen) - claims} results runs, {claims} claims{f'; {len(lost)} claims lost' if lost else ''})")
-        return 1 if lost or problems else 0
-    lines, problems, total, overlapping = replicate(chosen, runner)
-    problems = lost + problems
-    for line in lines + problems:
-        print(line)
-    print(f"{overlapping} of {total} documented intervals overlap their replicate's")
-    return 1 if problems else 0
+    except CommandFailed as error:
+        print(f"python -m faithclip.cli.docs: a documented command cannot run: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("python -m faithclip.cli.docs: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
