@@ -86,13 +86,23 @@ def _entry(words: list[str]):
     return None
 
 
-def _run_in_process(main, argv: list[str]) -> tuple[int, str, str]:
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread, as the documented runs were made (their float32 sums in one order); restored after."""
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_in_process(main, argv: list[str]) -> tuple[int, str, str]:
     out, err, saved = io.StringIO(), io.StringIO(), sys.argv
     takes_argv = bool(inspect.signature(main).parameters)
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with one_thread(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             if takes_argv:
                 code = main(argv)
@@ -124,7 +134,8 @@ def _run(command: str, env: dict[str, str], words: list[str]) -> str:
         from faithclip.errors import FaithclipError
 
         try:
-            return format_audit(run_command(shlex.join(words))) + "\n"
+            with one_thread():
+                return format_audit(run_command(shlex.join(words))) + "\n"
         except (FaithclipError, SystemExit) as error:  # SystemExit: the audit's parser refused the line
             raise CommandFailed(f"{type(error).__name__}: {error}") from None
     entry = None if env else _entry(words)
