@@ -224,3 +224,16 @@ def test_regenerating_writes_each_block_from_its_command_and_leaves_the_prose(tm
     assert code == 0
     assert main([str(page), "--claims", "/nonexistent/claims.toml"], execute=fake({})) == 2  # a command that fails
     assert "cannot run" in capsys.readouterr().err
+
+
+def test_a_drift_on_a_real_page_fails_the_fast_check(tmp_path, monkeypatch, capsys):
+    """families.md's methods table, with one support cell changed, against what `faithclip methods --table`
+    prints now: the real command, run by the real runner."""
+    monkeypatch.chdir(ROOT)
+    page = tmp_path / "families.md"
+    text = (ROOT / "docs" / "families.md").read_text()
+    assert "| legrad | image | - | - | - | - |" in text
+    page.write_text(text.replace("| legrad | image | - | - | - | - |", "| legrad | image | image | - | - | - |"))
+    assert main(["--check", "--reduced", str(page), "--claims", "/nonexistent/claims.toml"]) == 1
+    out = capsys.readouterr().out
+    assert "`faithclip methods --table`" in out and "differs in form" in out and "| legrad | image | image |" in out

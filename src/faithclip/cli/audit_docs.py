@@ -10,6 +10,9 @@ defaults. ``--check`` reruns the commands found in the file (``--reduced``: only
 the demo's size, a few seconds) and compares every documented number with the fresh output: a figure
 printed as ``value [low, high]`` must lie inside the fresh interval; any other number must equal the
 fresh one to the printed precision (one unit of the last digit: float32 noise can flip a rounding).
+
+The rules are ``faithclip.docfigures``'s; ``python -m faithclip.cli.docs --check`` checks these blocks with every
+other page's documented figures, and regenerates docs/audit.md's sections through this module.
 """
 
 from __future__ import annotations
