@@ -10,6 +10,9 @@ defaults. ``--check`` reruns the commands found in the file (``--reduced``: only
 the demo's size, a few seconds) and compares every documented number with the fresh output: a figure
 printed as ``value [low, high]`` must lie inside the fresh interval; any other number must equal the
 fresh one to the printed precision (one unit of the last digit: float32 noise can flip a rounding).
+
+The rules are ``faithclip.docfigures``'s; ``python -m faithclip.cli.docs --check`` checks these blocks with every
+other page's documented figures, and regenerates docs/audit.md's sections through this module.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
-import math
 import re
 import shlex
 import sys
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 
 from faithclip.demo import DEMO_AUDIT
+from faithclip.docfigures import block_bounds, compare_output
 from faithclip.errors import FaithclipError
 from faithclip.explanation import write_atomic
 
@@ -146,13 +149,6 @@ def render_section(name: str, jobs: int = 1) -> str:
     return "\n".join(parts)
 
 
-def block_bounds(text: str, name: str) -> tuple[int, int]:
-    start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
-    if start not in text or end not in text:
-        raise KeyError(f"no {start} ... {end} block")
-    return text.index(start) + len(start), text.index(end)
-
-
 def regenerate(markdown: Path, sections: list[str], jobs: int = 1) -> None:
     for name in sections:
         block_bounds(markdown.read_text(), name)  # fail before computing
@@ -163,63 +159,8 @@ def regenerate(markdown: Path, sections: list[str], jobs: int = 1) -> None:
         logger.info("wrote the %s results into %s", name, markdown)
 
 
-# ---- the check --------------------------------------------------------------------------------------
-NUMBER = r"nan|-?\d+(?:\.\d+)?"
-TOKEN = re.compile(rf"\[({NUMBER}), ({NUMBER})\]|(?<![\w.\-])({NUMBER})(?![\w.])")
+# ---- the check (the rules are faithclip.docfigures', shared with every page: python -m faithclip.cli.docs) --------
 FENCE = re.compile(r"```\n\$ (faithclip audit[^\n]*)\n(.*?)```", re.DOTALL)
-
-
-def _value(text: str) -> float:
-    return math.nan if text == "nan" else float(text)
-
-
-def _unit(text: str) -> float:
-    return 10.0 ** -(len(text.split(".")[1]) if "." in text else 0)
-
-
-def _tokens(line: str) -> list[tuple]:
-    """``("interval", low, high, unit)`` or ``("number", value, unit)`` in order of appearance."""
-    out = []
-    for match in TOKEN.finditer(line):
-        if match.group(3) is None:
-            out.append(("interval", _value(match.group(1)), _value(match.group(2)), _unit(match.group(1))))
-        else:
-            out.append(("number", _value(match.group(3)), _unit(match.group(3))))
-    return out
-
-
-def _shape(line: str) -> str:
-    return " ".join(TOKEN.sub("#", line).split())
-
-
-def compare_output(documented: str, fresh: str) -> list[str]:
-    """One message per documented figure that the fresh output contradicts (empty: consistent)."""
-    problems = []
-    doc_lines, new_lines = documented.strip("\n").splitlines(), fresh.strip("\n").splitlines()
-    if len(doc_lines) != len(new_lines):
-        return [f"the documented output has {len(doc_lines)} lines, a fresh run prints {len(new_lines)}"]
-    for number, (doc, new) in enumerate(zip(doc_lines, new_lines), 1):
-        if _shape(doc) != _shape(new):
-            problems.append(f"output line {number} differs in form: documented {doc.strip()!r}, fresh {new.strip()!r}")
-            continue
-        label = (doc.split() or ["?"])[0]
-        doc_tokens, new_tokens = _tokens(doc), _tokens(new)
-        for index, (d, f) in enumerate(zip(doc_tokens, new_tokens)):
-            if f[0] == "interval":
-                continue  # an interval qualifies the figure before it; it is not a figure itself
-            value = d[1]
-            following = new_tokens[index + 1] if index + 1 < len(new_tokens) else None
-            if following is not None and following[0] == "interval":
-                low, high, unit = following[1], following[2], following[3]
-                slack = unit / 2  # the printed bounds are rounded
-                inside = (math.isnan(value) and math.isnan(f[1])) or (low - slack <= value <= high + slack)
-                if not inside:
-                    problems.append(f"output line {number} ({label}), figure {index + 1}: documented {value:g} lies "
-                                    f"outside the fresh interval [{low:g}, {high:g}]")
-            elif not ((math.isnan(value) and math.isnan(f[1])) or abs(value - f[1]) <= max(d[2], f[2]) * 1.0001):
-                problems.append(f"output line {number} ({label}), figure {index + 1}: documented {value:g}, "
-                                f"fresh {f[1]:g}")
-    return problems
 
 
 def documented_runs(text: str, reduced: bool = False) -> list[tuple[str, str]]:
