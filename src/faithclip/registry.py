@@ -186,6 +186,12 @@ OPTION_CHOICES: dict[str, tuple[str, ...]] = {
     "residual": ("normalized", "input"),
     "redundant": ("auto", "empty", "set"),
 }
+# options whose values bound each other, by option names: (names, the rule in words, the test on their values);
+# a name the caller did not give takes the function's default
+OPTION_RELATIONS: list[tuple[tuple[str, ...], str, Callable[..., bool]]] = [
+    (("steps", "every"), "every must be at most steps (a curve scored every `every` of `steps` steps)",
+     lambda steps, every: every <= steps),
+]
 # indices into a tower's layers, checked against the model's layer count when it is known
 LAYER_INDEX_OPTIONS = ("layer", "start_layer")
 # parameters a caller passes, not the user (the official pipeline's original image)
@@ -226,6 +232,14 @@ def check_options(owner: str, functions: Sequence[Callable[..., Any]], options: 
         if problem:
             given = spelled(key) + (" " if spelled(key).startswith("--") else "=") + _shown(value)
             raise error(f"{given}: {owner}'s {key} must be {problem}.")
+    for names, words, holds in OPTION_RELATIONS:
+        if not any(name in options for name in names) or not all(name in parameters for name in names):
+            continue
+        values = [options.get(name, parameters[name].default) for name in names]
+        if any(value is inspect.Parameter.empty for value in values) or holds(*values):
+            continue
+        given = ", ".join(f"{spelled(name)}={_shown(value)}" for name, value in zip(names, values))
+        raise error(f"{given}: {owner}'s {words}.")
 
 
 def value_problem(parameter: inspect.Parameter, value: Any, layers: int | None = None) -> str | None:

@@ -135,6 +135,8 @@ OTHER_CASES = [
      "rise.masks=0: rise's masks must be a whole number of at least 1."),
     ("tolerance-negative", [*EVALUATE, "--metrics", "pointing_game", "--option", "pointing_game.tolerance=-5"], 2,
      "pointing_game.tolerance=-5: pointing_game's tolerance must be a distance in pixels of at least 0."),
+    ("steps-below-every", [*EVALUATE, "--metrics", "deletion_gradeclip", "--option", "deletion_gradeclip.steps=8"], 2,
+     "deletion_gradeclip.steps=8, deletion_gradeclip.every=10: deletion_gradeclip's every must be at most steps"),
     ("tolerance-abc", [*EVALUATE, "--metrics", "pointing_game", "--option", "pointing_game.tolerance=abc"], 2,
      "pointing_game.tolerance='abc': pointing_game's tolerance must be a number."),
     ("tolerance-nan", [*EVALUATE, "--metrics", "pointing_game", "--option", "pointing_game.tolerance=NaN"], 2,
