@@ -36,6 +36,7 @@ class BenchRow:
     memory_ratio: float | None = None
     peak_ratio: float | None = None
     note: str = ""
+    forward_seconds: float | None = None  # the plain forward's median, timed interleaved with this item
 
 
 @dataclass
@@ -175,11 +176,11 @@ def run(architectures=("B/16", "B/32"), ks=(1, 10, 100, 1000), repeats: int = 5,
         bench = setup(architecture, tuple(ks), reference, device, dtype)
         work = items(bench, tuple(ks), rise_masks)
         forward = work["forward (no grad)"]
-        times, ratios = {}, {}
+        times, ratios, forwards = {}, {}, {}
         for name, function in work.items():
             heavy = name.startswith(("rise", "deletion", "grad_eclip_official", "game"))
-            times[name], forward_seconds = interleaved_medians(function, forward, 2 if heavy else repeats)
-            ratios[name] = times[name] / forward_seconds
+            times[name], forwards[name] = interleaved_medians(function, forward, 2 if heavy else repeats)
+            ratios[name] = times[name] / forwards[name]
             progress(f"{architecture} {name}: {times[name]:.3f} s ({ratios[name]:.2f} x forward)")
         memory_of = {}
         if memory:
@@ -188,7 +189,7 @@ def run(architectures=("B/16", "B/32"), ks=(1, 10, 100, 1000), repeats: int = 5,
                 progress(f"{architecture} {name}: peak {memory_of[name]['peak'] / 2**20:.0f} MiB")
         base = memory_of.get("forward (no grad)")
         for name, seconds in times.items():
-            row = BenchRow(architecture, name, seconds, ratios[name])
+            row = BenchRow(architecture, name, seconds, ratios[name], forward_seconds=forwards[name])
             if base:
                 own = memory_of[name]
                 row.memory_ratio = (own["peak"] - own["base"]) / max(base["peak"] - base["base"], 1)
@@ -201,9 +202,19 @@ def format_rows(rows: list[BenchRow]) -> str:
     """Seconds, time ratio and whole-process peak-RSS ratio. (The increment ratio ``memory_ratio`` stays in
     the JSON only: after the warm-up call the allocator reuses cached memory, so increments of a few MiB
     are dominated by noise.)"""
-    header = f"{'arch':<5} {'item':<52} {'seconds':>8} {'x forward':>9} {'peak RSS (x forward)':>21}"
+    memory = any(r.peak_ratio is not None for r in rows)  # --no-memory: no empty column
+    header = (f"{'arch':<5} {'item':<52} {'seconds':>8} {'forward s':>9} {'x forward':>9}"
+              + (f" {'peak RSS (x forward)':>21}" if memory else ""))
     lines = [header, "-" * len(header)]
     for r in rows:
+        forward = "" if r.forward_seconds is None else f"{r.forward_seconds:.3f}"
         peak = "" if r.peak_ratio is None else f"{r.peak_ratio:.2f}"
-        lines.append(f"{r.architecture:<5} {r.item:<52} {r.seconds:>8.3f} {r.time_ratio:>9.2f} {peak:>21}")
+        lines.append(f"{r.architecture:<5} {r.item:<52} {r.seconds:>8.3f} {forward:>9} {r.time_ratio:>9.2f}"
+                     + (f" {peak:>21}" if memory else ""))
+    lines.append(RATIO_NOTE)
     return "\n".join(lines)
+
+
+RATIO_NOTE = ("x forward = seconds / forward s: the item's median time over that of the plain no-grad forward "
+              "timed in turn with it in the same run; the forward row times the forward against itself, so its "
+              "distance from 1.00 is the timing noise of this machine.")
