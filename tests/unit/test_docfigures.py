@@ -232,8 +232,8 @@ def test_a_drift_on_a_real_page_fails_the_fast_check(tmp_path, monkeypatch, caps
     monkeypatch.chdir(ROOT)
     page = tmp_path / "families.md"
     text = (ROOT / "docs" / "families.md").read_text()
-    assert "| legrad | image | - | - | - | - |" in text
-    page.write_text(text.replace("| legrad | image | - | - | - | - |", "| legrad | image | image | - | - | - |"))
+    assert "| clip_surgery | image | image | - | - | - |" in text
+    page.write_text(text.replace("| clip_surgery | image | image | - | - | - |", "| clip_surgery | image | image | image | - | - |"))
     assert main(["--check", "--reduced", str(page), "--claims", "/nonexistent/claims.toml"]) == 1
     out = capsys.readouterr().out
-    assert "`faithclip methods --table`" in out and "differs in form" in out and "| legrad | image | image |" in out
+    assert "`faithclip methods --table`" in out and "differs in form" in out and "| clip_surgery | image | image | image |" in out

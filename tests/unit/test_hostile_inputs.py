@@ -464,6 +464,7 @@ def test_an_image_over_the_pixel_limit_is_refused_before_the_model_loads(tmp_pat
         raise AssertionError("the model was loaded before the image was checked")
 
     monkeypatch.setattr(explain_cli, "load_model", no_model)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # main sets it: put it back afterwards
     assert main(["explain", str(tmp_path / "wide.png"), "--text", "x", "--max-pixels", "500",
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

@@ -72,23 +72,25 @@ def run_pointing(case: MetricCase, tolerance: float = 15.0) -> MetricValue:
     return MetricValue(values={"hit": pointing_hit(pixel_map(case.patch_map, case.size), _require_mask(case), tolerance)})
 
 
-def centre_map(size: tuple[int, int]) -> torch.Tensor:
+def centre_map(size: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
     """``(H, W)`` map with its single maximum at the image centre ``(H // 2, W // 2)``: the "Center" baseline
     of the pointing game (Zhang et al. 2016), which knows nothing of the model or the prompt."""
-    saliency = torch.zeros(size, dtype=torch.float64)
+    saliency = torch.zeros(size, dtype=torch.float64, device=device)
     saliency[size[0] // 2, size[1] // 2] = 1.0
     return saliency
 
 
 def chance_pointing(case: MetricCase, tolerance: float = 15.0) -> MetricValue:
     """The pointing game of the image-centre map (same hit rule and tolerance as the methods)."""
-    return MetricValue(values={"hit": pointing_hit(centre_map(case.size), _require_mask(case), tolerance)})
+    mask = _require_mask(case)
+    return MetricValue(values={"hit": pointing_hit(centre_map(case.size, mask.device), mask, tolerance)})
 
 
 def chance_energy(case: MetricCase) -> MetricValue:
     """The energy share of a uniform map: the object's share of the non-ignored pixels."""
-    return MetricValue(values={"energy": energy_share(torch.ones(case.size, dtype=torch.float64),
-                                                      _require_mask(case), case.ignore)})
+    mask = _require_mask(case)
+    return MetricValue(values={"energy": energy_share(torch.ones(case.size, dtype=torch.float64, device=mask.device),
+                                                      mask, case.ignore)})
 
 
 def run_energy(case: MetricCase) -> MetricValue:
