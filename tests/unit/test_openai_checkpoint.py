@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import B32_DIR, needs_reference
 from safetensors.torch import save_file
 from torch import nn
 
@@ -403,3 +404,24 @@ def test_loaded_handle_uses_openai_preprocessing_rules(tmp_path, container):
                                        "exif_orientation": "ignore"}
     # 16 px model, a 23x16 image: no resize, excess 7, half 3.5 -> 4 (floor would give 3)
     assert handle.preprocess.crop_box(23, 16) == (4, 0, 20, 16)
+
+
+@needs_reference
+def test_a_checkpoint_without_a_tokenizer_is_explained_from_the_command_line_with_tokenizer(tmp_path, capsys):
+    """An OpenAI .pt file holds no tokenizer: ``--tokenizer DIR`` gives it one on the command line (without
+    it the prompt is refused in one line); the explained score is the model's own cosine."""
+    from PIL import Image
+
+    from faithclip.cli.main import main
+
+    dims = _tiny(vocab_size=49408, context_length=77)
+    path = tmp_path / "ViT-tiny.pt"
+    torch.save(_randomised(dims, seed=11).state_dict(), path)
+    Image.new("RGB", (20, 16), (30, 200, 40)).save(tmp_path / "green.png")
+    argv = ["explain", str(tmp_path / "green.png"), "--text", "a green square", "--model", str(path),
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "tokenizer" in capsys.readouterr().err
+    assert main(argv + ["--tokenizer", str(B32_DIR)]) == 0
+    record = json.loads((tmp_path / "out" / "explain.json").read_text())
+    assert "a green square" in json.dumps(record)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for name in args.methods:
         if ":" in name:
             check_callable(name)
-    handle = load_model(args.model)
+    handle = load_model(args.model, args)
     family = handle.family.name
     names = [n for name in args.methods
              for n in ([s.name for s in METHODS if s.supports(family)] if name == "all" else [name])]

@@ -17,6 +17,11 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
         help="shipped model name, transformers directory or hub id, or OpenAI/open_clip checkpoint file "
              "(default: the shipped shapes-clip)",
     )
+    parser.add_argument(
+        "--tokenizer", default=None, metavar="DIR",
+        help="the tokenizer to use with --model (a transformers tokenizer directory or hub id), for a checkpoint "
+             "file that holds none, e.g. OpenAI's ViT-B-32.pt with openai/clip-vit-base-patch32's tokenizer",
+    )
 
 
 def add_out_argument(parser: argparse.ArgumentParser, command: str, *, required: bool = False,
@@ -156,7 +161,8 @@ def load_model(name: str | None, args: argparse.Namespace | None = None) -> Any:
     from faithclip.models.loading import load
 
     transformers.utils.logging.disable_progress_bar()
-    return load(name, device=getattr(args, "device", None), dtype=getattr(args, "dtype", None) or "float32")
+    return load(name, tokenizer=getattr(args, "tokenizer", None), device=getattr(args, "device", None),
+                dtype=getattr(args, "dtype", None) or "float32")
 
 
 def place_model(handle: Any, args: argparse.Namespace) -> Any:
