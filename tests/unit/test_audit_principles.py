@@ -131,6 +131,15 @@ def test_audit_departure_end_to_end_and_renderings():
     assert "published (all three" in legacy_text and "[" not in legacy_text.split("Grad-ECLIP maps")[1]
     fragment = audit_html(results)
     assert fragment.startswith("<section") and fragment.endswith("</section>") and "<script" not in fragment
+    # the figure of the first image's faithful and published maps: the faithful one IS grad_eclip's map of the
+    # same prompt on the same image (the formula's own method, computed here through the public API)
+    example = results["maps"]["example"]
+    import faithclip
+
+    own = faithclip.explain(handle, data.images[example["image"]], example["prompt"], "grad_eclip").map
+    assert torch.allclose(torch.tensor(example["faithful"], dtype=torch.float64), own.double(), rtol=1e-5, atol=1e-7)
+    assert example["spearman"] == pytest.approx(summary["per_image"][0]["spearman_published_vs_faithful"])
+    assert fragment.count("data:image/png;base64,") == 2 and "one colour scale" in fragment
 
 
 # ---- measures ----------------------------------------------------------------------------------

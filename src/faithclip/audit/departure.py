@@ -261,6 +261,7 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
 
     text_embeds = handle.encode_text(handle.tokens(list(data.prompts))).detach()
     per_image: list[dict] = []
+    example: dict[str, Any] | None = None
     for index in indices:
         image = data.images[index]
         pixels = handle.pixels(image)
@@ -284,10 +285,27 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
             row[f"deletion_auc_{name}"] = curves["deletion"]
             row[f"insertion_auc_{name}"] = curves["insertion"]
         per_image.append(row)
+        if example is None:  # the first image's two maps, for the report's figure (faithful vs published)
+            example = {"image": int(index), "prompt": data.prompts[label], "crop_png": _crop_png(handle, image),
+                       "faithful": maps["faithful"].double().tolist(), "published": maps["published"].double().tolist(),
+                       "spearman": row["spearman_published_vs_faithful"]}
     arms = map_arms(handle.family)
     return {"images": len(per_image), "arms": {arm: {"one_head": h, "keep_size": k, "qk": q}
                                                for arm, (h, k, q) in arms.items()},
-            **summarise_maps(per_image, list(arms), boot), "per_image": per_image}
+            **summarise_maps(per_image, list(arms), boot), "per_image": per_image,
+            **({"example": example} if example is not None else {})}
+
+
+def _crop_png(handle: ClipHandle, image: Image.Image, width: int = 192) -> str:
+    """The model's crop of ``image`` (the region both maps cover, on the crop grid) as a small base64 PNG."""
+    import base64
+    import io
+
+    crop = handle.preprocess.crop_image(image).convert("RGB")
+    crop = crop.resize((width, max(1, round(width * crop.height / crop.width))), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    crop.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8, cap: int | None | str = "published",

@@ -315,9 +315,43 @@ def audit_html(results: dict) -> str:
                      "not evidence of faithfulness; the departure table above is.</p>")
         consistency = _map_figure(maps, "spearman_faithful_vs_grad_eclip")
         parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman {consistency} (expect 1).</p>")
+        parts += _example_html(maps.get("example"))
     parts += _p2_html(results)
     parts.append("</section>")
     return "".join(parts)
+
+
+def _example_html(example: dict | None) -> list[str]:
+    """The first map image's faithful and published Grad-ECLIP maps side by side, over the model's crop, on
+    ONE colour scale (same method, same units)."""
+    if not example:
+        return []
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from faithclip.report.colour import colour_scale
+    from faithclip.report.figures import map_card_png
+
+    crop = Image.open(io.BytesIO(base64.b64decode(example["crop_png"]))).convert("RGB")
+    maps = {name: np.asarray(example[name], dtype=np.float64) for name in ("faithful", "published")}
+    scale = colour_scale(list(maps.values()))
+    cells = []
+    for name, title in (("faithful", "faithful (the model's forward and input)"),
+                        ("published", "published pipeline (what its code explains)")):
+        png, caption = map_card_png(maps[name], crop, width=crop.width, scale=scale)
+        cells.append(f"<figure style='display:inline-block;margin:0 1em 0 0'><img alt='{html.escape(title)}' "
+                     f"src='data:image/png;base64,{base64.b64encode(png).decode()}'><figcaption>{html.escape(title)}; "
+                     f"{html.escape(caption)}</figcaption></figure>")
+    spearman = example.get("spearman")
+    rho = "undefined" if spearman is None or spearman != spearman else f"{spearman:.3f}"
+    return [f"<h3>The maps themselves: image {example['image']}, \"{html.escape(str(example['prompt']))}\"</h3>",
+            "<div>" + "".join(cells) + "</div>",
+            f"<p class='meta'>Grad-ECLIP's map of the same prompt on the same image, on one colour scale (raw values, "
+            f"the bar's black mark at 0); Spearman between them {rho}. The published map is computed on the "
+            "keep-size input with one head and mapped back onto the model's crop grid.</p>"]
 
 
 def _p2_html(results: dict) -> list[str]:
