@@ -414,7 +414,8 @@ def plot(explanations: Sequence[Any] | Any, *, columns: str = "text", scale: str
             draw_map(cell, explanation, canvas, scales[index], view)
             label = prompt_text(explanation) if columns == "text" else explanation.method
             warn = "  (!)" if explanation.warnings else ""
-            cell.set_title(f"{label}\n{_score_line(explanation)}{warn}", fontsize=FONT["title"])
+            score = _score_line(explanation).replace(" (", "\n(", 1)  # a grid cell is narrow: the check on its own line
+            cell.set_title(f"{label}\n{score}{warn}", fontsize=FONT["title"])
             if not one_bar_per_row:
                 colour_bar(figure, cell, scales[index], view, label=False)
             last = index, cell
