@@ -178,6 +178,11 @@ def _model_level(spec: Any) -> bool:
     return not spec.per_method or spec.chance is not None
 
 
+def _in_record(spec: Any, method: str) -> bool:
+    """Whether the record of ``method`` ('-': the image's model-level record) holds values of ``spec``."""
+    return _model_level(spec) if method == "-" else spec.per_method
+
+
 def case_seed(seed: int, case_id: str, metric: str) -> int:
     return zlib.crc32(f"{seed}|{case_id}|{metric}".encode())
 
@@ -312,10 +317,11 @@ class Evaluator:
         score_ctx = prepared.score_ctx
         record: dict[str, Any] = {"case": prepared.case_id, "method": method or "-", "label": prepared.label,
                                   "values": {}, "curves": {}, "skipped": []}
+        # the model-free level of a per-method metric, once per image in the '-' record
+        chance = [m for m in self.metrics if m.per_method and m.chance is not None] if method is None else []
         if method is None:
             patch_map = torch.zeros(1, 1)
             metrics = [m for m in self.metrics if not m.per_method]
-            chance = [m for m in self.metrics if m.per_method and m.chance is not None]
         elif self.map_folder is not None:
             patch_map = self.map_folder.patch_map(prepared.case_id, method, self.handle.preprocess, _grid(self.handle),
                                                   prepared.image_size).to(torch.float32)
@@ -323,8 +329,6 @@ class Evaluator:
         else:
             patch_map = self.explain(method, prepared.pixels, prepared.label)
             metrics = [m for m in self.metrics if m.per_method]
-        if method is not None:
-            chance = []
             if self.maps_out is not None:
                 from faithclip.data.maps import write_map
 
@@ -351,7 +355,7 @@ class Evaluator:
                 record["values"][spec.name] = None  # keeps the metrics' order; filled in by _score_together
                 continue
             _store(record, spec.name, spec.run(case, **options))
-        for spec in chance:  # the model-free level of a per-method metric, once per image in the '-' record
+        for spec in chance:
             if spec.needs_mask and prepared.mask is None:
                 record["skipped"].append(spec.name)
                 continue
@@ -570,7 +574,7 @@ class Evaluator:
             return f"a record of method {method!r}, which this run does not evaluate"
         skipped = record.get("skipped") or []
         for spec in self.metrics:
-            if (not _model_level(spec) if method == "-" else not spec.per_method) or spec.name in skipped:
+            if not _in_record(spec, method) or spec.name in skipped:
                 continue
             values = record["values"].get(spec.name)
             if not isinstance(values, dict) or not set(spec.outputs) <= set(values):
@@ -839,7 +843,7 @@ def aggregate(records: list[dict[str, Any]], evaluator: Evaluator, data: Labelle
             continue
         per_metric: dict[str, dict[str, Any]] = {}
         for spec in evaluator.metrics:
-            if (not _model_level(spec)) if method == "-" else not spec.per_method:
+            if not _in_record(spec, method):
                 continue
             outputs = per_metric.setdefault(spec.name, {})
             for output in spec.outputs:
