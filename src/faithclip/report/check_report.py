@@ -14,12 +14,6 @@ def _words(text: Any) -> str:
     return re.sub(r"([\w.]+)\.<locals>\.([\w<>]+)", r"\2 (defined inside \1)", str(text))
 
 
-def _verdict(card: dict[str, Any], check: dict[str, Any]) -> str:
-    """The check's verdict as written everywhere (verify and the demo use the same words): pass, fail,
-    inconclusive, or, for P1, declared departure (not a fail: exit 0, as in verify)."""
-    return check["verdict"]
-
-
 def settings_table(settings: dict[str, Any]) -> str:
     """The check's settings, one row each (lists and mappings written out)."""
     def value(item: Any) -> str:
@@ -48,7 +42,7 @@ def format_cards(cards: Sequence[dict[str, Any]]) -> str:
         lines.append(f"{card['method']} ({card['origin']}; declares {', '.join(declared) or 'nothing'}) on "
                      f"{card['model']}: {'a check failed (exit 1)' if card['failed'] else 'no check failed'} in {card['seconds']:.1f} s")
         for check in card["checks"]:
-            verdict = _verdict(card, check)
+            verdict = check["verdict"]
             lines.append(f"  {check['check']:<17} {verdict:<18} {_interval(check['interval']):<15} {check['evidence']}")
     return "\n".join(lines)
 
@@ -62,7 +56,7 @@ def verdict_table(cards: Sequence[dict[str, Any]]) -> tuple[list[str], list[list
                 names.append(check["check"])
     rows = []
     for card in cards:
-        verdicts = {c["check"]: _verdict(card, c) for c in card["checks"]}
+        verdicts = {c["check"]: c["verdict"] for c in card["checks"]}
         rows.append([card["method"], *(verdicts.get(n, "-") for n in names), f"{card['seconds']:.1f}"])
     return ["method", *names, "seconds"], rows
 
@@ -83,7 +77,7 @@ def check_page(record: dict[str, Any]) -> str:
         declared = [flag for flag, on in card["declared"].items() if on]
         body.append(f"<h2>{esc(card['method'])}</h2><p class='meta'>{esc(card['origin'])}; declares "
                     f"{esc(', '.join(declared) or 'nothing')}; {esc(card['paper'])}; {card['seconds']:.1f} s</p>")
-        check_rows = [[c["check"], _verdict(card, c), _interval(c["interval"]), _words(c["evidence"])]
+        check_rows = [[c["check"], c["verdict"], _interval(c["interval"]), _words(c["evidence"])]
                       for c in card["checks"]]
         body.append(table(["check", "verdict", "interval", "evidence"], check_rows, text_columns=(0, 1, 3),
                           bad_rows=[i for i, c in enumerate(card["checks"]) if c["verdict"] == "fail"]))
