@@ -226,3 +226,17 @@ def test_a_departure_is_declared_only_by_its_own_flag(shapes):
                 layer._forward_hooks.clear()
         assert result.verdict == verdict, (function.__name__, flags, result.evidence)
         assert (check_claims(spec, findings).verdict == "fail") == (verdict == "fail")
+
+
+def test_the_record_lists_only_the_settings_its_checks_read():
+    """A run of p1 and claims shows no P2 ladder sizes; every setting a check reads is listed for it (the
+    names below are those its function reads, by reading check.py)."""
+    import dataclasses
+
+    fast = CheckSettings(checks=("p1", "claims")).in_use()
+    assert set(fast) == {"checks", "method_options", "seed", "p1_scenes"}
+    ladder = CheckSettings(checks=("ladder",)).in_use()
+    assert {"p2_scenes", "p2_ladders", "p2_rungs", "resamples"} <= set(ladder)
+    assert "sanity_scenes" not in ladder and "scenes" not in ladder
+    every = CheckSettings().in_use()
+    assert set(every) == {field.name for field in dataclasses.fields(CheckSettings)}

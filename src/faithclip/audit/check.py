@@ -61,6 +61,15 @@ logger = logging.getLogger(__name__)
 # like them, check exits 1 on "fail" only (an undeclared departure is a fail, here and in "claims").
 VERDICTS = ("pass", "fail", "inconclusive", "declared departure")
 CHECKS = ("p1", "claims", "ladder", "correctness", "sanity", "text")
+#: the settings each check reads (``CheckSettings.in_use``)
+SETTINGS_OF_CHECK: dict[str, set[str]] = {
+    "p1": {"p1_scenes"},
+    "claims": {"p1_scenes"},
+    "ladder": {"p2_scenes", "p2_ladders", "p2_rungs", "resamples"},
+    "correctness": {"scenes", "correctness_alpha", "deletion_steps", "resamples"},
+    "sanity": {"sanity_scenes", "resamples"},
+    "text": {"text_scenes", "resamples"},
+}
 SANITY_THRESHOLD = 0.5
 TEXT_MIN_SCORE_GAP = 0.02
 IDENTICAL_MAPS = 1e-6
@@ -97,6 +106,12 @@ class CheckSettings:
 
     def options(self, name: str) -> dict[str, Any]:
         return dict(dict(self.method_options).get(name, ()))
+
+    def in_use(self) -> dict[str, Any]:
+        """The settings that the chosen ``checks`` read (the others change nothing), as a dict: what the check's
+        record and page show, so a run of ``--checks p1,claims`` does not list the P2 ladder's sizes."""
+        used = {"checks", "method_options", "seed"}.union(*(SETTINGS_OF_CHECK[check] for check in self.checks))
+        return {key: value for key, value in asdict(self).items() if key in used}
 
     def bootstrap(self) -> Bootstrap:
         return Bootstrap(self.resamples, 0.95, 0)

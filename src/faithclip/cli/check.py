@@ -28,8 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     import faithclip.methods  # noqa: F401
     from faithclip._version import __version__
     from faithclip.audit.check import CHECKS, CheckSettings, holm_across_cards, resolve_method, run_check
@@ -68,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             f"{card['method']} {check['verdict']}" for card in cards for check in card["checks"]
             if check["check"] == "P2 ladder" and card["method"] in changed))
     if args.out is not None:
-        record = {"faithclip": __version__, "model": handle.name, "settings": asdict(settings), "cards": cards}
+        record = {"faithclip": __version__, "model": handle.name, "settings": settings.in_use(), "cards": cards}
         json_path, html_path = write_report(args.out, "check", record, check_page(record))
         print(f"wrote {json_path} and {html_path}")
     return 1 if any(card["failed"] for card in cards) else 0
