@@ -284,6 +284,7 @@ def grad_eclip_official_explain(handle: ClipHandle, image: Any | Sequence[Any], 
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     batch = handle.tokens(text)
     target = make_target(options.pop("target", "cosine"), options.pop("others", ()))
+    spec.check_target(target, side, handle.family.name)  # the rewrite explains a pooled score only
     out = []
     for single in images:
         ctx = Context(handle=handle, side=side, pixels=handle.pixels(single), text=batch, target=target)
