@@ -182,9 +182,13 @@ def test_every_other_family_refuses_itm_in_one_line():
                 FAMILIES[name].check_target(make_target(kind))
             assert str(error.value).startswith(f"a {name} model has no '{kind}' score (BLIP's image-text matching head)")
             assert "\n" not in str(error.value)
-    model = faithclip.load("shapes-clip")  # shipped: no download
-    with pytest.raises(MethodError, match="a clip model has no 'itm' score"):
-        faithclip.explain(model, pixels_for(model, 1), "a red circle", "occlusion", target="itm")
+    for name in ("shapes-clip", "shapes-siglip", "shapes-vit"):  # shipped: no download
+        model = faithclip.load(name)
+        text = "red circle" if name == "shapes-vit" else "a red circle"
+        for kind in ITM_KINDS:
+            with pytest.raises(MethodError, match=f"has no '{kind}' score") as error:
+                faithclip.explain(model, pixels_for(model, 1), text, "occlusion", target=kind)
+            assert "\n" not in str(error.value)
 
 
 def test_a_blip_without_an_itm_head_refuses_itm_in_one_line(tmp_path):
