@@ -39,7 +39,8 @@ def explain(
     One image and one text give one ``Explanation``; several give a list ordered image-major
     (all texts of image 0, then image 1, ...). ``target`` is what is explained (``None``: the family's
     default, ``cosine`` for CLIP; ``logit``, ``probability`` with ``others`` the other prompts of the set,
-    ``contrast`` with ``others`` the one contrasting text; ``model.family.target_kinds`` lists them). Method options (e.g. ``layers=2``) are passed by keyword. ``text`` may be
+    ``contrast`` with ``others`` the one contrasting text; BLIP's ``itm`` / ``itm_log_odds``, its image-text
+    matching head, image side only; ``model.family.target_kinds`` lists them). Method options (e.g. ``layers=2``) are passed by keyword. ``text`` may be
     ``model.prompts(texts)``: prompts encoded once, reused for many images.
     """
     check_arguments(model, image, text, others)
@@ -100,7 +101,7 @@ def check_others(texts: Sequence[str], others: Sequence[str]) -> None:
 def family_target(model: ClipHandle, target: str | Target | None, others: Sequence[str] = ()) -> Target:
     """The target to explain, checked against the model's family (``None``: the family's default)."""
     chosen = model.family.target(model.family.target_kinds[0] if target is None else target, others)
-    model.family.check_target(chosen)
+    model.family.check_target(chosen, model.model)
     return chosen
 
 
@@ -143,6 +144,7 @@ def tower_layers(model: ClipHandle, side: str) -> int | None:
 
 def _run(model, image, text, method, side, target, options) -> Explanation | list[Explanation]:
     spec = method_for(model, method, side)
+    spec.check_target(target, side, model.family.name)
     spec.check_options(side, options, layers=tower_layers(model, side))
     read = _read(model, image)  # decoded once, upright if the pipeline applies EXIF orientation: the pixels
     decoded = None if read is None else [item for item, _ in read]  # (RGB under the model's own rule) ...
@@ -282,6 +284,7 @@ def grad_eclip_official_explain(handle: ClipHandle, image: Any | Sequence[Any], 
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     batch = handle.tokens(text)
     target = make_target(options.pop("target", "cosine"), options.pop("others", ()))
+    spec.check_target(target, side, handle.family.name)  # the rewrite explains a pooled score only
     out = []
     for single in images:
         ctx = Context(handle=handle, side=side, pixels=handle.pixels(single), text=batch, target=target)

@@ -47,6 +47,10 @@ class Registry(Generic[T]):
         return iter(self._entries[name] for name in self.names())
 
 
+#: the refusal reason of a method that does not say whether its formula holds for a score reading every image token
+UNDECLARED_POOLED = "it does not declare that its formula holds for a score that reads every image token"
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """A registered explanation method.
@@ -58,6 +62,10 @@ class MethodSpec:
     of support (``faithclip methods --table`` is generated from it); ``("*",)``: every registered family,
     for a method that reads the model only through the family adapter (so a new family needs no method
     edit). ``family_sides`` narrows it by what a family declares (a published pipeline it has or lacks).
+    ``assumes_pooled_score``: why the method's formula holds only for a score that reads the image through its
+    pooled token alone (in words, for the refusal), or ``None`` when any scalar of the image will do. A target
+    that reads every image token (BLIP's ITM, ``Target.pooled`` False) is refused by such a method
+    (``check_target``). A method that does not declare it is refused too (``UNDECLARED_POOLED``).
     """
 
     name: str
@@ -72,6 +80,7 @@ class MethodSpec:
     #: the sides the method has on a family's models, when that depends on the family (``None``: every side
     #: of the method that the family has), e.g. a published pipeline with no text side for some family
     family_sides: Callable[[Any], tuple[str, ...]] | None = None
+    assumes_pooled_score: str | None = UNDECLARED_POOLED
 
     @property
     def sides(self) -> tuple[str, ...]:
@@ -113,6 +122,23 @@ class MethodSpec:
             others = [spec.name for spec in METHODS if spec.supports(family)]
             raise MethodError(f"method {self.name!r} is not available for {family} models (it supports "
                               f"{', '.join(self.family_names())}); for {family}: {', '.join(others) or 'none'}.")
+
+    def check_target(self, target: Any, side: str, family: str | None = None) -> None:
+        """Refuse, in one line, a ``target`` (``faithclip.targets.Target``) this method's formula does not
+        explain: a score that reads every image token (BLIP's ITM) when the method assumes the pooled path, and
+        such a score on the text side (its text forward runs once per image-text pair, not once per text)."""
+        if target.pooled:
+            return
+        if side != "image":
+            raise MethodError(f"the {target.kind} target is explained on the image side only: BLIP's text encoder "
+                              "cross-attends to the image for it, so the text tower runs once per (image, text) pair, "
+                              "not once per text as the text-side methods read it.")
+        if self.assumes_pooled_score is not None:
+            able = [spec.name for spec in METHODS if spec.assumes_pooled_score is None and spec.image is not None
+                    and (family is None or spec.supports(family))]
+            raise MethodError(f"{self.name} cannot explain the {target.kind} target: {self.assumes_pooled_score}; "
+                              f"BLIP's ITM head cross-attends to every image token. Methods that explain "
+                              f"{target.kind}: {', '.join(able) or 'none'}.")
 
 
 METHODS: Registry[MethodSpec] = Registry("method")

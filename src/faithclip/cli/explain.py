@@ -12,6 +12,7 @@ from faithclip.errors import FaithclipError, MethodError
 from faithclip.models.images import check_image_file
 from faithclip.files import write_atomic
 from faithclip.registry import METHODS
+from faithclip.targets import NO_OTHER_TEXTS, TARGET_KINDS
 from faithclip.report.colour import SCALES
 from faithclip.report.figures import FORMATS, VIEWS
 
@@ -33,9 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the method, or a comma list of methods drawn side by side "
                              f"(default attention_eclip; one of {', '.join(METHODS.names())})")
     parser.add_argument("--side", default="image", choices=("image", "text"), help="explain the image or the text")
-    parser.add_argument("--target", default=None, choices=("cosine", "logit", "probability", "contrast"),
+    parser.add_argument("--target", default=None, choices=TARGET_KINDS,
                         help="the score explained (default: the model family's own: cosine for CLIP and BLIP, "
-                             "logit for SigLIP and ViT classifiers)")
+                             "logit for SigLIP and ViT classifiers; BLIP also: itm, its image-text matching "
+                             "probability, and itm_log_odds, image side only)")
     parser.add_argument("--other", action="append", default=[],
                         help="other prompts of the set (probability, repeat for each) or the one contrasting "
                              "text (contrast); not used by cosine or logit")
@@ -88,7 +90,7 @@ def check_target(target: str, others: list[str], texts: list[str] = ()) -> None:
     from faithclip.api import check_others
 
     check_others(texts, others)
-    if target in (None, "cosine", "logit") and others:
+    if (target is None or target in NO_OTHER_TEXTS) and others:
         raise MethodError(f"--other is not used by --target {target or '(default)'}; remove it, or use --target contrast "
                           "(one --other) or --target probability (the other prompts of the set).")
     if target == "contrast" and len(others) != 1:
@@ -124,7 +126,7 @@ def output_stems(images: list[str], texts: list[str], method: str) -> dict[tuple
 
 def run(args: argparse.Namespace) -> int:
     from faithclip.api import explain, explain_text
-    from faithclip.api import method_spec
+    from faithclip.api import family_target, method_spec
     from faithclip.progress import stage_logger
 
     methods = method_list(args.method)
@@ -146,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         check_family(model, method, args.side)
     if args.target == "probability" and not args.other and model.family.probability_over_prompts:
         raise MethodError("--target probability needs the other prompts of the set: add --other TEXT for each.")
+    chosen = family_target(model, args.target, args.other)  # the family has it (BLIP's ITM: and its head)
+    for method in methods:  # ... and each method explains it (a class-token method refuses ITM, saying why)
+        method_spec(method, args.side).check_target(chosen, args.side, model.family.name)
     from faithclip.api import tower_layers
 
     options = {} if args.layers is None else {"layers": args.layers}

@@ -40,6 +40,9 @@ def attention_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu
 
 register_method(MethodSpec(
     name="attention_eclip",
+    assumes_pooled_score=("it reads dS/dA at the class token's row of the last attention, which carries the whole "
+                          "score only when the score depends on the image through the class token (Grad-ECLIP's "
+                          "derivation)"),
     families=("*",),  # reads the model through the family adapter only
     paper="Debunking Grad-ECLIP (arXiv 2605.12952)",
     image=attention_eclip,

@@ -113,6 +113,7 @@ def clip_surgery(ctx: Context, layers: int | None = None, redundant: str = "auto
 
 register_method(MethodSpec(
     name="clip_surgery",
+    assumes_pooled_score="it scores every image token through the pooled token's ITC head, not through the ITM head",
     # the cosine target and an empty prompt's text embedding: CLIP and BLIP (SigLIP explains its logit by
     # default and has no empty prompt it was trained on; a classifier has no text tower)
     families=("clip", "blip"),

@@ -161,18 +161,28 @@ class Context:
         return per_input[:, None] if self.side == "image" else per_input[None, :]
 
     # ---- the model's own forward ----------------------------------------------------------------
+    def image_features(self, pixels: torch.Tensor):
+        """What the target's score reads of ``pixels``: the image embeddings ``(N, D)`` (``encode_image``), or for
+        a target that reads every image token (BLIP's ITM) the tower's last hidden state (``Family.image_features``)."""
+        return self.family.image_features(self.handle.model, pixels, self.target)
+
+    def text_features(self, text: TextBatch):
+        """What the target's score reads of ``text``: the text embeddings ``(K, D)``, or the token batch itself for
+        a score whose text forward reads the image (BLIP's ITM; ``Family.text_features``)."""
+        return self.family.text_features(self.handle.model, text, self.target)
+
     def fixed_image_embeds(self) -> torch.Tensor:
         if "image" not in self._fixed:
             with torch.no_grad():
-                self._fixed["image"] = self.handle.encode_image(self.pixels)
+                self._fixed["image"] = self.image_features(self.pixels)
         return self._fixed["image"]
 
     def fixed_text_embeds(self) -> torch.Tensor:
-        if "text" not in self._fixed and self.text.embeds is not None:
+        if "text" not in self._fixed and self.text.embeds is not None and self.target.pooled:
             self._fixed["text"] = self.text.embeds.to(device=self.pixels.device, dtype=self.pixels.dtype)
         if "text" not in self._fixed:
             with torch.no_grad():
-                self._fixed["text"] = self.handle.encode_text(self.text)
+                self._fixed["text"] = self.text_features(self.text)
         return self._fixed["text"]
 
     def extra_embeds(self) -> torch.Tensor | None:
@@ -201,7 +211,7 @@ class Context:
         with torch.no_grad():
             for start in range(0, pixels.shape[0], batch_size):
                 batch = pixels[start:start + batch_size].to(device=self.pixels.device, dtype=self.pixels.dtype)
-                chunks.append(self.score(self.handle.encode_image(batch), text_embeds))
+                chunks.append(self.score(self.image_features(batch), text_embeds))
         return torch.cat(chunks)  # (N, K)
 
     def score_texts(self, text: TextBatch, batch_size: int = 256) -> torch.Tensor:
@@ -213,7 +223,7 @@ class Context:
             for start in range(0, text.input_ids.shape[0], batch_size):
                 part = TextBatch(text.input_ids[start:start + batch_size], text.attention_mask[start:start + batch_size],
                                  text.eos_positions[start:start + batch_size], [], [])
-                chunks.append(self.score(image_embeds, self.handle.encode_text(part)))
+                chunks.append(self.score(image_embeds, self.text_features(part)))
         return torch.cat(chunks, dim=1)  # (B, N)
 
     def probe_forward(
@@ -230,7 +240,7 @@ class Context:
         other = self.fixed_text_embeds() if self.side == "image" else self.fixed_image_embeds()
         own_forward = not has_hooks(self.handle.model)  # no intervention attached: the probe's forward is the model's
         with torch.enable_grad(), Probe(self.handle.model, self.tower, layers, capture, grad_from=grad_from) as probe:
-            embeds = self.handle.encode_image(self.pixels) if self.side == "image" else self.handle.encode_text(self.text)
+            embeds = self.image_features(self.pixels) if self.side == "image" else self.text_features(self.text)
         # The probe leaves the forward bit-identical, so with no other hook attached these ARE the model's own
         # embeddings: keep them for the P1 comparison instead of running the model a second time.
         if own_forward:
@@ -307,7 +317,8 @@ class Context:
         if self.head_layer is not None:
             self.check_query_layers(layers, f"layers={len(layers)}")
             return self.head_gradients(wrt, capture)
-        if self.fast and self.family.fast_path and self.side == "image" and layers == [self.num_layers - 1]:
+        fast = self.fast and self.family.fast_path and self.target.pooled  # the fast path rebuilds the pooled path
+        if fast and self.side == "image" and layers == [self.num_layers - 1]:
             result = self.last_layer_gradients(wrt, capture)
             if result is not None:
                 return result

@@ -92,6 +92,10 @@ def game(ctx: Context, start_layer: int = 0) -> MapResult:
 
 register_method(MethodSpec(
     name="game",
+    assumes_pooled_score=("its map is the class token's row of the relevance propagated through the image "
+                          "self-attention (Chefer et al.'s rule for a score read from the class token; a fused "
+                          "score's relevance enters through the text encoder's cross-attention, which it does not "
+                          "propagate)"),
     families=("*",),  # reads the model through the family adapter only
     paper="Chefer, Gur & Wolf, Generic Attention-model Explainability for Interpreting Bi-Modal and "
           "Encoder-Decoder Transformers, ICCV 2021",

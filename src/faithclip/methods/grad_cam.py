@@ -40,6 +40,7 @@ def grad_cam(ctx: Context, layer: int = -1) -> MapResult:
 
 register_method(MethodSpec(
     name="grad_cam",
+    assumes_pooled_score=None,  # any scalar of the image: the ITM score too
     families=("*",),  # reads the model through the family adapter only
     paper="Selvaraju et al., Grad-CAM, ICCV 2017 (on ViT tokens, as in Grad-ECLIP's comparison)",
     image=grad_cam,

@@ -55,6 +55,9 @@ def grad_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str
 
 register_method(MethodSpec(
     name="grad_eclip",
+    assumes_pooled_score=("it reads the score's gradient at the class token's row of the last attention, which "
+                          "carries the whole score only when the score depends on the image through the class token "
+                          "(Grad-ECLIP's derivation)"),
     families=("*",),  # reads the model through the family adapter only
     paper="Zhao et al., Gradient-based Visual Explanation for Transformer-based CLIP, ICML 2024",
     image=grad_eclip,

@@ -176,6 +176,7 @@ def grad_eclip_official_text(ctx: Context, layers: int = 8, qk: str = "out_proj"
 
 register_method(MethodSpec(
     name="grad_eclip_official",
+    assumes_pooled_score="the published pipeline rewrites the image tower's class-token path to the ITC embedding",
     families=("*",),  # every family whose adapter declares a published pipeline (family_sides)
     paper="Zhao et al., ICML 2024, official code github.com/Cyang-Zhao/Grad-Eclip (audited in arXiv 2605.12952)",
     image=grad_eclip_official_image,

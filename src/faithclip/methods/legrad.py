@@ -86,6 +86,7 @@ def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_n
 
 register_method(MethodSpec(
     name="legrad",
+    assumes_pooled_score="it scores token means through the pooled token's ITC head, not through the ITM head",
     families=("*",),  # the family's per-token head and attention probe
     paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
           "Formation Sensitivity, arXiv 2404.03214, 2024",

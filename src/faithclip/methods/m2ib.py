@@ -119,7 +119,7 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
         batch_pixels = ctx.pixels[repeat(image_of)]  # (P*S, 3, H, W)
 
         def pair_scores() -> torch.Tensor:
-            scores = ctx.score(ctx.handle.encode_image(batch_pixels), other_text)  # (P*S, K)
+            scores = ctx.score(ctx.image_features(batch_pixels), other_text)  # (P*S, K)
             return scores.gather(1, repeat(text_of)[:, None])[:, 0]  # (P*S,)
     else:
         tokens = ctx.text.input_ids.shape[1]
@@ -130,7 +130,7 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
                                ctx.text.eos_positions[rows], [], [])
 
         def pair_scores() -> torch.Tensor:
-            scores = ctx.score(other_image, ctx.handle.encode_text(batch_text))  # (B, P*S)
+            scores = ctx.score(other_image, ctx.text_features(batch_text))  # (B, P*S)
             return scores.gather(0, repeat(image_of)[None, :])[0]  # (P*S,)
 
     width = ctx.family.attention(encoder_layers(model, ctx.tower)[layer]).out.in_features  # D, heads concatenated
@@ -169,6 +169,7 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
 
 register_method(MethodSpec(
     name="m2ib",
+    assumes_pooled_score=None,  # any scalar of the image: the ITM score too
     families=("*",),  # the family's blocks and scores; a bottleneck needs nothing else
     paper="Wang et al., Visual Explanations of Image-Text Representations via Multi-Modal Information "
           "Bottleneck Attribution, NeurIPS 2023",

@@ -70,6 +70,7 @@ def maskclip(ctx: Context) -> MapResult:
 
 register_method(MethodSpec(
     name="maskclip",
+    assumes_pooled_score="it scores every image token through the pooled token's ITC head, not through the ITM head",
     families=("*",),  # the family's attention parts, block MLP and per-token head
     paper="Zhou, Loy & Dai, Extract Free Dense Labels from CLIP (MaskCLIP), ECCV 2022",
     image=maskclip,

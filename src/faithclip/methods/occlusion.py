@@ -105,6 +105,7 @@ def occlusion_text(ctx: Context, batch_size: int = 256) -> MapResult:
 
 register_method(MethodSpec(
     name="occlusion",
+    assumes_pooled_score=None,  # any scalar of the image: the ITM score too
     families=("*",),  # reads the model through the family adapter only
     paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
     image=occlusion_image,

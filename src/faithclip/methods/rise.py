@@ -96,6 +96,7 @@ def rise(ctx: Context, masks: int = 4000, cells: int = 8, prob: float = 0.5, bat
 
 register_method(MethodSpec(
     name="rise",
+    assumes_pooled_score=None,  # any scalar of the image: the ITM score too
     families=("*",),  # reads the model through the family adapter only
     paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box Models, BMVC 2018",
     image=rise,

@@ -63,6 +63,8 @@ def rollout(ctx: Context, start_layer: int = 0) -> MapResult:
 
 register_method(MethodSpec(
     name="rollout",
+    assumes_pooled_score=("its map is the class token's rolled-out attention row, what the score reads only when it "
+                          "reads the class token alone"),
     families=("*",),  # reads the model through the family adapter only
     paper="Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020",
     image=rollout,

@@ -39,6 +39,8 @@ def self_attention(ctx: Context, layer: int = -1) -> MapResult:
 
 register_method(MethodSpec(
     name="self_attention",
+    assumes_pooled_score=("its map is the class token's attention row, what the score reads only when it reads the "
+                          "class token alone"),
     families=("*",),  # reads the model through the family adapter only
     paper="none (raw attention of the pooled token; the baseline of Abnar & Zuidema 2020)",
     image=self_attention,

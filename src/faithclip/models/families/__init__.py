@@ -12,6 +12,8 @@ its parts):
     query_positions   the pooled token of each input (the class token, the end token, the last position)
     text_support      the text tokens a text map covers
     encode_*, score   the embeddings the model's score is computed from, and the score itself
+    *_features        what a target's score reads of each side: the embeddings, or for a score that is not
+                      a function of pooled embeddings (BLIP's ITM) the image tokens and the token batch
     tokenize          how the family's tokenizer lays texts out (padding, end token)
     pooling_attention an attention-pooling head whose learned query IS the pooled query of a tower
                       (SigLIP's image tower); ``None``: the pooled query is a token of the last block
@@ -201,16 +203,28 @@ class Family:
     def logit_scale(self, model: Any) -> torch.Tensor:
         return model.logit_scale.exp()
 
+    def image_features(self, model: Any, pixels: torch.Tensor, target: "Target") -> Any:
+        """What ``target``'s score reads of the images: the embeddings ``encode_image`` for a pooled target
+        (every target of this default). A family with a non-pooled score (BLIP's ITM) returns more here."""
+        return self.encode_image(model, pixels)
+
+    def text_features(self, model: Any, text: "TextBatch", target: "Target") -> Any:
+        """What ``target``'s score reads of the texts (default: the embeddings ``encode_text``)."""
+        return self.encode_text(model, text)
+
     def score(self, target: "Target", image_embeds: torch.Tensor, text_embeds: torch.Tensor, model: Any,
               extra_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """The target ``(B, K)`` from embeddings (CLIP's definitions, ``faithclip.targets``)."""
         return target.scores(image_embeds, text_embeds, self.logit_scale(model).detach(), extra_embeds)
 
-    def check_target(self, target: "Target") -> None:
+    def check_target(self, target: "Target", model: Any = None) -> None:
+        """Refuse, in one line, a target this family's models do not define (``model``, when given, is
+        checked for the parts the target reads)."""
         from faithclip.errors import MethodError
 
         if target.kind not in self.target_kinds:
-            raise MethodError(f"a {self.name} model has no {target.kind!r} score; choose from "
+            owner = " (BLIP's image-text matching head)" if not target.pooled else ""
+            raise MethodError(f"a {self.name} model has no {target.kind!r} score{owner}; choose from "
                               f"{', '.join(self.target_kinds)}.")
         if target.kind == "probability" and self.probability_over_prompts and not target.extra_texts:
             raise MethodError("the probability target needs the other prompts of the set (e.g. others=['a dog', 'a car']).")

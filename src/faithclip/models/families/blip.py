@@ -14,7 +14,15 @@ pooled query is position 0, and a text map covers the words strictly between [CL
 
 Score: ``BlipForImageTextRetrieval(..., use_itm_head=False).itm_score`` = ``normalize(image_feat) @
 normalize(text_feat).T``, a plain cosine: the retrieval model has NO temperature (no ``logit_scale``),
-so its scores are ``cosine`` (default) and ``contrast``; ``logit`` and ``probability`` do not exist.
+so its ITC scores are ``cosine`` (default) and ``contrast``; ``logit`` and ``probability`` do not exist.
+
+The image-text matching (ITM) scores, ``itm`` and ``itm_log_odds`` (``faithclip.targets.ITM_KINDS``): the text
+encoder runs WITH cross-attention over the image tower's whole ``last_hidden_state`` (every token, all
+attended: a mask of ones), and ``itm_head`` (a linear layer, 2 outputs, index 1 "match") reads its [CLS]
+output; ``itm`` = softmax[1] (``use_itm_head=True``, the published demo's score), ``itm_log_odds`` = the
+difference of the two logits. One fused text forward per (image, text) pair. These scores read every image
+token, not the pooled class token (``Target.pooled`` is False): the image "features" are the last hidden state,
+the text "features" the token batch.
 
 Texts: BERT's tokenizer, ``[CLS] words [SEP] [PAD]...`` with an attention mask, as ``BlipProcessor`` calls
 it (padded to the longest, truncated at ``max_position_embeddings``, 512: the processor sets no shorter
@@ -27,7 +35,7 @@ from typing import Any, Sequence
 
 import torch
 
-from faithclip.errors import ModelError
+from faithclip.errors import MethodError, ModelError
 from faithclip.models.families import AttentionParts, Family, OfficialPipeline, register_family
 
 #: the Grad-ECLIP BLIP notebook pads every text to 35 tokens (``padding="max_length", max_length=35``)
@@ -38,7 +46,7 @@ class BlipFamily(Family):
     name = "blip"
     model_types = ("blip",)
     model_class = "BlipForImageTextRetrieval"
-    target_kinds = ("cosine", "contrast")
+    target_kinds = ("cosine", "contrast", "itm", "itm_log_odds")
     # the published BLIP notebook: image side only, raw q/k in lambda, keep-size input without a cap
     official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None,
                                 module="faithclip.methods.official.blip")
@@ -84,6 +92,53 @@ class BlipFamily(Family):
     def encode_text(self, model: Any, text: Any) -> torch.Tensor:
         hidden = model.text_encoder(input_ids=text.input_ids, attention_mask=text.attention_mask).last_hidden_state
         return model.text_proj(hidden[:, 0])
+
+    # ---- the ITM head -------------------------------------------------------------------------------
+    def image_features(self, model: Any, pixels: torch.Tensor, target: Any) -> torch.Tensor:
+        """ITC: ``encode_image``. ITM: the image tower's ``last_hidden_state`` ``(B, T, Dv)``, every token of which
+        the fused text encoder cross-attends to."""
+        if target.pooled:
+            return self.encode_image(model, pixels)
+        return model.vision_model(pixel_values=pixels).last_hidden_state
+
+    def text_features(self, model: Any, text: Any, target: Any) -> Any:
+        """ITC: ``encode_text``. ITM: the token batch itself; the text encoder runs inside the score, once per
+        (image, text) pair, because it reads the image."""
+        return self.encode_text(model, text) if target.pooled else text
+
+    def itm_logits(self, model: Any, image_tokens: torch.Tensor, text: Any) -> torch.Tensor:
+        """``(B, T, Dv)`` image tokens and K texts -> the ITM head's logits ``(B, K, 2)``: for each pair, the text
+        encoder over its tokens with cross-attention to all T image tokens, the head on the [CLS] output."""
+        images, texts = image_tokens.shape[0], text.input_ids.shape[0]
+        # pair p = (image p // K, text p % K)
+        image_of = torch.arange(images, device=image_tokens.device).repeat_interleave(texts)  # (B*K,)
+        text_of = torch.arange(texts, device=image_tokens.device).repeat(images)  # (B*K,)
+        paired = image_tokens[image_of]  # (B*K, T, Dv)
+        every_token = torch.ones(paired.shape[:2], dtype=torch.long, device=paired.device)  # (B*K, T)
+        hidden = model.text_encoder(input_ids=text.input_ids[text_of], attention_mask=text.attention_mask[text_of],
+                                    encoder_hidden_states=paired, encoder_attention_mask=every_token).last_hidden_state
+        return model.itm_head(hidden[:, 0]).reshape(images, texts, 2)  # [CLS] -> (B, K, 2)
+
+    def score(self, target: Any, image_embeds: Any, text_embeds: Any, model: Any,
+              extra_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """ITC: the cosine (or contrast) of the embeddings. ITM: ``image_embeds`` are the image tokens and
+        ``text_embeds`` the token batch (``image_features`` / ``text_features``)."""
+        if target.pooled:
+            return super().score(target, image_embeds, text_embeds, model, extra_embeds)
+        from faithclip.targets import itm_score
+
+        return itm_score(target.kind, self.itm_logits(model, image_embeds, text_embeds))
+
+    def check_target(self, target: Any, model: Any = None) -> None:
+        super().check_target(target, model)
+        if target.pooled or model is None:
+            return
+        fused = all(hasattr(block, "crossattention") for block in model.text_encoder.encoder.layer)
+        if not isinstance(getattr(model, "itm_head", None), torch.nn.Module) or not fused:
+            missing = "itm_head" if fused else "cross-attention in its text encoder"
+            raise MethodError(f"this BLIP model has no image-text matching head ({missing} is missing), so it has no "
+                              f"{target.kind!r} score; explain its ITC score (target cosine), or load a "
+                              "BlipForImageTextRetrieval checkpoint with its ITM weights.")
 
     def logit_scale(self, model: Any) -> torch.Tensor:
         """No temperature: the ITC score is the cosine itself (only ``cosine`` and ``contrast`` exist)."""
