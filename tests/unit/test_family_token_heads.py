@@ -131,3 +131,18 @@ def test_per_token_methods_run_on_every_family_they_declare_and_refuse_the_rest_
         if "text" in spec.sides_on(handle.family):  # M2IB's bottleneck in the text tower of BLIP and SigLIP too
             for token_map in faithclip.explain_text(handle, image, prompts[:1], method=method, **options):
                 assert bool(torch.isfinite(token_map.map).all()) and float(token_map.map.abs().max()) > 0, name
+
+
+def test_a_new_family_gets_every_method_its_adapter_allows_without_a_method_edit(monkeypatch):
+    """Support is declared once, from the adapter: a family registered under a new name with CLIP's adapter
+    (a stand-in for "a new CLIP-like family") is offered exactly CLIP's methods and sides, CLIP Surgery
+    included, and one with a classifier's adapter exactly the classifier's; no method file names it."""
+    from faithclip.models.families import FAMILIES, _load_families
+    from faithclip.registry import METHODS
+
+    _load_families()
+    for base, new in (("clip", "newclip"), ("vit", "newvit")):
+        family = type(f"New{base}", (type(FAMILIES[base]),), {"name": new, "model_types": (new,)})()
+        monkeypatch.setitem(FAMILIES, new, family)
+        for spec in METHODS:
+            assert spec.sides_on(family) == spec.sides_on(FAMILIES[base]), (spec.name, new)

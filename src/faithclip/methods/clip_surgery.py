@@ -111,12 +111,20 @@ def clip_surgery(ctx: Context, layers: int | None = None, redundant: str = "auto
                      options={"layers": layers, "redundant": redundant})
 
 
+def surgery_sides(family) -> tuple[str, ...]:
+    """The image side on a family with a text tower whose default score is the cosine; nothing elsewhere."""
+    return ("image",) if family.has_side("text") and family.default_target().kind == "cosine" else ()
+
+
 register_method(MethodSpec(
     name="clip_surgery",
     assumes_pooled_score="it scores every image token through the pooled token's ITC head, not through the ITM head",
-    # the cosine target and an empty prompt's text embedding: CLIP and BLIP (SigLIP explains its logit by
-    # default and has no empty prompt it was trained on; a classifier has no text tower)
-    families=("clip", "blip"),
+    # feature surgery subtracts text embeddings under a cosine: every family whose default score is the cosine
+    # of a text tower's embedding (CLIP, BLIP's ITC). SigLIP explains its logit by default and has no empty
+    # prompt it was trained on; a classifier has no text tower. Declared from the family, so a new CLIP-like
+    # family needs no edit here.
+    families=("*",),
+    family_sides=surgery_sides,
     paper="Li et al., CLIP Surgery for Better Explainability with Enhancement in Open-Vocabulary Tasks, 2023",
     image=clip_surgery,
     modifies_model=True,
