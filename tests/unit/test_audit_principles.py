@@ -24,7 +24,6 @@ from faithclip.audit.measures import (
     crop_grid_map,
     patch_deletion_insertion,
     pointing_hit,
-    spearman,
 )
 from faithclip.audit.report import audit_html, format_audit
 from faithclip.methods.context import Context, MapResult
@@ -143,14 +142,6 @@ def test_audit_departure_end_to_end_and_renderings():
 
 
 # ---- measures ----------------------------------------------------------------------------------
-def test_spearman_matches_scipy_with_ties():
-    scipy_stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, 5, 40).astype(float)
-    b = a + rng.normal(size=40)
-    assert spearman(torch.tensor(a), torch.tensor(b)) == pytest.approx(scipy_stats.spearmanr(a, b).statistic, abs=1e-12)
-
-
 def test_crop_grid_map_follows_the_models_crop():
     preprocess = ClipPreprocess(size=32, crop_height=32, crop_width=32)
     full = torch.arange(12.0).reshape(3, 4)  # a map over a 64 x 48 (W x H) image: 4 columns, 3 rows

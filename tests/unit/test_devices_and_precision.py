@@ -87,7 +87,6 @@ ON_THE_CPU = {
     ("methods/clip_surgery.py", "empty_prompt"): "token ids moved to the model's device on the next line",
     ("metrics/deletion.py", "random_colours"): "colours drawn on the CPU: the same numbers on every device",
     ("metrics/deletion.py", "rise_gaussian_kernel"): "the kernel is moved to the pixels' device by rise_blur",
-    ("metrics/sanity.py", "average_ranks"): "ranks of maps, which metrics receive on the CPU (evaluation.explain)",
     ("metrics/pointing.py", "box_mask"): "masks live on the CPU with the maps the metrics receive",
     ("metrics/pointing.py", "pointing_hit"): "the peak of a CPU map (metrics receive maps on the CPU)",
     ("metrics/sanity.py", "reinitialise"): "draws on the CPU (same numbers on every device), copied into the parameter",

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from faithclip.audit.bootstrap import Bootstrap, mean_interval, median_interval, wilson_interval
-from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, spearman
+from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion
+from faithclip.mapmath import spearman
 from faithclip.methods.context import Context
 from faithclip.methods.official.keepsize import (
     OFFICIAL_SHORT_SIDE_CAP,

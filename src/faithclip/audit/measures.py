@@ -1,9 +1,6 @@
-"""Small measures the audit needs: rank correlation, map resampling, deletion/insertion, pointing.
+"""Small measures the audit needs: map resampling, deletion/insertion on the patch grid, pointing.
+(Spearman's rank correlation is ``faithclip.mapmath.spearman``, shared with the sanity-check metric.)
 
-Stand-ins kept minimal and pure so that ``faithclip.metrics`` (deletion, pointing, Spearman; written
-separately) can replace them once committed; the audit only calls the names below.
-
-- Spearman's rho: Pearson correlation of average ranks (ties share their mean rank).
 - ``crop_grid_map``: a map on the keep-size grid (covering the WHOLE image) brought to the model's crop
   grid: each cell's value spread over its area in the shortest-edge-resized image (nearest upsampling),
   centre-cropped like the model's input, then averaged over each patch cell (``adaptive_avg_pool2d``):
@@ -24,26 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from faithclip.models.preprocess import ClipPreprocess
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks 0..n-1 of a 1-D tensor, ties given their average rank."""
-    values = values.detach().double().flatten()
-    order = torch.argsort(values, stable=True)
-    ranks = torch.empty_like(values)
-    ranks[order] = torch.arange(values.numel(), dtype=torch.float64)
-    unique, inverse = torch.unique(values, return_inverse=True)
-    sums = torch.zeros(unique.numel(), dtype=torch.float64).index_add_(0, inverse, ranks)
-    counts = torch.zeros(unique.numel(), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(ranks))
-    return (sums / counts)[inverse]
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rank correlation of two equally sized tensors; NaN when either is constant."""
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = (ra.norm() * rb.norm()).item()
-    return float("nan") if denominator == 0 else float((ra @ rb).item() / denominator)
 
 
 def crop_grid_map(full_map: torch.Tensor, image_size: tuple[int, int], preprocess: ClipPreprocess,
@@ -94,4 +71,4 @@ def pointing_hit(patch_map: torch.Tensor, mask: np.ndarray) -> float:
     return float(mask.reshape(-1)[index])
 
 
-__all__ = ["average_ranks", "spearman", "crop_grid_map", "patch_order", "patch_deletion_insertion", "pointing_hit"]
+__all__ = ["crop_grid_map", "patch_order", "patch_deletion_insertion", "pointing_hit"]

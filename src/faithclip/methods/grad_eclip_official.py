@@ -56,7 +56,7 @@ from faithclip.methods.official.keepsize import (
     keep_size_pixels,
     keep_size_size,
 )
-from faithclip.methods.official.formula import QK_CHOICES, minmax, official_lambda, official_term  # noqa: F401
+from faithclip.methods.official.formula import QK_CHOICES, official_lambda, official_term  # noqa: F401
 from faithclip.methods.official.formula import out_proj_for as _out_proj
 from faithclip.methods.official.rewrite import encode_text_rewritten
 from faithclip.models.clip import ClipHandle

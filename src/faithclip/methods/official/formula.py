@@ -14,17 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from faithclip.errors import MethodError
+from faithclip.mapmath import minmax
 
 QK_CHOICES = ("out_proj", "raw")
-
-
-def minmax(values: torch.Tensor) -> torch.Tensor:
-    """``(x - min) / (max - min)`` over the last axis, as the official code. The official code has no guard
-    (a constant row gives NaN); here a constant row gives 1 (no reweighting), as faithful Grad-ECLIP."""
-    low = values.amin(dim=-1, keepdim=True)
-    span = values.amax(dim=-1, keepdim=True) - low
-    flat = span <= 0
-    return torch.where(flat, torch.ones_like(values), (values - low) / torch.where(flat, torch.ones_like(span), span))
 
 
 def official_lambda(q: torch.Tensor, k: torch.Tensor, query: int, keys: slice, out_proj: Any | None) -> torch.Tensor:
@@ -37,7 +29,9 @@ def official_lambda(q: torch.Tensor, k: torch.Tensor, query: int, keys: slice, o
             q, k = out_proj(q), out_proj(k)  # (T, D) each
         query_vector = F.normalize(q[query], dim=-1)  # (D,)
         cosine = (F.normalize(k[keys], dim=-1) * query_vector).sum(-1)  # (T',)
-        return minmax(cosine)
+        # the official code has no guard (a constant row gives NaN); a constant row gives 1 here (no
+        # reweighting), as faithful Grad-ECLIP
+        return minmax(cosine, dim=-1, constant=1.0)
 
 
 def official_term(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -85,5 +79,5 @@ def embedding_image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, m
     return maps, scores.detach(), grid
 
 
-__all__ = ["QK_CHOICES", "minmax", "official_lambda", "official_term", "out_proj_for", "official_image_maps",
+__all__ = ["QK_CHOICES", "official_lambda", "official_term", "out_proj_for", "official_image_maps",
            "embedding_image_maps"]
