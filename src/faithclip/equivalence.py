@@ -2,7 +2,7 @@
 
 ``verify_equivalence`` explains every image-text pair with both methods on both towers and reports the
 largest absolute difference and the largest difference relative to the map's scale
-(``max |a - b| / max |a|``). docs/equivalence.md derives why the two are equal.
+(``max |a - b| / max(|a|, |b|)``, ``faithclip.numerics.relative_difference``). docs/equivalence.md derives why the two are equal.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from faithclip.api import explain, explain_text
 from faithclip.mapmath import EQUIVALENCE_TOLERANCE
 from faithclip.models.clip import ClipHandle, ImageInput
+from faithclip.numerics import relative_difference
 
 
 def equivalence_tolerance(dtype: str | torch.dtype) -> float:
@@ -35,13 +36,6 @@ class EquivalenceRow:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``max |a - b| / max |a|`` (0 when both maps are zero)."""
-    scale = a.abs().max().item()
-    diff = (a - b).abs().max().item()
-    return 0.0 if diff == 0 else diff / max(scale, torch.finfo(torch.float64).tiny)
 
 
 def verify_equivalence(
@@ -75,7 +69,7 @@ def verify_equivalence(
                 rows.append(EquivalenceRow(
                     side=side, layers=n, dtype=str(dtype).replace("torch.", ""), pairs=len(a),
                     max_abs_diff=(maps_a - maps_b).abs().max().item(),
-                    max_rel_diff=max(relative_difference(x, y) for x, y in zip(maps_a, maps_b)),
+                    max_rel_diff=max(relative_difference(x, y, 0.0) for x, y in zip(maps_a, maps_b)),
                     max_map_value=maps_a.abs().max().item(),
                 ))
     return rows

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# The largest max |a - b| / max |a| accepted, per dtype of the model the maps were computed in. float64
+# The largest max |a - b| / max(|a|, |b|) accepted, per dtype of the model the maps were computed in. float64
 # and float32: rounding of the two computation orders (docs/equivalence.md). Half precision: both maps
 # are computed from bf16/fp16 activations and gradients, so they differ by a few of that dtype's
 # epsilons (bf16 2^-8 = 3.9e-3, fp16 2^-11 = 4.9e-4); measured on the shipped model 5.1e-3 (bf16) and
