@@ -53,13 +53,13 @@ from faithclip.errors import FaithclipError, MethodError
 from faithclip.methods.context import Context
 from faithclip.models.clip import ClipHandle
 from faithclip.registry import METHODS, MethodSpec
+from faithclip.verdicts import DECLARED_DEPARTURE, FAIL, VERDICTS
 
 logger = logging.getLogger(__name__)
 
-# "declared departure": P1 only, every departure seen is one the method declares (modifies_model /
-# modifies_input): it does not explain the original model, and says so. One wording with verify and the demo;
-# like them, check exits 1 on "fail" only (an undeclared departure is a fail, here and in "claims").
-VERDICTS = ("pass", "fail", "inconclusive", "declared departure")
+# "declared departure" (faithclip.verdicts): P1 only, every departure seen is one the method declares
+# (modifies_model / modifies_input). One wording with verify and the demo; like them, check exits 1 on "fail"
+# only (an undeclared departure is a fail, here and in "claims").
 CHECKS = ("p1", "claims", "ladder", "correctness", "sanity", "text")
 SANITY_THRESHOLD = 0.5
 TEXT_MIN_SCORE_GAP = 0.02
@@ -191,7 +191,7 @@ def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSet
     pairs = f"{pixels.shape[0]} x {text.input_ids.shape[0]} pairs"
     if departures:
         evidence = "; ".join(f"{f.kind} at {short(f.where)}" for f in departures)
-        verdict = "declared departure" if all(_declared(spec, f) for f in departures) else "fail"
+        verdict = DECLARED_DEPARTURE if all(_declared(spec, f) for f in departures) else FAIL
     elif unverified:
         verdict, evidence = "inconclusive", "; ".join(f"{f.kind} at {short(f.where)}" for f in unverified)
     else:

@@ -31,6 +31,7 @@ from faithclip.numerics import rounding_rtol
 from faithclip.methods.context import Context
 from faithclip.models.clip import ClipHandle, ImageInput
 from faithclip.registry import METHODS, MethodSpec
+from faithclip.verdicts import p1_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def format_p1(rows: Sequence[P1Row]) -> str:
     for r in rows:
         gap = "n/a" if r.max_gap is None else f"{r.max_gap:.2e}"
         declared = r.modifies_model or r.modifies_input
-        verdict = "pass" if r.passed else ("declared departure" if declared else "fail")  # verify's exit: 0, 0, 1
+        verdict = p1_verdict(r.passed, declared)
         lines.append(f"{r.method:<22} {r.side:<6} {r.pairs:>5} {gap:>10} {verdict:<16} {r.reason}")
     return "\n".join(lines)
 
