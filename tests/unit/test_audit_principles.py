@@ -23,7 +23,7 @@ from faithclip.audit.ladder import degrade, zero_shot_accuracy
 from faithclip.audit.measures import (
     crop_grid_map,
     patch_deletion_insertion,
-    pointing_hit,
+    peak_in_mask,
 )
 from faithclip.audit.report import audit_html, format_audit
 from faithclip.methods.context import Context, MapResult
@@ -166,7 +166,11 @@ def test_deletion_insertion_on_a_score_known_by_construction():
     assert bad_curves == pytest.approx({"deletion": 0.875, "insertion": 0.125})
     mask = np.zeros((16, 16), dtype=bool)
     mask[:8, :8] = True
-    assert pointing_hit(good, mask) == 1.0 and pointing_hit(bad, mask) == 0.0
+    assert peak_in_mask(good, mask) == 1.0 and peak_in_mask(bad, mask) == 0.0
+    # no tolerance: a peak on the pixel next to the mask is a miss; an empty mask is a miss, not an error
+    next_to = torch.zeros(16, 16)
+    next_to[3, 8] = 1.0  # the mask ends at column 7
+    assert peak_in_mask(next_to, mask) == 0.0 and peak_in_mask(good, np.zeros((16, 16), dtype=bool)) == 0.0
 
 
 # ---- P1 ----------------------------------------------------------------------------------------

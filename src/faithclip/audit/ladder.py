@@ -36,7 +36,7 @@ import torch
 
 from faithclip.audit.bootstrap import Bootstrap, difference_interval
 from faithclip.audit.departure import AuditData
-from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, pointing_hit
+from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, peak_in_mask
 from faithclip.methods.context import Context
 from faithclip.models.clip import ClipHandle
 from faithclip.registry import METHODS, MethodSpec
@@ -110,7 +110,7 @@ def explain_quality(handle: ClipHandle, method: Method, data: AuditData, indices
             patch_map = crop_grid_map(patch_map, image.size, handle.preprocess, ctx.grid)
         curves = patch_deletion_insertion(lambda b: ctx.score_images(b)[:, 0], pixels[0], patch_map.to(pixels.dtype),
                                           handle.patch_size, deletion_steps)
-        rows.append({"pointing": pointing_hit(patch_map, mask), "deletion_auc": curves["deletion"],
+        rows.append({"pointing": peak_in_mask(patch_map, mask), "deletion_auc": curves["deletion"],
                      "insertion_auc": curves["insertion"], "ins_minus_del": curves["insertion"] - curves["deletion"]})
     return rows
 

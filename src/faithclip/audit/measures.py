@@ -9,7 +9,7 @@
   ranked by the map, most salient first (stable order); deletion moves them from the image to the
   zero tensor (the mean colour of the normalised input), insertion from zeros to the image;
   ``AUC = mean of the trapezoids over the fraction of moved patches``.
-- ``pointing_hit``: 1 when the maximum of the map upsampled to the mask's size falls inside the mask.
+- ``peak_in_mask``: 1 when the maximum of the map upsampled to the mask's size falls inside the mask.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from faithclip.metrics.case import pixel_map
+from faithclip.metrics.pointing import pointing_hit
 from faithclip.models.preprocess import ClipPreprocess
 
 
@@ -63,12 +65,16 @@ def patch_deletion_insertion(score: Callable[[torch.Tensor], torch.Tensor], pixe
     return curves
 
 
-def pointing_hit(patch_map: torch.Tensor, mask: np.ndarray) -> float:
-    """1.0 if the arg-max of the map, upsampled bilinearly to the mask's ``(H, W)``, lies in the mask."""
-    dense = F.interpolate(patch_map.detach().double()[None, None], size=mask.shape, mode="bilinear",
-                          align_corners=False)[0, 0]
-    index = int(torch.argmax(dense))
-    return float(mask.reshape(-1)[index])
+def peak_in_mask(patch_map: torch.Tensor, mask: np.ndarray) -> float:
+    """1.0 if the arg-max of the patch map, upsampled bilinearly to the mask's ``(H, W)``, lies in the mask.
+
+    The pointing game (``faithclip.metrics.pointing.pointing_hit``) with no tolerance, on the upsampled map;
+    an empty mask (an object cropped away) is a miss here instead of an error.
+    """
+    mask = torch.as_tensor(np.asarray(mask, dtype=bool))  # (H, W)
+    if not mask.any():
+        return 0.0
+    return pointing_hit(pixel_map(patch_map, tuple(mask.shape)), mask, tolerance=0.0)
 
 
-__all__ = ["crop_grid_map", "patch_order", "patch_deletion_insertion", "pointing_hit"]
+__all__ = ["crop_grid_map", "patch_order", "patch_deletion_insertion", "peak_in_mask"]
