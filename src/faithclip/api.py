@@ -21,7 +21,7 @@ from faithclip.methods.context import Context, MapResult
 from faithclip.models.clip import ClipHandle, ImageInput, TextBatch, TextInput
 from faithclip.models.images import to_rgb
 from faithclip.registry import METHODS, MethodSpec
-from faithclip.targets import Target, make_target
+from faithclip.targets import Target
 
 
 def explain(
@@ -99,7 +99,7 @@ def check_others(texts: Sequence[str], others: Sequence[str]) -> None:
 
 def family_target(model: ClipHandle, target: str | Target | None, others: Sequence[str] = ()) -> Target:
     """The target to explain, checked against the model's family (``None``: the family's default)."""
-    chosen = model.family.target(model.family.target_kinds[0] if target is None else target, others)
+    chosen = model.family.default_target(others) if target is None else model.family.target(target, others)
     model.family.check_target(chosen)
     return chosen
 
@@ -281,7 +281,7 @@ def grad_eclip_official_explain(handle: ClipHandle, image: Any | Sequence[Any], 
     spec = method_spec("grad_eclip_official", side)
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     batch = handle.tokens(text)
-    target = make_target(options.pop("target", "cosine"), options.pop("others", ()))
+    target = family_target(handle, options.pop("target", None), options.pop("others", ()))
     out = []
     for single in images:
         ctx = Context(handle=handle, side=side, pixels=handle.pixels(single), text=batch, target=target)

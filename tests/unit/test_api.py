@@ -135,6 +135,21 @@ def test_targets_are_the_models_own_scores(tiny):
         Target("kl")
 
 
+
+def test_the_default_target_is_decided_by_the_family_alone(tiny, monkeypatch):
+    """Every path that explains without a named target (explain, the published pipeline's helper, P1's
+    check through family_target) takes Family.default_target_kind: changing it there changes them all."""
+    from PIL import Image
+
+    from faithclip.api import family_target, grad_eclip_official_explain
+
+    assert tiny.family.default_target_kind == "cosine" == family_target(tiny, None).kind
+    monkeypatch.setattr(type(tiny.family), "target_kinds", ("logit", "cosine", "probability", "contrast"))
+    assert family_target(tiny, None).kind == "logit" == tiny.family.default_target().kind
+    assert faithclip.explain(tiny, torch.randn(1, 3, 32, 32), token_ids([2])).target == "logit"
+    image = Image.new("RGB", (32, 32), (120, 30, 200))
+    assert grad_eclip_official_explain(tiny, image, token_ids([2]))[0].target == "logit"
+
 def test_every_target_explains_with_matching_model_score(b32_handle):
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     for kind, others in [("cosine", ()), ("logit", ()), ("probability", ("a dog", "a car")), ("contrast", ("a dog",))]:

@@ -218,9 +218,15 @@ class Family:
             raise MethodError(f"a {self.name} model's probability is per pair (a sigmoid of its logit) and uses no "
                               f"other prompts, but {len(target.extra_texts)} were given; drop them.")
 
-    def default_target(self) -> "Target":
-        """The score explained when none is named: the first of ``target_kinds`` (CLIP: the cosine)."""
-        return self.target(self.target_kinds[0])
+    @property
+    def default_target_kind(self) -> str:
+        """The score explained when none is named: the first of ``target_kinds`` (CLIP and BLIP: the cosine;
+        SigLIP and a classifier: the logit). The one place this rule lives."""
+        return self.target_kinds[0]
+
+    def default_target(self, others: Sequence[str] = ()) -> "Target":
+        """The default score (``default_target_kind``) as a ``Target``."""
+        return self.target(self.default_target_kind, others)
 
     def target(self, kind: "str | Target", others: Sequence[str] = ()) -> "Target":
         """The named score with the other texts it needs (``faithclip.targets.make_target``); a family whose
