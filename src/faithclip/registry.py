@@ -181,7 +181,7 @@ OPTION_CHOICES: dict[str, tuple[str, ...]] = {
     "relu": ("per_layer", "after_sum", "none"),
     "lambda_span": ("context", "inner"),
     "lambda_qk": ("raw", "out_proj"),
-    "qk": ("out_proj", "raw"),
+    "qk": ("raw", "out_proj"),  # grad_eclip_official's deprecated name of lambda_qk (removed in the next release)
     "pooling": ("mean", "tokens"),
     "residual": ("normalized", "input"),
     "redundant": ("auto", "empty", "set"),

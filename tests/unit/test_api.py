@@ -150,6 +150,25 @@ def test_the_default_target_is_decided_by_the_family_alone(tiny, monkeypatch):
     image = Image.new("RGB", (32, 32), (120, 30, 200))
     assert grad_eclip_official_explain(tiny, image, token_ids([2]))[0].target == "logit"
 
+
+def test_qk_is_a_deprecated_alias_of_lambda_qk(tiny):
+    """grad_eclip_official's ``qk`` is ``lambda_qk`` under its old name, for one release: same map, a
+    DeprecationWarning pointing at the caller's line (so Python's default filter shows it in a script)."""
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (120, 30, 200))
+    new = faithclip.explain(tiny, image, token_ids([2]), "grad_eclip_official", lambda_qk="raw")
+    with pytest.warns(DeprecationWarning, match="option qk is deprecated.*use lambda_qk") as caught:
+        old = faithclip.explain(tiny, image, token_ids([2]), "grad_eclip_official", qk="raw")
+    assert torch.equal(old.map, new.map)  # the same computation by construction
+    assert old.options["lambda_qk"] == "raw" and "qk" not in old.options
+    assert [w.filename for w in caught if w.category is DeprecationWarning] == [__file__]
+    with pytest.raises(MethodError, match="disagree"), pytest.warns(DeprecationWarning):
+        faithclip.explain(tiny, image, token_ids([2]), "grad_eclip_official", lambda_qk="raw", qk="out_proj")
+    with pytest.warns(DeprecationWarning):
+        text = faithclip.explain_text(tiny, image, token_ids([2]), "grad_eclip_official", qk="raw")
+    assert text.options["lambda_qk"] == "raw"
+
 def test_every_target_explains_with_matching_model_score(b32_handle):
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     for kind, others in [("cosine", ()), ("logit", ()), ("probability", ("a dog", "a car")), ("contrast", ("a dog",))]:

@@ -295,7 +295,7 @@ def test_grad_eclip_official_matches_the_published_formula(tiny64):
     _, text_feats = features(tiny64, pixels, TEXTS)
     for k, explanation in enumerate(results):
         expected, score = ref.official_image_map(tiny64.model.double(), keep, text_feats[k])
-        assert explanation.map.shape == (5, 7) and explanation.options["qk"] == "raw"
+        assert explanation.map.shape == (5, 7) and explanation.options["lambda_qk"] == "raw"
         assert explanation.options["cap"] is None
         assert relative_difference(expected, explanation.map.flatten(), 0.0) <= 1e-10
         assert explanation.score == pytest.approx(float(score.detach()), abs=1e-12)

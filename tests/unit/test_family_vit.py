@@ -277,7 +277,7 @@ def test_official_vit_matches_the_literal_notebook_formula():
     rng = np.random.default_rng(0)
     original = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
     explanation = faithclip.explain(handle, original, "a green triangle", "grad_eclip_official")
-    assert explanation.map.shape == (3, 5) and explanation.options["qk"] == "raw" and explanation.options["cap"] is None
+    assert explanation.map.shape == (3, 5) and explanation.options["lambda_qk"] == "raw" and explanation.options["cap"] is None
     from faithclip.methods.official.keepsize import keep_size_pixels
 
     keep = keep_size_pixels(original, 8, handle.preprocess, None)[None].double()  # (1, 3, 24, 40)

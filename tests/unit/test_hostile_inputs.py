@@ -408,13 +408,12 @@ def test_option_choices_are_the_methods_own():
     """The registry refuses a word outside an option's set before any work; its sets are the methods'."""
     from faithclip.methods.clip_surgery import REDUNDANT
     from faithclip.methods.common import LAMBDA_QK, LAMBDA_SPANS
-    from faithclip.methods.grad_eclip_official import QK_CHOICES
     from faithclip.methods.legrad import POOLINGS
     from faithclip.methods.official.vit import RESIDUALS
     from faithclip.registry import OPTION_CHOICES
 
     assert OPTION_CHOICES["lambda_span"] == LAMBDA_SPANS and OPTION_CHOICES["lambda_qk"] == LAMBDA_QK
-    assert OPTION_CHOICES["qk"] == QK_CHOICES and OPTION_CHOICES["pooling"] == POOLINGS
+    assert OPTION_CHOICES["qk"] == LAMBDA_QK and OPTION_CHOICES["pooling"] == POOLINGS  # qk: lambda_qk's old name
     assert OPTION_CHOICES["residual"] == RESIDUALS and OPTION_CHOICES["redundant"] == REDUNDANT
     import faithclip.methods.common as common
 

@@ -212,9 +212,9 @@ def map_arms(family: Any) -> dict[str, tuple[bool, bool, str]]:
     """The arms of ``MAP_ARMS`` whose lambda q/k the family's published pipeline has; ``published`` is the
     family's published variant (CLIP: all three causes; BLIP: one head + keep size with raw q/k, which
     replaces the arm of the same causes)."""
-    qks = family.official.lambda_qk
-    arms = {name: arm for name, arm in MAP_ARMS.items() if arm[2] in qks and name != "published"}
-    published = (True, True, qks[0])
+    choices = family.official.lambda_qk
+    arms = {name: arm for name, arm in MAP_ARMS.items() if arm[2] in choices and name != "published"}
+    published = (True, True, choices[0])
     return {**{name: arm for name, arm in arms.items() if arm != published}, "published": published}
 
 
@@ -273,8 +273,8 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
                       target=handle.family.default_target())
         maps = {}
         arms = map_arms(handle.family)
-        for arm, (one_head, keep, qk) in arms.items():
-            arm_map = image_maps(ctx, arm_pixels(handle, image, keep, cap), 1, qk, heads=1 if one_head else None)[0][0]
+        for arm, (one_head, keep, lambda_qk) in arms.items():
+            arm_map = image_maps(ctx, arm_pixels(handle, image, keep, cap), 1, lambda_qk, heads=1 if one_head else None)[0][0]
             maps[arm] = crop_grid_map(arm_map, image.size, handle.preprocess, ctx.grid) if keep else arm_map
         row: dict[str, Any] = {"spearman_faithful_vs_grad_eclip": spearman(maps["faithful"], grad_eclip(ctx).maps[0, 0])}
         for arm in arms:
@@ -291,7 +291,7 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
                        "faithful": maps["faithful"].double().tolist(), "published": maps["published"].double().tolist(),
                        "spearman": row["spearman_published_vs_faithful"]}
     arms = map_arms(handle.family)
-    return {"images": len(per_image), "arms": {arm: {"one_head": h, "keep_size": k, "qk": q}
+    return {"images": len(per_image), "arms": {arm: {"one_head": h, "keep_size": k, "lambda_qk": q}
                                                for arm, (h, k, q) in arms.items()},
             **summarise_maps(per_image, list(arms), boot), "per_image": per_image,
             **({"example": example} if example is not None else {})}

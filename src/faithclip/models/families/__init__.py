@@ -69,7 +69,7 @@ class OfficialPipeline:
     lambda_qk: tuple[str, ...] = ("out_proj", "raw")
     text: bool = True
     short_side_cap: int | None = 640
-    #: the module of the family's rewritten forward: ``image_maps(ctx, pixels, layers, qk, model, heads)`` and
+    #: the module of the family's rewritten forward: ``image_maps(ctx, pixels, layers, lambda_qk, model, heads)`` and
     #: ``image_embeds(model, pixels, heads)`` (named, not imported: methods sit above models)
     module: str = "faithclip.methods.official.rewrite"
 
