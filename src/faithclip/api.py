@@ -279,9 +279,10 @@ def grad_eclip_official_explain(handle: ClipHandle, image: Any | Sequence[Any], 
     the departure.
     """
     spec = method_spec("grad_eclip_official", side)
+    target = family_target(handle, options.pop("target", None), options.pop("others", ()))
+    spec.check_options(side, options, layers=tower_layers(handle, side))  # before any work, as explain does
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     batch = handle.tokens(text)
-    target = family_target(handle, options.pop("target", None), options.pop("others", ()))
     out = []
     for single in images:
         ctx = Context(handle=handle, side=side, pixels=handle.pixels(single), text=batch, target=target)

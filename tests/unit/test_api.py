@@ -169,6 +169,23 @@ def test_qk_is_a_deprecated_alias_of_lambda_qk(tiny):
         text = faithclip.explain_text(tiny, image, token_ids([2]), "grad_eclip_official", qk="raw")
     assert text.options["lambda_qk"] == "raw"
 
+
+def test_layer_options_have_one_meaning_each_and_a_wrong_one_is_refused_before_any_work(tiny):
+    """``layers`` counts last layers, ``layer`` indexes one, ``start_layer`` indexes the first of a range:
+    giving one to a method that takes another is a MethodError that says both meanings, on every path
+    (issue 24: grad_cam with layers ended in Python's "unexpected keyword")."""
+    from PIL import Image
+
+    from faithclip.api import grad_eclip_official_explain
+
+    pixels, ids = torch.randn(1, 3, 32, 32), token_ids([2])
+    with pytest.raises(MethodError, match=r"layers is not an option of grad_cam; its options are layer \(layers: a "
+                                          r"count of last layers; layer: the index of one layer\)\.$"):
+        faithclip.explain(tiny, pixels, ids, "grad_cam", layers=2)
+    with pytest.raises(MethodError, match="layer is not an option of grad_eclip_official; .*layer: the index of one"):
+        grad_eclip_official_explain(tiny, Image.new("RGB", (32, 32)), ids, layer=1)
+    assert faithclip.explain(tiny, pixels, ids, "grad_cam", layer=0).layers == [0]
+
 def test_every_target_explains_with_matching_model_score(b32_handle):
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     for kind, others in [("cosine", ()), ("logit", ()), ("probability", ("a dog", "a car")), ("contrast", ("a dog",))]:
