@@ -15,7 +15,7 @@ import torch
 
 from faithclip.api import explain, explain_text
 from faithclip.mapmath import EQUIVALENCE_TOLERANCE
-from faithclip.models.clip import ClipHandle, ImageInput
+from faithclip.models.clip import ModelHandle, ImageInput
 from faithclip.numerics import relative_difference
 
 
@@ -39,7 +39,7 @@ class EquivalenceRow:
 
 
 def verify_equivalence(
-    model: ClipHandle,
+    model: ModelHandle,
     images: ImageInput | Sequence[ImageInput],
     texts: str | Sequence[str] | torch.Tensor,
     *,
@@ -84,9 +84,9 @@ def format_table(rows: Sequence[EquivalenceRow]) -> str:
     return "\n".join(lines)
 
 
-def _converted(model: ClipHandle, dtype: torch.dtype) -> ClipHandle:
+def _converted(model: ModelHandle, dtype: torch.dtype) -> ModelHandle:
     clone = copy.deepcopy(model.model).to(dtype)
-    return ClipHandle(model=clone, tokenizer=model.tokenizer, preprocess=model.preprocess, name=model.name,
+    return ModelHandle(model=clone, tokenizer=model.tokenizer, preprocess=model.preprocess, name=model.name,
                       family=model.family)
 
 

@@ -20,7 +20,7 @@ from faithclip.methods.official.rewrite import (
     encode_text_rewritten,
 )
 from faithclip.models.loading import from_hf
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 from faithclip.registry import METHODS
 
 torch.set_num_threads(1)
@@ -202,7 +202,7 @@ def b32_varied():
                 parameter.add_(0.1 * torch.randn_like(parameter))
     model.set_attn_implementation("eager")
     tokenizer = transformers.CLIPTokenizer.from_pretrained(B32_DIR)
-    return from_hf(model.eval(), tokenizer, preprocess=ClipPreprocess.from_json(B32_DIR / "preprocessor_config.json"))
+    return from_hf(model.eval(), tokenizer, preprocess=ImagePreprocess.from_json(B32_DIR / "preprocessor_config.json"))
 
 
 @needs_voc

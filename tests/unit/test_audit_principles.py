@@ -28,7 +28,7 @@ from faithclip.audit.measures import (
 from faithclip.audit.report import audit_html, format_audit
 from faithclip.methods.context import Context, MapResult
 from faithclip.models.loading import from_hf, shipped_models
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 from faithclip.registry import METHODS, MethodSpec
 from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
 from faithclip.shapes.world import COLOUR_NAMES, SHAPES
@@ -143,7 +143,7 @@ def test_audit_departure_end_to_end_and_renderings():
 
 # ---- measures ----------------------------------------------------------------------------------
 def test_crop_grid_map_follows_the_models_crop():
-    preprocess = ClipPreprocess(size=32, crop_height=32, crop_width=32)
+    preprocess = ImagePreprocess(size=32, crop_height=32, crop_width=32)
     full = torch.arange(12.0).reshape(3, 4)  # a map over a 64 x 48 (W x H) image: 4 columns, 3 rows
     on_crop = crop_grid_map(full, (64, 48), preprocess, (2, 2))
     # resized to 42 x 32, crop columns 5..37: the left/right quarters are cut, rows stay

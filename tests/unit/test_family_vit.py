@@ -29,7 +29,7 @@ from faithclip.numerics import relative_difference
 from faithclip.errors import MethodError, ModelError, TextError
 from faithclip.methods.official import vit as official_vit
 from faithclip.models.loading import from_hf
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 torch.set_num_threads(1)
 
@@ -158,7 +158,7 @@ def test_deit_processor_resizes_then_crops(tmp_path):
     assert torch.allclose(pixels[0, 0], torch.full((32,), -0.485 / 0.229))
     assert torch.allclose(pixels[0, 1], torch.full((32,), (1 - 0.485) / 0.229))
     # a CLIP file with an integer size keeps the shortest-edge rule
-    clip = ClipPreprocess.from_dict({"image_processor_type": "CLIPImageProcessor", "size": 224, "crop_size": 224})
+    clip = ImagePreprocess.from_dict({"image_processor_type": "CLIPImageProcessor", "size": 224, "crop_size": 224})
     assert (clip.resize, clip.center_crop) == ("shortest_edge", True)
 
 

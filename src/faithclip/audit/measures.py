@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from faithclip.metrics.case import pixel_map
 from faithclip.metrics.pointing import pointing_hit
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 
-def crop_grid_map(full_map: torch.Tensor, image_size: tuple[int, int], preprocess: ClipPreprocess,
+def crop_grid_map(full_map: torch.Tensor, image_size: tuple[int, int], preprocess: ImagePreprocess,
                   grid: tuple[int, int]) -> torch.Tensor:
     """A ``(gh', gw')`` map over the whole ``image_size = (W, H)`` image -> ``(gh, gw)`` on the model's crop."""
     rw, rh = preprocess.resized_size(*image_size)

@@ -29,7 +29,7 @@ import torch
 from faithclip.errors import FaithclipError
 from faithclip.numerics import rounding_rtol
 from faithclip.methods.context import Context
-from faithclip.models.clip import ClipHandle, ImageInput
+from faithclip.models.clip import ModelHandle, ImageInput
 from faithclip.registry import METHODS, MethodSpec
 from faithclip.verdicts import p1_verdict
 
@@ -82,7 +82,7 @@ def _reason(spec: MethodSpec, gap: float, passed: bool) -> str:
     return f"explains the model's own score (equal to rounding, gap {gap:.1e})"
 
 
-def check_p1(model: ClipHandle, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str] | torch.Tensor,
+def check_p1(model: ModelHandle, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str] | torch.Tensor,
              methods: Sequence[str | MethodSpec] | None = None, *, sides: Sequence[str] | None = None,
              tol: float | None = None, options: dict[str, dict] | None = None) -> list[P1Row]:
     """P1 for every method (registered names or ``MethodSpec`` objects; default: all registered that support

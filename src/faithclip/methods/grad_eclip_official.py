@@ -60,13 +60,13 @@ from faithclip.methods.official.keepsize import (
 from faithclip.methods.official.formula import official_lambda, official_term
 from faithclip.methods.official.formula import out_proj_for as _out_proj
 from faithclip.methods.official.rewrite import encode_text_rewritten
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 from faithclip.registry import MethodSpec, register_method
 
 
-def _half_copy(handle: ClipHandle) -> ClipHandle:
+def _half_copy(handle: ModelHandle) -> ModelHandle:
     warnings.warn("half=True explains an fp16 copy of the model (the official CUDA setting).", stacklevel=3)
-    return ClipHandle(model=copy.deepcopy(handle.model).half(), tokenizer=handle.tokenizer,
+    return ModelHandle(model=copy.deepcopy(handle.model).half(), tokenizer=handle.tokenizer,
                       preprocess=handle.preprocess, name=f"{handle.name} (fp16)")
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from faithclip.mapmath import spearman
 from faithclip.metrics import MetricSpec, register_metric
 from faithclip.metrics.case import MetricCase, MetricValue
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 
 
 def cascade_blocks(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
@@ -58,13 +58,13 @@ def reinitialise(modules: list[nn.Module], generator: torch.Generator) -> None:
 
 
 def cascading_randomisation(
-    handle: ClipHandle, explain: Callable[[ClipHandle], torch.Tensor], seed: int = 0,
+    handle: ModelHandle, explain: Callable[[ModelHandle], torch.Tensor], seed: int = 0,
     original: torch.Tensor | None = None,
 ) -> tuple[list[str], list[float]]:
     """Spearman correlation of ``explain(randomised copy)`` with ``explain(handle)`` after each cascade step."""
     original = explain(handle) if original is None else original
     model = copy.deepcopy(handle.model)
-    randomised = ClipHandle(model=model, tokenizer=handle.tokenizer, preprocess=handle.preprocess,
+    randomised = ModelHandle(model=model, tokenizer=handle.tokenizer, preprocess=handle.preprocess,
                             name=f"{handle.name} (randomised copy)")
     generator = torch.Generator().manual_seed(seed)
     names, correlations = [], []

@@ -237,7 +237,7 @@ class Family:
 
     # ---- texts ----------------------------------------------------------------------------------------
     def tokenize(self, handle: Any, texts: list[str]) -> "TextBatch":
-        """Strings -> the ``TextBatch`` the text tower reads (CLIP: the tokenizer, ``ClipHandle.tokenize_texts``).
+        """Strings -> the ``TextBatch`` the text tower reads (CLIP: the tokenizer, ``ModelHandle.tokenize_texts``).
         A classifier maps class names to class indices instead."""
         return handle.tokenize_texts(texts)
 
@@ -331,9 +331,9 @@ class Family:
     def default_preprocess(self, model: Any) -> Any:
         """The preprocessing when no processor config comes with the model: transformers' CLIP rules at
         the model's input size (a family whose processor differs overrides this)."""
-        from faithclip.models.preprocess import ClipPreprocess
+        from faithclip.models.preprocess import ImagePreprocess
 
-        return ClipPreprocess.for_pipeline("transformers", self.image_size(model))
+        return ImagePreprocess.for_pipeline("transformers", self.image_size(model))
 
 
 FAMILIES: dict[str, Family] = {}
