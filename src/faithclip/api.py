@@ -1,4 +1,6 @@
-"""The public entry points: ``explain``, ``explain_text``, ``explain_batch``.
+"""The public entry points: ``explain`` and ``explain_text`` (several images or texts are one batch: an
+``Explanation`` per pair, image-major), and ``grad_eclip_official_explain`` (the published pipeline, one
+original image at a time).
 
 Inputs are turned into exactly what the model predicts from (its standard preprocessing, its
 tokenizer), the method computes raw maps on the model's own forward, and every ``Explanation`` records
@@ -18,7 +20,7 @@ import faithclip.methods  # noqa: F401  (registers the methods)
 from faithclip.errors import ImageError, MethodError, ModelError, TextError
 from faithclip.explanation import Explanation, map_warnings
 from faithclip.methods.context import Context, MapResult
-from faithclip.models.clip import ModelHandle, ImageInput, TextBatch, TextInput
+from faithclip.models.clip import ImageInput, ModelHandle, TextBatch, TextInput
 from faithclip.models.images import to_rgb
 from faithclip.registry import METHODS, MethodSpec
 from faithclip.targets import Target
@@ -38,8 +40,10 @@ def explain(
 
     One image and one text give one ``Explanation``; several give a list ordered image-major
     (all texts of image 0, then image 1, ...). ``target`` is what is explained (``None``: the family's
-    default, ``cosine`` for CLIP; ``logit``, ``probability`` with ``others`` the other prompts of the set,
-    ``contrast`` with ``others`` the one contrasting text; ``model.family.target_kinds`` lists them). Method options (e.g. ``layers=2``) are passed by keyword. ``text`` may be
+    default, ``model.family.default_target_kind``: ``cosine`` for CLIP; ``logit``, ``probability`` with
+    ``others`` the other prompts of the set, ``contrast`` with ``others`` the one contrasting text;
+    ``model.family.target_kinds`` lists them). Method options are passed by keyword (``layers=2``: a count of
+    last layers; ``layer=-1``: an index; ``faithclip methods`` lists each method's). ``text`` may be
     ``model.prompts(texts)``: prompts encoded once, reused for many images.
     """
     check_arguments(model, image, text, others)

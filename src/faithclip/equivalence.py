@@ -15,7 +15,7 @@ import torch
 
 from faithclip.api import explain, explain_text
 from faithclip.mapmath import EQUIVALENCE_TOLERANCE
-from faithclip.models.clip import ModelHandle, ImageInput
+from faithclip.models.clip import ImageInput, ModelHandle
 from faithclip.numerics import relative_difference
 
 

@@ -29,7 +29,7 @@ import torch
 from faithclip.errors import FaithclipError
 from faithclip.numerics import rounding_rtol
 from faithclip.methods.context import Context
-from faithclip.models.clip import ModelHandle, ImageInput
+from faithclip.models.clip import ImageInput, ModelHandle
 from faithclip.registry import METHODS, MethodSpec
 from faithclip.verdicts import p1_verdict
 
