@@ -24,7 +24,7 @@ import transformers
 from faithclip.data.folders import shapes_set
 from faithclip.evaluation import EvalConfig, Evaluator
 from faithclip.models.loading import from_hf
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "openai-clip-vit-base-patch32"
 
@@ -37,7 +37,7 @@ def b16_handle():
     model = transformers.CLIPModel(config).eval()
     model.set_attn_implementation("eager")
     tokenizer = transformers.AutoTokenizer.from_pretrained(REFERENCE)
-    return from_hf(model, tokenizer, preprocess=ClipPreprocess.from_json(REFERENCE / "preprocessor_config.json"),
+    return from_hf(model, tokenizer, preprocess=ImagePreprocess.from_json(REFERENCE / "preprocessor_config.json"),
                    name="ViT-B/16 (random weights)")
 
 

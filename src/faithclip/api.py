@@ -1,4 +1,6 @@
-"""The public entry points: ``explain``, ``explain_text``, ``explain_batch``.
+"""The public entry points: ``explain`` and ``explain_text`` (several images or texts are one batch: an
+``Explanation`` per pair, image-major), and ``grad_eclip_official_explain`` (the published pipeline, one
+original image at a time).
 
 Inputs are turned into exactly what the model predicts from (its standard preprocessing, its
 tokenizer), the method computes raw maps on the model's own forward, and every ``Explanation`` records
@@ -18,14 +20,14 @@ import faithclip.methods  # noqa: F401  (registers the methods)
 from faithclip.errors import ImageError, MethodError, ModelError, TextError
 from faithclip.explanation import Explanation, map_warnings
 from faithclip.methods.context import Context, MapResult
-from faithclip.models.clip import ClipHandle, ImageInput, TextBatch, TextInput
+from faithclip.models.clip import ImageInput, ModelHandle, TextBatch, TextInput
 from faithclip.models.images import to_rgb
 from faithclip.registry import METHODS, MethodSpec
-from faithclip.targets import Target, make_target
+from faithclip.targets import Target
 
 
 def explain(
-    model: ClipHandle,
+    model: ModelHandle,
     image: ImageInput | Sequence[ImageInput],
     text: TextInput | Sequence[str] | TextBatch,
     method: str = "attention_eclip",
@@ -38,9 +40,11 @@ def explain(
 
     One image and one text give one ``Explanation``; several give a list ordered image-major
     (all texts of image 0, then image 1, ...). ``target`` is what is explained (``None``: the family's
-    default, ``cosine`` for CLIP; ``logit``, ``probability`` with ``others`` the other prompts of the set,
-    ``contrast`` with ``others`` the one contrasting text; BLIP's ``itm`` / ``itm_log_odds``, its image-text
-    matching head, image side only; ``model.family.target_kinds`` lists them). Method options (e.g. ``layers=2``) are passed by keyword. ``text`` may be
+    default, ``model.family.default_target_kind``: ``cosine`` for CLIP; ``logit``, ``probability`` with
+    ``others`` the other prompts of the set, ``contrast`` with ``others`` the one contrasting text; BLIP's
+    ``itm`` / ``itm_log_odds``, its image-text matching head, image side only; ``model.family.target_kinds``
+    lists them). Method options are passed by keyword (``layers=2``: a count of
+    last layers; ``layer=-1``: an index; ``faithclip methods`` lists each method's). ``text`` may be
     ``model.prompts(texts)``: prompts encoded once, reused for many images.
     """
     check_arguments(model, image, text, others)
@@ -48,7 +52,7 @@ def explain(
 
 
 def explain_text(
-    model: ClipHandle,
+    model: ModelHandle,
     image: ImageInput | Sequence[ImageInput],
     text: TextInput | Sequence[str],
     method: str = "attention_eclip",
@@ -66,7 +70,7 @@ def check_arguments(model: Any, image: Any, text: Any, others: Any = ()) -> None
     """The arguments of ``explain`` / ``explain_text`` in the command line's words, before any work: a
     loaded model (not its name), at least one image and one text, ``others`` a list of texts (not one
     string, whose letters would be taken as texts) that does not repeat an explained text."""
-    if not isinstance(model, ClipHandle):
+    if not isinstance(model, ModelHandle):
         if isinstance(model, (str, Path)):
             raise ModelError(f"model must be a loaded model, not its name: model = faithclip.load({str(model)!r}), "
                              "then faithclip.explain(model, ...).")
@@ -98,9 +102,9 @@ def check_others(texts: Sequence[str], others: Sequence[str]) -> None:
                               "zero. List only the OTHER prompts of the set.")
 
 
-def family_target(model: ClipHandle, target: str | Target | None, others: Sequence[str] = ()) -> Target:
+def family_target(model: ModelHandle, target: str | Target | None, others: Sequence[str] = ()) -> Target:
     """The target to explain, checked against the model's family (``None``: the family's default)."""
-    chosen = model.family.target(model.family.target_kinds[0] if target is None else target, others)
+    chosen = model.family.default_target(others) if target is None else model.family.target(target, others)
     model.family.check_target(chosen, model.model)
     return chosen
 
@@ -116,7 +120,7 @@ def method_spec(name: str, side: str, family: str | None = None) -> MethodSpec:
     return spec
 
 
-def run_method(model: ClipHandle, ctx: Context, spec: MethodSpec, options: dict) -> MapResult:
+def run_method(model: ModelHandle, ctx: Context, spec: MethodSpec, options: dict) -> MapResult:
     function = getattr(spec, ctx.side)
     try:
         return function(ctx, **options)
@@ -126,7 +130,7 @@ def run_method(model: ClipHandle, ctx: Context, spec: MethodSpec, options: dict)
         raise
 
 
-def method_for(model: ClipHandle, method: str, side: str) -> MethodSpec:
+def method_for(model: ModelHandle, method: str, side: str) -> MethodSpec:
     """The method ``method`` for ``side`` of ``model``: a one-line error when the model's family has no such
     side, or the method does not support the family or the side."""
     if not model.family.has_side(side):
@@ -135,7 +139,7 @@ def method_for(model: ClipHandle, method: str, side: str) -> MethodSpec:
     return method_spec(method, side, model.family.name)
 
 
-def tower_layers(model: ClipHandle, side: str) -> int | None:
+def tower_layers(model: ModelHandle, side: str) -> int | None:
     """How many layers the tower of ``side`` has (``None`` when the model does not say)."""
     config = getattr(model, "vision_config" if side == "image" else "text_config", None)
     layers = getattr(config, "num_hidden_layers", None)
@@ -173,7 +177,7 @@ class Explanations(list):
         return figure_bytes(plot(self), "png", dpi=SCREEN_DPI) if self else None
 
 
-def crop_region(model: ClipHandle, width: int, height: int) -> tuple[float, float, float, float]:
+def crop_region(model: ModelHandle, width: int, height: int) -> tuple[float, float, float, float]:
     """The model's centre crop as ``(left, top, right, bottom)`` in the ORIGINAL image's pixels (the crop
     box of the resized image, scaled back by the resize factors of each axis)."""
     resized_width, resized_height = model.preprocess.resized_size(width, height)
@@ -182,7 +186,7 @@ def crop_region(model: ClipHandle, width: int, height: int) -> tuple[float, floa
     return (left * scale_x, top * scale_y, right * scale_x, bottom * scale_y)
 
 
-def _attach_images(model: ClipHandle, explanations: list[Explanation], originals: list | None,
+def _attach_images(model: ModelHandle, explanations: list[Explanation], originals: list | None,
                    pixels: torch.Tensor, whole_image: bool) -> None:
     """Give each explanation the image it explains (RGB, as read) and the box of it its map covers:
     the model's crop, or the whole image for methods that ran on the whole image (``original`` option).
@@ -202,7 +206,7 @@ def _attach_images(model: ClipHandle, explanations: list[Explanation], originals
         explanation.region = (0.0, 0.0, float(width), float(height)) if whole_image else crop_region(model, width, height)
 
 
-def _domain_warnings(model: ClipHandle, pixels: torch.Tensor) -> list[str | None]:
+def _domain_warnings(model: ModelHandle, pixels: torch.Tensor) -> list[str | None]:
     """Per image: the shipped shapes stand-ins' out-of-domain warning on the pixels the model saw
     (``faithclip.shapes.domain``); ``None`` for images inside the shapes world and for every other model."""
     from faithclip.models.loading import shipped_models
@@ -215,7 +219,7 @@ def _domain_warnings(model: ClipHandle, pixels: torch.Tensor) -> list[str | None
     return [domain_warning(image.permute(1, 2, 0).numpy(), model.name) for image in rgb]
 
 
-def _read(model: ClipHandle, image: Any) -> list | None:
+def _read(model: ModelHandle, image: Any) -> list | None:
     """The user's images as (PIL image in its own mode, EXIF-orientation record) when given as images or
     paths (``None`` for pixel tensors). The model's preprocessing converts them to RGB under its pipeline's
     rule; methods that, like the official Grad-ECLIP pipeline, look at the image before preprocessing get
@@ -234,7 +238,7 @@ def orientation_note(orientation: dict | None) -> str | None:
             "reads the pixels as stored, so the map is on the image as stored, not as a viewer displays it")
 
 
-def wrap(model: ClipHandle, ctx: Context, spec: MethodSpec, result: MapResult, own: torch.Tensor,
+def wrap(model: ModelHandle, ctx: Context, spec: MethodSpec, result: MapResult, own: torch.Tensor,
          sources: list[dict] | None = None) -> list[Explanation]:
     """One ``Explanation`` per (image, text) pair, image-major. ``sources`` (one per image): the file it was
     read from and what was done with its EXIF orientation, for the record."""
@@ -271,7 +275,7 @@ def wrap(model: ClipHandle, ctx: Context, spec: MethodSpec, result: MapResult, o
             ))
     return out
 
-def grad_eclip_official_explain(handle: ClipHandle, image: Any | Sequence[Any], text: str | Sequence[str], *,
+def grad_eclip_official_explain(handle: ModelHandle, image: Any | Sequence[Any], text: str | Sequence[str], *,
                                 side: str = "image", **options: Any) -> list:
     """Official Grad-ECLIP explanations with the ORIGINAL image(s) used for the keep-size input.
 
@@ -281,9 +285,10 @@ def grad_eclip_official_explain(handle: ClipHandle, image: Any | Sequence[Any], 
     the departure.
     """
     spec = method_spec("grad_eclip_official", side)
+    target = family_target(handle, options.pop("target", None), options.pop("others", ()))
+    spec.check_options(side, options, layers=tower_layers(handle, side))  # before any work, as explain does
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     batch = handle.tokens(text)
-    target = make_target(options.pop("target", "cosine"), options.pop("others", ()))
     spec.check_target(target, side, handle.family.name)  # the rewrite explains a pooled score only
     out = []
     for single in images:

@@ -2,7 +2,7 @@
 
 ``verify_equivalence`` explains every image-text pair with both methods on both towers and reports the
 largest absolute difference and the largest difference relative to the map's scale
-(``max |a - b| / max |a|``). docs/equivalence.md derives why the two are equal.
+(``max |a - b| / max(|a|, |b|)``, ``faithclip.numerics.relative_difference``). docs/equivalence.md derives why the two are equal.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 
 from faithclip.api import explain, explain_text
 from faithclip.mapmath import EQUIVALENCE_TOLERANCE
-from faithclip.models.clip import ClipHandle, ImageInput
+from faithclip.models.clip import ImageInput, ModelHandle
+from faithclip.numerics import relative_difference
 
 
 def equivalence_tolerance(dtype: str | torch.dtype) -> float:
@@ -37,15 +38,8 @@ class EquivalenceRow:
         return dict(self.__dict__)
 
 
-def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``max |a - b| / max |a|`` (0 when both maps are zero)."""
-    scale = a.abs().max().item()
-    diff = (a - b).abs().max().item()
-    return 0.0 if diff == 0 else diff / max(scale, torch.finfo(torch.float64).tiny)
-
-
 def verify_equivalence(
-    model: ClipHandle,
+    model: ModelHandle,
     images: ImageInput | Sequence[ImageInput],
     texts: str | Sequence[str] | torch.Tensor,
     *,
@@ -75,7 +69,7 @@ def verify_equivalence(
                 rows.append(EquivalenceRow(
                     side=side, layers=n, dtype=str(dtype).replace("torch.", ""), pairs=len(a),
                     max_abs_diff=(maps_a - maps_b).abs().max().item(),
-                    max_rel_diff=max(relative_difference(x, y) for x, y in zip(maps_a, maps_b)),
+                    max_rel_diff=max(relative_difference(x, y, 0.0) for x, y in zip(maps_a, maps_b)),
                     max_map_value=maps_a.abs().max().item(),
                 ))
     return rows
@@ -90,9 +84,9 @@ def format_table(rows: Sequence[EquivalenceRow]) -> str:
     return "\n".join(lines)
 
 
-def _converted(model: ClipHandle, dtype: torch.dtype) -> ClipHandle:
+def _converted(model: ModelHandle, dtype: torch.dtype) -> ModelHandle:
     clone = copy.deepcopy(model.model).to(dtype)
-    return ClipHandle(model=clone, tokenizer=model.tokenizer, preprocess=model.preprocess, name=model.name,
+    return ModelHandle(model=clone, tokenizer=model.tokenizer, preprocess=model.preprocess, name=model.name,
                       family=model.family)
 
 

@@ -75,8 +75,12 @@ class Explanation:
         return abs(self.score - self.model_score) / max(abs(self.model_score), 1e-12)
 
     def normalized(self) -> torch.Tensor:
-        """Min-max normalised copy of the map in [0, 1]; a constant map gives all zeros (never NaN)."""
-        return minmax(self.map)
+        """Min-max normalised float64 copy of the map in [0, 1]; a constant map gives all zeros (never NaN).
+        A map holding NaN or infinite values is refused (``ValueError``)."""
+        values = self.map.detach().double()
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError("map holds NaN or infinite values")
+        return minmax(values)
 
     def upsampled(self, size: tuple[int, int] | None = None, mode: str = "bilinear") -> torch.Tensor:
         """Image-side map resized to ``size`` (default: the scored input's ``(H, W)``), ``align_corners=False``."""

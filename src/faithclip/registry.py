@@ -207,7 +207,7 @@ OPTION_CHOICES: dict[str, tuple[str, ...]] = {
     "relu": ("per_layer", "after_sum", "none"),
     "lambda_span": ("context", "inner"),
     "lambda_qk": ("raw", "out_proj"),
-    "qk": ("out_proj", "raw"),
+    "qk": ("raw", "out_proj"),  # grad_eclip_official's deprecated name of lambda_qk (removed in the next release)
     "pooling": ("mean", "tokens"),
     "residual": ("normalized", "input"),
     "redundant": ("auto", "empty", "set"),
@@ -218,8 +218,13 @@ OPTION_RELATIONS: list[tuple[tuple[str, ...], str, Callable[..., bool]]] = [
     (("steps", "every"), "every must be at most steps (a curve scored every `every` of `steps` steps)",
      lambda steps, every: every <= steps),
 ]
-# indices into a tower's layers, checked against the model's layer count when it is known
+# One meaning per layer option name: ``layers`` is a COUNT of last layers (grad_eclip, attention_eclip,
+# grad_eclip_official, clip_surgery); ``layer`` the INDEX of the one layer a method reads (grad_cam,
+# self_attention, m2ib); ``start_layer`` the INDEX of the first layer of a range that runs to the last (rollout,
+# game, legrad). Indices are checked against the model's layer count when it is known.
 LAYER_INDEX_OPTIONS = ("layer", "start_layer")
+LAYER_OPTION_MEANINGS = {"layers": "a count of last layers", "layer": "the index of one layer",
+                         "start_layer": "the index of the first of the layers up to the last"}
 # parameters a caller passes, not the user (the official pipeline's original image)
 INTERNAL_PARAMETERS = frozenset({"original"})
 
@@ -253,7 +258,8 @@ def check_options(owner: str, functions: Sequence[Callable[..., Any]], options: 
         if key not in parameters:
             names = ", ".join(parameters) if parameters else None
             raise error(f"{spelled(key)} is not an option of {owner}; "
-                        + (f"its options are {names}." if names else f"{owner} takes no options."))
+                        + (f"its options are {names}{_layer_hint(key, parameters)}." if names
+                           else f"{owner} takes no options."))
         problem = value_problem(parameters[key], value, layers)
         if problem:
             given = spelled(key) + (" " if spelled(key).startswith("--") else "=") + _shown(value)
@@ -266,6 +272,14 @@ def check_options(owner: str, functions: Sequence[Callable[..., Any]], options: 
             continue
         given = ", ".join(f"{spelled(name)}={_shown(value)}" for name, value in zip(names, values))
         raise error(f"{given}: {owner}'s {words}.")
+
+
+def _layer_hint(key: str, parameters: Mapping[str, Any]) -> str:
+    """For a layer option given to a method that takes another one: what each of the two means."""
+    if key not in LAYER_OPTION_MEANINGS:
+        return ""
+    other = next((name for name in LAYER_OPTION_MEANINGS if name != key and name in parameters), None)
+    return "" if other is None else f" ({key}: {LAYER_OPTION_MEANINGS[key]}; {other}: {LAYER_OPTION_MEANINGS[other]})"
 
 
 def value_problem(parameter: inspect.Parameter, value: Any, layers: int | None = None) -> str | None:

@@ -97,7 +97,7 @@ def stand_in_figures(handle: Any, scenes: int = 1000, pointing_scenes: int = 300
             hits[method].append(pointing_hit(pixel_map(explanation.map, (size, size)), mask, tolerance))
         hits["random"].append(pointing_hit(torch.rand(size, size, generator=generator, dtype=torch.float64), mask, tolerance))
     return {
-        "model": handle.name, "family": handle.family.name, "target": handle.family.target_kinds[0],
+        "model": handle.name, "family": handle.family.name, "target": handle.family.default_target_kind,
         "held_out_seed": seed, "scenes": scenes, "pointing_scenes": pointing_scenes, "tolerance_px": tolerance,
         "attention_eclip_layers": layers,
         "accuracy": accuracy, "multi_object_accuracy": rate(present),

@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 
 VOC_TEXTS = ("a photo of a bus", "a photo of a person", "a photo of a chair")
 
 
-def default_inputs(model: ClipHandle, images: list[str], texts: list[str] | None) -> tuple[list[Any], list[str]]:
+def default_inputs(model: ModelHandle, images: list[str], texts: list[str] | None) -> tuple[list[Any], list[str]]:
     """The user's images and texts, or: shapes-world scenes and prompts for a shapes model; VOC photos otherwise."""
     if images:
         return [model.rgb(p) for p in images], list(texts or VOC_TEXTS)
-    if model.name == "shapes-clip" or "shapes" in model.name:
+    if model.trained_on_shapes:
         from faithclip.shapes.world import ShapesWorld
 
         world = ShapesWorld(image_size=model.image_size)

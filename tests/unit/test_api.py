@@ -135,6 +135,57 @@ def test_targets_are_the_models_own_scores(tiny):
         Target("kl")
 
 
+
+def test_the_default_target_is_decided_by_the_family_alone(tiny, monkeypatch):
+    """Every path that explains without a named target (explain, the published pipeline's helper, P1's
+    check through family_target) takes Family.default_target_kind: changing it there changes them all."""
+    from PIL import Image
+
+    from faithclip.api import family_target, grad_eclip_official_explain
+
+    assert tiny.family.default_target_kind == "cosine" == family_target(tiny, None).kind
+    monkeypatch.setattr(type(tiny.family), "target_kinds", ("logit", "cosine", "probability", "contrast"))
+    assert family_target(tiny, None).kind == "logit" == tiny.family.default_target().kind
+    assert faithclip.explain(tiny, torch.randn(1, 3, 32, 32), token_ids([2])).target == "logit"
+    image = Image.new("RGB", (32, 32), (120, 30, 200))
+    assert grad_eclip_official_explain(tiny, image, token_ids([2]))[0].target == "logit"
+
+
+def test_qk_is_a_deprecated_alias_of_lambda_qk(tiny):
+    """grad_eclip_official's ``qk`` is ``lambda_qk`` under its old name, for one release: same map, a
+    DeprecationWarning pointing at the caller's line (so Python's default filter shows it in a script)."""
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (120, 30, 200))
+    new = faithclip.explain(tiny, image, token_ids([2]), "grad_eclip_official", lambda_qk="raw")
+    with pytest.warns(DeprecationWarning, match="option qk is deprecated.*use lambda_qk") as caught:
+        old = faithclip.explain(tiny, image, token_ids([2]), "grad_eclip_official", qk="raw")
+    assert torch.equal(old.map, new.map)  # the same computation by construction
+    assert old.options["lambda_qk"] == "raw" and "qk" not in old.options
+    assert [w.filename for w in caught if w.category is DeprecationWarning] == [__file__]
+    with pytest.raises(MethodError, match="disagree"), pytest.warns(DeprecationWarning):
+        faithclip.explain(tiny, image, token_ids([2]), "grad_eclip_official", lambda_qk="raw", qk="out_proj")
+    with pytest.warns(DeprecationWarning):
+        text = faithclip.explain_text(tiny, image, token_ids([2]), "grad_eclip_official", qk="raw")
+    assert text.options["lambda_qk"] == "raw"
+
+
+def test_layer_options_have_one_meaning_each_and_a_wrong_one_is_refused_before_any_work(tiny):
+    """``layers`` counts last layers, ``layer`` indexes one, ``start_layer`` indexes the first of a range:
+    giving one to a method that takes another is a MethodError that says both meanings, on every path
+    (issue 24: grad_cam with layers ended in Python's "unexpected keyword")."""
+    from PIL import Image
+
+    from faithclip.api import grad_eclip_official_explain
+
+    pixels, ids = torch.randn(1, 3, 32, 32), token_ids([2])
+    with pytest.raises(MethodError, match=r"layers is not an option of grad_cam; its options are layer \(layers: a "
+                                          r"count of last layers; layer: the index of one layer\)\.$"):
+        faithclip.explain(tiny, pixels, ids, "grad_cam", layers=2)
+    with pytest.raises(MethodError, match="layer is not an option of grad_eclip_official; .*layer: the index of one"):
+        grad_eclip_official_explain(tiny, Image.new("RGB", (32, 32)), ids, layer=1)
+    assert faithclip.explain(tiny, pixels, ids, "grad_cam", layer=0).layers == [0]
+
 def test_every_target_explains_with_matching_model_score(b32_handle):
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     for kind, others in [("cosine", ()), ("logit", ()), ("probability", ("a dog", "a car")), ("contrast", ("a dog",))]:

@@ -11,7 +11,7 @@ import torch
 
 from faithclip.audit.bootstrap import Bootstrap, median_interval, wilson_interval
 from faithclip.audit.departure import summarise_maps
-from faithclip.audit.measures import spearman
+from faithclip.mapmath import spearman
 from faithclip.audit.report import contrast_reading
 
 Z95 = 1.959963984540054

@@ -20,7 +20,7 @@ from faithclip.methods.official.rewrite import (
     encode_text_rewritten,
 )
 from faithclip.models.loading import from_hf
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 from faithclip.registry import METHODS
 
 torch.set_num_threads(1)
@@ -88,7 +88,7 @@ def score_tolerance(dtype: torch.dtype) -> float:
 
 def image_side(handle, image, text, ids, *, qk: str = "out_proj", layers: int = 1, cap: int | None = CAP):
     """faithclip's explanations and the oracle's (maps, cosines) of one image (PIL or path)."""
-    explanations = grad_eclip_official_explain(handle, image, text, qk=qk, layers=layers, cap=cap)
+    explanations = grad_eclip_official_explain(handle, image, text, lambda_qk=qk, layers=layers, cap=cap)
     text_embeds, _, _ = ref.text_embedding(handle.model, ids, 0)  # the model's own text forward, by hand
     expected, cosines = ref.official_image_map(handle.model, image, text_embeds.detach(), cap=cap, qk=qk,
                                                layers=layers, mean=handle.preprocess.mean, std=handle.preprocess.std)
@@ -100,7 +100,7 @@ def image_side(handle, image, text, ids, *, qk: str = "out_proj", layers: int = 
 
 def text_side(handle, image, text, ids, *, qk: str = "out_proj", undefined_rows_allowed: bool = False):
     """faithclip's text explanations and the oracle's maps against one image (PIL or path)."""
-    explanations = grad_eclip_official_explain(handle, image, text, side="text", qk=qk)
+    explanations = grad_eclip_official_explain(handle, image, text, side="text", lambda_qk=qk)
     preprocess = handle.preprocess
     expected, cosines = ref.official_text_map(handle.model, ids, image, qk=qk, size=preprocess.size,
                                               crop=preprocess.crop_height, mean=preprocess.mean, std=preprocess.std)
@@ -202,7 +202,7 @@ def b32_varied():
                 parameter.add_(0.1 * torch.randn_like(parameter))
     model.set_attn_implementation("eager")
     tokenizer = transformers.CLIPTokenizer.from_pretrained(B32_DIR)
-    return from_hf(model.eval(), tokenizer, preprocess=ClipPreprocess.from_json(B32_DIR / "preprocessor_config.json"))
+    return from_hf(model.eval(), tokenizer, preprocess=ImagePreprocess.from_json(B32_DIR / "preprocessor_config.json"))
 
 
 @needs_voc

@@ -23,13 +23,12 @@ from faithclip.audit.ladder import degrade, zero_shot_accuracy
 from faithclip.audit.measures import (
     crop_grid_map,
     patch_deletion_insertion,
-    pointing_hit,
-    spearman,
+    peak_in_mask,
 )
 from faithclip.audit.report import audit_html, format_audit
 from faithclip.methods.context import Context, MapResult
 from faithclip.models.loading import from_hf, shipped_models
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 from faithclip.registry import METHODS, MethodSpec
 from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
 from faithclip.shapes.world import COLOUR_NAMES, SHAPES
@@ -143,16 +142,8 @@ def test_audit_departure_end_to_end_and_renderings():
 
 
 # ---- measures ----------------------------------------------------------------------------------
-def test_spearman_matches_scipy_with_ties():
-    scipy_stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, 5, 40).astype(float)
-    b = a + rng.normal(size=40)
-    assert spearman(torch.tensor(a), torch.tensor(b)) == pytest.approx(scipy_stats.spearmanr(a, b).statistic, abs=1e-12)
-
-
 def test_crop_grid_map_follows_the_models_crop():
-    preprocess = ClipPreprocess(size=32, crop_height=32, crop_width=32)
+    preprocess = ImagePreprocess(size=32, crop_height=32, crop_width=32)
     full = torch.arange(12.0).reshape(3, 4)  # a map over a 64 x 48 (W x H) image: 4 columns, 3 rows
     on_crop = crop_grid_map(full, (64, 48), preprocess, (2, 2))
     # resized to 42 x 32, crop columns 5..37: the left/right quarters are cut, rows stay
@@ -175,7 +166,11 @@ def test_deletion_insertion_on_a_score_known_by_construction():
     assert bad_curves == pytest.approx({"deletion": 0.875, "insertion": 0.125})
     mask = np.zeros((16, 16), dtype=bool)
     mask[:8, :8] = True
-    assert pointing_hit(good, mask) == 1.0 and pointing_hit(bad, mask) == 0.0
+    assert peak_in_mask(good, mask) == 1.0 and peak_in_mask(bad, mask) == 0.0
+    # no tolerance: a peak on the pixel next to the mask is a miss; an empty mask is a miss, not an error
+    next_to = torch.zeros(16, 16)
+    next_to[3, 8] = 1.0  # the mask ends at column 7
+    assert peak_in_mask(next_to, mask) == 0.0 and peak_in_mask(good, np.zeros((16, 16), dtype=bool)) == 0.0
 
 
 # ---- P1 ----------------------------------------------------------------------------------------

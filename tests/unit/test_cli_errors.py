@@ -233,7 +233,7 @@ def test_exif_orientation_follows_the_pipeline_and_is_recorded(tmp_path, model):
     import torch
 
     import faithclip
-    from faithclip.models.preprocess import ClipPreprocess
+    from faithclip.models.preprocess import ImagePreprocess
 
     stored = Image.new("RGB", (96, 64), (255, 255, 255))  # wide as stored ...
     stored.paste((220, 20, 20), (0, 0, 40, 24))  # ... with a red block in the stored top-left corner
@@ -252,7 +252,7 @@ def test_exif_orientation_follows_the_pipeline_and_is_recorded(tmp_path, model):
     as_stored_pixels = Image.fromarray(np.asarray(Image.open(path).convert("RGB")))  # no EXIF left to apply
     assert not torch.equal(ex.map, faithclip.explain(model, as_stored_pixels, "a red square").map)
 
-    openai = dataclasses.replace(model, preprocess=ClipPreprocess.for_pipeline("openai", model.image_size))
+    openai = dataclasses.replace(model, preprocess=ImagePreprocess.for_pipeline("openai", model.image_size))
     as_stored = faithclip.explain(openai, str(path), "a red square")  # OpenAI's rule: pixels as stored
     assert as_stored.exif_orientation == {"tag": 6, "rule": "ignore", "applied": False}
     assert torch.equal(openai.pixels(str(path)), openai.pixels(as_stored_pixels))

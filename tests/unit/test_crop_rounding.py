@@ -17,12 +17,12 @@ from PIL import Image
 from conftest import VOC_DIR, needs_reference, random_clip
 from faithclip.errors import ModelError
 from faithclip.models.loading import from_hf, load
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TRANSFORMERS = ClipPreprocess.for_pipeline("transformers", 224)
-OPENAI = ClipPreprocess.for_pipeline("openai", 224)
+TRANSFORMERS = ImagePreprocess.for_pipeline("transformers", 224)
+OPENAI = ImagePreprocess.for_pipeline("openai", 224)
 
 
 # (image w, h) -> resized (w, h), floor box, round-half-even box; (left, top, right, bottom), crop 224.
@@ -66,21 +66,21 @@ def test_rules_are_named_recorded_and_read_back():
     for preprocess in (TRANSFORMERS, OPENAI):
         config = json.loads(json.dumps(preprocess.to_dict()))
         assert config["faithclip_rules"] == preprocess.rules
-        assert ClipPreprocess.from_dict(config) == preprocess
+        assert ImagePreprocess.from_dict(config) == preprocess
     plain = {key: value for key, value in OPENAI.to_dict().items() if key != "faithclip_rules"}
-    assert ClipPreprocess.from_dict(plain).pipeline == "transformers"  # a config from transformers itself
-    assert ClipPreprocess(crop_rounding="round_half_even").pipeline == "custom"
+    assert ImagePreprocess.from_dict(plain).pipeline == "transformers"  # a config from transformers itself
+    assert ImagePreprocess(crop_rounding="round_half_even").pipeline == "custom"
     # a config saved before exif_orientation was named keeps the pipeline its recorded rules match
     older = {**OPENAI.to_dict(), "faithclip_rules": {k: v for k, v in OPENAI.rules.items() if k != "exif_orientation"}}
-    assert ClipPreprocess.from_dict(older) == OPENAI
+    assert ImagePreprocess.from_dict(older) == OPENAI
 
 
 def test_unknown_rule_is_a_one_line_error():
     with pytest.raises(ModelError, match="choose one of floor, round_half_even") as caught:
-        ClipPreprocess(crop_rounding="ceil")
+        ImagePreprocess(crop_rounding="ceil")
     assert "\n" not in str(caught.value)
     with pytest.raises(ModelError, match="choose one of transformers, openai"):
-        ClipPreprocess.for_pipeline("timm", 224)
+        ImagePreprocess.for_pipeline("timm", 224)
 
 
 def _save_directory(directory, preprocessor: dict | None):
@@ -95,7 +95,7 @@ def test_transformers_directories_floor_and_a_recorded_rule_is_kept(tmp_path):
     transformers_config = {"crop_size": {"height": 32, "width": 32}, "size": {"shortest_edge": 32}}
     bare = load(_save_directory(tmp_path / "bare", None))
     with_config = load(_save_directory(tmp_path / "hf", transformers_config))
-    converted = load(_save_directory(tmp_path / "converted", ClipPreprocess.for_pipeline("openai", 32).to_dict()))
+    converted = load(_save_directory(tmp_path / "converted", ImagePreprocess.for_pipeline("openai", 32).to_dict()))
     # 71x64 at 32 px: 32 * 71 / 64 = 35.5 -> 35; excess 3, half 1.5: floor 1, half-even 2
     for handle in (bare, with_config):
         assert handle.preprocess_rules["pipeline"] == "transformers"
@@ -135,8 +135,8 @@ def test_transparency_white_for_transformers_black_for_openai():
     # 64x32 -> resized 32x16 (16 * 64 / 32 = 32), crop 16 at left 8 under both rules (excess 16 is even):
     # crop column 0 is resized column 8 (deep in the red half), column 15 is resized column 23 (transparent)
     image = _half_transparent()
-    white_first = np.asarray(ClipPreprocess.for_pipeline("transformers", 16).crop_image(image))
-    after_crop = np.asarray(ClipPreprocess.for_pipeline("openai", 16).crop_image(image))
+    white_first = np.asarray(ImagePreprocess.for_pipeline("transformers", 16).crop_image(image))
+    after_crop = np.asarray(ImagePreprocess.for_pipeline("openai", 16).crop_image(image))
     assert white_first.shape == after_crop.shape == (16, 16, 3)
     np.testing.assert_array_equal(white_first[:, 0], np.tile([255, 0, 0], (16, 1)))
     np.testing.assert_array_equal(after_crop[:, 0], np.tile([255, 0, 0], (16, 1)))
@@ -148,7 +148,7 @@ def test_transparency_white_for_transformers_black_for_openai():
 def test_handle_converts_a_path_under_its_own_rule(tmp_path):
     path = tmp_path / "half.png"
     _half_transparent().save(path)
-    handle = from_hf(random_clip(), preprocess=ClipPreprocess.for_pipeline("openai", 32))  # 32 px model
+    handle = from_hf(random_clip(), preprocess=ImagePreprocess.for_pipeline("openai", 32))  # 32 px model
     pixels = handle.pixels(path)[0]  # (3, 32, 32); 64x32 needs no resize, and PIL's same-size resize is a copy
     black = handle.preprocess.normalize(np.zeros((1, 1, 3), dtype=np.uint8))[:, 0, 0]
     green = handle.preprocess.normalize(np.array([[[0, 255, 0]]], dtype=np.uint8))[:, 0, 0]

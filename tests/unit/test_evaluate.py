@@ -22,7 +22,7 @@ from faithclip.data.folders import (
 )
 from faithclip.evaluation import EvalConfig, EvaluationError, Evaluator, evaluate
 from faithclip.models.loading import from_hf
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
 from faithclip.shapes.world import COLOUR_NAMES, SHAPES
 
@@ -37,7 +37,7 @@ def tiny_shapes_clip(seed: int = 0, size: int = 32):
     model = transformers.CLIPModel(config).eval()
     model.set_attn_implementation("eager")
     tokenizer = as_transformers_tokenizer(build_word_tokenizer([*SHAPES, *COLOUR_NAMES]))
-    return from_hf(model, tokenizer, preprocess=ClipPreprocess(size=size, crop_height=size, crop_width=size),
+    return from_hf(model, tokenizer, preprocess=ImagePreprocess(size=size, crop_height=size, crop_width=size),
                    name="tiny-shapes")
 
 
@@ -197,7 +197,7 @@ def test_masks_go_through_the_images_resize_and_crop():
     mask = np.zeros((150, 300), dtype=bool)
     mask[40:110, 140:200] = True
     image[mask] = (250, 20, 20)
-    preprocess = ClipPreprocess(size=64, crop_height=64, crop_width=64)
+    preprocess = ImagePreprocess(size=64, crop_height=64, crop_width=64)
     crop = np.asarray(preprocess.crop_image(Image.fromarray(image))).astype(int)
     aligned = aligned_mask(mask, preprocess)
     assert aligned.shape == (64, 64)
@@ -219,7 +219,7 @@ def test_voc_samples_load_with_masks_aligned_to_the_crop():
         "2011_000003:bottle", "2011_000003:person", "2011_000006:chair", "2011_000006:person",
         "2011_000006:sofa", "2011_000025:bus", "2011_000025:car"]
     assert data.class_names[0] == "aeroplane" and len(data.class_names) == 20 and data.has_masks
-    preprocess = ClipPreprocess.from_json(B32_DIR / "preprocessor_config.json")
+    preprocess = ImagePreprocess.from_json(B32_DIR / "preprocessor_config.json")
     for item in data:
         assert item.mask.shape == (item.image.height, item.image.width)
         assert data.class_names[item.label] == item.case_id.split(":")[1]

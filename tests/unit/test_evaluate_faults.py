@@ -27,7 +27,7 @@ from conftest import tiny_config
 from PIL import Image
 
 from faithclip.cli.main import main
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 from faithclip.report.evaluation_report import render_markdown
 from faithclip.shapes.tokenizer import save_word_tokenizer
 from faithclip.shapes.world import COLOUR_NAMES, SHAPES
@@ -47,7 +47,7 @@ def write_model(directory: Path, words: list[str] = WORDS) -> Path:
     torch.manual_seed(0)
     transformers.CLIPModel(config).save_pretrained(directory)
     save_word_tokenizer(directory, words)
-    preprocess = ClipPreprocess(size=32, crop_height=32, crop_width=32)
+    preprocess = ImagePreprocess(size=32, crop_height=32, crop_width=32)
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocess.to_dict(), indent=1))
     return directory
 

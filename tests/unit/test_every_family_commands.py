@@ -96,9 +96,9 @@ def check_rise_deletion(handle, results, data, probability):
 def test_evaluate_a_classifier_scores_its_own_softmax_over_its_classes(kind, tmp_path):
     handle = classifier(kind)
     if kind == "deit":  # DeiT's processor resizes then crops: render at its crop size for the literal oracle
-        from faithclip.models.preprocess import ClipPreprocess
+        from faithclip.models.preprocess import ImagePreprocess
 
-        handle.preprocess = ClipPreprocess(size=SIZE, crop_height=SIZE, crop_width=SIZE, mean=handle.preprocess.mean,
+        handle.preprocess = ImagePreprocess(size=SIZE, crop_height=SIZE, crop_width=SIZE, mean=handle.preprocess.mean,
                                            std=handle.preprocess.std, resample=3, resize="exact", center_crop=False)
     results, data = evaluate(handle, tmp_path / "run", ["zeroshot", "deletion_rise", "pointing_game"])
     assert results["complete"] and results["model"]["name"] == f"tiny-{kind}"

@@ -25,11 +25,11 @@ from reference import vit_reference as ref
 from tolerance import assert_rounding_close
 
 import faithclip
-from faithclip.equivalence import relative_difference
+from faithclip.numerics import relative_difference
 from faithclip.errors import MethodError, ModelError, TextError
 from faithclip.methods.official import vit as official_vit
 from faithclip.models.loading import from_hf
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 torch.set_num_threads(1)
 
@@ -158,7 +158,7 @@ def test_deit_processor_resizes_then_crops(tmp_path):
     assert torch.allclose(pixels[0, 0], torch.full((32,), -0.485 / 0.229))
     assert torch.allclose(pixels[0, 1], torch.full((32,), (1 - 0.485) / 0.229))
     # a CLIP file with an integer size keeps the shortest-edge rule
-    clip = ClipPreprocess.from_dict({"image_processor_type": "CLIPImageProcessor", "size": 224, "crop_size": 224})
+    clip = ImagePreprocess.from_dict({"image_processor_type": "CLIPImageProcessor", "size": 224, "crop_size": 224})
     assert (clip.resize, clip.center_crop) == ("shortest_edge", True)
 
 
@@ -184,13 +184,13 @@ def test_eclip_methods_equal_each_other_and_the_oracle(kind, shape):
         b = faithclip.explain(h, pixels.to(dtype), names, "attention_eclip")
         for index, (x, y) in enumerate(zip(a, b)):
             assert x.map.shape == (grid, grid)
-            assert relative_difference(x.map.double(), y.map.double()) <= tolerance
+            assert relative_difference(x.map.double(), y.map.double(), 0.0) <= tolerance
             if dtype == torch.float64:
                 image, k = divmod(index, 2)
                 score, expected = ref.eclip_literal(model, pixels[image:image + 1], [0, 2][k], handle.prefix_tokens)
                 assert x.score == pytest.approx(score, rel=1e-12)
                 largest = max(largest, float(expected.abs().max()))
-                assert relative_difference(expected.reshape(grid, grid), x.map) <= 1e-10
+                assert relative_difference(expected.reshape(grid, grid), x.map, 0.0) <= 1e-10
     assert largest > 0
 
 
@@ -208,14 +208,14 @@ def test_real_vit_b16_architecture_equivalence():
     handle = from_hf(model)
     a = faithclip.explain(handle, pixels, names, "grad_eclip")
     b = faithclip.explain(handle, pixels, names, "attention_eclip")
-    float32 = max(relative_difference(x.map.double(), y.map.double()) for x, y in zip(a, b))
+    float32 = max(relative_difference(x.map.double(), y.map.double(), 0.0) for x, y in zip(a, b))
     model64 = model.double()
     handle64 = from_hf(model64)
     a64 = faithclip.explain(handle64, pixels.double(), names, "grad_eclip")
     b64 = faithclip.explain(handle64, pixels.double(), names, "attention_eclip")
-    float64 = max(relative_difference(x.map, y.map) for x, y in zip(a64, b64))
+    float64 = max(relative_difference(x.map, y.map, 0.0) for x, y in zip(a64, b64))
     _, expected = ref.eclip_literal(model64, pixels.double(), 500, 1)
-    oracle = relative_difference(expected.reshape(14, 14), a64[1].map)
+    oracle = relative_difference(expected.reshape(14, 14), a64[1].map, 0.0)
     print(f"\nViT-B/16 random weights: grad_eclip vs attention_eclip float32 {float32:.3e}, float64 {float64:.3e}; "
           f"float64 vs literal oracle {oracle:.3e}")
     assert float32 <= 1e-5 and float64 <= 1e-10 and oracle <= 1e-10
@@ -277,14 +277,14 @@ def test_official_vit_matches_the_literal_notebook_formula():
     rng = np.random.default_rng(0)
     original = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
     explanation = faithclip.explain(handle, original, "a green triangle", "grad_eclip_official")
-    assert explanation.map.shape == (3, 5) and explanation.options["qk"] == "raw" and explanation.options["cap"] is None
+    assert explanation.map.shape == (3, 5) and explanation.options["lambda_qk"] == "raw" and explanation.options["cap"] is None
     from faithclip.methods.official.keepsize import keep_size_pixels
 
     keep = keep_size_pixels(original, 8, handle.preprocess, None)[None].double()  # (1, 3, 24, 40)
     score, expected = ref.official_literal(model, keep, 3)
     assert explanation.score == pytest.approx(score, rel=1e-10)
     assert expected.abs().max() > 0
-    assert relative_difference(expected.reshape(3, 5), explanation.map) <= 1e-10
+    assert relative_difference(expected.reshape(3, 5), explanation.map, 0.0) <= 1e-10
     with torch.no_grad():
         assert explanation.model_score == float(model(pixel_values=handle.pixels(original)).logits[0, 3])
     assert abs(explanation.score - explanation.model_score) > 1e-3  # a different forward: P1 fails by design
@@ -295,9 +295,9 @@ def test_official_vit_rewrite_with_the_models_heads_and_residual_is_the_model():
     pixels = pixels_for(32, 2)
     features, _, grid = official_vit.encode_image_rewritten(model, pixels, heads=None, residual="input")
     own = model.vit(pixel_values=pixels).last_hidden_state[:, 0]
-    assert grid == (4, 4) and relative_difference(own, features) <= 1e-12
+    assert grid == (4, 4) and relative_difference(own, features, 0.0) <= 1e-12
     one_head, _, _ = official_vit.encode_image_rewritten(model, pixels, heads=1)
-    assert relative_difference(own, one_head) > 1e-3
+    assert relative_difference(own, one_head, 0.0) > 1e-3
 
 
 def test_audit_runs_on_a_tiny_shapes_classifier():

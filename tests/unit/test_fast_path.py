@@ -10,7 +10,6 @@ import torch
 from tolerance import assert_rounding_close
 from conftest import random_clip, token_ids
 from faithclip.api import method_spec
-from faithclip.equivalence import relative_difference
 from faithclip.methods.context import Context
 from faithclip.models.loading import from_hf
 from faithclip.targets import Target

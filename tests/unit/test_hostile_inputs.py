@@ -125,6 +125,13 @@ OTHER_CASES = [
      "img.png has 4,096 pixels, more than the limit of 100 pixels"),
     ("layers-on-occlusion", ["explain", "img.png", *TEXT, "--method", "occlusion", "--layers", "2"], 2,
      "--layers is not an option of occlusion; its options are window, stride, fill, batch_size."),
+    # layers counts last layers; grad_cam and rollout take an index (issue 24: this ended in "unexpected keyword")
+    ("layers-on-grad-cam", ["explain", "img.png", *TEXT, "--method", "grad_cam", "--layers", "2"], 2,
+     "--layers is not an option of grad_cam; its options are layer (layers: a count of last layers; layer: the "
+     "index of one layer)."),
+    ("layers-on-rollout", ["explain", "img.png", *TEXT, "--method", "rollout", "--layers", "2"], 2,
+     "--layers is not an option of rollout; its options are start_layer (layers: a count of last layers; "
+     "start_layer: the index of the first of the layers up to the last)."),
     ("other-equal-to-text", ["explain", "img.png", *TEXT, "--target", "probability", "--other", "red circle"], 2,
      "the other text 'red circle' (--other, others=) is an explained text itself"),
     ("layers-banana", [*EVALUATE, "--method-option", "grad_eclip.layers=banana"], 2,
@@ -408,13 +415,12 @@ def test_option_choices_are_the_methods_own():
     """The registry refuses a word outside an option's set before any work; its sets are the methods'."""
     from faithclip.methods.clip_surgery import REDUNDANT
     from faithclip.methods.common import LAMBDA_QK, LAMBDA_SPANS
-    from faithclip.methods.grad_eclip_official import QK_CHOICES
     from faithclip.methods.legrad import POOLINGS
     from faithclip.methods.official.vit import RESIDUALS
     from faithclip.registry import OPTION_CHOICES
 
     assert OPTION_CHOICES["lambda_span"] == LAMBDA_SPANS and OPTION_CHOICES["lambda_qk"] == LAMBDA_QK
-    assert OPTION_CHOICES["qk"] == QK_CHOICES and OPTION_CHOICES["pooling"] == POOLINGS
+    assert OPTION_CHOICES["qk"] == LAMBDA_QK and OPTION_CHOICES["pooling"] == POOLINGS  # qk: lambda_qk's old name
     assert OPTION_CHOICES["residual"] == RESIDUALS and OPTION_CHOICES["redundant"] == REDUNDANT
     import faithclip.methods.common as common
 

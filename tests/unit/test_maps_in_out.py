@@ -20,7 +20,7 @@ from test_evaluate import tiny_shapes_clip
 from faithclip.data.folders import shapes_set
 from faithclip.data.maps import MapFolder, MapsError, image_to_crop
 from faithclip.evaluation import EvalConfig, EvaluationError, Evaluator
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 METRICS = ["deletion_gradeclip", "insertion_rise", "pointing_game", "energy_pointing_game", "segmentation"]
 
@@ -96,7 +96,7 @@ def test_cli_maps_refuses_recomputing_metrics_and_missing_files(handle, tmp_path
 
 
 def test_shapes_of_the_three_spaces(tmp_path):
-    preprocess = ClipPreprocess(size=8, crop_height=8, crop_width=8)
+    preprocess = ImagePreprocess(size=8, crop_height=8, crop_width=8)
     np.save(tmp_path / "a__m.npy", np.zeros((3, 5)))
     folder = MapFolder(tmp_path)
     with pytest.raises(MapsError, match="fits none"):
@@ -105,7 +105,7 @@ def test_shapes_of_the_three_spaces(tmp_path):
 
 def test_image_space_maps_are_sampled_at_the_crops_pixel_centres():
     # a 16 x 8 (W x H) image, model input 4 x 4: resized to 8 x 4 (scale 1/2), crop columns 2..5.
-    preprocess = ClipPreprocess(size=4, crop_height=4, crop_width=4)
+    preprocess = ImagePreprocess(size=4, crop_height=4, crop_width=4)
     xs = np.arange(16, dtype=np.float64) + 0.5  # pixel centres
     linear = np.tile(3.0 * xs, (8, 1))  # (8, 16): a map linear in x, so bilinear sampling is exact
     crop = image_to_crop(linear, preprocess, (16, 8))

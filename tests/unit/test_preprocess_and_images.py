@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import B32_DIR, VOC_DIR, needs_reference
 from faithclip.errors import ImageError
 from faithclip.models.images import open_image, to_rgb
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 transformers = pytest.importorskip("transformers")
 
@@ -29,7 +29,7 @@ def _hf_processor():
 def test_matches_transformers_processor(size):
     rng = np.random.default_rng(sum(size))
     image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    ours = ClipPreprocess.from_json(B32_DIR / "preprocessor_config.json")(image)
+    ours = ImagePreprocess.from_json(B32_DIR / "preprocessor_config.json")(image)
     theirs = _hf_processor()(image, return_tensors="pt")["pixel_values"][0]
     assert ours.shape == theirs.shape == (3, 224, 224)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
@@ -39,13 +39,13 @@ def test_matches_transformers_processor(size):
 @pytest.mark.parametrize("name", ["2011_000003", "2011_000006", "2011_000025"])
 def test_real_voc_photos(name):
     image = open_image(VOC_DIR / "JPEGImages" / f"{name}.jpg")
-    ours = ClipPreprocess.from_json(B32_DIR / "preprocessor_config.json")(image)
+    ours = ImagePreprocess.from_json(B32_DIR / "preprocessor_config.json")(image)
     theirs = _hf_processor()(image, return_tensors="pt")["pixel_values"][0]
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
 def test_crop_geometry():
-    pre = ClipPreprocess()
+    pre = ImagePreprocess()
     assert pre.resized_size(500, 338) == (331, 224)
     assert pre.crop_box(500, 338) == (53, 0, 277, 224)
     restored = pre.denormalize(pre.normalize(np.full((4, 4, 3), 200, dtype=np.uint8)))

@@ -34,8 +34,8 @@ def scenes(shapes):
 
 def test_each_official_variant_keeps_its_own_input_rule():
     """1032 x 689 (the size of the published repository's whippet.png), patch 16. Evaluation script
-    (qk=out_proj): short side capped at 640 -> scale 689/640, 958 x 640 -> int(958/16 + .5) = 60 columns,
-    40 rows. Image notebook (qk=raw): no cap -> int(1032/16 + .5) = int(65.0) = 65 columns,
+    (lambda_qk=out_proj): short side capped at 640 -> scale 689/640, 958 x 640 -> int(958/16 + .5) = 60 columns,
+    40 rows. Image notebook (lambda_qk=raw): no cap -> int(1032/16 + .5) = int(65.0) = 65 columns,
     int(689/16 + .5) = int(43.56) = 43 rows."""
     assert variant_cap("out_proj") == 640 and variant_cap("raw") is None and variant_cap("raw", 500) == 500
     handle = from_hf(random_clip(seed=1, heads=2, layers=1, width=16, image_size=32, patch_size=16))
@@ -43,7 +43,7 @@ def test_each_official_variant_keeps_its_own_input_rule():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         script = faithclip.explain(handle, image, token_ids([2]), "grad_eclip_official")
-        notebook = faithclip.explain(handle, image, token_ids([2]), "grad_eclip_official", qk="raw")
+        notebook = faithclip.explain(handle, image, token_ids([2]), "grad_eclip_official", lambda_qk="raw")
     assert tuple(script.map.shape) == (40, 60) and script.options["cap"] == 640
     assert tuple(notebook.map.shape) == (43, 65) and notebook.options["cap"] is None
     assert script.input_size == (640, 960) and notebook.input_size == (688, 1040)

@@ -38,6 +38,16 @@ def test_a_declared_departure_is_not_called_a_failure_where_the_command_passes()
     assert ">fail<" in p1_table(undeclared) and "class=bad" in p1_table(undeclared)
 
 
+
+def test_the_terminal_and_html_p1_tables_print_the_same_verdict_words():
+    from faithclip.audit.principles import P1Row, format_p1
+
+    cases = {(True, False): "pass", (False, True): "declared departure", (False, False): "fail"}
+    for (passed, declared), word in cases.items():
+        row = dict(P1_ROWS[1], passed=passed, modifies_model=declared)
+        terminal = format_p1([P1Row(pairs=1, **row)]).splitlines()[-1]
+        assert f" {word} " in terminal and f">{word}<" in p1_table([row]), (passed, declared)
+
 def test_check_page_writes_settings_as_a_table_and_hooks_in_words():
     card = {"method": "mine", "origin": "plugin", "declared": {"modifies_model": True, "modifies_input": False},
             "paper": "p", "seconds": 1.0, "model": "shapes-clip", "failed": True,

@@ -51,15 +51,15 @@ from faithclip.audit.p2 import MIN_LADDERS, MIN_SCENES, P2Design
 from faithclip.audit.principles import explains_own_scores, p1_gaps, p1_tolerance
 from faithclip.errors import FaithclipError, MethodError
 from faithclip.methods.context import Context
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 from faithclip.registry import METHODS, MethodSpec
+from faithclip.verdicts import DECLARED_DEPARTURE, FAIL, VERDICTS
 
 logger = logging.getLogger(__name__)
 
-# "declared departure": P1 only, every departure seen is one the method declares (modifies_model /
-# modifies_input): it does not explain the original model, and says so. One wording with verify and the demo;
-# like them, check exits 1 on "fail" only (an undeclared departure is a fail, here and in "claims").
-VERDICTS = ("pass", "fail", "inconclusive", "declared departure")
+# "declared departure" (faithclip.verdicts): P1 only, every departure seen is one the method declares
+# (modifies_model / modifies_input). One wording with verify and the demo; like them, check exits 1 on "fail"
+# only (an undeclared departure is a fail, here and in "claims").
 CHECKS = ("p1", "claims", "ladder", "correctness", "sanity", "text")
 #: the settings each check reads (``CheckSettings.in_use``)
 SETTINGS_OF_CHECK: dict[str, set[str]] = {
@@ -144,7 +144,7 @@ def resolve_method(reference: str) -> tuple[MethodSpec, str]:
 
 
 # ---- data ---------------------------------------------------------------------------------------
-def _multi(handle: ClipHandle, n: int, seed: int) -> AuditData:
+def _multi(handle: ModelHandle, n: int, seed: int) -> AuditData:
     from faithclip.audit.data import shapes_data
 
     return shapes_data(n, raw_size=2 * handle.image_size, seed=seed, kind="multi")
@@ -161,7 +161,7 @@ def _run(spec: MethodSpec, side: str, ctx: Context, options: dict) -> Any:
         return getattr(spec, side)(ctx, **extra, **options)
 
 
-def image_map(handle: ClipHandle, spec: MethodSpec, image: Any, prompts: list[str], options: dict) -> torch.Tensor:
+def image_map(handle: ModelHandle, spec: MethodSpec, image: Any, prompts: list[str], options: dict) -> torch.Tensor:
     """The method's image maps ``(K, gh, gw)`` for one scene against ``prompts``, on the model's crop grid."""
     from faithclip.audit.measures import crop_grid_map
 
@@ -174,7 +174,7 @@ def image_map(handle: ClipHandle, spec: MethodSpec, image: Any, prompts: list[st
 
 
 # ---- P1 -----------------------------------------------------------------------------------------
-def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSettings) -> tuple[CheckResult, list[Finding]]:
+def check_p1(handle: ModelHandle, spec: MethodSpec, side: str, settings: CheckSettings) -> tuple[CheckResult, list[Finding]]:
     data = _multi(handle, settings.p1_scenes, settings.seed + 3)
     pixels, text = handle.pixels(data.images), handle.tokens(_named_prompts(data))
     ctx = Context(handle=handle, side=side, pixels=pixels, text=text, target=handle.family.default_target(),
@@ -206,7 +206,7 @@ def check_p1(handle: ClipHandle, spec: MethodSpec, side: str, settings: CheckSet
     pairs = f"{pixels.shape[0]} x {text.input_ids.shape[0]} pairs"
     if departures:
         evidence = "; ".join(f"{f.kind} at {short(f.where)}" for f in departures)
-        verdict = "declared departure" if all(_declared(spec, f) for f in departures) else "fail"
+        verdict = DECLARED_DEPARTURE if all(_declared(spec, f) for f in departures) else FAIL
     elif unverified:
         verdict, evidence = "inconclusive", "; ".join(f"{f.kind} at {short(f.where)}" for f in unverified)
     else:
@@ -260,7 +260,7 @@ def _verdict(audit_verdict: str) -> str:
 P2_CHECK_VERDICT = {"tracks": "pass", "does not track": "fail", "inconclusive": "inconclusive"}
 
 
-def check_ladder(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
+def check_ladder(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
     from faithclip.audit.p2 import P2Design, p2_test
 
     design = P2Design(scenes=settings.p2_scenes, ladders=settings.p2_ladders, rungs=settings.p2_rungs,
@@ -318,7 +318,7 @@ def holm_across_cards(cards: list[dict[str, Any]]) -> list[str]:
     return changed
 
 
-def check_correctness(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
+def check_correctness(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
     from faithclip.audit.ladder import correctness_split, degrade
     from faithclip.audit.run import AuditSettings, shapes_inputs
 
@@ -338,14 +338,14 @@ def check_correctness(handle: ClipHandle, spec: MethodSpec, settings: CheckSetti
                        details={k: v for k, v in split.items() if k != "per_scene"})
 
 
-def check_sanity(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
+def check_sanity(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
     from faithclip.metrics.sanity import cascading_randomisation
 
     data = _multi(handle, settings.sanity_scenes, settings.seed + 4)
     options = settings.options(spec.name)
     finals, curves = [], []
     for index, (image, prompt) in enumerate(zip(data.images, _named_prompts(data))):
-        def explain(h: ClipHandle) -> torch.Tensor:
+        def explain(h: ModelHandle) -> torch.Tensor:
             return image_map(h, spec, image, [prompt], options)[0]
 
         steps, rhos = cascading_randomisation(handle, explain, seed=settings.seed + index)
@@ -360,7 +360,7 @@ def check_sanity(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) 
                        details={"steps": steps, "curves": curves})
 
 
-def check_text(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
+def check_text(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
     data = _multi(handle, settings.text_scenes, settings.seed + 5)
     options = settings.options(spec.name)
     identical, distances, skipped = [], [], 0
@@ -390,7 +390,7 @@ def check_text(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings) ->
 
 
 # ---- the card -----------------------------------------------------------------------------------
-def run_check(handle: ClipHandle, spec: MethodSpec, settings: CheckSettings = CheckSettings(), origin: str = "registered",
+def run_check(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings = CheckSettings(), origin: str = "registered",
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every check of ``settings.checks`` on one method: the verdict card as a JSON-ready dict."""
     unknown = sorted(set(settings.checks) - set(CHECKS))

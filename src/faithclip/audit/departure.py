@@ -38,14 +38,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from faithclip.audit.bootstrap import Bootstrap, mean_interval, median_interval, wilson_interval
-from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, spearman
+from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion
+from faithclip.mapmath import spearman
 from faithclip.methods.context import Context
 from faithclip.methods.official.keepsize import (
     OFFICIAL_SHORT_SIDE_CAP,
     keep_size_pixels,
 )
 from faithclip.methods.official.rewrite import encode_text_rewritten
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +69,14 @@ class AuditData:
     name: str = ""
 
 
-def arm_pixels(handle: ClipHandle, image: Image.Image, keep_size: bool, cap: int | None) -> torch.Tensor:
+def arm_pixels(handle: ModelHandle, image: Image.Image, keep_size: bool, cap: int | None) -> torch.Tensor:
     """``(1, 3, H, W)``: the model's standard input, or the official keep-size input."""
     if keep_size:
         return keep_size_pixels(image, handle.patch_size, handle.preprocess, cap)[None].to(handle.device, handle.dtype)
     return handle.pixels(image)
 
 
-def arm_image_embeds(handle: ClipHandle, images: Sequence[Image.Image], arm: str,
+def arm_image_embeds(handle: ModelHandle, images: Sequence[Image.Image], arm: str,
                      cap: int | None = OFFICIAL_SHORT_SIDE_CAP) -> torch.Tensor:
     """Image embeddings ``(N, P)`` of one ablation arm (no gradients)."""
     one_head, keep = ARMS[arm]
@@ -93,21 +94,21 @@ def arm_image_embeds(handle: ClipHandle, images: Sequence[Image.Image], arm: str
     return torch.cat(out)
 
 
-def rewritten_image_embeds(handle: ClipHandle, pixels: torch.Tensor, heads: int | None) -> torch.Tensor:
+def rewritten_image_embeds(handle: ModelHandle, pixels: torch.Tensor, heads: int | None) -> torch.Tensor:
     """The image embeddings of the official forward (the last block recomputed with ``heads`` heads, positions
     interpolated to the pixels' grid): CLIP's ``generate_emap.py``, or the published ViT notebook's for a ViT
     classifier (its features, before the classifier)."""
     return handle.family.official.pipeline.image_embeds(handle.model, pixels, heads)
 
 
-def default_scores(handle: ClipHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+def default_scores(handle: ModelHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
     """``(N, C)``: the family's default score of every image against every prompt (CLIP: the cosine; a
     classifier: the class logit)."""
     target = handle.family.default_target()
     return handle.family.score(target, image_embeds, text_embeds, handle.model)
 
 
-def rewritten_text_embeds(handle: ClipHandle, prompts: Sequence[str], layers: int = 8) -> torch.Tensor:
+def rewritten_text_embeds(handle: ModelHandle, prompts: Sequence[str], layers: int = 8) -> torch.Tensor:
     """The official text side's forward: last ``layers`` text blocks with one head, ids padded with 0."""
     batch = handle.tokens(list(prompts))
     ids = handle.context_batch(batch).input_ids  # (K, context), padded with 0 as clip.tokenize
@@ -139,7 +140,7 @@ def _cosine_rows(cosine: torch.Tensor, boot: Bootstrap) -> dict:
             "embedding_cosine_min": float(cosine.min())}
 
 
-def _prediction_rows(handle: ClipHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor, reference: torch.Tensor,
+def _prediction_rows(handle: ModelHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor, reference: torch.Tensor,
                      reference_text: torch.Tensor, explained: torch.Tensor, labels: torch.Tensor | None,
                      boot: Bootstrap) -> dict:
     """Departure of one (image embeddings, text embeddings) pair from the reference pair, over ``n`` images."""
@@ -170,7 +171,7 @@ def _prediction_rows(handle: ClipHandle, image_embeds: torch.Tensor, text_embeds
     return row
 
 
-def embedding_departure(handle: ClipHandle, data: AuditData, cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
+def embedding_departure(handle: ModelHandle, data: AuditData, cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
                         text_layers: int = 8, boot: Bootstrap = Bootstrap()) -> dict:
     """Embedding cosines, score changes, flips and accuracy of every arm and of the rewritten text tower, each
     with its n and interval (the text side's cosine is over the prompts, its predictions over the images)."""
@@ -211,9 +212,9 @@ def map_arms(family: Any) -> dict[str, tuple[bool, bool, str]]:
     """The arms of ``MAP_ARMS`` whose lambda q/k the family's published pipeline has; ``published`` is the
     family's published variant (CLIP: all three causes; BLIP: one head + keep size with raw q/k, which
     replaces the arm of the same causes)."""
-    qks = family.official.lambda_qk
-    arms = {name: arm for name, arm in MAP_ARMS.items() if arm[2] in qks and name != "published"}
-    published = (True, True, qks[0])
+    choices = family.official.lambda_qk
+    arms = {name: arm for name, arm in MAP_ARMS.items() if arm[2] in choices and name != "published"}
+    published = (True, True, choices[0])
     return {**{name: arm for name, arm in arms.items() if arm != published}, "published": published}
 
 
@@ -245,7 +246,7 @@ def summarise_maps(per_image: Sequence[dict], arms: Sequence[str], boot: Bootstr
     return {"mean": mean, "n": n, "undefined": undefined, "intervals": intervals, "contrasts": contrasts}
 
 
-def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *,
+def map_departure(handle: ModelHandle, data: AuditData, indices: Sequence[int], *,
                   cap: int | None = OFFICIAL_SHORT_SIDE_CAP, deletion_steps: int | None = None,
                   boot: Bootstrap = Bootstrap()) -> dict:
     """The map ablation over THREE causes, on ``indices`` of the images: the one-head rewrite, the keep-size
@@ -272,8 +273,8 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
                       target=handle.family.default_target())
         maps = {}
         arms = map_arms(handle.family)
-        for arm, (one_head, keep, qk) in arms.items():
-            arm_map = image_maps(ctx, arm_pixels(handle, image, keep, cap), 1, qk, heads=1 if one_head else None)[0][0]
+        for arm, (one_head, keep, lambda_qk) in arms.items():
+            arm_map = image_maps(ctx, arm_pixels(handle, image, keep, cap), 1, lambda_qk, heads=1 if one_head else None)[0][0]
             maps[arm] = crop_grid_map(arm_map, image.size, handle.preprocess, ctx.grid) if keep else arm_map
         row: dict[str, Any] = {"spearman_faithful_vs_grad_eclip": spearman(maps["faithful"], grad_eclip(ctx).maps[0, 0])}
         for arm in arms:
@@ -290,13 +291,13 @@ def map_departure(handle: ClipHandle, data: AuditData, indices: Sequence[int], *
                        "faithful": maps["faithful"].double().tolist(), "published": maps["published"].double().tolist(),
                        "spearman": row["spearman_published_vs_faithful"]}
     arms = map_arms(handle.family)
-    return {"images": len(per_image), "arms": {arm: {"one_head": h, "keep_size": k, "qk": q}
+    return {"images": len(per_image), "arms": {arm: {"one_head": h, "keep_size": k, "lambda_qk": q}
                                                for arm, (h, k, q) in arms.items()},
             **summarise_maps(per_image, list(arms), boot), "per_image": per_image,
             **({"example": example} if example is not None else {})}
 
 
-def _crop_png(handle: ClipHandle, image: Image.Image, width: int = 192) -> str:
+def _crop_png(handle: ModelHandle, image: Image.Image, width: int = 192) -> str:
     """The model's crop of ``image`` (the region both maps cover, on the crop grid) as a small base64 PNG."""
     import base64
     import io
@@ -308,7 +309,7 @@ def _crop_png(handle: ClipHandle, image: Image.Image, width: int = 192) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def audit_departure(handle: ClipHandle, data: AuditData, *, map_images: int = 8, cap: int | None | str = "published",
+def audit_departure(handle: ModelHandle, data: AuditData, *, map_images: int = 8, cap: int | None | str = "published",
                     deletion_steps: int | None = None, text_layers: int = 8, boot: Bootstrap = Bootstrap()) -> dict:
     """The departure of the official pipeline from the model, as one JSON-ready dict. ``cap="published"``: the
     short-side cap of the family's published pipeline (CLIP: 640, the evaluation loop; BLIP: none). ``boot``:

@@ -36,9 +36,9 @@ import torch
 
 from faithclip.audit.bootstrap import Bootstrap, difference_interval
 from faithclip.audit.departure import AuditData
-from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, pointing_hit
+from faithclip.audit.measures import crop_grid_map, patch_deletion_insertion, peak_in_mask
 from faithclip.methods.context import Context
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 from faithclip.registry import METHODS, MethodSpec
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 EXPENSIVE_METHODS = ("rise", "m2ib", "occlusion")  # left out of the default ladder (add with methods=)
 
 
-def degrade(handle: ClipHandle, alpha: float, seed: int = 0) -> ClipHandle:
+def degrade(handle: ModelHandle, alpha: float, seed: int = 0) -> ModelHandle:
     """A copy of the model with weights ``(1 - alpha) * trained + alpha * re-initialised`` (logit_scale kept)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -66,7 +66,7 @@ def degrade(handle: ClipHandle, alpha: float, seed: int = 0) -> ClipHandle:
                         name=f"{handle.name} (alpha={alpha:g})", family=handle.family)
 
 
-def zero_shot_predictions(handle: ClipHandle, data: AuditData) -> torch.Tensor:
+def zero_shot_predictions(handle: ModelHandle, data: AuditData) -> torch.Tensor:
     """Top-1 prompt (class) index per image ``(N,)`` under the model's standard preprocessing, by the family's
     default score (CLIP: the cosine; SigLIP: its logit; a classifier: the class logit)."""
     from faithclip.audit.departure import default_scores
@@ -77,7 +77,7 @@ def zero_shot_predictions(handle: ClipHandle, data: AuditData) -> torch.Tensor:
         return default_scores(handle, torch.cat(chunks), text).argmax(-1).cpu()
 
 
-def zero_shot_accuracy(handle: ClipHandle, data: AuditData) -> float:
+def zero_shot_accuracy(handle: ModelHandle, data: AuditData) -> float:
     predictions = zero_shot_predictions(handle, data)
     return float((predictions == torch.as_tensor(data.labels)).double().mean())
 
@@ -89,7 +89,7 @@ def method_name(method: Method) -> str:
     return method if isinstance(method, str) else method.name
 
 
-def explain_quality(handle: ClipHandle, method: Method, data: AuditData, indices: Sequence[int],
+def explain_quality(handle: ModelHandle, method: Method, data: AuditData, indices: Sequence[int],
                     deletion_steps: int | None = 16, options: dict | None = None) -> list[dict[str, float]]:
     """Per image: pointing hit and deletion/insertion AUCs of ``method``'s map for the labelled prompt."""
     spec = METHODS.get(method) if isinstance(method, str) else method
@@ -110,7 +110,7 @@ def explain_quality(handle: ClipHandle, method: Method, data: AuditData, indices
             patch_map = crop_grid_map(patch_map, image.size, handle.preprocess, ctx.grid)
         curves = patch_deletion_insertion(lambda b: ctx.score_images(b)[:, 0], pixels[0], patch_map.to(pixels.dtype),
                                           handle.patch_size, deletion_steps)
-        rows.append({"pointing": pointing_hit(patch_map, mask), "deletion_auc": curves["deletion"],
+        rows.append({"pointing": peak_in_mask(patch_map, mask), "deletion_auc": curves["deletion"],
                      "insertion_auc": curves["insertion"], "ins_minus_del": curves["insertion"] - curves["deletion"]})
     return rows
 
@@ -177,7 +177,7 @@ def shape_of(labels: Sequence[int]) -> list[int]:
     return [int(label) % len(SHAPES) for label in labels]
 
 
-def correctness_split(handle: ClipHandle, data: AuditData, methods: Sequence[Method] | None = None,
+def correctness_split(handle: ModelHandle, data: AuditData, methods: Sequence[Method] | None = None,
                       deletion_steps: int | None = 16, boot: Bootstrap = Bootstrap(),
                       options: dict[str, dict] | None = None, permutations: int = 2000) -> dict[str, Any]:
     """P2 (b): quality of the true-class map on images the model got right vs wrong, with intervals."""

@@ -1,9 +1,6 @@
-"""Small measures the audit needs: rank correlation, map resampling, deletion/insertion, pointing.
+"""Small measures the audit needs: map resampling, deletion/insertion on the patch grid, pointing.
+(Spearman's rank correlation is ``faithclip.mapmath.spearman``, shared with the sanity-check metric.)
 
-Stand-ins kept minimal and pure so that ``faithclip.metrics`` (deletion, pointing, Spearman; written
-separately) can replace them once committed; the audit only calls the names below.
-
-- Spearman's rho: Pearson correlation of average ranks (ties share their mean rank).
 - ``crop_grid_map``: a map on the keep-size grid (covering the WHOLE image) brought to the model's crop
   grid: each cell's value spread over its area in the shortest-edge-resized image (nearest upsampling),
   centre-cropped like the model's input, then averaged over each patch cell (``adaptive_avg_pool2d``):
@@ -12,7 +9,7 @@ separately) can replace them once committed; the audit only calls the names belo
   ranked by the map, most salient first (stable order); deletion moves them from the image to the
   zero tensor (the mean colour of the normalised input), insertion from zeros to the image;
   ``AUC = mean of the trapezoids over the fraction of moved patches``.
-- ``pointing_hit``: 1 when the maximum of the map upsampled to the mask's size falls inside the mask.
+- ``peak_in_mask``: 1 when the maximum of the map upsampled to the mask's size falls inside the mask.
 """
 
 from __future__ import annotations
@@ -23,30 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.metrics.case import pixel_map
+from faithclip.metrics.pointing import pointing_hit
+from faithclip.models.preprocess import ImagePreprocess
 
 
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks 0..n-1 of a 1-D tensor, ties given their average rank."""
-    values = values.detach().double().flatten()
-    order = torch.argsort(values, stable=True)
-    ranks = torch.empty_like(values)
-    ranks[order] = torch.arange(values.numel(), dtype=torch.float64)
-    unique, inverse = torch.unique(values, return_inverse=True)
-    sums = torch.zeros(unique.numel(), dtype=torch.float64).index_add_(0, inverse, ranks)
-    counts = torch.zeros(unique.numel(), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(ranks))
-    return (sums / counts)[inverse]
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rank correlation of two equally sized tensors; NaN when either is constant."""
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = (ra.norm() * rb.norm()).item()
-    return float("nan") if denominator == 0 else float((ra @ rb).item() / denominator)
-
-
-def crop_grid_map(full_map: torch.Tensor, image_size: tuple[int, int], preprocess: ClipPreprocess,
+def crop_grid_map(full_map: torch.Tensor, image_size: tuple[int, int], preprocess: ImagePreprocess,
                   grid: tuple[int, int]) -> torch.Tensor:
     """A ``(gh', gw')`` map over the whole ``image_size = (W, H)`` image -> ``(gh, gw)`` on the model's crop."""
     rw, rh = preprocess.resized_size(*image_size)
@@ -86,12 +65,16 @@ def patch_deletion_insertion(score: Callable[[torch.Tensor], torch.Tensor], pixe
     return curves
 
 
-def pointing_hit(patch_map: torch.Tensor, mask: np.ndarray) -> float:
-    """1.0 if the arg-max of the map, upsampled bilinearly to the mask's ``(H, W)``, lies in the mask."""
-    dense = F.interpolate(patch_map.detach().double()[None, None], size=mask.shape, mode="bilinear",
-                          align_corners=False)[0, 0]
-    index = int(torch.argmax(dense))
-    return float(mask.reshape(-1)[index])
+def peak_in_mask(patch_map: torch.Tensor, mask: np.ndarray) -> float:
+    """1.0 if the arg-max of the patch map, upsampled bilinearly to the mask's ``(H, W)``, lies in the mask.
+
+    The pointing game (``faithclip.metrics.pointing.pointing_hit``) with no tolerance, on the upsampled map;
+    an empty mask (an object cropped away) is a miss here instead of an error.
+    """
+    mask = torch.as_tensor(np.asarray(mask, dtype=bool))  # (H, W)
+    if not mask.any():
+        return 0.0
+    return pointing_hit(pixel_map(patch_map, tuple(mask.shape)), mask, tolerance=0.0)
 
 
-__all__ = ["average_ranks", "spearman", "crop_grid_map", "patch_order", "patch_deletion_insertion", "pointing_hit"]
+__all__ = ["crop_grid_map", "patch_order", "patch_deletion_insertion", "peak_in_mask"]

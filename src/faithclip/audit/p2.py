@@ -209,7 +209,7 @@ def _pil(images: np.ndarray) -> list:
 def map_measures(handle: Any, method: Any, pairs: ScenePairs, options: dict | None = None) -> dict[str, np.ndarray]:
     """Per scene ``(S,)``: the method's map for the named prompt, scored by share and pointing."""
     from faithclip.audit.ladder import method_name
-    from faithclip.audit.measures import crop_grid_map, pointing_hit
+    from faithclip.audit.measures import crop_grid_map, peak_in_mask
     from faithclip.methods.context import Context
     from faithclip.registry import METHODS
 
@@ -229,7 +229,7 @@ def map_measures(handle: Any, method: Any, pairs: ScenePairs, options: dict | No
         if tuple(patch_map.shape) != ctx.grid:
             patch_map = crop_grid_map(patch_map, image.size, handle.preprocess, ctx.grid)
         share.append(mass_share(patch_map, mask))
-        pointing.append(pointing_hit(patch_map, mask))
+        pointing.append(peak_in_mask(patch_map, mask))
     logger.debug("p2: %s on %d scenes", method_name(method), len(pairs.images))
     return {"share": np.asarray(share), "pointing": np.asarray(pointing)}
 

@@ -29,8 +29,9 @@ import torch
 from faithclip.errors import FaithclipError
 from faithclip.numerics import rounding_rtol
 from faithclip.methods.context import Context
-from faithclip.models.clip import ClipHandle, ImageInput
+from faithclip.models.clip import ImageInput, ModelHandle
 from faithclip.registry import METHODS, MethodSpec
+from faithclip.verdicts import p1_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _reason(spec: MethodSpec, gap: float, passed: bool) -> str:
     return f"explains the model's own score (equal to rounding, gap {gap:.1e})"
 
 
-def check_p1(model: ClipHandle, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str] | torch.Tensor,
+def check_p1(model: ModelHandle, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str] | torch.Tensor,
              methods: Sequence[str | MethodSpec] | None = None, *, sides: Sequence[str] | None = None,
              tol: float | None = None, options: dict[str, dict] | None = None) -> list[P1Row]:
     """P1 for every method (registered names or ``MethodSpec`` objects; default: all registered that support
@@ -138,7 +139,7 @@ def format_p1(rows: Sequence[P1Row]) -> str:
     for r in rows:
         gap = "n/a" if r.max_gap is None else f"{r.max_gap:.2e}"
         declared = r.modifies_model or r.modifies_input
-        verdict = "pass" if r.passed else ("declared departure" if declared else "fail")  # verify's exit: 0, 0, 1
+        verdict = p1_verdict(r.passed, declared)
         lines.append(f"{r.method:<22} {r.side:<6} {r.pairs:>5} {gap:>10} {verdict:<16} {r.reason}")
     return "\n".join(lines)
 

@@ -43,7 +43,8 @@ def _map_labels(results: dict) -> dict[str, str]:
     published pipeline uses raw q/k, e.g. BLIP's notebook) is labelled as what it is."""
     arms = results["maps"].get("arms", MAP_ARM_LABELS)
     labels = {arm: title for arm, title in MAP_ARM_LABELS.items() if arm in arms}
-    if arms.get("published", {}).get("qk", "out_proj") != "out_proj":
+    published = arms.get("published", {})
+    if published.get("lambda_qk", published.get("qk", "out_proj")) != "out_proj":  # "qk": records of 0.1.0
         labels["published"] = "published (one head + keep size, raw q/k)"
     return labels
 

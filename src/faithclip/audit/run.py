@@ -23,7 +23,7 @@ from faithclip.audit.departure import AuditData, audit_departure
 from faithclip.audit.ladder import correctness_split, degrade
 from faithclip.audit.p2 import MIN_EFFECT, P2Design
 from faithclip.errors import FaithclipError
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class AuditSettings:
         return " ".join(parts)
 
 
-def shapes_inputs(handle: ClipHandle, settings: AuditSettings) -> AuditData:
+def shapes_inputs(handle: ModelHandle, settings: AuditSettings) -> AuditData:
     """Single-object scenes (scene seed s + 1)."""
     from faithclip.audit.data import shapes_data
 
@@ -115,11 +115,11 @@ def shapes_inputs(handle: ClipHandle, settings: AuditSettings) -> AuditData:
     return shapes_data(settings.scenes, raw_size=raw, seed=settings.seed + 1, aspect=settings.aspect)
 
 
-def no_pipeline(handle: ClipHandle) -> str:
+def no_pipeline(handle: ModelHandle) -> str:
     return f"no published Grad-ECLIP pipeline exists for {handle.family.name} models"
 
 
-def run_audit(handle: ClipHandle, settings: AuditSettings = AuditSettings(), data: AuditData | None = None,
+def run_audit(handle: ModelHandle, settings: AuditSettings = AuditSettings(), data: AuditData | None = None,
               **departure_options: Any) -> dict[str, Any]:
     """The departure of the official pipeline, and P2 when ``settings.ladder`` / ``settings.correctness``.
 

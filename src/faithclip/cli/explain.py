@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     from faithclip.report.page import write_report
 
     record = {"model": model.name, "methods": methods, "side": args.side,
-              "target": args.target or model.family.target_kinds[0], "others": args.other, "options": options,
+              "target": args.target or model.family.default_target_kind, "others": args.other, "options": options,
               "format": args.format, "scale": args.scale, "view": args.view,
               "figures": [{k: v for k, v in f.items() if k != "preview"} for f in figures], "explanations": index}
     _, page = write_report(out, "explain", record, render_explain(record, figures))

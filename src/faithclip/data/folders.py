@@ -31,7 +31,7 @@ from PIL import Image
 from faithclip.data.digests import FileDigests
 from faithclip.errors import FaithclipError
 from faithclip.models.images import open_image
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class LabelledSet:
         return LabelledSet(self.name, self.class_names, self.cases[:limit], self.templates, self.prompts, self.has_masks)
 
 
-def aligned_mask(mask: np.ndarray, preprocess: ClipPreprocess) -> np.ndarray:
+def aligned_mask(mask: np.ndarray, preprocess: ImagePreprocess) -> np.ndarray:
     """``(H0, W0)`` bool -> ``(crop_h, crop_w)`` bool: the image's resize (nearest) and centre crop."""
     height, width = mask.shape
     image = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")

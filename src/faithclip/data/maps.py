@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from faithclip.errors import FaithclipError
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 MAP_SPACES = ("patch", "crop", "image")
 SEPARATOR = "__"
@@ -128,7 +128,7 @@ class MapFolder:
         return [file_stem(case, method) for case in case_ids for method in methods
                 if (file_stem(case, method).rpartition(SEPARATOR)[0], method) not in self.files]
 
-    def patch_map(self, case_id: str, method: str, preprocess: ClipPreprocess, grid: tuple[int, int],
+    def patch_map(self, case_id: str, method: str, preprocess: ImagePreprocess, grid: tuple[int, int],
                   image_size: tuple[int, int]) -> torch.Tensor:
         """The map a metric receives: ``(gh, gw)`` as stored for patch maps, ``(H, W)`` of the crop otherwise.
         ``image_size`` is the original image's ``(width, height)``."""
@@ -152,7 +152,7 @@ class MapFolder:
         return torch.from_numpy(values)
 
 
-def image_to_crop(values: np.ndarray, preprocess: ClipPreprocess, image_size: tuple[int, int],
+def image_to_crop(values: np.ndarray, preprocess: ImagePreprocess, image_size: tuple[int, int],
                   name: Any = "map") -> torch.Tensor:
     """An ``(H0, W0)`` map on the original image -> ``(H, W)`` on the model's crop: bilinear samples at each
     crop pixel's centre, mapped through the resize's scale, inside the map's finite rectangle."""

@@ -77,17 +77,17 @@ def default_relu(side: str) -> str:
     return "per_layer" if side == "image" else "after_sum"
 
 
-def check_lambda_options(span: str, qk: str) -> None:
+def check_lambda_options(span: str, lambda_qk: str) -> None:
     from faithclip.errors import MethodError
 
     if span not in LAMBDA_SPANS:
         raise MethodError(f"lambda_span must be one of {LAMBDA_SPANS}, got {span!r}.")
-    if qk not in LAMBDA_QK:
-        raise MethodError(f"lambda_qk must be one of {LAMBDA_QK}, got {qk!r}.")
+    if lambda_qk not in LAMBDA_QK:
+        raise MethodError(f"lambda_qk must be one of {LAMBDA_QK}, got {lambda_qk!r}.")
 
 
 def layer_lambdas(ctx: "Context", captures: dict[int, "LayerCapture"], layers: Sequence[int],
-                  span: str = "context", qk: str = "raw") -> list[torch.Tensor]:
+                  span: str = "context", lambda_qk: str = "raw") -> list[torch.Tensor]:
     """``qk_lambda`` of each explained layer, broadcast to ``(B|1, K|1, T)`` (T: the explained input's tokens).
 
     q and k come from ``captures`` (the explained forward), except on the text side with
@@ -95,13 +95,13 @@ def layer_lambdas(ctx: "Context", captures: dict[int, "LayerCapture"], layers: S
     context (``Context.context_captures``), lambda is normalised over all its positions and then cut back
     to the explained input's ``T`` tokens (the map keeps only tokens before the end token, all inside ``T``).
     """
-    check_lambda_options(span, qk)
+    check_lambda_options(span, lambda_qk)
     whole_context = ctx.side == "text" and span == "context"
     source = ctx.context_captures(layers) if whole_context else captures
     out = []
     for index in layers:
         q, k = (t.detach() for t in source[index].require("q", "k"))  # (C, T', D) each
-        if qk == "out_proj":
+        if lambda_qk == "out_proj":
             out_proj = ctx.output_projection(index)
             with torch.no_grad():
                 q, k = out_proj(q), out_proj(k)

@@ -26,7 +26,7 @@ import torch
 
 from faithclip.errors import MethodError
 from faithclip.methods.pooling import attention_gradient_rows, check_agreement, pooling_internals
-from faithclip.models.clip import ClipHandle, TextBatch
+from faithclip.models.clip import ModelHandle, TextBatch
 from faithclip.probe import LayerCapture, Probe, encoder_layers, has_hooks, resolve_layers
 from faithclip.targets import Target
 
@@ -47,7 +47,7 @@ class MapResult:
 
 @dataclass
 class Context:
-    handle: ClipHandle
+    handle: ModelHandle
     side: str  # "image" or "text": which tower is explained
     pixels: torch.Tensor  # (B, 3, H, W) normalised, exactly what the model predicts from
     text: TextBatch  # K texts
@@ -263,7 +263,7 @@ class Context:
         """q and k (no graph) of the texts padded to the WHOLE context, as the published text code sees them.
 
         The family lays the texts out (``Family.lambda_context``); CLIP: padded with id 0 to the model's
-        context length and run under the causal mask only (``ClipHandle.context_batch``). The end token's output, hence the score, is the same as on the
+        context length and run under the causal mask only (``ModelHandle.context_batch``). The end token's output, hence the score, is the same as on the
         model's own input (a causal model never looks ahead); only the keys of the padding positions are
         new, and they enter Grad-ECLIP's lambda through its min-max.
         """

@@ -7,8 +7,8 @@ keep-size input (``faithclip.methods.official.keepsize``; interpolated position 
 of the rewritten image embedding and the text embedding, o the one-head attention output before
 out_proj, g = dS/do at the class token, v the raw value vectors, and
 
-    lambda_j = minmax_{j in patches} cos(q~_cls, k~_j),  q~, k~ = out_proj(q), out_proj(k)  (qk="out_proj",
-               the evaluation script) or the raw q, k (qk="raw", the image notebook),
+    lambda_j = minmax_{j in patches} cos(q~_cls, k~_j),  q~, k~ = out_proj(q), out_proj(k)  (lambda_qk="out_proj",
+               the evaluation script) or the raw q, k (lambda_qk="raw", the image notebook),
 
     map_j = sum_l ReLU( lambda_j * sum_c g_c v_jc )          over patch tokens j.
 
@@ -23,15 +23,15 @@ The official ``__main__`` also runs ``ln_post`` on every token; only the class t
 LayerNorm acts per token, so it does not change the result. ``half=True`` runs on an fp16 copy of the
 model as the official CUDA code does.
 
-Each published variant keeps its own input rule: ``qk="out_proj"`` (``generate_emap.py``) caps the
-short side at 640 px before the keep-size resize, ``qk="raw"`` (the image notebook) does not
+Each published variant keeps its own input rule: ``lambda_qk="out_proj"`` (``generate_emap.py``) caps the
+short side at 640 px before the keep-size resize, ``lambda_qk="raw"`` (the image notebook) does not
 (``variant_cap``; ``cap=`` overrides). On the published repository's ``whippet.png`` (1032x689, patch 16)
 that is a 40x60 grid for the evaluation script and 43x65 for the notebook.
 
 ViT classifiers (``vit`` family) follow the published ViT notebook instead (``faithclip.methods.official.vit``):
 one head scaled by the model's per-head 1/sqrt(D/H), the LayerNormed input as the attention's residual,
-the class logit as the score, raw q, k for lambda (``qk="raw"`` by default), no short-side cap.
-BLIP (``gradeclip_adaptation_blip.ipynb``): the image side only, qk="raw", no cap, and a one-head rewrite
+the class logit as the score, raw q, k for lambda (``lambda_qk="raw"`` by default), no short-side cap.
+BLIP (``gradeclip_adaptation_blip.ipynb``): the image side only, lambda_qk="raw", no cap, and a one-head rewrite
 that keeps the model's softmax scale (``faithclip.methods.official.blip``); the family declares which
 (``Family.official``: its variants and the module of its rewritten forward).
 
@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from faithclip.deprecation import warn_deprecated
 from faithclip.errors import ImageError, MethodError
 from faithclip.methods.common import normalize_sum
 from faithclip.methods.context import Context, MapResult
@@ -56,29 +57,29 @@ from faithclip.methods.official.keepsize import (
     keep_size_pixels,
     keep_size_size,
 )
-from faithclip.methods.official.formula import QK_CHOICES, minmax, official_lambda, official_term  # noqa: F401
+from faithclip.methods.official.formula import official_lambda, official_term
 from faithclip.methods.official.formula import out_proj_for as _out_proj
 from faithclip.methods.official.rewrite import encode_text_rewritten
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 from faithclip.registry import MethodSpec, register_method
 
 
-def _half_copy(handle: ClipHandle) -> ClipHandle:
+def _half_copy(handle: ModelHandle) -> ModelHandle:
     warnings.warn("half=True explains an fp16 copy of the model (the official CUDA setting).", stacklevel=3)
-    return ClipHandle(model=copy.deepcopy(handle.model).half(), tokenizer=handle.tokenizer,
+    return ModelHandle(model=copy.deepcopy(handle.model).half(), tokenizer=handle.tokenizer,
                       preprocess=handle.preprocess, name=f"{handle.name} (fp16)")
 
 
-def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, qk: str,
+def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, lambda_qk: str,
                model: Any | None = None, heads: int | None = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Official image maps of ONE input ``pixels (1, 3, H, W)`` against the context's K texts, by the model
     family's published pipeline (``Family.official.pipeline``: CLIP's ``generate_emap.py``, the BLIP and ViT
     notebooks). Returns maps ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid. ``heads=None``
     applies the same formula to the model's own heads (the audit's ablation arms)."""
-    return ctx.family.official.pipeline.image_maps(ctx, pixels, layers, qk, model, heads)
+    return ctx.family.official.pipeline.image_maps(ctx, pixels, layers, lambda_qk, model, heads)
 
 
-def text_maps(ctx: Context, layers: int, qk: str, model: Any | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def text_maps(ctx: Context, layers: int, lambda_qk: str, model: Any | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Official text maps ``(B, K, L)`` (L = the context's token length) and rewritten scores ``(B, K)``."""
     model = ctx.handle.model if model is None else model
     ids = ctx.handle.context_batch(ctx.text).input_ids  # (K, context): padded with 0 as clip.tokenize
@@ -97,7 +98,7 @@ def text_maps(ctx: Context, layers: int, qk: str, model: Any | None = None) -> t
         maps = torch.zeros(*scores.shape, length, dtype=scores.dtype, device=scores.device)
         for k in range(scores.shape[1]):
             e = int(eos[k])
-            lams = [official_lambda(t.q[k], t.k[k], e, slice(None), _out_proj(layer, qk))
+            lams = [official_lambda(t.q[k], t.k[k], e, slice(None), _out_proj(layer, lambda_qk))
                     for t, layer in zip(traces, recomputed)]  # (context,) each: ALL positions
             for b in range(scores.shape[0]):
                 grads = torch.autograd.grad(scores[b, k], [t.attn_out for t in traces], retain_graph=True)
@@ -114,13 +115,13 @@ def _originals(original: Any, count: int) -> list[Any]:
     return items
 
 
-def variant_cap(qk: str, cap: int | None | str = "auto") -> int | None:
-    """The keep-size short-side cap of each published variant: ``qk="out_proj"`` is the evaluation script,
-    whose loop caps the short side at 640 px; ``qk="raw"`` is the image notebook, which has no cap.
+def variant_cap(lambda_qk: str, cap: int | None | str = "auto") -> int | None:
+    """The keep-size short-side cap of each published variant: ``lambda_qk="out_proj"`` is the evaluation script,
+    whose loop caps the short side at 640 px; ``lambda_qk="raw"`` is the image notebook, which has no cap.
     An explicit ``cap`` (an int, or ``None`` for no cap) overrides the variant's."""
     if cap != "auto":
         return cap
-    return OFFICIAL_SHORT_SIDE_CAP if qk == "out_proj" else None
+    return OFFICIAL_SHORT_SIDE_CAP if lambda_qk == "out_proj" else None
 
 
 def check_keep_size(image: Any, patch: int) -> None:
@@ -134,12 +135,26 @@ def check_keep_size(image: Any, patch: int) -> None:
             "use a larger image or another method.")
 
 
-def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str | None = None, half: bool = False,
-                              original: Any = None, cap: int | None | str = "auto") -> MapResult:
+def deprecated_qk(lambda_qk: str | None, qk: str | None) -> str | None:
+    """``lambda_qk``, or the value given under its old name ``qk`` (deprecated: one name with grad_eclip and
+    attention_eclip; ``qk`` goes in the next release), with a ``DeprecationWarning``."""
+    if qk is None:
+        return lambda_qk
+    warn_deprecated("grad_eclip_official's option qk is deprecated and will be removed in the next release; "
+                    "use lambda_qk (the name grad_eclip and attention_eclip use).")
+    if lambda_qk is not None and lambda_qk != qk:
+        raise MethodError(f"grad_eclip_official: lambda_qk={lambda_qk!r} and its deprecated name qk={qk!r} disagree; "
+                          "give lambda_qk only.")
+    return qk
+
+
+def grad_eclip_official_image(ctx: Context, layers: int = 1, lambda_qk: str | None = None, half: bool = False,
+                              original: Any = None, cap: int | None | str = "auto", qk: str | None = None) -> MapResult:
     ctx.last_layers(layers)  # 1 <= layers <= the image tower's depth, as every method checks
     published = ctx.family.official
-    qk = published.lambda_qk[0] if qk is None else qk  # the family's published variant (CLIP: out_proj)
-    cap = variant_cap(qk, cap) if published.short_side_cap is not None else (None if cap == "auto" else cap)
+    lambda_qk = deprecated_qk(lambda_qk, qk)
+    lambda_qk = published.lambda_qk[0] if lambda_qk is None else lambda_qk  # the family's published variant (CLIP: out_proj)
+    cap = variant_cap(lambda_qk, cap) if published.short_side_cap is not None else (None if cap == "auto" else cap)
     handle = _half_copy(ctx.handle) if half else ctx.handle
     original = original if original is not None else getattr(ctx, "originals", None)  # if the API supplies them
     if original is None:
@@ -152,7 +167,7 @@ def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str | None = No
         for rgb in rgbs:
             check_keep_size(rgb, handle.patch_size)
         inputs = [keep_size_pixels(rgb, handle.patch_size, handle.preprocess, cap)[None] for rgb in rgbs]
-    results = [image_maps(ctx, pixels.to(handle.device, handle.dtype), layers, qk, handle.model) for pixels in inputs]
+    results = [image_maps(ctx, pixels.to(handle.device, handle.dtype), layers, lambda_qk, handle.model) for pixels in inputs]
     grids = {grid for _, _, grid in results}
     if len(grids) > 1:
         raise MethodError("the originals have different keep-size grids; explain them one at a time "
@@ -160,18 +175,20 @@ def grad_eclip_official_image(ctx: Context, layers: int = 1, qk: str | None = No
     size = tuple(inputs[0].shape[-2:])
     return MapResult(maps=torch.stack([m for m, _, _ in results]), scores=torch.stack([s for _, s, _ in results]),
                      layers=list(range(ctx.num_layers - layers, ctx.num_layers)), input_size=size,
-                     options={"layers": layers, "qk": qk, "half": half, "original": original is not None, "cap": cap})
+                     options={"layers": layers, "lambda_qk": lambda_qk, "half": half, "original": original is not None, "cap": cap})
 
 
-def grad_eclip_official_text(ctx: Context, layers: int = 8, qk: str = "out_proj", half: bool = False) -> MapResult:
+def grad_eclip_official_text(ctx: Context, layers: int = 8, lambda_qk: str | None = None, half: bool = False,
+                             qk: str | None = None) -> MapResult:
+    lambda_qk = deprecated_qk(lambda_qk, qk) or "out_proj"  # the published text code reads q, k through out_proj
     if not ctx.family.official.text:
         raise MethodError(f"grad_eclip_official has no text side for {ctx.family.name} models: the published "
                           "pipeline explains their images only; use grad_eclip or attention_eclip on texts.")
     handle = _half_copy(ctx.handle) if half else ctx.handle
-    maps, scores = text_maps(ctx, layers, qk, handle.model)
+    maps, scores = text_maps(ctx, layers, lambda_qk, handle.model)
     used = min(layers, ctx.num_layers)
     return MapResult(maps=maps, scores=scores, layers=list(range(ctx.num_layers - used, ctx.num_layers)),
-                     options={"layers": layers, "qk": qk, "half": half})
+                     options={"layers": layers, "lambda_qk": lambda_qk, "half": half})
 
 
 register_method(MethodSpec(
@@ -185,8 +202,8 @@ register_method(MethodSpec(
     modifies_input=True,
     family_sides=lambda family: () if family.official is None else ("image", "text") if family.official.text else ("image",),
     defaults={"layers": "1 (image) / 8 (text)",
-              "qk": "the family's published variant (CLIP: out_proj, the evaluation script; ViT and BLIP: raw, the notebooks)",
+              "lambda_qk": "the family's published variant (CLIP: out_proj, the evaluation script; ViT and BLIP: raw, the notebooks)",
               "half": False, "original": None,
-              "cap": "auto (640 for qk=out_proj, the evaluation loop; none for qk=raw, the notebook)"},
+              "cap": "auto (640 for lambda_qk=out_proj, the evaluation loop; none for lambda_qk=raw, the notebook)"},
     summary="the published pipeline: last block(s) recomputed with ONE head, keep-size input; explains a different model",
 ))

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from faithclip.errors import MethodError
+from faithclip.mapmath import minmax
 from faithclip.methods.context import Context, MapResult
 from faithclip.probe import resolve_layers
 from faithclip.registry import MethodSpec, register_method
@@ -39,14 +40,6 @@ POOLINGS = ("mean", "tokens")
 def legrad_layer_map(attention_grad: torch.Tensor) -> torch.Tensor:
     """``mean_{h, i} ReLU(G[h, i, j])``: ``(..., H, T, T)`` -> ``(..., T)``."""
     return F.relu(attention_grad).mean(dim=-3).mean(dim=-2)  # heads, then query rows
-
-
-def min_max(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max over the last two axes of ``(B, K, gh, gw)``; a constant map becomes zeros."""
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(maps))
 
 
 def layer_scores(ctx: Context, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -79,7 +72,7 @@ def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_n
         total = per_token if total is None else total + per_token
     maps = ctx.token_map(total)  # (B, K, gh, gw)
     if min_max_normalize:
-        maps = min_max(maps)
+        maps = minmax(maps, dim=(-2, -1))  # each (gh, gw) map; a constant map becomes zeros
     return MapResult(maps=maps.detach(), scores=scores.detach(), layers=layers,
                      options={"start_layer": start_layer, "pooling": pooling, "min_max_normalize": min_max_normalize})
 

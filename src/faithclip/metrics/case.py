@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from faithclip.methods.context import Context
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 
 
 @dataclass
@@ -34,10 +34,10 @@ class MetricCase:
     seed: int
     mask: torch.Tensor | None = None  # (H, W) bool, the labelled object
     ignore: torch.Tensor | None = None  # (H, W) bool, pixels that count neither as object nor as background
-    explain: Callable[[ClipHandle], torch.Tensor] | None = None
+    explain: Callable[[ModelHandle], torch.Tensor] | None = None
 
     @property
-    def handle(self) -> ClipHandle:
+    def handle(self) -> ModelHandle:
         return self.score_ctx.handle
 
     @property
@@ -45,7 +45,7 @@ class MetricCase:
         return tuple(self.rgb.shape[-2:])
 
     def to_pixels(self, rgb: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` values in [0, 255] -> normalised model input, as ``ClipPreprocess.normalize``."""
+        """``(N, 3, H, W)`` values in [0, 255] -> normalised model input, as ``ImagePreprocess.normalize``."""
         return normalize_rgb(rgb, self.handle.preprocess.mean, self.handle.preprocess.std)
 
     def class_logits(self, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -24,35 +24,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from faithclip.mapmath import spearman
 from faithclip.metrics import MetricSpec, register_metric
 from faithclip.metrics.case import MetricCase, MetricValue
-from faithclip.models.clip import ClipHandle
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks ``1..n`` of a flat tensor, ties given their average rank (as ``scipy.stats.rankdata``)."""
-    flat = values.reshape(-1).to(torch.float64)
-    sorted_values, order = torch.sort(flat, stable=True)
-    n = flat.numel()
-    new_group = torch.ones(n, dtype=torch.bool)
-    new_group[1:] = sorted_values[1:] != sorted_values[:-1]
-    group = torch.cumsum(new_group.long(), 0) - 1  # (n,) tie-group id in sorted order
-    positions = torch.arange(1, n + 1, dtype=torch.float64)
-    group_sum = torch.zeros(int(group[-1]) + 1, dtype=torch.float64).index_add_(0, group, positions)
-    group_size = torch.zeros(int(group[-1]) + 1, dtype=torch.float64).index_add_(0, group, torch.ones(n, dtype=torch.float64))
-    ranks = torch.empty(n, dtype=torch.float64)
-    ranks[order] = (group_sum / group_size)[group]
-    return ranks
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rank correlation of two maps of the same shape (NaN if one of them is constant)."""
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = torch.sqrt((ra**2).sum() * (rb**2).sum())
-    if denominator == 0:
-        return float("nan")
-    return float((ra * rb).sum() / denominator)
+from faithclip.models.clip import ModelHandle
 
 
 def cascade_blocks(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
@@ -83,13 +58,13 @@ def reinitialise(modules: list[nn.Module], generator: torch.Generator) -> None:
 
 
 def cascading_randomisation(
-    handle: ClipHandle, explain: Callable[[ClipHandle], torch.Tensor], seed: int = 0,
+    handle: ModelHandle, explain: Callable[[ModelHandle], torch.Tensor], seed: int = 0,
     original: torch.Tensor | None = None,
 ) -> tuple[list[str], list[float]]:
     """Spearman correlation of ``explain(randomised copy)`` with ``explain(handle)`` after each cascade step."""
     original = explain(handle) if original is None else original
     model = copy.deepcopy(handle.model)
-    randomised = ClipHandle(model=model, tokenizer=handle.tokenizer, preprocess=handle.preprocess,
+    randomised = ModelHandle(model=model, tokenizer=handle.tokenizer, preprocess=handle.preprocess,
                             name=f"{handle.name} (randomised copy)")
     generator = torch.Generator().manual_seed(seed)
     names, correlations = [], []

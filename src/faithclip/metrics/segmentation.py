@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from faithclip.mapmath import minmax
 from faithclip.metrics import MetricSpec, register_metric
 from faithclip.metrics.case import MetricCase, MetricValue, pixel_map
 
@@ -46,13 +47,6 @@ BEST_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.
 
 
 # ---- pure tensor core ---------------------------------------------------------------------------
-def normalise(saliency: torch.Tensor) -> torch.Tensor:
-    """Min-max to [0, 1] in float64; a constant map gives zeros."""
-    values = saliency.to(torch.float64)
-    low, high = values.min(), values.max()
-    return torch.zeros_like(values) if high == low else (values - low) / (high - low)
-
-
 def confusion(predicted: torch.Tensor, mask: torch.Tensor, ignore: torch.Tensor | None = None) -> dict[str, list[int]]:
     """Intersections and unions of the two classes (background, object) and the correct / labelled
     pixel counts. ``(H, W)`` bool each; ``ignore`` pixels are left out."""
@@ -96,7 +90,7 @@ def segmentation_scores(saliency: torch.Tensor, mask: torch.Tensor, ignore: torc
                         threshold: str | float = "mean") -> tuple[dict[str, float], dict[str, Any]]:
     """The scores of one ``(H, W)`` map against its ``(H, W)`` bool mask, and the details (threshold used,
     counts for pooling)."""
-    r = normalise(saliency)  # (H, W)
+    r = minmax(saliency.to(torch.float64))  # (H, W) in [0, 1]; a constant map gives zeros
     if threshold == "mean":
         candidates = [float(r.mean())]
     elif threshold == "best":

@@ -21,7 +21,7 @@ import torch
 from faithclip.data.templates import DEFAULT_TEMPLATE, fill
 from faithclip.metrics import MetricSpec, register_metric
 from faithclip.metrics.case import MetricCase, MetricValue
-from faithclip.models.clip import ClipHandle, TextBatch
+from faithclip.models.clip import ModelHandle, TextBatch
 
 
 @dataclass
@@ -40,20 +40,20 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.class_names)
 
-    def text_batch(self, handle: ClipHandle, indices: Sequence[int] | None = None) -> TextBatch:
+    def text_batch(self, handle: ModelHandle, indices: Sequence[int] | None = None) -> TextBatch:
         """Tokens of the representative prompts (all classes, or ``indices``)."""
         chosen = range(len(self.prompts)) if indices is None else indices
         return handle.tokens([self.prompts[i] for i in chosen])
 
 
-def classifier_weights(handle: ClipHandle, class_names: Sequence[str], templates: Sequence[str] = ("{}",),
+def classifier_weights(handle: ModelHandle, class_names: Sequence[str], templates: Sequence[str] = ("{}",),
                        batch_size: int = 256) -> torch.Tensor:
     """``(K, D)`` zero-shot weights: per class, what the family's score reads for its filled templates
     (``Family.class_weights``; CLIP: the renormalised mean of the unit template embeddings)."""
     return handle.family.class_weights(handle, [fill(tuple(templates), name) for name in class_names], batch_size)
 
 
-def build_prompt_set(handle: ClipHandle, class_names: Sequence[str], templates: Sequence[str] | None = None,
+def build_prompt_set(handle: ModelHandle, class_names: Sequence[str], templates: Sequence[str] | None = None,
                      prompts: Sequence[str] | None = None) -> PromptSet:
     """Classifier weights from ``templates`` filled with the class names, or from ready ``prompts``
     (one per class, e.g. the shapes world's "a red circle"). A model without a text side (a classifier)

@@ -1,5 +1,5 @@
-"""``ClipHandle``: a transformers model of a supported family (CLIP, SigLIP, BLIP, ViT classifiers) with its
-tokenizer, preprocessing and identity. ``ModelHandle`` is the same class; ``ClipHandle`` is its first name.
+"""``ModelHandle``: a transformers model of a supported family (CLIP, SigLIP, BLIP, ViT classifiers) with its
+tokenizer, preprocessing and identity. ``ClipHandle``, its first name, is a deprecated alias (next release: gone).
 
 What differs between families (where the towers are, how texts are laid out, how the score is computed)
 is asked of ``family`` (``faithclip.models.families``).
@@ -19,10 +19,11 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from faithclip.deprecation import deprecated_names
 from faithclip.errors import ImageError, TextError
 from faithclip.models.families import Family, family_of
 from faithclip.models.images import decode_image, to_rgb
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 from faithclip.models.text import TextBatch  # noqa: F401  (re-exported: a handle's texts)
 
 logger = logging.getLogger(__name__)
@@ -32,19 +33,22 @@ TextInput = str | torch.Tensor
 
 
 @dataclass
-class ClipHandle:
-    """A CLIP model ready to be explained.
+class ModelHandle:
+    """A model of a supported family (CLIP, SigLIP, BLIP, a ViT classifier) ready to be explained.
 
-    ``model`` is the user's ``transformers.CLIPModel`` (never modified); ``tokenizer`` may be ``None``
+    ``model`` is the user's transformers model (``CLIPModel``, ``SiglipModel``, ...; never modified); ``tokenizer`` may be ``None``
     when texts are given as token ids; ``preprocess`` is the model's standard image preprocessing, with the
     rules of the pipeline the checkpoint was published with (``preprocess_rules``).
     """
 
     model: Any
     tokenizer: Any = None
-    preprocess: ClipPreprocess = field(default_factory=ClipPreprocess)
+    preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
     name: str = "clip"
     family: Family | None = None  # None: read from the model's config (``family_of``)
+    # trained on the shapes world: a directory written by ``faithclip train-shapes`` (the shipped stand-ins
+    # among them), which holds its TRAINING.json; set by the loader
+    trained_on_shapes: bool = False
 
     def __post_init__(self) -> None:
         if self.family is None:
@@ -265,7 +269,7 @@ class ClipHandle:
         return self.family.logit_scale(self.model)
 
 
-ModelHandle = ClipHandle
+__getattr__ = deprecated_names(__name__, {"ClipHandle": ("ModelHandle", ModelHandle)})
 
 
 def check_is_clip(model: Any) -> None:

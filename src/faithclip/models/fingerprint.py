@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 
 # config keys that say where or by what a config was written, not what the model computes
 _CONFIG_PROVENANCE = ("_name_or_path", "transformers_version")
 
 
-def model_fingerprint(handle: ClipHandle) -> str:
+def model_fingerprint(handle: ModelHandle) -> str:
     """A short hash of the model's parameter bytes (a different checkpoint at the same path is detected)."""
     digest = hashlib.sha256()
     with torch.no_grad():
@@ -31,18 +31,18 @@ def model_fingerprint(handle: ClipHandle) -> str:
     return digest.hexdigest()[:16]
 
 
-def config_identity(handle: ClipHandle) -> dict[str, Any]:
+def config_identity(handle: ModelHandle) -> dict[str, Any]:
     """The model's configuration (``config.json``: activation, widths, epsilon, special ids ...) as a dict."""
     return _without_provenance(handle.model.config.to_dict())
 
 
-def preprocess_identity(handle: ClipHandle) -> dict[str, Any]:
+def preprocess_identity(handle: ModelHandle) -> dict[str, Any]:
     """Every preprocessing setting: sizes, mean/std, resampling and the pipeline rules (crop and resize
     rounding, RGB conversion)."""
     return json.loads(json.dumps(handle.preprocess.to_dict()))
 
 
-def tokenizer_fingerprint(handle: ClipHandle) -> str | None:
+def tokenizer_fingerprint(handle: ModelHandle) -> str | None:
     """A short hash of the tokenizer: its vocabulary, merges, normaliser, pre-tokenizer, post-processor,
     special tokens and length/padding settings. ``None`` without a tokenizer."""
     tokenizer = handle.tokenizer
@@ -73,7 +73,7 @@ def code_versions() -> dict[str, str]:
             "pillow": PIL.__version__}
 
 
-def device_identity(handle: ClipHandle) -> dict[str, str]:
+def device_identity(handle: ModelHandle) -> dict[str, str]:
     """Where and in what precision the model computes: the device's kind (not its index, so the ranks of
     one job on cuda:0..N-1 share it), the GPU's name or, on a CPU, the processor's name and the instruction
     set torch dispatches to (another GPU model, another CPU vendor or another vector width runs other
@@ -101,7 +101,7 @@ def cpu_kind() -> str:
     return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
-def unreadable_words(handle: ClipHandle, names: list[str]) -> dict[str, list[str]]:
+def unreadable_words(handle: ModelHandle, names: list[str]) -> dict[str, list[str]]:
     """Per name, its words that the tokenizer maps to its unknown token (empty dict: all readable).
 
     A name with such a word reaches the text tower as ``<unk>``, so the model cannot tell it from any

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from faithclip.errors import ModelError
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 from faithclip.models.families import family_for_model_type, family_of
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = torch.float32,
     hidden_act: str = "quick_gelu",
-) -> ClipHandle:
+) -> ModelHandle:
     """Load a CLIP model for explanation.
 
     ``name_or_path`` is one of: ``None`` (the shipped default, ``shapes-clip``); a shipped model name; a
@@ -105,8 +105,8 @@ def load(
     return place(_load(name_or_path, tokenizer=tokenizer, dtype=dtype, hidden_act=hidden_act), device, dtype)
 
 
-def place(handle: ClipHandle, device: str | torch.device | None = None,
-          dtype: str | torch.dtype | None = None) -> ClipHandle:
+def place(handle: ModelHandle, device: str | torch.device | None = None,
+          dtype: str | torch.dtype | None = None) -> ModelHandle:
     """Move ``handle``'s model to ``device`` and/or ``dtype`` (in place; ``None`` keeps it) and return it.
     For models built rather than loaded (e.g. ``random_b32``)."""
     target = None if device is None else parse_device(device)
@@ -117,7 +117,7 @@ def place(handle: ClipHandle, device: str | torch.device | None = None,
 
 
 def _load(name_or_path: str | Path | None, *, tokenizer: str | Path | None, dtype: torch.dtype,
-          hidden_act: str) -> ClipHandle:
+          hidden_act: str) -> ModelHandle:
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     path = Path(name)
     if name in shipped_models():
@@ -130,11 +130,11 @@ def _load(name_or_path: str | Path | None, *, tokenizer: str | Path | None, dtyp
         from faithclip.models.openai_checkpoint import load_openai_checkpoint
 
         model = load_openai_checkpoint(path, hidden_act=hidden_act).to(dtype)
-        return ClipHandle(
+        return ModelHandle(
             model=model.eval(),
             tokenizer=_load_tokenizer(tokenizer) if tokenizer is not None else None,
             # OpenAI's ``_transform`` and open_clip's default transform: torchvision's rules
-            preprocess=ClipPreprocess.for_pipeline("openai", int(model.config.vision_config.image_size)),
+            preprocess=ImagePreprocess.for_pipeline("openai", int(model.config.vision_config.image_size)),
             name=str(path),
         )
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -166,8 +166,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def from_hf(model: Any, tokenizer: Any = None, *, preprocess: ClipPreprocess | None = None,
-            name: str | None = None) -> ClipHandle:
+def from_hf(model: Any, tokenizer: Any = None, *, preprocess: ImagePreprocess | None = None,
+            name: str | None = None) -> ModelHandle:
     """Wrap a transformers model the user already holds (a ``CLIPModel`` or another supported family: its
     ``config.model_type`` says which; its weights are not copied or changed).
 
@@ -180,7 +180,7 @@ def from_hf(model: Any, tokenizer: Any = None, *, preprocess: ClipPreprocess | N
         preprocess = family.default_preprocess(model)
     if name is None:
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    return ClipHandle(model=model, tokenizer=tokenizer, preprocess=preprocess, name=name, family=family)
+    return ModelHandle(model=model, tokenizer=tokenizer, preprocess=preprocess, name=name, family=family)
 
 
 def ensure_eager(model: Any) -> None:
@@ -191,7 +191,7 @@ def ensure_eager(model: Any) -> None:
         model.set_attn_implementation("eager")
 
 
-def _load_directory(path: Path, *, name: str, dtype: torch.dtype, tokenizer: str | Path | None = None) -> ClipHandle:
+def _load_directory(path: Path, *, name: str, dtype: torch.dtype, tokenizer: str | Path | None = None) -> ModelHandle:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelError(
@@ -220,13 +220,14 @@ def _load_directory(path: Path, *, name: str, dtype: torch.dtype, tokenizer: str
     check_loading_info(path, model_type, info)
     family.check_model(model)
     preprocessor = path / "preprocessor_config.json"
-    preprocess = (ClipPreprocess.from_json(preprocessor) if preprocessor.is_file()
+    preprocess = (ImagePreprocess.from_json(preprocessor) if preprocessor.is_file()
                   else family.default_preprocess(model))
     tok = None
     if family.has_side("text") or tokenizer is not None:
         tok_source = tokenizer if tokenizer is not None else path
         tok = _load_tokenizer(tok_source, required=tokenizer is not None)
-    return ClipHandle(model=model.eval(), tokenizer=tok, preprocess=preprocess, name=name, family=family)
+    return ModelHandle(model=model.eval(), tokenizer=tok, preprocess=preprocess, name=name, family=family,
+                       trained_on_shapes=(path / "TRAINING.json").is_file())
 
 
 def check_loading_info(path: Path, model_type: str, info: dict[str, Any]) -> None:
@@ -306,7 +307,7 @@ def _load_tokenizer(source: str | Path, required: bool = True) -> Any:
         return None
 
 
-def _load_hub(name: str, *, dtype: torch.dtype) -> ClipHandle:
+def _load_hub(name: str, *, dtype: torch.dtype) -> ModelHandle:
     """A hub id: from the local cache when it is there, else from the hub when it can be reached; else a
     one-line error at once (transformers would retry an unreachable hub for half a minute)."""
     shipped = ", ".join(shipped_models()) or "none"
@@ -339,7 +340,7 @@ def _cached(name: str) -> bool:
         return False
 
 
-def _from_hub(name: str, *, dtype: torch.dtype, local_files_only: bool) -> ClipHandle:
+def _from_hub(name: str, *, dtype: torch.dtype, local_files_only: bool) -> ModelHandle:
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(name, local_files_only=local_files_only)
@@ -351,6 +352,6 @@ def _from_hub(name: str, *, dtype: torch.dtype, local_files_only: bool) -> ClipH
                  if family.has_side("text") else None)
     processor_config = transformers.CLIPImageProcessorPil.get_image_processor_dict(
         name, local_files_only=local_files_only)[0] if hasattr(transformers, "CLIPImageProcessorPil") else {}
-    preprocess = (ClipPreprocess.from_dict(processor_config) if processor_config
+    preprocess = (ImagePreprocess.from_dict(processor_config) if processor_config
                   else family.default_preprocess(model))
-    return ClipHandle(model=model.eval(), tokenizer=tokenizer, preprocess=preprocess, name=name, family=family)
+    return ModelHandle(model=model.eval(), tokenizer=tokenizer, preprocess=preprocess, name=name, family=family)

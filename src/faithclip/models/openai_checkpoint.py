@@ -45,7 +45,7 @@ refused through the unexpected-keys check rather than silently dropped.
 
 Preprocessing. These checkpoints were published with OpenAI's ``_transform`` (open_clip's default
 transform is the same steps): torchvision's ``Resize``/``CenterCrop`` and a PIL ``convert("RGB")`` after
-the crop. ``faithclip.load`` therefore gives them ``ClipPreprocess.for_pipeline("openai", size)``, whose
+the crop. ``faithclip.load`` therefore gives them ``ImagePreprocess.for_pipeline("openai", size)``, whose
 crop offset rounds half to even where transformers floors (``faithclip.models.preprocess``).
 """
 

@@ -3,7 +3,7 @@
 Every CLIP checkpoint was trained with the same four steps; the pipelines that publish them differ in
 three small rounding/ordering rules, and the model only predicts from the input ITS pipeline makes.
 Principle P1 says an explanation must be computed on exactly that tensor, so each rule is a named field
-of ``ClipPreprocess`` and every loader sets the rules of the pipeline its checkpoint ships with:
+of ``ImagePreprocess`` and every loader sets the rules of the pipeline its checkpoint ships with:
 
 1. RGB conversion (``rgb_conversion``):
    - ``"composite_white_first"`` (transformers' ``convert_to_rgb``): transparency is composited onto
@@ -35,7 +35,7 @@ image; DeiT resizes to 256 x 256 and crops 224).
 
 Before all of this, the image file is read, and the pipelines differ in one more rule
 (``exif_orientation``), applied by ``orient`` when a path or PIL image is decoded
-(``ClipHandle.decoded``):
+(``ModelHandle.decoded``):
    - ``"apply"`` (transformers' ``image_utils.load_image``, which its pipelines call on paths, URLs and
      PIL images alike): ``PIL.ImageOps.exif_transpose``, so a phone photo stored sideways with an
      orientation tag is explained upright, as displayed;
@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from faithclip.deprecation import deprecated_names
 from faithclip.errors import ImageError, ModelError
 from faithclip.models.images import to_rgb
 
@@ -91,7 +92,7 @@ def _square_int_size(config: dict) -> bool:
 
 
 @dataclass(frozen=True)
-class ClipPreprocess:
+class ImagePreprocess:
     """Shortest-edge resize, centre crop, normalise. ``__call__`` maps a PIL image to ``(3, H, W)``.
 
     ``crop_rounding``, ``resize_rounding``, ``rgb_conversion`` and ``exif_orientation`` are the pipeline's rules (module
@@ -123,7 +124,7 @@ class ClipPreprocess:
                 raise ModelError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}.")
 
     @classmethod
-    def for_pipeline(cls, pipeline: str, size: int) -> "ClipPreprocess":
+    def for_pipeline(cls, pipeline: str, size: int) -> "ImagePreprocess":
         """A square ``size`` preprocessing with the published rules of ``pipeline`` (``PIPELINE_RULES``)."""
         if pipeline not in PIPELINE_RULES:
             raise ModelError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINE_RULES)}.")
@@ -141,13 +142,13 @@ class ClipPreprocess:
         return next((name for name, rules in PIPELINE_RULES.items() if rules == self.rules), "custom")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ClipPreprocess":
+    def from_json(cls, path: str | Path) -> "ImagePreprocess":
         """Read a transformers ``preprocessor_config.json`` (CLIPImageProcessor fields)."""
         config = json.loads(Path(path).read_text())
         return cls.from_dict(config)
 
     @classmethod
-    def from_dict(cls, config: dict) -> "ClipPreprocess":
+    def from_dict(cls, config: dict) -> "ImagePreprocess":
         """Settings from a ``preprocessor_config.json`` dict; its ``faithclip_rules`` if present, else
         transformers' rules (the pipeline that reads such a file)."""
         size = config.get("size", 224)
@@ -279,3 +280,6 @@ class ClipPreprocess:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """PIL image (any mode, converted under ``rgb_conversion``) -> normalised pixels ``(3, crop_height, crop_width)``."""
         return self.normalize(np.asarray(self.crop_image(image), dtype=np.uint8))
+
+
+__getattr__ = deprecated_names(__name__, {"ClipPreprocess": ("ImagePreprocess", ImagePreprocess)})

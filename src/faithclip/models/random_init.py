@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from faithclip.errors import ModelError
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 
 # Shipped with the package (data files only; provenance and MIT licence in reference/README.md).
 SHIPPED = Path(__file__).parent / "reference"
@@ -31,14 +31,14 @@ def find_reference(directory: str | Path | None, architecture: str = "B/32") -> 
 
 
 def random_clip(directory: str | Path | None = None, *, seed: int = 0, patch_size: int | None = None,
-                name: str | None = None, architecture: str = "B/32") -> ClipHandle:
+                name: str | None = None, architecture: str = "B/32") -> ModelHandle:
     """The directory's CLIP architecture (default: the shipped config of ``architecture``) with weights drawn
     by transformers' initialiser (seeded), eager attention, the directory's tokenizer (the shipped OpenAI
     CLIP tokenizer when the directory has none) and preprocessing."""
     import transformers
 
     from faithclip.models.loading import from_hf
-    from faithclip.models.preprocess import ClipPreprocess
+    from faithclip.models.preprocess import ImagePreprocess
 
     reference = find_reference(directory, architecture)
     config = transformers.CLIPConfig.from_pretrained(reference)
@@ -55,15 +55,15 @@ def random_clip(directory: str | Path | None = None, *, seed: int = 0, patch_siz
         tokenizer = None
     processor = reference / "preprocessor_config.json"
     size = int(config.vision_config.image_size)
-    preprocess = (ClipPreprocess.from_json(processor) if processor.is_file()
-                  else ClipPreprocess(size=size, crop_height=size, crop_width=size))
+    preprocess = (ImagePreprocess.from_json(processor) if processor.is_file()
+                  else ImagePreprocess(size=size, crop_height=size, crop_width=size))
     if name is None:
         patch = config.vision_config.patch_size
         name = f"{reference.name} architecture, patch {patch} (random weights, seed {seed})"
     return from_hf(model, tokenizer, preprocess=preprocess, name=name)
 
 
-def random_b32(directory: str | Path | None = None, seed: int = 0, patch_size: int = 32) -> ClipHandle:
+def random_b32(directory: str | Path | None = None, seed: int = 0, patch_size: int = 32) -> ModelHandle:
     """The real ViT-B/32 (or B/16 with ``patch_size=16``) architecture with random weights."""
     return random_clip(directory, seed=seed, patch_size=patch_size, architecture="B/16" if patch_size == 16 else "B/32",
                        name=f"ViT-B/{patch_size} architecture (random weights)")

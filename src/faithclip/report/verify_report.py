@@ -6,6 +6,7 @@ from typing import Any
 
 from faithclip.mapmath import EQUIVALENCE_TOLERANCE as TOLERANCE
 from faithclip.report.page import esc, html_page, table
+from faithclip.verdicts import p1_verdict
 
 
 def equivalence_table(rows: list[dict[str, Any]]) -> str:
@@ -27,8 +28,7 @@ def p1_table(rows: list[dict[str, Any]]) -> str:
     body, bad = [], []
     for index, r in enumerate(rows):
         declared = r.get("modifies_model") or r.get("modifies_input")
-        # one wording everywhere (verify, demo): a declared departure is not a failure (verify exits 0)
-        verdict = "pass" if r["passed"] else ("declared departure" if declared else "fail")
+        verdict = p1_verdict(r["passed"], declared)  # one wording with verify's table and check
         if not r["passed"] and not declared:
             bad.append(index)
         body.append([r["method"], r["side"], "n/a" if r["max_gap"] is None else f"{r['max_gap']:.2e}", verdict,

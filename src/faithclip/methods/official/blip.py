@@ -88,12 +88,12 @@ def encode_image_rewritten(model: Any, pixels: torch.Tensor, *, heads: int | Non
     return model.vision_proj(pooled), traces, grid
 
 
-def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, model: Any | None = None,
+def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, lambda_qk: str, model: Any | None = None,
                heads: int | None = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """BLIP's published maps of ONE input (``formula.embedding_image_maps`` through this rewrite)."""
     from faithclip.methods.official.formula import embedding_image_maps
 
-    return embedding_image_maps(ctx, pixels, layers, qk, model, heads, encode_image_rewritten)
+    return embedding_image_maps(ctx, pixels, layers, lambda_qk, model, heads, encode_image_rewritten)
 
 
 def image_embeds(model: Any, pixels: torch.Tensor, heads: int | None) -> torch.Tensor:

@@ -14,17 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from faithclip.errors import MethodError
+from faithclip.mapmath import minmax
+from faithclip.methods.common import LAMBDA_QK
 
-QK_CHOICES = ("out_proj", "raw")
-
-
-def minmax(values: torch.Tensor) -> torch.Tensor:
-    """``(x - min) / (max - min)`` over the last axis, as the official code. The official code has no guard
-    (a constant row gives NaN); here a constant row gives 1 (no reweighting), as faithful Grad-ECLIP."""
-    low = values.amin(dim=-1, keepdim=True)
-    span = values.amax(dim=-1, keepdim=True) - low
-    flat = span <= 0
-    return torch.where(flat, torch.ones_like(values), (values - low) / torch.where(flat, torch.ones_like(span), span))
 
 
 def official_lambda(q: torch.Tensor, k: torch.Tensor, query: int, keys: slice, out_proj: Any | None) -> torch.Tensor:
@@ -37,7 +29,9 @@ def official_lambda(q: torch.Tensor, k: torch.Tensor, query: int, keys: slice, o
             q, k = out_proj(q), out_proj(k)  # (T, D) each
         query_vector = F.normalize(q[query], dim=-1)  # (D,)
         cosine = (F.normalize(k[keys], dim=-1) * query_vector).sum(-1)  # (T',)
-        return minmax(cosine)
+        # the official code has no guard (a constant row gives NaN); a constant row gives 1 here (no
+        # reweighting), as faithful Grad-ECLIP
+        return minmax(cosine, dim=-1, constant=1.0)
 
 
 def official_term(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -45,11 +39,11 @@ def official_term(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) 
     return (query_grad * v * lam[:, None]).sum(-1)
 
 
-def out_proj_for(trace_layer: Any, qk: str, family: Any = None) -> Any | None:
-    """The layer's output projection when lambda reads q, k through it (``qk="out_proj"``), else ``None``."""
-    if qk not in QK_CHOICES:
-        raise MethodError(f"qk must be one of {QK_CHOICES}, got {qk!r}.")
-    if qk != "out_proj":
+def out_proj_for(trace_layer: Any, lambda_qk: str, family: Any = None) -> Any | None:
+    """The layer's output projection when lambda reads q, k through it (``lambda_qk="out_proj"``), else ``None``."""
+    if lambda_qk not in LAMBDA_QK:
+        raise MethodError(f"lambda_qk must be one of {LAMBDA_QK}, got {lambda_qk!r}.")
+    if lambda_qk != "out_proj":
         return None
     return family.attention(trace_layer).out if family is not None else trace_layer.self_attn.out_proj
 
@@ -65,7 +59,7 @@ def official_image_maps(scores: torch.Tensor, traces: list, lams: list[torch.Ten
     return torch.stack(maps).detach()
 
 
-def embedding_image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, model: Any | None, heads: int | None,
+def embedding_image_maps(ctx: Any, pixels: torch.Tensor, layers: int, lambda_qk: str, model: Any | None, heads: int | None,
                          encode: Callable[..., tuple[torch.Tensor, list, tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Official image maps of ONE input ``pixels (1, 3, H, W)`` against the context's K texts, through a rewritten
     forward ``encode(model, pixels, heads=, layers=) -> (embeddings, traces, grid)`` whose embeddings the
@@ -79,11 +73,11 @@ def embedding_image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, m
         embeds, traces, grid = encode(model, pixels, heads=heads, layers=layers)
         scores = ctx.target.scores(embeds, text_embeds, ctx.handle.logit_scale.detach().to(embeds.dtype),
                                    None if ctx.extra_embeds() is None else ctx.extra_embeds().to(embeds.dtype))[0]
-        lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), out_proj_for(layer, qk, ctx.family))
+        lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), out_proj_for(layer, lambda_qk, ctx.family))
                 for t, layer in zip(traces, recomputed)]  # (T-1,) each
         maps = official_image_maps(scores, traces, lams, grid)
     return maps, scores.detach(), grid
 
 
-__all__ = ["QK_CHOICES", "minmax", "official_lambda", "official_term", "out_proj_for", "official_image_maps",
+__all__ = ["official_lambda", "official_term", "out_proj_for", "official_image_maps",
            "embedding_image_maps"]

@@ -8,7 +8,7 @@ From github.com/Cyang-Zhao/Grad-Eclip ``generate_emap.py``:
    for patch size ``p``, NO centre crop; then scaled to [0, 1] and normalised with the CLIP mean/std.
 
 The model, meanwhile, predicts from its standard shortest-edge resize + centre crop
-(``faithclip.models.preprocess.ClipPreprocess``), so the two inputs differ in size, aspect and content.
+(``faithclip.models.preprocess.ImagePreprocess``), so the two inputs differ in size, aspect and content.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from faithclip.models.preprocess import ClipPreprocess
+from faithclip.models.preprocess import ImagePreprocess
 
 OFFICIAL_SHORT_SIDE_CAP = 640
 
@@ -36,7 +36,7 @@ def keep_size_size(width: int, height: int, patch: int) -> tuple[int, int]:
     return int(width / patch + 0.5) * patch, int(height / patch + 0.5) * patch
 
 
-def keep_size_pixels(image: Image.Image, patch: int, preprocess: ClipPreprocess,
+def keep_size_pixels(image: Image.Image, patch: int, preprocess: ImagePreprocess,
                      cap: int | None = OFFICIAL_SHORT_SIDE_CAP) -> torch.Tensor:
     """Normalised pixels ``(3, nh, nw)`` of the official explanation input for an RGB PIL image."""
     image = cap_short_side(image.convert("RGB"), cap)

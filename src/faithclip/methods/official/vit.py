@@ -87,7 +87,7 @@ def encode_image_rewritten(model: Any, pixels: torch.Tensor, *, heads: int | Non
     return backbone.layernorm(hidden)[:, 0], traces, grid
 
 
-def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, model: Any | None = None,
+def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, lambda_qk: str, model: Any | None = None,
                heads: int | None = 1, residual: str | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """The notebook's maps of ONE input ``pixels (1, 3, H, W)`` for the context's K classes: maps
     ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid (``grad_eclip_official.image_maps``'s contract).
@@ -100,7 +100,7 @@ def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, qk: str, model: Any 
     with torch.enable_grad():
         features, traces, grid = encode_image_rewritten(model, pixels, heads=heads, layers=layers, residual=residual)
         scores = ctx.family.score(ctx.target, features, text_embeds, model, ctx.extra_embeds())[0]  # (K,)
-        lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), layer.attention.o_proj if qk == "out_proj" else None)
+        lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), layer.attention.o_proj if lambda_qk == "out_proj" else None)
                 for t, layer in zip(traces, recomputed)]  # (T-1,) each
         maps = official_image_maps(scores, traces, lams, grid)
     return maps, scores.detach(), grid

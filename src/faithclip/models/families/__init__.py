@@ -71,7 +71,7 @@ class OfficialPipeline:
     lambda_qk: tuple[str, ...] = ("out_proj", "raw")
     text: bool = True
     short_side_cap: int | None = 640
-    #: the module of the family's rewritten forward: ``image_maps(ctx, pixels, layers, qk, model, heads)`` and
+    #: the module of the family's rewritten forward: ``image_maps(ctx, pixels, layers, lambda_qk, model, heads)`` and
     #: ``image_embeds(model, pixels, heads)`` (named, not imported: methods sit above models)
     module: str = "faithclip.methods.official.rewrite"
 
@@ -232,9 +232,15 @@ class Family:
             raise MethodError(f"a {self.name} model's probability is per pair (a sigmoid of its logit) and uses no "
                               f"other prompts, but {len(target.extra_texts)} were given; drop them.")
 
-    def default_target(self) -> "Target":
-        """The score explained when none is named: the first of ``target_kinds`` (CLIP: the cosine)."""
-        return self.target(self.target_kinds[0])
+    @property
+    def default_target_kind(self) -> str:
+        """The score explained when none is named: the first of ``target_kinds`` (CLIP and BLIP: the cosine;
+        SigLIP and a classifier: the logit). The one place this rule lives."""
+        return self.target_kinds[0]
+
+    def default_target(self, others: Sequence[str] = ()) -> "Target":
+        """The default score (``default_target_kind``) as a ``Target``."""
+        return self.target(self.default_target_kind, others)
 
     def target(self, kind: "str | Target", others: Sequence[str] = ()) -> "Target":
         """The named score with the other texts it needs (``faithclip.targets.make_target``); a family whose
@@ -245,7 +251,7 @@ class Family:
 
     # ---- texts ----------------------------------------------------------------------------------------
     def tokenize(self, handle: Any, texts: list[str]) -> "TextBatch":
-        """Strings -> the ``TextBatch`` the text tower reads (CLIP: the tokenizer, ``ClipHandle.tokenize_texts``).
+        """Strings -> the ``TextBatch`` the text tower reads (CLIP: the tokenizer, ``ModelHandle.tokenize_texts``).
         A classifier maps class names to class indices instead."""
         return handle.tokenize_texts(texts)
 
@@ -339,9 +345,9 @@ class Family:
     def default_preprocess(self, model: Any) -> Any:
         """The preprocessing when no processor config comes with the model: transformers' CLIP rules at
         the model's input size (a family whose processor differs overrides this)."""
-        from faithclip.models.preprocess import ClipPreprocess
+        from faithclip.models.preprocess import ImagePreprocess
 
-        return ClipPreprocess.for_pipeline("transformers", self.image_size(model))
+        return ImagePreprocess.for_pipeline("transformers", self.image_size(model))
 
 
 FAMILIES: dict[str, Family] = {}

@@ -145,10 +145,10 @@ class SiglipFamily(Family):
     def default_preprocess(self, model: Any) -> Any:
         """``SiglipImageProcessor``'s defaults: the whole image squashed to size x size (bicubic), mean and
         std 0.5."""
-        from faithclip.models.preprocess import PIPELINE_RULES, ClipPreprocess
+        from faithclip.models.preprocess import PIPELINE_RULES, ImagePreprocess
 
         size = self.image_size(model)
-        return ClipPreprocess(size=size, crop_height=size, crop_width=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        return ImagePreprocess(size=size, crop_height=size, crop_width=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                               resize="exact", center_crop=False, **PIPELINE_RULES["transformers"])
 
 

@@ -193,10 +193,10 @@ class ViTFamily(Family):
 
     def default_preprocess(self, model: Any) -> Any:
         """``ViTImageProcessor``'s defaults: bilinear resize to ``size x size`` (no crop), mean = std = 0.5."""
-        from faithclip.models.preprocess import ClipPreprocess
+        from faithclip.models.preprocess import ImagePreprocess
 
         size = self.image_size(model)
-        return ClipPreprocess(size=size, crop_height=size, crop_width=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        return ImagePreprocess(size=size, crop_height=size, crop_width=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                               resample=2, resize="exact", center_crop=False)
 
 
@@ -215,10 +215,10 @@ class DeiTFamily(ViTFamily):
     def default_preprocess(self, model: Any) -> Any:
         """``DeiTImageProcessor``'s defaults: bicubic resize to 256 x 256 (at 224: size * 8 / 7), centre crop
         to the model's input, ImageNet mean and std."""
-        from faithclip.models.preprocess import ClipPreprocess
+        from faithclip.models.preprocess import ImagePreprocess
 
         size = self.image_size(model)
-        return ClipPreprocess(size=size * 8 // 7, crop_height=size, crop_width=size, mean=(0.485, 0.456, 0.406),
+        return ImagePreprocess(size=size * 8 // 7, crop_height=size, crop_width=size, mean=(0.485, 0.456, 0.406),
                               std=(0.229, 0.224, 0.225), resample=3, resize="exact", center_crop=True)
 
 
