@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     shard = Shard.parse(args.shard) if args.shard is not None else None
     if shard is not None and args.merge is not None:
         raise EvaluationError("--shard computes one shard and --merge merges finished ones; give one of them.")
-    from faithclip import distributed
+    from faithclip.evaluation import distributed
 
     if distributed.launched() and (shard is not None or args.merge is not None):
         raise EvaluationError("under torchrun every rank evaluates its own shard and rank 0 merges; "
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_ranks(evaluator: Any, data: Any, out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     """Under torchrun: this rank's shard, a barrier, then rank 0 merges (and returns the results)."""
-    from faithclip.distributed import ProcessGroup
+    from faithclip.evaluation.distributed import ProcessGroup
 
     with ProcessGroup(args.device) as group:
         shard = Shard(group.rank, group.world_size)

@@ -23,7 +23,7 @@ depend on the process that computed it: the identity pins the batch size, the th
 kind and dtype and the processor (a CPU's name and instruction set, a GPU's name: another kind runs other
 kernels, whose results agree to float rounding only), and nothing else of a process enters a record (seeds
 are per case and metric).
-``faithclip.distributed`` runs the shards under torch.distributed.
+``faithclip.evaluation.distributed`` runs the shards under torch.distributed.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from faithclip.models.families import Family
 from faithclip.models.fingerprint import (code_versions, config_identity, device_identity, model_fingerprint,
                                           preprocess_identity, tokenizer_fingerprint, unreadable_words)
 from faithclip.registry import METHODS, check_options
-from faithclip.rundir import (LOCK_NAME, RECORDS_NAME, RecordFile, RunLock, create_once, finished_keys, record_paths,
+from faithclip.evaluation.rundir import (LOCK_NAME, RECORDS_NAME, RecordFile, RunLock, create_once, finished_keys, record_paths,
                               shard_records_name, write_result_set)
 
 logger = logging.getLogger(__name__)
