@@ -41,7 +41,8 @@ step in one module, in this order:
    and written (``write_outputs``: ``results.json``, and ``results.md`` and ``report.html`` rendered by
    ``report/evaluation_report.py``, published as one set).
 
-``runner.py`` (``Evaluator.run``) calls these steps in this order. Two modules lie beneath them:
+``runner.py`` (``Evaluator.run``) calls these steps in this order; before them, the command asks
+``shards.py`` whether torchrun started it (its rank's device) and parses ``--shard``. Two modules lie beneath them:
 ``records.py`` says what a record holds (the jobs of a case, which record holds which metric, what makes
 a read-back record damaged) and ``rundir.py`` keeps the folder's files (locks, record files, the published
 result set).
@@ -56,7 +57,8 @@ from faithclip.evaluation.runner import Evaluator, evaluate, evaluate_maps, merg
 from faithclip.evaluation.shards import Shard
 from faithclip.models.fingerprint import model_fingerprint
 
-__all__ = ["EvalConfig", "Evaluator", "Shard", "evaluate", "evaluate_maps", "merge", "EvaluationError", "describe_changes",
-           "model_fingerprint", "DEFAULT_METHODS", "DEFAULT_METRICS", "OUTPUT_RANGES", "SCHEMA", "CI_RESAMPLES",
-           "PreparedCase", "prepare", "case_seed", "example_name", "check_readable", "resolve_methods", "resolve_metrics",
-           "case_jobs", "value_problem", "aggregate", "curve_band", "mean_ci", "write_outputs"]
+__all__ = ["EvalConfig", "Evaluator", "Shard", "evaluate", "evaluate_maps", "merge", "EvaluationError",
+           "describe_changes", "model_fingerprint", "DEFAULT_METHODS", "DEFAULT_METRICS", "OUTPUT_RANGES", "SCHEMA",
+           "CI_RESAMPLES", "PreparedCase", "prepare", "case_seed", "example_name", "check_readable",
+           "resolve_methods", "resolve_metrics", "case_jobs", "value_problem", "aggregate", "curve_band", "mean_ci",
+           "write_outputs"]

@@ -245,10 +245,10 @@ def check_merged(sources: Sequence[Path], identity: dict[str, Any], digests: Fil
 
 
 def check_readable(data: LabelledSet, owns: Callable[[int], bool] | None = None) -> None:
-    """Read every case of ``data`` (those at the positions ``owns``, when given: a shard's) once, before a new run creates its folder:
-    a corrupt or unreadable image is found before the first record, not after hours of them, and the
-    fixed file is then part of the run's data fingerprint from the start. One line names the first bad
-    file and how many there are."""
+    """Read every case of ``data`` (those at the positions ``owns``, when given: a shard's) once, before a new
+    run creates its folder: a corrupt or unreadable image is found before the first record, not after hours
+    of them, and the fixed file is then part of the run's data fingerprint from the start. One line names the
+    first bad file and how many there are."""
     if len(data) > 100:
         logger.info("reading the %d images of %s before the first record", len(data), data.name)
     problems = []
