@@ -383,7 +383,7 @@ def test_results_are_strict_json_and_match_the_published_schema(tmp_path):
 
 
 def test_a_run_stopped_while_publishing_leaves_one_readable_set(setup, tmp_path, monkeypatch):
-    from faithclip import rundir
+    from faithclip.evaluation import rundir
 
     model, data, reference = setup
     out = tmp_path / "run"
@@ -450,7 +450,7 @@ def test_a_publisher_stopped_after_any_link_leaves_the_old_set_or_the_new_one(tm
     """Deterministic companion of the soak above (which failed once on CI: results.json readable and
     results.md missing after a kill between two links of a first publish). Each link replacement is a step;
     stopped after step k, every name a reader can open must come from ONE set, old or new."""
-    from faithclip import rundir
+    from faithclip.evaluation import rundir
 
     old = {"results.json": b"old json", "results.md": b"old md"}
     new = {"results.json": b"new json", "results.md": b"new md", "report.html": b"new html"}

@@ -116,14 +116,14 @@ def run(args: argparse.Namespace) -> int:
     shard = Shard.parse(args.shard) if args.shard is not None else None
     if shard is not None and args.merge is not None:
         raise EvaluationError("--shard computes one shard and --merge merges finished ones; give one of them.")
-    from faithclip import distributed
+    from faithclip.evaluation import shards
 
-    if distributed.launched() and (shard is not None or args.merge is not None):
+    if shards.launched() and (shard is not None or args.merge is not None):
         raise EvaluationError("under torchrun every rank evaluates its own shard and rank 0 merges; "
                               "drop --shard and --merge.")
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.device = distributed.rank_device(args.device)
+    args.device = shards.rank_device(args.device)
     handle = load_model(args.model, args)
     config = EvalConfig(model=args.model or "shapes-clip", data=args.data, methods=args.methods,
                         metrics=args.metrics, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     evaluator = Evaluator(handle, config)  # checks methods, metrics and every option
     data = open_data(args.data, image_size=handle.preprocess.size, count=args.count)
     try:
-        if distributed.launched():
+        if shards.launched():
             results = _run_ranks(evaluator, data, out, args)
             if results is None:
                 return 0  # not rank 0: its shard is written; rank 0 reports
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_ranks(evaluator: Any, data: Any, out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     """Under torchrun: this rank's shard, a barrier, then rank 0 merges (and returns the results)."""
-    from faithclip.distributed import ProcessGroup
+    from faithclip.evaluation.shards import ProcessGroup
 
     with ProcessGroup(args.device) as group:
         shard = Shard(group.rank, group.world_size)

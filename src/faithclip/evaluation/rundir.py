@@ -7,7 +7,7 @@
   holds its own ``DIR/.lock.shard-I-of-N`` exclusively (one process per shard).
 - Record files: ``records.jsonl`` (a one-process run, and what a merge imports) and one
   ``records.shard-I-of-N.jsonl`` per shard; only its owner appends to a file. ``record_paths`` lists them
-  in the fixed order in which a record found twice is read from the first.
+  in the fixed order in which a record found twice is read from the first (``read_records``).
 - ``RecordFile``: ``records.jsonl``, one strict-JSON line per finished record, fsynced before the next is
   computed. Reading checks every line; a damaged line (not JSON, NUL bytes, not a record, a duplicate)
   stops the run with its file and line number, and ``repair=True`` drops such lines so that their
@@ -180,6 +180,19 @@ def record_problem(record: Any) -> str | None:
     return None
 
 
+def _read_line(line: bytes, check: Callable[[dict[str, Any]], str | None] | None) -> tuple[Any, str | None]:
+    """A complete line of a record file: its record, and what makes it damaged (``None``: nothing)."""
+    if b"\0" in line:
+        return None, "NUL bytes (what a crash can leave)"
+    try:
+        record = json.loads(line, parse_constant=_refuse_constant)
+    except _NonFinite as constant:
+        return None, f"{constant} in a value (faithclip writes an undefined value as null)"
+    except ValueError:
+        return None, "not valid JSON"
+    return record, record_problem(record) or (check(record) if check else None)
+
+
 class RecordFile:
     """``records.jsonl``: append-only, each line fsynced; every line checked when the file is opened.
 
@@ -200,18 +213,7 @@ class RecordFile:
         for number, line in enumerate(complete, start=1):
             if not line.strip():
                 continue
-            record, problem = None, None
-            if b"\0" in line:
-                problem = "NUL bytes (what a crash can leave)"
-            else:
-                try:
-                    record = json.loads(line, parse_constant=_refuse_constant)
-                except _NonFinite as constant:
-                    problem = f"{constant} in a value (faithclip writes an undefined value as null)"
-                except ValueError:
-                    problem = "not valid JSON"
-                else:
-                    problem = record_problem(record) or (check(record) if check else None)
+            record, problem = _read_line(line, check)
             if problem is None:
                 key = (record["case"], record["method"])
                 if key in first_seen:
@@ -266,6 +268,19 @@ class RecordFile:
                 seen.add(key)
                 records.append(record)
         return records
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    """Every record of the folder, one per (case, method), from its files in ``record_paths`` order (a
+    record found in two files is read from the first)."""
+    records, seen = [], set()
+    for path in record_paths(out):
+        for record in RecordFile(path).read():
+            key = (record["case"], record["method"])
+            if key not in seen:
+                seen.add(key)
+                records.append(record)
+    return records
 
 
 # ---- the result set ---------------------------------------------------------------------------------

@@ -1,0 +1,326 @@
+"""The runner: ``Evaluator`` computes the records of one configuration on one model and hands them to the
+aggregation; ``evaluate``, ``merge`` and ``evaluate_maps`` are its one-call forms. ``Evaluator.run`` is a
+sequence of named steps, each in the module of its concern (the package docstring lists them)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from faithclip.data.digests import FileDigests
+from faithclip.data.folders import LabelledSet
+from faithclip.evaluation.cases import (PreparedCase, case_seed, parameters, patch_grid, prepare, save_example,
+                                        score_together)
+from faithclip.evaluation.config import (DEFAULT_METHODS, DEFAULT_METRICS, DIGESTS_NAME, EvalConfig, EvaluationError,
+                                         check_data, check_identity, check_merged, check_options_given, check_readable,
+                                         maps_methods, resolve_methods, resolve_metrics)
+from faithclip.evaluation.records import case_jobs, check_record, store
+from faithclip.evaluation.results import aggregate, write_outputs
+from faithclip.evaluation.rundir import RECORDS_NAME, RecordFile, read_records
+from faithclip.evaluation.shards import (Shard, finished_elsewhere, import_sources, make_directories, refuse_missing,
+                                         remove_created, run_locks, share_identity)
+from faithclip.files import OutputError
+from faithclip.methods.context import Context
+from faithclip.metrics import METRICS
+from faithclip.metrics.case import MetricCase
+from faithclip.metrics.zeroshot import PromptSet, build_prompt_set
+from faithclip.models.clip import ClipHandle, TextBatch
+from faithclip.registry import METHODS
+
+logger = logging.getLogger(__name__)
+
+
+class Evaluator:
+    """Runs one configuration on one model; ``run(data, out_dir)`` writes the records and the results."""
+
+    def __init__(self, handle: ClipHandle, config: EvalConfig) -> None:
+        self.handle = handle
+        self.map_folder = None
+        self.maps_out: Path | None = None  # set by _start_cases when config.save_maps
+        if config.maps is not None:
+            self.map_folder, methods = maps_methods(config)
+            config = replace(config, methods=methods)
+        self.methods = resolve_methods(config.methods, handle.family) if self.map_folder is None else list(config.methods)
+        self.metrics = [METRICS.get(name) for name in resolve_metrics(config.metrics, handle.family)]
+        if self.map_folder is not None:
+            recompute = [m.name for m in self.metrics if m.recomputes_map]
+            if recompute:
+                raise EvaluationError(f"--maps cannot score {', '.join(recompute)}: it recomputes the map with the "
+                                      "method on other models; drop it from --metrics.")
+        # 'all' is resolved once, so the run's identity names what was actually evaluated
+        self.config = replace(config, methods=list(self.methods), metrics=[m.name for m in self.metrics])
+        check_options_given(handle, self.config)  # before a folder exists: a refused run leaves nothing behind
+        self.prompt_set: PromptSet | None = None
+        self.all_texts: TextBatch | None = None
+
+    @property
+    def jobs(self) -> list[str | None]:
+        """The records of every case (``records.case_jobs``): ``None`` (model-level), then each method."""
+        return case_jobs(self.methods, self.metrics)
+
+    def record_problem(self, record: dict[str, Any]) -> str | None:
+        """What a read-back record lacks for this run (``records.check_record``; ``None``: nothing)."""
+        return check_record(record, self.methods, self.metrics)
+
+    # ---- model calls ------------------------------------------------------------------------------
+    def _context(self, pixels: torch.Tensor, labels: list[int] | None, handle: ClipHandle | None = None) -> Context:
+        """An image-side context over the given classes (all when ``labels`` is None), the family's default
+        target (CLIP: cosine; SigLIP, classifiers: logit), with the classifier weights as the text embeddings."""
+        prompt_set = self.prompt_set
+        if labels is None:
+            text, weights = self.all_texts, prompt_set.weights
+        else:
+            text, weights = prompt_set.text_batch(handle or self.handle, labels), prompt_set.weights[labels]
+        text = replace(text, embeds=weights)  # the classifier weights stand for the prompts' embeddings
+        handle = handle or self.handle
+        return Context(handle=handle, side="image", pixels=pixels, text=text, target=handle.family.default_target())
+
+    def explain(self, method: str, pixels: torch.Tensor, label: int, handle: ClipHandle | None = None) -> torch.Tensor:
+        """The method's raw ``(gh, gw)`` map of ``label`` for one image, on ``handle`` (default: the model)."""
+        from faithclip.api import run_method
+
+        spec = METHODS.get(method)
+        ctx = self._context(pixels, [label], handle)
+        result = run_method(ctx.handle, ctx, spec, dict(self.config.method_options.get(method, {})))
+        return result.maps[0, 0].detach().cpu()
+
+    def run_case(self, prepared: PreparedCase, method: str | None, keep_map: bool,
+                 deferred: list[tuple[dict[str, Any], str, Any]] | None = None) -> dict[str, Any]:
+        """Metric values of one (case, method); ``method=None`` runs the model-level metrics. With
+        ``deferred``, a metric that has a scoring plan is not run: ``(record, metric, plan)`` is appended
+        for ``score_together``, which fills in its value."""
+        started = time.perf_counter()
+        if prepared.score_ctx is None:
+            prepared.score_ctx = self._context(prepared.pixels, None)
+        record: dict[str, Any] = {"case": prepared.case_id, "method": method or "-", "label": prepared.label,
+                                  "values": {}, "curves": {}, "skipped": []}
+        if method is None:
+            patch_map = torch.zeros(1, 1)
+            metrics = [m for m in self.metrics if not m.per_method]
+        else:
+            patch_map = self._patch_map(prepared, method, keep_map, record)
+            metrics = [m for m in self.metrics if m.per_method]
+        case = MetricCase(
+            score_ctx=prepared.score_ctx, rgb=prepared.rgb, patch_map=patch_map, label=prepared.label, seed=0,
+            mask=prepared.mask, ignore=prepared.ignore,
+            explain=(lambda h, m=method: self.explain(m, prepared.pixels, prepared.label, h)) if method else None,
+        )
+        for spec in metrics:
+            if spec.needs_mask and prepared.mask is None:
+                record["skipped"].append(spec.name)
+                continue
+            case.seed = case_seed(self.config.seed, prepared.case_id, spec.name)
+            options = self.config.options_for(spec.name)
+            if "batch_size" in parameters(spec.run):
+                options.setdefault("batch_size", self.config.batch_size)
+            if deferred is not None and spec.plan is not None:
+                deferred.append((record, spec.name, spec.plan(case, **options)))
+                record["values"][spec.name] = None  # keeps the metrics' order; filled in by score_together
+                continue
+            store(record, spec.name, spec.run(case, **options))
+        if method is None:  # the model-free level of a per-method metric, once per image in the '-' record
+            self._chance_levels(prepared, case, record)
+        record["seconds"] = round(time.perf_counter() - started, 4)
+        return record
+
+    def _patch_map(self, prepared: PreparedCase, method: str, keep_map: bool, record: dict[str, Any]) -> torch.Tensor:
+        """The ``(gh, gw)`` map the per-method metrics score: read from ``--maps``, or computed (then written
+        to ``OUT/maps`` with ``--save-maps``, and kept in ``record`` for the report's examples)."""
+        if self.map_folder is not None:
+            return self.map_folder.patch_map(prepared.case_id, method, self.handle.preprocess, patch_grid(self.handle),
+                                             prepared.image_size).to(torch.float32)
+        patch_map = self.explain(method, prepared.pixels, prepared.label)
+        if self.maps_out is not None:
+            from faithclip.data.maps import write_map
+
+            write_map(self.maps_out, prepared.case_id, method, patch_map, "patch",
+                      text=self.prompt_set.class_names[prepared.label] if self.prompt_set else None,
+                      model=self.config.model)
+        if keep_map:
+            record["map"] = patch_map.double().tolist()
+        return patch_map
+
+    def _chance_levels(self, prepared: PreparedCase, case: MetricCase, record: dict[str, Any]) -> None:
+        """The model-free level of each per-method metric that has one (``MetricSpec.chance``)."""
+        for spec in [m for m in self.metrics if m.per_method and m.chance is not None]:
+            if spec.needs_mask and prepared.mask is None:
+                record["skipped"].append(spec.name)
+                continue
+            options = self.config.options_for(spec.name)
+            options.pop("batch_size", None)
+            store(record, spec.name, spec.chance(case, **options))
+
+    def _run_step(self, step: list[tuple[PreparedCase, list[str | None], bool]]) -> list[dict[str, Any]]:
+        """The records of several images: maps one image at a time, then every perturbed image of every
+        curve of the step scored together (``score_together``)."""
+        deferred: list[tuple[dict[str, Any], str, Any]] = []
+        records = [self.run_case(prepared, job, keep, deferred) for prepared, jobs, keep in step for job in jobs]
+        if deferred:
+            score_together(deferred, step[0][0].score_ctx, self.handle, self.config.batch_size)
+        return records
+
+    # ---- the run ----------------------------------------------------------------------------------
+    def run(self, data: LabelledSet, out_dir: str | Path, progress: bool = True, report: bool = True,
+            repair: bool = False, shard: Shard | None = None, sources: Sequence[str | Path] = (),
+            compute: bool = True) -> dict[str, Any] | None:
+        """Evaluate into ``out_dir`` (resuming what it holds). Everything that can refuse the run is checked
+        before anything is written; a folder this call created is removed again if it fails before the
+        first record. ``repair`` drops damaged lines of the record files so that their records are redone.
+
+        ``shard``: compute only the cases this shard owns (``Shard.owns``), into its own record file,
+        holding the folder lock shared with the other shards; returns ``None`` (the results are written
+        by a run without ``shard``, or by ``merge``). ``sources``: other run folders of the same identity
+        whose records are imported (``merge``). ``compute=False``: refuse, naming what is missing, instead
+        of computing records no file holds (``merge``)."""
+        out = Path(out_dir)
+        sources = [Path(source) for source in sources if Path(source).resolve() != out.resolve()]
+        identity, digests = self._refuse_early(data, out, sources)
+        if compute and not (out / "config.json").exists():  # a corrupt image refuses the run before its folder exists
+            check_readable(data.limited(self.config.limit), shard.owns if shard is not None else None)
+        created = make_directories(out)
+        locks = run_locks(out, shard, sources)
+        records: RecordFile | None = None
+        try:
+            for lock in locks:
+                lock.acquire()
+            share_identity(out, identity, digests)
+            records = RecordFile(out / (shard.records_name if shard is not None else RECORDS_NAME),
+                                 check=self.record_problem, repair=repair)
+            done = finished_elsewhere(out, records, shard, self.record_problem, repair)
+            import_sources(sources, out, records, done, self.record_problem, repair)
+            cases = data.limited(self.config.limit)
+            if not compute:
+                refuse_missing(cases, self.jobs, done, out)
+            self._run_cases(cases, out, records, done, shard, progress)
+            if shard is not None:
+                return None
+            results = aggregate(read_records(out), self.config, cases, identity, self.handle, self.prompt_set)
+            results = write_outputs(results, out, report=report)
+        except BaseException as error:
+            if created and shard is None and (records is None or not records.done):
+                remove_created(out, created)  # an early failure leaves no folder behind (shards: others may use it)
+            if isinstance(error, OutputError):  # disk full, quota, I/O error: every record written is whole
+                raise OutputError(f"{error}. The records already computed are kept: once space is freed, run the "
+                                  "same command again to resume.") from error
+            raise
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+        return results
+
+    def merge(self, data: LabelledSet, out_dir: str | Path, sources: Sequence[str | Path] = (), progress: bool = True,
+              report: bool = True, repair: bool = False) -> dict[str, Any]:
+        """The results of a run computed in shards: the records of ``out_dir``'s shard files and of the
+        ``sources`` folders (each checked against this run's identity, each locked), imported into
+        ``out_dir``, aggregated exactly as a one-process run's. Computes nothing: a missing record is an error
+        that names the shard to run again."""
+        return self.run(data, out_dir, progress=progress, report=report, repair=repair, sources=sources, compute=False)
+
+    def _refuse_early(self, data: LabelledSet, out: Path, sources: list[Path]) -> tuple[dict[str, Any], FileDigests]:
+        """The run's identity (and the data's file hashes), after every check that needs no folder: the data
+        against the model, and the identity of ``out`` and of every folder merged (checked again under the
+        lock)."""
+        check_data(self.handle, data, self.config.limit)
+        digests = FileDigests(out / DIGESTS_NAME)
+        identity = self.config.identity(self.handle, data, digests)
+        check_merged(sources, identity, digests)
+        check_identity(out, identity, digests)  # before creating anything; again under the lock
+        return identity, digests
+
+    def _start_cases(self, data: LabelledSet, out: Path) -> None:
+        """What every case of the run needs: the maps of ``--maps`` checked, the ``--save-maps`` folder, and
+        the class prompts' texts and classifier weights."""
+        skipped_metrics = [m.name for m in self.metrics if m.needs_mask and not data.has_masks]
+        if skipped_metrics:
+            logger.warning("%s has no object masks; skipping %s", data.name, ", ".join(skipped_metrics))
+        if self.map_folder is not None:
+            missing = self.map_folder.missing([load.case_id for load in data.cases], self.methods)
+            if missing:
+                raise EvaluationError(f"{len(missing)} maps are missing from {self.map_folder.root} (e.g. "
+                                      f"{', '.join(missing[:3])}.npz); write one per case and method, or pass --limit.")
+        self.maps_out = out / "maps" if self.config.save_maps and self.map_folder is None else None
+        self.prompt_set = build_prompt_set(self.handle, data.class_names, data.templates, data.prompts)
+        self.all_texts = self.prompt_set.text_batch(self.handle)
+
+    def _run_cases(self, data: LabelledSet, out: Path, records: RecordFile, done: set[tuple[str, str]],
+                   shard: Shard | None, progress: bool) -> None:
+        """Compute and append every (case, job) of ``data`` that no record file holds (of ``shard``'s cases only)."""
+        self._start_cases(data, out)
+        jobs = self.jobs
+        from faithclip.progress import Progress
+
+        owned = [(index, load) for index, load in enumerate(data.cases) if shard is None or shard.owns(index)]
+        # Estimated per method: a mean over mixed methods was 15x off (RISE's maps cost 100x the others').
+        title = "evaluate" if shard is None else f"evaluate shard {shard}"
+        bar = Progress(title, {job or "model": len(owned) for job in jobs}, enabled=progress)
+        step: list[tuple[PreparedCase, list[str | None], bool]] = []
+
+        def finish_step() -> None:
+            for record in self._run_step(step):
+                records.append(record)
+                done.add((record["case"], record["method"]))
+                job = None if record["method"] == "-" else record["method"]
+                bar.step(job or "model", f"{record['case']} {job or 'model'}")
+            step.clear()
+
+        for index, load in owned:
+            pending = [job for job in jobs if (load.case_id, job or "-") not in done]
+            for job in jobs:
+                if job not in pending:
+                    bar.skip(job or "model")
+            if not pending:
+                continue  # finished before an interruption: not even loaded
+            prepared = prepare(self.handle, load())
+            keep = index < self.config.examples  # the position in the whole set: the same in every shard
+            if keep:
+                save_example(out, prepared)
+            bar.restart_clock()
+            if self.config.images_per_step == 1:  # each record written as soon as it is computed
+                for job in pending:
+                    step.append((prepared, [job], keep))
+                    finish_step()
+                continue
+            step.append((prepared, pending, keep))  # N images: their records are written when the step ends
+            if len(step) == self.config.images_per_step:
+                finish_step()
+        if step:
+            finish_step()
+        bar.close()
+
+
+def evaluate(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, config: EvalConfig | None = None,
+             progress: bool = True, report: bool = True, repair: bool = False,
+             shard: Shard | None = None) -> dict[str, Any] | None:
+    """Evaluate ``config.methods`` with ``config.metrics`` on ``data``; see the module docstring. With
+    ``shard``, only that shard's records (returns ``None``; ``merge`` then writes the results)."""
+    config = config or EvalConfig(model=handle.name, data=data.name)
+    return Evaluator(handle, config).run(data, out_dir, progress=progress, report=report, repair=repair, shard=shard)
+
+
+def merge(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, sources: Sequence[str | Path] = (),
+          config: EvalConfig | None = None, progress: bool = True, report: bool = True,
+          repair: bool = False) -> dict[str, Any]:
+    """The results of a sharded run (``Evaluator.merge``)."""
+    config = config or EvalConfig(model=handle.name, data=data.name)
+    return Evaluator(handle, config).merge(data, out_dir, sources, progress=progress, report=report, repair=repair)
+
+
+def evaluate_maps(model: ClipHandle, maps: str | Path, out: str | Path, data: str = "shapes",
+                  metrics: Sequence[str] | None = None, methods: Sequence[str] | None = None, count: int = 100,
+                  limit: int | None = None, seed: int = 0, progress: bool = False, **options: Any) -> dict:
+    """Score precomputed maps (``maps``: a folder of ``<case>__<method>.npy/.npz``, format in docs/interop.md)
+    on ``data`` (``"shapes"``, ``"voc:PATH"``, ``"imagenet:PATH"``) with ``metrics`` (default: evaluate's;
+    metrics that recompute maps are refused), writing a run into ``out`` as ``faithclip evaluate --maps``
+    does; returns the results. ``options``: further ``EvalConfig`` fields (``batch_size``, ``metric_options``)."""
+    from faithclip.data.folders import open_data
+
+    config = EvalConfig(model=model.name, data=data, methods=list(methods or DEFAULT_METHODS),
+                        metrics=list(metrics or DEFAULT_METRICS), limit=limit, seed=seed, maps=str(maps), **options)
+    evaluator = Evaluator(model, config)
+    labelled = open_data(data, image_size=model.preprocess.size, count=count)
+    return evaluator.run(labelled, out, progress=progress)
