@@ -19,7 +19,7 @@ from faithclip.data.folders import LabelledImage, aligned_mask
 from faithclip.evaluation.records import store
 from faithclip.explanation import write_atomic
 from faithclip.methods.context import Context
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class PreparedCase:
     score_ctx: Context | None = None  # shared by the methods of the case: the unperturbed score is computed once
 
 
-def prepare(handle: ClipHandle, item: LabelledImage) -> PreparedCase:
+def prepare(handle: ModelHandle, item: LabelledImage) -> PreparedCase:
     """The scored crop and the masks in its coordinates."""
     crop = handle.preprocess.crop_image(item.image)
     array = np.asarray(crop, dtype=np.uint8)  # (H, W, 3)
@@ -55,7 +55,7 @@ def prepare(handle: ClipHandle, item: LabelledImage) -> PreparedCase:
     return PreparedCase(item.case_id, item.label, rgb, pixels, mask, ignore, crop, image_size=item.image.size)
 
 
-def score_together(deferred: list[tuple[dict[str, Any], str, Any]], score_ctx: Context, handle: ClipHandle,
+def score_together(deferred: list[tuple[dict[str, Any], str, Any]], score_ctx: Context, handle: ModelHandle,
                    batch_size: int) -> None:
     """Score the images of all ``deferred`` plans in forwards of exactly ``batch_size`` images (the last
     one padded with zero images, whose scores are dropped), then finish each plan into its record.
@@ -106,7 +106,7 @@ def score_together(deferred: list[tuple[dict[str, Any], str, Any]], score_ctx: C
         record["seconds"] = round(record["seconds"] + seconds * plan.count / total, 4)  # its share
 
 
-def patch_grid(handle: ClipHandle) -> tuple[int, int]:
+def patch_grid(handle: ModelHandle) -> tuple[int, int]:
     """``(gh, gw)``: the patch grid over the model's crop."""
     return (handle.preprocess.crop_height // handle.patch_size, handle.preprocess.crop_width // handle.patch_size)
 

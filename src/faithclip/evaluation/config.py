@@ -18,7 +18,7 @@ from faithclip.data.digests import FileDigests
 from faithclip.data.folders import LabelledSet
 from faithclip.errors import FaithclipError
 from faithclip.metrics import METRICS
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 from faithclip.models.families import Family
 from faithclip.models.fingerprint import (code_versions, config_identity, device_identity, model_fingerprint,
                                           preprocess_identity, tokenizer_fingerprint, unreadable_words)
@@ -57,7 +57,7 @@ class EvalConfig:
     # write every computed map to OUT/maps/ (data/maps.py format; not part of the identity)
     save_maps: bool = False
 
-    def identity(self, handle: ClipHandle, data: LabelledSet, digests: FileDigests | None = None) -> dict[str, Any]:
+    def identity(self, handle: ModelHandle, data: LabelledSet, digests: FileDigests | None = None) -> dict[str, Any]:
         """Everything a record's numbers depend on, as JSON. ``data`` is the FULL set: ``limit`` only says
         how many of its cases to evaluate, so a run can be extended with a larger ``--limit`` in the same
         directory. ``digests`` caches the data files' hashes."""
@@ -179,7 +179,7 @@ def maps_methods(config: EvalConfig) -> tuple[Any, list[str]]:
     return folder, list(config.methods)
 
 
-def check_options_given(handle: ClipHandle, config: EvalConfig) -> None:
+def check_options_given(handle: ModelHandle, config: EvalConfig) -> None:
     """Every method and metric option of ``config`` (methods and metrics resolved) names one evaluated and is
     one of its options, with a value it takes: checked before a folder exists, so a refused run leaves
     nothing behind."""
@@ -198,7 +198,7 @@ def check_options_given(handle: ClipHandle, config: EvalConfig) -> None:
                       spelled=lambda key, m=metric: f"{m}.{key}", error=EvaluationError)
 
 
-def check_data(handle: ClipHandle, data: LabelledSet, limit: int | None) -> None:
+def check_data(handle: ModelHandle, data: LabelledSet, limit: int | None) -> None:
     """Refuse data the run cannot evaluate, before anything is written: a ``limit`` beyond its cases, class
     names the model does not have (a classifier's own classes), or words its tokenizer cannot read."""
     if limit is not None and limit > len(data):

@@ -24,7 +24,7 @@ from faithclip.evaluation.rundir import write_result_set
 from faithclip.explanation import dumps_strict, strict_json
 from faithclip.metrics import METRICS
 from faithclip.metrics.zeroshot import PromptSet
-from faithclip.models.clip import ClipHandle
+from faithclip.models.clip import ModelHandle
 from faithclip.registry import METHODS
 
 SCHEMA = "faithclip.evaluation/3"  # 2: strict JSON (null for undefined values), the full run identity;
@@ -49,7 +49,7 @@ def mean_ci(values: list[float], seed: int) -> dict[str, Any]:
 
 
 def aggregate(records: list[dict[str, Any]], config: EvalConfig, data: LabelledSet, identity: dict[str, Any],
-              handle: ClipHandle, prompt_set: PromptSet) -> dict[str, Any]:
+              handle: ModelHandle, prompt_set: PromptSet) -> dict[str, Any]:
     """The results of ``records``, as ``results.json`` holds them (before strict JSON: ``write_outputs``).
 
     ``config``: the run's settings with its methods and metrics as evaluated (``Evaluator.config``: ``all``

@@ -29,7 +29,7 @@ from faithclip.methods.context import Context
 from faithclip.metrics import METRICS
 from faithclip.metrics.case import MetricCase
 from faithclip.metrics.zeroshot import PromptSet, build_prompt_set
-from faithclip.models.clip import ClipHandle, TextBatch
+from faithclip.models.clip import ModelHandle, TextBatch
 from faithclip.registry import METHODS
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 class Evaluator:
     """Runs one configuration on one model; ``run(data, out_dir)`` writes the records and the results."""
 
-    def __init__(self, handle: ClipHandle, config: EvalConfig) -> None:
+    def __init__(self, handle: ModelHandle, config: EvalConfig) -> None:
         self.handle = handle
         self.map_folder = None
         self.maps_out: Path | None = None  # set by _start_cases when config.save_maps
@@ -68,7 +68,7 @@ class Evaluator:
         return check_record(record, self.methods, self.metrics)
 
     # ---- model calls ------------------------------------------------------------------------------
-    def _context(self, pixels: torch.Tensor, labels: list[int] | None, handle: ClipHandle | None = None) -> Context:
+    def _context(self, pixels: torch.Tensor, labels: list[int] | None, handle: ModelHandle | None = None) -> Context:
         """An image-side context over the given classes (all when ``labels`` is None), the family's default
         target (CLIP: cosine; SigLIP, classifiers: logit), with the classifier weights as the text embeddings."""
         prompt_set = self.prompt_set
@@ -80,7 +80,7 @@ class Evaluator:
         handle = handle or self.handle
         return Context(handle=handle, side="image", pixels=pixels, text=text, target=handle.family.default_target())
 
-    def explain(self, method: str, pixels: torch.Tensor, label: int, handle: ClipHandle | None = None) -> torch.Tensor:
+    def explain(self, method: str, pixels: torch.Tensor, label: int, handle: ModelHandle | None = None) -> torch.Tensor:
         """The method's raw ``(gh, gw)`` map of ``label`` for one image, on ``handle`` (default: the model)."""
         from faithclip.api import run_method
 
@@ -293,7 +293,7 @@ class Evaluator:
         bar.close()
 
 
-def evaluate(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, config: EvalConfig | None = None,
+def evaluate(handle: ModelHandle, data: LabelledSet, out_dir: str | Path, config: EvalConfig | None = None,
              progress: bool = True, report: bool = True, repair: bool = False,
              shard: Shard | None = None) -> dict[str, Any] | None:
     """Evaluate ``config.methods`` with ``config.metrics`` on ``data``; see the module docstring. With
@@ -302,7 +302,7 @@ def evaluate(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, config:
     return Evaluator(handle, config).run(data, out_dir, progress=progress, report=report, repair=repair, shard=shard)
 
 
-def merge(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, sources: Sequence[str | Path] = (),
+def merge(handle: ModelHandle, data: LabelledSet, out_dir: str | Path, sources: Sequence[str | Path] = (),
           config: EvalConfig | None = None, progress: bool = True, report: bool = True,
           repair: bool = False) -> dict[str, Any]:
     """The results of a sharded run (``Evaluator.merge``)."""
@@ -310,7 +310,7 @@ def merge(handle: ClipHandle, data: LabelledSet, out_dir: str | Path, sources: S
     return Evaluator(handle, config).merge(data, out_dir, sources, progress=progress, report=report, repair=repair)
 
 
-def evaluate_maps(model: ClipHandle, maps: str | Path, out: str | Path, data: str = "shapes",
+def evaluate_maps(model: ModelHandle, maps: str | Path, out: str | Path, data: str = "shapes",
                   metrics: Sequence[str] | None = None, methods: Sequence[str] | None = None, count: int = 100,
                   limit: int | None = None, seed: int = 0, progress: bool = False, **options: Any) -> dict:
     """Score precomputed maps (``maps``: a folder of ``<case>__<method>.npy/.npz``, format in docs/interop.md)

@@ -175,9 +175,9 @@ class BlipFamily(Family):
 
     def default_preprocess(self, model: Any) -> Any:
         """``BlipImageProcessor``: bicubic resize of the whole image to the model's size, no crop, CLIP mean/std."""
-        from faithclip.models.preprocess import ClipPreprocess
+        from faithclip.models.preprocess import ImagePreprocess
 
-        return ClipPreprocess.from_dict({"size": {"height": self.image_size(model), "width": self.image_size(model)},
+        return ImagePreprocess.from_dict({"size": {"height": self.image_size(model), "width": self.image_size(model)},
                                          "do_center_crop": False})
 
 
