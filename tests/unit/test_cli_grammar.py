@@ -185,8 +185,9 @@ def test_a_space_separated_list_prints_its_comma_form(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["explain", "a.png", "--text", "t", "--methods", "grad_cam", "--method", "rollout"], "repeats a list already given"),
-    (["audit", "--methods", "grad_cam", "--methods", "legrad"], "repeats a list already given"),
+    (["explain", "a.png", "--text", "t", "--methods", "grad_cam", "--method", "rollout"],
+     "--method was given twice; give one comma list: --method grad_cam,rollout"),
+    (["audit", "--methods", "grad_cam", "--methods", "legrad"], "give one comma list: --methods grad_cam,legrad"),
     (["audit", "--correctness-alphas", "0.5,x"], "is not a comma list of float values"),
 ])
 def test_a_list_given_twice_or_malformed_is_one_line_and_exit_2(argv, words, capsys):

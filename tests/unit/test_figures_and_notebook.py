@@ -248,6 +248,6 @@ def test_explain_draws_several_methods_in_one_grid_per_image(photo, tmp_path, ca
     assert "data-colour-scales" in (out / "report.html").read_text()
     capsys.readouterr()
     assert main(command + ["--methods", "attention_eclip", "--methods", "grad_cam"]) == 2  # not the last one kept
-    assert "one comma list: --method attention_eclip,grad_cam" in capsys.readouterr().err
+    assert "one comma list: --methods attention_eclip,grad_cam" in capsys.readouterr().err
     assert main(command + ["--methods", "attention_eclip,nope"]) == 2
     assert "unknown method nope" in capsys.readouterr().err

@@ -226,11 +226,14 @@ def note_deprecated(namespace: argparse.Namespace, notice: str) -> None:
     namespace.deprecations = [*(getattr(namespace, "deprecations", None) or []), notice]
 
 
-def once(parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, option_string: str) -> None:
-    """A list option given twice (under any of its spellings) is refused, never reduced to its last value."""
+def once(parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, option_string: str,
+         given: list[str]) -> None:
+    """A list option given twice (under any of its spellings) is refused, never reduced to its last value;
+    the message spells the one comma list meant."""
     seen = namespace.__dict__.setdefault("lists_given", set())
     if dest in seen:
-        parser.error(f"{option_string} repeats a list already given; give one comma list, e.g. {option_string} a,b")
+        meant = ",".join(str(v) for v in [*(getattr(namespace, dest) or []), *given])
+        parser.error(f"{option_string} was given twice; give one comma list: {option_string} {meant}")
     seen.add(dest)
 
 
@@ -245,7 +248,7 @@ class CommaList(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         given = values if isinstance(values, list) else [values]
-        once(parser, namespace, self.dest, option_string)
+        once(parser, namespace, self.dest, option_string, [name for text in given for name in names(text)])
         if len(given) > 1:
             note_deprecated(namespace, f"{option_string} {' '.join(given)}: a space-separated list is deprecated "
                                        f"and goes in the next release; write {option_string} {','.join(given)}")
@@ -268,7 +271,7 @@ class DeprecatedAlias(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if isinstance(values, list):
-            once(parser, namespace, self.dest, option_string)
+            once(parser, namespace, self.dest, option_string, values)
         note_deprecated(namespace, f"{option_string} is deprecated and goes in the next release; use {self.use}")
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
