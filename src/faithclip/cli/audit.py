@@ -16,9 +16,10 @@ import argparse
 import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
-from typing import Iterator, get_args, get_origin, get_type_hints
+from typing import get_args, get_origin, get_type_hints
 
 from faithclip.audit.run import AuditSettings
 from faithclip.cli.common import (

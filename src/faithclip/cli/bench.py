@@ -6,7 +6,15 @@ import argparse
 import html
 import platform
 
-from faithclip.cli.common import DeprecatedAlias, add_out_argument, add_run_arguments, check_writable, deprecated_group, positive_int, progress_printer
+from faithclip.cli.common import (
+    DeprecatedAlias,
+    add_out_argument,
+    add_run_arguments,
+    check_writable,
+    deprecated_group,
+    positive_int,
+    progress_printer,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

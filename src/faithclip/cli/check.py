@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from faithclip.cli.common import (CommaList, DeprecatedPositional, add_method_options_argument, add_model_argument,
-                                  add_out_argument, add_run_arguments, check_writable, load_model, method_options,
-                                  progress_printer)
+from faithclip.cli.common import (
+    CommaList,
+    DeprecatedPositional,
+    add_method_options_argument,
+    add_model_argument,
+    add_out_argument,
+    add_run_arguments,
+    check_writable,
+    load_model,
+    method_options,
+    progress_printer,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +50,13 @@ def run(args: argparse.Namespace) -> int:
 
     import faithclip.methods  # noqa: F401
     from faithclip._version import __version__
-    from faithclip.audit.check import CHECKS, CheckSettings, holm_across_cards, resolve_method, run_check
+    from faithclip.audit.check import (
+        CHECKS,
+        CheckSettings,
+        holm_across_cards,
+        resolve_method,
+        run_check,
+    )
     from faithclip.errors import FaithclipError
     from faithclip.registry import METHODS
     from faithclip.report.check_report import check_page, format_cards

@@ -7,8 +7,9 @@ import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 from faithclip.errors import FaithclipError
 
@@ -73,7 +74,14 @@ def check_writable(path: str | Path, kind: Literal["dir", "file"] = "dir", optio
     existing ancestor), because permission bits do not tell (root ignores them; a read-only file system
     does not show in them). Raises ``FaithclipError`` naming ``option``.
     """
-    from faithclip.files import REFUSED_KINDS, WRITTEN_THROUGH, OutputError, hold_output, output_kind, refusal
+    from faithclip.files import (
+        REFUSED_KINDS,
+        WRITTEN_THROUGH,
+        OutputError,
+        hold_output,
+        output_kind,
+        refusal,
+    )
 
     if kind == "file" and str(path) == "-":
         return Path("-")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from faithclip.cli.common import add_model_argument, add_run_arguments, check_writable, load_model, positive_int, progress_printer
+from faithclip.cli.common import (
+    add_model_argument,
+    add_run_arguments,
+    check_writable,
+    load_model,
+    positive_int,
+    progress_printer,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -22,10 +22,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-from faithclip.cli.common import (CommaList, add_image_arguments, add_method_options_argument, add_model_argument,
-                                  add_run_arguments, check_writable, load_model, parse_dotted)
-from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError, Shard
+from faithclip.cli.common import (
+    CommaList,
+    add_image_arguments,
+    add_method_options_argument,
+    add_model_argument,
+    add_run_arguments,
+    check_writable,
+    load_model,
+    parse_dotted,
+)
+from faithclip.evaluation import (
+    DEFAULT_METHODS,
+    DEFAULT_METRICS,
+    EvalConfig,
+    EvaluationError,
+    Shard,
+)
 
 logger = logging.getLogger(__name__)
 

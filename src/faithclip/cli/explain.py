@@ -7,16 +7,28 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
-from faithclip.cli.common import (CommaList, DeprecatedAlias, add_image_arguments, add_method_options_argument, add_model_argument,
-                                  add_out_argument, add_run_arguments, check_writable, deprecated_group, load_model, method_options,
-                                  names, positive_int, slug)
+from faithclip.cli.common import (
+    CommaList,
+    DeprecatedAlias,
+    add_image_arguments,
+    add_method_options_argument,
+    add_model_argument,
+    add_out_argument,
+    add_run_arguments,
+    check_writable,
+    deprecated_group,
+    load_model,
+    method_options,
+    names,
+    positive_int,
+    slug,
+)
 from faithclip.errors import FaithclipError, MethodError
-from faithclip.models.images import check_image_file
 from faithclip.files import write_atomic
+from faithclip.models.images import check_image_file
 from faithclip.registry import METHODS
 from faithclip.report.colour import SCALES
 from faithclip.report.figures import FORMATS, VIEWS
-
 
 # Methods that score hundreds of perturbed images per map: the user is told before each image, not after.
 SLOW_METHODS = frozenset({"rise", "occlusion", "m2ib"})
@@ -123,8 +135,7 @@ def output_stems(images: list[str], texts: list[str], method: str) -> dict[tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    from faithclip.api import explain, explain_text
-    from faithclip.api import method_spec
+    from faithclip.api import explain, explain_text, method_spec
     from faithclip.progress import stage_logger
 
     methods = method_list(args.methods)
@@ -198,7 +209,12 @@ def write_outputs(results: list, images: list[str], texts: list[str], methods: l
     """A JSON record per (image, text, method) and the figures: with one method, a figure per pair; with
     several, for each image a grid (a row per method, a column per prompt, each method's maps on one colour
     scale). Returns the index entries and the figures (file, colour scales, a PNG preview for the page)."""
-    from faithclip.report.figures import SCREEN_DPI, comparison_figure, explanation_figure, figure_bytes
+    from faithclip.report.figures import (
+        SCREEN_DPI,
+        comparison_figure,
+        explanation_figure,
+        figure_bytes,
+    )
 
     def save(figure, stem: str, title: str, members: list[int]) -> dict:
         path = out / f"{stem}.{args.format}"

@@ -6,9 +6,21 @@ import argparse
 
 import torch
 
-from faithclip.cli.common import (DeprecatedAlias, add_image_arguments, add_method_options_argument, add_model_argument, add_out_argument,
-                                  add_random_weights_argument, add_run_arguments, check_writable, deprecated_group,
-                                  load_model, method_options, place_model, positive_int)
+from faithclip.cli.common import (
+    DeprecatedAlias,
+    add_image_arguments,
+    add_method_options_argument,
+    add_model_argument,
+    add_out_argument,
+    add_random_weights_argument,
+    add_run_arguments,
+    check_writable,
+    deprecated_group,
+    load_model,
+    method_options,
+    place_model,
+    positive_int,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,11 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from faithclip.equivalence import equivalence_tolerance, format_table, verify_equivalence
+    from faithclip.equivalence import (
+        equivalence_tolerance,
+        format_table,
+        verify_equivalence,
+    )
     from faithclip.models.random_init import random_b32
-    from faithclip.verification import default_inputs
-
     from faithclip.progress import stage_logger
+    from faithclip.verification import default_inputs
 
     json_path = check_writable(args.json, "file", "--json") if args.json else None  # before any work
     out = check_writable(args.out, "dir") if args.out else None
