@@ -50,7 +50,7 @@ def test_every_command_that_runs_a_model_takes_the_run_options(command):
     assert {"--device", "--dtype", "--threads", "--no-progress"} <= options(subparsers()[command])
 
 
-@pytest.mark.parametrize("command", RUNS_METHODS)
+@pytest.mark.parametrize("command", (*RUNS_METHODS, "audit"))
 def test_every_command_that_runs_methods_takes_method_options(command):
     assert "--method-option" in options(subparsers()[command])
 
@@ -266,7 +266,7 @@ def test_every_audit_setting_is_an_option_with_its_help_and_default():
     parser = subparsers()["audit"]
     by_flag = {action.option_strings[0]: action for action in parser._actions if action.option_strings}
     for setting in fields(AuditSettings):
-        action = by_flag["--" + setting.name.replace("_", "-")]
+        action = by_flag[setting.metadata.get("option", "--" + setting.name.replace("_", "-"))]
         assert action.help == setting.metadata["help"]
     assert settings_from_args(build_parser().parse_args(["audit"])) == AuditSettings()
 
@@ -288,6 +288,34 @@ def test_the_four_options_no_doc_or_run_used_reach_the_audit(tmp_path):
                                       "--template", "a drawing of a {}"])
     _, data = load_inputs(args)
     assert data.prompts == ["a drawing of a cat", "a drawing of a dog"]
+
+
+def test_audit_method_options_reach_p2_and_are_checked_before_any_work(monkeypatch, capsys):
+    import faithclip.audit.p2 as p2
+    import faithclip.audit.run as audit_run
+    from faithclip.audit.run import AuditSettings
+    from faithclip.cli.audit import settings_from_args
+    from faithclip.cli.audit_docs import parse_command
+
+    argv = ["audit", "--ladder", "--methods", "rise,grad_cam", "--method-option", "rise.masks=64",
+            "--method-option", "rise.seed=3"]
+    settings = settings_from_args(build_parser().parse_args(argv))
+    assert settings.options() == {"rise": {"masks": 64, "seed": 3}}
+    assert settings_from_args(parse_command(settings.command())) == settings  # the command line round-trips
+    seen = []
+    monkeypatch.setattr(audit_run, "audit_departure", lambda *a, **k: {})
+    monkeypatch.setattr(p2, "p2_test", lambda handle, methods, design, options, progress: seen.append(options) or {})
+    from faithclip.models.loading import load
+
+    audit_run.run_audit(load(), settings)
+    assert seen == [{"rise": {"masks": 64, "seed": 3}}]
+    for bad, words in ((["--method-option", "rise.masks=0"], "rise.masks=0: rise's masks must be a whole number"),
+                       (["--method-option", "legrad.layers=1"], "not among the methods run")):
+        monkeypatch.setattr(audit_run, "audit_departure", lambda *a, **k: pytest.fail("work before the check"))
+        assert main([*argv[:4], *bad]) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and words in lines[0], lines
+    assert AuditSettings().options() == {}
 
 
 def test_settings_command_writes_lists_in_the_one_grammar():

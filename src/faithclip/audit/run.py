@@ -14,6 +14,7 @@ permutations have their own seed (``bootstrap_seed``), fixed by default.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -71,6 +72,14 @@ class AuditSettings:
                                                           "a rerun prints the same bounds)"))
     seed: int = field(default=0, metadata=_help("scene seeds seed+1 (single) and seed+2 (P2 pairs); P2 ladders "
                                                  "seeded 3 seed, 3 seed + 1, ..."))
+    # (method, ((key, value), ...)) pairs: hashable, as the settings are frozen
+    method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(default=(), metadata={
+        **_help("a P2 method's option, METHOD.KEY=VALUE, e.g. rise.masks=500 (repeatable; values read as JSON when "
+                "they parse)"), "option": "--method-option"})
+
+    def options(self) -> dict[str, dict[str, Any]]:
+        """``method_options`` as ``{method: {key: value}}``."""
+        return {name: dict(pairs) for name, pairs in self.method_options}
 
     def bootstrap(self) -> Bootstrap:
         return Bootstrap(self.resamples, self.confidence, self.bootstrap_seed)
@@ -116,14 +125,36 @@ class AuditSettings:
             value, base = getattr(self, setting.name), getattr(default, setting.name)
             if value == base:
                 continue
-            flag = "--" + setting.name.replace("_", "-")
-            if isinstance(value, bool):
+            flag = setting.metadata.get("option", "--" + setting.name.replace("_", "-"))
+            if setting.name == "method_options":
+                parts += [f"{flag} {name}.{key}=" + (v if isinstance(v, str) else json.dumps(v))
+                          for name, pairs in value for key, v in pairs]
+            elif isinstance(value, bool):
                 parts.append(flag)
             elif isinstance(value, tuple):
                 parts.append(flag + " " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value))
             else:
                 parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
         return " ".join(parts)
+
+
+def check_method_options(handle: ClipHandle, settings: AuditSettings) -> None:
+    """Every ``--method-option`` names a method P2 runs, and a key and value it takes (before any work)."""
+    if not settings.method_options:
+        return
+    import faithclip.methods  # noqa: F401  (registers the methods)
+    from faithclip.api import tower_layers
+    from faithclip.audit.ladder import default_methods, method_name
+    from faithclip.errors import MethodError
+    from faithclip.registry import METHODS
+
+    run = [method_name(m) for m in (settings.methods or default_methods(handle.family.name))]
+    for name, given in settings.options().items():
+        if name not in run or not (settings.ladder or settings.correctness):
+            raise MethodError(f"--method-option {name}.*: options given for method {name!r}, which is not among the "
+                              f"methods run (P2, with --ladder or --correctness: {', '.join(run)}).")
+        METHODS.get(name).check_options("image", given, spelled=lambda key, m=name: f"{m}.{key}",
+                                        layers=tower_layers(handle, "image"))
 
 
 def shapes_inputs(handle: ClipHandle, settings: AuditSettings) -> AuditData:
@@ -146,6 +177,7 @@ def run_audit(handle: ClipHandle, settings: AuditSettings = AuditSettings(), dat
     masks, so it refuses unlabelled data. ``departure_options`` pass through to ``audit_departure``.
     """
     settings.validate()
+    check_method_options(handle, settings)
     if data is not None and (settings.ladder or settings.correctness) and (data.labels is None or data.masks is None):
         raise FaithclipError("the ladder and --correctness need labelled scenes with masks: run without --images.")
     single = shapes_inputs(handle, settings) if data is None else data
@@ -162,18 +194,19 @@ def run_audit(handle: ClipHandle, settings: AuditSettings = AuditSettings(), dat
         raise FaithclipError(f"{no_pipeline(handle)}: nothing to audit; --ladder and --correctness measure "
                              "principle P2 on it.")
     methods = list(settings.methods) if settings.methods is not None else None
+    options = settings.options()
     if settings.ladder:
         from faithclip.audit.ladder import default_methods
         from faithclip.audit.p2 import p2_test
 
         results["p2"] = p2_test(handle, methods or default_methods(handle.family.name), settings.p2_design(),
-                                progress=logger.info)
+                                options, progress=logger.info)
     if settings.correctness:
         results["correctness"] = []
         for alpha in settings.correctness_alphas:
             rung = degrade(handle, alpha, settings.seed)
             split = correctness_split(rung, single, methods, settings.ladder_deletion_steps, settings.bootstrap(),
-                                      permutations=settings.resamples)
+                                      options, permutations=settings.resamples)
             results["correctness"].append({"alpha": alpha, **split})
     results["settings"] = asdict(settings)
     results["command"] = settings.command()

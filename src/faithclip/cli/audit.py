@@ -26,6 +26,7 @@ from faithclip.cli.common import (
     CommaList,
     DeprecatedAlias,
     add_image_arguments,
+    add_method_options_argument,
     add_model_argument,
     add_out_argument,
     add_random_weights_argument,
@@ -33,9 +34,10 @@ from faithclip.cli.common import (
     check_writable,
     deprecated_group,
     load_model,
+    parse_dotted,
     place_model,
 )
-from faithclip.errors import FaithclipError, ModelError
+from faithclip.errors import FaithclipError, MethodError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     for setting in fields(AuditSettings):
         flag, kind_help = "--" + setting.name.replace("_", "-"), setting.metadata["help"]
         kind, listed = _setting_kind(setting.name)
-        if kind is bool:
+        if setting.name == "method_options":
+            add_method_options_argument(parser, kind_help)
+        elif kind is bool:
             parser.add_argument(flag, action="store_true", help=kind_help)
         elif listed:  # the old space-separated spelling parses too, with a notice
             default = None if setting.default is None else list(setting.default)
@@ -93,6 +97,10 @@ def settings_from_args(args: argparse.Namespace) -> AuditSettings:
     """The ``AuditSettings`` a parsed command line asks for (lists become tuples)."""
     values = {}
     for setting in fields(AuditSettings):
+        if setting.name == "method_options":
+            given = parse_dotted(args.method_option, "--method-option", MethodError)
+            values[setting.name] = tuple((name, tuple(options.items())) for name, options in given.items())
+            continue
         value = getattr(args, setting.name)
         values[setting.name] = tuple(value) if isinstance(value, list) else value
     if values["methods"] == ():

@@ -310,11 +310,11 @@ def add_random_weights_argument(parser: argparse.ArgumentParser, default: str) -
                              f"DIR's config.json, else {default}")
 
 
-def add_method_options_argument(parser: argparse.ArgumentParser) -> None:
+def add_method_options_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--method-option METHOD.KEY=VALUE``, the same on every command that runs methods."""
     parser.add_argument("--method-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                        help="a method option, e.g. rise.masks=1000 or grad_eclip.layers=2 (repeatable; values read "
-                             "as JSON when they parse; recorded with the results)")
+                        help=help or "a method option, e.g. rise.masks=1000 or grad_eclip.layers=2 (repeatable; values "
+                                     "read as JSON when they parse; recorded with the results)")
 
 
 def parse_dotted(items: list[str], flag: str, error: type[Exception] = FaithclipError) -> dict[str, dict[str, Any]]:
