@@ -51,20 +51,20 @@ def _image_methods(family: str = "clip") -> list[str]:
 
 
 def run_demo(out_dir: str | Path, model: Any = None, scenes: int = 8, methods: list[str] | None = None,
-             audit: bool = True, progress: Callable[[str], None] = logger.info) -> dict[str, Any]:
+             audit: bool = True, progress: Callable[[str], None] = logger.info, threads: int | None = None) -> dict[str, Any]:
     from faithclip.models.loading import load
 
     started = time.perf_counter()
     out = Path(out_dir)
     handle = model if model is not None else load()
-    threads = torch.get_num_threads()
-    if sum(p.numel() for p in handle.model.parameters()) < 20_000_000:
-        # Small models run several times faster on one thread than on two contended ones.
-        torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    if threads is None and sum(p.numel() for p in handle.model.parameters()) < 20_000_000:
+        threads = 1  # small models run several times faster on one thread than on two contended ones
+    torch.set_num_threads(threads or before)
     try:
         return _run(handle, out, scenes, methods, audit, progress, started)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: bool,

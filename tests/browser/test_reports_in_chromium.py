@@ -56,7 +56,7 @@ def reports(tmp_path_factory) -> dict[str, Path]:
                      "--method-option", "rise.masks=100", "--metrics", "all", "--no-progress"],
         "verify": ["verify", "--no-progress"],
         "explain": ["explain", str(photo), "--text", scene.caption, "--text", "a blue square", "--text", "a zebra",
-                    "--method", "attention_eclip,grad_cam", "--no-progress"],
+                    "--methods", "attention_eclip,grad_cam", "--no-progress"],
         "audit": ["audit", "--scenes", "8", "--map-images", "1", "--ladder", "--correctness", "--p2-scenes", "6",
                   "--p2-ladders", "1", "--p2-rungs", "3", "--correctness-alphas", "0.5", "--resamples", "200",
                   "--methods", "attention_eclip", "rollout"],

@@ -51,7 +51,7 @@ def test_settings_command_round_trips():
 
 @pytest.mark.parametrize("arguments", [["--scenes", "0"], ["--correctness-alphas", "2"], ["--ladder", "--p2-rungs", "2"],
                                        ["--ladder", "--min-effect", "1.5"],
-                                       ["--json", "/proc/no-such-dir/a.json"], ["--out", "/proc/no-such-dir"], ["--random-init"],
+                                       ["--out", "/proc/no-such-dir"], ["--random-weights", "--model", "/proc/no-such-dir"],
                                        ["--ladder", "--methods", "no_such_method"]])
 def test_bad_usage_is_one_line_and_exit_2(arguments, capsys):
     assert cli_main(["audit", *arguments]) == 2

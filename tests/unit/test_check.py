@@ -149,7 +149,7 @@ def test_captum_plugin_registered_from_outside_is_checked_end_to_end(tmp_path):
     (info / "entry_points.txt").write_text("[faithclip.methods]\ncaptum_ig = faithclip_captum_example:SPEC\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src")]), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "faithclip", "check", "captum_ig", "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "faithclip", "check", "--methods", "captum_ig", "--out", str(out)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode in (0, 1), run.stderr
     card = json.loads((out / "check.json").read_text())["cards"][0]
@@ -164,10 +164,10 @@ def test_captum_plugin_registered_from_outside_is_checked_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["check", "no_such_method"], "unknown method 'no_such_method'"),
-    (["check", "no_such_module_xyz:explain"], "cannot import 'no_such_module_xyz'"),
-    (["check", "faithclip.api:no_such_function"], "has no 'no_such_function'"),
-    (["check", "rise", "--checks", "p1,p3"], "--checks: unknown ['p3']"),
+    (["check", "--methods", "no_such_method"], "unknown method 'no_such_method'"),
+    (["check", "--methods", "no_such_module_xyz:explain"], "cannot import 'no_such_module_xyz'"),
+    (["check", "--methods", "faithclip.api:no_such_function"], "has no 'no_such_function'"),
+    (["check", "--methods", "rise", "--checks", "p1,p3"], "--checks: unknown ['p3']"),
 ])
 def test_bad_method_or_check_is_one_line_and_exit_2(capsys, argv, fragment):
     from faithclip.cli.main import main

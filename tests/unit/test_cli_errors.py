@@ -28,10 +28,10 @@ CASES = [
     ("layers-0", ["explain", "img.png", *TEXT, "--layers", "0"], 2, "--layers: must be a whole number of at least 1"),
     ("layers-negative", ["explain", "img.png", *TEXT, "--layers", "-1"], 2, "--layers: must be a whole number"),
     ("layers-99", ["explain", "img.png", *TEXT, "--layers", "99"], 2, "--layers 99: attention_eclip's layers must be at most 4"),
-    ("official-1x1", ["explain", "one.png", *TEXT, "--method", "grad_eclip_official"], 2, "a 1x1 image is too small"),
-    ("official-3000x1", ["explain", "wide.png", *TEXT, "--method", "grad_eclip_official"], 2,
+    ("official-1x1", ["explain", "one.png", *TEXT, "--methods", "grad_eclip_official"], 2, "a 1x1 image is too small"),
+    ("official-3000x1", ["explain", "wide.png", *TEXT, "--methods", "grad_eclip_official"], 2,
      "a 3000x1 image is too small"),
-    ("verify-json-unwritable", ["verify", "--json", "blocker/v.json"], 2, "Choose another --json"),
+    ("verify-out-unwritable", ["verify", "--out", "blocker/v"], 2, "Choose another --out"),
     ("cosine-with-other", ["explain", "img.png", *TEXT, "--target", "cosine", "--other", "X"], 2,
      "--other is not used by --target cosine"),
     ("contrast-without-other", ["explain", "img.png", *TEXT, "--target", "contrast"], 2,
@@ -41,7 +41,7 @@ CASES = [
     ("demo-out-unwritable", ["demo", "--out", "blocker/d"], 2, "Choose another --out"),
     ("demo-scenes-0", ["demo", "--scenes", "0"], 2, "--scenes: must be a whole number of at least 1"),
     ("bench-repeats-0", ["bench", "--repeats", "0"], 2, "--repeats: must be a whole number"),
-    ("bench-json-unwritable", ["bench", "--json", "blocker/b.json"], 2, "Choose another --json"),
+    ("bench-out-unwritable", ["bench", "--out", "blocker/b"], 2, "Choose another --out"),
     ("train-minutes-0", ["train-shapes", "--minutes", "0"], 2, "--minutes: must be a positive number"),
     ("train-out-unwritable", ["train-shapes", "--out", "blocker/m"], 2, "Choose another --out"),
     ("methods-unknown-option", ["methods", "--bogus"], 2, "unrecognized arguments: --bogus"),
@@ -55,7 +55,7 @@ IN_PROCESS = [
     ("explain-out-is-file", ["explain", "img.png", *TEXT, "--out", "blocker"], 2, "is a file, not a directory"),
     ("missing-image", ["explain", "missing.png", *TEXT], 2, "image not found: missing.png"),
     ("empty-text", ["explain", "img.png", "--text", " "], 2, "empty text"),
-    ("text-method-without-text-side", ["explain", "img.png", *TEXT, "--side", "text", "--method", "grad_cam"], 2,
+    ("text-method-without-text-side", ["explain", "img.png", *TEXT, "--side", "text", "--methods", "grad_cam"], 2,
      "has no text-side explanation"),
     ("bench-k-negative", ["bench", "--k", "-5"], 2, "--k: must be a whole number"),
     ("bench-rise-masks-0", ["bench", "--rise-masks", "0"], 2, "--rise-masks: must be a whole number"),
@@ -192,11 +192,12 @@ def test_verify_exits_1_only_on_an_undeclared_departure(monkeypatch, tmp_path, c
     monkeypatch.setattr(equivalence, "format_table", lambda rows: "")
     monkeypatch.setattr(principles, "check_p1", lambda *a, **k: [_p1_row("ok", True, False), _p1_row("x", False, declared)])
     monkeypatch.setattr(principles, "format_p1", lambda rows: "")
-    assert main(["verify", "--json", str(tmp_path / "v.json")]) == code
+    monkeypatch.setattr("faithclip.report.verify_report.render_verify", lambda record: "<!doctype html>")  # stub rows
+    assert main(["verify", "--out", str(tmp_path / "run")]) == code
     out = capsys.readouterr().out
     assert ("FAILED: x depart" in out) == (code == 1)
     assert ("Declared departures (not failures): x" in out) == declared
-    assert json.loads((tmp_path / "v.json").read_text())["failures"] == ([] if declared else [
+    assert json.loads((tmp_path / "run" / "verify.json").read_text())["failures"] == ([] if declared else [
         "x depart from the model's own score without declaring it"])  # written whether or not a check failed
 
 

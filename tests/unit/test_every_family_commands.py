@@ -205,6 +205,6 @@ def test_check_p1_passes_the_models_own_forward_and_fails_an_edited_one(family, 
 def test_check_refuses_a_method_the_family_lacks_in_one_line(capsys):
     from faithclip.cli.main import main
 
-    code = main(["check", "clip_surgery", "--model", "shapes-siglip"])
+    code = main(["check", "--methods", "clip_surgery", "--model", "shapes-siglip"])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "not available for siglip models" in error[0]

@@ -67,7 +67,7 @@ def test_hub_ids_from_the_cache_load_as_their_family_offline(tmp_path):
 
 
 @pytest.mark.parametrize("command, says", [
-    (["check", "clip_surgery"], "method 'clip_surgery' is not available for vit models"),
+    (["check", "--methods", "clip_surgery"], "method 'clip_surgery' is not available for vit models"),
     (["evaluate", "--data", "shapes", "--methods", "clip_surgery", "--limit", "1"],
      "method 'clip_surgery' is not available for vit models"),
     (["evaluate", "--data", "DOGS", "--methods", "attention_eclip", "--limit", "1"],

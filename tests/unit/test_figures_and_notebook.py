@@ -232,7 +232,7 @@ def test_explain_draws_several_methods_in_one_grid_per_image(photo, tmp_path, ca
     image.save(path)
     out = tmp_path / "out"
     command = ["explain", str(path), "--text", caption, "--text", "a blue square", "--no-progress", "--out", str(out)]
-    assert main(command + ["--method", "attention_eclip,grad_cam", "--format", "pdf"]) == 0
+    assert main(command + ["--methods", "attention_eclip,grad_cam", "--format", "pdf"]) == 0
     record = json.loads((out / "explain.json").read_text())
     assert record["methods"] == ["attention_eclip", "grad_cam"] and len(record["explanations"]) == 4
     [figure] = record["figures"]  # one image: one grid, rows methods, columns prompts
@@ -247,7 +247,7 @@ def test_explain_draws_several_methods_in_one_grid_per_image(photo, tmp_path, ca
         assert scale["high"] == pytest.approx(max(abs(v) for m in maps for row in m for v in row))
     assert "data-colour-scales" in (out / "report.html").read_text()
     capsys.readouterr()
-    assert main(command + ["--method", "attention_eclip", "--method", "grad_cam"]) == 2  # not the last one kept
-    assert "one comma list: --method attention_eclip,grad_cam" in capsys.readouterr().err
-    assert main(command + ["--method", "attention_eclip,nope"]) == 2
+    assert main(command + ["--methods", "attention_eclip", "--methods", "grad_cam"]) == 2  # not the last one kept
+    assert "one comma list: --methods attention_eclip,grad_cam" in capsys.readouterr().err
+    assert main(command + ["--methods", "attention_eclip,nope"]) == 2
     assert "unknown method nope" in capsys.readouterr().err

@@ -116,14 +116,14 @@ MODEL_COMMANDS = {
     "verify": ["verify", "img.png", *TEXT, "--no-p1", "--no-progress", "--model", "MODEL"],
     "audit": ["audit", "--model", "MODEL", "--scenes", "2"],
     "evaluate": ["evaluate", "--model", "MODEL", "--data", "shapes", "--count", "2", "--no-progress", "--out", "run"],
-    "check": ["check", "--model", "MODEL", "grad_eclip"],
+    "check": ["check", "--model", "MODEL", "--methods", "grad_eclip"],
 }
 EVALUATE = ["evaluate", "--data", "shapes", "--count", "2", "--no-progress", "--out", "run"]
 # (id, command line, exit code, words): options, values and outputs
 OTHER_CASES = [
     ("image-over-max-pixels", ["explain", "img.png", *TEXT, "--max-pixels", "100"], 2,
      "img.png has 4,096 pixels, more than the limit of 100 pixels"),
-    ("layers-on-occlusion", ["explain", "img.png", *TEXT, "--method", "occlusion", "--layers", "2"], 2,
+    ("layers-on-occlusion", ["explain", "img.png", *TEXT, "--methods", "occlusion", "--layers", "2"], 2,
      "--layers is not an option of occlusion; its options are window, stride, fill, batch_size."),
     # layers counts last layers; grad_cam and rollout take an index (issue 24: this ended in "unexpected keyword")
     ("layers-on-grad-cam", ["explain", "img.png", *TEXT, "--method", "grad_cam", "--layers", "2"], 2,
@@ -154,7 +154,7 @@ OTHER_CASES = [
      "grad_eclip.window is not an option of grad_eclip; its options are layers, use_lambda, relu"),
     ("corrupt-image-in-folder", ["evaluate", "--data", "imagenet:data", "--methods", "grad_eclip", "--metrics",
                                  "zeroshot", "--no-progress", "--out", "run"], 2, "data/c1/1.png is not an image PIL can read"),
-    ("check-callable-without-arguments", ["check", "os:getcwd"], 2,
+    ("check-callable-without-arguments", ["check", "--methods", "os:getcwd"], 2,
      "os:getcwd takes (), but faithclip calls a METHOD given as module:function as function(model, pixels, texts)"),
     ("json-is-a-directory", ["bench", "--json", "adir"], 2, "--json adir is a directory"),
     ("audit-json-is-a-directory", ["audit", "--json", "adir"], 2, "--json adir is a directory"),
@@ -184,8 +184,10 @@ def listing(root: Path) -> dict[str, str]:
 
 
 def one_line(capsys) -> str:
+    """The one error line on stderr (a deprecated spelling's one notice line aside: ``--json FILE``, the
+    only way to name an output file, is kept for a release and its file-kind checks with it)."""
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and "is deprecated and goes in the next release" not in line]
     assert "Traceback" not in err, err
     assert len(lines) == 1, err
     return lines[0]

@@ -63,7 +63,7 @@ def test_cli_bad_arguments_are_clear(tmp_path, capsys):
     assert "Choose another --out" in capsys.readouterr().err
     assert main(["demo", "--model", "no-such-model-dir/", "--out", str(tmp_path / "o")]) == 2
     assert "not" in capsys.readouterr().err
-    assert main(["explain", "x.png", "--text", "a", "--method", "nope"]) == 2  # a usage error, returned
+    assert main(["explain", "x.png", "--text", "a", "--methods", "nope"]) == 2  # a usage error, returned
     assert "attention_eclip" in capsys.readouterr().err
 
 
@@ -79,6 +79,6 @@ def test_cli_explain_writes_overlay_and_json(tmp_path, capsys):
     assert [e["figure"] for e in index["explanations"]] == [pngs[0].name] and (tmp_path / "out" / "report.html").is_file()
     assert records[0]["method"] == "attention_eclip" and records[0]["map_shape"] == [8, 8]
     assert_rounding_close(records[0]["score"], records[0]["model_score"], "float32")
-    assert main(["explain", str(path), "--text", scene.caption, "--side", "text", "--method", "grad_eclip",
+    assert main(["explain", str(path), "--text", scene.caption, "--side", "text", "--methods", "grad_eclip",
                  "--out", str(tmp_path / "out2")]) == 0
     assert "a" in capsys.readouterr().out

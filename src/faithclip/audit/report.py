@@ -394,7 +394,7 @@ def _p2_html(results: dict) -> list[str]:
 
 
 def audit_page(results: dict) -> str:
-    """The audit as a complete self-contained HTML page (``faithclip audit --out DIR`` / ``--html FILE``)."""
+    """The audit as a complete self-contained HTML page (``faithclip audit --out DIR``)."""
     from faithclip.report.page import html_page
 
     return html_page("faithclip audit", audit_html(results),

@@ -14,8 +14,9 @@ permutations have their own seed (``bootstrap_seed``), fixed by default.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from faithclip.audit.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Bootstrap
@@ -28,30 +29,57 @@ from faithclip.models.clip import ModelHandle
 logger = logging.getLogger(__name__)
 
 
+def _help(text: str) -> dict[str, str]:
+    """A settings field's metadata: the help of its ``faithclip audit`` option."""
+    return {"help": text}
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     """Everything that decides an audit's numbers (the model and image files aside)."""
 
-    scenes: int = 200  # single-object scenes: departure, accuracy per rung, correctness split
-    raw_size: int | None = None  # scene render size; None = 2x the model's input
-    aspect: float = 1.0  # height / width of the renders (a crop)
-    map_images: int = 64  # departure maps; 64 keeps the AUC contrasts' intervals readable (~4 CPU-min on shapes-clip)
-    deletion_steps: int | None = None  # departure curves; None = one point per patch
-    ladder: bool = False  # P2: the paired test of faithclip.audit.p2 (docs/p2.md)
-    correctness: bool = False
-    p2_scenes: int = P2Design().scenes
-    p2_ladders: int = P2Design().ladders
-    p2_rungs: int = P2Design().rungs
-    min_effect: float = MIN_EFFECT
-    ladder_deletion_steps: int = 16  # deletion curves of the correctness split
+    # Each field is a ``faithclip audit`` option (``--scenes`` for ``scenes``): its help is the field's metadata,
+    # and ``faithclip.cli.audit`` builds the parser and the conversion back from these fields (one source).
+    scenes: int = field(default=200, metadata=_help("single-object shapes scenes (departure, accuracy per rung, "
+                                                     "correctness split)"))
+    raw_size: int | None = field(default=None, metadata=_help("scene render size (default: 2x the model's input)"))
+    aspect: float = field(default=1.0, metadata=_help("height / width of the scene renders (the model's crop cuts it)"))
+    # 64 keeps the AUC contrasts' intervals readable (~4 CPU-min on shapes-clip)
+    map_images: int = field(default=64, metadata=_help("images whose maps are compared (the first N of the scenes "
+                                                        "or --images)"))
+    deletion_steps: int | None = field(default=None, metadata=_help("points per departure deletion curve (default: "
+                                                                      "one per patch)"))
+    ladder: bool = field(default=False, metadata=_help("P2: do the maps track the model? (paired test over degraded "
+                                                        "models, docs/p2.md)"))
+    correctness: bool = field(default=False, metadata=_help("P2 (b): map quality split by right / wrong predictions"))
+    p2_scenes: int = field(default=P2Design().scenes, metadata=_help("P2 scene pairs (the same at every rung)"))
+    p2_ladders: int = field(default=P2Design().ladders, metadata=_help("P2 ladders (re-initialisation seeds)"))
+    p2_rungs: int = field(default=P2Design().rungs, metadata=_help("P2 rungs per ladder, from the trained model to "
+                                                                    "the first at chance"))
+    min_effect: float = field(default=MIN_EFFECT, metadata=_help("P2's pre-registered minimum within-scene "
+                                                                  "association, in (0, 1) (docs/p2.md)"))
+    ladder_deletion_steps: int = field(default=16, metadata=_help("points per deletion curve of the correctness split"))
     # The trained shapes model classifies all 200 scenes right (no wrong group to compare with); the ladder's
     # alpha = 0.5 rung errs on about 60 %: that is where right and wrong can be compared.
-    correctness_alphas: tuple[float, ...] = (0.5,)
-    methods: tuple[str, ...] | None = None  # P2 methods; None = all but rise, m2ib, occlusion
-    resamples: int = DEFAULT_RESAMPLES
-    confidence: float = DEFAULT_CONFIDENCE
-    bootstrap_seed: int = 0
-    seed: int = 0
+    correctness_alphas: tuple[float, ...] = field(default=(0.5,), metadata=_help(
+        "comma-separated ladder rungs whose predictions are split (default 0.5: the trained model is almost "
+        "never wrong)"))
+    methods: tuple[str, ...] | None = field(default=None, metadata=_help(
+        "comma-separated methods for P2 (default: all but rise, m2ib, occlusion)"))
+    resamples: int = field(default=DEFAULT_RESAMPLES, metadata=_help("bootstrap resamples (and P2's permutations)"))
+    confidence: float = field(default=DEFAULT_CONFIDENCE, metadata=_help("level of every bootstrap interval, in (0, 1)"))
+    bootstrap_seed: int = field(default=0, metadata=_help("seed of the bootstrap resamples and permutations (fixed, so "
+                                                          "a rerun prints the same bounds)"))
+    seed: int = field(default=0, metadata=_help("scene seeds seed+1 (single) and seed+2 (P2 pairs); P2 ladders "
+                                                 "seeded 3 seed, 3 seed + 1, ..."))
+    # (method, ((key, value), ...)) pairs: hashable, as the settings are frozen
+    method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(default=(), metadata={
+        **_help("a P2 method's option, METHOD.KEY=VALUE, e.g. rise.masks=500 (repeatable; values read as JSON when "
+                "they parse)"), "option": "--method-option"})
+
+    def options(self) -> dict[str, dict[str, Any]]:
+        """``method_options`` as ``{method: {key: value}}``."""
+        return {name: dict(pairs) for name, pairs in self.method_options}
 
     def bootstrap(self) -> Bootstrap:
         return Bootstrap(self.resamples, self.confidence, self.bootstrap_seed)
@@ -93,18 +121,40 @@ class AuditSettings:
         """The command line that runs these settings (only non-default values are spelled out)."""
         default = AuditSettings()
         parts = [prefix]
-        for field in fields(self):
-            value, base = getattr(self, field.name), getattr(default, field.name)
+        for setting in fields(self):
+            value, base = getattr(self, setting.name), getattr(default, setting.name)
             if value == base:
                 continue
-            flag = "--" + field.name.replace("_", "-")
-            if isinstance(value, bool):
+            flag = setting.metadata.get("option", "--" + setting.name.replace("_", "-"))
+            if setting.name == "method_options":
+                parts += [f"{flag} {name}.{key}=" + (v if isinstance(v, str) else json.dumps(v))
+                          for name, pairs in value for key, v in pairs]
+            elif isinstance(value, bool):
                 parts.append(flag)
             elif isinstance(value, tuple):
-                parts.append(flag + " " + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value))
+                parts.append(flag + " " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value))
             else:
                 parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
         return " ".join(parts)
+
+
+def check_method_options(handle: ModelHandle, settings: AuditSettings) -> None:
+    """Every ``--method-option`` names a method P2 runs, and a key and value it takes (before any work)."""
+    if not settings.method_options:
+        return
+    import faithclip.methods  # noqa: F401  (registers the methods)
+    from faithclip.api import tower_layers
+    from faithclip.audit.ladder import default_methods, method_name
+    from faithclip.errors import MethodError
+    from faithclip.registry import METHODS
+
+    run = [method_name(m) for m in (settings.methods or default_methods(handle.family.name))]
+    for name, given in settings.options().items():
+        if name not in run or not (settings.ladder or settings.correctness):
+            raise MethodError(f"--method-option {name}.*: options given for method {name!r}, which is not among the "
+                              f"methods run (P2, with --ladder or --correctness: {', '.join(run)}).")
+        METHODS.get(name).check_options("image", given, spelled=lambda key, m=name: f"{m}.{key}",
+                                        layers=tower_layers(handle, "image"))
 
 
 def shapes_inputs(handle: ModelHandle, settings: AuditSettings) -> AuditData:
@@ -127,6 +177,7 @@ def run_audit(handle: ModelHandle, settings: AuditSettings = AuditSettings(), da
     masks, so it refuses unlabelled data. ``departure_options`` pass through to ``audit_departure``.
     """
     settings.validate()
+    check_method_options(handle, settings)
     if data is not None and (settings.ladder or settings.correctness) and (data.labels is None or data.masks is None):
         raise FaithclipError("the ladder and --correctness need labelled scenes with masks: run without --images.")
     single = shapes_inputs(handle, settings) if data is None else data
@@ -143,18 +194,19 @@ def run_audit(handle: ModelHandle, settings: AuditSettings = AuditSettings(), da
         raise FaithclipError(f"{no_pipeline(handle)}: nothing to audit; --ladder and --correctness measure "
                              "principle P2 on it.")
     methods = list(settings.methods) if settings.methods is not None else None
+    options = settings.options()
     if settings.ladder:
         from faithclip.audit.ladder import default_methods
         from faithclip.audit.p2 import p2_test
 
         results["p2"] = p2_test(handle, methods or default_methods(handle.family.name), settings.p2_design(),
-                                progress=logger.info)
+                                options, progress=logger.info)
     if settings.correctness:
         results["correctness"] = []
         for alpha in settings.correctness_alphas:
             rung = degrade(handle, alpha, settings.seed)
             split = correctness_split(rung, single, methods, settings.ladder_deletion_steps, settings.bootstrap(),
-                                      permutations=settings.resamples)
+                                      options, permutations=settings.resamples)
             results["correctness"].append({"alpha": alpha, **split})
     results["settings"] = asdict(settings)
     results["command"] = settings.command()

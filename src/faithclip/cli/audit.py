@@ -2,7 +2,7 @@
 
     faithclip audit                                        # the shipped shapes model, scenes rendered at 2x
     faithclip audit --ladder --correctness --out audit-run          # audit.json + report.html
-    faithclip audit --model ../shared/reference/openai-clip-vit-base-patch32 --random-init \\
+    faithclip audit --model ../shared/reference/openai-clip-vit-base-patch32 --random-weights \\
         --images ../shared/reference/voc2011-samples/JPEGImages/*.jpg \\
         --class-names ../shared/reference/voc2011-samples/class_names.txt
 
@@ -13,65 +13,99 @@ of its tables, and ``python -m faithclip.cli.audit_docs --check`` reruns them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
-
-import torch
+from typing import get_args, get_origin, get_type_hints
 
 from faithclip.audit.run import AuditSettings
 from faithclip.cli.common import (
-    add_device_arguments,
+    CommaList,
+    DeprecatedAlias,
     add_image_arguments,
+    add_method_options_argument,
+    add_model_argument,
     add_out_argument,
+    add_random_weights_argument,
+    add_run_arguments,
     check_writable,
+    deprecated_group,
     load_model,
+    parse_dotted,
     place_model,
 )
-from faithclip.errors import FaithclipError, ModelError
+from faithclip.errors import FaithclipError, MethodError, ModelError
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The audit's arguments; defaults come from ``AuditSettings`` (one set of defaults)."""
-    d = AuditSettings()
-    parser.add_argument("--model", default=None, help="model name, directory or checkpoint (default: shapes-clip)")
-    add_device_arguments(parser)
-    add_image_arguments(parser)
-    parser.add_argument("--random-init", action="store_true",
-                        help="build the model from the directory's config.json with random weights (no weights needed)")
+    """The audit's arguments: its inputs, then one option per ``AuditSettings`` field (``add_settings_arguments``)."""
+    add_model_argument(parser)
+    add_random_weights_argument(parser, "the shipped ViT-B/32 config")
     parser.add_argument("--images", nargs="+", default=None, help="image files (default: shapes scenes)")
     parser.add_argument("--class-names", default=None, help="file of class names, one a line (names starting '_' skipped)")
-    parser.add_argument("--template", default="a photo of a {}.", help="prompt template for --class-names")
-    parser.add_argument("--scenes", type=int, default=d.scenes, help="single-object shapes scenes (drift, accuracy, P2 b)")
-    parser.add_argument("--raw-size", type=int, default=d.raw_size, help="scene render size (default: 2x the model's input)")
-    parser.add_argument("--aspect", type=float, default=d.aspect, help="height/width of the scene renders (crop)")
-    parser.add_argument("--map-images", type=int, default=d.map_images, help="images whose maps are compared (the first N of the scenes or --images)")
-    parser.add_argument("--deletion-steps", type=int, default=d.deletion_steps,
-                        help="points per departure deletion curve (default: one per patch)")
-    parser.add_argument("--ladder", action="store_true",
-                        help="P2: do the maps track the model? (paired test over degraded models, docs/p2.md)")
-    parser.add_argument("--p2-scenes", type=int, default=d.p2_scenes, help="P2 scene pairs (the same at every rung)")
-    parser.add_argument("--p2-ladders", type=int, default=d.p2_ladders, help="P2 ladders (re-initialisation seeds)")
-    parser.add_argument("--p2-rungs", type=int, default=d.p2_rungs,
-                        help="P2 rungs per ladder, from the trained model to the first at chance")
-    parser.add_argument("--min-effect", type=float, default=d.min_effect,
-                        help="P2's pre-registered minimum within-scene association")
-    parser.add_argument("--ladder-deletion-steps", type=int, default=d.ladder_deletion_steps,
-                        help="points per deletion curve of the correctness split")
-    parser.add_argument("--correctness", action="store_true", help="P2 (b): quality split by right / wrong predictions")
-    parser.add_argument("--correctness-alphas", type=float, nargs="+", default=list(d.correctness_alphas),
-                        help="rungs whose predictions are split (default 0.5: the trained model is almost never wrong)")
-    parser.add_argument("--methods", nargs="+", default=None, help="methods for P2 (default: all but rise, m2ib, occlusion)")
-    parser.add_argument("--resamples", type=int, default=d.resamples, help="bootstrap resamples (and permutations)")
-    parser.add_argument("--confidence", type=float, default=d.confidence, help="bootstrap interval level")
-    parser.add_argument("--bootstrap-seed", type=int, default=d.bootstrap_seed)
-    parser.add_argument("--seed", type=int, default=d.seed,
-                        help="scene seeds seed+1 (single) and seed+2 (P2 pairs); P2 ladders seeded 3 seed, 3 seed + 1, ...")
-    parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON to this file")
-    parser.add_argument("--html", dest="html_path", default=None, help="also write the self-contained HTML page to this file")
+    parser.add_argument("--template", default="a photo of a {}.",
+                        help="prompt template for --class-names: {} is replaced by each class name (default: "
+                             "'a photo of a {}.', CLIP's own)")
+    add_settings_arguments(parser)
+    add_run_arguments(parser, threads=1, threads_default="1: docs/audit.md's figures were computed on one thread "
+                                                          "(float32 sums in one order), and its check reruns them so")
+    add_image_arguments(parser)
     add_out_argument(parser, "audit", optional=True)
+    old = deprecated_group(parser)
+    old.add_argument("--random-init", action=DeprecatedAlias, dest="random_weights", nargs=0, const=True,
+                     use="--random-weights")
+    old.add_argument("--json", dest="json_path", action=DeprecatedAlias, default=None, metavar="FILE",
+                     use="--out DIR (it writes audit.json there)")
+    old.add_argument("--html", dest="html_path", action=DeprecatedAlias, default=None, metavar="FILE",
+                     use="--out DIR (it writes report.html there)")
+
+
+def _setting_kind(name: str) -> tuple[type, bool]:
+    """``(element type, is a list)`` of an ``AuditSettings`` field, read from its annotation."""
+    hint = get_type_hints(AuditSettings)[name]
+    parts = [arg for arg in get_args(hint) if arg is not type(None)] if get_origin(hint) is not tuple else [hint]
+    kind = parts[0] if parts else hint
+    if get_origin(kind) is tuple:
+        return get_args(kind)[0], True
+    return kind, False
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per ``AuditSettings`` field, its help the field's metadata and its default the field's:
+    a flag for a bool, a comma list for a tuple, a number otherwise."""
+    for setting in fields(AuditSettings):
+        flag, kind_help = "--" + setting.name.replace("_", "-"), setting.metadata["help"]
+        kind, listed = _setting_kind(setting.name)
+        if setting.name == "method_options":
+            add_method_options_argument(parser, kind_help)
+        elif kind is bool:
+            parser.add_argument(flag, action="store_true", help=kind_help)
+        elif listed:  # the old space-separated spelling parses too, with a notice
+            default = None if setting.default is None else list(setting.default)
+            parser.add_argument(flag, action=CommaList, item=kind, nargs="+", default=default, metavar=f"{'M' if kind is str else 'X'}[,...]",
+                                help=kind_help)
+        else:
+            parser.add_argument(flag, type=kind, default=setting.default, help=kind_help)
+
+
+def settings_from_args(args: argparse.Namespace) -> AuditSettings:
+    """The ``AuditSettings`` a parsed command line asks for (lists become tuples)."""
+    values = {}
+    for setting in fields(AuditSettings):
+        if setting.name == "method_options":
+            given = parse_dotted(args.method_option, "--method-option", MethodError)
+            values[setting.name] = tuple((name, tuple(options.items())) for name, options in given.items())
+            continue
+        value = getattr(args, setting.name)
+        values[setting.name] = tuple(value) if isinstance(value, list) else value
+    if values["methods"] == ():
+        values["methods"] = None
+    return AuditSettings(**values)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,32 +115,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def settings_from_args(args: argparse.Namespace) -> AuditSettings:
-    return AuditSettings(
-        scenes=args.scenes, raw_size=args.raw_size, aspect=args.aspect, map_images=args.map_images,
-        deletion_steps=args.deletion_steps, ladder=args.ladder, correctness=args.correctness,
-        p2_scenes=args.p2_scenes, p2_ladders=args.p2_ladders, p2_rungs=args.p2_rungs, min_effect=args.min_effect,
-        ladder_deletion_steps=args.ladder_deletion_steps,
-        correctness_alphas=tuple(args.correctness_alphas), methods=tuple(args.methods) if args.methods else None,
-        resamples=args.resamples, confidence=args.confidence,
-        bootstrap_seed=args.bootstrap_seed, seed=args.seed)
+def random_init_handle(directory: str | None, seed: int):
+    """A CLIP of the directory's architecture (default: the shipped ViT-B/32 config) with random weights, its
+    tokenizer and preprocessing."""
+    from faithclip.models.random_init import find_reference, random_clip
 
-
-def random_init_handle(directory: str, seed: int):
-    """A CLIP of the directory's architecture with random weights, its tokenizer and preprocessing."""
-    from faithclip.models.random_init import random_clip
-
-    if not (Path(directory) / "config.json").is_file():
-        raise ModelError(f"--random-init needs a directory with config.json; {directory} has none.")
-    return random_clip(directory, seed=seed, name=f"{Path(directory).name} (random weights, seed {seed})")
+    if directory is not None and not (Path(directory) / "config.json").is_file():
+        raise ModelError(f"--random-weights builds --model's architecture from its config.json; {directory} has "
+                         "none (give a directory with config.json, or leave --model out for the shipped ViT-B/32).")
+    name = Path(directory or find_reference(None)).name
+    return random_clip(directory, seed=seed, name=f"{name} (random weights, seed {seed})")
 
 
 def load_inputs(args: argparse.Namespace):
     """The model handle and, with ``--images``, the image files as audit data."""
     from faithclip.audit.data import folder_data
-    if args.random_init and not args.model:
-        raise FaithclipError("--random-init needs --model DIRECTORY (a config.json to build from).")
-    handle = (place_model(random_init_handle(args.model, args.seed), args) if args.random_init
+    handle = (place_model(random_init_handle(args.model, args.seed), args) if args.random_weights
               else load_model(args.model, args))
     data = None
     if args.images:
@@ -121,6 +145,19 @@ def load_inputs(args: argparse.Namespace):
     return handle, data
 
 
+@contextlib.contextmanager
+def quiet_progress(quiet: bool) -> Iterator[None]:
+    """``--no-progress``: the audit's progress lines (INFO logs of ``faithclip.audit``) hidden for the block."""
+    audit_logger = logging.getLogger("faithclip.audit")
+    before = audit_logger.level
+    if quiet:
+        audit_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        audit_logger.setLevel(before)
+
+
 def run(args: argparse.Namespace) -> int:
     from faithclip.audit.report import audit_page, format_audit
     from faithclip.audit.run import run_audit
@@ -132,9 +169,9 @@ def run(args: argparse.Namespace) -> int:
     json_path = check_writable(args.json_path, "file", "--json") if args.json_path else None
     html_path = check_writable(args.html_path, "file", "--html") if args.html_path else None
     out = check_writable(args.out, "dir", "--out") if args.out else None
-    torch.set_num_threads(1)  # shared CPUs: one thread avoids busy-waiting worker threads
     handle, data = load_inputs(args)
-    results = run_audit(handle, settings, data)
+    with quiet_progress(args.no_progress):
+        results = run_audit(handle, settings, data)
     print(format_audit(results))
     record = json.loads(json.dumps(results, default=str))
     if json_path:

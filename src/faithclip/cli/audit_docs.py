@@ -60,8 +60,8 @@ SECTIONS: dict[str, list[Run]] = {
                              f"{DEMO_AUDIT.p2_rungs} rungs (below the smallest design offered a P2 verdict: "
                              f"inconclusive by rule), {DEMO_AUDIT.scenes} single-object scenes. The P2 verdicts to "
                              "read are in docs/p2.md.")],
-    "b32": [Run(f"faithclip audit --model {B32} --random-init --scenes 24 --raw-size 448 --map-images 4 --deletion-steps 8"),
-            Run(f"faithclip audit --model {B32} --random-init --images {VOC}/JPEGImages/*.jpg "
+    "b32": [Run(f"faithclip audit --model {B32} --random-weights --scenes 24 --raw-size 448 --map-images 4 --deletion-steps 8"),
+            Run(f"faithclip audit --model {B32} --random-weights --images {VOC}/JPEGImages/*.jpg "
                 f"--class-names {VOC}/class_names.txt --map-images 3 --deletion-steps 10")],
 }
 

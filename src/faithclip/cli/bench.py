@@ -6,7 +6,15 @@ import argparse
 import html
 import platform
 
-from faithclip.cli.common import add_device_arguments, add_out_argument, check_writable, positive_int
+from faithclip.cli.common import (
+    DeprecatedAlias,
+    add_out_argument,
+    add_run_arguments,
+    check_writable,
+    deprecated_group,
+    positive_int,
+    progress_printer,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,12 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per item (default 5)")
     parser.add_argument("--rise-masks", type=positive_int, default=400, help="RISE masks per map (the paper uses 4000)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--reference", default=None,
-                        help="directory with another CLIP config.json and tokenizer (default: the shipped ViT-B/32 "
-                             "and B/16 configs)")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    add_device_arguments(parser)
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="directory with another CLIP config.json and tokenizer, built with random weights "
+                             "(default: the shipped ViT-B/32 and B/16 configs)")
+    add_run_arguments(parser)
     add_out_argument(parser, "bench")
+    old = deprecated_group(parser)
+    old.add_argument("--reference", action=DeprecatedAlias, dest="model", metavar="DIR", use="--model DIR")
+    old.add_argument("--json", action=DeprecatedAlias, default=None, metavar="FILE",
+                     use="--out DIR (it writes bench.json there)")
     parser.set_defaults(func=run)
 
 
@@ -39,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     parse_device(args.device)  # a missing GPU is a one-line error before minutes of timing
     rows = bench.run(tuple(args.arch or ("B/16", "B/32")), tuple(args.k or (1, 10, 100, 1000)), args.repeats,
-                     args.rise_masks, not args.no_memory, args.reference, progress=lambda s: print(s, flush=True),
+                     args.rise_masks, not args.no_memory, args.model, progress=progress_printer(args),
                      device=args.device, dtype=args.dtype)
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(bench.format_rows(rows))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,7 +74,14 @@ def check_writable(path: str | Path, kind: Literal["dir", "file"] = "dir", optio
     existing ancestor), because permission bits do not tell (root ignores them; a read-only file system
     does not show in them). Raises ``FaithclipError`` naming ``option``.
     """
-    from faithclip.files import REFUSED_KINDS, WRITTEN_THROUGH, OutputError, hold_output, output_kind, refusal
+    from faithclip.files import (
+        REFUSED_KINDS,
+        WRITTEN_THROUGH,
+        OutputError,
+        hold_output,
+        output_kind,
+        refusal,
+    )
 
     if kind == "file" and str(path) == "-":
         return Path("-")
@@ -143,13 +153,45 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
                              "limit (default: Pillow's, %(default)s, about 9,500 x 9,500)")
 
 
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--dtype``, the same on every command that runs a model."""
-    parser.add_argument("--device", default="cpu", metavar="DEVICE",
-                        help="where the model runs: cpu, cuda, cuda:N or mps (default: %(default)s)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                        help="the model's precision; scores and sums are taken in float32 either way "
-                             "(default: %(default)s)")
+def add_run_arguments(parser: argparse.ArgumentParser, *, threads: int | None = None,
+                      threads_default: str = "torch's choice", progress: bool = True) -> None:
+    """``--device``, ``--dtype``, ``--threads`` and ``--no-progress``: the one group every command that runs a
+    model takes (``main`` applies ``--threads`` for the command's duration and restores torch's count after).
+    ``threads``: a command's own default where a documented reason exists (``threads_default`` says it and
+    why); else torch's choice. ``progress=False`` for a command that prints no progress."""
+    group = parser.add_argument_group("running the model")
+    group.add_argument("--device", default="cpu", metavar="DEVICE",
+                       help="where the model runs: cpu, cuda, cuda:N or mps (default: %(default)s)")
+    group.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                       help="the model's precision; scores and sums are taken in float32 either way "
+                            "(default: %(default)s)")
+    group.add_argument("--threads", type=positive_int, default=threads, metavar="N",
+                       help=f"torch CPU threads (default: {threads_default})")
+    if progress:
+        group.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` for the block, torch's count restored after (``None``: unchanged)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def progress_printer(args: argparse.Namespace, stream: str = "stdout") -> Callable[[str], None]:
+    """A progress callback that prints a line (flushed) on ``stream``, or nothing under ``--no-progress``."""
+    if getattr(args, "no_progress", False):
+        return lambda line: None
+    return lambda line: print(line, flush=True, file=sys.stderr if stream == "stderr" else sys.stdout)
 
 
 def load_model(name: str | None, args: argparse.Namespace | None = None) -> Any:
@@ -178,3 +220,139 @@ def slug(text: str, limit: int = 40) -> str:
     while "--" in cleaned:
         cleaned = cleaned.replace("--", "-")
     return cleaned[:limit] or "text"
+
+
+# ---- one grammar: lists, method options, deprecated spellings ---------------------------------------------
+
+def names(text: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``: the one list syntax (a comma list, one argument)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def note_deprecated(namespace: argparse.Namespace, notice: str) -> None:
+    """Leave a one-line notice for ``main`` to print on stderr once the command line is parsed."""
+    namespace.deprecations = [*(getattr(namespace, "deprecations", None) or []), notice]
+
+
+def once(parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, option_string: str,
+         given: list[str]) -> None:
+    """A list option given twice (under any of its spellings) is refused, never reduced to its last value;
+    the message spells the one comma list meant."""
+    seen = namespace.__dict__.setdefault("lists_given", set())
+    if dest in seen:
+        meant = ",".join(str(v) for v in [*(getattr(namespace, dest) or []), *given])
+        parser.error(f"{option_string} was given twice; give one comma list: {option_string} {meant}")
+    seen.add(dest)
+
+
+class CommaList(argparse.Action):
+    """``--methods a,b``: a list (``names``). With ``nargs="+"`` the old space-separated spelling
+    ``--methods a b`` still parses, with a deprecation notice (it goes in the next release). ``item``
+    converts each element (``float`` for a list of numbers)."""
+
+    def __init__(self, option_strings, dest, *, item: Callable[[str], Any] = str, **kwargs) -> None:
+        self.item = item
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = values if isinstance(values, list) else [values]
+        once(parser, namespace, self.dest, option_string, [name for text in given for name in names(text)])
+        if len(given) > 1:
+            note_deprecated(namespace, f"{option_string} {' '.join(given)}: a space-separated list is deprecated "
+                                       f"and goes in the next release; write {option_string} {','.join(given)}")
+        listed = [name for text in given for name in names(text)]
+        try:
+            setattr(namespace, self.dest, [self.item(name) for name in listed])
+        except ValueError:
+            parser.error(f"argument {option_string}: {','.join(listed)!r} is not a comma list of "
+                         f"{getattr(self.item, '__name__', 'value')} values")
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old option name kept for one release: it sets what its new spelling sets (``dest``; the given
+    value, or ``const`` for a flag) and leaves a one-line notice naming the new spelling."""
+
+    def __init__(self, option_strings, dest, *, use: str, **kwargs) -> None:
+        self.use = use
+        kwargs.setdefault("help", f"deprecated, goes in the next release: use {use}")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if isinstance(values, list):
+            once(parser, namespace, self.dest, option_string, values)
+        note_deprecated(namespace, f"{option_string} is deprecated and goes in the next release; use {self.use}")
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+class DeprecatedPositional(argparse.Action):
+    """Positional values of an old spelling (``faithclip check a b``) kept for one release, with a notice."""
+
+    def __init__(self, option_strings, dest, *, use: str, **kwargs) -> None:
+        self.use = use
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if values:
+            note_deprecated(namespace, f"{self.metavar} as positional arguments is deprecated and goes in the "
+                                       f"next release; use {self.use}")
+        setattr(namespace, self.dest, [name for item in values or [] for name in names(item)])
+
+
+def deprecated_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    return parser.add_argument_group("deprecated spellings (each prints a notice; they go in the next release)")
+
+
+def add_random_weights_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--random-weights``: the one name for building the model with random weights, its architecture (a
+    ``config.json``) from ``--model DIR``, else ``default``."""
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build the model with random weights (no weights needed): the architecture of --model "
+                             f"DIR's config.json, else {default}")
+
+
+def add_method_options_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--method-option METHOD.KEY=VALUE``, the same on every command that runs methods."""
+    parser.add_argument("--method-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                        help=help or "a method option, e.g. rise.masks=1000 or grad_eclip.layers=2 (repeatable; values "
+                                     "read as JSON when they parse; recorded with the results)")
+
+
+def parse_dotted(items: list[str], flag: str, error: type[Exception] = FaithclipError) -> dict[str, dict[str, Any]]:
+    """``["rise.masks=64"]`` -> ``{"rise": {"masks": 64}}`` (a value is read as JSON when it parses, else
+    kept as text); anything else is refused in one line naming ``flag``."""
+    import json
+
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, equals, raw = item.partition("=")
+        owner, dot, name = key.partition(".")
+        if not equals or not dot or not owner or not name:
+            raise error(f"{flag} {item!r} must look like NAME.KEY=VALUE, e.g. pointing_game.tolerance=4.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options.setdefault(owner, {})[name] = value
+    return options
+
+
+def method_options(args: argparse.Namespace, methods: list[str], model: Any = None,
+                   side: str = "image") -> dict[str, dict[str, Any]]:
+    """``--method-option`` parsed and checked against the methods of the run (``registry.check_options``:
+    unknown keys, wrong types, out-of-range values and, with ``model``, ``layers`` beyond its tower), in one
+    line before any work. Options for a method not run are refused, as ``evaluate`` refuses them."""
+    from faithclip.errors import MethodError
+    from faithclip.registry import METHODS
+
+    options = parse_dotted(getattr(args, "method_option", None) or [], "--method-option", MethodError)
+    for method, given in options.items():
+        if method not in methods:
+            raise MethodError(f"--method-option {method}.*: options given for method {method!r}, which is not "
+                              f"among the methods run ({', '.join(methods)}).")
+        layers = None
+        if model is not None:
+            from faithclip.api import tower_layers
+
+            layers = tower_layers(model, side)
+        METHODS.get(method).check_options(side, given, spelled=lambda key, m=method: f"{m}.{key}", layers=layers)
+    return options

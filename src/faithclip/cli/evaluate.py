@@ -17,22 +17,30 @@ Many processes (each with the same options, --threads included):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from faithclip.cli.common import add_device_arguments, add_image_arguments, add_model_argument, check_writable, load_model
-from faithclip.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError, Shard
+from faithclip.cli.common import (
+    CommaList,
+    add_image_arguments,
+    add_method_options_argument,
+    add_model_argument,
+    add_run_arguments,
+    check_writable,
+    load_model,
+    parse_dotted,
+)
+from faithclip.evaluation import (
+    DEFAULT_METHODS,
+    DEFAULT_METRICS,
+    EvalConfig,
+    EvaluationError,
+    Shard,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def _names(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,15 +51,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_argument(parser)
-    add_device_arguments(parser)
+    add_run_arguments(parser)
     add_image_arguments(parser)
     parser.add_argument("--data", default="shapes",
                         help="'shapes' (the generated world, fixed evaluation seed), 'voc:PATH', 'imagenet:PATH' "
                              "or a folder whose layout is detected (default: shapes)")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), type=_names,
-                        help="comma-separated method names, or 'all' (default: %(default)s)")
-    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), type=_names,
-                        help=f"comma-separated, or 'all'; choose from {', '.join(METRICS.names())} (default: %(default)s)")
+    parser.add_argument("--methods", default=list(DEFAULT_METHODS), action=CommaList, metavar="M[,M...]",
+                        help=f"comma-separated method names, or 'all' (default: {','.join(DEFAULT_METHODS)})")
+    parser.add_argument("--metrics", default=list(DEFAULT_METRICS), action=CommaList, metavar="M[,M...]",
+                        help=f"comma-separated, or 'all'; choose from {', '.join(METRICS.names())} "
+                             f"(default: {','.join(DEFAULT_METRICS)})")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--count", type=int, default=100, help="number of generated scenes for --data shapes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random perturbations and the bootstrap")
@@ -63,10 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="METRIC.KEY=VALUE",
                         help="a metric option, e.g. pointing_game.tolerance=4 or deletion_rise.substrate=black "
                              "(repeatable; it is added to the metric's protocol label)")
-    parser.add_argument("--method-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                        help="a method option, e.g. rise.masks=1000 (repeatable; recorded with the results)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_method_options_argument(parser)
     parser.add_argument("--repair", action="store_true",
                         help="drop damaged lines of records.jsonl (named by the error) and compute those records again")
     parser.add_argument("--shard", default=None, metavar="I/N",
@@ -86,25 +92,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_options(items: list[str], flag: str = "--option") -> dict[str, dict[str, Any]]:
     """``["pointing_game.tolerance=4"]`` -> ``{"pointing_game": {"tolerance": 4}}`` (values read as JSON if they parse)."""
-    options: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, equals, raw = item.partition("=")
-        metric, dot, name = key.partition(".")
-        if not equals or not dot or not metric or not name:
-            raise EvaluationError(f"{flag} {item!r} must look like NAME.KEY=VALUE, e.g. pointing_game.tolerance=4.")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        options.setdefault(metric, {})[name] = value
-    return options
+    return parse_dotted(items, flag, EvaluationError)
 
 
 def run(args: argparse.Namespace) -> int:
     from faithclip.data.folders import open_data
     from faithclip.evaluation import Evaluator
 
-    for name in ("limit", "count", "batch_size", "threads", "images_per_step"):
+    for name in ("limit", "count", "batch_size", "images_per_step"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise EvaluationError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
@@ -121,8 +116,6 @@ def run(args: argparse.Namespace) -> int:
     if shards.launched() and (shard is not None or args.merge is not None):
         raise EvaluationError("under torchrun every rank evaluates its own shard and rank 0 merges; "
                               "drop --shard and --merge.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     args.device = shards.rank_device(args.device)
     handle = load_model(args.model, args)
     config = EvalConfig(model=args.model or "shapes-clip", data=args.data, methods=args.methods,

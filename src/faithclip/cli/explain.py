@@ -7,15 +7,29 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
-from faithclip.cli.common import add_device_arguments, add_image_arguments, add_model_argument, add_out_argument, check_writable, load_model, positive_int, slug
+from faithclip.cli.common import (
+    CommaList,
+    DeprecatedAlias,
+    add_image_arguments,
+    add_method_options_argument,
+    add_model_argument,
+    add_out_argument,
+    add_run_arguments,
+    check_writable,
+    deprecated_group,
+    load_model,
+    method_options,
+    names,
+    positive_int,
+    slug,
+)
 from faithclip.errors import FaithclipError, MethodError
-from faithclip.models.images import check_image_file
 from faithclip.files import write_atomic
+from faithclip.models.images import check_image_file
 from faithclip.registry import METHODS
 from faithclip.targets import NO_OTHER_TEXTS, TARGET_KINDS
 from faithclip.report.colour import SCALES
 from faithclip.report.figures import FORMATS, VIEWS
-
 
 # Methods that score hundreds of perturbed images per map: the user is told before each image, not after.
 SLOW_METHODS = frozenset({"rise", "occlusion", "m2ib"})
@@ -30,9 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "record per image-text pair, and explain.json + report.html.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--text", action="append", required=True, help="text to explain (repeat for several)")
-    parser.add_argument("--method", action="append", default=None, metavar="M[,M...]",
+    parser.add_argument("--methods", action=CommaList, default=None, metavar="M[,M...]",
                         help="the method, or a comma list of methods drawn side by side "
                              f"(default attention_eclip; one of {', '.join(METHODS.names())})")
+    add_method_options_argument(parser)
     parser.add_argument("--side", default="image", choices=("image", "text"), help="explain the image or the text")
     parser.add_argument("--target", default=None, choices=TARGET_KINDS,
                         help="the score explained (default: the model family's own: cosine for CLIP and BLIP, "
@@ -44,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", type=positive_int, default=None,
                         help="number of last layers (methods that take it)")
     add_model_argument(parser)
-    add_device_arguments(parser)
+    add_run_arguments(parser)
     add_image_arguments(parser)
     add_out_argument(parser, "explain", holds="a PNG figure and a JSON record per pair")
     parser.add_argument("--format", default="png", choices=FORMATS,
@@ -54,9 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "colour), all (one for every map, for methods whose units agree), per_map")
     parser.add_argument("--view", default="overlay", choices=VIEWS,
                         help="how a map is drawn on the image: overlay (default), contour lines, or masked image")
-    parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--save-maps", action="store_true",
                         help="also write each raw patch-grid map as <stem>.npz (format: docs/interop.md)")
+    deprecated_group(parser).add_argument("--method", action=DeprecatedAlias, dest="methods", type=names,
+                                          use="--methods M[,M...]", metavar="M[,M...]")
     parser.set_defaults(func=run)
 
 
@@ -71,18 +87,14 @@ def check_family(model, method: str, side: str) -> None:
 
 
 def method_list(given: list[str] | None) -> list[str]:
-    """``--method a,b,c`` as a list of registered names (one comma list: a repeated ``--method`` is refused,
-    never silently reduced to its last value)."""
-    if not given:
+    """``--methods a,b,c`` (already split, ``CommaList``) as a list of registered names, without repeats."""
+    if given is None:
         return ["attention_eclip"]
-    if len(given) > 1:
-        raise MethodError(f"--method was given {len(given)} times; give several methods as one comma list: "
-                          f"--method {','.join(given)}")
-    names = unique([name.strip() for name in given[0].split(",") if name.strip()])
-    unknown = [name for name in names if name not in METHODS.names()]
-    if unknown or not names:
-        raise MethodError(f"unknown method {', '.join(unknown) or repr(given[0])}; choose from {', '.join(METHODS.names())}")
-    return names
+    chosen = unique(given)
+    unknown = [name for name in chosen if name not in METHODS.names()]
+    if unknown or not chosen:
+        raise MethodError(f"unknown method {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS.names())}")
+    return chosen
 
 
 def check_target(target: str, others: list[str], texts: list[str] = ()) -> None:
@@ -125,11 +137,10 @@ def output_stems(images: list[str], texts: list[str], method: str) -> dict[tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    from faithclip.api import explain, explain_text
-    from faithclip.api import family_target, method_spec
+    from faithclip.api import explain, explain_text, family_target, method_spec
     from faithclip.progress import stage_logger
 
-    methods = method_list(args.method)
+    methods = method_list(args.methods)
     check_target(args.target, args.other, args.text)
     if args.save_maps and args.side != "image":
         raise MethodError("--save-maps writes image maps; drop it for --side text (the token map is in the JSON record).")
@@ -158,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     for method in methods:
         method_spec(method, args.side).check_options(args.side, options, spelled=lambda key: f"--{key}",
                                                      layers=tower_layers(model, args.side))
+    per_method = method_options(args, methods, model, args.side)  # --method-option, checked the same way
     model.tokens(texts)
     for path in images:  # ... and every image readable
         model.decoded(path)
@@ -170,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
                          "a perturbation method, seconds per map")
             try:  # the path itself, so that the record names it and what was done with its EXIF orientation
                 explained = run_side(model, [image_path], list(texts), method,
-                                     target=args.target, others=args.other, **options)
+                                     target=args.target, others=args.other,
+                                     **{**options, **per_method.get(method, {})})
             except FaithclipError as error:
                 raise type(error)(f"{image_path}: {error}") from error
             results.append((image_path, method, list(explained)))
@@ -182,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
     record = {"model": model.name, "methods": methods, "side": args.side,
               "target": args.target or model.family.default_target_kind, "others": args.other, "options": options,
+              "method_options": per_method,
               "format": args.format, "scale": args.scale, "view": args.view,
               "figures": [{k: v for k, v in f.items() if k != "preview"} for f in figures], "explanations": index}
     _, page = write_report(out, "explain", record, render_explain(record, figures))
@@ -200,7 +214,12 @@ def write_outputs(results: list, images: list[str], texts: list[str], methods: l
     """A JSON record per (image, text, method) and the figures: with one method, a figure per pair; with
     several, for each image a grid (a row per method, a column per prompt, each method's maps on one colour
     scale). Returns the index entries and the figures (file, colour scales, a PNG preview for the page)."""
-    from faithclip.report.figures import SCREEN_DPI, comparison_figure, explanation_figure, figure_bytes
+    from faithclip.report.figures import (
+        SCREEN_DPI,
+        comparison_figure,
+        explanation_figure,
+        figure_bytes,
+    )
 
     def save(figure, stem: str, title: str, members: list[int]) -> dict:
         path = out / f"{stem}.{args.format}"

@@ -58,6 +58,13 @@ class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
             text += " (default: %(default)s)"
         return text
 
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        from faithclip.cli.common import CommaList
+
+        if isinstance(action, CommaList) and action.metavar:  # one comma list, whatever old spelling also parses
+            return action.metavar
+        return super()._format_args(action, default_metavar)
+
 
 class OneLineParser(argparse.ArgumentParser):
     """``argparse`` that reports a usage error in one line (the usage text is one ``--help`` away), and
@@ -80,14 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"faithclip {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")  # subparsers inherit OneLineParser
-    for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"faithclip.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"faithclip.cli.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.register(subparsers)
+    for name in SUBCOMMANDS:  # every one ships: a module that fails to import is a bug, raised, never skipped
+        importlib.import_module(f"faithclip.cli.{name}").register(subparsers)
     return parser
 
 
@@ -142,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     prefix = f"faithclip {args.command}"
+    for notice in getattr(args, "deprecations", None) or []:  # an old spelling: it works, and says what replaces it
+        print(f"{prefix}: warning: {notice}", file=sys.stderr)
+    from faithclip.cli.common import torch_threads
     from faithclip.files import all_or_nothing
 
     # A command that fails puts back every output file it had already replaced (a resumable command
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(prefix)
         try:
-            with outputs:
+            with outputs, torch_threads(getattr(args, "threads", None)):  # --threads, restored after
                 return int(args.func(args) or EXIT_OK)
         except FaithclipError as error:
             # Bad input: a one-line message that says what to do, no traceback (a message quoting a

@@ -6,7 +6,21 @@ import argparse
 
 import torch
 
-from faithclip.cli.common import add_device_arguments, add_image_arguments, add_model_argument, add_out_argument, check_writable, load_model, place_model, positive_int
+from faithclip.cli.common import (
+    DeprecatedAlias,
+    add_image_arguments,
+    add_method_options_argument,
+    add_model_argument,
+    add_out_argument,
+    add_random_weights_argument,
+    add_run_arguments,
+    check_writable,
+    deprecated_group,
+    load_model,
+    method_options,
+    place_model,
+    positive_int,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,32 +35,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", type=positive_int, action="append", default=None, help="numbers of last layers to compare")
     parser.add_argument("--float64", action="store_true", help="also compare in float64 (on a converted copy)")
     parser.add_argument("--no-p1", action="store_true", help="skip the principle-P1 check of every method")
-    parser.add_argument("--random-b32", action="store_true",
-                        help="use the real ViT-B/32 architecture with random weights (its config and the CLIP "
-                             "tokenizer ship with faithclip)")
-    parser.add_argument("--reference", default=None,
-                        help="directory with another CLIP config.json (and tokenizer) for --random-b32 "
-                             "(default: the shipped ViT-B/32)")
-    parser.add_argument("--json", default=None, help="also write the tables as JSON to this file")
+    add_method_options_argument(parser)
     add_model_argument(parser)
-    add_device_arguments(parser)
+    add_random_weights_argument(parser, "the real ViT-B/32 architecture, whose config and the CLIP tokenizer ship "
+                                        "with faithclip")
+    add_run_arguments(parser)
     add_image_arguments(parser)
     add_out_argument(parser, "verify", optional=True)
-    parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    old = deprecated_group(parser)
+    old.add_argument("--random-b32", action=DeprecatedAlias, dest="random_weights", nargs=0, const=True,
+                     use="--random-weights")
+    old.add_argument("--reference", action=DeprecatedAlias, dest="model", metavar="DIR",
+                     use="--model DIR --random-weights")
+    old.add_argument("--json", action=DeprecatedAlias, default=None, metavar="FILE",
+                     use="--out DIR (it writes verify.json there)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from faithclip.equivalence import equivalence_tolerance, format_table, verify_equivalence
+    from faithclip.equivalence import (
+        equivalence_tolerance,
+        format_table,
+        verify_equivalence,
+    )
     from faithclip.models.random_init import random_b32
-    from faithclip.verification import default_inputs
-
     from faithclip.progress import stage_logger
+    from faithclip.verification import default_inputs
 
     json_path = check_writable(args.json, "file", "--json") if args.json else None  # before any work
     out = check_writable(args.out, "dir") if args.out else None
     progress = stage_logger("faithclip verify", not args.no_progress)
-    model = place_model(random_b32(args.reference), args) if args.random_b32 else load_model(args.model, args)
+    model = place_model(random_b32(args.model), args) if args.random_weights else load_model(args.model, args)
+    import faithclip.methods  # noqa: F401  (fills the registry: P1 runs every method)
+    from faithclip.registry import METHODS
+
+    # P1 compares scores, not map quality, so RISE runs with few masks here (its explained score does not
+    # depend on the number of masks); --method-option adds to or overrides these
+    given = method_options(args, METHODS.names(), model)
+    p1_options = {name: {**({"masks": 64} if name == "rise" else {}), **given.get(name, {})}
+                  for name in dict.fromkeys(["rise", *given])}
     images, texts = default_inputs(model, args.images, args.text)
     dtypes = (model.dtype, torch.float64) if args.float64 else (model.dtype,)  # --dtype: the model's own
     progress(f"Grad-ECLIP vs Attention-ECLIP on {len(images)} images x {len(texts)} texts, both towers")
@@ -62,10 +89,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_p1:
         from faithclip.audit.principles import check_p1, format_p1
 
-        # P1 compares scores, not map quality, so RISE runs with few masks here (its explained score does
-        # not depend on the number of masks).
         progress("principle P1: every method on one image-text pair (about a minute on a ViT-B)")
-        p1_rows = check_p1(model, images[:1], texts[:1], options={"rise": {"masks": 64}})
+        p1_rows = check_p1(model, images[:1], texts[:1], options=p1_options)
         print("\nPrinciple P1: does each method explain the model's own score on the model's own input?")
         print(format_p1(p1_rows))
         record["p1"] = [row.as_dict() for row in p1_rows]

@@ -4,8 +4,7 @@ from importlib import import_module
 
 from faithclip.registry import METHODS, load_plugins
 
-# Each module registers its method on import. Modules listed here but not present are skipped, so
-# that the registry holds exactly the methods that exist.
+# Each module registers its method on import; all of them ship with faithclip.
 _MODULES = (
     "attention_eclip",
     "grad_eclip",
@@ -22,12 +21,8 @@ _MODULES = (
     "occlusion",
 )
 
-for _name in _MODULES:
-    try:
-        import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _error:
-        if _error.name != f"{__name__}.{_name}":
-            raise
+for _name in _MODULES:  # every one ships: a module that fails to import is a bug, raised, never skipped
+    import_module(f"{__name__}.{_name}")
 
 # Then the methods other packages register through the ``faithclip.methods`` entry points (docs/plugins.md).
 load_plugins()

@@ -432,7 +432,7 @@ def plot(explanations: Sequence[Any] | Any, *, columns: str = "text", scale: str
 
 def comparison_figure(explanations: Sequence[Any], *, scale: str = "shared", clip: float | None = None,
                       view: str = "overlay", max_pixels: int = DRAW_MAX_PIXELS):
-    """The maps of one image (``explain IMAGE --text a --text b --method x,y,z``): a row per method, a column
+    """The maps of one image (``explain IMAGE --text a --text b --methods x,y,z``): a row per method, a column
     per prompt, each method's row on one colour scale by default (``scale="all"``: one for every map)."""
     return plot(list(explanations), columns="text", scale=scale, clip=clip, view=view, max_pixels=max_pixels)
 

@@ -2,7 +2,7 @@
 
 Registered through the ``faithclip.methods`` entry point (``captum_ig = faithclip_captum_example:SPEC``);
 faithclip is not changed to know it. ``tests/unit/test_check.py`` installs it as a distribution in a
-temporary directory and runs ``faithclip check captum_ig`` on it end to end.
+temporary directory and runs ``faithclip check --methods captum_ig`` on it end to end.
 """
 
 from __future__ import annotations
