@@ -217,7 +217,7 @@ def test_cli_explains_itm_end_to_end_and_refuses_a_class_token_method(saved, tin
     image = str(write_image(tmp_path / "scene.png"))
     out = tmp_path / "out"
     code = main(["explain", image, "--model", str(saved), "--text", TEXTS[0], "--target", "itm",
-                 "--method", "grad_cam", "--out", str(out), "--no-progress"])
+                 "--methods", "grad_cam", "--out", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     (path,) = [path for path in out.glob("*.json") if path.name != "explain.json"]  # the pair's record
     record = json.loads(path.read_text())
@@ -228,10 +228,10 @@ def test_cli_explains_itm_end_to_end_and_refuses_a_class_token_method(saved, tin
     assert_rounding_close(record["model_score"], expected, torch.float32, what="the CLI's model score")
     capsys.readouterr()
     code = main(["explain", image, "--model", str(saved), "--text", TEXTS[0], "--target", "itm",
-                 "--method", "grad_eclip", "--out", str(tmp_path / "refused"), "--no-progress"])
+                 "--methods", "grad_eclip", "--out", str(tmp_path / "refused"), "--no-progress"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "grad_eclip cannot explain the itm target" in lines[0]
     code = main(["explain", image, "--model", "shapes-clip", "--text", "a red circle", "--target", "itm",
-                 "--method", "occlusion", "--out", str(tmp_path / "clip"), "--no-progress"])
+                 "--methods", "occlusion", "--out", str(tmp_path / "clip"), "--no-progress"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "a clip model has no 'itm' score" in lines[0]
