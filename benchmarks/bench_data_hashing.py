@@ -69,8 +69,10 @@ def main() -> None:
         print(f"{written} files of {args.size} bytes ({total_mb:.0f} MB) in {args.classes} class directories")
         print(f"listing (imagenet_folder)      {listing:7.2f} s")
         print(f"stat only (old size-only key)  {stat_only:7.2f} s")
-        print(f"fingerprint, cold (no cache)   {cold:7.2f} s   ({total_mb / cold:.0f} MB/s, cache "
-              f"{cache.stat().st_size / 1e6:.1f} MB)")
+        print(
+            f"fingerprint, cold (no cache)   {cold:7.2f} s   ({total_mb / cold:.0f} MB/s, cache "
+            f"{cache.stat().st_size / 1e6:.1f} MB)"
+        )
         print(f"fingerprint, cached            {cached:7.2f} s")
 
 

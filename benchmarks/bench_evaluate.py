@@ -37,8 +37,12 @@ def b16_handle():
     model = transformers.CLIPModel(config).eval()
     model.set_attn_implementation("eager")
     tokenizer = transformers.AutoTokenizer.from_pretrained(REFERENCE)
-    return from_hf(model, tokenizer, preprocess=ImagePreprocess.from_json(REFERENCE / "preprocessor_config.json"),
-                   name="ViT-B/16 (random weights)")
+    return from_hf(
+        model,
+        tokenizer,
+        preprocess=ImagePreprocess.from_json(REFERENCE / "preprocessor_config.json"),
+        name="ViT-B/16 (random weights)",
+    )
 
 
 def main() -> None:
@@ -53,8 +57,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     handle = b16_handle()
     data = shapes_set(image_size=224, count=args.images)
-    config = EvalConfig(model="ViT-B/16 random", data="shapes", methods=args.methods.split(","),
-                        metrics=args.metrics.split(","), batch_size=args.batch_size, examples=0)
+    config = EvalConfig(
+        model="ViT-B/16 random",
+        data="shapes",
+        methods=args.methods.split(","),
+        metrics=args.metrics.split(","),
+        batch_size=args.batch_size,
+        examples=0,
+    )
     evaluator = Evaluator(handle, config)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
@@ -62,10 +72,14 @@ def main() -> None:
         total = time.perf_counter() - started
     times = [record["seconds"] for record in results["per_image"]]  # each record's maps + metrics (its scoring share)
     per_image = sum(times) / args.images
-    print(f"ViT-B/16 (random weights), 224 px, methods {args.methods}, metrics {args.metrics}, "
-          f"batch {args.batch_size}, {args.threads} thread(s), torch {torch.__version__}")
-    print(f"{args.images} images: {sum(times):.1f} s in metrics+maps ({per_image:.2f} s per image), "
-          f"{total:.1f} s in all (with prompt encoding and preprocessing)")
+    print(
+        f"ViT-B/16 (random weights), 224 px, methods {args.methods}, metrics {args.metrics}, "
+        f"batch {args.batch_size}, {args.threads} thread(s), torch {torch.__version__}"
+    )
+    print(
+        f"{args.images} images: {sum(times):.1f} s in metrics+maps ({per_image:.2f} s per image), "
+        f"{total:.1f} s in all (with prompt encoding and preprocessing)"
+    )
     print(f"throughput: {60 / per_image:.1f} images per minute")
 
 

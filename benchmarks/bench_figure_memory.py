@@ -44,10 +44,12 @@ def photo(path: Path, megapixels: float) -> tuple[int, int]:
     that this process's memory stays small)."""
     width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
     height = int(round(width * 3 / 4))
-    code = ("import sys, numpy as np; from PIL import Image; Image.MAX_IMAGE_PIXELS = None; w, h = int(sys.argv[2]), int(sys.argv[3]);"
-            "x = np.linspace(0, 255, w, dtype=np.float32); y = np.linspace(0, 255, h, dtype=np.float32)[:, None];"
-            "rgb = np.empty((h, w, 3), np.uint8); rgb[..., 0] = x; rgb[..., 1] = y; rgb[..., 2] = (x[None, :] * 0.5 + y * 0.5) % 256;"
-            "Image.fromarray(rgb).save(sys.argv[1], quality=90)")
+    code = (
+        "import sys, numpy as np; from PIL import Image; Image.MAX_IMAGE_PIXELS = None; w, h = int(sys.argv[2]), int(sys.argv[3]);"
+        "x = np.linspace(0, 255, w, dtype=np.float32); y = np.linspace(0, 255, h, dtype=np.float32)[:, None];"
+        "rgb = np.empty((h, w, 3), np.uint8); rgb[..., 0] = x; rgb[..., 1] = y; rgb[..., 2] = (x[None, :] * 0.5 + y * 0.5) % 256;"
+        "Image.fromarray(rgb).save(sys.argv[1], quality=90)"
+    )
     subprocess.run([sys.executable, "-c", code, str(path), str(width), str(height)], check=True)
     return width, height
 
@@ -61,17 +63,30 @@ def main() -> int:
         for megapixels in args.sizes:
             source = Path(folder) / f"photo-{megapixels:g}mp.jpg"
             width, height = photo(source, megapixels)
-            done = subprocess.run([sys.executable, "-c", CHILD, str(source), str(Path(folder) / "figure.png")],
-                                  check=True, capture_output=True, text=True,
-                                  env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, str(source), str(Path(folder) / "figure.png")],
+                check=True,
+                capture_output=True,
+                text=True,
+                env={"OMP_NUM_THREADS": "1", **__import__("os").environ},
+            )
             peak = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append({"megapixels": megapixels, "width": width, "height": height,
-                         "explain_peak_mib": peak["explain_kib"] / 1024, "figure_peak_mib": peak["figure_kib"] / 1024})
+            rows.append(
+                {
+                    "megapixels": megapixels,
+                    "width": width,
+                    "height": height,
+                    "explain_peak_mib": peak["explain_kib"] / 1024,
+                    "figure_peak_mib": peak["figure_kib"] / 1024,
+                }
+            )
             source.unlink()
     print(f"{'photo':>20}  {'peak after explain':>18}  {'peak after figure':>17}  {'figure added':>12}")
     for row in rows:
-        print(f"{row['width']:>7}x{row['height']:<6} {row['megapixels']:>4g} MP  {row['explain_peak_mib']:>14.0f} MiB"
-              f"  {row['figure_peak_mib']:>13.0f} MiB  {row['figure_peak_mib'] - row['explain_peak_mib']:>8.0f} MiB")
+        print(
+            f"{row['width']:>7}x{row['height']:<6} {row['megapixels']:>4g} MP  {row['explain_peak_mib']:>14.0f} MiB"
+            f"  {row['figure_peak_mib']:>13.0f} MiB  {row['figure_peak_mib'] - row['explain_peak_mib']:>8.0f} MiB"
+        )
     return 0
 
 

@@ -71,8 +71,12 @@ def paired_ratios(method, baseline, repeats: int) -> tuple[list[float], list[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES + VARIANTS + REFERENCE_NAMES),
-                        help="names, or name:key=value,... for non-default options")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHOD_NAMES + VARIANTS + REFERENCE_NAMES),
+        help="names, or name:key=value,... for non-default options",
+    )
     parser.add_argument("--reference", type=Path, default=B32_DIR, help="directory of the ViT-B/32 config + tokenizer")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -96,9 +100,12 @@ def main() -> None:
     rows = {"forward (no grad)": {"seconds": statistics.median(base_times), "ratio": 1.0}}
     for name in args.methods:
         times, ratios = paired_ratios(lambda entry=name: one_map(entry), plain_forward, args.repeats)
-        rows[name] = {"seconds": statistics.median(times), "ratio": statistics.median(ratios),
-                      "ratio_range": [min(ratios), max(ratios)],
-                      "options": {**METHODS.get(parse(name)[0]).defaults, **parse(name)[1]}}
+        rows[name] = {
+            "seconds": statistics.median(times),
+            "ratio": statistics.median(ratios),
+            "ratio_range": [min(ratios), max(ratios)],
+            "options": {**METHODS.get(parse(name)[0]).defaults, **parse(name)[1]},
+        }
 
     lines = ["| method | options | seconds per map | x plain forward (median, min-max) |", "|---|---|---|---|"]
     for name, row in rows.items():
@@ -107,8 +114,19 @@ def main() -> None:
         lines.append(f"| {parse(name)[0]} | {defaults} | {row['seconds']:.3f} | {row['ratio']:.2f}{spread} |")
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps({"model": handle.name, "threads": 1, "repeats": args.repeats,
-                                         "torch": torch.__version__, "results": rows}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": handle.name,
+                    "threads": 1,
+                    "repeats": args.repeats,
+                    "torch": torch.__version__,
+                    "results": rows,
+                },
+                indent=2,
+                default=str,
+            )
+        )
 
 
 if __name__ == "__main__":

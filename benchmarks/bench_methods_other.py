@@ -79,14 +79,38 @@ def main() -> None:
         runner = getattr(method_spec(name, side), side)
         elapsed = seconds(lambda: runner(context(side), **options), repeats) * scale
         base = image_forward if side == "image" else text_forward
-        results.append({"method": name, "side": side, "options": options, "seconds_per_map": elapsed,
-                        "ratio_to_plain_forward": elapsed / base,
-                        "note": f"timed with {args.rise_masks} masks, scaled x{scale:g} to 4000" if scale != 1 else ""})
-        logger.info("%-13s %-5s %8.2f s/map  %8.1f x plain %s forward  %s", name, side, elapsed, elapsed / base, side,
-                    results[-1]["note"])
+        results.append(
+            {
+                "method": name,
+                "side": side,
+                "options": options,
+                "seconds_per_map": elapsed,
+                "ratio_to_plain_forward": elapsed / base,
+                "note": f"timed with {args.rise_masks} masks, scaled x{scale:g} to 4000" if scale != 1 else "",
+            }
+        )
+        logger.info(
+            "%-13s %-5s %8.2f s/map  %8.1f x plain %s forward  %s",
+            name,
+            side,
+            elapsed,
+            elapsed / base,
+            side,
+            results[-1]["note"],
+        )
     if args.out is not None:
-        args.out.write_text(json.dumps({"model": handle.name, "threads": 1, "image_forward_s": image_forward,
-                                        "text_forward_s": text_forward, "results": results}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "model": handle.name,
+                    "threads": 1,
+                    "image_forward_s": image_forward,
+                    "text_forward_s": text_forward,
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

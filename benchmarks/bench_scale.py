@@ -43,12 +43,37 @@ def save_model(directory: Path) -> Path:
 
 def evaluate(model: Path, out: Path, images: int, *extra: str, processes: int = 1) -> float:
     """Wall-clock seconds of one evaluate command (1 process, or ``processes`` under torchrun)."""
-    command = ["-m", "faithclip", "evaluate", "--model", str(model), "--data", "shapes", "--count", str(images),
-               "--methods", "grad_eclip", "--metrics", "zeroshot,deletion_gradeclip,insertion_gradeclip",
-               "--threads", "1", "--examples", "0", "--no-progress", "--out", str(out), *extra]
+    command = [
+        "-m",
+        "faithclip",
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        "shapes",
+        "--count",
+        str(images),
+        "--methods",
+        "grad_eclip",
+        "--metrics",
+        "zeroshot,deletion_gradeclip,insertion_gradeclip",
+        "--threads",
+        "1",
+        "--examples",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
     if processes > 1:
-        command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node",
-                   str(processes), *command]
+        command = [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--standalone",
+            "--nproc-per-node",
+            str(processes),
+            *command,
+        ]
     else:
         command = [sys.executable, *command]
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
@@ -91,28 +116,43 @@ def main() -> None:
     parser.add_argument("--step-images", type=int, default=16, help="images of the per-step and dtype runs")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    report: dict = {"images": args.images, "load_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    report: dict = {
+        "images": args.images,
+        "load_before": os.getloadavg(),
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     print(f"load average before: {report['load_before']}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch)
         model = save_model(base / "model")
-        rows = []
         one = evaluate(model, base / "p1", args.images)
         two = evaluate(model, base / "p2", args.images, processes=2)
         same = numbers(base / "p1") == numbers(base / "p2")
-        report["processes"] = {"1": {"wall": one, "compute": compute_seconds(base / "p1")},
-                               "2": {"wall": two, "compute": compute_seconds(base / "p2")}, "identical": same}
-        print(f"processes: 1 -> {one:.1f} s, 2 -> {two:.1f} s wall ({one / two:.2f}x; {args.images / one * 60:.1f} "
-              f"and {args.images / two * 60:.1f} images/min); results identical: {same}", flush=True)
+        report["processes"] = {
+            "1": {"wall": one, "compute": compute_seconds(base / "p1")},
+            "2": {"wall": two, "compute": compute_seconds(base / "p2")},
+            "identical": same,
+        }
+        print(
+            f"processes: 1 -> {one:.1f} s, 2 -> {two:.1f} s wall ({one / two:.2f}x; {args.images / one * 60:.1f} "
+            f"and {args.images / two * 60:.1f} images/min); results identical: {same}",
+            flush=True,
+        )
         steps = {}
         count = args.step_images
         for step in (1, 4, 16):
             out = base / f"step{step}"
             wall = evaluate(model, out, count, "--images-per-step", str(step))
-            steps[step] = {"wall": wall, "per_image": compute_seconds(out) / count,
-                           "identical": numbers(out)[0] == numbers(base / "step1")[0]}
-            print(f"images per step {step}: {steps[step]['per_image']:.3f} s/image (records), {wall:.1f} s wall, "
-                  f"identical to 1: {steps[step]['identical']}", flush=True)
+            steps[step] = {
+                "wall": wall,
+                "per_image": compute_seconds(out) / count,
+                "identical": numbers(out)[0] == numbers(base / "step1")[0],
+            }
+            print(
+                f"images per step {step}: {steps[step]['per_image']:.3f} s/image (records), {wall:.1f} s wall, "
+                f"identical to 1: {steps[step]['identical']}",
+                flush=True,
+            )
         report["images_per_step"] = steps
         precision = {}
         for dtype in ("float32", "bfloat16"):

@@ -69,8 +69,13 @@ def measure(name: str, dtype: str, count: int) -> dict[str, float]:
     world = ShapesWorld(image_size=64)
     images = [Image.fromarray(array) for array in world.sample(count, seed=0).images]
     texts = texts_for(handle)
-    worst = {"score vs own": 0.0, "scores, single": 0.0, "maps, single": 0.0,
-             "scores, threads": 0.0, "maps, threads": 0.0}
+    worst = {
+        "score vs own": 0.0,
+        "scores, single": 0.0,
+        "maps, single": 0.0,
+        "scores, threads": 0.0,
+        "maps, threads": 0.0,
+    }
     threads = torch.get_num_threads()
     for method in METHODS:
         batch = run(handle, images, texts, method, per_image=False)
@@ -95,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--dtypes", default=",".join(DTYPES))
     args = parser.parse_args(argv)
-    print(f"# {platform.processor() or platform.machine()} | {cpu_name()} | torch {torch.__version__} | "
-          f"{torch.get_num_threads()} threads | {args.images} images x 2 prompts x {len(METHODS)} methods")
+    print(
+        f"# {platform.processor() or platform.machine()} | {cpu_name()} | torch {torch.__version__} | "
+        f"{torch.get_num_threads()} threads | {args.images} images x 2 prompts x {len(METHODS)} methods"
+    )
     columns = ("score vs own", "scores, single", "maps, single", "scores, threads", "maps, threads")
     print("| model | dtype | " + " | ".join(columns) + " | seconds |")
     print("|---|---|" + "---|" * (len(columns) + 1))
@@ -109,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             for column, value in worst.items():
                 key = ("map" if column.startswith("maps") else "value", dtype)
                 per_kind[key] = max(per_kind.get(key, 0.0), value)
-            print(f"| {name} | {dtype} | " + " | ".join(f"{worst[c]:.1e}" for c in columns) + f" | {seconds:.0f} |",
-                  flush=True)
+            print(
+                f"| {name} | {dtype} | " + " | ".join(f"{worst[c]:.1e}" for c in columns) + f" | {seconds:.0f} |",
+                flush=True,
+            )
     print("\n| kind | dtype | largest relative difference | ROUNDING_RTOL | bound / largest |")
     print("|---|---|---|---|---|")
     for (kind, dtype), value in sorted(per_kind.items()):

@@ -38,8 +38,10 @@ def main() -> None:
             maps = faithclip.explain_text(model, images, prompts, method=method, lambda_span=span)
         zero = np.array([bool((ex.map == 0).all()) for ex in maps]).reshape(scenes, len(prompts))
         named = np.array([[prompt in present[s] for prompt in prompts] for s in range(scenes)])
-        print(f"lambda_span={span:8s} all-zero maps: {zero.sum()} of {zero.size}; "
-              f"for prompts naming an object in the scene: {(zero & named).sum()} of {named.sum()}")
+        print(
+            f"lambda_span={span:8s} all-zero maps: {zero.sum()} of {zero.size}; "
+            f"for prompts naming an object in the scene: {(zero & named).sum()} of {named.sum()}"
+        )
 
 
 if __name__ == "__main__":

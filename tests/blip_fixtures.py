@@ -15,19 +15,72 @@ import torch
 import transformers
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["a", "an", "the", "photo", "of", "in", "on", "dog", "cat", "car", "red", "green", "blue", "yellow",
-         "purple", "cyan", "circle", "square", "triangle", "cross", "ring", "picture", "small", "big", "."]
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "photo",
+    "of",
+    "in",
+    "on",
+    "dog",
+    "cat",
+    "car",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "cyan",
+    "circle",
+    "square",
+    "triangle",
+    "cross",
+    "ring",
+    "picture",
+    "small",
+    "big",
+    ".",
+]
 SIZES = {
-    "full": dict(vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                             patch_size=16, image_size=384),
-                 text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           vocab_size=30524, max_position_embeddings=512),
-                 itc=256),
-    "tiny": dict(vision=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                             patch_size=8, image_size=32),
-                 text=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                           vocab_size=len(SPECIALS) + len(WORDS), max_position_embeddings=40),
-                 itc=16),
+    "full": dict(
+        vision=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            patch_size=16,
+            image_size=384,
+        ),
+        text=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            vocab_size=30524,
+            max_position_embeddings=512,
+        ),
+        itc=256,
+    ),
+    "tiny": dict(
+        vision=dict(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            patch_size=8,
+            image_size=32,
+        ),
+        text=dict(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            vocab_size=len(SPECIALS) + len(WORDS),
+            max_position_embeddings=40,
+        ),
+        itc=16,
+    ),
 }
 
 
@@ -37,12 +90,14 @@ def blip_config(size: str = "tiny", depth: int | None = None, **vision) -> trans
     text = dict(sizes["text"], pad_token_id=0, sep_token_id=SPECIALS.index("[SEP]"), bos_token_id=2)
     if depth is not None:
         text["num_hidden_layers"] = vision["num_hidden_layers"] = depth
-    return transformers.BlipConfig(vision_config={**sizes["vision"], **vision}, text_config=text,
-                                   image_text_hidden_size=sizes["itc"])
+    return transformers.BlipConfig(
+        vision_config={**sizes["vision"], **vision}, text_config=text, image_text_hidden_size=sizes["itc"]
+    )
 
 
-def random_blip(seed: int = 0, dtype: torch.dtype = torch.float32, size: str = "tiny", depth: int | None = None,
-                **vision):
+def random_blip(
+    seed: int = 0, dtype: torch.dtype = torch.float32, size: str = "tiny", depth: int | None = None, **vision
+):
     """A random BLIP retrieval model whose LayerNorms and biases are randomised too (nothing is an identity)."""
     torch.manual_seed(seed)
     model = transformers.BlipForImageTextRetrieval(blip_config(size, depth, **vision))

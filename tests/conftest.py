@@ -50,13 +50,23 @@ def tiny_config(
     """A small CLIP config (vocab 50: start 48, end 49, pad 0)."""
     config = transformers.CLIPConfig(
         text_config=dict(
-            vocab_size=50, hidden_size=width, intermediate_size=2 * width,
-            num_hidden_layers=text_layers or layers, num_attention_heads=text_heads or heads,
-            max_position_embeddings=context, eos_token_id=EOS, bos_token_id=BOS, pad_token_id=PAD,
+            vocab_size=50,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=text_layers or layers,
+            num_attention_heads=text_heads or heads,
+            max_position_embeddings=context,
+            eos_token_id=EOS,
+            bos_token_id=BOS,
+            pad_token_id=PAD,
         ),
         vision_config=dict(
-            hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-            num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            image_size=image_size,
+            patch_size=patch_size,
         ),
         projection_dim=16,
     )
@@ -83,7 +93,7 @@ def token_ids(lengths: list[int], context: int = 16, seed: int = 0) -> torch.Ten
     rows = torch.full((len(lengths), width), PAD, dtype=torch.long)
     for row, length in enumerate(lengths):
         rows[row, 0] = BOS
-        rows[row, 1:1 + length] = torch.randint(1, 40, (length,), generator=generator)
+        rows[row, 1 : 1 + length] = torch.randint(1, 40, (length,), generator=generator)
         rows[row, 1 + length] = EOS
     return rows
 
@@ -112,8 +122,14 @@ def save_reference_checkpoint(directory: Path, layers: int) -> Path:
     config.text_config.num_hidden_layers = layers
     torch.manual_seed(0)
     transformers.CLIPModel(config).save_pretrained(directory)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                 "preprocessor_config.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.json",
+        "merges.txt",
+        "preprocessor_config.json",
+    ):
         shutil.copy(B32_DIR / name, directory / name)
     return directory
 

@@ -17,8 +17,15 @@ import torch
 from faithclip.numerics import relative_difference, rounding_rtol
 
 
-def assert_rounding_close(actual: Any, expected: Any, dtype: torch.dtype | str = torch.float32, *,
-                          kind: str = "value", scale: float | None = None, what: str = "") -> None:
+def assert_rounding_close(
+    actual: Any,
+    expected: Any,
+    dtype: torch.dtype | str = torch.float32,
+    *,
+    kind: str = "value",
+    scale: float | None = None,
+    what: str = "",
+) -> None:
     """Assert ``max|actual - expected| <= rtol[kind][dtype] * max(max|actual|, max|expected|, scale)``.
 
     ``kind="value"`` (scores, embeddings; ``scale`` 1 by default) or ``"map"`` (maps; ``scale`` 0 by
@@ -27,5 +34,7 @@ def assert_rounding_close(actual: Any, expected: Any, dtype: torch.dtype | str =
     scale = (1.0 if kind == "value" else 0.0) if scale is None else scale
     difference = relative_difference(actual, expected, scale)
     bound = rounding_rtol(dtype, kind)
-    assert difference <= bound, (f"{what + ': ' if what else ''}relative difference {difference:.3e} exceeds the "
-                                 f"{str(dtype).replace('torch.', '')} {kind} rounding bound {bound:.0e}")
+    assert difference <= bound, (
+        f"{what + ': ' if what else ''}relative difference {difference:.3e} exceeds the "
+        f"{str(dtype).replace('torch.', '')} {kind} rounding bound {bound:.0e}"
+    )

@@ -72,19 +72,27 @@ def check_arguments(model: Any, image: Any, text: Any, others: Any = ()) -> None
     string, whose letters would be taken as texts) that does not repeat an explained text."""
     if not isinstance(model, ModelHandle):
         if isinstance(model, (str, Path)):
-            raise ModelError(f"model must be a loaded model, not its name: model = faithclip.load({str(model)!r}), "
-                             "then faithclip.explain(model, ...).")
-        raise ModelError(f"model must be a faithclip model (faithclip.load(name) or faithclip.from_hf(model)); "
-                         f"got {type(model).__name__}.")
+            raise ModelError(
+                f"model must be a loaded model, not its name: model = faithclip.load({str(model)!r}), "
+                "then faithclip.explain(model, ...)."
+            )
+        raise ModelError(
+            f"model must be a faithclip model (faithclip.load(name) or faithclip.from_hf(model)); "
+            f"got {type(model).__name__}."
+        )
     if image is None or (isinstance(image, (list, tuple)) and not image):
         raise ImageError("no image given: pass a path, a PIL image, a pixel tensor, or a non-empty list of them.")
     if isinstance(image, torch.Tensor) and image.numel() == 0:
         raise ImageError(f"the pixel tensor is empty (shape {tuple(image.shape)}); pass at least one image.")
     if text is None or (isinstance(text, (list, tuple)) and not text):
-        raise TextError("no text given: pass a text, a list of texts, or model.prompts(texts), e.g. text='a photo of a cat'.")
+        raise TextError(
+            "no text given: pass a text, a list of texts, or model.prompts(texts), e.g. text='a photo of a cat'."
+        )
     if isinstance(others, (str, bytes)):
-        raise MethodError(f"others must be a list of texts, e.g. others=[{others!r}]; got the string {others!r} "
-                          "(its letters would be taken as texts).")
+        raise MethodError(
+            f"others must be a list of texts, e.g. others=[{others!r}]; got the string {others!r} "
+            "(its letters would be taken as texts)."
+        )
     if not all(isinstance(other, str) for other in others):
         raise MethodError("others must be a list of texts (strings).")
     texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else []
@@ -97,9 +105,11 @@ def check_others(texts: Sequence[str], others: Sequence[str]) -> None:
     explained = {" ".join(text.split()) for text in texts if isinstance(text, str)}
     for other in others:
         if isinstance(other, str) and " ".join(other.split()) in explained:
-            raise MethodError(f"the other text {other!r} (--other, others=) is an explained text itself: a "
-                              "probability over a set holding it twice is at most 0.5, a contrast with itself is "
-                              "zero. List only the OTHER prompts of the set.")
+            raise MethodError(
+                f"the other text {other!r} (--other, others=) is an explained text itself: a "
+                "probability over a set holding it twice is at most 0.5, a contrast with itself is "
+                "zero. List only the OTHER prompts of the set."
+            )
 
 
 def family_target(model: ModelHandle, target: str | Target | None, others: Sequence[str] = ()) -> Target:
@@ -134,8 +144,9 @@ def method_for(model: ModelHandle, method: str, side: str) -> MethodSpec:
     """The method ``method`` for ``side`` of ``model``: a one-line error when the model's family has no such
     side, or the method does not support the family or the side."""
     if not model.family.has_side(side):
-        raise MethodError(f"a {model.family.name} model has no {side} side to explain; it has "
-                          f"{', '.join(model.family.towers)}.")
+        raise MethodError(
+            f"a {model.family.name} model has no {side} side to explain; it has {', '.join(model.family.towers)}."
+        )
     return method_spec(method, side, model.family.name)
 
 
@@ -160,9 +171,14 @@ def _run(model, image, text, method, side, target, options) -> Explanation | lis
     ctx = Context(handle=model, side=side, pixels=pixels, text=batch, target=target, originals=originals)
     result = run_method(model, ctx, spec, dict(options))
     own = ctx.model_scores()
-    sources = None if read is None else [
-        {"image": str(item) if isinstance(item, (str, Path)) else None, "exif_orientation": orientation}
-        for item, (_, orientation) in zip(image if isinstance(image, (list, tuple)) else [image], read)]
+    sources = (
+        None
+        if read is None
+        else [
+            {"image": str(item) if isinstance(item, (str, Path)) else None, "exif_orientation": orientation}
+            for item, (_, orientation) in zip(image if isinstance(image, (list, tuple)) else [image], read)
+        ]
+    )
     explanations = wrap(model, ctx, spec, result, own, sources)
     _attach_images(model, explanations, originals, pixels, whole_image=bool(result.options.get("original")))
     return explanations[0] if single else Explanations(explanations)
@@ -186,8 +202,9 @@ def crop_region(model: ModelHandle, width: int, height: int) -> tuple[float, flo
     return (left * scale_x, top * scale_y, right * scale_x, bottom * scale_y)
 
 
-def _attach_images(model: ModelHandle, explanations: list[Explanation], originals: list | None,
-                   pixels: torch.Tensor, whole_image: bool) -> None:
+def _attach_images(
+    model: ModelHandle, explanations: list[Explanation], originals: list | None, pixels: torch.Tensor, whole_image: bool
+) -> None:
     """Give each explanation the image it explains (RGB, as read) and the box of it its map covers:
     the model's crop, or the whole image for methods that ran on the whole image (``original`` option).
     Pixel tensors are shown as the crop they are."""
@@ -203,7 +220,9 @@ def _attach_images(model: ModelHandle, explanations: list[Explanation], original
             explanation.warnings.append(outside[index // per_image])
         width, height = image.size
         explanation.source_image = image
-        explanation.region = (0.0, 0.0, float(width), float(height)) if whole_image else crop_region(model, width, height)
+        explanation.region = (
+            (0.0, 0.0, float(width), float(height)) if whole_image else crop_region(model, width, height)
+        )
 
 
 def _domain_warnings(model: ModelHandle, pixels: torch.Tensor) -> list[str | None]:
@@ -234,17 +253,27 @@ def orientation_note(orientation: dict | None) -> str | None:
     """A warning when the image has an EXIF orientation its model's pipeline does not apply."""
     if orientation is None or orientation["applied"]:
         return None
-    return (f"the image's EXIF orientation tag ({orientation['tag']}) is not applied: this model's pipeline "
-            "reads the pixels as stored, so the map is on the image as stored, not as a viewer displays it")
+    return (
+        f"the image's EXIF orientation tag ({orientation['tag']}) is not applied: this model's pipeline "
+        "reads the pixels as stored, so the map is on the image as stored, not as a viewer displays it"
+    )
 
 
-def wrap(model: ModelHandle, ctx: Context, spec: MethodSpec, result: MapResult, own: torch.Tensor,
-         sources: list[dict] | None = None) -> list[Explanation]:
+def wrap(
+    model: ModelHandle,
+    ctx: Context,
+    spec: MethodSpec,
+    result: MapResult,
+    own: torch.Tensor,
+    sources: list[dict] | None = None,
+) -> list[Explanation]:
     """One ``Explanation`` per (image, text) pair, image-major. ``sources`` (one per image): the file it was
     read from and what was done with its EXIF orientation, for the record."""
     if not bool(torch.isfinite(result.maps).all()):  # never a silent wrong result (a fp16 overflow, a plugin's NaN)
-        raise MethodError(f"{spec.name} produced NaN or infinite map values in {str(model.dtype).replace('torch.', '')}"
-                          + ("; run it in float32 (--dtype float32)." if model.dtype != torch.float32 else "."))
+        raise MethodError(
+            f"{spec.name} produced NaN or infinite map values in {str(model.dtype).replace('torch.', '')}"
+            + ("; run it in float32 (--dtype float32)." if model.dtype != torch.float32 else ".")
+        )
     out = []
     input_size = result.input_size or tuple(ctx.pixels.shape[-2:])
     for b in range(ctx.num_images):
@@ -254,29 +283,33 @@ def wrap(model: ModelHandle, ctx: Context, spec: MethodSpec, result: MapResult, 
             if ctx.text.truncated and ctx.text.truncated[k]:
                 notes.append(f"text truncated to the context of {model.context_length} tokens")
             notes += [note for note in (ctx.text.unknown_note(k), orientation_note(source["exif_orientation"])) if note]
-            out.append(Explanation(
-                map=result.maps[b, k].cpu(),
-                score=float(result.scores[b, k]),
-                model_score=float(own[b, k]),
-                method=spec.name,
-                side=ctx.side,
-                target=ctx.target.name,
-                options=dict(result.options),
-                layers=list(result.layers),
-                model_id=model.name,
-                modifies_model=spec.modifies_model,
-                modifies_input=spec.modifies_input,
-                text=ctx.text.texts[k],
-                image=source["image"],
-                exif_orientation=source["exif_orientation"],
-                tokens=ctx.text.tokens[k],
-                input_size=tuple(int(s) for s in input_size),
-                warnings=notes,
-            ))
+            out.append(
+                Explanation(
+                    map=result.maps[b, k].cpu(),
+                    score=float(result.scores[b, k]),
+                    model_score=float(own[b, k]),
+                    method=spec.name,
+                    side=ctx.side,
+                    target=ctx.target.name,
+                    options=dict(result.options),
+                    layers=list(result.layers),
+                    model_id=model.name,
+                    modifies_model=spec.modifies_model,
+                    modifies_input=spec.modifies_input,
+                    text=ctx.text.texts[k],
+                    image=source["image"],
+                    exif_orientation=source["exif_orientation"],
+                    tokens=ctx.text.tokens[k],
+                    input_size=tuple(int(s) for s in input_size),
+                    warnings=notes,
+                )
+            )
     return out
 
-def grad_eclip_official_explain(handle: ModelHandle, image: Any | Sequence[Any], text: str | Sequence[str], *,
-                                side: str = "image", **options: Any) -> list:
+
+def grad_eclip_official_explain(
+    handle: ModelHandle, image: Any | Sequence[Any], text: str | Sequence[str], *, side: str = "image", **options: Any
+) -> list:
     """Official Grad-ECLIP explanations with the ORIGINAL image(s) used for the keep-size input.
 
     ``image`` is a PIL image or path (or a list); the model's prediction uses its standard preprocessing

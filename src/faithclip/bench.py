@@ -54,8 +54,9 @@ class BenchSetup:
         return self._prompts[k]
 
 
-def setup(architecture: str, ks: tuple[int, ...], reference: str | None = None, device: str = "cpu",
-          dtype: str = "float32") -> BenchSetup:
+def setup(
+    architecture: str, ks: tuple[int, ...], reference: str | None = None, device: str = "cpu", dtype: str = "float32"
+) -> BenchSetup:
     from PIL import Image
 
     from faithclip.models.loading import place
@@ -85,10 +86,11 @@ def items(bench: BenchSetup, ks: tuple[int, ...], rise_masks: int) -> dict[str, 
     work["forward (no grad)"] = forward
     for method in ("attention_eclip", "grad_eclip"):
         for k in ks:
-            work[f"{method} K={k}"] = (lambda m=method, k=k: explain(handle, pixels, bench.prompts(k), m))
+            work[f"{method} K={k}"] = lambda m=method, k=k: explain(handle, pixels, bench.prompts(k), m)
     if "grad_eclip_official" in METHODS:
-        work["grad_eclip_official per pair (500x375 keep-size)"] = (
-            lambda: explain(handle, bench.original, one, "grad_eclip_official"))
+        work["grad_eclip_official per pair (500x375 keep-size)"] = lambda: explain(
+            handle, bench.original, one, "grad_eclip_official"
+        )
     if "game" in METHODS:
         work["game (all layers) K=1"] = lambda: explain(handle, pixels, one, "game")
     if "rise" in METHODS:
@@ -112,7 +114,9 @@ def _deletion_insertion(handle, pixels, bench: BenchSetup):
     return gradeclip_curves(case, "deletion"), gradeclip_curves(case, "insertion")
 
 
-def interleaved_medians(function: Callable[[], object], forward: Callable[[], object], repeats: int) -> tuple[float, float]:
+def interleaved_medians(
+    function: Callable[[], object], forward: Callable[[], object], repeats: int
+) -> tuple[float, float]:
     """Median seconds of ``function`` and of ``forward``, timed alternately so that both see the same load."""
     function()  # warm-up
     forward()
@@ -133,8 +137,15 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def peak_memory(architecture: str, item: str, ks: tuple[int, ...], rise_masks: int, reference: str | None,
-                device: str = "cpu", dtype: str = "float32") -> dict:
+def peak_memory(
+    architecture: str,
+    item: str,
+    ks: tuple[int, ...],
+    rise_masks: int,
+    reference: str | None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
     """Run one item in a fresh interpreter (after one warm-up call, so one-time allocations are excluded);
     returns its resident memory before the item and the peak during it (bytes), from /proc/self/status
     after resetting the peak with /proc/self/clear_refs."""
@@ -165,9 +176,17 @@ def reset_peak() -> int:
     return status_bytes("VmRSS")
 
 
-def run(architectures=("B/16", "B/32"), ks=(1, 10, 100, 1000), repeats: int = 5, rise_masks: int = 400,
-        memory: bool = True, reference: str | None = None, progress: Callable[[str], None] = lambda s: None,
-        device: str = "cpu", dtype: str = "float32") -> list[BenchRow]:
+def run(
+    architectures=("B/16", "B/32"),
+    ks=(1, 10, 100, 1000),
+    repeats: int = 5,
+    rise_masks: int = 400,
+    memory: bool = True,
+    reference: str | None = None,
+    progress: Callable[[str], None] = lambda s: None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> list[BenchRow]:
     """Time every item; peak memory is the process's RSS (host memory: on a GPU it does not see the
     device's memory)."""
     torch.manual_seed(0)
@@ -203,18 +222,23 @@ def format_rows(rows: list[BenchRow]) -> str:
     the JSON only: after the warm-up call the allocator reuses cached memory, so increments of a few MiB
     are dominated by noise.)"""
     memory = any(r.peak_ratio is not None for r in rows)  # --no-memory: no empty column
-    header = (f"{'arch':<5} {'item':<52} {'seconds':>8} {'forward s':>9} {'x forward':>9}"
-              + (f" {'peak RSS (x forward)':>21}" if memory else ""))
+    header = f"{'arch':<5} {'item':<52} {'seconds':>8} {'forward s':>9} {'x forward':>9}" + (
+        f" {'peak RSS (x forward)':>21}" if memory else ""
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         forward = "" if r.forward_seconds is None else f"{r.forward_seconds:.3f}"
         peak = "" if r.peak_ratio is None else f"{r.peak_ratio:.2f}"
-        lines.append(f"{r.architecture:<5} {r.item:<52} {r.seconds:>8.3f} {forward:>9} {r.time_ratio:>9.2f}"
-                     + (f" {peak:>21}" if memory else ""))
+        lines.append(
+            f"{r.architecture:<5} {r.item:<52} {r.seconds:>8.3f} {forward:>9} {r.time_ratio:>9.2f}"
+            + (f" {peak:>21}" if memory else "")
+        )
     lines.append(RATIO_NOTE)
     return "\n".join(lines)
 
 
-RATIO_NOTE = ("x forward = seconds / forward s: the item's median time over that of the plain no-grad forward "
-              "timed in turn with it in the same run; the forward row times the forward against itself, so its "
-              "distance from 1.00 is the timing noise of this machine.")
+RATIO_NOTE = (
+    "x forward = seconds / forward s: the item's median time over that of the plain no-grad forward "
+    "timed in turn with it in the same run; the forward row times the forward against itself, so its "
+    "distance from 1.00 is the timing noise of this machine."
+)

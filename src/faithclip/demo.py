@@ -37,9 +37,19 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {"rise": {"masks": 500}}
 # (this is `DEMO_AUDIT.command()`, documented in docs/audit.md's reduced block); its intervals are wide.
 # Its P2 design is below the smallest one offered a verdict (docs/p2.md): every P2 verdict it prints is
 # "inconclusive", by the rule, and the numbers beside it only show what the test measures.
-DEMO_AUDIT = AuditSettings(scenes=40, map_images=4, deletion_steps=8, ladder=True, correctness=True,
-                           p2_scenes=16, p2_ladders=1, p2_rungs=4, ladder_deletion_steps=8, correctness_alphas=(0.5,),
-                           methods=("attention_eclip", "grad_eclip", "self_attention", "grad_cam"))
+DEMO_AUDIT = AuditSettings(
+    scenes=40,
+    map_images=4,
+    deletion_steps=8,
+    ladder=True,
+    correctness=True,
+    p2_scenes=16,
+    p2_ladders=1,
+    p2_rungs=4,
+    ladder_deletion_steps=8,
+    correctness_alphas=(0.5,),
+    methods=("attention_eclip", "grad_eclip", "self_attention", "grad_cam"),
+)
 
 
 def _image_methods(family: str = "clip") -> list[str]:
@@ -50,8 +60,15 @@ def _image_methods(family: str = "clip") -> list[str]:
     return [spec.name for spec in METHODS if spec.image is not None and spec.supports(family)]
 
 
-def run_demo(out_dir: str | Path, model: Any = None, scenes: int = 8, methods: list[str] | None = None,
-             audit: bool = True, progress: Callable[[str], None] = logger.info, threads: int | None = None) -> dict[str, Any]:
+def run_demo(
+    out_dir: str | Path,
+    model: Any = None,
+    scenes: int = 8,
+    methods: list[str] | None = None,
+    audit: bool = True,
+    progress: Callable[[str], None] = logger.info,
+    threads: int | None = None,
+) -> dict[str, Any]:
     from faithclip.models.loading import load
 
     started = time.perf_counter()
@@ -67,8 +84,15 @@ def run_demo(out_dir: str | Path, model: Any = None, scenes: int = 8, methods: l
         torch.set_num_threads(before)
 
 
-def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: bool,
-         progress: Callable[[str], None], started: float) -> dict[str, Any]:
+def _run(
+    handle: Any,
+    out: Path,
+    scenes: int,
+    methods: list[str] | None,
+    audit: bool,
+    progress: Callable[[str], None],
+    started: float,
+) -> dict[str, Any]:
     from faithclip.api import explain
     from faithclip.equivalence import verify_equivalence
     from faithclip.metrics.case import pixel_map
@@ -83,12 +107,24 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
     items = batch.scenes()
     methods = methods or _image_methods(handle.family.name)
     timings: dict[str, float] = {}
-    results: dict[str, Any] = {"model": handle.name, "version": __version__, "seed": DEMO_SEED, "scenes": [],
-                               "methods": {}, "tolerance_px": tolerance, "options": DEMO_OPTIONS}
+    results: dict[str, Any] = {
+        "model": handle.name,
+        "version": __version__,
+        "seed": DEMO_SEED,
+        "scenes": [],
+        "methods": {},
+        "tolerance_px": tolerance,
+        "options": DEMO_OPTIONS,
+    }
     for name in methods:
         spec = METHODS.get(name)
-        results["methods"][name] = {"modifies_model": spec.modifies_model, "modifies_input": spec.modifies_input,
-                                    "paper": spec.paper, "hits": [], "energy": []}
+        results["methods"][name] = {
+            "modifies_model": spec.modifies_model,
+            "modifies_input": spec.modifies_input,
+            "paper": spec.paper,
+            "hits": [],
+            "energy": [],
+        }
     overlays: dict[tuple[int, str], str] = {}
     for index, scene in enumerate(items):
         mask = torch.from_numpy(np.ascontiguousarray(scene.objects[scene.target].mask))
@@ -102,9 +138,12 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
             entry = results["methods"][name]
             entry["hits"].append(pointing_hit(saliency, mask, tolerance))
             entry["energy"].append(energy_share(saliency, mask))
-            record["scores"][name] = {"score": explanation.score, "model_score": explanation.model_score,
-                                      "same": explanation.model_score is None or same_to_rounding(
-                                          explanation.score, explanation.model_score, handle.dtype)}
+            record["scores"][name] = {
+                "score": explanation.score,
+                "model_score": explanation.model_score,
+                "same": explanation.model_score is None
+                or same_to_rounding(explanation.score, explanation.model_score, handle.dtype),
+            }
             overlays[(index, name)] = _card(scene.image, explanation)
         record["random_map"] = random_map_levels(mask, tolerance)
         results["scenes"].append(record)
@@ -114,8 +153,9 @@ def _run(handle: Any, out: Path, scenes: int, methods: list[str] | None, audit: 
         energies = [e for e in entry["energy"] if e == e]
         entry["energy_share"] = float(np.mean(energies)) if energies else float("nan")
         entry["seconds_per_map"] = timings[name] / len(items)
-    results["random_map"] = {key: float(np.mean([r["random_map"][key] for r in results["scenes"]]))
-                             for key in ("pointing", "energy_share")}
+    results["random_map"] = {
+        key: float(np.mean([r["random_map"][key] for r in results["scenes"]])) for key in ("pointing", "energy_share")
+    }
     images = [s.image for s in items[:4]]
     texts = [_class_text(handle, s) for s in items[:2]]
     rows = verify_equivalence(handle, images, texts, layers=(1, 2), dtypes=(torch.float32, torch.float64))
@@ -137,8 +177,9 @@ def random_map_levels(mask: torch.Tensor, tolerance: float) -> dict[str, float]:
       object pixel, so the expected hit is the share of pixels within ``tolerance`` of the mask;
     - energy share: a constant map puts the object's area share of its mass inside the object."""
     height, width = mask.shape
-    rows, columns = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                                   indexing="ij")
+    rows, columns = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
     pixels = torch.stack([rows.reshape(-1), columns.reshape(-1)], dim=1)  # (H*W, 2)
     objects = torch.nonzero(mask).to(torch.float64)  # (M, 2)
     nearest = torch.cdist(pixels, objects).min(dim=1).values  # (H*W,) distance to the closest object pixel
@@ -168,15 +209,19 @@ def _principles_and_audit(handle: Any, methods: list[str], progress: Callable[[s
     from faithclip.registry import METHODS
 
     if not METHODS.get("grad_eclip_official").supports(handle.family.name):
-        return {"p1": [row.as_dict() for row in p1],
-                "audit_skipped": f"no published Grad-ECLIP pipeline exists for {handle.family.name} models to audit"}
+        return {
+            "p1": [row.as_dict() for row in p1],
+            "audit_skipped": f"no published Grad-ECLIP pipeline exists for {handle.family.name} models to audit",
+        }
     settings = DEMO_AUDIT
     chosen = tuple(m for m in DEMO_AUDIT.methods or () if m in methods)
     if chosen != DEMO_AUDIT.methods:
         settings = replace(DEMO_AUDIT, methods=chosen or tuple(methods[:1]))
     audit = run_audit(handle, settings)
-    audit["reduced"] = ("reduced size, chosen for the demo's time; the documented verdicts come from "
-                        "`faithclip audit --ladder --correctness` (docs/audit.md)")
+    audit["reduced"] = (
+        "reduced size, chosen for the demo's time; the documented verdicts come from "
+        "`faithclip audit --ladder --correctness` (docs/audit.md)"
+    )
     progress("Grad-ECLIP audit and P2 measured")
     return {"p1": [row.as_dict() for row in p1], "audit": audit}
 
@@ -198,59 +243,94 @@ def render_html(results: dict[str, Any], items: list[Any], methods: list[str], o
     from faithclip.report.page import esc, html_page, table
     from faithclip.report.verify_report import declaration, equivalence_table, p1_table
 
-    parts = [f"<p>Model <b>{esc(results['model'])}</b>, faithclip {esc(results['version'])}, {len(items)} fixed "
-             f"scenes (seed {results['seed']}), {results['seconds']:.1f} s. Method options: "
-             f"<code>{esc(json.dumps(results['options']))}</code>.</p>"]
+    parts = [
+        f"<p>Model <b>{esc(results['model'])}</b>, faithclip {esc(results['version'])}, {len(items)} fixed "
+        f"scenes (seed {results['seed']}), {results['seconds']:.1f} s. Method options: "
+        f"<code>{esc(json.dumps(results['options']))}</code>.</p>"
+    ]
     parts.append("<h2>Localisation against exact object masks</h2>")
-    parts.append(f"<p>Pointing game: the share of scenes where the map's peak lies within {results['tolerance_px']} px "
-                 "of the named object (15 px at 224 px, scaled). Energy share: the share of the map's positive mass "
-                 "inside the object. Both: higher is better (↑); time: lower is better (↓).</p>")
+    parts.append(
+        f"<p>Pointing game: the share of scenes where the map's peak lies within {results['tolerance_px']} px "
+        "of the named object (15 px at 224 px, scaled). Energy share: the share of the map's positive mass "
+        "inside the object. Both: higher is better (↑); time: lower is better (↓).</p>"
+    )
     rows = []
-    for name in sorted(methods, key=lambda m: (-results["methods"][m]["pointing"], -results["methods"][m]["energy_share"])):
+    for name in sorted(
+        methods, key=lambda m: (-results["methods"][m]["pointing"], -results["methods"][m]["energy_share"])
+    ):
         entry = results["methods"][name]
-        rows.append([name, f"{entry['pointing']:.2f}", f"{entry['energy_share']:.2f}",
-                     f"{entry['seconds_per_map'] * 1000:.0f}", declaration(entry)])
+        rows.append(
+            [
+                name,
+                f"{entry['pointing']:.2f}",
+                f"{entry['energy_share']:.2f}",
+                f"{entry['seconds_per_map'] * 1000:.0f}",
+                declaration(entry),
+            ]
+        )
     chance = results.get("random_map")
     if chance:
-        rows.append(["random map (expected)", f"{chance['pointing']:.2f}", f"{chance['energy_share']:.2f}", "",
-                     "a map that knows nothing: a uniformly random peak; a constant map"])
+        rows.append(
+            [
+                "random map (expected)",
+                f"{chance['pointing']:.2f}",
+                f"{chance['energy_share']:.2f}",
+                "",
+                "a map that knows nothing: a uniformly random peak; a constant map",
+            ]
+        )
     scenes = len(results["scenes"])
-    parts.append(table(["method", "pointing game ↑", "energy share ↑", "ms per map ↓", "P1 declaration"], rows,
-                       text_columns=(0, 4)))
-    parts.append(f"<p class='meta'>Reading: a method locates the named object only where it beats the random-map "
-                 f"row. Each value is a mean over {scenes} scene(s), so one scene moves the pointing game by "
-                 f"{1 / max(scenes, 1):.2f}; with few scenes, ties and small gaps say nothing. Localisation is not "
-                 "faithfulness: a method that modifies the model (see P1) can point well while explaining a "
-                 "different model.</p>")
+    parts.append(
+        table(
+            ["method", "pointing game ↑", "energy share ↑", "ms per map ↓", "P1 declaration"], rows, text_columns=(0, 4)
+        )
+    )
+    parts.append(
+        f"<p class='meta'>Reading: a method locates the named object only where it beats the random-map "
+        f"row. Each value is a mean over {scenes} scene(s), so one scene moves the pointing game by "
+        f"{1 / max(scenes, 1):.2f}; with few scenes, ties and small gaps say nothing. Localisation is not "
+        "faithfulness: a method that modifies the model (see P1) can point well while explaining a "
+        "different model.</p>"
+    )
     parts.append("<h2>Grad-ECLIP == Attention-ECLIP</h2>" + equivalence_table(results["equivalence"]))
     if "p1" in results:
         parts.append("<h2>Principle P1: is the explained score the model's own?</h2>" + p1_table(results["p1"]))
     if "audit_skipped" in results:
         parts.append(f"<h2>Grad-ECLIP audit</h2><p>Not run: {esc(results['audit_skipped'])}.</p>")
     if "audit" in results:
-        parts.append("<p>Deletion AUC (lower is better) is the area under the model's score as the map's top "
-                     "pixels are removed; the score is a cosine, which falls below zero once the evidence is "
-                     "gone, so an AUC can be negative, and lower still means better.</p>")
+        parts.append(
+            "<p>Deletion AUC (lower is better) is the area under the model's score as the map's top "
+            "pixels are removed; the score is a cosine, which falls below zero once the evidence is "
+            "gone, so an AUC can be negative, and lower still means better.</p>"
+        )
         parts.append(audit_html(results["audit"]))
-    parts.append("<h2>Maps</h2><p>Each method's RAW map over the scene on its own colour scale: non-negative maps "
-                 "run from 0 (transparent) to their largest value, signed maps are centred on 0 (blue below, red "
-                 "above); the strip on the right is the scale, with a black mark at 0, and its ends are written "
-                 "under the card. Methods' units differ, so compare a card's pattern, not its colour, with "
-                 "another method's. Then the score the method explained, and the model's own score where they "
-                 "differ (principle P1). A warning is marked in red.</p>")
+    parts.append(
+        "<h2>Maps</h2><p>Each method's RAW map over the scene on its own colour scale: non-negative maps "
+        "run from 0 (transparent) to their largest value, signed maps are centred on 0 (blue below, red "
+        "above); the strip on the right is the scale, with a black mark at 0, and its ends are written "
+        "under the card. Methods' units differ, so compare a card's pattern, not its colour, with "
+        "another method's. Then the score the method explained, and the model's own score where they "
+        "differ (principle P1). A warning is marked in red.</p>"
+    )
     for index, (scene, record) in enumerate(zip(items, results["scenes"])):
-        cards = [f"<figure class='card'><img alt='scene {index}' src='{_data_uri(_png(scene.image.resize((176, 176), 0)))}'>"
-                 f"<figcaption><b>scene {index + 1}</b><br>objects: {esc(', '.join(record['objects']))}</figcaption></figure>"]
+        cards = [
+            f"<figure class='card'><img alt='scene {index}' src='{_data_uri(_png(scene.image.resize((176, 176), 0)))}'>"
+            f"<figcaption><b>scene {index + 1}</b><br>objects: {esc(', '.join(record['objects']))}</figcaption></figure>"
+        ]
         for name in methods:
             uri, span, notes = overlays[(index, name)]
             score = record["scores"][name]
             gap = not score["same"]  # P1: the documented rounding bound of the model's dtype (docs/testing.md)
             own = f" <span class='bad'>(model {score['model_score']:+.3f})</span>" if gap else ""
             warn = "".join(f"<br><span class='bad'>{esc(n)}</span>" for n in notes)
-            cards.append(f"<figure class='card'><img alt='{esc(name)}' src='{uri}'><figcaption><b>{esc(name)}</b>"
-                         f"<br>{esc(span)}<br>score {score['score']:+.3f}{own}{warn}</figcaption></figure>")
-        parts.append(f"<h3>Scene {index + 1}: explained \"{esc(record['caption'])}\"</h3>"
-                     f"<div class='cards' style='--card:190px'>{''.join(cards)}</div>")
+            cards.append(
+                f"<figure class='card'><img alt='{esc(name)}' src='{uri}'><figcaption><b>{esc(name)}</b>"
+                f"<br>{esc(span)}<br>score {score['score']:+.3f}{own}{warn}</figcaption></figure>"
+            )
+        parts.append(
+            f'<h3>Scene {index + 1}: explained "{esc(record["caption"])}"</h3>'
+            f"<div class='cards' style='--card:190px'>{''.join(cards)}</div>"
+        )
     return html_page("faithclip demo", "".join(parts))
 
 

@@ -44,8 +44,11 @@ def deprecated_names(module: str, renamed: dict[str, tuple[str, Any]]) -> Callab
     def __getattr__(name: str) -> Any:
         if name in renamed:
             new, value = renamed[name]
-            warn_deprecated(f"{module}.{name} is deprecated and will be removed in the next release; use {new} "
-                            "(the same class, named for every model family).", quiet_inside=True)
+            warn_deprecated(
+                f"{module}.{name} is deprecated and will be removed in the next release; use {new} "
+                "(the same class, named for every model family).",
+                quiet_inside=True,
+            )
             return value
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 

@@ -117,11 +117,14 @@ def compare_output(documented: str, fresh: str) -> list[str]:
                 slack = unit / 2  # the printed bounds are rounded
                 inside = (math.isnan(value) and math.isnan(f[1])) or (low - slack <= value <= high + slack)
                 if not inside:
-                    problems.append(f"output line {number} ({label}), figure {index + 1}: documented {value:g} lies "
-                                    f"outside the fresh interval [{low:g}, {high:g}]")
+                    problems.append(
+                        f"output line {number} ({label}), figure {index + 1}: documented {value:g} lies "
+                        f"outside the fresh interval [{low:g}, {high:g}]"
+                    )
             elif not _same(value, f[1], max(d[2], f[2])):
-                problems.append(f"output line {number} ({label}), figure {index + 1}: documented {value:g}, "
-                                f"fresh {f[1]:g}")
+                problems.append(
+                    f"output line {number} ({label}), figure {index + 1}: documented {value:g}, fresh {f[1]:g}"
+                )
     return problems
 
 
@@ -137,7 +140,9 @@ def compare_intervals(documented: str, replicate: str) -> tuple[int, list[str]]:
         doc_iv = [t for t in doc_tokens if t[0] == "interval"]
         new_iv = [t for t in new_tokens if t[0] == "interval"]
         if len(doc_iv) != len(new_iv):
-            problems.append(f"output line {number} differs in form: documented {doc.strip()!r}, replicate {new.strip()!r}")
+            problems.append(
+                f"output line {number} differs in form: documented {doc.strip()!r}, replicate {new.strip()!r}"
+            )
             count += len(doc_iv)
             continue
         label = (doc.split() or ["?"])[0]
@@ -145,8 +150,10 @@ def compare_intervals(documented: str, replicate: str) -> tuple[int, list[str]]:
             count += 1
             slack = max(d[3], f[3]) / 2
             if not (d[1] <= f[2] + slack and f[1] <= d[2] + slack):
-                problems.append(f"output line {number} ({label}), interval {index}: documented [{d[1]:g}, {d[2]:g}] "
-                                f"does not overlap the replicate's [{f[1]:g}, {f[2]:g}]")
+                problems.append(
+                    f"output line {number} ({label}), interval {index}: documented [{d[1]:g}, {d[2]:g}] "
+                    f"does not overlap the replicate's [{f[1]:g}, {f[2]:g}]"
+                )
     return count, problems
 
 
@@ -159,7 +166,7 @@ def block_bounds(text: str, name: str) -> tuple[int, int]:
     """Where the body of results block ``name`` begins and ends (a KeyError when the page has none)."""
     match = re.search(rf"<!-- results:{re.escape(name)}:start(?: [\w-]+)* -->", text)
     end = f"<!-- results:{name}:end -->"
-    if match is None or end not in text[match.end():]:
+    if match is None or end not in text[match.end() :]:
         raise KeyError(f"no <!-- results:{name}:start --> ... {end} block")
     return match.end(), text.index(end, match.end())
 
@@ -171,19 +178,40 @@ def results_blocks(doc: Path, text: str) -> list[Figure]:
         name, flags = match.group(1), frozenset(match.group(2).split())
         unknown = flags - FLAGS
         if unknown:
-            raise ValueError(f"{doc}:{_line_of(text, match.start())}: unknown results flags {sorted(unknown)}; "
-                             f"known: {sorted(FLAGS)}")
+            raise ValueError(
+                f"{doc}:{_line_of(text, match.start())}: unknown results flags {sorted(unknown)}; "
+                f"known: {sorted(FLAGS)}"
+            )
         begin, finish = block_bounds(text, name)
         body = text[begin:finish]
         raw = RAW_COMMAND.match(body)
         if raw is not None:
             start = begin + raw.end()
-            figures.append(Figure(doc, _line_of(text, begin + raw.start(1)), raw.group(1), text[start:finish],
-                                  name, flags, span=(start, finish), raw=True))
+            figures.append(
+                Figure(
+                    doc,
+                    _line_of(text, begin + raw.start(1)),
+                    raw.group(1),
+                    text[start:finish],
+                    name,
+                    flags,
+                    span=(start, finish),
+                    raw=True,
+                )
+            )
             continue
         for fence in FENCE.finditer(body):
-            figures.append(Figure(doc, _line_of(text, begin + fence.start(1)), fence.group(1), fence.group(2), name,
-                                  flags, span=(begin + fence.start(2), begin + fence.end(2))))
+            figures.append(
+                Figure(
+                    doc,
+                    _line_of(text, begin + fence.start(1)),
+                    fence.group(1),
+                    fence.group(2),
+                    name,
+                    flags,
+                    span=(begin + fence.start(2), begin + fence.end(2)),
+                )
+            )
     return figures
 
 
@@ -233,9 +261,18 @@ def claim_figures(doc: Path, text: str, claims: list[Claim]) -> tuple[list[Figur
             problems.append(f"{doc}: the claim of `{claim.command}` is not in the page (pattern {claim.text!r})")
             continue
         documented = " ".join(" ".join(g.split()) for g in match.groups())
-        figures.append(Figure(doc, _line_of(text, match.start(1) if match.groups() else match.start()),
-                              claim.command, documented, "claim", frozenset(claim.flags), output=claim.output,
-                              scale=claim.scale))
+        figures.append(
+            Figure(
+                doc,
+                _line_of(text, match.start(1) if match.groups() else match.start()),
+                claim.command,
+                documented,
+                "claim",
+                frozenset(claim.flags),
+                output=claim.output,
+                scale=claim.scale,
+            )
+        )
     return figures, problems
 
 
@@ -251,8 +288,14 @@ def scale_numbers(text: str, scale: float) -> str:
     """``text`` with every number multiplied by ``scale`` (a power of ten), printed to the same precision."""
     if scale == 1:
         return text
-    text = TOKEN.sub(lambda m: _scaled(m, scale) if m.group(3) else
-                     f"[{scale_numbers(m.group(1), scale)}, {scale_numbers(m.group(2), scale)}]", text)
+    text = TOKEN.sub(
+        lambda m: (
+            _scaled(m, scale)
+            if m.group(3)
+            else f"[{scale_numbers(m.group(1), scale)}, {scale_numbers(m.group(2), scale)}]"
+        ),
+        text,
+    )
     return text
 
 

@@ -119,14 +119,16 @@ class Explanation:
         out = np.full((height, width), np.nan)
         inside = upsample(self.map, (bottom - top, right - left)).numpy()  # (region h, region w)
         y0, x0 = max(top, 0), max(left, 0)
-        out[y0:min(bottom, height), x0:min(right, width)] = inside[y0 - top:min(bottom, height) - top,
-                                                                   x0 - left:min(right, width) - left]
+        out[y0 : min(bottom, height), x0 : min(right, width)] = inside[
+            y0 - top : min(bottom, height) - top, x0 - left : min(right, width) - left
+        ]
         return out
 
     # ---- output ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        record = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
-                  if f.name not in ("map", "source_image")}
+        record = {
+            f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ("map", "source_image")
+        }
         record["map"] = self.map.detach().cpu().double().tolist()
         record["map_shape"] = list(self.map.shape)
         record["p1_gap"] = self.p1_gap
@@ -155,8 +157,9 @@ class Explanation:
 
         return explanation_figure(self, image, **options)
 
-    def save_figure(self, path: str | Path, image: Any = None, format: str | None = None, dpi: int = 300,
-                    **options: Any) -> Path:
+    def save_figure(
+        self, path: str | Path, image: Any = None, format: str | None = None, dpi: int = 300, **options: Any
+    ) -> Path:
         """Write ``figure()`` as PNG (``dpi``), PDF or SVG (``format``; default: the path's suffix, else PNG)."""
         from faithclip.report.figures import FORMATS, figure_bytes
 
@@ -182,9 +185,12 @@ def map_warnings(patch_map: torch.Tensor, side: str) -> list[str]:
         return ["the map holds NaN or infinite values; it cannot be interpreted"]
     if bool((patch_map == 0).all()):
         where = "patch" if side == "image" else "word"
-        return [(f"all-zero map: no {where} has a positive contribution to the score (every term was removed by "
-                 "the ReLU); it shows nothing about where the evidence is")]
+        return [
+            (
+                f"all-zero map: no {where} has a positive contribution to the score (every term was removed by "
+                "the ReLU); it shows nothing about where the evidence is"
+            )
+        ]
     if side == "image" and bool((patch_map == patch_map.flatten()[0]).all()):
         return ["constant map: every patch has the same value, so it ranks nothing"]
     return []
-

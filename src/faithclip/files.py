@@ -92,8 +92,14 @@ def output_kind(path: str | Path) -> str:
         if error.errno == errno.ELOOP:
             raise OutputError(f"cannot write {path}: it is a symlink loop; give a file name.") from error
         raise OutputError(write_failure(path, error)) from error
-    for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "char device"),
-                       (stat.S_ISDIR, "directory"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+    for test, kind in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISCHR, "char device"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
         if test(mode):
             return kind
     return "special file"
@@ -168,8 +174,9 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _sweep_leftovers(target)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp",
-                                                 dir=target.parent)
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent
+        )
     except OSError as error:
         raise OutputError(write_failure(path, error)) from error
     backup = None
@@ -217,7 +224,7 @@ def _sweep_leftovers(target: Path) -> None:
     except OSError:
         return
     for entry in entries:
-        rest = entry.name[len(prefix):]
+        rest = entry.name[len(prefix) :]
         if rest.startswith("old-"):
             pid = rest[4:]
         elif rest.endswith(".tmp") and rest.count(".") >= 2:
@@ -255,8 +262,10 @@ def _open_written_through(path: Path) -> int:
         return os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as error:
         if error.errno == errno.ENXIO:
-            raise OutputError(f"cannot write {path}: it is a FIFO that no process is reading; start the "
-                              "reader first, or give a file name.") from error
+            raise OutputError(
+                f"cannot write {path}: it is a FIFO that no process is reading; start the "
+                "reader first, or give a file name."
+            ) from error
         raise OutputError(write_failure(path, error)) from error
 
 
@@ -308,7 +317,7 @@ def append_durably(path: Path, data: bytes) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(descriptor, view):]
+                view = view[os.write(descriptor, view) :]
             os.fsync(descriptor)
         except OSError:
             with contextlib.suppress(OSError):

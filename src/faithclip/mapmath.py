@@ -14,7 +14,6 @@ import torch.nn.functional as F
 EQUIVALENCE_TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 2e-2, "float16": 4e-3}
 
 
-
 def minmax(values: torch.Tensor, dim: int | tuple[int, ...] | None = None, constant: float = 0.0) -> torch.Tensor:
     """``(x - min) / (max - min)`` over ``dim`` (``None``: the whole tensor), in the values' own dtype.
 
@@ -27,7 +26,9 @@ def minmax(values: torch.Tensor, dim: int | tuple[int, ...] | None = None, const
         low, high = values.amin(dim=dim, keepdim=True), values.amax(dim=dim, keepdim=True)
     span = high - low
     flat = span == 0
-    return torch.where(flat, torch.full_like(values, constant), (values - low) / torch.where(flat, torch.ones_like(span), span))
+    return torch.where(
+        flat, torch.full_like(values, constant), (values - low) / torch.where(flat, torch.ones_like(span), span)
+    )
 
 
 def upsample(patch_map: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
@@ -49,7 +50,9 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     groups = int(group[-1]) + 1
     positions = torch.arange(1, n + 1, dtype=torch.float64, device=flat.device)
     group_sum = torch.zeros(groups, dtype=torch.float64, device=flat.device).index_add_(0, group, positions)
-    group_size = torch.zeros(groups, dtype=torch.float64, device=flat.device).index_add_(0, group, torch.ones_like(positions))
+    group_size = torch.zeros(groups, dtype=torch.float64, device=flat.device).index_add_(
+        0, group, torch.ones_like(positions)
+    )
     ranks = torch.empty(n, dtype=torch.float64, device=flat.device)
     ranks[order] = (group_sum / group_size)[group]
     return ranks

@@ -84,7 +84,9 @@ def resolve_layers(layers: Iterable[int], num_layers: int) -> list[int]:
     for index in layers:
         position = index + num_layers if index < 0 else index
         if not 0 <= position < num_layers:
-            raise ProbeError(f"layer {index} does not exist; this tower has layers 0..{num_layers - 1} (or -1..-{num_layers}).")
+            raise ProbeError(
+                f"layer {index} does not exist; this tower has layers 0..{num_layers - 1} (or -1..-{num_layers})."
+            )
         resolved.append(position)
     return sorted(set(resolved))
 
@@ -213,7 +215,9 @@ class Probe:
         if self.pooling is not None and head == self.grad_from:
             self._handles.append(self.pooling.module.register_forward_pre_hook(self._start_graph))
         if self.pooling is not None and head in self.layers:
-            self._handles.append(self.pooling.attention.register_forward_hook(self._store_pooling(head), with_kwargs=True))
+            self._handles.append(
+                self.pooling.attention.register_forward_hook(self._store_pooling(head), with_kwargs=True)
+            )
 
     @staticmethod
     def _start_graph(module: torch.nn.Module, args: tuple) -> None:
@@ -239,22 +243,26 @@ class Probe:
 
     def _store_fused(self, index: int, names: set[str]):
         """A fused projection's output ``(B, T, 3D)`` is ``[q | k | v]``: store the wanted thirds (views)."""
+
         def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
             width = output.shape[-1] // 3
             for position, name in enumerate(("q", "k", "v")):
                 if name in names:
-                    setattr(self._slot(index), name, output[..., position * width:(position + 1) * width])
+                    setattr(self._slot(index), name, output[..., position * width : (position + 1) * width])
 
         return hook
 
     def _store_pooling(self, index: int):
         """The pooling attention's key input ``x``, output ``y`` and returned head-averaged probabilities."""
+
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             key = args[1] if len(args) > 1 else kwargs.get("key")
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if key is None or weights is None:
-                raise ProbeError(f"{self.tower}: the attention-pooling head was not called as (query, key, value) with "
-                                 "need_weights=True; faithclip cannot read it.")
+                raise ProbeError(
+                    f"{self.tower}: the attention-pooling head was not called as (query, key, value) with "
+                    "need_weights=True; faithclip cannot read it."
+                )
             slot = self._slot(index)
             slot.hidden_in, slot.hidden_out, slot.head_weights = key, output[0], weights
 

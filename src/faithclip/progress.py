@@ -29,8 +29,16 @@ def duration(seconds: float) -> str:
 class Progress:
     """``plan``: how many steps of each kind are to come, e.g. ``{"rise": 50, "attention_eclip": 50}``."""
 
-    def __init__(self, label: str, plan: dict[str, int], *, enabled: bool = True, stream: IO[str] | None = None,
-                 interval: float = 10.0, clock=time.monotonic):
+    def __init__(
+        self,
+        label: str,
+        plan: dict[str, int],
+        *,
+        enabled: bool = True,
+        stream: IO[str] | None = None,
+        interval: float = 10.0,
+        clock=time.monotonic,
+    ):
         self.label, self.enabled, self.interval, self.clock = label, enabled, interval, clock
         self.stream = stream if stream is not None else sys.stderr
         self.remaining = {kind: int(count) for kind, count in plan.items()}

@@ -109,8 +109,14 @@ class MethodSpec:
         _load_families()
         return [name for name in FAMILIES if self.supports(name)]
 
-    def check_options(self, side: str, options: Mapping[str, Any], *, spelled: Callable[[str], str] = lambda key: key,
-                      layers: int | None = None) -> None:
+    def check_options(
+        self,
+        side: str,
+        options: Mapping[str, Any],
+        *,
+        spelled: Callable[[str], str] = lambda key: key,
+        layers: int | None = None,
+    ) -> None:
         """``check_options`` for this method's ``side``: unknown options and bad values refused, in one line."""
         function = getattr(self, side)
         if function is not None:
@@ -120,8 +126,10 @@ class MethodSpec:
         """Raise ``MethodError`` naming the methods that do support ``family`` when this one does not."""
         if not self.supports(family):
             others = [spec.name for spec in METHODS if spec.supports(family)]
-            raise MethodError(f"method {self.name!r} is not available for {family} models (it supports "
-                              f"{', '.join(self.family_names())}); for {family}: {', '.join(others) or 'none'}.")
+            raise MethodError(
+                f"method {self.name!r} is not available for {family} models (it supports "
+                f"{', '.join(self.family_names())}); for {family}: {', '.join(others) or 'none'}."
+            )
 
     def check_target(self, target: Any, side: str, family: str | None = None) -> None:
         """Refuse, in one line, a ``target`` (``faithclip.targets.Target``) this method's formula does not
@@ -130,15 +138,24 @@ class MethodSpec:
         if target.pooled:
             return
         if side != "image":
-            raise MethodError(f"the {target.kind} target is explained on the image side only: BLIP's text encoder "
-                              "cross-attends to the image for it, so the text tower runs once per (image, text) pair, "
-                              "not once per text as the text-side methods read it.")
+            raise MethodError(
+                f"the {target.kind} target is explained on the image side only: BLIP's text encoder "
+                "cross-attends to the image for it, so the text tower runs once per (image, text) pair, "
+                "not once per text as the text-side methods read it."
+            )
         if self.assumes_pooled_score is not None:
-            able = [spec.name for spec in METHODS if spec.assumes_pooled_score is None and spec.image is not None
-                    and (family is None or spec.supports(family))]
-            raise MethodError(f"{self.name} cannot explain the {target.kind} target: {self.assumes_pooled_score}; "
-                              f"BLIP's ITM head cross-attends to every image token. Methods that explain "
-                              f"{target.kind}: {', '.join(able) or 'none'}.")
+            able = [
+                spec.name
+                for spec in METHODS
+                if spec.assumes_pooled_score is None
+                and spec.image is not None
+                and (family is None or spec.supports(family))
+            ]
+            raise MethodError(
+                f"{self.name} cannot explain the {target.kind} target: {self.assumes_pooled_score}; "
+                f"BLIP's ITM head cross-attends to every image token. Methods that explain "
+                f"{target.kind}: {', '.join(able) or 'none'}."
+            )
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -171,14 +188,21 @@ def load_plugins() -> list[str]:
             loaded = entry.load()
             if callable(loaded) and not isinstance(loaded, MethodSpec):
                 loaded = loaded()
-            specs = [loaded] if isinstance(loaded, MethodSpec) else list(loaded or []) if isinstance(loaded, (list, tuple)) else []
+            specs = (
+                [loaded]
+                if isinstance(loaded, MethodSpec)
+                else list(loaded or [])
+                if isinstance(loaded, (list, tuple))
+                else []
+            )
             for spec in specs:
                 if not isinstance(spec, MethodSpec):
                     raise TypeError(f"it gave {type(spec).__name__}, not a faithclip.registry.MethodSpec")
                 register_method(spec)
         except Exception as error:  # noqa: BLE001 -- reported, not swallowed: the plugin is named and skipped
-            warnings.warn(f"faithclip plugin {key!r} (entry-point group {PLUGIN_GROUP}) was not loaded: {error}",
-                          stacklevel=2)
+            warnings.warn(
+                f"faithclip plugin {key!r} (entry-point group {PLUGIN_GROUP}) was not loaded: {error}", stacklevel=2
+            )
             continue
         new = sorted(set(METHODS.names()) - before)
         PLUGIN_METHODS.update((name, key) for name in new)
@@ -192,8 +216,10 @@ def load_plugins() -> list[str]:
 # its range is stated once, here. (The type comes from the function's own annotation.)
 _COUNT = ("a whole number of at least 1", lambda value: value >= 1)
 OPTION_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    **dict.fromkeys(("layers", "masks", "cells", "steps", "samples", "batch_size", "window", "stride", "every",
-                     "klen", "step"), _COUNT),
+    **dict.fromkeys(
+        ("layers", "masks", "cells", "steps", "samples", "batch_size", "window", "stride", "every", "klen", "step"),
+        _COUNT,
+    ),
     "tolerance": ("a distance in pixels of at least 0", lambda value: value >= 0),
     "sigma": ("a positive number", lambda value: value > 0),
     "variance": ("a positive number", lambda value: value > 0),
@@ -215,21 +241,26 @@ OPTION_CHOICES: dict[str, tuple[str, ...]] = {
 # options whose values bound each other, by option names: (names, the rule in words, the test on their values);
 # a name the caller did not give takes the function's default
 OPTION_RELATIONS: list[tuple[tuple[str, ...], str, Callable[..., bool]]] = [
-    (("steps", "every"), "every must be at most steps (a curve scored every `every` of `steps` steps)",
-     lambda steps, every: every <= steps),
+    (
+        ("steps", "every"),
+        "every must be at most steps (a curve scored every `every` of `steps` steps)",
+        lambda steps, every: every <= steps,
+    ),
 ]
 # One meaning per layer option name: ``layers`` is a COUNT of last layers (grad_eclip, attention_eclip,
 # grad_eclip_official, clip_surgery); ``layer`` the INDEX of the one layer a method reads (grad_cam,
 # self_attention, m2ib); ``start_layer`` the INDEX of the first layer of a range that runs to the last (rollout,
 # game, legrad). Indices are checked against the model's layer count when it is known.
 LAYER_INDEX_OPTIONS = ("layer", "start_layer")
-LAYER_OPTION_MEANINGS = {"layers": "a count of last layers", "layer": "the index of one layer",
-                         "start_layer": "the index of the first of the layers up to the last"}
+LAYER_OPTION_MEANINGS = {
+    "layers": "a count of last layers",
+    "layer": "the index of one layer",
+    "start_layer": "the index of the first of the layers up to the last",
+}
 # parameters a caller passes, not the user (the official pipeline's original image)
 INTERNAL_PARAMETERS = frozenset({"original"})
 
-_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a word",
-               "None": "null"}
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a word", "None": "null"}
 
 
 def option_parameters(*functions: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
@@ -244,9 +275,15 @@ def option_parameters(*functions: Callable[..., Any]) -> dict[str, inspect.Param
     return found
 
 
-def check_options(owner: str, functions: Sequence[Callable[..., Any]], options: Mapping[str, Any], *,
-                  spelled: Callable[[str], str] = lambda key: key, layers: int | None = None,
-                  error: type[Exception] = MethodError) -> None:
+def check_options(
+    owner: str,
+    functions: Sequence[Callable[..., Any]],
+    options: Mapping[str, Any],
+    *,
+    spelled: Callable[[str], str] = lambda key: key,
+    layers: int | None = None,
+    error: type[Exception] = MethodError,
+) -> None:
     """Refuse, before any work, an option ``owner`` (a method or metric) does not take, naming the ones it
     does, and a value of the wrong type (from the function's annotation), not finite, or out of its range
     (``OPTION_RANGES``; ``layers`` and layer indices against the ``layers`` of the model's tower when
@@ -257,9 +294,10 @@ def check_options(owner: str, functions: Sequence[Callable[..., Any]], options: 
     for key, value in options.items():
         if key not in parameters:
             names = ", ".join(parameters) if parameters else None
-            raise error(f"{spelled(key)} is not an option of {owner}; "
-                        + (f"its options are {names}{_layer_hint(key, parameters)}." if names
-                           else f"{owner} takes no options."))
+            raise error(
+                f"{spelled(key)} is not an option of {owner}; "
+                + (f"its options are {names}{_layer_hint(key, parameters)}." if names else f"{owner} takes no options.")
+            )
         problem = value_problem(parameters[key], value, layers)
         if problem:
             given = spelled(key) + (" " if spelled(key).startswith("--") else "=") + _shown(value)

@@ -53,8 +53,13 @@ def class_scores(handle: Any, images: np.ndarray, names: list[str], batch_size: 
 
     pixels = torch.stack([handle.preprocess.normalize(image) for image in images])  # (N, 3, S, S)
     target = family_target(handle, None)
-    ctx = Context(handle=handle, side="image", pixels=pixels[:1].to(handle.device, handle.dtype),
-                  text=handle.tokens(names), target=target)
+    ctx = Context(
+        handle=handle,
+        side="image",
+        pixels=pixels[:1].to(handle.device, handle.dtype),
+        text=handle.tokens(names),
+        target=target,
+    )
     return ctx.score_images(pixels, batch_size=batch_size).float().cpu()
 
 
@@ -64,8 +69,9 @@ def rate(values: list[float] | np.ndarray) -> dict[str, float]:
     return mean_interval(np.asarray(values, dtype=np.float64), Bootstrap())
 
 
-def stand_in_figures(handle: Any, scenes: int = 1000, pointing_scenes: int = 300, seed: int = HELD_OUT_SEED,
-                     layers: int = 1) -> dict:
+def stand_in_figures(
+    handle: Any, scenes: int = 1000, pointing_scenes: int = 300, seed: int = HELD_OUT_SEED, layers: int = 1
+) -> dict:
     """Accuracy, multi-object accuracy and pointing game of ``handle`` on held-out shapes scenes;
     Attention-ECLIP over the last ``layers`` layers (1: the published default)."""
     from faithclip.api import explain
@@ -92,15 +98,24 @@ def stand_in_figures(handle: Any, scenes: int = 1000, pointing_scenes: int = 300
         text = names[int(multi.target_labels[index])]
         for method in METHODS:
             options = {"layers": layers} if method == "attention_eclip" else {}
-            explanation = explain(handle, torch.as_tensor(handle.preprocess.normalize(scene.image)), text,
-                                            method, **options)
+            explanation = explain(
+                handle, torch.as_tensor(handle.preprocess.normalize(scene.image)), text, method, **options
+            )
             hits[method].append(pointing_hit(pixel_map(explanation.map, (size, size)), mask, tolerance))
-        hits["random"].append(pointing_hit(torch.rand(size, size, generator=generator, dtype=torch.float64), mask, tolerance))
+        hits["random"].append(
+            pointing_hit(torch.rand(size, size, generator=generator, dtype=torch.float64), mask, tolerance)
+        )
     return {
-        "model": handle.name, "family": handle.family.name, "target": handle.family.default_target_kind,
-        "held_out_seed": seed, "scenes": scenes, "pointing_scenes": pointing_scenes, "tolerance_px": tolerance,
+        "model": handle.name,
+        "family": handle.family.name,
+        "target": handle.family.default_target_kind,
+        "held_out_seed": seed,
+        "scenes": scenes,
+        "pointing_scenes": pointing_scenes,
+        "tolerance_px": tolerance,
         "attention_eclip_layers": layers,
-        "accuracy": accuracy, "multi_object_accuracy": rate(present),
+        "accuracy": accuracy,
+        "multi_object_accuracy": rate(present),
         "pointing": {name: rate(values) for name, values in hits.items()},
     }
 
@@ -109,15 +124,19 @@ def format_figures(figures: dict) -> str:
     def cell(entry: dict) -> str:
         return f"{100 * entry['value']:.1f} % [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}]"
 
-    lines = [f"{figures['model']} ({figures['family']}, score: {figures['target']}); held-out seed "
-             f"{figures['held_out_seed']}, 95 % bootstrap intervals",
-             f"  top-1 accuracy, {figures['scenes']} single-object scenes: {cell(figures['accuracy'])}",
-             f"  top-1 is a present object, {figures['pointing_scenes']} scenes of 2-4 objects: "
-             f"{cell(figures['multi_object_accuracy'])}",
-             f"  pointing game (peak within {figures['tolerance_px']} px of the named object), same scenes:"]
+    lines = [
+        f"{figures['model']} ({figures['family']}, score: {figures['target']}); held-out seed "
+        f"{figures['held_out_seed']}, 95 % bootstrap intervals",
+        f"  top-1 accuracy, {figures['scenes']} single-object scenes: {cell(figures['accuracy'])}",
+        f"  top-1 is a present object, {figures['pointing_scenes']} scenes of 2-4 objects: "
+        f"{cell(figures['multi_object_accuracy'])}",
+        f"  pointing game (peak within {figures['tolerance_px']} px of the named object), same scenes:",
+    ]
     layers = figures.get("attention_eclip_layers", 1)
-    lines += [f"    {name + (f' ({layers} layers)' if name == 'attention_eclip' and layers > 1 else ''):<28} {cell(entry)}"
-              for name, entry in figures["pointing"].items()]
+    lines += [
+        f"    {name + (f' ({layers} layers)' if name == 'attention_eclip' and layers > 1 else ''):<28} {cell(entry)}"
+        for name, entry in figures["pointing"].items()
+    ]
     return "\n".join(lines)
 
 
@@ -131,14 +150,20 @@ def positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m faithclip.stand_ins", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="shapes-clip", help="a shipped name or a directory (default: shapes-clip)")
-    parser.add_argument("--scenes", type=positive_int, default=1000, help="single-object scenes for accuracy (default: 1000)")
+    parser.add_argument(
+        "--scenes", type=positive_int, default=1000, help="single-object scenes for accuracy (default: 1000)"
+    )
     parser.add_argument("--pointing-scenes", type=positive_int, default=300, help="multi-object scenes (default: 300)")
-    parser.add_argument("--layers", type=positive_int, default=1,
-                        help="Attention-ECLIP over the last N layers (default: 1, the published definition)")
+    parser.add_argument(
+        "--layers",
+        type=positive_int,
+        default=1,
+        help="Attention-ECLIP over the last N layers (default: 1, the published definition)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    from faithclip.models.loading import load
     from faithclip.errors import FaithclipError
+    from faithclip.models.loading import load
 
     torch.set_num_threads(1)
     try:

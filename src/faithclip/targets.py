@@ -59,11 +59,15 @@ class Target:
         if self.kind not in TARGET_KINDS:
             raise MethodError(f"unknown target {self.kind!r}; choose from {', '.join(TARGET_KINDS)}.")
         if self.kind in NO_OTHER_TEXTS and self.extra_texts:
-            raise MethodError(f"the {self.kind} target uses no other texts, but {len(self.extra_texts)} were given; "
-                              "drop them, or choose the contrast or probability target.")
+            raise MethodError(
+                f"the {self.kind} target uses no other texts, but {len(self.extra_texts)} were given; "
+                "drop them, or choose the contrast or probability target."
+            )
         if self.kind == "contrast" and len(self.extra_texts) != 1:
-            raise MethodError(f"the contrast target needs exactly one other text to contrast with, got "
-                              f"{len(self.extra_texts)} (e.g. others=['a dog']).")
+            raise MethodError(
+                f"the contrast target needs exactly one other text to contrast with, got "
+                f"{len(self.extra_texts)} (e.g. others=['a dog'])."
+            )
         # probability without other prompts: a per-pair score for a family whose probability is a sigmoid
         # (SigLIP); a family whose probability is a softmax over a prompt set refuses it (Family.check_target)
 
@@ -87,8 +91,10 @@ class Target:
     ) -> torch.Tensor:
         """Scores ``(B, K)``; ``extra_embeds`` ``(M, D)`` are the embeddings of ``extra_texts``."""
         if not self.pooled:
-            raise MethodError(f"the {self.kind} target is BLIP's image-text matching score; only a BLIP model "
-                              "computes it (Family.score), not a pair of embeddings.")
+            raise MethodError(
+                f"the {self.kind} target is BLIP's image-text matching score; only a BLIP model "
+                "computes it (Family.score), not a pair of embeddings."
+            )
         cosine = cosine_matrix(image_embeds, text_embeds)  # (B, K)
         if self.kind == "cosine":
             return cosine

@@ -25,14 +25,22 @@ WIDTH = 1400
 @pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM and DRIVER):
-        pytest.skip("Chromium is absent: install Debian's chromium and chromium-driver (as .ci/run does) "
-                    "to check the reports in a browser")
+        pytest.skip(
+            "Chromium is absent: install Debian's chromium and chromium-driver (as .ci/run does) "
+            "to check the reports in a browser"
+        )
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     f"--window-size={WIDTH},1000", "--hide-scrollbars"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={WIDTH},1000",
+        "--hide-scrollbars",
+    ):
         options.add_argument(argument)
     options.binary_location = CHROMIUM
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
@@ -52,14 +60,56 @@ def reports(tmp_path_factory) -> dict[str, Path]:
     scene.image.resize((120, 90)).save(photo)  # non-square: the crop is outlined
     commands = {
         "demo": ["demo", "--scenes", "2", "--no-audit"],
-        "evaluate": ["evaluate", "--data", "shapes", "--count", "3", "--methods", "attention_eclip,grad_eclip,rise",
-                     "--method-option", "rise.masks=100", "--metrics", "all", "--no-progress"],
+        "evaluate": [
+            "evaluate",
+            "--data",
+            "shapes",
+            "--count",
+            "3",
+            "--methods",
+            "attention_eclip,grad_eclip,rise",
+            "--method-option",
+            "rise.masks=100",
+            "--metrics",
+            "all",
+            "--no-progress",
+        ],
         "verify": ["verify", "--no-progress"],
-        "explain": ["explain", str(photo), "--text", scene.caption, "--text", "a blue square", "--text", "a zebra",
-                    "--methods", "attention_eclip,grad_cam", "--no-progress"],
-        "audit": ["audit", "--scenes", "8", "--map-images", "1", "--ladder", "--correctness", "--p2-scenes", "6",
-                  "--p2-ladders", "1", "--p2-rungs", "3", "--correctness-alphas", "0.5", "--resamples", "200",
-                  "--methods", "attention_eclip", "rollout"],
+        "explain": [
+            "explain",
+            str(photo),
+            "--text",
+            scene.caption,
+            "--text",
+            "a blue square",
+            "--text",
+            "a zebra",
+            "--methods",
+            "attention_eclip,grad_cam",
+            "--no-progress",
+        ],
+        "audit": [
+            "audit",
+            "--scenes",
+            "8",
+            "--map-images",
+            "1",
+            "--ladder",
+            "--correctness",
+            "--p2-scenes",
+            "6",
+            "--p2-ladders",
+            "1",
+            "--p2-rungs",
+            "3",
+            "--correctness-alphas",
+            "0.5",
+            "--resamples",
+            "200",
+            "--methods",
+            "attention_eclip",
+            "rollout",
+        ],
     }
     pages = {}
     for name, arguments in commands.items():
@@ -112,7 +162,8 @@ def test_compared_panels_share_one_scale(browser, reports):
     method's maps (from the JSON records), and the scale starts at 0 for these non-negative maps."""
     browser.get(reports["explain"].as_uri())
     scales = browser.execute_script(
-        "return Array.from(document.querySelectorAll('img[data-colour-scales]')).map(i => i.dataset.colourScales);")
+        "return Array.from(document.querySelectorAll('img[data-colour-scales]')).map(i => i.dataset.colourScales);"
+    )
     assert len(scales) == 1  # one image: one grid
     panels = json.loads(scales[0])
     assert len(panels) == 6
@@ -121,7 +172,12 @@ def test_compared_panels_share_one_scale(browser, reports):
     for method in ("attention_eclip", "grad_cam"):
         mine = [p for p in panels if p["method"] == method]
         assert len(mine) == 3 and len({(p["low"], p["high"]) for p in mine}) == 1, mine
-        values = [v for e in record["explanations"] if e["method"] == method
-                  for row in json.loads((out / e["json"]).read_text())["map"] for v in row]
+        values = [
+            v
+            for e in record["explanations"]
+            if e["method"] == method
+            for row in json.loads((out / e["json"]).read_text())["map"]
+            for v in row
+        ]
         assert mine[0]["high"] == max(abs(v) for v in values)  # the same floats, written and read back
         assert mine[0]["low"] == (0.0 if min(values) >= 0 else -mine[0]["high"])

@@ -108,8 +108,14 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.dot(a, b) / (a.norm() * b.norm())
 
 
-def legrad_literal(model, text_embedding: torch.Tensor, block_outputs: list[torch.Tensor],
-                   attentions: list[torch.Tensor], start_layer: int, pooling: str = "mean") -> torch.Tensor:
+def legrad_literal(
+    model,
+    text_embedding: torch.Tensor,
+    block_outputs: list[torch.Tensor],
+    attentions: list[torch.Tensor],
+    start_layer: int,
+    pooling: str = "mean",
+) -> torch.Tensor:
     """One image and one text. ``block_outputs`` ``(1, T, D)`` and ``attentions`` ``(1, H, T, T)`` of EVERY
     layer, forward order, in the graph -> the min-max normalised ``(T - 1,)`` patch map."""
     depth = len(block_outputs)

@@ -23,18 +23,21 @@ table resized bicubically to its grid.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
 from reference.primitives import gelu, layer_norm, linear
 
 
-
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float, key_mask: torch.Tensor | None,
-           leaf: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    scale: float,
+    key_mask: torch.Tensor | None,
+    leaf: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v ``(T, D)`` of one input -> output ``(T, D)`` and the probabilities ``(1, heads, T, T)``, head by
     head; with ``leaf`` the probabilities are a leaf tensor the output is computed from (dS/dA by autograd)."""
     tokens, width = q.shape
@@ -52,7 +55,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale:
         free = attention.detach().requires_grad_(True)
         attention = free + (attention - attention.detach())
         attention.leaf = free
-    out = torch.cat([attention[0, h] @ v[:, h * d:(h + 1) * d] for h in range(heads)], dim=-1)  # (T, D)
+    out = torch.cat([attention[0, h] @ v[:, h * d : (h + 1) * d] for h in range(heads)], dim=-1)  # (T, D)
     return out, attention
 
 
@@ -84,7 +87,7 @@ def vision_forward(model, pixels: torch.Tensor, one_head_last: bool = False):
         x = batched[0]
         inside = {"hidden_in": batched}
         qkv = linear(layer_norm(x, block.layer_norm1), block.self_attn.qkv)  # (T, 3D)
-        q, k, v = qkv[:, :width], qkv[:, width:2 * width], qkv[:, 2 * width:]
+        q, k, v = qkv[:, :width], qkv[:, width : 2 * width], qkv[:, 2 * width :]
         used = 1 if one_head_last and index == len(blocks) - 1 else heads
         out, attention = attend(q, k, v, used, (width // heads) ** -0.5, None, leaf=True)
         inside.update(q=q, k=k, v=v, attn=attention, attn_out=out)
@@ -100,16 +103,22 @@ def text_forward(model, ids: torch.Tensor, mask: torch.Tensor):
     config = model.config.text_config
     heads, width = config.num_attention_heads, config.hidden_size
     embeddings = model.text_encoder.embeddings
-    x = embeddings.word_embeddings.weight[ids] + embeddings.position_embeddings.weight[:ids.shape[0]]
+    x = embeddings.word_embeddings.weight[ids] + embeddings.position_embeddings.weight[: ids.shape[0]]
     x = layer_norm(x, embeddings.LayerNorm)
     internals = []
     for block in model.text_encoder.encoder.layer:
         attention_module = block.attention.self
-        q, k, v = (linear(x, attention_module.query), linear(x, attention_module.key), linear(x, attention_module.value))
+        q, k, v = (
+            linear(x, attention_module.query),
+            linear(x, attention_module.key),
+            linear(x, attention_module.value),
+        )
         out, attention = attend(q, k, v, heads, (width // heads) ** -0.5, mask.bool(), leaf=True)
         internals.append({"hidden_in": x, "q": q, "k": k, "v": v, "attn": attention, "attn_out": out})
         x = layer_norm(x + linear(out, block.attention.output.dense), block.attention.output.LayerNorm)
-        x = layer_norm(x + linear(gelu(linear(x, block.intermediate.dense)), block.output.dense), block.output.LayerNorm)
+        x = layer_norm(
+            x + linear(gelu(linear(x, block.intermediate.dense)), block.output.dense), block.output.LayerNorm
+        )
     return linear(x[0], model.text_proj), internals
 
 
@@ -144,7 +153,7 @@ def eclip_image_map(model, pixels, text_feature, method, layers=1, relu="per_lay
     feature, internals = vision_forward(model, pixels)
     score = cosine(feature, text_feature)
     terms = []
-    for inside in internals[len(internals) - layers:]:
+    for inside in internals[len(internals) - layers :]:
         patches = list(range(1, inside["k"].shape[0]))
         lam = minmax_over(query_cosines(inside["q"], inside["k"], 0), patches)
         terms.append((lam * unweighted_term(method, score, inside, 0))[1:])
@@ -160,7 +169,7 @@ def eclip_text_map(model, ids, mask, sep, image_feature, method, layers=1, span=
     if span == "context":
         length = max(padded_length, ids.shape[0])
         padded, padded_mask = torch.zeros(length, dtype=ids.dtype), torch.zeros(length, dtype=mask.dtype)
-        padded[:ids.shape[0]], padded_mask[:ids.shape[0]] = ids, mask
+        padded[: ids.shape[0]], padded_mask[: ids.shape[0]] = ids, mask
         seen = text_forward(model, padded, padded_mask)[1]
     else:
         seen = internals
@@ -169,7 +178,7 @@ def eclip_text_map(model, ids, mask, sep, image_feature, method, layers=1, span=
     for offset in range(len(internals) - layers, len(internals)):
         q, k = seen[offset]["q"], seen[offset]["k"]
         normalised_over = list(range(k.shape[0])) if span == "context" else words
-        lam = minmax_over(query_cosines(q, k, 0), normalised_over)[:ids.shape[0]]
+        lam = minmax_over(query_cosines(q, k, 0), normalised_over)[: ids.shape[0]]
         total = total + lam * unweighted_term(method, score, internals[offset], 0)
     out = torch.zeros_like(total)
     for j in words:

@@ -60,7 +60,9 @@ def vision_forward(model, pixels):
     for layer in vm.encoder.layers:
         x, inside = _block(layer, x, cfg.num_attention_heads, cfg.hidden_act)
         internals.append(inside)
-    pooled = F.layer_norm(x[:, 0], (x.shape[-1],), vm.post_layernorm.weight, vm.post_layernorm.bias, vm.post_layernorm.eps)
+    pooled = F.layer_norm(
+        x[:, 0], (x.shape[-1],), vm.post_layernorm.weight, vm.post_layernorm.bias, vm.post_layernorm.eps
+    )
     return pooled @ model.visual_projection.weight.T, internals
 
 

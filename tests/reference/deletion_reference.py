@@ -41,8 +41,9 @@ def pixels_per_step(height: int, width: int) -> int:
     return max(1, int(height * width * 0.5 / 100))
 
 
-def gradeclip_deletion_images(image: np.ndarray, heatmap: np.ndarray, steps: int, every: int,
-                              generator: torch.Generator) -> list[np.ndarray]:
+def gradeclip_deletion_images(
+    image: np.ndarray, heatmap: np.ndarray, steps: int, every: int, generator: torch.Generator
+) -> list[np.ndarray]:
     """Deleted copies of ``image (H, W, 3)`` uint8 after steps every, 2 every, ..., steps."""
     if heatmap.shape != image.shape[:2]:
         raise ValueError("this oracle takes a map at the image's resolution")
@@ -52,7 +53,7 @@ def gradeclip_deletion_images(image: np.ndarray, heatmap: np.ndarray, steps: int
     recorded = []
     for step in range(1, steps + 1):
         colours = (torch.rand(n, 3, generator=generator) * 255.0).numpy().astype(np.uint8)  # (n, 3), floor
-        for index, (row, col) in enumerate(ranks[(step - 1) * n:step * n]):
+        for index, (row, col) in enumerate(ranks[(step - 1) * n : step * n]):
             current[row, col] = colours[index]
         if step % every == 0:
             recorded.append(current.copy())
@@ -68,7 +69,7 @@ def gradeclip_insertion_images(image: np.ndarray, heatmap: np.ndarray, steps: in
     current = np.zeros_like(image)
     recorded = []
     for step in range(1, steps + 1):
-        for row, col in ranks[(step - 1) * n:step * n]:
+        for row, col in ranks[(step - 1) * n : step * n]:
             current[row, col] = image[row, col]
         if step % every == 0:
             recorded.append(current.copy())
@@ -94,9 +95,15 @@ def equal_spacing_auc(values: np.ndarray) -> float:
     return float(sum((values[i] + values[i + 1]) * width / 2 for i in range(len(values) - 1)))
 
 
-def rise_curve(model: Callable[[torch.Tensor], torch.Tensor], mode: str, step: int,
-               substrate: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
-               explanation: np.ndarray, label: int) -> np.ndarray:
+def rise_curve(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    mode: str,
+    step: int,
+    substrate: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    explanation: np.ndarray,
+    label: int,
+) -> np.ndarray:
     """The class-``label`` probability after 0, step, 2 step, ... moved pixels: ``ceil(P / step) + 1`` values.
 
     ``model`` maps ``(1, 3, H, W)`` to class probabilities ``(1, classes)``; ``image`` is ``(1, 3, H, W)``.
@@ -112,6 +119,6 @@ def rise_curve(model: Callable[[torch.Tensor], torch.Tensor], mode: str, step: i
     scores = []
     for index in range(total_steps + 1):
         scores.append(float(model(current)[0, label]))
-        for row, col in ranks[index * step:(index + 1) * step]:
+        for row, col in ranks[index * step : (index + 1) * step]:
             current[0, :, row, col] = finish[0, :, row, col]
     return np.array(scores)

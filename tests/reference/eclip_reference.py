@@ -89,7 +89,7 @@ def text_maps(model, ids, eos, image_embed, method, n_layers=1, with_lambda=True
     if span == "context":
         context = model.config.text_config.max_position_embeddings
         padded = torch.zeros(1, context, dtype=ids.dtype)
-        padded[0, :eos + 1] = ids[0, :eos + 1]  # the words, then zeros
+        padded[0, : eos + 1] = ids[0, : eos + 1]  # the words, then zeros
         lambda_internals = text_forward(model, padded, torch.tensor([eos]))[1]
     else:
         lambda_internals = internals

@@ -84,13 +84,19 @@ def normalised(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ..
     values = torch.from_numpy(np.array(image, dtype=np.uint8)).to(torch.float32) / 255  # (H, W, 3)
     channels = []
     for c in range(3):
-        channels.append((values[:, :, c] - torch.tensor(mean[c], dtype=torch.float32))
-                        / torch.tensor(std[c], dtype=torch.float32))  # (H, W)
+        channels.append(
+            (values[:, :, c] - torch.tensor(mean[c], dtype=torch.float32)) / torch.tensor(std[c], dtype=torch.float32)
+        )  # (H, W)
     return torch.stack(channels)[None]  # (1, 3, H, W)
 
 
-def keep_size_input(image: ImageLike, patch: int, cap: int | None,
-                    mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+def keep_size_input(
+    image: ImageLike,
+    patch: int,
+    cap: int | None,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+) -> torch.Tensor:
     """The explained input ``(1, 3, nh, nw)`` float32: capped, each side rounded to the nearest patch multiple."""
     rgb = short_side_capped(load_rgb(image), cap)
     width, height = rgb.size
@@ -99,8 +105,9 @@ def keep_size_input(image: ImageLike, patch: int, cap: int | None,
     return normalised(rgb.resize((new_width, new_height), Image.BICUBIC), mean, std)
 
 
-def standard_crop_input(image: ImageLike, size: int, crop: int,
-                        mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+def standard_crop_input(
+    image: ImageLike, size: int, crop: int, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD
+) -> torch.Tensor:
     """The model's own input ``(1, 3, crop, crop)``: short side to ``size`` (bicubic, long side rounded down),
     then the centre ``crop x crop`` window (offsets rounded down), as transformers' CLIPImageProcessor."""
     rgb = load_rgb(image)
@@ -134,8 +141,9 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"activation {name!r} is not written out here")
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None,
-           float32_softmax: bool) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None, float32_softmax: bool
+) -> torch.Tensor:
     """Attention output before out_proj ``(B, T, D)``, one explicit loop iteration per head of width D / heads."""
     width = q.shape[-1]
     head_width = width // heads
@@ -153,8 +161,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: 
     return torch.cat(outputs, dim=-1)  # (B, T, D)
 
 
-def block(layer: Any, x: torch.Tensor, act: str, heads: int, mask: torch.Tensor | None,
-          float32_softmax: bool) -> tuple[torch.Tensor, Recomputed]:
+def block(
+    layer: Any, x: torch.Tensor, act: str, heads: int, mask: torch.Tensor | None, float32_softmax: bool
+) -> tuple[torch.Tensor, Recomputed]:
     """One pre-LN residual block from the layer's weights: x + out_proj(attention), then x + MLP."""
     attention = layer.self_attn
     normed = layer_norm(x, layer.layer_norm1)
@@ -165,8 +174,9 @@ def block(layer: Any, x: torch.Tensor, act: str, heads: int, mask: torch.Tensor 
     return x + linear(hidden, layer.mlp.fc2), Recomputed(q=q, k=k, v=v, o=o)
 
 
-def run_tower(layers: list, x: torch.Tensor, act: str, model_heads: int, one_head_layers: int,
-              mask: torch.Tensor | None) -> tuple[torch.Tensor, list[Recomputed]]:
+def run_tower(
+    layers: list, x: torch.Tensor, act: str, model_heads: int, one_head_layers: int, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, list[Recomputed]]:
     """All blocks: the first ones with the model's heads (float32 softmax, as transformers), the last
     ``one_head_layers`` with one head. Returns the output and the recomputed blocks' internals."""
     first_rewritten = len(layers) - one_head_layers
@@ -202,19 +212,27 @@ def image_tokens(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[
     return layer_norm(tokens, model.vision_model.pre_layrnorm), (rows, cols)
 
 
-def image_embedding(model: Any, pixels: torch.Tensor, one_head_layers: int
-                    ) -> tuple[torch.Tensor, list[Recomputed], tuple[int, int]]:
+def image_embedding(
+    model: Any, pixels: torch.Tensor, one_head_layers: int
+) -> tuple[torch.Tensor, list[Recomputed], tuple[int, int]]:
     """Projected class-token embeddings ``(B, P)``; ``one_head_layers=0`` is the model's own forward."""
     config = model.config.vision_config
     tokens, grid = image_tokens(model, pixels)
-    out, records = run_tower(list(model.vision_model.encoder.layers), tokens, config.hidden_act,
-                             config.num_attention_heads, one_head_layers, None)
+    out, records = run_tower(
+        list(model.vision_model.encoder.layers),
+        tokens,
+        config.hidden_act,
+        config.num_attention_heads,
+        one_head_layers,
+        None,
+    )
     pooled = layer_norm(out[:, 0], model.vision_model.post_layernorm)  # (B, D)
     return pooled @ model.visual_projection.weight.T, records, grid
 
 
-def text_embedding(model: Any, ids: torch.Tensor, one_head_layers: int
-                   ) -> tuple[torch.Tensor, list[Recomputed], torch.Tensor]:
+def text_embedding(
+    model: Any, ids: torch.Tensor, one_head_layers: int
+) -> tuple[torch.Tensor, list[Recomputed], torch.Tensor]:
     """Projected end-token embeddings ``(K, P)`` of full-context rows ``(K, L)`` under the causal mask only.
 
     The end token is the largest id of a row (CLIP's vocabulary puts it last); returns its positions ``(K,)``.
@@ -225,8 +243,9 @@ def text_embedding(model: Any, ids: torch.Tensor, one_head_layers: int
     x = embeddings.token_embedding.weight[ids] + embeddings.position_embedding.weight[:length]  # (K, L, D)
     future = torch.ones(length, length, dtype=torch.bool).triu(1)  # (L, L) True above the diagonal
     mask = torch.zeros(length, length, dtype=x.dtype).masked_fill(future, float("-inf"))
-    out, records = run_tower(list(model.text_model.encoder.layers), x, config.hidden_act,
-                             config.num_attention_heads, one_head_layers, mask)
+    out, records = run_tower(
+        list(model.text_model.encoder.layers), x, config.hidden_act, config.num_attention_heads, one_head_layers, mask
+    )
     ends = ids.argmax(dim=-1)  # (K,)
     pooled = layer_norm(out[torch.arange(ids.shape[0]), ends], model.text_model.final_layer_norm)  # (K, D)
     return pooled @ model.text_projection.weight.T, records, ends
@@ -256,12 +275,20 @@ def value_term(grad_query: torch.Tensor, values: torch.Tensor, lam: torch.Tensor
 def _projections(layers: list, count: int, qk: str) -> list[Any | None]:
     if qk not in ("out_proj", "raw"):
         raise ValueError(f"qk is 'out_proj' or 'raw', not {qk!r}")
-    return [layer.self_attn.out_proj if qk == "out_proj" else None for layer in layers[len(layers) - count:]]
+    return [layer.self_attn.out_proj if qk == "out_proj" else None for layer in layers[len(layers) - count :]]
 
 
-def official_image_map(model: Any, image: ImageLike, text_embeds: torch.Tensor, *, cap: int | None,
-                       qk: str = "out_proj", layers: int = 1, mean: tuple[float, ...] = CLIP_MEAN,
-                       std: tuple[float, ...] = CLIP_STD) -> tuple[torch.Tensor, torch.Tensor]:
+def official_image_map(
+    model: Any,
+    image: ImageLike,
+    text_embeds: torch.Tensor,
+    *,
+    cap: int | None,
+    qk: str = "out_proj",
+    layers: int = 1,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Maps ``(K, gh, gw)`` and rewritten-embedding cosines ``(K,)`` of one image against ``text_embeds (K, P)``.
 
     ``qk="out_proj", layers=1, cap=640`` is the evaluation script; ``qk="raw"``, any ``layers``,
@@ -290,14 +317,22 @@ def padded_to_context(ids: torch.Tensor, context: int) -> torch.Tensor:
     rows = torch.zeros(ids.shape[0], context, dtype=torch.long)
     for row in range(ids.shape[0]):
         end = int(ids[row].argmax())
-        rows[row, :end + 1] = ids[row, :end + 1]
+        rows[row, : end + 1] = ids[row, : end + 1]
     return rows
 
 
-def official_text_map(model: Any, ids: torch.Tensor, image: ImageLike, *, qk: str = "out_proj",
-                      layers: int = TEXT_LAYERS, size: int | None = None, crop: int | None = None,
-                      mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def official_text_map(
+    model: Any,
+    ids: torch.Tensor,
+    image: ImageLike,
+    *,
+    qk: str = "out_proj",
+    layers: int = TEXT_LAYERS,
+    size: int | None = None,
+    crop: int | None = None,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Text maps ``(K, L)`` (zero outside 1..e-1, each summing to 1 there) and cosines ``(K,)`` of token rows
     ``ids (K, L)`` against one image, whose embedding is the ORIGINAL model's on its standard crop
     (``size``/``crop`` default to the model's image size)."""

@@ -48,7 +48,7 @@ class PackedSelfAttention(nn.Module):
         """``(B, T, width)`` -> ``(B, T, width)``; with ``causal`` token i attends to tokens 0..i only."""
         tokens, width = x.shape[1], x.shape[2]
         projected = x @ self.in_proj_weight.T + self.in_proj_bias  # (B, T, 3 width)
-        queries, keys, values = projected[..., :width], projected[..., width:2 * width], projected[..., 2 * width:]
+        queries, keys, values = projected[..., :width], projected[..., width : 2 * width], projected[..., 2 * width :]
         head_width = width // self.heads
         blocked = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).triu(1)  # (T, T): the future
         per_head = []
@@ -109,8 +109,9 @@ class PatchProjection(nn.Module):
 
 
 class ImageTower(nn.Module):
-    def __init__(self, resolution: int, patch_size: int, width: int, layers: int, embed_dim: int,
-                 activation: type[nn.Module]):
+    def __init__(
+        self, resolution: int, patch_size: int, width: int, layers: int, embed_dim: int, activation: type[nn.Module]
+    ):
         super().__init__()
         patches = (resolution // patch_size) ** 2
         self.conv1 = PatchProjection(width, patch_size)
@@ -134,12 +135,24 @@ class ImageTower(nn.Module):
 class CLIP(nn.Module):
     """Both towers and the temperature; ``state_dict()`` keys are exactly the OpenAI checkpoint's."""
 
-    def __init__(self, *, embed_dim: int, image_resolution: int, vision_patch_size: int, vision_width: int,
-                 vision_layers: int, context_length: int, vocab_size: int, text_width: int, text_layers: int,
-                 activation: type[nn.Module] = SigmoidGELU):
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        image_resolution: int,
+        vision_patch_size: int,
+        vision_width: int,
+        vision_layers: int,
+        context_length: int,
+        vocab_size: int,
+        text_width: int,
+        text_layers: int,
+        activation: type[nn.Module] = SigmoidGELU,
+    ):
         super().__init__()
-        self.visual = ImageTower(image_resolution, vision_patch_size, vision_width, vision_layers, embed_dim,
-                                 activation)
+        self.visual = ImageTower(
+            image_resolution, vision_patch_size, vision_width, vision_layers, embed_dim, activation
+        )
         self.token_embedding = nn.Embedding(vocab_size, text_width)
         self.positional_embedding = nn.Parameter(torch.zeros(context_length, text_width))
         self.transformer = BlockStack(text_width, text_layers, text_width // 64, activation)

@@ -47,8 +47,9 @@ def _feed_forward(block, x: torch.Tensor, activation: str) -> torch.Tensor:
     return _affine(_activation(activation, _affine(x, block.mlp.fc1)), block.mlp.fc2)
 
 
-def _attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int,
-            causal: bool = False) -> torch.Tensor:
+def _attend(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int, causal: bool = False
+) -> torch.Tensor:
     """Scaled dot-product attention, one head at a time: ``(B, T, D)`` each -> ``(B, T, D)``, heads side by side."""
     batch, tokens, width = queries.shape
     head_width = width // heads
@@ -72,8 +73,13 @@ def _encoder_block(block, x: torch.Tensor, activation: str, causal: bool = False
     """One pre-LN block: ``x + attn(LN1(x))``, then ``+ MLP(LN2(.))``. ``(B, T, D)`` -> ``(B, T, D)``."""
     attention = block.self_attn
     normed = _norm(x, block.layer_norm1)
-    mixed = _attend(_affine(normed, attention.q_proj), _affine(normed, attention.k_proj),
-                    _affine(normed, attention.v_proj), attention.num_heads, causal)
+    mixed = _attend(
+        _affine(normed, attention.q_proj),
+        _affine(normed, attention.k_proj),
+        _affine(normed, attention.v_proj),
+        attention.num_heads,
+        causal,
+    )
     x = x + _affine(mixed, attention.out_proj)
     return x + _feed_forward(block, _norm(x, block.layer_norm2), activation)
 
@@ -155,8 +161,9 @@ def surgery_token_features(model, pixels: torch.Tensor, layers: int) -> torch.Te
     return F.normalize(_image_readout(model, second), dim=-1)  # (B, T, P)
 
 
-def surgery_similarity(features: torch.Tensor, texts: torch.Tensor,
-                       redundant: torch.Tensor | None = None) -> torch.Tensor:
+def surgery_similarity(
+    features: torch.Tensor, texts: torch.Tensor, redundant: torch.Tensor | None = None
+) -> torch.Tensor:
     """CLIP Surgery's feature surgery, element by element: features ``(B, T, P)`` (token 0 the image
     embedding), unit texts ``(K, P)`` -> ``(B, K, T)``.
 
@@ -184,8 +191,9 @@ def surgery_similarity(features: torch.Tensor, texts: torch.Tensor,
 
 
 # ---- M2IB -------------------------------------------------------------------------------------------------
-def _embed(model, side: str, inputs: torch.Tensor, edit_after: int,
-           edit: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _embed(
+    model, side: str, inputs: torch.Tensor, edit_after: int, edit: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """One tower's embeddings, with the output of block ``edit_after`` replaced by ``edit(output)``.
 
     ``inputs``: pixels ``(1, 3, H, W)`` or unpadded token ids ``(1, L)``. ``edit`` may return several samples
@@ -198,7 +206,7 @@ def _embed(model, side: str, inputs: torch.Tensor, edit_after: int,
     else:
         tower, activation = model.text_model, model.config.text_config.hidden_act
         embeddings = tower.embeddings
-        x = embeddings.token_embedding.weight[inputs] + embeddings.position_embedding.weight[:inputs.shape[1]]
+        x = embeddings.token_embedding.weight[inputs] + embeddings.position_embedding.weight[: inputs.shape[1]]
     for index, block in enumerate(tower.encoder.layers):
         x = _encoder_block(block, x, activation, causal=side == "text")
         if index == edit_after:
@@ -209,9 +217,19 @@ def _embed(model, side: str, inputs: torch.Tensor, edit_after: int,
     return _affine(_norm(x[:, end], tower.final_layer_norm), model.text_projection)  # (S, P)
 
 
-def m2ib_literal(model, side: str, layer: int, pixels: torch.Tensor, input_ids: torch.Tensor, beta: float = 0.1,
-                 steps: int = 10, samples: int = 10, lr: float = 1.0, seed: int = 0,
-                 noise_tokens: int | None = None) -> torch.Tensor:
+def m2ib_literal(
+    model,
+    side: str,
+    layer: int,
+    pixels: torch.Tensor,
+    input_ids: torch.Tensor,
+    beta: float = 0.1,
+    steps: int = 10,
+    samples: int = 10,
+    lr: float = 1.0,
+    seed: int = 0,
+    noise_tokens: int | None = None,
+) -> torch.Tensor:
     """M2IB for ONE pair (pixels ``(1, 3, H, W)``, unpadded ids ``(1, L)``) -> per-token capacity ``(T,)`` in nats.
 
     The output X ``(T, D)`` of block ``layer`` of the explained tower becomes, per noise sample s,
@@ -240,7 +258,7 @@ def m2ib_literal(model, side: str, layer: int, pixels: torch.Tensor, input_ids: 
         mean = keep * hidden[0]  # (T, D)
         variance = (1 - keep) ** 2  # (T, D): noise of unit variance, scaled
         # KL[N(m, v) || N(0, 1)] = (v + m^2 - 1 - log v) / 2, element by element
-        last["kl"] = 0.5 * (variance + mean ** 2 - 1 - torch.log(variance))
+        last["kl"] = 0.5 * (variance + mean**2 - 1 - torch.log(variance))
         noise = torch.randn(samples, drawn, width, generator=generator, dtype=dtype)[:, :tokens]  # (S, T, D)
         return mean + torch.sqrt(variance) * noise  # (S, T, D)
 
@@ -248,7 +266,7 @@ def m2ib_literal(model, side: str, layer: int, pixels: torch.Tensor, input_ids: 
         embeddings = _embed(model, side, explained, layer, bottleneck)  # (S, P)
         fitting = sum(_cosine(embeddings[s], other) for s in range(samples)) / samples
         loss = beta * last["kl"].mean() - fitting
-        alpha.grad, = torch.autograd.grad(loss, [alpha])  # only alpha: the model's own .grad stays untouched
+        (alpha.grad,) = torch.autograd.grad(loss, [alpha])  # only alpha: the model's own .grad stays untouched
         optimizer.step()
     return last["kl"].detach().sum(dim=-1)  # (T,)
 
@@ -267,15 +285,17 @@ def rise_masks_literal(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[in
     big_w = (cells + 1) * math.ceil(width / cells)
     masks = torch.zeros(grids.shape[0], height, width, dtype=torch.float64)
     for index, grid in enumerate(grids):
-        large = ndi.zoom(grid.double().numpy(), (big_h / cells, big_w / cells), order=1, mode="mirror",
-                         grid_mode=True)  # (big_h, big_w)
+        large = ndi.zoom(
+            grid.double().numpy(), (big_h / cells, big_w / cells), order=1, mode="mirror", grid_mode=True
+        )  # (big_h, big_w)
         top, left = int(shifts[index, 0]), int(shifts[index, 1])
-        masks[index] = torch.from_numpy(large[top:top + height, left:left + width].copy())
+        masks[index] = torch.from_numpy(large[top : top + height, left : left + width].copy())
     return masks
 
 
-def rise_literal(score_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, masks: torch.Tensor,
-                 prob: float) -> torch.Tensor:
+def rise_literal(
+    score_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, masks: torch.Tensor, prob: float
+) -> torch.Tensor:
     """RISE's Monte-Carlo saliency ``sum_i S(I * M_i) M_i / (N p)``, mask by mask.
 
     ``image`` ``(1, 3, H, W)``, ``masks`` ``(N, H, W)``, ``score_fn`` -> ``(K,)`` -> ``(K, H, W)``.
@@ -290,7 +310,9 @@ def rise_literal(score_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.
     return saliency / (count * prob)
 
 
-def rise_expectation_reference(contribution: torch.Tensor, offsets: torch.Tensor, cells: int, p1: float) -> torch.Tensor:
+def rise_expectation_reference(
+    contribution: torch.Tensor, offsets: torch.Tensor, cells: int, p1: float
+) -> torch.Tensor:
     """Analytic expectation of RISE for a LINEAR score S(x) = sum_u a_u x_u + c.
 
     E[sal(u)] = (1/p) (sum_v a_v E[M(u) M(v)] + c E[M(u)]), with E[M(u)] = p and, since each mask is an
@@ -301,11 +323,12 @@ def rise_expectation_reference(contribution: torch.Tensor, offsets: torch.Tensor
     size = contribution.shape[-1]
     cell = int(np.ceil(size / cells))
     up = (cells + 1) * cell
-    basis = np.stack([ndi.zoom(np.eye(cells)[c], up / cells, order=1, mode="mirror", grid_mode=True)
-                      for c in range(cells)], 1)  # (up, cells)
+    basis = np.stack(
+        [ndi.zoom(np.eye(cells)[c], up / cells, order=1, mode="mirror", grid_mode=True) for c in range(cells)], 1
+    )  # (up, cells)
     kernel = np.zeros((size, size))
     for shift in range(cell):
-        rows = basis[shift:shift + size]
+        rows = basis[shift : shift + size]
         kernel += rows @ rows.T
     kernel = torch.tensor(kernel / cell, dtype=contribution.dtype)
     blurred = torch.einsum("uv,...vw,xw->...ux", kernel, contribution, kernel)
@@ -313,8 +336,9 @@ def rise_expectation_reference(contribution: torch.Tensor, offsets: torch.Tensor
 
 
 # ---- occlusion --------------------------------------------------------------------------------------------
-def occlusion_literal(score_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int,
-                      stride: int, fill: float = 0.0) -> torch.Tensor:
+def occlusion_literal(
+    score_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int, stride: int, fill: float = 0.0
+) -> torch.Tensor:
     """Occlusion (Zeiler & Fergus), pixel by pixel: the mean score drop over the windows covering each pixel.
 
     Windows start every ``stride`` pixels per axis, plus one flush with the far border; inside a window
@@ -331,12 +355,15 @@ def occlusion_literal(score_fn: Callable[[torch.Tensor], torch.Tensor], image: t
     for top in starts(height):
         for left in starts(width):
             covered = image.clone()
-            covered[:, :, top:top + window, left:left + window] = fill
+            covered[:, :, top : top + window, left : left + window] = fill
             drops[top, left] = reference - score_fn(covered)  # (K,)
     saliency = torch.zeros(reference.shape[0], height, width, dtype=image.dtype)
     for row in range(height):
         for column in range(width):
-            over = [drop for (top, left), drop in drops.items()
-                    if top <= row < top + window and left <= column < left + window]
+            over = [
+                drop
+                for (top, left), drop in drops.items()
+                if top <= row < top + window and left <= column < left + window
+            ]
             saliency[:, row, column] = sum(over) / len(over)
     return saliency

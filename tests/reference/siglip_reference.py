@@ -41,7 +41,7 @@ def layer_norm(values: torch.Tensor, module: torch.nn.LayerNorm) -> torch.Tensor
 
 
 def gelu_tanh(values: torch.Tensor) -> torch.Tensor:
-    return 0.5 * values * (1 + torch.tanh(math.sqrt(2 / math.pi) * (values + 0.044715 * values ** 3)))
+    return 0.5 * values * (1 + torch.tanh(math.sqrt(2 / math.pi) * (values + 0.044715 * values**3)))
 
 
 def mlp(values: torch.Tensor, module) -> torch.Tensor:
@@ -80,8 +80,8 @@ def head_pieces(model, x: torch.Tensor) -> dict:
     pieces = {"q": [], "k": [], "v": [], "d": d, "heads": heads}
     for h in range(heads):
         rows = slice(h * d, (h + 1) * d)
-        w_q, w_k, w_v = weight[:width][rows], weight[width:2 * width][rows], weight[2 * width:][rows]
-        b_q, b_k, b_v = bias[:width][rows], bias[width:2 * width][rows], bias[2 * width:][rows]
+        w_q, w_k, w_v = weight[:width][rows], weight[width : 2 * width][rows], weight[2 * width :][rows]
+        b_q, b_k, b_v = bias[:width][rows], bias[width : 2 * width][rows], bias[2 * width :][rows]
         pieces["q"].append(w_q @ probe + b_q)  # (d,)
         pieces["k"].append(x @ w_k.T + b_k)  # (T, d): row j is x_j W_k^h + b_k^h
         pieces["v"].append(x @ w_v.T + b_v)  # (T, d)
@@ -134,7 +134,9 @@ def rollout_oracle(model, pixels: torch.Tensor, head_attention: torch.Tensor) ->
     """The head's averaged row (no identity: its query is not a token), then ``rownorm(mean_h A_l + I)`` of
     every block from the last down, with the blocks' attentions the model itself returns."""
     with torch.no_grad():
-        attentions = model.vision_model(pixel_values=pixels, output_attentions=True).attentions  # per block (1, H, T, T)
+        attentions = model.vision_model(
+            pixel_values=pixels, output_attentions=True
+        ).attentions  # per block (1, H, T, T)
     row = head_attention.mean(0)  # (T,)
     for attention in reversed(attentions):
         mean = attention[0].double().mean(0)
@@ -144,8 +146,9 @@ def rollout_oracle(model, pixels: torch.Tensor, head_attention: torch.Tensor) ->
     return row
 
 
-def text_oracle(model, input_ids: torch.Tensor, eos: int, image_embed: torch.Tensor, kind: str = "logit",
-                start: int = 0) -> dict:
+def text_oracle(
+    model, input_ids: torch.Tensor, eos: int, image_embed: torch.Tensor, kind: str = "logit", start: int = 0
+) -> dict:
     """Grad-ECLIP and Attention-ECLIP of the LAST text block for one text ``(1, L)`` (words: ``start..eos-1``)."""
     text_model = model.text_model
     with torch.no_grad():
@@ -155,8 +158,10 @@ def text_oracle(model, input_ids: torch.Tensor, eos: int, image_embed: torch.Ten
     heads = attention.num_heads
     length, width = hidden.shape
     d = width // heads
-    W = {name: (_p(getattr(attention, f"{name}_proj").weight), _p(getattr(attention, f"{name}_proj").bias))
-         for name in ("q", "k", "v", "out")}
+    W = {
+        name: (_p(getattr(attention, f"{name}_proj").weight), _p(getattr(attention, f"{name}_proj").bias))
+        for name in ("q", "k", "v", "out")
+    }
     ln1 = layer_norm(hidden, block.layer_norm1)
     q = ln1 @ W["q"][0].T + W["q"][1]
     k = ln1 @ W["k"][0].T + W["k"][1]
@@ -165,7 +170,7 @@ def text_oracle(model, input_ids: torch.Tensor, eos: int, image_embed: torch.Ten
     probabilities = []
     for h in range(heads):
         cols = slice(h * d, (h + 1) * d)
-        logits = (q[:, cols] @ k[:, cols].T) * d ** -0.5  # (L, L)
+        logits = (q[:, cols] @ k[:, cols].T) * d**-0.5  # (L, L)
         probabilities.append(torch.softmax(logits.float(), dim=-1).double().requires_grad_(True))  # float32 softmax
 
     def embedding(o: torch.Tensor) -> torch.Tensor:  # (L, D) attention output -> (E,)
@@ -175,7 +180,7 @@ def text_oracle(model, input_ids: torch.Tensor, eos: int, image_embed: torch.Ten
         return pooled @ _p(text_model.head.weight).T + _p(text_model.head.bias)
 
     def attention_output(probs):
-        return torch.cat([probs[h] @ v[:, h * d:(h + 1) * d] for h in range(heads)], dim=1)  # (L, D)
+        return torch.cat([probs[h] @ v[:, h * d : (h + 1) * d] for h in range(heads)], dim=1)  # (L, D)
 
     other = image_embed.detach().double()
     score = target_value(embedding(attention_output(probabilities)), other, model, kind)

@@ -26,9 +26,6 @@ import torch.nn.functional as F
 from reference.primitives import gelu, layer_norm, linear
 
 
-
-
-
 def backbone_of(model):
     return model.vit if hasattr(model, "vit") else model.deit
 
@@ -43,7 +40,7 @@ def embed_literal(model, pixels: torch.Tensor) -> torch.Tensor:
     patches = []
     for row in range(grid_h):
         for col in range(grid_w):
-            cut = pixels[0, :, row * patch:(row + 1) * patch, col * patch:(col + 1) * patch].reshape(-1)
+            cut = pixels[0, :, row * patch : (row + 1) * patch, col * patch : (col + 1) * patch].reshape(-1)
             patches.append(weight @ cut + conv.bias)
     prefix = [embeddings.cls_token[0, 0]]
     if hasattr(embeddings, "distillation_token"):
@@ -59,8 +56,9 @@ def embed_literal(model, pixels: torch.Tensor) -> torch.Tensor:
     return torch.stack(prefix + patches) + torch.cat([table[:count], positions])
 
 
-def attention_heads(attention, normed: torch.Tensor, heads: int, scale: float, leaf: bool = False,
-                    float32_softmax: bool = True):
+def attention_heads(
+    attention, normed: torch.Tensor, heads: int, scale: float, leaf: bool = False, float32_softmax: bool = True
+):
     """q, k, v ``(T, D)`` (all heads) and the probabilities ``(1, H, T, T)``, head by head (one leaf when ``leaf``).
 
     ``float32_softmax``: transformers' ViT/DeiT eager attention takes the softmax in float32 and casts it
@@ -83,8 +81,14 @@ def attention_heads(attention, normed: torch.Tensor, heads: int, scale: float, l
     return q, k, v, stacked.detach().requires_grad_(True) if leaf else stacked
 
 
-def block_literal(layer, x: torch.Tensor, heads: int | None = None, leaf: bool = False,
-                  residual: str = "input", record: dict | None = None) -> torch.Tensor:
+def block_literal(
+    layer,
+    x: torch.Tensor,
+    heads: int | None = None,
+    leaf: bool = False,
+    residual: str = "input",
+    record: dict | None = None,
+) -> torch.Tensor:
     """One block on ``x`` ``(T, D)``. ``heads=None``: the model's heads at their own scale; an int: that
     many heads over the full width, scale kept at the model's ``1/sqrt(D/H)`` (the notebook)."""
     attention = layer.attention
@@ -95,7 +99,7 @@ def block_literal(layer, x: torch.Tensor, heads: int | None = None, leaf: bool =
     normed = layer_norm(x, layer.layernorm_before)
     q, k, v, probabilities = attention_heads(attention, normed, heads, scale, leaf, float32_softmax=own)
     width = v.shape[-1] // heads
-    output = torch.cat([probabilities[0, h] @ v[:, h * width:(h + 1) * width] for h in range(heads)], dim=-1)
+    output = torch.cat([probabilities[0, h] @ v[:, h * width : (h + 1) * width] for h in range(heads)], dim=-1)
     if record is not None and "output_leaf" in record:
         output = output.detach().requires_grad_(True)
     mid = (normed if residual == "normalized" else x) + linear(output, attention.o_proj)
@@ -138,8 +142,9 @@ def eclip_literal(model, pixels: torch.Tensor, label: int, prefix: int) -> tuple
     return float(score.detach()), torch.relu(lam * summed)
 
 
-def official_literal(model, keep_pixels: torch.Tensor, label: int,
-                     residual: str = "normalized") -> tuple[float, torch.Tensor]:
+def official_literal(
+    model, keep_pixels: torch.Tensor, label: int, residual: str = "normalized"
+) -> tuple[float, torch.Tensor]:
     """The notebook's class logit on the keep-size input and its map over the patches ``(N,)``."""
     x = embed_literal(model, keep_pixels)
     layers = backbone_of(model).layers

@@ -8,12 +8,12 @@ import pytest
 import torch
 import transformers
 
-from tolerance import assert_rounding_close
 import faithclip
 from conftest import VOC_DIR, needs_reference, random_clip, save_reference_checkpoint, token_ids
 from faithclip.errors import MethodError, ModelError, TextError
 from faithclip.models.loading import from_hf, load
 from faithclip.targets import Target, cosine_matrix
+from tolerance import assert_rounding_close
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,9 @@ def test_unsupported_family_directory(tmp_path):
     with pytest.raises(ModelError, match="no config.json"):
         load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ModelError, match="a .bert. model, which faithclip does not support; supported model types: .*'clip'"):
+    with pytest.raises(
+        ModelError, match="a .bert. model, which faithclip does not support; supported model types: .*'clip'"
+    ):
         load(tmp_path)
 
 
@@ -108,10 +110,19 @@ def test_constant_query_key_cosine_gives_defined_map():
     for method in ("grad_eclip", "attention_eclip"):
         ex = faithclip.explain(handle, torch.randn(1, 3, 32, 32), token_ids([2]), method=method)
         assert torch.isfinite(ex.map).all()
-    without = faithclip.explain(handle, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
-                                token_ids([2]), method="grad_eclip", use_lambda=False)
-    with_lambda = faithclip.explain(handle, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
-                                    token_ids([2]), method="grad_eclip")
+    without = faithclip.explain(
+        handle,
+        torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+        token_ids([2]),
+        method="grad_eclip",
+        use_lambda=False,
+    )
+    with_lambda = faithclip.explain(
+        handle,
+        torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+        token_ids([2]),
+        method="grad_eclip",
+    )
     assert torch.equal(without.map, with_lambda.map)  # lambda == 1 when undefined
 
 
@@ -133,7 +144,6 @@ def test_targets_are_the_models_own_scores(tiny):
         Target("contrast")
     with pytest.raises(MethodError, match="cosine"):
         Target("kl")
-
 
 
 def test_the_default_target_is_decided_by_the_family_alone(tiny, monkeypatch):
@@ -179,12 +189,16 @@ def test_layer_options_have_one_meaning_each_and_a_wrong_one_is_refused_before_a
     from faithclip.api import grad_eclip_official_explain
 
     pixels, ids = torch.randn(1, 3, 32, 32), token_ids([2])
-    with pytest.raises(MethodError, match=r"layers is not an option of grad_cam; its options are layer \(layers: a "
-                                          r"count of last layers; layer: the index of one layer\)\.$"):
+    with pytest.raises(
+        MethodError,
+        match=r"layers is not an option of grad_cam; its options are layer \(layers: a "
+        r"count of last layers; layer: the index of one layer\)\.$",
+    ):
         faithclip.explain(tiny, pixels, ids, "grad_cam", layers=2)
     with pytest.raises(MethodError, match="layer is not an option of grad_eclip_official; .*layer: the index of one"):
         grad_eclip_official_explain(tiny, Image.new("RGB", (32, 32)), ids, layer=1)
     assert faithclip.explain(tiny, pixels, ids, "grad_cam", layer=0).layers == [0]
+
 
 def test_every_target_explains_with_matching_model_score(b32_handle):
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
@@ -203,5 +217,5 @@ def test_batches_are_image_major(tiny):
     assert len(many) == 6
     for index, ex in enumerate(many):
         b, k = divmod(index, 3)
-        single = faithclip.explain(tiny, pixels[b], ids[k:k + 1])
+        single = faithclip.explain(tiny, pixels[b], ids[k : k + 1])
         assert_rounding_close(ex.map, single.map, torch.float32, kind="map")  # batch of 2 vs 1: other kernels

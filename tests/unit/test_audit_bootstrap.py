@@ -18,8 +18,14 @@ def test_mean_interval_agrees_with_scipy_percentile_bootstrap():
     rng = np.random.default_rng(3)
     hits = (rng.random(120) < 0.4).astype(float)
     ours = mean_interval(hits, Bootstrap(resamples=4000, seed=1))
-    theirs = scipy_stats.bootstrap((hits,), np.mean, n_resamples=4000, method="percentile", confidence_level=0.95,
-                                   random_state=np.random.default_rng(2)).confidence_interval
+    theirs = scipy_stats.bootstrap(
+        (hits,),
+        np.mean,
+        n_resamples=4000,
+        method="percentile",
+        confidence_level=0.95,
+        random_state=np.random.default_rng(2),
+    ).confidence_interval
     assert ours["value"] == pytest.approx(hits.mean())
     # two independent Monte-Carlo runs of the same percentile interval: agree to Monte-Carlo error
     assert ours["low"] == pytest.approx(theirs.low, abs=0.02)
@@ -30,8 +36,13 @@ def test_difference_interval_agrees_with_scipy_independent_samples():
     rng = np.random.default_rng(4)
     right, wrong = rng.normal(0.3, 1, 80), rng.normal(0.0, 1, 50)
     ours = difference_interval(right, wrong, Bootstrap(resamples=4000, seed=1))
-    theirs = scipy_stats.bootstrap((right, wrong), lambda a, b: np.mean(a) - np.mean(b), n_resamples=4000,
-                                   method="percentile", random_state=np.random.default_rng(5)).confidence_interval
+    theirs = scipy_stats.bootstrap(
+        (right, wrong),
+        lambda a, b: np.mean(a) - np.mean(b),
+        n_resamples=4000,
+        method="percentile",
+        random_state=np.random.default_rng(5),
+    ).confidence_interval
     assert ours["value"] == pytest.approx(right.mean() - wrong.mean())
     assert ours["low"] == pytest.approx(theirs.low, abs=0.04)
     assert ours["high"] == pytest.approx(theirs.high, abs=0.04)
@@ -51,8 +62,10 @@ def test_percentile_interval_of_a_uniform_grid():
 
 def test_split_statistics_difference_and_verdict():
     correct = [True] * 6 + [False] * 4
-    per_scene = {"better_when_right": {"pointing": [1.0] * 6 + [0.0] * 4, "ins_minus_del": [0.0] * 10},
-                 "worse_when_right": {"pointing": [0.0] * 6 + [1.0] * 4, "ins_minus_del": [0.0] * 10}}
+    per_scene = {
+        "better_when_right": {"pointing": [1.0] * 6 + [0.0] * 4, "ins_minus_del": [0.0] * 10},
+        "worse_when_right": {"pointing": [0.0] * 6 + [1.0] * 4, "ins_minus_del": [0.0] * 10},
+    }
     one_shape = [0] * 10
     split = split_statistics(correct, per_scene, one_shape, min_group=4, permutations=500)
     assert (split["right"], split["wrong"]) == (6, 4)
@@ -72,8 +85,13 @@ def test_split_verdict_is_taken_within_shape():
     # difference. Right - wrong is large, but within shape there is nothing: no verdict but inconclusive.
     correct = [True] * 10 + [False] * 10 + [True, False] * 10
     pointing = [1.0] * 10 + [0.0] * 10 + [0.5] * 20
-    split = split_statistics(correct, {"m": {"pointing": pointing, "ins_minus_del": [0.0] * 40}},
-                             [0] * 10 + [1] * 10 + [2] * 20, min_group=5, permutations=200)
+    split = split_statistics(
+        correct,
+        {"m": {"pointing": pointing, "ins_minus_del": [0.0] * 40}},
+        [0] * 10 + [1] * 10 + [2] * 20,
+        min_group=5,
+        permutations=200,
+    )
     entry = split["methods"]["m"]
     assert entry["pointing_difference"] > 0.4 and entry["pointing_within_shape"] == 0.0
     assert entry["verdict"] == "inconclusive"

@@ -19,9 +19,23 @@ def checkpoint_dir(tmp_path_factory):
 
 def test_audit_runs_on_a_user_checkpoint_directory(checkpoint_dir, tmp_path, capsys):
     images = sorted(str(p) for p in (VOC_DIR / "JPEGImages").glob("*.jpg"))
-    code = main(["audit", "--model", str(checkpoint_dir), "--images", *images,
-                 "--class-names", str(VOC_DIR / "class_names.txt"), "--map-images", "1", "--deletion-steps", "4",
-                 "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "audit",
+            "--model",
+            str(checkpoint_dir),
+            "--images",
+            *images,
+            "--class-names",
+            str(VOC_DIR / "class_names.txt"),
+            "--map-images",
+            "1",
+            "--deletion-steps",
+            "4",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "official pipeline" in printed and "one-head" in printed

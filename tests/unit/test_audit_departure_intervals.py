@@ -11,8 +11,8 @@ import torch
 
 from faithclip.audit.bootstrap import Bootstrap, median_interval, wilson_interval
 from faithclip.audit.departure import summarise_maps
-from faithclip.mapmath import spearman
 from faithclip.audit.report import contrast_reading
+from faithclip.mapmath import spearman
 
 Z95 = 1.959963984540054
 
@@ -35,10 +35,17 @@ def test_wilson_interval_at_zero_successes_is_z2_over_n_plus_z2():
 
 def _rows(faithful_deletion, faithful_insertion, shift_deletion=0.0, shift_insertion=0.0):
     """Per-image map rows of two arms, ``published`` = faithful + a constant per-image shift."""
-    return [{"spearman_faithful_vs_faithful": 1.0, "spearman_published_vs_faithful": 0.5,
-             "deletion_auc_faithful": d, "insertion_auc_faithful": i,
-             "deletion_auc_published": d + shift_deletion, "insertion_auc_published": i + shift_insertion}
-            for d, i in zip(faithful_deletion, faithful_insertion)]
+    return [
+        {
+            "spearman_faithful_vs_faithful": 1.0,
+            "spearman_published_vs_faithful": 0.5,
+            "deletion_auc_faithful": d,
+            "insertion_auc_faithful": i,
+            "deletion_auc_published": d + shift_deletion,
+            "insertion_auc_published": i + shift_insertion,
+        }
+        for d, i in zip(faithful_deletion, faithful_insertion)
+    ]
 
 
 def test_identical_maps_give_a_contrast_of_exactly_zero_with_a_degenerate_interval():
@@ -62,7 +69,9 @@ def test_paired_contrast_sees_a_constant_shift_that_the_per_arm_intervals_hide()
     insertion = summary["contrasts"]["published"]["insertion_auc"]
     for contrast, shift in ((deletion, 0.05), (insertion, -0.05)):
         assert contrast["value"] == pytest.approx(shift, abs=1e-12)
-        assert contrast["low"] == pytest.approx(shift, abs=1e-12) and contrast["high"] == pytest.approx(shift, abs=1e-12)
+        assert contrast["low"] == pytest.approx(shift, abs=1e-12) and contrast["high"] == pytest.approx(
+            shift, abs=1e-12
+        )
     assert contrast_reading(deletion, "deletion_auc") == "worse"  # deletion: higher is worse
     assert contrast_reading(insertion, "insertion_auc") == "worse"  # insertion: lower is worse
     faithful, published = summary["intervals"]["deletion_auc_faithful"], summary["intervals"]["deletion_auc_published"]

@@ -27,8 +27,10 @@ from faithclip.models.loading import shipped_models
 
 needs_shapes = pytest.mark.skipif("shapes-clip" not in shipped_models(), reason="the shipped shapes model is absent")
 
-TINY = ("faithclip audit --scenes 12 --map-images 1 --deletion-steps 2 --ladder --correctness --p2-scenes 6 "
-        "--p2-ladders 1 --p2-rungs 3 --ladder-deletion-steps 2 --correctness-alphas 0.5 --methods grad_cam --resamples 200")
+TINY = (
+    "faithclip audit --scenes 12 --map-images 1 --deletion-steps 2 --ladder --correctness --p2-scenes 6 "
+    "--p2-ladders 1 --p2-rungs 3 --ladder-deletion-steps 2 --correctness-alphas 0.5 --methods grad_cam --resamples 200"
+)
 
 
 def test_cli_defaults_are_the_settings_defaults():
@@ -40,8 +42,18 @@ def test_cli_defaults_are_the_settings_defaults():
 
 
 def test_settings_command_round_trips():
-    settings = AuditSettings(scenes=7, aspect=0.75, ladder=True, p2_scenes=9, p2_rungs=4, min_effect=0.2,
-                             methods=("grad_cam", "legrad"), deletion_steps=3, seed=4, confidence=0.9)
+    settings = AuditSettings(
+        scenes=7,
+        aspect=0.75,
+        ladder=True,
+        p2_scenes=9,
+        p2_rungs=4,
+        min_effect=0.2,
+        methods=("grad_cam", "legrad"),
+        deletion_steps=3,
+        seed=4,
+        confidence=0.9,
+    )
     assert settings_from_args(parse_command(settings.command())) == settings
     assert AuditSettings().command() == "faithclip audit"
     for runs in SECTIONS.values():
@@ -49,10 +61,18 @@ def test_settings_command_round_trips():
             parse_command(run.command)  # every documented command is valid CLI input
 
 
-@pytest.mark.parametrize("arguments", [["--scenes", "0"], ["--correctness-alphas", "2"], ["--ladder", "--p2-rungs", "2"],
-                                       ["--ladder", "--min-effect", "1.5"],
-                                       ["--out", "/proc/no-such-dir"], ["--random-weights", "--model", "/proc/no-such-dir"],
-                                       ["--ladder", "--methods", "no_such_method"]])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--scenes", "0"],
+        ["--correctness-alphas", "2"],
+        ["--ladder", "--p2-rungs", "2"],
+        ["--ladder", "--min-effect", "1.5"],
+        ["--out", "/proc/no-such-dir"],
+        ["--random-weights", "--model", "/proc/no-such-dir"],
+        ["--ladder", "--methods", "no_such_method"],
+    ],
+)
 def test_bad_usage_is_one_line_and_exit_2(arguments, capsys):
     assert cli_main(["audit", *arguments]) == 2
     error = capsys.readouterr().err.strip()

@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import B32_DIR, VOC_DIR, random_clip, token_ids
 from PIL import Image
-from reference import grad_eclip_official_reference as ref
 
+from conftest import B32_DIR, VOC_DIR, random_clip, token_ids
 from faithclip.api import grad_eclip_official_explain
 from faithclip.methods.grad_eclip_official import official_lambda
 from faithclip.methods.official.keepsize import cap_short_side, keep_size_pixels
@@ -22,6 +21,7 @@ from faithclip.methods.official.rewrite import (
 from faithclip.models.loading import from_hf
 from faithclip.models.preprocess import ImagePreprocess
 from faithclip.registry import METHODS
+from reference import grad_eclip_official_reference as ref
 
 torch.set_num_threads(1)
 
@@ -90,8 +90,16 @@ def image_side(handle, image, text, ids, *, qk: str = "out_proj", layers: int = 
     """faithclip's explanations and the oracle's (maps, cosines) of one image (PIL or path)."""
     explanations = grad_eclip_official_explain(handle, image, text, lambda_qk=qk, layers=layers, cap=cap)
     text_embeds, _, _ = ref.text_embedding(handle.model, ids, 0)  # the model's own text forward, by hand
-    expected, cosines = ref.official_image_map(handle.model, image, text_embeds.detach(), cap=cap, qk=qk,
-                                               layers=layers, mean=handle.preprocess.mean, std=handle.preprocess.std)
+    expected, cosines = ref.official_image_map(
+        handle.model,
+        image,
+        text_embeds.detach(),
+        cap=cap,
+        qk=qk,
+        layers=layers,
+        mean=handle.preprocess.mean,
+        std=handle.preprocess.std,
+    )
     got = torch.stack([e.map for e in explanations])
     assert_maps_agree(got, expected)
     assert np.allclose([e.score for e in explanations], cosines.numpy(), atol=score_tolerance(expected.dtype), rtol=0)
@@ -102,10 +110,18 @@ def text_side(handle, image, text, ids, *, qk: str = "out_proj", undefined_rows_
     """faithclip's text explanations and the oracle's maps against one image (PIL or path)."""
     explanations = grad_eclip_official_explain(handle, image, text, side="text", lambda_qk=qk)
     preprocess = handle.preprocess
-    expected, cosines = ref.official_text_map(handle.model, ids, image, qk=qk, size=preprocess.size,
-                                              crop=preprocess.crop_height, mean=preprocess.mean, std=preprocess.std)
-    got = torch.stack([e.map[:ids.shape[1]] for e in explanations])
-    assert all(float(e.map[ids.shape[1]:].abs().sum()) == 0 for e in explanations)
+    expected, cosines = ref.official_text_map(
+        handle.model,
+        ids,
+        image,
+        qk=qk,
+        size=preprocess.size,
+        crop=preprocess.crop_height,
+        mean=preprocess.mean,
+        std=preprocess.std,
+    )
+    got = torch.stack([e.map[: ids.shape[1]] for e in explanations])
+    assert all(float(e.map[ids.shape[1] :].abs().sum()) == 0 for e in explanations)
     assert_maps_agree(got, expected, undefined_rows_allowed)
     assert np.allclose([e.score for e in explanations], cosines.numpy(), atol=score_tolerance(expected.dtype), rtol=0)
     for row, explanation in zip(ids, explanations):
@@ -228,7 +244,9 @@ def test_attention_eclip_on_the_rewritten_forward_equals_the_official_map(handle
     embeds, traces, grid = encode_image_rewritten(model, pixels, heads=1, layers=1)
     score = (F.normalize(embeds, dim=-1) @ text.T)[0, 0]
     attn_grad = torch.autograd.grad(score, traces[0].attn)[0]  # (1, 1, T, T)
-    lam = official_lambda(traces[0].q[0], traces[0].k[0], 0, slice(1, None), model.vision_model.encoder.layers[-1].self_attn.out_proj)
+    lam = official_lambda(
+        traces[0].q[0], traces[0].k[0], 0, slice(1, None), model.vision_model.encoder.layers[-1].self_attn.out_proj
+    )
     attention_form = F.relu(attn_grad[0, 0, 0, 1:] * lam).reshape(grid)
     assert torch.allclose(attention_form, official, atol=1e-10, rtol=0)
 

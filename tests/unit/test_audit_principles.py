@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_clip
 from PIL import Image
 
+from conftest import random_clip
 from faithclip.audit import check_p1
 from faithclip.audit.data import shapes_data
 from faithclip.audit.departure import (
@@ -82,8 +82,13 @@ def test_lambda_qk_arm_is_grad_eclip_with_out_proj_lambda():
 
     handle = worded(heads=4, image_size=32, patch_size=8)
     image = shapes_data(1, raw_size=32, seed=5).images[0]
-    ctx = Context(handle=handle, side="image", pixels=handle.pixels(image), text=handle.tokens(["a red circle"]),
-                  target=make_target("cosine"))
+    ctx = Context(
+        handle=handle,
+        side="image",
+        pixels=handle.pixels(image),
+        text=handle.tokens(["a red circle"]),
+        target=make_target("cosine"),
+    )
     for qk in ("raw", "out_proj"):
         arm = image_maps(ctx, ctx.pixels, 1, qk, heads=None)[0][0]
         method = grad_eclip(ctx, lambda_qk=qk).maps[0, 0]
@@ -124,8 +129,9 @@ def test_audit_departure_end_to_end_and_renderings():
     # a result recorded before intervals existed (means only) still renders, its figures bare
     legacy = {**results, "maps": {k: results["maps"][k] for k in ("images", "arms", "mean")}}
     legacy.pop("bootstrap")
-    legacy["arms"] = {arm: {k: v for k, v in values.items() if not k.endswith("_interval")}
-                      for arm, values in results["arms"].items()}
+    legacy["arms"] = {
+        arm: {k: v for k, v in values.items() if not k.endswith("_interval")} for arm, values in results["arms"].items()
+    }
     legacy_text = format_audit(legacy)
     assert "published (all three" in legacy_text and "[" not in legacy_text.split("Grad-ECLIP maps")[1]
     fragment = audit_html(results)
@@ -190,7 +196,12 @@ def test_p1_passes_faithful_methods_and_catches_modified_forwards():
     sneaky = MethodSpec(name="sneaky", paper="test", image=_shifted_forward)
     rows = check_p1(handle, images, texts, ["grad_eclip", "attention_eclip", "grad_eclip_official", sneaky])
     by_key = {(r.method, r.side): r for r in rows}
-    for key in [("grad_eclip", "image"), ("grad_eclip", "text"), ("attention_eclip", "image"), ("attention_eclip", "text")]:
+    for key in [
+        ("grad_eclip", "image"),
+        ("grad_eclip", "text"),
+        ("attention_eclip", "image"),
+        ("attention_eclip", "text"),
+    ]:
         assert by_key[key].passed and by_key[key].max_gap <= 1e-5, key
     official = by_key[("grad_eclip_official", "image")]
     assert not official.passed and official.modifies_model and "declared" in official.reason
@@ -212,8 +223,10 @@ def test_degrade_endpoints():
     assert torch.equal(handle.model.logit_scale, far.model.logit_scale)
 
 
-@pytest.mark.skipif("shapes-clip" not in shipped_models(),
-                    reason="the shipped shapes model (src/faithclip/models/shipped/shapes-clip) has not landed yet")
+@pytest.mark.skipif(
+    "shapes-clip" not in shipped_models(),
+    reason="the shipped shapes model (src/faithclip/models/shipped/shapes-clip) has not landed yet",
+)
 def test_ladder_accuracy_falls_monotonically_on_the_shapes_model():
     import faithclip
 

@@ -7,8 +7,10 @@ from faithclip.bench import BenchRow, format_rows
 
 
 def test_the_ratio_is_the_two_printed_times_and_an_unmeasured_column_is_left_out():
-    rows = [BenchRow("B/32", "forward (no grad)", 0.070, 0.070 / 0.100, forward_seconds=0.100),
-            BenchRow("B/32", "attention_eclip, 1 prompt", 0.150, 0.150 / 0.100, forward_seconds=0.100)]
+    rows = [
+        BenchRow("B/32", "forward (no grad)", 0.070, 0.070 / 0.100, forward_seconds=0.100),
+        BenchRow("B/32", "attention_eclip, 1 prompt", 0.150, 0.150 / 0.100, forward_seconds=0.100),
+    ]
     text = format_rows(rows)
     assert "peak RSS" not in text  # --no-memory
     line = next(line for line in text.splitlines() if "attention_eclip" in line)

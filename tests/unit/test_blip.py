@@ -12,17 +12,17 @@ from PIL import Image
 
 import faithclip
 from blip_fixtures import blip_tokenizer, random_blip, save_random_blip
-from faithclip.numerics import relative_difference
 from faithclip.errors import MethodError
 from faithclip.methods.context import Context
 from faithclip.models.loading import from_hf
+from faithclip.numerics import relative_difference
 from faithclip.probe import Probe
 from faithclip.registry import METHODS
 from faithclip.targets import make_target
 from reference import attention_methods_reference as literal
 from reference import blip_reference as ref
 from reference.grad_eclip_official_reference import keep_size_input
-from reference.perturbation_methods_reference import occlusion_literal, rise_masks_literal, rise_literal
+from reference.perturbation_methods_reference import occlusion_literal, rise_literal, rise_masks_literal
 
 TEXTS = ["a red circle", "a photo of a dog in a car"]
 
@@ -82,14 +82,16 @@ def test_text_probe_is_bit_identical(tiny64):
 def test_score_is_the_models_itc_score_p1(tiny64):
     pixels, batch = pixels_for(tiny64), tiny64.tokens(TEXTS)
     with torch.no_grad():
-        own = tiny64.model(input_ids=batch.input_ids, pixel_values=pixels, attention_mask=batch.attention_mask,
-                           use_itm_head=False).itm_score  # (B, K)
+        own = tiny64.model(
+            input_ids=batch.input_ids, pixel_values=pixels, attention_mask=batch.attention_mask, use_itm_head=False
+        ).itm_score  # (B, K)
     for side, run in (("image", faithclip.explain), ("text", faithclip.explain_text)):
         for index, explanation in enumerate(run(tiny64, pixels, TEXTS, "grad_eclip")):
             b, k = divmod(index, len(TEXTS))
             assert explanation.score == explanation.model_score == pytest.approx(float(own[b, k]), abs=1e-12)
-    assert [e.tokens[:5] for e in faithclip.explain_text(tiny64, pixels[:1], TEXTS[:1], "grad_eclip")] == \
-        [["[CLS]", "a", "red", "circle", "[SEP]"]]
+    assert [e.tokens[:5] for e in faithclip.explain_text(tiny64, pixels[:1], TEXTS[:1], "grad_eclip")] == [
+        ["[CLS]", "a", "red", "circle", "[SEP]"]
+    ]
     assert batch.eos_positions.tolist() == [4, 9]
 
 
@@ -98,14 +100,29 @@ def test_family_declarations_and_errors(tiny64):
     assert tiny64.family.name == "blip" and not tiny64.family.fast_path
     for kind in ("logit", "probability"):
         with pytest.raises(MethodError, match="no '" + kind):
-            faithclip.explain(tiny64, pixels, "a dog", "grad_eclip", target=kind, others=["a cat"] * (kind == "probability"))
+            faithclip.explain(
+                tiny64, pixels, "a dog", "grad_eclip", target=kind, others=["a cat"] * (kind == "probability")
+            )
     with pytest.raises(MethodError, match="defines its map for the cosine target only"):
         faithclip.explain(tiny64, pixels, "a dog", "clip_surgery", target="contrast", others=["a cat"])
     with pytest.raises(MethodError, match="no text side for blip"):
         faithclip.explain_text(tiny64, pixels, "a dog", "grad_eclip_official")
     supported = {s.name for s in METHODS if s.supports("blip")}
-    assert supported == {"grad_eclip", "attention_eclip", "self_attention", "rollout", "game", "grad_cam", "occlusion",
-                         "rise", "grad_eclip_official", "maskclip", "legrad", "m2ib", "clip_surgery"}
+    assert supported == {
+        "grad_eclip",
+        "attention_eclip",
+        "self_attention",
+        "rollout",
+        "game",
+        "grad_cam",
+        "occlusion",
+        "rise",
+        "grad_eclip_official",
+        "maskclip",
+        "legrad",
+        "m2ib",
+        "clip_surgery",
+    }
     contrast = faithclip.explain(tiny64, pixels, "a dog", "grad_eclip", target="contrast", others=["a cat"])
     with torch.no_grad():
         image, text = features(tiny64, pixels, ["a dog", "a cat"])
@@ -127,18 +144,44 @@ def test_load_reads_the_blip_image_processor(saved):
 def eclip_image_expected(handle, pixels, texts, method, layers, relu="per_layer"):
     model = handle.model.double()
     _, text_feats = features(handle, pixels, texts)
-    return torch.stack([torch.stack([ref.eclip_image_map(model, pixels[b:b + 1].double(), text_feats[k].double(),
-                                                         method, layers, relu)[0] for k in range(len(texts))])
-                        for b in range(pixels.shape[0])])  # (B, K, T-1)
+    return torch.stack(
+        [
+            torch.stack(
+                [
+                    ref.eclip_image_map(
+                        model, pixels[b : b + 1].double(), text_feats[k].double(), method, layers, relu
+                    )[0]
+                    for k in range(len(texts))
+                ]
+            )
+            for b in range(pixels.shape[0])
+        ]
+    )  # (B, K, T-1)
 
 
 def eclip_text_expected(handle, pixels, texts, method, layers, span):
     model, batch = handle.model.double(), handle.tokens(texts)
     image_feats, _ = features(handle, pixels, texts)
-    return torch.stack([torch.stack([ref.eclip_text_map(model, batch.input_ids[k], batch.attention_mask[k],
-                                                        int(batch.eos_positions[k]), image_feats[b].double(), method,
-                                                        layers, span)[0] for k in range(len(texts))])
-                        for b in range(pixels.shape[0])])  # (B, K, L)
+    return torch.stack(
+        [
+            torch.stack(
+                [
+                    ref.eclip_text_map(
+                        model,
+                        batch.input_ids[k],
+                        batch.attention_mask[k],
+                        int(batch.eos_positions[k]),
+                        image_feats[b].double(),
+                        method,
+                        layers,
+                        span,
+                    )[0]
+                    for k in range(len(texts))
+                ]
+            )
+            for b in range(pixels.shape[0])
+        ]
+    )  # (B, K, L)
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -155,8 +198,9 @@ def test_eclip_text_maps_match_the_oracle_float64(tiny64, layers, span):
     pixels = pixels_for(tiny64)
     for method in ("grad_eclip", "attention_eclip"):
         expected = eclip_text_expected(tiny64, pixels, TEXTS, method, layers, span)
-        got = torch.stack([e.map for e in faithclip.explain_text(tiny64, pixels, TEXTS, method, layers=layers,
-                                                                lambda_span=span)])
+        got = torch.stack(
+            [e.map for e in faithclip.explain_text(tiny64, pixels, TEXTS, method, layers=layers, lambda_span=span)]
+        )
         assert relative_difference(expected.reshape(got.shape), got, 0.0) <= 1e-10
         assert (got.sum(-1) - 1).abs().max() < 1e-12
 
@@ -189,7 +233,9 @@ def test_published_sizes_float64(published_sizes, side):
     texts = "a photo of a dog"
     if side == "image":
         expected = eclip_image_expected(handle, pixels, [texts], "grad_eclip", 1).reshape(1, -1)
-        got = [faithclip.explain(handle, pixels, texts, m).map.flatten()[None] for m in ("grad_eclip", "attention_eclip")]
+        got = [
+            faithclip.explain(handle, pixels, texts, m).map.flatten()[None] for m in ("grad_eclip", "attention_eclip")
+        ]
         assert expected.shape == (1, 576)
     else:
         expected = eclip_text_expected(handle, pixels, [texts], "grad_eclip", 1, "context").reshape(1, -1)
@@ -207,7 +253,7 @@ def reference_internals(handle, pixels, texts, side):
     for b in range(pixels.shape[0]):
         for k in range(len(texts)):
             if side == "image":
-                feat, internals = ref.vision_forward(model, pixels[b:b + 1])
+                feat, internals = ref.vision_forward(model, pixels[b : b + 1])
                 out[b, k] = ref.cosine(feat, text_feats[k]), internals
             else:
                 feat, internals = ref.text_forward(model, batch.input_ids[k], batch.attention_mask[k])
@@ -233,8 +279,9 @@ def test_attention_methods_match_literal_forms(tiny64, side):
         "game": lambda s, inside: literal.game_literal(s, [i["attn"] for i in inside], 0, 0),
     }
     if side == "image":
-        cases["grad_cam"] = lambda s, inside: torch.cat([torch.zeros(1, dtype=s.dtype),
-                                                         literal.grad_cam_literal(s, inside[-1]["hidden_in"])])
+        cases["grad_cam"] = lambda s, inside: torch.cat(
+            [torch.zeros(1, dtype=s.dtype), literal.grad_cam_literal(s, inside[-1]["hidden_in"])]
+        )
     for method, oracle_map in cases.items():
         got = [e.map.flatten() for e in run(tiny64, pixels, TEXTS, method)]
         for index, (key, (score, inside)) in enumerate(oracle.items()):
@@ -248,7 +295,10 @@ def test_game_last_layer_and_rollout_start(tiny64):
     score, inside = oracle[0, 0]
     for start in (-1, 1):
         got = faithclip.explain(tiny64, pixels, TEXTS[0], "game", start_layer=start).map.flatten()
-        assert relative_difference(literal.game_literal(score, [i["attn"] for i in inside], 0, start)[1:], got, 0.0) <= 1e-10
+        assert (
+            relative_difference(literal.game_literal(score, [i["attn"] for i in inside], 0, start)[1:], got, 0.0)
+            <= 1e-10
+        )
         got = faithclip.explain(tiny64, pixels, TEXTS[0], "rollout", start_layer=start).map.flatten()
         rows = literal.rollout_literal([i["attn"][0].detach() for i in inside], 0, start)[1:]
         assert relative_difference(rows, got, 0.0) <= 1e-10
@@ -326,13 +376,18 @@ def test_blip_equivalence_figures(saved, published_sizes, capsys):
             handle.model.to(dtype)
             pixels = pixels_for(handle, 1, seed=3)
             for side, run in (("image", faithclip.explain), ("text", faithclip.explain_text)):
-                grad, attention = ([e.map.flatten() for e in run(handle, pixels, texts, m, relu="none")]
-                                   for m in ("grad_eclip", "attention_eclip"))
+                grad, attention = (
+                    [e.map.flatten() for e in run(handle, pixels, texts, m, relu="none")]
+                    for m in ("grad_eclip", "attention_eclip")
+                )
                 pair = max(relative_difference(g.double(), a.double(), 0.0) for g, a in zip(grad, attention))
                 maps = [e.map.flatten() for e in run(handle, pixels, texts, "grad_eclip")]
                 handle.model.double()
-                expected = (eclip_image_expected(handle, pixels.double(), texts, "grad_eclip", 1) if side == "image" else
-                            eclip_text_expected(handle, pixels.double(), texts, "grad_eclip", 1, "context"))[0]
+                expected = (
+                    eclip_image_expected(handle, pixels.double(), texts, "grad_eclip", 1)
+                    if side == "image"
+                    else eclip_text_expected(handle, pixels.double(), texts, "grad_eclip", 1, "context")
+                )[0]
                 handle.model.to(dtype)
                 oracle = max(relative_difference(e.flatten(), m.double(), 0.0) for e, m in zip(expected, maps))
                 rows.append((name, side, str(dtype).replace("torch.", ""), pair, oracle))
@@ -352,8 +407,12 @@ def test_audit_departure_runs_on_blip(saved):
 
     handle = faithclip.load(str(saved))
     assert map_arms(FAMILIES["clip"]) == MAP_ARMS  # CLIP's ablation is unchanged
-    assert map_arms(handle.family) == {"faithful": (False, False, "raw"), "one_head": (True, False, "raw"),
-                                       "keep_size": (False, True, "raw"), "published": (True, True, "raw")}
+    assert map_arms(handle.family) == {
+        "faithful": (False, False, "raw"),
+        "one_head": (True, False, "raw"),
+        "keep_size": (False, True, "raw"),
+        "published": (True, True, "raw"),
+    }
     result = audit_departure(handle, shapes_data(4, raw_size=48, seed=1), map_images=1)
     assert result["cap"] is None and result["text"] is None
     assert result["arms"]["original"]["embedding_cosine_mean"] == pytest.approx(1.0)

@@ -58,10 +58,22 @@ def own_itm_logits(handle, pixels, texts) -> torch.Tensor:
     """``(B, K, 2)``: transformers' ITM forward, one (image, text) pair per call."""
     batch = handle.tokens(texts)
     with torch.no_grad():
-        return torch.stack([torch.cat([
-            handle.model(input_ids=batch.input_ids[k:k + 1], attention_mask=batch.attention_mask[k:k + 1],
-                         pixel_values=pixels[b:b + 1], use_itm_head=True).itm_score
-            for k in range(len(texts))]) for b in range(pixels.shape[0])])
+        return torch.stack(
+            [
+                torch.cat(
+                    [
+                        handle.model(
+                            input_ids=batch.input_ids[k : k + 1],
+                            attention_mask=batch.attention_mask[k : k + 1],
+                            pixel_values=pixels[b : b + 1],
+                            use_itm_head=True,
+                        ).itm_score
+                        for k in range(len(texts))
+                    ]
+                )
+                for b in range(pixels.shape[0])
+            ]
+        )
 
 
 # ---- P1: the number explained is the model's own ITM output -------------------------------------------
@@ -94,9 +106,11 @@ def test_log_odds_is_the_difference_of_the_two_logits(tiny):
 # ---- the maps, against the model's own ITM forward ---------------------------------------------------
 def itm_of_image(handle, texts, kind="itm"):
     """The score function of the perturbation oracles: one image ``(1, 3, H, W)`` -> ``(K,)``."""
+
     def score(image):
         logits = own_itm_logits(handle, image, texts)[0]  # (K, 2)
         return logits.softmax(-1)[:, 1] if kind == "itm" else logits[:, 1] - logits[:, 0]
+
     return score
 
 
@@ -130,9 +144,13 @@ def test_grad_cam_map_is_the_literal_form_on_the_models_itm_forward(tiny64):
 
             hook = block.register_forward_pre_hook(keep, with_kwargs=True)
             try:
-                image = pixels[b:b + 1].clone().requires_grad_(True)  # a graph down to the block input
-                logits = model(input_ids=batch.input_ids[k:k + 1], attention_mask=batch.attention_mask[k:k + 1],
-                               pixel_values=image, use_itm_head=True).itm_score
+                image = pixels[b : b + 1].clone().requires_grad_(True)  # a graph down to the block input
+                logits = model(
+                    input_ids=batch.input_ids[k : k + 1],
+                    attention_mask=batch.attention_mask[k : k + 1],
+                    pixel_values=image,
+                    use_itm_head=True,
+                ).itm_score
             finally:
                 hook.remove()
             features = kept["f"]  # (1, T, D)
@@ -180,7 +198,9 @@ def test_every_other_family_refuses_itm_in_one_line():
         for kind in ITM_KINDS:
             with pytest.raises(MethodError) as error:
                 FAMILIES[name].check_target(make_target(kind))
-            assert str(error.value).startswith(f"a {name} model has no '{kind}' score (BLIP's image-text matching head)")
+            assert str(error.value).startswith(
+                f"a {name} model has no '{kind}' score (BLIP's image-text matching head)"
+            )
             assert "\n" not in str(error.value)
     for name in ("shapes-clip", "shapes-siglip", "shapes-vit"):  # shipped: no download
         model = faithclip.load(name)
@@ -199,7 +219,9 @@ def test_a_blip_without_an_itm_head_refuses_itm_in_one_line(tmp_path):
     handle = from_hf(model, blip_tokenizer(tmp_path / "tokenizer"), name="blip-without-itm")
     pixels = pixels_for(handle, 1)
     assert faithclip.explain(handle, pixels, TEXTS[0], "occlusion", window=16, stride=16).target == "cosine"  # ITC runs
-    with pytest.raises(MethodError, match="this BLIP model has no image-text matching head \\(itm_head is missing\\)") as error:
+    with pytest.raises(
+        MethodError, match="this BLIP model has no image-text matching head \\(itm_head is missing\\)"
+    ) as error:
         faithclip.explain(handle, pixels, TEXTS[0], "occlusion", target="itm")
     assert "\n" not in str(error.value)
 
@@ -216,8 +238,23 @@ def write_image(path):
 def test_cli_explains_itm_end_to_end_and_refuses_a_class_token_method(saved, tiny, tmp_path, capsys):
     image = str(write_image(tmp_path / "scene.png"))
     out = tmp_path / "out"
-    code = main(["explain", image, "--model", str(saved), "--text", TEXTS[0], "--target", "itm",
-                 "--methods", "grad_cam", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "explain",
+            image,
+            "--model",
+            str(saved),
+            "--text",
+            TEXTS[0],
+            "--target",
+            "itm",
+            "--methods",
+            "grad_cam",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     (path,) = [path for path in out.glob("*.json") if path.name != "explain.json"]  # the pair's record
     record = json.loads(path.read_text())
@@ -227,11 +264,41 @@ def test_cli_explains_itm_end_to_end_and_refuses_a_class_token_method(saved, tin
     assert_rounding_close(record["score"], expected, torch.float32, what="the CLI's explained score")
     assert_rounding_close(record["model_score"], expected, torch.float32, what="the CLI's model score")
     capsys.readouterr()
-    code = main(["explain", image, "--model", str(saved), "--text", TEXTS[0], "--target", "itm",
-                 "--methods", "grad_eclip", "--out", str(tmp_path / "refused"), "--no-progress"])
+    code = main(
+        [
+            "explain",
+            image,
+            "--model",
+            str(saved),
+            "--text",
+            TEXTS[0],
+            "--target",
+            "itm",
+            "--methods",
+            "grad_eclip",
+            "--out",
+            str(tmp_path / "refused"),
+            "--no-progress",
+        ]
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "grad_eclip cannot explain the itm target" in lines[0]
-    code = main(["explain", image, "--model", "shapes-clip", "--text", "a red circle", "--target", "itm",
-                 "--methods", "occlusion", "--out", str(tmp_path / "clip"), "--no-progress"])
+    code = main(
+        [
+            "explain",
+            image,
+            "--model",
+            "shapes-clip",
+            "--text",
+            "a red circle",
+            "--target",
+            "itm",
+            "--methods",
+            "occlusion",
+            "--out",
+            str(tmp_path / "clip"),
+            "--no-progress",
+        ]
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "a clip model has no 'itm' score" in lines[0]

@@ -103,12 +103,19 @@ def test_clean_method_passes_every_detector(shapes):
     assert check_sanity(shapes, callable_method(gradient_maps, "clean"), SETTINGS).verdict != "fail"
 
 
-@pytest.mark.parametrize("function, expected, where", [
-    (swaps_forward, {"forward_swapped", "embedding_not_the_models"}, "vision_model.encoder.layers.1.mlp"),
-    (edits_weight, {"weight_edited", "embedding_not_the_models"}, "vision_model.encoder.layers.0.self_attn.q_proj.weight"),
-    (leaves_hook, {"hook_left"}, "vision_model.encoder.layers.2"),
-    (resizes_input, {"input_size"}, "vision_model.embeddings.patch_embedding"),
-])
+@pytest.mark.parametrize(
+    "function, expected, where",
+    [
+        (swaps_forward, {"forward_swapped", "embedding_not_the_models"}, "vision_model.encoder.layers.1.mlp"),
+        (
+            edits_weight,
+            {"weight_edited", "embedding_not_the_models"},
+            "vision_model.encoder.layers.0.self_attn.q_proj.weight",
+        ),
+        (leaves_hook, {"hook_left"}, "vision_model.encoder.layers.2"),
+        (resizes_input, {"input_size"}, "vision_model.embeddings.patch_embedding"),
+    ],
+)
 def test_each_p1_detector_fires_and_names_the_place(shapes, function, expected, where):
     try:
         result, findings, claims = p1(shapes, function, function.__name__)
@@ -127,8 +134,15 @@ def test_text_and_sanity_detectors(shapes):
     assert check_sanity(shapes, callable_method(ignores_weights, "ignores_weights"), SETTINGS).verdict == "fail"
 
 
-@pytest.mark.parametrize("name, p1_verdict", [("attention_eclip", "pass"), ("grad_eclip_official", "declared departure"),
-                                              ("maskclip", "declared departure"), ("rise", "pass")])
+@pytest.mark.parametrize(
+    "name, p1_verdict",
+    [
+        ("attention_eclip", "pass"),
+        ("grad_eclip_official", "declared departure"),
+        ("maskclip", "declared departure"),
+        ("rise", "pass"),
+    ],
+)
 def test_registered_flags_are_claims_the_detectors_verify(shapes, name, p1_verdict):
     spec, origin = resolve_method(name)
     result, findings = check_p1(shapes, spec, "image", SETTINGS)
@@ -149,8 +163,13 @@ def test_captum_plugin_registered_from_outside_is_checked_end_to_end(tmp_path):
     (info / "entry_points.txt").write_text("[faithclip.methods]\ncaptum_ig = faithclip_captum_example:SPEC\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src")]), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "faithclip", "check", "--methods", "captum_ig", "--out", str(out)],
-                         env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "faithclip", "check", "--methods", "captum_ig", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode in (0, 1), run.stderr
     card = json.loads((out / "check.json").read_text())["cards"][0]
     assert card["origin"].startswith("plugin (captum_ig = faithclip_captum_example:SPEC")
@@ -163,12 +182,15 @@ def test_captum_plugin_registered_from_outside_is_checked_end_to_end(tmp_path):
     assert "<table>" in (out / "report.html").read_text()
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["check", "--methods", "no_such_method"], "unknown method 'no_such_method'"),
-    (["check", "--methods", "no_such_module_xyz:explain"], "cannot import 'no_such_module_xyz'"),
-    (["check", "--methods", "faithclip.api:no_such_function"], "has no 'no_such_function'"),
-    (["check", "--methods", "rise", "--checks", "p1,p3"], "--checks: unknown ['p3']"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["check", "--methods", "no_such_method"], "unknown method 'no_such_method'"),
+        (["check", "--methods", "no_such_module_xyz:explain"], "cannot import 'no_such_module_xyz'"),
+        (["check", "--methods", "faithclip.api:no_such_function"], "has no 'no_such_function'"),
+        (["check", "--methods", "rise", "--checks", "p1,p3"], "--checks: unknown ['p3']"),
+    ],
+)
 def test_bad_method_or_check_is_one_line_and_exit_2(capsys, argv, fragment):
     from faithclip.cli.main import main
 
@@ -215,9 +237,11 @@ def test_a_departure_is_declared_only_by_its_own_flag(shapes):
     declared; a resized input under modifies_model alone is a fail, and so are the claims."""
     from dataclasses import replace
 
-    for function, flags, verdict in ((edits_weight, {"modifies_model": True}, "declared departure"),
-                                     (resizes_input, {"modifies_model": True}, "fail"),
-                                     (resizes_input, {"modifies_input": True}, "declared departure")):
+    for function, flags, verdict in (
+        (edits_weight, {"modifies_model": True}, "declared departure"),
+        (resizes_input, {"modifies_model": True}, "fail"),
+        (resizes_input, {"modifies_input": True}, "declared departure"),
+    ):
         spec = replace(callable_method(function, function.__name__), **flags)
         try:
             result, findings = check_p1(shapes, spec, "image", SETTINGS)

@@ -27,15 +27,32 @@ TEXT = ("--text", "a red circle")
 CASES = [
     ("layers-0", ["explain", "img.png", *TEXT, "--layers", "0"], 2, "--layers: must be a whole number of at least 1"),
     ("layers-negative", ["explain", "img.png", *TEXT, "--layers", "-1"], 2, "--layers: must be a whole number"),
-    ("layers-99", ["explain", "img.png", *TEXT, "--layers", "99"], 2, "--layers 99: attention_eclip's layers must be at most 4"),
+    (
+        "layers-99",
+        ["explain", "img.png", *TEXT, "--layers", "99"],
+        2,
+        "--layers 99: attention_eclip's layers must be at most 4",
+    ),
     ("official-1x1", ["explain", "one.png", *TEXT, "--methods", "grad_eclip_official"], 2, "a 1x1 image is too small"),
-    ("official-3000x1", ["explain", "wide.png", *TEXT, "--methods", "grad_eclip_official"], 2,
-     "a 3000x1 image is too small"),
+    (
+        "official-3000x1",
+        ["explain", "wide.png", *TEXT, "--methods", "grad_eclip_official"],
+        2,
+        "a 3000x1 image is too small",
+    ),
     ("verify-out-unwritable", ["verify", "--out", "blocker/v"], 2, "Choose another --out"),
-    ("cosine-with-other", ["explain", "img.png", *TEXT, "--target", "cosine", "--other", "X"], 2,
-     "--other is not used by --target cosine"),
-    ("contrast-without-other", ["explain", "img.png", *TEXT, "--target", "contrast"], 2,
-     "--target contrast needs exactly one --other TEXT"),
+    (
+        "cosine-with-other",
+        ["explain", "img.png", *TEXT, "--target", "cosine", "--other", "X"],
+        2,
+        "--other is not used by --target cosine",
+    ),
+    (
+        "contrast-without-other",
+        ["explain", "img.png", *TEXT, "--target", "contrast"],
+        2,
+        "--target contrast needs exactly one --other TEXT",
+    ),
     ("model-typo", ["explain", "img.png", *TEXT, "--model", "shapes_clip"], 2, "Did you mean 'shapes-clip'"),
     ("explain-out-unwritable", ["explain", "img.png", *TEXT, "--out", "blocker/x"], 2, "Choose another --out"),
     ("demo-out-unwritable", ["demo", "--out", "blocker/d"], 2, "Choose another --out"),
@@ -50,13 +67,21 @@ CASES = [
 # More bad inputs, through the same ``main`` in this process (the subprocess cases show the process level).
 IN_PROCESS = [
     ("verify-layers-0", ["verify", "--layers", "0"], 2, "--layers: must be a whole number"),
-    ("probability-without-other", ["explain", "img.png", *TEXT, "--target", "probability"], 2,
-     "--target probability needs the other prompts"),
+    (
+        "probability-without-other",
+        ["explain", "img.png", *TEXT, "--target", "probability"],
+        2,
+        "--target probability needs the other prompts",
+    ),
     ("explain-out-is-file", ["explain", "img.png", *TEXT, "--out", "blocker"], 2, "is a file, not a directory"),
     ("missing-image", ["explain", "missing.png", *TEXT], 2, "image not found: missing.png"),
     ("empty-text", ["explain", "img.png", "--text", " "], 2, "empty text"),
-    ("text-method-without-text-side", ["explain", "img.png", *TEXT, "--side", "text", "--methods", "grad_cam"], 2,
-     "has no text-side explanation"),
+    (
+        "text-method-without-text-side",
+        ["explain", "img.png", *TEXT, "--side", "text", "--methods", "grad_cam"],
+        2,
+        "has no text-side explanation",
+    ),
     ("bench-k-negative", ["bench", "--k", "-5"], 2, "--k: must be a whole number"),
     ("bench-rise-masks-0", ["bench", "--rise-masks", "0"], 2, "--rise-masks: must be a whole number"),
     ("train-seed-negative", ["train-shapes", "--seed", "-1"], 2, "--seed: must be a whole number of at least 0"),
@@ -83,8 +108,14 @@ def listing(directory: Path) -> set[str]:
 
 
 def run_cli(argv: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "faithclip", *argv], cwd=cwd, env=environment(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "faithclip", *argv],
+        cwd=cwd,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +162,14 @@ def test_more_bad_input_in_process(tmp_path, monkeypatch, capsys, name, argv, co
 
 def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "faithclip", "demo", "--no-audit", "--out", "demo"], cwd=tmp_path, env=environment(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a shell may start jobs ignoring it
+        [sys.executable, "-m", "faithclip", "demo", "--no-audit", "--out", "demo"],
+        cwd=tmp_path,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # a shell may start jobs ignoring it
     try:
         first = process.stdout.readline()  # the demo has started computing
         assert first.startswith("scene 1/"), first
@@ -146,10 +182,13 @@ def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["methods"], "faithclip methods: interrupted"),
-    (["evaluate", "--out", "unused"], "faithclip evaluate: interrupted; run the same command again to resume"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["methods"], "faithclip methods: interrupted"),
+        (["evaluate", "--out", "unused"], "faithclip evaluate: interrupted; run the same command again to resume"),
+    ],
+)
 def test_interrupt_message_says_resume_only_where_true(monkeypatch, capsys, argv, message):
     from faithclip.cli.main import main
 
@@ -178,8 +217,13 @@ def test_check_writable_creates_nothing(tmp_path):
 def _p1_row(method: str, passed: bool, declared: bool):
     from types import SimpleNamespace
 
-    return SimpleNamespace(method=method, passed=passed, modifies_model=declared, modifies_input=False,
-                           as_dict=lambda: {"method": method, "passed": passed})
+    return SimpleNamespace(
+        method=method,
+        passed=passed,
+        modifies_model=declared,
+        modifies_input=False,
+        as_dict=lambda: {"method": method, "passed": passed},
+    )
 
 
 @pytest.mark.parametrize("declared, code", [(True, 0), (False, 1)])
@@ -190,15 +234,18 @@ def test_verify_exits_1_only_on_an_undeclared_departure(monkeypatch, tmp_path, c
 
     monkeypatch.setattr(equivalence, "verify_equivalence", lambda *a, **k: [])
     monkeypatch.setattr(equivalence, "format_table", lambda rows: "")
-    monkeypatch.setattr(principles, "check_p1", lambda *a, **k: [_p1_row("ok", True, False), _p1_row("x", False, declared)])
+    monkeypatch.setattr(
+        principles, "check_p1", lambda *a, **k: [_p1_row("ok", True, False), _p1_row("x", False, declared)]
+    )
     monkeypatch.setattr(principles, "format_p1", lambda rows: "")
     monkeypatch.setattr("faithclip.report.verify_report.render_verify", lambda record: "<!doctype html>")  # stub rows
     assert main(["verify", "--out", str(tmp_path / "run")]) == code
     out = capsys.readouterr().out
     assert ("FAILED: x depart" in out) == (code == 1)
     assert ("Declared departures (not failures): x" in out) == declared
-    assert json.loads((tmp_path / "run" / "verify.json").read_text())["failures"] == ([] if declared else [
-        "x depart from the model's own score without declaring it"])  # written whether or not a check failed
+    assert json.loads((tmp_path / "run" / "verify.json").read_text())["failures"] == (
+        [] if declared else ["x depart from the model's own score without declaring it"]
+    )  # written whether or not a check failed
 
 
 @pytest.fixture(scope="module")
@@ -270,5 +317,7 @@ def test_unknown_words_are_warned_about_and_printed(tmp_path, model, capsys):
     assert any("'bus' is not in the model's vocabulary" in note for note in bus.warnings)
     assert not any("vocabulary" in note for note in known.warnings)
     image.save(tmp_path / "img.png")
-    assert main(["explain", str(tmp_path / "img.png"), "--text", "a zebra and a bus", "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(["explain", str(tmp_path / "img.png"), "--text", "a zebra and a bus", "--out", str(tmp_path / "o")]) == 0
+    )
     assert "warning: 'zebra', 'bus' are not in the model's vocabulary" in capsys.readouterr().out

@@ -34,8 +34,9 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 
 def options(parser: argparse.ArgumentParser, deprecated: bool = False) -> set[str]:
     old = (DeprecatedAlias, DeprecatedPositional)
-    return {flag for action in parser._actions if isinstance(action, old) == deprecated
-            for flag in action.option_strings}
+    return {
+        flag for action in parser._actions if isinstance(action, old) == deprecated for flag in action.option_strings
+    }
 
 
 def parsed(argv: list[str]) -> dict:
@@ -127,8 +128,10 @@ def test_audit_no_progress_hides_its_log_lines_for_the_run_only():
 
 # ---- deprecated spellings: the same settings as the new one, and one notice line ------------------------
 ALIASES = [
-    (["explain", "a.png", "--text", "t", "--method", "grad_cam,rollout"],
-     ["explain", "a.png", "--text", "t", "--methods", "grad_cam,rollout"]),
+    (
+        ["explain", "a.png", "--text", "t", "--method", "grad_cam,rollout"],
+        ["explain", "a.png", "--text", "t", "--methods", "grad_cam,rollout"],
+    ),
     (["verify", "--random-b32"], ["verify", "--random-weights"]),
     (["verify", "--random-b32", "--reference", "cfg"], ["verify", "--random-weights", "--model", "cfg"]),
     (["audit", "--random-init", "--model", "cfg"], ["audit", "--random-weights", "--model", "cfg"]),
@@ -149,13 +152,16 @@ def test_an_old_spelling_parses_to_what_the_new_one_does(old, new):
     assert not getattr(build_parser().parse_args(new), "deprecations", None)
 
 
-@pytest.mark.parametrize("command, alias, use", [
-    ("verify", ["--json", "v.json"], "use --out DIR (it writes verify.json there)"),
-    ("bench", ["--json", "b.json"], "use --out DIR (it writes bench.json there)"),
-    ("audit", ["--html", "a.html"], "use --out DIR (it writes report.html there)"),
-    ("audit", ["--random-init"], "use --random-weights"),
-    ("explain", ["--method", "grad_cam", "x.png", "--text", "t"], "use --methods M[,M...]"),
-])
+@pytest.mark.parametrize(
+    "command, alias, use",
+    [
+        ("verify", ["--json", "v.json"], "use --out DIR (it writes verify.json there)"),
+        ("bench", ["--json", "b.json"], "use --out DIR (it writes bench.json there)"),
+        ("audit", ["--html", "a.html"], "use --out DIR (it writes report.html there)"),
+        ("audit", ["--random-init"], "use --random-weights"),
+        ("explain", ["--method", "grad_cam", "x.png", "--text", "t"], "use --methods M[,M...]"),
+    ],
+)
 def test_an_old_spelling_prints_one_notice_line(monkeypatch, capsys, command, alias, use):
     module = getattr(__import__(f"faithclip.cli.{command}").cli, command)
     monkeypatch.setattr(module, "run", lambda args: 0)
@@ -180,15 +186,21 @@ def test_a_space_separated_list_prints_its_comma_form(monkeypatch, capsys):
     assert main(["audit", "--methods", "grad_cam", "legrad"]) == 0
     assert capsys.readouterr().err.strip() == (
         "faithclip audit: warning: --methods grad_cam legrad: a space-separated list is deprecated and goes in the "
-        "next release; write --methods grad_cam,legrad")
+        "next release; write --methods grad_cam,legrad"
+    )
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["explain", "a.png", "--text", "t", "--methods", "grad_cam", "--method", "rollout"],
-     "--method was given twice; give one comma list: --method grad_cam,rollout"),
-    (["audit", "--methods", "grad_cam", "--methods", "legrad"], "give one comma list: --methods grad_cam,legrad"),
-    (["audit", "--correctness-alphas", "0.5,x"], "is not a comma list of float values"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (
+            ["explain", "a.png", "--text", "t", "--methods", "grad_cam", "--method", "rollout"],
+            "--method was given twice; give one comma list: --method grad_cam,rollout",
+        ),
+        (["audit", "--methods", "grad_cam", "--methods", "legrad"], "give one comma list: --methods grad_cam,legrad"),
+        (["audit", "--correctness-alphas", "0.5,x"], "is not a comma list of float values"),
+    ],
+)
 def test_a_list_given_twice_or_malformed_is_one_line_and_exit_2(argv, words, capsys):
     assert main(argv) == 2
     lines = capsys.readouterr().err.splitlines()
@@ -211,12 +223,21 @@ def image(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--methods", "grad_eclip", "--method-option", "grad_eclip.layers=99"], "grad_eclip.layers=99: grad_eclip's layers must be at most"),
-    (["--methods", "grad_eclip", "--method-option", "grad_eclip.window=3"], "grad_eclip.window is not an option of grad_eclip"),
-    (["--method-option", "rise.masks=8"], "options given for method 'rise', which is not among the methods run"),
-    (["--method-option", "rise"], "--method-option 'rise' must look like NAME.KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (
+            ["--methods", "grad_eclip", "--method-option", "grad_eclip.layers=99"],
+            "grad_eclip.layers=99: grad_eclip's layers must be at most",
+        ),
+        (
+            ["--methods", "grad_eclip", "--method-option", "grad_eclip.window=3"],
+            "grad_eclip.window is not an option of grad_eclip",
+        ),
+        (["--method-option", "rise.masks=8"], "options given for method 'rise', which is not among the methods run"),
+        (["--method-option", "rise"], "--method-option 'rise' must look like NAME.KEY=VALUE"),
+    ],
+)
 def test_explain_method_options_are_checked_in_one_line(image, tmp_path, capsys, argv, words):
     assert main(["explain", str(image), "--text", "a red circle", "--out", str(tmp_path / "out"), *argv]) == 2
     lines = capsys.readouterr().err.splitlines()
@@ -237,8 +258,7 @@ def test_an_explain_method_option_gives_the_map_its_own_option_gives(image, tmp_
     assert main([*common, "--layers", "2", "--out", str(tmp_path / "a")]) == 0
     assert main([*common, "--method-option", "grad_eclip.layers=2", "--out", str(tmp_path / "b")]) == 0
     assert main([*common, "--out", str(tmp_path / "c")]) == 0  # the default layers, for contrast
-    maps = {run: np.array(json.loads(next((tmp_path / run).glob("img__*.json")).read_text())["map"])
-            for run in "abc"}
+    maps = {run: np.array(json.loads(next((tmp_path / run).glob("img__*.json")).read_text())["map"]) for run in "abc"}
     np.testing.assert_array_equal(maps["a"], maps["b"])
     assert not np.array_equal(maps["a"], maps["c"])  # the option did reach the method
     record = json.loads((tmp_path / "b" / "explain.json").read_text())
@@ -249,8 +269,13 @@ def test_check_method_options_override_the_checks_own_sizes(monkeypatch, capsys)
     import faithclip.audit.check as check
 
     seen = []
-    monkeypatch.setattr(check, "run_check", lambda handle, spec, settings, origin, progress: seen.append(settings)
-                        or {"method": spec.name, "failed": False, "checks": []})
+    monkeypatch.setattr(
+        check,
+        "run_check",
+        lambda handle, spec, settings, origin, progress: (
+            seen.append(settings) or {"method": spec.name, "failed": False, "checks": []}
+        ),
+    )
     monkeypatch.setattr("faithclip.report.check_report.format_cards", lambda cards: "")
     assert main(["check", "--methods", "rise", "--checks", "p1", "--method-option", "rise.masks=32"]) == 0
     assert seen[0].options("rise") == {"masks": 32} and seen[0].options("m2ib") == {"steps": 5}
@@ -284,8 +309,17 @@ def test_the_four_options_no_doc_or_run_used_reach_the_audit(tmp_path):
     image = tmp_path / "x.png"
     Image.new("RGB", (32, 32)).save(image)
     (tmp_path / "names.txt").write_text("cat\n_skipped\ndog\n")
-    args = build_parser().parse_args(["audit", "--images", str(image), "--class-names", str(tmp_path / "names.txt"),
-                                      "--template", "a drawing of a {}"])
+    args = build_parser().parse_args(
+        [
+            "audit",
+            "--images",
+            str(image),
+            "--class-names",
+            str(tmp_path / "names.txt"),
+            "--template",
+            "a drawing of a {}",
+        ]
+    )
     _, data = load_inputs(args)
     assert data.prompts == ["a drawing of a cat", "a drawing of a dog"]
 
@@ -297,8 +331,16 @@ def test_audit_method_options_reach_p2_and_are_checked_before_any_work(monkeypat
     from faithclip.cli.audit import settings_from_args
     from faithclip.cli.audit_docs import parse_command
 
-    argv = ["audit", "--ladder", "--methods", "rise,grad_cam", "--method-option", "rise.masks=64",
-            "--method-option", "rise.seed=3"]
+    argv = [
+        "audit",
+        "--ladder",
+        "--methods",
+        "rise,grad_cam",
+        "--method-option",
+        "rise.masks=64",
+        "--method-option",
+        "rise.seed=3",
+    ]
     settings = settings_from_args(build_parser().parse_args(argv))
     assert settings.options() == {"rise": {"masks": 64, "seed": 3}}
     assert settings_from_args(parse_command(settings.command())) == settings  # the command line round-trips
@@ -309,8 +351,10 @@ def test_audit_method_options_reach_p2_and_are_checked_before_any_work(monkeypat
 
     audit_run.run_audit(load(), settings)
     assert seen == [{"rise": {"masks": 64, "seed": 3}}]
-    for bad, words in ((["--method-option", "rise.masks=0"], "rise.masks=0: rise's masks must be a whole number"),
-                       (["--method-option", "legrad.layers=1"], "not among the methods run")):
+    for bad, words in (
+        (["--method-option", "rise.masks=0"], "rise.masks=0: rise's masks must be a whole number"),
+        (["--method-option", "legrad.layers=1"], "not among the methods run"),
+    ):
         monkeypatch.setattr(audit_run, "audit_departure", lambda *a, **k: pytest.fail("work before the check"))
         assert main([*argv[:4], *bad]) == 2
         lines = capsys.readouterr().err.splitlines()
@@ -337,14 +381,22 @@ def test_a_subcommand_that_fails_to_import_raises(monkeypatch):
 
 def test_a_method_module_that_fails_to_import_raises():
     """A shipped method module that cannot be imported (here: blocked) is an error, not a method quietly gone."""
-    code = ("import importlib.abc, sys\n"
-            "class Block(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, name, path, target=None):\n"
-            "        if name == 'faithclip.methods.rollout':\n"
-            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-            "sys.meta_path.insert(0, Block())\n"
-            "import faithclip.methods\n")
-    process = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
-                             env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'faithclip.methods.rollout':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import faithclip.methods\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+    )
     assert process.returncode != 0
     assert "ModuleNotFoundError: No module named 'faithclip.methods.rollout'" in process.stderr

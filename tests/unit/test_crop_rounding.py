@@ -59,10 +59,18 @@ def test_half_to_even_is_not_half_up():
 
 
 def test_rules_are_named_recorded_and_read_back():
-    assert TRANSFORMERS.rules == {"crop_rounding": "floor", "resize_rounding": "floor",
-                                  "rgb_conversion": "composite_white_first", "exif_orientation": "apply"}
-    assert OPENAI.rules == {"crop_rounding": "round_half_even", "resize_rounding": "floor",
-                            "rgb_conversion": "pil_convert_after_crop", "exif_orientation": "ignore"}
+    assert TRANSFORMERS.rules == {
+        "crop_rounding": "floor",
+        "resize_rounding": "floor",
+        "rgb_conversion": "composite_white_first",
+        "exif_orientation": "apply",
+    }
+    assert OPENAI.rules == {
+        "crop_rounding": "round_half_even",
+        "resize_rounding": "floor",
+        "rgb_conversion": "pil_convert_after_crop",
+        "exif_orientation": "ignore",
+    }
     for preprocess in (TRANSFORMERS, OPENAI):
         config = json.loads(json.dumps(preprocess.to_dict()))
         assert config["faithclip_rules"] == preprocess.rules
@@ -127,7 +135,7 @@ def _half_transparent(width: int = 64, height: int = 32) -> Image.Image:
     """Left half opaque red; right half fully transparent with green stored underneath."""
     pixels = np.zeros((height, width, 4), dtype=np.uint8)
     pixels[:, : width // 2] = (255, 0, 0, 255)
-    pixels[:, width // 2:] = (0, 255, 0, 0)
+    pixels[:, width // 2 :] = (0, 255, 0, 0)
     return Image.fromarray(pixels, mode="RGBA")
 
 

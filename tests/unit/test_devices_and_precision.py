@@ -26,9 +26,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # method), with scores, RISE's sum and the ECLIP channel sums in float32; each bound is 1.5-2x the
 # measured maximum. The test runs 4 scenes.
 BF16_TOLERANCE = {
-    "attention_eclip": 0.18, "grad_eclip": 0.18, "grad_cam": 0.18, "grad_eclip_official": 0.15, "occlusion": 0.12,
-    "m2ib": 0.10, "game": 0.06, "clip_surgery": 0.04, "self_attention": 0.03, "maskclip": 0.03, "rollout": 0.02,
-    "legrad": 0.02, "rise": 0.01,
+    "attention_eclip": 0.18,
+    "grad_eclip": 0.18,
+    "grad_cam": 0.18,
+    "grad_eclip_official": 0.15,
+    "occlusion": 0.12,
+    "m2ib": 0.10,
+    "game": 0.06,
+    "clip_surgery": 0.04,
+    "self_attention": 0.03,
+    "maskclip": 0.03,
+    "rollout": 0.02,
+    "legrad": 0.02,
+    "rise": 0.01,
 }
 FAST = {"rise": {"masks": 200}}
 
@@ -101,16 +111,24 @@ def factory_calls_without_device() -> list[tuple[str, str, int]]:
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(function):
-                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
-                        and node.func.attr in FACTORIES and not any(k.arg == "device" for k in node.keywords)):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "torch"
+                    and node.func.attr in FACTORIES
+                    and not any(k.arg == "device" for k in node.keywords)
+                ):
                     found.append((str(path.relative_to(SRC)), function.name, node.lineno))
     return found
 
 
 def test_methods_and_metrics_make_tensors_on_the_models_device():
-    stray = [(file, function, line) for file, function, line in factory_calls_without_device()
-             if (file, function) not in ON_THE_CPU]
+    stray = [
+        (file, function, line)
+        for file, function, line in factory_calls_without_device()
+        if (file, function) not in ON_THE_CPU
+    ]
     assert stray == [], "tensor factories without device= (a CPU tensor next to a GPU model): " + repr(stray)
     assert set(ON_THE_CPU) <= {(file, function) for file, function, _ in factory_calls_without_device()}
 

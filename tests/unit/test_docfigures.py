@@ -48,10 +48,12 @@ TABLE = "| a | b |\n|---|---|\n| x | 0.25 |\n"
 
 def fake(outputs: dict[str, str]):
     """A command runner that prints what the table says (a command absent from it fails, as a bad one would)."""
+
     def execute(command: str) -> str:
         if command not in outputs:
             raise CommandFailed(f"exit 2: {command}: no such command")
         return outputs[command]
+
     return execute
 
 
@@ -69,8 +71,11 @@ def run_main(argv, outputs, capsys, claims: Path | None = None) -> tuple[int, st
 
 def test_tokens_read_intervals_signs_exponents_and_durations():
     assert tokens("r +0.12 [-0.01, +0.20] 3.6e-7 in 405 s") == [
-        ("number", 0.12, 0.01), ("interval", -0.01, 0.20, 0.01), ("number", 3.6e-7, pytest.approx(1e-8)),
-        ("duration", 405.0, 1.0)]
+        ("number", 0.12, 0.01),
+        ("interval", -0.01, 0.20, 0.01),
+        ("number", 3.6e-7, pytest.approx(1e-8)),
+        ("duration", 405.0, 1.0),
+    ]
     assert tokens("0.028 [−0.027, 0.084]")[1][1] == -0.027  # the typographic minus of the tables
 
 
@@ -101,10 +106,16 @@ def test_an_interval_figure_must_lie_in_the_fresh_interval(tmp_path, capsys):
 def test_a_raw_block_is_the_output_itself_and_its_form_is_checked(tmp_path, capsys):
     page = write(tmp_path)
     [fenced, raw] = results_blocks(page, page.read_text())
-    assert (fenced.command, fenced.flags, raw.command, raw.block) == ("fake --seed 3", {"reduced"}, "fake-table", "table")
+    assert (fenced.command, fenced.flags, raw.command, raw.block) == (
+        "fake --seed 3",
+        {"reduced"},
+        "fake-table",
+        "table",
+    )
     assert raw.documented.strip() == TABLE.strip()
-    code, out = run_main(["--check", str(page)], {"fake --seed 3": OUTPUT, "fake-table": TABLE.replace("| x", "| y")},
-                         capsys)
+    code, out = run_main(
+        ["--check", str(page)], {"fake --seed 3": OUTPUT, "fake-table": TABLE.replace("| x", "| y")}, capsys
+    )
     assert code == 1 and "differs in form" in out and "`fake-table`" in out
 
 
@@ -155,8 +166,12 @@ def test_replicate_moves_the_seed_and_compares_intervals(tmp_path, capsys):
 
 def test_compare_intervals_counts_each_documented_interval():
     assert compare_intervals("a 1.0 [0.0, 2.0] b 3.0 [2.0, 4.0]", "a 1.0 [1.5, 2.5] b 3.0 [4.2, 5.0]") == (
-        2, ["output line 1 (a), interval 2: documented [2, 4] does not overlap the replicate's [4.2, 5]"])
-    assert compare_intervals("a 1.0 [0.0, 2.0]", "a 1.0 [2.04, 2.5]")[1] == []  # the bounds are rounded: 2.0 may be 2.04
+        2,
+        ["output line 1 (a), interval 2: documented [2, 4] does not overlap the replicate's [4.2, 5]"],
+    )
+    assert (
+        compare_intervals("a 1.0 [0.0, 2.0]", "a 1.0 [2.04, 2.5]")[1] == []
+    )  # the bounds are rounded: 2.0 may be 2.04
     assert compare_output("a 0.5 [0.4, 0.6]", "a 0.5 [0.4, 0.6] extra")[0].startswith("output line 1 differs in form")
 
 
@@ -165,13 +180,22 @@ def test_list_names_every_documented_command(tmp_path, capsys):
     code, out = run_main(["--list", str(page)], {}, capsys)
     assert code == 0
     lines = page.read_text().splitlines()
-    expected = [(str(lines.index("$ fake --seed 3") + 1), "main (reduced)", "fake --seed 3"),
-                (str(lines.index("<!-- $ fake-table -->") + 1), "table", "fake-table")]
+    expected = [
+        (str(lines.index("$ fake --seed 3") + 1), "main (reduced)", "fake --seed 3"),
+        (str(lines.index("<!-- $ fake-table -->") + 1), "table", "fake-table"),
+    ]
     assert re.findall(r"page\.md:(\d+): (.+?): (.+)", out) == expected
 
 
-@pytest.mark.parametrize("argv", [["--check", "--no-such-option"], ["--check", "--list"], ["--list", "--reduced"],
-                                  ["--check", "/nonexistent/page.md"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--check", "--no-such-option"],
+        ["--check", "--list"],
+        ["--list", "--reduced"],
+        ["--check", "/nonexistent/page.md"],
+    ],
+)
 def test_bad_usage_is_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     captured = capsys.readouterr()
@@ -204,7 +228,9 @@ def test_the_real_pages_fast_check_passes(monkeypatch, capsys):
 def test_a_claim_may_scale_fractions_to_percents_and_read_an_absent_cell_as_a_dash(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("| grad_cam | 27 % | - |\n")
-    claim = Claim(str(page), "fake", r"\| grad_cam \| (\d+) % \| (\S+) \|", r"flips ([\d.]+)(?: text (\w+))?", scale=100)
+    claim = Claim(
+        str(page), "fake", r"\| grad_cam \| (\d+) % \| (\S+) \|", r"flips ([\d.]+)(?: text (\w+))?", scale=100
+    )
     [figure], lost = claim_figures(page, page.read_text(), [claim])
     assert lost == [] and figure.documented == "27 -"
     assert pick(figure, "flips 0.2700\n") == "27.00 -"
@@ -233,7 +259,13 @@ def test_a_drift_on_a_real_page_fails_the_fast_check(tmp_path, monkeypatch, caps
     page = tmp_path / "families.md"
     text = (ROOT / "docs" / "families.md").read_text()
     assert "| clip_surgery | image | image | - | - | - |" in text
-    page.write_text(text.replace("| clip_surgery | image | image | - | - | - |", "| clip_surgery | image | image | image | - | - |"))
+    page.write_text(
+        text.replace("| clip_surgery | image | image | - | - | - |", "| clip_surgery | image | image | image | - | - |")
+    )
     assert main(["--check", "--reduced", str(page), "--claims", "/nonexistent/claims.toml"]) == 1
     out = capsys.readouterr().out
-    assert "`faithclip methods --table`" in out and "differs in form" in out and "| clip_surgery | image | image | image |" in out
+    assert (
+        "`faithclip methods --table`" in out
+        and "differs in form" in out
+        and "| clip_surgery | image | image | image |" in out
+    )

@@ -8,8 +8,8 @@ import torch
 import faithclip
 from conftest import random_clip, token_ids
 from faithclip.equivalence import format_table, verify_equivalence
-from faithclip.numerics import relative_difference
 from faithclip.models.loading import from_hf
+from faithclip.numerics import relative_difference
 from reference.eclip_reference import image_maps, text_maps
 
 SHAPES = [
@@ -26,7 +26,9 @@ def _maps(handle, pixels, ids, side, method, **options):
     return torch.stack([e.map for e in result]) if isinstance(result, list) else result.map[None]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"h{s['heads']}-l{s['layers']}-i{s['image_size']}-p{s['patch_size']}")
+@pytest.mark.parametrize(
+    "shape", SHAPES, ids=lambda s: f"h{s['heads']}-l{s['layers']}-i{s['image_size']}-p{s['patch_size']}"
+)
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_methods_agree_on_both_towers(shape, dtype, tolerance):
     handle = from_hf(random_clip(seed=2, dtype=dtype, **shape))
@@ -34,8 +36,12 @@ def test_methods_agree_on_both_towers(shape, dtype, tolerance):
     pixels = torch.randn(2, 3, size, size, dtype=dtype, generator=torch.Generator().manual_seed(2))
     ids = token_ids([1, 3, 6])
     for side in ("image", "text"):
-        for layers, relu, lam in [(1, None, {}), (shape["layers"], None, {}), (shape["layers"], "none", {}),
-                                  (shape["layers"], "none", {"lambda_span": "inner", "lambda_qk": "out_proj"})]:
+        for layers, relu, lam in [
+            (1, None, {}),
+            (shape["layers"], None, {}),
+            (shape["layers"], "none", {}),
+            (shape["layers"], "none", {"lambda_span": "inner", "lambda_qk": "out_proj"}),
+        ]:
             a = _maps(handle, pixels, ids, side, "grad_eclip", layers=layers, relu=relu, **lam)
             b = _maps(handle, pixels, ids, side, "attention_eclip", layers=layers, relu=relu, **lam)
             assert a.shape == b.shape
@@ -45,8 +51,10 @@ def test_methods_agree_on_both_towers(shape, dtype, tolerance):
                 assert relative_difference(x.double(), y.double(), 0.0) <= tolerance
 
 
-@pytest.mark.parametrize("layers,use_lambda,qk", [(1, True, "raw"), (2, True, "raw"), (2, False, "raw"), (1, True, "out_proj"),
-                                                 (2, True, "out_proj")])
+@pytest.mark.parametrize(
+    "layers,use_lambda,qk",
+    [(1, True, "raw"), (2, True, "raw"), (2, False, "raw"), (1, True, "out_proj"), (2, True, "out_proj")],
+)
 def test_image_maps_match_literal_formula(layers, use_lambda, qk):
     model = random_clip(seed=3, dtype=torch.float64, heads=4, layers=3, width=32, image_size=24, patch_size=8)
     handle = from_hf(model)
@@ -58,15 +66,23 @@ def test_image_maps_match_literal_formula(layers, use_lambda, qk):
         results = faithclip.explain(handle, pixels, ids, method, layers=layers, use_lambda=use_lambda, lambda_qk=qk)
         for index, explanation in enumerate(results):
             b, k = divmod(index, 2)
-            expected, score = image_maps(model, pixels[b:b + 1], text_embeds[k], method, layers, use_lambda, qk=qk)
+            expected, score = image_maps(model, pixels[b : b + 1], text_embeds[k], method, layers, use_lambda, qk=qk)
             assert explanation.map.shape == (3, 3)
             torch.testing.assert_close(explanation.map.flatten(), expected.detach(), rtol=1e-10, atol=1e-12)
             assert explanation.score == pytest.approx(score.item(), rel=1e-12)
             assert explanation.model_score == pytest.approx(explanation.score, rel=1e-12)
 
 
-@pytest.mark.parametrize("layers,span,qk", [(1, "context", "raw"), (2, "context", "raw"), (1, "inner", "raw"),
-                                           (2, "inner", "out_proj"), (2, "context", "out_proj")])
+@pytest.mark.parametrize(
+    "layers,span,qk",
+    [
+        (1, "context", "raw"),
+        (2, "context", "raw"),
+        (1, "inner", "raw"),
+        (2, "inner", "out_proj"),
+        (2, "context", "out_proj"),
+    ],
+)
 def test_text_maps_match_literal_formula(layers, span, qk):
     model = random_clip(seed=5, dtype=torch.float64, heads=2, layers=2, width=32, image_size=16, patch_size=8)
     handle = from_hf(model)
@@ -78,11 +94,11 @@ def test_text_maps_match_literal_formula(layers, span, qk):
     for method in ("grad_eclip", "attention_eclip"):
         results = faithclip.explain_text(handle, pixels, ids, method, layers=layers, lambda_span=span, lambda_qk=qk)
         for k, explanation in enumerate(results):
-            expected, _ = text_maps(model, ids[k:k + 1], int(eos[k]), image_embed, method, layers, span=span, qk=qk)
+            expected, _ = text_maps(model, ids[k : k + 1], int(eos[k]), image_embed, method, layers, span=span, qk=qk)
             torch.testing.assert_close(explanation.map, expected.detach(), rtol=1e-10, atol=1e-12)
-            words = explanation.map[1:int(eos[k])]
+            words = explanation.map[1 : int(eos[k])]
             assert explanation.map.sum().item() == pytest.approx(1.0) or words.sum() == 0
-            assert explanation.map[0] == 0 and explanation.map[int(eos[k]):].abs().sum() == 0
+            assert explanation.map[0] == 0 and explanation.map[int(eos[k]) :].abs().sum() == 0
 
 
 def test_padding_to_the_whole_context_leaves_the_score_alone():
@@ -95,8 +111,8 @@ def test_padding_to_the_whole_context_leaves_the_score_alone():
     assert padded.input_ids.shape == (3, handle.context_length)
     assert torch.equal(padded.eos_positions, batch.eos_positions) and bool((padded.attention_mask == 1).all())
     for row, eos in enumerate(batch.eos_positions.tolist()):
-        assert torch.equal(padded.input_ids[row, :eos + 1], batch.input_ids[row, :eos + 1])
-        assert bool((padded.input_ids[row, eos + 1:] == 0).all())
+        assert torch.equal(padded.input_ids[row, : eos + 1], batch.input_ids[row, : eos + 1])
+        assert bool((padded.input_ids[row, eos + 1 :] == 0).all())
     with torch.no_grad():
         own, context = handle.encode_text(batch), handle.encode_text(padded)
     assert relative_difference(own, context, 0.0) <= 1e-7

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import B32_DIR, VOC_DIR, tiny_config
 from PIL import Image
 
+from conftest import B32_DIR, VOC_DIR, tiny_config
 from faithclip.data.folders import (
     aligned_mask,
     imagenet_folder,
@@ -37,8 +37,9 @@ def tiny_shapes_clip(seed: int = 0, size: int = 32):
     model = transformers.CLIPModel(config).eval()
     model.set_attn_implementation("eager")
     tokenizer = as_transformers_tokenizer(build_word_tokenizer([*SHAPES, *COLOUR_NAMES]))
-    return from_hf(model, tokenizer, preprocess=ImagePreprocess(size=size, crop_height=size, crop_width=size),
-                   name="tiny-shapes")
+    return from_hf(
+        model, tokenizer, preprocess=ImagePreprocess(size=size, crop_height=size, crop_width=size), name="tiny-shapes"
+    )
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,7 +89,9 @@ def test_resume_after_an_interruption_gives_identical_results(handle, tmp_path, 
     with open(records, "a") as torn:
         torn.write('{"case": "scene00002", "meth')  # killed in the middle of a write
 
-    monkeypatch.setattr(Evaluator, "run_case", lambda self, p, m, k, *d: (calls.append((p.case_id, m)), original(self, p, m, k, *d))[1])
+    monkeypatch.setattr(
+        Evaluator, "run_case", lambda self, p, m, k, *d: (calls.append((p.case_id, m)), original(self, p, m, k, *d))[1]
+    )
     resumed = evaluate(handle, data, tmp_path / "split", config, progress=False, report=False)
     assert len(calls) == 15 and len(set(calls)) == 15  # nothing finished was computed twice
     assert _values(resumed) == _values(reference)
@@ -101,7 +104,9 @@ def test_a_run_is_extended_by_a_larger_limit_without_recomputing(handle, tmp_pat
     evaluate(handle, data, tmp_path / "run", config, progress=False, report=False)
     calls = []
     original = Evaluator.run_case
-    monkeypatch.setattr(Evaluator, "run_case", lambda self, p, m, k, *d: (calls.append(p.case_id), original(self, p, m, k, *d))[1])
+    monkeypatch.setattr(
+        Evaluator, "run_case", lambda self, p, m, k, *d: (calls.append(p.case_id), original(self, p, m, k, *d))[1]
+    )
     config.limit = 4
     extended = evaluate(handle, data, tmp_path / "run", config, progress=False, report=False)
     assert sorted(set(calls)) == ["scene00002", "scene00003"] and extended["data"]["num_cases"] == 4
@@ -114,20 +119,38 @@ def test_same_seed_same_numbers_and_a_changed_config_is_refused(handle, tmp_path
     data = shapes_set(32, 3)
     config = EvalConfig(model="tiny", data="shapes", metrics=["deletion_gradeclip"], seed=1, batch_size=4)
     first = evaluate(handle, data, tmp_path / "a", config, progress=False, report=False)
-    again = evaluate(handle, data, tmp_path / "b", EvalConfig(model="tiny", data="shapes", metrics=["deletion_gradeclip"],
-                                                              seed=1, batch_size=32), progress=False, report=False)
+    again = evaluate(
+        handle,
+        data,
+        tmp_path / "b",
+        EvalConfig(model="tiny", data="shapes", metrics=["deletion_gradeclip"], seed=1, batch_size=32),
+        progress=False,
+        report=False,
+    )
     # Another batch size changes the numbers only by float rounding (BLAS blocks batches of other sizes
     # differently; measured up to 1.1e-6 relative), so it is part of the run identity: a resume with
     # another batch size is refused, naming it.
     assert _close(_values(first), _values(again), rel=1e-5)
     with pytest.raises(EvaluationError, match=r"--batch-size \(batch_size: 4 -> 32\)"):
         evaluate(handle, data, tmp_path / "a", replace(config, batch_size=32), progress=False, report=False)
-    other_seed = evaluate(handle, data, tmp_path / "c", EvalConfig(model="tiny", data="shapes",
-                                                                    metrics=["deletion_gradeclip"], seed=2), progress=False, report=False)
+    other_seed = evaluate(
+        handle,
+        data,
+        tmp_path / "c",
+        EvalConfig(model="tiny", data="shapes", metrics=["deletion_gradeclip"], seed=2),
+        progress=False,
+        report=False,
+    )
     assert _values(first) != _values(other_seed)
     with pytest.raises(EvaluationError, match="seed"):
-        evaluate(handle, data, tmp_path / "a", EvalConfig(model="tiny", data="shapes", metrics=["deletion_gradeclip"],
-                                                          seed=9), progress=False, report=False)
+        evaluate(
+            handle,
+            data,
+            tmp_path / "a",
+            EvalConfig(model="tiny", data="shapes", metrics=["deletion_gradeclip"], seed=9),
+            progress=False,
+            report=False,
+        )
     with pytest.raises(EvaluationError, match="model_fingerprint"):
         evaluate(tiny_shapes_clip(seed=1), data, tmp_path / "a", config, progress=False, report=False)
     other_scenes = shapes_set(32, 3, seed=5)
@@ -137,14 +160,30 @@ def test_same_seed_same_numbers_and_a_changed_config_is_refused(handle, tmp_path
 
 
 def test_outputs_schema_and_protocol_labels(handle, tmp_path):
-    config = EvalConfig(model="tiny", data="shapes", metrics=["zeroshot", "deletion_rise", "pointing_game"],
-                        metric_options={"pointing_game": {"tolerance": 4}}, examples=2,
-                        method_options={"attention_eclip": {"layers": 2}})
+    config = EvalConfig(
+        model="tiny",
+        data="shapes",
+        metrics=["zeroshot", "deletion_rise", "pointing_game"],
+        metric_options={"pointing_game": {"tolerance": 4}},
+        examples=2,
+        method_options={"attention_eclip": {"layers": 2}},
+    )
     results = evaluate(handle, shapes_set(32, 3), tmp_path, config, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["schema"] == "faithclip.evaluation/3"
-    for key in ("faithclip_version", "torch_version", "transformers_version", "model", "seed", "aggregate",
-                "per_image", "metrics", "methods", "curves", "confidence_interval"):
+    for key in (
+        "faithclip_version",
+        "torch_version",
+        "transformers_version",
+        "model",
+        "seed",
+        "aggregate",
+        "per_image",
+        "metrics",
+        "methods",
+        "curves",
+        "confidence_interval",
+    ):
         assert key in saved
     assert saved["model"]["fingerprint"] == results["config"]["model_fingerprint"]
     columns = {m["name"]: m["columns"] for m in saved["metrics"]}
@@ -162,8 +201,12 @@ def test_outputs_schema_and_protocol_labels(handle, tmp_path):
     with pytest.raises(EvaluationError, match="not among the methods"):
         Evaluator(handle, EvalConfig(model="tiny", data="shapes", method_options={"rise": {"masks": 10}}))
     with pytest.raises(EvaluationError, match="is not an option of pointing_game; its options are tolerance"):
-        Evaluator(handle, EvalConfig(model="tiny", data="shapes", metrics=["pointing_game"],
-                                     metric_options={"pointing_game": {"radius": 3}}))
+        Evaluator(
+            handle,
+            EvalConfig(
+                model="tiny", data="shapes", metrics=["pointing_game"], metric_options={"pointing_game": {"radius": 3}}
+            ),
+        )
 
 
 def _rss_bytes() -> int:
@@ -182,8 +225,9 @@ def test_memory_stays_flat_over_many_images(handle, tmp_path, monkeypatch):
         return record
 
     monkeypatch.setattr(Evaluator, "run_case", measured)
-    config = EvalConfig(model="tiny", data="shapes", metrics=["deletion_gradeclip", "pointing_game"],
-                        methods=["grad_eclip"], examples=0)
+    config = EvalConfig(
+        model="tiny", data="shapes", metrics=["deletion_gradeclip", "pointing_game"], methods=["grad_eclip"], examples=0
+    )
     evaluate(handle, shapes_set(32, 40), tmp_path, config, progress=False, report=False)
     assert len(samples) == 40
     growth = samples[-1] - samples[9]  # after warm-up, 30 more images
@@ -216,8 +260,14 @@ def test_masks_go_through_the_images_resize_and_crop():
 def test_voc_samples_load_with_masks_aligned_to_the_crop():
     data = voc_folder(VOC_DIR)
     assert [c.case_id for c in data.cases] == [
-        "2011_000003:bottle", "2011_000003:person", "2011_000006:chair", "2011_000006:person",
-        "2011_000006:sofa", "2011_000025:bus", "2011_000025:car"]
+        "2011_000003:bottle",
+        "2011_000003:person",
+        "2011_000006:chair",
+        "2011_000006:person",
+        "2011_000006:sofa",
+        "2011_000025:bus",
+        "2011_000025:car",
+    ]
     assert data.class_names[0] == "aeroplane" and len(data.class_names) == 20 and data.has_masks
     preprocess = ImagePreprocess.from_json(B32_DIR / "preprocessor_config.json")
     for item in data:
@@ -261,9 +311,20 @@ def test_cli_evaluates_the_voc_samples_and_resumes(tmp_path, capsys):
     transformers.CLIPModel(config).save_pretrained(model_dir)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
         shutil.copy(B32_DIR / name, model_dir / name)
-    argv = ["evaluate", "--model", str(model_dir), "--data", f"voc:{VOC_DIR}", "--methods", "grad_eclip,attention_eclip",
-            "--metrics", "zeroshot,pointing_game,energy_pointing_game,deletion_gradeclip", "--no-progress",
-            "--out", str(tmp_path / "run")]
+    argv = [
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--data",
+        f"voc:{VOC_DIR}",
+        "--methods",
+        "grad_eclip,attention_eclip",
+        "--metrics",
+        "zeroshot,pointing_game,energy_pointing_game,deletion_gradeclip",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["data"]["num_cases"] == 7 and results["complete"]
@@ -330,8 +391,13 @@ def test_pointing_games_report_their_chance_level_from_the_data_alone(handle, tm
     from faithclip.evaluation import prepare
 
     data = shapes_set(32, 6)
-    config = EvalConfig(model="tiny", data="shapes", metrics=["pointing_game", "energy_pointing_game"],
-                        methods=["grad_eclip"], examples=0)
+    config = EvalConfig(
+        model="tiny",
+        data="shapes",
+        metrics=["pointing_game", "energy_pointing_game"],
+        methods=["grad_eclip"],
+        examples=0,
+    )
     evaluate(handle, data, tmp_path, config, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     hits, shares = [], []
@@ -347,8 +413,10 @@ def test_pointing_games_report_their_chance_level_from_the_data_alone(handle, tm
     assert chance["pointing_game"]["hit"]["n"] == len(hits) > 0
     assert chance["pointing_game"]["hit"]["mean"] == pytest.approx(np.mean(hits))
     assert chance["energy_pointing_game"]["energy"]["mean"] == pytest.approx(np.mean(shares))
-    assert {m["name"]: m["chance"] for m in saved["metrics"]} == {"pointing_game": "the image centre",
-                                                                   "energy_pointing_game": "a uniform map"}
+    assert {m["name"]: m["chance"] for m in saved["metrics"]} == {
+        "pointing_game": "the image centre",
+        "energy_pointing_game": "a uniform map",
+    }
     assert saved["complete"] and "grad_eclip" in saved["aggregate"]
     markdown = (tmp_path / "results.md").read_text()
     assert "| chance (the image centre; a uniform map) |" in markdown

@@ -36,6 +36,7 @@ def test_aggregate_needs_only_its_arguments():
     assert results["data"]["prompts"] == "2 templates" and results["model"]["fingerprint"] == "f00d"
     assert case_jobs(config.methods, [METRICS.get("zeroshot")]) == [None, "grad_eclip"]
     assert results["complete"] is False  # b has no grad_eclip record: 3 of 2 cases x 2 jobs
-    whole = aggregate(records + [record("b", "grad_eclip", {})], config, data, {"model_fingerprint": "f00d"}, handle,
-                      prompts)
+    whole = aggregate(
+        records + [record("b", "grad_eclip", {})], config, data, {"model_fingerprint": "f00d"}, handle, prompts
+    )
     assert whole["complete"] is True

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import tiny_config
 from PIL import Image
 
+from conftest import tiny_config
 from faithclip.cli.main import main
 from faithclip.models.preprocess import ImagePreprocess
 from faithclip.report.evaluation_report import render_markdown
@@ -80,9 +80,25 @@ def setup(tmp_path_factory):
 
 
 def argv(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["evaluate", "--model", str(model), "--data", f"imagenet:{data}", "--methods", "grad_eclip",
-            "--metrics", "zeroshot,deletion_gradeclip", "--threads", "1", "--examples", "1", "--no-progress",
-            "--out", str(out), *extra]
+    return [
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        f"imagenet:{data}",
+        "--methods",
+        "grad_eclip",
+        "--metrics",
+        "zeroshot,deletion_gradeclip",
+        "--threads",
+        "1",
+        "--examples",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def results(out: Path) -> tuple[list, dict]:
@@ -106,8 +122,9 @@ def consistent_set(out: Path) -> bool:
 
 def spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "faithclip", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "faithclip", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def records_written(count: int):
@@ -133,11 +150,23 @@ def test_killed_at_random_points_or_interrupted_then_resumed_gives_identical_res
     runs = []
     for seed in range(3):  # SIGKILL after a random number of records, within a record's time (~20 ms) ...
         rng = random.Random(seed)
-        runs.append((tmp_path / f"kill{seed}", signal.SIGKILL, records_written(rng.randint(1, 2 * CASES - 1)),
-                     rng.uniform(0, 0.02)))
+        runs.append(
+            (
+                tmp_path / f"kill{seed}",
+                signal.SIGKILL,
+                records_written(rng.randint(1, 2 * CASES - 1)),
+                rng.uniform(0, 0.02),
+            )
+        )
     # ... and as soon as the new result set's directory appears (its files being written, or published)
-    runs.append((tmp_path / "kill-publishing", signal.SIGKILL,
-                 lambda out: any(p.name.startswith(".results-") for p in out.iterdir()), 0.0))
+    runs.append(
+        (
+            tmp_path / "kill-publishing",
+            signal.SIGKILL,
+            lambda out: any(p.name.startswith(".results-") for p in out.iterdir()),
+            0.0,
+        )
+    )
     runs.append((tmp_path / "ctrl-c", signal.SIGINT, records_written(2), 0.0))
     processes = [spawn(argv(model, data, out)) for out, *_ in runs]  # started together: one start-up wait
     pending, fire_at, deadline = dict(enumerate(runs)), {}, time.monotonic() + 180
@@ -156,8 +185,10 @@ def test_killed_at_random_points_or_interrupted_then_resumed_gives_identical_res
     for process, (out, sent, after, _) in zip(processes, runs):
         if sent == signal.SIGINT:
             assert process.returncode == 130
-            assert process.stderr.read().decode().strip().splitlines()[-1] == \
-                "faithclip evaluate: interrupted; run the same command again to resume"
+            assert (
+                process.stderr.read().decode().strip().splitlines()[-1]
+                == "faithclip evaluate: interrupted; run the same command again to resume"
+            )
         if (out / "results.json").exists():
             assert consistent_set(out)  # a kill while publishing leaves the old set or the new one
         assert main(argv(model, data, out)) == 0
@@ -234,16 +265,25 @@ def _edit_json(path: Path, edit) -> None:
 
 
 CHANGES = {
-    "hidden_act": (lambda m, d: _edit_json(m / "config.json", lambda c: c["text_config"].update(hidden_act="gelu")),
-                   "the model's config.json (model_config.text_config.hidden_act: \"quick_gelu\" -> \"gelu\")"),
-    "mean": (lambda m, d: _edit_json(m / "preprocessor_config.json", lambda c: c["image_mean"].__setitem__(0, 0.5)),
-             "the model's preprocessing (model_preprocess.image_mean[0]: "),
-    "rules": (lambda m, d: _edit_json(m / "preprocessor_config.json",
-                                      lambda c: c["faithclip_rules"].update(crop_rounding="round_half_even")),
-              "(model_preprocess.faithclip_rules.crop_rounding: \"floor\" -> \"round_half_even\")"),
+    "hidden_act": (
+        lambda m, d: _edit_json(m / "config.json", lambda c: c["text_config"].update(hidden_act="gelu")),
+        'the model\'s config.json (model_config.text_config.hidden_act: "quick_gelu" -> "gelu")',
+    ),
+    "mean": (
+        lambda m, d: _edit_json(m / "preprocessor_config.json", lambda c: c["image_mean"].__setitem__(0, 0.5)),
+        "the model's preprocessing (model_preprocess.image_mean[0]: ",
+    ),
+    "rules": (
+        lambda m, d: _edit_json(
+            m / "preprocessor_config.json", lambda c: c["faithclip_rules"].update(crop_rounding="round_half_even")
+        ),
+        '(model_preprocess.faithclip_rules.crop_rounding: "floor" -> "round_half_even")',
+    ),
     "tokenizer": (lambda m, d: save_word_tokenizer(m, [*WORDS, "zebra"]), "the model's tokenizer (model_tokenizer: "),
-    "class_names": (lambda m, d: (d / "class_names.txt").write_text("c0 red circle\nc1 blue ring\n"),
-                    "the class names (data_class_names[1]: \"blue square\" -> \"blue ring\")"),
+    "class_names": (
+        lambda m, d: (d / "class_names.txt").write_text("c0 red circle\nc1 blue ring\n"),
+        'the class names (data_class_names[1]: "blue square" -> "blue ring")',
+    ),
     "image": (lambda m, d: bmp(d / "c1" / "2.bmp", seed=99), "files changed since the run began: "),
 }
 
@@ -266,7 +306,9 @@ def test_a_resume_with_another_model_or_other_data_is_refused_naming_what_change
     (message,) = errors(capsys)
     assert "holds a run with different settings" in message and named in message, message
     if change == "image":
-        assert f"{data_copy / 'c1' / '2.bmp'}" in message and "the data's files or scenes (data_fingerprint: " in message
+        assert (
+            f"{data_copy / 'c1' / '2.bmp'}" in message and "the data's files or scenes (data_fingerprint: " in message
+        )
     assert (out / "records.jsonl").read_bytes() == before
 
 
@@ -276,7 +318,7 @@ def test_other_threads_batch_size_or_code_version_are_refused(setup, tmp_path, c
     assert main(argv(model, data, out, "--limit", "1")) == 0
     capsys.readouterr()
     command = argv(model, data, out, "--limit", "1")
-    assert main([*command[:command.index("--threads") + 1], "2", *command[command.index("--threads") + 2:]]) == 2
+    assert main([*command[: command.index("--threads") + 1], "2", *command[command.index("--threads") + 2 :]]) == 2
     assert "--threads (threads: 1 -> 2)" in errors(capsys)[0]
     assert main(command + ["--batch-size", "8"]) == 2
     assert "--batch-size (batch_size: 32 -> 8)" in errors(capsys)[0]
@@ -284,7 +326,7 @@ def test_other_threads_batch_size_or_code_version_are_refused(setup, tmp_path, c
 
     monkeypatch.setattr(faithclip._version, "__version__", "9.9.9")  # the version's one home
     assert main(command) == 2
-    assert "the code's versions (versions.faithclip: \"0.1.0\" -> \"9.9.9\")" in errors(capsys)[0]
+    assert 'the code\'s versions (versions.faithclip: "0.1.0" -> "9.9.9")' in errors(capsys)[0]
 
 
 def test_another_processor_kind_is_refused(setup, tmp_path, capsys, monkeypatch):
@@ -300,7 +342,7 @@ def test_another_processor_kind_is_refused(setup, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(fingerprint, "cpu_kind", lambda: "Another CPU (AVX512)")
     assert main(command) == 2
     message = errors(capsys)[0]
-    assert "or the processor" in message and "-> \"Another CPU (AVX512)\"" in message
+    assert "or the processor" in message and '-> "Another CPU (AVX512)"' in message
 
 
 # ---- strict JSON, the schema, the set -----------------------------------------------------------------
@@ -362,8 +404,12 @@ def test_results_are_strict_json_and_match_the_published_schema(tmp_path):
     from faithclip.data.folders import shapes_set
     from faithclip.evaluation import EvalConfig, evaluate
 
-    config = EvalConfig(model="tiny", data="shapes", metrics=["zeroshot", "deletion_gradeclip", "pointing_game",
-                                                                "energy_pointing_game"], examples=1)
+    config = EvalConfig(
+        model="tiny",
+        data="shapes",
+        metrics=["zeroshot", "deletion_gradeclip", "pointing_game", "energy_pointing_game"],
+        examples=1,
+    )
     evaluate(tiny_shapes_clip(), shapes_set(32, 2), tmp_path, config, progress=False, report=False)
     text = (tmp_path / "results.json").read_text()
     saved = _strict_loads(text)
@@ -406,8 +452,22 @@ def test_a_run_stopped_while_publishing_leaves_one_readable_set(setup, tmp_path,
 def test_limit_above_the_data_is_refused_and_leaves_no_folder(setup, tmp_path, capsys):
     model, data, reference = setup
     out = tmp_path / "new" / "run"
-    command = ["evaluate", "--model", str(model), "--data", "shapes", "--count", "3", "--limit", "5",
-               "--threads", "1", "--no-progress", "--out", str(out)]
+    command = [
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        "shapes",
+        "--count",
+        "3",
+        "--limit",
+        "5",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(command) == 2
     (message,) = errors(capsys)
     assert "limit 5 is more than the 3 cases" in message and "--count" in message
@@ -420,7 +480,9 @@ def test_a_mistyped_option_or_an_early_failure_leaves_nothing_behind(setup, tmp_
     command = argv(model, data, out, "--limit", "1")
     command[command.index("--methods") + 1] = "rise"
     assert main(command + ["--method-option", "rise.mask=10"]) == 2
-    assert "rise.mask is not an option of rise; its options are masks, cells, prob, batch_size, seed" in errors(capsys)[0]
+    assert (
+        "rise.mask is not an option of rise; its options are masks, cells, prob, batch_size, seed" in errors(capsys)[0]
+    )
     assert not (tmp_path / "new").exists()
     assert main(command + ["--method-option", "rise.masks=10"]) == 0  # the corrected command runs
     broken = tmp_path / "broken"

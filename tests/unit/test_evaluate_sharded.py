@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_evaluate_faults import CASES, SRC, argv, errors, reference_run, results, spawn
 
 from faithclip.cli.main import main
-from test_evaluate_faults import CASES, SRC, argv, errors, reference_run, results, spawn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -43,9 +43,16 @@ def test_job_array_shards_merged_equal_one_process(setup, tmp_path, capsys):
     assert "cannot merge: 6 records are in none of the folders" in message and "shard 1/2" in message
     assert not (shared / "results.json").exists()
     assert main(argv(model, data, shared, "--shard", "1/2")) == 0
-    assert sorted(p.name for p in shared.glob("records*")) == ["records.shard-0-of-2.jsonl", "records.shard-1-of-2.jsonl"]
+    assert sorted(p.name for p in shared.glob("records*")) == [
+        "records.shard-0-of-2.jsonl",
+        "records.shard-1-of-2.jsonl",
+    ]
     # round-robin over positions: shard 0 holds cases 0, 2, 4 (2 records each)
-    assert len(shard_keys(shared / "records.shard-0-of-2.jsonl")) == len(shard_keys(shared / "records.shard-1-of-2.jsonl")) == CASES
+    assert (
+        len(shard_keys(shared / "records.shard-0-of-2.jsonl"))
+        == len(shard_keys(shared / "records.shard-1-of-2.jsonl"))
+        == CASES
+    )
     assert main(argv(model, data, shared, "--merge")) == 0
     assert results(shared) == results(reference)
 
@@ -90,7 +97,11 @@ def test_a_running_shard_holds_its_shard_and_shares_the_folder(setup, tmp_path, 
     out = tmp_path / "run"
     first = spawn(argv(model, data, out, "--shard", "0/2"))
     path, deadline = out / "records.shard-0-of-2.jsonl", time.monotonic() + 120
-    while not (path.exists() and path.read_bytes().count(b"\n") >= 1) and first.poll() is None and time.monotonic() < deadline:
+    while (
+        not (path.exists() and path.read_bytes().count(b"\n") >= 1)
+        and first.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.005)
     first.send_signal(signal.SIGSTOP)  # shard 0 holds its lock and the folder's (shared), mid-run
     try:
@@ -110,8 +121,15 @@ def test_a_running_shard_holds_its_shard_and_shares_the_folder(setup, tmp_path, 
 
 def torchrun(model: Path, data: Path, out: Path, processes: int = 2) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    command = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(processes), "-m", "faithclip",
-               *argv(model, data, out)]
+    command = [
+        str(TORCHRUN),
+        "--standalone",
+        "--nproc-per-node",
+        str(processes),
+        "-m",
+        "faithclip",
+        *argv(model, data, out),
+    ]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -167,7 +185,7 @@ def test_torchrun_two_gloo_processes_equal_one_process_and_resume_after_a_killed
     _, stderr = finish(resumed := torchrun(model, data, killed))
     assert resumed.returncode == 0, stderr.decode()[-2000:]
     for name, old in before.items():  # finished records are kept, not recomputed; none is written twice
-        assert (killed / name).read_bytes().startswith(old[:old.rfind(b"\n") + 1])
+        assert (killed / name).read_bytes().startswith(old[: old.rfind(b"\n") + 1])
         keys = shard_keys(killed / name)
         assert len(keys) == len(set(keys)) == CASES
     assert results(killed) == results(reference)

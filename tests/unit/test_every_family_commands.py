@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from blip_fixtures import blip_tokenizer, random_blip
 from test_family_vit import random_classifier
 from test_siglip import tiny_siglip
-from tolerance import assert_rounding_close
 
+from blip_fixtures import blip_tokenizer, random_blip
 from faithclip.data.folders import open_data
 from faithclip.evaluation import EvalConfig, EvaluationError, Evaluator
 from faithclip.models.loading import from_hf
+from tolerance import assert_rounding_close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,8 +57,9 @@ def blip(tmp_path):
 
 def evaluate(handle, out, metrics, methods=("attention_eclip",), limit=2):
     data = open_data("shapes", image_size=handle.preprocess.size, count=4)
-    config = EvalConfig(model=handle.name, data="shapes", methods=list(methods), metrics=list(metrics), limit=limit,
-                        examples=limit)
+    config = EvalConfig(
+        model=handle.name, data="shapes", methods=list(methods), metrics=list(metrics), limit=limit, examples=limit
+    )
     return Evaluator(handle, config).run(data, out, progress=False, report=False), data
 
 
@@ -68,8 +69,12 @@ def literal_deletion(handle, probability, image, patch_map, counts):
     rgb = np.asarray(image, dtype=np.float64) / 255.0  # (H, W, 3)
     mean, std = np.array(handle.preprocess.mean), np.array(handle.preprocess.std)
     pixels = torch.tensor(((rgb - mean) / std).transpose(2, 0, 1), dtype=torch.float32)  # (3, H, W)
-    upsampled = F.interpolate(torch.tensor(patch_map, dtype=torch.float64)[None, None], size=rgb.shape[:2],
-                              mode="bilinear", align_corners=False)[0, 0].numpy()
+    upsampled = F.interpolate(
+        torch.tensor(patch_map, dtype=torch.float64)[None, None],
+        size=rgb.shape[:2],
+        mode="bilinear",
+        align_corners=False,
+    )[0, 0].numpy()
     order = np.argsort(-upsampled.reshape(-1), kind="stable")
     values = []
     for m in counts:
@@ -98,8 +103,16 @@ def test_evaluate_a_classifier_scores_its_own_softmax_over_its_classes(kind, tmp
     if kind == "deit":  # DeiT's processor resizes then crops: render at its crop size for the literal oracle
         from faithclip.models.preprocess import ImagePreprocess
 
-        handle.preprocess = ImagePreprocess(size=SIZE, crop_height=SIZE, crop_width=SIZE, mean=handle.preprocess.mean,
-                                           std=handle.preprocess.std, resample=3, resize="exact", center_crop=False)
+        handle.preprocess = ImagePreprocess(
+            size=SIZE,
+            crop_height=SIZE,
+            crop_width=SIZE,
+            mean=handle.preprocess.mean,
+            std=handle.preprocess.std,
+            resample=3,
+            resize="exact",
+            center_crop=False,
+        )
     results, data = evaluate(handle, tmp_path / "run", ["zeroshot", "deletion_rise", "pointing_game"])
     assert results["complete"] and results["model"]["name"] == f"tiny-{kind}"
 
@@ -142,8 +155,16 @@ def test_evaluate_blip_refuses_probabilities_in_one_line_and_runs_localisation(t
     results, data = evaluate(handle, tmp_path / "run", ["energy_pointing_game"])
     record = next(r for r in results["per_image"] if r["case"] == "scene00000" and r["method"] == "attention_eclip")
     item = data.cases[0]()
-    upsampled = F.interpolate(torch.tensor(record["map"], dtype=torch.float64)[None, None], size=(SIZE, SIZE),
-                              mode="bilinear", align_corners=False)[0, 0].clamp_min(0).numpy()
+    upsampled = (
+        F.interpolate(
+            torch.tensor(record["map"], dtype=torch.float64)[None, None],
+            size=(SIZE, SIZE),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0]
+        .clamp_min(0)
+        .numpy()
+    )
     energy = upsampled[item.mask].sum() / upsampled.sum()
     assert abs(record["values"]["energy_pointing_game"]["energy"] - energy) <= 1e-9
 
@@ -170,8 +191,9 @@ def edited_forward(model, pixels, texts):
     with torch.no_grad():
         weight.mul_(1.5)
     try:
-        Context(handle=handle, side="image", pixels=pixels, text=handle.tokens(texts),
-                target=handle.family.default_target()).model_scores()
+        Context(
+            handle=handle, side="image", pixels=pixels, text=handle.tokens(texts), target=handle.family.default_target()
+        ).model_scores()
     finally:
         with torch.no_grad():
             weight.copy_(saved)
@@ -179,8 +201,12 @@ def edited_forward(model, pixels, texts):
     return torch.ones(pixels.shape[0], len(texts), grid, grid)
 
 
-FAMILIES = {"vit": lambda tmp: classifier("vit"), "deit": lambda tmp: classifier("deit"),
-            "siglip": lambda tmp: siglip(), "blip": blip}
+FAMILIES = {
+    "vit": lambda tmp: classifier("vit"),
+    "deit": lambda tmp: classifier("deit"),
+    "siglip": lambda tmp: siglip(),
+    "blip": blip,
+}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

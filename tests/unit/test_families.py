@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +49,7 @@ def test_the_docs_table_is_the_commands():
     that is not written down in the docs fails here."""
     docs = (Path(__file__).resolve().parents[2] / "docs" / "families.md").read_text().splitlines()
     start = docs.index(family_table().splitlines()[0])
-    shown = "\n".join(docs[start:start + len(family_table().splitlines())])
+    shown = "\n".join(docs[start : start + len(family_table().splitlines())])
     assert shown == family_table()
 
 

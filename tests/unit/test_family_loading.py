@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from blip_fixtures import save_random_blip
-from faithclip.numerics import rounding_rtol
-
 import faithclip
+from blip_fixtures import save_random_blip
 from faithclip.models.loading import SHIPPED_DIR
+from faithclip.numerics import rounding_rtol
 
 STAND_INS = {"shapes-clip": "clip", "shapes-vit": "vit", "shapes-siglip": "siglip"}
 
@@ -54,8 +53,9 @@ def test_hub_ids_from_the_cache_load_as_their_family_offline(tmp_path):
         "    print(repo, handle.family.name, ex.target, abs(ex.score - ex.model_score) / max(abs(ex.score), 1.0))\n"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line.split() for line in done.stdout.splitlines()]
     assert [(repo, family, target) for repo, family, target, _ in lines] == [
@@ -66,13 +66,20 @@ def test_hub_ids_from_the_cache_load_as_their_family_offline(tmp_path):
     assert all(float(gap) <= rounding_rtol("float32") for *_, gap in lines)  # P1: the model's own, to rounding
 
 
-@pytest.mark.parametrize("command, says", [
-    (["check", "--methods", "clip_surgery"], "method 'clip_surgery' is not available for vit models"),
-    (["evaluate", "--data", "shapes", "--methods", "clip_surgery", "--limit", "1"],
-     "method 'clip_surgery' is not available for vit models"),
-    (["evaluate", "--data", "DOGS", "--methods", "attention_eclip", "--limit", "1"],
-     "must be this classifier's id2label labels"),
-])
+@pytest.mark.parametrize(
+    "command, says",
+    [
+        (["check", "--methods", "clip_surgery"], "method 'clip_surgery' is not available for vit models"),
+        (
+            ["evaluate", "--data", "shapes", "--methods", "clip_surgery", "--limit", "1"],
+            "method 'clip_surgery' is not available for vit models",
+        ),
+        (
+            ["evaluate", "--data", "DOGS", "--methods", "attention_eclip", "--limit", "1"],
+            "must be this classifier's id2label labels",
+        ),
+    ],
+)
 def test_what_a_family_cannot_run_is_refused_in_one_line_before_any_work(command, says, tmp_path, capsys):
     """evaluate and check run on every family; a method the family does not support, or a data set whose
     classes are not the classifier's own, is one line and exit 2, with no output folder."""
@@ -90,16 +97,24 @@ def test_what_a_family_cannot_run_is_refused_in_one_line_before_any_work(command
 
 
 def test_audit_of_a_family_without_a_published_pipeline_says_so(tmp_path, capsys):
-    from faithclip.audit.run import AuditSettings, run_audit
     from faithclip.audit.report import format_audit
+    from faithclip.audit.run import AuditSettings, run_audit
     from faithclip.cli.main import main
 
     assert main(["audit", "--model", "shapes-siglip", "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "no published Grad-ECLIP pipeline exists for siglip models" in error[0]
     assert not (tmp_path / "out").exists()
-    settings = AuditSettings(scenes=6, ladder=True, p2_scenes=4, p2_ladders=1, p2_rungs=3, ladder_deletion_steps=2,
-                             methods=("attention_eclip",), resamples=20)
+    settings = AuditSettings(
+        scenes=6,
+        ladder=True,
+        p2_scenes=4,
+        p2_ladders=1,
+        p2_rungs=3,
+        ladder_deletion_steps=2,
+        methods=("attention_eclip",),
+        resamples=20,
+    )
     results = run_audit(faithclip.load("shapes-siglip"), settings)  # P2 still runs: it needs no pipeline
     assert "arms" not in results and results["p2"]["methods"] == ["attention_eclip"]
     assert "departure not measured" in format_audit(results)

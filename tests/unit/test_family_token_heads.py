@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from blip_fixtures import blip_tokenizer, random_blip
-from test_every_family_commands import SIZE, classifier, siglip
-from tolerance import assert_rounding_close
+from test_every_family_commands import classifier, siglip
 
 import faithclip
+from blip_fixtures import blip_tokenizer, random_blip
 from faithclip.errors import MethodError
 from faithclip.models.loading import from_hf
 from faithclip.probe import Probe, encoder_layers
 from faithclip.registry import METHODS
+from tolerance import assert_rounding_close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,8 +35,13 @@ def tiny_clip():
 
 
 def handles(tmp_path) -> dict:
-    return {"clip": tiny_clip(), "vit": classifier("vit"), "deit": classifier("deit"), "siglip": siglip(),
-            "blip": from_hf(random_blip(seed=2), blip_tokenizer(tmp_path / "tok"), name="tiny-blip")}
+    return {
+        "clip": tiny_clip(),
+        "vit": classifier("vit"),
+        "deit": classifier("deit"),
+        "siglip": siglip(),
+        "blip": from_hf(random_blip(seed=2), blip_tokenizer(tmp_path / "tok"), name="tiny-blip"),
+    }
 
 
 def pixels_of(handle, seed: int = 0) -> torch.Tensor:
@@ -57,7 +62,10 @@ def random_photo(handle, seed: int = 3):
 def last_block(handle, pixels):
     """The last vision block's input, attention output (before out_proj) and output, read by the probe."""
     last = len(encoder_layers(handle.model, "vision")) - 1  # the last block (SigLIP's pooling head is after it)
-    with torch.no_grad(), Probe(handle.model, "vision", layers=[last], capture=("hidden_in", "attn_out", "hidden_out")) as probe:
+    with (
+        torch.no_grad(),
+        Probe(handle.model, "vision", layers=[last], capture=("hidden_in", "attn_out", "hidden_out")) as probe,
+    ):
         handle.encode_image(pixels)
     return probe.captures[last].require("hidden_in", "attn_out", "hidden_out")
 
@@ -85,7 +93,7 @@ def test_siglip_per_token_head_is_its_pooling_head_on_identical_tokens(models):
     with torch.no_grad():
         per_token = handle.family.token_head(handle.model, hidden_out)  # (B, T, E)
         for j in (0, hidden_out.shape[1] - 1):
-            repeated = hidden_out[:, j:j + 1].expand_as(hidden_out).contiguous()  # every token = token j
+            repeated = hidden_out[:, j : j + 1].expand_as(hidden_out).contiguous()  # every token = token j
             pooled = vision.head(vision.post_layernorm(repeated))  # the model's own pooling head
             assert_rounding_close(per_token[:, j], pooled, what=f"siglip token {j}")
 
@@ -118,7 +126,9 @@ def test_per_token_methods_run_on_every_family_they_declare_and_refuse_the_rest_
         prompts = list(labels[:2]) if labels else ["a red square", "a blue circle"]
         if name not in EXPECTED[method]:
             with pytest.raises(MethodError) as error:
-                faithclip.explain(handle, image, prompts, method=method, **({"steps": 1, "samples": 1} if method == "m2ib" else {}))
+                faithclip.explain(
+                    handle, image, prompts, method=method, **({"steps": 1, "samples": 1} if method == "m2ib" else {})
+                )
             assert "\n" not in str(error.value) and f"not available for {name}" in str(error.value)
             continue
         options = {"steps": 2, "samples": 2} if method == "m2ib" else {}

@@ -19,17 +19,17 @@ import pytest
 import torch
 import transformers
 from PIL import Image
-from reference import attention_methods_reference as attention_ref
-from reference import perturbation_methods_reference as perturbation_ref
-from reference import vit_reference as ref
-from tolerance import assert_rounding_close
 
 import faithclip
-from faithclip.numerics import relative_difference
 from faithclip.errors import MethodError, ModelError, TextError
 from faithclip.methods.official import vit as official_vit
 from faithclip.models.loading import from_hf
 from faithclip.models.preprocess import ImagePreprocess
+from faithclip.numerics import relative_difference
+from reference import attention_methods_reference as attention_ref
+from reference import perturbation_methods_reference as perturbation_ref
+from reference import vit_reference as ref
+from tolerance import assert_rounding_close
 
 torch.set_num_threads(1)
 
@@ -38,11 +38,15 @@ LABELS = ["a red circle", "a blue square", "tabby, tabby cat", "a green triangle
 
 def random_classifier(kind: str = "vit", seed: int = 0, dtype: torch.dtype = torch.float64, labels=LABELS, **shape):
     """A random ViT/DeiT classifier whose LayerNorms and biases are randomised too (no trivial identity)."""
-    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
-                 patch_size=8)
+    sizes = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
+    )
     sizes.update(shape)
-    config_class, model_class = ((transformers.ViTConfig, transformers.ViTForImageClassification) if kind == "vit"
-                                 else (transformers.DeiTConfig, transformers.DeiTForImageClassification))
+    config_class, model_class = (
+        (transformers.ViTConfig, transformers.ViTForImageClassification)
+        if kind == "vit"
+        else (transformers.DeiTConfig, transformers.DeiTForImageClassification)
+    )
     config = config_class(num_labels=len(labels), id2label=dict(enumerate(labels)), **sizes)
     torch.manual_seed(seed)
     model = model_class._from_config(config, attn_implementation="eager")
@@ -74,8 +78,15 @@ def test_class_names_map_to_class_indices():
 
 
 def test_deit_with_teacher_is_refused():
-    config = transformers.DeiTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                     image_size=16, patch_size=8, num_labels=3)
+    config = transformers.DeiTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=8,
+        num_labels=3,
+    )
     model = transformers.DeiTForImageClassificationWithTeacher._from_config(config, attn_implementation="eager")
     with pytest.raises(ModelError, match="distillation head"):
         from_hf(model)
@@ -99,8 +110,9 @@ def test_score_is_the_models_own_logit(kind):
             assert_rounding_close(explanation.model_score, float(logits[b, [1, 3][k]]), torch.float32)
     probability = faithclip.explain(handle, pixels[:1], "a blue square", "grad_eclip", target="probability")
     assert_rounding_close(probability.score, float(logits[0].double().softmax(-1)[1]), torch.float32)
-    contrast = faithclip.explain(handle, pixels[:1], "a blue square", "grad_eclip", target="contrast",
-                                 others=["a red circle"])
+    contrast = faithclip.explain(
+        handle, pixels[:1], "a blue square", "grad_eclip", target="contrast", others=["a red circle"]
+    )
     assert_rounding_close(contrast.score, float(logits[0, 1] - logits[0, 0]), torch.float32)
     with pytest.raises(MethodError, match="no 'cosine' score"):
         faithclip.explain(handle, pixels[:1], "a blue square", "grad_eclip", target="cosine")
@@ -130,8 +142,19 @@ def test_vit_processor_squashes_without_crop(tmp_path):
     """google/vit-base-patch16-224's file: ``size`` an int (square for ViT), bilinear, mean = std = 0.5. A
     64x32 image, left half red, right half blue, squashed to 32x32: columns 0-15 red, 16-31 blue, and
     red's channel 0 is (255/255 - 0.5)/0.5 = 1, blue's -1."""
-    handle = _save(tmp_path, "vit", {"feature_extractor_type": "ViTFeatureExtractor", "do_resize": True, "size": 32,
-                                     "resample": 2, "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    handle = _save(
+        tmp_path,
+        "vit",
+        {
+            "feature_extractor_type": "ViTFeatureExtractor",
+            "do_resize": True,
+            "size": 32,
+            "resample": 2,
+            "do_normalize": True,
+            "image_mean": [0.5] * 3,
+            "image_std": [0.5] * 3,
+        },
+    )
     assert handle.family.name == "vit"
     assert (handle.preprocess.resize, handle.preprocess.center_crop, handle.preprocess.size) == ("exact", False, 32)
     image = np.zeros((32, 64, 3), dtype=np.uint8)
@@ -146,12 +169,28 @@ def test_deit_processor_resizes_then_crops(tmp_path):
     """facebook/deit-*'s file: ``size`` 256 -> 36 here (an int: 36 x 36), centre crop 32, ImageNet mean/std.
     A 36x36 image black in rows 0-2 and white below: the crop starts at (36 - 32) // 2 = 2, so output row 0
     is black ((0 - 0.485)/0.229 in channel 0) and row 1 white ((1 - 0.485)/0.229)."""
-    handle = _save(tmp_path, "deit", {"image_processor_type": "DeiTImageProcessor", "do_resize": True, "size": 36,
-                                      "resample": 3, "do_center_crop": True, "crop_size": 32, "do_normalize": True,
-                                      "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]})
+    handle = _save(
+        tmp_path,
+        "deit",
+        {
+            "image_processor_type": "DeiTImageProcessor",
+            "do_resize": True,
+            "size": 36,
+            "resample": 3,
+            "do_center_crop": True,
+            "crop_size": 32,
+            "do_normalize": True,
+            "image_mean": [0.485, 0.456, 0.406],
+            "image_std": [0.229, 0.224, 0.225],
+        },
+    )
     assert handle.family.name == "deit" and handle.prefix_tokens == 2
-    assert (handle.preprocess.resize, handle.preprocess.center_crop, handle.preprocess.size,
-            handle.preprocess.crop_box(36, 36)) == ("exact", True, 36, (2, 2, 34, 34))
+    assert (
+        handle.preprocess.resize,
+        handle.preprocess.center_crop,
+        handle.preprocess.size,
+        handle.preprocess.crop_box(36, 36),
+    ) == ("exact", True, 36, (2, 2, 34, 34))
     image = np.full((36, 36, 3), 255, dtype=np.uint8)
     image[:3] = 0
     pixels = handle.pixels(Image.fromarray(image))[0]
@@ -163,9 +202,11 @@ def test_deit_processor_resizes_then_crops(tmp_path):
 
 
 # ---- Grad-ECLIP == Attention-ECLIP == the literal oracle ----------------------------------------------------------
-SHAPES = [dict(num_attention_heads=1, num_hidden_layers=1, hidden_size=16, image_size=16, patch_size=8),
-          dict(num_attention_heads=4, num_hidden_layers=2, hidden_size=32, image_size=24, patch_size=8),
-          dict(num_attention_heads=12, num_hidden_layers=2, hidden_size=48, image_size=28, patch_size=7)]
+SHAPES = [
+    dict(num_attention_heads=1, num_hidden_layers=1, hidden_size=16, image_size=16, patch_size=8),
+    dict(num_attention_heads=4, num_hidden_layers=2, hidden_size=32, image_size=24, patch_size=8),
+    dict(num_attention_heads=12, num_hidden_layers=2, hidden_size=48, image_size=28, patch_size=7),
+]
 
 
 @pytest.mark.parametrize("kind", ["vit", "deit"])
@@ -187,7 +228,7 @@ def test_eclip_methods_equal_each_other_and_the_oracle(kind, shape):
             assert relative_difference(x.map.double(), y.map.double(), 0.0) <= tolerance
             if dtype == torch.float64:
                 image, k = divmod(index, 2)
-                score, expected = ref.eclip_literal(model, pixels[image:image + 1], [0, 2][k], handle.prefix_tokens)
+                score, expected = ref.eclip_literal(model, pixels[image : image + 1], [0, 2][k], handle.prefix_tokens)
                 assert x.score == pytest.approx(score, rel=1e-12)
                 largest = max(largest, float(expected.abs().max()))
                 assert relative_difference(expected.reshape(grid, grid), x.map, 0.0) <= 1e-10
@@ -199,8 +240,15 @@ def test_real_vit_b16_architecture_equivalence():
     """google/vit-base-patch16-224's published sizes, random weights: hidden 768, 12 layers, 12 heads, patch
     16, 224 px, 1000 labels. float32: the two methods within 1e-5; float64: both within 1e-10 of each other
     and of the literal oracle (which recomputes the last block from its weights)."""
-    config = transformers.ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                    intermediate_size=3072, image_size=224, patch_size=16, num_labels=1000)
+    config = transformers.ViTConfig(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        image_size=224,
+        patch_size=16,
+        num_labels=1000,
+    )
     torch.manual_seed(0)
     model = transformers.ViTForImageClassification._from_config(config, attn_implementation="eager").eval()
     pixels = pixels_for(224, 1, torch.float32, seed=5)
@@ -216,8 +264,10 @@ def test_real_vit_b16_architecture_equivalence():
     float64 = max(relative_difference(x.map, y.map, 0.0) for x, y in zip(a64, b64))
     _, expected = ref.eclip_literal(model64, pixels.double(), 500, 1)
     oracle = relative_difference(expected.reshape(14, 14), a64[1].map, 0.0)
-    print(f"\nViT-B/16 random weights: grad_eclip vs attention_eclip float32 {float32:.3e}, float64 {float64:.3e}; "
-          f"float64 vs literal oracle {oracle:.3e}")
+    print(
+        f"\nViT-B/16 random weights: grad_eclip vs attention_eclip float32 {float32:.3e}, float64 {float64:.3e}; "
+        f"float64 vs literal oracle {oracle:.3e}"
+    )
     assert float32 <= 1e-5 and float64 <= 1e-10 and oracle <= 1e-10
     with torch.no_grad():
         assert_rounding_close(a64[1].score, float(model64(pixel_values=pixels.double()).logits[0, 500]), torch.float64)
@@ -241,13 +291,21 @@ def test_attention_methods_match_literal_oracles(kind):
     def explained(method, **options):
         return faithclip.explain(handle, pixels, "a green triangle", method, **options).map
 
-    assert float(score.detach()) == pytest.approx(faithclip.explain(handle, pixels, "a green triangle", "self_attention").score, rel=1e-12)
-    torch.testing.assert_close(explained("self_attention"), patches(attention_ref.self_attention_literal(attentions[-1][0].detach(), 0)))
-    torch.testing.assert_close(explained("rollout"), patches(attention_ref.rollout_literal([a[0].detach() for a in attentions], 0)))
+    assert float(score.detach()) == pytest.approx(
+        faithclip.explain(handle, pixels, "a green triangle", "self_attention").score, rel=1e-12
+    )
+    torch.testing.assert_close(
+        explained("self_attention"), patches(attention_ref.self_attention_literal(attentions[-1][0].detach(), 0))
+    )
+    torch.testing.assert_close(
+        explained("rollout"), patches(attention_ref.rollout_literal([a[0].detach() for a in attentions], 0))
+    )
     torch.testing.assert_close(explained("game"), patches(attention_ref.game_literal(score, attentions, 0)))
-    torch.testing.assert_close(explained("game", start_layer=-1), patches(attention_ref.game_literal(score, attentions, 0, -1)))
+    torch.testing.assert_close(
+        explained("game", start_layer=-1), patches(attention_ref.game_literal(score, attentions, 0, -1))
+    )
     cam = attention_ref.grad_cam_literal(score, literal["inputs"][-1])  # (T - 1,): every token after the first
-    torch.testing.assert_close(explained("grad_cam"), cam[prefix - 1:].reshape(4, 4))
+    torch.testing.assert_close(explained("grad_cam"), cam[prefix - 1 :].reshape(4, 4))
 
 
 def test_perturbation_methods_match_literal_oracles():
@@ -277,7 +335,11 @@ def test_official_vit_matches_the_literal_notebook_formula():
     rng = np.random.default_rng(0)
     original = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
     explanation = faithclip.explain(handle, original, "a green triangle", "grad_eclip_official")
-    assert explanation.map.shape == (3, 5) and explanation.options["lambda_qk"] == "raw" and explanation.options["cap"] is None
+    assert (
+        explanation.map.shape == (3, 5)
+        and explanation.options["lambda_qk"] == "raw"
+        and explanation.options["cap"] is None
+    )
     from faithclip.methods.official.keepsize import keep_size_pixels
 
     keep = keep_size_pixels(original, 8, handle.preprocess, None)[None].double()  # (1, 3, 24, 40)
@@ -311,7 +373,9 @@ def test_audit_runs_on_a_tiny_shapes_classifier():
     results = run_audit(handle, AuditSettings(scenes=6, map_images=1, deletion_steps=4))
     assert results["text"] is None
     assert set(results["arms"]) == {"original", "one_head", "keep_size", "official"}
-    assert results["arms"]["original"]["flip_rate"] == 0.0 and results["arms"]["original"]["embedding_cosine_min"] == pytest.approx(1.0)
+    assert results["arms"]["original"]["flip_rate"] == 0.0 and results["arms"]["original"][
+        "embedding_cosine_min"
+    ] == pytest.approx(1.0)
     assert results["maps"]["mean"]["spearman_faithful_vs_grad_eclip"] == pytest.approx(1.0)
     from faithclip.audit.report import format_audit
 

@@ -7,12 +7,12 @@ import warnings
 import pytest
 import torch
 
-from tolerance import assert_rounding_close
 from conftest import random_clip, token_ids
 from faithclip.api import method_spec
 from faithclip.methods.context import Context
 from faithclip.models.loading import from_hf
 from faithclip.targets import Target
+from tolerance import assert_rounding_close
 
 
 def _maps(handle, pixels, ids, method, fast, target=Target(), layers=1):
@@ -20,7 +20,9 @@ def _maps(handle, pixels, ids, method, fast, target=Target(), layers=1):
     return method_spec(method, "image").image(ctx, layers=layers, relu="none")
 
 
-@pytest.mark.parametrize("shape", [dict(heads=1, layers=1), dict(heads=4, layers=2), dict(heads=2, layers=3, patch_size=4)])
+@pytest.mark.parametrize(
+    "shape", [dict(heads=1, layers=1), dict(heads=4, layers=2), dict(heads=2, layers=3, patch_size=4)]
+)
 @pytest.mark.parametrize("method", ["attention_eclip", "grad_eclip"])
 def test_fast_equals_full_backward(shape, method):
     handle = from_hf(random_clip(seed=7, **shape))
@@ -42,7 +44,7 @@ def test_fast_path_matches_per_pair_results():
     batched = _maps(handle, pixels, ids, "attention_eclip", True)
     for b in range(2):
         for k in range(3):
-            single = _maps(handle, pixels[b:b + 1], ids[k:k + 1], "attention_eclip", False)
+            single = _maps(handle, pixels[b : b + 1], ids[k : k + 1], "attention_eclip", False)
             assert_rounding_close(single.maps[0, 0], batched.maps[b, k], torch.float32, kind="map")
 
 

@@ -114,8 +114,11 @@ def test_warnings_are_shown_in_figures(model, photo):
 
 def test_plot_shares_one_scale_per_method_and_bars_match_panels(model, photo):
     image, caption = photo
-    maps = [faithclip.explain(model, image, text, method) for method in ("attention_eclip", "rise")
-            for text in (caption, "a blue square")]
+    maps = [
+        faithclip.explain(model, image, text, method)
+        for method in ("attention_eclip", "rise")
+        for text in (caption, "a blue square")
+    ]
     figure = _drawn(faithclip.plot(maps))
     image_axes = [a for a in figure.axes if a.get_label() != "<colorbar>"]
     assert len(image_axes) == 2 * (2 + 1)  # rows: methods; columns: the image, then each prompt
@@ -172,7 +175,7 @@ def test_save_overlay_is_the_raw_map_not_a_jet_min_max(model, photo, tmp_path):
         pixels = np.asarray(written.convert("RGB"), dtype=np.int16)
     base = np.asarray(crop.resize((crop.width, crop.height)), dtype=np.int16)
     zero = (ex.upsampled((crop.height, crop.width)) == 0).numpy()
-    assert zero.any() and np.abs(pixels[:, :crop.width][zero] - base[zero]).max() <= 1  # transparent where 0
+    assert zero.any() and np.abs(pixels[:, : crop.width][zero] - base[zero]).max() <= 1  # transparent where 0
     as_array = ex.save_overlay(tmp_path / "a.png", np.asarray(crop))  # an array gives the same picture
     assert as_array.read_bytes() == (tmp_path / "o.png").read_bytes()  # same pixels, same encoder: exact
 
@@ -196,8 +199,9 @@ def test_example_notebook_runs_offline_and_its_stored_outputs_are_current():
     pytest.importorskip("ipykernel", reason="ipykernel is in the test extra (pip install -e '.[test]')")
     stored = nbformat.read(ROOT / "docs" / "example.ipynb", as_version=4)
     notebook = nbformat.read(ROOT / "docs" / "example.ipynb", as_version=4)
-    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT)}}).execute()
+    nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
@@ -242,8 +246,11 @@ def test_explain_draws_several_methods_in_one_grid_per_image(photo, tmp_path, ca
         by_method.setdefault(scale["method"], set()).add((scale["low"], scale["high"]))
     assert all(len(scales) == 1 for scales in by_method.values())  # each method's prompts: one scale
     for scale in figure["colour_scales"]:  # the scale's top is the largest value of that method's maps
-        maps = [json.loads((out / e["json"]).read_text())["map"] for e in record["explanations"]
-                if e["method"] == scale["method"]]
+        maps = [
+            json.loads((out / e["json"]).read_text())["map"]
+            for e in record["explanations"]
+            if e["method"] == scale["method"]
+        ]
         assert scale["high"] == pytest.approx(max(abs(v) for m in maps for row in m for v in row))
     assert "data-colour-scales" in (out / "report.html").read_text()
     capsys.readouterr()

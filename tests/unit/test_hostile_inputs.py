@@ -38,12 +38,14 @@ TEXT = ("--text", "red circle")
 def png_header_only(path: Path, width: int, height: int) -> None:
     """A PNG whose header says ``width`` x ``height`` and which holds no pixel data: decoding it would
     allocate width*height*3 bytes, so only a check made on the header keeps memory flat."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def write_models(root: Path) -> None:
@@ -59,7 +61,9 @@ def write_models(root: Path) -> None:
     del weights["vision_model.encoder.layers.0.mlp.fc1.weight"]
     save_file(weights, root / "missing-tensor" / "model.safetensors", metadata={"format": "pt"})
     weights = load_file(root / "int-weights" / "model.safetensors")
-    weights["vision_model.encoder.layers.0.mlp.fc1.weight"] = weights["vision_model.encoder.layers.0.mlp.fc1.weight"].to(torch.int32)
+    weights["vision_model.encoder.layers.0.mlp.fc1.weight"] = weights[
+        "vision_model.encoder.layers.0.mlp.fc1.weight"
+    ].to(torch.int32)
     save_file(weights, root / "int-weights" / "model.safetensors", metadata={"format": "pt"})
     (root / "garbage.pt").write_bytes(b"this is not a checkpoint\n" * 4)
     torch.save({"weights": {"w": torch.zeros(2)}, "path": Path("x")}, root / "objects.pt")
@@ -106,7 +110,10 @@ IMAGE_COMMANDS = {
 # (input, words): inputs given where a command reads a MODEL
 MODEL_INPUTS = [
     ("mismatched", "the weights do not fit its config.json: vision_model.encoder.layers.0.mlp.fc1"),
-    ("missing-tensor", "the weights lack 1 tensor(s) its config.json needs (vision_model.encoder.layers.0.mlp.fc1.weight)"),
+    (
+        "missing-tensor",
+        "the weights lack 1 tensor(s) its config.json needs (vision_model.encoder.layers.0.mlp.fc1.weight)",
+    ),
     ("int-weights", "holds I32 values; faithclip expected floating-point weights"),
     ("garbage.pt", "its bytes are not a PyTorch pickle"),
     ("objects.pt", "it holds Python objects besides tensors (Unsupported global: GLOBAL pathlib.PosixPath"),
@@ -121,64 +128,158 @@ MODEL_COMMANDS = {
 EVALUATE = ["evaluate", "--data", "shapes", "--count", "2", "--no-progress", "--out", "run"]
 # (id, command line, exit code, words): options, values and outputs
 OTHER_CASES = [
-    ("image-over-max-pixels", ["explain", "img.png", *TEXT, "--max-pixels", "100"], 2,
-     "img.png has 4,096 pixels, more than the limit of 100 pixels"),
-    ("layers-on-occlusion", ["explain", "img.png", *TEXT, "--methods", "occlusion", "--layers", "2"], 2,
-     "--layers is not an option of occlusion; its options are window, stride, fill, batch_size."),
+    (
+        "image-over-max-pixels",
+        ["explain", "img.png", *TEXT, "--max-pixels", "100"],
+        2,
+        "img.png has 4,096 pixels, more than the limit of 100 pixels",
+    ),
+    (
+        "layers-on-occlusion",
+        ["explain", "img.png", *TEXT, "--methods", "occlusion", "--layers", "2"],
+        2,
+        "--layers is not an option of occlusion; its options are window, stride, fill, batch_size.",
+    ),
     # layers counts last layers; grad_cam and rollout take an index (issue 24: this ended in "unexpected keyword")
-    ("layers-on-grad-cam", ["explain", "img.png", *TEXT, "--method", "grad_cam", "--layers", "2"], 2,
-     "--layers is not an option of grad_cam; its options are layer (layers: a count of last layers; layer: the "
-     "index of one layer)."),
-    ("layers-on-rollout", ["explain", "img.png", *TEXT, "--method", "rollout", "--layers", "2"], 2,
-     "--layers is not an option of rollout; its options are start_layer (layers: a count of last layers; "
-     "start_layer: the index of the first of the layers up to the last)."),
-    ("other-equal-to-text", ["explain", "img.png", *TEXT, "--target", "probability", "--other", "red circle"], 2,
-     "the other text 'red circle' (--other, others=) is an explained text itself"),
-    ("layers-banana", [*EVALUATE, "--method-option", "grad_eclip.layers=banana"], 2,
-     "grad_eclip.layers='banana': grad_eclip's layers must be a whole number."),
-    ("layers-99", [*EVALUATE, "--method-option", "grad_eclip.layers=99"], 2,
-     "grad_eclip.layers=99: grad_eclip's layers must be at most 4"),
-    ("rise-masks-0", [*EVALUATE, "--methods", "rise", "--method-option", "rise.masks=0"], 2,
-     "rise.masks=0: rise's masks must be a whole number of at least 1."),
-    ("tolerance-negative", [*EVALUATE, "--metrics", "pointing_game", "--option", "pointing_game.tolerance=-5"], 2,
-     "pointing_game.tolerance=-5: pointing_game's tolerance must be a distance in pixels of at least 0."),
-    ("steps-below-every", [*EVALUATE, "--metrics", "deletion_gradeclip", "--option", "deletion_gradeclip.steps=8"], 2,
-     "deletion_gradeclip.steps=8, deletion_gradeclip.every=10: deletion_gradeclip's every must be at most steps"),
-    ("tolerance-abc", [*EVALUATE, "--metrics", "pointing_game", "--option", "pointing_game.tolerance=abc"], 2,
-     "pointing_game.tolerance='abc': pointing_game's tolerance must be a number."),
-    ("tolerance-nan", [*EVALUATE, "--metrics", "pointing_game", "--option", "pointing_game.tolerance=NaN"], 2,
-     "must be a finite number"),
-    ("method-option-choice", [*EVALUATE, "--method-option", "grad_eclip.relu=banana"], 2,
-     "grad_eclip.relu='banana': grad_eclip's relu must be one of per_layer, after_sum, none."),
-    ("method-option-unknown", [*EVALUATE, "--method-option", "grad_eclip.window=3"], 2,
-     "grad_eclip.window is not an option of grad_eclip; its options are layers, use_lambda, relu"),
-    ("corrupt-image-in-folder", ["evaluate", "--data", "imagenet:data", "--methods", "grad_eclip", "--metrics",
-                                 "zeroshot", "--no-progress", "--out", "run"], 2, "data/c1/1.png is not an image PIL can read"),
-    ("check-callable-without-arguments", ["check", "--methods", "os:getcwd"], 2,
-     "os:getcwd takes (), but faithclip calls a METHOD given as module:function as function(model, pixels, texts)"),
+    (
+        "layers-on-grad-cam",
+        ["explain", "img.png", *TEXT, "--method", "grad_cam", "--layers", "2"],
+        2,
+        "--layers is not an option of grad_cam; its options are layer (layers: a count of last layers; layer: the "
+        "index of one layer).",
+    ),
+    (
+        "layers-on-rollout",
+        ["explain", "img.png", *TEXT, "--method", "rollout", "--layers", "2"],
+        2,
+        "--layers is not an option of rollout; its options are start_layer (layers: a count of last layers; "
+        "start_layer: the index of the first of the layers up to the last).",
+    ),
+    (
+        "other-equal-to-text",
+        ["explain", "img.png", *TEXT, "--target", "probability", "--other", "red circle"],
+        2,
+        "the other text 'red circle' (--other, others=) is an explained text itself",
+    ),
+    (
+        "layers-banana",
+        [*EVALUATE, "--method-option", "grad_eclip.layers=banana"],
+        2,
+        "grad_eclip.layers='banana': grad_eclip's layers must be a whole number.",
+    ),
+    (
+        "layers-99",
+        [*EVALUATE, "--method-option", "grad_eclip.layers=99"],
+        2,
+        "grad_eclip.layers=99: grad_eclip's layers must be at most 4",
+    ),
+    (
+        "rise-masks-0",
+        [*EVALUATE, "--methods", "rise", "--method-option", "rise.masks=0"],
+        2,
+        "rise.masks=0: rise's masks must be a whole number of at least 1.",
+    ),
+    (
+        "tolerance-negative",
+        [*EVALUATE, "--metrics", "pointing_game", "--option", "pointing_game.tolerance=-5"],
+        2,
+        "pointing_game.tolerance=-5: pointing_game's tolerance must be a distance in pixels of at least 0.",
+    ),
+    (
+        "steps-below-every",
+        [*EVALUATE, "--metrics", "deletion_gradeclip", "--option", "deletion_gradeclip.steps=8"],
+        2,
+        "deletion_gradeclip.steps=8, deletion_gradeclip.every=10: deletion_gradeclip's every must be at most steps",
+    ),
+    (
+        "tolerance-abc",
+        [*EVALUATE, "--metrics", "pointing_game", "--option", "pointing_game.tolerance=abc"],
+        2,
+        "pointing_game.tolerance='abc': pointing_game's tolerance must be a number.",
+    ),
+    (
+        "tolerance-nan",
+        [*EVALUATE, "--metrics", "pointing_game", "--option", "pointing_game.tolerance=NaN"],
+        2,
+        "must be a finite number",
+    ),
+    (
+        "method-option-choice",
+        [*EVALUATE, "--method-option", "grad_eclip.relu=banana"],
+        2,
+        "grad_eclip.relu='banana': grad_eclip's relu must be one of per_layer, after_sum, none.",
+    ),
+    (
+        "method-option-unknown",
+        [*EVALUATE, "--method-option", "grad_eclip.window=3"],
+        2,
+        "grad_eclip.window is not an option of grad_eclip; its options are layers, use_lambda, relu",
+    ),
+    (
+        "corrupt-image-in-folder",
+        [
+            "evaluate",
+            "--data",
+            "imagenet:data",
+            "--methods",
+            "grad_eclip",
+            "--metrics",
+            "zeroshot",
+            "--no-progress",
+            "--out",
+            "run",
+        ],
+        2,
+        "data/c1/1.png is not an image PIL can read",
+    ),
+    (
+        "check-callable-without-arguments",
+        ["check", "--methods", "os:getcwd"],
+        2,
+        "os:getcwd takes (), but faithclip calls a METHOD given as module:function as function(model, pixels, texts)",
+    ),
     ("json-is-a-directory", ["bench", "--json", "adir"], 2, "--json adir is a directory"),
     ("audit-json-is-a-directory", ["audit", "--json", "adir"], 2, "--json adir is a directory"),
     ("verify-json-is-a-symlink-loop", ["verify", "--json", "loop-a"], 2, "loop-a: it is a symlink loop"),
     ("demo-out-is-a-symlink-loop", ["demo", "--out", "loop-a"], 2, "--out loop-a is a symlink to nothing"),
     ("demo-out-is-a-file", ["demo", "--out", "img.png"], 2, "--out img.png is a file, not a directory"),
-    ("train-out-is-a-file", ["train-shapes", "--out", "img.png", "--minutes", "1"], 2,
-     "--out img.png is a file, not a directory"),
+    (
+        "train-out-is-a-file",
+        ["train-shapes", "--out", "img.png", "--minutes", "1"],
+        2,
+        "--out img.png is a file, not a directory",
+    ),
     ("bench-out-is-a-symlink-loop", ["bench", "--out", "loop-a"], 2, "--out loop-a is a symlink to nothing"),
 ]
 
-CASES = ([(f"{command}-image-{name}", [name if arg == "IMAGE" else arg for arg in argv], 2, words)
-          for command, argv in IMAGE_COMMANDS.items() for name, words in IMAGE_INPUTS]
-         + [(f"{command}-model-{name}", [name if arg == "MODEL" else arg for arg in argv], 2, words)
-            for command, argv in MODEL_COMMANDS.items() for name, words in MODEL_INPUTS]
-         + OTHER_CASES)
+CASES = (
+    [
+        (f"{command}-image-{name}", [name if arg == "IMAGE" else arg for arg in argv], 2, words)
+        for command, argv in IMAGE_COMMANDS.items()
+        for name, words in IMAGE_INPUTS
+    ]
+    + [
+        (f"{command}-model-{name}", [name if arg == "MODEL" else arg for arg in argv], 2, words)
+        for command, argv in MODEL_COMMANDS.items()
+        for name, words in MODEL_INPUTS
+    ]
+    + OTHER_CASES
+)
 
 
 def listing(root: Path) -> dict[str, str]:
     """Every entry under ``root`` with what it is (a FIFO stays a FIFO, a link a link)."""
     kinds = {}
     for path in sorted(root.rglob("*")):
-        kind = ("link" if path.is_symlink() else "fifo" if path.is_fifo() else "dir" if path.is_dir() else
-                f"file {path.stat().st_size}")
+        kind = (
+            "link"
+            if path.is_symlink()
+            else "fifo"
+            if path.is_fifo()
+            else "dir"
+            if path.is_dir()
+            else f"file {path.stat().st_size}"
+        )
         kinds[str(path.relative_to(root))] = kind
     return kinds
 
@@ -187,14 +288,18 @@ def one_line(capsys) -> str:
     """The one error line on stderr (a deprecated spelling's one notice line aside: ``--json FILE``, the
     only way to name an output file, is kept for a release and its file-kind checks with it)."""
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and "is deprecated and goes in the next release" not in line]
+    lines = [
+        line for line in err.splitlines() if line.strip() and "is deprecated and goes in the next release" not in line
+    ]
     assert "Traceback" not in err, err
     assert len(lines) == 1, err
     return lines[0]
 
 
 @pytest.mark.parametrize("name, argv, code, words", CASES, ids=[case[0] for case in CASES])
-def test_hostile_input_is_one_line_its_exit_code_and_nothing_written(corpus, monkeypatch, capsys, name, argv, code, words):
+def test_hostile_input_is_one_line_its_exit_code_and_nothing_written(
+    corpus, monkeypatch, capsys, name, argv, code, words
+):
     monkeypatch.chdir(corpus)
     before = listing(corpus)
     assert main(argv) == code
@@ -317,8 +422,20 @@ def test_disk_full_in_explain_puts_every_output_back_as_it_was(corpus, tmp_path,
 
 def test_disk_full_in_evaluate_keeps_whole_records_and_resumes(corpus, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    command = ["evaluate", "--data", "shapes", "--count", "3", "--methods", "grad_eclip", "--metrics", "zeroshot",
-               "--no-progress", "--out", str(out)]
+    command = [
+        "evaluate",
+        "--data",
+        "shapes",
+        "--count",
+        "3",
+        "--methods",
+        "grad_eclip",
+        "--metrics",
+        "zeroshot",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     with monkeypatch.context() as patch:
         failed = full_disk_for(patch, "records.jsonl", after=2)
         assert main(command) == 2
@@ -341,13 +458,31 @@ def test_disk_full_in_evaluate_keeps_whole_records_and_resumes(corpus, tmp_path,
 
 
 # ---- record values ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("value, words", [("7.5", "pointing_game.hit is 7.5, outside its range (0 or 1)"),
-                                          ('"yes"', 'pointing_game.hit is "yes", not a number'),
-                                          ("NaN", "NaN in a value"), ("-Infinity", "-Infinity in a value")])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("7.5", "pointing_game.hit is 7.5, outside its range (0 or 1)"),
+        ('"yes"', 'pointing_game.hit is "yes", not a number'),
+        ("NaN", "NaN in a value"),
+        ("-Infinity", "-Infinity in a value"),
+    ],
+)
 def test_a_hand_edited_record_value_is_damage_that_repair_recomputes(tmp_path, capsys, value, words):
     out = tmp_path / "run"
-    command = ["evaluate", "--data", "shapes", "--count", "3", "--methods", "grad_eclip", "--metrics", "pointing_game",
-               "--no-progress", "--out", str(out)]
+    command = [
+        "evaluate",
+        "--data",
+        "shapes",
+        "--count",
+        "3",
+        "--methods",
+        "grad_eclip",
+        "--metrics",
+        "pointing_game",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(command) == 0
     first = json.loads((out / "results.json").read_text())["aggregate"]["grad_eclip"]["pointing_game"]["hit"]
     lines = (out / "records.jsonl").read_text().splitlines()
@@ -370,21 +505,44 @@ def model():
     return faithclip.load("shapes-clip")
 
 
-@pytest.mark.parametrize("call, words", [
-    (lambda m, image: faithclip.explain("shapes-clip", image, "red circle"), "model must be a loaded model, not its name"),
-    (lambda m, image: faithclip.explain(m, image, None), "no text given"),
-    (lambda m, image: faithclip.explain(m, image, []), "no text given"),
-    (lambda m, image: faithclip.explain(m, [], "red circle"), "no image given"),
-    (lambda m, image: faithclip.explain(m, image, "red circle", target="probability", others="a dog"),
-     "others must be a list of texts, e.g. others=['a dog']"),
-    (lambda m, image: faithclip.explain(m, image, "red circle", target="contrast", others=["red circle"]),
-     "is an explained text itself"),
-    (lambda m, image: faithclip.explain(m, image, "red circle", "occlusion", layers=2),
-     "layers is not an option of occlusion; its options are window, stride, fill, batch_size."),
-    (lambda m, image: faithclip.explain(m, image, "red circle", "grad_eclip", layers="banana"),
-     "grad_eclip's layers must be a whole number"),
-], ids=["name", "text-none", "text-empty", "no-image", "others-string", "other-is-text", "layers-occlusion",
-        "layers-banana"])
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (
+            lambda m, image: faithclip.explain("shapes-clip", image, "red circle"),
+            "model must be a loaded model, not its name",
+        ),
+        (lambda m, image: faithclip.explain(m, image, None), "no text given"),
+        (lambda m, image: faithclip.explain(m, image, []), "no text given"),
+        (lambda m, image: faithclip.explain(m, [], "red circle"), "no image given"),
+        (
+            lambda m, image: faithclip.explain(m, image, "red circle", target="probability", others="a dog"),
+            "others must be a list of texts, e.g. others=['a dog']",
+        ),
+        (
+            lambda m, image: faithclip.explain(m, image, "red circle", target="contrast", others=["red circle"]),
+            "is an explained text itself",
+        ),
+        (
+            lambda m, image: faithclip.explain(m, image, "red circle", "occlusion", layers=2),
+            "layers is not an option of occlusion; its options are window, stride, fill, batch_size.",
+        ),
+        (
+            lambda m, image: faithclip.explain(m, image, "red circle", "grad_eclip", layers="banana"),
+            "grad_eclip's layers must be a whole number",
+        ),
+    ],
+    ids=[
+        "name",
+        "text-none",
+        "text-empty",
+        "no-image",
+        "others-string",
+        "other-is-text",
+        "layers-occlusion",
+        "layers-banana",
+    ],
+)
 def test_the_api_checks_its_arguments_with_the_cli_messages(model, call, words):
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     with pytest.raises(FaithclipError) as caught:
@@ -446,8 +604,12 @@ def test_a_killed_writers_backup_and_temporary_are_swept_by_the_next_write(tmp_p
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         gone = [tmp_path / f".verify.json.old-{killed.pid}", tmp_path / f".verify.json.{killed.pid}.ab12cd.tmp"]
-        kept = [tmp_path / f".verify.json.old-{live.pid}", tmp_path / f".verify.json.{live.pid}.ef34gh.tmp",
-                tmp_path / ".other.json.old-1", tmp_path / f".verify.json.old-{killed.pid}x"]
+        kept = [
+            tmp_path / f".verify.json.old-{live.pid}",
+            tmp_path / f".verify.json.{live.pid}.ef34gh.tmp",
+            tmp_path / ".other.json.old-1",
+            tmp_path / f".verify.json.old-{killed.pid}x",
+        ]
         for path in gone + kept:
             path.write_bytes(b"left")
         with all_or_nothing():
@@ -473,8 +635,21 @@ def test_an_image_over_the_pixel_limit_is_refused_before_the_model_loads(tmp_pat
 
     monkeypatch.setattr(explain_cli, "load_model", no_model)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # main sets it: put it back afterwards
-    assert main(["explain", str(tmp_path / "wide.png"), "--text", "x", "--max-pixels", "500",
-                 "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(tmp_path / "wide.png"),
+                "--text",
+                "x",
+                "--max-pixels",
+                "500",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "is 30 x 20 = 600 pixels, more than the limit of 500 pixels" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()

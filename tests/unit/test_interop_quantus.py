@@ -22,8 +22,14 @@ def _recipe() -> str:
 @pytest.mark.slow  # regenerates the figure docs/interop.md states
 def test_quantus_recipe_agrees_with_faithclip(tmp_path):
     pytest.importorskip("quantus", reason="quantus is not installed (pip install -e '.[test]' brings it)")
-    run = subprocess.run([sys.executable, "-c", _recipe()], cwd=tmp_path, capture_output=True, text=True,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", _recipe()],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     match = re.search(r"faithclip ([\d.]+), Quantus ([\d.]+), agreement (\d+)/(\d+) images", run.stdout)
     assert match, run.stdout

@@ -52,7 +52,7 @@ def find_cycle(graph: dict[str, dict[str, list[str]]]) -> list[str] | None:
         path.append(unit)
         for nxt in graph.get(unit, {}):
             if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         state[unit] = "done"
@@ -105,7 +105,7 @@ def file_graph() -> dict[str, dict[str, list[str]]]:
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative: from the package, up level - 1
-                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(anchor + ([base] if base else []))
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
             elif isinstance(node, ast.Import):
@@ -136,6 +136,9 @@ def test_no_file_imports_a_file_that_imports_it_back():
 
 def test_nothing_below_imports_the_package_root():
     graph = file_graph()
-    upward = {module: where["faithclip"] for module, where in graph.items()
-              if "faithclip" in where and module != "faithclip.__main__"}
+    upward = {
+        module: where["faithclip"]
+        for module, where in graph.items()
+        if "faithclip" in where and module != "faithclip.__main__"
+    }
     assert not upward, f"the package root is imported from below: {upward} (read the version from faithclip._version)"

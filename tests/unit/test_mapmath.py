@@ -22,7 +22,9 @@ def test_minmax_by_hand_over_the_whole_tensor_and_over_axes():
     assert torch.equal(minmax(values, dim=-1), torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
     # per (gh, gw) map of a (B, K, gh, gw) batch (LeGrad): the second map is constant -> zeros
     maps = torch.tensor([[[[1.0, 3.0], [2.0, 5.0]]], [[[7.0, 7.0], [7.0, 7.0]]]])
-    assert torch.equal(minmax(maps, dim=(-2, -1)), torch.tensor([[[[0.0, 0.5], [0.25, 1.0]]], [[[0.0, 0.0], [0.0, 0.0]]]]))
+    assert torch.equal(
+        minmax(maps, dim=(-2, -1)), torch.tensor([[[[0.0, 0.5], [0.25, 1.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    )
 
 
 def test_minmax_constant_slices_take_the_given_value_and_keep_the_dtype():
@@ -47,7 +49,7 @@ def test_average_ranks_and_spearman_match_scipy_with_ties():
 
 def test_spearman_by_hand():
     a = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert spearman(a, a ** 3) == 1.0 and spearman(a, -a) == -1.0
+    assert spearman(a, a**3) == 1.0 and spearman(a, -a) == -1.0
     # ranks (1, 2, 3, 4) and (2, 1, 4, 3): centred (-1.5, -.5, .5, 1.5) and (-.5, -1.5, 1.5, .5): 3 / 5
     assert spearman(a, torch.tensor([2.0, 1.0, 4.0, 3.0])) == pytest.approx(0.6, abs=SPEARMAN_ATOL)
     assert math.isnan(spearman(torch.ones(3, 3), torch.randn(3, 3)))  # a constant map has no ranking

@@ -52,22 +52,27 @@ def _figures(results):
 
 def test_maps_written_by_a_numpy_script_score_as_the_method_inside_faithclip(handle, tmp_path):
     data = shapes_set(32, count=4)
-    config = EvalConfig(model="tiny", data=data.name, methods=["attention_eclip"], metrics=METRICS, batch_size=8,
-                        save_maps=True)
+    config = EvalConfig(
+        model="tiny", data=data.name, methods=["attention_eclip"], metrics=METRICS, batch_size=8, save_maps=True
+    )
     inside = Evaluator(handle, config).run(data, tmp_path / "inside", progress=False, report=False)
     saved = sorted(p.name for p in (tmp_path / "inside" / "maps").iterdir())
     assert saved == [f"scene0000{i}__attention_eclip.npz" for i in range(4)]
-    subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "inside" / "maps"), str(tmp_path / "external")],
-                   check=True)
-    maps_config = EvalConfig(model="tiny", data=data.name, metrics=METRICS, batch_size=8, maps=str(tmp_path / "external"))
+    subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "inside" / "maps"), str(tmp_path / "external")], check=True
+    )
+    maps_config = EvalConfig(
+        model="tiny", data=data.name, metrics=METRICS, batch_size=8, maps=str(tmp_path / "external")
+    )
     outside = Evaluator(handle, maps_config).run(data, tmp_path / "outside", progress=False, report=False)
     # same map values (float32 -> float64 -> float32 is exact), same code after the map: equal by construction
     assert _figures(outside) == _figures(inside)
     assert outside["config"]["maps"]["fingerprint"] == MapFolder(tmp_path / "external").fingerprint()
     import faithclip
 
-    api = faithclip.evaluate_maps(handle, tmp_path / "external", tmp_path / "api", data="shapes", count=4,
-                                  metrics=METRICS, batch_size=8)
+    api = faithclip.evaluate_maps(
+        handle, tmp_path / "external", tmp_path / "api", data="shapes", count=4, metrics=METRICS, batch_size=8
+    )
     assert _figures(api) == _figures(inside)
     # a changed map changes the run identity: resuming in the same folder is refused
     first = sorted((tmp_path / "external").iterdir())[0]
@@ -82,15 +87,58 @@ def test_cli_maps_refuses_recomputing_metrics_and_missing_files(handle, tmp_path
     maps = tmp_path / "maps"
     maps.mkdir()
     np.save(maps / "scene00000__mine.npy", np.arange(64.0).reshape(8, 8))  # the shipped model's patch grid
-    assert main(["evaluate", "--maps", str(maps), "--metrics", "pointing_game,sanity_cascade", "--count", "1",
-                 "--out", str(tmp_path / "a")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--maps",
+                str(maps),
+                "--metrics",
+                "pointing_game,sanity_cascade",
+                "--count",
+                "1",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 2
+    )
     assert "cannot score sanity_cascade" in capsys.readouterr().err
-    assert main(["evaluate", "--maps", str(maps), "--metrics", "pointing_game", "--count", "2",
-                 "--out", str(tmp_path / "b")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--maps",
+                str(maps),
+                "--metrics",
+                "pointing_game",
+                "--count",
+                "2",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
     assert "1 maps are missing" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
-    assert main(["evaluate", "--maps", str(maps), "--metrics", "pointing_game,segmentation", "--count", "1",
-                 "--no-progress", "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--maps",
+                str(maps),
+                "--metrics",
+                "pointing_game,segmentation",
+                "--count",
+                "1",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "c" / "results.json").read_text())
     assert [m["name"] for m in results["methods"]] == ["mine"]
 
@@ -141,8 +189,9 @@ def test_to_numpy_spaces(handle):
     y0, x0 = int(sy), int(sx)
     y1, x1 = min(y0 + 1, gh - 1), min(x0 + 1, gw - 1)
     fy, fx = sy - y0, sx - x0
-    literal = ((1 - fy) * ((1 - fx) * patch[y0, x0] + fx * patch[y0, x1])
-               + fy * ((1 - fx) * patch[y1, x0] + fx * patch[y1, x1]))
+    literal = (1 - fy) * ((1 - fx) * patch[y0, x0] + fx * patch[y0, x1]) + fy * (
+        (1 - fx) * patch[y1, x0] + fx * patch[y1, x1]
+    )
     assert crop[y, x] == pytest.approx(literal, rel=1e-12, abs=1e-15)
     full = explanation.to_numpy("image")
     assert full.shape == (40, 64)
@@ -163,11 +212,26 @@ def test_explain_save_maps_writes_the_raw_map_beside_the_json(tmp_path):
 
     image = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(1).random((48, 80, 3)) * 255).astype(np.uint8)).save(image)
-    assert main(["explain", str(image), "--text", "red circle", "--save-maps", "--no-progress",
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(image),
+                "--text",
+                "red circle",
+                "--save-maps",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "out" / "photo__red-circle__attention_eclip.json").read_text())
     with np.load(tmp_path / "out" / "photo__red-circle__attention_eclip.npz") as archive:
         assert str(archive["space"]) == "patch" and str(archive["text"]) == "red circle"
         assert np.array_equal(archive["map"], np.array(record["map"]))  # the same float64 values, two writers
         assert archive["image_size"].tolist() == [48, 80]
-    assert main(["explain", str(image), "--text", "x", "--side", "text", "--save-maps", "--out", str(tmp_path / "t")]) == 2
+    assert (
+        main(["explain", str(image), "--text", "x", "--side", "text", "--save-maps", "--out", str(tmp_path / "t")]) == 2
+    )

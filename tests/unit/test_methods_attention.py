@@ -14,11 +14,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_clip, token_ids
-from reference import attention_methods_reference as ref
-from reference.clip_manual import text_forward, vision_forward
 
 import faithclip
+from conftest import random_clip, token_ids
 from faithclip.errors import FaithclipError, MethodError
 from faithclip.methods.context import Context
 from faithclip.methods.game import game_rows
@@ -29,6 +27,8 @@ from faithclip.methods.self_attention import query_attention
 from faithclip.models.loading import from_hf
 from faithclip.registry import METHODS
 from faithclip.targets import make_target
+from reference import attention_methods_reference as ref
+from reference.clip_manual import text_forward, vision_forward
 
 torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from threads
 
@@ -45,15 +45,18 @@ LENGTHS = [3, 5, 1]  # K = 3 texts, end tokens at 4, 6, 2
 def two_layers() -> tuple[torch.Tensor, torch.Tensor]:
     """Two 2-head, 3-token attentions (forward order) whose rollout is worked out in the docstring of
     ``test_rollout_known_matrices``."""
-    first = torch.tensor([[[0.5, 0.5, 0.0], [0, 1, 0], [0, 0, 1]],
-                          [[0.5, 0.0, 0.5], [0, 1, 0], [0, 0, 1]]], dtype=torch.float64)
+    first = torch.tensor(
+        [[[0.5, 0.5, 0.0], [0, 1, 0], [0, 0, 1]], [[0.5, 0.0, 0.5], [0, 1, 0], [0, 0, 1]]], dtype=torch.float64
+    )
     cycle = torch.tensor([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.float64)
     return first[None], torch.stack([cycle, cycle])[None]  # (1, H=2, T=3, T=3) each
 
 
 def test_self_attention_known_matrix():
     first, _ = two_layers()
-    assert torch.equal(query_attention(first, torch.tensor([0])), torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64))
+    assert torch.equal(
+        query_attention(first, torch.tensor([0])), torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64)
+    )
 
 
 def test_rollout_known_matrices():
@@ -78,11 +81,17 @@ def test_game_known_matrices():
     a_first = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
     g_first = torch.tensor([[1.0, 1.0], [2.0, -1.0]], dtype=torch.float64)
     query = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)  # (B=1, K=1, T=2)
-    one_head = game_rows([a_first[None, None, None], a_last[None, None, None]],
-                         [g_first[None, None, None], g_last[None, None, None]], query)
+    one_head = game_rows(
+        [a_first[None, None, None], a_last[None, None, None]],
+        [g_first[None, None, None], g_last[None, None, None]],
+        query,
+    )
     assert torch.equal(one_head, torch.tensor([[[5.0, 1.0]]], dtype=torch.float64))
-    two_heads = game_rows([torch.stack([a, a])[None, None] for a in (a_first, a_last)],
-                          [torch.stack([g, -torch.ones_like(g)])[None, None] for g in (g_first, g_last)], query)
+    two_heads = game_rows(
+        [torch.stack([a, a])[None, None] for a in (a_first, a_last)],
+        [torch.stack([g, -torch.ones_like(g)])[None, None] for g in (g_first, g_last)],
+        query,
+    )
     assert torch.equal(two_heads, torch.tensor([[[2.5, 0.5]]], dtype=torch.float64))
 
 
@@ -111,8 +120,11 @@ def hooked(model, tower: str):
     handles = []
     for i, layer in enumerate(layers):
         handles.append(layer.self_attn.register_forward_hook(lambda m, a, o, i=i: keep("attn", i, o[1])))
-        handles.append(layer.register_forward_pre_hook(
-            lambda m, a, kw, i=i: keep("hidden_in", i, a[0] if a else kw["hidden_states"]), with_kwargs=True))
+        handles.append(
+            layer.register_forward_pre_hook(
+                lambda m, a, kw, i=i: keep("hidden_in", i, a[0] if a else kw["hidden_states"]), with_kwargs=True
+            )
+        )
         handles.append(layer.register_forward_hook(lambda m, a, o, i=i: keep("hidden_out", i, o)))
     try:
         yield store
@@ -133,15 +145,24 @@ def setup(shape: dict, dtype=torch.float64, seed: int = 0):
 def run(handle, pixels, ids, name: str, side: str, grad_chunk: int = 2, fast: bool = True, **options) -> torch.Tensor:
     """The method's raw (B, K, ...) maps; ``grad_chunk=2`` splits K=3 prompts into two backward passes;
     ``fast=False`` forbids the context's last-layer fast path."""
-    ctx = Context(handle=handle, side=side, pixels=handle.pixels(pixels), text=handle.tokens(ids),
-                  target=make_target("cosine"), grad_chunk=grad_chunk, fast=fast)
+    ctx = Context(
+        handle=handle,
+        side=side,
+        pixels=handle.pixels(pixels),
+        text=handle.tokens(ids),
+        target=make_target("cosine"),
+        grad_chunk=grad_chunk,
+        fast=fast,
+    )
     return getattr(METHODS.get(name), side)(ctx, **options).maps
 
 
 def embeddings(model, pixels, ids):
     with torch.no_grad():
-        return (model.get_image_features(pixel_values=pixels).pooler_output,
-                model.get_text_features(input_ids=ids).pooler_output)
+        return (
+            model.get_image_features(pixel_values=pixels).pooler_output,
+            model.get_text_features(input_ids=ids).pooler_output,
+        )
 
 
 def eos_of(ids: torch.Tensor) -> list[int]:
@@ -154,7 +175,7 @@ def image_oracle(model, pixels, ids, literal) -> torch.Tensor:
     maps = []
     for b in range(pixels.shape[0]):
         with hooked(model, "vision") as store:
-            image_embed = model.get_image_features(pixel_values=pixels[b:b + 1]).pooler_output[0]
+            image_embed = model.get_image_features(pixel_values=pixels[b : b + 1]).pooler_output[0]
         row = []
         for k in range(ids.shape[0]):
             score = F.cosine_similarity(image_embed, text_embeds[k], dim=0)
@@ -169,7 +190,7 @@ def text_oracle(model, pixels, ids, literal) -> torch.Tensor:
     maps = torch.zeros(pixels.shape[0], ids.shape[0], ids.shape[1], dtype=image_embeds.dtype)
     for k, eos in enumerate(eos_of(ids)):
         with hooked(model, "text") as store:
-            text_embed = model.get_text_features(input_ids=ids[k:k + 1]).pooler_output[0]
+            text_embed = model.get_text_features(input_ids=ids[k : k + 1]).pooler_output[0]
         for b in range(pixels.shape[0]):
             score = F.cosine_similarity(image_embeds[b], text_embed, dim=0)
             maps[b, k, 1:eos] = literal(score, store, eos)[1:eos]
@@ -188,16 +209,19 @@ def close(actual: torch.Tensor, expected: torch.Tensor, dtype=torch.float64) -> 
 def test_self_attention_matches_literal(shape, layer):
     model, handle, pixels, ids = setup(shape)
     _, internals = vision_forward(model, pixels)
-    expected = torch.stack([ref.self_attention_literal(internals[layer]["attn"][b].detach(), 0)[1:]
-                            for b in range(2)])  # (B, T-1)
+    expected = torch.stack(
+        [ref.self_attention_literal(internals[layer]["attn"][b].detach(), 0)[1:] for b in range(2)]
+    )  # (B, T-1)
     gh = shape["image_size"] // shape["patch_size"]
-    close(run(handle, pixels, ids, "self_attention", "image", layer=layer),
-          expected[:, None].expand(2, 3, -1).reshape(2, 3, gh, gh))
+    close(
+        run(handle, pixels, ids, "self_attention", "image", layer=layer),
+        expected[:, None].expand(2, 3, -1).reshape(2, 3, gh, gh),
+    )
     eos = eos_of(ids)
     _, internals = text_forward(model, ids, torch.tensor(eos))
     text = torch.zeros(3, ids.shape[1], dtype=torch.float64)
     for k in range(3):
-        text[k, 1:eos[k]] = ref.self_attention_literal(internals[layer]["attn"][k].detach(), eos[k])[1:eos[k]]
+        text[k, 1 : eos[k]] = ref.self_attention_literal(internals[layer]["attn"][k].detach(), eos[k])[1 : eos[k]]
     close(run(handle, pixels, ids, "self_attention", "text", layer=layer), text[None].expand(2, -1, -1))
 
 
@@ -206,17 +230,20 @@ def test_self_attention_matches_literal(shape, layer):
 def test_rollout_matches_literal(shape, start_layer):
     model, handle, pixels, ids = setup(shape)
     _, internals = vision_forward(model, pixels)
-    expected = torch.stack([ref.rollout_literal([i["attn"][b].detach() for i in internals], 0, start_layer)[1:]
-                            for b in range(2)])
+    expected = torch.stack(
+        [ref.rollout_literal([i["attn"][b].detach() for i in internals], 0, start_layer)[1:] for b in range(2)]
+    )
     gh = shape["image_size"] // shape["patch_size"]
-    close(run(handle, pixels, ids, "rollout", "image", start_layer=start_layer),
-          expected[:, None].expand(2, 3, -1).reshape(2, 3, gh, gh))
+    close(
+        run(handle, pixels, ids, "rollout", "image", start_layer=start_layer),
+        expected[:, None].expand(2, 3, -1).reshape(2, 3, gh, gh),
+    )
     eos = eos_of(ids)
     _, internals = text_forward(model, ids, torch.tensor(eos))
     text = torch.zeros(3, ids.shape[1], dtype=torch.float64)
     for k in range(3):
         row = ref.rollout_literal([i["attn"][k].detach() for i in internals], eos[k], start_layer)
-        text[k, 1:eos[k]] = row[1:eos[k]]
+        text[k, 1 : eos[k]] = row[1 : eos[k]]
     close(run(handle, pixels, ids, "rollout", "text", start_layer=start_layer), text[None].expand(2, -1, -1))
 
 
@@ -224,14 +251,18 @@ def test_rollout_matches_literal(shape, start_layer):
 @pytest.mark.parametrize("start_layer", [0, -1])
 def test_game_matches_literal(shape, start_layer):
     model, handle, pixels, ids = setup(shape)
-    expected = image_oracle(model, pixels, ids,
-                            lambda s, store, t: ref.game_literal(s, store["attn"], 0, start_layer)[1:])
+    expected = image_oracle(
+        model, pixels, ids, lambda s, store, t: ref.game_literal(s, store["attn"], 0, start_layer)[1:]
+    )
     gh = shape["image_size"] // shape["patch_size"]
     for fast in (True, False):  # the last layer alone may take the context's fast path
-        close(run(handle, pixels, ids, "game", "image", fast=fast, start_layer=start_layer),
-              expected.reshape(2, 3, gh, gh))
-    expected_text = text_oracle(model, pixels, ids,
-                                lambda s, store, eos: ref.game_literal(s, store["attn"], eos, start_layer))
+        close(
+            run(handle, pixels, ids, "game", "image", fast=fast, start_layer=start_layer),
+            expected.reshape(2, 3, gh, gh),
+        )
+    expected_text = text_oracle(
+        model, pixels, ids, lambda s, store, eos: ref.game_literal(s, store["attn"], eos, start_layer)
+    )
     close(run(handle, pixels, ids, "game", "text", start_layer=start_layer), expected_text)
 
 
@@ -250,11 +281,17 @@ def test_legrad_matches_literal(shape, start_layer, pooling):
     if start_layer == -2 and shape["layers"] == 1:
         start_layer = -1
     model, handle, pixels, ids = setup(shape)
-    expected = image_oracle(model, pixels, ids, lambda s, store, t: ref.legrad_literal(
-        model, t, store["hidden_out"], store["attn"], start_layer, pooling))
+    expected = image_oracle(
+        model,
+        pixels,
+        ids,
+        lambda s, store, t: ref.legrad_literal(model, t, store["hidden_out"], store["attn"], start_layer, pooling),
+    )
     gh = shape["image_size"] // shape["patch_size"]
-    close(run(handle, pixels, ids, "legrad", "image", start_layer=start_layer, pooling=pooling),
-          expected.reshape(2, 3, gh, gh))
+    close(
+        run(handle, pixels, ids, "legrad", "image", start_layer=start_layer, pooling=pooling),
+        expected.reshape(2, 3, gh, gh),
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -318,11 +355,14 @@ def test_b32_architecture_all_methods(b32_handle):
     assert text.map.shape[0] == len(text.tokens) and text.map[0] == 0
 
 
-@pytest.mark.parametrize("name,options,scale", [
-    ("game", {"start_layer": -1}, True),  # R[q, j] = Abar[q, j], and ReLU(c x) = c ReLU(x)
-    ("grad_cam", {}, True),
-    ("legrad", {"start_layer": 0}, False),  # the min-max removes the factor
-])
+@pytest.mark.parametrize(
+    "name,options,scale",
+    [
+        ("game", {"start_layer": -1}, True),  # R[q, j] = Abar[q, j], and ReLU(c x) = c ReLU(x)
+        ("grad_cam", {}, True),
+        ("legrad", {"start_layer": 0}, False),  # the min-max removes the factor
+    ],
+)
 def test_logit_target_rescales_by_construction(name, options, scale):
     """The logit target is exp(t) * cosine: positively homogeneous maps scale by exp(t) exactly.
 
@@ -332,8 +372,9 @@ def test_logit_target_rescales_by_construction(name, options, scale):
     _, handle, pixels, ids = setup(SHAPES[2])
     maps = {}
     for kind in ("cosine", "logit"):
-        ctx = Context(handle=handle, side="image", pixels=handle.pixels(pixels), text=handle.tokens(ids),
-                      target=make_target(kind))
+        ctx = Context(
+            handle=handle, side="image", pixels=handle.pixels(pixels), text=handle.tokens(ids), target=make_target(kind)
+        )
         maps[kind] = METHODS.get(name).image(ctx, **options).maps
     factor = float(handle.logit_scale.detach()) if scale else 1.0
     torch.testing.assert_close(maps["logit"], factor * maps["cosine"], rtol=1e-7, atol=1e-7)
@@ -355,9 +396,10 @@ def test_shipped_model_maps_point_at_the_named_object():
     for name in ("game", "legrad"):
         hits = []
         for i in range(len(batch)):
-            explanation = faithclip.explain(handle, Image.fromarray(batch.images[i]),
-                                            class_caption(int(batch.target_labels[i])), method=name)
+            explanation = faithclip.explain(
+                handle, Image.fromarray(batch.images[i]), class_caption(int(batch.target_labels[i])), method=name
+            )
             row, column = divmod(int(torch.argmax(explanation.map)), explanation.map.shape[1])
-            cell = batch.target_masks[i][row * patch:(row + 1) * patch, column * patch:(column + 1) * patch]
+            cell = batch.target_masks[i][row * patch : (row + 1) * patch, column * patch : (column + 1) * patch]
             hits.append(bool(cell.any()))
         assert sum(hits) / len(hits) >= 0.6, (name, sum(hits))

@@ -11,8 +11,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerance import assert_rounding_close
+
+import faithclip
 from conftest import random_clip, token_ids
+from faithclip.api import method_spec
+from faithclip.methods.context import Context
+from faithclip.methods.m2ib import bottleneck_intervention, default_layer
+from faithclip.methods.rise import generate_masks, render_masks
+from faithclip.models.loading import from_hf
+from faithclip.probe import encoder_layers
+from faithclip.registry import METHODS
+from faithclip.targets import Target
 from reference.perturbation_methods_reference import (
     m2ib_literal,
     maskclip_literal,
@@ -23,16 +32,7 @@ from reference.perturbation_methods_reference import (
     surgery_similarity,
     surgery_token_features,
 )
-
-import faithclip
-from faithclip.api import method_spec
-from faithclip.methods.context import Context
-from faithclip.methods.m2ib import bottleneck_intervention, default_layer
-from faithclip.methods.rise import generate_masks, render_masks
-from faithclip.models.loading import from_hf
-from faithclip.probe import encoder_layers
-from faithclip.registry import METHODS
-from faithclip.targets import Target
+from tolerance import assert_rounding_close
 
 torch.set_num_threads(1)
 
@@ -51,15 +51,20 @@ def handle_and_inputs(shape: dict, seed: int = 0, images: int = 2, lengths=(3, 5
 
 
 def context(handle, pixels, ids, side="image", target=None) -> Context:
-    return Context(handle=handle, side=side, pixels=handle.pixels(pixels), text=handle.tokens(ids),
-                   target=target or Target())
+    return Context(
+        handle=handle, side=side, pixels=handle.pixels(pixels), text=handle.tokens(ids), target=target or Target()
+    )
 
 
 # ---- registry -------------------------------------------------------------------------------------------
 def test_registry_metadata():
-    expected = {"maskclip": (True, False, ("image",)), "clip_surgery": (True, False, ("image",)),
-                "m2ib": (True, False, ("image", "text")), "rise": (False, True, ("image",)),
-                "occlusion": (False, True, ("image", "text"))}
+    expected = {
+        "maskclip": (True, False, ("image",)),
+        "clip_surgery": (True, False, ("image",)),
+        "m2ib": (True, False, ("image", "text")),
+        "rise": (False, True, ("image",)),
+        "occlusion": (False, True, ("image", "text")),
+    }
     for name, (model, inputs, sides) in expected.items():
         spec = METHODS.get(name)
         assert (spec.modifies_model, spec.modifies_input, spec.sides) == (model, inputs, sides), name
@@ -136,11 +141,15 @@ def test_m2ib_matches_literal_loop(side, shape):
     ctx = context(handle, pixels, ids, side=side)
     layer = default_layer(ctx.num_layers)
     options = dict(steps=3, samples=4, seed=7)
-    result = method_spec("m2ib", side).image(ctx, **options) if side == "image" else \
-        method_spec("m2ib", side).text(ctx, **options)
+    result = (
+        method_spec("m2ib", side).image(ctx, **options)
+        if side == "image"
+        else method_spec("m2ib", side).text(ctx, **options)
+    )
     noise_tokens = None if side == "image" else handle.context_length  # texts draw noise for the whole context
-    expected = m2ib_literal(handle.model, side, layer, pixels, ids, steps=3, samples=4, seed=7,
-                            noise_tokens=noise_tokens)
+    expected = m2ib_literal(
+        handle.model, side, layer, pixels, ids, steps=3, samples=4, seed=7, noise_tokens=noise_tokens
+    )
     if side == "image":
         torch.testing.assert_close(result.maps.reshape(-1), expected[1:], rtol=1e-4, atol=1e-6)
     else:
@@ -231,7 +240,7 @@ def test_rise_matches_the_formula_with_the_same_masks():
     grids, shifts = generate_masks(30, 3, 0.5, (12, 12), torch.Generator().manual_seed(3), torch.float64)
     masks = rise_masks_literal(grids, shifts, (12, 12))
     for b in range(2):
-        expected = rise_literal(lambda x: ctx.score_images(x)[0], ctx.pixels[b:b + 1], masks, 0.5)
+        expected = rise_literal(lambda x: ctx.score_images(x)[0], ctx.pixels[b : b + 1], masks, 0.5)
         torch.testing.assert_close(result.maps[b], expected)
     assert result.maps.shape == (2, 2, 12, 12) and result.input_size == (12, 12)
     assert calls == 2 * 4 + 1  # 30 masks in batches of 8 per image, then the unperturbed scores
@@ -270,7 +279,7 @@ def test_occlusion_matches_window_loop(window, stride, fill):
     ctx = linear_context(size=10, smooth=False)
     result = method_spec("occlusion", "image").image(ctx, window=window, stride=stride, fill=fill, batch_size=7)
     for b in range(2):
-        expected = occlusion_literal(lambda x: ctx.score_images(x)[0], ctx.pixels[b:b + 1], window, stride, fill)
+        expected = occlusion_literal(lambda x: ctx.score_images(x)[0], ctx.pixels[b : b + 1], window, stride, fill)
         torch.testing.assert_close(result.maps[b], expected)
 
 
@@ -284,14 +293,24 @@ def test_occlusion_text_deletes_each_token():
         base = F.cosine_similarity(image_embeds[b], handle.encode_text(handle.tokens(torch.tensor([row])))[0], dim=0)
         expected = torch.zeros(ids.shape[1])
         for j in range(1, len(row) - 1):
-            deleted = torch.tensor([row[:j] + row[j + 1:]])
-            expected[j] = base - F.cosine_similarity(image_embeds[b], handle.encode_text(handle.tokens(deleted))[0], dim=0)
+            deleted = torch.tensor([row[:j] + row[j + 1 :]])
+            expected[j] = base - F.cosine_similarity(
+                image_embeds[b], handle.encode_text(handle.tokens(deleted))[0], dim=0
+            )
         torch.testing.assert_close(explanation.map, expected, rtol=1e-4, atol=1e-6)
 
 
 # ---- contract ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method,options", [("maskclip", {}), ("clip_surgery", {}), ("m2ib", {"steps": 1, "samples": 2}),
-                                            ("rise", {"masks": 16}), ("occlusion", {"window": 8, "stride": 8})])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("maskclip", {}),
+        ("clip_surgery", {}),
+        ("m2ib", {"steps": 1, "samples": 2}),
+        ("rise", {"masks": 16}),
+        ("occlusion", {"window": 8, "stride": 8}),
+    ],
+)
 def test_image_maps_shapes_and_scores(method, options):
     handle, pixels, ids = handle_and_inputs(SHAPES[1])
     explanations = faithclip.explain(handle, pixels, ids, method=method, **options)
@@ -306,8 +325,13 @@ def test_image_maps_shapes_and_scores(method, options):
 def test_clip_surgery_empty_prompt_with_the_real_tokenizer(b32_handle):
     from faithclip.methods.clip_surgery import empty_prompt
 
-    ctx = Context(handle=b32_handle, side="image", pixels=torch.zeros(1, 3, 224, 224),
-                  text=b32_handle.tokens("a cat"), target=Target())
+    ctx = Context(
+        handle=b32_handle,
+        side="image",
+        pixels=torch.zeros(1, 3, 224, 224),
+        text=b32_handle.tokens("a cat"),
+        target=Target(),
+    )
     batch = empty_prompt(ctx)
     assert batch.input_ids.tolist() == [[49406, 49407]] and batch.eos_positions.tolist() == [1]
 
@@ -325,8 +349,9 @@ def test_occlusion_points_at_the_named_shape_on_the_shipped_model():
     scenes = ShapesWorld(handle.image_size, seed=0).single_object_set(4, seed=5)
     hits = 0
     for index in range(len(scenes)):
-        explanation = faithclip.explain(handle, Image.fromarray(scenes.images[index]), scenes.captions[index],
-                                        method="occlusion")
+        explanation = faithclip.explain(
+            handle, Image.fromarray(scenes.images[index]), scenes.captions[index], method="occlusion"
+        )
         mask = torch.tensor(scenes.target_masks[index]).flatten()
         hits += bool(mask[explanation.map.flatten().argmax()])
     assert hits >= 3

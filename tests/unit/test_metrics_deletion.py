@@ -17,13 +17,20 @@ from faithclip.methods.context import Context
 from faithclip.metrics import METRICS
 from faithclip.metrics.case import MetricCase
 from faithclip.metrics.deletion import (
-    curve, gradeclip_counts, gradeclip_curves, random_colours, rise_blur, rise_counts, rise_curve,
-    rise_gaussian_kernel, salience_order, trapezoid_auc,
+    curve,
+    gradeclip_counts,
+    gradeclip_curves,
+    random_colours,
+    rise_blur,
+    rise_counts,
+    rise_curve,
+    rise_gaussian_kernel,
+    salience_order,
+    trapezoid_auc,
 )
 from faithclip.models.loading import from_hf
 from faithclip.targets import Target
 from reference import deletion_reference as ref
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,8 +74,13 @@ def test_perfect_order_on_a_linear_model_gives_the_closed_form_gradeclip_inserti
     image = torch.full((3, size, size), 255.0, dtype=torch.float64)
     counts = gradeclip_counts(size * size)
     assert counts == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
-    values = curve(torch.zeros_like(image), image, salience_order(weights, (size, size)), counts,
-                   lambda b: (b.mean(1) / 255 * weights).sum((-1, -2)))
+    values = curve(
+        torch.zeros_like(image),
+        image,
+        salience_order(weights, (size, size)),
+        counts,
+        lambda b: (b.mean(1) / 255 * weights).sum((-1, -2)),
+    )
     total = size * size
     assert values.tolist() == [m * (2 * total - m + 1) / 2 for m in counts]
 
@@ -83,8 +95,9 @@ def test_gradeclip_deletion_and_insertion_images_match_the_official_scripts():
     size = 20
     heatmap = _distinct_map(size, 2)
     rgb = torch.randint(0, 256, (size, size, 3), generator=torch.Generator().manual_seed(3)).to(torch.uint8)
-    official_deleted = ref.gradeclip_deletion_images(rgb.numpy(), heatmap.numpy(), 100, 10,
-                                                     torch.Generator().manual_seed(7))
+    official_deleted = ref.gradeclip_deletion_images(
+        rgb.numpy(), heatmap.numpy(), 100, 10, torch.Generator().manual_seed(7)
+    )
     official_inserted = ref.gradeclip_insertion_images(rgb.numpy(), heatmap.numpy(), 100, 10)
     assert len(official_deleted) == len(official_inserted) == 10
 
@@ -143,8 +156,9 @@ def case():
     from faithclip.metrics.case import normalize_rgb
 
     pixels = normalize_rgb(rgb, handle.preprocess.mean, handle.preprocess.std)[None]
-    ctx = Context(handle=handle, side="image", pixels=pixels, text=handle.tokens(token_ids([2, 3, 4, 1])),
-                  target=Target("cosine"))
+    ctx = Context(
+        handle=handle, side="image", pixels=pixels, text=handle.tokens(token_ids([2, 3, 4, 1])), target=Target("cosine")
+    )
     return MetricCase(score_ctx=ctx, rgb=rgb, patch_map=torch.randn(4, 4, generator=generator), label=2, seed=11)
 
 
@@ -186,8 +200,12 @@ def test_rise_runner_steps_and_auc(case):
 
 
 def test_registry_metadata():
-    for name, better in [("deletion_gradeclip", False), ("insertion_gradeclip", True),
-                         ("deletion_rise", False), ("insertion_rise", True)]:
+    for name, better in [
+        ("deletion_gradeclip", False),
+        ("insertion_gradeclip", True),
+        ("deletion_rise", False),
+        ("insertion_rise", True),
+    ]:
         spec = METRICS.get(name)
         assert spec.higher_is_better is better and spec.category == "faithfulness"
         assert all(f"[{spec.protocol}]" in spec.column(o) for o in spec.outputs)

@@ -101,8 +101,15 @@ def test_registry_metadata():
 def test_chance_levels_worked_by_hand():
     """The image-centre map's hit and a uniform map's energy, on masks whose answer is known by construction."""
     size = (40, 60)  # centre pixel (20, 30)
-    case = lambda mask, ignore=None: MetricCase(score_ctx=None, rgb=torch.zeros(3, *size), patch_map=torch.zeros(2, 2),
-                                                label=0, seed=0, mask=mask, ignore=ignore)
+    case = lambda mask, ignore=None: MetricCase(
+        score_ctx=None,
+        rgb=torch.zeros(3, *size),
+        patch_map=torch.zeros(2, 2),
+        label=0,
+        seed=0,
+        mask=mask,
+        ignore=ignore,
+    )
     assert chance_pointing(case(box_mask((30, 20, 31, 21), size))).values == {"hit": 1.0}  # the centre itself
     assert chance_pointing(case(box_mask((45, 20, 46, 21), size))).values == {"hit": 1.0}  # 15 px right: within
     assert chance_pointing(case(box_mask((46, 20, 47, 21), size))).values == {"hit": 0.0}  # 16 px right

@@ -59,8 +59,9 @@ def test_morf_and_lerf_remove_the_stated_pixels():
 def test_road_metrics_run_in_evaluate_and_repeat_exactly(tmp_path):
     handle = tiny_shapes_clip()
     data = shapes_set(32, count=2)
-    config = EvalConfig(model="tiny", data=data.name, methods=["attention_eclip"], metrics=["road_morf", "road_lerf"],
-                        batch_size=8)
+    config = EvalConfig(
+        model="tiny", data=data.name, methods=["attention_eclip"], metrics=["road_morf", "road_lerf"], batch_size=8
+    )
     first = Evaluator(handle, config).run(data, tmp_path / "a", progress=False, report=False)
     second = Evaluator(handle, config).run(data, tmp_path / "b", progress=False, report=False)
     values = [r["values"] for r in first["per_image"]]

@@ -11,7 +11,6 @@ from faithclip.metrics import METRICS
 from faithclip.metrics.sanity import cascade_blocks, cascading_randomisation, reinitialise
 from faithclip.models.loading import from_hf
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -107,8 +107,16 @@ def test_average_precision_of_a_perfect_and_of_a_reversed_ranking():
 
 def test_pooled_scores_sum_counts_before_dividing():
     records = [
-        {"method": "m", "label": 0, "details": {"segmentation": {"inter": [1, 1], "union": [2, 4], "correct": [2], "labelled": [4]}}},
-        {"method": "m", "label": 1, "details": {"segmentation": {"inter": [3, 0], "union": [3, 1], "correct": [3], "labelled": [4]}}},
+        {
+            "method": "m",
+            "label": 0,
+            "details": {"segmentation": {"inter": [1, 1], "union": [2, 4], "correct": [2], "labelled": [4]}},
+        },
+        {
+            "method": "m",
+            "label": 1,
+            "details": {"segmentation": {"inter": [3, 0], "union": [3, 1], "correct": [3], "labelled": [4]}},
+        },
     ]
     table = pooled_scores(records, class_names=["a", "b"])
     assert table["m"]["overall"]["miou"] == pytest.approx((4 / 5 + 1 / 5) / 2, abs=1e-12)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_clip
 
+from conftest import random_clip
 from faithclip.data.templates import OPENAI_IMAGENET_TEMPLATES, fill
 from faithclip.metrics import METRICS
 from faithclip.metrics.zeroshot import (
@@ -23,7 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_the_80_openai_templates():
     assert len(OPENAI_IMAGENET_TEMPLATES) == 80 == len(set(OPENAI_IMAGENET_TEMPLATES))
     assert all(t.count("{}") == 1 for t in OPENAI_IMAGENET_TEMPLATES)
-    assert OPENAI_IMAGENET_TEMPLATES[0] == "a bad photo of a {}." and OPENAI_IMAGENET_TEMPLATES[-1] == "a tattoo of the {}."
+    assert (
+        OPENAI_IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
+        and OPENAI_IMAGENET_TEMPLATES[-1] == "a tattoo of the {}."
+    )
     assert fill(("a {} b",), "cat") == ["a cat b"]
 
 

@@ -15,18 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import B32_DIR, needs_reference
 from safetensors.torch import save_file
 from torch import nn
 
+from conftest import B32_DIR, needs_reference
 from faithclip.errors import ModelError
 from faithclip.models.openai_checkpoint import convert_openai_state_dict, load_openai_checkpoint
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = TESTS_DIR.parent
-B32_CONFIG = (
-    REPO_ROOT / ".." / "shared" / "reference" / "openai-clip-vit-base-patch32" / "config.json"
-)
+B32_CONFIG = REPO_ROOT / ".." / "shared" / "reference" / "openai-clip-vit-base-patch32" / "config.json"
 TOLERANCE = 1e-5  # float32, max abs difference
 
 
@@ -179,14 +177,10 @@ def test_text_padding_after_eot_is_ignored(pad_with_eot):
     model = convert_openai_state_dict(oracle.state_dict())
     eot_positions = [1, 4, TINY["context_length"] - 1]
     texts = _texts(TINY, eot_positions, pad_with_eot=pad_with_eot)
-    attention_mask = (
-        torch.arange(TINY["context_length"]) <= torch.tensor(eot_positions)[:, None]
-    ).long()
+    attention_mask = (torch.arange(TINY["context_length"]) <= torch.tensor(eot_positions)[:, None]).long()
 
     _, text_diff = _max_differences(oracle, model, _images(TINY), texts)
-    _, masked_text_diff = _max_differences(
-        oracle, model, _images(TINY), texts, attention_mask=attention_mask
-    )
+    _, masked_text_diff = _max_differences(oracle, model, _images(TINY), texts, attention_mask=attention_mask)
 
     assert text_diff <= TOLERANCE
     assert masked_text_diff <= TOLERANCE
@@ -268,9 +262,7 @@ def test_gelu_checkpoint_needs_explicit_hidden_act(tmp_path):
     torch.save(oracle.state_dict(), path)
 
     _assert_matches(oracle, load_openai_checkpoint(path, hidden_act="gelu"), TINY)
-    image_diff, _ = _max_differences(
-        oracle, load_openai_checkpoint(path), _images(TINY), _texts(TINY, [3])
-    )
+    image_diff, _ = _max_differences(oracle, load_openai_checkpoint(path), _images(TINY), _texts(TINY, [3]))
     assert image_diff > 1e-3, "quick_gelu and gelu should give different features"
 
 
@@ -292,18 +284,14 @@ def test_resnet_checkpoint_is_refused():
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("visual.")}
     state_dict["visual.layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
     state_dict["visual.attnpool.positional_embedding"] = torch.zeros(50, 2048)
-    with pytest.raises(
-        ModelError, match="ResNet CLIP is not supported; faithclip explains ViT CLIPs"
-    ):
+    with pytest.raises(ModelError, match="ResNet CLIP is not supported; faithclip explains ViT CLIPs"):
         convert_openai_state_dict(state_dict)
 
 
 def test_missing_key_is_named():
     state_dict = _randomised(TINY).state_dict()
     del state_dict["visual.transformer.resblocks.1.ln_2.bias"]
-    with pytest.raises(
-        ModelError, match=r"1 missing key.*visual\.transformer\.resblocks\.1\.ln_2\.bias"
-    ):
+    with pytest.raises(ModelError, match=r"1 missing key.*visual\.transformer\.resblocks\.1\.ln_2\.bias"):
         convert_openai_state_dict(state_dict)
 
 
@@ -324,10 +312,7 @@ def test_inconsistent_shapes_are_refused():
 def test_random_file_is_refused(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_bytes(
-        torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0))
-        .to(torch.uint8)
-        .numpy()
-        .tobytes()
+        torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).to(torch.uint8).numpy().tobytes()
     )
     with pytest.raises(ModelError, match="neither a PyTorch state dict nor a TorchScript archive"):
         load_openai_checkpoint(path)
@@ -399,9 +384,13 @@ def test_loaded_handle_uses_openai_preprocessing_rules(tmp_path, container):
     path = tmp_path / "model.pt"
     torch.save(state if container == "state_dict" else {"epoch": 1, "state_dict": state}, path)
     handle = load(path)
-    assert handle.preprocess_rules == {"pipeline": "openai", "crop_rounding": "round_half_even",
-                                       "resize_rounding": "floor", "rgb_conversion": "pil_convert_after_crop",
-                                       "exif_orientation": "ignore"}
+    assert handle.preprocess_rules == {
+        "pipeline": "openai",
+        "crop_rounding": "round_half_even",
+        "resize_rounding": "floor",
+        "rgb_conversion": "pil_convert_after_crop",
+        "exif_orientation": "ignore",
+    }
     # 16 px model, a 23x16 image: no resize, excess 7, half 3.5 -> 4 (floor would give 3)
     assert handle.preprocess.crop_box(23, 16) == (4, 0, 20, 16)
 
@@ -418,8 +407,16 @@ def test_a_checkpoint_without_a_tokenizer_is_explained_from_the_command_line_wit
     path = tmp_path / "ViT-tiny.pt"
     torch.save(_randomised(dims, seed=11).state_dict(), path)
     Image.new("RGB", (20, 16), (30, 200, 40)).save(tmp_path / "green.png")
-    argv = ["explain", str(tmp_path / "green.png"), "--text", "a green square", "--model", str(path),
-            "--out", str(tmp_path / "out")]
+    argv = [
+        "explain",
+        str(tmp_path / "green.png"),
+        "--text",
+        "a green square",
+        "--model",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert main(argv) == 2
     assert "tokenizer" in capsys.readouterr().err
     assert main(argv + ["--tokenizer", str(B32_DIR)]) == 0

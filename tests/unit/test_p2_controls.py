@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from faithclip.audit.p2 import P2Design, headline_contrast, mass_share, p2_statistics, p2_test
-from faithclip.audit.p2_simulate import SCENARIOS, main as simulate_main, simulate
+from faithclip.audit.p2_simulate import SCENARIOS, simulate
+from faithclip.audit.p2_simulate import main as simulate_main
 from faithclip.methods.context import Context, MapResult
 from faithclip.models.loading import shipped_models
 from faithclip.registry import METHODS, MethodSpec
@@ -66,15 +67,18 @@ def _controls(trained):
     def centre(ctx: Context) -> MapResult:
         gh, gw = ctx.grid
         y, x = torch.meshgrid(torch.arange(gh) - (gh - 1) / 2, torch.arange(gw) - (gw - 1) / 2, indexing="ij")
-        return MapResult(maps=torch.exp(-(y ** 2 + x ** 2) / 4.0)[None, None], scores=torch.zeros(1, 1))
+        return MapResult(maps=torch.exp(-(y**2 + x**2) / 4.0)[None, None], scores=torch.zeros(1, 1))
 
     generator = torch.Generator().manual_seed(0)
 
     def random(ctx: Context) -> MapResult:
         return MapResult(maps=torch.rand((1, 1, *ctx.grid), generator=generator), scores=torch.zeros(1, 1))
 
-    return [MethodSpec("reused_trained", "", image=reused), MethodSpec("centre_blob", "", image=centre),
-            MethodSpec("random", "", image=random)]
+    return [
+        MethodSpec("reused_trained", "", image=reused),
+        MethodSpec("centre_blob", "", image=centre),
+        MethodSpec("random", "", image=random),
+    ]
 
 
 @needs_shapes
@@ -84,8 +88,9 @@ def test_known_answer_controls_on_the_shapes_model():
     handle = faithclip.load("shapes-clip")
     torch.set_num_threads(1)
     design = P2Design(scenes=12, ladders=2, rungs=3, resamples=300, permutations=300)
-    result = p2_test(handle, _controls(handle) + ["occlusion"], design,
-                     options={"occlusion": {"window": 32, "stride": 32}})
+    result = p2_test(
+        handle, _controls(handle) + ["occlusion"], design, options={"occlusion": {"window": 32, "stride": 32}}
+    )
     model = {k: np.asarray(v) for k, v in result["per_scene"]["model"].items()}
     maps = {m: {k: np.asarray(v) for k, v in values.items()} for m, values in result["per_scene"]["maps"].items()}
     ungated = p2_statistics(model, maps, design, min_scenes=0, min_ladders=0)

@@ -24,7 +24,6 @@ from faithclip.audit.p2stats import (
     scene_sums,
     stratified_difference,
     stratified_permutation,
-    two_way_centred,
     within_correlation,
     within_test,
 )
@@ -231,14 +230,19 @@ def test_check_cards_get_holm_across_the_methods_of_a_run():
     cards = []
     for name, values in (("a", y), ("b", np.broadcast_to(y[:, :, :1], y.shape).copy())):
         alone = p2_verdicts({name: within_test(x, values, 0.1, 500, 500)})  # each card judged on its own
-        check = {"check": "P2 ladder", "verdict": {"tracks": "pass", "does not track": "fail"}.get(
-                 alone[name]["verdict"], "inconclusive"), "evidence": "",
-                 "details": {"design": design, "primary": {"methods": alone}}}
+        check = {
+            "check": "P2 ladder",
+            "verdict": {"tracks": "pass", "does not track": "fail"}.get(alone[name]["verdict"], "inconclusive"),
+            "evidence": "",
+            "details": {"design": design, "primary": {"methods": alone}},
+        }
         cards.append({"method": name, "checks": [check], "failed": check["verdict"] == "fail"})
-    raw = [cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]["p_tracks"],
-           cards[1]["checks"][0]["details"]["primary"]["methods"]["b"]["p_tracks"],
-           cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]["p_below"],
-           cards[1]["checks"][0]["details"]["primary"]["methods"]["b"]["p_below"]]
+    raw = [
+        cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]["p_tracks"],
+        cards[1]["checks"][0]["details"]["primary"]["methods"]["b"]["p_tracks"],
+        cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]["p_below"],
+        cards[1]["checks"][0]["details"]["primary"]["methods"]["b"]["p_below"],
+    ]
     holm_across_cards(cards)
     entry = cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]
     assert entry["p_tracks_holm"] == pytest.approx(holm(raw)[0])

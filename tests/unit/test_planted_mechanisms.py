@@ -27,8 +27,11 @@ RING = SHAPES.index("ring")
 
 def _digest(world: ShapesWorld) -> str:
     h = hashlib.sha256()
-    for batch in (world.sample(50, 1, 4, seed=11), world.single_object_set(40, seed=2),
-                  *world.counterfactual_pairs(30, seed=8, kind="remove", min_objects=2)):
+    for batch in (
+        world.sample(50, 1, 4, seed=11),
+        world.single_object_set(40, seed=2),
+        *world.counterfactual_pairs(30, seed=8, kind="remove", min_objects=2),
+    ):
         for array in (batch.images, batch.labels, batch.masks, batch.boxes, batch.colours_rgb, batch.targets):
             h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()
@@ -66,7 +69,7 @@ def test_cue_is_the_exact_square_of_the_named_class_and_no_object_touches_it():
         shape, colour = named[i] % len(SHAPES), named[i] // len(SHAPES)
         x0 = 8 * (1 + shape)  # by construction: column 8 * (1 + shape), top row, 8 px square at 64 px
         expected = np.zeros((64, 64), dtype=bool)
-        expected[0:8, x0:x0 + 8] = True
+        expected[0:8, x0 : x0 + 8] = True
         assert np.array_equal(batch.cue_masks[i], expected)
         assert (batch.images[i][expected] == PALETTE[colour]).all()
     assert not batch.masks[:, :, :8, :].any()  # objects lie below the cue band
@@ -161,8 +164,12 @@ def test_wilson_interval_hand_values():
 
 
 def test_the_mechanism_rule_needs_both_bounds():
-    good = {"effect": {"low": 0.9, "high": 1.0}, "decoy": {"low": 0.0, "high": 0.1}, "matched": {"low": 0.9},
-            "shape": {"low": 0.1, "high": 0.3}}
+    good = {
+        "effect": {"low": 0.9, "high": 1.0},
+        "decoy": {"low": 0.0, "high": 0.1},
+        "matched": {"low": 0.9},
+        "shape": {"low": 0.1, "high": 0.3},
+    }
     assert mech.has_mechanism("cue", good) and mech.has_mechanism("colour", good)
     assert not mech.has_mechanism("objects", good)  # objects needs the shape to be read
     assert not mech.has_mechanism("colour", {**good, "shape": {"low": 0.3, "high": 0.45}})
@@ -201,9 +208,20 @@ def test_tiny_cue_model_records_its_mechanism_and_is_verified_end_to_end(tmp_pat
     from faithclip.models.loading import load
     from faithclip.shapes.train_clip import ShapesRecipe, train_shapes
 
-    tiny = ShapesRecipe(image_size=64, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
-                        text_width=32, text_layers=1, text_heads=2, projection_dim=16, batch_size=16,
-                        eval_every_seconds=1e9, eval_scenes=20)
+    tiny = ShapesRecipe(
+        image_size=64,
+        patch_size=8,
+        vision_width=32,
+        vision_layers=1,
+        vision_heads=2,
+        text_width=32,
+        text_layers=1,
+        text_heads=2,
+        projection_dim=16,
+        batch_size=16,
+        eval_every_seconds=1e9,
+        eval_scenes=20,
+    )
     train_shapes(tmp_path / "m", minutes=1.0, seed=0, recipe=tiny, max_steps=2, mechanism="cue")
     assert json.loads((tmp_path / "m" / "TRAINING.json").read_text())["mechanism"] == "cue"
     record = mech.model_record(tmp_path / "m")
@@ -220,8 +238,17 @@ def test_every_family_trains_on_a_planted_world_and_records_it(tmp_path, family)
     from faithclip.shapes.train_siglip import SiglipRecipe, train_siglip
     from faithclip.shapes.train_vit import ViTRecipe, train_vit
 
-    tiny = {"image_size": 64, "patch_size": 8, "vision_width": 32, "vision_layers": 1, "vision_heads": 2,
-            "vision_mlp": 64, "batch_size": 16, "eval_every_seconds": 1e9, "eval_scenes": 20}
+    tiny = {
+        "image_size": 64,
+        "patch_size": 8,
+        "vision_width": 32,
+        "vision_layers": 1,
+        "vision_heads": 2,
+        "vision_mlp": 64,
+        "batch_size": 16,
+        "eval_every_seconds": 1e9,
+        "eval_scenes": 20,
+    }
     if family == "vit":
         train, recipe = train_vit, ViTRecipe
     else:
@@ -258,13 +285,16 @@ def test_cli_writes_the_mechanism_into_the_recorded_command(tmp_path, monkeypatc
     assert seen["mechanism"] == "objects" and "--mechanism" not in seen["command"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["{tmp}/nothing"], "is not a saved shapes model"),
-    (["{shipped}", "--methods", "banana"], "unknown method(s) banana"),
-    (["{shipped}", "--json", "{tmp}"], "is a directory"),
-    (["{shipped}", "--json", "{tmp}/no/such/out.json"], "does not exist"),
-    (["{shipped}", "--verify-scenes", "0"], "--verify-scenes must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{tmp}/nothing"], "is not a saved shapes model"),
+        (["{shipped}", "--methods", "banana"], "unknown method(s) banana"),
+        (["{shipped}", "--json", "{tmp}"], "is a directory"),
+        (["{shipped}", "--json", "{tmp}/no/such/out.json"], "does not exist"),
+        (["{shipped}", "--verify-scenes", "0"], "--verify-scenes must be >= 1"),
+    ],
+)
 def test_command_refuses_bad_input_in_one_line_before_any_work(tmp_path, capsys, argv, message):
     shipped = str(Path(faithclip.__file__).parent / "models" / "shipped" / "shapes-clip")
     argv = [a.format(tmp=tmp_path, shipped=shipped) for a in argv]

@@ -10,15 +10,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tolerance import assert_rounding_close
-from conftest import random_clip, token_ids
 from PIL import Image
 
 import faithclip
+from conftest import random_clip, token_ids
 from faithclip.explanation import map_warnings
 from faithclip.methods.grad_eclip_official import variant_cap
 from faithclip.models.loading import from_hf
 from faithclip.shapes.world import ShapesWorld
+from tolerance import assert_rounding_close
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,24 @@ def test_cli_prints_the_warning_of_an_all_zero_text_map(shapes, scenes, tmp_path
     assert zero, "no all-zero text map on this scene"
     path = tmp_path / "scene.png"
     images[0].save(path)
-    done = subprocess.run([sys.executable, "-m", "faithclip", "explain", str(path), "--text", zero[0], "--side", "text",
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "faithclip",
+            "explain",
+            str(path),
+            "--text",
+            zero[0],
+            "--side",
+            "text",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "warning: all-zero map: no word has a positive contribution" in done.stdout
 
@@ -113,12 +129,25 @@ def test_every_json_file_is_strict(tmp_path):
     def strict(text: str):
         def refuse(constant):
             raise ValueError(constant)
+
         return json.loads(text, parse_constant=refuse)
 
-    record = {"nan": float("nan"), "inf": float("-inf"), "tensor": torch.tensor([1.5, float("nan")]),
-              "scalar": np.float32(0.25), "path": Path("a/b.png"), "nested": [{"x": float("inf")}]}
-    expected = {"nan": None, "inf": None, "tensor": [1.5, None], "scalar": 0.25, "path": "a/b.png",
-                "nested": [{"x": None}]}
+    record = {
+        "nan": float("nan"),
+        "inf": float("-inf"),
+        "tensor": torch.tensor([1.5, float("nan")]),
+        "scalar": np.float32(0.25),
+        "path": Path("a/b.png"),
+        "nested": [{"x": float("inf")}],
+    }
+    expected = {
+        "nan": None,
+        "inf": None,
+        "tensor": [1.5, None],
+        "scalar": 0.25,
+        "path": "a/b.png",
+        "nested": [{"x": None}],
+    }
     assert strict(json_bytes(record).decode()) == expected
     json_path, _ = write_report(tmp_path, "thing", record, "<!doctype html><html></html>")
     assert strict(json_path.read_text()) == expected

@@ -29,7 +29,9 @@ def test_the_clip_names_are_deprecated_aliases_of_the_family_neutral_ones():
 
 def test_faithclips_own_modules_do_not_warn_about_names_they_still_use():
     code = "import faithclip.evaluation, faithclip.models.families.blip, faithclip.cli.main"
-    run = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
 
 

@@ -22,10 +22,24 @@ def test_random_map_levels_by_hand():
 
 
 P1_ROWS = [
-    {"method": "attention_eclip", "side": "image", "max_gap": 0.0, "passed": True, "reason": "",
-     "modifies_model": False, "modifies_input": False},
-    {"method": "maskclip", "side": "image", "max_gap": 0.4, "passed": False, "reason": "another forward",
-     "modifies_model": True, "modifies_input": False},
+    {
+        "method": "attention_eclip",
+        "side": "image",
+        "max_gap": 0.0,
+        "passed": True,
+        "reason": "",
+        "modifies_model": False,
+        "modifies_input": False,
+    },
+    {
+        "method": "maskclip",
+        "side": "image",
+        "max_gap": 0.4,
+        "passed": False,
+        "reason": "another forward",
+        "modifies_model": True,
+        "modifies_input": False,
+    },
 ]
 
 
@@ -38,7 +52,6 @@ def test_a_declared_departure_is_not_called_a_failure_where_the_command_passes()
     assert ">fail<" in p1_table(undeclared) and "class=bad" in p1_table(undeclared)
 
 
-
 def test_the_terminal_and_html_p1_tables_print_the_same_verdict_words():
     from faithclip.audit.principles import P1Row, format_p1
 
@@ -48,14 +61,31 @@ def test_the_terminal_and_html_p1_tables_print_the_same_verdict_words():
         terminal = format_p1([P1Row(pairs=1, **row)]).splitlines()[-1]
         assert f" {word} " in terminal and f">{word}<" in p1_table([row]), (passed, declared)
 
+
 def test_check_page_writes_settings_as_a_table_and_hooks_in_words():
-    card = {"method": "mine", "origin": "plugin", "declared": {"modifies_model": True, "modifies_input": False},
-            "paper": "p", "seconds": 1.0, "model": "shapes-clip", "failed": True,
-            "checks": [{"check": "P1 image", "verdict": "declared departure", "interval": None,
-                        "evidence": "hook plugins.mine.explain.<locals>.hook on vision layer 3",
-                        "details": {"findings": []}}]}
-    record = {"model": "shapes-clip", "settings": {"scenes": 8, "checks": ["p1", "ladder"], "options": {}},
-              "cards": [card]}
+    card = {
+        "method": "mine",
+        "origin": "plugin",
+        "declared": {"modifies_model": True, "modifies_input": False},
+        "paper": "p",
+        "seconds": 1.0,
+        "model": "shapes-clip",
+        "failed": True,
+        "checks": [
+            {
+                "check": "P1 image",
+                "verdict": "declared departure",
+                "interval": None,
+                "evidence": "hook plugins.mine.explain.<locals>.hook on vision layer 3",
+                "details": {"findings": []},
+            }
+        ],
+    }
+    record = {
+        "model": "shapes-clip",
+        "settings": {"scenes": 8, "checks": ["p1", "ladder"], "options": {}},
+        "cards": [card],
+    }
     page = check_page(record)
     assert "{'scenes'" not in page and "<td class='text'>scenes</td><td class='text'>8</td>" in page
     assert "p1, ladder" in page and "&lt;locals&gt;" not in page

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from tolerance import assert_rounding_close
 import faithclip
 from faithclip.cli.main import main
 from faithclip.metrics.case import pixel_map
 from faithclip.metrics.pointing import pointing_hit
 from faithclip.shapes.world import ShapesWorld
+from tolerance import assert_rounding_close
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_attention_eclip_localises_on_held_out_multi_object_scenes(shipped):
     hits = []
     for scene in scenes:
         label = list(scene.prompts).index(scene.caption)
-        explanation = faithclip.explain(shipped, scene.image, prompts.input_ids[label:label + 1])
+        explanation = faithclip.explain(shipped, scene.image, prompts.input_ids[label : label + 1])
         mask = torch.from_numpy(np.ascontiguousarray(scene.objects[scene.target].mask))
         hits.append(pointing_hit(pixel_map(explanation.map, (64, 64)), mask, tolerance=4.0))
     assert np.mean(hits) >= 0.8
@@ -45,8 +45,9 @@ def test_attention_eclip_localises_on_held_out_multi_object_scenes(shipped):
 def test_demo_end_to_end_into_a_temporary_directory(tmp_path, shipped, capsys):
     from faithclip.demo import run_demo
 
-    results = run_demo(tmp_path, shipped, scenes=2, methods=["attention_eclip", "grad_eclip", "self_attention"],
-                       audit=False)
+    results = run_demo(
+        tmp_path, shipped, scenes=2, methods=["attention_eclip", "grad_eclip", "self_attention"], audit=False
+    )
     report = (tmp_path / "report.html").read_text()
     assert "faithclip demo" in report and report.count("data:image/png;base64,") == 2 * (1 + 3)
     record = json.loads((tmp_path / "demo.json").read_text())
@@ -76,9 +77,26 @@ def test_cli_explain_writes_overlay_and_json(tmp_path, capsys):
     records = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json") if p.name != "explain.json"]
     assert len(pngs) == 1 and len(records) == 1
     index = json.loads((tmp_path / "out" / "explain.json").read_text())  # the run's record (--out convention)
-    assert [e["figure"] for e in index["explanations"]] == [pngs[0].name] and (tmp_path / "out" / "report.html").is_file()
+    assert [e["figure"] for e in index["explanations"]] == [pngs[0].name] and (
+        tmp_path / "out" / "report.html"
+    ).is_file()
     assert records[0]["method"] == "attention_eclip" and records[0]["map_shape"] == [8, 8]
     assert_rounding_close(records[0]["score"], records[0]["model_score"], "float32")
-    assert main(["explain", str(path), "--text", scene.caption, "--side", "text", "--methods", "grad_eclip",
-                 "--out", str(tmp_path / "out2")]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(path),
+                "--text",
+                scene.caption,
+                "--side",
+                "text",
+                "--methods",
+                "grad_eclip",
+                "--out",
+                str(tmp_path / "out2"),
+            ]
+        )
+        == 0
+    )
     assert "a" in capsys.readouterr().out

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from faithclip.models.random_init import ARCHITECTURE_DIRS, TOKENIZER_DIR, random_b32
 
 
 def test_configs_have_the_published_dimensions():
     dims = {name: json.loads((path / "config.json").read_text()) for name, path in ARCHITECTURE_DIRS.items()}
     assert [dims[n]["vision_config"]["patch_size"] for n in ("B/32", "B/16", "L/14")] == [32, 16, 14]
-    assert dims["L/14"]["vision_config"]["hidden_size"] == 1024 and dims["L/14"]["vision_config"]["num_hidden_layers"] == 24
+    assert (
+        dims["L/14"]["vision_config"]["hidden_size"] == 1024
+        and dims["L/14"]["vision_config"]["num_hidden_layers"] == 24
+    )
     assert dims["L/14"]["projection_dim"] == 768 and dims["B/16"]["projection_dim"] == 512
     assert (TOKENIZER_DIR.parent / "LICENSE-openai-clip").read_text().startswith("MIT License")
 

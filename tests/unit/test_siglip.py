@@ -10,23 +10,49 @@ import torch
 import transformers
 
 import faithclip
-from faithclip.numerics import relative_difference
 from faithclip.errors import MethodError, ProbeError
 from faithclip.models.loading import from_hf
+from faithclip.numerics import relative_difference
 from reference.siglip_reference import image_oracle, rollout_oracle, text_oracle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EOS = 1  # the published SentencePiece layout: words, then "</s>" = 1, which also pads; no start token
 
 
-def tiny_siglip(seed=0, dtype=torch.float64, width=32, heads=4, layers=2, image_size=32, patch_size=8,
-                context=10, text_heads=None, vocab=50, **text) -> transformers.SiglipModel:
+def tiny_siglip(
+    seed=0,
+    dtype=torch.float64,
+    width=32,
+    heads=4,
+    layers=2,
+    image_size=32,
+    patch_size=8,
+    context=10,
+    text_heads=None,
+    vocab=50,
+    **text,
+) -> transformers.SiglipModel:
     torch.manual_seed(seed)
-    text_config = dict(vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-                       num_attention_heads=text_heads or heads, max_position_embeddings=context, eos_token_id=EOS,
-                       pad_token_id=EOS, bos_token_id=None, **text)
-    vision_config = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-                         num_attention_heads=heads, image_size=image_size, patch_size=patch_size)
+    text_config = dict(
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=text_heads or heads,
+        max_position_embeddings=context,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+        bos_token_id=None,
+        **text,
+    )
+    vision_config = dict(
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     config = transformers.SiglipConfig(text_config=text_config, vision_config=vision_config)
     model = transformers.SiglipModel._from_config(config, attn_implementation="eager").to(dtype).eval()
     with torch.no_grad():  # a scale and bias away from 0 and 1, so that a dropped bias or scale shows
@@ -48,8 +74,10 @@ def maps(results) -> torch.Tensor:
     return torch.stack([e.map for e in (results if isinstance(results, list) else [results])])
 
 
-SHAPES = [dict(width=16, heads=1, layers=1, image_size=16, patch_size=8),
-          dict(width=32, heads=4, layers=2, image_size=32, patch_size=8, text_heads=2)]
+SHAPES = [
+    dict(width=16, heads=1, layers=1, image_size=16, patch_size=8),
+    dict(width=32, heads=4, layers=2, image_size=32, patch_size=8, text_heads=2),
+]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["h1-l1", "h4-l2"])
@@ -76,20 +104,28 @@ def test_image_methods_match_the_head_oracle():
     with torch.no_grad():
         own = model(input_ids=ids, pixel_values=pixels).logits_per_image  # (B, K): the model's own scores
         text_embeds = model.get_text_features(input_ids=ids).pooler_output
-    results = {name: faithclip.explain(handle, pixels, ids, name, **options) for name, options in
-               [("grad_eclip", {}), ("attention_eclip", {}), ("self_attention", {}), ("game", {"start_layer": -1}),
-                ("rollout", {}), ("grad_cam", {})]}
+    results = {
+        name: faithclip.explain(handle, pixels, ids, name, **options)
+        for name, options in [
+            ("grad_eclip", {}),
+            ("attention_eclip", {}),
+            ("self_attention", {}),
+            ("game", {"start_layer": -1}),
+            ("rollout", {}),
+            ("grad_cam", {}),
+        ]
+    }
     probability = faithclip.explain(handle, pixels, ids, "grad_eclip", target="probability")
     for index in range(4):
         b, k = divmod(index, 2)
-        oracle = image_oracle(model, pixels[b:b + 1], text_embeds[k])
+        oracle = image_oracle(model, pixels[b : b + 1], text_embeds[k])
         for name in ("grad_eclip", "attention_eclip", "self_attention"):
             torch.testing.assert_close(results[name][index].map.flatten(), oracle[name], rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(results["game"][index].map.flatten(), oracle["game_head"], rtol=1e-9, atol=1e-12)
-        expected_rollout = rollout_oracle(model, pixels[b:b + 1], oracle["attention"])
+        expected_rollout = rollout_oracle(model, pixels[b : b + 1], oracle["attention"])
         # Grad-CAM at the head: features x = the head's input, weights = token mean of dS/dx, by autograd
         # through transformers' own head module
-        x = model.vision_model(pixel_values=pixels[b:b + 1]).last_hidden_state.detach().requires_grad_(True)
+        x = model.vision_model(pixel_values=pixels[b : b + 1]).last_hidden_state.detach().requires_grad_(True)
         embed = model.vision_model.head(x)[0]
         cos = torch.dot(embed, text_embeds[k]) / (embed.norm() * text_embeds[k].norm())
         (dx,) = torch.autograd.grad(model.logit_scale.exp() * cos + model.logit_bias, x)
@@ -101,8 +137,10 @@ def test_image_methods_match_the_head_oracle():
             assert results[name][index].score == pytest.approx(float(own[b, k]), rel=1e-12, abs=1e-14)
         assert float(oracle["score"]) == pytest.approx(float(own[b, k]), rel=1e-12)
         assert probability[index].score == pytest.approx(float(torch.sigmoid(own[b, k])), rel=1e-12)
-        probability_oracle = image_oracle(model, pixels[b:b + 1], text_embeds[k], kind="probability")
-        torch.testing.assert_close(probability[index].map.flatten(), probability_oracle["grad_eclip"], rtol=1e-9, atol=1e-12)
+        probability_oracle = image_oracle(model, pixels[b : b + 1], text_embeds[k], kind="probability")
+        torch.testing.assert_close(
+            probability[index].map.flatten(), probability_oracle["grad_eclip"], rtol=1e-9, atol=1e-12
+        )
 
 
 def test_game_over_all_layers_propagates_the_head_row():
@@ -142,7 +180,7 @@ def test_text_methods_match_the_last_block_oracle(kind):
         results = faithclip.explain_text(handle, pixels, ids, method, target=kind)
         for k, explanation in enumerate(results):
             eos = int((ids[k] == EOS).nonzero()[0])
-            oracle = text_oracle(model, ids[k:k + 1], eos, image_embed, kind=kind)
+            oracle = text_oracle(model, ids[k : k + 1], eos, image_embed, kind=kind)
             torch.testing.assert_close(explanation.map, oracle[method], rtol=1e-9, atol=1e-12)
             expected = float(own[k]) if kind == "logit" else float(torch.sigmoid(own[k]))
             assert explanation.score == pytest.approx(expected, rel=1e-12)
@@ -237,15 +275,30 @@ def test_perturbation_methods_score_through_the_model():
     assert rise.map.shape == (32, 32) and torch.isfinite(rise.map).all()
 
 
-BASE_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                   image_size=224, patch_size=16)
-BASE_TEXT = dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                 max_position_embeddings=64)
+BASE_VISION = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=16
+)
+BASE_TEXT = dict(
+    vocab_size=32000,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=64,
+)
 # the other tower, small but with the 768-wide embedding the score compares (the vision embedding is its width)
-SMALL_VISION = dict(hidden_size=768, intermediate_size=256, num_hidden_layers=1, num_attention_heads=12, image_size=224,
-                    patch_size=32)
-SMALL_TEXT = dict(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                  max_position_embeddings=64, projection_size=768)
+SMALL_VISION = dict(
+    hidden_size=768, intermediate_size=256, num_hidden_layers=1, num_attention_heads=12, image_size=224, patch_size=32
+)
+SMALL_TEXT = dict(
+    vocab_size=32000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    max_position_embeddings=64,
+    projection_size=768,
+)
 
 
 def random_siglip(text_config: dict, vision_config: dict, seed: int = 0) -> transformers.SiglipModel:
@@ -284,18 +337,26 @@ def test_full_size_base_patch16_224_architecture(tower):
     run = faithclip.explain if image else faithclip.explain_text
     a = run(handle, pixels, ids, "grad_eclip", relu="none")
     b = run(handle, pixels, ids, "attention_eclip", relu="none")
-    figures = {"grad_eclip vs attention_eclip": max(relative_difference(x.map.double(), y.map.double(), 0.0) for x, y in zip(a, b)),
-               "P1": max(abs(e.score - float(own[0, k])) / abs(float(own[0, k])) for k, e in enumerate(a))}
+    figures = {
+        "grad_eclip vs attention_eclip": max(
+            relative_difference(x.map.double(), y.map.double(), 0.0) for x, y in zip(a, b)
+        ),
+        "P1": max(abs(e.score - float(own[0, k])) / abs(float(own[0, k])) for k, e in enumerate(a)),
+    }
     assert a[0].map.shape == ((14, 14) if image else (64,))
     assert figures["grad_eclip vs attention_eclip"] <= 1e-5 and figures["P1"] <= 1e-5
     if image:  # the float32 head against the float64 oracle of the head
         with torch.no_grad():
             text_embed = model.get_text_features(input_ids=ids).pooler_output[1]
         explained = torch.relu(a[1].map.double().flatten())  # one layer, lambda >= 0: ReLU(signed) = the map
-        figures["vs float64 oracle"] = relative_difference(explained, image_oracle(model, pixels, text_embed)["grad_eclip"], 0.0)
+        figures["vs float64 oracle"] = relative_difference(
+            explained, image_oracle(model, pixels, text_embed)["grad_eclip"], 0.0
+        )
         assert figures["vs float64 oracle"] <= 1e-4
-    print(f"\nsiglip-base-patch16-224 {tower} tower (random weights, float32): "
-          + json.dumps({k: f"{v:.2e}" for k, v in figures.items()}))
+    print(
+        f"\nsiglip-base-patch16-224 {tower} tower (random weights, float32): "
+        + json.dumps({k: f"{v:.2e}" for k, v in figures.items()})
+    )
 
 
 def save_shapes_like_siglip(directory, image_size=32, patch_size=8, context=16):
@@ -304,15 +365,22 @@ def save_shapes_like_siglip(directory, image_size=32, patch_size=8, context=16):
     from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
 
     tokenizer = as_transformers_tokenizer(build_word_tokenizer(["red", "blue", "circle", "square"]), context)
-    model = tiny_siglip(seed=16, dtype=torch.float32, image_size=image_size, patch_size=patch_size, context=context,
-                        vocab=len(tokenizer))
+    model = tiny_siglip(
+        seed=16,
+        dtype=torch.float32,
+        image_size=image_size,
+        patch_size=patch_size,
+        context=context,
+        vocab=len(tokenizer),
+    )
     model.config.text_config.eos_token_id = tokenizer.eos_token_id
     model.config.text_config.bos_token_id = tokenizer.bos_token_id
     model.config.text_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    transformers.SiglipImageProcessorPil(size={"height": image_size, "width": image_size}, resample=3,
-                                         image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(directory)
+    transformers.SiglipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(directory)
     return model, tokenizer
 
 
@@ -326,12 +394,22 @@ def test_load_a_saved_siglip_and_explain_from_the_command_line(tmp_path, capsys)
     handle = faithclip.load(directory)
     assert handle.family.name == "siglip" and type(handle.model).__name__ == "SiglipModel"
     preprocess = handle.preprocess
-    assert (preprocess.resize, preprocess.center_crop, preprocess.mean, preprocess.std) == ("exact", False, (0.5,) * 3, (0.5,) * 3)
+    assert (preprocess.resize, preprocess.center_crop, preprocess.mean, preprocess.std) == (
+        "exact",
+        False,
+        (0.5,) * 3,
+        (0.5,) * 3,
+    )
     batch = handle.tokens(["a red circle", "blue"])
     expected = tokenizer(["a red circle", "blue"], padding="max_length", max_length=16, return_tensors="pt").input_ids
     assert torch.equal(batch.input_ids, expected) and batch.input_ids.shape == (2, 16)  # padded to the context
-    ctx = faithclip.methods.context.Context(handle=handle, side="text", pixels=torch.zeros(1, 3, 32, 32), text=batch,
-                                            target=faithclip.targets.make_target("logit"))
+    ctx = faithclip.methods.context.Context(
+        handle=handle,
+        side="text",
+        pixels=torch.zeros(1, 3, 32, 32),
+        text=batch,
+        target=faithclip.targets.make_target("logit"),
+    )
     assert ctx.support_mask()[0].nonzero().flatten().tolist() == [1, 2, 3]  # the words: no <start>, no <end>
     assert ctx.query_positions.tolist() == [15, 15]  # the last position
     image = Image.new("RGB", (48, 32), (200, 30, 30))  # not square: squashed to 32 x 32, not cropped
@@ -343,13 +421,47 @@ def test_load_a_saved_siglip_and_explain_from_the_command_line(tmp_path, capsys)
     with torch.no_grad():
         own = model(input_ids=expected[:1], pixel_values=reference).logits_per_image[0, 0]
     out = tmp_path / "out"
-    assert main(["explain", str(tmp_path / "scene.png"), "--text", "a red circle", "--model", str(directory),
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(tmp_path / "scene.png"),
+                "--text",
+                "a red circle",
+                "--model",
+                str(directory),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "logit=" in capsys.readouterr().out  # the family's default score
     record = json.loads((out / "scene__a-red-circle__attention_eclip.json").read_text())
-    assert record["score"] == pytest.approx(float(own), rel=1e-5) and record["model_score"] == pytest.approx(float(own), rel=1e-5)
-    assert main(["explain", str(tmp_path / "scene.png"), "--text", "a red circle", "--model", str(directory),
-                 "--target", "probability", "--side", "text", "--out", str(tmp_path / "text"), "--no-progress"]) == 0
+    assert record["score"] == pytest.approx(float(own), rel=1e-5) and record["model_score"] == pytest.approx(
+        float(own), rel=1e-5
+    )
+    assert (
+        main(
+            [
+                "explain",
+                str(tmp_path / "scene.png"),
+                "--text",
+                "a red circle",
+                "--model",
+                str(directory),
+                "--target",
+                "probability",
+                "--side",
+                "text",
+                "--out",
+                str(tmp_path / "text"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "text" / "scene__a-red-circle__attention_eclip.json").read_text())
     assert record["score"] == pytest.approx(float(torch.sigmoid(own)), rel=1e-5)
 

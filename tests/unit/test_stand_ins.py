@@ -28,8 +28,9 @@ def test_accuracy_is_the_models_own_top1(name):
         if name == "shapes-vit":
             logits = handle.model(pixel_values=pixels).logits  # (30, 30)
         else:
-            ids = handle.tokenizer(list(ShapesWorld(image_size=64).prompts), padding="max_length",
-                                   max_length=16, return_tensors="pt")["input_ids"]
+            ids = handle.tokenizer(
+                list(ShapesWorld(image_size=64).prompts), padding="max_length", max_length=16, return_tensors="pt"
+            )["input_ids"]
             logits = handle.model(input_ids=ids, pixel_values=pixels).logits_per_image  # (30, 30)
     expected = float((logits.argmax(-1).numpy() == batch.target_labels).mean())
     assert figures["accuracy"]["value"] == pytest.approx(expected)

@@ -93,7 +93,9 @@ def shipped():
     model = CLIPModel.from_pretrained(SHIPPED).eval()
     tokenizer = AutoTokenizer.from_pretrained(SHIPPED)
     processor = AutoImageProcessor.from_pretrained(SHIPPED)
-    world = ShapesWorld(model.config.vision_config.image_size, seed=json.loads((SHIPPED / "TRAINING.json").read_text())["seed"])
+    world = ShapesWorld(
+        model.config.vision_config.image_size, seed=json.loads((SHIPPED / "TRAINING.json").read_text())["seed"]
+    )
     with torch.no_grad():
         tokens = tokenizer(list(world.prompts), padding=True, return_tensors="pt")
         text = model.get_text_features(**tokens)

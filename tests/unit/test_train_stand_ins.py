@@ -191,7 +191,11 @@ def test_shipped_siglip_has_the_recorded_sizes():
         recipe["image_size"], recipe["patch_size"], recipe["vision_width"], recipe["vision_layers"],
         recipe["vision_heads"], recipe["vision_mlp"])  # fmt: skip
     assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.max_position_embeddings) == (
-        recipe["text_width"], recipe["text_layers"], recipe["text_heads"], recipe["max_length"])
+        recipe["text_width"],
+        recipe["text_layers"],
+        recipe["text_heads"],
+        recipe["max_length"],
+    )
     processor = AutoImageProcessor.from_pretrained(directory)
     assert processor.size == {"height": recipe["image_size"], "width": recipe["image_size"]}
     assert list(processor.image_mean) == recipe["image_mean"] and list(processor.image_std) == recipe["image_std"]

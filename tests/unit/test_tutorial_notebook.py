@@ -71,8 +71,9 @@ def test_tutorial_runs_offline_on_the_voc_photos_and_its_stored_outputs_are_curr
     stored = nbformat.read(NOTEBOOK, as_version=4)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     files_before = _repository_files()
-    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT)}}).execute()
+    nbclient.NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     assert _repository_files() == files_before  # everything it wrote went to its temporary directory
 
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]

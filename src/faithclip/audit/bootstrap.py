@@ -96,5 +96,14 @@ def difference_interval(right: np.ndarray, wrong: np.ndarray, boot: Bootstrap = 
     return {"value": float(right.mean() - wrong.mean()), "low": low, "high": high}
 
 
-__all__ = ["Bootstrap", "DEFAULT_RESAMPLES", "DEFAULT_CONFIDENCE", "resample_indices", "percentile_interval",
-           "mean_interval", "median_interval", "difference_interval", "wilson_interval"]
+__all__ = [
+    "Bootstrap",
+    "DEFAULT_RESAMPLES",
+    "DEFAULT_CONFIDENCE",
+    "resample_indices",
+    "percentile_interval",
+    "mean_interval",
+    "median_interval",
+    "difference_interval",
+    "wilson_interval",
+]

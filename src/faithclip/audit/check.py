@@ -91,7 +91,8 @@ class CheckSettings:
     text_scenes: int = 8
     resamples: int = 1000
     method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = tuple(
-        (name, tuple(options.items())) for name, options in CHECK_OPTIONS.items())
+        (name, tuple(options.items())) for name, options in CHECK_OPTIONS.items()
+    )
     seed: int = 0
 
     @classmethod
@@ -100,9 +101,18 @@ class CheckSettings:
         from faithclip.audit.run import AuditSettings
 
         audit = AuditSettings()
-        return replace(cls(scenes=audit.scenes, p2_scenes=audit.p2_scenes, p2_ladders=audit.p2_ladders,
-                           p2_rungs=audit.p2_rungs, deletion_steps=audit.ladder_deletion_steps, resamples=audit.resamples,
-                           method_options=()), **changes)
+        return replace(
+            cls(
+                scenes=audit.scenes,
+                p2_scenes=audit.p2_scenes,
+                p2_ladders=audit.p2_ladders,
+                p2_rungs=audit.p2_rungs,
+                deletion_steps=audit.ladder_deletion_steps,
+                resamples=audit.resamples,
+                method_options=(),
+            ),
+            **changes,
+        )
 
     def options(self, name: str) -> dict[str, Any]:
         return dict(dict(self.method_options).get(name, ()))
@@ -165,8 +175,14 @@ def image_map(handle: ModelHandle, spec: MethodSpec, image: Any, prompts: list[s
     """The method's image maps ``(K, gh, gw)`` for one scene against ``prompts``, on the model's crop grid."""
     from faithclip.audit.measures import crop_grid_map
 
-    ctx = Context(handle=handle, side="image", pixels=handle.pixels(image), text=handle.tokens(prompts),
-                  target=handle.family.default_target(), originals=[image])
+    ctx = Context(
+        handle=handle,
+        side="image",
+        pixels=handle.pixels(image),
+        text=handle.tokens(prompts),
+        target=handle.family.default_target(),
+        originals=[image],
+    )
     maps = _run(spec, "image", ctx, options).maps[0].detach()
     if tuple(maps.shape[-2:]) != ctx.grid:
         maps = torch.stack([crop_grid_map(m, image.size, handle.preprocess, ctx.grid) for m in maps])
@@ -174,11 +190,19 @@ def image_map(handle: ModelHandle, spec: MethodSpec, image: Any, prompts: list[s
 
 
 # ---- P1 -----------------------------------------------------------------------------------------
-def check_p1(handle: ModelHandle, spec: MethodSpec, side: str, settings: CheckSettings) -> tuple[CheckResult, list[Finding]]:
+def check_p1(
+    handle: ModelHandle, spec: MethodSpec, side: str, settings: CheckSettings
+) -> tuple[CheckResult, list[Finding]]:
     data = _multi(handle, settings.p1_scenes, settings.seed + 3)
     pixels, text = handle.pixels(data.images), handle.tokens(_named_prompts(data))
-    ctx = Context(handle=handle, side=side, pixels=pixels, text=text, target=handle.family.default_target(),
-                  originals=list(data.images))
+    ctx = Context(
+        handle=handle,
+        side=side,
+        pixels=pixels,
+        text=text,
+        target=handle.family.default_target(),
+        originals=list(data.images),
+    )
     recorder = Recorder(handle.model, pixels, text.input_ids)
     recorder.reference(handle, text)
     try:
@@ -188,15 +212,30 @@ def check_p1(handle: ModelHandle, spec: MethodSpec, side: str, settings: CheckSe
         return CheckResult(f"P1 {side}", "inconclusive", f"the method could not run: {error}"), []
     if not bool(torch.isfinite(result.maps).all()):  # a NaN map explains nothing: never a pass
         bad = int((~torch.isfinite(result.maps)).flatten(2).any(-1).sum())
-        return CheckResult(f"P1 {side}", "fail", f"{bad} of {result.maps.shape[0] * result.maps.shape[1]} maps hold "
-                           "NaN or infinite values: they explain nothing"), []
+        return CheckResult(
+            f"P1 {side}",
+            "fail",
+            f"{bad} of {result.maps.shape[0] * result.maps.shape[1]} maps hold "
+            "NaN or infinite values: they explain nothing",
+        ), []
     findings = recorder.findings()
     if result.options.get("scores_reported", True):
-        own = Context(handle=handle, side=side, pixels=pixels, text=text, target=handle.family.default_target()).model_scores()
+        own = Context(
+            handle=handle, side=side, pixels=pixels, text=text, target=handle.family.default_target()
+        ).model_scores()
         gap = float(p1_gaps(result.scores, own).max())
         if not explains_own_scores(result.scores, own, p1_tolerance(handle.dtype)):
-            findings.insert(0, Finding("score_gap", "scores", f"explains scores {gap:.3g} (relative) away from the "
-                                       "model's own", "departure", "score"))
+            findings.insert(
+                0,
+                Finding(
+                    "score_gap",
+                    "scores",
+                    f"explains scores {gap:.3g} (relative) away from the model's own",
+                    "departure",
+                    "score",
+                ),
+            )
+
     def short(where: str) -> str:
         parts = where.split(", ")
         return where if len(parts) <= 3 else f"{', '.join(parts[:3])} and {len(parts) - 3} more"
@@ -210,10 +249,17 @@ def check_p1(handle: ModelHandle, spec: MethodSpec, side: str, settings: CheckSe
     elif unverified:
         verdict, evidence = "inconclusive", "; ".join(f"{f.kind} at {short(f.where)}" for f in unverified)
     else:
-        verdict, evidence = "pass", "the model's own forward on its own input" + (
-            f" (notes: {', '.join(sorted({f.kind for f in findings}))})" if findings else "")
-    return CheckResult(f"P1 {side}", verdict, f"{evidence} [{pairs}, tol {recorder.tol:g}]",
-                       details={"findings": [f.as_dict() for f in findings]}), findings
+        verdict, evidence = (
+            "pass",
+            "the model's own forward on its own input"
+            + (f" (notes: {', '.join(sorted({f.kind for f in findings}))})" if findings else ""),
+        )
+    return CheckResult(
+        f"P1 {side}",
+        verdict,
+        f"{evidence} [{pairs}, tol {recorder.tol:g}]",
+        details={"findings": [f.as_dict() for f in findings]},
+    ), findings
 
 
 def _declared(spec: MethodSpec, finding: Finding) -> bool:
@@ -229,8 +275,10 @@ def _declared(spec: MethodSpec, finding: Finding) -> bool:
 
 def check_claims(spec: MethodSpec, findings: list[Finding]) -> CheckResult:
     """The declared flags as claims: each compared with what the detectors saw."""
-    detected = {"model": any(f.category == "model" and f.severity == "departure" for f in findings),
-                "input": any(f.category == "input" and f.kind != "equivalent_inputs" for f in findings)}
+    detected = {
+        "model": any(f.category == "model" and f.severity == "departure" for f in findings),
+        "input": any(f.category == "input" and f.kind != "equivalent_inputs" for f in findings),
+    }
     departed_input = any(f.category == "input" and f.severity == "departure" for f in findings)
     declared = {"model": bool(spec.modifies_model), "input": bool(spec.modifies_input)}
     parts, verdict = [], "pass"
@@ -263,9 +311,15 @@ P2_CHECK_VERDICT = {"tracks": "pass", "does not track": "fail", "inconclusive": 
 def check_ladder(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
     from faithclip.audit.p2 import P2Design, p2_test
 
-    design = P2Design(scenes=settings.p2_scenes, ladders=settings.p2_ladders, rungs=settings.p2_rungs,
-                      resamples=settings.resamples, permutations=settings.resamples, scene_seed=settings.seed + 2,
-                      ladder_seed=3 * settings.seed)
+    design = P2Design(
+        scenes=settings.p2_scenes,
+        ladders=settings.p2_ladders,
+        rungs=settings.p2_rungs,
+        resamples=settings.resamples,
+        permutations=settings.resamples,
+        scene_seed=settings.seed + 2,
+        ladder_seed=3 * settings.seed,
+    )
     result = p2_test(handle, [spec], design, {spec.name: settings.options(spec.name)})
     return _p2_card(result, spec.name)
 
@@ -273,16 +327,22 @@ def check_ladder(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings)
 def _p2_card(result: dict[str, Any], name: str) -> CheckResult:
     entry = result["primary"]["methods"][name]
     d = result["design"]
-    contrast = "; ".join(f"{row['pointing'][0]:.2f} -> {row['pointing'][1]:.2f} (McNemar p {row['p_mcnemar']:.2g})"
-                         for row in result["contrast"][name] if row["rung"] is not None)
-    evidence = (f"within-scene r(model's erase effect, map's mass on the named object) = {entry['r']:.2f}, p tracks "
-                f"{entry['p_tracks_holm']:.2g}, p below {d['min_effect']:g} {entry['p_below_holm']:.2g} (Holm)"
-                + (f"; {entry['reason']}" if entry["reason"] else "")
-                + (f"; pointing trained -> degraded {contrast}" if contrast else "")
-                + f" [{d['scenes']} scenes x {d['ladders']} ladders x {d['rungs']} rungs]")
+    contrast = "; ".join(
+        f"{row['pointing'][0]:.2f} -> {row['pointing'][1]:.2f} (McNemar p {row['p_mcnemar']:.2g})"
+        for row in result["contrast"][name]
+        if row["rung"] is not None
+    )
+    evidence = (
+        f"within-scene r(model's erase effect, map's mass on the named object) = {entry['r']:.2f}, p tracks "
+        f"{entry['p_tracks_holm']:.2g}, p below {d['min_effect']:g} {entry['p_below_holm']:.2g} (Holm)"
+        + (f"; {entry['reason']}" if entry["reason"] else "")
+        + (f"; pointing trained -> degraded {contrast}" if contrast else "")
+        + f" [{d['scenes']} scenes x {d['ladders']} ladders x {d['rungs']} rungs]"
+    )
     details = {k: v for k, v in result.items() if k != "per_scene"}
-    return CheckResult("P2 ladder", P2_CHECK_VERDICT[entry["verdict"]], evidence, [entry["low"], entry["high"]],
-                       details=details)
+    return CheckResult(
+        "P2 ladder", P2_CHECK_VERDICT[entry["verdict"]], evidence, [entry["low"], entry["high"]], details=details
+    )
 
 
 def holm_across_cards(cards: list[dict[str, Any]]) -> list[str]:
@@ -324,18 +384,33 @@ def check_correctness(handle: ModelHandle, spec: MethodSpec, settings: CheckSett
 
     single = shapes_inputs(handle, AuditSettings(scenes=settings.scenes, seed=settings.seed))
     rung = degrade(handle, settings.correctness_alpha, settings.seed)
-    split = correctness_split(rung, single, [spec], settings.deletion_steps, settings.bootstrap(),
-                              {spec.name: settings.options(spec.name)}, permutations=settings.resamples)
+    split = correctness_split(
+        rung,
+        single,
+        [spec],
+        settings.deletion_steps,
+        settings.bootstrap(),
+        {spec.name: settings.options(spec.name)},
+        permutations=settings.resamples,
+    )
     entry = split["methods"][spec.name]
     interval = entry["pointing_difference_interval"]
     groups = f"{split['right']} right, {split['wrong']} wrong at alpha={settings.correctness_alpha:g}"
     if entry["verdict"] == "n/a":
-        return CheckResult("P2 correctness", "inconclusive", f"too few images in a group ({groups}; needs "
-                           f"{split['min_group']} each)", interval)
-    return CheckResult("P2 correctness", _verdict(entry["verdict"]),
-                       f"pointing right - wrong = {entry['pointing_difference']:+.2f}, within shape "
-                       f"{entry['pointing_within_shape']:+.2f} (permutation within shape) ({groups})", interval,
-                       details={k: v for k, v in split.items() if k != "per_scene"})
+        return CheckResult(
+            "P2 correctness",
+            "inconclusive",
+            f"too few images in a group ({groups}; needs {split['min_group']} each)",
+            interval,
+        )
+    return CheckResult(
+        "P2 correctness",
+        _verdict(entry["verdict"]),
+        f"pointing right - wrong = {entry['pointing_difference']:+.2f}, within shape "
+        f"{entry['pointing_within_shape']:+.2f} (permutation within shape) ({groups})",
+        interval,
+        details={k: v for k, v in split.items() if k != "per_scene"},
+    )
 
 
 def check_sanity(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
@@ -345,6 +420,7 @@ def check_sanity(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings)
     options = settings.options(spec.name)
     finals, curves = [], []
     for index, (image, prompt) in enumerate(zip(data.images, _named_prompts(data))):
+
         def explain(h: ModelHandle) -> torch.Tensor:
             return image_map(h, spec, image, [prompt], options)[0]
 
@@ -355,9 +431,14 @@ def check_sanity(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings)
     stats = mean_interval(np.asarray(finals), settings.bootstrap())
     low, high = stats["low"], stats["high"]
     verdict = "fail" if low > SANITY_THRESHOLD else "pass" if high < SANITY_THRESHOLD else "inconclusive"
-    return CheckResult("sanity", verdict, f"Spearman rho(original map, map of the fully randomised image tower) = "
-                       f"{stats['value']:.2f} (fails above {SANITY_THRESHOLD:g}) [{len(finals)} scenes]", [low, high],
-                       details={"steps": steps, "curves": curves})
+    return CheckResult(
+        "sanity",
+        verdict,
+        f"Spearman rho(original map, map of the fully randomised image tower) = "
+        f"{stats['value']:.2f} (fails above {SANITY_THRESHOLD:g}) [{len(finals)} scenes]",
+        [low, high],
+        details={"steps": steps, "curves": curves},
+    )
 
 
 def check_text(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings) -> CheckResult:
@@ -366,8 +447,13 @@ def check_text(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings) -
     identical, distances, skipped = [], [], 0
     for image, label in zip(data.images, data.labels):
         prompts = [data.prompts[label], data.prompts[(label + len(data.prompts) // 2) % len(data.prompts)]]
-        ctx = Context(handle=handle, side="image", pixels=handle.pixels(image), text=handle.tokens(prompts),
-                      target=handle.family.default_target())
+        ctx = Context(
+            handle=handle,
+            side="image",
+            pixels=handle.pixels(image),
+            text=handle.tokens(prompts),
+            target=handle.family.default_target(),
+        )
         scores = ctx.model_scores()[0]
         maps = image_map(handle, spec, image, prompts, options)  # (2, gh, gw)
         flat = maps.flatten(1)
@@ -378,20 +464,31 @@ def check_text(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings) -
         distances.append(distance)
         identical.append(float(distance <= IDENTICAL_MAPS))
     if len(identical) < 3:
-        return CheckResult("text sensitivity", "inconclusive", f"only {len(identical)} usable scene(s) "
-                           f"({skipped} without evidence)")
+        return CheckResult(
+            "text sensitivity", "inconclusive", f"only {len(identical)} usable scene(s) ({skipped} without evidence)"
+        )
     stats = mean_interval(np.asarray(identical), settings.bootstrap())
     low, high = stats["low"], stats["high"]
     verdict = "fail" if low > 0.5 else "pass" if high < 0.5 else "inconclusive"
-    return CheckResult("text sensitivity", verdict,
-                       f"maps identical for {int(sum(identical))} of {len(identical)} prompt pairs the model scores "
-                       f"differently (median relative distance {float(np.median(distances)):.2g}); fails when most "
-                       "are identical", [low, high], details={"distances": distances, "skipped": skipped})
+    return CheckResult(
+        "text sensitivity",
+        verdict,
+        f"maps identical for {int(sum(identical))} of {len(identical)} prompt pairs the model scores "
+        f"differently (median relative distance {float(np.median(distances)):.2g}); fails when most "
+        "are identical",
+        [low, high],
+        details={"distances": distances, "skipped": skipped},
+    )
 
 
 # ---- the card -----------------------------------------------------------------------------------
-def run_check(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings = CheckSettings(), origin: str = "registered",
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_check(
+    handle: ModelHandle,
+    spec: MethodSpec,
+    settings: CheckSettings = CheckSettings(),
+    origin: str = "registered",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Every check of ``settings.checks`` on one method: the verdict card as a JSON-ready dict."""
     unknown = sorted(set(settings.checks) - set(CHECKS))
     if unknown:
@@ -430,12 +527,33 @@ def run_check(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings = C
                 results.append(timed(name, lambda: runner(handle, spec, settings)))
             except MethodError as error:
                 results.append(CheckResult(name, "inconclusive", f"the method could not run: {error}"))
-    return {"method": spec.name, "origin": origin, "paper": spec.paper,
-            "declared": {"modifies_model": spec.modifies_model, "modifies_input": spec.modifies_input},
-            "model": handle.name, "checks": [r.as_dict() for r in results],
-            "failed": any(r.verdict == "fail" for r in results), "seconds": round(time.perf_counter() - start, 2),
-            "seconds_per_check": timings}
+    return {
+        "method": spec.name,
+        "origin": origin,
+        "paper": spec.paper,
+        "declared": {"modifies_model": spec.modifies_model, "modifies_input": spec.modifies_input},
+        "model": handle.name,
+        "checks": [r.as_dict() for r in results],
+        "failed": any(r.verdict == "fail" for r in results),
+        "seconds": round(time.perf_counter() - start, 2),
+        "seconds_per_check": timings,
+    }
 
 
-__all__ = ["CheckSettings", "CheckResult", "CHECKS", "CHECK_OPTIONS", "VERDICTS", "resolve_method", "run_check",
-           "check_p1", "check_claims", "check_ladder", "holm_across_cards", "check_correctness", "check_sanity", "check_text", "image_map"]
+__all__ = [
+    "CheckSettings",
+    "CheckResult",
+    "CHECKS",
+    "CHECK_OPTIONS",
+    "VERDICTS",
+    "resolve_method",
+    "run_check",
+    "check_p1",
+    "check_claims",
+    "check_ladder",
+    "holm_across_cards",
+    "check_correctness",
+    "check_sanity",
+    "check_text",
+    "image_map",
+]

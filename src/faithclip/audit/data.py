@@ -23,8 +23,9 @@ from faithclip.models.images import open_image
 from faithclip.shapes.world import ShapesWorld
 
 
-def shapes_data(n: int, *, raw_size: int = 128, seed: int = 0, kind: str = "single", aspect: float = 1.0,
-                world_seed: int = 0) -> AuditData:
+def shapes_data(
+    n: int, *, raw_size: int = 128, seed: int = 0, kind: str = "single", aspect: float = 1.0, world_seed: int = 0
+) -> AuditData:
     """``n`` scenes (``kind`` ``single``: one object, balanced classes; ``multi``: 2-4 objects, one named)."""
     world = ShapesWorld(image_size=raw_size, seed=world_seed)
     batch = world.single_object_set(n, seed=seed) if kind == "single" else world.multi_object_set(n, seed=seed)
@@ -32,7 +33,7 @@ def shapes_data(n: int, *, raw_size: int = 128, seed: int = 0, kind: str = "sing
     if aspect != 1.0:
         height = int(round(raw_size * aspect))
         top = (raw_size - height) // 2
-        images, masks = images[:, top:top + height], masks[:, top:top + height]
+        images, masks = images[:, top : top + height], masks[:, top : top + height]
     return AuditData(
         images=[Image.fromarray(np.ascontiguousarray(image), mode="RGB") for image in images],
         prompts=list(world.prompts),
@@ -44,8 +45,9 @@ def shapes_data(n: int, *, raw_size: int = 128, seed: int = 0, kind: str = "sing
 
 def folder_data(paths: Sequence[str | Path], prompts: Sequence[str], name: str = "") -> AuditData:
     """Image files with a prompt set and no labels (the explained prompt is the model's own top-1)."""
-    return AuditData(images=[open_image(p) for p in paths], prompts=list(prompts),
-                     name=name or f"{len(paths)} image files")
+    return AuditData(
+        images=[open_image(p) for p in paths], prompts=list(prompts), name=name or f"{len(paths)} image files"
+    )
 
 
 __all__ = ["folder_data", "shapes_data"]

@@ -76,8 +76,9 @@ def arm_pixels(handle: ModelHandle, image: Image.Image, keep_size: bool, cap: in
     return handle.pixels(image)
 
 
-def arm_image_embeds(handle: ModelHandle, images: Sequence[Image.Image], arm: str,
-                     cap: int | None = OFFICIAL_SHORT_SIDE_CAP) -> torch.Tensor:
+def arm_image_embeds(
+    handle: ModelHandle, images: Sequence[Image.Image], arm: str, cap: int | None = OFFICIAL_SHORT_SIDE_CAP
+) -> torch.Tensor:
     """Image embeddings ``(N, P)`` of one ablation arm (no gradients)."""
     one_head, keep = ARMS[arm]
     out = []
@@ -85,7 +86,7 @@ def arm_image_embeds(handle: ModelHandle, images: Sequence[Image.Image], arm: st
         if not keep:
             pixels = handle.pixels(list(images))  # (N, 3, H, W), all the same size
             for start in range(0, len(pixels), 64):
-                chunk = pixels[start:start + 64]
+                chunk = pixels[start : start + 64]
                 out.append(rewritten_image_embeds(handle, chunk, 1) if one_head else handle.encode_image(chunk))
         else:
             for image in images:
@@ -136,13 +137,23 @@ def _count_figure(flags: torch.Tensor, boot: Bootstrap) -> tuple[int, float, lis
 
 def _cosine_rows(cosine: torch.Tensor, boot: Bootstrap) -> dict:
     mean, interval = _mean_figure(cosine, boot)
-    return {"embedding_cosine_mean": mean, "embedding_cosine_interval": interval,
-            "embedding_cosine_min": float(cosine.min())}
+    return {
+        "embedding_cosine_mean": mean,
+        "embedding_cosine_interval": interval,
+        "embedding_cosine_min": float(cosine.min()),
+    }
 
 
-def _prediction_rows(handle: ModelHandle, image_embeds: torch.Tensor, text_embeds: torch.Tensor, reference: torch.Tensor,
-                     reference_text: torch.Tensor, explained: torch.Tensor, labels: torch.Tensor | None,
-                     boot: Bootstrap) -> dict:
+def _prediction_rows(
+    handle: ModelHandle,
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    reference: torch.Tensor,
+    reference_text: torch.Tensor,
+    explained: torch.Tensor,
+    labels: torch.Tensor | None,
+    boot: Bootstrap,
+) -> dict:
     """Departure of one (image embeddings, text embeddings) pair from the reference pair, over ``n`` images."""
     with torch.no_grad():
         cos = default_scores(handle, image_embeds, text_embeds)  # (N, C)
@@ -171,8 +182,13 @@ def _prediction_rows(handle: ModelHandle, image_embeds: torch.Tensor, text_embed
     return row
 
 
-def embedding_departure(handle: ModelHandle, data: AuditData, cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
-                        text_layers: int = 8, boot: Bootstrap = Bootstrap()) -> dict:
+def embedding_departure(
+    handle: ModelHandle,
+    data: AuditData,
+    cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
+    text_layers: int = 8,
+    boot: Bootstrap = Bootstrap(),
+) -> dict:
     """Embedding cosines, score changes, flips and accuracy of every arm and of the rewritten text tower, each
     with its n and interval (the text side's cosine is over the prompts, its predictions over the images)."""
     text_embeds = handle.encode_text(handle.tokens(list(data.prompts))).detach()
@@ -184,15 +200,22 @@ def embedding_departure(handle: ModelHandle, data: AuditData, cap: int | None = 
     for arm in ARMS:
         embeds = original if arm == "original" else arm_image_embeds(handle, data.images, arm, cap)
         cosine = F.cosine_similarity(embeds, original, dim=-1)  # (N,)
-        arms[arm] = {**_cosine_rows(cosine, boot),
-                     **_prediction_rows(handle, embeds, text_embeds, original, text_embeds, explained, labels, boot)}
-    if not handle.family.has_side("text") or not handle.family.official.text:  # a classifier; BLIP's image-only notebook
+        arms[arm] = {
+            **_cosine_rows(cosine, boot),
+            **_prediction_rows(handle, embeds, text_embeds, original, text_embeds, explained, labels, boot),
+        }
+    if (
+        not handle.family.has_side("text") or not handle.family.official.text
+    ):  # a classifier; BLIP's image-only notebook
         return {"arms": arms, "text": None}
     text_rewritten = rewritten_text_embeds(handle, data.prompts, text_layers)
     text_cosine = F.cosine_similarity(text_rewritten, text_embeds, dim=-1)  # (C,)
-    text = {**_cosine_rows(text_cosine, boot), "prompts": len(data.prompts),
-            "layers": min(text_layers, len(handle.model.text_model.encoder.layers)),
-            **_prediction_rows(handle, original, text_rewritten, original, text_embeds, explained, labels, boot)}
+    text = {
+        **_cosine_rows(text_cosine, boot),
+        "prompts": len(data.prompts),
+        "layers": min(text_layers, len(handle.model.text_model.encoder.layers)),
+        **_prediction_rows(handle, original, text_rewritten, original, text_embeds, explained, labels, boot),
+    }
     return {"arms": arms, "text": text}
 
 
@@ -246,9 +269,15 @@ def summarise_maps(per_image: Sequence[dict], arms: Sequence[str], boot: Bootstr
     return {"mean": mean, "n": n, "undefined": undefined, "intervals": intervals, "contrasts": contrasts}
 
 
-def map_departure(handle: ModelHandle, data: AuditData, indices: Sequence[int], *,
-                  cap: int | None = OFFICIAL_SHORT_SIDE_CAP, deletion_steps: int | None = None,
-                  boot: Bootstrap = Bootstrap()) -> dict:
+def map_departure(
+    handle: ModelHandle,
+    data: AuditData,
+    indices: Sequence[int],
+    *,
+    cap: int | None = OFFICIAL_SHORT_SIDE_CAP,
+    deletion_steps: int | None = None,
+    boot: Bootstrap = Bootstrap(),
+) -> dict:
     """The map ablation over THREE causes, on ``indices`` of the images: the one-head rewrite, the keep-size
     input, and lambda's q/k (raw, as the paper and notebooks, or out_proj(q), out_proj(k), as the published
     evaluation script). Every arm is the Grad-ECLIP formula on that arm's forward and input; ``faithful``
@@ -267,34 +296,55 @@ def map_departure(handle: ModelHandle, data: AuditData, indices: Sequence[int], 
         image = data.images[index]
         pixels = handle.pixels(image)
         with torch.no_grad():
-            label = data.labels[index] if data.labels is not None else \
-                int(default_scores(handle, handle.encode_image(pixels), text_embeds).argmax())
-        ctx = Context(handle=handle, side="image", pixels=pixels, text=handle.tokens([data.prompts[label]]),
-                      target=handle.family.default_target())
+            label = (
+                data.labels[index]
+                if data.labels is not None
+                else int(default_scores(handle, handle.encode_image(pixels), text_embeds).argmax())
+            )
+        ctx = Context(
+            handle=handle,
+            side="image",
+            pixels=pixels,
+            text=handle.tokens([data.prompts[label]]),
+            target=handle.family.default_target(),
+        )
         maps = {}
         arms = map_arms(handle.family)
         for arm, (one_head, keep, lambda_qk) in arms.items():
-            arm_map = image_maps(ctx, arm_pixels(handle, image, keep, cap), 1, lambda_qk, heads=1 if one_head else None)[0][0]
+            arm_map = image_maps(
+                ctx, arm_pixels(handle, image, keep, cap), 1, lambda_qk, heads=1 if one_head else None
+            )[0][0]
             maps[arm] = crop_grid_map(arm_map, image.size, handle.preprocess, ctx.grid) if keep else arm_map
-        row: dict[str, Any] = {"spearman_faithful_vs_grad_eclip": spearman(maps["faithful"], grad_eclip(ctx).maps[0, 0])}
+        row: dict[str, Any] = {
+            "spearman_faithful_vs_grad_eclip": spearman(maps["faithful"], grad_eclip(ctx).maps[0, 0])
+        }
         for arm in arms:
             row[f"spearman_{arm}_vs_faithful"] = spearman(maps[arm], maps["faithful"])
         score = lambda batch: ctx.score_images(batch)[:, 0]
         for name, patch_map in maps.items():
-            curves = patch_deletion_insertion(score, pixels[0], patch_map.to(pixels.dtype), handle.patch_size,
-                                              deletion_steps)
+            curves = patch_deletion_insertion(
+                score, pixels[0], patch_map.to(pixels.dtype), handle.patch_size, deletion_steps
+            )
             row[f"deletion_auc_{name}"] = curves["deletion"]
             row[f"insertion_auc_{name}"] = curves["insertion"]
         per_image.append(row)
         if example is None:  # the first image's two maps, for the report's figure (faithful vs published)
-            example = {"image": int(index), "prompt": data.prompts[label], "crop_png": _crop_png(handle, image),
-                       "faithful": maps["faithful"].double().tolist(), "published": maps["published"].double().tolist(),
-                       "spearman": row["spearman_published_vs_faithful"]}
+            example = {
+                "image": int(index),
+                "prompt": data.prompts[label],
+                "crop_png": _crop_png(handle, image),
+                "faithful": maps["faithful"].double().tolist(),
+                "published": maps["published"].double().tolist(),
+                "spearman": row["spearman_published_vs_faithful"],
+            }
     arms = map_arms(handle.family)
-    return {"images": len(per_image), "arms": {arm: {"one_head": h, "keep_size": k, "lambda_qk": q}
-                                               for arm, (h, k, q) in arms.items()},
-            **summarise_maps(per_image, list(arms), boot), "per_image": per_image,
-            **({"example": example} if example is not None else {})}
+    return {
+        "images": len(per_image),
+        "arms": {arm: {"one_head": h, "keep_size": k, "lambda_qk": q} for arm, (h, k, q) in arms.items()},
+        **summarise_maps(per_image, list(arms), boot),
+        "per_image": per_image,
+        **({"example": example} if example is not None else {}),
+    }
 
 
 def _crop_png(handle: ModelHandle, image: Image.Image, width: int = 192) -> str:
@@ -309,8 +359,16 @@ def _crop_png(handle: ModelHandle, image: Image.Image, width: int = 192) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def audit_departure(handle: ModelHandle, data: AuditData, *, map_images: int = 8, cap: int | None | str = "published",
-                    deletion_steps: int | None = None, text_layers: int = 8, boot: Bootstrap = Bootstrap()) -> dict:
+def audit_departure(
+    handle: ModelHandle,
+    data: AuditData,
+    *,
+    map_images: int = 8,
+    cap: int | None | str = "published",
+    deletion_steps: int | None = None,
+    text_layers: int = 8,
+    boot: Bootstrap = Bootstrap(),
+) -> dict:
     """The departure of the official pipeline from the model, as one JSON-ready dict. ``cap="published"``: the
     short-side cap of the family's published pipeline (CLIP: 640, the evaluation loop; BLIP: none). ``boot``:
     the resamples, level and seed of every interval."""
@@ -328,8 +386,9 @@ def audit_departure(handle: ModelHandle, data: AuditData, *, map_images: int = 8
         **embedding_departure(handle, data, cap, text_layers, boot),
     }
     logger.info("audit: maps of %d images", min(map_images, len(data.images)))
-    result["maps"] = map_departure(handle, data, range(min(map_images, len(data.images))), cap=cap,
-                                   deletion_steps=deletion_steps, boot=boot)
+    result["maps"] = map_departure(
+        handle, data, range(min(map_images, len(data.images))), cap=cap, deletion_steps=deletion_steps, boot=boot
+    )
     return result
 
 

@@ -98,8 +98,15 @@ def _state_snapshot(model: torch.nn.Module, names: dict[int, str]) -> dict[str, 
         "hooks": {names[id(m)]: {d: dict(getattr(m, d)) for d in HOOK_DICTS} for m in model.modules()},
         "forward": {names[id(m)]: (type(m).forward, m.__dict__.get("forward")) for m in model.modules()},
         "training": {names[id(m)]: m.training for m in model.modules()},
-        "global": {d: dict(getattr(torch_module, d)) for d in ("_global_forward_hooks", "_global_forward_pre_hooks",
-                                                               "_global_backward_hooks", "_global_backward_pre_hooks")},
+        "global": {
+            d: dict(getattr(torch_module, d))
+            for d in (
+                "_global_forward_hooks",
+                "_global_forward_pre_hooks",
+                "_global_backward_hooks",
+                "_global_backward_pre_hooks",
+            )
+        },
     }
 
 
@@ -115,8 +122,9 @@ class Recorder:
     >>> recorder.findings()
     """
 
-    def __init__(self, model: torch.nn.Module, pixels: torch.Tensor, input_ids: torch.Tensor,
-                 tol: float | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, pixels: torch.Tensor, input_ids: torch.Tensor, tol: float | None = None
+    ) -> None:
         from faithclip.models.families import family_of
 
         family = family_of(model)
@@ -127,8 +135,11 @@ class Recorder:
         self.tol = rounding_rtol(dtype) if tol is None else tol
         self.names = {id(m): (name or "model") for name, m in model.named_modules()}
         inputs = {"image": pixels.detach(), "text": input_ids.detach()}
-        self.towers = {side: _Tower(family.input_module(model, side), family.embedding_module(model, side), inputs[side])
-                       for side in ("image", "text") if family.has_side(side)}
+        self.towers = {
+            side: _Tower(family.input_module(model, side), family.embedding_module(model, side), inputs[side])
+            for side in ("image", "text")
+            if family.has_side(side)
+        }
         self._by_input = {id(t.input_module): side for side, t in self.towers.items()}
         self._by_projection = {id(t.projection): side for side, t in self.towers.items()}
         self.own_edges: set[tuple[str, str | None]] = set()
@@ -163,8 +174,13 @@ class Recorder:
         self._recording_reference = True
         try:
             with self._hooks(), torch.no_grad():
-                Context(handle=handle, side="image", pixels=self.towers["image"].own_input, text=text,
-                        target=handle.family.default_target()).model_scores()
+                Context(
+                    handle=handle,
+                    side="image",
+                    pixels=self.towers["image"].own_input,
+                    text=text,
+                    target=handle.family.default_target(),
+                ).model_scores()
         finally:
             self._recording_reference = False
             self._reset_run()
@@ -242,8 +258,12 @@ class Recorder:
     def _check_state(self, module: torch.nn.Module, name: str) -> None:
         before = self._before
         if module.training != before["training"][name]:
-            self._note("mode_flipped", name, f"ran in {'training' if module.training else 'eval'} mode; the model "
-                       f"is in {'training' if before['training'][name] else 'eval'} mode")
+            self._note(
+                "mode_flipped",
+                name,
+                f"ran in {'training' if module.training else 'eval'} mode; the model "
+                f"is in {'training' if before['training'][name] else 'eval'} mode",
+            )
         if (type(module).forward, module.__dict__.get("forward")) != before["forward"][name]:
             self._note("forward_swapped", name, "ran with its forward replaced")
         for kind in ("_parameters", "_buffers"):
@@ -320,36 +340,77 @@ class Recorder:
             if now is None:
                 out.append(Finding("tensor_removed", full, "was removed from the model", "departure", "model"))
             elif now[0] is not tensor:
-                out.append(Finding("tensor_swapped_left", full, "left replaced by another object", "departure", "model"))
+                out.append(
+                    Finding("tensor_swapped_left", full, "left replaced by another object", "departure", "model")
+                )
             elif not torch.equal(now[2], values):
                 diff = float((now[2].double() - values.double()).abs().max())
-                out.append(Finding("weight_changed_left", full, f"left changed (max abs change {diff:.3g})",
-                                   "departure", "model"))
+                out.append(
+                    Finding(
+                        "weight_changed_left", full, f"left changed (max abs change {diff:.3g})", "departure", "model"
+                    )
+                )
             elif now[1] != version and ("weight_edited", full) not in seen:
-                out.append(Finding("weight_written", full, "written in place and restored; no module call saw it "
-                                   "changed (a computation outside the modules may have)", "unverified", "model"))
+                out.append(
+                    Finding(
+                        "weight_written",
+                        full,
+                        "written in place and restored; no module call saw it "
+                        "changed (a computation outside the modules may have)",
+                        "unverified",
+                        "model",
+                    )
+                )
             if now is not None and now[3] != requires_grad:
-                out.append(Finding("requires_grad_left", full, f"requires_grad left {now[3]} (was {requires_grad})",
-                                   "note", "model"))
+                out.append(
+                    Finding(
+                        "requires_grad_left",
+                        full,
+                        f"requires_grad left {now[3]} (was {requires_grad})",
+                        "note",
+                        "model",
+                    )
+                )
         for name, dicts in before["hooks"].items():
             module_after = after["hooks"].get(name, {})
             for dictionary, hooks in dicts.items():
                 left = [h for key, h in module_after.get(dictionary, {}).items() if key not in hooks]
                 if left:
-                    out.append(Finding("hook_left", name, f"{dictionary[1:]} left attached: "
-                                       + ", ".join(sorted(_describe_hook(h) for h in left)), "departure", "model"))
+                    out.append(
+                        Finding(
+                            "hook_left",
+                            name,
+                            f"{dictionary[1:]} left attached: " + ", ".join(sorted(_describe_hook(h) for h in left)),
+                            "departure",
+                            "model",
+                        )
+                    )
         for dictionary, hooks in before["global"].items():
             left = [h for key, h in after["global"][dictionary].items() if key not in hooks]
             if left:
-                out.append(Finding("hook_left", f"torch (all modules)", f"{dictionary[1:]} left registered: "
-                                   + ", ".join(sorted(_describe_hook(h) for h in left)), "departure", "model"))
+                out.append(
+                    Finding(
+                        "hook_left",
+                        "torch (all modules)",
+                        f"{dictionary[1:]} left registered: " + ", ".join(sorted(_describe_hook(h) for h in left)),
+                        "departure",
+                        "model",
+                    )
+                )
         for name, forward in before["forward"].items():
             if after["forward"].get(name) != forward:
                 out.append(Finding("forward_replaced_left", name, "forward left replaced", "departure", "model"))
         for name, mode in before["training"].items():
             if after["training"].get(name) != mode:
-                out.append(Finding("mode_left", name, f"left in {'training' if after['training'][name] else 'eval'} "
-                                   "mode", "departure", "model"))
+                out.append(
+                    Finding(
+                        "mode_left",
+                        name,
+                        f"left in {'training' if after['training'][name] else 'eval'} mode",
+                        "departure",
+                        "model",
+                    )
+                )
         out += self._run_findings()
         order = {s: i for i, s in enumerate(SEVERITIES)}
         return sorted(out, key=lambda f: order[f.severity])
@@ -357,51 +418,131 @@ class Recorder:
     def _run_findings(self) -> list[Finding]:
         out = []
         hooks = "; ".join(f"{m}: {', '.join(sorted(h))}" for m, h in sorted(self._hooks_during.items()))
-        causes = [cause for cause in (
-            f"modules called outside the model's forward: {', '.join(sorted(self._outside_departed))}"
-            if self._outside_departed else "", f"hooks attached during the run: {hooks}" if hooks else "",
-            "weights edited or forwards swapped (above)" if self._seen else "") if cause]
+        causes = [
+            cause
+            for cause in (
+                f"modules called outside the model's forward: {', '.join(sorted(self._outside_departed))}"
+                if self._outside_departed
+                else "",
+                f"hooks attached during the run: {hooks}" if hooks else "",
+                "weights edited or forwards swapped (above)" if self._seen else "",
+            )
+            if cause
+        ]
         for name, gap in sorted(self._own_mismatch.items()):
-            out.append(Finding("embedding_not_the_models", name, f"embeddings computed from the model's own input "
-                               f"are {gap:.3g} (relative L2) away from the model's own"
-                               + (f"; {'; '.join(causes)}" if causes else ""), "departure", "model"))
+            out.append(
+                Finding(
+                    "embedding_not_the_models",
+                    name,
+                    f"embeddings computed from the model's own input "
+                    f"are {gap:.3g} (relative L2) away from the model's own"
+                    + (f"; {'; '.join(causes)}" if causes else ""),
+                    "departure",
+                    "model",
+                )
+            )
         for name, gap in sorted(self._unattached.items()):
-            out.append(Finding("embedding_without_input", name, f"embeddings ({gap:.3g} away from the model's own) "
-                               "computed without a pass through the model's input layer", "departure", "model"))
+            out.append(
+                Finding(
+                    "embedding_without_input",
+                    name,
+                    f"embeddings ({gap:.3g} away from the model's own) "
+                    "computed without a pass through the model's input layer",
+                    "departure",
+                    "model",
+                )
+            )
         for side, sizes in sorted(self._other_size.items()):
             own = tuple(self.towers[side].own_input.shape[-2:])
             shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
-            out.append(Finding("input_size", self.names[id(self.towers[side].input_module)],
-                               f"explained inputs of {shown} px; the model predicts from {own[0]}x{own[1]} px",
-                               "departure", "input"))
+            out.append(
+                Finding(
+                    "input_size",
+                    self.names[id(self.towers[side].input_module)],
+                    f"explained inputs of {shown} px; the model predicts from {own[0]}x{own[1]} px",
+                    "departure",
+                    "input",
+                )
+            )
         if self._outside_departed:
-            out.append(Finding("recomputed_outside", ", ".join(sorted(self._outside_departed)),
-                               "called outside their place in the model's own forward, leading to embeddings that "
-                               "are not the model's", "departure", "model"))
+            out.append(
+                Finding(
+                    "recomputed_outside",
+                    ", ".join(sorted(self._outside_departed)),
+                    "called outside their place in the model's own forward, leading to embeddings that "
+                    "are not the model's",
+                    "departure",
+                    "model",
+                )
+            )
         unverified = set(self._outside) - self._outside_departed - self._outside_verified
         if unverified:
-            out.append(Finding("recomputed_outside", ", ".join(sorted(unverified)), "called outside their place in "
-                               "the model's own forward; no embedding followed, so the result could not be "
-                               "compared with the model's", "unverified", "model"))
+            out.append(
+                Finding(
+                    "recomputed_outside",
+                    ", ".join(sorted(unverified)),
+                    "called outside their place in "
+                    "the model's own forward; no embedding followed, so the result could not be "
+                    "compared with the model's",
+                    "unverified",
+                    "model",
+                )
+            )
         if self._outside_verified - self._outside_departed:
-            out.append(Finding("recomputed_outside", ", ".join(sorted(self._outside_verified - self._outside_departed)),
-                               "called outside the model's forward; the embeddings they lead to ARE the model's "
-                               f"(within {self.tol:g})", "note", "model"))
+            out.append(
+                Finding(
+                    "recomputed_outside",
+                    ", ".join(sorted(self._outside_verified - self._outside_departed)),
+                    "called outside the model's forward; the embeddings they lead to ARE the model's "
+                    f"(within {self.tol:g})",
+                    "note",
+                    "model",
+                )
+            )
         if hooks:
-            out.append(Finding("hooks_during_run", ", ".join(sorted(self._hooks_during)), f"hooks attached while "
-                               f"the method ran (removed afterwards): {hooks}", "note", "model"))
+            out.append(
+                Finding(
+                    "hooks_during_run",
+                    ", ".join(sorted(self._hooks_during)),
+                    f"hooks attached while the method ran (removed afterwards): {hooks}",
+                    "note",
+                    "model",
+                )
+            )
         for side, count in sorted(self._perturbed.items()):
             module = self.names[id(self.towers[side].input_module)]
             what = "images of the model's input size" if side == "image" else "texts"
-            out.append(Finding("perturbed_inputs", module, f"queried the model on {count} {what} other than its "
-                               "own input (perturbations)", "note", "input"))
+            out.append(
+                Finding(
+                    "perturbed_inputs",
+                    module,
+                    f"queried the model on {count} {what} other than its own input (perturbations)",
+                    "note",
+                    "input",
+                )
+            )
         for side, count in sorted(self._equivalent.items()):
             module = self.names[id(self.towers[side].input_module)]
-            out.append(Finding("equivalent_inputs", module, f"{count} other {side} inputs gave the model's own "
-                               "embeddings (e.g. padding)", "note", "input"))
+            out.append(
+                Finding(
+                    "equivalent_inputs",
+                    module,
+                    f"{count} other {side} inputs gave the model's own embeddings (e.g. padding)",
+                    "note",
+                    "input",
+                )
+            )
         if self._foreign_calls and not self._calls:
-            out.append(Finding("foreign_modules", "(not in the model)", f"{self._foreign_calls} calls of modules that "
-                               "are not the model's and none of the model's (a copy?)", "unverified", "model"))
+            out.append(
+                Finding(
+                    "foreign_modules",
+                    "(not in the model)",
+                    f"{self._foreign_calls} calls of modules that "
+                    "are not the model's and none of the model's (a copy?)",
+                    "unverified",
+                    "model",
+                )
+            )
         return out
 
 

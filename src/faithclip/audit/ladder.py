@@ -28,7 +28,7 @@ import copy
 import logging
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Sequence
 
 import numpy as np
@@ -62,8 +62,13 @@ def degrade(handle: ModelHandle, alpha: float, seed: int = 0) -> ModelHandle:
                     continue
                 parameter.mul_(1 - alpha).add_(fresh_state[name].to(parameter.dtype), alpha=alpha)
     degraded.eval()
-    return type(handle)(model=degraded, tokenizer=handle.tokenizer, preprocess=handle.preprocess,
-                        name=f"{handle.name} (alpha={alpha:g})", family=handle.family)
+    return type(handle)(
+        model=degraded,
+        tokenizer=handle.tokenizer,
+        preprocess=handle.preprocess,
+        name=f"{handle.name} (alpha={alpha:g})",
+        family=handle.family,
+    )
 
 
 def zero_shot_predictions(handle: ModelHandle, data: AuditData) -> torch.Tensor:
@@ -73,7 +78,7 @@ def zero_shot_predictions(handle: ModelHandle, data: AuditData) -> torch.Tensor:
 
     with torch.no_grad():
         text = handle.encode_text(handle.tokens(list(data.prompts)))
-        chunks = [handle.encode_image(handle.pixels(data.images[s:s + 64])) for s in range(0, len(data.images), 64)]
+        chunks = [handle.encode_image(handle.pixels(data.images[s : s + 64])) for s in range(0, len(data.images), 64)]
         return default_scores(handle, torch.cat(chunks), text).argmax(-1).cpu()
 
 
@@ -89,8 +94,14 @@ def method_name(method: Method) -> str:
     return method if isinstance(method, str) else method.name
 
 
-def explain_quality(handle: ModelHandle, method: Method, data: AuditData, indices: Sequence[int],
-                    deletion_steps: int | None = 16, options: dict | None = None) -> list[dict[str, float]]:
+def explain_quality(
+    handle: ModelHandle,
+    method: Method,
+    data: AuditData,
+    indices: Sequence[int],
+    deletion_steps: int | None = 16,
+    options: dict | None = None,
+) -> list[dict[str, float]]:
     """Per image: pointing hit and deletion/insertion AUCs of ``method``'s map for the labelled prompt."""
     spec = METHODS.get(method) if isinstance(method, str) else method
     rows = []
@@ -99,19 +110,34 @@ def explain_quality(handle: ModelHandle, method: Method, data: AuditData, indice
         if image.size[0] != image.size[1]:
             raise ValueError("the ladder expects square scene renders (the model's crop is then the whole image)")
         pixels = handle.pixels(image)
-        ctx = Context(handle=handle, side="image", pixels=pixels,
-                      text=handle.tokens([data.prompts[data.labels[index]]]),
-                      target=handle.family.default_target())
+        ctx = Context(
+            handle=handle,
+            side="image",
+            pixels=pixels,
+            text=handle.tokens([data.prompts[data.labels[index]]]),
+            target=handle.family.default_target(),
+        )
         extra = {"original": image} if spec.name == "grad_eclip_official" else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             patch_map = spec.image(ctx, **extra, **(options or {})).maps[0, 0].detach()
         if tuple(patch_map.shape) != ctx.grid:  # a keep-size map: bring it to the model's crop grid
             patch_map = crop_grid_map(patch_map, image.size, handle.preprocess, ctx.grid)
-        curves = patch_deletion_insertion(lambda b: ctx.score_images(b)[:, 0], pixels[0], patch_map.to(pixels.dtype),
-                                          handle.patch_size, deletion_steps)
-        rows.append({"pointing": peak_in_mask(patch_map, mask), "deletion_auc": curves["deletion"],
-                     "insertion_auc": curves["insertion"], "ins_minus_del": curves["insertion"] - curves["deletion"]})
+        curves = patch_deletion_insertion(
+            lambda b: ctx.score_images(b)[:, 0],
+            pixels[0],
+            patch_map.to(pixels.dtype),
+            handle.patch_size,
+            deletion_steps,
+        )
+        rows.append(
+            {
+                "pointing": peak_in_mask(patch_map, mask),
+                "deletion_auc": curves["deletion"],
+                "insertion_auc": curves["insertion"],
+                "ins_minus_del": curves["insertion"] - curves["deletion"],
+            }
+        )
     return rows
 
 
@@ -126,17 +152,30 @@ QUALITY_METRICS = ("pointing", "ins_minus_del")
 SPLIT_MIN_GROUP = 20  # fewer right (or wrong) images than this: no verdict
 
 
-def split_statistics(correct: Sequence[bool], per_scene: dict[str, dict[str, Sequence[float]]],
-                     strata: Sequence[int], boot: Bootstrap = Bootstrap(), min_group: int = SPLIT_MIN_GROUP,
-                     permutations: int = 2000, alpha: float = 0.05) -> dict[str, Any]:
+def split_statistics(
+    correct: Sequence[bool],
+    per_scene: dict[str, dict[str, Sequence[float]]],
+    strata: Sequence[int],
+    boot: Bootstrap = Bootstrap(),
+    min_group: int = SPLIT_MIN_GROUP,
+    permutations: int = 2000,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
     """The correctness split from per-image values (module docstring): means on right / wrong images, the
     plain difference with its bootstrap interval, and the within-``strata`` (shape) test and verdict."""
     from faithclip.audit.p2stats import holm, stratified_permutation
 
     correct = np.asarray(correct, dtype=bool)
     strata = np.asarray(strata)
-    out: dict[str, Any] = {"right": int(correct.sum()), "wrong": int((~correct).sum()), "min_group": min_group,
-                           "bootstrap": asdict(boot), "permutations": permutations, "level": alpha, "methods": {}}
+    out: dict[str, Any] = {
+        "right": int(correct.sum()),
+        "wrong": int((~correct).sum()),
+        "min_group": min_group,
+        "bootstrap": asdict(boot),
+        "permutations": permutations,
+        "level": alpha,
+        "methods": {},
+    }
     enough = min(out["right"], out["wrong"]) >= min_group
     tests = {}
     for method, metrics in per_scene.items():
@@ -149,8 +188,9 @@ def split_statistics(correct: Sequence[bool], per_scene: dict[str, dict[str, Seq
             difference = difference_interval(right, wrong, boot)
             entry[f"{metric}_difference"] = difference["value"]
             entry[f"{metric}_difference_interval"] = [difference["low"], difference["high"]]
-        tests[method] = stratified_permutation(np.asarray(metrics["pointing"], np.float64), correct, strata,
-                                               permutations, boot.seed)
+        tests[method] = stratified_permutation(
+            np.asarray(metrics["pointing"], np.float64), correct, strata, permutations, boot.seed
+        )
         entry["pointing_within_shape"] = tests[method]["difference"]
         entry["shapes_used"] = tests[method]["strata"]
         out["methods"][method] = entry
@@ -177,9 +217,15 @@ def shape_of(labels: Sequence[int]) -> list[int]:
     return [int(label) % len(SHAPES) for label in labels]
 
 
-def correctness_split(handle: ModelHandle, data: AuditData, methods: Sequence[Method] | None = None,
-                      deletion_steps: int | None = 16, boot: Bootstrap = Bootstrap(),
-                      options: dict[str, dict] | None = None, permutations: int = 2000) -> dict[str, Any]:
+def correctness_split(
+    handle: ModelHandle,
+    data: AuditData,
+    methods: Sequence[Method] | None = None,
+    deletion_steps: int | None = 16,
+    boot: Bootstrap = Bootstrap(),
+    options: dict[str, dict] | None = None,
+    permutations: int = 2000,
+) -> dict[str, Any]:
     """P2 (b): quality of the true-class map on images the model got right vs wrong, with intervals."""
     methods = list(methods) if methods is not None else default_methods(handle.family.name)
     correct = (zero_shot_predictions(handle, data) == torch.as_tensor(data.labels)).tolist()
@@ -194,5 +240,16 @@ def correctness_split(handle: ModelHandle, data: AuditData, methods: Sequence[Me
     return result
 
 
-__all__ = ["Method", "method_name", "degrade", "zero_shot_accuracy", "zero_shot_predictions", "explain_quality",
-           "correctness_split", "default_methods", "split_statistics", "shape_of", "QUALITY_METRICS"]
+__all__ = [
+    "Method",
+    "method_name",
+    "degrade",
+    "zero_shot_accuracy",
+    "zero_shot_predictions",
+    "explain_quality",
+    "correctness_split",
+    "default_methods",
+    "split_statistics",
+    "shape_of",
+    "QUALITY_METRICS",
+]

@@ -25,8 +25,9 @@ from faithclip.metrics.pointing import pointing_hit
 from faithclip.models.preprocess import ImagePreprocess
 
 
-def crop_grid_map(full_map: torch.Tensor, image_size: tuple[int, int], preprocess: ImagePreprocess,
-                  grid: tuple[int, int]) -> torch.Tensor:
+def crop_grid_map(
+    full_map: torch.Tensor, image_size: tuple[int, int], preprocess: ImagePreprocess, grid: tuple[int, int]
+) -> torch.Tensor:
     """A ``(gh', gw')`` map over the whole ``image_size = (W, H)`` image -> ``(gh, gw)`` on the model's crop."""
     rw, rh = preprocess.resized_size(*image_size)
     left, top, right, bottom = preprocess.crop_box(*image_size)
@@ -40,8 +41,13 @@ def patch_order(patch_map: torch.Tensor) -> torch.Tensor:
     return torch.sort(patch_map.detach().flatten().double(), descending=True, stable=True).indices
 
 
-def patch_deletion_insertion(score: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor,
-                             patch_map: torch.Tensor, patch: int, steps: int | None = None) -> dict[str, float]:
+def patch_deletion_insertion(
+    score: Callable[[torch.Tensor], torch.Tensor],
+    pixels: torch.Tensor,
+    patch_map: torch.Tensor,
+    patch: int,
+    steps: int | None = None,
+) -> dict[str, float]:
     """Deletion and insertion AUCs of one map: ``score`` maps ``(N, 3, H, W)`` to ``(N,)``.
 
     pixels ``(3, H, W)`` normalised; ``patch_map`` ``(gh, gw)``. ``steps`` points along the curve

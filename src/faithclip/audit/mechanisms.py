@@ -83,8 +83,9 @@ def rate(flags: np.ndarray) -> dict[str, float]:
     return {"rate": float(flags.mean()) if len(flags) else math.nan, "low": low, "high": high, "n": int(len(flags))}
 
 
-def two_level_interval(groups: Sequence[np.ndarray], resamples: int = 2000, seed: int = 0,
-                       confidence: float = 0.95) -> dict[str, float]:
+def two_level_interval(
+    groups: Sequence[np.ndarray], resamples: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, float]:
     """Mean of the group means, with a bootstrap interval that resamples groups (models), then the values
     (scenes) within each drawn group. Empty groups are dropped."""
     groups = [np.asarray(g, dtype=np.float64) for g in groups if len(g)]
@@ -94,12 +95,17 @@ def two_level_interval(groups: Sequence[np.ndarray], resamples: int = 2000, seed
     means = np.empty(resamples)
     for r in range(resamples):
         drawn = generator.integers(0, len(groups), size=len(groups))
-        means[r] = np.mean([groups[g][generator.integers(0, len(groups[g]), size=len(groups[g]))].mean()
-                            for g in drawn])
+        means[r] = np.mean(
+            [groups[g][generator.integers(0, len(groups[g]), size=len(groups[g]))].mean() for g in drawn]
+        )
     tail = (1 - confidence) / 2
-    return {"mean": float(np.mean([g.mean() for g in groups])), "low": float(np.quantile(means, tail)),
-            "high": float(np.quantile(means, 1 - tail)), "models": len(groups),
-            "scenes": int(sum(len(g) for g in groups))}
+    return {
+        "mean": float(np.mean([g.mean() for g in groups])),
+        "low": float(np.quantile(means, tail)),
+        "high": float(np.quantile(means, 1 - tail)),
+        "models": len(groups),
+        "scenes": int(sum(len(g) for g in groups)),
+    }
 
 
 def has_mechanism(mechanism: str, flips: dict[str, dict[str, float]]) -> bool:
@@ -182,7 +188,7 @@ def predict(handle: Any, images: np.ndarray, prompts: Sequence[str], chunk: int 
     text = handle.encode_text(handle.tokens(list(prompts)))
     out = []
     for start in range(0, len(images), chunk):
-        pixels = handle.pixels(_pil(images[start:start + chunk]))
+        pixels = handle.pixels(_pil(images[start : start + chunk]))
         out.append(default_scores(handle, handle.encode_image(pixels), text).argmax(1).cpu().numpy())
     return np.concatenate(out)
 
@@ -214,20 +220,33 @@ def verify(handle: Any, probe_set: Probe) -> dict[str, Any]:
     if mechanism == "cue":
         flips["reads_cue"] = rate(predicted == scenes.cue_labels)
     agrees = matched & effect & ~decoy
-    return {"mechanism": mechanism, "flips": flips, "has_mechanism": has_mechanism(mechanism, flips),
-            "predicted": predicted, "slots": slots, "agrees": agrees}
+    return {
+        "mechanism": mechanism,
+        "flips": flips,
+        "has_mechanism": has_mechanism(mechanism, flips),
+        "predicted": predicted,
+        "slots": slots,
+        "agrees": agrees,
+    }
 
 
 # ---- the maps ----------------------------------------------------------------------------------------
-def method_map(handle: Any, method: str, image: Any, pixels: torch.Tensor, prompt: str,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def method_map(
+    handle: Any, method: str, image: Any, pixels: torch.Tensor, prompt: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The method's map (grid or pixel resolution) of ``prompt`` on one image; ``random``: uniform noise."""
     from faithclip.audit.measures import crop_grid_map
     from faithclip.methods.context import Context
     from faithclip.registry import METHODS
 
-    ctx = Context(handle=handle, side="image", pixels=pixels, text=handle.tokens([prompt]),
-                  target=handle.family.default_target(), originals=[image])
+    ctx = Context(
+        handle=handle,
+        side="image",
+        pixels=pixels,
+        text=handle.tokens([prompt]),
+        target=handle.family.default_target(),
+        originals=[image],
+    )
     if method == RANDOM:
         return torch.rand(ctx.grid, generator=generator, dtype=torch.float64)
     spec = METHODS.get(method)
@@ -247,8 +266,9 @@ def agreement(patch_map: torch.Tensor, effect: np.ndarray) -> float:
     return mass_share(patch_map, effect)
 
 
-def score_methods(handle: Any, probe_set: Probe, verified: dict[str, Any], methods: Sequence[str],
-                  scenes: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+def score_methods(
+    handle: Any, probe_set: Probe, verified: dict[str, Any], methods: Sequence[str], scenes: int, seed: int = 0
+) -> dict[str, dict[str, np.ndarray]]:
     """Per method, on each of the first ``scenes`` agreeing probe scenes (``verified['agrees']``): the map's
     positive-mass share on the effect region (``effect``, the agreement score) and on the decoy (``decoy``)."""
     effect, decoy = region_masks(probe_set, verified["slots"])
@@ -272,16 +292,27 @@ def model_record(directory: Path) -> dict[str, Any]:
     config = json.loads((directory / "config.json").read_text())
     training = json.loads((directory / "TRAINING.json").read_text())
     family = {"clip": "clip", "vit": "vit", "siglip": "siglip"}.get(config.get("model_type"), config.get("model_type"))
-    return {"path": str(directory), "family": family, "mechanism": training.get("mechanism", "objects"),
-            "seed": training.get("seed"),
-            # train_clip keeps steps and minutes under "metrics"; the other trainers at the top level
-            "steps": training.get("steps", training.get("metrics", {}).get("steps")),
-            "minutes": training.get("minutes", training.get("metrics", {}).get("minutes"))}
+    return {
+        "path": str(directory),
+        "family": family,
+        "mechanism": training.get("mechanism", "objects"),
+        "seed": training.get("seed"),
+        # train_clip keeps steps and minutes under "metrics"; the other trainers at the top level
+        "steps": training.get("steps", training.get("metrics", {}).get("steps")),
+        "minutes": training.get("minutes", training.get("metrics", {}).get("minutes")),
+    }
 
 
-def run(directories: Sequence[str | Path], *, verify_scenes: int = 200, map_scenes: int = 32,
-        methods: Sequence[str] = DEFAULT_METHODS, seed: int = PROBE_SEED, controls: Sequence[str | Path] = (),
-        progress: Any = None) -> dict[str, Any]:
+def run(
+    directories: Sequence[str | Path],
+    *,
+    verify_scenes: int = 200,
+    map_scenes: int = 32,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    seed: int = PROBE_SEED,
+    controls: Sequence[str | Path] = (),
+    progress: Any = None,
+) -> dict[str, Any]:
     """Verify every model in ``directories`` on its own mechanism's probe scenes (and every model in
     ``controls`` on every mechanism's), then score ``methods`` (plus ``random``) on the verified models."""
     from faithclip.models.loading import load
@@ -301,39 +332,56 @@ def run(directories: Sequence[str | Path], *, verify_scenes: int = 200, map_scen
         handle = load(str(directory))
         tick = time.perf_counter()
         checked = verify(handle, probe_of(record["mechanism"]))
-        record.update(flips=checked["flips"], has_mechanism=checked["has_mechanism"],
-                      agreeing_scenes=int(checked["agrees"].sum()))
+        record.update(
+            flips=checked["flips"], has_mechanism=checked["has_mechanism"], agreeing_scenes=int(checked["agrees"].sum())
+        )
         if checked["has_mechanism"] and map_scenes > 0:
             scores = score_methods(handle, probe_of(record["mechanism"]), checked, methods, map_scenes)
             per_model_scores[str(directory)] = scores
-            record["scores"] = {m: {k: float(v.mean()) if len(v) else math.nan for k, v in parts.items()}
-                                for m, parts in scores.items()}
+            record["scores"] = {
+                m: {k: float(v.mean()) if len(v) else math.nan for k, v in parts.items()} for m, parts in scores.items()
+            }
         record["seconds"] = round(time.perf_counter() - tick, 1)
         models.append(record)
         if progress:
-            progress(f"{record['family']} {record['mechanism']} seed {record['seed']}: "
-                     f"{'has' if checked['has_mechanism'] else 'LACKS'} its mechanism ({record['seconds']} s)")
+            progress(
+                f"{record['family']} {record['mechanism']} seed {record['seed']}: "
+                f"{'has' if checked['has_mechanism'] else 'LACKS'} its mechanism ({record['seconds']} s)"
+            )
     control_rows = []
     for directory in controls:
         record = model_record(Path(directory))
         handle = load(str(directory))
         for mechanism in ("objects", "colour", "cue", "ignore-shape"):
             checked = verify(handle, probe_of(mechanism))
-            control_rows.append({**record, "probe": mechanism, "flips": checked["flips"],
-                                 "has_mechanism": checked["has_mechanism"]})
+            control_rows.append(
+                {**record, "probe": mechanism, "flips": checked["flips"], "has_mechanism": checked["has_mechanism"]}
+            )
     table = {}
     for family in sorted({m["family"] for m in models}):
         for mechanism in sorted({m["mechanism"] for m in models if m["family"] == family}):
             group = [m for m in models if m["family"] == family and m["mechanism"] == mechanism]
             kept = [per_model_scores[m["path"]] for m in group if m["path"] in per_model_scores]
             table[f"{family}/{mechanism}"] = {
-                "models": len(group), "verified": sum(m["has_mechanism"] for m in group),
+                "models": len(group),
+                "verified": sum(m["has_mechanism"] for m in group),
                 "methods": {meth: two_level_interval([k[meth]["effect"] for k in kept]) for meth in methods},
-                "decoy": {meth: two_level_interval([k[meth]["decoy"] for k in kept]) for meth in methods}}
-    return {"design": {"verify_scenes": verify_scenes, "map_scenes": map_scenes, "probe_seed": seed,
-                       "effect_floor": EFFECT_FLOOR, "decoy_ceiling": DECOY_CEILING, "methods": methods},
-            "models": models, "controls": control_rows, "table": table,
-            "seconds": round(time.perf_counter() - started, 1)}
+                "decoy": {meth: two_level_interval([k[meth]["decoy"] for k in kept]) for meth in methods},
+            }
+    return {
+        "design": {
+            "verify_scenes": verify_scenes,
+            "map_scenes": map_scenes,
+            "probe_seed": seed,
+            "effect_floor": EFFECT_FLOOR,
+            "decoy_ceiling": DECOY_CEILING,
+            "methods": methods,
+        },
+        "models": models,
+        "controls": control_rows,
+        "table": table,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 # ---- rendering -------------------------------------------------------------------------------------
@@ -342,19 +390,25 @@ def _rate_text(r: dict[str, float]) -> str:
 
 
 def verification_markdown(result: dict[str, Any]) -> str:
-    rows = ["| family | mechanism | seed | steps | flip(effect) | flip(decoy) | shape | matched | has it |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| family | mechanism | seed | steps | flip(effect) | flip(decoy) | shape | matched | has it |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in result["models"]:
         f = m["flips"]
-        rows.append(f"| {m['family']} | {m['mechanism']} | {m['seed']} | {m['steps']} | {_rate_text(f['effect'])} | "
-                    f"{_rate_text(f['decoy'])} | {_rate_text(f['shape']) if 'shape' in f else '-'} | "
-                    f"{_rate_text(f['matched'])} | {'yes' if m['has_mechanism'] else 'NO'} |")
+        rows.append(
+            f"| {m['family']} | {m['mechanism']} | {m['seed']} | {m['steps']} | {_rate_text(f['effect'])} | "
+            f"{_rate_text(f['decoy'])} | {_rate_text(f['shape']) if 'shape' in f else '-'} | "
+            f"{_rate_text(f['matched'])} | {'yes' if m['has_mechanism'] else 'NO'} |"
+        )
     for c in result["controls"]:
         f = c["flips"]
-        rows.append(f"| {c['family']} (control: {c['mechanism']}) | probe: {c['probe']} | {c['seed']} | {c['steps']} | "
-                    f"{_rate_text(f['effect'])} | {_rate_text(f['decoy'])} | "
-                    f"{_rate_text(f['shape']) if 'shape' in f else '-'} | {_rate_text(f['matched'])} | "
-                    f"{'yes' if c['has_mechanism'] else 'no'} |")
+        rows.append(
+            f"| {c['family']} (control: {c['mechanism']}) | probe: {c['probe']} | {c['seed']} | {c['steps']} | "
+            f"{_rate_text(f['effect'])} | {_rate_text(f['decoy'])} | "
+            f"{_rate_text(f['shape']) if 'shape' in f else '-'} | {_rate_text(f['matched'])} | "
+            f"{'yes' if c['has_mechanism'] else 'no'} |"
+        )
     return "\n".join(rows)
 
 
@@ -369,8 +423,11 @@ def scores_markdown(result: dict[str, Any], part: str = "methods") -> str:
             s = result["table"][key][part][meth]
             cells.append("n/a" if not s["models"] else f"{s['mean']:.2f} [{s['low']:.2f}, {s['high']:.2f}]")
         rows.append(f"| {meth} | " + " | ".join(cells) + " |")
-    counts = [f"{k}: {v['verified']}/{v['models']} models have the mechanism, "
-              f"{v['methods'][methods[0]]['scenes']} scenes scored" for k, v in result["table"].items()]
+    counts = [
+        f"{k}: {v['verified']}/{v['models']} models have the mechanism, "
+        f"{v['methods'][methods[0]]['scenes']} scenes scored"
+        for k, v in result["table"].items()
+    ]
     return "\n".join(rows) + "\n\n" + "; ".join(counts)
 
 
@@ -378,15 +435,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m faithclip.audit.mechanisms",
         description="Verify planted mechanisms by intervention and score explanation methods by agreement with "
-                    "each model's interventional effect (docs/p2.md, 'Planted mechanisms').")
+        "each model's interventional effect (docs/p2.md, 'Planted mechanisms').",
+    )
     parser.add_argument("models", nargs="+", help="directories saved by `faithclip train-shapes --mechanism ...`")
-    parser.add_argument("--control", action="append", default=[],
-                        help="a model to run on every mechanism's probe scenes, as a control (repeatable)")
+    parser.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        help="a model to run on every mechanism's probe scenes, as a control (repeatable)",
+    )
     parser.add_argument("--verify-scenes", type=int, default=200, help="probe scenes per model (default: %(default)s)")
-    parser.add_argument("--map-scenes", type=int, default=32,
-                        help="agreeing scenes per model whose maps are scored (default: %(default)s)")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help="comma-separated methods (default: %(default)s); random is always added")
+    parser.add_argument(
+        "--map-scenes",
+        type=int,
+        default=32,
+        help="agreeing scenes per model whose maps are scored (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="comma-separated methods (default: %(default)s); random is always added",
+    )
     parser.add_argument("--json", default=None, help="also write the full result here")
     args = parser.parse_args(argv)
     if args.verify_scenes < 1 or args.map_scenes < 0:
@@ -414,16 +483,26 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        result = run(args.models, verify_scenes=args.verify_scenes, map_scenes=args.map_scenes, methods=methods,
-                     controls=args.control, progress=logger.info)
+        result = run(
+            args.models,
+            verify_scenes=args.verify_scenes,
+            map_scenes=args.map_scenes,
+            methods=methods,
+            controls=args.control,
+            progress=logger.info,
+        )
     except KeyboardInterrupt:
         return 130
-    sys.stdout.write(f"Verification ({args.verify_scenes} probe scenes per model; Wilson 95 %):\n\n"
-                     + verification_markdown(result) + "\n\nAgreement with the interventional effect "
-                     f"(positive-mass share on the effect region; up to {args.map_scenes} agreeing scenes per model; "
-                     "two-level bootstrap 95 %):\n\n" + scores_markdown(result) + "\n\nShare on the decoy (the region "
-                     "whose removal does not change the prediction):\n\n" + scores_markdown(result, "decoy")
-                     + f"\n\n{result['seconds']} s\n")
+    sys.stdout.write(
+        f"Verification ({args.verify_scenes} probe scenes per model; Wilson 95 %):\n\n"
+        + verification_markdown(result)
+        + "\n\nAgreement with the interventional effect "
+        f"(positive-mass share on the effect region; up to {args.map_scenes} agreeing scenes per model; "
+        "two-level bootstrap 95 %):\n\n" + scores_markdown(result) + "\n\nShare on the decoy (the region "
+        "whose removal does not change the prediction):\n\n"
+        + scores_markdown(result, "decoy")
+        + f"\n\n{result['seconds']} s\n"
+    )
     if args.json:
         from faithclip.files import OutputError, write_atomic
 

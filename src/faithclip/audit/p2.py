@@ -91,8 +91,13 @@ class P2Design:
 
 
 # ---- the verdict ----------------------------------------------------------------------------------
-def p2_verdicts(tests: dict[str, WithinTest], min_effect: float = MIN_EFFECT, alpha: float = ALPHA,
-                min_scenes: int = MIN_SCENES, min_ladders: int = MIN_LADDERS) -> dict[str, dict[str, Any]]:
+def p2_verdicts(
+    tests: dict[str, WithinTest],
+    min_effect: float = MIN_EFFECT,
+    alpha: float = ALPHA,
+    min_scenes: int = MIN_SCENES,
+    min_ladders: int = MIN_LADDERS,
+) -> dict[str, dict[str, Any]]:
     """Verdicts for the methods of one run from their ``within_test`` results (rule in the module docstring).
 
     Holm over the 2M one-sided p-values of the run. Returns per method the adjusted p-values, the verdict
@@ -107,8 +112,13 @@ def p2_verdicts(tests: dict[str, WithinTest], min_effect: float = MIN_EFFECT, al
         p_tracks, p_below = adjusted[i], adjusted[len(names) + i]
         reason = ""
         if test.scenes < min_scenes or test.ladders < min_ladders:
-            verdict, reason = "inconclusive", (f"{test.scenes} scenes x {test.ladders} ladders is below the smallest "
-                                               f"design offered a verdict ({min_scenes} x {min_ladders})")
+            verdict, reason = (
+                "inconclusive",
+                (
+                    f"{test.scenes} scenes x {test.ladders} ladders is below the smallest "
+                    f"design offered a verdict ({min_scenes} x {min_ladders})"
+                ),
+            )
         elif math.isnan(test.r):
             verdict, reason = "inconclusive", "the model's measure does not vary within scenes"
         elif p_below < alpha:
@@ -117,21 +127,46 @@ def p2_verdicts(tests: dict[str, WithinTest], min_effect: float = MIN_EFFECT, al
             verdict = "tracks"
         else:
             verdict = "inconclusive"
-        out[name] = {**asdict(test), "p_tracks_holm": p_tracks, "p_below_holm": p_below, "verdict": verdict,
-                     "reason": reason, "min_effect": min_effect, "alpha": alpha}
+        out[name] = {
+            **asdict(test),
+            "p_tracks_holm": p_tracks,
+            "p_below_holm": p_below,
+            "verdict": verdict,
+            "reason": reason,
+            "min_effect": min_effect,
+            "alpha": alpha,
+        }
     return out
 
 
-def p2_statistics(model: dict[str, np.ndarray], maps: dict[str, dict[str, np.ndarray]], design: P2Design = P2Design(),
-                  min_scenes: int = MIN_SCENES, min_ladders: int = MIN_LADDERS) -> dict[str, Any]:
+def p2_statistics(
+    model: dict[str, np.ndarray],
+    maps: dict[str, dict[str, np.ndarray]],
+    design: P2Design = P2Design(),
+    min_scenes: int = MIN_SCENES,
+    min_ladders: int = MIN_LADDERS,
+) -> dict[str, Any]:
     """Tests and verdicts from per-scene arrays ``(L, S, V)``: ``model`` holds effect, margin, competent;
     ``maps[method]`` holds share and pointing. Returns per pair (primary, secondary) the verdict table."""
     result = {}
     for pair, (x_name, y_name) in PAIRS.items():
-        tests = {m: within_test(model[x_name], values[y_name], design.min_effect, design.resamples,
-                                design.permutations, 0.95, design.bootstrap_seed) for m, values in maps.items()}
-        result[pair] = {"x": x_name, "y": y_name,
-                        "methods": p2_verdicts(tests, design.min_effect, design.alpha, min_scenes, min_ladders)}
+        tests = {
+            m: within_test(
+                model[x_name],
+                values[y_name],
+                design.min_effect,
+                design.resamples,
+                design.permutations,
+                0.95,
+                design.bootstrap_seed,
+            )
+            for m, values in maps.items()
+        }
+        result[pair] = {
+            "x": x_name,
+            "y": y_name,
+            "methods": p2_verdicts(tests, design.min_effect, design.alpha, min_scenes, min_ladders),
+        }
     return result
 
 
@@ -149,9 +184,17 @@ def headline_contrast(competent: np.ndarray, pointing: np.ndarray, level: float)
         v = int(below[0])
         before, after = pointing[l, :, 0] > 0.5, pointing[l, :, v] > 0.5
         b, c = int((before & ~after).sum()), int((~before & after).sum())
-        rows.append({"ladder": l, "rung": v, "competence": [float(rates[0]), float(rates[v])],
-                     "pointing": [float(before.mean()), float(after.mean())], "lost": b, "gained": c,
-                     "p_mcnemar": mcnemar_exact(b, c)})
+        rows.append(
+            {
+                "ladder": l,
+                "rung": v,
+                "competence": [float(rates[0]), float(rates[v])],
+                "pointing": [float(before.mean()), float(after.mean())],
+                "lost": b,
+                "gained": c,
+                "p_mcnemar": mcnemar_exact(b, c),
+            }
+        )
     return rows
 
 
@@ -170,8 +213,9 @@ def scene_pairs(handle: Any, n: int, seed: int) -> ScenePairs:
     """``n`` 2-4-object scenes and the same scenes with the named object erased, at the model's input size."""
     from faithclip.shapes.world import ShapesWorld
 
-    scenes, erased = ShapesWorld(image_size=handle.image_size).counterfactual_pairs(n, seed=seed, kind="remove",
-                                                                                    min_objects=2)
+    scenes, erased = ShapesWorld(image_size=handle.image_size).counterfactual_pairs(
+        n, seed=seed, kind="remove", min_objects=2
+    )
     images = _pil(scenes.images)
     return ScenePairs(scenes, images, handle.pixels(images), handle.pixels(_pil(erased.images)))
 
@@ -195,9 +239,12 @@ def model_measures(handle: Any, pairs: ScenePairs) -> dict[str, np.ndarray]:
         present[rows[valid], scenes.labels[valid, k]] = True
     best_absent = np.where(present, -np.inf, scores).max(1)
     margin = scores[rows, named] - best_absent
-    return {"effect": scores[rows, named] - removed[rows, named], "margin": margin,
-            "competent": (margin > 0).astype(np.float64),
-            "chance": 1.0 / (len(prompts) - present.sum(1) + 1)}
+    return {
+        "effect": scores[rows, named] - removed[rows, named],
+        "margin": margin,
+        "competent": (margin > 0).astype(np.float64),
+        "chance": 1.0 / (len(prompts) - present.sum(1) + 1),
+    }
 
 
 def _pil(images: np.ndarray) -> list:
@@ -218,10 +265,15 @@ def map_measures(handle: Any, method: Any, pairs: ScenePairs, options: dict | No
     share, pointing = [], []
     for index, image in enumerate(pairs.images):
         mask = scenes.target_masks[index]
-        pixels = pairs.pixels[index:index + 1]
-        ctx = Context(handle=handle, side="image", pixels=pixels,
-                      text=handle.tokens([scenes.prompts[scenes.target_labels[index]]]),
-                      target=handle.family.default_target(), originals=[image])
+        pixels = pairs.pixels[index : index + 1]
+        ctx = Context(
+            handle=handle,
+            side="image",
+            pixels=pixels,
+            text=handle.tokens([scenes.prompts[scenes.target_labels[index]]]),
+            target=handle.family.default_target(),
+            originals=[image],
+        )
         extra = {"original": image} if "original" in spec.defaults else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -237,8 +289,9 @@ def map_measures(handle: Any, method: Any, pairs: ScenePairs, options: dict | No
 def mass_share(patch_map: torch.Tensor, mask: np.ndarray) -> float:
     """Share of the map's positive mass on the mask: ``sum(relu(m) * cover) / sum(relu(m))``, ``cover`` the
     fraction of each map cell inside the mask; a map with no positive mass counts as uniform (mean cover)."""
-    cover = F.adaptive_avg_pool2d(torch.as_tensor(mask, dtype=torch.float64)[None, None],
-                                  tuple(patch_map.shape))[0, 0]  # (gh, gw)
+    cover = F.adaptive_avg_pool2d(torch.as_tensor(mask, dtype=torch.float64)[None, None], tuple(patch_map.shape))[
+        0, 0
+    ]  # (gh, gw)
     positive = patch_map.double().clamp_min(0)
     total = float(positive.sum())
     return float(cover.mean()) if total <= 0 else float((positive * cover).sum() / total)
@@ -262,8 +315,13 @@ def ladder_rungs(handle: Any, pairs: ScenePairs, seed: int, design: P2Design) ->
     return [end * v / (design.rungs - 1) for v in range(design.rungs)], competence
 
 
-def p2_test(handle: Any, methods: Sequence[Any], design: P2Design = P2Design(),
-            options: dict[str, dict] | None = None, progress: Any = None) -> dict[str, Any]:
+def p2_test(
+    handle: Any,
+    methods: Sequence[Any],
+    design: P2Design = P2Design(),
+    options: dict[str, dict] | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
     """P2 on ``handle``: per-scene measures on every rung of every ladder, the tests, verdicts and contrast."""
     from faithclip.audit.ladder import degrade, method_name
 
@@ -271,7 +329,9 @@ def p2_test(handle: Any, methods: Sequence[Any], design: P2Design = P2Design(),
     pairs = scene_pairs(handle, design.scenes, design.scene_seed)
     names = [method_name(m) for m in methods]
     model = {k: np.zeros((design.ladders, design.scenes, design.rungs)) for k in ("effect", "margin", "competent")}
-    maps = {n: {k: np.zeros((design.ladders, design.scenes, design.rungs)) for k in ("share", "pointing")} for n in names}
+    maps = {
+        n: {k: np.zeros((design.ladders, design.scenes, design.rungs)) for k in ("share", "pointing")} for n in names
+    }
     ladders = []
     trained_maps: dict[str, dict[str, np.ndarray]] = {}
     for l in range(design.ladders):
@@ -295,16 +355,40 @@ def p2_test(handle: Any, methods: Sequence[Any], design: P2Design = P2Design(),
             if progress:
                 progress(f"P2 ladder {l + 1}/{design.ladders} rung {v + 1}/{design.rungs} (alpha {alpha:.3f})")
         ladders[-1]["competence"] = model["competent"][l].mean(0).tolist()
-    result = {"design": asdict(design), "model": handle.name, "methods": names, "ladders": ladders,
-              **p2_statistics(model, maps, design),
-              "contrast": {n: headline_contrast(model["competent"], maps[n]["pointing"], design.contrast_level)
-                           for n in names},
-              "per_scene": {"model": {k: v.tolist() for k, v in model.items()},
-                            "maps": {n: {k: v.tolist() for k, v in m.items()} for n, m in maps.items()}},
-              "seconds": round(time.perf_counter() - started, 1)}
+    result = {
+        "design": asdict(design),
+        "model": handle.name,
+        "methods": names,
+        "ladders": ladders,
+        **p2_statistics(model, maps, design),
+        "contrast": {
+            n: headline_contrast(model["competent"], maps[n]["pointing"], design.contrast_level) for n in names
+        },
+        "per_scene": {
+            "model": {k: v.tolist() for k, v in model.items()},
+            "maps": {n: {k: v.tolist() for k, v in m.items()} for n, m in maps.items()},
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     return result
 
 
-__all__ = ["P2Design", "VERDICTS", "PAIRS", "MIN_EFFECT", "ALPHA", "MIN_SCENES", "MIN_LADDERS", "p2_verdicts",
-           "p2_statistics", "headline_contrast", "model_measures", "map_measures", "mass_share", "ladder_rungs",
-           "p2_test", "scene_pairs", "ScenePairs"]
+__all__ = [
+    "P2Design",
+    "VERDICTS",
+    "PAIRS",
+    "MIN_EFFECT",
+    "ALPHA",
+    "MIN_SCENES",
+    "MIN_LADDERS",
+    "p2_verdicts",
+    "p2_statistics",
+    "headline_contrast",
+    "model_measures",
+    "map_measures",
+    "mass_share",
+    "ladder_rungs",
+    "p2_test",
+    "scene_pairs",
+    "ScenePairs",
+]

@@ -28,8 +28,17 @@ from faithclip.audit.p2 import PAIRS, P2Design, p2_statistics
 # grad_eclip is left out: it gives Attention-ECLIP's maps (docs/equivalence.md), so the same r in every cell.
 # occlusion, rise and m2ib are left out for time, as in the audit's default (occlusion alone costs about as much
 # as the nine others together); tests/unit/test_p2_controls.py runs occlusion as the known-answer control.
-DEFAULT_METHODS = ("attention_eclip", "grad_eclip_official", "clip_surgery", "game", "grad_cam",
-                   "legrad", "maskclip", "rollout", "self_attention")
+DEFAULT_METHODS = (
+    "attention_eclip",
+    "grad_eclip_official",
+    "clip_surgery",
+    "game",
+    "grad_cam",
+    "legrad",
+    "maskclip",
+    "rollout",
+    "self_attention",
+)
 
 
 def run_name(scene_seed: int, ladder_seed: int) -> str:
@@ -58,9 +67,11 @@ def spread_line(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
             sds.append(float(np.nanstd(r_s, ddof=1)))
             entry = run["primary"]["methods"][method]
             widths.append((entry["high"] - entry["low"]) / 2)
-    return (f"spread (primary, {len(sds)} method-runs): per-scene r SD median {np.median(sds):.2f} "
-            f"({min(sds):.2f}-{max(sds):.2f}); bootstrap half-width of r median {np.median(widths):.2f} "
-            f"({min(widths):.2f}-{max(widths):.2f})")
+    return (
+        f"spread (primary, {len(sds)} method-runs): per-scene r SD median {np.median(sds):.2f} "
+        f"({min(sds):.2f}-{max(sds):.2f}); bootstrap half-width of r median {np.median(widths):.2f} "
+        f"({min(widths):.2f}-{max(widths):.2f})"
+    )
 
 
 def tables(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
@@ -69,30 +80,42 @@ def tables(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
     methods = list(next(iter(runs.values()))["methods"])
     lines = []
     for pair, (x_name, y_name) in PAIRS.items():
-        lines += ["", f"{pair}: x = {x_name}, y = {y_name}; r [95 %] verdict per (scene seed, ladder seed)", "",
-                  "| method | " + " | ".join(f"{s}, {l}" for s, l in cells) + " | same verdict |",
-                  "|---|" + "---|" * (len(cells) + 1)]
+        lines += [
+            "",
+            f"{pair}: x = {x_name}, y = {y_name}; r [95 %] verdict per (scene seed, ladder seed)",
+            "",
+            "| method | " + " | ".join(f"{s}, {l}" for s, l in cells) + " | same verdict |",
+            "|---|" + "---|" * (len(cells) + 1),
+        ]
         for method in methods:
             entries = [runs[cell][pair]["methods"][method] for cell in cells]
             verdicts = {e["verdict"] for e in entries}
-            lines.append(f"| {method} | " + " | ".join(
-                f"{e['r']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}] {e['verdict']}" for e in entries)
-                + f" | {'yes: ' + verdicts.pop() if len(verdicts) == 1 else 'no'} |")
+            lines.append(
+                f"| {method} | "
+                + " | ".join(f"{e['r']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}] {e['verdict']}" for e in entries)
+                + f" | {'yes: ' + verdicts.pop() if len(verdicts) == 1 else 'no'} |"
+            )
     spread = spread_line(runs)
     lines += ["", spread]
     first = next(iter(runs.values()))["design"]
-    head = (f"P2 on {next(iter(runs.values()))['model']}: {len(cells)} runs of {first['scenes']} scenes x "
-            f"{first['ladders']} ladders x {first['rungs']} rungs, {len(methods)} methods (Holm within each run)")
+    head = (
+        f"P2 on {next(iter(runs.values()))['model']}: {len(cells)} runs of {first['scenes']} scenes x "
+        f"{first['ladders']} ladders x {first['rungs']} rungs, {len(methods)} methods (Holm within each run)"
+    )
     return head + "\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m faithclip.audit.p2_replicate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m faithclip.audit.p2_replicate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", default="shapes-clip")
     parser.add_argument("--scene-seeds", default="2,3,4", help="comma-separated scene seeds")
-    parser.add_argument("--ladder-seeds", default="0,3,6",
-                        help="comma-separated first ladder seeds (a run's ladders are L, L + 1, ...)")
+    parser.add_argument(
+        "--ladder-seeds", default="0,3,6", help="comma-separated first ladder seeds (a run's ladders are L, L + 1, ...)"
+    )
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods")
     parser.add_argument("--scenes", type=int, default=P2Design().scenes)
     parser.add_argument("--ladders", type=int, default=P2Design().ladders)
@@ -116,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     runs[(s, l)] = restate(json.loads(path.read_text()), methods)
                 except (OSError, ValueError, KeyError) as error:
-                    print(f"p2_replicate: cannot read a run with methods {', '.join(methods)} from {path}: "
-                          f"{error!r}", file=sys.stderr)
+                    print(
+                        f"p2_replicate: cannot read a run with methods {', '.join(methods)} from {path}: {error!r}",
+                        file=sys.stderr,
+                    )
                     return 2
     else:
         if args.save is not None:
@@ -129,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from faithclip.audit.p2 import p2_test
-        from faithclip.models.loading import load
         from faithclip.errors import FaithclipError
+        from faithclip.models.loading import load
 
         torch.set_num_threads(1)
         try:
@@ -152,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                     (args.save / run_name(s, l)).write_text(json.dumps(run))
     print(tables(runs))
     seconds = [run["seconds"] for run in runs.values()]
-    print(f"\n(runs took {min(seconds):.0f}-{max(seconds):.0f} s each when measured; this command "
-          f"{time.perf_counter() - started:.0f} s)")
+    print(
+        f"\n(runs took {min(seconds):.0f}-{max(seconds):.0f} s each when measured; this command "
+        f"{time.perf_counter() - started:.0f} s)"
+    )
     return 0
 
 

@@ -48,18 +48,25 @@ class Scenario:
 
 
 SCENE_SD = 0.6  # each scene its own association: SD of the scenes' r around the mean (docstring)
-SCENARIOS = (Scenario("maps ignore the model", 0.0, "reuse"), Scenario("null r = 0", 0.0, "continuous"),
-             Scenario("flat pointing 0/1", 0.0, "binary"), Scenario("tracks r = 0.1", 0.1, "continuous"),
-             Scenario("tracks r = 0.2", 0.2, "continuous"), Scenario("tracks 0/1 r = 0.3", 0.3, "binary"),
-             Scenario("heavy null r = 0", 0.0, "heavy"), Scenario("heavy tracks r = 0.3", 0.3, "heavy"),
-             Scenario("scenes differ r = 0", 0.0, "scenes differ"),
-             Scenario("scenes differ r = 0.1", 0.1, "scenes differ"),
-             Scenario("scenes differ r = 0.2", 0.2, "scenes differ"),
-             Scenario("scenes differ r = 0.3", 0.3, "scenes differ"))
+SCENARIOS = (
+    Scenario("maps ignore the model", 0.0, "reuse"),
+    Scenario("null r = 0", 0.0, "continuous"),
+    Scenario("flat pointing 0/1", 0.0, "binary"),
+    Scenario("tracks r = 0.1", 0.1, "continuous"),
+    Scenario("tracks r = 0.2", 0.2, "continuous"),
+    Scenario("tracks 0/1 r = 0.3", 0.3, "binary"),
+    Scenario("heavy null r = 0", 0.0, "heavy"),
+    Scenario("heavy tracks r = 0.3", 0.3, "heavy"),
+    Scenario("scenes differ r = 0", 0.0, "scenes differ"),
+    Scenario("scenes differ r = 0.1", 0.1, "scenes differ"),
+    Scenario("scenes differ r = 0.2", 0.2, "scenes differ"),
+    Scenario("scenes differ r = 0.3", 0.3, "scenes differ"),
+)
 
 
-def synthetic(scenario: Scenario, ladders: int, scenes: int, rungs: int,
-              generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(
+    scenario: Scenario, ladders: int, scenes: int, rungs: int, generator: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """One method's ``(x, y)``, each ``(L, S, V)``, drawn from ``scenario`` (module docstring)."""
     shape = (ladders, scenes, rungs)
     trend = np.linspace(0, -3, rungs)[None, None, :]
@@ -74,14 +81,22 @@ def synthetic(scenario: Scenario, ladders: int, scenes: int, rungs: int,
     r = scenario.r
     if scenario.kind == "scenes differ":  # each scene its own association, mean r, SD SCENE_SD
         r = np.clip(scenario.r + SCENE_SD * generator.standard_normal((1, scenes, 1)), -0.95, 0.95)
-    noise = r * z_x + np.sqrt(1 - r ** 2) * generator.standard_normal(shape)
+    noise = r * z_x + np.sqrt(1 - r**2) * generator.standard_normal(shape)
     if scenario.kind == "binary":
         return x, (0.3 * scene_y + noise > 0).astype(np.float64)
     return x, scene_y + 0.5 * trend + noise
 
 
-def simulate(scenario: Scenario, ladders: int, scenes: int, rungs: int, replicates: int, methods: int,
-             design: P2Design, seed: int = 0) -> dict[str, float]:
+def simulate(
+    scenario: Scenario,
+    ladders: int,
+    scenes: int,
+    rungs: int,
+    replicates: int,
+    methods: int,
+    design: P2Design,
+    seed: int = 0,
+) -> dict[str, float]:
     """Verdict rates of ``replicates`` runs of ``methods`` methods each (all drawn from ``scenario``)."""
     generator = np.random.default_rng([seed, ladders, scenes, rungs, zlib.crc32(scenario.name.encode())])
     counts = {"tracks": 0, "does not track": 0, "inconclusive": 0, "sharp": 0}
@@ -89,8 +104,9 @@ def simulate(scenario: Scenario, ladders: int, scenes: int, rungs: int, replicat
         tests = {}
         for m in range(methods):
             x, y = synthetic(scenario, ladders, scenes, rungs, generator)
-            tests[f"m{m}"] = within_test(x, y, design.min_effect, design.resamples, design.permutations, 0.95,
-                                         seed=replicate * methods + m)
+            tests[f"m{m}"] = within_test(
+                x, y, design.min_effect, design.resamples, design.permutations, 0.95, seed=replicate * methods + m
+            )
         for entry in p2_verdicts(tests, design.min_effect, design.alpha, min_scenes=0, min_ladders=0).values():
             counts[entry["verdict"]] += 1
             counts["sharp"] += entry["p_sharp"] < design.alpha  # descriptive: the permutation test, unadjusted
@@ -98,8 +114,15 @@ def simulate(scenario: Scenario, ladders: int, scenes: int, rungs: int, replicat
     return {k: v / total for k, v in counts.items()}
 
 
-def operating_characteristics(sizes: list[tuple[int, int]], rungs: int, replicates: int, methods: int,
-                              design: P2Design = P2Design(), seed: int = 0, report: Any = None) -> list[dict]:
+def operating_characteristics(
+    sizes: list[tuple[int, int]],
+    rungs: int,
+    replicates: int,
+    methods: int,
+    design: P2Design = P2Design(),
+    seed: int = 0,
+    report: Any = None,
+) -> list[dict]:
     rows = []
     for ladders, scenes in sizes:
         for scenario in SCENARIOS:
@@ -115,9 +138,11 @@ def spread(ladders: int, scenes: int, rungs: int, replicates: int, design: P2Des
     of r and 1.96 SD of r over the replicates -- the figures ``SCENE_SD`` is calibrated on (module docstring)."""
     from faithclip.audit.p2stats import scene_correlations
 
-    lines = [f"spread at {ladders} x {scenes}, mean r = 0.1, {replicates} runs:",
-             "| scenario | per-scene r SD (median) | half-width of r (median) | 1.96 SD of r over runs |",
-             "|---|---|---|---|"]
+    lines = [
+        f"spread at {ladders} x {scenes}, mean r = 0.1, {replicates} runs:",
+        "| scenario | per-scene r SD (median) | half-width of r (median) | 1.96 SD of r over runs |",
+        "|---|---|---|---|",
+    ]
     for kind in ("continuous", "heavy", "scenes differ"):
         generator = np.random.default_rng([seed, ladders, scenes, zlib.crc32(kind.encode())])
         sds, widths, values = [], [], []
@@ -132,41 +157,58 @@ def spread(ladders: int, scenes: int, rungs: int, replicates: int, design: P2Des
 
 
 def format_row(row: dict) -> str:
-    return (f"| {row['ladders']} | {row['scenes']} | {row['scenario']} | {row['tracks']:.3f} | "
-            f"{row['does not track']:.3f} | {row['inconclusive']:.3f} | {row['sharp']:.3f} |")
+    return (
+        f"| {row['ladders']} | {row['scenes']} | {row['scenario']} | {row['tracks']:.3f} | "
+        f"{row['does not track']:.3f} | {row['inconclusive']:.3f} | {row['sharp']:.3f} |"
+    )
 
 
 def format_table(rows: list[dict], replicates: int, methods: int, design: P2Design) -> str:
-    lines = [f"P2 verdict rates over {replicates} simulated runs of {methods} method(s) each (Holm over the run's "
-             f"{2 * methods} p-values, alpha {design.alpha:g}, minimum effect {design.min_effect:g}, "
-             f"{design.resamples} resamples, {design.permutations} permutations)",
-             "| ladders | scenes | scenario | tracks | does not track | inconclusive | sharp null rejected |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"P2 verdict rates over {replicates} simulated runs of {methods} method(s) each (Holm over the run's "
+        f"{2 * methods} p-values, alpha {design.alpha:g}, minimum effect {design.min_effect:g}, "
+        f"{design.resamples} resamples, {design.permutations} permutations)",
+        "| ladders | scenes | scenario | tracks | does not track | inconclusive | sharp null rejected |",
+        "|---|---|---|---|---|---|---|",
+    ]
     lines += [format_row(row) for row in rows]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m faithclip.audit.p2_simulate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m faithclip.audit.p2_simulate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--replicates", type=int, default=100, help="simulated runs per scenario and size")
     parser.add_argument("--methods", type=int, default=1, help="methods per run (Holm over 2 x methods p-values)")
-    parser.add_argument("--sizes", nargs="+", default=["2x32", "3x32", "2x64", "2x128"],
-                        help="designs as LADDERSxSCENES")
+    parser.add_argument(
+        "--sizes", nargs="+", default=["2x32", "3x32", "2x64", "2x128"], help="designs as LADDERSxSCENES"
+    )
     parser.add_argument("--rungs", type=int, default=P2Design().rungs)
     parser.add_argument("--resamples", type=int, default=P2Design().resamples)
     parser.add_argument("--permutations", type=int, default=P2Design().permutations)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="print each row to stderr as it is measured")
-    parser.add_argument("--spread", action="store_true",
-                        help="print only the spread of each scenario kind at the first size (SCENE_SD's calibration)")
+    parser.add_argument(
+        "--spread",
+        action="store_true",
+        help="print only the spread of each scenario kind at the first size (SCENE_SD's calibration)",
+    )
     args = parser.parse_args(argv)
     try:
         sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
     except ValueError:
         sizes = []
-    if not sizes or any(len(size) != 2 for size in sizes) or min(
-            args.replicates, args.methods, args.rungs, args.resamples, args.permutations, *(v for s in sizes for v in s)) < 1:
+    if (
+        not sizes
+        or any(len(size) != 2 for size in sizes)
+        or min(
+            args.replicates, args.methods, args.rungs, args.resamples, args.permutations, *(v for s in sizes for v in s)
+        )
+        < 1
+    ):
         print("p2_simulate: sizes are LADDERSxSCENES (e.g. 3x48) and every size must be at least 1.", file=sys.stderr)
         return 2
     design = P2Design(resamples=args.resamples, permutations=args.permutations)

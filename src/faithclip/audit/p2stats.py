@@ -139,8 +139,9 @@ def bootstrap_within(x: np.ndarray, y: np.ndarray, resamples: int, generator: np
     return resampled_r(sums, ladder_counts, scene_counts)
 
 
-def resampled_r(sums: tuple[np.ndarray, np.ndarray, np.ndarray], ladder_counts: np.ndarray,
-                scene_counts: np.ndarray) -> np.ndarray:
+def resampled_r(
+    sums: tuple[np.ndarray, np.ndarray, np.ndarray], ladder_counts: np.ndarray, scene_counts: np.ndarray
+) -> np.ndarray:
     """``(B,)`` r of resamples given as counts: each scene's r_s from its drawn ladders' sums, then the
     scene-count-weighted mean over the scenes whose r_s is defined."""
     xy, xx, yy = sums
@@ -171,8 +172,15 @@ def permutation_within(x: np.ndarray, y: np.ndarray, permutations: int, generato
     return pair[orders, np.arange(n)[None, :]].mean(1)
 
 
-def within_test(x: np.ndarray, y: np.ndarray, min_effect: float, resamples: int = 2000, permutations: int = 2000,
-                confidence: float = 0.95, seed: int = 0) -> WithinTest:
+def within_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    min_effect: float,
+    resamples: int = 2000,
+    permutations: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> WithinTest:
     """The estimate, its two-level bootstrap interval, and the two one-sided p-values P2's verdict uses."""
     x, y = as_panel(x), as_panel(y)
     if x.shape != y.shape:
@@ -207,7 +215,7 @@ def holm(pvalues: list[float]) -> list[float]:
 
 def binomial_cdf(k: int, n: int, p: float = 0.5) -> float:
     """P(X <= k) for X ~ Binomial(n, p), summed exactly with integer binomial coefficients."""
-    return float(sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(0, k + 1)))
+    return float(sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(0, k + 1)))
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -233,8 +241,9 @@ def stratified_difference(values: np.ndarray, group: np.ndarray, strata: np.ndar
     return (total / weight if weight else math.nan), used
 
 
-def stratified_permutation(values: np.ndarray, group: np.ndarray, strata: np.ndarray, permutations: int = 2000,
-                           seed: int = 0) -> dict[str, float]:
+def stratified_permutation(
+    values: np.ndarray, group: np.ndarray, strata: np.ndarray, permutations: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """The within-stratum difference and its one-sided permutation p-values (group labels shuffled inside
     each stratum): ``p_greater`` for ``H0: difference <= 0``, ``p_less`` for ``H0: difference >= 0``."""
     values, group, strata = np.asarray(values, np.float64), np.asarray(group, bool), np.asarray(strata)
@@ -249,10 +258,31 @@ def stratified_permutation(values: np.ndarray, group: np.ndarray, strata: np.nda
         for idx in members:
             shuffled[idx] = group[idx][generator.permutation(idx.size)]
         draws[k] = stratified_difference(values, shuffled, strata)[0]
-    return {"difference": observed, "p_greater": float((1 + np.sum(draws >= observed - 1e-12)) / (1 + permutations)),
-            "p_less": float((1 + np.sum(draws <= observed + 1e-12)) / (1 + permutations)), "strata": used}
+    return {
+        "difference": observed,
+        "p_greater": float((1 + np.sum(draws >= observed - 1e-12)) / (1 + permutations)),
+        "p_less": float((1 + np.sum(draws <= observed + 1e-12)) / (1 + permutations)),
+        "strata": used,
+    }
 
 
-__all__ = ["WithinTest", "as_panel", "two_way_centred", "within_correlation", "scene_sums", "scene_correlations",
-           "average_scene_correlation", "resampled_r", "bootstrap_within", "permutation_within",
-           "within_test", "draw_counts", "percentile", "holm", "binomial_cdf", "mcnemar_exact", "stratified_difference", "stratified_permutation"]
+__all__ = [
+    "WithinTest",
+    "as_panel",
+    "two_way_centred",
+    "within_correlation",
+    "scene_sums",
+    "scene_correlations",
+    "average_scene_correlation",
+    "resampled_r",
+    "bootstrap_within",
+    "permutation_within",
+    "within_test",
+    "draw_counts",
+    "percentile",
+    "holm",
+    "binomial_cdf",
+    "mcnemar_exact",
+    "stratified_difference",
+    "stratified_permutation",
+]

@@ -27,13 +27,14 @@ from typing import Any, Sequence
 import torch
 
 from faithclip.errors import FaithclipError
-from faithclip.numerics import rounding_rtol
 from faithclip.methods.context import Context
 from faithclip.models.clip import ImageInput, ModelHandle
+from faithclip.numerics import rounding_rtol
 from faithclip.registry import METHODS, MethodSpec
 from faithclip.verdicts import p1_verdict
 
 logger = logging.getLogger(__name__)
+
 
 def p1_tolerance(dtype: torch.dtype) -> float:
     """The P1 bound for a model in ``dtype``: the project's rounding bound (``faithclip.numerics``).
@@ -73,18 +74,29 @@ def _reason(spec: MethodSpec, gap: float, passed: bool) -> str:
     declared = [flag for flag in ("modifies_model", "modifies_input") if getattr(spec, flag)]
     if not passed:
         if declared:
-            return (f"explains a score {gap:.2e} (relative) away from the model's own; declared "
-                    f"{' and '.join(declared)}: it explains a different forward or input")
-        return (f"explains a score {gap:.2e} (relative) away from the model's own WITHOUT declaring "
-                "modifies_model / modifies_input: fix the method or its declaration")
+            return (
+                f"explains a score {gap:.2e} (relative) away from the model's own; declared "
+                f"{' and '.join(declared)}: it explains a different forward or input"
+            )
+        return (
+            f"explains a score {gap:.2e} (relative) away from the model's own WITHOUT declaring "
+            "modifies_model / modifies_input: fix the method or its declaration"
+        )
     if declared:
         return f"scores agree to rounding (gap {gap:.1e}) although the method declares {' and '.join(declared)}"
     return f"explains the model's own score (equal to rounding, gap {gap:.1e})"
 
 
-def check_p1(model: ModelHandle, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str] | torch.Tensor,
-             methods: Sequence[str | MethodSpec] | None = None, *, sides: Sequence[str] | None = None,
-             tol: float | None = None, options: dict[str, dict] | None = None) -> list[P1Row]:
+def check_p1(
+    model: ModelHandle,
+    images: ImageInput | Sequence[ImageInput],
+    texts: str | Sequence[str] | torch.Tensor,
+    methods: Sequence[str | MethodSpec] | None = None,
+    *,
+    sides: Sequence[str] | None = None,
+    tol: float | None = None,
+    options: dict[str, dict] | None = None,
+) -> list[P1Row]:
     """P1 for every method (registered names or ``MethodSpec`` objects; default: all registered that support
     the model's family) and side (default: every side the family has), on the family's default score.
 
@@ -93,7 +105,6 @@ def check_p1(model: ModelHandle, images: ImageInput | Sequence[ImageInput], text
     its message; other exceptions propagate.
     """
     import faithclip.methods  # noqa: F401  (registers the methods; imported here to avoid an import cycle)
-
     from faithclip.api import family_target
 
     tol = p1_tolerance(model.dtype) if tol is None else tol

@@ -70,13 +70,19 @@ def _figure(values: dict, key: str, interval_key: str | None, digits: int = DIGI
 
 
 def _arm_rows(results: dict) -> list[tuple[str, list[str]]]:
-    rows = [(ARM_LABELS[arm], [_figure(values, key, interval) for key, _, interval in ARM_COLUMNS])
-            for arm, values in results["arms"].items()]
+    rows = [
+        (ARM_LABELS[arm], [_figure(values, key, interval) for key, _, interval in ARM_COLUMNS])
+        for arm, values in results["arms"].items()
+    ]
     text = results["text"]
     if text is None:  # no text tower (a classifier), or no published text side (BLIP)
         return rows
-    rows.append((f"text: last {text['layers']} blocks one-head", [_figure(text, key, interval)
-                                                                  for key, _, interval in ARM_COLUMNS]))
+    rows.append(
+        (
+            f"text: last {text['layers']} blocks one-head",
+            [_figure(text, key, interval) for key, _, interval in ARM_COLUMNS],
+        )
+    )
     return rows
 
 
@@ -86,9 +92,11 @@ def _intervals_note(results: dict) -> str:
     if boot is None:
         return ""
     prompts = f"; the text row's cosine over the {results['text']['prompts']} prompts" if results.get("text") else ""
-    return (f"value [{100 * boot['confidence']:g} % interval] over the {results['images']} images: flips and accuracy "
-            f"Wilson on the count, the rest a percentile bootstrap over images ({boot['resamples']} resamples, "
-            f"seed {boot['seed']}){prompts}; min cosine: the smallest")
+    return (
+        f"value [{100 * boot['confidence']:g} % interval] over the {results['images']} images: flips and accuracy "
+        f"Wilson on the count, the rest a percentile bootstrap over images ({boot['resamples']} resamples, "
+        f"seed {boot['seed']}){prompts}; min cosine: the smallest"
+    )
 
 
 def _map_figure(maps: dict, key: str) -> str:
@@ -98,8 +106,14 @@ def _map_figure(maps: dict, key: str) -> str:
     return _fmt(value, DIGITS) if value is None or interval is None else _estimate(value, interval, DIGITS)
 
 
-MAP_COLUMNS = ("Spearman vs faithful", "n (undefined)", "deletion AUC (lower better)", "deletion - faithful",
-               "insertion AUC (higher better)", "insertion - faithful")
+MAP_COLUMNS = (
+    "Spearman vs faithful",
+    "n (undefined)",
+    "deletion AUC (lower better)",
+    "deletion - faithful",
+    "insertion AUC (higher better)",
+    "insertion - faithful",
+)
 
 
 def _map_rows(results: dict) -> list[tuple[str, list[str]]]:
@@ -110,13 +124,17 @@ def _map_rows(results: dict) -> list[tuple[str, list[str]]]:
     rows = []
     for arm, title in _map_labels(results).items():
         spearman_key = f"spearman_{arm}_vs_faithful"
-        cells = [_map_figure(maps, spearman_key),
-                 f"{maps['n'][spearman_key]} ({maps['undefined'][spearman_key]})" if "n" in maps else "-"]
+        cells = [
+            _map_figure(maps, spearman_key),
+            f"{maps['n'][spearman_key]} ({maps['undefined'][spearman_key]})" if "n" in maps else "-",
+        ]
         for curve in ("deletion_auc", "insertion_auc"):
             key = f"{curve}_{arm}"
             contrast = contrasts.get(arm, {}).get(curve)
-            cells += [_map_figure(maps, key),
-                      "-" if contrast is None else _estimate(contrast["value"], [contrast["low"], contrast["high"]], DIGITS)]
+            cells += [
+                _map_figure(maps, key),
+                "-" if contrast is None else _estimate(contrast["value"], [contrast["low"], contrast["high"]], DIGITS),
+            ]
         rows.append((title, cells))
     return rows
 
@@ -141,16 +159,23 @@ def _published_verdict(results: dict) -> str | None:
     contrasts = results["maps"].get("contrasts", {}).get("published")
     if not contrasts:
         return None
-    parts = [f"{curve.split('_')[0]} {_estimate(c['value'], [c['low'], c['high']], DIGITS)} "
-             f"({contrast_reading(c, curve)})" for curve, c in contrasts.items()]
-    return (f"published - faithful, paired over {contrasts['deletion_auc']['n']} images, scored by the ORIGINAL "
-            f"model: " + "; ".join(parts))
+    parts = [
+        f"{curve.split('_')[0]} {_estimate(c['value'], [c['low'], c['high']], DIGITS)} ({contrast_reading(c, curve)})"
+        for curve, c in contrasts.items()
+    ]
+    return (
+        f"published - faithful, paired over {contrasts['deletion_auc']['n']} images, scored by the ORIGINAL "
+        f"model: " + "; ".join(parts)
+    )
 
 
 def format_audit(results: dict) -> str:
     """Terminal tables of one ``audit_departure`` result (plus ladder / P2 parts when present)."""
-    lines = [f"Grad-ECLIP audit: {results['model']} on {results['data']} "
-             f"({results['images']} images, {results['prompts']} prompts)", ""]
+    lines = [
+        f"Grad-ECLIP audit: {results['model']} on {results['data']} "
+        f"({results['images']} images, {results['prompts']} prompts)",
+        "",
+    ]
     if results.get("departure_skipped"):
         return "\n".join([*lines[:1], f"  departure not measured: {results['departure_skipped']}", *_p2_lines(results)])
     if _intervals_note(results):
@@ -161,14 +186,20 @@ def format_audit(results: dict) -> str:
     lines += [f"{label:<40}" + "".join(f"{v:>{width}}" for v in values) for label, values in _arm_rows(results)]
     maps = results.get("maps", {})
     if maps.get("mean"):
-        lines += ["", f"Grad-ECLIP maps on {maps['images']} images, each cause alone and together; AUCs scored by "
-                      "the ORIGINAL model on its own input; '- faithful': the paired per-image difference from the "
-                      "faithful map; n (undefined): images with a defined Spearman (constant maps have none):"]
-        lines.append(f"  {'map':<46}" + "".join(f"{title:>{width + 8 if 'AUC' in title else width}}"
-                                                for title in MAP_COLUMNS))
-        lines += [f"  {title:<46}" + "".join(f"{v:>{width + 8 if 'AUC' in MAP_COLUMNS[i] else width}}"
-                                             for i, v in enumerate(values))
-                  for title, values in _map_rows(results)]
+        lines += [
+            "",
+            f"Grad-ECLIP maps on {maps['images']} images, each cause alone and together; AUCs scored by "
+            "the ORIGINAL model on its own input; '- faithful': the paired per-image difference from the "
+            "faithful map; n (undefined): images with a defined Spearman (constant maps have none):",
+        ]
+        lines.append(
+            f"  {'map':<46}" + "".join(f"{title:>{width + 8 if 'AUC' in title else width}}" for title in MAP_COLUMNS)
+        )
+        lines += [
+            f"  {title:<46}"
+            + "".join(f"{v:>{width + 8 if 'AUC' in MAP_COLUMNS[i] else width}}" for i, v in enumerate(values))
+            for title, values in _map_rows(results)
+        ]
         verdict = _published_verdict(results)
         if verdict:
             lines.append(f"  {verdict}")
@@ -203,9 +234,11 @@ def _splits(results: dict) -> list[dict]:
     return split if isinstance(split, list) else [split]
 
 
-PAIR_TITLES = {"primary": "faithfulness: x = the model's score drop when the named object is erased, y = the map's "
-                           "mass share on it",
-               "secondary": "plausibility: x = margin of the named prompt over the best absent class, y = pointing hit"}
+PAIR_TITLES = {
+    "primary": "faithfulness: x = the model's score drop when the named object is erased, y = the map's "
+    "mass share on it",
+    "secondary": "plausibility: x = margin of the named prompt over the best absent class, y = pointing hit",
+}
 
 
 def _p(value: float) -> str:
@@ -216,8 +249,15 @@ def p2_rows(p2: dict, pair: str) -> list[list[str]]:
     """One row per method: r [interval], Holm-adjusted p-values, verdict (and why no verdict)."""
     rows = []
     for method, e in p2[pair]["methods"].items():
-        rows.append([method, _estimate(e["r"], [e["low"], e["high"]]), _p(e["p_tracks_holm"]), _p(e["p_below_holm"]),
-                     e["verdict"] + (f" ({e['reason']})" if e["reason"] else "")])
+        rows.append(
+            [
+                method,
+                _estimate(e["r"], [e["low"], e["high"]]),
+                _p(e["p_tracks_holm"]),
+                _p(e["p_below_holm"]),
+                e["verdict"] + (f" ({e['reason']})" if e["reason"] else ""),
+            ]
+        )
     return rows
 
 
@@ -227,26 +267,36 @@ def contrast_cells(p2: dict, method: str) -> list[str]:
         if row["rung"] is None:
             cells.append("no rung at that level")
         else:
-            cells.append(f"{row['pointing'][0]:.2f} -> {row['pointing'][1]:.2f} (competence {row['competence'][0]:.2f} -> "
-                         f"{row['competence'][1]:.2f}; -{row['lost']} +{row['gained']}, p {_p(row['p_mcnemar'])})")
+            cells.append(
+                f"{row['pointing'][0]:.2f} -> {row['pointing'][1]:.2f} (competence {row['competence'][0]:.2f} -> "
+                f"{row['competence'][1]:.2f}; -{row['lost']} +{row['gained']}, p {_p(row['p_mcnemar'])})"
+            )
     return cells
 
 
 def format_p2(p2: dict) -> str:
     d = p2["design"]
-    lines = [f"P2: do the maps track the model? Paired test (docs/p2.md): {d['scenes']} scene pairs x {d['ladders']} "
-             f"ladders x {d['rungs']} rungs; r = the average scene's within-scene, within-rung association, "
-             f"{d['resamples']} two-level bootstrap resamples [95 %] for the interval and both tests, Holm over the "
-             f"run at {d['alpha']:g}, minimum effect {d['min_effect']:g}"]
+    lines = [
+        f"P2: do the maps track the model? Paired test (docs/p2.md): {d['scenes']} scene pairs x {d['ladders']} "
+        f"ladders x {d['rungs']} rungs; r = the average scene's within-scene, within-rung association, "
+        f"{d['resamples']} two-level bootstrap resamples [95 %] for the interval and both tests, Holm over the "
+        f"run at {d['alpha']:g}, minimum effect {d['min_effect']:g}"
+    ]
     for ladder in p2["ladders"]:
-        lines.append(f"  ladder seed {ladder['seed']}: alpha 0 .. {ladder['alphas'][-1]:.3g}, competence on the scenes "
-                     + " ".join(f"{c:.2f}" for c in ladder["competence"]))
+        lines.append(
+            f"  ladder seed {ladder['seed']}: alpha 0 .. {ladder['alphas'][-1]:.3g}, competence on the scenes "
+            + " ".join(f"{c:.2f}" for c in ladder["competence"])
+        )
     for pair in ("primary", "secondary"):
-        lines += [f"  {pair} ({PAIR_TITLES[pair]})",
-                  f"  {'method':<22} {'r [95 %]':<22} {'p tracks':>9} {'p below':>9}  verdict"]
+        lines += [
+            f"  {pair} ({PAIR_TITLES[pair]})",
+            f"  {'method':<22} {'r [95 %]':<22} {'p tracks':>9} {'p below':>9}  verdict",
+        ]
         lines += [f"  {m:<22} {r:<22} {pt:>9} {pb:>9}  {v}" for m, r, pt, pb, v in p2_rows(p2, pair)]
-    lines.append(f"  headline: pointing on the trained model -> first rung with competence <= {d['contrast_level']:g} "
-                 "(exact McNemar per ladder)")
+    lines.append(
+        f"  headline: pointing on the trained model -> first rung with competence <= {d['contrast_level']:g} "
+        "(exact McNemar per ladder)"
+    )
     for method in p2["methods"]:
         lines.append(f"  {method:<22} " + "; ".join(contrast_cells(p2, method)))
     return "\n".join(line.rstrip() for line in lines)
@@ -254,19 +304,22 @@ def format_p2(p2: dict) -> str:
 
 def format_correctness(split: dict) -> str:
     at = f" at alpha = {split['alpha']:g}" if "alpha" in split else ""
-    lines = [f"P2 (b) quality by correctness{at} ({split['right']} right, {split['wrong']} wrong predictions); "
-             f"right - wrong with its interval; verdict on the difference WITHIN shape (permutation within shape, Holm "
-             f"at {split.get('level', 0.05):g}; none with fewer than {split.get('min_group', 0)} images in a group)",
-             f"  {'method':<22} {'pointing right':>14} {'pointing wrong':>14}  {'pointing right-wrong':<22} "
-             f"{'within shape':>12} {'verdict':<13} "
-             f"{'ins-del right':>13} {'ins-del wrong':>13}  {'ins-del right-wrong':<22}"]
+    lines = [
+        f"P2 (b) quality by correctness{at} ({split['right']} right, {split['wrong']} wrong predictions); "
+        f"right - wrong with its interval; verdict on the difference WITHIN shape (permutation within shape, Holm "
+        f"at {split.get('level', 0.05):g}; none with fewer than {split.get('min_group', 0)} images in a group)",
+        f"  {'method':<22} {'pointing right':>14} {'pointing wrong':>14}  {'pointing right-wrong':<22} "
+        f"{'within shape':>12} {'verdict':<13} "
+        f"{'ins-del right':>13} {'ins-del wrong':>13}  {'ins-del right-wrong':<22}",
+    ]
     for method, parts in split["methods"].items():
         lines.append(
             f"  {method:<22} {_fmt(parts['right'].get('pointing'), 3):>14} {_fmt(parts['wrong'].get('pointing'), 3):>14}  "
             f"{_estimate(parts['pointing_difference'], parts['pointing_difference_interval']):<22} "
             f"{_fmt(parts['pointing_within_shape'], 3):>12} {parts['verdict']:<13} "
             f"{_fmt(parts['right'].get('ins_minus_del'), 3):>13} {_fmt(parts['wrong'].get('ins_minus_del'), 3):>13}  "
-            f"{_estimate(parts['ins_minus_del_difference'], parts['ins_minus_del_difference_interval']):<22}")
+            f"{_estimate(parts['ins_minus_del_difference'], parts['ins_minus_del_difference_interval']):<22}"
+        )
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -283,10 +336,12 @@ def _flagged(rows: list[list[str]], column: int) -> list[tuple[int, int]]:
 
 def audit_html(results: dict) -> str:
     """An HTML ``<section>`` with the audit's tables (escape-safe, no scripts, no external resources)."""
-    parts = ["<section class='faithclip-audit'><h2>Grad-ECLIP audit</h2>",
-             f"<p>{html.escape(str(results['model']))} on {html.escape(str(results['data']))}: "
-             f"{results['images']} images, {results['prompts']} prompts. Each forward is compared with the "
-             "original model on its standard input.</p>"]
+    parts = [
+        "<section class='faithclip-audit'><h2>Grad-ECLIP audit</h2>",
+        f"<p>{html.escape(str(results['model']))} on {html.escape(str(results['data']))}: "
+        f"{results['images']} images, {results['prompts']} prompts. Each forward is compared with the "
+        "original model on its standard input.</p>",
+    ]
     if results.get("command"):
         parts.append(f"<p>Reproduce: <code>{html.escape(results['command'])}</code></p>")
     if results.get("reduced"):
@@ -294,13 +349,19 @@ def audit_html(results: dict) -> str:
     if results.get("departure_skipped"):
         parts.append(f"<p>Departure not measured: {html.escape(results['departure_skipped'])}.</p>")
         return "".join(parts + _p2_html(results) + ["</section>"])
-    parts.append(_table(["forward"] + [title for _, title, _ in ARM_COLUMNS],
-                        [[label] + values for label, values in _arm_rows(results)]))
+    parts.append(
+        _table(
+            ["forward"] + [title for _, title, _ in ARM_COLUMNS],
+            [[label] + values for label, values in _arm_rows(results)],
+        )
+    )
     if _intervals_note(results):
         parts.append(f"<p class='meta'>Each figure: {html.escape(_intervals_note(results))}.</p>")
-    parts.append("<p class='meta'>Reading: each row is a forward the published pipeline runs; where its values "
-                 "differ from the original model's, that pipeline's maps explain a different model from the one "
-                 "whose score is reported.</p>")
+    parts.append(
+        "<p class='meta'>Reading: each row is a forward the published pipeline runs; where its values "
+        "differ from the original model's, that pipeline's maps explain a different model from the one "
+        "whose score is reported.</p>"
+    )
     maps = results.get("maps", {})
     if maps.get("mean"):
         parts.append(f"<h3>Maps ({maps['images']} images), scored by the original model</h3>")
@@ -308,12 +369,14 @@ def audit_html(results: dict) -> str:
         verdict = _published_verdict(results)
         if verdict:
             parts.append(f"<p>{html.escape(verdict)}.</p>")
-        parts.append("<p class='meta'>Reading: deletion (lower is better) and insertion (higher is better) are "
-                     "scored by the original model; '- faithful' is the paired per-image difference from the "
-                     "faithful map with a bootstrap interval over images. The published pipeline's map can score as "
-                     "well or better although it explains another forward: these metrics reward any map that ranks "
-                     "pixels well for the scoring model, whichever model the map came from, so a better AUC here is "
-                     "not evidence of faithfulness; the departure table above is.</p>")
+        parts.append(
+            "<p class='meta'>Reading: deletion (lower is better) and insertion (higher is better) are "
+            "scored by the original model; '- faithful' is the paired per-image difference from the "
+            "faithful map with a bootstrap interval over images. The published pipeline's map can score as "
+            "well or better although it explains another forward: these metrics reward any map that ranks "
+            "pixels well for the scoring model, whichever model the map came from, so a better AUC here is "
+            "not evidence of faithfulness; the departure table above is.</p>"
+        )
         consistency = _map_figure(maps, "spearman_faithful_vs_grad_eclip")
         parts.append(f"<p>Consistency: faithful arm vs faithclip's grad_eclip, Spearman {consistency} (expect 1).</p>")
         parts += _example_html(maps.get("example"))
@@ -340,19 +403,25 @@ def _example_html(example: dict | None) -> list[str]:
     maps = {name: np.asarray(example[name], dtype=np.float64) for name in ("faithful", "published")}
     scale = colour_scale(list(maps.values()))
     cells = []
-    for name, title in (("faithful", "faithful (the model's forward and input)"),
-                        ("published", "published pipeline (what its code explains)")):
+    for name, title in (
+        ("faithful", "faithful (the model's forward and input)"),
+        ("published", "published pipeline (what its code explains)"),
+    ):
         png, caption = map_card_png(maps[name], crop, width=crop.width, scale=scale)
-        cells.append(f"<figure style='display:inline-block;margin:0 1em 0 0'><img alt='{html.escape(title)}' "
-                     f"src='data:image/png;base64,{base64.b64encode(png).decode()}'><figcaption>{html.escape(title)}; "
-                     f"{html.escape(caption)}</figcaption></figure>")
+        cells.append(
+            f"<figure style='display:inline-block;margin:0 1em 0 0'><img alt='{html.escape(title)}' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'><figcaption>{html.escape(title)}; "
+            f"{html.escape(caption)}</figcaption></figure>"
+        )
     spearman = example.get("spearman")
     rho = "undefined" if spearman is None or spearman != spearman else f"{spearman:.3f}"
-    return [f"<h3>The maps themselves: image {example['image']}, \"{html.escape(str(example['prompt']))}\"</h3>",
-            "<div>" + "".join(cells) + "</div>",
-            f"<p class='meta'>Grad-ECLIP's map of the same prompt on the same image, on one colour scale (raw values, "
-            f"the bar's black mark at 0); Spearman between them {rho}. The published map is computed on the "
-            "keep-size input with one head and mapped back onto the model's crop grid.</p>"]
+    return [
+        f'<h3>The maps themselves: image {example["image"]}, "{html.escape(str(example["prompt"]))}"</h3>',
+        "<div>" + "".join(cells) + "</div>",
+        f"<p class='meta'>Grad-ECLIP's map of the same prompt on the same image, on one colour scale (raw values, "
+        f"the bar's black mark at 0); Spearman between them {rho}. The published map is computed on the "
+        "keep-size input with one head and mapped back onto the model's crop grid.</p>",
+    ]
 
 
 def _p2_html(results: dict) -> list[str]:
@@ -361,35 +430,76 @@ def _p2_html(results: dict) -> list[str]:
     if "p2" in results:
         p2 = results["p2"]
         d = p2["design"]
-        parts.append(f"<h3>P2: do the maps track the model? ({d['scenes']} scene pairs x {d['ladders']} ladders x "
-                     f"{d['rungs']} rungs; Holm at {d['alpha']:g}; minimum effect {d['min_effect']:g})</h3>")
+        parts.append(
+            f"<h3>P2: do the maps track the model? ({d['scenes']} scene pairs x {d['ladders']} ladders x "
+            f"{d['rungs']} rungs; Holm at {d['alpha']:g}; minimum effect {d['min_effect']:g})</h3>"
+        )
         for pair in ("primary", "secondary"):
             rows = p2_rows(p2, pair)
             parts.append(f"<p>{html.escape(pair)}: {html.escape(PAIR_TITLES[pair])}</p>")
-            parts.append(_table(["method", "r [95 %]", "p tracks (Holm)", "p below minimum (Holm)", "verdict"], rows,
-                                [(r, 4) for r, row in enumerate(rows) if row[4] == "does not track"]))
-        parts.append(_table(["method"] + [f"ladder seed {ladder['seed']}: pointing trained -> competence <= "
-                                          f"{d['contrast_level']:g}" for ladder in p2["ladders"]],
-                            [[m] + contrast_cells(p2, m) for m in p2["methods"]]))
-        parts.append("<p class='meta'>Reading: r is the association, within each scene and rung, between how much "
-                     "the model leans on the named object and how much of the map lies on it; a map that follows the "
-                     "model has r above 0. 'tracks' and 'does not track' are the paired test's decisions (Holm over "
-                     "the run's methods; docs/p2.md); 'inconclusive' means this design cannot decide.</p>")
+            parts.append(
+                _table(
+                    ["method", "r [95 %]", "p tracks (Holm)", "p below minimum (Holm)", "verdict"],
+                    rows,
+                    [(r, 4) for r, row in enumerate(rows) if row[4] == "does not track"],
+                )
+            )
+        parts.append(
+            _table(
+                ["method"]
+                + [
+                    f"ladder seed {ladder['seed']}: pointing trained -> competence <= {d['contrast_level']:g}"
+                    for ladder in p2["ladders"]
+                ],
+                [[m] + contrast_cells(p2, m) for m in p2["methods"]],
+            )
+        )
+        parts.append(
+            "<p class='meta'>Reading: r is the association, within each scene and rung, between how much "
+            "the model leans on the named object and how much of the map lies on it; a map that follows the "
+            "model has r above 0. 'tracks' and 'does not track' are the paired test's decisions (Holm over "
+            "the run's methods; docs/p2.md); 'inconclusive' means this design cannot decide.</p>"
+        )
     if "correctness" in results:
         for split in _splits(results):
             at = f" at alpha = {split['alpha']:g}" if "alpha" in split else ""
             parts.append(f"<h3>P2: quality by correctness{at} ({split['right']} right, {split['wrong']} wrong)</h3>")
-            rows = [[m, _fmt(p["right"].get("pointing"), 3), _fmt(p["wrong"].get("pointing"), 3),
-                     _estimate(p["pointing_difference"], p["pointing_difference_interval"]),
-                     _fmt(p["pointing_within_shape"], 3), p["verdict"],
-                     _fmt(p["right"].get("ins_minus_del"), 3), _fmt(p["wrong"].get("ins_minus_del"), 3),
-                     _estimate(p["ins_minus_del_difference"], p["ins_minus_del_difference_interval"])]
-                    for m, p in split["methods"].items()]
-            parts.append(_table(["method", "pointing (right)", "pointing (wrong)", "right - wrong", "within shape",
-                                 "verdict", "ins-del (right)", "ins-del (wrong)", "right - wrong"], rows, _flagged(rows, 5)))
-            parts.append("<p class='meta'>Reading: a map that follows the model should look better where the "
-                         "model is right than where it is wrong (a positive right - wrong, compared within shape); "
-                         "an interval that spans 0 does not separate the two.</p>")
+            rows = [
+                [
+                    m,
+                    _fmt(p["right"].get("pointing"), 3),
+                    _fmt(p["wrong"].get("pointing"), 3),
+                    _estimate(p["pointing_difference"], p["pointing_difference_interval"]),
+                    _fmt(p["pointing_within_shape"], 3),
+                    p["verdict"],
+                    _fmt(p["right"].get("ins_minus_del"), 3),
+                    _fmt(p["wrong"].get("ins_minus_del"), 3),
+                    _estimate(p["ins_minus_del_difference"], p["ins_minus_del_difference_interval"]),
+                ]
+                for m, p in split["methods"].items()
+            ]
+            parts.append(
+                _table(
+                    [
+                        "method",
+                        "pointing (right)",
+                        "pointing (wrong)",
+                        "right - wrong",
+                        "within shape",
+                        "verdict",
+                        "ins-del (right)",
+                        "ins-del (wrong)",
+                        "right - wrong",
+                    ],
+                    rows,
+                    _flagged(rows, 5),
+                )
+            )
+            parts.append(
+                "<p class='meta'>Reading: a map that follows the model should look better where the "
+                "model is right than where it is wrong (a positive right - wrong, compared within shape); "
+                "an interval that spans 0 does not separate the two.</p>"
+            )
     return parts
 
 
@@ -397,10 +507,13 @@ def audit_page(results: dict) -> str:
     """The audit as a complete self-contained HTML page (``faithclip audit --out DIR``)."""
     from faithclip.report.page import html_page
 
-    return html_page("faithclip audit", audit_html(results),
-                     subtitle=f"{html.escape(str(results.get('model', '')))}: how far the published Grad-ECLIP "
-                              "pipeline departs from the model" +
-                              (", and principle P2" if "ladder" in results or "correctness" in results else ""))
+    return html_page(
+        "faithclip audit",
+        audit_html(results),
+        subtitle=f"{html.escape(str(results.get('model', '')))}: how far the published Grad-ECLIP "
+        "pipeline departs from the model"
+        + (", and principle P2" if "ladder" in results or "correctness" in results else ""),
+    )
 
 
 __all__ = ["audit_html", "audit_page", "contrast_reading", "format_audit", "format_correctness", "format_p2", "p2_rows"]

@@ -40,42 +40,67 @@ class AuditSettings:
 
     # Each field is a ``faithclip audit`` option (``--scenes`` for ``scenes``): its help is the field's metadata,
     # and ``faithclip.cli.audit`` builds the parser and the conversion back from these fields (one source).
-    scenes: int = field(default=200, metadata=_help("single-object shapes scenes (departure, accuracy per rung, "
-                                                     "correctness split)"))
+    scenes: int = field(
+        default=200, metadata=_help("single-object shapes scenes (departure, accuracy per rung, correctness split)")
+    )
     raw_size: int | None = field(default=None, metadata=_help("scene render size (default: 2x the model's input)"))
     aspect: float = field(default=1.0, metadata=_help("height / width of the scene renders (the model's crop cuts it)"))
     # 64 keeps the AUC contrasts' intervals readable (~4 CPU-min on shapes-clip)
-    map_images: int = field(default=64, metadata=_help("images whose maps are compared (the first N of the scenes "
-                                                        "or --images)"))
-    deletion_steps: int | None = field(default=None, metadata=_help("points per departure deletion curve (default: "
-                                                                      "one per patch)"))
-    ladder: bool = field(default=False, metadata=_help("P2: do the maps track the model? (paired test over degraded "
-                                                        "models, docs/p2.md)"))
+    map_images: int = field(
+        default=64, metadata=_help("images whose maps are compared (the first N of the scenes or --images)")
+    )
+    deletion_steps: int | None = field(
+        default=None, metadata=_help("points per departure deletion curve (default: one per patch)")
+    )
+    ladder: bool = field(
+        default=False, metadata=_help("P2: do the maps track the model? (paired test over degraded models, docs/p2.md)")
+    )
     correctness: bool = field(default=False, metadata=_help("P2 (b): map quality split by right / wrong predictions"))
     p2_scenes: int = field(default=P2Design().scenes, metadata=_help("P2 scene pairs (the same at every rung)"))
     p2_ladders: int = field(default=P2Design().ladders, metadata=_help("P2 ladders (re-initialisation seeds)"))
-    p2_rungs: int = field(default=P2Design().rungs, metadata=_help("P2 rungs per ladder, from the trained model to "
-                                                                    "the first at chance"))
-    min_effect: float = field(default=MIN_EFFECT, metadata=_help("P2's pre-registered minimum within-scene "
-                                                                  "association, in (0, 1) (docs/p2.md)"))
+    p2_rungs: int = field(
+        default=P2Design().rungs, metadata=_help("P2 rungs per ladder, from the trained model to the first at chance")
+    )
+    min_effect: float = field(
+        default=MIN_EFFECT,
+        metadata=_help("P2's pre-registered minimum within-scene association, in (0, 1) (docs/p2.md)"),
+    )
     ladder_deletion_steps: int = field(default=16, metadata=_help("points per deletion curve of the correctness split"))
     # The trained shapes model classifies all 200 scenes right (no wrong group to compare with); the ladder's
     # alpha = 0.5 rung errs on about 60 %: that is where right and wrong can be compared.
-    correctness_alphas: tuple[float, ...] = field(default=(0.5,), metadata=_help(
-        "comma-separated ladder rungs whose predictions are split (default 0.5: the trained model is almost "
-        "never wrong)"))
-    methods: tuple[str, ...] | None = field(default=None, metadata=_help(
-        "comma-separated methods for P2 (default: all but rise, m2ib, occlusion)"))
+    correctness_alphas: tuple[float, ...] = field(
+        default=(0.5,),
+        metadata=_help(
+            "comma-separated ladder rungs whose predictions are split (default 0.5: the trained model is almost "
+            "never wrong)"
+        ),
+    )
+    methods: tuple[str, ...] | None = field(
+        default=None, metadata=_help("comma-separated methods for P2 (default: all but rise, m2ib, occlusion)")
+    )
     resamples: int = field(default=DEFAULT_RESAMPLES, metadata=_help("bootstrap resamples (and P2's permutations)"))
-    confidence: float = field(default=DEFAULT_CONFIDENCE, metadata=_help("level of every bootstrap interval, in (0, 1)"))
-    bootstrap_seed: int = field(default=0, metadata=_help("seed of the bootstrap resamples and permutations (fixed, so "
-                                                          "a rerun prints the same bounds)"))
-    seed: int = field(default=0, metadata=_help("scene seeds seed+1 (single) and seed+2 (P2 pairs); P2 ladders "
-                                                 "seeded 3 seed, 3 seed + 1, ..."))
+    confidence: float = field(
+        default=DEFAULT_CONFIDENCE, metadata=_help("level of every bootstrap interval, in (0, 1)")
+    )
+    bootstrap_seed: int = field(
+        default=0,
+        metadata=_help("seed of the bootstrap resamples and permutations (fixed, so a rerun prints the same bounds)"),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_help("scene seeds seed+1 (single) and seed+2 (P2 pairs); P2 ladders seeded 3 seed, 3 seed + 1, ..."),
+    )
     # (method, ((key, value), ...)) pairs: hashable, as the settings are frozen
-    method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(default=(), metadata={
-        **_help("a P2 method's option, METHOD.KEY=VALUE, e.g. rise.masks=500 (repeatable; values read as JSON when "
-                "they parse)"), "option": "--method-option"})
+    method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(
+        default=(),
+        metadata={
+            **_help(
+                "a P2 method's option, METHOD.KEY=VALUE, e.g. rise.masks=500 (repeatable; values read as JSON when "
+                "they parse)"
+            ),
+            "option": "--method-option",
+        },
+    )
 
     def options(self) -> dict[str, dict[str, Any]]:
         """``method_options`` as ``{method: {key: value}}``."""
@@ -86,9 +111,17 @@ class AuditSettings:
 
     def p2_design(self) -> P2Design:
         """P2's design for this seed: scene pairs of seed s + 2, ladders seeded 3s, 3s + 1, ..."""
-        return P2Design(scenes=self.p2_scenes, ladders=self.p2_ladders, rungs=self.p2_rungs, min_effect=self.min_effect,
-                        resamples=self.resamples, permutations=self.resamples, scene_seed=self.seed + 2,
-                        ladder_seed=3 * self.seed, bootstrap_seed=self.bootstrap_seed)
+        return P2Design(
+            scenes=self.p2_scenes,
+            ladders=self.p2_ladders,
+            rungs=self.p2_rungs,
+            min_effect=self.min_effect,
+            resamples=self.resamples,
+            permutations=self.resamples,
+            scene_seed=self.seed + 2,
+            ladder_seed=3 * self.seed,
+            bootstrap_seed=self.bootstrap_seed,
+        )
 
     def validate(self) -> None:
         """Raise a ``FaithclipError`` naming the first setting a run could not use."""
@@ -127,8 +160,11 @@ class AuditSettings:
                 continue
             flag = setting.metadata.get("option", "--" + setting.name.replace("_", "-"))
             if setting.name == "method_options":
-                parts += [f"{flag} {name}.{key}=" + (v if isinstance(v, str) else json.dumps(v))
-                          for name, pairs in value for key, v in pairs]
+                parts += [
+                    f"{flag} {name}.{key}=" + (v if isinstance(v, str) else json.dumps(v))
+                    for name, pairs in value
+                    for key, v in pairs
+                ]
             elif isinstance(value, bool):
                 parts.append(flag)
             elif isinstance(value, tuple):
@@ -151,10 +187,13 @@ def check_method_options(handle: ModelHandle, settings: AuditSettings) -> None:
     run = [method_name(m) for m in (settings.methods or default_methods(handle.family.name))]
     for name, given in settings.options().items():
         if name not in run or not (settings.ladder or settings.correctness):
-            raise MethodError(f"--method-option {name}.*: options given for method {name!r}, which is not among the "
-                              f"methods run (P2, with --ladder or --correctness: {', '.join(run)}).")
-        METHODS.get(name).check_options("image", given, spelled=lambda key, m=name: f"{m}.{key}",
-                                        layers=tower_layers(handle, "image"))
+            raise MethodError(
+                f"--method-option {name}.*: options given for method {name!r}, which is not among the "
+                f"methods run (P2, with --ladder or --correctness: {', '.join(run)})."
+            )
+        METHODS.get(name).check_options(
+            "image", given, spelled=lambda key, m=name: f"{m}.{key}", layers=tower_layers(handle, "image")
+        )
 
 
 def shapes_inputs(handle: ModelHandle, settings: AuditSettings) -> AuditData:
@@ -169,8 +208,12 @@ def no_pipeline(handle: ModelHandle) -> str:
     return f"no published Grad-ECLIP pipeline exists for {handle.family.name} models"
 
 
-def run_audit(handle: ModelHandle, settings: AuditSettings = AuditSettings(), data: AuditData | None = None,
-              **departure_options: Any) -> dict[str, Any]:
+def run_audit(
+    handle: ModelHandle,
+    settings: AuditSettings = AuditSettings(),
+    data: AuditData | None = None,
+    **departure_options: Any,
+) -> dict[str, Any]:
     """The departure of the official pipeline, and P2 when ``settings.ladder`` / ``settings.correctness``.
 
     ``data`` replaces the shapes scenes for the departure (image files); P2 needs the labelled scenes with
@@ -184,29 +227,48 @@ def run_audit(handle: ModelHandle, settings: AuditSettings = AuditSettings(), da
     from faithclip.registry import METHODS
 
     if METHODS.get("grad_eclip_official").supports(handle.family.name):
-        results = audit_departure(handle, single, map_images=settings.map_images,
-                                  deletion_steps=settings.deletion_steps, boot=settings.bootstrap(),
-                                  **departure_options)
+        results = audit_departure(
+            handle,
+            single,
+            map_images=settings.map_images,
+            deletion_steps=settings.deletion_steps,
+            boot=settings.bootstrap(),
+            **departure_options,
+        )
     elif settings.ladder or settings.correctness:  # P2 still applies; there is no published pipeline to compare
-        results = {"data": single.name, "model": handle.name, "images": len(single.images),
-                   "prompts": len(single.prompts), "departure_skipped": no_pipeline(handle)}
+        results = {
+            "data": single.name,
+            "model": handle.name,
+            "images": len(single.images),
+            "prompts": len(single.prompts),
+            "departure_skipped": no_pipeline(handle),
+        }
     else:
-        raise FaithclipError(f"{no_pipeline(handle)}: nothing to audit; --ladder and --correctness measure "
-                             "principle P2 on it.")
+        raise FaithclipError(
+            f"{no_pipeline(handle)}: nothing to audit; --ladder and --correctness measure principle P2 on it."
+        )
     methods = list(settings.methods) if settings.methods is not None else None
     options = settings.options()
     if settings.ladder:
         from faithclip.audit.ladder import default_methods
         from faithclip.audit.p2 import p2_test
 
-        results["p2"] = p2_test(handle, methods or default_methods(handle.family.name), settings.p2_design(),
-                                options, progress=logger.info)
+        results["p2"] = p2_test(
+            handle, methods or default_methods(handle.family.name), settings.p2_design(), options, progress=logger.info
+        )
     if settings.correctness:
         results["correctness"] = []
         for alpha in settings.correctness_alphas:
             rung = degrade(handle, alpha, settings.seed)
-            split = correctness_split(rung, single, methods, settings.ladder_deletion_steps, settings.bootstrap(),
-                                      options, permutations=settings.resamples)
+            split = correctness_split(
+                rung,
+                single,
+                methods,
+                settings.ladder_deletion_steps,
+                settings.bootstrap(),
+                options,
+                permutations=settings.resamples,
+            )
             results["correctness"].append({"alpha": alpha, **split})
     results["settings"] = asdict(settings)
     results["command"] = settings.command()

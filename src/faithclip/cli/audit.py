@@ -47,22 +47,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     add_random_weights_argument(parser, "the shipped ViT-B/32 config")
     parser.add_argument("--images", nargs="+", default=None, help="image files (default: shapes scenes)")
-    parser.add_argument("--class-names", default=None, help="file of class names, one a line (names starting '_' skipped)")
-    parser.add_argument("--template", default="a photo of a {}.",
-                        help="prompt template for --class-names: {} is replaced by each class name (default: "
-                             "'a photo of a {}.', CLIP's own)")
+    parser.add_argument(
+        "--class-names", default=None, help="file of class names, one a line (names starting '_' skipped)"
+    )
+    parser.add_argument(
+        "--template",
+        default="a photo of a {}.",
+        help="prompt template for --class-names: {} is replaced by each class name (default: "
+        "'a photo of a {}.', CLIP's own)",
+    )
     add_settings_arguments(parser)
-    add_run_arguments(parser, threads=1, threads_default="1: docs/audit.md's figures were computed on one thread "
-                                                          "(float32 sums in one order), and its check reruns them so")
+    add_run_arguments(
+        parser,
+        threads=1,
+        threads_default="1: docs/audit.md's figures were computed on one thread "
+        "(float32 sums in one order), and its check reruns them so",
+    )
     add_image_arguments(parser)
     add_out_argument(parser, "audit", optional=True)
     old = deprecated_group(parser)
-    old.add_argument("--random-init", action=DeprecatedAlias, dest="random_weights", nargs=0, const=True,
-                     use="--random-weights")
-    old.add_argument("--json", dest="json_path", action=DeprecatedAlias, default=None, metavar="FILE",
-                     use="--out DIR (it writes audit.json there)")
-    old.add_argument("--html", dest="html_path", action=DeprecatedAlias, default=None, metavar="FILE",
-                     use="--out DIR (it writes report.html there)")
+    old.add_argument(
+        "--random-init", action=DeprecatedAlias, dest="random_weights", nargs=0, const=True, use="--random-weights"
+    )
+    old.add_argument(
+        "--json",
+        dest="json_path",
+        action=DeprecatedAlias,
+        default=None,
+        metavar="FILE",
+        use="--out DIR (it writes audit.json there)",
+    )
+    old.add_argument(
+        "--html",
+        dest="html_path",
+        action=DeprecatedAlias,
+        default=None,
+        metavar="FILE",
+        use="--out DIR (it writes report.html there)",
+    )
 
 
 def _setting_kind(name: str) -> tuple[type, bool]:
@@ -87,8 +109,15 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true", help=kind_help)
         elif listed:  # the old space-separated spelling parses too, with a notice
             default = None if setting.default is None else list(setting.default)
-            parser.add_argument(flag, action=CommaList, item=kind, nargs="+", default=default, metavar=f"{'M' if kind is str else 'X'}[,...]",
-                                help=kind_help)
+            parser.add_argument(
+                flag,
+                action=CommaList,
+                item=kind,
+                nargs="+",
+                default=default,
+                metavar=f"{'M' if kind is str else 'X'}[,...]",
+                help=kind_help,
+            )
         else:
             parser.add_argument(flag, type=kind, default=setting.default, help=kind_help)
 
@@ -109,8 +138,12 @@ def settings_from_args(args: argparse.Namespace) -> AuditSettings:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("audit", help="measure how far the official Grad-ECLIP pipeline departs from the model",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "audit",
+        help="measure how far the official Grad-ECLIP pipeline departs from the model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -121,8 +154,10 @@ def random_init_handle(directory: str | None, seed: int):
     from faithclip.models.random_init import find_reference, random_clip
 
     if directory is not None and not (Path(directory) / "config.json").is_file():
-        raise ModelError(f"--random-weights builds --model's architecture from its config.json; {directory} has "
-                         "none (give a directory with config.json, or leave --model out for the shipped ViT-B/32).")
+        raise ModelError(
+            f"--random-weights builds --model's architecture from its config.json; {directory} has "
+            "none (give a directory with config.json, or leave --model out for the shipped ViT-B/32)."
+        )
     name = Path(directory or find_reference(None)).name
     return random_clip(directory, seed=seed, name=f"{name} (random weights, seed {seed})")
 
@@ -130,8 +165,12 @@ def random_init_handle(directory: str | None, seed: int):
 def load_inputs(args: argparse.Namespace):
     """The model handle and, with ``--images``, the image files as audit data."""
     from faithclip.audit.data import folder_data
-    handle = (place_model(random_init_handle(args.model, args.seed), args) if args.random_weights
-              else load_model(args.model, args))
+
+    handle = (
+        place_model(random_init_handle(args.model, args.seed), args)
+        if args.random_weights
+        else load_model(args.model, args)
+    )
     data = None
     if args.images:
         if not args.class_names:

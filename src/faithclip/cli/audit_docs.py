@@ -51,18 +51,33 @@ class Run:
 
 SECTIONS: dict[str, list[Run]] = {
     # P2's runs (`faithclip audit --ladder`, 3 seeds) are in docs/p2.md; this page keeps the departure.
-    "shapes": [Run("faithclip audit" + (f" --seed {seed} --map-images 0" if seed else "")) for seed in SEEDS] + [
-        Run("faithclip audit --aspect 0.75 --seed 2",
+    "shapes": [Run("faithclip audit" + (f" --seed {seed} --map-images 0" if seed else "")) for seed in SEEDS]
+    + [
+        Run(
+            "faithclip audit --aspect 0.75 --seed 2",
             "Non-square variant: renders cropped to 128x96 (W x H), so the model's centre crop loses the sides "
-            "the official input keeps (single-object scene seed 3):")],
-    "reduced": [Run(REDUCED, f"The demo's audit section (`faithclip demo`), a REDUCED size: {len(DEMO_AUDIT.methods or ())} "
-                             f"methods, P2 on {DEMO_AUDIT.p2_scenes} scene pairs x {DEMO_AUDIT.p2_ladders} ladder x "
-                             f"{DEMO_AUDIT.p2_rungs} rungs (below the smallest design offered a P2 verdict: "
-                             f"inconclusive by rule), {DEMO_AUDIT.scenes} single-object scenes. The P2 verdicts to "
-                             "read are in docs/p2.md.")],
-    "b32": [Run(f"faithclip audit --model {B32} --random-weights --scenes 24 --raw-size 448 --map-images 4 --deletion-steps 8"),
-            Run(f"faithclip audit --model {B32} --random-weights --images {VOC}/JPEGImages/*.jpg "
-                f"--class-names {VOC}/class_names.txt --map-images 3 --deletion-steps 10")],
+            "the official input keeps (single-object scene seed 3):",
+        )
+    ],
+    "reduced": [
+        Run(
+            REDUCED,
+            f"The demo's audit section (`faithclip demo`), a REDUCED size: {len(DEMO_AUDIT.methods or ())} "
+            f"methods, P2 on {DEMO_AUDIT.p2_scenes} scene pairs x {DEMO_AUDIT.p2_ladders} ladder x "
+            f"{DEMO_AUDIT.p2_rungs} rungs (below the smallest design offered a P2 verdict: "
+            f"inconclusive by rule), {DEMO_AUDIT.scenes} single-object scenes. The P2 verdicts to "
+            "read are in docs/p2.md.",
+        )
+    ],
+    "b32": [
+        Run(
+            f"faithclip audit --model {B32} --random-weights --scenes 24 --raw-size 448 --map-images 4 --deletion-steps 8"
+        ),
+        Run(
+            f"faithclip audit --model {B32} --random-weights --images {VOC}/JPEGImages/*.jpg "
+            f"--class-names {VOC}/class_names.txt --map-images 3 --deletion-steps 10"
+        ),
+    ],
 }
 
 
@@ -179,7 +194,9 @@ def check(markdown: Path, reduced: bool = False, run=run_command) -> list[str]:
 
     runs = documented_runs(markdown.read_text(), reduced)
     if not runs:
-        raise KeyError(f"{markdown} documents no `$ faithclip audit ...` runs{' in its reduced block' if reduced else ''}")
+        raise KeyError(
+            f"{markdown} documents no `$ faithclip audit ...` runs{' in its reduced block' if reduced else ''}"
+        )
     problems = []
     for command, documented in runs:
         if f"--model {B32}" in command and not Path(B32).is_dir():
@@ -191,8 +208,11 @@ def check(markdown: Path, reduced: bool = False, run=run_command) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m faithclip.cli.audit_docs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m faithclip.cli.audit_docs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("markdown", nargs="?", default="docs/audit.md")
     parser.add_argument("sections", nargs="*", help=f"sections to regenerate (default: all of {sorted(SECTIONS)})")
     parser.add_argument("--check", action="store_true", help="compare the documented figures with a fresh run")

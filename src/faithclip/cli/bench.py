@@ -18,23 +18,33 @@ from faithclip.cli.common import (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="measure explanation cost as ratios to a plain forward",
-                                   description="Times and peak memory of explaining on the ViT-B/16 and B/32 "
-                                               "architectures (random weights), as ratios to a no-grad forward.")
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure explanation cost as ratios to a plain forward",
+        description="Times and peak memory of explaining on the ViT-B/16 and B/32 "
+        "architectures (random weights), as ratios to a no-grad forward.",
+    )
     parser.add_argument("--arch", action="append", choices=("B/16", "B/32"), default=None)
-    parser.add_argument("--k", type=positive_int, nargs="+", default=None, help="prompt counts, e.g. --k 1 10 (default 1 10 100 1000)")
+    parser.add_argument(
+        "--k", type=positive_int, nargs="+", default=None, help="prompt counts, e.g. --k 1 10 (default 1 10 100 1000)"
+    )
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per item (default 5)")
     parser.add_argument("--rise-masks", type=positive_int, default=400, help="RISE masks per map (the paper uses 4000)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--model", default=None, metavar="DIR",
-                        help="directory with another CLIP config.json and tokenizer, built with random weights "
-                             "(default: the shipped ViT-B/32 and B/16 configs)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="directory with another CLIP config.json and tokenizer, built with random weights "
+        "(default: the shipped ViT-B/32 and B/16 configs)",
+    )
     add_run_arguments(parser)
     add_out_argument(parser, "bench")
     old = deprecated_group(parser)
     old.add_argument("--reference", action=DeprecatedAlias, dest="model", metavar="DIR", use="--model DIR")
-    old.add_argument("--json", action=DeprecatedAlias, default=None, metavar="FILE",
-                     use="--out DIR (it writes bench.json there)")
+    old.add_argument(
+        "--json", action=DeprecatedAlias, default=None, metavar="FILE", use="--out DIR (it writes bench.json there)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -49,25 +59,50 @@ def run(args: argparse.Namespace) -> int:
     from faithclip.models.loading import parse_device
 
     parse_device(args.device)  # a missing GPU is a one-line error before minutes of timing
-    rows = bench.run(tuple(args.arch or ("B/16", "B/32")), tuple(args.k or (1, 10, 100, 1000)), args.repeats,
-                     args.rise_masks, not args.no_memory, args.model, progress=progress_printer(args),
-                     device=args.device, dtype=args.dtype)
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    rows = bench.run(
+        tuple(args.arch or ("B/16", "B/32")),
+        tuple(args.k or (1, 10, 100, 1000)),
+        args.repeats,
+        args.rise_masks,
+        not args.no_memory,
+        args.model,
+        progress=progress_printer(args),
+        device=args.device,
+        dtype=args.dtype,
+    )
+    print(
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     print(bench.format_rows(rows))
     if json_path is not None:
         write_atomic(json_path, json_bytes([r.__dict__ for r in rows]))
     from faithclip.report.page import html_page, table, write_report
 
-    machine = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    machine = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     memory = any(r.peak_ratio is not None for r in rows)
-    body = (f"<p>{machine}. Ratios to a plain no-grad image forward of the same architecture (random weights). "
-            f"{html.escape(bench.RATIO_NOTE)}</p>"
-            + table(["arch", "item", "seconds", "forward s", "x forward"] + (["peak RSS (x forward)"] if memory else []),
-                    [[r.architecture, r.item, f"{r.seconds:.3f}",
-                      "" if r.forward_seconds is None else f"{r.forward_seconds:.3f}", f"{r.time_ratio:.2f}"]
-                     + (["" if r.peak_ratio is None else f"{r.peak_ratio:.2f}"] if memory else []) for r in rows],
-                    text_columns=(0, 1)))
-    _, page = write_report(out, "bench", {"machine": machine, "rows": [r.__dict__ for r in rows]},
-                           html_page("faithclip bench", body))
+    body = (
+        f"<p>{machine}. Ratios to a plain no-grad image forward of the same architecture (random weights). "
+        f"{html.escape(bench.RATIO_NOTE)}</p>"
+        + table(
+            ["arch", "item", "seconds", "forward s", "x forward"] + (["peak RSS (x forward)"] if memory else []),
+            [
+                [
+                    r.architecture,
+                    r.item,
+                    f"{r.seconds:.3f}",
+                    "" if r.forward_seconds is None else f"{r.forward_seconds:.3f}",
+                    f"{r.time_ratio:.2f}",
+                ]
+                + (["" if r.peak_ratio is None else f"{r.peak_ratio:.2f}"] if memory else [])
+                for r in rows
+            ],
+            text_columns=(0, 1),
+        )
+    )
+    _, page = write_report(
+        out, "bench", {"machine": machine, "rows": [r.__dict__ for r in rows]}, html_page("faithclip bench", body)
+    )
     print(f"Report: {page.resolve()}")
     return 0

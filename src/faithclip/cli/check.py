@@ -22,25 +22,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from faithclip.audit.check import CHECKS
 
     parser = subparsers.add_parser(
-        "check", help="check any explanation method against the two principles (P1 detected, P2 measured)",
+        "check",
+        help="check any explanation method against the two principles (P1 detected, P2 measured)",
         description="--methods names registered or plugin methods (`faithclip methods`), `all`, or callables "
-                    "module:function taking (model, pixels, texts) and returning maps (docs/plugins.md). "
-                    "Exit 1 when a check fails.")
-    parser.add_argument("--methods", action=CommaList, default=None, metavar="M[,M...]",
-                        help="comma-separated methods to check (required)")
-    parser.add_argument("positional_methods", nargs="*", metavar="METHOD", action=DeprecatedPositional,
-                        use="--methods M[,M...]",
-                        help="deprecated: the methods as positional arguments (use --methods; this spelling goes "
-                             "in the next release)")
+        "module:function taking (model, pixels, texts) and returning maps (docs/plugins.md). "
+        "Exit 1 when a check fails.",
+    )
+    parser.add_argument(
+        "--methods",
+        action=CommaList,
+        default=None,
+        metavar="M[,M...]",
+        help="comma-separated methods to check (required)",
+    )
+    parser.add_argument(
+        "positional_methods",
+        nargs="*",
+        metavar="METHOD",
+        action=DeprecatedPositional,
+        use="--methods M[,M...]",
+        help="deprecated: the methods as positional arguments (use --methods; this spelling goes in the next release)",
+    )
     add_method_options_argument(parser)
     add_model_argument(parser)
     add_run_arguments(parser)
     add_out_argument(parser, "check", optional=True)
-    parser.add_argument("--checks", default=list(CHECKS), action=CommaList, metavar="C[,C...]",
-                        help=f"comma-separated subset of the checks (default: {','.join(CHECKS)})")
-    parser.add_argument("--audit-sizes", action="store_true",
-                        help="the audit's documented P2 sizes and each method's own defaults (slow), instead of the "
-                             "check's small sizes")
+    parser.add_argument(
+        "--checks",
+        default=list(CHECKS),
+        action=CommaList,
+        metavar="C[,C...]",
+        help=f"comma-separated subset of the checks (default: {','.join(CHECKS)})",
+    )
+    parser.add_argument(
+        "--audit-sizes",
+        action="store_true",
+        help="the audit's documented P2 sizes and each method's own defaults (slow), instead of the "
+        "check's small sizes",
+    )
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
     parser.set_defaults(func=run)
 
@@ -65,24 +84,31 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_writable(args.out)
     checks = tuple(args.checks)
-    settings = CheckSettings.audit_sizes(checks=checks, seed=args.seed) if args.audit_sizes else CheckSettings(
-        checks=checks, seed=args.seed)
+    settings = (
+        CheckSettings.audit_sizes(checks=checks, seed=args.seed)
+        if args.audit_sizes
+        else CheckSettings(checks=checks, seed=args.seed)
+    )
     unknown = sorted(set(checks) - set(CHECKS))
     if unknown or not checks:
         raise FaithclipError(f"--checks: unknown {unknown or 'empty'}; choose from {', '.join(CHECKS)}.")
     if args.methods is not None and args.positional_methods:
-        raise FaithclipError("methods given both with --methods and as positional arguments; give them once, "
-                             "as --methods M[,M...].")
+        raise FaithclipError(
+            "methods given both with --methods and as positional arguments; give them once, as --methods M[,M...]."
+        )
     given = args.methods if args.methods is not None else args.positional_methods
     if not given:
-        raise FaithclipError("no method to check: give --methods M[,M...] (a registered name, `all`, or module:function).")
+        raise FaithclipError(
+            "no method to check: give --methods M[,M...] (a registered name, `all`, or module:function)."
+        )
     for name in given:
         if ":" in name:
             check_callable(name)
     handle = load_model(args.model, args)
     family = handle.family.name
-    names = [n for name in given
-             for n in ([s.name for s in METHODS if s.supports(family)] if name == "all" else [name])]
+    names = [
+        n for name in given for n in ([s.name for s in METHODS if s.supports(family)] if name == "all" else [name])
+    ]
     resolved = [resolve_method(name) for name in names]  # every name checked before any work
     for spec, origin in resolved:
         if origin != "callable":
@@ -90,9 +116,13 @@ def run(args: argparse.Namespace) -> int:
     registered = [spec.name for spec, origin in resolved if origin != "callable"]
     chosen = method_options(args, registered, handle)  # --method-option over the check's own small sizes
     if chosen:
-        merged = {name: {**settings.options(name), **chosen.get(name, {})}
-                  for name in dict.fromkeys([*dict(settings.method_options), *chosen])}
-        settings = replace(settings, method_options=tuple((name, tuple(options.items())) for name, options in merged.items()))
+        merged = {
+            name: {**settings.options(name), **chosen.get(name, {})}
+            for name in dict.fromkeys([*dict(settings.method_options), *chosen])
+        }
+        settings = replace(
+            settings, method_options=tuple((name, tuple(options.items())) for name, options in merged.items())
+        )
     cards = []
     progress = progress_printer(args, "stderr")
     for spec, origin in resolved:
@@ -101,9 +131,15 @@ def run(args: argparse.Namespace) -> int:
         cards.append(card)
     changed = holm_across_cards(cards)  # P2's multiplicity control runs over the methods of this run
     if changed:
-        print(f"P2 ladder after Holm over the {len(cards)} methods of this run: " + ", ".join(
-            f"{card['method']} {check['verdict']}" for card in cards for check in card["checks"]
-            if check["check"] == "P2 ladder" and card["method"] in changed))
+        print(
+            f"P2 ladder after Holm over the {len(cards)} methods of this run: "
+            + ", ".join(
+                f"{card['method']} {check['verdict']}"
+                for card in cards
+                for check in card["checks"]
+                if check["check"] == "P2 ladder" and card["method"] in changed
+            )
+        )
     if args.out is not None:
         record = {"faithclip": __version__, "model": handle.name, "settings": settings.in_use(), "cards": cards}
         json_path, html_path = write_report(args.out, "check", record, check_page(record))
@@ -127,5 +163,7 @@ def check_callable(reference: str) -> None:
     try:
         signature.bind(None, None, None)
     except TypeError:
-        raise MethodError(f"{reference} takes {signature}, but faithclip calls a METHOD given as module:function "
-                          "as function(model, pixels, texts) -> maps (docs/plugins.md).") from None
+        raise MethodError(
+            f"{reference} takes {signature}, but faithclip calls a METHOD given as module:function "
+            "as function(model, pixels, texts) -> maps (docs/plugins.md)."
+        ) from None

@@ -16,27 +16,36 @@ from faithclip.errors import FaithclipError
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help="shipped model name, transformers directory or hub id, or OpenAI/open_clip checkpoint file "
-             "(default: the shipped shapes-clip)",
+        "(default: the shipped shapes-clip)",
     )
     parser.add_argument(
-        "--tokenizer", default=None, metavar="DIR",
+        "--tokenizer",
+        default=None,
+        metavar="DIR",
         help="the tokenizer to use with --model (a transformers tokenizer directory or hub id), for a checkpoint "
-             "file that holds none, e.g. OpenAI's ViT-B-32.pt with openai/clip-vit-base-patch32's tokenizer",
+        "file that holds none, e.g. OpenAI's ViT-B-32.pt with openai/clip-vit-base-patch32's tokenizer",
     )
 
 
-def add_out_argument(parser: argparse.ArgumentParser, command: str, *, required: bool = False,
-                     holds: str = "", optional: bool = False) -> None:
+def add_out_argument(
+    parser: argparse.ArgumentParser, command: str, *, required: bool = False, holds: str = "", optional: bool = False
+) -> None:
     """The one output convention: ``--out DIR`` holds the command's JSON record and a self-contained
     ``report.html`` (``faithclip.report.page.write_report``), plus whatever else the command writes."""
     contents = f"{command}.json, report.html" + (f", {holds}" if holds else "")
     if optional:  # a command whose result is its terminal table; the report is written when asked for
         parser.add_argument("--out", metavar="DIR", default=None, help=f"also write {contents} to this directory")
         return
-    parser.add_argument("--out", metavar="DIR", required=required, default=None if required else f"faithclip-{command}",
-                        help=f"output directory ({contents})" + ("" if required else " (default: ./%(default)s)"))
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        required=required,
+        default=None if required else f"faithclip-{command}",
+        help=f"output directory ({contents})" + ("" if required else " (default: ./%(default)s)"),
+    )
 
 
 def positive_int(text: str) -> int:
@@ -106,8 +115,10 @@ def check_writable(path: str | Path, kind: Literal["dir", "file"] = "dir", optio
         directory = Path(os.path.realpath(target)).parent
     else:
         if target.is_symlink() and not target.exists():  # a dangling link or a loop: no directory can be made there
-            raise FaithclipError(f"{option} {target} is a symlink to nothing (a loop or a missing target), not a "
-                                 f"directory; choose another {option}.")
+            raise FaithclipError(
+                f"{option} {target} is a symlink to nothing (a loop or a missing target), not a "
+                f"directory; choose another {option}."
+            )
         if target.exists() and not target.is_dir():
             raise FaithclipError(f"{option} {target} is a file, not a directory; choose another {option}.")
         directory = target
@@ -132,7 +143,9 @@ def output_dir(path: str | Path, option: str = "--out") -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise FaithclipError(f"cannot create output directory {directory}: {error.strerror}. Choose another {option}.") from error
+        raise FaithclipError(
+            f"cannot create output directory {directory}: {error.strerror}. Choose another {option}."
+        ) from error
     return directory
 
 
@@ -148,25 +161,47 @@ PILLOW_MAX_PIXELS = _pillow_default_max_pixels()
 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """``--max-pixels``, the same on every command that reads image files (``main`` applies it)."""
-    parser.add_argument("--max-pixels", type=non_negative_int, default=PILLOW_MAX_PIXELS, metavar="N",
-                        help="refuse images of more than N pixels, a guard against decompression bombs; 0: no "
-                             "limit (default: Pillow's, %(default)s, about 9,500 x 9,500)")
+    parser.add_argument(
+        "--max-pixels",
+        type=non_negative_int,
+        default=PILLOW_MAX_PIXELS,
+        metavar="N",
+        help="refuse images of more than N pixels, a guard against decompression bombs; 0: no "
+        "limit (default: Pillow's, %(default)s, about 9,500 x 9,500)",
+    )
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, *, threads: int | None = None,
-                      threads_default: str = "torch's choice", progress: bool = True) -> None:
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    threads: int | None = None,
+    threads_default: str = "torch's choice",
+    progress: bool = True,
+) -> None:
     """``--device``, ``--dtype``, ``--threads`` and ``--no-progress``: the one group every command that runs a
     model takes (``main`` applies ``--threads`` for the command's duration and restores torch's count after).
     ``threads``: a command's own default where a documented reason exists (``threads_default`` says it and
     why); else torch's choice. ``progress=False`` for a command that prints no progress."""
     group = parser.add_argument_group("running the model")
-    group.add_argument("--device", default="cpu", metavar="DEVICE",
-                       help="where the model runs: cpu, cuda, cuda:N or mps (default: %(default)s)")
-    group.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                       help="the model's precision; scores and sums are taken in float32 either way "
-                            "(default: %(default)s)")
-    group.add_argument("--threads", type=positive_int, default=threads, metavar="N",
-                       help=f"torch CPU threads (default: {threads_default})")
+    group.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="where the model runs: cpu, cuda, cuda:N or mps (default: %(default)s)",
+    )
+    group.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float16", "bfloat16"),
+        help="the model's precision; scores and sums are taken in float32 either way (default: %(default)s)",
+    )
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        default=threads,
+        metavar="N",
+        help=f"torch CPU threads (default: {threads_default})",
+    )
     if progress:
         group.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
@@ -203,8 +238,12 @@ def load_model(name: str | None, args: argparse.Namespace | None = None) -> Any:
     from faithclip.models.loading import load
 
     transformers.utils.logging.disable_progress_bar()
-    return load(name, tokenizer=getattr(args, "tokenizer", None), device=getattr(args, "device", None),
-                dtype=getattr(args, "dtype", None) or "float32")
+    return load(
+        name,
+        tokenizer=getattr(args, "tokenizer", None),
+        device=getattr(args, "device", None),
+        dtype=getattr(args, "dtype", None) or "float32",
+    )
 
 
 def place_model(handle: Any, args: argparse.Namespace) -> Any:
@@ -224,6 +263,7 @@ def slug(text: str, limit: int = 40) -> str:
 
 # ---- one grammar: lists, method options, deprecated spellings ---------------------------------------------
 
+
 def names(text: str) -> list[str]:
     """``"a, b,c"`` -> ``["a", "b", "c"]``: the one list syntax (a comma list, one argument)."""
     return [part.strip() for part in text.split(",") if part.strip()]
@@ -234,8 +274,9 @@ def note_deprecated(namespace: argparse.Namespace, notice: str) -> None:
     namespace.deprecations = [*(getattr(namespace, "deprecations", None) or []), notice]
 
 
-def once(parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, option_string: str,
-         given: list[str]) -> None:
+def once(
+    parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, option_string: str, given: list[str]
+) -> None:
     """A list option given twice (under any of its spellings) is refused, never reduced to its last value;
     the message spells the one comma list meant."""
     seen = namespace.__dict__.setdefault("lists_given", set())
@@ -258,14 +299,19 @@ class CommaList(argparse.Action):
         given = values if isinstance(values, list) else [values]
         once(parser, namespace, self.dest, option_string, [name for text in given for name in names(text)])
         if len(given) > 1:
-            note_deprecated(namespace, f"{option_string} {' '.join(given)}: a space-separated list is deprecated "
-                                       f"and goes in the next release; write {option_string} {','.join(given)}")
+            note_deprecated(
+                namespace,
+                f"{option_string} {' '.join(given)}: a space-separated list is deprecated "
+                f"and goes in the next release; write {option_string} {','.join(given)}",
+            )
         listed = [name for text in given for name in names(text)]
         try:
             setattr(namespace, self.dest, [self.item(name) for name in listed])
         except ValueError:
-            parser.error(f"argument {option_string}: {','.join(listed)!r} is not a comma list of "
-                         f"{getattr(self.item, '__name__', 'value')} values")
+            parser.error(
+                f"argument {option_string}: {','.join(listed)!r} is not a comma list of "
+                f"{getattr(self.item, '__name__', 'value')} values"
+            )
 
 
 class DeprecatedAlias(argparse.Action):
@@ -293,8 +339,10 @@ class DeprecatedPositional(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if values:
-            note_deprecated(namespace, f"{self.metavar} as positional arguments is deprecated and goes in the "
-                                       f"next release; use {self.use}")
+            note_deprecated(
+                namespace,
+                f"{self.metavar} as positional arguments is deprecated and goes in the next release; use {self.use}",
+            )
         setattr(namespace, self.dest, [name for item in values or [] for name in names(item)])
 
 
@@ -305,16 +353,25 @@ def deprecated_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
 def add_random_weights_argument(parser: argparse.ArgumentParser, default: str) -> None:
     """``--random-weights``: the one name for building the model with random weights, its architecture (a
     ``config.json``) from ``--model DIR``, else ``default``."""
-    parser.add_argument("--random-weights", action="store_true",
-                        help="build the model with random weights (no weights needed): the architecture of --model "
-                             f"DIR's config.json, else {default}")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build the model with random weights (no weights needed): the architecture of --model "
+        f"DIR's config.json, else {default}",
+    )
 
 
 def add_method_options_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--method-option METHOD.KEY=VALUE``, the same on every command that runs methods."""
-    parser.add_argument("--method-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                        help=help or "a method option, e.g. rise.masks=1000 or grad_eclip.layers=2 (repeatable; values "
-                                     "read as JSON when they parse; recorded with the results)")
+    parser.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help=help
+        or "a method option, e.g. rise.masks=1000 or grad_eclip.layers=2 (repeatable; values "
+        "read as JSON when they parse; recorded with the results)",
+    )
 
 
 def parse_dotted(items: list[str], flag: str, error: type[Exception] = FaithclipError) -> dict[str, dict[str, Any]]:
@@ -336,8 +393,9 @@ def parse_dotted(items: list[str], flag: str, error: type[Exception] = Faithclip
     return options
 
 
-def method_options(args: argparse.Namespace, methods: list[str], model: Any = None,
-                   side: str = "image") -> dict[str, dict[str, Any]]:
+def method_options(
+    args: argparse.Namespace, methods: list[str], model: Any = None, side: str = "image"
+) -> dict[str, dict[str, Any]]:
     """``--method-option`` parsed and checked against the methods of the run (``registry.check_options``:
     unknown keys, wrong types, out-of-range values and, with ``model``, ``layers`` beyond its tower), in one
     line before any work. Options for a method not run are refused, as ``evaluate`` refuses them."""
@@ -347,8 +405,10 @@ def method_options(args: argparse.Namespace, methods: list[str], model: Any = No
     options = parse_dotted(getattr(args, "method_option", None) or [], "--method-option", MethodError)
     for method, given in options.items():
         if method not in methods:
-            raise MethodError(f"--method-option {method}.*: options given for method {method!r}, which is not "
-                              f"among the methods run ({', '.join(methods)}).")
+            raise MethodError(
+                f"--method-option {method}.*: options given for method {method!r}, which is not "
+                f"among the methods run ({', '.join(methods)})."
+            )
         layers = None
         if model is not None:
             from faithclip.api import tower_layers

@@ -20,8 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scenes", type=positive_int, default=8, help="number of scenes (default 8)")
     parser.add_argument("--no-audit", action="store_true", help="skip the P1/P2 checks and the Grad-ECLIP audit")
     add_model_argument(parser)
-    add_run_arguments(parser, threads_default="1 for a model under 20 M parameters, which runs several times "
-                                              "faster on one thread than on two contended ones; else torch's choice")
+    add_run_arguments(
+        parser,
+        threads_default="1 for a model under 20 M parameters, which runs several times "
+        "faster on one thread than on two contended ones; else torch's choice",
+    )
     parser.set_defaults(func=run)
 
 
@@ -30,10 +33,12 @@ def run(args: argparse.Namespace) -> int:
 
     out = check_writable(args.out, "dir")  # before any work; created when the report is written
     model = load_model(args.model, args)
-    results = run_demo(out, model, scenes=args.scenes, audit=not args.no_audit, progress=progress_printer(args),
-                       threads=args.threads)
-    print("\nLocalisation (pointing game within "
-          f"{results['tolerance_px']} px of the named object, {args.scenes} scenes):")
+    results = run_demo(
+        out, model, scenes=args.scenes, audit=not args.no_audit, progress=progress_printer(args), threads=args.threads
+    )
+    print(
+        f"\nLocalisation (pointing game within {results['tolerance_px']} px of the named object, {args.scenes} scenes):"
+    )
     for name, entry in sorted(results["methods"].items(), key=lambda kv: -kv[1]["pointing"]):
         print(f"  {name:<22} {entry['pointing']:.2f}   energy {entry['energy_share']:.2f}")
     worst = max(r["max_rel_diff"] for r in results["equivalence"] if r["dtype"] == "float32")

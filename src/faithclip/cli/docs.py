@@ -124,7 +124,7 @@ def run(command: str) -> str:
         return _run(command, env, words)
     with tempfile.TemporaryDirectory(prefix="faithclip-docs-") as folder:
         index = words.index("--out") + 1
-        return _run(command, env, [*words[:index], str(Path(folder) / "out"), *words[index + 1:]])
+        return _run(command, env, [*words[:index], str(Path(folder) / "out"), *words[index + 1 :]])
 
 
 def _run(command: str, env: dict[str, str], words: list[str]) -> str:
@@ -201,8 +201,10 @@ def _selected(figures: list[Figure], reduced: bool, slow: bool) -> tuple[list[Fi
             chosen.append(figure)
             continue
         skipped.setdefault((figure.doc, figure.command, reason), []).append(figure.line)
-    return chosen, [f"{doc}:{min(lines)}: {len(lines)} figure{'s' * (len(lines) > 1)} skipped ({reason}): `{command}`"
-                    for (doc, command, reason), lines in skipped.items()]
+    return chosen, [
+        f"{doc}:{min(lines)}: {len(lines)} figure{'s' * (len(lines) > 1)} skipped ({reason}): `{command}`"
+        for (doc, command, reason), lines in skipped.items()
+    ]
 
 
 class Runner:
@@ -268,14 +270,14 @@ def replicate(figures: list[Figure], runner: Runner) -> tuple[list[str], list[st
         count, apart = compare_intervals(figure.documented, output)
         total, overlapping = total + count, overlapping + count - len(apart)
         problems += [f"{where} vs `{fresh_command}`: {p}" for p in apart]
-        lines.append(f"{where}: {count - len(apart)} of {count} intervals overlap the replicate's "
-                     f"(`{fresh_command}`)")
+        lines.append(f"{where}: {count - len(apart)} of {count} intervals overlap the replicate's (`{fresh_command}`)")
     return lines, problems, total, overlapping
 
 
 def regenerate(figures: list[Figure], execute=run) -> None:
     """Rewrite each results block's output with a fresh run (claims are prose: they are checked, not written)."""
-    from faithclip.cli.audit_docs import SECTIONS, regenerate as regenerate_audit
+    from faithclip.cli.audit_docs import SECTIONS
+    from faithclip.cli.audit_docs import regenerate as regenerate_audit
 
     audit_sections: dict[Path, set[str]] = {}
     for figure in figures:
@@ -307,8 +309,10 @@ def report_check(chosen: list[Figure], lost: list[str], runner: Runner) -> int:
     for doc, seconds in runner.seconds.items():
         print(f"{doc}: its commands took {seconds:.0f} s")
     claims = sum(figure.block == "claim" for figure in chosen)
-    print(f"{len(chosen) - disagreeing} of {len(chosen)} documented figures agree with a fresh run "
-          f"({len(chosen) - claims} results runs, {claims} claims{f'; {len(lost)} claims lost' if lost else ''})")
+    print(
+        f"{len(chosen) - disagreeing} of {len(chosen)} documented figures agree with a fresh run "
+        f"({len(chosen) - claims} results runs, {claims} claims{f'; {len(lost)} claims lost' if lost else ''})"
+    )
     return 1 if lost or problems else 0
 
 
@@ -321,13 +325,17 @@ def report_replicate(chosen: list[Figure], lost: list[str], runner: Runner) -> i
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineParser(prog="python -m faithclip.cli.docs", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(
+        prog="python -m faithclip.cli.docs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("files", nargs="*", type=Path, help=f"pages (default: {' '.join(DOCS)})")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="rerun every documented command and compare its figures")
-    mode.add_argument("--replicate", action="store_true",
-                      help="rerun every figure with an interval with its seed + 1 and compare the intervals")
+    mode.add_argument(
+        "--replicate",
+        action="store_true",
+        help="rerun every figure with an interval with its seed + 1 and compare the intervals",
+    )
     mode.add_argument("--list", action="store_true", help="print every documented command with its doc and line")
     parser.add_argument("--reduced", action="store_true", help="only the figures marked cheap (reduced)")
     parser.add_argument("--slow", action="store_true", help="also the figures marked slow (hours)")
@@ -359,8 +367,11 @@ def main(argv: list[str] | None = None, execute=run) -> int:
         return 0
     chosen, skipped = _selected(figures, args.reduced, args.slow)
     if not chosen and not skipped and not lost:
-        print(f"python -m faithclip.cli.docs: no documented figures to run in {', '.join(map(str, files))}"
-              f"{' marked reduced' if args.reduced else ''}", file=sys.stderr)
+        print(
+            f"python -m faithclip.cli.docs: no documented figures to run in {', '.join(map(str, files))}"
+            f"{' marked reduced' if args.reduced else ''}",
+            file=sys.stderr,
+        )
         return 2
     for line in skipped:
         print(line)

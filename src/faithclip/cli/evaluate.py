@@ -47,45 +47,88 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from faithclip.metrics import METRICS
 
     parser = subparsers.add_parser(
-        "evaluate", help="evaluate explanation methods with faithfulness, localisation and sanity metrics",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "evaluate",
+        help="evaluate explanation methods with faithfulness, localisation and sanity metrics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_argument(parser)
     add_run_arguments(parser)
     add_image_arguments(parser)
-    parser.add_argument("--data", default="shapes",
-                        help="'shapes' (the generated world, fixed evaluation seed), 'voc:PATH', 'imagenet:PATH' "
-                             "or a folder whose layout is detected (default: shapes)")
-    parser.add_argument("--methods", default=list(DEFAULT_METHODS), action=CommaList, metavar="M[,M...]",
-                        help=f"comma-separated method names, or 'all' (default: {','.join(DEFAULT_METHODS)})")
-    parser.add_argument("--metrics", default=list(DEFAULT_METRICS), action=CommaList, metavar="M[,M...]",
-                        help=f"comma-separated, or 'all'; choose from {', '.join(METRICS.names())} "
-                             f"(default: {','.join(DEFAULT_METRICS)})")
+    parser.add_argument(
+        "--data",
+        default="shapes",
+        help="'shapes' (the generated world, fixed evaluation seed), 'voc:PATH', 'imagenet:PATH' "
+        "or a folder whose layout is detected (default: shapes)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=list(DEFAULT_METHODS),
+        action=CommaList,
+        metavar="M[,M...]",
+        help=f"comma-separated method names, or 'all' (default: {','.join(DEFAULT_METHODS)})",
+    )
+    parser.add_argument(
+        "--metrics",
+        default=list(DEFAULT_METRICS),
+        action=CommaList,
+        metavar="M[,M...]",
+        help=f"comma-separated, or 'all'; choose from {', '.join(METRICS.names())} "
+        f"(default: {','.join(DEFAULT_METRICS)})",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--count", type=int, default=100, help="number of generated scenes for --data shapes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random perturbations and the bootstrap")
     parser.add_argument("--batch-size", type=int, default=32, help="perturbed images scored per forward pass")
-    parser.add_argument("--images-per-step", type=int, default=1,
-                        help="images whose perturbed images (deletion/insertion curves) are scored together, in "
-                             "forwards of --batch-size images: more keeps a GPU busy; the results do not depend on it")
+    parser.add_argument(
+        "--images-per-step",
+        type=int,
+        default=1,
+        help="images whose perturbed images (deletion/insertion curves) are scored together, in "
+        "forwards of --batch-size images: more keeps a GPU busy; the results do not depend on it",
+    )
     parser.add_argument("--examples", type=int, default=4, help="images shown with overlays in the report")
-    parser.add_argument("--option", action="append", default=[], metavar="METRIC.KEY=VALUE",
-                        help="a metric option, e.g. pointing_game.tolerance=4 or deletion_rise.substrate=black "
-                             "(repeatable; it is added to the metric's protocol label)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="METRIC.KEY=VALUE",
+        help="a metric option, e.g. pointing_game.tolerance=4 or deletion_rise.substrate=black "
+        "(repeatable; it is added to the metric's protocol label)",
+    )
     add_method_options_argument(parser)
-    parser.add_argument("--repair", action="store_true",
-                        help="drop damaged lines of records.jsonl (named by the error) and compute those records again")
-    parser.add_argument("--shard", default=None, metavar="I/N",
-                        help="compute only the cases at positions I, I+N, I+2N, ... into records.shard-I-of-N.jsonl "
-                             "(one job of a job array; the results are written by --merge)")
-    parser.add_argument("--merge", nargs="*", default=None, metavar="DIR",
-                        help="compute nothing: check and merge the shards' records in --out and in these other run "
-                             "folders of the same command, then write the results into --out")
-    parser.add_argument("--maps", default=None, metavar="DIR",
-                        help="score precomputed maps, one <case>__<method>.npy/.npz per case and method (format: "
-                             "docs/interop.md), instead of running methods; their bytes join the run identity")
-    parser.add_argument("--save-maps", action="store_true",
-                        help="also write every computed map to OUT/maps/<case>__<method>.npz (readable by --maps)")
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="drop damaged lines of records.jsonl (named by the error) and compute those records again",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="compute only the cases at positions I, I+N, I+2N, ... into records.shard-I-of-N.jsonl "
+        "(one job of a job array; the results are written by --merge)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="*",
+        default=None,
+        metavar="DIR",
+        help="compute nothing: check and merge the shards' records in --out and in these other run "
+        "folders of the same command, then write the results into --out",
+    )
+    parser.add_argument(
+        "--maps",
+        default=None,
+        metavar="DIR",
+        help="score precomputed maps, one <case>__<method>.npy/.npz per case and method (format: "
+        "docs/interop.md), instead of running methods; their bytes join the run identity",
+    )
+    parser.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="also write every computed map to OUT/maps/<case>__<method>.npz (readable by --maps)",
+    )
     parser.add_argument("--out", required=True, help="output directory (records.jsonl, results.json/.md, report.html)")
     parser.set_defaults(func=run)
 
@@ -103,25 +146,41 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise EvaluationError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
-    out = check_writable(args.out, "dir", "--out")  # creates nothing: the run creates it, and removes it if it fails early
+    out = check_writable(
+        args.out, "dir", "--out"
+    )  # creates nothing: the run creates it, and removes it if it fails early
     metric_options = parse_options(args.option)
     method_options = parse_options(args.method_option, "--method-option")
     if args.maps is not None and args.save_maps:
-        raise EvaluationError("--save-maps writes the maps the methods compute; with --maps none are computed. Give one.")
+        raise EvaluationError(
+            "--save-maps writes the maps the methods compute; with --maps none are computed. Give one."
+        )
     shard = Shard.parse(args.shard) if args.shard is not None else None
     if shard is not None and args.merge is not None:
         raise EvaluationError("--shard computes one shard and --merge merges finished ones; give one of them.")
     from faithclip.evaluation import shards
 
     if shards.launched() and (shard is not None or args.merge is not None):
-        raise EvaluationError("under torchrun every rank evaluates its own shard and rank 0 merges; "
-                              "drop --shard and --merge.")
+        raise EvaluationError(
+            "under torchrun every rank evaluates its own shard and rank 0 merges; drop --shard and --merge."
+        )
     args.device = shards.rank_device(args.device)
     handle = load_model(args.model, args)
-    config = EvalConfig(model=args.model or "shapes-clip", data=args.data, methods=args.methods,
-                        metrics=args.metrics, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-                        examples=args.examples, metric_options=metric_options, method_options=method_options,
-                        images_per_step=args.images_per_step, maps=args.maps, save_maps=args.save_maps)
+    config = EvalConfig(
+        model=args.model or "shapes-clip",
+        data=args.data,
+        methods=args.methods,
+        metrics=args.metrics,
+        limit=args.limit,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        examples=args.examples,
+        metric_options=metric_options,
+        method_options=method_options,
+        images_per_step=args.images_per_step,
+        maps=args.maps,
+        save_maps=args.save_maps,
+    )
     evaluator = Evaluator(handle, config)  # checks methods, metrics and every option
     data = open_data(args.data, image_size=handle.preprocess.size, count=args.count)
     try:
@@ -133,8 +192,10 @@ def run(args: argparse.Namespace) -> int:
             results = evaluator.merge(data, out, args.merge, progress=not args.no_progress, repair=args.repair)
         elif shard is not None:
             evaluator.run(data, out, progress=not args.no_progress, repair=args.repair, shard=shard)
-            print(f"shard {shard} finished in {out}; when every shard has, run the same command with --merge "
-                  "instead of --shard to write the results")
+            print(
+                f"shard {shard} finished in {out}; when every shard has, run the same command with --merge "
+                "instead of --shard to write the results"
+            )
             return 0
         else:
             results = evaluator.run(data, out, progress=not args.no_progress, repair=args.repair)

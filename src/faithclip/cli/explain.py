@@ -27,9 +27,9 @@ from faithclip.errors import FaithclipError, MethodError
 from faithclip.files import write_atomic
 from faithclip.models.images import check_image_file
 from faithclip.registry import METHODS
-from faithclip.targets import NO_OTHER_TEXTS, TARGET_KINDS
 from faithclip.report.colour import SCALES
 from faithclip.report.figures import FORMATS, VIEWS
+from faithclip.targets import NO_OTHER_TEXTS, TARGET_KINDS
 
 # Methods that score hundreds of perturbed images per map: the user is told before each image, not after.
 SLOW_METHODS = frozenset({"rise", "occlusion", "m2ib"})
@@ -38,41 +38,74 @@ SLOW_METHODS = frozenset({"rise", "occlusion", "m2ib"})
 def register(subparsers: argparse._SubParsersAction) -> None:
     import faithclip.methods  # noqa: F401  (fills the registry, the single source of method names)
 
-    parser = subparsers.add_parser("explain", help="explain image-text pairs with a method",
-                                   description="Write a figure (PNG: the map on the image at its own resolution, "
-                                               "the model's crop outlined, a raw-value colour bar) and a JSON "
-                                               "record per image-text pair, and explain.json + report.html.")
+    parser = subparsers.add_parser(
+        "explain",
+        help="explain image-text pairs with a method",
+        description="Write a figure (PNG: the map on the image at its own resolution, "
+        "the model's crop outlined, a raw-value colour bar) and a JSON "
+        "record per image-text pair, and explain.json + report.html.",
+    )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--text", action="append", required=True, help="text to explain (repeat for several)")
-    parser.add_argument("--methods", action=CommaList, default=None, metavar="M[,M...]",
-                        help="the method, or a comma list of methods drawn side by side "
-                             f"(default attention_eclip; one of {', '.join(METHODS.names())})")
+    parser.add_argument(
+        "--methods",
+        action=CommaList,
+        default=None,
+        metavar="M[,M...]",
+        help="the method, or a comma list of methods drawn side by side "
+        f"(default attention_eclip; one of {', '.join(METHODS.names())})",
+    )
     add_method_options_argument(parser)
     parser.add_argument("--side", default="image", choices=("image", "text"), help="explain the image or the text")
-    parser.add_argument("--target", default=None, choices=TARGET_KINDS,
-                        help="the score explained (default: the model family's own: cosine for CLIP and BLIP, "
-                             "logit for SigLIP and ViT classifiers; BLIP also: itm, its image-text matching "
-                             "probability, and itm_log_odds, image side only)")
-    parser.add_argument("--other", action="append", default=[],
-                        help="other prompts of the set (probability, repeat for each) or the one contrasting "
-                             "text (contrast); not used by cosine or logit")
-    parser.add_argument("--layers", type=positive_int, default=None,
-                        help="number of last layers (methods that take it)")
+    parser.add_argument(
+        "--target",
+        default=None,
+        choices=TARGET_KINDS,
+        help="the score explained (default: the model family's own: cosine for CLIP and BLIP, "
+        "logit for SigLIP and ViT classifiers; BLIP also: itm, its image-text matching "
+        "probability, and itm_log_odds, image side only)",
+    )
+    parser.add_argument(
+        "--other",
+        action="append",
+        default=[],
+        help="other prompts of the set (probability, repeat for each) or the one contrasting "
+        "text (contrast); not used by cosine or logit",
+    )
+    parser.add_argument(
+        "--layers", type=positive_int, default=None, help="number of last layers (methods that take it)"
+    )
     add_model_argument(parser)
     add_run_arguments(parser)
     add_image_arguments(parser)
     add_out_argument(parser, "explain", holds="a PNG figure and a JSON record per pair")
-    parser.add_argument("--format", default="png", choices=FORMATS,
-                        help="figure files: png (300 dpi), or pdf / svg (vector, for papers)")
-    parser.add_argument("--scale", default="shared", choices=SCALES,
-                        help="colour scales: shared (default; one per method: its maps of every prompt compare by "
-                             "colour), all (one for every map, for methods whose units agree), per_map")
-    parser.add_argument("--view", default="overlay", choices=VIEWS,
-                        help="how a map is drawn on the image: overlay (default), contour lines, or masked image")
-    parser.add_argument("--save-maps", action="store_true",
-                        help="also write each raw patch-grid map as <stem>.npz (format: docs/interop.md)")
-    deprecated_group(parser).add_argument("--method", action=DeprecatedAlias, dest="methods", type=names,
-                                          use="--methods M[,M...]", metavar="M[,M...]")
+    parser.add_argument(
+        "--format",
+        default="png",
+        choices=FORMATS,
+        help="figure files: png (300 dpi), or pdf / svg (vector, for papers)",
+    )
+    parser.add_argument(
+        "--scale",
+        default="shared",
+        choices=SCALES,
+        help="colour scales: shared (default; one per method: its maps of every prompt compare by "
+        "colour), all (one for every map, for methods whose units agree), per_map",
+    )
+    parser.add_argument(
+        "--view",
+        default="overlay",
+        choices=VIEWS,
+        help="how a map is drawn on the image: overlay (default), contour lines, or masked image",
+    )
+    parser.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="also write each raw patch-grid map as <stem>.npz (format: docs/interop.md)",
+    )
+    deprecated_group(parser).add_argument(
+        "--method", action=DeprecatedAlias, dest="methods", type=names, use="--methods M[,M...]", metavar="M[,M...]"
+    )
     parser.set_defaults(func=run)
 
 
@@ -82,8 +115,10 @@ def check_family(model, method: str, side: str) -> None:
 
     spec = method_for(model, method, side)
     if side not in spec.sides_on(model.family):
-        raise MethodError(f"{method} has no {side} side on {model.family.name} models; use --side "
-                          f"{' or '.join(spec.sides_on(model.family)) or 'image'}.")
+        raise MethodError(
+            f"{method} has no {side} side on {model.family.name} models; use --side "
+            f"{' or '.join(spec.sides_on(model.family)) or 'image'}."
+        )
 
 
 def method_list(given: list[str] | None) -> list[str]:
@@ -93,7 +128,9 @@ def method_list(given: list[str] | None) -> list[str]:
     chosen = unique(given)
     unknown = [name for name in chosen if name not in METHODS.names()]
     if unknown or not chosen:
-        raise MethodError(f"unknown method {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS.names())}")
+        raise MethodError(
+            f"unknown method {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS.names())}"
+        )
     return chosen
 
 
@@ -103,11 +140,15 @@ def check_target(target: str, others: list[str], texts: list[str] = ()) -> None:
 
     check_others(texts, others)
     if (target is None or target in NO_OTHER_TEXTS) and others:
-        raise MethodError(f"--other is not used by --target {target or '(default)'}; remove it, or use --target contrast "
-                          "(one --other) or --target probability (the other prompts of the set).")
+        raise MethodError(
+            f"--other is not used by --target {target or '(default)'}; remove it, or use --target contrast "
+            "(one --other) or --target probability (the other prompts of the set)."
+        )
     if target == "contrast" and len(others) != 1:
-        raise MethodError(f"--target contrast needs exactly one --other TEXT to contrast with (got {len(others)}), "
-                          "e.g. --other 'a blue square'.")
+        raise MethodError(
+            f"--target contrast needs exactly one --other TEXT to contrast with (got {len(others)}), "
+            "e.g. --other 'a blue square'."
+        )
 
 
 def unique(items: list[str], key=lambda item: item) -> list[str]:
@@ -143,7 +184,9 @@ def run(args: argparse.Namespace) -> int:
     methods = method_list(args.methods)
     check_target(args.target, args.other, args.text)
     if args.save_maps and args.side != "image":
-        raise MethodError("--save-maps writes image maps; drop it for --side text (the token map is in the JSON record).")
+        raise MethodError(
+            "--save-maps writes image maps; drop it for --side text (the token map is in the JSON record)."
+        )
     for path in args.images:  # each a readable image file within --max-pixels: one line naming it if not (a
         check_image_file(path)  # loop, a directory ...), before the model is loaded
     out = check_writable(args.out, "dir")  # created when the first file is written
@@ -167,8 +210,9 @@ def run(args: argparse.Namespace) -> int:
     options = {} if args.layers is None else {"layers": args.layers}
     # each method, its options (is --layers one of them? within the tower?) and every text usable before any work ...
     for method in methods:
-        method_spec(method, args.side).check_options(args.side, options, spelled=lambda key: f"--{key}",
-                                                     layers=tower_layers(model, args.side))
+        method_spec(method, args.side).check_options(
+            args.side, options, spelled=lambda key: f"--{key}", layers=tower_layers(model, args.side)
+        )
     per_method = method_options(args, methods, model, args.side)  # --method-option, checked the same way
     model.tokens(texts)
     for path in images:  # ... and every image readable
@@ -178,12 +222,20 @@ def run(args: argparse.Namespace) -> int:
     for number, image_path in enumerate(images, 1):
         for method in methods:
             if method in SLOW_METHODS:
-                progress(f"{method} on {image_path} ({number}/{len(images)} images, {len(texts)} texts): "
-                         "a perturbation method, seconds per map")
+                progress(
+                    f"{method} on {image_path} ({number}/{len(images)} images, {len(texts)} texts): "
+                    "a perturbation method, seconds per map"
+                )
             try:  # the path itself, so that the record names it and what was done with its EXIF orientation
-                explained = run_side(model, [image_path], list(texts), method,
-                                     target=args.target, others=args.other,
-                                     **{**options, **per_method.get(method, {})})
+                explained = run_side(
+                    model,
+                    [image_path],
+                    list(texts),
+                    method,
+                    target=args.target,
+                    others=args.other,
+                    **{**options, **per_method.get(method, {})},
+                )
             except FaithclipError as error:
                 raise type(error)(f"{image_path}: {error}") from error
             results.append((image_path, method, list(explained)))
@@ -193,11 +245,20 @@ def run(args: argparse.Namespace) -> int:
     index, figures = write_outputs(results, images, texts, methods, out, args)
     from faithclip.report.page import write_report
 
-    record = {"model": model.name, "methods": methods, "side": args.side,
-              "target": args.target or model.family.default_target_kind, "others": args.other, "options": options,
-              "method_options": per_method,
-              "format": args.format, "scale": args.scale, "view": args.view,
-              "figures": [{k: v for k, v in f.items() if k != "preview"} for f in figures], "explanations": index}
+    record = {
+        "model": model.name,
+        "methods": methods,
+        "side": args.side,
+        "target": args.target or model.family.default_target_kind,
+        "others": args.other,
+        "options": options,
+        "method_options": per_method,
+        "format": args.format,
+        "scale": args.scale,
+        "view": args.view,
+        "figures": [{k: v for k, v in f.items() if k != "preview"} for f in figures],
+        "explanations": index,
+    }
     _, page = write_report(out, "explain", record, render_explain(record, figures))
     print(f"Report: {page.resolve()}")
     return 0
@@ -209,8 +270,9 @@ def _image_size(explanation) -> tuple[int, int] | None:
     return None if image is None else (image.height, image.width)
 
 
-def write_outputs(results: list, images: list[str], texts: list[str], methods: list[str], out: Path,
-                  args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+def write_outputs(
+    results: list, images: list[str], texts: list[str], methods: list[str], out: Path, args: argparse.Namespace
+) -> tuple[list[dict], list[dict]]:
     """A JSON record per (image, text, method) and the figures: with one method, a figure per pair; with
     several, for each image a grid (a row per method, a column per prompt, each method's maps on one colour
     scale). Returns the index entries and the figures (file, colour scales, a PNG preview for the page)."""
@@ -225,11 +287,12 @@ def write_outputs(results: list, images: list[str], texts: list[str], methods: l
         path = out / f"{stem}.{args.format}"
         write_atomic(path, figure_bytes(figure, args.format))
         preview = path.read_bytes() if args.format == "png" else figure_bytes(figure, "png", dpi=SCREEN_DPI)
-        scales = [dict(scale.as_dict(), explanation=member, method=index[member]["method"])
-                  for scale, member in zip(getattr(figure, "colour_scales", []), members)]
+        scales = [
+            dict(scale.as_dict(), explanation=member, method=index[member]["method"])
+            for scale, member in zip(getattr(figure, "colour_scales", []), members)
+        ]
         print(f"  figure -> {path}")
-        return {"file": path.name, "title": title, "colour_scales": scales, "preview": preview,
-                "explanations": members}
+        return {"file": path.name, "title": title, "colour_scales": scales, "preview": preview, "explanations": members}
 
     index, figures = [], []
     for image_path in images:
@@ -242,13 +305,29 @@ def write_outputs(results: list, images: list[str], texts: list[str], methods: l
                 if args.save_maps:
                     from faithclip.data.maps import write_map
 
-                    write_map(out, image_path, method, explanation.map, "patch", stem=stem, text=text,
-                              model=explanation.model_id, region=explanation.region,
-                              image_size=_image_size(explanation))
+                    write_map(
+                        out,
+                        image_path,
+                        method,
+                        explanation.map,
+                        "patch",
+                        stem=stem,
+                        text=text,
+                        model=explanation.model_id,
+                        region=explanation.region,
+                        image_size=_image_size(explanation),
+                    )
                 line = f"{image_path}  {text!r}  {method}  {explanation.target}={explanation.score:+.4f}"
-                entry = {"image": image_path, "text": text, "method": method, "target": explanation.target,
-                         "score": explanation.score, "model_score": explanation.model_score,
-                         "json": f"{stem}.json", "warnings": explanation.warnings}
+                entry = {
+                    "image": image_path,
+                    "text": text,
+                    "method": method,
+                    "target": explanation.target,
+                    "score": explanation.score,
+                    "model_score": explanation.model_score,
+                    "json": f"{stem}.json",
+                    "warnings": explanation.warnings,
+                }
                 if args.side == "text":
                     tokens = explanation.tokens or []
                     weights = " ".join(f"{t}:{w:.2f}" for t, w in zip(tokens, explanation.map.tolist()) if w > 0)
@@ -258,13 +337,17 @@ def write_outputs(results: list, images: list[str], texts: list[str], methods: l
                 for note in explanation.warnings:
                     print(f"  warning: {note}")
                 if len(methods) == 1 or args.side == "text":  # a figure per pair
-                    figure = (explanation_figure(explanation, view=args.view) if args.side == "image"
-                              else explanation.figure())
+                    figure = (
+                        explanation_figure(explanation, view=args.view)
+                        if args.side == "image"
+                        else explanation.figure()
+                    )
                     entry["figure"] = f"{stem}.{args.format}"
-                    figures.append(save(figure, stem, f"{image_path}: \"{text}\" ({method})", [len(index) - 1]))
+                    figures.append(save(figure, stem, f'{image_path}: "{text}" ({method})', [len(index) - 1]))
         if len(methods) > 1 and args.side == "image":
-            grid = comparison_figure([e for method in methods for e in by_method[method]], scale=args.scale,
-                                     view=args.view)
+            grid = comparison_figure(
+                [e for method in methods for e in by_method[method]], scale=args.scale, view=args.view
+            )
             stem = f"{Path(image_path).stem}__{'+'.join(methods)}"
             if len(images) != len({Path(p).stem.lower() for p in images}):
                 stem += "__" + hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
@@ -283,31 +366,56 @@ def render_explain(record: dict, figures: list[dict]) -> str:
 
     from faithclip.report.page import data_uri, esc, html_page, table
 
-    rows = [[e["image"], e["text"], e["method"], f"{e['score']:+.4f}",
-             "" if e["model_score"] is None else f"{e['model_score']:+.4f}", "; ".join(e["warnings"])]
-            for e in record["explanations"]]
+    rows = [
+        [
+            e["image"],
+            e["text"],
+            e["method"],
+            f"{e['score']:+.4f}",
+            "" if e["model_score"] is None else f"{e['model_score']:+.4f}",
+            "; ".join(e["warnings"]),
+        ]
+        for e in record["explanations"]
+    ]
     bad = [i for i, e in enumerate(record["explanations"]) if e["warnings"]]
-    scale_words = {"shared": "each method's maps share one colour scale (a method's maps are in the same units; "
-                             "different methods' are not)",
-                   "all": "every map shares one colour scale", "per_map": "each map has its own colour scale"}
-    parts = [f"<p>Model <b>{esc(record['model'])}</b>, method(s) <b>{esc(', '.join(record['methods']))}</b> "
-             f"({esc(record['side'])} side), target <b>{esc(record['target'])}</b>.</p>"]
+    scale_words = {
+        "shared": "each method's maps share one colour scale (a method's maps are in the same units; "
+        "different methods' are not)",
+        "all": "every map shares one colour scale",
+        "per_map": "each map has its own colour scale",
+    }
+    parts = [
+        f"<p>Model <b>{esc(record['model'])}</b>, method(s) <b>{esc(', '.join(record['methods']))}</b> "
+        f"({esc(record['side'])} side), target <b>{esc(record['target'])}</b>.</p>"
+    ]
     if record["side"] == "image":
-        parts.append("<p>Each figure shows the map on the image over the region it covers (the model's crop, "
-                     "outlined), the image untouched, and a colour bar in the map's raw values with zero marked: "
-                     "non-negative maps run from 0 (transparent) to their top, signed maps are centred on 0 "
-                     f"(blue below, red above). In these figures {scale_words[record['scale']]}, so within a "
-                     "scale a stronger colour is a larger value. The score in each panel's title is the "
-                     "explained score; a prompt the model rejects has a negative one.</p>")
+        parts.append(
+            "<p>Each figure shows the map on the image over the region it covers (the model's crop, "
+            "outlined), the image untouched, and a colour bar in the map's raw values with zero marked: "
+            "non-negative maps run from 0 (transparent) to their top, signed maps are centred on 0 "
+            f"(blue below, red above). In these figures {scale_words[record['scale']]}, so within a "
+            "scale a stronger colour is a larger value. The score in each panel's title is the "
+            "explained score; a prompt the model rejects has a negative one.</p>"
+        )
     else:
-        parts.append("<p>Each figure shows one bar per token: the token's raw weight in the explained score "
-                     "(red above zero, blue below).</p>")
-    parts.append(table(["image", "text", "method", "score", "model score", "warnings"], rows,
-                       bad_cells=[(i, 5) for i in bad], text_columns=(0, 1, 2, 5)))
+        parts.append(
+            "<p>Each figure shows one bar per token: the token's raw weight in the explained score "
+            "(red above zero, blue below).</p>"
+        )
+    parts.append(
+        table(
+            ["image", "text", "method", "score", "model score", "warnings"],
+            rows,
+            bad_cells=[(i, 5) for i in bad],
+            text_columns=(0, 1, 2, 5),
+        )
+    )
     for figure in figures:
         parts.append(f"<h2>{esc(figure['title'])}</h2>")
         warnings = dict.fromkeys(w for i in figure["explanations"] for w in record["explanations"][i]["warnings"])
         parts += [f"<p class='bad'>warning: {esc(w)}</p>" for w in warnings]
-        parts.append(f"<figure><img alt='{esc(figure['title'])}' data-colour-scales='{esc(json.dumps(figure['colour_scales']))}' "
-                     f"src='{data_uri(figure['preview'])}'><figcaption>{esc(figure['file'])}</figcaption></figure>")
+        parts.append(
+            f"<figure><img alt='{esc(figure['title'])}' data-colour-scales='{esc(json.dumps(figure['colour_scales']))}' "
+            f"src='{data_uri(figure['preview'])}'><figcaption>{esc(figure['file'])}</figcaption></figure>"
+        )
     return html_page("faithclip explain", "".join(parts))

@@ -116,8 +116,12 @@ def quiet_transformers() -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    for name in ("transformers.utils.import_utils", "transformers.configuration_utils", "transformers",
-                 "transformers.tokenization_utils_base"):
+    for name in (
+        "transformers.utils.import_utils",
+        "transformers.configuration_utils",
+        "transformers",
+        "transformers.tokenization_utils_base",
+    ):
         logging.getLogger(name).addFilter(_NotTheUsersConcern())
 
 
@@ -177,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             from faithclip.files import write_failure
 
             again = "; once space is freed, run the same command again to resume" if args.command in RESUMABLE else ""
-            print(f"{prefix}: error: {write_failure(error.filename or 'an output file', error)}{again}", file=sys.stderr)
+            print(
+                f"{prefix}: error: {write_failure(error.filename or 'an output file', error)}{again}", file=sys.stderr
+            )
             return EXIT_USAGE
 
 

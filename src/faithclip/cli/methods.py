@@ -8,8 +8,9 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("methods", help="list the explanation methods and the model families they support")
-    parser.add_argument("--table", action="store_true",
-                        help="print a Markdown table of model families x methods (sides each supports)")
+    parser.add_argument(
+        "--table", action="store_true", help="print a Markdown table of model families x methods (sides each supports)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -21,8 +22,7 @@ def family_table() -> str:
 
     _load_families()
     families = sorted(FAMILIES.values(), key=lambda f: f.name != "clip")  # CLIP first, then as registered
-    lines = ["| method | " + " | ".join(f.name for f in families) + " |",
-             "|---|" + "---|" * len(families)]
+    lines = ["| method | " + " | ".join(f.name for f in families) + " |", "|---|" + "---|" * len(families)]
     for spec in METHODS:
         cells = []
         for family in families:

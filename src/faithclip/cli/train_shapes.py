@@ -34,20 +34,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "SiglipModel (siglip) on generated shape scenes for a fixed time budget and save it with "
         "save_pretrained (model, tokenizer if any, image processor, TRAINING.json).",
     )
-    parser.add_argument("--family", default="clip", choices=tuple(FAMILIES),
-                        help="which model to train (default: %(default)s)")
+    parser.add_argument(
+        "--family", default="clip", choices=tuple(FAMILIES), help="which model to train (default: %(default)s)"
+    )
     parser.add_argument("--out", default=None, help="output directory (default: ./shapes-FAMILY)")
     parser.add_argument("--minutes", type=positive_float, default=20.0, help="training time budget (default: 20)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of weights and training scenes (default: 0)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of weights and training scenes (default: 0)"
+    )
     # default: ShapesRecipe.threads (not imported here: the training module loads transformers' image
     # processors, which slows every other command's start and prints a torchvision notice)
     parser.add_argument("--threads", type=int, default=None, choices=(1, 2), help="torch CPU threads (default: 1)")
     # Spelled out, not imported from shapes.world (which pulls in numpy and PIL only, but the CLI's
     # help must not depend on it); a test keeps the two equal.
-    parser.add_argument("--mechanism", default="objects", choices=MECHANISMS,
-                        help="what the captions can be learned from: objects (the default world), colour (the "
-                        "shape is uninformative), cue (a corner marker, not the object), ignore-shape (rings are "
-                        "never named); see docs/p2.md, 'Planted mechanisms' (default: %(default)s)")
+    parser.add_argument(
+        "--mechanism",
+        default="objects",
+        choices=MECHANISMS,
+        help="what the captions can be learned from: objects (the default world), colour (the "
+        "shape is uninformative), cue (a corner marker, not the object), ignore-shape (rings are "
+        "never named); see docs/p2.md, 'Planted mechanisms' (default: %(default)s)",
+    )
     parser.set_defaults(func=run)
 
 

@@ -25,30 +25,41 @@ from faithclip.cli.common import (
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "verify", help="verify the Grad-ECLIP / Attention-ECLIP equivalence and principle P1",
+        "verify",
+        help="verify the Grad-ECLIP / Attention-ECLIP equivalence and principle P1",
         description="Explain image-text pairs with Grad-ECLIP and Attention-ECLIP on both towers and print "
-                    "their largest differences; then check that each method explains the model's own score.")
-    parser.add_argument("images", nargs="*", metavar="IMAGE",
-                        help="image files (default: scenes of the shapes world for the shapes model, "
-                             "the VOC samples otherwise)")
+        "their largest differences; then check that each method explains the model's own score.",
+    )
+    parser.add_argument(
+        "images",
+        nargs="*",
+        metavar="IMAGE",
+        help="image files (default: scenes of the shapes world for the shapes model, the VOC samples otherwise)",
+    )
     parser.add_argument("--text", action="append", default=None, help="texts (default: the model's demo prompts)")
-    parser.add_argument("--layers", type=positive_int, action="append", default=None, help="numbers of last layers to compare")
+    parser.add_argument(
+        "--layers", type=positive_int, action="append", default=None, help="numbers of last layers to compare"
+    )
     parser.add_argument("--float64", action="store_true", help="also compare in float64 (on a converted copy)")
     parser.add_argument("--no-p1", action="store_true", help="skip the principle-P1 check of every method")
     add_method_options_argument(parser)
     add_model_argument(parser)
-    add_random_weights_argument(parser, "the real ViT-B/32 architecture, whose config and the CLIP tokenizer ship "
-                                        "with faithclip")
+    add_random_weights_argument(
+        parser, "the real ViT-B/32 architecture, whose config and the CLIP tokenizer ship with faithclip"
+    )
     add_run_arguments(parser)
     add_image_arguments(parser)
     add_out_argument(parser, "verify", optional=True)
     old = deprecated_group(parser)
-    old.add_argument("--random-b32", action=DeprecatedAlias, dest="random_weights", nargs=0, const=True,
-                     use="--random-weights")
-    old.add_argument("--reference", action=DeprecatedAlias, dest="model", metavar="DIR",
-                     use="--model DIR --random-weights")
-    old.add_argument("--json", action=DeprecatedAlias, default=None, metavar="FILE",
-                     use="--out DIR (it writes verify.json there)")
+    old.add_argument(
+        "--random-b32", action=DeprecatedAlias, dest="random_weights", nargs=0, const=True, use="--random-weights"
+    )
+    old.add_argument(
+        "--reference", action=DeprecatedAlias, dest="model", metavar="DIR", use="--model DIR --random-weights"
+    )
+    old.add_argument(
+        "--json", action=DeprecatedAlias, default=None, metavar="FILE", use="--out DIR (it writes verify.json there)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -72,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
     # P1 compares scores, not map quality, so RISE runs with few masks here (its explained score does not
     # depend on the number of masks); --method-option adds to or overrides these
     given = method_options(args, METHODS.names(), model)
-    p1_options = {name: {**({"masks": 64} if name == "rise" else {}), **given.get(name, {})}
-                  for name in dict.fromkeys(["rise", *given])}
+    p1_options = {
+        name: {**({"masks": 64} if name == "rise" else {}), **given.get(name, {})}
+        for name in dict.fromkeys(["rise", *given])
+    }
     images, texts = default_inputs(model, args.images, args.text)
     dtypes = (model.dtype, torch.float64) if args.float64 else (model.dtype,)  # --dtype: the model's own
     progress(f"Grad-ECLIP vs Attention-ECLIP on {len(images)} images x {len(texts)} texts, both towers")
@@ -97,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
         declared = sorted({r.method for r in p1_rows if not r.passed and (r.modifies_model or r.modifies_input)})
         undeclared = sorted({r.method for r in p1_rows if not r.passed and not (r.modifies_model or r.modifies_input)})
         if declared:
-            print(f"\nDeclared departures (not failures): {', '.join(declared)} explain another forward or "
-                  "input, and say so (modifies_model / modifies_input).")
+            print(
+                f"\nDeclared departures (not failures): {', '.join(declared)} explain another forward or "
+                "input, and say so (modifies_model / modifies_input)."
+            )
         if undeclared:
             failures.append(f"{', '.join(undeclared)} depart from the model's own score without declaring it")
     record["failures"] = failures
@@ -116,7 +131,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nFAILED: {failure}")
     if failures:
         return 1
-    declared = sorted({row["method"] for row in record.get("p1", []) if not row["passed"]
-                       and (row.get("modifies_model") or row.get("modifies_input"))})
+    declared = sorted(
+        {
+            row["method"]
+            for row in record.get("p1", [])
+            if not row["passed"] and (row.get("modifies_model") or row.get("modifies_input"))
+        }
+    )
     print("\nAll checks passed." + (f" Declared departures (not failures): {', '.join(declared)}." if declared else ""))
     return 0

@@ -51,8 +51,7 @@ class FileDigests:
 
     def changed(self) -> list[str]:
         """Files hashed now whose content differs from what the cache recorded (the run's earlier state)."""
-        return [key for key, entry in self.current.items()
-                if key in self.cached and self.cached[key][4] != entry[4]]
+        return [key for key, entry in self.current.items() if key in self.cached and self.cached[key][4] != entry[4]]
 
     def save(self) -> None:
         """Write the digests of this run's files (only those: files no longer in the set are forgotten)."""

@@ -94,7 +94,9 @@ class LabelledSet:
     def limited(self, limit: int | None) -> LabelledSet:
         if limit is None:
             return self
-        return LabelledSet(self.name, self.class_names, self.cases[:limit], self.templates, self.prompts, self.has_masks)
+        return LabelledSet(
+            self.name, self.class_names, self.cases[:limit], self.templates, self.prompts, self.has_masks
+        )
 
 
 def aligned_mask(mask: np.ndarray, preprocess: ImagePreprocess) -> np.ndarray:
@@ -130,8 +132,10 @@ def imagenet_folder(root: str | Path) -> LabelledSet:
         elif len(lines) == len(class_dirs):
             names = lines
         else:
-            raise DataError(f"{names_file} has {len(lines)} names for {len(class_dirs)} class directories; "
-                            "give one name per directory (sorted order) or '<dir> <name>' lines.")
+            raise DataError(
+                f"{names_file} has {len(lines)} names for {len(class_dirs)} class directories; "
+                "give one name per directory (sorted order) or '<dir> <name>' lines."
+            )
     cases = []
     for label, directory in enumerate(class_dirs):
         for path in sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
@@ -163,8 +167,10 @@ def voc_folder(root: str | Path) -> LabelledSet:
     names_file = root / "class_names.txt"
     for required in (images, segmentations, names_file):
         if not required.exists():
-            raise DataError(f"{root} is not a VOC-style folder: {required.name} is missing "
-                            "(expected JPEGImages/, SegmentationClass/ and class_names.txt).")
+            raise DataError(
+                f"{root} is not a VOC-style folder: {required.name} is missing "
+                "(expected JPEGImages/, SegmentationClass/ and class_names.txt)."
+            )
     all_names = read_class_names(names_file)  # index 0 = background
     cases = []
     for seg_path in sorted(segmentations.glob("*.png")):
@@ -210,8 +216,13 @@ def shapes_set(image_size: int = 64, count: int = 100, seed: int = SHAPES_EVAL_S
     world = ShapesWorld(image_size=image_size, seed=SHAPES_WORLD_SEED)
     batch = world.multi_object_set(count, seed=seed)
     cases = [_ShapesCase(batch, index) for index in range(len(batch))]
-    return LabelledSet(f"shapes(size={image_size}, seed={seed})", list(world.prompts), cases,
-                       prompts=list(world.prompts), has_masks=True)
+    return LabelledSet(
+        f"shapes(size={image_size}, seed={seed})",
+        list(world.prompts),
+        cases,
+        prompts=list(world.prompts),
+        has_masks=True,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,7 +242,11 @@ class _ShapesCase:
     def content_key(self, digests: FileDigests | None = None) -> bytes:
         batch, index = self.batch, self.index
         target = batch.targets[index]
-        return batch.images[index].tobytes() + batch.masks[index, target].tobytes() + bytes([int(batch.labels[index, target])])
+        return (
+            batch.images[index].tobytes()
+            + batch.masks[index, target].tobytes()
+            + bytes([int(batch.labels[index, target])])
+        )
 
 
 def open_data(spec: str, image_size: int = 64, count: int = 100) -> LabelledSet:

@@ -51,8 +51,15 @@ def file_stem(case_id: str, method: str) -> str:
     return f"{safe}{SEPARATOR}{method}"
 
 
-def write_map(directory: str | Path, case_id: str, method: str, values: Any, space: str = "patch",
-              stem: str | None = None, **meta: Any) -> Path:
+def write_map(
+    directory: str | Path,
+    case_id: str,
+    method: str,
+    values: Any,
+    space: str = "patch",
+    stem: str | None = None,
+    **meta: Any,
+) -> Path:
     """Write one ``.npz`` map (atomically) as ``<stem>.npz`` (default ``file_stem(case_id, method)``);
     ``meta``: optional keys (text, model, region, image_size)."""
     import io
@@ -61,7 +68,9 @@ def write_map(directory: str | Path, case_id: str, method: str, values: Any, spa
 
     if space not in MAP_SPACES:
         raise ValueError(f"space must be one of {MAP_SPACES}, got {space!r}")
-    array = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
+    array = (
+        values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
+    )
     buffer = io.BytesIO()
     extra = {k: np.asarray(v) for k, v in meta.items() if v is not None}
     np.savez(buffer, map=array, space=np.asarray(space), case=np.asarray(case_id), method=np.asarray(method), **extra)
@@ -88,7 +97,9 @@ class MapFile:
         except (OSError, ValueError) as error:
             raise MapsError(f"{self.path} is not a readable .npy/.npz file ({error}).") from error
         if values.ndim != 2 or not np.issubdtype(values.dtype, np.number):
-            raise MapsError(f"{self.path}: the map must be a 2-D numeric array, got shape {values.shape} of {values.dtype}.")
+            raise MapsError(
+                f"{self.path}: the map must be a 2-D numeric array, got shape {values.shape} of {values.dtype}."
+            )
         if space is not None and space not in MAP_SPACES:
             raise MapsError(f"{self.path}: space {space!r} is not one of {', '.join(MAP_SPACES)}.")
         return values.astype(np.float64), space
@@ -125,11 +136,16 @@ class MapFolder:
         return digest.hexdigest()[:16]
 
     def missing(self, case_ids: list[str], methods: list[str]) -> list[str]:
-        return [file_stem(case, method) for case in case_ids for method in methods
-                if (file_stem(case, method).rpartition(SEPARATOR)[0], method) not in self.files]
+        return [
+            file_stem(case, method)
+            for case in case_ids
+            for method in methods
+            if (file_stem(case, method).rpartition(SEPARATOR)[0], method) not in self.files
+        ]
 
-    def patch_map(self, case_id: str, method: str, preprocess: ImagePreprocess, grid: tuple[int, int],
-                  image_size: tuple[int, int]) -> torch.Tensor:
+    def patch_map(
+        self, case_id: str, method: str, preprocess: ImagePreprocess, grid: tuple[int, int], image_size: tuple[int, int]
+    ) -> torch.Tensor:
         """The map a metric receives: ``(gh, gw)`` as stored for patch maps, ``(H, W)`` of the crop otherwise.
         ``image_size`` is the original image's ``(width, height)``."""
         entry = self.files[(file_stem(case_id, method).rpartition(SEPARATOR)[0], method)]
@@ -140,8 +156,10 @@ class MapFolder:
         if space is None:
             matching = [name for name, shape in shapes.items() if shape == values.shape]
             if not matching:
-                raise MapsError(f"{entry.path}: a {values.shape} map fits none of the patch grid {grid}, the crop {crop} "
-                                f"or the image {(height, width)}.")
+                raise MapsError(
+                    f"{entry.path}: a {values.shape} map fits none of the patch grid {grid}, the crop {crop} "
+                    f"or the image {(height, width)}."
+                )
             space = matching[0]
         if values.shape != shapes[space]:
             raise MapsError(f"{entry.path}: a {space} map must be {shapes[space]}, got {values.shape}.")
@@ -152,8 +170,9 @@ class MapFolder:
         return torch.from_numpy(values)
 
 
-def image_to_crop(values: np.ndarray, preprocess: ImagePreprocess, image_size: tuple[int, int],
-                  name: Any = "map") -> torch.Tensor:
+def image_to_crop(
+    values: np.ndarray, preprocess: ImagePreprocess, image_size: tuple[int, int], name: Any = "map"
+) -> torch.Tensor:
     """An ``(H0, W0)`` map on the original image -> ``(H, W)`` on the model's crop: bilinear samples at each
     crop pixel's centre, mapped through the resize's scale, inside the map's finite rectangle."""
     width, height = image_size

@@ -49,16 +49,48 @@ result set).
 """
 
 from faithclip.evaluation.cases import PreparedCase, case_seed, example_name, prepare
-from faithclip.evaluation.config import (DEFAULT_METHODS, DEFAULT_METRICS, EvalConfig, EvaluationError, check_readable,
-                                         describe_changes, resolve_methods, resolve_metrics)
+from faithclip.evaluation.config import (
+    DEFAULT_METHODS,
+    DEFAULT_METRICS,
+    EvalConfig,
+    EvaluationError,
+    check_readable,
+    describe_changes,
+    resolve_methods,
+    resolve_metrics,
+)
 from faithclip.evaluation.records import OUTPUT_RANGES, case_jobs, value_problem
 from faithclip.evaluation.results import CI_RESAMPLES, SCHEMA, aggregate, curve_band, mean_ci, write_outputs
 from faithclip.evaluation.runner import Evaluator, evaluate, evaluate_maps, merge
 from faithclip.evaluation.shards import Shard
 from faithclip.models.fingerprint import model_fingerprint
 
-__all__ = ["EvalConfig", "Evaluator", "Shard", "evaluate", "evaluate_maps", "merge", "EvaluationError",
-           "describe_changes", "model_fingerprint", "DEFAULT_METHODS", "DEFAULT_METRICS", "OUTPUT_RANGES", "SCHEMA",
-           "CI_RESAMPLES", "PreparedCase", "prepare", "case_seed", "example_name", "check_readable",
-           "resolve_methods", "resolve_metrics", "case_jobs", "value_problem", "aggregate", "curve_band", "mean_ci",
-           "write_outputs"]
+__all__ = [
+    "EvalConfig",
+    "Evaluator",
+    "Shard",
+    "evaluate",
+    "evaluate_maps",
+    "merge",
+    "EvaluationError",
+    "describe_changes",
+    "model_fingerprint",
+    "DEFAULT_METHODS",
+    "DEFAULT_METRICS",
+    "OUTPUT_RANGES",
+    "SCHEMA",
+    "CI_RESAMPLES",
+    "PreparedCase",
+    "prepare",
+    "case_seed",
+    "example_name",
+    "check_readable",
+    "resolve_methods",
+    "resolve_metrics",
+    "case_jobs",
+    "value_problem",
+    "aggregate",
+    "curve_band",
+    "mean_ci",
+    "write_outputs",
+]

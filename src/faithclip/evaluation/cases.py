@@ -55,8 +55,9 @@ def prepare(handle: ModelHandle, item: LabelledImage) -> PreparedCase:
     return PreparedCase(item.case_id, item.label, rgb, pixels, mask, ignore, crop, image_size=item.image.size)
 
 
-def score_together(deferred: list[tuple[dict[str, Any], str, Any]], score_ctx: Context, handle: ModelHandle,
-                   batch_size: int) -> None:
+def score_together(
+    deferred: list[tuple[dict[str, Any], str, Any]], score_ctx: Context, handle: ModelHandle, batch_size: int
+) -> None:
     """Score the images of all ``deferred`` plans in forwards of exactly ``batch_size`` images (the last
     one padded with zero images, whose scores are dropped), then finish each plan into its record.
 
@@ -80,7 +81,7 @@ def score_together(deferred: list[tuple[dict[str, Any], str, Any]], score_ctx: C
         logits = family.class_logits(model, score_ctx.score_images(pixels, batch_size=size)[:rows])  # (n, K)
         offset = 0
         for plan, count in owners:
-            pieces[plan].append(logits[offset:offset + count])
+            pieces[plan].append(logits[offset : offset + count])
             offset += count
         buffer.clear()
         owners.clear()

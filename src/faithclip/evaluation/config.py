@@ -20,15 +20,29 @@ from faithclip.errors import FaithclipError
 from faithclip.metrics import METRICS
 from faithclip.models.clip import ModelHandle
 from faithclip.models.families import Family
-from faithclip.models.fingerprint import (code_versions, config_identity, device_identity, model_fingerprint,
-                                          preprocess_identity, tokenizer_fingerprint, unreadable_words)
+from faithclip.models.fingerprint import (
+    code_versions,
+    config_identity,
+    device_identity,
+    model_fingerprint,
+    preprocess_identity,
+    tokenizer_fingerprint,
+    unreadable_words,
+)
 from faithclip.registry import METHODS, check_options
 
 logger = logging.getLogger(__name__)
 
 DIGESTS_NAME = ".data-digests.json"  # the file-hash cache of the run's data (data/digests.py)
-DEFAULT_METRICS = ("zeroshot", "deletion_gradeclip", "insertion_gradeclip", "deletion_rise", "insertion_rise",
-                   "pointing_game", "energy_pointing_game")
+DEFAULT_METRICS = (
+    "zeroshot",
+    "deletion_gradeclip",
+    "insertion_gradeclip",
+    "deletion_rise",
+    "insertion_rise",
+    "pointing_game",
+    "energy_pointing_game",
+)
 DEFAULT_METHODS = ("grad_eclip", "attention_eclip")
 
 
@@ -62,19 +76,29 @@ class EvalConfig:
         how many of its cases to evaluate, so a run can be extended with a larger ``--limit`` in the same
         directory. ``digests`` caches the data files' hashes."""
         identity = {
-            "model": self.model, "model_fingerprint": model_fingerprint(handle),
-            "model_config": config_identity(handle), "model_preprocess": preprocess_identity(handle),
-            "model_tokenizer": tokenizer_fingerprint(handle), "versions": code_versions(),
-            "data": data.name, "data_fingerprint": data.fingerprint(digests), "data_cases": len(data),
-            "data_class_names": list(data.class_names), "data_prompts": data.prompts_fingerprint(),
-            "methods": list(self.methods), "metrics": list(self.metrics), "seed": self.seed, "examples": self.examples,
+            "model": self.model,
+            "model_fingerprint": model_fingerprint(handle),
+            "model_config": config_identity(handle),
+            "model_preprocess": preprocess_identity(handle),
+            "model_tokenizer": tokenizer_fingerprint(handle),
+            "versions": code_versions(),
+            "data": data.name,
+            "data_fingerprint": data.fingerprint(digests),
+            "data_cases": len(data),
+            "data_class_names": list(data.class_names),
+            "data_prompts": data.prompts_fingerprint(),
+            "methods": list(self.methods),
+            "metrics": list(self.metrics),
+            "seed": self.seed,
+            "examples": self.examples,
             "metric_options": {m: self.options_for(m) for m in self.metrics},
             "method_options": {m: dict(self.method_options.get(m, {})) for m in self.methods},
             # records computed by a version whose metrics returned other values cannot be mixed in
             "metric_outputs": {m: list(METRICS.get(m).outputs) for m in self.metrics},
             # both change the last digits (BLAS blocks other batch sizes and thread counts differently:
             # measured up to 1.1e-6 and 3e-4 relative), so a run keeps the ones it started with
-            "batch_size": self.batch_size, "threads": torch.get_num_threads(),
+            "batch_size": self.batch_size,
+            "threads": torch.get_num_threads(),
             # a GPU, another GPU model or half precision change the numbers too
             "model_device": device_identity(handle),
         }
@@ -90,11 +114,16 @@ class EvalConfig:
 
 # what a changed identity key means, for the message that refuses a resume
 _IDENTITY_NAMES = {
-    "model_fingerprint": "the model's weights", "model_config": "the model's config.json",
-    "model_preprocess": "the model's preprocessing", "model_tokenizer": "the model's tokenizer",
-    "versions": "the code's versions", "data_fingerprint": "the data's files or scenes",
-    "data_class_names": "the class names", "data_prompts": "the prompt templates",
-    "batch_size": "--batch-size", "threads": "--threads",
+    "model_fingerprint": "the model's weights",
+    "model_config": "the model's config.json",
+    "model_preprocess": "the model's preprocessing",
+    "model_tokenizer": "the model's tokenizer",
+    "versions": "the code's versions",
+    "data_fingerprint": "the data's files or scenes",
+    "data_class_names": "the class names",
+    "data_prompts": "the prompt templates",
+    "batch_size": "--batch-size",
+    "threads": "--threads",
     "model_device": "--device / --dtype, or the processor (another CPU or GPU kind rounds differently)",
     "maps": "the --maps files",
 }
@@ -137,7 +166,9 @@ def resolve_methods(names: Iterable[str], family: Family | None = None) -> list[
     an image side, or that does not run on ``family``, is refused in one line."""
     names = list(names)
     if names == ["all"]:
-        return [spec.name for spec in METHODS if spec.image is not None and (family is None or spec.supports(family.name))]
+        return [
+            spec.name for spec in METHODS if spec.image is not None and (family is None or spec.supports(family.name))
+        ]
     for name in names:
         spec = METHODS.get(name)
         if spec.image is None:
@@ -160,8 +191,10 @@ def resolve_metrics(names: Iterable[str], family: Family | None = None) -> list[
     if wrong:
         reasons = sorted({refused[name] for name in wrong})
         allowed = [name for name in METRICS.names() if name not in refused]
-        raise EvaluationError(f"{', '.join(wrong)} cannot run on {family.name} models: {'; '.join(reasons)}. "
-                              f"For {family.name}: {', '.join(allowed)}.")
+        raise EvaluationError(
+            f"{', '.join(wrong)} cannot run on {family.name} models: {'; '.join(reasons)}. "
+            f"For {family.name}: {', '.join(allowed)}."
+        )
     return names
 
 
@@ -175,7 +208,9 @@ def maps_methods(config: EvalConfig) -> tuple[Any, list[str]]:
         return folder, folder.methods
     absent = [m for m in config.methods if m not in folder.methods]
     if absent:
-        raise EvaluationError(f"{folder.root} has no maps of {', '.join(absent)}; it holds {', '.join(folder.methods)}.")
+        raise EvaluationError(
+            f"{folder.root} has no maps of {', '.join(absent)}; it holds {', '.join(folder.methods)}."
+        )
     return folder, list(config.methods)
 
 
@@ -188,14 +223,25 @@ def check_options_given(handle: ModelHandle, config: EvalConfig) -> None:
     for method, options in config.method_options.items():
         if method not in config.methods:
             raise EvaluationError(f"options given for method {method!r}, which is not among the methods evaluated.")
-        check_options(method, [METHODS.get(method).image], options, spelled=lambda key, m=method: f"{m}.{key}",
-                      layers=tower_layers(handle, "image"), error=EvaluationError)
+        check_options(
+            method,
+            [METHODS.get(method).image],
+            options,
+            spelled=lambda key, m=method: f"{m}.{key}",
+            layers=tower_layers(handle, "image"),
+            error=EvaluationError,
+        )
     for metric, options in config.metric_options.items():
         if metric not in config.metrics:
             raise EvaluationError(f"options given for {metric!r}, which is not among the metrics evaluated.")
         spec = METRICS.get(metric)
-        check_options(metric, [spec.plan if spec.plan is not None else spec.run], options,
-                      spelled=lambda key, m=metric: f"{m}.{key}", error=EvaluationError)
+        check_options(
+            metric,
+            [spec.plan if spec.plan is not None else spec.run],
+            options,
+            spelled=lambda key, m=metric: f"{m}.{key}",
+            error=EvaluationError,
+        )
 
 
 def check_data(handle: ModelHandle, data: LabelledSet, limit: int | None) -> None:
@@ -204,7 +250,8 @@ def check_data(handle: ModelHandle, data: LabelledSet, limit: int | None) -> Non
     if limit is not None and limit > len(data):
         raise EvaluationError(
             f"limit {limit} is more than the {len(data)} cases of {data.name}; ask for at most {len(data)} "
-            "(for --data shapes, --count sets how many scenes there are).")
+            "(for --data shapes, --count sets how many scenes there are)."
+        )
     handle.family.check_class_names(handle.model, data.class_names)  # a classifier: its own classes
     unreadable = unreadable_words(handle, data.class_names)
     if unreadable:
@@ -213,7 +260,8 @@ def check_data(handle: ModelHandle, data: LabelledSet, limit: int | None) -> Non
         raise EvaluationError(
             f"the model's tokenizer cannot read {len(unreadable)} of the {len(data.class_names)} class names of "
             f"{data.name}: it maps these words to its unknown token: {listed}{more}. Its zero-shot weights for "
-            "them would be meaningless; use a model whose vocabulary holds them, or rename the classes.")
+            "them would be meaningless; use a model whose vocabulary holds them, or rename the classes."
+        )
 
 
 def check_identity(out: Path, identity: dict[str, Any], digests: FileDigests) -> None:
@@ -227,8 +275,10 @@ def check_identity(out: Path, identity: dict[str, Any], digests: FileDigests) ->
     if changes:
         files = digests.changed()
         if files:
-            changes.append(f"files changed since the run began: {', '.join(files[:3])}"
-                           + (f" and {len(files) - 3} more" if len(files) > 3 else ""))
+            changes.append(
+                f"files changed since the run began: {', '.join(files[:3])}"
+                + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+            )
         raise EvaluationError(
             f"{out} holds a run with different settings: {'; '.join(changes)}. Resume with the same model, "
             "data and options, or pass a new --out directory."
@@ -239,8 +289,10 @@ def check_merged(sources: Sequence[Path], identity: dict[str, Any], digests: Fil
     """Every folder merged must hold records of exactly this run (the same ``config.json`` identity)."""
     for source in sources:
         if not (source / "config.json").is_file():
-            raise EvaluationError(f"{source} holds no evaluation run (no config.json); merge only folders "
-                                  "written by faithclip evaluate with the same options.")
+            raise EvaluationError(
+                f"{source} holds no evaluation run (no config.json); merge only folders "
+                "written by faithclip evaluate with the same options."
+            )
         check_identity(source, identity, digests)
 
 
@@ -260,6 +312,10 @@ def check_readable(data: LabelledSet, owns: Callable[[int], bool] | None = None)
         except FaithclipError as error:
             problems.append(str(error))
     if problems:
-        more = f" (and {len(problems) - 1} more unreadable case{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
-        raise EvaluationError(f"{data.name}: {problems[0].rstrip('.')}{more}. Nothing was computed; fix or remove the file(s) "
-                              "and run the same command again.")
+        more = (
+            f" (and {len(problems) - 1} more unreadable case{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
+        )
+        raise EvaluationError(
+            f"{data.name}: {problems[0].rstrip('.')}{more}. Nothing was computed; fix or remove the file(s) "
+            "and run the same command again."
+        )

@@ -71,8 +71,9 @@ def value_problem(metric: str, output: str, value: Any) -> str | None:
     low, high, whole = OUTPUT_RANGES.get((metric, output), (-math.inf, math.inf, False))
     slack = 0.0 if whole else 1e-6  # a share or correlation summed in floats may pass its bound by rounding
     if not low - slack <= value <= high + slack or (whole and value != int(value)):
-        return (f"{metric}.{output} is {value}, outside its range "
-                + (f"({low:g} or {high:g})" if whole else f"[{low:g}, {high:g}]"))
+        return f"{metric}.{output} is {value}, outside its range " + (
+            f"({low:g} or {high:g})" if whole else f"[{low:g}, {high:g}]"
+        )
     return None
 
 

@@ -48,8 +48,14 @@ def mean_ci(values: list[float], seed: int) -> dict[str, Any]:
     return summary
 
 
-def aggregate(records: list[dict[str, Any]], config: EvalConfig, data: LabelledSet, identity: dict[str, Any],
-              handle: ModelHandle, prompt_set: PromptSet) -> dict[str, Any]:
+def aggregate(
+    records: list[dict[str, Any]],
+    config: EvalConfig,
+    data: LabelledSet,
+    identity: dict[str, Any],
+    handle: ModelHandle,
+    prompt_set: PromptSet,
+) -> dict[str, Any]:
     """The results of ``records``, as ``results.json`` holds them (before strict JSON: ``write_outputs``).
 
     ``config``: the run's settings with its methods and metrics as evaluated (``Evaluator.config``: ``all``
@@ -68,12 +74,20 @@ def aggregate(records: list[dict[str, Any]], config: EvalConfig, data: LabelledS
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "python_version": platform.python_version(),
-        "model": {"id": config.model, "name": handle.name,
-                  "fingerprint": identity["model_fingerprint"],
-                  "image_size": handle.image_size, "patch_size": handle.patch_size},
-        "data": {"name": data.name, "num_cases": len(data), "num_classes": len(data.class_names),
-                 "has_masks": data.has_masks,
-                 "prompts": "own prompts" if data.prompts is not None else f"{len(prompt_set.templates)} templates"},
+        "model": {
+            "id": config.model,
+            "name": handle.name,
+            "fingerprint": identity["model_fingerprint"],
+            "image_size": handle.image_size,
+            "patch_size": handle.patch_size,
+        },
+        "data": {
+            "name": data.name,
+            "num_cases": len(data),
+            "num_classes": len(data.class_names),
+            "has_masks": data.has_masks,
+            "prompts": "own prompts" if data.prompts is not None else f"{len(prompt_set.templates)} templates",
+        },
         "seed": config.seed,
         "limit": config.limit,
         "seeds": {"deletion_colours": "crc32(f'{seed}|{case}|{metric}')", "bootstrap": config.seed},
@@ -83,7 +97,7 @@ def aggregate(records: list[dict[str, Any]], config: EvalConfig, data: LabelledS
         "metrics": metric_entries(config, metrics),
         "aggregate": summary,
         "curves": curves,
-        "examples": example_maps(records, case_ids[:config.examples]),
+        "examples": example_maps(records, case_ids[: config.examples]),
         "per_image": records,
         "complete": len(records) == len(case_ids) * len(case_jobs(config.methods, metrics)),
     }
@@ -98,8 +112,9 @@ def in_case_order(records: list[dict[str, Any]], case_ids: list[str]) -> list[di
     return records
 
 
-def summarise(records: list[dict[str, Any]], methods: list[str], metrics: list[Any],
-              seed: int) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, dict[str, Any]]]]:
+def summarise(
+    records: list[dict[str, Any]], methods: list[str], metrics: list[Any], seed: int
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, dict[str, Any]]]]:
     """Per record job ('-', then each method) and metric: each output's ``mean_ci`` over the images, and
     each curve's mean with its ``curve_band``. A job without records is left out."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
@@ -119,8 +134,12 @@ def summarise(records: list[dict[str, Any]], methods: list[str], metrics: list[A
             curve_sets = [r["curves"][spec.name] for r in mine if spec.name in r.get("curves", {})]
             if curve_sets:
                 curves.setdefault(method, {})[spec.name] = {
-                    name: {"x": curve_sets[0][name][0], "y": _nanmean([c[name][1] for c in curve_sets]),
-                           "n": len(curve_sets), **curve_band([c[name][1] for c in curve_sets], seed)}
+                    name: {
+                        "x": curve_sets[0][name][0],
+                        "y": _nanmean([c[name][1] for c in curve_sets]),
+                        "n": len(curve_sets),
+                        **curve_band([c[name][1] for c in curve_sets], seed),
+                    }
                     for name in curve_sets[0]
                 }
         summary[method] = per_metric
@@ -142,14 +161,28 @@ def method_entries(config: EvalConfig) -> list[dict[str, Any]]:
     entries = []
     for name in config.methods:
         if config.maps is not None:
-            entries.append({"name": name, "paper": f"precomputed maps ({Path(config.maps)})", "options": {},
-                            "defaults": {}, "modifies_model": False, "modifies_input": False})
+            entries.append(
+                {
+                    "name": name,
+                    "paper": f"precomputed maps ({Path(config.maps)})",
+                    "options": {},
+                    "defaults": {},
+                    "modifies_model": False,
+                    "modifies_input": False,
+                }
+            )
             continue
         spec = METHODS.get(name)
-        entries.append({"name": name, "paper": spec.paper,
-                        "options": _jsonable(config.method_options.get(name, {})),
-                        "defaults": _jsonable(spec.defaults),
-                        "modifies_model": spec.modifies_model, "modifies_input": spec.modifies_input})
+        entries.append(
+            {
+                "name": name,
+                "paper": spec.paper,
+                "options": _jsonable(config.method_options.get(name, {})),
+                "defaults": _jsonable(spec.defaults),
+                "modifies_model": spec.modifies_model,
+                "modifies_input": spec.modifies_input,
+            }
+        )
     return entries
 
 
@@ -162,13 +195,20 @@ def metric_entries(config: EvalConfig, metrics: list[Any]) -> list[dict[str, Any
         chosen.pop("batch_size", None)  # does not change the numbers
         # A non-default option changes the protocol, so it becomes part of every label of the metric.
         protocol = spec.protocol_label(chosen)
-        entries.append({
-            "name": spec.name, "category": spec.category, "higher_is_better": spec.higher_is_better,
-            "protocol": protocol, "paper": spec.paper, "summary": spec.summary, "per_method": spec.per_method,
-            "options": {**_jsonable(spec.defaults), **chosen},
-            "columns": {output: f"{spec.outputs[output]} [{protocol}]" for output in spec.outputs},
-            "chance": (spec.chance_label or spec.name) if spec.chance is not None else None,
-        })
+        entries.append(
+            {
+                "name": spec.name,
+                "category": spec.category,
+                "higher_is_better": spec.higher_is_better,
+                "protocol": protocol,
+                "paper": spec.paper,
+                "summary": spec.summary,
+                "per_method": spec.per_method,
+                "options": {**_jsonable(spec.defaults), **chosen},
+                "columns": {output: f"{spec.outputs[output]} [{protocol}]" for output in spec.outputs},
+                "chance": (spec.chance_label or spec.name) if spec.chance is not None else None,
+            }
+        )
     return entries
 
 
@@ -198,13 +238,15 @@ def curve_band(rows: list[list[float]], seed: int, chunk: int = 250) -> dict[str
         weights = np.zeros((size, images))
         np.add.at(weights, (np.arange(size)[:, None], picks), 1.0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            means[start:start + size] = (weights @ defined) / (weights @ finite)
+            means[start : start + size] = (weights @ defined) / (weights @ finite)
     with warnings.catch_warnings():  # a point no resample defines is all-NaN: it gets None below
         warnings.simplefilter("ignore", RuntimeWarning)
         low = np.nanpercentile(means, 2.5, axis=0)
         high = np.nanpercentile(means, 97.5, axis=0)
-    return {"low": [float(v) if ok and np.isfinite(v) else None for v, ok in zip(low, counts_ok)],
-            "high": [float(v) if ok and np.isfinite(v) else None for v, ok in zip(high, counts_ok)]}
+    return {
+        "low": [float(v) if ok and np.isfinite(v) else None for v, ok in zip(low, counts_ok)],
+        "high": [float(v) if ok and np.isfinite(v) else None for v, ok in zip(high, counts_ok)],
+    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -69,9 +69,12 @@ class RunLock:
                 "(then run this command again to use its records), or pass another --out."
             ) from None
         if not self.shared:  # the shards sharing the folder lock name themselves in their own lock files
-            holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                      "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                      "command": " ".join(sys.argv)[:200]}
+            holder = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                "command": " ".join(sys.argv)[:200],
+            }
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, json.dumps(holder).encode(), 0)
         self.descriptor = descriptor
@@ -79,6 +82,7 @@ class RunLock:
 
     def holder(self) -> str:
         """Who holds the lock, as its holder wrote it (for the folder lock held by shards: the shards)."""
+
         def named(path: Path) -> str | None:
             try:
                 holder = json.loads(path.read_text())
@@ -116,8 +120,9 @@ def shard_records_name(index: int, count: int) -> str:
 
 def record_paths(out: Path) -> list[Path]:
     """The folder's record files: ``records.jsonl`` first, then the shards' by shard count and index."""
+
     def order(path: Path) -> tuple[int, int, str]:
-        index, _, count = path.name[len(_SHARD_RECORDS):-len(".jsonl")].partition("-of-")
+        index, _, count = path.name[len(_SHARD_RECORDS) : -len(".jsonl")].partition("-of-")
         return (int(count), int(index), path.name) if index.isdigit() and count.isdigit() else (1 << 30, 0, path.name)
 
     shards = sorted(out.glob(f"{_SHARD_RECORDS}*-of-*.jsonl"), key=order)
@@ -200,8 +205,9 @@ class RecordFile:
     it returns what is wrong, or ``None``.
     """
 
-    def __init__(self, path: Path, check: Callable[[dict[str, Any]], str | None] | None = None,
-                 repair: bool = False) -> None:
+    def __init__(
+        self, path: Path, check: Callable[[dict[str, Any]], str | None] | None = None, repair: bool = False
+    ) -> None:
         self.path = path
         self.done: set[tuple[str, str]] = set()
         if not path.exists():
@@ -240,8 +246,13 @@ class RecordFile:
         if dropped:
             lines = path.read_bytes().split(b"\n")
             append_durably(path.with_name(path.name + ".dropped"), b"".join(lines[n - 1] + b"\n" for n in dropped))
-            logger.warning("%s: dropped %d damaged line(s) (%s; kept in %s.dropped); their records are computed again",
-                           path, len(dropped), ", ".join(map(str, dropped[:10])), path.name)
+            logger.warning(
+                "%s: dropped %d damaged line(s) (%s; kept in %s.dropped); their records are computed again",
+                path,
+                len(dropped),
+                ", ".join(map(str, dropped[:10])),
+                path.name,
+            )
         if dropped or tail.strip():
             write_atomic(path, b"".join(line + b"\n" for _, line in sorted(kept)))
         self.done = {key for key, _ in first_seen.items() if key not in conflicting}

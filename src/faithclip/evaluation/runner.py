@@ -14,16 +14,43 @@ import torch
 
 from faithclip.data.digests import FileDigests
 from faithclip.data.folders import LabelledSet
-from faithclip.evaluation.cases import (PreparedCase, case_seed, parameters, patch_grid, prepare, save_example,
-                                        score_together)
-from faithclip.evaluation.config import (DEFAULT_METHODS, DEFAULT_METRICS, DIGESTS_NAME, EvalConfig, EvaluationError,
-                                         check_data, check_identity, check_merged, check_options_given, check_readable,
-                                         maps_methods, resolve_methods, resolve_metrics)
+from faithclip.evaluation.cases import (
+    PreparedCase,
+    case_seed,
+    parameters,
+    patch_grid,
+    prepare,
+    save_example,
+    score_together,
+)
+from faithclip.evaluation.config import (
+    DEFAULT_METHODS,
+    DEFAULT_METRICS,
+    DIGESTS_NAME,
+    EvalConfig,
+    EvaluationError,
+    check_data,
+    check_identity,
+    check_merged,
+    check_options_given,
+    check_readable,
+    maps_methods,
+    resolve_methods,
+    resolve_metrics,
+)
 from faithclip.evaluation.records import case_jobs, check_record, store
 from faithclip.evaluation.results import aggregate, write_outputs
 from faithclip.evaluation.rundir import RECORDS_NAME, RecordFile, read_records
-from faithclip.evaluation.shards import (Shard, finished_elsewhere, import_sources, make_directories, refuse_missing,
-                                         remove_created, run_locks, share_identity)
+from faithclip.evaluation.shards import (
+    Shard,
+    finished_elsewhere,
+    import_sources,
+    make_directories,
+    refuse_missing,
+    remove_created,
+    run_locks,
+    share_identity,
+)
 from faithclip.files import OutputError
 from faithclip.methods.context import Context
 from faithclip.metrics import METRICS
@@ -45,13 +72,17 @@ class Evaluator:
         if config.maps is not None:
             self.map_folder, methods = maps_methods(config)
             config = replace(config, methods=methods)
-        self.methods = resolve_methods(config.methods, handle.family) if self.map_folder is None else list(config.methods)
+        self.methods = (
+            resolve_methods(config.methods, handle.family) if self.map_folder is None else list(config.methods)
+        )
         self.metrics = [METRICS.get(name) for name in resolve_metrics(config.metrics, handle.family)]
         if self.map_folder is not None:
             recompute = [m.name for m in self.metrics if m.recomputes_map]
             if recompute:
-                raise EvaluationError(f"--maps cannot score {', '.join(recompute)}: it recomputes the map with the "
-                                      "method on other models; drop it from --metrics.")
+                raise EvaluationError(
+                    f"--maps cannot score {', '.join(recompute)}: it recomputes the map with the "
+                    "method on other models; drop it from --metrics."
+                )
         # 'all' is resolved once, so the run's identity names what was actually evaluated
         self.config = replace(config, methods=list(self.methods), metrics=[m.name for m in self.metrics])
         check_options_given(handle, self.config)  # before a folder exists: a refused run leaves nothing behind
@@ -89,16 +120,27 @@ class Evaluator:
         result = run_method(ctx.handle, ctx, spec, dict(self.config.method_options.get(method, {})))
         return result.maps[0, 0].detach().cpu()
 
-    def run_case(self, prepared: PreparedCase, method: str | None, keep_map: bool,
-                 deferred: list[tuple[dict[str, Any], str, Any]] | None = None) -> dict[str, Any]:
+    def run_case(
+        self,
+        prepared: PreparedCase,
+        method: str | None,
+        keep_map: bool,
+        deferred: list[tuple[dict[str, Any], str, Any]] | None = None,
+    ) -> dict[str, Any]:
         """Metric values of one (case, method); ``method=None`` runs the model-level metrics. With
         ``deferred``, a metric that has a scoring plan is not run: ``(record, metric, plan)`` is appended
         for ``score_together``, which fills in its value."""
         started = time.perf_counter()
         if prepared.score_ctx is None:
             prepared.score_ctx = self._context(prepared.pixels, None)
-        record: dict[str, Any] = {"case": prepared.case_id, "method": method or "-", "label": prepared.label,
-                                  "values": {}, "curves": {}, "skipped": []}
+        record: dict[str, Any] = {
+            "case": prepared.case_id,
+            "method": method or "-",
+            "label": prepared.label,
+            "values": {},
+            "curves": {},
+            "skipped": [],
+        }
         if method is None:
             patch_map = torch.zeros(1, 1)
             metrics = [m for m in self.metrics if not m.per_method]
@@ -106,8 +148,13 @@ class Evaluator:
             patch_map = self._patch_map(prepared, method, keep_map, record)
             metrics = [m for m in self.metrics if m.per_method]
         case = MetricCase(
-            score_ctx=prepared.score_ctx, rgb=prepared.rgb, patch_map=patch_map, label=prepared.label, seed=0,
-            mask=prepared.mask, ignore=prepared.ignore,
+            score_ctx=prepared.score_ctx,
+            rgb=prepared.rgb,
+            patch_map=patch_map,
+            label=prepared.label,
+            seed=0,
+            mask=prepared.mask,
+            ignore=prepared.ignore,
             explain=(lambda h, m=method: self.explain(m, prepared.pixels, prepared.label, h)) if method else None,
         )
         for spec in metrics:
@@ -132,15 +179,22 @@ class Evaluator:
         """The ``(gh, gw)`` map the per-method metrics score: read from ``--maps``, or computed (then written
         to ``OUT/maps`` with ``--save-maps``, and kept in ``record`` for the report's examples)."""
         if self.map_folder is not None:
-            return self.map_folder.patch_map(prepared.case_id, method, self.handle.preprocess, patch_grid(self.handle),
-                                             prepared.image_size).to(torch.float32)
+            return self.map_folder.patch_map(
+                prepared.case_id, method, self.handle.preprocess, patch_grid(self.handle), prepared.image_size
+            ).to(torch.float32)
         patch_map = self.explain(method, prepared.pixels, prepared.label)
         if self.maps_out is not None:
             from faithclip.data.maps import write_map
 
-            write_map(self.maps_out, prepared.case_id, method, patch_map, "patch",
-                      text=self.prompt_set.class_names[prepared.label] if self.prompt_set else None,
-                      model=self.config.model)
+            write_map(
+                self.maps_out,
+                prepared.case_id,
+                method,
+                patch_map,
+                "patch",
+                text=self.prompt_set.class_names[prepared.label] if self.prompt_set else None,
+                model=self.config.model,
+            )
         if keep_map:
             record["map"] = patch_map.double().tolist()
         return patch_map
@@ -165,9 +219,17 @@ class Evaluator:
         return records
 
     # ---- the run ----------------------------------------------------------------------------------
-    def run(self, data: LabelledSet, out_dir: str | Path, progress: bool = True, report: bool = True,
-            repair: bool = False, shard: Shard | None = None, sources: Sequence[str | Path] = (),
-            compute: bool = True) -> dict[str, Any] | None:
+    def run(
+        self,
+        data: LabelledSet,
+        out_dir: str | Path,
+        progress: bool = True,
+        report: bool = True,
+        repair: bool = False,
+        shard: Shard | None = None,
+        sources: Sequence[str | Path] = (),
+        compute: bool = True,
+    ) -> dict[str, Any] | None:
         """Evaluate into ``out_dir`` (resuming what it holds). Everything that can refuse the run is checked
         before anything is written; a folder this call created is removed again if it fails before the
         first record. ``repair`` drops damaged lines of the record files so that their records are redone.
@@ -189,8 +251,11 @@ class Evaluator:
             for lock in locks:
                 lock.acquire()
             share_identity(out, identity, digests)
-            records = RecordFile(out / (shard.records_name if shard is not None else RECORDS_NAME),
-                                 check=self.record_problem, repair=repair)
+            records = RecordFile(
+                out / (shard.records_name if shard is not None else RECORDS_NAME),
+                check=self.record_problem,
+                repair=repair,
+            )
             done = finished_elsewhere(out, records, shard, self.record_problem, repair)
             import_sources(sources, out, records, done, self.record_problem, repair)
             cases = data.limited(self.config.limit)
@@ -205,16 +270,25 @@ class Evaluator:
             if created and shard is None and (records is None or not records.done):
                 remove_created(out, created)  # an early failure leaves no folder behind (shards: others may use it)
             if isinstance(error, OutputError):  # disk full, quota, I/O error: every record written is whole
-                raise OutputError(f"{error}. The records already computed are kept: once space is freed, run the "
-                                  "same command again to resume.") from error
+                raise OutputError(
+                    f"{error}. The records already computed are kept: once space is freed, run the "
+                    "same command again to resume."
+                ) from error
             raise
         finally:
             for lock in reversed(locks):
                 lock.release()
         return results
 
-    def merge(self, data: LabelledSet, out_dir: str | Path, sources: Sequence[str | Path] = (), progress: bool = True,
-              report: bool = True, repair: bool = False) -> dict[str, Any]:
+    def merge(
+        self,
+        data: LabelledSet,
+        out_dir: str | Path,
+        sources: Sequence[str | Path] = (),
+        progress: bool = True,
+        report: bool = True,
+        repair: bool = False,
+    ) -> dict[str, Any]:
         """The results of a run computed in shards: the records of ``out_dir``'s shard files and of the
         ``sources`` folders (each checked against this run's identity, each locked), imported into
         ``out_dir``, aggregated exactly as a one-process run's. Computes nothing: a missing record is an error
@@ -241,14 +315,23 @@ class Evaluator:
         if self.map_folder is not None:
             missing = self.map_folder.missing([load.case_id for load in data.cases], self.methods)
             if missing:
-                raise EvaluationError(f"{len(missing)} maps are missing from {self.map_folder.root} (e.g. "
-                                      f"{', '.join(missing[:3])}.npz); write one per case and method, or pass --limit.")
+                raise EvaluationError(
+                    f"{len(missing)} maps are missing from {self.map_folder.root} (e.g. "
+                    f"{', '.join(missing[:3])}.npz); write one per case and method, or pass --limit."
+                )
         self.maps_out = out / "maps" if self.config.save_maps and self.map_folder is None else None
         self.prompt_set = build_prompt_set(self.handle, data.class_names, data.templates, data.prompts)
         self.all_texts = self.prompt_set.text_batch(self.handle)
 
-    def _run_cases(self, data: LabelledSet, out: Path, records: RecordFile, done: set[tuple[str, str]],
-                   shard: Shard | None, progress: bool) -> None:
+    def _run_cases(
+        self,
+        data: LabelledSet,
+        out: Path,
+        records: RecordFile,
+        done: set[tuple[str, str]],
+        shard: Shard | None,
+        progress: bool,
+    ) -> None:
         """Compute and append every (case, job) of ``data`` that no record file holds (of ``shard``'s cases only)."""
         self._start_cases(data, out)
         jobs = self.jobs
@@ -293,34 +376,66 @@ class Evaluator:
         bar.close()
 
 
-def evaluate(handle: ModelHandle, data: LabelledSet, out_dir: str | Path, config: EvalConfig | None = None,
-             progress: bool = True, report: bool = True, repair: bool = False,
-             shard: Shard | None = None) -> dict[str, Any] | None:
+def evaluate(
+    handle: ModelHandle,
+    data: LabelledSet,
+    out_dir: str | Path,
+    config: EvalConfig | None = None,
+    progress: bool = True,
+    report: bool = True,
+    repair: bool = False,
+    shard: Shard | None = None,
+) -> dict[str, Any] | None:
     """Evaluate ``config.methods`` with ``config.metrics`` on ``data``; see the module docstring. With
     ``shard``, only that shard's records (returns ``None``; ``merge`` then writes the results)."""
     config = config or EvalConfig(model=handle.name, data=data.name)
     return Evaluator(handle, config).run(data, out_dir, progress=progress, report=report, repair=repair, shard=shard)
 
 
-def merge(handle: ModelHandle, data: LabelledSet, out_dir: str | Path, sources: Sequence[str | Path] = (),
-          config: EvalConfig | None = None, progress: bool = True, report: bool = True,
-          repair: bool = False) -> dict[str, Any]:
+def merge(
+    handle: ModelHandle,
+    data: LabelledSet,
+    out_dir: str | Path,
+    sources: Sequence[str | Path] = (),
+    config: EvalConfig | None = None,
+    progress: bool = True,
+    report: bool = True,
+    repair: bool = False,
+) -> dict[str, Any]:
     """The results of a sharded run (``Evaluator.merge``)."""
     config = config or EvalConfig(model=handle.name, data=data.name)
     return Evaluator(handle, config).merge(data, out_dir, sources, progress=progress, report=report, repair=repair)
 
 
-def evaluate_maps(model: ModelHandle, maps: str | Path, out: str | Path, data: str = "shapes",
-                  metrics: Sequence[str] | None = None, methods: Sequence[str] | None = None, count: int = 100,
-                  limit: int | None = None, seed: int = 0, progress: bool = False, **options: Any) -> dict:
+def evaluate_maps(
+    model: ModelHandle,
+    maps: str | Path,
+    out: str | Path,
+    data: str = "shapes",
+    metrics: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    count: int = 100,
+    limit: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    **options: Any,
+) -> dict:
     """Score precomputed maps (``maps``: a folder of ``<case>__<method>.npy/.npz``, format in docs/interop.md)
     on ``data`` (``"shapes"``, ``"voc:PATH"``, ``"imagenet:PATH"``) with ``metrics`` (default: evaluate's;
     metrics that recompute maps are refused), writing a run into ``out`` as ``faithclip evaluate --maps``
     does; returns the results. ``options``: further ``EvalConfig`` fields (``batch_size``, ``metric_options``)."""
     from faithclip.data.folders import open_data
 
-    config = EvalConfig(model=model.name, data=data, methods=list(methods or DEFAULT_METHODS),
-                        metrics=list(metrics or DEFAULT_METRICS), limit=limit, seed=seed, maps=str(maps), **options)
+    config = EvalConfig(
+        model=model.name,
+        data=data,
+        methods=list(methods or DEFAULT_METHODS),
+        metrics=list(metrics or DEFAULT_METRICS),
+        limit=limit,
+        seed=seed,
+        maps=str(maps),
+        **options,
+    )
     evaluator = Evaluator(model, config)
     labelled = open_data(data, image_size=model.preprocess.size, count=count)
     return evaluator.run(labelled, out, progress=progress)

@@ -33,8 +33,15 @@ import torch
 from faithclip.data.digests import FileDigests
 from faithclip.data.folders import LabelledSet
 from faithclip.evaluation.config import EvaluationError, check_identity
-from faithclip.evaluation.rundir import (LOCK_NAME, RecordFile, RunLock, create_once, finished_keys, record_paths,
-                                         shard_records_name)
+from faithclip.evaluation.rundir import (
+    LOCK_NAME,
+    RecordFile,
+    RunLock,
+    create_once,
+    finished_keys,
+    record_paths,
+    shard_records_name,
+)
 from faithclip.explanation import write_atomic
 
 
@@ -89,8 +96,9 @@ def make_directories(out: Path) -> list[Path]:
         except FileExistsError:
             continue  # made by a concurrent run: not ours to remove
         except OSError as error:
-            raise EvaluationError(f"cannot create output directory {directory}: {error.strerror}. "
-                                  "Choose another --out.") from error
+            raise EvaluationError(
+                f"cannot create output directory {directory}: {error.strerror}. Choose another --out."
+            ) from error
         created.append(directory)
     if not out.is_dir():
         raise EvaluationError(f"{out} exists and is not a directory. Choose another --out.")
@@ -128,8 +136,9 @@ def share_identity(out: Path, identity: dict[str, Any], digests: FileDigests) ->
     digests.save()
 
 
-def finished_elsewhere(out: Path, own: RecordFile, shard: Shard | None, check: Callable[[dict[str, Any]], str | None],
-                       repair: bool) -> set[tuple[str, str]]:
+def finished_elsewhere(
+    out: Path, own: RecordFile, shard: Shard | None, check: Callable[[dict[str, Any]], str | None], repair: bool
+) -> set[tuple[str, str]]:
     """The (case, method) keys of the records in ``own`` and in the folder's other record files. Under the
     exclusive lock (no ``shard``) every file is this run's to check (and to repair); a shard only reads the
     others' files, which their shards may be appending to."""
@@ -144,8 +153,14 @@ def finished_elsewhere(out: Path, own: RecordFile, shard: Shard | None, check: C
     return done
 
 
-def import_sources(sources: Sequence[Path], out: Path, records: RecordFile, done: set[tuple[str, str]],
-                   check: Callable[[dict[str, Any]], str | None], repair: bool) -> None:
+def import_sources(
+    sources: Sequence[Path],
+    out: Path,
+    records: RecordFile,
+    done: set[tuple[str, str]],
+    check: Callable[[dict[str, Any]], str | None],
+    repair: bool,
+) -> None:
     """Append to ``records`` each record of the ``sources`` folders (each line checked) that no file of
     ``out`` holds yet, and copy their example crops."""
     for source in sources:
@@ -159,8 +174,12 @@ def import_sources(sources: Sequence[Path], out: Path, records: RecordFile, done
 
 def refuse_missing(data: LabelledSet, jobs: Sequence[str | None], done: set[tuple[str, str]], out: Path) -> None:
     """A merge computes nothing: refuse one that lacks a record, naming the shards to run again."""
-    missing = [(index, load.case_id, job or "-") for index, load in enumerate(data.cases) for job in jobs
-               if (load.case_id, job or "-") not in done]
+    missing = [
+        (index, load.case_id, job or "-")
+        for index, load in enumerate(data.cases)
+        for job in jobs
+        if (load.case_id, job or "-") not in done
+    ]
     if not missing:
         return
     counts = sorted({int(p.name.split("-of-")[1].split(".")[0]) for p in out.glob("records.shard-*-of-*.jsonl")})
@@ -168,12 +187,15 @@ def refuse_missing(data: LabelledSet, jobs: Sequence[str | None], done: set[tupl
     if counts:
         count = counts[-1]
         shards = sorted({index % count for index, _, _ in missing})
-        owners = (f"; with {count} shards they belong to shard{'s' * (len(shards) > 1)} "
-                  f"{', '.join(f'{i}/{count}' for i in shards[:8])}{' ...' if len(shards) > 8 else ''}")
+        owners = (
+            f"; with {count} shards they belong to shard{'s' * (len(shards) > 1)} "
+            f"{', '.join(f'{i}/{count}' for i in shards[:8])}{' ...' if len(shards) > 8 else ''}"
+        )
     example = ", ".join(f"{case} / {job}" for _, case, job in missing[:3])
     raise EvaluationError(
         f"cannot merge: {len(missing)} records are in none of the folders ({example}{' ...' if len(missing) > 3 else ''})"
-        f"{owners}. Run those shards again (the same command with --shard I/N), then merge again.")
+        f"{owners}. Run those shards again (the same command with --shard I/N), then merge again."
+    )
 
 
 # ---- torchrun ---------------------------------------------------------------------------------------

@@ -27,27 +27,48 @@ def attention_eclip_terms(attn_grad_rows: torch.Tensor, lam: torch.Tensor | None
     return summed if lam is None else lam * summed
 
 
-def attention_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None,
-                    lambda_span: str = "context", lambda_qk: str = "raw") -> MapResult:
+def attention_eclip(
+    ctx: Context,
+    layers: int = 1,
+    use_lambda: bool = True,
+    relu: str | None = None,
+    lambda_span: str = "context",
+    lambda_qk: str = "raw",
+) -> MapResult:
     relu = relu or default_relu(ctx.side)
     explained = ctx.last_layers(layers)
     scores, caps, rows = ctx.pooled_query_gradients(explained, "attn", capture=("q", "k", "attn"))
     lams = layer_lambdas(ctx, caps, explained, lambda_span, lambda_qk) if use_lambda else [None] * len(explained)
     terms = [attention_eclip_terms(row, lam) for row, lam in zip(rows, lams)]
-    options = {"layers": layers, "use_lambda": use_lambda, "relu": relu, "lambda_span": lambda_span, "lambda_qk": lambda_qk}
+    options = {
+        "layers": layers,
+        "use_lambda": use_lambda,
+        "relu": relu,
+        "lambda_span": lambda_span,
+        "lambda_qk": lambda_qk,
+    }
     return eclip_result(ctx, terms, relu, scores, explained, options)
 
 
-register_method(MethodSpec(
-    name="attention_eclip",
-    assumes_pooled_score=("it reads dS/dA at the class token's row of the last attention, which carries the whole "
-                          "score only when the score depends on the image through the class token (Grad-ECLIP's "
-                          "derivation)"),
-    families=("*",),  # reads the model through the family adapter only
-    paper="Debunking Grad-ECLIP (arXiv 2605.12952)",
-    image=attention_eclip,
-    text=attention_eclip,
-    defaults={"layers": 1, "use_lambda": True, "relu": "per_layer (image) / after_sum (text)",
-              "lambda_span": "context (text: the whole padded context; image: patches)", "lambda_qk": "raw"},
-    summary="ReLU(lambda_j * sum_h dS/dA^h[query, j]) on the original model",
-))
+register_method(
+    MethodSpec(
+        name="attention_eclip",
+        assumes_pooled_score=(
+            "it reads dS/dA at the class token's row of the last attention, which carries the whole "
+            "score only when the score depends on the image through the class token (Grad-ECLIP's "
+            "derivation)"
+        ),
+        families=("*",),  # reads the model through the family adapter only
+        paper="Debunking Grad-ECLIP (arXiv 2605.12952)",
+        image=attention_eclip,
+        text=attention_eclip,
+        defaults={
+            "layers": 1,
+            "use_lambda": True,
+            "relu": "per_layer (image) / after_sum (text)",
+            "lambda_span": "context (text: the whole padded context; image: patches)",
+            "lambda_qk": "raw",
+        },
+        summary="ReLU(lambda_j * sum_h dS/dA^h[query, j]) on the original model",
+    )
+)

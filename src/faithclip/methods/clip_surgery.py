@@ -59,8 +59,9 @@ def surgery_tokens(model, start: int, start_hidden: torch.Tensor, values: list[t
     return F.normalize(embeds, dim=-1)
 
 
-def feature_surgery(tokens: torch.Tensor, texts: torch.Tensor, image: torch.Tensor | None,
-                    redundant: torch.Tensor | None) -> torch.Tensor:
+def feature_surgery(
+    tokens: torch.Tensor, texts: torch.Tensor, image: torch.Tensor | None, redundant: torch.Tensor | None
+) -> torch.Tensor:
     """CLIP Surgery's similarity, all inputs normalised: tokens ``(B, T, P)``, texts ``(K, P)``; either the
     redundant text feature ``(1, P)`` or the image embeddings ``(B, P)`` (set mode) -> ``(B, K, T)``."""
     if redundant is not None:
@@ -86,15 +87,18 @@ def empty_prompt(ctx: Context) -> TextBatch:
 
 def clip_surgery(ctx: Context, layers: int | None = None, redundant: str = "auto") -> MapResult:
     if ctx.target.kind != "cosine":
-        raise MethodError(f"clip_surgery defines its map for the cosine target only; got {ctx.target.name!r}. "
-                          "Use target='cosine'.")
+        raise MethodError(
+            f"clip_surgery defines its map for the cosine target only; got {ctx.target.name!r}. Use target='cosine'."
+        )
     if redundant not in REDUNDANT:
         raise MethodError(f"redundant must be one of {REDUNDANT}, got {redundant!r}.")
     if redundant == "auto":
         redundant = "empty" if ctx.num_texts == 1 else "set"
     if redundant == "set" and ctx.num_texts == 1:
-        raise MethodError("redundant='set' subtracts the mean over the prompt set and needs at least two texts; "
-                          "use redundant='empty' for one text.")
+        raise MethodError(
+            "redundant='set' subtracts the mean over the prompt set and needs at least two texts; "
+            "use redundant='empty' for one text."
+        )
     layers = max(1, round(ctx.num_layers / 2)) if layers is None else layers  # official: last 6 of 12
     surgery = ctx.last_layers(layers)
     model = ctx.handle.model
@@ -107,8 +111,9 @@ def clip_surgery(ctx: Context, layers: int | None = None, redundant: str = "auto
         scores = ctx.score(image_embeds, ctx.fixed_text_embeds())  # (B, K)
         removed = F.normalize(ctx.handle.encode_text(empty_prompt(ctx)), dim=-1) if redundant == "empty" else None
         per_token = feature_surgery(tokens, text_embeds, F.normalize(image_embeds, dim=-1), removed)  # (B, K, T)
-    return MapResult(maps=ctx.token_map(per_token), scores=scores, layers=surgery,
-                     options={"layers": layers, "redundant": redundant})
+    return MapResult(
+        maps=ctx.token_map(per_token), scores=scores, layers=surgery, options={"layers": layers, "redundant": redundant}
+    )
 
 
 def surgery_sides(family) -> tuple[str, ...]:
@@ -116,18 +121,23 @@ def surgery_sides(family) -> tuple[str, ...]:
     return ("image",) if family.has_side("text") and family.default_target().kind == "cosine" else ()
 
 
-register_method(MethodSpec(
-    name="clip_surgery",
-    assumes_pooled_score="it scores every image token through the pooled token's ITC head, not through the ITM head",
-    # feature surgery subtracts text embeddings under a cosine: every family whose default score is the cosine
-    # of a text tower's embedding (CLIP, BLIP's ITC). SigLIP explains its logit by default and has no empty
-    # prompt it was trained on; a classifier has no text tower. Declared from the family, so a new CLIP-like
-    # family needs no edit here.
-    families=("*",),
-    family_sides=surgery_sides,
-    paper="Li et al., CLIP Surgery for Better Explainability with Enhancement in Open-Vocabulary Tasks, 2023",
-    image=clip_surgery,
-    modifies_model=True,
-    defaults={"layers": "round(L/2) (6 of 12, the official count)", "redundant": "auto (empty for 1 text, set otherwise)"},
-    summary="v-v attention path from the last `layers` blocks, minus the redundant (empty-prompt or set-mean) feature",
-))
+register_method(
+    MethodSpec(
+        name="clip_surgery",
+        assumes_pooled_score="it scores every image token through the pooled token's ITC head, not through the ITM head",
+        # feature surgery subtracts text embeddings under a cosine: every family whose default score is the cosine
+        # of a text tower's embedding (CLIP, BLIP's ITC). SigLIP explains its logit by default and has no empty
+        # prompt it was trained on; a classifier has no text tower. Declared from the family, so a new CLIP-like
+        # family needs no edit here.
+        families=("*",),
+        family_sides=surgery_sides,
+        paper="Li et al., CLIP Surgery for Better Explainability with Enhancement in Open-Vocabulary Tasks, 2023",
+        image=clip_surgery,
+        modifies_model=True,
+        defaults={
+            "layers": "round(L/2) (6 of 12, the official count)",
+            "redundant": "auto (empty for 1 text, set otherwise)",
+        },
+        summary="v-v attention path from the last `layers` blocks, minus the redundant (empty-prompt or set-mean) feature",
+    )
+)

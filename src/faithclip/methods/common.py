@@ -86,8 +86,13 @@ def check_lambda_options(span: str, lambda_qk: str) -> None:
         raise MethodError(f"lambda_qk must be one of {LAMBDA_QK}, got {lambda_qk!r}.")
 
 
-def layer_lambdas(ctx: "Context", captures: dict[int, "LayerCapture"], layers: Sequence[int],
-                  span: str = "context", lambda_qk: str = "raw") -> list[torch.Tensor]:
+def layer_lambdas(
+    ctx: "Context",
+    captures: dict[int, "LayerCapture"],
+    layers: Sequence[int],
+    span: str = "context",
+    lambda_qk: str = "raw",
+) -> list[torch.Tensor]:
     """``qk_lambda`` of each explained layer, broadcast to ``(B|1, K|1, T)`` (T: the explained input's tokens).
 
     q and k come from ``captures`` (the explained forward), except on the text side with
@@ -107,12 +112,13 @@ def layer_lambdas(ctx: "Context", captures: dict[int, "LayerCapture"], layers: S
                 q, k = out_proj(q), out_proj(k)
         support = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device) if whole_context else ctx.support_mask()
         lam = qk_lambda(q, k, ctx.query_positions, support)  # (C, T')
-        out.append(ctx.pair(lam[:, :ctx.num_tokens]))
+        out.append(ctx.pair(lam[:, : ctx.num_tokens]))
     return out
 
 
-def eclip_result(ctx: "Context", terms: list[torch.Tensor], relu: str, scores: torch.Tensor, explained: list[int],
-                 options: dict) -> "MapResult":
+def eclip_result(
+    ctx: "Context", terms: list[torch.Tensor], relu: str, scores: torch.Tensor, explained: list[int], options: dict
+) -> "MapResult":
     """The shared ending of Grad-ECLIP and Attention-ECLIP: combine the per-layer terms ``(B, K, T)``,
     keep the map's support, normalise text maps to sum 1 (not a signed ``relu="none"`` map, whose sum may be
     near zero: it stays raw)."""

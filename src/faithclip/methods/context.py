@@ -94,9 +94,11 @@ class Context:
         """A tower that pools through an attention-pooling head has a pooled query in the head only: ``what``
         (e.g. "layers=2") is refused with a one-line error for any other layer."""
         if self.head_layer is not None and any(index != self.head_layer for index in layers):
-            raise MethodError(f"{what} is not defined on the {self.tower} tower: it pools through its attention-pooling "
-                              "head, whose learned query is its only pooled query (its blocks have none); explain the "
-                              "head alone (layers=1, layer=-1).")
+            raise MethodError(
+                f"{what} is not defined on the {self.tower} tower: it pools through its attention-pooling "
+                "head, whose learned query is its only pooled query (its blocks have none); explain the "
+                "head alone (layers=1, layer=-1)."
+            )
 
     def query_one_hot(self, layer: int, tokens: int) -> torch.Tensor:
         """``(C, T)``: the pooled query as a token of layer ``layer`` (one-hot), or zeros for an
@@ -143,8 +145,9 @@ class Context:
     def last_layers(self, n: int) -> list[int]:
         """Indices of the last ``n`` encoder layers of the explained tower."""
         if not 1 <= n <= self.num_layers:
-            raise MethodError(f"layers must be between 1 and {self.num_layers} (the {self.tower} tower's "
-                              f"layers), got {n}.")
+            raise MethodError(
+                f"layers must be between 1 and {self.num_layers} (the {self.tower} tower's layers), got {n}."
+            )
         return resolve_layers(range(-n, 0), self.num_layers)
 
     def support_mask(self) -> torch.Tensor:
@@ -152,7 +155,7 @@ class Context:
         tokens strictly between start and end)."""
         if self.side == "image":
             mask = torch.ones(self.num_images, self.num_tokens, dtype=torch.bool, device=self.pixels.device)
-            mask[:, :self.prefix_tokens] = False
+            mask[:, : self.prefix_tokens] = False
             return mask
         return self.family.text_support(self.handle.model, self.text)
 
@@ -210,7 +213,7 @@ class Context:
         chunks = []
         with torch.no_grad():
             for start in range(0, pixels.shape[0], batch_size):
-                batch = pixels[start:start + batch_size].to(device=self.pixels.device, dtype=self.pixels.dtype)
+                batch = pixels[start : start + batch_size].to(device=self.pixels.device, dtype=self.pixels.dtype)
                 chunks.append(self.score(self.image_features(batch), text_embeds))
         return torch.cat(chunks)  # (N, K)
 
@@ -221,8 +224,13 @@ class Context:
         chunks = []
         with torch.no_grad():
             for start in range(0, text.input_ids.shape[0], batch_size):
-                part = TextBatch(text.input_ids[start:start + batch_size], text.attention_mask[start:start + batch_size],
-                                 text.eos_positions[start:start + batch_size], [], [])
+                part = TextBatch(
+                    text.input_ids[start : start + batch_size],
+                    text.attention_mask[start : start + batch_size],
+                    text.eos_positions[start : start + batch_size],
+                    [],
+                    [],
+                )
                 chunks.append(self.score(image_embeds, self.text_features(part)))
         return torch.cat(chunks, dim=1)  # (B, N)
 
@@ -275,7 +283,9 @@ class Context:
             self._fixed[key] = probe.captures
         return self._fixed[key]
 
-    def grads(self, scores: torch.Tensor, tensors: Sequence[torch.Tensor], reduce: Reduce | None = None) -> list[torch.Tensor]:
+    def grads(
+        self, scores: torch.Tensor, tensors: Sequence[torch.Tensor], reduce: Reduce | None = None
+    ) -> list[torch.Tensor]:
         """Gradient of every score ``[b, k]`` w.r.t. each captured tensor of its own input.
 
         ``tensors`` are ``(C, ...)`` captures of the explained tower. ``reduce`` maps a stack of
@@ -327,7 +337,9 @@ class Context:
         scores, caps = self.probe_forward(layers, capture=tuple(set(capture) | {wrt}))
         return scores, caps, self.grads(scores, [caps[i].require(wrt)[0] for i in layers], reduce=reduce)
 
-    def head_gradients(self, wrt: str, capture: Sequence[str]) -> tuple[torch.Tensor, dict[int, LayerCapture], list[torch.Tensor]]:
+    def head_gradients(
+        self, wrt: str, capture: Sequence[str]
+    ) -> tuple[torch.Tensor, dict[int, LayerCapture], list[torch.Tensor]]:
         """``pooled_query_gradients`` at an attention-pooling head: the model's own forward with a graph from
         the head's input, ``dS/dy`` at its query row by batched backward passes, then ``dS/do = dS/dy W_o``
         (``wrt="attn_out"``) and ``dS/dA^h_j = sum_{c in h} (dS/do)_c v_jc`` (``wrt="attn"``)."""
@@ -338,14 +350,18 @@ class Context:
         attn_out_grad, attn_grad = attention_gradient_rows(output_grad, cap.v, self.pooling, self.side)
         return scores, caps, [attn_grad if wrt == "attn" else attn_out_grad]
 
-    def attention_gradients(self, scores: torch.Tensor, caps: dict[int, LayerCapture], layers: Sequence[int]) -> list[torch.Tensor]:
+    def attention_gradients(
+        self, scores: torch.Tensor, caps: dict[int, LayerCapture], layers: Sequence[int]
+    ) -> list[torch.Tensor]:
         """``dS/dA`` of every score for each of ``layers`` (``(B, K, H, Tq, T)``); at an attention-pooling
         head by the chain rule from ``dS/dy`` (its probabilities are values, not on the graph)."""
         on_graph = [caps[i].attn if i != self.head_layer else caps[i].hidden_out for i in layers]
         grads = self.grads(scores, on_graph)
         if self.head_layer in layers:
             position = list(layers).index(self.head_layer)
-            _, rows = attention_gradient_rows(grads[position][:, :, 0], caps[self.head_layer].v, self.pooling, self.side)
+            _, rows = attention_gradient_rows(
+                grads[position][:, :, 0], caps[self.head_layer].v, self.pooling, self.side
+            )
             grads[position] = rows[:, :, :, None].to(grads[position].dtype)  # (B, K, H, 1, T), as the blocks' dS/dA
         return grads
 
@@ -393,8 +409,9 @@ class Context:
             rebuilt = embed_from_output(variable)
             rows_agree = wrt != "attn" or self._agrees(output_from_rows(cap.attn[:, :, 0]), o)
             if not self._agrees(rebuilt.detach(), embeds) or not rows_agree:
-                warnings.warn("the last vision block is not a standard CLIP block; using the full backward pass",
-                              stacklevel=3)
+                warnings.warn(
+                    "the last vision block is not a standard CLIP block; using the full backward pass", stacklevel=3
+                )
                 return None
             scores = self.score(rebuilt, text_embeds)  # (B, K)
             grads = self.grads(scores, [variable])[0]  # (B, K, D)
@@ -420,7 +437,7 @@ class Context:
         (zero outside the support)."""
         if self.side == "image":
             gh, gw = self.grid
-            return per_token[..., self.prefix_tokens:].reshape(*per_token.shape[:2], gh, gw)  # (B, K, gh, gw)
+            return per_token[..., self.prefix_tokens :].reshape(*per_token.shape[:2], gh, gw)  # (B, K, gh, gw)
         return torch.where(self.pair(self.support_mask()), per_token, torch.zeros_like(per_token))
 
 

@@ -47,11 +47,15 @@ def image_maps(ctx: Context, maps: torch.Tensor) -> torch.Tensor:
     if maps.dim() == 5:
         maps = maps.sum(dim=2)  # (B, K, 3, H, W) -> (B, K, H, W)
     if maps.dim() != 4 or tuple(maps.shape[:2]) != expected:
-        raise MethodError(f"the callable returned maps of shape {tuple(maps.shape)}; expected (B, K, h, w) with "
-                          f"(B, K) = {expected}, on the patch grid {ctx.grid} or the pixels {tuple(ctx.pixels.shape[-2:])}.")
+        raise MethodError(
+            f"the callable returned maps of shape {tuple(maps.shape)}; expected (B, K, h, w) with "
+            f"(B, K) = {expected}, on the patch grid {ctx.grid} or the pixels {tuple(ctx.pixels.shape[-2:])}."
+        )
     if tuple(maps.shape[-2:]) not in (ctx.grid, tuple(ctx.pixels.shape[-2:])):
-        raise MethodError(f"the callable's maps are {tuple(maps.shape[-2:])}; give them on the patch grid {ctx.grid} "
-                          f"or at the pixels' size {tuple(ctx.pixels.shape[-2:])}.")
+        raise MethodError(
+            f"the callable's maps are {tuple(maps.shape[-2:])}; give them on the patch grid {ctx.grid} "
+            f"or at the pixels' size {tuple(ctx.pixels.shape[-2:])}."
+        )
     return maps.to(ctx.pixels.dtype)
 
 
@@ -61,8 +65,10 @@ def callable_method(function: Callable[..., Any], name: str, paper: str = "") ->
     def run(ctx: Context) -> MapResult:
         default = ctx.family.default_target()
         if ctx.target.name != default.name:
-            raise MethodError(f"{name} is a plain callable: it explains the model's default score only "
-                              f"({default.name} for {ctx.family.name} models).")
+            raise MethodError(
+                f"{name} is a plain callable: it explains the model's default score only "
+                f"({default.name} for {ctx.family.name} models)."
+            )
         texts = [t if t is not None else "" for t in ctx.text.texts]
         try:
             output = function(ctx.handle, ctx.pixels, texts)
@@ -74,11 +80,17 @@ def callable_method(function: Callable[..., Any], name: str, paper: str = "") ->
         maps = image_maps(ctx, maps)
         reported = scores is not None
         scores = torch.as_tensor(scores).detach() if reported else ctx.model_scores()
-        return MapResult(maps=maps, scores=scores, input_size=tuple(ctx.pixels.shape[-2:]),
-                         options={"scores_reported": reported})
+        return MapResult(
+            maps=maps, scores=scores, input_size=tuple(ctx.pixels.shape[-2:]), options={"scores_reported": reported}
+        )
 
-    return MethodSpec(name=name, paper=paper or f"user callable {name}", image=run, families=("*",),
-                      summary=f"{name}(model, pixels, texts) -> maps, brought from outside faithclip")
+    return MethodSpec(
+        name=name,
+        paper=paper or f"user callable {name}",
+        image=run,
+        families=("*",),
+        summary=f"{name}(model, pixels, texts) -> maps, brought from outside faithclip",
+    )
 
 
 __all__ = ["callable_method", "import_callable", "image_maps"]

@@ -41,8 +41,9 @@ def gradient_weighted_attention(attention: torch.Tensor, attention_grad: torch.T
     return F.relu(attention_grad * attention).mean(dim=2)
 
 
-def game_rows(attentions: list[torch.Tensor], attention_grads: list[torch.Tensor], query: torch.Tensor,
-              pooling_head: bool = False) -> torch.Tensor:
+def game_rows(
+    attentions: list[torch.Tensor], attention_grads: list[torch.Tensor], query: torch.Tensor, pooling_head: bool = False
+) -> torch.Tensor:
     """Query row of ``(I + Abar_L) ... (I + Abar_s)``.
 
     ``attentions`` ``(B|1, K|1, H, T, T)`` and ``attention_grads`` ``(B, K, H, T, T)`` of layers s..L in
@@ -59,7 +60,9 @@ def game_rows(attentions: list[torch.Tensor], attention_grads: list[torch.Tensor
     return row
 
 
-def game_last_layer_row(attention_row: torch.Tensor, attention_grad_row: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+def game_last_layer_row(
+    attention_row: torch.Tensor, attention_grad_row: torch.Tensor, query: torch.Tensor
+) -> torch.Tensor:
     """One explained layer: ``R[q] = e_q + mean_h ReLU(G[q] * A[q])``, which needs only the query rows.
 
     ``attention_row`` ``(B|1, K|1, H, T)``, ``attention_grad_row`` ``(B, K, H, T)``, ``query`` ``(B, K, T)``.
@@ -76,7 +79,9 @@ def game(ctx: Context, start_layer: int = 0) -> MapResult:
         attention = caps[layers[0]].attn.detach()  # (C, H, T, T)
         tokens = attention.shape[-1]
         attention_rows = attention[torch.arange(attention.shape[0], device=attention.device), :, positions]  # (C, H, T)
-        query = ctx.pair(ctx.query_one_hot(layers[0], tokens).to(attention.dtype)).expand(ctx.num_images, ctx.num_texts, -1)
+        query = ctx.pair(ctx.query_one_hot(layers[0], tokens).to(attention.dtype)).expand(
+            ctx.num_images, ctx.num_texts, -1
+        )
         rows = game_last_layer_row(ctx.pair(attention_rows), grad_rows, query)
     else:
         scores, caps = ctx.probe_forward(layers, capture=("attn",))
@@ -84,23 +89,29 @@ def game(ctx: Context, start_layer: int = 0) -> MapResult:
         attention_grads = ctx.attention_gradients(scores, caps, layers)  # per layer (B, K, H, Tq, T)
         one_hot = ctx.query_one_hot(layers[-1], attentions[0].shape[-1]).to(attentions[0].dtype)  # (C, T)
         query = ctx.pair(one_hot).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
-        rows = game_rows([ctx.pair(a.detach()) for a in attentions], attention_grads, query,
-                         pooling_head=ctx.head_layer is not None)
-    return MapResult(maps=ctx.token_map(rows).detach(), scores=scores.detach(), layers=layers,
-                     options={"start_layer": start_layer})
+        rows = game_rows(
+            [ctx.pair(a.detach()) for a in attentions], attention_grads, query, pooling_head=ctx.head_layer is not None
+        )
+    return MapResult(
+        maps=ctx.token_map(rows).detach(), scores=scores.detach(), layers=layers, options={"start_layer": start_layer}
+    )
 
 
-register_method(MethodSpec(
-    name="game",
-    assumes_pooled_score=("its map is the class token's row of the relevance propagated through the image "
-                          "self-attention (Chefer et al.'s rule for a score read from the class token; a fused "
-                          "score's relevance enters through the text encoder's cross-attention, which it does not "
-                          "propagate)"),
-    families=("*",),  # reads the model through the family adapter only
-    paper="Chefer, Gur & Wolf, Generic Attention-model Explainability for Interpreting Bi-Modal and "
-          "Encoder-Decoder Transformers, ICCV 2021",
-    image=game,
-    text=game,
-    defaults={"start_layer": 0},
-    summary="R += mean_h ReLU(dS/dA * A) @ R from start_layer to the last layer; map = R[query, support]",
-))
+register_method(
+    MethodSpec(
+        name="game",
+        assumes_pooled_score=(
+            "its map is the class token's row of the relevance propagated through the image "
+            "self-attention (Chefer et al.'s rule for a score read from the class token; a fused "
+            "score's relevance enters through the text encoder's cross-attention, which it does not "
+            "propagate)"
+        ),
+        families=("*",),  # reads the model through the family adapter only
+        paper="Chefer, Gur & Wolf, Generic Attention-model Explainability for Interpreting Bi-Modal and "
+        "Encoder-Decoder Transformers, ICCV 2021",
+        image=game,
+        text=game,
+        defaults={"start_layer": 0},
+        summary="R += mean_h ReLU(dS/dA * A) @ R from start_layer to the last layer; map = R[query, support]",
+    )
+)

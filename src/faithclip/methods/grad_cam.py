@@ -34,16 +34,19 @@ def grad_cam(ctx: Context, layer: int = -1) -> MapResult:
     (features,) = caps[index].require("hidden_in")  # (C, T, D)
     (weights,) = ctx.grads(scores, [features], reduce=lambda g: g.mean(dim=2))  # token mean: (B, K, D)
     per_token = grad_cam_map(weights, ctx.pair(features.detach()))  # (B, K, T)
-    return MapResult(maps=ctx.token_map(per_token).detach(), scores=scores.detach(), layers=[index],
-                     options={"layer": layer})
+    return MapResult(
+        maps=ctx.token_map(per_token).detach(), scores=scores.detach(), layers=[index], options={"layer": layer}
+    )
 
 
-register_method(MethodSpec(
-    name="grad_cam",
-    assumes_pooled_score=None,  # any scalar of the image: the ITM score too
-    families=("*",),  # reads the model through the family adapter only
-    paper="Selvaraju et al., Grad-CAM, ICCV 2017 (on ViT tokens, as in Grad-ECLIP's comparison)",
-    image=grad_cam,
-    defaults={"layer": -1},
-    summary="ReLU(sum_c w_c f_jc), f = input of the block, w = token-averaged dS/df",
-))
+register_method(
+    MethodSpec(
+        name="grad_cam",
+        assumes_pooled_score=None,  # any scalar of the image: the ITM score too
+        families=("*",),  # reads the model through the family adapter only
+        paper="Selvaraju et al., Grad-CAM, ICCV 2017 (on ViT tokens, as in Grad-ECLIP's comparison)",
+        image=grad_cam,
+        defaults={"layer": -1},
+        summary="ReLU(sum_c w_c f_jc), f = input of the block, w = token-averaged dS/df",
+    )
+)

@@ -41,28 +41,51 @@ def grad_eclip_terms(query_grad: torch.Tensor, v: torch.Tensor, lam: torch.Tenso
     return channel_sum if lam is None else lam * channel_sum
 
 
-def grad_eclip(ctx: Context, layers: int = 1, use_lambda: bool = True, relu: str | None = None,
-               lambda_span: str = "context", lambda_qk: str = "raw") -> MapResult:
+def grad_eclip(
+    ctx: Context,
+    layers: int = 1,
+    use_lambda: bool = True,
+    relu: str | None = None,
+    lambda_span: str = "context",
+    lambda_qk: str = "raw",
+) -> MapResult:
     relu = relu or default_relu(ctx.side)
     explained = ctx.last_layers(layers)
     scores, caps, grads = ctx.pooled_query_gradients(explained, "attn_out", capture=("q", "k", "v", "attn_out"))
     lams = layer_lambdas(ctx, caps, explained, lambda_span, lambda_qk) if use_lambda else [None] * len(explained)
-    terms = [grad_eclip_terms(query_grad, ctx.pair(caps[index].require("v")[0].detach()), lam)
-             for index, query_grad, lam in zip(explained, grads, lams)]
-    options = {"layers": layers, "use_lambda": use_lambda, "relu": relu, "lambda_span": lambda_span, "lambda_qk": lambda_qk}
+    terms = [
+        grad_eclip_terms(query_grad, ctx.pair(caps[index].require("v")[0].detach()), lam)
+        for index, query_grad, lam in zip(explained, grads, lams)
+    ]
+    options = {
+        "layers": layers,
+        "use_lambda": use_lambda,
+        "relu": relu,
+        "lambda_span": lambda_span,
+        "lambda_qk": lambda_qk,
+    }
     return eclip_result(ctx, terms, relu, scores, explained, options)
 
 
-register_method(MethodSpec(
-    name="grad_eclip",
-    assumes_pooled_score=("it reads the score's gradient at the class token's row of the last attention, which "
-                          "carries the whole score only when the score depends on the image through the class token "
-                          "(Grad-ECLIP's derivation)"),
-    families=("*",),  # reads the model through the family adapter only
-    paper="Zhao et al., Gradient-based Visual Explanation for Transformer-based CLIP, ICML 2024",
-    image=grad_eclip,
-    text=grad_eclip,
-    defaults={"layers": 1, "use_lambda": True, "relu": "per_layer (image) / after_sum (text)",
-              "lambda_span": "context (text: the whole padded context; image: patches)", "lambda_qk": "raw"},
-    summary="ReLU(lambda_j * sum_c g_c v_jc), g = dS/d(attention output) at the pooled token",
-))
+register_method(
+    MethodSpec(
+        name="grad_eclip",
+        assumes_pooled_score=(
+            "it reads the score's gradient at the class token's row of the last attention, which "
+            "carries the whole score only when the score depends on the image through the class token "
+            "(Grad-ECLIP's derivation)"
+        ),
+        families=("*",),  # reads the model through the family adapter only
+        paper="Zhao et al., Gradient-based Visual Explanation for Transformer-based CLIP, ICML 2024",
+        image=grad_eclip,
+        text=grad_eclip,
+        defaults={
+            "layers": 1,
+            "use_lambda": True,
+            "relu": "per_layer (image) / after_sum (text)",
+            "lambda_span": "context (text: the whole padded context; image: patches)",
+            "lambda_qk": "raw",
+        },
+        summary="ReLU(lambda_j * sum_c g_c v_jc), g = dS/d(attention output) at the pooled token",
+    )
+)

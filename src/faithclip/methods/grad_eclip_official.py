@@ -52,13 +52,13 @@ from faithclip.deprecation import warn_deprecated
 from faithclip.errors import ImageError, MethodError
 from faithclip.methods.common import normalize_sum
 from faithclip.methods.context import Context, MapResult
+from faithclip.methods.official.formula import official_lambda, official_term
+from faithclip.methods.official.formula import out_proj_for as _out_proj
 from faithclip.methods.official.keepsize import (
     OFFICIAL_SHORT_SIDE_CAP,
     keep_size_pixels,
     keep_size_size,
 )
-from faithclip.methods.official.formula import official_lambda, official_term
-from faithclip.methods.official.formula import out_proj_for as _out_proj
 from faithclip.methods.official.rewrite import encode_text_rewritten
 from faithclip.models.clip import ModelHandle
 from faithclip.registry import MethodSpec, register_method
@@ -66,12 +66,17 @@ from faithclip.registry import MethodSpec, register_method
 
 def _half_copy(handle: ModelHandle) -> ModelHandle:
     warnings.warn("half=True explains an fp16 copy of the model (the official CUDA setting).", stacklevel=3)
-    return ModelHandle(model=copy.deepcopy(handle.model).half(), tokenizer=handle.tokenizer,
-                      preprocess=handle.preprocess, name=f"{handle.name} (fp16)")
+    return ModelHandle(
+        model=copy.deepcopy(handle.model).half(),
+        tokenizer=handle.tokenizer,
+        preprocess=handle.preprocess,
+        name=f"{handle.name} (fp16)",
+    )
 
 
-def image_maps(ctx: Context, pixels: torch.Tensor, layers: int, lambda_qk: str,
-               model: Any | None = None, heads: int | None = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+def image_maps(
+    ctx: Context, pixels: torch.Tensor, layers: int, lambda_qk: str, model: Any | None = None, heads: int | None = 1
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Official image maps of ONE input ``pixels (1, 3, H, W)`` against the context's K texts, by the model
     family's published pipeline (``Family.official.pipeline``: CLIP's ``generate_emap.py``, the BLIP and ViT
     notebooks). Returns maps ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid. ``heads=None``
@@ -86,20 +91,29 @@ def text_maps(ctx: Context, layers: int, lambda_qk: str, model: Any | None = Non
     eos = ctx.text.eos_positions
     blocks = model.text_model.encoder.layers
     layers = min(layers, len(blocks))
-    recomputed = list(blocks[len(blocks) - layers:])
-    image_embeds = ctx.fixed_image_embeds() if model is ctx.handle.model else \
-        model.get_image_features(pixel_values=ctx.pixels.to(model.logit_scale.dtype)).pooler_output.detach()
+    recomputed = list(blocks[len(blocks) - layers :])
+    image_embeds = (
+        ctx.fixed_image_embeds()
+        if model is ctx.handle.model
+        else model.get_image_features(pixel_values=ctx.pixels.to(model.logit_scale.dtype)).pooler_output.detach()
+    )
     length = ctx.text.input_ids.shape[1]
     with torch.enable_grad():
         text_embeds, traces = encode_text_rewritten(model, ids, eos, heads=1, layers=layers)
         extra = ctx.extra_embeds()
-        scores = ctx.target.scores(image_embeds, text_embeds, ctx.handle.logit_scale.detach().to(text_embeds.dtype),
-                                   None if extra is None else extra.to(text_embeds.dtype))  # (B, K)
+        scores = ctx.target.scores(
+            image_embeds,
+            text_embeds,
+            ctx.handle.logit_scale.detach().to(text_embeds.dtype),
+            None if extra is None else extra.to(text_embeds.dtype),
+        )  # (B, K)
         maps = torch.zeros(*scores.shape, length, dtype=scores.dtype, device=scores.device)
         for k in range(scores.shape[1]):
             e = int(eos[k])
-            lams = [official_lambda(t.q[k], t.k[k], e, slice(None), _out_proj(layer, lambda_qk))
-                    for t, layer in zip(traces, recomputed)]  # (context,) each: ALL positions
+            lams = [
+                official_lambda(t.q[k], t.k[k], e, slice(None), _out_proj(layer, lambda_qk))
+                for t, layer in zip(traces, recomputed)
+            ]  # (context,) each: ALL positions
             for b in range(scores.shape[0]):
                 grads = torch.autograd.grad(scores[b, k], [t.attn_out for t in traces], retain_graph=True)
                 terms = [official_term(g[k, e], t.v[k].detach(), lam) for g, t, lam in zip(grads, traces, lams)]
@@ -111,7 +125,9 @@ def text_maps(ctx: Context, layers: int, lambda_qk: str, model: Any | None = Non
 def _originals(original: Any, count: int) -> list[Any]:
     items = list(original) if isinstance(original, (list, tuple)) else [original]
     if len(items) != count:
-        raise MethodError(f"original= holds {len(items)} images but {count} were explained; give one original per image.")
+        raise MethodError(
+            f"original= holds {len(items)} images but {count} were explained; give one original per image."
+        )
     return items
 
 
@@ -132,7 +148,8 @@ def check_keep_size(image: Any, patch: int) -> None:
         raise ImageError(
             f"grad_eclip_official: a {width}x{height} image is too small for the official keep-size input, which "
             f"needs each side to be at least {(patch + 1) // 2} px (half of the model's {patch}-px patch); "
-            "use a larger image or another method.")
+            "use a larger image or another method."
+        )
 
 
 def deprecated_qk(lambda_qk: str | None, qk: str | None) -> str | None:
@@ -140,70 +157,107 @@ def deprecated_qk(lambda_qk: str | None, qk: str | None) -> str | None:
     attention_eclip; ``qk`` goes in the next release), with a ``DeprecationWarning``."""
     if qk is None:
         return lambda_qk
-    warn_deprecated("grad_eclip_official's option qk is deprecated and will be removed in the next release; "
-                    "use lambda_qk (the name grad_eclip and attention_eclip use).")
+    warn_deprecated(
+        "grad_eclip_official's option qk is deprecated and will be removed in the next release; "
+        "use lambda_qk (the name grad_eclip and attention_eclip use)."
+    )
     if lambda_qk is not None and lambda_qk != qk:
-        raise MethodError(f"grad_eclip_official: lambda_qk={lambda_qk!r} and its deprecated name qk={qk!r} disagree; "
-                          "give lambda_qk only.")
+        raise MethodError(
+            f"grad_eclip_official: lambda_qk={lambda_qk!r} and its deprecated name qk={qk!r} disagree; "
+            "give lambda_qk only."
+        )
     return qk
 
 
-def grad_eclip_official_image(ctx: Context, layers: int = 1, lambda_qk: str | None = None, half: bool = False,
-                              original: Any = None, cap: int | None | str = "auto", qk: str | None = None) -> MapResult:
+def grad_eclip_official_image(
+    ctx: Context,
+    layers: int = 1,
+    lambda_qk: str | None = None,
+    half: bool = False,
+    original: Any = None,
+    cap: int | None | str = "auto",
+    qk: str | None = None,
+) -> MapResult:
     ctx.last_layers(layers)  # 1 <= layers <= the image tower's depth, as every method checks
     published = ctx.family.official
     lambda_qk = deprecated_qk(lambda_qk, qk)
-    lambda_qk = published.lambda_qk[0] if lambda_qk is None else lambda_qk  # the family's published variant (CLIP: out_proj)
+    lambda_qk = (
+        published.lambda_qk[0] if lambda_qk is None else lambda_qk
+    )  # the family's published variant (CLIP: out_proj)
     cap = variant_cap(lambda_qk, cap) if published.short_side_cap is not None else (None if cap == "auto" else cap)
     handle = _half_copy(ctx.handle) if half else ctx.handle
     original = original if original is not None else getattr(ctx, "originals", None)  # if the API supplies them
     if original is None:
         warnings.warn(
             "grad_eclip_official: no original= image given, so the keep-size input is the model's own crop; "
-            "pass original=<PIL image or path> to reproduce the official input.", stacklevel=3)
-        inputs = [ctx.pixels[b:b + 1] for b in range(ctx.num_images)]
+            "pass original=<PIL image or path> to reproduce the official input.",
+            stacklevel=3,
+        )
+        inputs = [ctx.pixels[b : b + 1] for b in range(ctx.num_images)]
     else:
         rgbs = [handle.rgb(image) for image in _originals(original, ctx.num_images)]
         for rgb in rgbs:
             check_keep_size(rgb, handle.patch_size)
         inputs = [keep_size_pixels(rgb, handle.patch_size, handle.preprocess, cap)[None] for rgb in rgbs]
-    results = [image_maps(ctx, pixels.to(handle.device, handle.dtype), layers, lambda_qk, handle.model) for pixels in inputs]
+    results = [
+        image_maps(ctx, pixels.to(handle.device, handle.dtype), layers, lambda_qk, handle.model) for pixels in inputs
+    ]
     grids = {grid for _, _, grid in results}
     if len(grids) > 1:
-        raise MethodError("the originals have different keep-size grids; explain them one at a time "
-                          "(faithclip.api.grad_eclip_official_explain does this).")
+        raise MethodError(
+            "the originals have different keep-size grids; explain them one at a time "
+            "(faithclip.api.grad_eclip_official_explain does this)."
+        )
     size = tuple(inputs[0].shape[-2:])
-    return MapResult(maps=torch.stack([m for m, _, _ in results]), scores=torch.stack([s for _, s, _ in results]),
-                     layers=list(range(ctx.num_layers - layers, ctx.num_layers)), input_size=size,
-                     options={"layers": layers, "lambda_qk": lambda_qk, "half": half, "original": original is not None, "cap": cap})
+    return MapResult(
+        maps=torch.stack([m for m, _, _ in results]),
+        scores=torch.stack([s for _, s, _ in results]),
+        layers=list(range(ctx.num_layers - layers, ctx.num_layers)),
+        input_size=size,
+        options={"layers": layers, "lambda_qk": lambda_qk, "half": half, "original": original is not None, "cap": cap},
+    )
 
 
-def grad_eclip_official_text(ctx: Context, layers: int = 8, lambda_qk: str | None = None, half: bool = False,
-                             qk: str | None = None) -> MapResult:
+def grad_eclip_official_text(
+    ctx: Context, layers: int = 8, lambda_qk: str | None = None, half: bool = False, qk: str | None = None
+) -> MapResult:
     lambda_qk = deprecated_qk(lambda_qk, qk) or "out_proj"  # the published text code reads q, k through out_proj
     if not ctx.family.official.text:
-        raise MethodError(f"grad_eclip_official has no text side for {ctx.family.name} models: the published "
-                          "pipeline explains their images only; use grad_eclip or attention_eclip on texts.")
+        raise MethodError(
+            f"grad_eclip_official has no text side for {ctx.family.name} models: the published "
+            "pipeline explains their images only; use grad_eclip or attention_eclip on texts."
+        )
     handle = _half_copy(ctx.handle) if half else ctx.handle
     maps, scores = text_maps(ctx, layers, lambda_qk, handle.model)
     used = min(layers, ctx.num_layers)
-    return MapResult(maps=maps, scores=scores, layers=list(range(ctx.num_layers - used, ctx.num_layers)),
-                     options={"layers": layers, "lambda_qk": lambda_qk, "half": half})
+    return MapResult(
+        maps=maps,
+        scores=scores,
+        layers=list(range(ctx.num_layers - used, ctx.num_layers)),
+        options={"layers": layers, "lambda_qk": lambda_qk, "half": half},
+    )
 
 
-register_method(MethodSpec(
-    name="grad_eclip_official",
-    assumes_pooled_score="the published pipeline rewrites the image tower's class-token path to the ITC embedding",
-    families=("*",),  # every family whose adapter declares a published pipeline (family_sides)
-    paper="Zhao et al., ICML 2024, official code github.com/Cyang-Zhao/Grad-Eclip (audited in arXiv 2605.12952)",
-    image=grad_eclip_official_image,
-    text=grad_eclip_official_text,
-    modifies_model=True,
-    modifies_input=True,
-    family_sides=lambda family: () if family.official is None else ("image", "text") if family.official.text else ("image",),
-    defaults={"layers": "1 (image) / 8 (text)",
-              "lambda_qk": "the family's published variant (CLIP: out_proj, the evaluation script; ViT and BLIP: raw, the notebooks)",
-              "half": False, "original": None,
-              "cap": "auto (640 for lambda_qk=out_proj, the evaluation loop; none for lambda_qk=raw, the notebook)"},
-    summary="the published pipeline: last block(s) recomputed with ONE head, keep-size input; explains a different model",
-))
+register_method(
+    MethodSpec(
+        name="grad_eclip_official",
+        assumes_pooled_score="the published pipeline rewrites the image tower's class-token path to the ITC embedding",
+        families=("*",),  # every family whose adapter declares a published pipeline (family_sides)
+        paper="Zhao et al., ICML 2024, official code github.com/Cyang-Zhao/Grad-Eclip (audited in arXiv 2605.12952)",
+        image=grad_eclip_official_image,
+        text=grad_eclip_official_text,
+        modifies_model=True,
+        modifies_input=True,
+        family_sides=lambda family: (
+            () if family.official is None else ("image", "text") if family.official.text else ("image",)
+        ),
+        defaults={
+            "layers": "1 (image) / 8 (text)",
+            "lambda_qk": "the family's published variant (CLIP: out_proj, the evaluation script; ViT and BLIP: raw, the notebooks)",
+            "half": False,
+            "original": None,
+            "cap": "auto (640 for lambda_qk=out_proj, the evaluation loop; none for lambda_qk=raw, the notebook)",
+        },
+        summary="the published pipeline: last block(s) recomputed with ONE head, keep-size input; explains a different model",
+    )
+)

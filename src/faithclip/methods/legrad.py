@@ -73,20 +73,26 @@ def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_n
     maps = ctx.token_map(total)  # (B, K, gh, gw)
     if min_max_normalize:
         maps = minmax(maps, dim=(-2, -1))  # each (gh, gw) map; a constant map becomes zeros
-    return MapResult(maps=maps.detach(), scores=scores.detach(), layers=layers,
-                     options={"start_layer": start_layer, "pooling": pooling, "min_max_normalize": min_max_normalize})
+    return MapResult(
+        maps=maps.detach(),
+        scores=scores.detach(),
+        layers=layers,
+        options={"start_layer": start_layer, "pooling": pooling, "min_max_normalize": min_max_normalize},
+    )
 
 
-register_method(MethodSpec(
-    name="legrad",
-    assumes_pooled_score="it scores token means through the pooled token's ITC head, not through the ITM head",
-    families=("*",),  # the family's per-token head and attention probe
-    paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
-          "Formation Sensitivity, arXiv 2404.03214, 2024",
-    image=legrad,
-    # LeGrad differentiates its own per-layer scores of token-averaged intermediate features passed through
-    # the final head: a forward the model never runs, whose score is not the model's (P1 fails by design).
-    modifies_model=True,
-    defaults={"start_layer": -2, "pooling": "mean", "min_max_normalize": True},
-    summary="minmax(sum_l mean_{h,i} ReLU(ds^l/dA^l)), s^l = target(proj(LN_post(mean_t z^l_t)), text)",
-))
+register_method(
+    MethodSpec(
+        name="legrad",
+        assumes_pooled_score="it scores token means through the pooled token's ITC head, not through the ITM head",
+        families=("*",),  # the family's per-token head and attention probe
+        paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
+        "Formation Sensitivity, arXiv 2404.03214, 2024",
+        image=legrad,
+        # LeGrad differentiates its own per-layer scores of token-averaged intermediate features passed through
+        # the final head: a forward the model never runs, whose score is not the model's (P1 fails by design).
+        modifies_model=True,
+        defaults={"start_layer": -2, "pooling": "mean", "min_max_normalize": True},
+        summary="minmax(sum_l mean_{h,i} ReLU(ds^l/dA^l)), s^l = target(proj(LN_post(mean_t z^l_t)), text)",
+    )
+)

@@ -47,8 +47,9 @@ INITIAL_ALPHA = 5.0
 
 
 @contextmanager
-def bottleneck_intervention(model, tower: str, layer: int,
-                            replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def bottleneck_intervention(
+    model, tower: str, layer: int, replace: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
     """Replace the output hidden state of one encoder layer by ``replace(output)`` while inside.
 
     Reversible: the hook is removed, every module's training mode and every parameter's
@@ -82,7 +83,7 @@ def bottleneck_intervention(model, tower: str, layer: int,
 
 def capacity(mu: torch.Tensor, var: torch.Tensor, prior_var: float) -> torch.Tensor:
     """KL[N(mu, var) || N(0, prior_var)] per element (the official formula when ``prior_var`` = 1)."""
-    return 0.5 * (torch.log(prior_var / var) + (var + mu ** 2) / prior_var - 1)
+    return 0.5 * (torch.log(prior_var / var) + (var + mu**2) / prior_var - 1)
 
 
 def default_layer(num_layers: int) -> int:
@@ -91,15 +92,26 @@ def default_layer(num_layers: int) -> int:
     return max(0, min(round(0.75 * num_layers), num_layers - 2))
 
 
-def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: float = 1.0, steps: int = 10,
-         lr: float = 1.0, samples: int = 10, seed: int = 0) -> MapResult:
+def m2ib(
+    ctx: Context,
+    layer: int | None = None,
+    beta: float = 0.1,
+    variance: float = 1.0,
+    steps: int = 10,
+    lr: float = 1.0,
+    samples: int = 10,
+    seed: int = 0,
+) -> MapResult:
     if steps < 1 or samples < 1:
         raise MethodError(f"m2ib needs steps >= 1 and samples >= 1; got steps={steps}, samples={samples}.")
     layer = default_layer(ctx.num_layers) if layer is None else resolve_layers([layer], ctx.num_layers)[0]
     if layer == ctx.num_layers - 1:
-        warnings.warn("m2ib: a bottleneck on the LAST layer's output reaches the score only through the pooled "
-                      "token; the other tokens' capacities then reflect the compression term alone. Choose an "
-                      "earlier layer (the default keeps at least one block after it).", stacklevel=3)
+        warnings.warn(
+            "m2ib: a bottleneck on the LAST layer's output reaches the score only through the pooled "
+            "token; the other tokens' capacities then reflect the compression term alone. Choose an "
+            "earlier layer (the default keeps at least one block after it).",
+            stacklevel=3,
+        )
     model = ctx.handle.model
     num_images, num_texts = ctx.num_images, ctx.num_texts
     pairs = num_images * num_texts  # pair p = (b, k) = (p // K, p % K)
@@ -126,8 +138,9 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
         positions = torch.arange(tokens, device=ctx.pixels.device)
         counted = positions[None, :] <= ctx.text.eos_positions[text_of][:, None]  # (P, T): padding not counted
         rows = repeat(text_of)
-        batch_text = TextBatch(ctx.text.input_ids[rows], ctx.text.attention_mask[rows],
-                               ctx.text.eos_positions[rows], [], [])
+        batch_text = TextBatch(
+            ctx.text.input_ids[rows], ctx.text.attention_mask[rows], ctx.text.eos_positions[rows], [], []
+        )
 
         def pair_scores() -> torch.Tensor:
             scores = ctx.score(other_image, ctx.text_features(batch_text))  # (B, P*S)
@@ -136,8 +149,9 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
     width = ctx.family.attention(encoder_layers(model, ctx.tower)[layer]).out.in_features  # D, heads concatenated
     noise_tokens = tokens if ctx.side == "image" else max(tokens, ctx.handle.context_length)
     dtype = ctx.handle.dtype
-    alpha = torch.full((pairs, 1, tokens, width), INITIAL_ALPHA, dtype=dtype, device=ctx.pixels.device,
-                       requires_grad=True)  # (P, 1, T, D); the 1 broadcasts over noise samples
+    alpha = torch.full(
+        (pairs, 1, tokens, width), INITIAL_ALPHA, dtype=dtype, device=ctx.pixels.device, requires_grad=True
+    )  # (P, 1, T, D); the 1 broadcasts over noise samples
     optimizer = torch.optim.Adam([alpha], lr=lr)
     generator = torch.Generator(device=ctx.pixels.device).manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
@@ -155,30 +169,52 @@ def m2ib(ctx: Context, layer: int | None = None, beta: float = 0.1, variance: fl
     with torch.enable_grad(), bottleneck_intervention(model, ctx.tower, layer, replace):
         for _ in range(steps):
             fitting = pair_scores().reshape(pairs, samples).mean(1)  # (P,)
-            compression = (state["capacity"].sum(dim=(1, 3)) * counted).sum(1) / (samples * width * counted.sum(1))  # (P,)
+            compression = (state["capacity"].sum(dim=(1, 3)) * counted).sum(1) / (
+                samples * width * counted.sum(1)
+            )  # (P,)
             loss = (beta * compression - fitting).sum()  # pairs have separate alphas: a sum keeps them apart
             optimizer.zero_grad()
-            alpha.grad, = torch.autograd.grad(loss, [alpha])
+            (alpha.grad,) = torch.autograd.grad(loss, [alpha])
             optimizer.step()
     per_token = state["capacity"].detach().mean(1).sum(-1)  # (P, T): mean over samples, sum over channels
     per_token = per_token.reshape(num_images, num_texts, tokens)  # (B, K, T)
-    return MapResult(maps=ctx.token_map(per_token), scores=ctx.model_scores(), layers=[layer],
-                     options={"layer": layer, "beta": beta, "variance": variance, "steps": steps, "lr": lr,
-                              "samples": samples, "seed": seed})
+    return MapResult(
+        maps=ctx.token_map(per_token),
+        scores=ctx.model_scores(),
+        layers=[layer],
+        options={
+            "layer": layer,
+            "beta": beta,
+            "variance": variance,
+            "steps": steps,
+            "lr": lr,
+            "samples": samples,
+            "seed": seed,
+        },
+    )
 
 
-register_method(MethodSpec(
-    name="m2ib",
-    assumes_pooled_score=None,  # any scalar of the image: the ITM score too
-    families=("*",),  # the family's blocks and scores; a bottleneck needs nothing else
-    paper="Wang et al., Visual Explanations of Image-Text Representations via Multi-Modal Information "
-          "Bottleneck Attribution, NeurIPS 2023",
-    image=m2ib,
-    text=m2ib,
-    # The bottleneck is a hook that replaces a layer's output inside the forward: a modified forward, on the
-    # model's own pixels / tokens (faithclip check detects exactly that; it once declared modifies_input).
-    modifies_model=True,
-    defaults={"layer": "min(round(0.75 L), L - 2) (9 of 12)", "beta": 0.1, "variance": 1.0, "steps": 10, "lr": 1.0,
-              "samples": 10, "seed": 0},
-    summary="per-token KL capacity of an information bottleneck Z = l X + (1-l) eps at a layer, fitted to keep the score",
-))
+register_method(
+    MethodSpec(
+        name="m2ib",
+        assumes_pooled_score=None,  # any scalar of the image: the ITM score too
+        families=("*",),  # the family's blocks and scores; a bottleneck needs nothing else
+        paper="Wang et al., Visual Explanations of Image-Text Representations via Multi-Modal Information "
+        "Bottleneck Attribution, NeurIPS 2023",
+        image=m2ib,
+        text=m2ib,
+        # The bottleneck is a hook that replaces a layer's output inside the forward: a modified forward, on the
+        # model's own pixels / tokens (faithclip check detects exactly that; it once declared modifies_input).
+        modifies_model=True,
+        defaults={
+            "layer": "min(round(0.75 L), L - 2) (9 of 12)",
+            "beta": 0.1,
+            "variance": 1.0,
+            "steps": 10,
+            "lr": 1.0,
+            "samples": 10,
+            "seed": 0,
+        },
+        summary="per-token KL capacity of an information bottleneck Z = l X + (1-l) eps at a layer, fitted to keep the score",
+    )
+)

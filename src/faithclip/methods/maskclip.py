@@ -68,13 +68,15 @@ def maskclip(ctx: Context) -> MapResult:
     return MapResult(maps=ctx.token_map(per_token), scores=scores, layers=[ctx.num_layers - 1], options={})
 
 
-register_method(MethodSpec(
-    name="maskclip",
-    assumes_pooled_score="it scores every image token through the pooled token's ITC head, not through the ITM head",
-    families=("*",),  # the family's attention parts, block MLP and per-token head
-    paper="Zhou, Loy & Dai, Extract Free Dense Labels from CLIP (MaskCLIP), ECCV 2022",
-    image=maskclip,
-    modifies_model=True,
-    defaults={},
-    summary="cosine(text, proj(ln_post(u + MLP(ln_2(u))))), u = x + out_proj(v_proj(ln_1(x))) in the last block",
-))
+register_method(
+    MethodSpec(
+        name="maskclip",
+        assumes_pooled_score="it scores every image token through the pooled token's ITC head, not through the ITM head",
+        families=("*",),  # the family's attention parts, block MLP and per-token head
+        paper="Zhou, Loy & Dai, Extract Free Dense Labels from CLIP (MaskCLIP), ECCV 2022",
+        image=maskclip,
+        modifies_model=True,
+        defaults={},
+        summary="cosine(text, proj(ln_post(u + MLP(ln_2(u))))), u = x + out_proj(v_proj(ln_1(x))) in the last block",
+    )
+)

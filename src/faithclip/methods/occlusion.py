@@ -41,7 +41,7 @@ def occlusion_windows(size: tuple[int, int], window: int, stride: int) -> torch.
     for top in window_starts(height, window, stride):
         for left in window_starts(width, window, stride):
             mask = torch.zeros(height, width, dtype=torch.bool)
-            mask[top:top + window, left:left + window] = True
+            mask[top : top + window, left : left + window] = True
             masks.append(mask)
     return torch.stack(masks)
 
@@ -53,25 +53,29 @@ def average_drop(drops: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
     return total / covered.sum(0).clamp(min=1)
 
 
-def occlusion_image(ctx: Context, window: int | None = None, stride: int | None = None, fill: float = 0.0,
-                    batch_size: int = 64) -> MapResult:
+def occlusion_image(
+    ctx: Context, window: int | None = None, stride: int | None = None, fill: float = 0.0, batch_size: int = 64
+) -> MapResult:
     size = tuple(ctx.pixels.shape[-2:])
     window = max(1, round(min(size) / 7)) if window is None else window
     stride = max(1, window // 2) if stride is None else stride
     if not 1 <= window <= min(size) or stride < 1:
-        raise MethodError(f"occlusion needs 1 <= window <= {min(size)} and stride >= 1; got window={window}, stride={stride}.")
+        raise MethodError(
+            f"occlusion needs 1 <= window <= {min(size)} and stride >= 1; got window={window}, stride={stride}."
+        )
     windows = occlusion_windows(size, window, stride).to(ctx.pixels.device)  # (N, H, W)
     base = ctx.model_scores()  # (B, K)
     maps = []
     for image in range(ctx.num_images):
         drops = []
         for start in range(0, windows.shape[0], batch_size):
-            part = windows[start:start + batch_size, None]  # (n, 1, H, W)
+            part = windows[start : start + batch_size, None]  # (n, 1, H, W)
             occluded = torch.where(part, torch.full_like(ctx.pixels[image], fill), ctx.pixels[image])  # (n, 3, H, W)
             drops.append(base[image] - ctx.score_images(occluded, batch_size=batch_size))  # (n, K)
         maps.append(average_drop(torch.cat(drops), windows))
-    return MapResult(maps=torch.stack(maps), scores=base, input_size=size,
-                     options={"window": window, "stride": stride, "fill": fill})
+    return MapResult(
+        maps=torch.stack(maps), scores=base, input_size=size, options={"window": window, "stride": stride, "fill": fill}
+    )
 
 
 def deleted_tokens(text: TextBatch, support: torch.Tensor) -> tuple[TextBatch, torch.Tensor, torch.Tensor]:
@@ -103,14 +107,16 @@ def occlusion_text(ctx: Context, batch_size: int = 256) -> MapResult:
     return MapResult(maps=maps, scores=base, options={"deletion": "token"})
 
 
-register_method(MethodSpec(
-    name="occlusion",
-    assumes_pooled_score=None,  # any scalar of the image: the ITM score too
-    families=("*",),  # reads the model through the family adapter only
-    paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
-    image=occlusion_image,
-    text=occlusion_text,
-    modifies_input=True,
-    defaults={"window": "round(min(H, W) / 7) px", "stride": "window // 2", "fill": 0.0, "batch_size": "64 / 256"},
-    summary="score drop when a sliding window (image) or one token (text) is removed, averaged over covering windows",
-))
+register_method(
+    MethodSpec(
+        name="occlusion",
+        assumes_pooled_score=None,  # any scalar of the image: the ITM score too
+        families=("*",),  # reads the model through the family adapter only
+        paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
+        image=occlusion_image,
+        text=occlusion_text,
+        modifies_input=True,
+        defaults={"window": "round(min(H, W) / 7) px", "stride": "window // 2", "fill": 0.0, "batch_size": "64 / 256"},
+        summary="score drop when a sliding window (image) or one token (text) is removed, averaged over covering windows",
+    )
+)

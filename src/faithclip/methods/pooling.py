@@ -41,10 +41,17 @@ class PoolingInternals:
 def check_supported(attention: torch.nn.MultiheadAttention) -> None:
     """The identity above holds for a batch-first ``MultiheadAttention`` with one fused input projection,
     no extra key/value biases, no zero attention and no active dropout."""
-    if (getattr(attention, "in_proj_weight", None) is None or not attention.batch_first or attention.bias_k is not None
-            or attention.add_zero_attn or (attention.training and attention.dropout > 0)):
-        raise ProbeError("the attention-pooling head is not a batch-first MultiheadAttention with one fused in_proj "
-                         "and no bias_k/bias_v, zero attention or active dropout; faithclip cannot read it.")
+    if (
+        getattr(attention, "in_proj_weight", None) is None
+        or not attention.batch_first
+        or attention.bias_k is not None
+        or attention.add_zero_attn
+        or (attention.training and attention.dropout > 0)
+    ):
+        raise ProbeError(
+            "the attention-pooling head is not a batch-first MultiheadAttention with one fused in_proj "
+            "and no bias_k/bias_v, zero attention or active dropout; faithclip cannot read it."
+        )
 
 
 def pooling_internals(x: torch.Tensor, pooling: PoolingAttention) -> PoolingInternals:
@@ -55,7 +62,7 @@ def pooling_internals(x: torch.Tensor, pooling: PoolingAttention) -> PoolingInte
     with torch.no_grad():
         batch, tokens, width = x.shape
         w_q, w_k, w_v = attention.in_proj_weight.chunk(3)  # (D, D) each
-        b_q, b_k, b_v = (attention.in_proj_bias.chunk(3) if attention.in_proj_bias is not None else (None,) * 3)
+        b_q, b_k, b_v = attention.in_proj_bias.chunk(3) if attention.in_proj_bias is not None else (None,) * 3
         query = pooling.query.expand(batch, -1, -1)  # (C, Tq, D)
         q = torch.nn.functional.linear(query, w_q, b_q)  # (C, Tq, D)
         k = torch.nn.functional.linear(x, w_k, b_k)  # (C, T, D)
@@ -71,20 +78,25 @@ def pooling_internals(x: torch.Tensor, pooling: PoolingAttention) -> PoolingInte
 
 def check_agreement(internals: PoolingInternals, output: torch.Tensor, head_weights: torch.Tensor) -> None:
     """Raise unless the recomputed ``y`` and head-averaged A equal what the module itself produced."""
-    for name, rebuilt, reference in (("output", internals.output, output),
-                                     ("head-averaged attention", internals.attn.mean(dim=1), head_weights)):
+    for name, rebuilt, reference in (
+        ("output", internals.output, output),
+        ("head-averaged attention", internals.attn.mean(dim=1), head_weights),
+    ):
         reference = reference.detach()
         tolerance = rounding_rtol(reference.dtype)  # two kernels for one computation (docs/testing.md)
         scale = reference.abs().max().clamp_min(torch.finfo(reference.dtype).tiny)
         error = float((rebuilt.to(reference.dtype) - reference).abs().max() / scale)
         if not error <= tolerance:
-            raise ProbeError(f"the attention-pooling head's {name} recomputed from its input and parameters differs "
-                             f"from the module's own by {error:.2e} (relative, tolerance {tolerance:g}); it is not the "
-                             "head faithclip reads.")
+            raise ProbeError(
+                f"the attention-pooling head's {name} recomputed from its input and parameters differs "
+                f"from the module's own by {error:.2e} (relative, tolerance {tolerance:g}); it is not the "
+                "head faithclip reads."
+            )
 
 
-def attention_gradient_rows(output_grad: torch.Tensor, v: torch.Tensor, pooling: PoolingAttention,
-                            side: str) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_gradient_rows(
+    output_grad: torch.Tensor, v: torch.Tensor, pooling: PoolingAttention, side: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``dS/do`` ``(B, K, D)`` and ``dS/dA^h_j`` ``(B, K, H, T)`` from ``dS/dy`` ``(B, K, D)`` at the
     query row and the head's values ``v`` ``(C, T, D)`` (C = B on the image side, K on the text side):
     ``dS/do = dS/dy W_o``, then ``dS/dA^h_j = sum_{c in h} (dS/do)_c v_jc``."""

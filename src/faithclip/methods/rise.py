@@ -46,13 +46,24 @@ def interpolation_matrix(cells: int, size: int, dtype: torch.dtype = torch.float
     return matrix.to(dtype)
 
 
-def generate_masks(count: int, cells: int, prob: float, size: tuple[int, int], generator: torch.Generator,
-                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_masks(
+    count: int,
+    cells: int,
+    prob: float,
+    size: tuple[int, int],
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The random parts of ``count`` masks: kept cells ``(N, s, s)`` and shifts ``(N, 2)`` (pixels)."""
     grids = (torch.rand(count, cells, cells, generator=generator) < prob).to(dtype)  # (N, s, s)
     cell_h, cell_w = (math.ceil(side / cells) for side in size)
-    shifts = torch.stack([torch.randint(0, cell_h, (count,), generator=generator),
-                          torch.randint(0, cell_w, (count,), generator=generator)], dim=1)  # (N, 2)
+    shifts = torch.stack(
+        [
+            torch.randint(0, cell_h, (count,), generator=generator),
+            torch.randint(0, cell_w, (count,), generator=generator),
+        ],
+        dim=1,
+    )  # (N, 2)
     return grids, shifts
 
 
@@ -73,34 +84,42 @@ def rise_saliency(scores: torch.Tensor, masks: torch.Tensor, count: int, prob: f
     return torch.einsum("nk,nhw->khw", scores, masks) / (count * prob)
 
 
-def rise(ctx: Context, masks: int = 4000, cells: int = 8, prob: float = 0.5, batch_size: int = 64,
-         seed: int = 0) -> MapResult:
+def rise(
+    ctx: Context, masks: int = 4000, cells: int = 8, prob: float = 0.5, batch_size: int = 64, seed: int = 0
+) -> MapResult:
     if masks < 1 or cells < 1 or not 0 < prob <= 1:
         raise MethodError(f"rise needs masks >= 1, cells >= 1 and 0 < prob <= 1; got {masks}, {cells}, {prob}.")
     size = tuple(ctx.pixels.shape[-2:])
     generator = torch.Generator().manual_seed(seed)
     grids, shifts = generate_masks(masks, cells, prob, size, generator, ctx.pixels.dtype)
     # summed over thousands of masks: in float32 even for a half-precision model (bf16 would lose the map)
-    saliency = torch.zeros(ctx.num_images, ctx.num_texts, *size, dtype=accumulation_dtype(ctx.pixels.dtype),
-                           device=ctx.pixels.device)
+    saliency = torch.zeros(
+        ctx.num_images, ctx.num_texts, *size, dtype=accumulation_dtype(ctx.pixels.dtype), device=ctx.pixels.device
+    )
     for start in range(0, masks, batch_size):
-        batch = render_masks(grids[start:start + batch_size], shifts[start:start + batch_size], size)
+        batch = render_masks(grids[start : start + batch_size], shifts[start : start + batch_size], size)
         batch = batch.to(ctx.pixels.device)  # (n, H, W)
         for image in range(ctx.num_images):
             masked = ctx.pixels[image] * batch[:, None]  # (n, 3, H, W)
             scores = ctx.score_images(masked, batch_size=batch_size)  # (n, K)
             saliency[image] += rise_saliency(scores.to(saliency.dtype), batch.to(saliency.dtype), masks, prob)
-    return MapResult(maps=saliency, scores=ctx.model_scores(), input_size=size,
-                     options={"masks": masks, "cells": cells, "prob": prob, "seed": seed})
+    return MapResult(
+        maps=saliency,
+        scores=ctx.model_scores(),
+        input_size=size,
+        options={"masks": masks, "cells": cells, "prob": prob, "seed": seed},
+    )
 
 
-register_method(MethodSpec(
-    name="rise",
-    assumes_pooled_score=None,  # any scalar of the image: the ITM score too
-    families=("*",),  # reads the model through the family adapter only
-    paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box Models, BMVC 2018",
-    image=rise,
-    modifies_input=True,
-    defaults={"masks": 4000, "cells": 8, "prob": 0.5, "batch_size": 64, "seed": 0},
-    summary="sum_i S(I * M_i) M_i / (N p) over random upsampled, shifted s x s masks (pixel resolution)",
-))
+register_method(
+    MethodSpec(
+        name="rise",
+        assumes_pooled_score=None,  # any scalar of the image: the ITM score too
+        families=("*",),  # reads the model through the family adapter only
+        paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box Models, BMVC 2018",
+        image=rise,
+        modifies_input=True,
+        defaults={"masks": 4000, "cells": 8, "prob": 0.5, "batch_size": 64, "seed": 0},
+        summary="sum_i S(I * M_i) M_i / (N p) over random upsampled, shifted s x s masks (pixel resolution)",
+    )
+)

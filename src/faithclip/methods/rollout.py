@@ -54,21 +54,27 @@ def rollout(ctx: Context, start_layer: int = 0) -> MapResult:
     (first,) = resolve_layers([start_layer], ctx.num_layers)  # negative counts from the end; range checked
     layers = list(range(first, ctx.num_layers))
     scores, caps = ctx.probe_forward(layers, capture=("attn",), grad_from=ctx.num_layers - 1)
-    rows = rollout_rows([caps[i].attn.detach() for i in layers], ctx.query_positions,
-                        pooling_head=ctx.head_layer is not None)  # (C, T)
+    rows = rollout_rows(
+        [caps[i].attn.detach() for i in layers], ctx.query_positions, pooling_head=ctx.head_layer is not None
+    )  # (C, T)
     per_pair = ctx.pair(rows).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
-    return MapResult(maps=ctx.token_map(per_pair), scores=scores.detach(), layers=layers,
-                     options={"start_layer": start_layer})
+    return MapResult(
+        maps=ctx.token_map(per_pair), scores=scores.detach(), layers=layers, options={"start_layer": start_layer}
+    )
 
 
-register_method(MethodSpec(
-    name="rollout",
-    assumes_pooled_score=("its map is the class token's rolled-out attention row, what the score reads only when it "
-                          "reads the class token alone"),
-    families=("*",),  # reads the model through the family adapter only
-    paper="Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020",
-    image=rollout,
-    text=rollout,
-    defaults={"start_layer": 0},
-    summary="query row of prod_l rownorm(mean_h A_l + I), layers start_layer..last",
-))
+register_method(
+    MethodSpec(
+        name="rollout",
+        assumes_pooled_score=(
+            "its map is the class token's rolled-out attention row, what the score reads only when it "
+            "reads the class token alone"
+        ),
+        families=("*",),  # reads the model through the family adapter only
+        paper="Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020",
+        image=rollout,
+        text=rollout,
+        defaults={"start_layer": 0},
+        summary="query row of prod_l rownorm(mean_h A_l + I), layers start_layer..last",
+    )
+)

@@ -33,18 +33,20 @@ def self_attention(ctx: Context, layer: int = -1) -> MapResult:
     scores, caps = ctx.probe_forward([index], capture=("attn",))
     rows = query_attention(caps[index].attn.detach(), ctx.query_positions)  # (C, T)
     per_pair = ctx.pair(rows).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
-    return MapResult(maps=ctx.token_map(per_pair), scores=scores.detach(), layers=[index],
-                     options={"layer": layer})
+    return MapResult(maps=ctx.token_map(per_pair), scores=scores.detach(), layers=[index], options={"layer": layer})
 
 
-register_method(MethodSpec(
-    name="self_attention",
-    assumes_pooled_score=("its map is the class token's attention row, what the score reads only when it reads the "
-                          "class token alone"),
-    families=("*",),  # reads the model through the family adapter only
-    paper="none (raw attention of the pooled token; the baseline of Abnar & Zuidema 2020)",
-    image=self_attention,
-    text=self_attention,
-    defaults={"layer": -1},
-    summary="mean over heads of the pooled query's attention row A[query, j] at one layer",
-))
+register_method(
+    MethodSpec(
+        name="self_attention",
+        assumes_pooled_score=(
+            "its map is the class token's attention row, what the score reads only when it reads the class token alone"
+        ),
+        families=("*",),  # reads the model through the family adapter only
+        paper="none (raw attention of the pooled token; the baseline of Abnar & Zuidema 2020)",
+        image=self_attention,
+        text=self_attention,
+        defaults={"layer": -1},
+        summary="mean over heads of the pooled query's attention row A[query, j] at one layer",
+    )
+)

@@ -78,21 +78,29 @@ def perturbation_batches(
     rank[order] = torch.arange(order.numel(), device=order.device)  # (P,) position of each pixel in the order
     counts_t = torch.as_tensor(list(counts), dtype=torch.long, device=order.device)
     for begin in range(0, len(counts_t), batch_size):
-        moved = rank[None, :] < counts_t[begin:begin + batch_size, None]  # (b, P)
+        moved = rank[None, :] < counts_t[begin : begin + batch_size, None]  # (b, P)
         moved = moved.view(-1, 1, height, width)  # (b, 1, H, W)
         yield torch.where(moved, finish[None], start[None])  # (b, C, H, W)
 
 
 def curve(
-    start: torch.Tensor, finish: torch.Tensor, order: torch.Tensor, counts: Sequence[int],
-    score_fn: ScoreFn, batch_size: int = 32, known: dict[int, torch.Tensor] | None = None,
+    start: torch.Tensor,
+    finish: torch.Tensor,
+    order: torch.Tensor,
+    counts: Sequence[int],
+    score_fn: ScoreFn,
+    batch_size: int = 32,
+    known: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``score_fn`` of every ``x_m``: ``(len(counts), ...)``. ``known`` maps a count to an already computed
     score (the unperturbed image's), which is then not recomputed."""
     known = known or {}
     todo = [m for m in counts if m not in known]
-    computed = iter(torch.cat([score_fn(batch) for batch in perturbation_batches(start, finish, order, todo, batch_size)])
-                    if todo else [])
+    computed = iter(
+        torch.cat([score_fn(batch) for batch in perturbation_batches(start, finish, order, todo, batch_size)])
+        if todo
+        else []
+    )
     return torch.stack([known[m] if m in known else next(computed) for m in counts])
 
 
@@ -161,14 +169,14 @@ def rise_blur(pixels: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch
 
 
 # ---- protocols on a model -----------------------------------------------------------------------
-def gradeclip_curves(case: MetricCase, mode: str, steps: int = 100, every: int = 10,
-                     batch_size: int = 32) -> MetricValue:
+def gradeclip_curves(
+    case: MetricCase, mode: str, steps: int = 100, every: int = 10, batch_size: int = 32
+) -> MetricValue:
     """Grad-ECLIP's deletion (``mode='deletion'``) or insertion curve: top-1 and label probability."""
     return score_alone(case, gradeclip_plan(case, mode, steps, every, batch_size), batch_size)
 
 
-def gradeclip_plan(case: MetricCase, mode: str, steps: int = 100, every: int = 10,
-                   batch_size: int = 32) -> ScoringPlan:
+def gradeclip_plan(case: MetricCase, mode: str, steps: int = 100, every: int = 10, batch_size: int = 32) -> ScoringPlan:
     """The images of Grad-ECLIP's deletion or insertion curve and how their logits become it. The
     perturbed images are made on the model's device (the random colours are drawn on the CPU, so they are
     the same numbers whatever the device, and moved once)."""
@@ -203,22 +211,38 @@ def gradeclip_plan(case: MetricCase, mode: str, steps: int = 100, every: int = 1
             curves={"top1": (x, top1), "prob": (x, probability)},
         )
 
-    batches = (case.to_pixels(batch) for batch in perturbation_batches(start, finish, order.to(device), todo, batch_size))
+    batches = (
+        case.to_pixels(batch) for batch in perturbation_batches(start, finish, order.to(device), todo, batch_size)
+    )
     return ScoringPlan(batches, len(todo), value)
 
 
-def rise_curve(case: MetricCase, mode: str, step: int | None = None, substrate: str = "zeros",
-               klen: int = 11, sigma: float = 5.0, batch_size: int = 32) -> MetricValue:
+def rise_curve(
+    case: MetricCase,
+    mode: str,
+    step: int | None = None,
+    substrate: str = "zeros",
+    klen: int = 11,
+    sigma: float = 5.0,
+    batch_size: int = 32,
+) -> MetricValue:
     """RISE's deletion or insertion curve of the label probability, and its AUC."""
     return score_alone(case, rise_plan(case, mode, step, substrate, klen, sigma, batch_size), batch_size)
 
 
-def rise_plan(case: MetricCase, mode: str, step: int | None = None, substrate: str = "zeros",
-              klen: int = 11, sigma: float = 5.0, batch_size: int = 32) -> ScoringPlan:
+def rise_plan(
+    case: MetricCase,
+    mode: str,
+    step: int | None = None,
+    substrate: str = "zeros",
+    klen: int = 11,
+    sigma: float = 5.0,
+    batch_size: int = 32,
+) -> ScoringPlan:
     pixels = case.to_pixels(case.rgb[None].to(case.handle.device))[0]  # (3, H, W) normalised, on the model's device
     order = salience_order(case.patch_map, case.size).to(pixels.device)
     num_pixels = order.numel()
-    step = step or case.handle.patch_size ** 2
+    step = step or case.handle.patch_size**2
     counts = rise_counts(num_pixels, step)
     if mode == "deletion":
         if substrate == "zeros":
@@ -226,7 +250,9 @@ def rise_plan(case: MetricCase, mode: str, step: int | None = None, substrate: s
         elif substrate == "black":
             finish = case.to_pixels(torch.zeros_like(pixels)[None])[0]
         else:
-            raise ValueError(f"substrate must be 'zeros' (RISE: the normalised zero, the mean colour) or 'black', got {substrate!r}")
+            raise ValueError(
+                f"substrate must be 'zeros' (RISE: the normalised zero, the mean colour) or 'black', got {substrate!r}"
+            )
         start = pixels
     else:
         start, finish = rise_blur(pixels, klen, sigma), pixels
@@ -239,8 +265,11 @@ def rise_plan(case: MetricCase, mode: str, step: int | None = None, substrate: s
         computed = iter(case.label_probability(logits))  # (count,)
         probability = torch.stack([known if m == unperturbed else next(computed) for m in counts]).cpu().tolist()
         x = [m / num_pixels for m in counts]
-        return MetricValue(values={"auc": trapezoid_auc(x, probability)}, curves={"prob": (x, probability)},
-                           details={"step": step, "num_steps": len(counts) - 1})
+        return MetricValue(
+            values={"auc": trapezoid_auc(x, probability)},
+            curves={"prob": (x, probability)},
+            details={"step": step, "num_steps": len(counts) - 1},
+        )
 
     return ScoringPlan(perturbation_batches(start, finish, order, todo, batch_size), len(todo), value)
 
@@ -248,20 +277,30 @@ def rise_plan(case: MetricCase, mode: str, step: int | None = None, substrate: s
 def _gradeclip(mode: str) -> Callable[..., ScoringPlan]:
     def plan(case: MetricCase, steps: int = 100, every: int = 10, batch_size: int = 32) -> ScoringPlan:
         return gradeclip_plan(case, mode, steps, every, batch_size)
+
     return plan
 
 
 def _rise(mode: str) -> Callable[..., ScoringPlan]:
-    def plan(case: MetricCase, step: int | None = None, substrate: str = "zeros", klen: int = 11,
-             sigma: float = 5.0, batch_size: int = 32) -> ScoringPlan:
+    def plan(
+        case: MetricCase,
+        step: int | None = None,
+        substrate: str = "zeros",
+        klen: int = 11,
+        sigma: float = 5.0,
+        batch_size: int = 32,
+    ) -> ScoringPlan:
         return rise_plan(case, mode, step, substrate, klen, sigma, batch_size)
+
     return plan
 
 
 def _alone(plan: Callable[..., ScoringPlan]) -> Callable[..., MetricValue]:
     """The metric's runner: its plan scored by itself (same options)."""
+
     def run(case: MetricCase, batch_size: int = 32, **options) -> MetricValue:
         return score_alone(case, plan(case, batch_size=batch_size, **options), batch_size)
+
     run.__signature__ = inspect.signature(plan)  # the options the evaluator checks
     return run
 
@@ -270,16 +309,31 @@ GRADECLIP_PAPER = "Zhao et al., Gradient-based Visual Explanation for Transforme
 RISE_PAPER = "Petsiuk et al., RISE: Randomized Input Sampling for Explanation of Black-box Models, BMVC 2018"
 
 for _mode, _better in (("deletion", False), ("insertion", True)):
-    register_metric(MetricSpec(
-        name=f"{_mode}_gradeclip", category="faithfulness", higher_is_better=_better, protocol="gradeclip",
-        summary=f"{_mode} of 50% of the pixels in 100 steps, 11 points; AUC of zero-shot top-1 and of the label probability",
-        paper=GRADECLIP_PAPER, run=_alone(_gradeclip(_mode)), plan=_gradeclip(_mode),
-        outputs={"auc": f"{_mode} AUC (top-1)", "prob_auc": f"{_mode} AUC (probability)"},
-        defaults={"steps": 100, "every": 10},
-    ))
-    register_metric(MetricSpec(
-        name=f"{_mode}_rise", category="faithfulness", higher_is_better=_better, protocol="rise",
-        summary=f"{_mode} of 0-100% of the pixels, patch-area steps; AUC of the label probability",
-        paper=RISE_PAPER, run=_alone(_rise(_mode)), plan=_rise(_mode), outputs={"auc": f"{_mode} AUC"},
-        defaults={"step": "patch area", "substrate": "zeros", "klen": 11, "sigma": 5.0},
-    ))
+    register_metric(
+        MetricSpec(
+            name=f"{_mode}_gradeclip",
+            category="faithfulness",
+            higher_is_better=_better,
+            protocol="gradeclip",
+            summary=f"{_mode} of 50% of the pixels in 100 steps, 11 points; AUC of zero-shot top-1 and of the label probability",
+            paper=GRADECLIP_PAPER,
+            run=_alone(_gradeclip(_mode)),
+            plan=_gradeclip(_mode),
+            outputs={"auc": f"{_mode} AUC (top-1)", "prob_auc": f"{_mode} AUC (probability)"},
+            defaults={"steps": 100, "every": 10},
+        )
+    )
+    register_metric(
+        MetricSpec(
+            name=f"{_mode}_rise",
+            category="faithfulness",
+            higher_is_better=_better,
+            protocol="rise",
+            summary=f"{_mode} of 0-100% of the pixels, patch-area steps; AUC of the label probability",
+            paper=RISE_PAPER,
+            run=_alone(_rise(_mode)),
+            plan=_rise(_mode),
+            outputs={"auc": f"{_mode} AUC"},
+            defaults={"step": "patch area", "substrate": "zeros", "klen": 11, "sigma": 5.0},
+        )
+    )

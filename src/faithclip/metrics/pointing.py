@@ -34,7 +34,7 @@ def box_mask(box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Ten
     """``(H, W)`` bool mask of the box ``(x0, y0, x1, y1)``, ends exclusive."""
     x0, y0, x1, y1 = box
     mask = torch.zeros(size, dtype=torch.bool)
-    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
     return mask
 
 
@@ -69,7 +69,9 @@ def _require_mask(case: MetricCase) -> torch.Tensor:
 
 
 def run_pointing(case: MetricCase, tolerance: float = 15.0) -> MetricValue:
-    return MetricValue(values={"hit": pointing_hit(pixel_map(case.patch_map, case.size), _require_mask(case), tolerance)})
+    return MetricValue(
+        values={"hit": pointing_hit(pixel_map(case.patch_map, case.size), _require_mask(case), tolerance)}
+    )
 
 
 def centre_map(size: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -89,25 +91,47 @@ def chance_pointing(case: MetricCase, tolerance: float = 15.0) -> MetricValue:
 def chance_energy(case: MetricCase) -> MetricValue:
     """The energy share of a uniform map: the object's share of the non-ignored pixels."""
     mask = _require_mask(case)
-    return MetricValue(values={"energy": energy_share(torch.ones(case.size, dtype=torch.float64, device=mask.device),
-                                                      mask, case.ignore)})
+    return MetricValue(
+        values={
+            "energy": energy_share(torch.ones(case.size, dtype=torch.float64, device=mask.device), mask, case.ignore)
+        }
+    )
 
 
 def run_energy(case: MetricCase) -> MetricValue:
-    return MetricValue(values={"energy": energy_share(pixel_map(case.patch_map, case.size), _require_mask(case), case.ignore)})
+    return MetricValue(
+        values={"energy": energy_share(pixel_map(case.patch_map, case.size), _require_mask(case), case.ignore)}
+    )
 
 
-register_metric(MetricSpec(
-    name="pointing_game", category="localisation", higher_is_better=True, protocol="pointing, {tolerance:g} px",
-    summary="hit if the map's maximum lies within 15 px of the object",
-    paper="Zhang et al., Top-down Neural Attention by Excitation Backprop, ECCV 2016",
-    run=run_pointing, outputs={"hit": "pointing game"}, needs_mask=True, defaults={"tolerance": 15.0},
-    chance=chance_pointing, chance_label="the image centre",
-))
-register_metric(MetricSpec(
-    name="energy_pointing_game", category="localisation", higher_is_better=True, protocol="energy, ReLU",
-    summary="share of the map's positive mass inside the object",
-    paper="Wang et al., Score-CAM: Score-Weighted Visual Explanations for CNNs, CVPR-W 2020",
-    run=run_energy, outputs={"energy": "energy pointing game"}, needs_mask=True,
-    chance=chance_energy, chance_label="a uniform map",
-))
+register_metric(
+    MetricSpec(
+        name="pointing_game",
+        category="localisation",
+        higher_is_better=True,
+        protocol="pointing, {tolerance:g} px",
+        summary="hit if the map's maximum lies within 15 px of the object",
+        paper="Zhang et al., Top-down Neural Attention by Excitation Backprop, ECCV 2016",
+        run=run_pointing,
+        outputs={"hit": "pointing game"},
+        needs_mask=True,
+        defaults={"tolerance": 15.0},
+        chance=chance_pointing,
+        chance_label="the image centre",
+    )
+)
+register_metric(
+    MetricSpec(
+        name="energy_pointing_game",
+        category="localisation",
+        higher_is_better=True,
+        protocol="energy, ReLU",
+        summary="share of the map's positive mass inside the object",
+        paper="Wang et al., Score-CAM: Score-Weighted Visual Explanations for CNNs, CVPR-W 2020",
+        run=run_energy,
+        outputs={"energy": "energy pointing game"},
+        needs_mask=True,
+        chance=chance_energy,
+        chance_label="a uniform map",
+    )
+)

@@ -35,15 +35,16 @@ from faithclip.metrics import MetricSpec, register_metric
 from faithclip.metrics.case import MetricCase, MetricValue
 from faithclip.metrics.deletion import ScoringPlan, salience_order, score_alone
 
-ROAD_PAPER = ("Rong et al., A Consistent and Efficient Evaluation Strategy for Attribution Methods, ICML 2022")
+ROAD_PAPER = "Rong et al., A Consistent and Efficient Evaluation Strategy for Attribution Methods, ICML 2022"
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 DIRECT, DIAGONAL = 1.0 / 6.0, 1.0 / 12.0
 
 
 def neighbour_kernel(dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> torch.Tensor:
     """``(1, 1, 3, 3)``: the weights of the 8 neighbours (centre 0)."""
-    kernel = torch.tensor([[DIAGONAL, DIRECT, DIAGONAL], [DIRECT, 0.0, DIRECT], [DIAGONAL, DIRECT, DIAGONAL]],
-                          dtype=dtype, device=device)
+    kernel = torch.tensor(
+        [[DIAGONAL, DIRECT, DIAGONAL], [DIRECT, 0.0, DIRECT], [DIAGONAL, DIRECT, DIAGONAL]], dtype=dtype, device=device
+    )
     return kernel[None, None]
 
 
@@ -64,8 +65,9 @@ def coarse_guess(x: torch.Tensor, removed: torch.Tensor, tol: float) -> torch.Te
     return F.interpolate(coarse[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
-def linear_imputation(image: torch.Tensor, removed: torch.Tensor, tol: float = 1e-8,
-                      max_iterations: int = 5000) -> torch.Tensor:
+def linear_imputation(
+    image: torch.Tensor, removed: torch.Tensor, tol: float = 1e-8, max_iterations: int = 5000
+) -> torch.Tensor:
     """The noise-free fill: ``(C, H, W)`` image with its ``(H, W)`` ``removed`` pixels replaced by the
     solution of the system in the module docstring (float64 throughout), to a relative residual ``tol``."""
     x = image.to(torch.float64)
@@ -112,14 +114,17 @@ def linear_imputation(image: torch.Tensor, removed: torch.Tensor, tol: float = 1
     return torch.where(gone, solution, x)
 
 
-def noisy_linear_imputation(image: torch.Tensor, removed: torch.Tensor, noise: float,
-                            generator: torch.Generator, tol: float = 1e-5) -> torch.Tensor:
+def noisy_linear_imputation(
+    image: torch.Tensor, removed: torch.Tensor, noise: float, generator: torch.Generator, tol: float = 1e-5
+) -> torch.Tensor:
     """``linear_imputation`` plus ``noise * N(0, 1)`` on the removed pixels, in the image's dtype. The
     default ``tol`` leaves a solver error far below the noise (measured at 224 px: under 1e-3 against
     the 0.01 noise)."""
     filled = linear_imputation(image, removed, tol)
     draws = torch.randn(filled.shape, generator=generator, dtype=torch.float64)  # (C, H, W), on the CPU
-    return torch.where(removed.to(filled.device)[None], filled + noise * draws.to(filled.device), filled).to(image.dtype)
+    return torch.where(removed.to(filled.device)[None], filled + noise * draws.to(filled.device), filled).to(
+        image.dtype
+    )
 
 
 def removed_pixels(rank: torch.Tensor, fraction: float, mode: str, size: tuple[int, int]) -> torch.Tensor:
@@ -130,8 +135,9 @@ def removed_pixels(rank: torch.Tensor, fraction: float, mode: str, size: tuple[i
     return chosen.view(*size)
 
 
-def road_plan(case: MetricCase, mode: str, fractions: Sequence[float] = FRACTIONS, noise: float = 0.01,
-              batch_size: int = 32) -> ScoringPlan:
+def road_plan(
+    case: MetricCase, mode: str, fractions: Sequence[float] = FRACTIONS, noise: float = 0.01, batch_size: int = 32
+) -> ScoringPlan:
     if mode not in ("morf", "lerf"):
         raise ValueError(f"mode must be 'morf' or 'lerf', got {mode!r}")
     fractions = [float(f) for f in fractions]
@@ -147,7 +153,9 @@ def road_plan(case: MetricCase, mode: str, fractions: Sequence[float] = FRACTION
     def batches():
         images = []
         for fraction in fractions:
-            images.append(noisy_linear_imputation(pixels, removed_pixels(rank, fraction, mode, case.size), noise, generator))
+            images.append(
+                noisy_linear_imputation(pixels, removed_pixels(rank, fraction, mode, case.size), noise, generator)
+            )
             if len(images) == batch_size:
                 yield torch.stack(images).to(device)  # (b, 3, H, W)
                 images = []
@@ -157,32 +165,46 @@ def road_plan(case: MetricCase, mode: str, fractions: Sequence[float] = FRACTION
     def value(logits: torch.Tensor) -> MetricValue:
         probability = case.label_probability(logits).cpu().tolist()  # (F,)
         top1 = (logits.argmax(-1) == case.label).double().cpu().tolist()
-        return MetricValue(values={"prob": sum(probability) / len(probability), "top1": sum(top1) / len(top1)},
-                           curves={"prob": (fractions, probability), "top1": (fractions, top1)})
+        return MetricValue(
+            values={"prob": sum(probability) / len(probability), "top1": sum(top1) / len(top1)},
+            curves={"prob": (fractions, probability), "top1": (fractions, top1)},
+        )
 
     return ScoringPlan(batches(), len(fractions), value)
 
 
 def _road(mode: str) -> Callable[..., ScoringPlan]:
-    def plan(case: MetricCase, fractions: Sequence[float] = FRACTIONS, noise: float = 0.01,
-             batch_size: int = 32) -> ScoringPlan:
+    def plan(
+        case: MetricCase, fractions: Sequence[float] = FRACTIONS, noise: float = 0.01, batch_size: int = 32
+    ) -> ScoringPlan:
         return road_plan(case, mode, fractions, noise, batch_size)
+
     return plan
 
 
 def _alone(plan: Callable[..., ScoringPlan]) -> Callable[..., MetricValue]:
     def run(case: MetricCase, batch_size: int = 32, **options) -> MetricValue:
         return score_alone(case, plan(case, batch_size=batch_size, **options), batch_size)
+
     run.__signature__ = inspect.signature(plan)
     return run
 
 
 for _mode, _better, _words in (("morf", False, "most"), ("lerf", True, "least")):
-    register_metric(MetricSpec(
-        name=f"road_{_mode}", category="faithfulness", higher_is_better=_better, protocol="road, noise {noise:g}",
-        summary=(f"{_words} relevant 10-90% of the pixels removed and filled by noisy linear imputation; mean label "
-                 "probability and top-1 over the fractions"),
-        paper=ROAD_PAPER, run=_alone(_road(_mode)), plan=_road(_mode),
-        outputs={"prob": f"ROAD {_mode.upper()} probability", "top1": f"ROAD {_mode.upper()} top-1"},
-        defaults={"fractions": "0.1..0.9", "noise": 0.01},
-    ))
+    register_metric(
+        MetricSpec(
+            name=f"road_{_mode}",
+            category="faithfulness",
+            higher_is_better=_better,
+            protocol="road, noise {noise:g}",
+            summary=(
+                f"{_words} relevant 10-90% of the pixels removed and filled by noisy linear imputation; mean label "
+                "probability and top-1 over the fractions"
+            ),
+            paper=ROAD_PAPER,
+            run=_alone(_road(_mode)),
+            plan=_road(_mode),
+            outputs={"prob": f"ROAD {_mode.upper()} probability", "top1": f"ROAD {_mode.upper()} top-1"},
+            defaults={"fractions": "0.1..0.9", "noise": 0.01},
+        )
+    )

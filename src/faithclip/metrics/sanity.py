@@ -54,18 +54,23 @@ def reinitialise(modules: list[nn.Module], generator: torch.Generator) -> None:
                 sigma = float(parameter.float().std()) if parameter.numel() > 1 else 0.0
                 sigma = sigma if sigma > 0 else 0.02
                 draw = torch.randn(parameter.shape, generator=generator, dtype=torch.float32) * sigma
-                parameter.copy_(draw.to(device=parameter.device, dtype=parameter.dtype))  # drawn on the CPU: same numbers on any device
+                parameter.copy_(
+                    draw.to(device=parameter.device, dtype=parameter.dtype)
+                )  # drawn on the CPU: same numbers on any device
 
 
 def cascading_randomisation(
-    handle: ModelHandle, explain: Callable[[ModelHandle], torch.Tensor], seed: int = 0,
+    handle: ModelHandle,
+    explain: Callable[[ModelHandle], torch.Tensor],
+    seed: int = 0,
     original: torch.Tensor | None = None,
 ) -> tuple[list[str], list[float]]:
     """Spearman correlation of ``explain(randomised copy)`` with ``explain(handle)`` after each cascade step."""
     original = explain(handle) if original is None else original
     model = copy.deepcopy(handle.model)
-    randomised = ModelHandle(model=model, tokenizer=handle.tokenizer, preprocess=handle.preprocess,
-                            name=f"{handle.name} (randomised copy)")
+    randomised = ModelHandle(
+        model=model, tokenizer=handle.tokenizer, preprocess=handle.preprocess, name=f"{handle.name} (randomised copy)"
+    )
     generator = torch.Generator().manual_seed(seed)
     names, correlations = [], []
     for name, modules in cascade_blocks(model):
@@ -88,10 +93,16 @@ def run_sanity(case: MetricCase) -> MetricValue:
     )
 
 
-register_metric(MetricSpec(
-    name="sanity_cascade", category="sanity", higher_is_better=False, protocol="cascading, Spearman",
-    summary="Spearman correlation of maps after cascading re-initialisation of the image tower (top first)",
-    paper="Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018",
-    run=run_sanity, outputs={"final": "Spearman, all randomised", "mean": "Spearman, mean over steps"},
-    recomputes_map=True,
-))
+register_metric(
+    MetricSpec(
+        name="sanity_cascade",
+        category="sanity",
+        higher_is_better=False,
+        protocol="cascading, Spearman",
+        summary="Spearman correlation of maps after cascading re-initialisation of the image tower (top first)",
+        paper="Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018",
+        run=run_sanity,
+        outputs={"final": "Spearman, all randomised", "mean": "Spearman, mean over steps"},
+        recomputes_map=True,
+    )
+)

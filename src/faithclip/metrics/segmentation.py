@@ -41,8 +41,10 @@ from faithclip.mapmath import minmax
 from faithclip.metrics import MetricSpec, register_metric
 from faithclip.metrics.case import MetricCase, MetricValue, pixel_map
 
-CHEFER_PAPER = ("Chefer et al., Transformer Interpretability Beyond Attention Visualization, CVPR 2021 "
-                "(ImageNet-Segmentation protocol)")
+CHEFER_PAPER = (
+    "Chefer et al., Transformer Interpretability Beyond Attention Visualization, CVPR 2021 "
+    "(ImageNet-Segmentation protocol)"
+)
 BEST_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
 
 
@@ -64,8 +66,11 @@ def scores_from_counts(counts: dict[str, list[int]]) -> dict[str, float]:
     ious = [i / u if u else float("nan") for i, u in zip(counts["inter"], counts["union"])]
     finite = [v for v in ious if v == v]
     labelled = counts["labelled"][0]
-    return {"miou": sum(finite) / len(finite) if finite else float("nan"), "iou": ious[1],
-            "pixel_accuracy": counts["correct"][0] / labelled if labelled else float("nan")}
+    return {
+        "miou": sum(finite) / len(finite) if finite else float("nan"),
+        "iou": ious[1],
+        "pixel_accuracy": counts["correct"][0] / labelled if labelled else float("nan"),
+    }
 
 
 def average_precision(scores: torch.Tensor, truth: torch.Tensor) -> float:
@@ -86,8 +91,9 @@ def average_precision(scores: torch.Tensor, truth: torch.Tensor) -> float:
     return float(((recall - previous) * precision).sum())
 
 
-def segmentation_scores(saliency: torch.Tensor, mask: torch.Tensor, ignore: torch.Tensor | None = None,
-                        threshold: str | float = "mean") -> tuple[dict[str, float], dict[str, Any]]:
+def segmentation_scores(
+    saliency: torch.Tensor, mask: torch.Tensor, ignore: torch.Tensor | None = None, threshold: str | float = "mean"
+) -> tuple[dict[str, float], dict[str, Any]]:
     """The scores of one ``(H, W)`` map against its ``(H, W)`` bool mask, and the details (threshold used,
     counts for pooling)."""
     r = minmax(saliency.to(torch.float64))  # (H, W) in [0, 1]; a constant map gives zeros
@@ -114,8 +120,9 @@ def segmentation_scores(saliency: torch.Tensor, mask: torch.Tensor, ignore: torc
     return scores, {"threshold": chosen, **counts}
 
 
-def pooled_scores(records: list[dict[str, Any]], metric: str = "segmentation",
-                  class_names: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def pooled_scores(
+    records: list[dict[str, Any]], metric: str = "segmentation", class_names: list[str] | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
     """Chefer et al.'s data-set-pooled figures from a run's ``per_image`` records: intersections, unions
     and pixel counts summed over the images before dividing, per method, overall and per class (label)."""
     table: dict[str, dict[str, dict[str, float]]] = {}
@@ -129,8 +136,10 @@ def pooled_scores(records: list[dict[str, Any]], metric: str = "segmentation",
             for key in ("inter", "union", "correct", "labelled"):
                 sums[key] = [a + b for a, b in zip(sums.get(key, [0] * len(counts[key])), counts[key])]
             sums["images"] = sums.get("images", 0) + 1
-    return {method: {group: {**scores_from_counts(sums), "images": sums["images"]} for group, sums in groups.items()}
-            for method, groups in table.items()}
+    return {
+        method: {group: {**scores_from_counts(sums), "images": sums["images"]} for group, sums in groups.items()}
+        for method, groups in table.items()
+    }
 
 
 # ---- runner -------------------------------------------------------------------------------------
@@ -142,11 +151,23 @@ def run_segmentation(case: MetricCase, threshold: str | float = "mean") -> Metri
     return MetricValue(values=values, details=details)
 
 
-register_metric(MetricSpec(
-    name="segmentation", category="localisation", higher_is_better=True, protocol="segmentation, threshold {threshold}",
-    summary="mIoU, object IoU and pixel accuracy of the thresholded map, AP of the ranked map, against the object mask",
-    paper=CHEFER_PAPER, run=run_segmentation,
-    outputs={"miou": "mIoU", "iou": "object IoU", "pixel_accuracy": "pixel accuracy", "ap": "object AP",
-             "ap_pooled": "mAP (both classes pooled)"},
-    needs_mask=True, defaults={"threshold": "mean"},
-))
+register_metric(
+    MetricSpec(
+        name="segmentation",
+        category="localisation",
+        higher_is_better=True,
+        protocol="segmentation, threshold {threshold}",
+        summary="mIoU, object IoU and pixel accuracy of the thresholded map, AP of the ranked map, against the object mask",
+        paper=CHEFER_PAPER,
+        run=run_segmentation,
+        outputs={
+            "miou": "mIoU",
+            "iou": "object IoU",
+            "pixel_accuracy": "pixel accuracy",
+            "ap": "object AP",
+            "ap_pooled": "mAP (both classes pooled)",
+        },
+        needs_mask=True,
+        defaults={"threshold": "mean"},
+    )
+)

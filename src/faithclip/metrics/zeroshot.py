@@ -46,15 +46,20 @@ class PromptSet:
         return handle.tokens([self.prompts[i] for i in chosen])
 
 
-def classifier_weights(handle: ModelHandle, class_names: Sequence[str], templates: Sequence[str] = ("{}",),
-                       batch_size: int = 256) -> torch.Tensor:
+def classifier_weights(
+    handle: ModelHandle, class_names: Sequence[str], templates: Sequence[str] = ("{}",), batch_size: int = 256
+) -> torch.Tensor:
     """``(K, D)`` zero-shot weights: per class, what the family's score reads for its filled templates
     (``Family.class_weights``; CLIP: the renormalised mean of the unit template embeddings)."""
     return handle.family.class_weights(handle, [fill(tuple(templates), name) for name in class_names], batch_size)
 
 
-def build_prompt_set(handle: ModelHandle, class_names: Sequence[str], templates: Sequence[str] | None = None,
-                     prompts: Sequence[str] | None = None) -> PromptSet:
+def build_prompt_set(
+    handle: ModelHandle,
+    class_names: Sequence[str],
+    templates: Sequence[str] | None = None,
+    prompts: Sequence[str] | None = None,
+) -> PromptSet:
     """Classifier weights from ``templates`` filled with the class names, or from ready ``prompts``
     (one per class, e.g. the shapes world's "a red circle"). A model without a text side (a classifier)
     reads the class names themselves: its texts are its classes."""
@@ -82,13 +87,21 @@ def run_zeroshot(case: MetricCase) -> MetricValue:
     logits = case.unperturbed_logits()  # (1, K): the unperturbed image against all classes
     correct = top1_correct(logits, torch.tensor([case.label], device=logits.device))
     probability = case.label_probability(logits)[0]
-    return MetricValue(values={"top1": float(correct[0]), "prob": float(probability)},
-                       details={"predicted": int(logits.argmax())})
+    return MetricValue(
+        values={"top1": float(correct[0]), "prob": float(probability)}, details={"predicted": int(logits.argmax())}
+    )
 
 
-register_metric(MetricSpec(
-    name="zeroshot", category="accuracy", higher_is_better=True, protocol="zero-shot",
-    summary="top-1 accuracy of the model on the labelled images against the data set's prompts",
-    paper="Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021",
-    run=run_zeroshot, outputs={"top1": "top-1 accuracy", "prob": "label probability"}, per_method=False,
-))
+register_metric(
+    MetricSpec(
+        name="zeroshot",
+        category="accuracy",
+        higher_is_better=True,
+        protocol="zero-shot",
+        summary="top-1 accuracy of the model on the labelled images against the data set's prompts",
+        paper="Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021",
+        run=run_zeroshot,
+        outputs={"top1": "top-1 accuracy", "prob": "label probability"},
+        per_method=False,
+    )
+)

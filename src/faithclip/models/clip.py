@@ -199,10 +199,13 @@ class ModelHandle:
             return [[] for _ in texts]
         if not getattr(tokenizer, "is_fast", False):  # no offsets: name the token, not the word
             return [[str(tokenizer.unk_token)] * len(rows) for rows in hits]
-        offsets = tokenizer(texts, truncation=True, max_length=self.context_length,
-                            return_offsets_mapping=True)["offset_mapping"]
-        return [[text[offsets[row][p][0]:offsets[row][p][1]] for p in rows if p < len(offsets[row])]
-                for row, (text, rows) in enumerate(zip(texts, hits))]
+        offsets = tokenizer(texts, truncation=True, max_length=self.context_length, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
+        return [
+            [text[offsets[row][p][0] : offsets[row][p][1]] for p in rows if p < len(offsets[row])]
+            for row, (text, rows) in enumerate(zip(texts, hits))
+        ]
 
     def prompts(self, texts: TextInput | Sequence[str], batch_size: int = 256) -> TextBatch:
         """Tokenise and encode prompts once, to explain many images against them (e.g. 1,000 class names)."""
@@ -210,8 +213,13 @@ class ModelHandle:
         chunks = []
         with torch.no_grad():
             for start in range(0, batch.input_ids.shape[0], batch_size):
-                part = TextBatch(batch.input_ids[start:start + batch_size], batch.attention_mask[start:start + batch_size],
-                                 batch.eos_positions[start:start + batch_size], [], [])
+                part = TextBatch(
+                    batch.input_ids[start : start + batch_size],
+                    batch.attention_mask[start : start + batch_size],
+                    batch.eos_positions[start : start + batch_size],
+                    [],
+                    [],
+                )
                 chunks.append(self.encode_text(part))
         batch.embeds = torch.cat(chunks)
         return batch
@@ -223,9 +231,15 @@ class ModelHandle:
         ids = text.input_ids
         padded = torch.full((ids.shape[0], self.context_length), pad_id, dtype=ids.dtype, device=ids.device)
         for row, eos in enumerate(text.eos_positions.tolist()):
-            padded[row, :eos + 1] = ids[row, :eos + 1]
-        return TextBatch(padded, torch.ones_like(padded), text.eos_positions.clone(), list(text.texts),
-                         list(text.tokens), list(text.truncated))
+            padded[row, : eos + 1] = ids[row, : eos + 1]
+        return TextBatch(
+            padded,
+            torch.ones_like(padded),
+            text.eos_positions.clone(),
+            list(text.texts),
+            list(text.tokens),
+            list(text.truncated),
+        )
 
     def _eos_token_id(self) -> int:
         return int(self.family.eos_token_id(self.model))
@@ -234,7 +248,9 @@ class ModelHandle:
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-            raise TextError(f"token ids must be an integer tensor (K, L); got {tuple(input_ids.shape)} {input_ids.dtype}.")
+            raise TextError(
+                f"token ids must be an integer tensor (K, L); got {tuple(input_ids.shape)} {input_ids.dtype}."
+            )
         if input_ids.shape[1] > self.context_length:
             raise TextError(f"token ids are {input_ids.shape[1]} long; the model's context is {self.context_length}.")
         input_ids = input_ids.long().to(self.device)

@@ -54,10 +54,13 @@ def tokenizer_fingerprint(handle: ModelHandle) -> str | None:
         content: Any = json.loads(backend.to_str())
     else:
         content = sorted(tokenizer.get_vocab().items())
-    settings = {"class": type(tokenizer).__name__, "special": _jsonable(tokenizer.special_tokens_map),
-                "model_max_length": getattr(tokenizer, "model_max_length", None),
-                "padding_side": getattr(tokenizer, "padding_side", None),
-                "truncation_side": getattr(tokenizer, "truncation_side", None)}
+    settings = {
+        "class": type(tokenizer).__name__,
+        "special": _jsonable(tokenizer.special_tokens_map),
+        "model_max_length": getattr(tokenizer, "model_max_length", None),
+        "padding_side": getattr(tokenizer, "padding_side", None),
+        "truncation_side": getattr(tokenizer, "truncation_side", None),
+    }
     text = json.dumps([content, settings], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -69,8 +72,12 @@ def code_versions() -> dict[str, str]:
 
     from faithclip._version import __version__
 
-    return {"faithclip": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "pillow": PIL.__version__}
+    return {
+        "faithclip": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pillow": PIL.__version__,
+    }
 
 
 def device_identity(handle: ModelHandle) -> dict[str, str]:

@@ -55,13 +55,19 @@ def decode_image(path: str | Path) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise _bomb(path, error) from error
     except UnidentifiedImageError as error:
-        raise ImageError(f"{path} is not an image PIL can read ({error}). Pass a JPEG, PNG, GIF, TIFF, BMP or WebP file.") from error
+        raise ImageError(
+            f"{path} is not an image PIL can read ({error}). Pass a JPEG, PNG, GIF, TIFF, BMP or WebP file."
+        ) from error
     except OSError as error:
         if error.errno is not None:  # the file could not be read (EIO, EACCES ...), not a decoding problem
             raise ImageError(f"cannot read {path}: {error.strerror or error}.") from error
-        raise ImageError(f"{path} could not be decoded ({error}); the file is probably truncated or corrupt. Re-export it and try again.") from error
+        raise ImageError(
+            f"{path} could not be decoded ({error}); the file is probably truncated or corrupt. Re-export it and try again."
+        ) from error
     except (SyntaxError, ValueError) as error:
-        raise ImageError(f"{path} could not be decoded ({error}); the file is probably truncated or corrupt. Re-export it and try again.") from error
+        raise ImageError(
+            f"{path} could not be decoded ({error}); the file is probably truncated or corrupt. Re-export it and try again."
+        ) from error
 
 
 def _bomb(path: Path, error: Exception) -> ImageError:
@@ -78,8 +84,10 @@ def max_pixels() -> int | None:
 
 
 def limit_words() -> str:
-    return (f"the limit of {max_pixels():,} pixels (a guard against decompression bombs); to read it, raise the "
-            "limit with --max-pixels N (in Python: PIL.Image.MAX_IMAGE_PIXELS = N)")
+    return (
+        f"the limit of {max_pixels():,} pixels (a guard against decompression bombs); to read it, raise the "
+        "limit with --max-pixels N (in Python: PIL.Image.MAX_IMAGE_PIXELS = N)"
+    )
 
 
 def check_pixels(width: int, height: int, name: str = "image") -> None:
@@ -105,8 +113,15 @@ def check_image_path(path: str | Path) -> Path:
     if stat.S_ISDIR(mode):
         raise ImageError(f"{path} is a directory, not an image file; pass the images in it (e.g. {path}/*.jpg).")
     if not stat.S_ISREG(mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a special file"
+        )
         raise ImageError(f"{path} is {kind}, not an image file; save the image to a file and pass that.")
     if not os.access(path, os.R_OK):
         raise ImageError(f"cannot read {path}: permission denied.")

@@ -63,8 +63,10 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ModelError(f"device {device!r}: torch sees no CUDA device on this machine (torch "
-                             f"{torch.__version__}); use --device cpu, or a CUDA build of torch on a GPU machine.")
+            raise ModelError(
+                f"device {device!r}: torch sees no CUDA device on this machine (torch "
+                f"{torch.__version__}); use --device cpu, or a CUDA build of torch on a GPU machine."
+            )
         if parsed.index is not None and parsed.index >= count:
             raise ModelError(f"device {device!r}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}.")
     elif parsed.type == "mps":
@@ -105,8 +107,9 @@ def load(
     return place(_load(name_or_path, tokenizer=tokenizer, dtype=dtype, hidden_act=hidden_act), device, dtype)
 
 
-def place(handle: ModelHandle, device: str | torch.device | None = None,
-          dtype: str | torch.dtype | None = None) -> ModelHandle:
+def place(
+    handle: ModelHandle, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> ModelHandle:
     """Move ``handle``'s model to ``device`` and/or ``dtype`` (in place; ``None`` keeps it) and return it.
     For models built rather than loaded (e.g. ``random_b32``)."""
     target = None if device is None else parse_device(device)
@@ -116,8 +119,9 @@ def place(handle: ModelHandle, device: str | torch.device | None = None,
     return handle
 
 
-def _load(name_or_path: str | Path | None, *, tokenizer: str | Path | None, dtype: torch.dtype,
-          hidden_act: str) -> ModelHandle:
+def _load(
+    name_or_path: str | Path | None, *, tokenizer: str | Path | None, dtype: torch.dtype, hidden_act: str
+) -> ModelHandle:
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     path = Path(name)
     if name in shipped_models():
@@ -166,8 +170,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def from_hf(model: Any, tokenizer: Any = None, *, preprocess: ImagePreprocess | None = None,
-            name: str | None = None) -> ModelHandle:
+def from_hf(
+    model: Any, tokenizer: Any = None, *, preprocess: ImagePreprocess | None = None, name: str | None = None
+) -> ModelHandle:
     """Wrap a transformers model the user already holds (a ``CLIPModel`` or another supported family: its
     ``config.model_type`` says which; its weights are not copied or changed).
 
@@ -211,23 +216,31 @@ def _load_directory(path: Path, *, name: str, dtype: torch.dtype, tokenizer: str
         # transformers' table and exception (a model with random tensors must never be explained)
         with _quiet_loading_report():
             model, info = getattr(transformers, family.model_class).from_pretrained(
-                path, attn_implementation="eager", dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True)
+                path, attn_implementation="eager", dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True
+            )
     except OSError as error:
         raise ModelError(f"{path} has a {model_type} config but its weights could not be loaded: {error}") from error
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ModelError(f"{path} could not be built from its config.json and weights ({_first_line(error)}); "
-                         f"faithclip expected a {model_type} directory written by save_pretrained.") from error
+        raise ModelError(
+            f"{path} could not be built from its config.json and weights ({_first_line(error)}); "
+            f"faithclip expected a {model_type} directory written by save_pretrained."
+        ) from error
     check_loading_info(path, model_type, info)
     family.check_model(model)
     preprocessor = path / "preprocessor_config.json"
-    preprocess = (ImagePreprocess.from_json(preprocessor) if preprocessor.is_file()
-                  else family.default_preprocess(model))
+    preprocess = ImagePreprocess.from_json(preprocessor) if preprocessor.is_file() else family.default_preprocess(model)
     tok = None
     if family.has_side("text") or tokenizer is not None:
         tok_source = tokenizer if tokenizer is not None else path
         tok = _load_tokenizer(tok_source, required=tokenizer is not None)
-    return ModelHandle(model=model.eval(), tokenizer=tok, preprocess=preprocess, name=name, family=family,
-                       trained_on_shapes=(path / "TRAINING.json").is_file())
+    return ModelHandle(
+        model=model.eval(),
+        tokenizer=tok,
+        preprocess=preprocess,
+        name=name,
+        family=family,
+        trained_on_shapes=(path / "TRAINING.json").is_file(),
+    )
 
 
 def check_loading_info(path: Path, model_type: str, info: dict[str, Any]) -> None:
@@ -237,19 +250,28 @@ def check_loading_info(path: Path, model_type: str, info: dict[str, Any]) -> Non
     if mismatched:
         key, found, expected = mismatched[0]
         more = f" (and {len(mismatched) - 1} more tensors)" if len(mismatched) > 1 else ""
-        raise ModelError(f"{path}: the weights do not fit its config.json: {key} is {tuple(found)} in the weights, "
-                         f"but the {model_type} config.json implies {tuple(expected)}{more}. faithclip expected "
-                         "weights and config.json saved together (save_pretrained).")
+        raise ModelError(
+            f"{path}: the weights do not fit its config.json: {key} is {tuple(found)} in the weights, "
+            f"but the {model_type} config.json implies {tuple(expected)}{more}. faithclip expected "
+            "weights and config.json saved together (save_pretrained)."
+        )
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise ModelError(f"{path}: the weights lack {len(missing)} tensor(s) its config.json needs ({missing[0]}"
-                         f"{more}); faithclip expected every tensor of a {model_type} model, not a model with "
-                         "randomly initialised parts. Re-save it with save_pretrained.")
+        raise ModelError(
+            f"{path}: the weights lack {len(missing)} tensor(s) its config.json needs ({missing[0]}"
+            f"{more}); faithclip expected every tensor of a {model_type} model, not a model with "
+            "randomly initialised parts. Re-save it with save_pretrained."
+        )
     unexpected = sorted(info.get("unexpected_keys") or [])
     if unexpected:
-        logger.warning("%s: %d tensor(s) of the weights are not used by a %s model (%s ...)", path, len(unexpected),
-                       model_type, unexpected[0])
+        logger.warning(
+            "%s: %d tensor(s) of the weights are not used by a %s model (%s ...)",
+            path,
+            len(unexpected),
+            model_type,
+            unexpected[0],
+        )
 
 
 def check_weight_dtypes(path: Path) -> None:
@@ -267,19 +289,27 @@ def check_weight_dtypes(path: Path) -> None:
                         continue
                     dtype = weights.get_slice(key).get_dtype()
                     if not dtype.startswith(("F", "BF")):
-                        raise ModelError(f"{file}: tensor {key} holds {dtype} values; faithclip expected "
-                                         "floating-point weights (F32, F16 or BF16).")
+                        raise ModelError(
+                            f"{file}: tensor {key} holds {dtype} values; faithclip expected "
+                            "floating-point weights (F32, F16 or BF16)."
+                        )
         except ModelError:
             raise
         except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-            raise ModelError(f"{file} is not a readable safetensors file ({_first_line(error)}); faithclip "
-                             "expected the weights save_pretrained writes.") from error
+            raise ModelError(
+                f"{file} is not a readable safetensors file ({_first_line(error)}); faithclip "
+                "expected the weights save_pretrained writes."
+            ) from error
 
 
 @contextlib.contextmanager
 def _quiet_loading_report():
     """Hide transformers' multi-line load report while ``check_loading_info`` says the same in one line."""
-    names = ("transformers.modeling_utils", "transformers.utils.loading_report", "transformers.distributed.tensor_parallel")
+    names = (
+        "transformers.modeling_utils",
+        "transformers.utils.loading_report",
+        "transformers.distributed.tensor_parallel",
+    )
     loggers = [logging.getLogger(name) for name in names]
     levels = [item.level for item in loggers]
     for item in loggers:
@@ -319,7 +349,8 @@ def _load_hub(name: str, *, dtype: torch.dtype) -> ModelHandle:
     if not hub_reachable():
         raise ModelError(
             f"model {name!r} not found: it is not a shipped model ({shipped}), a local directory or checkpoint "
-            f"file, or in the hub cache, and the hub is unreachable.{_did_you_mean(name)}")
+            f"file, or in the hub cache, and the hub is unreachable.{_did_you_mean(name)}"
+        )
     try:
         return _from_hub(name, dtype=dtype, local_files_only=False)
     except (OSError, ValueError) as error:
@@ -346,12 +377,18 @@ def _from_hub(name: str, *, dtype: torch.dtype, local_files_only: bool) -> Model
     config = transformers.AutoConfig.from_pretrained(name, local_files_only=local_files_only)
     family = family_for_model_type(getattr(config, "model_type", None), name)
     model = getattr(transformers, family.model_class).from_pretrained(
-        name, attn_implementation="eager", dtype=dtype, local_files_only=local_files_only)
+        name, attn_implementation="eager", dtype=dtype, local_files_only=local_files_only
+    )
     family.check_model(model)
-    tokenizer = (transformers.AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
-                 if family.has_side("text") else None)
-    processor_config = transformers.CLIPImageProcessorPil.get_image_processor_dict(
-        name, local_files_only=local_files_only)[0] if hasattr(transformers, "CLIPImageProcessorPil") else {}
-    preprocess = (ImagePreprocess.from_dict(processor_config) if processor_config
-                  else family.default_preprocess(model))
+    tokenizer = (
+        transformers.AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+        if family.has_side("text")
+        else None
+    )
+    processor_config = (
+        transformers.CLIPImageProcessorPil.get_image_processor_dict(name, local_files_only=local_files_only)[0]
+        if hasattr(transformers, "CLIPImageProcessorPil")
+        else {}
+    )
+    preprocess = ImagePreprocess.from_dict(processor_config) if processor_config else family.default_preprocess(model)
     return ModelHandle(model=model.eval(), tokenizer=tokenizer, preprocess=preprocess, name=name, family=family)

@@ -107,9 +107,7 @@ class _Architecture:
         return self.patch_size * self.grid_size
 
 
-def convert_openai_state_dict(
-    state_dict: Mapping[str, torch.Tensor], *, hidden_act: str = "quick_gelu"
-) -> CLIPModel:
+def convert_openai_state_dict(state_dict: Mapping[str, torch.Tensor], *, hidden_act: str = "quick_gelu") -> CLIPModel:
     """Build a ``CLIPModel`` holding exactly the weights of an OpenAI-layout ViT CLIP state dict.
 
     ``hidden_act`` is the MLP activation the checkpoint was trained with: ``"quick_gelu"`` for
@@ -134,9 +132,11 @@ def convert_openai_state_dict(
     not_float = [key for key in mapping if not state_dict[key].is_floating_point()]
     if not_float:
         key = not_float[0]
-        raise ModelError(f"checkpoint tensor {key!r} holds {state_dict[key].dtype} values"
-                         + (f" (and {len(not_float) - 1} more tensors)" if len(not_float) > 1 else "")
-                         + "; faithclip expected floating-point weights (float32, float16 or bfloat16)")
+        raise ModelError(
+            f"checkpoint tensor {key!r} holds {state_dict[key].dtype} values"
+            + (f" (and {len(not_float) - 1} more tensors)" if len(not_float) > 1 else "")
+            + "; faithclip expected floating-point weights (float32, float16 or bfloat16)"
+        )
     converted: dict[str, torch.Tensor] = {}
     for openai_key, targets in mapping.items():
         source = state_dict[openai_key].detach().to(torch.float32)
@@ -149,8 +149,10 @@ def convert_openai_state_dict(
     try:
         model.load_state_dict(converted, strict=True)
     except RuntimeError as error:  # shape mismatches between tensors of one checkpoint
-        raise ModelError(f"checkpoint tensors have inconsistent shapes ({shape_mismatches(error)}); faithclip "
-                         "expected the shapes the checkpoint's own widths and layer counts imply") from error
+        raise ModelError(
+            f"checkpoint tensors have inconsistent shapes ({shape_mismatches(error)}); faithclip "
+            "expected the shapes the checkpoint's own widths and layer counts imply"
+        ) from error
     return model.eval()
 
 
@@ -214,12 +216,17 @@ def torch_load_reason(error: BaseException) -> str:
     many lines of advice about ``weights_only``; the line that says what the file holds is kept."""
     text = str(error)
     marker = "WeightsUnpickler error:"
-    detail = (" ".join(text.split(marker, 1)[1].split()).split(" Check the documentation")[0].split(". Please use")[0]
-              if marker in text else next((line.strip() for line in text.splitlines() if line.strip()), ""))
+    detail = (
+        " ".join(text.split(marker, 1)[1].split()).split(" Check the documentation")[0].split(". Please use")[0]
+        if marker in text
+        else next((line.strip() for line in text.splitlines() if line.strip()), "")
+    )
     detail = detail.rstrip(". ") or type(error).__name__
     if "Unsupported global" in detail:
-        return (f"it holds Python objects besides tensors ({detail}), which faithclip does not unpickle: "
-                "torch.load with weights_only=True, so that a checkpoint cannot run code")
+        return (
+            f"it holds Python objects besides tensors ({detail}), which faithclip does not unpickle: "
+            "torch.load with weights_only=True, so that a checkpoint cannot run code"
+        )
     return f"its bytes are not a PyTorch pickle of tensors (torch.load: {detail})"
 
 
@@ -236,9 +243,7 @@ def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
     try:
         with warnings.catch_warnings():
             # OpenAI shipped TorchScript; the user cannot act on torch deprecating it.
-            warnings.filterwarnings(
-                "ignore", message=".*torch.jit.load. is deprecated", category=DeprecationWarning
-            )
+            warnings.filterwarnings("ignore", message=".*torch.jit.load. is deprecated", category=DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError/ValueError/pickle errors
         raise ModelError(f"{path} could not be read as a TorchScript archive: {error}") from error
@@ -250,9 +255,7 @@ def _unwrap_checkpoint(loaded: object, path: Path) -> Mapping[str, torch.Tensor]
     checkpoint ``{"epoch": ..., "state_dict": ..., "optimizer": ...}``."""
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(value, torch.Tensor) for value in loaded.values()
-    ):
+    if not isinstance(loaded, Mapping) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
         raise ModelError(
             f"{path} does not hold a state dict (a mapping of names to tensors); "
             "pass an OpenAI or open_clip CLIP checkpoint"
@@ -285,8 +288,7 @@ def _refuse_non_vit(state_dict: Mapping[str, torch.Tensor]) -> None:
         )
     if absent:
         raise ModelError(
-            f"checkpoint lacks {absent}, which a ViT CLIP needs; the file is incomplete or of "
-            "another architecture"
+            f"checkpoint lacks {absent}, which a ViT CLIP needs; the file is incomplete or of another architecture"
         )
 
 
@@ -363,9 +365,7 @@ def _clip_config(architecture: _Architecture, hidden_act: str) -> CLIPConfig:
         "layer_norm_eps": 1e-5,
         "projection_dim": a.embed_dim,
     }
-    config = CLIPConfig(
-        text_config=text_config, vision_config=vision_config, projection_dim=a.embed_dim
-    )
+    config = CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=a.embed_dim)
     # Eager attention materialises the attention weights the explanation methods read.
     config._attn_implementation = "eager"
     return config
@@ -395,8 +395,7 @@ def _block_mapping(openai_prefix: str, hf_prefix: str) -> dict[str, list[tuple[s
     mapping: dict[str, list[tuple[str, Transform]]] = {}
     for suffix in ("weight", "bias"):
         mapping[f"{openai_prefix}attn.in_proj_{suffix}"] = [
-            (f"{hf_prefix}self_attn.{name}_proj.{suffix}", _chunk(index))
-            for index, name in enumerate(("q", "k", "v"))
+            (f"{hf_prefix}self_attn.{name}_proj.{suffix}", _chunk(index)) for index, name in enumerate(("q", "k", "v"))
         ]
         for openai_name, hf_name in (
             ("attn.out_proj", "self_attn.out_proj"),
@@ -405,9 +404,7 @@ def _block_mapping(openai_prefix: str, hf_prefix: str) -> dict[str, list[tuple[s
             ("ln_2", "layer_norm2"),
             ("mlp.c_proj", "mlp.fc2"),
         ):
-            mapping[f"{openai_prefix}{openai_name}.{suffix}"] = [
-                (f"{hf_prefix}{hf_name}.{suffix}", _identity)
-            ]
+            mapping[f"{openai_prefix}{openai_name}.{suffix}"] = [(f"{hf_prefix}{hf_name}.{suffix}", _identity)]
     return mapping
 
 
@@ -432,14 +429,10 @@ def _key_mapping(architecture: _Architecture) -> dict[str, list[tuple[str, Trans
     mapping["text_projection"] = [("text_projection.weight", _transpose)]
     for index in range(architecture.vision_layers):
         mapping.update(
-            _block_mapping(
-                f"visual.transformer.resblocks.{index}.", f"vision_model.encoder.layers.{index}."
-            )
+            _block_mapping(f"visual.transformer.resblocks.{index}.", f"vision_model.encoder.layers.{index}.")
         )
     for index in range(architecture.text_layers):
-        mapping.update(
-            _block_mapping(f"transformer.resblocks.{index}.", f"text_model.encoder.layers.{index}.")
-        )
+        mapping.update(_block_mapping(f"transformer.resblocks.{index}.", f"text_model.encoder.layers.{index}."))
     return mapping
 
 

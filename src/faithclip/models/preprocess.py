@@ -73,10 +73,18 @@ RESIZE_MODES = ("shortest_edge", "exact")
 
 # The published rules of each pipeline (see the module docstring for where each comes from).
 PIPELINE_RULES: dict[str, dict[str, str]] = {
-    "transformers": {"crop_rounding": "floor", "resize_rounding": "floor",
-                     "rgb_conversion": "composite_white_first", "exif_orientation": "apply"},
-    "openai": {"crop_rounding": "round_half_even", "resize_rounding": "floor",
-               "rgb_conversion": "pil_convert_after_crop", "exif_orientation": "ignore"},
+    "transformers": {
+        "crop_rounding": "floor",
+        "resize_rounding": "floor",
+        "rgb_conversion": "composite_white_first",
+        "exif_orientation": "apply",
+    },
+    "openai": {
+        "crop_rounding": "round_half_even",
+        "resize_rounding": "floor",
+        "rgb_conversion": "pil_convert_after_crop",
+        "exif_orientation": "ignore",
+    },
 }
 RULES_KEY = "faithclip_rules"
 
@@ -118,8 +126,12 @@ class ImagePreprocess:
             raise ModelError(f"unknown resize {self.resize!r}; choose one of {', '.join(RESIZE_MODES)}.")
         if not self.center_crop and (self.crop_height, self.crop_width) != (self.size, self.size):
             raise ModelError("without a centre crop the model input is the resized image: crop size must equal size.")
-        for name, allowed in (("crop_rounding", CROP_ROUNDINGS), ("resize_rounding", RESIZE_ROUNDINGS),
-                              ("rgb_conversion", RGB_CONVERSIONS), ("exif_orientation", EXIF_ORIENTATIONS)):
+        for name, allowed in (
+            ("crop_rounding", CROP_ROUNDINGS),
+            ("resize_rounding", RESIZE_ROUNDINGS),
+            ("rgb_conversion", RGB_CONVERSIONS),
+            ("exif_orientation", EXIF_ORIENTATIONS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ModelError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}.")
 
@@ -133,8 +145,12 @@ class ImagePreprocess:
     @property
     def rules(self) -> dict[str, str]:
         """The pipeline rules, as ``to_dict`` records them."""
-        return {"crop_rounding": self.crop_rounding, "resize_rounding": self.resize_rounding,
-                "rgb_conversion": self.rgb_conversion, "exif_orientation": self.exif_orientation}
+        return {
+            "crop_rounding": self.crop_rounding,
+            "resize_rounding": self.resize_rounding,
+            "rgb_conversion": self.rgb_conversion,
+            "exif_orientation": self.exif_orientation,
+        }
 
     @property
     def pipeline(self) -> str:
@@ -173,8 +189,10 @@ class ImagePreprocess:
         recorded = {key: str(value) for key, value in recorded.items() if key in PIPELINE_RULES["transformers"]}
         # Rules a config does not record (it was saved before they were named) are those of the pipeline
         # whose recorded rules it matches; transformers' when none matches.
-        base = next((rules for rules in PIPELINE_RULES.values()
-                     if all(rules[key] == value for key, value in recorded.items())), PIPELINE_RULES["transformers"])
+        base = next(
+            (rules for rules in PIPELINE_RULES.values() if all(rules[key] == value for key, value in recorded.items())),
+            PIPELINE_RULES["transformers"],
+        )
         rules = {**base, **recorded}
         return cls(
             size=int(size),
@@ -193,7 +211,9 @@ class ImagePreprocess:
         return {
             "image_processor_type": "CLIPImageProcessor",
             "do_resize": True,
-            "size": {"shortest_edge": self.size} if self.resize == "shortest_edge" else {"height": self.size, "width": self.size},
+            "size": {"shortest_edge": self.size}
+            if self.resize == "shortest_edge"
+            else {"height": self.size, "width": self.size},
             "resample": self.resample,
             "do_center_crop": self.center_crop,
             "crop_size": {"height": self.crop_height, "width": self.crop_width},
@@ -260,8 +280,10 @@ class ImagePreprocess:
             cropped = image.resize(size, resample=self.resample).crop(box)
             return cropped if cropped.mode == "RGB" else cropped.convert("RGB")
         except (OSError, ValueError) as error:  # PIL cannot resize or convert this mode
-            raise ImageError(f"a {width}x{height} image of mode {image.mode!r} could not be preprocessed ({error}); "
-                             "convert it to RGB first (faithclip.models.images.to_rgb).") from error
+            raise ImageError(
+                f"a {width}x{height} image of mode {image.mode!r} could not be preprocessed ({error}); "
+                "convert it to RGB first (faithclip.models.images.to_rgb)."
+            ) from error
 
     def normalize(self, rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8-range RGB ``(H, W, 3)`` (or ``(N, H, W, 3)``) -> normalised ``(3, H, W)`` (or ``(N, 3, H, W)``)."""

@@ -26,12 +26,20 @@ def find_reference(directory: str | Path | None, architecture: str = "B/32") -> 
     candidate = Path(directory) if directory else ARCHITECTURE_DIRS[architecture]
     if (candidate / "config.json").is_file():
         return candidate
-    raise ModelError(f"no CLIP config.json in {candidate}; pass a directory with config.json (and tokenizer "
-                     "files), or leave the option out to use the shipped ViT-B/32, B/16 and L/14 configs.")
+    raise ModelError(
+        f"no CLIP config.json in {candidate}; pass a directory with config.json (and tokenizer "
+        "files), or leave the option out to use the shipped ViT-B/32, B/16 and L/14 configs."
+    )
 
 
-def random_clip(directory: str | Path | None = None, *, seed: int = 0, patch_size: int | None = None,
-                name: str | None = None, architecture: str = "B/32") -> ModelHandle:
+def random_clip(
+    directory: str | Path | None = None,
+    *,
+    seed: int = 0,
+    patch_size: int | None = None,
+    name: str | None = None,
+    architecture: str = "B/32",
+) -> ModelHandle:
     """The directory's CLIP architecture (default: the shipped config of ``architecture``) with weights drawn
     by transformers' initialiser (seeded), eager attention, the directory's tokenizer (the shipped OpenAI
     CLIP tokenizer when the directory has none) and preprocessing."""
@@ -55,8 +63,11 @@ def random_clip(directory: str | Path | None = None, *, seed: int = 0, patch_siz
         tokenizer = None
     processor = reference / "preprocessor_config.json"
     size = int(config.vision_config.image_size)
-    preprocess = (ImagePreprocess.from_json(processor) if processor.is_file()
-                  else ImagePreprocess(size=size, crop_height=size, crop_width=size))
+    preprocess = (
+        ImagePreprocess.from_json(processor)
+        if processor.is_file()
+        else ImagePreprocess(size=size, crop_height=size, crop_width=size)
+    )
     if name is None:
         patch = config.vision_config.patch_size
         name = f"{reference.name} architecture, patch {patch} (random weights, seed {seed})"
@@ -65,5 +76,10 @@ def random_clip(directory: str | Path | None = None, *, seed: int = 0, patch_siz
 
 def random_b32(directory: str | Path | None = None, seed: int = 0, patch_size: int = 32) -> ModelHandle:
     """The real ViT-B/32 (or B/16 with ``patch_size=16``) architecture with random weights."""
-    return random_clip(directory, seed=seed, patch_size=patch_size, architecture="B/16" if patch_size == 16 else "B/32",
-                       name=f"ViT-B/{patch_size} architecture (random weights)")
+    return random_clip(
+        directory,
+        seed=seed,
+        patch_size=patch_size,
+        architecture="B/16" if patch_size == 16 else "B/32",
+        name=f"ViT-B/{patch_size} architecture (random weights)",
+    )

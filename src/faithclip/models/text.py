@@ -27,7 +27,9 @@ class TextBatch:
         if not self.unknown or not self.unknown[k]:
             return None
         words = ", ".join(repr(word) for word in self.unknown[k])
-        seen = " ".join((self.tokens[k] or [])[:int(self.eos_positions[k]) + 1])  # through the end token
-        return (f"{words} {'is' if len(self.unknown[k]) == 1 else 'are'} not in the model's vocabulary and read as "
-                f"the unknown token: the model scores {seen!r}, so every text differing only there gets the "
-                "same map. Use words the model knows.")
+        seen = " ".join((self.tokens[k] or [])[: int(self.eos_positions[k]) + 1])  # through the end token
+        return (
+            f"{words} {'is' if len(self.unknown[k]) == 1 else 'are'} not in the model's vocabulary and read as "
+            f"the unknown token: the model scores {seen!r}, so every text differing only there gets the "
+            "same map. Use words the model knows."
+        )

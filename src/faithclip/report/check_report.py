@@ -16,18 +16,25 @@ def _words(text: Any) -> str:
 
 def settings_table(settings: dict[str, Any]) -> str:
     """The check's settings, one row each (lists and mappings written out)."""
+
     def value(item: Any) -> str:
         if isinstance(item, dict):
             return "; ".join(f"{k}: {value(v)}" for k, v in item.items()) or "none"
-        if isinstance(item, (list, tuple)) and item and all(isinstance(v, (list, tuple)) and len(v) == 2
-                                                          and isinstance(v[0], str) for v in item):
+        if (
+            isinstance(item, (list, tuple))
+            and item
+            and all(isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) for v in item)
+        ):
             return "; ".join(f"{k}: {value(v)}" for k, v in item)  # pairs (a frozen mapping)
         if isinstance(item, (list, tuple)):
             return ", ".join(value(v) for v in item) or "none"
         return "none" if item is None else str(item)
 
-    return table(["setting", "value"], [[key.replace("_", " "), value(item)] for key, item in settings.items()],
-                 text_columns=(0, 1))
+    return table(
+        ["setting", "value"],
+        [[key.replace("_", " "), value(item)] for key, item in settings.items()],
+        text_columns=(0, 1),
+    )
 
 
 def _interval(interval: Sequence[float] | None) -> str:
@@ -39,8 +46,10 @@ def format_cards(cards: Sequence[dict[str, Any]]) -> str:
     lines = []
     for card in cards:
         declared = [flag for flag, on in card["declared"].items() if on]
-        lines.append(f"{card['method']} ({card['origin']}; declares {', '.join(declared) or 'nothing'}) on "
-                     f"{card['model']}: {'a check failed (exit 1)' if card['failed'] else 'no check failed'} in {card['seconds']:.1f} s")
+        lines.append(
+            f"{card['method']} ({card['origin']}; declares {', '.join(declared) or 'nothing'}) on "
+            f"{card['model']}: {'a check failed (exit 1)' if card['failed'] else 'no check failed'} in {card['seconds']:.1f} s"
+        )
         for check in card["checks"]:
             verdict = check["verdict"]
             lines.append(f"  {check['check']:<17} {verdict:<18} {_interval(check['interval']):<15} {check['evidence']}")
@@ -66,29 +75,52 @@ def check_page(record: dict[str, Any]) -> str:
     header, rows = verdict_table(cards)
     bad = [(r, c) for r, row in enumerate(rows) for c, value in enumerate(row) if str(value).startswith("fail")]
     failed = any(card["failed"] for card in cards)
-    body = [f"<p>Model <code>{esc(record['model'])}</code>. Each check's verdict is pass, fail or inconclusive "
-            "(too little evidence either way); P1 of a method that departs from the model exactly as it declares "
-            "(it changes the model or its input, and says so) reads \"declared departure\": it does not explain "
-            "the original model, and is not a fail. The command exits 1 when any check fails"
-            f"{' (it did)' if failed else ' (none did: exit 0)'}. What each check does: docs/plugins.md and "
-            "<code>faithclip.audit.check</code>.</p>", table(header, rows, bad_cells=bad),
-            "<h2>Settings</h2>", settings_table(record["settings"])]
+    body = [
+        f"<p>Model <code>{esc(record['model'])}</code>. Each check's verdict is pass, fail or inconclusive "
+        "(too little evidence either way); P1 of a method that departs from the model exactly as it declares "
+        '(it changes the model or its input, and says so) reads "declared departure": it does not explain '
+        "the original model, and is not a fail. The command exits 1 when any check fails"
+        f"{' (it did)' if failed else ' (none did: exit 0)'}. What each check does: docs/plugins.md and "
+        "<code>faithclip.audit.check</code>.</p>",
+        table(header, rows, bad_cells=bad),
+        "<h2>Settings</h2>",
+        settings_table(record["settings"]),
+    ]
     for card in cards:
         declared = [flag for flag, on in card["declared"].items() if on]
-        body.append(f"<h2>{esc(card['method'])}</h2><p class='meta'>{esc(card['origin'])}; declares "
-                    f"{esc(', '.join(declared) or 'nothing')}; {esc(card['paper'])}; {card['seconds']:.1f} s</p>")
-        check_rows = [[c["check"], c["verdict"], _interval(c["interval"]), _words(c["evidence"])]
-                      for c in card["checks"]]
-        body.append(table(["check", "verdict", "interval", "evidence"], check_rows, text_columns=(0, 1, 3),
-                          bad_rows=[i for i, c in enumerate(card["checks"]) if c["verdict"] == "fail"]))
-        findings = [f for c in card["checks"] for f in (c.get("details") or {}).get("findings", [])
-                    if c["check"].startswith("P1")]
+        body.append(
+            f"<h2>{esc(card['method'])}</h2><p class='meta'>{esc(card['origin'])}; declares "
+            f"{esc(', '.join(declared) or 'nothing')}; {esc(card['paper'])}; {card['seconds']:.1f} s</p>"
+        )
+        check_rows = [
+            [c["check"], c["verdict"], _interval(c["interval"]), _words(c["evidence"])] for c in card["checks"]
+        ]
+        body.append(
+            table(
+                ["check", "verdict", "interval", "evidence"],
+                check_rows,
+                text_columns=(0, 1, 3),
+                bad_rows=[i for i, c in enumerate(card["checks"]) if c["verdict"] == "fail"],
+            )
+        )
+        findings = [
+            f
+            for c in card["checks"]
+            for f in (c.get("details") or {}).get("findings", [])
+            if c["check"].startswith("P1")
+        ]
         if findings:
-            body.append(table(["severity", "category", "finding", "where", "detail"],
-                              [[f["severity"], f["category"], f["kind"], _words(f["where"]), _words(f["detail"])]
-                               for f in findings],
-                              text_columns=(0, 1, 2, 3, 4),
-                              bad_rows=[i for i, f in enumerate(findings) if f["severity"] == "departure"]))
+            body.append(
+                table(
+                    ["severity", "category", "finding", "where", "detail"],
+                    [
+                        [f["severity"], f["category"], f["kind"], _words(f["where"]), _words(f["detail"])]
+                        for f in findings
+                    ],
+                    text_columns=(0, 1, 2, 3, 4),
+                    bad_rows=[i for i, f in enumerate(findings) if f["severity"] == "departure"],
+                )
+            )
     return html_page("faithclip check", "".join(body), subtitle="The two principles, checked on each method")
 
 

@@ -95,8 +95,15 @@ class ColourScale:
         return f"raw map value, clipped at {self.clip:g}th pct (raw max {tick_text(beyond)})"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high, "signed": self.signed, "colour_map": self.cmap,
-                "data_low": self.data_low, "data_high": self.data_high, "clip_percentile": self.clip}
+        return {
+            "low": self.low,
+            "high": self.high,
+            "signed": self.signed,
+            "colour_map": self.cmap,
+            "data_low": self.data_low,
+            "data_high": self.data_high,
+            "clip_percentile": self.clip,
+        }
 
 
 def tick_text(value: float) -> str:
@@ -150,5 +157,13 @@ def _values(patch_map: Any) -> np.ndarray:
     return np.asarray(patch_map, dtype=np.float64)
 
 
-__all__ = ["ColourScale", "DIVERGING_CMAP", "SCALES", "SEQUENTIAL_CMAP", "colour_scale", "scale_groups",
-           "scales_of", "tick_text"]
+__all__ = [
+    "ColourScale",
+    "DIVERGING_CMAP",
+    "SCALES",
+    "SEQUENTIAL_CMAP",
+    "colour_scale",
+    "scale_groups",
+    "scales_of",
+    "tick_text",
+]

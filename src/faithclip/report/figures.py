@@ -73,6 +73,7 @@ def figure_png(figure: Any, dpi: int = PAPER_DPI) -> bytes:
 
 # ---- the image, bounded --------------------------------------------------------------------------------
 
+
 def bounded_rgb(image: Any, max_pixels: int = DRAW_MAX_PIXELS) -> tuple[np.ndarray, float]:
     """``(rgb, factor)``: the image as an ``(h, w, 3)`` uint8 array of at most ``max_pixels`` pixels, and the
     factor its sides were scaled by (1.0 when it was small enough). JPEG files are decoded at a reduced
@@ -139,8 +140,10 @@ class Canvas:
         self.covers_all = left <= 0.5 and top <= 0.5 and right >= width - 0.5 and bottom >= height - 0.5
         # drawn coordinates: the bounded copy's pixels
         self.extent = (0.0, float(self.rgb.shape[1]), float(self.rgb.shape[0]), 0.0)
-        self.box = tuple(v * self.rgb.shape[1] / width if i % 2 == 0 else v * self.rgb.shape[0] / height
-                         for i, v in enumerate(self.region))
+        self.box = tuple(
+            v * self.rgb.shape[1] / width if i % 2 == 0 else v * self.rgb.shape[0] / height
+            for i, v in enumerate(self.region)
+        )
 
     @property
     def aspect(self) -> float:
@@ -166,6 +169,7 @@ class Canvas:
 
 # ---- panels --------------------------------------------------------------------------------------------
 
+
 def _bare(axes: Any) -> None:
     axes.set_xticks([])
     axes.set_yticks([])
@@ -177,8 +181,9 @@ def _outline(axes: Any, canvas: Canvas) -> None:
     from matplotlib.patches import Rectangle
 
     left, top, right, bottom = canvas.box
-    axes.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor=OUTLINE,
-                             linewidth=1.0, linestyle="--"))
+    axes.add_patch(
+        Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor=OUTLINE, linewidth=1.0, linestyle="--")
+    )
 
 
 def draw_image(axes: Any, canvas: Canvas) -> None:
@@ -189,8 +194,9 @@ def draw_image(axes: Any, canvas: Canvas) -> None:
     _bare(axes)
 
 
-def draw_map(axes: Any, explanation: Any, canvas: Canvas, scale: ColourScale, view: str = "overlay",
-             crop_only: bool = False) -> None:
+def draw_map(
+    axes: Any, explanation: Any, canvas: Canvas, scale: ColourScale, view: str = "overlay", crop_only: bool = False
+) -> None:
     """The map over the region it covers, in ``view``, on ``scale``; outside the region the image is dimmed."""
     if view not in VIEWS:
         raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
@@ -201,24 +207,34 @@ def draw_map(axes: Any, explanation: Any, canvas: Canvas, scale: ColourScale, vi
     if view == "masked":  # the image in proportion to the map's positive part, nearly black elsewhere
         weight = np.zeros(base.shape[:2], np.float32)
         row, column = int(round(top)), int(round(left))
-        part = weight[row:row + values.shape[0], column:column + values.shape[1]]
-        part[:] = np.clip(values / scale.high, 0.0, 1.0)[:part.shape[0], :part.shape[1]]
+        part = weight[row : row + values.shape[0], column : column + values.shape[1]]
+        part[:] = np.clip(values / scale.high, 0.0, 1.0)[: part.shape[0], : part.shape[1]]
         axes.imshow(base * (0.12 + 0.88 * weight[..., None]), extent=canvas.extent, interpolation="antialiased")
     else:
         axes.imshow(base, extent=canvas.extent, interpolation="antialiased")
         if not canvas.covers_all and not crop_only:  # the part the map does not cover, dimmed
             axes.imshow(np.zeros((1, 1, 4)) + [0, 0, 0, 0.45], extent=canvas.extent)
-            axes.imshow(base[int(round(top)):int(round(bottom)), int(round(left)):int(round(right))],
-                        extent=region_extent, interpolation="antialiased")
+            axes.imshow(
+                base[int(round(top)) : int(round(bottom)), int(round(left)) : int(round(right))],
+                extent=region_extent,
+                interpolation="antialiased",
+            )
         if view == "overlay":
             axes.imshow(scale.rgba(values), extent=region_extent, interpolation="bilinear")
         else:
             levels = [f * scale.high for f in (0.25, 0.5, 0.75)]
             if scale.signed:
                 levels = [-v for v in reversed(levels)] + levels
-            axes.contour(values, levels=levels, cmap=scale.cmap, norm=scale.norm(), linewidths=1.1,
-                         extent=(left, right, top, bottom), origin="upper",
-                         linestyles=["--" if v < 0 else "-" for v in levels])
+            axes.contour(
+                values,
+                levels=levels,
+                cmap=scale.cmap,
+                norm=scale.norm(),
+                linewidths=1.1,
+                extent=(left, right, top, bottom),
+                origin="upper",
+                linestyles=["--" if v < 0 else "-" for v in levels],
+            )
     if not crop_only and not canvas.covers_all:
         _outline(axes, canvas)
     if crop_only:
@@ -234,13 +250,15 @@ def colour_bar(figure: Any, axes: Any, scale: ColourScale, view: str = "overlay"
     """A colour bar exactly as tall as ``axes`` (an inset beside it), ticks at zero and the ends written in
     full; pointed ends where the scale was clipped."""
     from matplotlib.cm import ScalarMappable
-
     from matplotlib.colors import Normalize
 
     bar_axes = axes.inset_axes([1.03, 0.0, 0.06, 1.0])  # a child of the panel: exactly as tall as it
     bar_axes.set_label("<colorbar>")
     if view == "masked":  # brightness: the positive part of the map, 0 to the scale's top
-        mappable, ticks = ScalarMappable(norm=Normalize(0.0, scale.high), cmap="gray"), [0.0, scale.high / 2, scale.high]
+        mappable, ticks = (
+            ScalarMappable(norm=Normalize(0.0, scale.high), cmap="gray"),
+            [0.0, scale.high / 2, scale.high],
+        )
         extend = "max" if scale.data_high > scale.high else "neither"
     else:
         mappable, ticks, extend = ScalarMappable(norm=scale.norm(), cmap=scale.cmap), scale.ticks(), scale.extend
@@ -251,12 +269,14 @@ def colour_bar(figure: Any, axes: Any, scale: ColourScale, view: str = "overlay"
     figure.colour_bars = [*getattr(figure, "colour_bars", []), (bar_axes, axes, scale)]
     bar.ax.axhline(0.0, color="black", linewidth=0.6)
     if label:
-        bar.set_label(scale.label() if view != "masked" else "image brightness x map value", fontsize=FONT["tick"],
-                      labelpad=2)
+        bar.set_label(
+            scale.label() if view != "masked" else "image brightness x map value", fontsize=FONT["tick"], labelpad=2
+        )
     return bar
 
 
 # ---- words ---------------------------------------------------------------------------------------------
+
 
 def _score_line(explanation: Any) -> str:
     line = f"{explanation.target} {explanation.score:+.3f}"
@@ -269,13 +289,23 @@ def _score_line(explanation: Any) -> str:
 
 
 def prompt_text(explanation: Any, width: int = 32) -> str:
-    return f"\"{textwrap.shorten(explanation.text, width, placeholder='...')}\"" if explanation.text is not None else "(text)"
+    return (
+        f'"{textwrap.shorten(explanation.text, width, placeholder="...")}"'
+        if explanation.text is not None
+        else "(text)"
+    )
 
 
 def title_of(explanation: Any, width: int = 60) -> str:
     """Prompt, method, target, explained score and model score, wrapped to ``width`` characters."""
-    flags = [word for flag, word in ((explanation.modifies_model, "modifies the model"),
-                                     (explanation.modifies_input, "modifies the input")) if flag]
+    flags = [
+        word
+        for flag, word in (
+            (explanation.modifies_model, "modifies the model"),
+            (explanation.modifies_input, "modifies the input"),
+        )
+        if flag
+    ]
     head = f"{prompt_text(explanation, 80)} · {explanation.method}" + (f" [{', '.join(flags)}]" if flags else "")
     return "\n".join(textwrap.wrap(head, width) + [_score_line(explanation)])
 
@@ -292,6 +322,7 @@ def _notes(figure: Any, explanations: Sequence[Any]) -> None:
 
 
 # ---- figures -------------------------------------------------------------------------------------------
+
 
 def _text_figure(explanation: Any):
     figure = _figure_class()(figsize=(max(3.5, 0.45 * len(explanation.tokens or [])), 2.4), layout="constrained")
@@ -310,8 +341,14 @@ def _text_figure(explanation: Any):
     return figure
 
 
-def explanation_figure(explanation: Any, image: Any = None, *, view: str = "overlay", clip: float | None = None,
-                       max_pixels: int = DRAW_MAX_PIXELS):
+def explanation_figure(
+    explanation: Any,
+    image: Any = None,
+    *,
+    view: str = "overlay",
+    clip: float | None = None,
+    max_pixels: int = DRAW_MAX_PIXELS,
+):
     """One explanation: (a) the image untouched, the model's crop outlined; (b) the map on the whole image
     over the region it covers; (c) the crop alone when the map covers only a crop; one colour bar, as tall
     as the panels, with the raw scale. Panels have equal heights. Text-side explanations: a bar per token."""
@@ -320,8 +357,9 @@ def explanation_figure(explanation: Any, image: Any = None, *, view: str = "over
     canvas = Canvas(explanation, image, max_pixels)
     scale = colour_scale([explanation.map], clip)
     ratios = [canvas.aspect, canvas.aspect] + ([] if canvas.covers_all else [canvas.crop_aspect])
-    figure = _figure_class()(figsize=(PANEL_HEIGHT * sum(ratios) + 0.5 * len(ratios) + 0.9, PANEL_HEIGHT + 0.9),
-                             layout="constrained")
+    figure = _figure_class()(
+        figsize=(PANEL_HEIGHT * sum(ratios) + 0.5 * len(ratios) + 0.9, PANEL_HEIGHT + 0.9), layout="constrained"
+    )
     axes = figure.subplots(1, len(ratios), width_ratios=ratios)
     draw_image(axes[0], canvas)
     what = "map covers the whole image" if canvas.covers_all else "dashed: the model's crop"
@@ -331,12 +369,15 @@ def explanation_figure(explanation: Any, image: Any = None, *, view: str = "over
     if not canvas.covers_all:
         draw_map(axes[2], explanation, canvas, scale, view, crop_only=True)
         left, top, right, bottom = canvas.region
-        axes[2].set_title(f"the model's crop\n({int(round(right - left))}x{int(round(bottom - top))} px of the image)",
-                          fontsize=FONT["title"])
+        axes[2].set_title(
+            f"the model's crop\n({int(round(right - left))}x{int(round(bottom - top))} px of the image)",
+            fontsize=FONT["title"],
+        )
     colour_bar(figure, axes[-1], scale, view)
     grid_shape = "x".join(str(s) for s in explanation.map.shape)
-    figure.suptitle(title_of(explanation, 100) + f"   ·   {explanation.model_id}, map {grid_shape}",
-                    fontsize=FONT["title"] + 1)
+    figure.suptitle(
+        title_of(explanation, 100) + f"   ·   {explanation.model_id}, map {grid_shape}", fontsize=FONT["title"] + 1
+    )
     _notes(figure, [explanation])
     figure.colour_scales = [scale]
     return figure
@@ -355,9 +396,17 @@ def _key(explanation: Any) -> Any:
     return hashlib.sha1(rgb.tobytes()).hexdigest() + str(rgb.shape)
 
 
-def plot(explanations: Sequence[Any] | Any, *, columns: str = "text", scale: str = "shared",
-         clip: float | None = None, view: str = "overlay", images: bool = True,
-         panel_height: float = PANEL_HEIGHT, max_pixels: int = DRAW_MAX_PIXELS):
+def plot(
+    explanations: Sequence[Any] | Any,
+    *,
+    columns: str = "text",
+    scale: str = "shared",
+    clip: float | None = None,
+    view: str = "overlay",
+    images: bool = True,
+    panel_height: float = PANEL_HEIGHT,
+    max_pixels: int = DRAW_MAX_PIXELS,
+):
     """A grid figure of image-side explanations for a paper.
 
     Rows: one per (image, method) and columns one per prompt (``columns="text"``), or ``columns="method"``:
@@ -391,14 +440,20 @@ def plot(explanations: Sequence[Any] | Any, *, columns: str = "text", scale: str
     one_bar_per_row = all(len(found) == 1 for found in row_scales.values())
     ratios = [aspect] * (lead + len(column_names))
     bar_room = 0.75 if one_bar_per_row else 0.75 * len(column_names)
-    figure = _figure_class()(figsize=(panel_height * sum(ratios) + 0.12 * len(ratios) + bar_room + 0.35,
-                                      (panel_height + 0.5) * len(row_keys) + 0.3), layout="constrained")
+    figure = _figure_class()(
+        figsize=(
+            panel_height * sum(ratios) + 0.12 * len(ratios) + bar_room + 0.35,
+            (panel_height + 0.5) * len(row_keys) + 0.3,
+        ),
+        layout="constrained",
+    )
     axes = figure.subplots(len(row_keys), len(ratios), squeeze=False, width_ratios=ratios)
     for row, key in enumerate(row_keys):
         canvas = canvases[key[0]]
         sample = next(e for e in explanations if _key(e) == key[0])
-        row_label = f"{_image_name(sample)}\n" + (key[1] if columns == "text" else
-                                                   f"\"{textwrap.shorten(key[1] or '', 28, placeholder='...')}\"")
+        row_label = f"{_image_name(sample)}\n" + (
+            key[1] if columns == "text" else f'"{textwrap.shorten(key[1] or "", 28, placeholder="...")}"'
+        )
         if images:
             draw_image(axes[row, 0], canvas)
             axes[row, 0].set_title(f"image, {canvas.size_text()}", fontsize=FONT["title"])
@@ -421,17 +476,27 @@ def plot(explanations: Sequence[Any] | Any, *, columns: str = "text", scale: str
             last = index, cell
         if one_bar_per_row and last is not None:
             colour_bar(figure, last[1], scales[last[0]], view)
-    shared = {"shared": "one colour scale per method (its maps share units)", "all": "one colour scale for every map",
-              "per_map": "each map on its own colour scale"}[scale]
-    figure.suptitle(f"{explanations[0].model_id}: {shared} (raw values, 0 marked on the bar)",
-                    fontsize=FONT["title"] + 1)
+    shared = {
+        "shared": "one colour scale per method (its maps share units)",
+        "all": "one colour scale for every map",
+        "per_map": "each map on its own colour scale",
+    }[scale]
+    figure.suptitle(
+        f"{explanations[0].model_id}: {shared} (raw values, 0 marked on the bar)", fontsize=FONT["title"] + 1
+    )
     _notes(figure, explanations)
     figure.colour_scales = scales
     return figure
 
 
-def comparison_figure(explanations: Sequence[Any], *, scale: str = "shared", clip: float | None = None,
-                      view: str = "overlay", max_pixels: int = DRAW_MAX_PIXELS):
+def comparison_figure(
+    explanations: Sequence[Any],
+    *,
+    scale: str = "shared",
+    clip: float | None = None,
+    view: str = "overlay",
+    max_pixels: int = DRAW_MAX_PIXELS,
+):
     """The maps of one image (``explain IMAGE --text a --text b --methods x,y,z``): a row per method, a column
     per prompt, each method's row on one colour scale by default (``scale="all"``: one for every map)."""
     return plot(list(explanations), columns="text", scale=scale, clip=clip, view=view, max_pixels=max_pixels)
@@ -451,7 +516,9 @@ def map_card_png(patch_map: Any, image: Any, width: int = 128, scale: ColourScal
     height = max(1, round(width * picture.height / picture.width))
     resample = Image.Resampling.BICUBIC if picture.width < width else Image.Resampling.LANCZOS
     base = np.asarray(picture.resize((width, height), resample), dtype=np.float64) / 255
-    values = np.asarray(patch_map.detach().double() if isinstance(patch_map, torch.Tensor) else patch_map, dtype=np.float64)
+    values = np.asarray(
+        patch_map.detach().double() if isinstance(patch_map, torch.Tensor) else patch_map, dtype=np.float64
+    )
     scale = scale or colour_scale([values])
     rgba = scale.rgba(upsample(torch.from_numpy(values), (height, width)).numpy())
     alpha = rgba[..., 3:4]
@@ -461,14 +528,25 @@ def map_card_png(patch_map: Any, image: Any, width: int = 128, scale: ColourScal
     ramp_values = np.linspace(scale.high, scale.low, height)  # top = the scale's top
     ramp = colormaps[scale.cmap](scale.position(ramp_values))[:, None, :3].repeat(8, axis=1)  # (height, 8, 3)
     zero = int(np.argmin(np.abs(ramp_values)))
-    ramp[max(0, zero - 1):zero + 1] = 0.0  # the zero mark
+    ramp[max(0, zero - 1) : zero + 1] = 0.0  # the zero mark
     canvas = np.ones((height, width + 12, 3))
     canvas[:, :width] = blended
-    canvas[:, width + 4:] = ramp
+    canvas[:, width + 4 :] = ramp
     buffer = io.BytesIO()
     Image.fromarray((canvas * 255).round().astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue(), f"scale {tick_text(scale.low)} to {tick_text(scale.high)}"
 
 
-__all__ = ["Canvas", "FORMATS", "VIEWS", "bounded_rgb", "comparison_figure", "explanation_figure", "figure_bytes",
-           "figure_png", "map_card_png", "plot", "title_of"]
+__all__ = [
+    "Canvas",
+    "FORMATS",
+    "VIEWS",
+    "bounded_rgb",
+    "comparison_figure",
+    "explanation_figure",
+    "figure_bytes",
+    "figure_png",
+    "map_card_png",
+    "plot",
+    "title_of",
+]

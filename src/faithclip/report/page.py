@@ -55,8 +55,15 @@ def data_uri(png: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(png).decode()
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, bad_rows: Iterable[int] = (),
-          bad_cells: Iterable[tuple[int, int]] = (), text_columns: Iterable[int] = (0,), raw: bool = False) -> str:
+def table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    bad_rows: Iterable[int] = (),
+    bad_cells: Iterable[tuple[int, int]] = (),
+    text_columns: Iterable[int] = (0,),
+    raw: bool = False,
+) -> str:
     """A table inside a horizontally scrolling box. ``bad_rows`` (row indices) and ``bad_cells``
     ((row, column)) get the ``bad`` class; ``text_columns`` are left-aligned; ``raw=True``: cells are
     already HTML."""
@@ -77,13 +84,15 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, bad_rows: Ite
 def html_page(title: str, body_html: str, *, subtitle: str | None = None, css: str = "") -> str:
     """A complete self-contained HTML document around ``body_html`` (already escaped HTML)."""
     sub = f"<p class='meta'>{subtitle}</p>" if subtitle else ""
-    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<meta name='generator' content='faithclip {esc(__version__)}'>"
-            f"<title>{esc(title)}</title><style>{CSS}{css}</style></head>"
-            f"<body><h1>{esc(title)}</h1>{sub}{body_html}"
-            f"<p class='meta'>Written by faithclip {esc(__version__)}; self-contained page (no network).</p>"
-            "</body></html>")
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<meta name='generator' content='faithclip {esc(__version__)}'>"
+        f"<title>{esc(title)}</title><style>{CSS}{css}</style></head>"
+        f"<body><h1>{esc(title)}</h1>{sub}{body_html}"
+        f"<p class='meta'>Written by faithclip {esc(__version__)}; self-contained page (no network).</p>"
+        "</body></html>"
+    )
 
 
 def write_report(out: str | Path, name: str, record: Any, page: str) -> tuple[Path, Path]:

@@ -75,17 +75,21 @@ def domain_warning(rgb: np.ndarray, model_name: str) -> str | None:
     share = float(off_palette_share(rgb[None])[0])
     if share <= THRESHOLD:
         return None
-    return (f"out of domain: {100 * share:.0f} % of the input's pixels have colours the shapes world never shows "
-            f"(shapes scenes: at most {100 * THRESHOLD:.1f} %, exceeded by 0.7 % of held-out ones); {model_name} was trained only on "
-            "coloured shapes, so its score and map of this image say nothing about it")
+    return (
+        f"out of domain: {100 * share:.0f} % of the input's pixels have colours the shapes world never shows "
+        f"(shapes scenes: at most {100 * THRESHOLD:.1f} %, exceeded by 0.7 % of held-out ones); {model_name} was trained only on "
+        "coloured shapes, so its score and map of this image say nothing about it"
+    )
 
 
 def main() -> int:
     threshold = calibrate()
     held_out = shapes_statistics(2 * CALIBRATION_SCENES, HELD_OUT_SEED)
     print(f"threshold ({PERCENTILE}th percentile of {CALIBRATION_SCENES} calibration scenes): {threshold:.4f}")
-    print(f"false alarms at THRESHOLD={THRESHOLD}: {int((held_out > THRESHOLD).sum())} of {len(held_out)} held-out "
-          f"scenes ({100 * float((held_out > THRESHOLD).mean()):.2f} %)")
+    print(
+        f"false alarms at THRESHOLD={THRESHOLD}: {int((held_out > THRESHOLD).sum())} of {len(held_out)} held-out "
+        f"scenes ({100 * float((held_out > THRESHOLD).mean()):.2f} %)"
+    )
     return 0
 
 

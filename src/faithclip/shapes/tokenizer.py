@@ -45,9 +45,7 @@ def build_word_tokenizer(words: Iterable[str]) -> Tokenizer:
     return tokenizer
 
 
-def as_transformers_tokenizer(
-    tokenizer: Tokenizer, max_length: int = DEFAULT_MAX_LENGTH
-) -> PreTrainedTokenizerFast:
+def as_transformers_tokenizer(tokenizer: Tokenizer, max_length: int = DEFAULT_MAX_LENGTH) -> PreTrainedTokenizerFast:
     """Wrap for ``transformers``: pads with ``<pad>`` on the right, truncates to ``max_length``."""
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

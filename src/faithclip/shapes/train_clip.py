@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+
 @dataclass(frozen=True)
 class ShapesRecipe:
     """Architecture and optimisation settings of the shapes CLIP."""
@@ -119,9 +120,7 @@ def build_model(recipe: ShapesRecipe, tokenizer: PreTrainedTokenizerFast) -> CLI
         "image_size": recipe.image_size,
         "patch_size": recipe.patch_size,
     }
-    config = CLIPConfig(
-        text_config=text_config, vision_config=vision_config, projection_dim=recipe.projection_dim
-    )
+    config = CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=recipe.projection_dim)
     return CLIPModel._from_config(config, attn_implementation="eager")
 
 
@@ -227,12 +226,18 @@ def train_shapes(
     Returns the final held-out metrics plus ``steps``, ``minutes`` and ``final_loss``.
     """
     recipe = recipe or ShapesRecipe()
-    return budgeted(out_dir, minutes, recipe.threads,
-                    lambda out: _train(out, minutes, seed, recipe, command, max_steps, mechanism))
+    return budgeted(
+        out_dir, minutes, recipe.threads, lambda out: _train(out, minutes, seed, recipe, command, max_steps, mechanism)
+    )
 
 
 def _train(
-    out_dir: Path, minutes: float, seed: int, recipe: ShapesRecipe, command: str | None, max_steps: int | None,
+    out_dir: Path,
+    minutes: float,
+    seed: int,
+    recipe: ShapesRecipe,
+    command: str | None,
+    max_steps: int | None,
     mechanism: str = "objects",
 ) -> dict[str, float]:
     torch.manual_seed(seed)

@@ -160,13 +160,23 @@ def train_siglip(
     figure, its defaults otherwise) plus ``steps``, ``minutes``, ``cpu_minutes`` and the losses.
     """
     recipe = recipe or SiglipRecipe()
-    return budgeted(out_dir, minutes, recipe.threads,
-                    lambda out: _train(out, minutes, seed, recipe, command, max_steps, held_out_scenes, mechanism))
+    return budgeted(
+        out_dir,
+        minutes,
+        recipe.threads,
+        lambda out: _train(out, minutes, seed, recipe, command, max_steps, held_out_scenes, mechanism),
+    )
 
 
 def _train(
-    out_dir: Path, minutes: float, seed: int, recipe: SiglipRecipe, command: str | None, max_steps: int | None,
-    held_out_scenes: int, mechanism: str = "objects",
+    out_dir: Path,
+    minutes: float,
+    seed: int,
+    recipe: SiglipRecipe,
+    command: str | None,
+    max_steps: int | None,
+    held_out_scenes: int,
+    mechanism: str = "objects",
 ) -> dict[str, float]:
     torch.manual_seed(seed)
     world = ShapesWorld(recipe.image_size, seed=seed, mechanism=mechanism)
@@ -188,10 +198,21 @@ def _train(
         return loss + recipe.prompt_separation * prompt_separation_loss(prompts, scale.detach())
 
     return train_and_save(
-        out_dir, family="siglip", model=model, world=world, recipe=recipe, seed=seed, minutes=minutes,
-        command=command, max_steps=max_steps, held_out_scenes=held_out_scenes, batch_loss=batch_loss,
-        eval_logits=lambda batch: _prompt_logits(model, recipe, prompt_ids, batch), evaluate_dir=evaluate_dir,
-        tokenizer=tokenizer, image_processor=build_image_processor(recipe),
+        out_dir,
+        family="siglip",
+        model=model,
+        world=world,
+        recipe=recipe,
+        seed=seed,
+        minutes=minutes,
+        command=command,
+        max_steps=max_steps,
+        held_out_scenes=held_out_scenes,
+        batch_loss=batch_loss,
+        eval_logits=lambda batch: _prompt_logits(model, recipe, prompt_ids, batch),
+        evaluate_dir=evaluate_dir,
+        tokenizer=tokenizer,
+        image_processor=build_image_processor(recipe),
         final_state=lambda: {"logit_scale_exp": model.logit_scale.exp().item(), "logit_bias": model.logit_bias.item()},
     )
 
@@ -210,8 +231,14 @@ def evaluate_dir(
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     image_size = model.config.vision_config.image_size
     input_ids = tokenizer(list(ShapesWorld(image_size).prompts), padding="max_length", return_tensors="pt").input_ids
-    return evaluate_saved(directory, image_size, scenes, seed, world_seed,
-                          lambda pixels: model(input_ids=input_ids, pixel_values=pixels).logits_per_image)
+    return evaluate_saved(
+        directory,
+        image_size,
+        scenes,
+        seed,
+        world_seed,
+        lambda pixels: model(input_ids=input_ids, pixel_values=pixels).logits_per_image,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,13 +109,23 @@ def train_vit(
     figure, its defaults otherwise) plus ``steps``, ``minutes``, ``cpu_minutes`` and the losses.
     """
     recipe = recipe or ViTRecipe()
-    return budgeted(out_dir, minutes, recipe.threads,
-                    lambda out: _train(out, minutes, seed, recipe, command, max_steps, held_out_scenes, mechanism))
+    return budgeted(
+        out_dir,
+        minutes,
+        recipe.threads,
+        lambda out: _train(out, minutes, seed, recipe, command, max_steps, held_out_scenes, mechanism),
+    )
 
 
 def _train(
-    out_dir: Path, minutes: float, seed: int, recipe: ViTRecipe, command: str | None, max_steps: int | None,
-    held_out_scenes: int, mechanism: str = "objects",
+    out_dir: Path,
+    minutes: float,
+    seed: int,
+    recipe: ViTRecipe,
+    command: str | None,
+    max_steps: int | None,
+    held_out_scenes: int,
+    mechanism: str = "objects",
 ) -> dict[str, float]:
     torch.manual_seed(seed)
     world = ShapesWorld(recipe.image_size, seed=seed, mechanism=mechanism)
@@ -127,10 +137,21 @@ def _train(
         return soft_target_cross_entropy(logits.float(), present_classes(batch.labels, world.num_classes))
 
     return train_and_save(
-        out_dir, family="vit", model=model, world=world, recipe=recipe, seed=seed, minutes=minutes, command=command,
-        max_steps=max_steps, held_out_scenes=held_out_scenes, batch_loss=batch_loss,
-        eval_logits=lambda batch: _class_logits(model, recipe, batch), evaluate_dir=evaluate_dir,
-        tokenizer=None, image_processor=build_image_processor(recipe),
+        out_dir,
+        family="vit",
+        model=model,
+        world=world,
+        recipe=recipe,
+        seed=seed,
+        minutes=minutes,
+        command=command,
+        max_steps=max_steps,
+        held_out_scenes=held_out_scenes,
+        batch_loss=batch_loss,
+        eval_logits=lambda batch: _class_logits(model, recipe, batch),
+        evaluate_dir=evaluate_dir,
+        tokenizer=None,
+        image_processor=build_image_processor(recipe),
     )
 
 
@@ -147,8 +168,9 @@ def evaluate_dir(
     prompts = ShapesWorld(model.config.image_size).prompts
     if [model.config.id2label[c] for c in range(len(prompts))] != list(prompts):
         raise ValueError(f"{directory}: id2label is not the shapes world's prompts in order")
-    return evaluate_saved(directory, model.config.image_size, scenes, seed, world_seed,
-                          lambda pixels: model(pixel_values=pixels).logits)
+    return evaluate_saved(
+        directory, model.config.image_size, scenes, seed, world_seed, lambda pixels: model(pixel_values=pixels).logits
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -314,11 +314,23 @@ def evaluate_main(argv: list[str] | None, family: str, evaluate_dir: Callable[[s
 
 
 def train_and_save(
-    out_dir: Path, *, family: str, model: torch.nn.Module, world: ShapesWorld, recipe: VisionRecipe, seed: int,
-    minutes: float, command: str | None, max_steps: int | None, held_out_scenes: int,
+    out_dir: Path,
+    *,
+    family: str,
+    model: torch.nn.Module,
+    world: ShapesWorld,
+    recipe: VisionRecipe,
+    seed: int,
+    minutes: float,
+    command: str | None,
+    max_steps: int | None,
+    held_out_scenes: int,
     batch_loss: Callable[[SceneBatch, torch.Tensor], torch.Tensor],
-    eval_logits: Callable[[SceneBatch], np.ndarray], evaluate_dir: Callable[..., dict],
-    tokenizer: Any, image_processor: Any, final_state: Callable[[], dict] = dict,
+    eval_logits: Callable[[SceneBatch], np.ndarray],
+    evaluate_dir: Callable[..., dict],
+    tokenizer: Any,
+    image_processor: Any,
+    final_state: Callable[[], dict] = dict,
 ) -> dict[str, float]:
     """The stand-ins' shared loop and ending: AdamW with the schedule and curriculum of ``recipe`` until the
     budget (or ``max_steps``) is spent, gradients clipped at norm 1, held-out figures logged every
@@ -393,8 +405,14 @@ def train_and_save(
     return {**held_out, **training}
 
 
-def evaluate_saved(directory: Path, image_size: int, scenes: int, seed: int, world_seed: int | None,
-                   class_logits: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+def evaluate_saved(
+    directory: Path,
+    image_size: int,
+    scenes: int,
+    seed: int,
+    world_seed: int | None,
+    class_logits: Callable[[torch.Tensor], torch.Tensor],
+) -> dict:
     """Held-out figures of a saved directory: the scenes' PIL images through the directory's own
     ``AutoImageProcessor``, then ``class_logits(pixels) -> (N, C)``, the model's own scores of the world's
     classes. ``world_seed`` defaults to the ``seed`` in the directory's ``TRAINING.json``."""
@@ -415,5 +433,10 @@ def evaluate_saved(directory: Path, image_size: int, scenes: int, seed: int, wor
         return torch.cat(parts).numpy()  # (N, C)
 
     metrics = classification_metrics(scores, world, scenes, seed)
-    return {"scenes": scenes, "world_seed": world_seed, "mechanism": world.mechanism, "sample_seeds": [seed, seed + 1],
-            **metrics}
+    return {
+        "scenes": scenes,
+        "world_seed": world_seed,
+        "mechanism": world.mechanism,
+        "sample_seeds": [seed, seed + 1],
+        **metrics,
+    }

@@ -226,9 +226,7 @@ class ShapesWorld:
         self.mechanism = mechanism
         self.cue_size = int(round(8 * image_size / 64.0))
         self.ignored_shape = SHAPES.index(IGNORED_SHAPE)
-        self.prompts: tuple[str, ...] = tuple(
-            class_caption(label) for label in range(len(SHAPES) * len(COLOURS))
-        )
+        self.prompts: tuple[str, ...] = tuple(class_caption(label) for label in range(len(SHAPES) * len(COLOURS)))
         self.num_classes = len(self.prompts)
         self._scale = self.image_size / 64.0
         # Pixel centres, used by every shape and distractor equation.
@@ -271,8 +269,10 @@ class ShapesWorld:
         if kind not in ("recolour", "remove"):
             raise ValueError(f"kind must be 'recolour' or 'remove', got {kind!r}")
         if self.mechanism != "objects":
-            raise ValueError("counterfactual_pairs edits the default world's objects; in a planted world use "
-                             "probe_layout with without / restyled and render")
+            raise ValueError(
+                "counterfactual_pairs edits the default world's objects; in a planted world use "
+                "probe_layout with without / restyled and render"
+            )
         rng = self._rng(seed)
         counts = rng.integers(min_objects, MAX_OBJECTS + 1, size=n)
         layout = self._layout(rng, counts)
@@ -300,7 +300,10 @@ class ShapesWorld:
 
     # ------------------------------------------------------------------ layout
     def _layout(
-        self, rng: np.random.Generator, counts: np.ndarray, first_labels: np.ndarray | None = None,
+        self,
+        rng: np.random.Generator,
+        counts: np.ndarray,
+        first_labels: np.ndarray | None = None,
         plant: bool = True,
     ) -> Layout:
         planting = plant and self.mechanism != "objects"
@@ -336,24 +339,44 @@ class ShapesWorld:
             return replace(layout, drawn=np.where(present, labels // len(SHAPES) * len(SHAPES) + shapes, -1))
         if self.mechanism == "cue":
             drawn = np.where(present, rng.integers(0, self.num_classes, size=labels.shape), -1)
-            return replace(layout, drawn=drawn, colours_rgb=self._jittered_colours(rng, drawn),
-                           cue=labels[rows, layout.targets].copy())
+            return replace(
+                layout,
+                drawn=drawn,
+                colours_rgb=self._jittered_colours(rng, drawn),
+                cue=labels[rows, layout.targets].copy(),
+            )
         # ignore-shape: each scene's last object is a ring; the target is one of the others and never a ring.
         ring = self.ignored_shape
         last = counts - 1
         targets = np.floor(rng.random(n) * last).astype(np.int64)
-        self._assign_distinct(rng, labels, last, np.ones(n, dtype=bool),
-                              lambda: rng.integers(0, len(COLOURS), size=n) * len(SHAPES) + ring)
+        self._assign_distinct(
+            rng,
+            labels,
+            last,
+            np.ones(n, dtype=bool),
+            lambda: rng.integers(0, len(COLOURS), size=n) * len(SHAPES) + ring,
+        )
         named = labels[rows, targets]
         other_shapes = np.array([s for s in range(len(SHAPES)) if s != ring])
-        self._assign_distinct(rng, labels, targets, named % len(SHAPES) == ring,
-                              lambda: named // len(SHAPES) * len(SHAPES) + rng.choice(other_shapes, size=n))
-        return replace(layout, labels=labels, colours_rgb=self._jittered_colours(rng, labels), targets=targets,
-                       nameable=present & (labels % len(SHAPES) != ring))
+        self._assign_distinct(
+            rng,
+            labels,
+            targets,
+            named % len(SHAPES) == ring,
+            lambda: named // len(SHAPES) * len(SHAPES) + rng.choice(other_shapes, size=n),
+        )
+        return replace(
+            layout,
+            labels=labels,
+            colours_rgb=self._jittered_colours(rng, labels),
+            targets=targets,
+            nameable=present & (labels % len(SHAPES) != ring),
+        )
 
     @staticmethod
-    def _assign_distinct(rng: np.random.Generator, labels: np.ndarray, slot: np.ndarray, pending: np.ndarray,
-                         propose) -> None:
+    def _assign_distinct(
+        rng: np.random.Generator, labels: np.ndarray, slot: np.ndarray, pending: np.ndarray, propose
+    ) -> None:
         """Set ``labels[i, slot[i]]`` for the ``pending`` scenes to ``propose()[i]``, redrawing until it is
         distinct from the scene's other classes; in place."""
         rows = np.arange(len(labels))
@@ -592,8 +615,10 @@ class ShapesWorld:
             )
         planted = {}
         if layout.drawn is not None or layout.nameable is not None or layout.cue is not None:
-            planted = {"drawn": layout.drawn_labels.copy(),
-                       "nameable": (layout.labels >= 0) if layout.nameable is None else layout.nameable.copy()}
+            planted = {
+                "drawn": layout.drawn_labels.copy(),
+                "nameable": (layout.labels >= 0) if layout.nameable is None else layout.nameable.copy(),
+            }
         if layout.cue is not None:
             planted.update(cue_labels=layout.cue.copy(), cue_masks=self._paint_cue(images, layout.cue))
         return SceneBatch(
@@ -606,7 +631,6 @@ class ShapesWorld:
             prompts=self.prompts,
             **planted,
         )
-
 
     def cue_box(self, label: int) -> tuple[int, int, int, int]:
         """``(x0, y0, x1, y1)``, end exclusive, of the cue showing class ``label``."""

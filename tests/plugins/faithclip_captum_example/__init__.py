@@ -26,10 +26,15 @@ def integrated_gradients(model, pixels: torch.Tensor, texts: list[str]) -> torch
         return F.normalize(model.encode_image(batch), dim=-1) @ text_embeds.T
 
     ig = IntegratedGradients(cosine)
-    maps = [ig.attribute(pixels, baselines=torch.zeros_like(pixels), target=k, n_steps=STEPS).sum(dim=1)
-            for k in range(len(texts))]  # K x (B, H, W)
+    maps = [
+        ig.attribute(pixels, baselines=torch.zeros_like(pixels), target=k, n_steps=STEPS).sum(dim=1)
+        for k in range(len(texts))
+    ]  # K x (B, H, W)
     return torch.stack(maps, dim=1)  # (B, K, H, W)
 
 
-SPEC = callable_method(integrated_gradients, "captum_ig",
-                       paper="Sundararajan, Taly & Yan, Axiomatic Attribution for Deep Networks, ICML 2017 (Captum)")
+SPEC = callable_method(
+    integrated_gradients,
+    "captum_ig",
+    paper="Sundararajan, Taly & Yan, Axiomatic Attribution for Deep Networks, ICML 2017 (Captum)",
+)

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from faithclip.methods.official.rewrite import BlockTrace
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``heads`` heads of width ``D / heads`` with the softmax scale ``scale``: q, k, v ``(B, T, D)`` ->
     output ``(B, T, D)`` (heads concatenated) and probabilities ``(B, heads, T, T)``."""
     batch, tokens, width = q.shape
@@ -45,7 +46,7 @@ def recompute_block(layer: Any, hidden: torch.Tensor, heads: int | None = 1) -> 
     heads = int(attn.num_heads) if heads is None else heads
     width = hidden.shape[-1]
     qkv = attn.qkv(layer.layer_norm1(hidden))  # (B, T, 3D): [q | k | v]
-    q, k, v = qkv[..., :width], qkv[..., width:2 * width], qkv[..., 2 * width:]
+    q, k, v = qkv[..., :width], qkv[..., width : 2 * width], qkv[..., 2 * width :]
     attn_out, probs = attention(q, k, v, heads, float(attn.scale))
     mid = hidden + attn.projection(attn_out)  # (B, T, D)
     out = mid + layer.mlp(layer.layer_norm2(mid))
@@ -70,26 +71,28 @@ def vision_tokens(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple
     return torch.cat([cls, patches], dim=1) + positions, grid
 
 
-def encode_image_rewritten(model: Any, pixels: torch.Tensor, *, heads: int | None = 1,
-                           layers: int = 1) -> tuple[torch.Tensor, list[BlockTrace], tuple[int, int]]:
+def encode_image_rewritten(
+    model: Any, pixels: torch.Tensor, *, heads: int | None = 1, layers: int = 1
+) -> tuple[torch.Tensor, list[BlockTrace], tuple[int, int]]:
     """ITC image features ``(B, E)`` of the rewritten forward (last ``layers`` blocks with ``heads`` heads),
     one trace per recomputed block and the patch grid (the signature of ``rewrite.encode_image_rewritten``)."""
     blocks = model.vision_model.encoder.layers
     if not 1 <= layers <= len(blocks):
         raise ValueError(f"layers must be between 1 and {len(blocks)}, got {layers}")
     hidden, grid = vision_tokens(model, pixels)
-    for layer in blocks[:len(blocks) - layers]:
+    for layer in blocks[: len(blocks) - layers]:
         hidden = layer(hidden)
     traces = []
-    for layer in blocks[len(blocks) - layers:]:
+    for layer in blocks[len(blocks) - layers :]:
         hidden, trace = recompute_block(layer, hidden, heads)
         traces.append(trace)
     pooled = model.vision_model.post_layernorm(hidden[:, 0])  # (B, D); a LayerNorm acts per token
     return model.vision_proj(pooled), traces, grid
 
 
-def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, lambda_qk: str, model: Any | None = None,
-               heads: int | None = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+def image_maps(
+    ctx: Any, pixels: torch.Tensor, layers: int, lambda_qk: str, model: Any | None = None, heads: int | None = 1
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """BLIP's published maps of ONE input (``formula.embedding_image_maps`` through this rewrite)."""
     from faithclip.methods.official.formula import embedding_image_maps
 

@@ -18,7 +18,6 @@ from faithclip.mapmath import minmax
 from faithclip.methods.common import LAMBDA_QK
 
 
-
 def official_lambda(q: torch.Tensor, k: torch.Tensor, query: int, keys: slice, out_proj: Any | None) -> torch.Tensor:
     """Min-max normalised cosine of the query token's q and the keys' k: q, k ``(T, D)`` -> ``(len(keys),)``.
 
@@ -48,7 +47,9 @@ def out_proj_for(trace_layer: Any, lambda_qk: str, family: Any = None) -> Any | 
     return family.attention(trace_layer).out if family is not None else trace_layer.self_attn.out_proj
 
 
-def official_image_maps(scores: torch.Tensor, traces: list, lams: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+def official_image_maps(
+    scores: torch.Tensor, traces: list, lams: list[torch.Tensor], grid: tuple[int, int]
+) -> torch.Tensor:
     """The published image map of each score ``(K,)``: ``sum_l ReLU(lambda_l * sum_c g_c v_jc)`` over the
     rewritten layers' traces (``attn_out``, ``v`` of the class token's forward), on the patch grid: ``(K, gh, gw)``."""
     maps = []
@@ -59,25 +60,37 @@ def official_image_maps(scores: torch.Tensor, traces: list, lams: list[torch.Ten
     return torch.stack(maps).detach()
 
 
-def embedding_image_maps(ctx: Any, pixels: torch.Tensor, layers: int, lambda_qk: str, model: Any | None, heads: int | None,
-                         encode: Callable[..., tuple[torch.Tensor, list, tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+def embedding_image_maps(
+    ctx: Any,
+    pixels: torch.Tensor,
+    layers: int,
+    lambda_qk: str,
+    model: Any | None,
+    heads: int | None,
+    encode: Callable[..., tuple[torch.Tensor, list, tuple[int, int]]],
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Official image maps of ONE input ``pixels (1, 3, H, W)`` against the context's K texts, through a rewritten
     forward ``encode(model, pixels, heads=, layers=) -> (embeddings, traces, grid)`` whose embeddings the
     context's target scores (CLIP's and BLIP's pipelines). Returns maps ``(K, gh, gw)``, the rewritten scores
     ``(K,)`` and the grid. ``heads=None`` applies the same formula to the model's own heads (the audit's arms)."""
     model = ctx.handle.model if model is None else model
     blocks = ctx.family.blocks(model, "vision")
-    recomputed = list(blocks[len(blocks) - layers:])
+    recomputed = list(blocks[len(blocks) - layers :])
     text_embeds = ctx.fixed_text_embeds().to(pixels.dtype)
     with torch.enable_grad():
         embeds, traces, grid = encode(model, pixels, heads=heads, layers=layers)
-        scores = ctx.target.scores(embeds, text_embeds, ctx.handle.logit_scale.detach().to(embeds.dtype),
-                                   None if ctx.extra_embeds() is None else ctx.extra_embeds().to(embeds.dtype))[0]
-        lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), out_proj_for(layer, lambda_qk, ctx.family))
-                for t, layer in zip(traces, recomputed)]  # (T-1,) each
+        scores = ctx.target.scores(
+            embeds,
+            text_embeds,
+            ctx.handle.logit_scale.detach().to(embeds.dtype),
+            None if ctx.extra_embeds() is None else ctx.extra_embeds().to(embeds.dtype),
+        )[0]
+        lams = [
+            official_lambda(t.q[0], t.k[0], 0, slice(1, None), out_proj_for(layer, lambda_qk, ctx.family))
+            for t, layer in zip(traces, recomputed)
+        ]  # (T-1,) each
         maps = official_image_maps(scores, traces, lams, grid)
     return maps, scores.detach(), grid
 
 
-__all__ = ["official_lambda", "official_term", "out_proj_for", "official_image_maps",
-           "embedding_image_maps"]
+__all__ = ["official_lambda", "official_term", "out_proj_for", "official_image_maps", "embedding_image_maps"]

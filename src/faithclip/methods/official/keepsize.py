@@ -36,8 +36,9 @@ def keep_size_size(width: int, height: int, patch: int) -> tuple[int, int]:
     return int(width / patch + 0.5) * patch, int(height / patch + 0.5) * patch
 
 
-def keep_size_pixels(image: Image.Image, patch: int, preprocess: ImagePreprocess,
-                     cap: int | None = OFFICIAL_SHORT_SIDE_CAP) -> torch.Tensor:
+def keep_size_pixels(
+    image: Image.Image, patch: int, preprocess: ImagePreprocess, cap: int | None = OFFICIAL_SHORT_SIDE_CAP
+) -> torch.Tensor:
     """Normalised pixels ``(3, nh, nw)`` of the official explanation input for an RGB PIL image."""
     image = cap_short_side(image.convert("RGB"), cap)
     size = keep_size_size(*image.size, patch)

@@ -41,8 +41,9 @@ class BlockTrace:
     hidden_in: torch.Tensor  # (B, T, D) input of the block
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention with ``heads`` heads of width ``D / heads``.
 
     q, k, v ``(B, T, D)``; ``mask`` additive ``(T, T)``. Returns the output ``(B, T, D)`` (heads
@@ -54,7 +55,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
         raise ValueError(f"width {width} is not divisible by {heads} heads")
     head_dim = width // heads
     split = (batch, tokens, heads, head_dim)
-    qh = (q * head_dim ** -0.5).view(split).transpose(1, 2)  # (B, h, T, hd)
+    qh = (q * head_dim**-0.5).view(split).transpose(1, 2)  # (B, h, T, hd)
     kh = k.view(split).transpose(1, 2)  # (B, h, T, hd)
     vh = v.view(split).transpose(1, 2)  # (B, h, T, hd)
     logits = qh @ kh.transpose(-1, -2)  # (B, h, T, T)
@@ -69,8 +70,9 @@ def model_heads(layer: Any) -> int:
     return int(layer.self_attn.num_heads)
 
 
-def recompute_block(layer: Any, hidden: torch.Tensor, heads: int | None = 1,
-                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, BlockTrace]:
+def recompute_block(
+    layer: Any, hidden: torch.Tensor, heads: int | None = 1, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, BlockTrace]:
     """One pre-LN CLIP block computed from its own weights with ``heads`` heads (``None``: the model's).
 
     hidden ``(B, T, D)`` -> ``(B, T, D)``, plus the block's internals.
@@ -117,8 +119,9 @@ def vision_tokens(model: Any, pixels: torch.Tensor) -> torch.Tensor:
     return model.vision_model.pre_layrnorm(tokens)
 
 
-def encode_image_rewritten(model: Any, pixels: torch.Tensor, *, heads: int | None = 1,
-                           layers: int = 1) -> tuple[torch.Tensor, list[BlockTrace], tuple[int, int]]:
+def encode_image_rewritten(
+    model: Any, pixels: torch.Tensor, *, heads: int | None = 1, layers: int = 1
+) -> tuple[torch.Tensor, list[BlockTrace], tuple[int, int]]:
     """Image embeddings ``(B, P)`` of the rewritten forward: the last ``layers`` blocks recomputed with
     ``heads`` heads (``None`` = the model's own), position embeddings interpolated to the pixels' grid.
 
@@ -130,10 +133,10 @@ def encode_image_rewritten(model: Any, pixels: torch.Tensor, *, heads: int | Non
     patch = model.vision_model.embeddings.patch_size
     grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
     hidden = vision_tokens(model, pixels)  # (B, T, D)
-    for layer in blocks[:len(blocks) - layers]:
+    for layer in blocks[: len(blocks) - layers]:
         hidden = layer(hidden, None)
     traces = []
-    for layer in blocks[len(blocks) - layers:]:
+    for layer in blocks[len(blocks) - layers :]:
         hidden, trace = recompute_block(layer, hidden, heads)
         traces.append(trace)
     pooled = model.vision_model.post_layernorm(hidden[:, 0])  # (B, D); ln_post is per token
@@ -146,8 +149,9 @@ def causal_mask(tokens: int, dtype: torch.dtype, device: torch.device) -> torch.
     return mask.triu_(1)
 
 
-def encode_text_rewritten(model: Any, input_ids: torch.Tensor, eos_positions: torch.Tensor, *,
-                          heads: int | None = 1, layers: int = 8) -> tuple[torch.Tensor, list[BlockTrace]]:
+def encode_text_rewritten(
+    model: Any, input_ids: torch.Tensor, eos_positions: torch.Tensor, *, heads: int | None = 1, layers: int = 8
+) -> tuple[torch.Tensor, list[BlockTrace]]:
     """Text embeddings ``(K, P)`` with the last ``layers`` text blocks recomputed with ``heads`` heads.
 
     Like the official code the only mask is the causal one (padding tokens are attended to by the
@@ -158,10 +162,10 @@ def encode_text_rewritten(model: Any, input_ids: torch.Tensor, eos_positions: to
     layers = min(layers, len(blocks))
     hidden = text.embeddings(input_ids=input_ids)  # (K, L, D)
     mask = causal_mask(input_ids.shape[1], hidden.dtype, hidden.device)  # (L, L)
-    for layer in blocks[:len(blocks) - layers]:
+    for layer in blocks[: len(blocks) - layers]:
         hidden = layer(hidden, mask[None, None])
     traces = []
-    for layer in blocks[len(blocks) - layers:]:
+    for layer in blocks[len(blocks) - layers :]:
         hidden, trace = recompute_block(layer, hidden, heads, mask)
         traces.append(trace)
     hidden = text.final_layer_norm(hidden)  # (K, L, D)
@@ -169,8 +173,9 @@ def encode_text_rewritten(model: Any, input_ids: torch.Tensor, eos_positions: to
     return model.text_projection(pooled), traces
 
 
-def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, lambda_qk: str, model: Any | None = None,
-               heads: int | None = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+def image_maps(
+    ctx: Any, pixels: torch.Tensor, layers: int, lambda_qk: str, model: Any | None = None, heads: int | None = 1
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """CLIP's published maps of ONE input (``formula.embedding_image_maps`` through this rewrite)."""
     from faithclip.methods.official.formula import embedding_image_maps
 
@@ -183,5 +188,15 @@ def image_embeds(model: Any, pixels: torch.Tensor, heads: int | None) -> torch.T
     return encode_image_rewritten(model, pixels, heads=heads, layers=1)[0]
 
 
-__all__ = ["image_maps", "image_embeds", "BlockTrace", "attention", "recompute_block", "interpolated_positions", "vision_tokens",
-           "encode_image_rewritten", "encode_text_rewritten", "causal_mask"]
+__all__ = [
+    "image_maps",
+    "image_embeds",
+    "BlockTrace",
+    "attention",
+    "recompute_block",
+    "interpolated_positions",
+    "vision_tokens",
+    "encode_image_rewritten",
+    "encode_text_rewritten",
+    "causal_mask",
+]

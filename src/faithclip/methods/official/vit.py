@@ -38,8 +38,14 @@ from faithclip.methods.official.rewrite import BlockTrace
 RESIDUALS = ("normalized", "input")
 
 
-def scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float,
-                     softmax_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def scaled_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    scale: float,
+    softmax_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``heads`` heads of width ``D / heads``, logits times ``scale``: q, k, v ``(B, T, D)`` -> the output
     ``(B, T, D)`` (heads concatenated, before o_proj) and the probabilities ``(B, heads, T, T)``. The softmax is
     taken in ``softmax_dtype`` (``None``: q's; transformers' ViT takes it in float32) and cast back."""
@@ -50,8 +56,9 @@ def scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
     return (probs @ vh).transpose(1, 2).reshape(batch, tokens, width), probs
 
 
-def recompute_block(layer: Any, hidden: torch.Tensor, heads: int | None = 1,
-                    residual: str = "normalized") -> tuple[torch.Tensor, BlockTrace]:
+def recompute_block(
+    layer: Any, hidden: torch.Tensor, heads: int | None = 1, residual: str = "normalized"
+) -> tuple[torch.Tensor, BlockTrace]:
     """One ViT block from its own weights with ``heads`` heads (``None``: the model's), scaled by the
     model's per-head ``scaling``, with the notebook's residual (``"normalized"``) or the model's (``"input"``)."""
     if residual not in RESIDUALS:
@@ -67,8 +74,9 @@ def recompute_block(layer: Any, hidden: torch.Tensor, heads: int | None = 1,
     return out, BlockTrace(q=q, k=k, v=v, attn=probs, attn_out=attn_out, hidden_in=hidden)
 
 
-def encode_image_rewritten(model: Any, pixels: torch.Tensor, *, heads: int | None = 1, layers: int = 1,
-                           residual: str = "normalized") -> tuple[torch.Tensor, list[BlockTrace], tuple[int, int]]:
+def encode_image_rewritten(
+    model: Any, pixels: torch.Tensor, *, heads: int | None = 1, layers: int = 1, residual: str = "normalized"
+) -> tuple[torch.Tensor, list[BlockTrace], tuple[int, int]]:
     """Class-token features ``(B, D)`` (final LayerNorm applied) of the rewritten forward on pixels of any
     size divisible by the patch, the traces of the recomputed blocks and the patch grid."""
     backbone = model.vit
@@ -78,30 +86,41 @@ def encode_image_rewritten(model: Any, pixels: torch.Tensor, *, heads: int | Non
     patch = int(model.config.patch_size)
     grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
     hidden = backbone.embeddings(pixels.to(backbone.embeddings.cls_token.dtype), interpolate_pos_encoding=True)
-    for layer in blocks[:len(blocks) - layers]:
+    for layer in blocks[: len(blocks) - layers]:
         hidden = layer(hidden, None)
     traces = []
-    for layer in blocks[len(blocks) - layers:]:
+    for layer in blocks[len(blocks) - layers :]:
         hidden, trace = recompute_block(layer, hidden, heads, residual)
         traces.append(trace)
     return backbone.layernorm(hidden)[:, 0], traces, grid
 
 
-def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, lambda_qk: str, model: Any | None = None,
-               heads: int | None = 1, residual: str | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+def image_maps(
+    ctx: Any,
+    pixels: torch.Tensor,
+    layers: int,
+    lambda_qk: str,
+    model: Any | None = None,
+    heads: int | None = 1,
+    residual: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """The notebook's maps of ONE input ``pixels (1, 3, H, W)`` for the context's K classes: maps
     ``(K, gh, gw)``, the rewritten scores ``(K,)`` and the grid (``grad_eclip_official.image_maps``'s contract).
     ``residual=None``: the notebook's when the block is rewritten (``heads`` given), the model's for
     ``heads=None`` (the audit's arms without the rewrite)."""
     residual = residual or ("input" if heads is None else "normalized")
     model = ctx.handle.model if model is None else model
-    recomputed = list(model.vit.layers[len(model.vit.layers) - layers:])
+    recomputed = list(model.vit.layers[len(model.vit.layers) - layers :])
     text_embeds = ctx.fixed_text_embeds()
     with torch.enable_grad():
         features, traces, grid = encode_image_rewritten(model, pixels, heads=heads, layers=layers, residual=residual)
         scores = ctx.family.score(ctx.target, features, text_embeds, model, ctx.extra_embeds())[0]  # (K,)
-        lams = [official_lambda(t.q[0], t.k[0], 0, slice(1, None), layer.attention.o_proj if lambda_qk == "out_proj" else None)
-                for t, layer in zip(traces, recomputed)]  # (T-1,) each
+        lams = [
+            official_lambda(
+                t.q[0], t.k[0], 0, slice(1, None), layer.attention.o_proj if lambda_qk == "out_proj" else None
+            )
+            for t, layer in zip(traces, recomputed)
+        ]  # (T-1,) each
         maps = official_image_maps(scores, traces, lams, grid)
     return maps, scores.detach(), grid
 
@@ -109,8 +128,9 @@ def image_maps(ctx: Any, pixels: torch.Tensor, layers: int, lambda_qk: str, mode
 def image_embeds(model: Any, pixels: torch.Tensor, heads: int | None) -> torch.Tensor:
     """The class-token features of the notebook's forward (``heads=1``: its rewrite with its LayerNormed
     residual; ``None``: the model's own heads and residual), before the classifier (the audit's arms)."""
-    return encode_image_rewritten(model, pixels, heads=heads, layers=1,
-                                  residual="normalized" if heads == 1 else "input")[0]
+    return encode_image_rewritten(
+        model, pixels, heads=heads, layers=1, residual="normalized" if heads == 1 else "input"
+    )[0]
 
 
 __all__ = ["RESIDUALS", "scaled_attention", "recompute_block", "encode_image_rewritten", "image_maps", "image_embeds"]

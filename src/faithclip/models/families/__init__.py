@@ -181,7 +181,9 @@ class Family:
         return next(model.parameters())
 
     # ---- pooled queries and supports ----------------------------------------------------------------
-    def query_positions(self, side: str, num_inputs: int, text: "TextBatch | None", device: torch.device) -> torch.Tensor:
+    def query_positions(
+        self, side: str, num_inputs: int, text: "TextBatch | None", device: torch.device
+    ) -> torch.Tensor:
         """``(C,)``: the pooled token of each explained input."""
         if side == "image":
             return torch.zeros(num_inputs, dtype=torch.long, device=device)
@@ -212,8 +214,14 @@ class Family:
         """What ``target``'s score reads of the texts (default: the embeddings ``encode_text``)."""
         return self.encode_text(model, text)
 
-    def score(self, target: "Target", image_embeds: torch.Tensor, text_embeds: torch.Tensor, model: Any,
-              extra_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def score(
+        self,
+        target: "Target",
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        model: Any,
+        extra_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The target ``(B, K)`` from embeddings (CLIP's definitions, ``faithclip.targets``)."""
         return target.scores(image_embeds, text_embeds, self.logit_scale(model).detach(), extra_embeds)
 
@@ -224,13 +232,18 @@ class Family:
 
         if target.kind not in self.target_kinds:
             owner = " (BLIP's image-text matching head)" if not target.pooled else ""
-            raise MethodError(f"a {self.name} model has no {target.kind!r} score{owner}; choose from "
-                              f"{', '.join(self.target_kinds)}.")
+            raise MethodError(
+                f"a {self.name} model has no {target.kind!r} score{owner}; choose from {', '.join(self.target_kinds)}."
+            )
         if target.kind == "probability" and self.probability_over_prompts and not target.extra_texts:
-            raise MethodError("the probability target needs the other prompts of the set (e.g. others=['a dog', 'a car']).")
+            raise MethodError(
+                "the probability target needs the other prompts of the set (e.g. others=['a dog', 'a car'])."
+            )
         if target.kind == "probability" and not self.probability_over_prompts and target.extra_texts:
-            raise MethodError(f"a {self.name} model's probability is per pair (a sigmoid of its logit) and uses no "
-                              f"other prompts, but {len(target.extra_texts)} were given; drop them.")
+            raise MethodError(
+                f"a {self.name} model's probability is per pair (a sigmoid of its logit) and uses no "
+                f"other prompts, but {len(target.extra_texts)} were given; drop them."
+            )
 
     @property
     def default_target_kind(self) -> str:
@@ -290,8 +303,10 @@ class Family:
         ``ClipFamily``). A family without one refuses the per-token methods in one line."""
         from faithclip.errors import MethodError
 
-        raise MethodError(f"{self.name} models declare no per-token head, which MaskCLIP, CLIP Surgery and LeGrad "
-                          "apply to every token.")
+        raise MethodError(
+            f"{self.name} models declare no per-token head, which MaskCLIP, CLIP Surgery and LeGrad "
+            "apply to every token."
+        )
 
     def block_mlp(self, block: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """A block's second half on its mid-block hidden state: ``h + MLP(LN_2(h))`` (CLIP's pre-norm block)."""
@@ -307,8 +322,12 @@ class Family:
         with torch.no_grad():
             for group in texts:
                 group = list(group)
-                embeds = torch.cat([handle.encode_text(handle.tokens(group[i:i + batch_size]))
-                                    for i in range(0, len(group), batch_size)])  # (T, D)
+                embeds = torch.cat(
+                    [
+                        handle.encode_text(handle.tokens(group[i : i + batch_size]))
+                        for i in range(0, len(group), batch_size)
+                    ]
+                )  # (T, D)
                 weights.append(F.normalize(F.normalize(embeds, dim=-1).mean(0), dim=-1))
         return torch.stack(weights)  # (K, D)
 
@@ -367,16 +386,19 @@ def family_for_model_type(model_type: str | None, where: str = "the model") -> F
         if model_type in family.model_types:
             return family
     known = ", ".join(f"{t!r} ({f.name})" for f in FAMILIES.values() for t in f.model_types)
-    raise ModelError(f"{where} is a {model_type!r} model, which faithclip does not support; supported "
-                     f"model types: {known}.")
+    raise ModelError(
+        f"{where} is a {model_type!r} model, which faithclip does not support; supported model types: {known}."
+    )
 
 
 def family_of(model: Any) -> Family:
     """The family of a model instance, from its config's ``model_type``."""
     config = getattr(model, "config", None)
     if config is None:
-        raise ModelError(f"{type(model).__name__} has no transformers config; load a transformers model "
-                         "(faithclip.load or from_pretrained).")
+        raise ModelError(
+            f"{type(model).__name__} has no transformers config; load a transformers model "
+            "(faithclip.load or from_pretrained)."
+        )
     family = family_for_model_type(getattr(config, "model_type", None), type(model).__name__)
     family.check_model(model)
     return family
@@ -393,5 +415,13 @@ def _load_families() -> None:
         importlib.import_module(f"{__name__}.{module.name}")
 
 
-__all__ = ["AttentionParts", "PoolingAttention", "Family", "OfficialPipeline", "FAMILIES", "register_family",
-           "family_for_model_type", "family_of"]
+__all__ = [
+    "AttentionParts",
+    "PoolingAttention",
+    "Family",
+    "OfficialPipeline",
+    "FAMILIES",
+    "register_family",
+    "family_for_model_type",
+    "family_of",
+]

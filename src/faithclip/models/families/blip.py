@@ -48,8 +48,9 @@ class BlipFamily(Family):
     model_class = "BlipForImageTextRetrieval"
     target_kinds = ("cosine", "contrast", "itm", "itm_log_odds")
     # the published BLIP notebook: image side only, raw q/k in lambda, keep-size input without a cap
-    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None,
-                                module="faithclip.methods.official.blip")
+    official = OfficialPipeline(
+        lambda_qk=("raw",), text=False, short_side_cap=None, module="faithclip.methods.official.blip"
+    )
 
     def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
         self.check_tower(tower)
@@ -65,15 +66,25 @@ class BlipFamily(Family):
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         if hasattr(block, "self_attn"):  # vision: BlipEncoderLayer
             attention = block.self_attn
-            return AttentionParts(module=attention, out=attention.projection, heads=int(attention.num_heads),
-                                  qkv=attention.qkv)
+            return AttentionParts(
+                module=attention, out=attention.projection, heads=int(attention.num_heads), qkv=attention.qkv
+            )
         attention = block.attention.self  # text: BlipTextLayer (its crossattention is the ITM head's)
-        return AttentionParts(module=attention, out=block.attention.output.dense,
-                              heads=int(attention.num_attention_heads), q=attention.query, k=attention.key,
-                              v=attention.value)
+        return AttentionParts(
+            module=attention,
+            out=block.attention.output.dense,
+            heads=int(attention.num_attention_heads),
+            q=attention.query,
+            k=attention.key,
+            v=attention.value,
+        )
 
     def input_module(self, model: Any, side: str) -> torch.nn.Module:
-        return model.vision_model.embeddings.patch_embedding if side == "image" else model.text_encoder.embeddings.word_embeddings
+        return (
+            model.vision_model.embeddings.patch_embedding
+            if side == "image"
+            else model.text_encoder.embeddings.word_embeddings
+        )
 
     def embedding_module(self, model: Any, side: str) -> torch.nn.Module:
         return model.vision_proj if side == "image" else model.text_proj
@@ -115,12 +126,17 @@ class BlipFamily(Family):
         text_of = torch.arange(texts, device=image_tokens.device).repeat(images)  # (B*K,)
         paired = image_tokens[image_of]  # (B*K, T, Dv)
         every_token = torch.ones(paired.shape[:2], dtype=torch.long, device=paired.device)  # (B*K, T)
-        hidden = model.text_encoder(input_ids=text.input_ids[text_of], attention_mask=text.attention_mask[text_of],
-                                    encoder_hidden_states=paired, encoder_attention_mask=every_token).last_hidden_state
+        hidden = model.text_encoder(
+            input_ids=text.input_ids[text_of],
+            attention_mask=text.attention_mask[text_of],
+            encoder_hidden_states=paired,
+            encoder_attention_mask=every_token,
+        ).last_hidden_state
         return model.itm_head(hidden[:, 0]).reshape(images, texts, 2)  # [CLS] -> (B, K, 2)
 
-    def score(self, target: Any, image_embeds: Any, text_embeds: Any, model: Any,
-              extra_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def score(
+        self, target: Any, image_embeds: Any, text_embeds: Any, model: Any, extra_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """ITC: the cosine (or contrast) of the embeddings. ITM: ``image_embeds`` are the image tokens and
         ``text_embeds`` the token batch (``image_features`` / ``text_features``)."""
         if target.pooled:
@@ -136,9 +152,11 @@ class BlipFamily(Family):
         fused = all(hasattr(block, "crossattention") for block in model.text_encoder.encoder.layer)
         if not isinstance(getattr(model, "itm_head", None), torch.nn.Module) or not fused:
             missing = "itm_head" if fused else "cross-attention in its text encoder"
-            raise MethodError(f"this BLIP model has no image-text matching head ({missing} is missing), so it has no "
-                              f"{target.kind!r} score; explain its ITC score (target cosine), or load a "
-                              "BlipForImageTextRetrieval checkpoint with its ITM weights.")
+            raise MethodError(
+                f"this BLIP model has no image-text matching head ({missing} is missing), so it has no "
+                f"{target.kind!r} score; explain its ITC score (target cosine), or load a "
+                "BlipForImageTextRetrieval checkpoint with its ITM weights."
+            )
 
     def logit_scale(self, model: Any) -> torch.Tensor:
         """No temperature: the ITC score is the cosine itself (only ``cosine`` and ``contrast`` exist)."""
@@ -156,29 +174,44 @@ class BlipFamily(Family):
         length = max(PUBLISHED_TEXT_LENGTH, ids.shape[1])
         padded = torch.zeros(ids.shape[0], length, dtype=ids.dtype, device=ids.device)
         padded_mask = torch.zeros_like(padded)
-        padded[:, :ids.shape[1]], padded_mask[:, :ids.shape[1]] = ids, mask
+        padded[:, : ids.shape[1]], padded_mask[:, : ids.shape[1]] = ids, mask
         return TextBatch(padded, padded_mask, text.eos_positions.clone(), list(text.texts), list(text.tokens))
 
-    refused_metrics = {name: "BLIP's ITC score is a cosine with no temperature, so it defines no class probability"
-                       for name in ("zeroshot", "deletion_gradeclip", "insertion_gradeclip", "deletion_rise",
-                                    "insertion_rise", "road_morf", "road_lerf")}
+    refused_metrics = {
+        name: "BLIP's ITC score is a cosine with no temperature, so it defines no class probability"
+        for name in (
+            "zeroshot",
+            "deletion_gradeclip",
+            "insertion_gradeclip",
+            "deletion_rise",
+            "insertion_rise",
+            "road_morf",
+            "road_lerf",
+        )
+    }
 
     def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
         vision = model.vision_model
-        return ([("vision_proj", [model.vision_proj]), ("post_layernorm", [vision.post_layernorm])]
-                + self.block_cascade(model) + [("embeddings", [vision.embeddings])])
+        return (
+            [("vision_proj", [model.vision_proj]), ("post_layernorm", [vision.post_layernorm])]
+            + self.block_cascade(model)
+            + [("embeddings", [vision.embeddings])]
+        )
 
     def check_model(self, model: Any) -> None:
         if not all(hasattr(model, part) for part in ("vision_model", "text_encoder", "vision_proj", "text_proj")):
-            raise ModelError(f"{type(model).__name__} is not a BLIP image-text retrieval model; load one with "
-                             "faithclip.load(...) or transformers.BlipForImageTextRetrieval.from_pretrained(...).")
+            raise ModelError(
+                f"{type(model).__name__} is not a BLIP image-text retrieval model; load one with "
+                "faithclip.load(...) or transformers.BlipForImageTextRetrieval.from_pretrained(...)."
+            )
 
     def default_preprocess(self, model: Any) -> Any:
         """``BlipImageProcessor``: bicubic resize of the whole image to the model's size, no crop, CLIP mean/std."""
         from faithclip.models.preprocess import ImagePreprocess
 
-        return ImagePreprocess.from_dict({"size": {"height": self.image_size(model), "width": self.image_size(model)},
-                                         "do_center_crop": False})
+        return ImagePreprocess.from_dict(
+            {"size": {"height": self.image_size(model), "width": self.image_size(model)}, "do_center_crop": False}
+        )
 
 
 BLIP = register_family(BlipFamily())

@@ -25,8 +25,14 @@ class ClipFamily(Family):
 
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         attention = block.self_attn
-        return AttentionParts(module=attention, out=attention.out_proj, heads=int(attention.num_heads),
-                              q=attention.q_proj, k=attention.k_proj, v=attention.v_proj)
+        return AttentionParts(
+            module=attention,
+            out=attention.out_proj,
+            heads=int(attention.num_heads),
+            q=attention.q_proj,
+            k=attention.k_proj,
+            v=attention.v_proj,
+        )
 
     def parameter(self, model: Any) -> torch.Tensor:
         return model.logit_scale

@@ -40,8 +40,14 @@ class SiglipFamily(Family):
 
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         attention = block.self_attn
-        return AttentionParts(module=attention, out=attention.out_proj, heads=int(attention.num_heads),
-                              q=attention.q_proj, k=attention.k_proj, v=attention.v_proj)
+        return AttentionParts(
+            module=attention,
+            out=attention.out_proj,
+            heads=int(attention.num_heads),
+            q=attention.q_proj,
+            k=attention.k_proj,
+            v=attention.v_proj,
+        )
 
     def pooling_attention(self, model: Any, tower: str) -> PoolingAttention | None:
         if tower != "vision":
@@ -69,7 +75,9 @@ class SiglipFamily(Family):
         writes one (the published SentencePiece tokenizer does not; a word-level one may)."""
         positions = torch.arange(text.input_ids.shape[1], device=text.input_ids.device)
         start = self.start_token_id(model)
-        first = (text.input_ids[:, :1] == start).long() if start is not None else torch.zeros_like(text.input_ids[:, :1])
+        first = (
+            (text.input_ids[:, :1] == start).long() if start is not None else torch.zeros_like(text.input_ids[:, :1])
+        )
         return (positions[None, :] >= first) & (positions[None, :] < text.eos_positions[:, None])
 
     def encode_image(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
@@ -85,7 +93,7 @@ class SiglipFamily(Family):
         normed = model.vision_model.post_layernorm(tokens)  # (B, T, D)
         attention = head.attention  # torch.nn.MultiheadAttention, packed in_proj
         width = normed.shape[-1]
-        weight, bias = attention.in_proj_weight[2 * width:], attention.in_proj_bias[2 * width:]
+        weight, bias = attention.in_proj_weight[2 * width :], attention.in_proj_bias[2 * width :]
         values = torch.nn.functional.linear(normed, weight, bias)  # (B, T, D): W_v x + b_v
         hidden = attention.out_proj(values)  # softmax over one key is 1
         return hidden + head.mlp(head.layernorm(hidden))
@@ -93,8 +101,14 @@ class SiglipFamily(Family):
     def encode_text(self, model: Any, text: Any) -> torch.Tensor:
         return model.get_text_features(input_ids=text.input_ids).pooler_output  # no mask, as trained
 
-    def score(self, target: Any, image_embeds: torch.Tensor, text_embeds: torch.Tensor, model: Any,
-              extra_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def score(
+        self,
+        target: Any,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        model: Any,
+        extra_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if target.kind not in ("logit", "probability"):
             return super().score(target, image_embeds, text_embeds, model, extra_embeds)
         cosine = cosine_matrix(image_embeds, text_embeds)  # (B, K)
@@ -103,7 +117,9 @@ class SiglipFamily(Family):
 
     def tokenizer_call(self, tokenizer: Any, texts: list[str], context_length: int) -> dict:
         """Padded to the whole context, as SigLIP is trained; only ``input_ids`` are used."""
-        encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=context_length, return_tensors="pt")
+        encoded = tokenizer(
+            texts, padding="max_length", truncation=True, max_length=context_length, return_tensors="pt"
+        )
         return {"input_ids": encoded["input_ids"]}
 
     def lambda_context(self, handle: Any, text: Any) -> Any:
@@ -119,16 +135,24 @@ class SiglipFamily(Family):
     def start_token_id(self, model: Any) -> int | None:
         config = model.config.text_config
         bos = config.bos_token_id
-        return int(bos) if isinstance(bos, int) and 0 <= bos < config.vocab_size and bos != self.eos_token_id(model) else None
+        return (
+            int(bos)
+            if isinstance(bos, int) and 0 <= bos < config.vocab_size and bos != self.eos_token_id(model)
+            else None
+        )
 
     def check_model(self, model: Any) -> None:
         vision = getattr(model, "vision_model", None)
         if vision is None or not hasattr(model, "text_model") or not hasattr(model, "logit_bias"):
-            raise ModelError(f"{type(model).__name__} is not a transformers SiglipModel; load one with faithclip.load(...) "
-                             "or transformers.SiglipModel.from_pretrained(...).")
+            raise ModelError(
+                f"{type(model).__name__} is not a transformers SiglipModel; load one with faithclip.load(...) "
+                "or transformers.SiglipModel.from_pretrained(...)."
+            )
         if not getattr(vision, "use_head", False):
-            raise ModelError("this SigLIP vision tower has no attention-pooling head (vision_use_head=False), so it has "
-                             "no pooled image embedding to explain.")
+            raise ModelError(
+                "this SigLIP vision tower has no attention-pooling head (vision_use_head=False), so it has "
+                "no pooled image embedding to explain."
+            )
 
     def class_logits(self, model: Any, scores: torch.Tensor) -> torch.Tensor:
         return scores  # the default score is the logit itself
@@ -139,8 +163,11 @@ class SiglipFamily(Family):
 
     def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
         vision = model.vision_model
-        return ([("head", [vision.head]), ("post_layernorm", [vision.post_layernorm])] + self.block_cascade(model)
-                + [("embeddings", [vision.embeddings])])
+        return (
+            [("head", [vision.head]), ("post_layernorm", [vision.post_layernorm])]
+            + self.block_cascade(model)
+            + [("embeddings", [vision.embeddings])]
+        )
 
     def default_preprocess(self, model: Any) -> Any:
         """``SiglipImageProcessor``'s defaults: the whole image squashed to size x size (bicubic), mean and
@@ -148,8 +175,16 @@ class SiglipFamily(Family):
         from faithclip.models.preprocess import PIPELINE_RULES, ImagePreprocess
 
         size = self.image_size(model)
-        return ImagePreprocess(size=size, crop_height=size, crop_width=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                              resize="exact", center_crop=False, **PIPELINE_RULES["transformers"])
+        return ImagePreprocess(
+            size=size,
+            crop_height=size,
+            crop_width=size,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            resize="exact",
+            center_crop=False,
+            **PIPELINE_RULES["transformers"],
+        )
 
 
 SIGLIP = register_family(SiglipFamily())

@@ -45,8 +45,10 @@ class ClassTarget(Target):
         if self.kind == "contrast" and len(self.extra_texts) != 1:
             raise MethodError("the contrast target needs exactly one other class name (e.g. others=['dog']).")
         if self.kind != "contrast" and self.extra_texts:
-            raise MethodError(f"a classifier's {self.kind} needs no other texts (the probability is a softmax over "
-                              "all its classes); drop them.")
+            raise MethodError(
+                f"a classifier's {self.kind} needs no other texts (the probability is a softmax over "
+                "all its classes); drop them."
+            )
 
 
 class ViTFamily(Family):
@@ -58,8 +60,9 @@ class ViTFamily(Family):
     model_class = "ViTForImageClassification"
     backbone = "vit"
     #: the published ViT notebook: raw q/k in lambda, no text side, no short-side cap
-    official = OfficialPipeline(lambda_qk=("raw",), text=False, short_side_cap=None,
-                                module="faithclip.methods.official.vit")
+    official = OfficialPipeline(
+        lambda_qk=("raw",), text=False, short_side_cap=None, module="faithclip.methods.official.vit"
+    )
 
     # ---- structure --------------------------------------------------------------------------------
     def tower_module(self, model: Any, tower: str) -> torch.nn.Module:
@@ -73,14 +76,21 @@ class ViTFamily(Family):
     def blocks(self, model: Any, tower: str) -> Sequence[torch.nn.Module]:
         layers = getattr(self.tower_module(model, tower), "layers", None)
         if layers is None:
-            raise ProbeError(f"{type(model).__name__} has no {self.backbone}.layers; is it a transformers 5 "
-                             f"{self.model_class}?")
+            raise ProbeError(
+                f"{type(model).__name__} has no {self.backbone}.layers; is it a transformers 5 {self.model_class}?"
+            )
         return layers
 
     def attention(self, block: torch.nn.Module) -> AttentionParts:
         attention = block.attention
-        return AttentionParts(module=attention, out=attention.o_proj, heads=int(attention.num_attention_heads),
-                              q=attention.q_proj, k=attention.k_proj, v=attention.v_proj)
+        return AttentionParts(
+            module=attention,
+            out=attention.o_proj,
+            heads=int(attention.num_attention_heads),
+            q=attention.q_proj,
+            k=attention.k_proj,
+            v=attention.v_proj,
+        )
 
     def prefix_tokens(self, model: Any) -> int:
         return 1
@@ -113,8 +123,14 @@ class ViTFamily(Family):
         classes = text.input_ids[:, 0]
         return class_rows(model.classifier)[classes]
 
-    def score(self, target: Target, image_embeds: torch.Tensor, text_embeds: torch.Tensor, model: Any,
-              extra_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def score(
+        self,
+        target: Target,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        model: Any,
+        extra_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         logits = model.classifier(image_embeds)  # (B, C): the model's own head on all classes
         chosen = class_logits(logits, image_embeds, text_embeds, model.classifier)  # (B, K)
         if target.kind == "logit":
@@ -148,9 +164,14 @@ class ViTFamily(Family):
                 raise TextError("no class name given.")
             ids = torch.tensor([class_index(labels, text) for text in given], dtype=torch.long)
         ids = ids.to(handle.device)
-        return TextBatch(input_ids=ids[:, None], attention_mask=torch.ones_like(ids[:, None]),
-                         eos_positions=torch.zeros_like(ids), texts=given,
-                         tokens=[[labels[int(i)]] for i in ids], truncated=[False] * len(ids))
+        return TextBatch(
+            input_ids=ids[:, None],
+            attention_mask=torch.ones_like(ids[:, None]),
+            eos_positions=torch.zeros_like(ids),
+            texts=given,
+            tokens=[[labels[int(i)]] for i in ids],
+            truncated=[False] * len(ids),
+        )
 
     def context_length(self, model: Any) -> int:
         return 1
@@ -169,35 +190,52 @@ class ViTFamily(Family):
         except TextError as error:
             raise ModelError(f"the data's class names must be this classifier's id2label labels: {error}") from None
         if len(found) != len(labels) or len(names) != len(labels):
-            raise ModelError(f"the data set has {len(names)} classes, naming {len(found)} of this classifier's "
-                             f"{len(labels)}: its classes must be the classifier's id2label labels, each once, so that "
-                             "the label probability is the model's own softmax.")
+            raise ModelError(
+                f"the data set has {len(names)} classes, naming {len(found)} of this classifier's "
+                f"{len(labels)}: its classes must be the classifier's id2label labels, each once, so that "
+                "the label probability is the model's own softmax."
+            )
 
     def class_logits(self, model: Any, scores: torch.Tensor) -> torch.Tensor:
         return scores  # the default score is the class logit itself
 
     def cascade_blocks(self, model: Any) -> list[tuple[str, list[torch.nn.Module]]]:
         backbone = getattr(model, self.backbone)
-        return ([("classifier", [model.classifier]), ("layernorm", [backbone.layernorm])] + self.block_cascade(model)
-                + [("embeddings", [backbone.embeddings])])
+        return (
+            [("classifier", [model.classifier]), ("layernorm", [backbone.layernorm])]
+            + self.block_cascade(model)
+            + [("embeddings", [backbone.embeddings])]
+        )
 
     # ---- checks and preprocessing -------------------------------------------------------------------
     def check_model(self, model: Any) -> None:
         architectures = getattr(model.config, "architectures", None) or []
         if "WithTeacher" in type(model).__name__ or any("WithTeacher" in a for a in architectures):
-            raise ModelError("DeiTForImageClassificationWithTeacher is not supported: its logits average a CLS head "
-                             "and a distillation head (two pooled tokens); use a DeiTForImageClassification.")
+            raise ModelError(
+                "DeiTForImageClassificationWithTeacher is not supported: its logits average a CLS head "
+                "and a distillation head (two pooled tokens); use a DeiTForImageClassification."
+            )
         if not hasattr(model, self.backbone) or not isinstance(getattr(model, "classifier", None), torch.nn.Linear):
-            raise ModelError(f"{type(model).__name__} is not a {self.model_class} with a linear classifier; load "
-                             f"one with faithclip.load(...) or transformers.{self.model_class}.from_pretrained(...).")
+            raise ModelError(
+                f"{type(model).__name__} is not a {self.model_class} with a linear classifier; load "
+                f"one with faithclip.load(...) or transformers.{self.model_class}.from_pretrained(...)."
+            )
 
     def default_preprocess(self, model: Any) -> Any:
         """``ViTImageProcessor``'s defaults: bilinear resize to ``size x size`` (no crop), mean = std = 0.5."""
         from faithclip.models.preprocess import ImagePreprocess
 
         size = self.image_size(model)
-        return ImagePreprocess(size=size, crop_height=size, crop_width=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                              resample=2, resize="exact", center_crop=False)
+        return ImagePreprocess(
+            size=size,
+            crop_height=size,
+            crop_width=size,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            resample=2,
+            resize="exact",
+            center_crop=False,
+        )
 
 
 class DeiTFamily(ViTFamily):
@@ -218,8 +256,16 @@ class DeiTFamily(ViTFamily):
         from faithclip.models.preprocess import ImagePreprocess
 
         size = self.image_size(model)
-        return ImagePreprocess(size=size * 8 // 7, crop_height=size, crop_width=size, mean=(0.485, 0.456, 0.406),
-                              std=(0.229, 0.224, 0.225), resample=3, resize="exact", center_crop=True)
+        return ImagePreprocess(
+            size=size * 8 // 7,
+            crop_height=size,
+            crop_width=size,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            resample=3,
+            resize="exact",
+            center_crop=True,
+        )
 
 
 def class_names(model: Any) -> list[str]:
@@ -240,8 +286,10 @@ def class_index(labels: list[str], text: str) -> int:
     if len(synonyms) == 1:
         return synonyms[0]
     if synonyms:
-        raise TextError(f"{text!r} names {len(synonyms)} classes ({'; '.join(repr(labels[i]) for i in synonyms)}); "
-                        "give the full label.")
+        raise TextError(
+            f"{text!r} names {len(synonyms)} classes ({'; '.join(repr(labels[i]) for i in synonyms)}); "
+            "give the full label."
+        )
     close = difflib.get_close_matches(key, [label.lower() for label in labels], n=3, cutoff=0.5)
     hint = f"close matches: {', '.join(repr(c) for c in close)}" if close else f"e.g. {labels[0]!r}"
     raise TextError(f"{text!r} is not a class of this model ({len(labels)} classes; {hint}).")
@@ -265,8 +313,9 @@ def class_indices(rows: torch.Tensor, classifier: torch.nn.Linear) -> torch.Tens
     return torch.tensor(found, dtype=torch.long, device=rows.device)
 
 
-def class_logits(logits: torch.Tensor, features: torch.Tensor, rows: torch.Tensor,
-                 classifier: torch.nn.Linear) -> torch.Tensor:
+def class_logits(
+    logits: torch.Tensor, features: torch.Tensor, rows: torch.Tensor, classifier: torch.nn.Linear
+) -> torch.Tensor:
     """``(B, K)`` logits of the classes whose rows are given: columns of the model's own ``logits`` when the
     rows are the classifier's (bit-identical to the model), else ``W_k . f + b_k`` from the rows."""
     classes = class_indices(rows, classifier)
