@@ -128,3 +128,18 @@ def save_random_blip(directory: str | Path, seed: int = 0, size: str = "tiny", *
     image_size = model.config.vision_config.image_size
     transformers.BlipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(directory)
     return directory
+
+
+def load_float64(directory: str | Path):
+    """The saved BLIP loaded by faithclip, its weights then cast to float64 (the oracles' precision)."""
+    import faithclip
+
+    handle = faithclip.load(str(directory), dtype=torch.float32)
+    handle.model.to(torch.float64)
+    return handle
+
+
+def pixels_for(handle, count: int = 2, seed: int = 0) -> torch.Tensor:
+    """``count`` seeded random images at the model's input size and dtype."""
+    size = handle.image_size
+    return torch.randn(count, 3, size, size, dtype=handle.dtype, generator=torch.Generator().manual_seed(seed))

@@ -11,7 +11,7 @@ import transformers
 from PIL import Image
 
 import faithclip
-from blip_fixtures import blip_tokenizer, random_blip, save_random_blip
+from blip_fixtures import blip_tokenizer, load_float64, pixels_for, random_blip, save_random_blip
 from faithclip.errors import MethodError
 from faithclip.methods.context import Context
 from faithclip.models.loading import from_hf
@@ -34,14 +34,7 @@ def saved(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny64(saved):
-    handle = faithclip.load(str(saved), dtype=torch.float32)
-    handle.model.to(torch.float64)
-    return handle
-
-
-def pixels_for(handle, count=2, seed=0):
-    size = handle.image_size
-    return torch.randn(count, 3, size, size, dtype=handle.dtype, generator=torch.Generator().manual_seed(seed))
+    return load_float64(saved)
 
 
 def features(handle, pixels, texts):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import faithclip
-from blip_fixtures import random_blip, save_random_blip
+from blip_fixtures import load_float64, pixels_for, random_blip, save_random_blip
 from faithclip.cli.main import main
 from faithclip.equivalence import relative_difference
 from faithclip.errors import MethodError
@@ -44,14 +44,7 @@ def tiny(saved):
 
 @pytest.fixture(scope="module")
 def tiny64(saved):
-    handle = faithclip.load(str(saved), dtype=torch.float32)
-    handle.model.to(torch.float64)
-    return handle
-
-
-def pixels_for(handle, count=2, seed=0):
-    size = handle.image_size
-    return torch.randn(count, 3, size, size, dtype=handle.dtype, generator=torch.Generator().manual_seed(seed))
+    return load_float64(saved)
 
 
 def own_itm_logits(handle, pixels, texts) -> torch.Tensor:
@@ -235,26 +228,16 @@ def write_image(path):
     return path
 
 
+def explain_itm(image: str, model: str, text: str, method: str, out) -> int:
+    """``faithclip explain IMAGE --model M --text T --target itm --methods METHOD --out OUT``, in-process."""
+    argv = ["explain", image, "--model", model, "--text", text, "--target", "itm", "--methods", method]
+    return main([*argv, "--out", str(out), "--no-progress"])
+
+
 def test_cli_explains_itm_end_to_end_and_refuses_a_class_token_method(saved, tiny, tmp_path, capsys):
     image = str(write_image(tmp_path / "scene.png"))
     out = tmp_path / "out"
-    code = main(
-        [
-            "explain",
-            image,
-            "--model",
-            str(saved),
-            "--text",
-            TEXTS[0],
-            "--target",
-            "itm",
-            "--methods",
-            "grad_cam",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
+    code = explain_itm(image, str(saved), TEXTS[0], "grad_cam", str(out))
     assert code == 0, capsys.readouterr().err
     (path,) = [path for path in out.glob("*.json") if path.name != "explain.json"]  # the pair's record
     record = json.loads(path.read_text())
@@ -264,41 +247,9 @@ def test_cli_explains_itm_end_to_end_and_refuses_a_class_token_method(saved, tin
     assert_rounding_close(record["score"], expected, torch.float32, what="the CLI's explained score")
     assert_rounding_close(record["model_score"], expected, torch.float32, what="the CLI's model score")
     capsys.readouterr()
-    code = main(
-        [
-            "explain",
-            image,
-            "--model",
-            str(saved),
-            "--text",
-            TEXTS[0],
-            "--target",
-            "itm",
-            "--methods",
-            "grad_eclip",
-            "--out",
-            str(tmp_path / "refused"),
-            "--no-progress",
-        ]
-    )
+    code = explain_itm(image, str(saved), TEXTS[0], "grad_eclip", str(tmp_path / "refused"))
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "grad_eclip cannot explain the itm target" in lines[0]
-    code = main(
-        [
-            "explain",
-            image,
-            "--model",
-            "shapes-clip",
-            "--text",
-            "a red circle",
-            "--target",
-            "itm",
-            "--methods",
-            "occlusion",
-            "--out",
-            str(tmp_path / "clip"),
-            "--no-progress",
-        ]
-    )
+    code = explain_itm(image, "shapes-clip", "a red circle", "occlusion", str(tmp_path / "clip"))
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "a clip model has no 'itm' score" in lines[0]
