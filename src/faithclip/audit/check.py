@@ -171,11 +171,9 @@ def _run(spec: MethodSpec, side: str, ctx: Context, options: dict) -> Any:
         return getattr(spec, side)(ctx, **extra, **options)
 
 
-def image_map(handle: ModelHandle, spec: MethodSpec, image: Any, prompts: list[str], options: dict) -> torch.Tensor:
-    """The method's image maps ``(K, gh, gw)`` for one scene against ``prompts``, on the model's crop grid."""
-    from faithclip.audit.measures import crop_grid_map
-
-    ctx = Context(
+def scene_context(handle: ModelHandle, image: Any, prompts: list[str]) -> Context:
+    """One scene's image-side context against ``prompts``, explaining the family's default score."""
+    return Context(
         handle=handle,
         side="image",
         pixels=handle.pixels(image),
@@ -183,6 +181,13 @@ def image_map(handle: ModelHandle, spec: MethodSpec, image: Any, prompts: list[s
         target=handle.family.default_target(),
         originals=[image],
     )
+
+
+def image_map(handle: ModelHandle, spec: MethodSpec, image: Any, prompts: list[str], options: dict) -> torch.Tensor:
+    """The method's image maps ``(K, gh, gw)`` for one scene against ``prompts``, on the model's crop grid."""
+    from faithclip.audit.measures import crop_grid_map
+
+    ctx = scene_context(handle, image, prompts)
     maps = _run(spec, "image", ctx, options).maps[0].detach()
     if tuple(maps.shape[-2:]) != ctx.grid:
         maps = torch.stack([crop_grid_map(m, image.size, handle.preprocess, ctx.grid) for m in maps])
@@ -447,14 +452,7 @@ def check_text(handle: ModelHandle, spec: MethodSpec, settings: CheckSettings) -
     identical, distances, skipped = [], [], 0
     for image, label in zip(data.images, data.labels):
         prompts = [data.prompts[label], data.prompts[(label + len(data.prompts) // 2) % len(data.prompts)]]
-        ctx = Context(
-            handle=handle,
-            side="image",
-            pixels=handle.pixels(image),
-            text=handle.tokens(prompts),
-            target=handle.family.default_target(),
-        )
-        scores = ctx.model_scores()[0]
+        scores = scene_context(handle, image, prompts).model_scores()[0]
         maps = image_map(handle, spec, image, prompts, options)  # (2, gh, gw)
         flat = maps.flatten(1)
         if abs(float(scores[0] - scores[1])) <= TEXT_MIN_SCORE_GAP or not bool((flat != flat[:, :1]).any()):
