@@ -31,9 +31,6 @@ from faithclip.report.colour import SCALES
 from faithclip.report.figures import FORMATS, VIEWS
 from faithclip.targets import NO_OTHER_TEXTS, TARGET_KINDS
 
-# Methods that score hundreds of perturbed images per map: the user is told before each image, not after.
-SLOW_METHODS = frozenset({"rise", "occlusion", "m2ib"})
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     import faithclip.methods  # noqa: F401  (fills the registry, the single source of method names)
@@ -221,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     results = []  # (image, method, [explanation per text])
     for number, image_path in enumerate(images, 1):
         for method in methods:
-            if method in SLOW_METHODS:
+            if METHODS.get(method).slow:  # told before each image, not after
                 progress(
                     f"{method} on {image_path} ({number}/{len(images)} images, {len(texts)} texts): "
                     "a perturbation method, seconds per map"
