@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from faithclip.audit.report import audit_html
 from faithclip.audit.run import AuditSettings
 from faithclip.cli.audit import add_arguments, settings_from_args
 from faithclip.cli.audit_docs import (
@@ -24,6 +23,7 @@ from faithclip.cli.audit_docs import (
 from faithclip.cli.main import main as cli_main
 from faithclip.demo import DEMO_AUDIT
 from faithclip.models.loading import shipped_models
+from faithclip.report.audit_report import audit_html
 
 needs_shapes = pytest.mark.skipif("shapes-clip" not in shipped_models(), reason="the shipped shapes model is absent")
 

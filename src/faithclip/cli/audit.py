@@ -198,9 +198,9 @@ def quiet_progress(quiet: bool) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from faithclip.audit.report import audit_page, format_audit
     from faithclip.audit.run import run_audit
     from faithclip.explanation import json_bytes, write_atomic
+    from faithclip.report.audit_report import audit_page, format_audit
     from faithclip.report.page import write_report
 
     settings = settings_from_args(args)

@@ -125,7 +125,7 @@ def run_commands(commands: list[str], jobs: int = 1) -> list[dict]:
 
 
 def render_run(command: str, results: dict) -> str:
-    from faithclip.audit.report import format_audit
+    from faithclip.report.audit_report import format_audit
 
     return f"```\n$ {command}\n{format_audit(results)}\n```\n"
 
@@ -190,7 +190,7 @@ def documented_runs(text: str, reduced: bool = False) -> list[tuple[str, str]]:
 
 def check(markdown: Path, reduced: bool = False, run=run_command) -> list[str]:
     """Rerun every documented command and return one line per documented figure a fresh run contradicts."""
-    from faithclip.audit.report import format_audit
+    from faithclip.report.audit_report import format_audit
 
     runs = documented_runs(markdown.read_text(), reduced)
     if not runs:

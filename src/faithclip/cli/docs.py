@@ -129,9 +129,9 @@ def run(command: str) -> str:
 
 def _run(command: str, env: dict[str, str], words: list[str]) -> str:
     if words[:2] == ["faithclip", "audit"] and not env:
-        from faithclip.audit.report import format_audit
         from faithclip.cli.audit_docs import run_command
         from faithclip.errors import FaithclipError
+        from faithclip.report.audit_report import format_audit
 
         try:
             with one_thread():

@@ -1,7 +1,10 @@
-"""Rendering audit results (the JSON dict is canonical): a terminal table and an HTML fragment.
+"""The report of ``faithclip audit``: terminal tables and HTML, both rendered from the JSON record (canonical).
 
+``format_audit(results)`` is the text the command prints (and docs/audit.md documents);
 ``audit_html(results)`` returns a self-contained ``<section>`` the demo report can include as is;
-``audit_page(results)`` the complete page ``faithclip audit --out DIR`` writes.
+``audit_page(results)`` the complete page ``faithclip audit --out DIR`` writes. The text and the HTML live
+in one module, as ``check_report``'s do, because they are one rendering: the same rows, labels, figures and
+intervals (``_arm_rows``, ``_map_rows``, ``p2_rows``, ``_estimate``), written twice would drift apart.
 """
 
 from __future__ import annotations
