@@ -148,26 +148,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def random_init_handle(directory: str | None, seed: int):
-    """A CLIP of the directory's architecture (default: the shipped ViT-B/32 config) with random weights, its
-    tokenizer and preprocessing."""
-    from faithclip.models.random_init import find_reference, random_clip
-
-    if directory is not None and not (Path(directory) / "config.json").is_file():
-        raise ModelError(
-            f"--random-weights builds --model's architecture from its config.json; {directory} has "
-            "none (give a directory with config.json, or leave --model out for the shipped ViT-B/32)."
-        )
-    name = Path(directory or find_reference(None)).name
-    return random_clip(directory, seed=seed, name=f"{name} (random weights, seed {seed})")
-
-
 def load_inputs(args: argparse.Namespace):
     """The model handle and, with ``--images``, the image files as audit data."""
-    from faithclip.audit.data import folder_data
+    from faithclip.audit.data import folder_data, read_class_names
+    from faithclip.models.random_init import random_weights_clip
 
+    if args.random_weights and args.model is not None and not (Path(args.model) / "config.json").is_file():
+        raise ModelError(
+            f"--random-weights builds --model's architecture from its config.json; {args.model} has "
+            "none (give a directory with config.json, or leave --model out for the shipped ViT-B/32)."
+        )
     handle = (
-        place_model(random_init_handle(args.model, args.seed), args)
+        place_model(random_weights_clip(args.model, args.seed), args)
         if args.random_weights
         else load_model(args.model, args)
     )
@@ -176,10 +168,9 @@ def load_inputs(args: argparse.Namespace):
         if not args.class_names:
             raise FaithclipError("--images needs --class-names (the prompt set the images are classified against).")
         try:
-            lines = Path(args.class_names).read_text().splitlines()
+            names = read_class_names(args.class_names)
         except OSError as error:
             raise FaithclipError(f"--class-names {args.class_names}: {error.strerror}.") from error
-        names = [n.strip() for n in lines if n.strip() and not n.startswith("_")]
         data = folder_data(args.images, [args.template.format(n) for n in names])
     return handle, data
 
