@@ -7,15 +7,17 @@
         --class-names ../shared/reference/voc2011-samples/class_names.txt
 
 Every default is ``faithclip.audit.run.AuditSettings()``'s: docs/audit.md names the command behind each
-of its tables, and ``python -m faithclip.cli.audit_docs --check`` reruns them.
+of its tables, and ``python tools/audit_docs.py --check`` reruns them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import logging
+import shlex
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -173,6 +175,31 @@ def load_inputs(args: argparse.Namespace):
             raise FaithclipError(f"--class-names {args.class_names}: {error.strerror}.") from error
         data = folder_data(args.images, [args.template.format(n) for n in names])
     return handle, data
+
+
+def parse_command(command: str) -> argparse.Namespace:
+    """This command's parser applied to a ``faithclip audit ...`` line, as docs/audit.md and the docs checks
+    write it (globs expanded)."""
+    words = shlex.split(command)
+    if words[:2] != ["faithclip", "audit"]:
+        raise ValueError(f"not a faithclip audit command: {command}")
+    expanded = []
+    for word in words[2:]:
+        matches = sorted(glob.glob(word)) if any(c in word for c in "*?[") else []
+        expanded += matches or [word]  # as a shell does: a pattern matching nothing stays literal
+    parser = argparse.ArgumentParser(prog="faithclip audit")
+    add_arguments(parser)
+    return parser.parse_args(expanded)
+
+
+def run_command(command: str) -> dict:
+    """Run one documented ``faithclip audit ...`` line in this process exactly as the command would, and return
+    its results (the checks of docs/audit.md: ``python -m faithclip.cli.docs``, ``tools/audit_docs.py``)."""
+    from faithclip.audit.run import run_audit
+
+    args = parse_command(command)
+    handle, data = load_inputs(args)
+    return run_audit(handle, settings_from_args(args), data)
 
 
 @contextlib.contextmanager

@@ -63,7 +63,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _figure(values: dict, key: str, interval_key: str | None, digits: int = DIGITS) -> str:
-    """``value [low, high]`` (the form ``audit_docs --check`` reads back), or the bare value when the result
+    """``value [low, high]`` (the form ``tools/audit_docs.py --check`` reads back), or the bare value when the result
     has no interval for it (a min; a result written before intervals were recorded)."""
     value = values.get(key)
     interval = values.get(interval_key) if interval_key else None
@@ -228,7 +228,7 @@ def _interval(interval: Any, digits: int = 2) -> str:
 
 
 def _estimate(value: float, interval: Any, digits: int = 2) -> str:
-    """``value [low, high]``: the form ``faithclip.cli.audit_docs --check`` reads back."""
+    """``value [low, high]``: the form ``tools/audit_docs.py --check`` reads back."""
     return f"{_fmt(float(value), digits)} {_interval(interval, digits)}"
 
 
