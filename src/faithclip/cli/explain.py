@@ -240,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
     # Written only once everything is computed: an input error never leaves part of the outputs behind.
     progress("writing figures")
     index, figures = write_outputs(results, images, texts, methods, out, args)
+    from faithclip.report.explain_report import render_explain
     from faithclip.report.page import write_report
 
     record = {
@@ -256,8 +257,6 @@ def run(args: argparse.Namespace) -> int:
         "figures": [{k: v for k, v in f.items() if k != "preview"} for f in figures],
         "explanations": index,
     }
-    from faithclip.report.explain_report import render_explain
-
     _, page = write_report(out, "explain", record, render_explain(record, figures))
     print(f"Report: {page.resolve()}")
     return 0
