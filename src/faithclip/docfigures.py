@@ -10,7 +10,7 @@ Two forms hold a figure in a page:
   expression and from the command's output by another.
 
 FLAGS are words: ``reduced`` (cheap, seconds: the fast check runs it; docs/audit.md's block *named* ``reduced``
-is the demo's size, minutes, and only ``faithclip.cli.audit_docs --check --reduced`` singles it out) and
+is the demo's size, minutes, and only ``python tools/audit_docs.py --check --reduced`` singles it out) and
 ``slow`` (hours: rerun only when asked). A documented figure agrees with a fresh output when
 ``value [low, high]`` has ``value`` inside the fresh interval, and any other number equals the fresh one to
 its printed precision (one unit of the last digit: float noise can flip a rounding). Numbers that are

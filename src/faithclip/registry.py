@@ -66,6 +66,9 @@ class MethodSpec:
     pooled token alone (in words, for the refusal), or ``None`` when any scalar of the image will do. A target
     that reads every image token (BLIP's ITM, ``Target.pooled`` False) is refused by such a method
     (``check_target``). A method that does not declare it is refused too (``UNDECLARED_POOLED``).
+    ``slow``: the method runs hundreds of forwards per map (perturbed inputs, or an optimised bottleneck),
+    seconds each: ``faithclip explain`` says so before each image, and the P2 ladder leaves it out of its
+    default methods (``faithclip.audit.ladder.default_methods``).
     """
 
     name: str
@@ -81,6 +84,7 @@ class MethodSpec:
     #: of the method that the family has), e.g. a published pipeline with no text side for some family
     family_sides: Callable[[Any], tuple[str, ...]] | None = None
     assumes_pooled_score: str | None = UNDECLARED_POOLED
+    slow: bool = False
 
     @property
     def sides(self) -> tuple[str, ...]:

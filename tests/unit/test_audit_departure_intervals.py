@@ -11,8 +11,8 @@ import torch
 
 from faithclip.audit.bootstrap import Bootstrap, median_interval, wilson_interval
 from faithclip.audit.departure import summarise_maps
-from faithclip.audit.report import contrast_reading
 from faithclip.mapmath import spearman
+from faithclip.report.audit_report import contrast_reading
 
 Z95 = 1.959963984540054
 

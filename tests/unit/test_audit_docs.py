@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
-from faithclip.audit.report import audit_html
 from faithclip.audit.run import AuditSettings
-from faithclip.cli.audit import add_arguments, settings_from_args
-from faithclip.cli.audit_docs import (
-    MAIN,
-    REDUCED,
-    SECTIONS,
-    check,
-    compare_output,
-    main,
-    parse_command,
-    render_run,
-    run_command,
-)
+from faithclip.cli.audit import add_arguments, parse_command, run_command, settings_from_args
 from faithclip.cli.main import main as cli_main
 from faithclip.demo import DEMO_AUDIT
 from faithclip.models.loading import shipped_models
+from faithclip.report.audit_report import audit_html
+
+
+def load_tool(name: str):
+    """A script of the repository's tools/ folder (not part of the installed package), imported as a module."""
+    path = Path(__file__).resolve().parents[2] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its functions pickle by module name (the --jobs workers)
+    spec.loader.exec_module(module)
+    return module
+
+
+audit_docs = load_tool("audit_docs")
+MAIN, REDUCED, SECTIONS = audit_docs.MAIN, audit_docs.REDUCED, audit_docs.SECTIONS
+check, main, render_run = audit_docs.check, audit_docs.main, audit_docs.render_run
+compare_output = audit_docs.compare_output
 
 needs_shapes = pytest.mark.skipif("shapes-clip" not in shipped_models(), reason="the shipped shapes model is absent")
 

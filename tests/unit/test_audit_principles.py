@@ -25,11 +25,11 @@ from faithclip.audit.measures import (
     patch_deletion_insertion,
     peak_in_mask,
 )
-from faithclip.audit.report import audit_html, format_audit
 from faithclip.methods.context import Context, MapResult
 from faithclip.models.loading import from_hf, shipped_models
 from faithclip.models.preprocess import ImagePreprocess
 from faithclip.registry import METHODS, MethodSpec
+from faithclip.report.audit_report import audit_html, format_audit
 from faithclip.shapes.tokenizer import as_transformers_tokenizer, build_word_tokenizer
 from faithclip.shapes.world import COLOUR_NAMES, SHAPES
 from faithclip.targets import make_target

@@ -395,8 +395,8 @@ def test_blip_equivalence_figures(saved, published_sizes, capsys):
 def test_audit_departure_runs_on_blip(saved):
     from faithclip.audit.data import shapes_data
     from faithclip.audit.departure import MAP_ARMS, audit_departure, map_arms
-    from faithclip.audit.report import format_audit
     from faithclip.models.families import FAMILIES
+    from faithclip.report.audit_report import format_audit
 
     handle = faithclip.load(str(saved))
     assert map_arms(FAMILIES["clip"]) == MAP_ARMS  # CLIP's ablation is unchanged

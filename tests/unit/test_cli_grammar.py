@@ -328,8 +328,7 @@ def test_audit_method_options_reach_p2_and_are_checked_before_any_work(monkeypat
     import faithclip.audit.p2 as p2
     import faithclip.audit.run as audit_run
     from faithclip.audit.run import AuditSettings
-    from faithclip.cli.audit import settings_from_args
-    from faithclip.cli.audit_docs import parse_command
+    from faithclip.cli.audit import parse_command, settings_from_args
 
     argv = [
         "audit",
@@ -364,8 +363,7 @@ def test_audit_method_options_reach_p2_and_are_checked_before_any_work(monkeypat
 
 def test_settings_command_writes_lists_in_the_one_grammar():
     from faithclip.audit.run import AuditSettings
-    from faithclip.cli.audit import settings_from_args
-    from faithclip.cli.audit_docs import parse_command
+    from faithclip.cli.audit import parse_command, settings_from_args
 
     settings = AuditSettings(methods=("grad_cam", "legrad"), correctness_alphas=(0.5, 0.75))
     assert settings.command() == "faithclip audit --correctness-alphas 0.5,0.75 --methods grad_cam,legrad"

@@ -97,9 +97,9 @@ def test_what_a_family_cannot_run_is_refused_in_one_line_before_any_work(command
 
 
 def test_audit_of_a_family_without_a_published_pipeline_says_so(tmp_path, capsys):
-    from faithclip.audit.report import format_audit
     from faithclip.audit.run import AuditSettings, run_audit
     from faithclip.cli.main import main
+    from faithclip.report.audit_report import format_audit
 
     assert main(["audit", "--model", "shapes-siglip", "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip().splitlines()

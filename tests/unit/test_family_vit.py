@@ -377,6 +377,6 @@ def test_audit_runs_on_a_tiny_shapes_classifier():
         "embedding_cosine_min"
     ] == pytest.approx(1.0)
     assert results["maps"]["mean"]["spearman_faithful_vs_grad_eclip"] == pytest.approx(1.0)
-    from faithclip.audit.report import format_audit
+    from faithclip.report.audit_report import format_audit
 
     assert "one-head" in format_audit(results)

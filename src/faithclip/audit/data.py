@@ -50,4 +50,11 @@ def folder_data(paths: Sequence[str | Path], prompts: Sequence[str], name: str =
     )
 
 
-__all__ = ["folder_data", "shapes_data"]
+def read_class_names(path: str | Path) -> list[str]:
+    """The class names of a file, one a line, stripped; blank lines and names starting with ``_`` (a
+    background or ignore class, as in VOC's list) skipped. An unreadable file raises ``OSError``."""
+    lines = Path(path).read_text().splitlines()
+    return [name.strip() for name in lines if name.strip() and not name.startswith("_")]
+
+
+__all__ = ["folder_data", "read_class_names", "shapes_data"]

@@ -43,8 +43,6 @@ from faithclip.registry import METHODS, MethodSpec
 
 logger = logging.getLogger(__name__)
 
-EXPENSIVE_METHODS = ("rise", "m2ib", "occlusion")  # left out of the default ladder (add with methods=)
-
 
 def degrade(handle: ModelHandle, alpha: float, seed: int = 0) -> ModelHandle:
     """A copy of the model with weights ``(1 - alpha) * trained + alpha * re-initialised`` (logit_scale kept)."""
@@ -142,8 +140,9 @@ def explain_quality(
 
 
 def default_methods(family: str = "clip") -> list[str]:
-    """The ladder's methods for models of ``family``: every image-side method it supports but the expensive ones."""
-    return [s.name for s in METHODS if s.image is not None and s.name not in EXPENSIVE_METHODS and s.supports(family)]
+    """The ladder's methods for models of ``family``: every image-side method it supports but the slow ones
+    (``MethodSpec.slow``; add them with ``methods=``)."""
+    return [s.name for s in METHODS if s.image is not None and not s.slow and s.supports(family)]
 
 
 QUALITY_METRICS = ("pointing", "ins_minus_del")

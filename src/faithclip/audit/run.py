@@ -1,6 +1,6 @@
 """The one code path of the audit: ``run_audit(handle, settings)``.
 
-``faithclip audit``, the demo's audit section and the docs generator (``faithclip.cli.audit_docs``) all
+``faithclip audit``, the demo's audit section and the docs generator (``tools/audit_docs.py``) all
 call ``run_audit`` with an ``AuditSettings``; the CLI's defaults ARE ``AuditSettings()``'s, and
 ``settings.command()`` is the ``faithclip audit ...`` line that reproduces a result, so a documented
 table can always name the command that regenerates it.

@@ -7,15 +7,17 @@
         --class-names ../shared/reference/voc2011-samples/class_names.txt
 
 Every default is ``faithclip.audit.run.AuditSettings()``'s: docs/audit.md names the command behind each
-of its tables, and ``python -m faithclip.cli.audit_docs --check`` reruns them.
+of its tables, and ``python tools/audit_docs.py --check`` reruns them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import logging
+import shlex
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -148,26 +150,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def random_init_handle(directory: str | None, seed: int):
-    """A CLIP of the directory's architecture (default: the shipped ViT-B/32 config) with random weights, its
-    tokenizer and preprocessing."""
-    from faithclip.models.random_init import find_reference, random_clip
-
-    if directory is not None and not (Path(directory) / "config.json").is_file():
-        raise ModelError(
-            f"--random-weights builds --model's architecture from its config.json; {directory} has "
-            "none (give a directory with config.json, or leave --model out for the shipped ViT-B/32)."
-        )
-    name = Path(directory or find_reference(None)).name
-    return random_clip(directory, seed=seed, name=f"{name} (random weights, seed {seed})")
-
-
 def load_inputs(args: argparse.Namespace):
     """The model handle and, with ``--images``, the image files as audit data."""
-    from faithclip.audit.data import folder_data
+    from faithclip.audit.data import folder_data, read_class_names
+    from faithclip.models.random_init import random_weights_clip
 
+    if args.random_weights and args.model is not None and not (Path(args.model) / "config.json").is_file():
+        raise ModelError(
+            f"--random-weights builds --model's architecture from its config.json; {args.model} has "
+            "none (give a directory with config.json, or leave --model out for the shipped ViT-B/32)."
+        )
     handle = (
-        place_model(random_init_handle(args.model, args.seed), args)
+        place_model(random_weights_clip(args.model, args.seed), args)
         if args.random_weights
         else load_model(args.model, args)
     )
@@ -176,12 +170,36 @@ def load_inputs(args: argparse.Namespace):
         if not args.class_names:
             raise FaithclipError("--images needs --class-names (the prompt set the images are classified against).")
         try:
-            lines = Path(args.class_names).read_text().splitlines()
+            names = read_class_names(args.class_names)
         except OSError as error:
             raise FaithclipError(f"--class-names {args.class_names}: {error.strerror}.") from error
-        names = [n.strip() for n in lines if n.strip() and not n.startswith("_")]
         data = folder_data(args.images, [args.template.format(n) for n in names])
     return handle, data
+
+
+def parse_command(command: str) -> argparse.Namespace:
+    """This command's parser applied to a ``faithclip audit ...`` line, as docs/audit.md and the docs checks
+    write it (globs expanded)."""
+    words = shlex.split(command)
+    if words[:2] != ["faithclip", "audit"]:
+        raise ValueError(f"not a faithclip audit command: {command}")
+    expanded = []
+    for word in words[2:]:
+        matches = sorted(glob.glob(word)) if any(c in word for c in "*?[") else []
+        expanded += matches or [word]  # as a shell does: a pattern matching nothing stays literal
+    parser = argparse.ArgumentParser(prog="faithclip audit")
+    add_arguments(parser)
+    return parser.parse_args(expanded)
+
+
+def run_command(command: str) -> dict:
+    """Run one documented ``faithclip audit ...`` line in this process exactly as the command would, and return
+    its results (the checks of docs/audit.md: ``python -m faithclip.cli.docs``, ``tools/audit_docs.py``)."""
+    from faithclip.audit.run import run_audit
+
+    args = parse_command(command)
+    handle, data = load_inputs(args)
+    return run_audit(handle, settings_from_args(args), data)
 
 
 @contextlib.contextmanager
@@ -198,9 +216,9 @@ def quiet_progress(quiet: bool) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from faithclip.audit.report import audit_page, format_audit
     from faithclip.audit.run import run_audit
     from faithclip.explanation import json_bytes, write_atomic
+    from faithclip.report.audit_report import audit_page, format_audit
     from faithclip.report.page import write_report
 
     settings = settings_from_args(args)

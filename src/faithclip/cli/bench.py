@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import html
 import platform
 
 from faithclip.cli.common import (
@@ -70,39 +69,17 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    print(
-        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
-    )
-    print(bench.format_rows(rows))
-    if json_path is not None:
-        write_atomic(json_path, json_bytes([r.__dict__ for r in rows]))
-    from faithclip.report.page import html_page, table, write_report
-
     machine = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
-    memory = any(r.peak_ratio is not None for r in rows)
-    body = (
-        f"<p>{machine}. Ratios to a plain no-grad image forward of the same architecture (random weights). "
-        f"{html.escape(bench.RATIO_NOTE)}</p>"
-        + table(
-            ["arch", "item", "seconds", "forward s", "x forward"] + (["peak RSS (x forward)"] if memory else []),
-            [
-                [
-                    r.architecture,
-                    r.item,
-                    f"{r.seconds:.3f}",
-                    "" if r.forward_seconds is None else f"{r.forward_seconds:.3f}",
-                    f"{r.time_ratio:.2f}",
-                ]
-                + (["" if r.peak_ratio is None else f"{r.peak_ratio:.2f}"] if memory else [])
-                for r in rows
-            ],
-            text_columns=(0, 1),
-        )
-    )
-    _, page = write_report(
-        out, "bench", {"machine": machine, "rows": [r.__dict__ for r in rows]}, html_page("faithclip bench", body)
-    )
+    print(f"\n{machine}")
+    print(bench.format_rows(rows))
+    if json_path is not None:
+        write_atomic(json_path, json_bytes([r.__dict__ for r in rows]))
+    from faithclip.report.bench_report import render_bench
+    from faithclip.report.page import write_report
+
+    record = {"machine": machine, "rows": [r.__dict__ for r in rows]}
+    _, page = write_report(out, "bench", record, render_bench(record, bench.RATIO_NOTE))
     print(f"Report: {page.resolve()}")
     return 0

@@ -11,7 +11,7 @@ a claim are, and the rules of agreement: ``faithclip.docfigures``. ``--reduced``
 cheap (a few seconds each), ``slow`` blocks (hours) run only with ``--slow``. A command runs in this process
 through its own ``main(argv)`` (``faithclip ...``, ``python -m faithclip.MODULE ...``) on one torch thread, or
 else as a subprocess of this Python. docs/audit.md's sections keep their own generator
-(``python -m faithclip.cli.audit_docs``), which writes their intros and the seeds table too.
+(``python tools/audit_docs.py``, run from here as a subprocess), which writes their intros and the seeds table too.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 DOCS = ("README.md", "docs/audit.md", "docs/families.md", "docs/plugins.md", "docs/evaluation.md", "docs/p2.md")
 CLAIMS = Path("docs/claims.toml")
 B32 = "../shared/reference"
+AUDIT_DOCS = "tools/audit_docs.py"  # docs/audit.md's generator
 
 
 class CommandFailed(Exception):
@@ -129,9 +130,9 @@ def run(command: str) -> str:
 
 def _run(command: str, env: dict[str, str], words: list[str]) -> str:
     if words[:2] == ["faithclip", "audit"] and not env:
-        from faithclip.audit.report import format_audit
-        from faithclip.cli.audit_docs import run_command
+        from faithclip.cli.audit import run_command
         from faithclip.errors import FaithclipError
+        from faithclip.report.audit_report import format_audit
 
         try:
             with one_thread():
@@ -275,16 +276,14 @@ def replicate(figures: list[Figure], runner: Runner) -> tuple[list[str], list[st
 
 
 def regenerate(figures: list[Figure], execute=run) -> None:
-    """Rewrite each results block's output with a fresh run (claims are prose: they are checked, not written)."""
-    from faithclip.cli.audit_docs import SECTIONS
-    from faithclip.cli.audit_docs import regenerate as regenerate_audit
-
-    audit_sections: dict[Path, set[str]] = {}
+    """Rewrite each results block's output with a fresh run (claims are prose: they are checked, not written).
+    docs/audit.md's blocks are written by their own generator, ``tools/audit_docs.py``."""
+    audit_sections: dict[Path, dict[str, None]] = {}
     for figure in figures:
         if figure.block == "claim":
             continue
-        if figure.doc.name == "audit.md" and figure.block in SECTIONS:
-            audit_sections.setdefault(figure.doc, set()).add(figure.block)
+        if figure.doc.name == "audit.md":
+            audit_sections.setdefault(figure.doc, {})[figure.block] = None
             continue
         fresh = execute(figure.command)
         text = figure.doc.read_text()  # read again: the page may have been edited during the run
@@ -294,7 +293,19 @@ def regenerate(figures: list[Figure], execute=run) -> None:
         write_atomic(figure.doc, replace_output(text, current[figure.command], fresh).encode())
         logger.info("wrote %s's %s block (`%s`)", figure.doc, figure.block, figure.command)
     for doc, names in audit_sections.items():
-        regenerate_audit(doc, [name for name in SECTIONS if name in names])
+        regenerate_audit(doc, list(names))
+
+
+def regenerate_audit(doc: Path, names: list[str]) -> None:
+    """docs/audit.md's blocks ``names``, rewritten by ``python tools/audit_docs.py DOC NAMES...`` (a tool of the
+    repository, run from its root, as every page here is read)."""
+    tool = Path(AUDIT_DOCS)
+    if not tool.is_file():
+        raise CommandFailed(f"{tool} is not here: run from the repository root")
+    done = subprocess.run([sys.executable, str(tool), str(doc), *names], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CommandFailed(f"{tool} exit {done.returncode}: {last}")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -31,9 +31,6 @@ from faithclip.report.colour import SCALES
 from faithclip.report.figures import FORMATS, VIEWS
 from faithclip.targets import NO_OTHER_TEXTS, TARGET_KINDS
 
-# Methods that score hundreds of perturbed images per map: the user is told before each image, not after.
-SLOW_METHODS = frozenset({"rise", "occlusion", "m2ib"})
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     import faithclip.methods  # noqa: F401  (fills the registry, the single source of method names)
@@ -221,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     results = []  # (image, method, [explanation per text])
     for number, image_path in enumerate(images, 1):
         for method in methods:
-            if method in SLOW_METHODS:
+            if METHODS.get(method).slow:  # told before each image, not after
                 progress(
                     f"{method} on {image_path} ({number}/{len(images)} images, {len(texts)} texts): "
                     "a perturbation method, seconds per map"
@@ -243,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
     # Written only once everything is computed: an input error never leaves part of the outputs behind.
     progress("writing figures")
     index, figures = write_outputs(results, images, texts, methods, out, args)
+    from faithclip.report.explain_report import render_explain
     from faithclip.report.page import write_report
 
     record = {
@@ -356,66 +354,3 @@ def write_outputs(
                 index[member]["figure"] = f"{stem}.{args.format}"
             figures.append(save(grid, stem, f"{image_path}: {', '.join(methods)} x {len(texts)} prompt(s)", members))
     return index, figures
-
-
-def render_explain(record: dict, figures: list[dict]) -> str:
-    """The figures of one ``explain`` run on one page, with their scores and warnings. Each figure's
-    ``<img>`` carries its colour scales (``data-colour-scales``, JSON), so a reader or a test can see
-    which panels share one."""
-    import json
-
-    from faithclip.report.page import data_uri, esc, html_page, table
-
-    rows = [
-        [
-            e["image"],
-            e["text"],
-            e["method"],
-            f"{e['score']:+.4f}",
-            "" if e["model_score"] is None else f"{e['model_score']:+.4f}",
-            "; ".join(e["warnings"]),
-        ]
-        for e in record["explanations"]
-    ]
-    bad = [i for i, e in enumerate(record["explanations"]) if e["warnings"]]
-    scale_words = {
-        "shared": "each method's maps share one colour scale (a method's maps are in the same units; "
-        "different methods' are not)",
-        "all": "every map shares one colour scale",
-        "per_map": "each map has its own colour scale",
-    }
-    parts = [
-        f"<p>Model <b>{esc(record['model'])}</b>, method(s) <b>{esc(', '.join(record['methods']))}</b> "
-        f"({esc(record['side'])} side), target <b>{esc(record['target'])}</b>.</p>"
-    ]
-    if record["side"] == "image":
-        parts.append(
-            "<p>Each figure shows the map on the image over the region it covers (the model's crop, "
-            "outlined), the image untouched, and a colour bar in the map's raw values with zero marked: "
-            "non-negative maps run from 0 (transparent) to their top, signed maps are centred on 0 "
-            f"(blue below, red above). In these figures {scale_words[record['scale']]}, so within a "
-            "scale a stronger colour is a larger value. The score in each panel's title is the "
-            "explained score; a prompt the model rejects has a negative one.</p>"
-        )
-    else:
-        parts.append(
-            "<p>Each figure shows one bar per token: the token's raw weight in the explained score "
-            "(red above zero, blue below).</p>"
-        )
-    parts.append(
-        table(
-            ["image", "text", "method", "score", "model score", "warnings"],
-            rows,
-            bad_cells=[(i, 5) for i in bad],
-            text_columns=(0, 1, 2, 5),
-        )
-    )
-    for figure in figures:
-        parts.append(f"<h2>{esc(figure['title'])}</h2>")
-        warnings = dict.fromkeys(w for i in figure["explanations"] for w in record["explanations"][i]["warnings"])
-        parts += [f"<p class='bad'>warning: {esc(w)}</p>" for w in warnings]
-        parts.append(
-            f"<figure><img alt='{esc(figure['title'])}' data-colour-scales='{esc(json.dumps(figure['colour_scales']))}' "
-            f"src='{data_uri(figure['preview'])}'><figcaption>{esc(figure['file'])}</figcaption></figure>"
-        )
-    return html_page("faithclip explain", "".join(parts))

@@ -206,6 +206,7 @@ register_method(
         # The bottleneck is a hook that replaces a layer's output inside the forward: a modified forward, on the
         # model's own pixels / tokens (faithclip check detects exactly that; it once declared modifies_input).
         modifies_model=True,
+        slow=True,
         defaults={
             "layer": "min(round(0.75 L), L - 2) (9 of 12)",
             "beta": 0.1,

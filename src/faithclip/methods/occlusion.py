@@ -116,6 +116,7 @@ register_method(
         image=occlusion_image,
         text=occlusion_text,
         modifies_input=True,
+        slow=True,
         defaults={"window": "round(min(H, W) / 7) px", "stride": "window // 2", "fill": 0.0, "batch_size": "64 / 256"},
         summary="score drop when a sliding window (image) or one token (text) is removed, averaged over covering windows",
     )

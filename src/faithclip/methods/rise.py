@@ -119,6 +119,7 @@ register_method(
         paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box Models, BMVC 2018",
         image=rise,
         modifies_input=True,
+        slow=True,
         defaults={"masks": 4000, "cells": 8, "prob": 0.5, "batch_size": 64, "seed": 0},
         summary="sum_i S(I * M_i) M_i / (N p) over random upsampled, shifted s x s masks (pixel resolution)",
     )

@@ -74,6 +74,13 @@ def random_clip(
     return from_hf(model, tokenizer, preprocess=preprocess, name=name)
 
 
+def random_weights_clip(directory: str | Path | None, seed: int = 0) -> ModelHandle:
+    """The directory's CLIP architecture (default: the shipped ViT-B/32 config) with random weights drawn with
+    ``seed``, named after the directory and the seed (the model ``faithclip audit --random-weights`` audits)."""
+    name = Path(directory or find_reference(None)).name
+    return random_clip(directory, seed=seed, name=f"{name} (random weights, seed {seed})")
+
+
 def random_b32(directory: str | Path | None = None, seed: int = 0, patch_size: int = 32) -> ModelHandle:
     """The real ViT-B/32 (or B/16 with ``patch_size=16``) architecture with random weights."""
     return random_clip(

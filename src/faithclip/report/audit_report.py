@@ -1,7 +1,10 @@
-"""Rendering audit results (the JSON dict is canonical): a terminal table and an HTML fragment.
+"""The report of ``faithclip audit``: terminal tables and HTML, both rendered from the JSON record (canonical).
 
+``format_audit(results)`` is the text the command prints (and docs/audit.md documents);
 ``audit_html(results)`` returns a self-contained ``<section>`` the demo report can include as is;
-``audit_page(results)`` the complete page ``faithclip audit --out DIR`` writes.
+``audit_page(results)`` the complete page ``faithclip audit --out DIR`` writes. The text and the HTML live
+in one module, as ``check_report``'s do, because they are one rendering: the same rows, labels, figures and
+intervals (``_arm_rows``, ``_map_rows``, ``p2_rows``, ``_estimate``), written twice would drift apart.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _figure(values: dict, key: str, interval_key: str | None, digits: int = DIGITS) -> str:
-    """``value [low, high]`` (the form ``audit_docs --check`` reads back), or the bare value when the result
+    """``value [low, high]`` (the form ``tools/audit_docs.py --check`` reads back), or the bare value when the result
     has no interval for it (a min; a result written before intervals were recorded)."""
     value = values.get(key)
     interval = values.get(interval_key) if interval_key else None
@@ -225,7 +228,7 @@ def _interval(interval: Any, digits: int = 2) -> str:
 
 
 def _estimate(value: float, interval: Any, digits: int = 2) -> str:
-    """``value [low, high]``: the form ``faithclip.cli.audit_docs --check`` reads back."""
+    """``value [low, high]``: the form ``tools/audit_docs.py --check`` reads back."""
     return f"{_fmt(float(value), digits)} {_interval(interval, digits)}"
 
 

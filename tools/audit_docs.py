@@ -1,7 +1,8 @@
 """The audit's documented results: regenerate them, or check them against a fresh run.
 
-    python -m faithclip.cli.audit_docs [docs/audit.md] [shapes|reduced|b32 ...] [--jobs N]   # rewrite the results
-    python -m faithclip.cli.audit_docs --check [docs/audit.md] [--reduced]       # exit 1 if a figure disagrees
+    python tools/audit_docs.py [docs/audit.md] [shapes|reduced|b32 ...] [--jobs N]   # rewrite the results
+    python tools/audit_docs.py --check [docs/audit.md] [--reduced]                   # exit 1 if a figure disagrees
+    ... --reference DIR   # the reference folder of the b32 runs (default ../shared/reference)
 
 Every results block (between ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``) is
 made of fenced blocks that start with the command that printed them (``$ faithclip audit ...``): the
@@ -12,22 +13,23 @@ printed as ``value [low, high]`` must lie inside the fresh interval; any other n
 fresh one to the printed precision (one unit of the last digit: float32 noise can flip a rounding).
 
 The rules are ``faithclip.docfigures``'s; ``python -m faithclip.cli.docs --check`` checks these blocks with every
-other page's documented figures, and regenerates docs/audit.md's sections through this module.
+other page's documented figures, and regenerates docs/audit.md's sections by running this script. It is a
+tool of the repository (it writes docs/audit.md and reads the reference folder beside it), not of the
+installed package: run it from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import re
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from faithclip.cli.audit import run_command
 from faithclip.demo import DEMO_AUDIT
 from faithclip.docfigures import block_bounds, compare_output
 from faithclip.errors import FaithclipError
@@ -35,8 +37,7 @@ from faithclip.explanation import write_atomic
 
 logger = logging.getLogger(__name__)
 
-B32 = "../shared/reference/openai-clip-vit-base-patch32"
-VOC = "../shared/reference/voc2011-samples"
+REFERENCE = "../shared/reference"  # the shared reference folder: real model configs and sample images
 SEEDS = (0, 1, 2)
 MAIN = "faithclip audit --ladder --correctness"
 # The demo's audit section runs this reduced size; the fast test checks its block.
@@ -49,62 +50,48 @@ class Run:
     intro: str = ""
 
 
-SECTIONS: dict[str, list[Run]] = {
-    # P2's runs (`faithclip audit --ladder`, 3 seeds) are in docs/p2.md; this page keeps the departure.
-    "shapes": [Run("faithclip audit" + (f" --seed {seed} --map-images 0" if seed else "")) for seed in SEEDS]
-    + [
-        Run(
-            "faithclip audit --aspect 0.75 --seed 2",
-            "Non-square variant: renders cropped to 128x96 (W x H), so the model's centre crop loses the sides "
-            "the official input keeps (single-object scene seed 3):",
-        )
-    ],
-    "reduced": [
-        Run(
-            REDUCED,
-            f"The demo's audit section (`faithclip demo`), a REDUCED size: {len(DEMO_AUDIT.methods or ())} "
-            f"methods, P2 on {DEMO_AUDIT.p2_scenes} scene pairs x {DEMO_AUDIT.p2_ladders} ladder x "
-            f"{DEMO_AUDIT.p2_rungs} rungs (below the smallest design offered a P2 verdict: "
-            f"inconclusive by rule), {DEMO_AUDIT.scenes} single-object scenes. The P2 verdicts to "
-            "read are in docs/p2.md.",
-        )
-    ],
-    "b32": [
-        Run(
-            f"faithclip audit --model {B32} --random-weights --scenes 24 --raw-size 448 --map-images 4 --deletion-steps 8"
-        ),
-        Run(
-            f"faithclip audit --model {B32} --random-weights --images {VOC}/JPEGImages/*.jpg "
-            f"--class-names {VOC}/class_names.txt --map-images 3 --deletion-steps 10"
-        ),
-    ],
-}
+def b32(reference: str = REFERENCE) -> str:
+    """The ViT-B/32 config (built with random weights) of the b32 runs, in the reference folder."""
+    return f"{reference}/openai-clip-vit-base-patch32"
 
 
-def parse_command(command: str) -> argparse.Namespace:
-    """The CLI's own parser applied to a documented ``faithclip audit ...`` line (globs expanded)."""
-    from faithclip.cli.audit import add_arguments
+def sections(reference: str = REFERENCE) -> dict[str, list[Run]]:
+    """The runs of each results block of docs/audit.md; the b32 runs read ``reference``."""
+    voc = f"{reference}/voc2011-samples"
+    return {
+        # P2's runs (`faithclip audit --ladder`, 3 seeds) are in docs/p2.md; this page keeps the departure.
+        "shapes": [Run("faithclip audit" + (f" --seed {seed} --map-images 0" if seed else "")) for seed in SEEDS]
+        + [
+            Run(
+                "faithclip audit --aspect 0.75 --seed 2",
+                "Non-square variant: renders cropped to 128x96 (W x H), so the model's centre crop loses the sides "
+                "the official input keeps (single-object scene seed 3):",
+            )
+        ],
+        "reduced": [
+            Run(
+                REDUCED,
+                f"The demo's audit section (`faithclip demo`), a REDUCED size: {len(DEMO_AUDIT.methods or ())} "
+                f"methods, P2 on {DEMO_AUDIT.p2_scenes} scene pairs x {DEMO_AUDIT.p2_ladders} ladder x "
+                f"{DEMO_AUDIT.p2_rungs} rungs (below the smallest design offered a P2 verdict: "
+                f"inconclusive by rule), {DEMO_AUDIT.scenes} single-object scenes. The P2 verdicts to "
+                "read are in docs/p2.md.",
+            )
+        ],
+        "b32": [
+            Run(
+                f"faithclip audit --model {b32(reference)} --random-weights --scenes 24 --raw-size 448 --map-images 4 "
+                "--deletion-steps 8"
+            ),
+            Run(
+                f"faithclip audit --model {b32(reference)} --random-weights --images {voc}/JPEGImages/*.jpg "
+                f"--class-names {voc}/class_names.txt --map-images 3 --deletion-steps 10"
+            ),
+        ],
+    }
 
-    words = shlex.split(command)
-    if words[:2] != ["faithclip", "audit"]:
-        raise ValueError(f"not a faithclip audit command: {command}")
-    expanded = []
-    for word in words[2:]:
-        matches = sorted(glob.glob(word)) if any(c in word for c in "*?[") else []
-        expanded += matches or [word]  # as a shell does: a pattern matching nothing stays literal
-    parser = argparse.ArgumentParser(prog="faithclip audit")
-    add_arguments(parser)
-    return parser.parse_args(expanded)
 
-
-def run_command(command: str) -> dict:
-    """Run one documented command exactly as ``faithclip audit`` would (one thread), return its results."""
-    from faithclip.audit.run import run_audit
-    from faithclip.cli.audit import load_inputs, settings_from_args
-
-    args = parse_command(command)
-    handle, data = load_inputs(args)
-    return run_audit(handle, settings_from_args(args), data)
+SECTIONS = sections()  # with the default reference folder
 
 
 def _run_on_one_thread(command: str) -> dict:
@@ -125,7 +112,7 @@ def run_commands(commands: list[str], jobs: int = 1) -> list[dict]:
 
 
 def render_run(command: str, results: dict) -> str:
-    from faithclip.audit.report import format_audit
+    from faithclip.report.audit_report import format_audit
 
     return f"```\n$ {command}\n{format_audit(results)}\n```\n"
 
@@ -145,16 +132,16 @@ def seeds_table(results: dict[int, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_section(name: str, jobs: int = 1) -> str:
-    if name == "b32" and not Path(B32).is_dir():
-        return "Not run: ../shared/reference is not available.\n"
+def render_section(name: str, jobs: int = 1, reference: str = REFERENCE) -> str:
+    if name == "b32" and not Path(b32(reference)).is_dir():
+        return f"Not run: {reference} is not available.\n"
     if name != "b32":
         from faithclip.models.loading import shipped_models
 
         if "shapes-clip" not in shipped_models():
             return "Not run: the shipped model `shapes-clip` is not installed.\n"
     parts, by_seed = [], {}
-    runs = SECTIONS[name]
+    runs = sections(reference)[name]
     for run, results in zip(runs, run_commands([run.command for run in runs], jobs)):
         if name == "shapes" and "p2" in results:
             by_seed[results["settings"]["seed"]] = results
@@ -164,10 +151,10 @@ def render_section(name: str, jobs: int = 1) -> str:
     return "\n".join(parts)
 
 
-def regenerate(markdown: Path, sections: list[str], jobs: int = 1) -> None:
-    for name in sections:
+def regenerate(markdown: Path, names: list[str], jobs: int = 1, reference: str = REFERENCE) -> None:
+    for name in names:
         block_bounds(markdown.read_text(), name)  # fail before computing
-        body = render_section(name, jobs)
+        body = render_section(name, jobs, reference)
         text = markdown.read_text()  # read again: the file may have been edited during the run
         begin, finish = block_bounds(text, name)
         write_atomic(markdown, f"{text[:begin]}\n{body}\n{text[finish:]}".encode())
@@ -188,9 +175,9 @@ def documented_runs(text: str, reduced: bool = False) -> list[tuple[str, str]]:
     return runs
 
 
-def check(markdown: Path, reduced: bool = False, run=run_command) -> list[str]:
+def check(markdown: Path, reduced: bool = False, run=run_command, reference: str = REFERENCE) -> list[str]:
     """Rerun every documented command and return one line per documented figure a fresh run contradicts."""
-    from faithclip.audit.report import format_audit
+    from faithclip.report.audit_report import format_audit
 
     runs = documented_runs(markdown.read_text(), reduced)
     if not runs:
@@ -199,8 +186,8 @@ def check(markdown: Path, reduced: bool = False, run=run_command) -> list[str]:
         )
     problems = []
     for command, documented in runs:
-        if f"--model {B32}" in command and not Path(B32).is_dir():
-            logger.warning("skipped (../shared/reference is not available): %s", command)
+        if f"--model {b32(reference)}" in command and not Path(b32(reference)).is_dir():
+            logger.warning("skipped (%s is not available): %s", reference, command)
             continue
         fresh = format_audit(run(command))
         problems += [f"{markdown}: `{command}`: {p}" for p in compare_output(documented, fresh)]
@@ -209,7 +196,7 @@ def check(markdown: Path, reduced: bool = False, run=run_command) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m faithclip.cli.audit_docs",
+        prog="python tools/audit_docs.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -218,8 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare the documented figures with a fresh run")
     parser.add_argument("--reduced", action="store_true", help="with --check: only the reduced (demo-size) block")
     parser.add_argument("--jobs", type=int, default=1, help="regenerate a section's runs in this many processes")
+    parser.add_argument(
+        "--reference",
+        default=REFERENCE,
+        metavar="DIR",
+        help=f"the reference folder the b32 runs read (openai-clip-vit-base-patch32, voc2011-samples; default {REFERENCE})",
+    )
     args = parser.parse_args(argv)
-    if args.markdown in SECTIONS:  # `python -m faithclip.cli.audit_docs shapes`: the default file, that section
+    if args.markdown in SECTIONS:  # `python tools/audit_docs.py shapes`: the default file, that section
         args.sections, args.markdown = [args.markdown, *args.sections], "docs/audit.md"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -240,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if not args.check:
-            regenerate(markdown, args.sections or list(SECTIONS), max(1, args.jobs))
+            regenerate(markdown, args.sections or list(SECTIONS), max(1, args.jobs), args.reference)
             return 0
-        problems = check(markdown, args.reduced)
+        problems = check(markdown, args.reduced, reference=args.reference)
     except KeyError as error:
         print(f"{markdown}: {error.args[0]}", file=sys.stderr)
         return 2
