@@ -12,7 +12,6 @@ and writes ``report.html`` (self-contained) and ``demo.json`` (everything behind
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from faithclip._version import __version__
 from faithclip.audit.run import AuditSettings
 from faithclip.explanation import json_bytes, write_atomic
 from faithclip.numerics import same_to_rounding
+from faithclip.report.page import data_uri
 
 logger = logging.getLogger(__name__)
 
@@ -233,11 +233,7 @@ def _card(image: Any, explanation: Any) -> tuple[str, str, list[str]]:
     from faithclip.report.figures import map_card_png
 
     png, span = map_card_png(explanation.map, image, 176)
-    return _data_uri(png), span, list(explanation.warnings)
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
+    return data_uri(png), span, list(explanation.warnings)
 
 
 def _png(image: Any) -> bytes:
