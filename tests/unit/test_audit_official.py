@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import B32_DIR, VOC_DIR, random_clip, token_ids
 from faithclip.api import grad_eclip_official_explain
-from faithclip.methods.grad_eclip_official import official_lambda
+from faithclip.methods.official.formula import official_lambda
 from faithclip.methods.official.keepsize import cap_short_side, keep_size_pixels
 from faithclip.methods.official.rewrite import (
     encode_image_rewritten,

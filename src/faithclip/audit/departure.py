@@ -213,7 +213,7 @@ def embedding_departure(
     text = {
         **_cosine_rows(text_cosine, boot),
         "prompts": len(data.prompts),
-        "layers": min(text_layers, len(handle.model.text_model.encoder.layers)),
+        "layers": min(text_layers, len(handle.family.blocks(handle.model, "text"))),
         **_prediction_rows(handle, original, text_rewritten, original, text_embeds, explained, labels, boot),
     }
     return {"arms": arms, "text": text}

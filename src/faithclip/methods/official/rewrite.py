@@ -28,6 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from faithclip.methods.common import normalize_sum
+from faithclip.methods.official.formula import official_lambda, official_term, out_proj_for
+
 
 @dataclass
 class BlockTrace:
@@ -188,8 +191,47 @@ def image_embeds(model: Any, pixels: torch.Tensor, heads: int | None) -> torch.T
     return encode_image_rewritten(model, pixels, heads=heads, layers=1)[0]
 
 
+def text_maps(ctx: Any, layers: int, lambda_qk: str, model: Any | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official text maps ``(B, K, L)`` (L = the context's token length) and rewritten scores ``(B, K)``."""
+    model = ctx.handle.model if model is None else model
+    ids = ctx.handle.context_batch(ctx.text).input_ids  # (K, context): padded with 0 as clip.tokenize
+    eos = ctx.text.eos_positions
+    blocks = model.text_model.encoder.layers
+    layers = min(layers, len(blocks))
+    recomputed = list(blocks[len(blocks) - layers :])
+    image_embeds = (
+        ctx.fixed_image_embeds()
+        if model is ctx.handle.model
+        else model.get_image_features(pixel_values=ctx.pixels.to(model.logit_scale.dtype)).pooler_output.detach()
+    )
+    length = ctx.text.input_ids.shape[1]
+    with torch.enable_grad():
+        text_embeds, traces = encode_text_rewritten(model, ids, eos, heads=1, layers=layers)
+        extra = ctx.extra_embeds()
+        scores = ctx.target.scores(
+            image_embeds,
+            text_embeds,
+            ctx.handle.logit_scale.detach().to(text_embeds.dtype),
+            None if extra is None else extra.to(text_embeds.dtype),
+        )  # (B, K)
+        maps = torch.zeros(*scores.shape, length, dtype=scores.dtype, device=scores.device)
+        for k in range(scores.shape[1]):
+            e = int(eos[k])
+            lams = [
+                official_lambda(t.q[k], t.k[k], e, slice(None), out_proj_for(layer, lambda_qk))
+                for t, layer in zip(traces, recomputed)
+            ]  # (context,) each: ALL positions
+            for b in range(scores.shape[0]):
+                grads = torch.autograd.grad(scores[b, k], [t.attn_out for t in traces], retain_graph=True)
+                terms = [official_term(g[k, e], t.v[k].detach(), lam) for g, t, lam in zip(grads, traces, lams)]
+                emap = F.relu(torch.stack(terms).sum(0))[1:e]  # (e-1,)
+                maps[b, k, 1:e] = normalize_sum(emap)  # the official emap / emap.sum(), but 0 (not NaN) for 0 / 0
+    return maps, scores.detach()
+
+
 __all__ = [
     "image_maps",
+    "text_maps",
     "image_embeds",
     "BlockTrace",
     "attention",
