@@ -297,14 +297,14 @@ class CommaList(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         given = values if isinstance(values, list) else [values]
-        once(parser, namespace, self.dest, option_string, [name for text in given for name in names(text)])
+        listed = [name for text in given for name in names(text)]
+        once(parser, namespace, self.dest, option_string, listed)
         if len(given) > 1:
             note_deprecated(
                 namespace,
                 f"{option_string} {' '.join(given)}: a space-separated list is deprecated "
                 f"and goes in the next release; write {option_string} {','.join(given)}",
             )
-        listed = [name for text in given for name in names(text)]
         try:
             setattr(namespace, self.dest, [self.item(name) for name in listed])
         except ValueError:
