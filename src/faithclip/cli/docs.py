@@ -33,6 +33,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from faithclip.cli.common import torch_threads
 from faithclip.docfigures import (
     Figure,
     claim_figures,
@@ -87,23 +88,10 @@ def _entry(words: list[str]):
     return None
 
 
-@contextlib.contextmanager
-def one_thread():
-    """One torch thread, as the documented runs were made (their float32 sums in one order); restored after."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _run_in_process(main, argv: list[str]) -> tuple[int, str, str]:
     out, err, saved = io.StringIO(), io.StringIO(), sys.argv
     takes_argv = bool(inspect.signature(main).parameters)
-    with one_thread(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with torch_threads(1), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             if takes_argv:
                 code = main(argv)
@@ -135,7 +123,7 @@ def _run(command: str, env: dict[str, str], words: list[str]) -> str:
         from faithclip.report.audit_report import format_audit
 
         try:
-            with one_thread():
+            with torch_threads(1):
                 return format_audit(run_command(shlex.join(words))) + "\n"
         except (FaithclipError, SystemExit) as error:  # SystemExit: the audit's parser refused the line
             raise CommandFailed(f"{type(error).__name__}: {error}") from None
