@@ -247,3 +247,73 @@ def test_check_cards_get_holm_across_the_methods_of_a_run():
     entry = cards[0]["checks"][0]["details"]["primary"]["methods"]["a"]
     assert entry["p_tracks_holm"] == pytest.approx(holm(raw)[0])
     assert cards[1]["checks"][0]["verdict"] == "fail" and cards[1]["failed"]  # constant maps: r = 0 exactly
+
+
+# --- the grid as one design (faithclip.audit.p2_replicate --pooled) ---
+
+
+def _grid(scene_seeds=(2, 3, 4), ladder_seeds=(0, 3, 6), ladders=2, scenes=12, rungs=5, r=0.4) -> dict:
+    """Runs shaped as p2_replicate keeps them; each scene set has its own rung trend (its own scan), so a
+    pooled analysis that centred all sets together would differ from one that centres each set."""
+    runs = {}
+    for s in scene_seeds:
+        trend = np.linspace(0, -2 - 3 * (s - scene_seeds[0]), rungs)  # set-specific rung effects of x and y
+        for l in ladder_seeds:
+            x, y = _panel(100 * s + l, r, (ladders, scenes, rungs))
+            x, y = x + trend, y + 2 * trend
+            design = {"scenes": scenes, "ladders": ladders, "rungs": rungs, "resamples": 200, "permutations": 50}
+            runs[(s, l)] = {
+                "design": {**design, "scene_seed": s, "ladder_seed": l},
+                "per_scene": {
+                    "model": {"effect": x.tolist(), "margin": (-x).tolist()},
+                    "maps": {"m": {"share": y.tolist(), "pointing": (y > 0).astype(float).tolist()}},
+                },
+            }
+    return runs
+
+
+def test_pooled_r_is_the_average_scene_of_each_sets_own_residuals():
+    from faithclip.audit.p2_replicate import pooled_statistics
+
+    runs = _grid()
+    expected, naive_x, naive_y = [], [], []
+    for s in (2, 3, 4):
+        x = np.concatenate([np.asarray(runs[(s, l)]["per_scene"]["model"]["effect"]) for l in (0, 3, 6)])
+        y = np.concatenate([np.asarray(runs[(s, l)]["per_scene"]["maps"]["m"]["share"]) for l in (0, 3, 6)])
+        res_x, res_y = _dummy_residuals(x), _dummy_residuals(y)
+        expected += [_literal_average(res_x[:, [k]], res_y[:, [k]], list(range(6)), np.ones(1)) for k in range(12)]
+        naive_x.append(x)
+        naive_y.append(y)
+    result = pooled_statistics(runs, ["m"])
+    entry = result["primary"]["methods"]["m"]
+    assert entry["scenes"] == 36 and entry["ladders"] == 6 and result["ladder_seeds"] == [0, 1, 3, 4, 6, 7]
+    assert entry["r"] == pytest.approx(float(np.mean(expected)), rel=1e-9)
+    # the fixture can tell: centring the stacked sets together (one rung effect for all) gives another r
+    naive, _ = average_scene_correlation(np.concatenate(naive_x, axis=1), np.concatenate(naive_y, axis=1))
+    assert abs(naive - entry["r"]) > 0.01
+
+
+def test_pooled_refuses_overlapping_ladders_and_missing_cells(tmp_path, capsys):
+    from faithclip.audit.p2_replicate import main, pooled_statistics
+
+    with pytest.raises(ValueError, match="overlap"):
+        pooled_statistics(_grid(ladder_seeds=(0, 1)), ["m"])
+    runs = _grid()
+    del runs[(3, 6)]
+    with pytest.raises(ValueError, match="every"):
+        pooled_statistics(runs, ["m"])
+    # on the command line: one line and exit 2, before any model is loaded
+    assert main(["--ladder-seeds", "0,1", "--pooled", "--model", "no-such-model"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_pooled_table_from_kept_runs(tmp_path, capsys):
+    import json
+
+    from faithclip.audit.p2_replicate import main, run_name
+
+    for (s, l), run in _grid().items():
+        (tmp_path / run_name(s, l)).write_text(json.dumps({**run, "model": "toy", "methods": ["m"], "seconds": 1.0}))
+    assert main(["--load", str(tmp_path), "--methods", "m", "--pooled"]) == 0
+    out = capsys.readouterr().out
+    assert "pooled: the grid as one design, 36 scenes" in out and "| m | +0." in out

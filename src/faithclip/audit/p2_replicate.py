@@ -9,6 +9,15 @@ docs/p2.md shows which verdicts hold.
 ``--save DIR`` keeps every run (its per-scene measures included) as ``DIR/scenesS_laddersL.json``; ``--load
 DIR`` recomputes the tables from those measures with the current statistics, without the model (a run is a
 measurement; the statistics are a function of it).
+
+``--pooled`` adds one more table: the whole grid as ONE design (``pooled_statistics``). Each scene seed's
+scenes carry the ladders of all its cells (distinct ladder seeds; 3 cells x 2 ladders = 6), the scene sets are
+stacked (3 x 128 = 384 scenes), and the same test and verdict rule run on it, Holm over its methods. Every
+quantity is two-way centred within its scene set first (each set has its own rungs: its scan finds its own
+alphas), so each scene's r_s is the one of its own cells; the bootstrap then draws ladder seeds (a seed is the
+same re-initialisation in every set) and scenes of all sets. It is one larger measurement, not a replication:
+its verdict's operating characteristics at that size are printed by ``python -m faithclip.audit.p2_simulate
+--sizes 6x384 --methods M``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from faithclip.audit.p2 import PAIRS, P2Design, p2_statistics
+from faithclip.audit.p2stats import two_way_centred
 
 # grad_eclip is left out: it gives Attention-ECLIP's maps (docs/equivalence.md), so the same r in every cell.
 # occlusion, rise and m2ib are left out for time, as in the audit's default (occlusion alone costs about as much
@@ -105,6 +115,76 @@ def tables(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
     return head + "\n" + "\n".join(lines)
 
 
+def pooled_statistics(runs: dict[tuple[int, int], dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    """The grid as one design (module docstring): per scene seed, its cells' ladders stacked in ladder-seed
+    order and two-way centred; the scene sets then stacked along the scenes. Raises ValueError when the cells
+    cannot form one design: a scene seed lacking a ladder seed another has, ladder seeds that overlap between
+    cells of one scene seed, or designs that differ in anything but their seeds."""
+    scene_seeds = sorted({s for s, _ in runs})
+    ladder_seeds = sorted({l for _, l in runs})
+    if any((s, l) not in runs for s in scene_seeds for l in ladder_seeds):
+        raise ValueError("--pooled needs every (scene seed, ladder seed) cell of the grid")
+    first = runs[(scene_seeds[0], ladder_seeds[0])]
+
+    def unseeded(design: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in design.items() if k not in ("scene_seed", "ladder_seed")}
+
+    if any(unseeded(run["design"]) != unseeded(first["design"]) for run in runs.values()):
+        raise ValueError("--pooled needs runs of one design (they differ in more than their seeds)")
+    per_cell = first["design"]["ladders"]
+    drawn = [l + k for l in ladder_seeds for k in range(per_cell)]
+    if len(set(drawn)) != len(drawn):
+        raise ValueError(overlap_message(drawn, per_cell))
+
+    def stacked(read) -> np.ndarray:  # (all ladders, all scenes, rungs), centred within each scene set
+        sets = []
+        for s in scene_seeds:
+            ladders = [np.asarray(read(runs[(s, l)]), dtype=np.float64) for l in ladder_seeds]
+            sets.append(two_way_centred(np.concatenate(ladders, axis=0)))
+        return np.concatenate(sets, axis=1)
+
+    model = {x: stacked(lambda run, x=x: run["per_scene"]["model"][x]) for x, _ in PAIRS.values()}
+    maps = {
+        m: {y: stacked(lambda run, m=m, y=y: run["per_scene"]["maps"][m][y]) for _, y in PAIRS.values()}
+        for m in methods
+    }
+    scenes = first["design"]["scenes"] * len(scene_seeds)
+    design = P2Design(**{**first["design"], "scenes": scenes, "ladders": len(drawn)})
+    return {"design": design, "scene_seeds": scene_seeds, "ladder_seeds": drawn, **p2_statistics(model, maps, design)}
+
+
+def overlap_message(drawn: list[int], per_cell: int) -> str:
+    return (
+        f"--pooled: the cells' ladders overlap (ladder seeds {drawn}); space the first ladder seeds by at least "
+        f"{per_cell}"
+    )
+
+
+def pooled_table(runs: dict[tuple[int, int], dict[str, Any]], methods: list[str]) -> str:
+    """``pooled_statistics`` as a markdown table: per method, each pair's r [95 %], verdict and scenes used."""
+    result = pooled_statistics(runs, methods)
+    design = result["design"]
+    lines = [
+        "",
+        f"pooled: the grid as one design, {design.scenes} scenes (scene seeds "
+        f"{', '.join(map(str, result['scene_seeds']))}) x {design.ladders} ladders (seeds "
+        f"{', '.join(map(str, result['ladder_seeds']))}) x {design.rungs} rungs, {len(methods)} methods (Holm over "
+        f"its {2 * len(methods)} p-values)",
+        "",
+        "| method | " + " | ".join(f"{pair}: r [95 %] | verdict | scenes (undefined)" for pair in PAIRS) + " |",
+        "|---|" + "---|---|---|" * len(PAIRS),
+    ]
+    for method in methods:
+        cells = []
+        for pair in PAIRS:
+            e = result[pair]["methods"][method]
+            cells.append(
+                f"{e['r']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}] | {e['verdict']} | {e['scenes']} ({e['undefined']})"
+            )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m faithclip.audit.p2_replicate",
@@ -122,12 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rungs", type=int, default=P2Design().rungs)
     parser.add_argument("--save", type=Path, default=None, help="folder to keep every run in")
     parser.add_argument("--load", type=Path, default=None, help="recompute from runs kept by --save")
+    parser.add_argument("--pooled", action="store_true", help="add the table of the whole grid as one design")
     args = parser.parse_args(argv)
     try:
         scene_seeds = [int(v) for v in args.scene_seeds.split(",")]
         ladder_seeds = [int(v) for v in args.ladder_seeds.split(",")]
     except ValueError:
         print("p2_replicate: --scene-seeds and --ladder-seeds are comma-separated integers.", file=sys.stderr)
+        return 2
+    drawn = [l + k for l in ladder_seeds for k in range(args.ladders)]
+    if args.pooled and args.load is None and len(set(drawn)) != len(drawn):
+        print(f"p2_replicate: {overlap_message(drawn, args.ladders)}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     runs: dict[tuple[int, int], dict[str, Any]] = {}
@@ -176,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
                 if args.save is not None:
                     (args.save / run_name(s, l)).write_text(json.dumps(run))
     print(tables(runs))
+    if args.pooled:
+        try:
+            print(pooled_table(runs, methods))
+        except ValueError as error:
+            print(f"p2_replicate: {error}", file=sys.stderr)
+            return 2
     seconds = [run["seconds"] for run in runs.values()]
     print(
         f"\n(runs took {min(seconds):.0f}-{max(seconds):.0f} s each when measured; this command "
