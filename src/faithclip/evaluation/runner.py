@@ -339,6 +339,7 @@ class Evaluator:
             job = None if record["method"] == "-" else record["method"]
             bar.step(job or "model", f"{record['case']} {job or 'model'}")
 
+        self._announce_cost([job for _, load in owned for job in jobs if (load.case_id, job or "-") not in done])
         # the perturbed images of consecutive records share full forwards; a record is written once its
         # last forward has run (an interruption loses the few records of the forward being filled)
         stream = ForwardStream(self.handle, self.config.batch_size, written)
@@ -360,6 +361,35 @@ class Evaluator:
                 stream.add(record, deferred, prepared.score_ctx)
         stream.close()
         bar.close()
+
+    def _announce_cost(self, pending: list[str | None]) -> None:
+        """One line on stderr (a warning) before a run estimated to take ``cost.SLOW_SECONDS`` or more: the
+        image forwards of the ``pending`` records (``cost.record_forwards``) at a measured forward's cost;
+        a run of fewer than ``cost.FEW_FORWARDS`` forwards is not timed."""
+        from collections import Counter
+
+        from faithclip.evaluation import cost
+
+        forwards: Counter[str] = Counter()
+        for job in pending:
+            forwards.update(
+                cost.record_forwards(
+                    job,
+                    [m.name for m in self.metrics],
+                    self.handle,
+                    self.config.method_options.get(job, {}) if job else {},
+                    self.config.metric_options,
+                    maps=self.map_folder is None,
+                )
+            )
+        if sum(forwards.values()) < cost.FEW_FORWARDS:
+            return
+        crop = (1, 3, self.handle.preprocess.crop_height, self.handle.preprocess.crop_width)
+        blank = torch.zeros(crop, device=self.handle.device, dtype=self.handle.dtype)
+        seconds = cost.measure_forward(self._context(blank, None).score_images, self.handle, self.config.batch_size)
+        notice = cost.slow_run_notice(dict(forwards), seconds, len(pending))
+        if notice:
+            logger.warning(notice)
 
 
 def evaluate(
