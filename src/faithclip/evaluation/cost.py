@@ -9,8 +9,8 @@ Images forwarded per record, with the defaults and the options of the run (``P``
   method's backward is not counted: the estimate is a floor);
 - ``deletion_gradeclip``, ``insertion_gradeclip``: ``steps // every`` (10) each; ``deletion_rise``,
   ``insertion_rise``: ``ceil(P / step)`` (196 at 224 px, 16 x 16 patches); ``road_*``: one per fraction (9);
-- ``sanity_cascade``: the method's map again on each randomised model, one per cascade step (14 for
-  ViT-B), i.e. ``steps x`` the map's forwards: RISE under it costs ``14 x 4,000`` forwards per image;
+- ``sanity_cascade``: the method's map again on each randomised model, one per cascade step (15 for
+  ViT-B), i.e. ``steps x`` the map's forwards: RISE under it costs ``15 x 4,000`` forwards per image;
 - each image once more, unperturbed (its scores are shared by every record of the image).
 
 The pointing games, the segmentation and zero-shot accuracy read maps and scores already computed.
