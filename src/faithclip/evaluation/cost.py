@@ -28,7 +28,7 @@ import torch
 from faithclip.models.clip import ModelHandle
 from faithclip.registry import METHODS
 
-SLOW_SECONDS = 300.0  # a run estimated to take longer is announced before it starts
+SLOW_SECONDS = 600.0  # a run estimated to take longer is announced before it starts
 FEW_FORWARDS = 2000  # below this many image forwards no run is slow enough to time a forward for
 
 
