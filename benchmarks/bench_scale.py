@@ -1,4 +1,5 @@
-"""Scaling evaluate (issue 15): processes, images per step, bfloat16 -- in one run, on this machine.
+"""Scaling evaluate (issue 15): processes and bfloat16 -- in one run, on this machine. (Images per step are
+gone: the curves' images are streamed into full forwards; bench_evaluate.py prints the throughput per method.)
 
     python benchmarks/bench_scale.py [--images 80] [--json scale.json]
 
@@ -11,8 +12,7 @@ backward per image), batch 32. Reported:
 1. evaluate with 1 process and with 2 (torchrun, gloo): wall-clock seconds from launch to results (start-up,
    model load and the merge included) and the compute seconds summed from the records; the speed-up of each;
    whether the two results.json are identical (timings aside);
-2. per-image cost against --images-per-step (1 process): seconds per image from the records, and identity;
-3. bfloat16 against float32: evaluate's seconds per image, and the largest difference of the Grad-ECLIP
+2. bfloat16 against float32: evaluate's seconds per image, and the largest difference of the Grad-ECLIP
    and Attention-ECLIP maps relative to the float32 map's maximum, over the first 8 scenes.
 The load average is printed before and after: the machine's 2 cores are shared.
 """
@@ -113,7 +113,7 @@ def map_difference(model: Path, scenes: int = 8) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=80)
-    parser.add_argument("--step-images", type=int, default=16, help="images of the per-step and dtype runs")
+    parser.add_argument("--step-images", type=int, default=16, help="images of the dtype runs")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     report: dict = {
@@ -138,22 +138,7 @@ def main() -> None:
             f"and {args.images / two * 60:.1f} images/min); results identical: {same}",
             flush=True,
         )
-        steps = {}
         count = args.step_images
-        for step in (1, 4, 16):
-            out = base / f"step{step}"
-            wall = evaluate(model, out, count, "--images-per-step", str(step))
-            steps[step] = {
-                "wall": wall,
-                "per_image": compute_seconds(out) / count,
-                "identical": numbers(out)[0] == numbers(base / "step1")[0],
-            }
-            print(
-                f"images per step {step}: {steps[step]['per_image']:.3f} s/image (records), {wall:.1f} s wall, "
-                f"identical to 1: {steps[step]['identical']}",
-                flush=True,
-            )
-        report["images_per_step"] = steps
         precision = {}
         for dtype in ("float32", "bfloat16"):
             out = base / f"dtype-{dtype}"

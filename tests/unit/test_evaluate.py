@@ -85,7 +85,10 @@ def test_resume_after_an_interruption_gives_identical_results(handle, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         evaluate(handle, data, tmp_path / "split", config, progress=False, report=False)
     records = tmp_path / "split" / "records.jsonl"
-    assert len(records.read_text().splitlines()) == 7 and not (tmp_path / "split" / "results.json").exists()
+    written = [(r["case"], None if r["method"] == "-" else r["method"]) for r in map(json.loads, records.open())]
+    # the records whose perturbed images were in the forward being filled are lost with it (streaming.py):
+    # here the 6th (8 of its 26 images not yet scored, forwards of 32) and the 7th, which is written after it
+    assert written == calls[:5] and not (tmp_path / "split" / "results.json").exists()
     with open(records, "a") as torn:
         torn.write('{"case": "scene00002", "meth')  # killed in the middle of a write
 
@@ -93,7 +96,8 @@ def test_resume_after_an_interruption_gives_identical_results(handle, tmp_path, 
         Evaluator, "run_case", lambda self, p, m, k, *d: (calls.append((p.case_id, m)), original(self, p, m, k, *d))[1]
     )
     resumed = evaluate(handle, data, tmp_path / "split", config, progress=False, report=False)
-    assert len(calls) == 15 and len(set(calls)) == 15  # nothing finished was computed twice
+    assert calls[7:] == [job for job in calls[7:] if job not in written]  # nothing written was computed twice
+    assert len(calls) - 7 + len(written) == 15 and set(calls) == set(calls[7:]) | set(written)
     assert _values(resumed) == _values(reference)
     assert resumed["complete"]
 

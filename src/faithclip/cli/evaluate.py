@@ -30,6 +30,7 @@ from faithclip.cli.common import (
     add_run_arguments,
     check_writable,
     load_model,
+    note_deprecated,
     parse_dotted,
 )
 from faithclip.evaluation import (
@@ -84,8 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--images-per-step",
         type=int,
         default=1,
-        help="images whose perturbed images (deletion/insertion curves) are scored together, in "
-        "forwards of --batch-size images: more keeps a GPU busy; the results do not depend on it",
+        action=NoEffect,
+        help="deprecated, no effect (goes in the next release): the perturbed images of consecutive images "
+        "are always streamed into full forwards of --batch-size images",
     )
     parser.add_argument("--examples", type=int, default=4, help="images shown with overlays in the report")
     parser.add_argument(
@@ -131,6 +133,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="output directory (records.jsonl, results.json/.md, report.html)")
     parser.set_defaults(func=run)
+
+
+class NoEffect(argparse.Action):
+    """An option that no longer does anything, kept for one release so that old commands still run; it
+    leaves a one-line notice."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        note_deprecated(
+            namespace,
+            f"{option_string} has no effect and goes in the next release: the perturbed images of consecutive "
+            "images are streamed into full forwards of --batch-size images; drop it",
+        )
+        setattr(namespace, self.dest, values)
 
 
 def parse_options(items: list[str], flag: str = "--option") -> dict[str, dict[str, Any]]:

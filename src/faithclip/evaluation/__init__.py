@@ -34,8 +34,9 @@ step in one module, in this order:
    record files opened (this process's checked, the other shards' read), a merge's folders imported, a
    merge that lacks a record refused.
 3. ``cases.py``, the records: each case not yet recorded prepared, its maps computed and its metrics run
-   (``Evaluator._run_cases`` and ``run_case``, the runner's own loop), the curves' perturbed images scored
-   together (``score_together``); each record appended to this process's file as it is finished.
+   (``Evaluator._run_cases`` and ``run_case``, the runner's own loop); ``streaming.py``: the curves'
+   perturbed images of consecutive records scored in full forwards (``ForwardStream``), each record appended
+   to this process's file once its last forward has run.
 4. ``results.py``, the results: every record read back (``rundir.read_records``), aggregated
    (``aggregate``: means, bootstrap intervals, mean curves and bands, the methods and metrics described)
    and written (``write_outputs``: ``results.json``, and ``results.md`` and ``report.html`` rendered by

@@ -1,12 +1,11 @@
 """One case of a run, computed: the scored image and its masks (``prepare``), the seed of each random draw
-(``case_seed``), its example crop for the report, and the scoring of the perturbed images of several
-cases' curves in forwards of one fixed size (``score_together``). The metrics' values are stored into the
-case's records by ``Evaluator.run_case`` (``records.store``)."""
+(``case_seed``) and its example crop for the report. The metrics' values are stored into the case's records
+by ``Evaluator.run_case`` (``records.store``); the perturbed images of their curves are scored by
+``streaming.ForwardStream``, in full forwards shared with the records around them."""
 
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ import numpy as np
 import torch
 
 from faithclip.data.folders import LabelledImage, aligned_mask
-from faithclip.evaluation.records import store
 from faithclip.explanation import write_atomic
 from faithclip.methods.context import Context
 from faithclip.models.clip import ModelHandle
@@ -53,58 +51,6 @@ def prepare(handle: ModelHandle, item: LabelledImage) -> PreparedCase:
         logger.warning("case %s: the object lies outside the centre crop; localisation metrics skip it", item.case_id)
         mask = None
     return PreparedCase(item.case_id, item.label, rgb, pixels, mask, ignore, crop, image_size=item.image.size)
-
-
-def score_together(
-    deferred: list[tuple[dict[str, Any], str, Any]], score_ctx: Context, handle: ModelHandle, batch_size: int
-) -> None:
-    """Score the images of all ``deferred`` plans in forwards of exactly ``batch_size`` images (the last
-    one padded with zero images, whose scores are dropped), then finish each plan into its record.
-
-    Every forward has the same shape whatever the number of images per step, and a row's numbers
-    depend on the forward's shape, not on which other rows share it (matrix products compute each
-    row from that row alone; bit-identical on one processor kind, which the identity pins): so they do not depend on
-    ``images_per_step``. Any context of the data set can score any image: all hold the same
-    classifier weights."""
-    size = batch_size
-    family, model = handle.family, handle.model
-    started = time.perf_counter()
-    pieces: list[list[torch.Tensor]] = [[] for _ in deferred]
-    buffer: list[torch.Tensor] = []
-    owners: list[tuple[int, int]] = []  # (plan, rows) of each piece in the buffer
-
-    def forward() -> None:
-        pixels = torch.cat(buffer)  # (n, 3, H, W)
-        rows = pixels.shape[0]
-        if rows < size:
-            pixels = torch.cat([pixels, pixels.new_zeros(size - rows, *pixels.shape[1:])])  # (size, 3, H, W)
-        logits = family.class_logits(model, score_ctx.score_images(pixels, batch_size=size)[:rows])  # (n, K)
-        offset = 0
-        for plan, count in owners:
-            pieces[plan].append(logits[offset : offset + count])
-            offset += count
-        buffer.clear()
-        owners.clear()
-
-    buffered = 0
-    for plan_index, (_, _, plan) in enumerate(deferred):
-        for batch in plan.batches:
-            while batch.shape[0]:
-                take = min(size - buffered, batch.shape[0])
-                buffer.append(batch[:take])
-                owners.append((plan_index, take))
-                buffered, batch = buffered + take, batch[take:]
-                if buffered == size:
-                    forward()
-                    buffered = 0
-    if buffered:
-        forward()
-    total = sum(plan.count for _, _, plan in deferred) or 1
-    seconds = time.perf_counter() - started
-    for plan_index, (record, name, plan) in enumerate(deferred):
-        logits = torch.cat(pieces[plan_index]) if pieces[plan_index] else torch.empty(0, 0, device=handle.device)
-        store(record, name, plan.finish(logits))
-        record["seconds"] = round(record["seconds"] + seconds * plan.count / total, 4)  # its share
 
 
 def patch_grid(handle: ModelHandle) -> tuple[int, int]:

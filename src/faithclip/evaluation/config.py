@@ -62,7 +62,8 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 32
     examples: int = 4  # cases whose maps are kept for the report's overlays
-    # images whose perturbed images are scored together (not part of the identity: no number depends on it)
+    # deprecated, no effect: the perturbed images of consecutive records are streamed into full forwards
+    # (streaming.ForwardStream) whatever it says; kept so that existing calls and commands still run
     images_per_step: int = 1
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -21,7 +21,6 @@ from faithclip.evaluation.cases import (
     patch_grid,
     prepare,
     save_example,
-    score_together,
 )
 from faithclip.evaluation.config import (
     DEFAULT_METHODS,
@@ -51,6 +50,7 @@ from faithclip.evaluation.shards import (
     run_locks,
     share_identity,
 )
+from faithclip.evaluation.streaming import Deferred, ForwardStream
 from faithclip.files import OutputError
 from faithclip.methods.context import Context
 from faithclip.metrics import METRICS
@@ -125,11 +125,11 @@ class Evaluator:
         prepared: PreparedCase,
         method: str | None,
         keep_map: bool,
-        deferred: list[tuple[dict[str, Any], str, Any]] | None = None,
+        deferred: Deferred | None = None,
     ) -> dict[str, Any]:
         """Metric values of one (case, method); ``method=None`` runs the model-level metrics. With
-        ``deferred``, a metric that has a scoring plan is not run: ``(record, metric, plan)`` is appended
-        for ``score_together``, which fills in its value."""
+        ``deferred``, a metric that has a scoring plan is not run: ``(metric, plan)`` is appended for the
+        ``ForwardStream``, which fills in its value."""
         started = time.perf_counter()
         if prepared.score_ctx is None:
             prepared.score_ctx = self._context(prepared.pixels, None)
@@ -166,8 +166,8 @@ class Evaluator:
             if "batch_size" in parameters(spec.run):
                 options.setdefault("batch_size", self.config.batch_size)
             if deferred is not None and spec.plan is not None:
-                deferred.append((record, spec.name, spec.plan(case, **options)))
-                record["values"][spec.name] = None  # keeps the metrics' order; filled in by score_together
+                deferred.append((spec.name, spec.plan(case, **options)))
+                record["values"][spec.name] = None  # keeps the metrics' order; filled in by the ForwardStream
                 continue
             store(record, spec.name, spec.run(case, **options))
         if method is None:  # the model-free level of a per-method metric, once per image in the '-' record
@@ -208,15 +208,6 @@ class Evaluator:
             options = self.config.options_for(spec.name)
             options.pop("batch_size", None)
             store(record, spec.name, spec.chance(case, **options))
-
-    def _run_step(self, step: list[tuple[PreparedCase, list[str | None], bool]]) -> list[dict[str, Any]]:
-        """The records of several images: maps one image at a time, then every perturbed image of every
-        curve of the step scored together (``score_together``)."""
-        deferred: list[tuple[dict[str, Any], str, Any]] = []
-        records = [self.run_case(prepared, job, keep, deferred) for prepared, jobs, keep in step for job in jobs]
-        if deferred:
-            score_together(deferred, step[0][0].score_ctx, self.handle, self.config.batch_size)
-        return records
 
     # ---- the run ----------------------------------------------------------------------------------
     def run(
@@ -341,16 +332,17 @@ class Evaluator:
         # Estimated per method: a mean over mixed methods was 15x off (RISE's maps cost 100x the others').
         title = "evaluate" if shard is None else f"evaluate shard {shard}"
         bar = Progress(title, {job or "model": len(owned) for job in jobs}, enabled=progress)
-        step: list[tuple[PreparedCase, list[str | None], bool]] = []
 
-        def finish_step() -> None:
-            for record in self._run_step(step):
-                records.append(record)
-                done.add((record["case"], record["method"]))
-                job = None if record["method"] == "-" else record["method"]
-                bar.step(job or "model", f"{record['case']} {job or 'model'}")
-            step.clear()
+        def written(record: dict[str, Any]) -> None:
+            records.append(record)
+            done.add((record["case"], record["method"]))
+            job = None if record["method"] == "-" else record["method"]
+            bar.step(job or "model", f"{record['case']} {job or 'model'}")
 
+        self._announce_cost([job for _, load in owned for job in jobs if (load.case_id, job or "-") not in done])
+        # the perturbed images of consecutive records share full forwards; a record is written once its
+        # last forward has run (an interruption loses the few records of the forward being filled)
+        stream = ForwardStream(self.handle, self.config.batch_size, written)
         for index, load in owned:
             pending = [job for job in jobs if (load.case_id, job or "-") not in done]
             for job in jobs:
@@ -363,17 +355,41 @@ class Evaluator:
             if keep:
                 save_example(out, prepared)
             bar.restart_clock()
-            if self.config.images_per_step == 1:  # each record written as soon as it is computed
-                for job in pending:
-                    step.append((prepared, [job], keep))
-                    finish_step()
-                continue
-            step.append((prepared, pending, keep))  # N images: their records are written when the step ends
-            if len(step) == self.config.images_per_step:
-                finish_step()
-        if step:
-            finish_step()
+            for job in pending:
+                deferred: Deferred = []
+                record = self.run_case(prepared, job, keep, deferred)
+                stream.add(record, deferred, prepared.score_ctx)
+        stream.close()
         bar.close()
+
+    def _announce_cost(self, pending: list[str | None]) -> None:
+        """One line on stderr (a warning) before a run estimated to take ``cost.SLOW_SECONDS`` or more: the
+        image forwards of the ``pending`` records (``cost.record_forwards``) at a measured forward's cost;
+        a run of fewer than ``cost.FEW_FORWARDS`` forwards is not timed."""
+        from collections import Counter
+
+        from faithclip.evaluation import cost
+
+        forwards: Counter[str] = Counter()
+        for job in pending:
+            forwards.update(
+                cost.record_forwards(
+                    job,
+                    [m.name for m in self.metrics],
+                    self.handle,
+                    self.config.method_options.get(job, {}) if job else {},
+                    self.config.metric_options,
+                    maps=self.map_folder is None,
+                )
+            )
+        if sum(forwards.values()) < cost.FEW_FORWARDS:
+            return
+        crop = (1, 3, self.handle.preprocess.crop_height, self.handle.preprocess.crop_width)
+        blank = torch.zeros(crop, device=self.handle.device, dtype=self.handle.dtype)
+        seconds = cost.measure_forward(self._context(blank, None).score_images, self.handle, self.config.batch_size)
+        notice = cost.slow_run_notice(dict(forwards), seconds, len(pending))
+        if notice:
+            logger.warning(notice)
 
 
 def evaluate(

@@ -11,12 +11,17 @@ S the explained target of each pair. The official upsampling is ``skimage.transf
 mode='reflect', anti_aliasing=False)``: linear interpolation on pixel centres with mirror boundaries;
 ``interpolation_matrix`` builds exactly that, separably. ``s`` counts cells per side (8 at any size: a
 cell is ceil(H/8) pixels, 28 at 224). Masks are drawn from ``seed`` and made in batches, so memory
-stays at one batch of masks; the map for a pair does not depend on the other inputs.
+stays at one batch of masks; the map for a pair does not depend on the other inputs. When all the masks
+fit in ``KEEP_BYTES`` (4,000 at 64 px: 66 MB), the last set made is kept and the next map with the same
+masks (the same count, cells, prob, size, seed and batches: another image, or the randomised models of the
+sanity cascade) reuses it instead of drawing and rendering it again: the same numbers, made once.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Iterator
 
 import torch
 
@@ -79,6 +84,36 @@ def render_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int
     return torch.einsum("nhs,nst,nwt->nhw", rows[offsets_h], grids, cols[offsets_w])  # (N, H, W)
 
 
+KEEP_BYTES = 128 * 2**20  # rendered masks kept for the next map that uses the same ones
+
+
+@functools.lru_cache(maxsize=1)
+def kept_masks(
+    count: int, cells: int, prob: float, size: tuple[int, int], seed: int, batch_size: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    """Every batch of ``mask_batches``, made once and kept (one set: the last asked for). Never written to."""
+    return tuple(made_masks(count, cells, prob, size, seed, batch_size, dtype))
+
+
+def made_masks(
+    count: int, cells: int, prob: float, size: tuple[int, int], seed: int, batch_size: int, dtype: torch.dtype
+) -> Iterator[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    grids, shifts = generate_masks(count, cells, prob, size, generator, dtype)
+    for start in range(0, count, batch_size):
+        yield render_masks(grids[start : start + batch_size], shifts[start : start + batch_size], size)  # (n, H, W)
+
+
+def mask_batches(
+    count: int, cells: int, prob: float, size: tuple[int, int], seed: int, batch_size: int, dtype: torch.dtype
+) -> Iterator[torch.Tensor]:
+    """The ``count`` masks drawn from ``seed``, ``(n, H, W)`` ``batch_size`` at a time: kept for the next map
+    when they fit in ``KEEP_BYTES``, made batch by batch otherwise (the same numbers either way)."""
+    if count * size[0] * size[1] * dtype.itemsize <= KEEP_BYTES:
+        return iter(kept_masks(count, cells, prob, tuple(size), seed, batch_size, dtype))
+    return made_masks(count, cells, prob, size, seed, batch_size, dtype)
+
+
 def rise_saliency(scores: torch.Tensor, masks: torch.Tensor, count: int, prob: float) -> torch.Tensor:
     """One batch's share of the saliency: scores ``(n, K)``, masks ``(n, H, W)`` -> ``(K, H, W)``."""
     return torch.einsum("nk,nhw->khw", scores, masks) / (count * prob)
@@ -90,14 +125,11 @@ def rise(
     if masks < 1 or cells < 1 or not 0 < prob <= 1:
         raise MethodError(f"rise needs masks >= 1, cells >= 1 and 0 < prob <= 1; got {masks}, {cells}, {prob}.")
     size = tuple(ctx.pixels.shape[-2:])
-    generator = torch.Generator().manual_seed(seed)
-    grids, shifts = generate_masks(masks, cells, prob, size, generator, ctx.pixels.dtype)
     # summed over thousands of masks: in float32 even for a half-precision model (bf16 would lose the map)
     saliency = torch.zeros(
         ctx.num_images, ctx.num_texts, *size, dtype=accumulation_dtype(ctx.pixels.dtype), device=ctx.pixels.device
     )
-    for start in range(0, masks, batch_size):
-        batch = render_masks(grids[start : start + batch_size], shifts[start : start + batch_size], size)
+    for batch in mask_batches(masks, cells, prob, size, seed, batch_size, ctx.pixels.dtype):
         batch = batch.to(ctx.pixels.device)  # (n, H, W)
         for image in range(ctx.num_images):
             masked = ctx.pixels[image] * batch[:, None]  # (n, 3, H, W)

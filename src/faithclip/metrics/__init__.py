@@ -37,7 +37,7 @@ class MetricSpec:
     needs_mask: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
     # (case, **options) -> deletion.ScoringPlan: the perturbed images to score and how to finish; a metric
-    # that has one can have its images scored together with other cases' (evaluate --images-per-step)
+    # that has one has its images scored in forwards shared with other records' (evaluation/streaming.py)
     plan: Callable[..., Any] | None = None
     # True when the metric calls the method again (on other models): it cannot score precomputed maps
     recomputes_map: bool = False

@@ -46,8 +46,8 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 class ScoringPlan:
     """The perturbed images a curve needs scored (``count`` normalised images, yielded ``batch_size`` at
     a time on the model's device) and how their ``(count, K)`` zero-shot logits become the metric's
-    value. Split so that the evaluator can score the images of several cases and curves together
-    (``--images-per-step``); ``score_alone`` scores one plan by itself."""
+    value. Split so that the evaluator can score the images of consecutive cases and curves in shared
+    forwards (``evaluation/streaming.py``); ``score_alone`` scores one plan by itself."""
 
     batches: Iterator[torch.Tensor]
     count: int
