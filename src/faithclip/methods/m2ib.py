@@ -181,7 +181,7 @@ def m2ib(
     return MapResult(
         maps=ctx.token_map(per_token),
         scores=ctx.model_scores(),
-        layers=[layer],
+        layer_indices=[layer],
         options={
             "layer": layer,
             "beta": beta,
