@@ -58,7 +58,7 @@ def deprecated_names(module: str, renamed: dict[str, tuple[str, Any]]) -> Callab
     return __getattr__
 
 
-UNSET = object()
+UNSET = object()  # a keyword the caller did not give
 
 
 def renamed_keyword(owner: str, old: str, new: str, old_value: Any, new_value: Any = UNSET) -> Any:
