@@ -292,7 +292,7 @@ def wrap(
                     side=ctx.side,
                     target=ctx.target.name,
                     options=dict(result.options),
-                    layers=list(result.layers),
+                    layer_indices=list(result.layer_indices),
                     model_id=model.name,
                     modifies_model=spec.modifies_model,
                     modifies_input=spec.modifies_input,

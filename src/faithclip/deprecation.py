@@ -1,10 +1,13 @@
 """Deprecated names, kept for one release: ``warn_deprecated`` issues the ``DeprecationWarning`` at the
 caller's line outside faithclip (the first frame neither in this package nor in the import machinery), so
 that Python's default filter, which shows a ``DeprecationWarning`` raised in ``__main__``, shows it to a script
-that uses an old name. ``deprecated_names`` makes a module's ``__getattr__`` for renamed classes."""
+that uses an old name. ``deprecated_names`` makes a module's ``__getattr__`` for renamed classes,
+``renamed_keyword`` reads a renamed keyword argument and ``renamed_fields`` keeps a dataclass field's old name as
+a keyword of its constructor and an attribute (both the same value as the new name's)."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 from pathlib import Path
@@ -55,4 +58,69 @@ def deprecated_names(module: str, renamed: dict[str, tuple[str, Any]]) -> Callab
     return __getattr__
 
 
-__all__ = ["deprecated_names", "warn_deprecated"]
+UNSET = object()  # a keyword the caller did not give
+
+
+def renamed_keyword(owner: str, old: str, new: str, old_value: Any, new_value: Any = UNSET) -> Any:
+    """The value given under the deprecated keyword ``old`` of ``owner`` (warned once, at the user's line), which
+    stands for ``new``; both given with different values is a ``TypeError`` naming the one to keep."""
+    warn_deprecated(f"{owner}'s {old}= is deprecated and will be removed in the next release; use {new}= (same value).")
+    if new_value is not UNSET and new_value != old_value:
+        raise TypeError(
+            f"{owner}: {new}={new_value!r} and its deprecated name {old}={old_value!r} disagree; give {new}."
+        )
+    return old_value
+
+
+class RenamedAttribute:
+    """A deprecated attribute name reading and writing the attribute ``new`` (one warning per use)."""
+
+    def __init__(self, owner: str, new: str) -> None:
+        self.owner, self.new, self.old = owner, new, ""
+
+    def __set_name__(self, cls: type, name: str) -> None:
+        self.old = name
+
+    def _warn(self) -> None:
+        warn_deprecated(
+            f"{self.owner}.{self.old} is deprecated and will be removed in the next release; use "
+            f"{self.owner}.{self.new} (the same value)."
+        )
+
+    def __get__(self, instance: Any, cls: type | None = None) -> Any:
+        if instance is None:
+            return self
+        self._warn()
+        return getattr(instance, self.new)
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        self._warn()
+        setattr(instance, self.new, value)
+
+
+def renamed_fields(renamed: dict[str, str]) -> Callable[[type], type]:
+    """Class decorator (outside ``@dataclass``): each old field name of ``renamed`` (old -> new) stays a keyword of
+    the constructor and an attribute for one release, with a ``DeprecationWarning`` at the user's line. The
+    dataclass itself (its fields, ``replace``, ``to_dict``) knows the new names only."""
+
+    def decorate(cls: type) -> type:
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            for old, new in renamed.items():
+                if old in kwargs:
+                    kwargs[new] = renamed_keyword(cls.__name__, old, new, kwargs.pop(old), kwargs.get(new, UNSET))
+            init(self, *args, **kwargs)
+
+        cls.__init__ = __init__
+        for old, new in renamed.items():
+            attribute = RenamedAttribute(cls.__name__, new)
+            attribute.__set_name__(cls, old)
+            setattr(cls, old, attribute)
+        return cls
+
+    return decorate
+
+
+__all__ = ["RenamedAttribute", "deprecated_names", "renamed_fields", "renamed_keyword", "warn_deprecated"]

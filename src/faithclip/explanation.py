@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from faithclip._version import __version__
+from faithclip.deprecation import renamed_fields
 from faithclip.files import (  # noqa: F401 (re-exported)
     dumps_strict,
     fsync_directory,
@@ -24,6 +25,7 @@ from faithclip.files import (  # noqa: F401 (re-exported)
 from faithclip.mapmath import minmax, upsample
 
 
+@renamed_fields({"layers": "layer_indices"})
 @dataclass
 class Explanation:
     """An explanation of one image-text score.
@@ -43,6 +45,10 @@ class Explanation:
     map covers: the model's centre crop for methods that explain the model's input, the whole image for
     the official Grad-ECLIP pipeline's keep-size input. ``source_image`` is that image (RGB, as read) for
     figures; it is not written to JSON.
+
+    ``layer_indices`` are the indices of the layers the map was computed from (0 = the first block); its old
+    name ``layers`` (a keyword and an attribute, the same list) is deprecated: ``layers`` is a method option's
+    count of last layers everywhere else.
     """
 
     map: torch.Tensor
@@ -52,7 +58,7 @@ class Explanation:
     target: str = "cosine"
     model_score: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    layers: list[int] = field(default_factory=list)
+    layer_indices: list[int] = field(default_factory=list)
     model_id: str = ""
     modifies_model: bool = False
     modifies_input: bool = False
@@ -136,6 +142,30 @@ class Explanation:
 
     def save_json(self, path: str | Path) -> Path:
         return write_atomic(Path(path), json_bytes(self.to_dict()))
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "Explanation":
+        """The explanation ``to_dict`` wrote (``faithclip explain``'s per-pair JSON). A record written before the
+        rename holds ``layers`` for ``layer_indices``: it is read as such (old files stay readable)."""
+        values = {key: value for key, value in record.items() if key not in ("map_shape", "p1_gap")}
+        if "layers" in values:
+            values.setdefault("layer_indices", values.pop("layers"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"not an explanation record: unknown keys {unknown}")
+        values["map"] = torch.tensor(values["map"], dtype=torch.float64)
+        for key in ("input_size", "region"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> "Explanation":
+        """``from_dict`` of the JSON file ``save_json`` wrote."""
+        import json
+
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save_overlay(self, path: str | Path, image: Any, alpha: float | None = None) -> Path:
         """Write a PNG of the raw map over ``image`` (the scored RGB crop) on its own colour scale: from 0

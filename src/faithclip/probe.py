@@ -42,10 +42,12 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from faithclip.deprecation import UNSET, RenamedAttribute, renamed_keyword
 from faithclip.errors import ProbeError
 
 CAPTURABLE = ("hidden_in", "q", "k", "v", "attn", "attn_out", "hidden_out")
 TOWERS = ("vision", "text")
+_LAST = (-1,)  # the default layer_indices: the last layer
 
 
 @dataclass
@@ -78,10 +80,10 @@ def encoder_layers(model: Any, tower: str) -> Sequence[torch.nn.Module]:
     return family_of(model).blocks(model, tower)
 
 
-def resolve_layers(layers: Iterable[int], num_layers: int) -> list[int]:
+def resolve_layers(layer_indices: Iterable[int], num_layers: int) -> list[int]:
     """Normalise layer indices (negative counts from the end) and check their range; sorted, unique."""
     resolved = []
-    for index in layers:
+    for index in layer_indices:
         position = index + num_layers if index < 0 else index
         if not 0 <= position < num_layers:
             raise ProbeError(
@@ -105,22 +107,32 @@ def attention_implementation(model: Any, tower: str) -> str:
 class Probe:
     """Capture internals of chosen layers of one tower while the model runs (see module docstring).
 
-    >>> with Probe(model, "vision", layers=[-1], capture=("q", "k", "attn")) as probe:
+    >>> with Probe(model, "vision", layer_indices=[-1], capture=("q", "k", "attn")) as probe:
     ...     embeds = model.get_image_features(pixel_values=pixels).pooler_output
     >>> probe.captures[11].attn.shape   # (B, H, T, T)
+
+    ``layer_indices``: the layers to capture (negative counts from the end). Its old name ``layers`` (a keyword
+    and the attribute) is deprecated: ``layers`` is a count of last layers everywhere else.
     """
+
+    layers = RenamedAttribute("Probe", "layer_indices")
 
     def __init__(
         self,
         model: Any,
         tower: str,
-        layers: Iterable[int] = (-1,),
+        layer_indices: Iterable[int] = _LAST,
         capture: Iterable[str] = CAPTURABLE,
         *,
         grad_from: int | None = None,
         eval_mode: bool = True,
+        layers: Iterable[int] | None = None,
     ) -> None:
         from faithclip.models.families import family_of
+
+        if layers is not None:  # the deprecated name of layer_indices
+            given = UNSET if layer_indices is _LAST else list(layer_indices)
+            layer_indices = renamed_keyword("Probe", "layers", "layer_indices", list(layers), given)
 
         self.model = model
         self.tower = tower
@@ -128,7 +140,7 @@ class Probe:
         self.blocks = encoder_layers(model, tower)
         self.pooling = self.family.pooling_attention(model, tower)  # its layer index: len(self.blocks)
         self.num_layers = len(self.blocks) + (self.pooling is not None)
-        self.layers = resolve_layers(layers, self.num_layers)
+        self.layer_indices = resolve_layers(layer_indices, self.num_layers)
         self.capture = tuple(capture)
         unknown = sorted(set(self.capture) - set(CAPTURABLE))
         if unknown:
@@ -193,7 +205,7 @@ class Probe:
         for index, block in enumerate(self.blocks):
             if index == self.grad_from:
                 self._handles.append(block.register_forward_pre_hook(self._start_graph))
-            if index not in self.layers:
+            if index not in self.layer_indices:
                 continue
             parts = self.family.attention(block)
             if "hidden_in" in wanted:
@@ -214,7 +226,7 @@ class Probe:
         head = len(self.blocks)
         if self.pooling is not None and head == self.grad_from:
             self._handles.append(self.pooling.module.register_forward_pre_hook(self._start_graph))
-        if self.pooling is not None and head in self.layers:
+        if self.pooling is not None and head in self.layer_indices:
             self._handles.append(
                 self.pooling.attention.register_forward_hook(self._store_pooling(head), with_kwargs=True)
             )

@@ -197,7 +197,7 @@ def test_layer_options_have_one_meaning_each_and_a_wrong_one_is_refused_before_a
         faithclip.explain(tiny, pixels, ids, "grad_cam", layers=2)
     with pytest.raises(MethodError, match="layer is not an option of grad_eclip_official; .*layer: the index of one"):
         grad_eclip_official_explain(tiny, Image.new("RGB", (32, 32)), ids, layer=1)
-    assert faithclip.explain(tiny, pixels, ids, "grad_cam", layer=0).layers == [0]
+    assert faithclip.explain(tiny, pixels, ids, "grad_cam", layer=0).layer_indices == [0]
 
 
 def test_every_target_explains_with_matching_model_score(b32_handle):

@@ -47,7 +47,7 @@ def test_probe_slices_the_fused_qkv_and_changes_nothing(tiny64):
     model, pixels = tiny64.model, pixels_for(tiny64)
     with torch.no_grad():
         before = tiny64.encode_image(pixels)
-        with Probe(model, "vision", layers=[0, -1]) as probe:
+        with Probe(model, "vision", layer_indices=[0, -1]) as probe:
             under = tiny64.encode_image(pixels)
         after = tiny64.encode_image(pixels)
     assert torch.equal(before, under) and torch.equal(before, after)
@@ -67,7 +67,7 @@ def test_text_probe_is_bit_identical(tiny64):
     batch = tiny64.tokens(TEXTS)
     with torch.no_grad():
         before = tiny64.encode_text(batch)
-        with Probe(tiny64.model, "text", layers=[-1]) as probe:
+        with Probe(tiny64.model, "text", layer_indices=[-1]) as probe:
             under = tiny64.encode_text(batch)
     assert torch.equal(before, under) and probe.captures[2].attn.shape == (2, 4, 10, 10)
 

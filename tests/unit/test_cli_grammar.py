@@ -195,7 +195,15 @@ def test_a_space_separated_list_prints_its_comma_form(monkeypatch, capsys):
     [
         (
             ["explain", "a.png", "--text", "t", "--methods", "grad_cam", "--method", "rollout"],
-            "--method was given twice; give one comma list: --method grad_cam,rollout",
+            "--method was given twice; give one comma list: --methods grad_cam,rollout",  # the current spelling
+        ),
+        (
+            ["explain", "a.png", "--text", "t", "--method", "grad_cam", "--methods", "rollout"],
+            "--methods was given twice; give one comma list: --methods grad_cam,rollout",
+        ),
+        (
+            ["explain", "a.png", "--text", "t", "--method", "grad_cam", "--method", "rollout"],
+            "--method was given twice; give one comma list: --methods grad_cam,rollout",
         ),
         (["audit", "--methods", "grad_cam", "--methods", "legrad"], "give one comma list: --methods grad_cam,legrad"),
         (["audit", "--correctness-alphas", "0.5,x"], "is not a comma list of float values"),

@@ -269,3 +269,34 @@ def test_a_drift_on_a_real_page_fails_the_fast_check(tmp_path, monkeypatch, caps
         and "differs in form" in out
         and "| clip_surgery | image | image | image |" in out
     )
+
+
+def test_a_command_naming_an_absent_path_outside_the_repository_is_skipped(tmp_path, monkeypatch, capsys):
+    """The installed tool names no folder of its own (it once hard-coded ../shared/reference): a figure whose
+    command reads a ../ path absent here is skipped, naming the path; one present is run."""
+    page = tmp_path / "page.md"
+    absent = "fake --model ../no-such-folder-for-faithclip/model --seed 3"
+    present = "fake --images=../page.md"  # from the repository root tmp_path/repo: tmp_path/page.md, present
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    page.write_text(PAGE.format(output=OUTPUT).replace("$ fake --seed 3", f"$ {absent}").replace("fake-table", present))
+    code, out = run_main(["--check", str(page)], {present: TABLE}, capsys)
+    assert code == 0 and "1 of 1 documented figures agree" in out
+    assert "skipped (../no-such-folder-for-faithclip/model is not available)" in out
+    source = (ROOT / "src" / "faithclip" / "cli" / "docs.py").read_text()
+    assert "../shared" not in source
+
+
+def test_the_default_pages_and_tools_absent_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # not the repository root: neither README.md nor docs/claims.toml is here
+    assert main(["--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "README.md: no such file (the default pages are read from the repository root" in err[0]
+    page = tmp_path / "audit.md"
+    page.write_text(PAGE.format(output=OUTPUT))
+    code = main(
+        [str(page), "--claims", "/nonexistent/claims.toml", "--audit-tool", "no/such/tool.py"], execute=fake({})
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no/such/tool.py: no such file" in err[0]
+    assert page.read_text() == PAGE.format(output=OUTPUT)  # nothing rewritten

@@ -64,7 +64,7 @@ def last_block(handle, pixels):
     last = len(encoder_layers(handle.model, "vision")) - 1  # the last block (SigLIP's pooling head is after it)
     with (
         torch.no_grad(),
-        Probe(handle.model, "vision", layers=[last], capture=("hidden_in", "attn_out", "hidden_out")) as probe,
+        Probe(handle.model, "vision", layer_indices=[last], capture=("hidden_in", "attn_out", "hidden_out")) as probe,
     ):
         handle.encode_image(pixels)
     return probe.captures[last].require("hidden_in", "attn_out", "hidden_out")

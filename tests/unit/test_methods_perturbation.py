@@ -155,7 +155,7 @@ def test_m2ib_matches_literal_loop(side, shape):
     else:
         torch.testing.assert_close(result.maps[0, 0, 1:5], expected[1:5], rtol=1e-4, atol=1e-6)
         assert result.maps[0, 0, 0] == 0 and result.maps[0, 0, 5] == 0
-    assert result.layers == [layer]
+    assert result.layer_indices == [layer]
 
 
 def test_m2ib_pairs_are_independent_and_model_is_restored():

@@ -25,9 +25,9 @@ def test_embeddings_bit_identical_under_probe():
     image_ref = model.get_image_features(pixel_values=pixels).pooler_output.detach()
     text_ref = model.get_text_features(input_ids=ids).pooler_output.detach()
     for grad_from in (None, 0, 2):
-        with Probe(model, "vision", layers=[0, -1], grad_from=grad_from):
+        with Probe(model, "vision", layer_indices=[0, -1], grad_from=grad_from):
             image = model.get_image_features(pixel_values=pixels).pooler_output
-        with Probe(model, "text", layers=[1], grad_from=grad_from):
+        with Probe(model, "text", layer_indices=[1], grad_from=grad_from):
             text = model.get_text_features(input_ids=ids).pooler_output
         assert torch.equal(image, image_ref)
         assert torch.equal(text, text_ref)
@@ -36,7 +36,7 @@ def test_embeddings_bit_identical_under_probe():
 def test_captures_match_independent_forward():
     model = random_clip(heads=2, layers=2, dtype=torch.float64)
     pixels = torch.randn(1, 3, 32, 32, dtype=torch.float64)
-    with Probe(model, "vision", layers=[-1]) as probe:
+    with Probe(model, "vision", layer_indices=[-1]) as probe:
         model.get_image_features(pixel_values=pixels)
     _, internals = vision_forward(model, pixels)
     capture = probe.captures[1]
@@ -50,7 +50,7 @@ def test_captures_match_independent_forward():
 def test_gradients_reachable_and_graph_starts_at_grad_from():
     model = random_clip(heads=2, layers=3)
     pixels = torch.randn(1, 3, 32, 32)
-    with Probe(model, "vision", layers=[0, 2], grad_from=2) as probe:
+    with Probe(model, "vision", layer_indices=[0, 2], grad_from=2) as probe:
         out = model.get_image_features(pixel_values=pixels).pooler_output
     assert out.requires_grad
     assert probe.captures[2].attn.requires_grad
@@ -67,7 +67,7 @@ def test_hooks_removed_and_flags_restored_even_when_forward_raises():
     modes = {name: m.training for name, m in model.named_modules()}
     before = _hook_count(model)
     with pytest.raises(ValueError, match="doesn.t match"):
-        with Probe(model, "vision", layers=[-1], grad_from=0):
+        with Probe(model, "vision", layer_indices=[-1], grad_from=0):
             assert not model.training  # eval_mode=True for the duration
             assert not any(p.requires_grad for p in model.parameters())
             model.get_image_features(pixel_values=torch.randn(1, 3, 31, 31))  # wrong size: raises
@@ -91,15 +91,17 @@ def test_error_when_attention_returns_none():
     handle = model.vision_model.encoder.layers[-1].self_attn.register_forward_hook(lambda m, a, out: (out[0], None))
     try:
         with pytest.raises(ProbeError, match="did not return attention probabilities"):
-            with Probe(model, "vision", layers=[-1], capture=("attn",)):
+            with Probe(model, "vision", layer_indices=[-1], capture=("attn",)):
                 model.get_image_features(pixel_values=torch.randn(1, 3, 32, 32))
     finally:
         handle.remove()
 
 
-@pytest.mark.parametrize("bad", [dict(layers=[5]), dict(layers=[-3]), dict(capture=("queries",)), dict(tower="audio")])
+@pytest.mark.parametrize(
+    "bad", [dict(layer_indices=[5]), dict(layer_indices=[-3]), dict(capture=("queries",)), dict(tower="audio")]
+)
 def test_bad_configuration_is_explained(bad):
     model = random_clip(layers=2)
-    kwargs = dict(tower="vision", layers=[-1], capture=CAPTURABLE) | bad
+    kwargs = dict(tower="vision", layer_indices=[-1], capture=CAPTURABLE) | bad
     with pytest.raises(ProbeError):
         Probe(model, kwargs.pop("tower"), **kwargs)

@@ -416,19 +416,31 @@ class Recorder:
         return sorted(out, key=lambda f: order[f.severity])
 
     def _run_findings(self) -> list[Finding]:
-        out = []
+        """What the run did, in the report's order: departures of the embeddings, of the input size and of
+        modules recomputed outside the model's forward, then the notes (hooks, other inputs, foreign modules)."""
         hooks = "; ".join(f"{m}: {', '.join(sorted(h))}" for m, h in sorted(self._hooks_during.items()))
-        causes = [
-            cause
-            for cause in (
-                f"modules called outside the model's forward: {', '.join(sorted(self._outside_departed))}"
-                if self._outside_departed
-                else "",
-                f"hooks attached during the run: {hooks}" if hooks else "",
-                "weights edited or forwards swapped (above)" if self._seen else "",
-            )
-            if cause
+        return [
+            *self._embedding_findings(self._departure_causes(hooks)),
+            *self._input_size_findings(),
+            *self._recomputed_findings(),
+            *self._hook_findings(hooks),
+            *self._other_input_findings(),
+            *self._foreign_findings(),
         ]
+
+    def _departure_causes(self, hooks: str) -> list[str]:
+        """What may have moved the embeddings away from the model's own, as far as the run shows."""
+        causes = (
+            f"modules called outside the model's forward: {', '.join(sorted(self._outside_departed))}"
+            if self._outside_departed
+            else "",
+            f"hooks attached during the run: {hooks}" if hooks else "",
+            "weights edited or forwards swapped (above)" if self._seen else "",
+        )
+        return [cause for cause in causes if cause]
+
+    def _embedding_findings(self, causes: list[str]) -> list[Finding]:
+        out = []
         for name, gap in sorted(self._own_mismatch.items()):
             out.append(
                 Finding(
@@ -452,6 +464,10 @@ class Recorder:
                     "model",
                 )
             )
+        return out
+
+    def _input_size_findings(self) -> list[Finding]:
+        out = []
         for side, sizes in sorted(self._other_size.items()):
             own = tuple(self.towers[side].own_input.shape[-2:])
             shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
@@ -464,6 +480,12 @@ class Recorder:
                     "input",
                 )
             )
+        return out
+
+    def _recomputed_findings(self) -> list[Finding]:
+        """Modules called outside their place in the model's forward: a departure when the embeddings they lead
+        to are not the model's, unverified when no embedding followed, a note when they are the model's."""
+        out = []
         if self._outside_departed:
             out.append(
                 Finding(
@@ -499,16 +521,24 @@ class Recorder:
                     "model",
                 )
             )
-        if hooks:
-            out.append(
-                Finding(
-                    "hooks_during_run",
-                    ", ".join(sorted(self._hooks_during)),
-                    f"hooks attached while the method ran (removed afterwards): {hooks}",
-                    "note",
-                    "model",
-                )
+        return out
+
+    def _hook_findings(self, hooks: str) -> list[Finding]:
+        if not hooks:
+            return []
+        return [
+            Finding(
+                "hooks_during_run",
+                ", ".join(sorted(self._hooks_during)),
+                f"hooks attached while the method ran (removed afterwards): {hooks}",
+                "note",
+                "model",
             )
+        ]
+
+    def _other_input_findings(self) -> list[Finding]:
+        """Inputs other than the model's own: perturbations, and inputs that gave the model's own embeddings."""
+        out = []
         for side, count in sorted(self._perturbed.items()):
             module = self.names[id(self.towers[side].input_module)]
             what = "images of the model's input size" if side == "image" else "texts"
@@ -532,18 +562,20 @@ class Recorder:
                     "input",
                 )
             )
-        if self._foreign_calls and not self._calls:
-            out.append(
-                Finding(
-                    "foreign_modules",
-                    "(not in the model)",
-                    f"{self._foreign_calls} calls of modules that "
-                    "are not the model's and none of the model's (a copy?)",
-                    "unverified",
-                    "model",
-                )
-            )
         return out
+
+    def _foreign_findings(self) -> list[Finding]:
+        if not (self._foreign_calls and not self._calls):
+            return []
+        return [
+            Finding(
+                "foreign_modules",
+                "(not in the model)",
+                f"{self._foreign_calls} calls of modules that are not the model's and none of the model's (a copy?)",
+                "unverified",
+                "model",
+            )
+        ]
 
 
 __all__ = ["Recorder", "Finding", "SEVERITIES"]

@@ -275,14 +275,21 @@ def note_deprecated(namespace: argparse.Namespace, notice: str) -> None:
 
 
 def once(
-    parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, option_string: str, given: list[str]
+    parser: argparse.ArgumentParser,
+    namespace: argparse.Namespace,
+    dest: str,
+    option_string: str,
+    given: list[str],
+    spelling: str | None = None,
 ) -> None:
     """A list option given twice (under any of its spellings) is refused, never reduced to its last value;
-    the message spells the one comma list meant."""
+    the message spells the one comma list meant under ``spelling``, the option's current name (an old
+    spelling's alias passes the new one: ``--methods a --method b`` suggests ``--methods a,b``)."""
+    spelling = spelling or option_string
     seen = namespace.__dict__.setdefault("lists_given", set())
     if dest in seen:
         meant = ",".join(str(v) for v in [*(getattr(namespace, dest) or []), *given])
-        parser.error(f"{option_string} was given twice; give one comma list: {option_string} {meant}")
+        parser.error(f"{option_string} was given twice; give one comma list: {spelling} {meant}")
     seen.add(dest)
 
 
@@ -325,7 +332,7 @@ class DeprecatedAlias(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if isinstance(values, list):
-            once(parser, namespace, self.dest, option_string, values)
+            once(parser, namespace, self.dest, option_string, values, spelling=self.use.split()[0])
         note_deprecated(namespace, f"{option_string} is deprecated and goes in the next release; use {self.use}")
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 

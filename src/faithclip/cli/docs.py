@@ -6,12 +6,16 @@
     python -m faithclip.cli.docs [FILES...] [--reduced]                    # rewrite the results blocks
 
 FILES default to the pages that state figures (README.md and docs/{audit,families,plugins,evaluation,p2}.md),
-read from the repository root; the prose figures are registered in docs/claims.toml. What a results block and
-a claim are, and the rules of agreement: ``faithclip.docfigures``. ``--reduced`` takes only what is marked
+read from the current folder (run from the repository root); the prose figures are registered in ``--claims``
+(default docs/claims.toml; with the default pages it must exist). Every path this tool reads is a page, an
+option or a path a documented command names: a figure whose command names a path outside the repository
+(``../...``, such as the ViT-B/32 reference files) that is absent here is skipped, naming it. What a results
+block and a claim are, and the rules of agreement: ``faithclip.docfigures``. ``--reduced`` takes only what is marked
 cheap (a few seconds each), ``slow`` blocks (hours) run only with ``--slow``. A command runs in this process
 through its own ``main(argv)`` (``faithclip ...``, ``python -m faithclip.MODULE ...``) on one torch thread, or
 else as a subprocess of this Python. docs/audit.md's sections keep their own generator
-(``python tools/audit_docs.py``, run from here as a subprocess), which writes their intros and the seeds table too.
+(``--audit-tool``, default ``tools/audit_docs.py``, run as a subprocess when the page is rewritten), which writes
+their intros and the seeds table too.
 """
 
 from __future__ import annotations
@@ -51,8 +55,7 @@ logger = logging.getLogger(__name__)
 
 DOCS = ("README.md", "docs/audit.md", "docs/families.md", "docs/plugins.md", "docs/evaluation.md", "docs/p2.md")
 CLAIMS = Path("docs/claims.toml")
-B32 = "../shared/reference"
-AUDIT_DOCS = "tools/audit_docs.py"  # docs/audit.md's generator
+AUDIT_DOCS = Path("tools/audit_docs.py")  # docs/audit.md's generator (a tool of the repository, not installed)
 
 
 class CommandFailed(Exception):
@@ -176,16 +179,27 @@ def collect(files: list[Path], claims_path: Path = CLAIMS) -> tuple[list[Figure]
     return figures, problems
 
 
+def absent_outside(command: str) -> str | None:
+    """The first path outside the repository (``../...``, also as ``--option=../...``) that the command names and
+    that does not exist here, or None (a figure that reads it cannot be rerun here)."""
+    for word in shlex.split(command):
+        path = word.rpartition("=")[2]
+        if path.startswith("../") and not glob.glob(os.path.expanduser(path)):
+            return path
+    return None
+
+
 def _selected(figures: list[Figure], reduced: bool, slow: bool) -> tuple[list[Figure], list[str]]:
     """The figures to run, and one line per (page, command) left out and why."""
     chosen, skipped = [], {}
     for figure in figures:
         if reduced and not figure.reduced:
             continue
+        absent = absent_outside(figure.command)
         if figure.slow and not slow:
             reason = "slow; --slow runs it"
-        elif B32 in figure.command and not Path(B32).is_dir():
-            reason = f"{B32} is not available"
+        elif absent is not None:
+            reason = f"{absent} is not available"
         else:
             chosen.append(figure)
             continue
@@ -263,7 +277,7 @@ def replicate(figures: list[Figure], runner: Runner) -> tuple[list[str], list[st
     return lines, problems, total, overlapping
 
 
-def regenerate(figures: list[Figure], execute=run) -> None:
+def regenerate(figures: list[Figure], execute=run, audit_tool: Path = AUDIT_DOCS) -> None:
     """Rewrite each results block's output with a fresh run (claims are prose: they are checked, not written).
     docs/audit.md's blocks are written by their own generator, ``tools/audit_docs.py``."""
     audit_sections: dict[Path, dict[str, None]] = {}
@@ -281,15 +295,14 @@ def regenerate(figures: list[Figure], execute=run) -> None:
         write_atomic(figure.doc, replace_output(text, current[figure.command], fresh).encode())
         logger.info("wrote %s's %s block (`%s`)", figure.doc, figure.block, figure.command)
     for doc, names in audit_sections.items():
-        regenerate_audit(doc, list(names))
+        regenerate_audit(doc, list(names), audit_tool)
 
 
-def regenerate_audit(doc: Path, names: list[str]) -> None:
-    """docs/audit.md's blocks ``names``, rewritten by ``python tools/audit_docs.py DOC NAMES...`` (a tool of the
-    repository, run from its root, as every page here is read)."""
-    tool = Path(AUDIT_DOCS)
+def regenerate_audit(doc: Path, names: list[str], tool: Path = AUDIT_DOCS) -> None:
+    """docs/audit.md's blocks ``names``, rewritten by ``python TOOL DOC NAMES...`` (``tools/audit_docs.py``, a
+    tool of the repository, run from its root, as every page here is read)."""
     if not tool.is_file():
-        raise CommandFailed(f"{tool} is not here: run from the repository root")
+        raise CommandFailed(f"{tool} is not here: run from the repository root, or give --audit-tool")
     done = subprocess.run([sys.executable, str(tool), str(doc), *names], capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
@@ -338,8 +351,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--list", action="store_true", help="print every documented command with its doc and line")
     parser.add_argument("--reduced", action="store_true", help="only the figures marked cheap (reduced)")
     parser.add_argument("--slow", action="store_true", help="also the figures marked slow (hours)")
-    parser.add_argument("--claims", type=Path, default=CLAIMS, help="the prose figures' registry")
+    parser.add_argument(
+        "--claims",
+        type=Path,
+        default=None,
+        help=f"the prose figures' registry (default: {CLAIMS}, required with the default pages; "
+        "an absent registry given here is no claims)",
+    )
+    parser.add_argument(
+        "--audit-tool",
+        type=Path,
+        default=AUDIT_DOCS,
+        help=f"docs/audit.md's generator, run when that page is rewritten (default: {AUDIT_DOCS})",
+    )
     return parser.parse_args(argv)
+
+
+def usage_problem(args: argparse.Namespace, files: list[Path]) -> str | None:
+    """One line saying why the command line cannot run (None: it can): an absent page or registry, or flags
+    that do not go together. Every file is read from the current folder (the repository root)."""
+    where = " (the default pages are read from the repository root: run there, or name the pages)"
+    for path in files:
+        if not path.is_file():
+            return f"{path}: no such file{where if not args.files else ''}"
+    if not args.files and args.claims is None and not CLAIMS.is_file():
+        return f"{CLAIMS}: no such file (the claims of the default pages){where}"
+    if args.list and (args.reduced or args.slow):
+        return "--list lists every documented command; it takes neither --reduced nor --slow"
+    return None
 
 
 def main(argv: list[str] | None = None, execute=run) -> int:
@@ -348,11 +387,9 @@ def main(argv: list[str] | None = None, execute=run) -> int:
     except SystemExit as stop:  # --help (0) or a usage error, already printed in one line (2)
         return int(stop.code or 0)
     files = args.files or [Path(name) for name in DOCS]
-    usage = next((f"{path}: no such file" for path in files if not path.is_file()), None)
-    if usage is None and args.list and (args.reduced or args.slow):
-        usage = "--list lists every documented command; it takes neither --reduced nor --slow"
+    usage = usage_problem(args, files)
     try:
-        figures, lost = ([], []) if usage else collect(files, args.claims)
+        figures, lost = ([], []) if usage else collect(files, args.claims or CLAIMS)
     except (ValueError, KeyError) as error:
         usage = error.args[0]
     if usage:
@@ -372,6 +409,16 @@ def main(argv: list[str] | None = None, execute=run) -> int:
             file=sys.stderr,
         )
         return 2
+    rewrites_audit = not (args.check or args.replicate) and any(
+        f.doc.name == "audit.md" and f.block != "claim" for f in chosen
+    )
+    if rewrites_audit and not args.audit_tool.is_file():
+        print(
+            f"python -m faithclip.cli.docs: {args.audit_tool}: no such file (docs/audit.md's generator: run from "
+            "the repository root, or give --audit-tool)",
+            file=sys.stderr,
+        )
+        return 2
     for line in skipped:
         print(line)
     try:
@@ -379,7 +426,7 @@ def main(argv: list[str] | None = None, execute=run) -> int:
             return report_check(chosen, lost, Runner(execute))
         if args.replicate:
             return report_replicate(chosen, lost, Runner(execute))
-        regenerate(chosen, execute)
+        regenerate(chosen, execute, args.audit_tool)
         return 0
     except CommandFailed as error:
         print(f"python -m faithclip.cli.docs: a documented command cannot run: {error}", file=sys.stderr)

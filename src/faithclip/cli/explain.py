@@ -274,23 +274,7 @@ def write_outputs(
     """A JSON record per (image, text, method) and the figures: with one method, a figure per pair; with
     several, for each image a grid (a row per method, a column per prompt, each method's maps on one colour
     scale). Returns the index entries and the figures (file, colour scales, a PNG preview for the page)."""
-    from faithclip.report.figures import (
-        SCREEN_DPI,
-        comparison_figure,
-        explanation_figure,
-        figure_bytes,
-    )
-
-    def save(figure, stem: str, title: str, members: list[int]) -> dict:
-        path = out / f"{stem}.{args.format}"
-        write_atomic(path, figure_bytes(figure, args.format))
-        preview = path.read_bytes() if args.format == "png" else figure_bytes(figure, "png", dpi=SCREEN_DPI)
-        scales = [
-            dict(scale.as_dict(), explanation=member, method=index[member]["method"])
-            for scale, member in zip(getattr(figure, "colour_scales", []), members)
-        ]
-        print(f"  figure -> {path}")
-        return {"file": path.name, "title": title, "colour_scales": scales, "preview": preview, "explanations": members}
+    from faithclip.report.figures import comparison_figure, explanation_figure
 
     index, figures = [], []
     for image_path in images:
@@ -299,58 +283,90 @@ def write_outputs(
             stems = output_stems(images, texts, method)
             for text, explanation in zip(texts, by_method[method]):
                 stem = stems[(image_path, text)]
-                explanation.save_json(out / f"{stem}.json")
-                if args.save_maps:
-                    from faithclip.data.maps import write_map
-
-                    write_map(
-                        out,
-                        image_path,
-                        method,
-                        explanation.map,
-                        "patch",
-                        stem=stem,
-                        text=text,
-                        model=explanation.model_id,
-                        region=explanation.region,
-                        image_size=_image_size(explanation),
-                    )
-                line = f"{image_path}  {text!r}  {method}  {explanation.target}={explanation.score:+.4f}"
-                entry = {
-                    "image": image_path,
-                    "text": text,
-                    "method": method,
-                    "target": explanation.target,
-                    "score": explanation.score,
-                    "model_score": explanation.model_score,
-                    "json": f"{stem}.json",
-                    "warnings": explanation.warnings,
-                }
-                if args.side == "text":
-                    tokens = explanation.tokens or []
-                    weights = " ".join(f"{t}:{w:.2f}" for t, w in zip(tokens, explanation.map.tolist()) if w > 0)
-                    line += f"  [{weights}]  -> {out / (stem + '.json')}"
-                index.append(entry)
-                print(line)
-                for note in explanation.warnings:
-                    print(f"  warning: {note}")
+                index.append(write_pair(explanation, image_path, text, method, stem, out, args))
                 if len(methods) == 1 or args.side == "text":  # a figure per pair
                     figure = (
                         explanation_figure(explanation, view=args.view)
                         if args.side == "image"
                         else explanation.figure()
                     )
-                    entry["figure"] = f"{stem}.{args.format}"
-                    figures.append(save(figure, stem, f'{image_path}: "{text}" ({method})', [len(index) - 1]))
+                    index[-1]["figure"] = f"{stem}.{args.format}"
+                    title = f'{image_path}: "{text}" ({method})'
+                    figures.append(save_figure(figure, stem, title, [len(index) - 1], index, out, args))
         if len(methods) > 1 and args.side == "image":
             grid = comparison_figure(
                 [e for method in methods for e in by_method[method]], scale=args.scale, view=args.view
             )
-            stem = f"{Path(image_path).stem}__{'+'.join(methods)}"
-            if len(images) != len({Path(p).stem.lower() for p in images}):
-                stem += "__" + hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
+            stem = grid_stem(image_path, images, methods)
             members = list(range(len(index) - len(methods) * len(texts), len(index)))
             for member in members:
                 index[member]["figure"] = f"{stem}.{args.format}"
-            figures.append(save(grid, stem, f"{image_path}: {', '.join(methods)} x {len(texts)} prompt(s)", members))
+            title = f"{image_path}: {', '.join(methods)} x {len(texts)} prompt(s)"
+            figures.append(save_figure(grid, stem, title, members, index, out, args))
     return index, figures
+
+
+def write_pair(
+    explanation, image_path: str, text: str, method: str, stem: str, out: Path, args: argparse.Namespace
+) -> dict:
+    """One pair's JSON (and ``--save-maps``' .npz), its line on stdout with its warnings; its index entry."""
+    explanation.save_json(out / f"{stem}.json")
+    if args.save_maps:
+        from faithclip.data.maps import write_map
+
+        write_map(
+            out,
+            image_path,
+            method,
+            explanation.map,
+            "patch",
+            stem=stem,
+            text=text,
+            model=explanation.model_id,
+            region=explanation.region,
+            image_size=_image_size(explanation),
+        )
+    line = f"{image_path}  {text!r}  {method}  {explanation.target}={explanation.score:+.4f}"
+    entry = {
+        "image": image_path,
+        "text": text,
+        "method": method,
+        "target": explanation.target,
+        "score": explanation.score,
+        "model_score": explanation.model_score,
+        "json": f"{stem}.json",
+        "warnings": explanation.warnings,
+    }
+    if args.side == "text":
+        tokens = explanation.tokens or []
+        weights = " ".join(f"{t}:{w:.2f}" for t, w in zip(tokens, explanation.map.tolist()) if w > 0)
+        line += f"  [{weights}]  -> {out / (stem + '.json')}"
+    print(line)
+    for note in explanation.warnings:
+        print(f"  warning: {note}")
+    return entry
+
+
+def grid_stem(image_path: str, images: list[str], methods: list[str]) -> str:
+    """The file stem of an image's several-method grid; images sharing a stem get their path's hash too."""
+    stem = f"{Path(image_path).stem}__{'+'.join(methods)}"
+    if len(images) != len({Path(p).stem.lower() for p in images}):
+        stem += "__" + hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
+    return stem
+
+
+def save_figure(
+    figure, stem: str, title: str, members: list[int], index: list[dict], out: Path, args: argparse.Namespace
+) -> dict:
+    """Write a figure in ``--format``; its page entry: file, title, colour scales, a PNG preview, members."""
+    from faithclip.report.figures import SCREEN_DPI, figure_bytes
+
+    path = out / f"{stem}.{args.format}"
+    write_atomic(path, figure_bytes(figure, args.format))
+    preview = path.read_bytes() if args.format == "png" else figure_bytes(figure, "png", dpi=SCREEN_DPI)
+    scales = [
+        dict(scale.as_dict(), explanation=member, method=index[member]["method"])
+        for scale, member in zip(getattr(figure, "colour_scales", []), members)
+    ]
+    print(f"  figure -> {path}")
+    return {"file": path.name, "title": title, "colour_scales": scales, "preview": preview, "explanations": members}

@@ -104,7 +104,7 @@ def clip_surgery(ctx: Context, layers: int | None = None, redundant: str = "auto
     model = ctx.handle.model
     text_embeds = F.normalize(ctx.fixed_text_embeds(), dim=-1)  # (K, P)
     with torch.no_grad():
-        with Probe(model, "vision", layers=surgery, capture=("hidden_in", "v")) as probe:
+        with Probe(model, "vision", layer_indices=surgery, capture=("hidden_in", "v")) as probe:
             image_embeds = ctx.handle.encode_image(ctx.pixels)  # the original path, (B, P)
         values = [probe.captures[i].require("v")[0] for i in surgery]
         tokens = surgery_tokens(model, surgery[0], probe.captures[surgery[0]].require("hidden_in")[0], values)
@@ -112,7 +112,10 @@ def clip_surgery(ctx: Context, layers: int | None = None, redundant: str = "auto
         removed = F.normalize(ctx.handle.encode_text(empty_prompt(ctx)), dim=-1) if redundant == "empty" else None
         per_token = feature_surgery(tokens, text_embeds, F.normalize(image_embeds, dim=-1), removed)  # (B, K, T)
     return MapResult(
-        maps=ctx.token_map(per_token), scores=scores, layers=surgery, options={"layers": layers, "redundant": redundant}
+        maps=ctx.token_map(per_token),
+        scores=scores,
+        layer_indices=surgery,
+        options={"layers": layers, "redundant": redundant},
     )
 
 

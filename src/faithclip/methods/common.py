@@ -89,7 +89,7 @@ def check_lambda_options(span: str, lambda_qk: str) -> None:
 def layer_lambdas(
     ctx: "Context",
     captures: dict[int, "LayerCapture"],
-    layers: Sequence[int],
+    layer_indices: Sequence[int],
     span: str = "context",
     lambda_qk: str = "raw",
 ) -> list[torch.Tensor]:
@@ -102,9 +102,9 @@ def layer_lambdas(
     """
     check_lambda_options(span, lambda_qk)
     whole_context = ctx.side == "text" and span == "context"
-    source = ctx.context_captures(layers) if whole_context else captures
+    source = ctx.context_captures(layer_indices) if whole_context else captures
     out = []
-    for index in layers:
+    for index in layer_indices:
         q, k = (t.detach() for t in source[index].require("q", "k"))  # (C, T', D) each
         if lambda_qk == "out_proj":
             out_proj = ctx.output_projection(index)
@@ -127,4 +127,4 @@ def eclip_result(
     per_token = ctx.token_map(combine_layers(terms, relu))
     if ctx.side == "text" and relu != "none":
         per_token = normalize_sum(per_token)
-    return MapResult(maps=per_token.detach(), scores=scores.detach(), layers=explained, options=options)
+    return MapResult(maps=per_token.detach(), scores=scores.detach(), layer_indices=explained, options=options)

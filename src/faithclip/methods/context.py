@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from faithclip.deprecation import renamed_fields
 from faithclip.errors import MethodError
 from faithclip.methods.pooling import attention_gradient_rows, check_agreement, pooling_internals
 from faithclip.models.clip import ModelHandle, TextBatch
@@ -34,13 +35,15 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 logger = logging.getLogger(__name__)
 
 
+@renamed_fields({"layers": "layer_indices"})
 @dataclass
 class MapResult:
-    """A method's output before it is wrapped into ``Explanation`` objects."""
+    """A method's output before it is wrapped into ``Explanation`` objects. ``layer_indices``: the layers the
+    maps were computed from (its old name ``layers`` is a deprecated keyword and attribute, the same list)."""
 
     maps: torch.Tensor  # image side (B, K, gh, gw); text side (B, K, L)
     scores: torch.Tensor  # (B, K): the values of the target the method explained
-    layers: list[int] = field(default_factory=list)
+    layer_indices: list[int] = field(default_factory=list)
     options: dict = field(default_factory=dict)
     input_size: tuple[int, int] | None = None  # (H, W) of the pixels the maps refer to
 
@@ -90,10 +93,10 @@ class Context:
         """The layer index of the attention-pooling head (the last), ``None`` without one."""
         return None if self.pooling is None else self.num_layers - 1
 
-    def check_query_layers(self, layers: Sequence[int], what: str) -> None:
+    def check_query_layers(self, layer_indices: Sequence[int], what: str) -> None:
         """A tower that pools through an attention-pooling head has a pooled query in the head only: ``what``
         (e.g. "layers=2") is refused with a one-line error for any other layer."""
-        if self.head_layer is not None and any(index != self.head_layer for index in layers):
+        if self.head_layer is not None and any(index != self.head_layer for index in layer_indices):
             raise MethodError(
                 f"{what} is not defined on the {self.tower} tower: it pools through its attention-pooling "
                 "head, whose learned query is its only pooled query (its blocks have none); explain the "
@@ -235,26 +238,29 @@ class Context:
         return torch.cat(chunks, dim=1)  # (B, N)
 
     def probe_forward(
-        self, layers: Sequence[int], capture: Sequence[str], grad_from: int | None = None
+        self, layer_indices: Sequence[int], capture: Sequence[str], grad_from: int | None = None
     ) -> tuple[torch.Tensor, dict[int, LayerCapture]]:
         """Run the model's own forward of the explained tower under the probe.
 
         Returns the scores ``(B, K)`` (with a graph from ``grad_from`` upward; default: the lowest of
-        ``layers``) and the captures per layer.
+        ``layer_indices``) and the captures per layer.
         """
-        layers = resolve_layers(layers, self.num_layers)
-        grad_from = min(layers) if grad_from is None else grad_from
+        layer_indices = resolve_layers(layer_indices, self.num_layers)
+        grad_from = min(layer_indices) if grad_from is None else grad_from
         self.extra_embeds()  # encode the target's extra prompts before the probe is active
         other = self.fixed_text_embeds() if self.side == "image" else self.fixed_image_embeds()
         own_forward = not has_hooks(self.handle.model)  # no intervention attached: the probe's forward is the model's
-        with torch.enable_grad(), Probe(self.handle.model, self.tower, layers, capture, grad_from=grad_from) as probe:
+        with (
+            torch.enable_grad(),
+            Probe(self.handle.model, self.tower, layer_indices, capture, grad_from=grad_from) as probe,
+        ):
             embeds = self.image_features(self.pixels) if self.side == "image" else self.text_features(self.text)
         # The probe leaves the forward bit-identical, so with no other hook attached these ARE the model's own
         # embeddings: keep them for the P1 comparison instead of running the model a second time.
         if own_forward:
             self._fixed.setdefault(self.side, embeds.detach())
         scores = self.score(embeds, other) if self.side == "image" else self.score(other, embeds)
-        if self.head_layer in layers:
+        if self.head_layer in layer_indices:
             self._complete_head(probe.captures[self.head_layer])
         return scores, probe.captures
 
@@ -267,7 +273,7 @@ class Context:
         cap.q, cap.k, cap.v = internals.q, internals.k, internals.v
         cap.attn, cap.attn_out = internals.attn, internals.attn_out
 
-    def context_captures(self, layers: Sequence[int]) -> dict[int, LayerCapture]:
+    def context_captures(self, layer_indices: Sequence[int]) -> dict[int, LayerCapture]:
         """q and k (no graph) of the texts padded to the WHOLE context, as the published text code sees them.
 
         The family lays the texts out (``Family.lambda_context``); CLIP: padded with id 0 to the model's
@@ -275,10 +281,10 @@ class Context:
         model's own input (a causal model never looks ahead); only the keys of the padding positions are
         new, and they enter Grad-ECLIP's lambda through its min-max.
         """
-        key = ("context", tuple(sorted(layers)))
+        key = ("context", tuple(sorted(layer_indices)))
         if key not in self._fixed:
             padded = self.family.lambda_context(self.handle, self.text)
-            with torch.no_grad(), Probe(self.handle.model, "text", layers, ("q", "k")) as probe:
+            with torch.no_grad(), Probe(self.handle.model, "text", layer_indices, ("q", "k")) as probe:
                 self.handle.encode_text(padded)
             self._fixed[key] = probe.captures
         return self._fixed[key]
@@ -312,7 +318,7 @@ class Context:
         return [s.transpose(0, 1) if self.side == "image" else s for s in stacked]  # (B, K, ...)
 
     def pooled_query_gradients(
-        self, layers: Sequence[int], wrt: str, capture: Sequence[str]
+        self, layer_indices: Sequence[int], wrt: str, capture: Sequence[str]
     ) -> tuple[torch.Tensor, dict[int, LayerCapture], list[torch.Tensor]]:
         """Scores ``(B, K)``, captures, and per explained layer the gradient of every score w.r.t. the
         pooled query's row of the attention probabilities (``wrt="attn"``: ``(B, K, H, T)``) or the pooled
@@ -323,19 +329,19 @@ class Context:
         Otherwise: the model's forward with a graph from the lowest explained layer, and batched backward
         passes. Both give the same numbers (tests/unit/test_fast_path.py).
         """
-        layers = resolve_layers(layers, self.num_layers)
+        layer_indices = resolve_layers(layer_indices, self.num_layers)
         if self.head_layer is not None:
-            self.check_query_layers(layers, f"layers={len(layers)}")
+            self.check_query_layers(layer_indices, f"layers={len(layer_indices)}")
             return self.head_gradients(wrt, capture)
         fast = self.fast and self.family.fast_path and self.target.pooled  # the fast path rebuilds the pooled path
-        if fast and self.side == "image" and layers == [self.num_layers - 1]:
+        if fast and self.side == "image" and layer_indices == [self.num_layers - 1]:
             result = self.last_layer_gradients(wrt, capture)
             if result is not None:
                 return result
         positions = self.query_positions
         reduce = (lambda g: query_rows(g, positions)) if wrt == "attn" else (lambda g: query_tokens(g, positions))
-        scores, caps = self.probe_forward(layers, capture=tuple(set(capture) | {wrt}))
-        return scores, caps, self.grads(scores, [caps[i].require(wrt)[0] for i in layers], reduce=reduce)
+        scores, caps = self.probe_forward(layer_indices, capture=tuple(set(capture) | {wrt}))
+        return scores, caps, self.grads(scores, [caps[i].require(wrt)[0] for i in layer_indices], reduce=reduce)
 
     def head_gradients(
         self, wrt: str, capture: Sequence[str]
@@ -351,14 +357,14 @@ class Context:
         return scores, caps, [attn_grad if wrt == "attn" else attn_out_grad]
 
     def attention_gradients(
-        self, scores: torch.Tensor, caps: dict[int, LayerCapture], layers: Sequence[int]
+        self, scores: torch.Tensor, caps: dict[int, LayerCapture], layer_indices: Sequence[int]
     ) -> list[torch.Tensor]:
-        """``dS/dA`` of every score for each of ``layers`` (``(B, K, H, Tq, T)``); at an attention-pooling
+        """``dS/dA`` of every score for each of ``layer_indices`` (``(B, K, H, Tq, T)``); at an attention-pooling
         head by the chain rule from ``dS/dy`` (its probabilities are values, not on the graph)."""
-        on_graph = [caps[i].attn if i != self.head_layer else caps[i].hidden_out for i in layers]
+        on_graph = [caps[i].attn if i != self.head_layer else caps[i].hidden_out for i in layer_indices]
         grads = self.grads(scores, on_graph)
-        if self.head_layer in layers:
-            position = list(layers).index(self.head_layer)
+        if self.head_layer in layer_indices:
+            position = list(layer_indices).index(self.head_layer)
             _, rows = attention_gradient_rows(
                 grads[position][:, :, 0], caps[self.head_layer].v, self.pooling, self.side
             )

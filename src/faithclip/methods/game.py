@@ -72,28 +72,31 @@ def game_last_layer_row(
 
 def game(ctx: Context, start_layer: int = 0) -> MapResult:
     (first,) = resolve_layers([start_layer], ctx.num_layers)
-    layers = list(range(first, ctx.num_layers))
+    layer_indices = list(range(first, ctx.num_layers))
     positions = ctx.query_positions
-    if len(layers) == 1:  # only the query rows matter; the context may take its last-layer fast path
-        scores, caps, (grad_rows,) = ctx.pooled_query_gradients(layers, "attn", capture=("attn",))
-        attention = caps[layers[0]].attn.detach()  # (C, H, T, T)
+    if len(layer_indices) == 1:  # only the query rows matter; the context may take its last-layer fast path
+        scores, caps, (grad_rows,) = ctx.pooled_query_gradients(layer_indices, "attn", capture=("attn",))
+        attention = caps[layer_indices[0]].attn.detach()  # (C, H, T, T)
         tokens = attention.shape[-1]
         attention_rows = attention[torch.arange(attention.shape[0], device=attention.device), :, positions]  # (C, H, T)
-        query = ctx.pair(ctx.query_one_hot(layers[0], tokens).to(attention.dtype)).expand(
+        query = ctx.pair(ctx.query_one_hot(layer_indices[0], tokens).to(attention.dtype)).expand(
             ctx.num_images, ctx.num_texts, -1
         )
         rows = game_last_layer_row(ctx.pair(attention_rows), grad_rows, query)
     else:
-        scores, caps = ctx.probe_forward(layers, capture=("attn",))
-        attentions = [caps[i].attn for i in layers]
-        attention_grads = ctx.attention_gradients(scores, caps, layers)  # per layer (B, K, H, Tq, T)
-        one_hot = ctx.query_one_hot(layers[-1], attentions[0].shape[-1]).to(attentions[0].dtype)  # (C, T)
+        scores, caps = ctx.probe_forward(layer_indices, capture=("attn",))
+        attentions = [caps[i].attn for i in layer_indices]
+        attention_grads = ctx.attention_gradients(scores, caps, layer_indices)  # per layer (B, K, H, Tq, T)
+        one_hot = ctx.query_one_hot(layer_indices[-1], attentions[0].shape[-1]).to(attentions[0].dtype)  # (C, T)
         query = ctx.pair(one_hot).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
         rows = game_rows(
             [ctx.pair(a.detach()) for a in attentions], attention_grads, query, pooling_head=ctx.head_layer is not None
         )
     return MapResult(
-        maps=ctx.token_map(rows).detach(), scores=scores.detach(), layers=layers, options={"start_layer": start_layer}
+        maps=ctx.token_map(rows).detach(),
+        scores=scores.detach(),
+        layer_indices=layer_indices,
+        options={"start_layer": start_layer},
     )
 
 

@@ -35,7 +35,7 @@ def grad_cam(ctx: Context, layer: int = -1) -> MapResult:
     (weights,) = ctx.grads(scores, [features], reduce=lambda g: g.mean(dim=2))  # token mean: (B, K, D)
     per_token = grad_cam_map(weights, ctx.pair(features.detach()))  # (B, K, T)
     return MapResult(
-        maps=ctx.token_map(per_token).detach(), scores=scores.detach(), layers=[index], options={"layer": layer}
+        maps=ctx.token_map(per_token).detach(), scores=scores.detach(), layer_indices=[index], options={"layer": layer}
     )
 
 

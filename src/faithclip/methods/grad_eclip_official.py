@@ -175,7 +175,7 @@ def grad_eclip_official_image(
     return MapResult(
         maps=torch.stack([m for m, _, _ in results]),
         scores=torch.stack([s for _, s, _ in results]),
-        layers=list(range(ctx.num_layers - layers, ctx.num_layers)),
+        layer_indices=list(range(ctx.num_layers - layers, ctx.num_layers)),
         input_size=size,
         options={"layers": layers, "lambda_qk": lambda_qk, "half": half, "original": original is not None, "cap": cap},
     )
@@ -196,7 +196,7 @@ def grad_eclip_official_text(
     return MapResult(
         maps=maps,
         scores=scores,
-        layers=list(range(ctx.num_layers - used, ctx.num_layers)),
+        layer_indices=list(range(ctx.num_layers - used, ctx.num_layers)),
         options={"layers": layers, "lambda_qk": lambda_qk, "half": half},
     )
 

@@ -62,10 +62,10 @@ def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_n
         raise MethodError(f"legrad: pooling must be one of {POOLINGS}, got {pooling!r}.")
     blocks = len(ctx.encoder_layers())  # LeGrad sums over blocks: an attention-pooling head (SigLIP) is none
     (first,) = resolve_layers([start_layer], blocks)
-    layers = list(range(first, blocks))
-    _, caps = ctx.probe_forward(layers, capture=("attn", "hidden_out"))
+    layer_indices = list(range(first, blocks))
+    _, caps = ctx.probe_forward(layer_indices, capture=("attn", "hidden_out"))
     total = None
-    for index in layers:
+    for index in layer_indices:
         attention, tokens = caps[index].require("attn", "hidden_out")
         scores = layer_scores(ctx, tokens, pooling)  # s^l: (B, K)
         (per_token,) = ctx.grads(scores, [attention], reduce=legrad_layer_map)  # (B, K, T)
@@ -76,7 +76,7 @@ def legrad(ctx: Context, start_layer: int = -2, pooling: str = "mean", min_max_n
     return MapResult(
         maps=maps.detach(),
         scores=scores.detach(),
-        layers=layers,
+        layer_indices=layer_indices,
         options={"start_layer": start_layer, "pooling": pooling, "min_max_normalize": min_max_normalize},
     )
 

@@ -104,19 +104,48 @@ def m2ib(
 ) -> MapResult:
     if steps < 1 or samples < 1:
         raise MethodError(f"m2ib needs steps >= 1 and samples >= 1; got steps={steps}, samples={samples}.")
+    layer = bottleneck_layer(ctx, layer)
+    tokens, counted, pair_scores = pair_batch(ctx, samples)
+    kl = fit_bottleneck(ctx, layer, tokens, counted, pair_scores, beta, variance, steps, lr, samples, seed)
+    per_token = kl.mean(1).sum(-1)  # (P, T): mean over samples, sum over channels
+    per_token = per_token.reshape(ctx.num_images, ctx.num_texts, tokens)  # (B, K, T)
+    return MapResult(
+        maps=ctx.token_map(per_token),
+        scores=ctx.model_scores(),
+        layer_indices=[layer],
+        options={
+            "layer": layer,
+            "beta": beta,
+            "variance": variance,
+            "steps": steps,
+            "lr": lr,
+            "samples": samples,
+            "seed": seed,
+        },
+    )
+
+
+def bottleneck_layer(ctx: Context, layer: int | None) -> int:
+    """The layer index whose output is replaced (``default_layer`` when None), with a warning on the last."""
     layer = default_layer(ctx.num_layers) if layer is None else resolve_layers([layer], ctx.num_layers)[0]
     if layer == ctx.num_layers - 1:
         warnings.warn(
             "m2ib: a bottleneck on the LAST layer's output reaches the score only through the pooled "
             "token; the other tokens' capacities then reflect the compression term alone. Choose an "
             "earlier layer (the default keeps at least one block after it).",
-            stacklevel=3,
+            stacklevel=4,  # two frames above m2ib, as when m2ib warned itself (stacklevel=3)
         )
+    return layer
+
+
+def pair_batch(ctx: Context, samples: int) -> tuple[int, torch.Tensor, Callable[[], torch.Tensor]]:
+    """Every (image, text) pair ``p = (b, k) = (p // K, p % K)`` repeated ``samples`` times (pair-major), as
+    one batch of the explained tower: ``(T, counted (P, T), scores)``, ``counted`` the positions in the
+    compression mean (texts: up to the end token) and ``scores()`` each pair's score per sample ``(P*S,)``."""
     model = ctx.handle.model
-    num_images, num_texts = ctx.num_images, ctx.num_texts
-    pairs = num_images * num_texts  # pair p = (b, k) = (p // K, p % K)
-    image_of = torch.arange(pairs, device=ctx.pixels.device) // num_texts  # (P,)
-    text_of = torch.arange(pairs, device=ctx.pixels.device) % num_texts  # (P,)
+    pairs = ctx.num_images * ctx.num_texts
+    image_of = torch.arange(pairs, device=ctx.pixels.device) // ctx.num_texts  # (P,)
+    text_of = torch.arange(pairs, device=ctx.pixels.device) % ctx.num_texts  # (P,)
 
     def repeat(index: torch.Tensor) -> torch.Tensor:
         return index.repeat_interleave(samples)  # (P,) -> (P*S,), pair-major
@@ -133,19 +162,40 @@ def m2ib(
         def pair_scores() -> torch.Tensor:
             scores = ctx.score(ctx.image_features(batch_pixels), other_text)  # (P*S, K)
             return scores.gather(1, repeat(text_of)[:, None])[:, 0]  # (P*S,)
-    else:
-        tokens = ctx.text.input_ids.shape[1]
-        positions = torch.arange(tokens, device=ctx.pixels.device)
-        counted = positions[None, :] <= ctx.text.eos_positions[text_of][:, None]  # (P, T): padding not counted
-        rows = repeat(text_of)
-        batch_text = TextBatch(
-            ctx.text.input_ids[rows], ctx.text.attention_mask[rows], ctx.text.eos_positions[rows], [], []
-        )
 
-        def pair_scores() -> torch.Tensor:
-            scores = ctx.score(other_image, ctx.text_features(batch_text))  # (B, P*S)
-            return scores.gather(0, repeat(image_of)[None, :])[0]  # (P*S,)
+        return tokens, counted, pair_scores
+    tokens = ctx.text.input_ids.shape[1]
+    positions = torch.arange(tokens, device=ctx.pixels.device)
+    counted = positions[None, :] <= ctx.text.eos_positions[text_of][:, None]  # (P, T): padding not counted
+    rows = repeat(text_of)
+    batch_text = TextBatch(
+        ctx.text.input_ids[rows], ctx.text.attention_mask[rows], ctx.text.eos_positions[rows], [], []
+    )
 
+    def pair_scores() -> torch.Tensor:
+        scores = ctx.score(other_image, ctx.text_features(batch_text))  # (B, P*S)
+        return scores.gather(0, repeat(image_of)[None, :])[0]  # (P*S,)
+
+    return tokens, counted, pair_scores
+
+
+def fit_bottleneck(
+    ctx: Context,
+    layer: int,
+    tokens: int,
+    counted: torch.Tensor,
+    pair_scores: Callable[[], torch.Tensor],
+    beta: float,
+    variance: float,
+    steps: int,
+    lr: float,
+    samples: int,
+    seed: int,
+) -> torch.Tensor:
+    """Fit alpha (one per pair, token and channel) with Adam to minimise ``beta * compression - fitting``
+    (module docstring) and return the KL capacity of the last step's forward, ``(P, S, T, D)``, detached."""
+    pairs = counted.shape[0]
+    model = ctx.handle.model
     width = ctx.family.attention(encoder_layers(model, ctx.tower)[layer]).out.in_features  # D, heads concatenated
     noise_tokens = tokens if ctx.side == "image" else max(tokens, ctx.handle.context_length)
     dtype = ctx.handle.dtype
@@ -176,22 +226,7 @@ def m2ib(
             optimizer.zero_grad()
             (alpha.grad,) = torch.autograd.grad(loss, [alpha])
             optimizer.step()
-    per_token = state["capacity"].detach().mean(1).sum(-1)  # (P, T): mean over samples, sum over channels
-    per_token = per_token.reshape(num_images, num_texts, tokens)  # (B, K, T)
-    return MapResult(
-        maps=ctx.token_map(per_token),
-        scores=ctx.model_scores(),
-        layers=[layer],
-        options={
-            "layer": layer,
-            "beta": beta,
-            "variance": variance,
-            "steps": steps,
-            "lr": lr,
-            "samples": samples,
-            "seed": seed,
-        },
-    )
+    return state["capacity"].detach()
 
 
 register_method(

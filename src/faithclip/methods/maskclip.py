@@ -57,7 +57,9 @@ def maskclip(ctx: Context) -> MapResult:
     last = len(ctx.encoder_layers()) - 1  # the last block
     pooled = ctx.pooling is not None  # the last attention is an attention-pooling head's (SigLIP)
     with torch.no_grad():
-        with Probe(model, "vision", layers=[last], capture=("hidden_out",) if pooled else ("hidden_in", "v")) as probe:
+        with Probe(
+            model, "vision", layer_indices=[last], capture=("hidden_out",) if pooled else ("hidden_in", "v")
+        ) as probe:
             image_embeds = ctx.handle.encode_image(ctx.pixels)  # the model's own forward, (B, P)
         if pooled:  # the head's value path: each token its only key (Family.token_head)
             tokens = ctx.family.token_head(model, probe.captures[last].require("hidden_out")[0])
@@ -65,7 +67,7 @@ def maskclip(ctx: Context) -> MapResult:
             tokens = value_path_tokens(model, *probe.captures[last].require("hidden_in", "v"))
         scores = ctx.score(image_embeds, text_embeds)  # (B, K)
         per_token = dense_scores(ctx, tokens)  # (B, K, T)
-    return MapResult(maps=ctx.token_map(per_token), scores=scores, layers=[ctx.num_layers - 1], options={})
+    return MapResult(maps=ctx.token_map(per_token), scores=scores, layer_indices=[ctx.num_layers - 1], options={})
 
 
 register_method(

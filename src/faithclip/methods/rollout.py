@@ -52,14 +52,17 @@ def rollout_rows(attentions: list[torch.Tensor], positions: torch.Tensor, poolin
 
 def rollout(ctx: Context, start_layer: int = 0) -> MapResult:
     (first,) = resolve_layers([start_layer], ctx.num_layers)  # negative counts from the end; range checked
-    layers = list(range(first, ctx.num_layers))
-    scores, caps = ctx.probe_forward(layers, capture=("attn",), grad_from=ctx.num_layers - 1)
+    layer_indices = list(range(first, ctx.num_layers))
+    scores, caps = ctx.probe_forward(layer_indices, capture=("attn",), grad_from=ctx.num_layers - 1)
     rows = rollout_rows(
-        [caps[i].attn.detach() for i in layers], ctx.query_positions, pooling_head=ctx.head_layer is not None
+        [caps[i].attn.detach() for i in layer_indices], ctx.query_positions, pooling_head=ctx.head_layer is not None
     )  # (C, T)
     per_pair = ctx.pair(rows).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
     return MapResult(
-        maps=ctx.token_map(per_pair), scores=scores.detach(), layers=layers, options={"start_layer": start_layer}
+        maps=ctx.token_map(per_pair),
+        scores=scores.detach(),
+        layer_indices=layer_indices,
+        options={"start_layer": start_layer},
     )
 
 

@@ -33,7 +33,9 @@ def self_attention(ctx: Context, layer: int = -1) -> MapResult:
     scores, caps = ctx.probe_forward([index], capture=("attn",))
     rows = query_attention(caps[index].attn.detach(), ctx.query_positions)  # (C, T)
     per_pair = ctx.pair(rows).expand(ctx.num_images, ctx.num_texts, -1)  # (B, K, T)
-    return MapResult(maps=ctx.token_map(per_pair), scores=scores.detach(), layers=[index], options={"layer": layer})
+    return MapResult(
+        maps=ctx.token_map(per_pair), scores=scores.detach(), layer_indices=[index], options={"layer": layer}
+    )
 
 
 register_method(

@@ -21,7 +21,15 @@ def render_demo(
         f"scenes (seed {results['seed']}), {results['seconds']:.1f} s. Method options: "
         f"<code>{esc(json.dumps(results['options']))}</code>.</p>"
     ]
-    parts.append("<h2>Localisation against exact object masks</h2>")
+    parts += localisation_section(results, methods)
+    parts += checks_section(results)
+    parts += maps_section(results, methods, thumbnails, overlays)
+    return html_page("faithclip demo", "".join(parts))
+
+
+def localisation_section(results: dict[str, Any], methods: list[str]) -> list[str]:
+    """Pointing game and energy share per method (best first), beside the random map's expected values."""
+    parts = ["<h2>Localisation against exact object masks</h2>"]
     parts.append(
         f"<p>Pointing game: the share of scenes where the map's peak lies within {results['tolerance_px']} px "
         "of the named object (15 px at 224 px, scaled). Energy share: the share of the map's positive mass "
@@ -65,7 +73,12 @@ def render_demo(
         "faithfulness: a method that modifies the model (see P1) can point well while explaining a "
         "different model.</p>"
     )
-    parts.append("<h2>Grad-ECLIP == Attention-ECLIP</h2>" + equivalence_table(results["equivalence"]))
+    return parts
+
+
+def checks_section(results: dict[str, Any]) -> list[str]:
+    """The equivalence table, P1 and the Grad-ECLIP audit (or why it did not run)."""
+    parts = ["<h2>Grad-ECLIP == Attention-ECLIP</h2>" + equivalence_table(results["equivalence"])]
     if "p1" in results:
         parts.append("<h2>Principle P1: is the explained score the model's own?</h2>" + p1_table(results["p1"]))
     if "audit_skipped" in results:
@@ -77,34 +90,43 @@ def render_demo(
             "gone, so an AUC can be negative, and lower still means better.</p>"
         )
         parts.append(audit_html(results["audit"]))
-    parts.append(
+    return parts
+
+
+def maps_section(
+    results: dict[str, Any], methods: list[str], thumbnails: list[bytes], overlays: dict[tuple[int, str], tuple]
+) -> list[str]:
+    """Per scene, its thumbnail and each method's raw map card with the explained and the model's score."""
+    parts = [
         "<h2>Maps</h2><p>Each method's RAW map over the scene on its own colour scale: non-negative maps "
         "run from 0 (transparent) to their largest value, signed maps are centred on 0 (blue below, red "
         "above); the strip on the right is the scale, with a black mark at 0, and its ends are written "
         "under the card. Methods' units differ, so compare a card's pattern, not its colour, with "
         "another method's. Then the score the method explained, and the model's own score where they "
         "differ (principle P1). A warning is marked in red.</p>"
-    )
+    ]
     for index, (thumbnail, record) in enumerate(zip(thumbnails, results["scenes"])):
         cards = [
             f"<figure class='card'><img alt='scene {index}' src='{data_uri(thumbnail)}'>"
             f"<figcaption><b>scene {index + 1}</b><br>objects: {esc(', '.join(record['objects']))}</figcaption></figure>"
         ]
-        for name in methods:
-            uri, span, notes = overlays[(index, name)]
-            score = record["scores"][name]
-            gap = not score["same"]  # P1: the documented rounding bound of the model's dtype (docs/testing.md)
-            own = f" <span class='bad'>(model {score['model_score']:+.3f})</span>" if gap else ""
-            warn = "".join(f"<br><span class='bad'>{esc(n)}</span>" for n in notes)
-            cards.append(
-                f"<figure class='card'><img alt='{esc(name)}' src='{uri}'><figcaption><b>{esc(name)}</b>"
-                f"<br>{esc(span)}<br>score {score['score']:+.3f}{own}{warn}</figcaption></figure>"
-            )
+        cards += [map_card(name, record["scores"][name], *overlays[(index, name)]) for name in methods]
         parts.append(
             f'<h3>Scene {index + 1}: explained "{esc(record["caption"])}"</h3>'
             f"<div class='cards' style='--card:190px'>{''.join(cards)}</div>"
         )
-    return html_page("faithclip demo", "".join(parts))
+    return parts
+
+
+def map_card(name: str, score: dict[str, Any], uri: str, span: str, notes: list[str]) -> str:
+    """One method's card: the map, its raw range, the explained score, the model's where they differ (P1)."""
+    gap = not score["same"]  # P1: the documented rounding bound of the model's dtype (docs/testing.md)
+    own = f" <span class='bad'>(model {score['model_score']:+.3f})</span>" if gap else ""
+    warn = "".join(f"<br><span class='bad'>{esc(n)}</span>" for n in notes)
+    return (
+        f"<figure class='card'><img alt='{esc(name)}' src='{uri}'><figcaption><b>{esc(name)}</b>"
+        f"<br>{esc(span)}<br>score {score['score']:+.3f}{own}{warn}</figcaption></figure>"
+    )
 
 
 __all__ = ["render_demo"]
