@@ -129,6 +129,48 @@ def test_siglip_starts_from_the_papers_scale_and_bias(tmp_path):
     assert model.logit_bias.item() == pytest.approx(-10.0)
 
 
+def test_vit_initialisation_defaults_to_transformers_and_follows_the_recipe():
+    from transformers import ViTConfig
+
+    from faithclip.shapes.train_vit import build_model
+
+    prompts = ShapesWorld().prompts
+    # Every shipped ViT was initialised with ViTConfig's own default; the recipe's default must be it.
+    assert ViTRecipe().initializer_range == ViTConfig().initializer_range
+    assert build_model(ViTRecipe(), prompts).config.initializer_range == ViTConfig().initializer_range
+    wide = build_model(ViTRecipe(initializer_range=0.08), prompts)
+    assert wide.config.initializer_range == 0.08
+    # A 128 x 128 weight holds 16,384 draws: their std is within a few per cent of the one asked for.
+    queries = [weight for name, weight in wide.named_parameters() if name.endswith("q_proj.weight")]
+    assert len(queries) == ViTRecipe().vision_layers
+    assert all(weight.std().item() == pytest.approx(0.08, rel=0.05) for weight in queries)
+
+
+def test_cli_records_the_initializer_range_and_refuses_it_outside_vit(tmp_path, capsys, monkeypatch):
+    import faithclip.shapes.train_vit as train_vit_module
+    from faithclip.cli.main import main
+
+    seen = {}
+
+    def fake_train(out, minutes, seed, recipe, command, mechanism):  # stands in for the trainer only
+        seen.update(recipe=recipe, command=command)
+        return {}
+
+    monkeypatch.setattr(train_vit_module, "train_vit", fake_train)
+    argv = ["train-shapes", "--family", "vit", "--minutes", "1", "--out", str(tmp_path / "m")]
+    assert main([*argv, "--initializer-range", "0.08"]) == 0
+    assert seen["recipe"].initializer_range == 0.08 and seen["command"].endswith("--initializer-range 0.08")
+    assert main(argv) == 0
+    assert seen["recipe"].initializer_range == 0.02 and "--initializer-range" not in seen["command"]
+    capsys.readouterr()
+    for family in ("clip", "siglip"):
+        assert (
+            main(["train-shapes", "--family", family, "--initializer-range", "0.08", "--out", str(tmp_path / "s")]) == 2
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--initializer-range applies to --family vit only" in err[0]
+
+
 @pytest.mark.parametrize("train", [train_vit, train_siglip])
 def test_non_positive_minutes_is_a_clear_error(tmp_path, train):
     with pytest.raises(FaithclipError, match="minutes must be a positive number"):

@@ -12,6 +12,7 @@ import shlex
 import sys
 
 from faithclip.cli.common import check_writable, non_negative_int, positive_float
+from faithclip.errors import FaithclipError
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "shape is uninformative), cue (a corner marker, not the object), ignore-shape (rings are "
         "never named); see docs/p2.md, 'Planted mechanisms' (default: %(default)s)",
     )
+    parser.add_argument(
+        "--initializer-range",
+        type=positive_float,
+        default=None,
+        metavar="STD",
+        help="--family vit only: std of the truncated-normal weight initialisation (transformers' "
+        "ViTConfig.initializer_range; default 0.02, every shipped model's). 0.08 lets the classifier learn "
+        "the cue world's one-patch cue within minutes; see docs/p2.md, 'The ViT classifier'",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.initializer_range is not None and args.family != "vit":
+        raise FaithclipError(f"--initializer-range applies to --family vit only, not {args.family}; drop it")
     if args.out is None:
         args.out = f"./shapes-{args.family}"
     check_writable(args.out, "dir")  # before importing the trainer, which takes seconds
@@ -67,12 +79,15 @@ def run(args: argparse.Namespace) -> int:
     recipe = getattr(module, recipe_name)()
     if args.threads is not None:
         recipe = dataclasses.replace(recipe, threads=args.threads)
+    if args.initializer_range is not None:
+        recipe = dataclasses.replace(recipe, initializer_range=args.initializer_range)
     args.threads = recipe.threads
     family = [] if args.family == "clip" else ["--family", args.family]  # clip's command reads as before
     mechanism = [] if args.mechanism == "objects" else ["--mechanism", args.mechanism]
+    initializer = [] if args.initializer_range is None else ["--initializer-range", f"{args.initializer_range:g}"]
     command = shlex.join(
         ["faithclip", "train-shapes", *family, "--out", str(args.out), "--minutes", f"{args.minutes:g}",
-         "--seed", str(args.seed), "--threads", str(args.threads), *mechanism]
+         "--seed", str(args.seed), "--threads", str(args.threads), *mechanism, *initializer]
     )  # fmt: skip
     train = getattr(module, train_name)
     metrics = train(args.out, args.minutes, seed=args.seed, recipe=recipe, command=command, mechanism=args.mechanism)

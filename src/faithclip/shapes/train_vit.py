@@ -47,7 +47,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ViTRecipe(VisionRecipe):
-    """Architecture and optimisation settings of the shapes ViT classifier."""
+    """Architecture and optimisation settings of the shapes ViT classifier.
+
+    ``initializer_range``: the standard deviation of the truncated-normal initialisation of every weight
+    matrix, embedding and the class token (transformers' ``ViTConfig.initializer_range``; 0.02, its
+    default, for every shipped model). At 0.02 the 128-wide tower starts near a saddle: the attention
+    logits are tiny, the class token averages all 64 patches, and a fact held by one patch at a given
+    position (the ``cue`` world's) is not learned in hundreds of steps; at 0.08 (about the scale of the
+    shapes CLIP's attention init) it is (docs/p2.md, "The ViT classifier").
+    """
+
+    initializer_range: float = 0.02
 
 
 def build_model(recipe: ViTRecipe, labels: tuple[str, ...]) -> ViTForImageClassification:
@@ -59,6 +69,7 @@ def build_model(recipe: ViTRecipe, labels: tuple[str, ...]) -> ViTForImageClassi
         intermediate_size=recipe.vision_mlp,
         image_size=recipe.image_size,
         patch_size=recipe.patch_size,
+        initializer_range=recipe.initializer_range,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: index for index, label in enumerate(labels)},
