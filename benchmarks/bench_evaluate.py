@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import tempfile
 import time
 
@@ -38,19 +37,13 @@ DEFAULT_BATCH = EvalConfig.__dataclass_fields__["batch_size"].default
 
 
 def forward_seconds(evaluator: Evaluator, data, batch: int, repeats: int = 3) -> float:
-    """Seconds per image of one full forward of ``batch`` images (median of ``repeats``, after a warm-up)."""
+    """Seconds per image of one full forward of ``batch`` images (``cost.measure_forward``: the median of
+    ``repeats``, after a warm-up), on the run's own scoring context."""
     with tempfile.TemporaryDirectory() as out:
         evaluator._start_cases(data, out)  # the prompts' classifier weights
     crop = (evaluator.handle.preprocess.crop_height, evaluator.handle.preprocess.crop_width)
-    pixels = torch.randn(batch, 3, *crop, generator=torch.Generator().manual_seed(0))
-    score = evaluator._context(pixels[:1], None).score_images
-    score(pixels, batch_size=batch)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        score(pixels, batch_size=batch)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) / batch
+    context = evaluator._context(torch.zeros(1, 3, *crop), None)
+    return cost.measure_forward(context.score_images, evaluator.handle, batch, repeats, size=batch)
 
 
 def images_per_minute(handle, data, config: EvalConfig) -> float:

@@ -25,9 +25,7 @@ from faithclip.shapes.train_clip import positive_matrix, prompt_separation_loss
 from faithclip.shapes.training import (
     HELD_OUT_SEED,
     adamw,
-    curriculum_batch,
-    learning_rate,
-    normalised_pixels,
+    optimisation_step,
     present_classes,
 )
 from faithclip.shapes.world import SHAPES, ShapesWorld
@@ -92,16 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     cpu, losses = time.process_time(), []
     for step in range(args.steps):
-        progress = step / args.steps
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(progress, recipe)
-        batch = curriculum_batch(world, progress, recipe, seed=step)
-        loss = batch_loss(batch, normalised_pixels(batch.images, recipe.image_mean, recipe.image_std))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(optimisation_step(model, optimizer, world, recipe, step / args.steps, step, batch_loss))
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
             model.eval()
             predicted = scores(held_out).argmax(1)

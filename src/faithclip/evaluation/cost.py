@@ -95,11 +95,13 @@ def record_forwards(
     return {name: count for name, count in counts.items() if count}
 
 
-def measure_forward(score_images: Any, handle: ModelHandle, batch_size: int, repeats: int = 3) -> float:
-    """Seconds per image of a forward of ``min(batch_size, 8)`` blank images (``score_images``: a context's),
-    the median of ``repeats`` after one warm-up forward of one image: 25 image forwards, about 1 % of the
-    smallest run that is timed (``FEW_FORWARDS``)."""
-    size = min(batch_size, 8)
+def measure_forward(
+    score_images: Any, handle: ModelHandle, batch_size: int, repeats: int = 3, size: int | None = None
+) -> float:
+    """Seconds per image of a forward of ``size`` blank images (default ``min(batch_size, 8)``; ``score_images``:
+    a context's), the median of ``repeats`` after one warm-up forward of one image: 25 image forwards at the
+    default, about 1 % of the smallest run that is timed (``FEW_FORWARDS``)."""
+    size = min(batch_size, 8) if size is None else size
     crop = (handle.preprocess.crop_height, handle.preprocess.crop_width)
     blank = torch.zeros(size, 3, *crop, device=handle.device, dtype=handle.dtype)
     score_images(blank[:1], batch_size=1)

@@ -313,6 +313,29 @@ def evaluate_main(argv: list[str] | None, family: str, evaluate_dir: Callable[[s
     return 0
 
 
+def optimisation_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    world: ShapesWorld,
+    recipe: VisionRecipe,
+    progress: float,
+    step: int,
+    batch_loss: Callable[[SceneBatch, torch.Tensor], torch.Tensor],
+) -> float:
+    """One step of every stand-in's training at ``progress`` (the share of the budget spent): the scheduled
+    learning rate, the curriculum's batch drawn with sample seed ``step``, the loss, gradients clipped to
+    norm 1, the optimiser's step. Returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(progress, recipe)
+    batch = curriculum_batch(world, progress, recipe, seed=step)
+    loss = batch_loss(batch, normalised_pixels(batch.images, recipe.image_mean, recipe.image_std))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 def train_and_save(
     out_dir: Path,
     *,
@@ -356,16 +379,7 @@ def train_and_save(
     step, history = 0, []
     bar = tqdm(total=round(clock.budget), unit="s", desc=f"train-shapes {family}")
     while clock.elapsed < clock.budget and (max_steps is None or step < max_steps):
-        progress = clock.progress
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(progress, recipe)
-        batch = curriculum_batch(world, progress, recipe, seed=step)
-        loss = batch_loss(batch, normalised_pixels(batch.images, recipe.image_mean, recipe.image_std))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        history.append(loss.item())
+        history.append(optimisation_step(model, optimizer, world, recipe, clock.progress, step, batch_loss))
         step += 1
         bar.update(round(clock.elapsed) - bar.n)
         bar.set_postfix(loss=f"{history[-1]:.3f}", step=step)
