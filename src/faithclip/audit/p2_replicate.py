@@ -185,7 +185,57 @@ def pooled_table(runs: dict[tuple[int, int], dict[str, Any]], methods: list[str]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+class Refused(Exception):
+    """A user error: one line on stderr, exit 2."""
+
+
+def load_runs(folder: Path, cells: list[tuple[int, int]], methods: list[str]) -> dict[tuple[int, int], dict[str, Any]]:
+    """The runs kept by ``--save`` in ``folder``, restated for ``methods`` with the current statistics."""
+    runs = {}
+    for s, l in cells:
+        path = folder / run_name(s, l)
+        try:
+            runs[(s, l)] = restate(json.loads(path.read_text()), methods)
+        except (OSError, ValueError, KeyError) as error:
+            raise Refused(f"cannot read a run with methods {', '.join(methods)} from {path}: {error!r}") from error
+    return runs
+
+
+def measure_runs(
+    args: argparse.Namespace, cells: list[tuple[int, int]], methods: list[str]
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """One ``p2_test`` per cell on one thread, each kept in ``args.save`` (when given) as soon as it is done."""
+    if args.save is not None:
+        try:
+            args.save.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise Refused(f"cannot write to {args.save}: {error}") from error
+    import torch
+
+    from faithclip.audit.p2 import p2_test
+    from faithclip.errors import FaithclipError
+    from faithclip.models.loading import load
+    from faithclip.registry import METHODS
+
+    torch.set_num_threads(1)
+    try:
+        handle = load(args.model)
+        for m in methods:
+            METHODS.get(m)
+    except (FaithclipError, KeyError, ValueError) as error:
+        raise Refused(str(error)) from error
+    design = replace(P2Design(), scenes=args.scenes, ladders=args.ladders, rungs=args.rungs)
+    runs = {}
+    for s, l in cells:
+        run = p2_test(handle, methods, replace(design, scene_seed=s, ladder_seed=l))
+        runs[(s, l)] = run
+        print(f"run scenes {s}, ladders {l}: {run['seconds']} s", file=sys.stderr, flush=True)
+        if args.save is not None:
+            (args.save / run_name(s, l)).write_text(json.dumps(run))
+    return runs
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m faithclip.audit.p2_replicate",
         description=__doc__,
@@ -203,70 +253,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, default=None, help="folder to keep every run in")
     parser.add_argument("--load", type=Path, default=None, help="recompute from runs kept by --save")
     parser.add_argument("--pooled", action="store_true", help="add the table of the whole grid as one design")
-    args = parser.parse_args(argv)
-    try:
-        scene_seeds = [int(v) for v in args.scene_seeds.split(",")]
-        ladder_seeds = [int(v) for v in args.ladder_seeds.split(",")]
-    except ValueError:
-        print("p2_replicate: --scene-seeds and --ladder-seeds are comma-separated integers.", file=sys.stderr)
-        return 2
-    drawn = [l + k for l in ladder_seeds for k in range(args.ladders)]
-    if args.pooled and args.load is None and len(set(drawn)) != len(drawn):
-        print(f"p2_replicate: {overlap_message(drawn, args.ladders)}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     started = time.perf_counter()
-    runs: dict[tuple[int, int], dict[str, Any]] = {}
-    methods = [m for m in args.methods.split(",") if m]
-    if args.load is not None:
-        for s in scene_seeds:
-            for l in ladder_seeds:
-                path = args.load / run_name(s, l)
-                try:
-                    runs[(s, l)] = restate(json.loads(path.read_text()), methods)
-                except (OSError, ValueError, KeyError) as error:
-                    print(
-                        f"p2_replicate: cannot read a run with methods {', '.join(methods)} from {path}: {error!r}",
-                        file=sys.stderr,
-                    )
-                    return 2
-    else:
-        if args.save is not None:
+    try:
+        try:
+            scene_seeds = [int(v) for v in args.scene_seeds.split(",")]
+            ladder_seeds = [int(v) for v in args.ladder_seeds.split(",")]
+        except ValueError:
+            raise Refused("--scene-seeds and --ladder-seeds are comma-separated integers.") from None
+        drawn = [l + k for l in ladder_seeds for k in range(args.ladders)]
+        if args.pooled and args.load is None and len(set(drawn)) != len(drawn):
+            raise Refused(overlap_message(drawn, args.ladders))
+        cells = [(s, l) for s in scene_seeds for l in ladder_seeds]
+        methods = [m for m in args.methods.split(",") if m]
+        runs = load_runs(args.load, cells, methods) if args.load is not None else measure_runs(args, cells, methods)
+        print(tables(runs))
+        if args.pooled:
             try:
-                args.save.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                print(f"p2_replicate: cannot write to {args.save}: {error}", file=sys.stderr)
-                return 2
-        import torch
-
-        from faithclip.audit.p2 import p2_test
-        from faithclip.errors import FaithclipError
-        from faithclip.models.loading import load
-
-        torch.set_num_threads(1)
-        try:
-            handle = load(args.model)
-            from faithclip.registry import METHODS
-
-            for m in methods:
-                METHODS.get(m)
-        except (FaithclipError, KeyError, ValueError) as error:
-            print(f"p2_replicate: {error}", file=sys.stderr)
-            return 2
-        design = replace(P2Design(), scenes=args.scenes, ladders=args.ladders, rungs=args.rungs)
-        for s in scene_seeds:
-            for l in ladder_seeds:
-                run = p2_test(handle, methods, replace(design, scene_seed=s, ladder_seed=l))
-                runs[(s, l)] = run
-                print(f"run scenes {s}, ladders {l}: {run['seconds']} s", file=sys.stderr, flush=True)
-                if args.save is not None:
-                    (args.save / run_name(s, l)).write_text(json.dumps(run))
-    print(tables(runs))
-    if args.pooled:
-        try:
-            print(pooled_table(runs, methods))
-        except ValueError as error:
-            print(f"p2_replicate: {error}", file=sys.stderr)
-            return 2
+                print(pooled_table(runs, methods))
+            except ValueError as error:
+                raise Refused(str(error)) from error
+    except Refused as error:
+        print(f"p2_replicate: {error}", file=sys.stderr)
+        return 2
     seconds = [run["seconds"] for run in runs.values()]
     print(
         f"\n(runs took {min(seconds):.0f}-{max(seconds):.0f} s each when measured; this command "
