@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from faithclip.methods.common import default_relu, eclip_result, layer_lambdas
+from faithclip.methods.common import ECLIP_DEFAULTS, default_relu, eclip_result, layer_lambdas
 from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec, register_method
 
@@ -62,13 +62,7 @@ register_method(
         paper="Debunking Grad-ECLIP (arXiv 2605.12952)",
         image=attention_eclip,
         text=attention_eclip,
-        defaults={
-            "layers": 1,
-            "use_lambda": True,
-            "relu": "per_layer (image) / after_sum (text)",
-            "lambda_span": "context (text: the whole padded context; image: patches)",
-            "lambda_qk": "raw",
-        },
+        defaults=ECLIP_DEFAULTS,
         summary="ReLU(lambda_j * sum_h dS/dA^h[query, j]) on the original model",
     )
 )

@@ -116,6 +116,17 @@ def layer_lambdas(
     return out
 
 
+# The options of Grad-ECLIP and Attention-ECLIP and their published defaults: one set, since the two are
+# the same map (docs/equivalence.md) and every option must mean the same in both.
+ECLIP_DEFAULTS = {
+    "layers": 1,
+    "use_lambda": True,
+    "relu": "per_layer (image) / after_sum (text)",
+    "lambda_span": "context (text: the whole padded context; image: patches)",
+    "lambda_qk": "raw",
+}
+
+
 def eclip_result(
     ctx: "Context", terms: list[torch.Tensor], relu: str, scores: torch.Tensor, explained: list[int], options: dict
 ) -> "MapResult":

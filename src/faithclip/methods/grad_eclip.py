@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from faithclip.methods.common import default_relu, eclip_result, layer_lambdas
+from faithclip.methods.common import ECLIP_DEFAULTS, default_relu, eclip_result, layer_lambdas
 from faithclip.methods.context import Context, MapResult
 from faithclip.registry import MethodSpec, register_method
 from faithclip.targets import accumulation_dtype
@@ -79,13 +79,7 @@ register_method(
         paper="Zhao et al., Gradient-based Visual Explanation for Transformer-based CLIP, ICML 2024",
         image=grad_eclip,
         text=grad_eclip,
-        defaults={
-            "layers": 1,
-            "use_lambda": True,
-            "relu": "per_layer (image) / after_sum (text)",
-            "lambda_span": "context (text: the whole padded context; image: patches)",
-            "lambda_qk": "raw",
-        },
+        defaults=ECLIP_DEFAULTS,
         summary="ReLU(lambda_j * sum_c g_c v_jc), g = dS/d(attention output) at the pooled token",
     )
 )
