@@ -317,3 +317,54 @@ def test_pooled_table_from_kept_runs(tmp_path, capsys):
     assert main(["--load", str(tmp_path), "--methods", "m", "--pooled"]) == 0
     out = capsys.readouterr().out
     assert "pooled: the grid as one design, 36 scenes" in out and "| m | +0." in out
+
+
+def _keep(folder, runs, methods):
+    """Write ``runs`` as p2_replicate --save keeps them, holding only ``methods``."""
+    import json
+
+    from faithclip.audit.p2_replicate import run_name
+
+    folder.mkdir(exist_ok=True)
+    for (s, l), run in runs.items():
+        maps = {m: run["per_scene"]["maps"][m] for m in methods}
+        kept = {
+            **run,
+            "model": "toy",
+            "methods": list(methods),
+            "seconds": 1.0,
+            "ladders": [{"seed": l + k, "alphas": [0.0, 0.1 * (k + 1)]} for k in range(2)],
+            "contrast": {m: [] for m in methods},
+            "per_scene": {"model": run["per_scene"]["model"], "maps": maps},
+        }
+        (folder / run_name(s, l)).write_text(json.dumps(kept))
+
+
+def test_runs_kept_in_two_folders_join_into_one_grid(tmp_path, capsys):
+    from faithclip.audit.p2_replicate import main
+
+    runs = _grid()
+    for run in runs.values():  # a second method, whose maps differ from the first's
+        share = np.asarray(run["per_scene"]["maps"]["m"]["share"])
+        run["per_scene"]["maps"]["n"] = {"share": (-share).tolist(), "pointing": (share < 0).astype(float).tolist()}
+    _keep(tmp_path / "both", runs, ["m", "n"])
+    _keep(tmp_path / "a", runs, ["m"])
+    _keep(tmp_path / "b", runs, ["n"])
+    assert main(["--load", str(tmp_path / "both"), "--methods", "m,n", "--pooled"]) == 0
+    together = capsys.readouterr().out
+    assert main(["--load", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--methods", "m,n", "--pooled"]) == 0
+    joined = capsys.readouterr().out
+    strip = lambda text: text.rsplit("(runs took", 1)[0]  # noqa: E731 -- the last line times the command
+    assert strip(joined) == strip(together) and "| n | -0." in joined
+    # a method that no folder measured, or runs that are not the same measurement: one line, exit 2
+    assert main(["--load", str(tmp_path / "a"), "--methods", "m,n"]) == 2
+    assert "measured n" in capsys.readouterr().err
+    shifted = {cell: {**run, "per_scene": {**run["per_scene"], "model": {}}} for cell, run in runs.items()}
+    for cell, run in shifted.items():
+        run["per_scene"]["model"] = {
+            k: (np.asarray(v) + 0.01).tolist() for k, v in runs[cell]["per_scene"]["model"].items()
+        }
+    _keep(tmp_path / "other", shifted, ["n"])
+    assert main(["--load", f"{tmp_path / 'a'},{tmp_path / 'other'}", "--methods", "m,n"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'effect' differs" in err

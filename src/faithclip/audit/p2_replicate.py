@@ -8,7 +8,10 @@ docs/p2.md shows which verdicts hold.
 
 ``--save DIR`` keeps every run (its per-scene measures included) as ``DIR/scenesS_laddersL.json``; ``--load
 DIR`` recomputes the tables from those measures with the current statistics, without the model (a run is a
-measurement; the statistics are a function of it).
+measurement; the statistics are a function of it). ``--load A,B`` joins the methods of runs kept in several
+folders cell by cell (``join_runs``): the runs of one cell must be the same measurement of the model (same
+design, model, ladders and alphas, and per-scene model measures equal within ``JOIN_TOLERANCE``), so a grid
+measured for some methods can be extended with others and tested with Holm over all of them.
 
 ``--pooled`` adds one more table: the whole grid as ONE design (``pooled_statistics``). Each scene seed's
 scenes carry the ladders of all its cells (distinct ladder seeds; 3 cells x 2 ladders = 6), the scene sets are
@@ -189,15 +192,60 @@ class Refused(Exception):
     """A user error: one line on stderr, exit 2."""
 
 
-def load_runs(folder: Path, cells: list[tuple[int, int]], methods: list[str]) -> dict[tuple[int, int], dict[str, Any]]:
-    """The runs kept by ``--save`` in ``folder``, restated for ``methods`` with the current statistics."""
+# Two runs of one cell measured on different machines (or thread counts) differ in the float32 rounding of the
+# model's scores: per-scene model measures (score differences of order 1) must agree to this absolute bound.
+JOIN_TOLERANCE = 1e-4
+
+
+def join_runs(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run holding every method of ``parts``, runs of the same cell (the same measurement of the model).
+    Raises ValueError, naming what differs, when they are not; a method in two parts must agree too."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    joined = {**first, "methods": list(first["methods"]), "contrast": dict(first["contrast"])}
+    joined["per_scene"] = {"model": first["per_scene"]["model"], "maps": dict(first["per_scene"]["maps"])}
+    for part in parts[1:]:
+        for key in ("design", "model"):
+            if part[key] != first[key]:
+                raise ValueError(f"their {key} differs: {part[key]} against {first[key]}")
+        if [ladder["alphas"] for ladder in part["ladders"]] != [ladder["alphas"] for ladder in first["ladders"]]:
+            raise ValueError("their ladders' alphas differ")
+        for name, values in part["per_scene"]["model"].items():
+            if not np.allclose(values, first["per_scene"]["model"][name], rtol=0, atol=JOIN_TOLERANCE):
+                raise ValueError(f"their per-scene model measure {name!r} differs by more than {JOIN_TOLERANCE}")
+        for method, measures in part["per_scene"]["maps"].items():
+            known = joined["per_scene"]["maps"].get(method)
+            if known is not None and any(not np.allclose(measures[k], known[k], atol=JOIN_TOLERANCE) for k in known):
+                raise ValueError(f"both measured {method} and their maps' measures differ")
+            if known is None:
+                joined["per_scene"]["maps"][method] = measures
+                joined["contrast"][method] = part["contrast"][method]
+                joined["methods"].append(method)
+        joined["seconds"] = joined["seconds"] + part["seconds"]
+    return joined
+
+
+def load_runs(
+    folders: list[Path], cells: list[tuple[int, int]], methods: list[str]
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """The runs kept by ``--save`` in ``folders`` (each cell's runs joined, ``join_runs``), restated for
+    ``methods`` with the current statistics."""
     runs = {}
     for s, l in cells:
-        path = folder / run_name(s, l)
+        paths = [folder / run_name(s, l) for folder in folders]
         try:
-            runs[(s, l)] = restate(json.loads(path.read_text()), methods)
-        except (OSError, ValueError, KeyError) as error:
-            raise Refused(f"cannot read a run with methods {', '.join(methods)} from {path}: {error!r}") from error
+            parts = [json.loads(path.read_text()) for path in paths]
+        except (OSError, ValueError) as error:
+            raise Refused(f"cannot read a run from {error.filename or paths}: {error!r}") from error
+        try:
+            run = join_runs(parts)
+        except (ValueError, KeyError) as error:
+            raise Refused(f"cannot join the runs {', '.join(map(str, paths))}: {error}") from error
+        missing = [m for m in methods if m not in run["methods"]]
+        if missing:
+            raise Refused(f"no run of cell ({s}, {l}) in {', '.join(map(str, folders))} measured {', '.join(missing)}")
+        runs[(s, l)] = restate(run, methods)
     return runs
 
 
@@ -251,7 +299,11 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--ladders", type=int, default=P2Design().ladders)
     parser.add_argument("--rungs", type=int, default=P2Design().rungs)
     parser.add_argument("--save", type=Path, default=None, help="folder to keep every run in")
-    parser.add_argument("--load", type=Path, default=None, help="recompute from runs kept by --save")
+    parser.add_argument(
+        "--load",
+        default=None,
+        help="recompute from runs kept by --save (comma-separated folders: their methods joined)",
+    )
     parser.add_argument("--pooled", action="store_true", help="add the table of the whole grid as one design")
     return parser
 
@@ -270,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
             raise Refused(overlap_message(drawn, args.ladders))
         cells = [(s, l) for s in scene_seeds for l in ladder_seeds]
         methods = [m for m in args.methods.split(",") if m]
-        runs = load_runs(args.load, cells, methods) if args.load is not None else measure_runs(args, cells, methods)
+        if args.load is not None:
+            runs = load_runs([Path(folder) for folder in args.load.split(",") if folder], cells, methods)
+        else:
+            runs = measure_runs(args, cells, methods)
         print(tables(runs))
         if args.pooled:
             try:
