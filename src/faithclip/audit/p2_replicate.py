@@ -214,6 +214,7 @@ def join_runs(parts: list[dict[str, Any]]) -> dict[str, Any]:
         for name, values in part["per_scene"]["model"].items():
             if not np.allclose(values, first["per_scene"]["model"][name], rtol=0, atol=JOIN_TOLERANCE):
                 raise ValueError(f"their per-scene model measure {name!r} differs by more than {JOIN_TOLERANCE}")
+        new = False
         for method, measures in part["per_scene"]["maps"].items():
             known = joined["per_scene"]["maps"].get(method)
             if known is not None and any(not np.allclose(measures[k], known[k], atol=JOIN_TOLERANCE) for k in known):
@@ -222,7 +223,9 @@ def join_runs(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 joined["per_scene"]["maps"][method] = measures
                 joined["contrast"][method] = part["contrast"][method]
                 joined["methods"].append(method)
-        joined["seconds"] = joined["seconds"] + part["seconds"]
+                new = True
+        if new:  # the time of a run that only measured again what another part holds is not this grid's
+            joined["seconds"] = joined["seconds"] + part["seconds"]
     return joined
 
 
