@@ -368,3 +368,12 @@ def test_runs_kept_in_two_folders_join_into_one_grid(tmp_path, capsys):
     assert main(["--load", f"{tmp_path / 'a'},{tmp_path / 'other'}", "--methods", "m,n"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'effect' differs" in err
+
+
+def test_default_methods_are_those_the_family_runs():
+    from faithclip.audit.p2_replicate import DEFAULT_METHODS, default_methods
+
+    assert default_methods("clip") == list(DEFAULT_METHODS)
+    vit, siglip = default_methods("vit"), default_methods("siglip")
+    assert "clip_surgery" not in vit and "grad_eclip_official" in vit and len(vit) == len(DEFAULT_METHODS) - 1
+    assert "clip_surgery" not in siglip and "grad_eclip_official" not in siglip and "game" in siglip

@@ -54,6 +54,13 @@ DEFAULT_METHODS = (
 )
 
 
+def default_methods(family: str) -> list[str]:
+    """``DEFAULT_METHODS`` that run on ``family`` (clip_surgery: CLIP and BLIP only; grad_eclip_official: not SigLIP)."""
+    from faithclip.registry import METHODS
+
+    return [m for m in DEFAULT_METHODS if METHODS.get(m).supports(family)]
+
+
 def run_name(scene_seed: int, ladder_seed: int) -> str:
     return f"scenes{scene_seed}_ladders{ladder_seed}.json"
 
@@ -230,7 +237,7 @@ def join_runs(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def load_runs(
-    folders: list[Path], cells: list[tuple[int, int]], methods: list[str]
+    folders: list[Path], cells: list[tuple[int, int]], methods: list[str] | None
 ) -> dict[tuple[int, int], dict[str, Any]]:
     """The runs kept by ``--save`` in ``folders`` (each cell's runs joined, ``join_runs``), restated for
     ``methods`` with the current statistics."""
@@ -245,6 +252,7 @@ def load_runs(
             run = join_runs(parts)
         except (ValueError, KeyError) as error:
             raise Refused(f"cannot join the runs {', '.join(map(str, paths))}: {error}") from error
+        methods = methods or run["methods"]  # none named: every method of the first cell's runs
         missing = [m for m in methods if m not in run["methods"]]
         if missing:
             raise Refused(f"no run of cell ({s}, {l}) in {', '.join(map(str, folders))} measured {', '.join(missing)}")
@@ -253,7 +261,7 @@ def load_runs(
 
 
 def measure_runs(
-    args: argparse.Namespace, cells: list[tuple[int, int]], methods: list[str]
+    args: argparse.Namespace, cells: list[tuple[int, int]], methods: list[str] | None
 ) -> dict[tuple[int, int], dict[str, Any]]:
     """One ``p2_test`` per cell on one thread, each kept in ``args.save`` (when given) as soon as it is done."""
     if args.save is not None:
@@ -271,8 +279,9 @@ def measure_runs(
     torch.set_num_threads(1)
     try:
         handle = load(args.model)
-        for m in methods:
+        for m in methods or ():
             METHODS.get(m)
+        methods = methods or default_methods(handle.family.name)
     except (FaithclipError, KeyError, ValueError) as error:
         raise Refused(str(error)) from error
     design = replace(P2Design(), scenes=args.scenes, ladders=args.ladders, rungs=args.rungs)
@@ -297,7 +306,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ladder-seeds", default="0,3,6", help="comma-separated first ladder seeds (a run's ladders are L, L + 1, ...)"
     )
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated methods (default: those of {', '.join(DEFAULT_METHODS)} that run on the model's "
+        "family; with --load, every method of the runs)",
+    )
     parser.add_argument("--scenes", type=int, default=P2Design().scenes)
     parser.add_argument("--ladders", type=int, default=P2Design().ladders)
     parser.add_argument("--rungs", type=int, default=P2Design().rungs)
@@ -324,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.pooled and args.load is None and len(set(drawn)) != len(drawn):
             raise Refused(overlap_message(drawn, args.ladders))
         cells = [(s, l) for s in scene_seeds for l in ladder_seeds]
-        methods = [m for m in args.methods.split(",") if m]
+        methods = [m for m in (args.methods or "").split(",") if m] or None
         if args.load is not None:
             runs = load_runs([Path(folder) for folder in args.load.split(",") if folder], cells, methods)
         else:
@@ -332,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         print(tables(runs))
         if args.pooled:
             try:
-                print(pooled_table(runs, methods))
+                print(pooled_table(runs, list(next(iter(runs.values()))["methods"])))
             except ValueError as error:
                 raise Refused(str(error)) from error
     except Refused as error:
