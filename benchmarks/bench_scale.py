@@ -41,8 +41,9 @@ def save_model(directory: Path) -> Path:
     return directory
 
 
-def evaluate(model: Path, out: Path, images: int, *extra: str, processes: int = 1) -> float:
-    """Wall-clock seconds of one evaluate command (1 process, or ``processes`` under torchrun)."""
+def evaluate(model: Path, out: Path, images: int, *extra: str, processes: int = 1, src: Path = SRC) -> float:
+    """Wall-clock seconds of one evaluate command (1 process, or ``processes`` under torchrun), of the faithclip
+    in ``src`` (this checkout's by default)."""
     command = [
         "-m",
         "faithclip",
@@ -76,7 +77,7 @@ def evaluate(model: Path, out: Path, images: int, *extra: str, processes: int = 
         ]
     else:
         command = [sys.executable, *command]
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.perf_counter() - started
