@@ -81,13 +81,21 @@ def _controls(trained):
     ]
 
 
+# The design's default seeds (0, 0) in the README's test command; the replication grid's nine cells (scene
+# seeds 2, 3, 4 x ladder seeds 0, 3, 6, docs/p2.md) in the slow set: the controls' verdicts on every seed.
+GRID = [(0, 0)] + [pytest.param(s, l, marks=pytest.mark.slow) for s in (2, 3, 4) for l in (0, 3, 6)]
+
+
 @needs_shapes
-def test_known_answer_controls_on_the_shapes_model():
+@pytest.mark.parametrize("scene_seed, ladder_seed", GRID)
+def test_known_answer_controls_on_the_shapes_model(scene_seed, ladder_seed):
     import faithclip
 
     handle = faithclip.load("shapes-clip")
     torch.set_num_threads(1)
-    design = P2Design(scenes=12, ladders=2, rungs=3, resamples=300, permutations=300)
+    design = P2Design(
+        scenes=12, ladders=2, rungs=3, resamples=300, permutations=300, scene_seed=scene_seed, ladder_seed=ladder_seed
+    )
     result = p2_test(
         handle, _controls(handle) + ["occlusion"], design, options={"occlusion": {"window": 32, "stride": 32}}
     )
@@ -100,7 +108,12 @@ def test_known_answer_controls_on_the_shapes_model():
             assert methods[control]["verdict"] != "tracks", (pair, control)
         for constant in ("reused_trained", "centre_blob"):  # the same map on every rung: no within variation
             assert methods[constant]["r"] == 0.0 and methods[constant]["verdict"] == "does not track"
-        assert methods["occlusion"]["verdict"] != "does not track", pair
+        print(scene_seed, ladder_seed, pair, {m: (round(e["r"], 3), e["verdict"]) for m, e in methods.items()})
+    # occlusion measures the handed model's effect by intervention: the known answer of the PRIMARY pair (effect,
+    # share). The secondary pair (margin, pointing) is plausibility, with no known answer: a faithful map of a
+    # model whose margin falls may still point at the named object (on 8 of the 9 grid seeds occlusion gets
+    # `does not track` there, docs/p2.md).
+    assert ungated["primary"]["methods"]["occlusion"]["verdict"] != "does not track"
     # the size gate: this tiny design is offered no verdict at all
     assert {e["verdict"] for e in result["primary"]["methods"].values()} == {"inconclusive"}
     # the ladder stops where competence on these scenes reaches chance, and every rung saw the same scenes

@@ -15,6 +15,7 @@ import pytest
 from faithclip.audit.p2 import p2_verdicts
 from faithclip.audit.p2stats import (
     average_scene_correlation,
+    cell_ranks,
     draw_counts,
     holm,
     mcnemar_exact,
@@ -83,7 +84,9 @@ def test_the_estimand_is_the_average_scene_of_the_dummy_variable_residuals():
     expected = _literal_average(_dummy_residuals(x), _dummy_residuals(y), [0, 1], np.ones(12))
     assert undefined == 0
     assert r == pytest.approx(expected, rel=1e-9, abs=1e-12)  # lstsq vs centring: rounding only
-    assert within_test(x, y, 0.1, 50, 50).r == r
+    assert within_test(x, y, 0.1, 50, 50, association="linear").r == r
+    # the default scale: the same estimand on each rung's ranks among the scenes
+    assert within_test(x, y, 0.1, 50, 50).r == average_scene_correlation(cell_ranks(x), cell_ranks(y))[0]
 
 
 def test_a_scene_whose_model_measure_does_not_move_is_left_out_and_counted():
@@ -272,15 +275,19 @@ def _grid(scene_seeds=(2, 3, 4), ladder_seeds=(0, 3, 6), ladders=2, scenes=12, r
     return runs
 
 
-def test_pooled_r_is_the_average_scene_of_each_sets_own_residuals():
+@pytest.mark.parametrize("association", ["ranks", "linear"])
+def test_pooled_r_is_the_average_scene_of_each_sets_own_residuals(association):
     from faithclip.audit.p2_replicate import pooled_statistics
 
     runs = _grid()
+    for run in runs.values():
+        run["design"]["association"] = association
+    scaled = cell_ranks if association == "ranks" else (lambda values: values)  # each set ranked on its own
     expected, naive_x, naive_y = [], [], []
     for s in (2, 3, 4):
         x = np.concatenate([np.asarray(runs[(s, l)]["per_scene"]["model"]["effect"]) for l in (0, 3, 6)])
         y = np.concatenate([np.asarray(runs[(s, l)]["per_scene"]["maps"]["m"]["share"]) for l in (0, 3, 6)])
-        res_x, res_y = _dummy_residuals(x), _dummy_residuals(y)
+        res_x, res_y = _dummy_residuals(scaled(x)), _dummy_residuals(scaled(y))
         expected += [_literal_average(res_x[:, [k]], res_y[:, [k]], list(range(6)), np.ones(1)) for k in range(12)]
         naive_x.append(x)
         naive_y.append(y)
@@ -288,8 +295,10 @@ def test_pooled_r_is_the_average_scene_of_each_sets_own_residuals():
     entry = result["primary"]["methods"]["m"]
     assert entry["scenes"] == 36 and entry["ladders"] == 6 and result["ladder_seeds"] == [0, 1, 3, 4, 6, 7]
     assert entry["r"] == pytest.approx(float(np.mean(expected)), rel=1e-9)
-    # the fixture can tell: centring the stacked sets together (one rung effect for all) gives another r
-    naive, _ = average_scene_correlation(np.concatenate(naive_x, axis=1), np.concatenate(naive_y, axis=1))
+    # the fixture can tell: scaling and centring the stacked sets together (one rung effect, or one ranking of
+    # all 36 scenes, for all sets) gives another r
+    naive_x, naive_y = scaled(np.concatenate(naive_x, axis=1)), scaled(np.concatenate(naive_y, axis=1))
+    naive, _ = average_scene_correlation(naive_x, naive_y)
     assert abs(naive - entry["r"]) > 0.01
 
 
@@ -377,3 +386,39 @@ def test_default_methods_are_those_the_family_runs():
     vit, siglip = default_methods("vit"), default_methods("siglip")
     assert "clip_surgery" not in vit and "grad_eclip_official" in vit and len(vit) == len(DEFAULT_METHODS) - 1
     assert "clip_surgery" not in siglip and "grad_eclip_official" not in siglip and "game" in siglip
+
+
+def test_cell_ranks_are_scipys_average_ranks_per_ladder_and_rung():
+    g = np.random.default_rng(3)
+    values = g.integers(0, 4, size=(2, 9, 3)).astype(float)  # many ties
+    ranks = cell_ranks(values)
+    for l in range(2):
+        for v in range(3):
+            assert np.array_equal(ranks[l, :, v], scipy_stats.rankdata(values[l, :, v], method="average"))
+
+
+def _saturating_oracle(scenes=64, ladders=2, rungs=6, seed=5):
+    """A model whose effect on each scene's object shrinks along the ladder at a scene-specific rate, and a map
+    whose share is an increasing, saturating function of that effect: faithful by construction."""
+    g = np.random.default_rng(seed)
+    base = g.lognormal(0.0, 0.6, size=(1, scenes, 1))
+    rate = g.uniform(0.5, 2.0, size=(ladders, scenes, 1))
+    effect = base * np.exp(-rate * np.linspace(0, 3, rungs)[None, None, :])  # (L, S, V), all > 0
+    share = effect / (effect + 0.1 * np.median(effect))
+    return effect, share
+
+
+def test_a_map_that_is_an_increasing_function_of_the_effect_tracks():
+    from faithclip.audit.p2 import P2Design, p2_statistics
+
+    effect, share = _saturating_oracle()
+    model = {"effect": effect, "margin": effect, "competent": (effect > 0).astype(float)}
+    maps = {"oracle": {"share": share, "pointing": (share > 0.5).astype(float)}}
+    ranks = p2_statistics(model, maps, P2Design(resamples=300, permutations=50))["primary"]["methods"]["oracle"]
+    assert ranks["r"] == pytest.approx(1.0, abs=1e-12) and ranks["verdict"] == "tracks"
+    # the raw-value scale measures linear association only: on it this faithful map is called `does not track`
+    # (r -0.33: the scenes whose effect is large are saturated, so their share moves least) -- why ranks are
+    # the default
+    linear = p2_statistics(model, maps, P2Design(resamples=300, permutations=50, association="linear"))
+    entry = linear["primary"]["methods"]["oracle"]
+    assert entry["r"] < 0 and entry["verdict"] == "does not track"

@@ -88,6 +88,7 @@ class P2Design:
     scene_seed: int = 0
     ladder_seed: int = 0
     bootstrap_seed: int = 0
+    association: str = "ranks"  # "ranks" (within-rung ranks among scenes) or "linear" (raw values); p2stats
 
 
 # ---- the verdict ----------------------------------------------------------------------------------
@@ -145,9 +146,13 @@ def p2_statistics(
     design: P2Design = P2Design(),
     min_scenes: int = MIN_SCENES,
     min_ladders: int = MIN_LADDERS,
+    scaled: bool = False,
 ) -> dict[str, Any]:
     """Tests and verdicts from per-scene arrays ``(L, S, V)``: ``model`` holds effect, margin, competent;
-    ``maps[method]`` holds share and pointing. Returns per pair (primary, secondary) the verdict table."""
+    ``maps[method]`` holds share and pointing. Returns per pair (primary, secondary) the verdict table.
+    ``scaled``: the arrays are already on the design's association scale (``p2_replicate``'s pooled grid, ranked
+    within each scene set)."""
+    association = "linear" if scaled else design.association
     result = {}
     for pair, (x_name, y_name) in PAIRS.items():
         tests = {
@@ -159,6 +164,7 @@ def p2_statistics(
                 design.permutations,
                 0.95,
                 design.bootstrap_seed,
+                association,
             )
             for m, values in maps.items()
         }

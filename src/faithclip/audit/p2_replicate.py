@@ -29,14 +29,14 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from faithclip.audit.p2 import PAIRS, P2Design, p2_statistics
-from faithclip.audit.p2stats import two_way_centred
+from faithclip.audit.p2stats import ASSOCIATIONS, association_scale, two_way_centred
 
 # grad_eclip is left out: it gives Attention-ECLIP's maps (docs/equivalence.md), so the same r in every cell.
 # occlusion, rise and m2ib are left out for time, as in the audit's default (occlusion alone costs about as much
@@ -65,10 +65,14 @@ def run_name(scene_seed: int, ladder_seed: int) -> str:
     return f"scenes{scene_seed}_ladders{ladder_seed}.json"
 
 
-def restate(run: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+def restate(run: dict[str, Any], methods: list[str], association: str | None = None) -> dict[str, Any]:
     """The run's statistics for ``methods`` (Holm over them) recomputed from its stored per-scene measures with
-    the current code. A method the run did not measure is a KeyError."""
+    the current code, on the ``association`` scale (None: the run's design's; a run kept before the option
+    existed reads as the current default). A method the run did not measure is a KeyError."""
     design = P2Design(**run["design"])
+    if association is not None:
+        design = replace(design, association=association)
+    run = {**run, "design": asdict(design)}
     model = {k: np.asarray(v, dtype=np.float64) for k, v in run["per_scene"]["model"].items()}
     maps = {m: {k: np.asarray(v, dtype=np.float64) for k, v in run["per_scene"]["maps"][m].items()} for m in methods}
     return {**run, "methods": list(methods), **p2_statistics(model, maps, design)}
@@ -81,9 +85,11 @@ def spread_line(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
 
     sds, widths = [], []
     for run in runs.values():
-        effect = np.asarray(run["per_scene"]["model"]["effect"], dtype=np.float64)
+        association = P2Design(**run["design"]).association
+        effect = association_scale(np.asarray(run["per_scene"]["model"]["effect"], dtype=np.float64), association)
         for method in run["methods"]:
-            r_s = scene_correlations(effect, np.asarray(run["per_scene"]["maps"][method]["share"], dtype=np.float64))
+            share = np.asarray(run["per_scene"]["maps"][method]["share"], dtype=np.float64)
+            r_s = scene_correlations(effect, association_scale(share, association))
             sds.append(float(np.nanstd(r_s, ddof=1)))
             entry = run["primary"]["methods"][method]
             widths.append((entry["high"] - entry["low"]) / 2)
@@ -120,7 +126,8 @@ def tables(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
     first = next(iter(runs.values()))["design"]
     head = (
         f"P2 on {next(iter(runs.values()))['model']}: {len(cells)} runs of {first['scenes']} scenes x "
-        f"{first['ladders']} ladders x {first['rungs']} rungs, {len(methods)} methods (Holm within each run)"
+        f"{first['ladders']} ladders x {first['rungs']} rungs, {len(methods)} methods (Holm within each run; "
+        f"association {P2Design(**first).association})"
     )
     return head + "\n" + "\n".join(lines)
 
@@ -146,11 +153,13 @@ def pooled_statistics(runs: dict[tuple[int, int], dict[str, Any]], methods: list
     if len(set(drawn)) != len(drawn):
         raise ValueError(overlap_message(drawn, per_cell))
 
-    def stacked(read) -> np.ndarray:  # (all ladders, all scenes, rungs), centred within each scene set
+    association = P2Design(**first["design"]).association
+
+    def stacked(read) -> np.ndarray:  # (all ladders, all scenes, rungs), scaled and centred within each scene set
         sets = []
         for s in scene_seeds:
             ladders = [np.asarray(read(runs[(s, l)]), dtype=np.float64) for l in ladder_seeds]
-            sets.append(two_way_centred(np.concatenate(ladders, axis=0)))
+            sets.append(two_way_centred(association_scale(np.concatenate(ladders, axis=0), association)))
         return np.concatenate(sets, axis=1)
 
     model = {x: stacked(lambda run, x=x: run["per_scene"]["model"][x]) for x, _ in PAIRS.values()}
@@ -160,7 +169,8 @@ def pooled_statistics(runs: dict[tuple[int, int], dict[str, Any]], methods: list
     }
     scenes = first["design"]["scenes"] * len(scene_seeds)
     design = P2Design(**{**first["design"], "scenes": scenes, "ladders": len(drawn)})
-    return {"design": design, "scene_seeds": scene_seeds, "ladder_seeds": drawn, **p2_statistics(model, maps, design)}
+    statistics = p2_statistics(model, maps, design, scaled=True)
+    return {"design": design, "scene_seeds": scene_seeds, "ladder_seeds": drawn, **statistics}
 
 
 def overlap_message(drawn: list[int], per_cell: int) -> str:
@@ -237,7 +247,7 @@ def join_runs(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def load_runs(
-    folders: list[Path], cells: list[tuple[int, int]], methods: list[str] | None
+    folders: list[Path], cells: list[tuple[int, int]], methods: list[str] | None, association: str | None = None
 ) -> dict[tuple[int, int], dict[str, Any]]:
     """The runs kept by ``--save`` in ``folders`` (each cell's runs joined, ``join_runs``), restated for
     ``methods`` with the current statistics."""
@@ -256,7 +266,7 @@ def load_runs(
         missing = [m for m in methods if m not in run["methods"]]
         if missing:
             raise Refused(f"no run of cell ({s}, {l}) in {', '.join(map(str, folders))} measured {', '.join(missing)}")
-        runs[(s, l)] = restate(run, methods)
+        runs[(s, l)] = restate(run, methods, association)
     return runs
 
 
@@ -284,7 +294,13 @@ def measure_runs(
         methods = methods or default_methods(handle.family.name)
     except (FaithclipError, KeyError, ValueError) as error:
         raise Refused(str(error)) from error
-    design = replace(P2Design(), scenes=args.scenes, ladders=args.ladders, rungs=args.rungs)
+    design = replace(
+        P2Design(),
+        scenes=args.scenes,
+        ladders=args.ladders,
+        rungs=args.rungs,
+        association=args.association or P2Design().association,
+    )
     runs = {}
     for s, l in cells:
         run = p2_test(handle, methods, replace(design, scene_seed=s, ladder_seed=l))
@@ -321,6 +337,13 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="recompute from runs kept by --save (comma-separated folders: their methods joined)",
     )
+    parser.add_argument(
+        "--association",
+        choices=ASSOCIATIONS,
+        default=None,
+        help="the scale of the association (faithclip.audit.p2stats): within-rung ranks (the default) or the raw "
+        "values; with --load, restates the kept runs on it",
+    )
     parser.add_argument("--pooled", action="store_true", help="add the table of the whole grid as one design")
     return parser
 
@@ -340,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = [(s, l) for s in scene_seeds for l in ladder_seeds]
         methods = [m for m in (args.methods or "").split(",") if m] or None
         if args.load is not None:
-            runs = load_runs([Path(folder) for folder in args.load.split(",") if folder], cells, methods)
+            folders = [Path(folder) for folder in args.load.split(",") if folder]
+            runs = load_runs(folders, cells, methods, args.association)
         else:
             runs = measure_runs(args, cells, methods)
         print(tables(runs))

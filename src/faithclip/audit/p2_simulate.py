@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from faithclip.audit.p2 import P2Design, p2_verdicts
-from faithclip.audit.p2stats import within_test
+from faithclip.audit.p2stats import ASSOCIATIONS, association_scale, within_test
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,14 @@ def simulate(
         for m in range(methods):
             x, y = synthetic(scenario, ladders, scenes, rungs, generator)
             tests[f"m{m}"] = within_test(
-                x, y, design.min_effect, design.resamples, design.permutations, 0.95, seed=replicate * methods + m
+                x,
+                y,
+                design.min_effect,
+                design.resamples,
+                design.permutations,
+                0.95,
+                seed=replicate * methods + m,
+                association=design.association,
             )
         for entry in p2_verdicts(tests, design.min_effect, design.alpha, min_scenes=0, min_ladders=0).values():
             counts[entry["verdict"]] += 1
@@ -148,8 +155,11 @@ def spread(ladders: int, scenes: int, rungs: int, replicates: int, design: P2Des
         sds, widths, values = [], [], []
         for replicate in range(replicates):
             x, y = synthetic(Scenario(kind, 0.1, kind), ladders, scenes, rungs, generator)
-            test = within_test(x, y, design.min_effect, design.resamples, design.permutations, 0.95, seed=replicate)
-            sds.append(np.nanstd(scene_correlations(x, y), ddof=1))
+            test = within_test(
+                x, y, design.min_effect, design.resamples, design.permutations, 0.95, replicate, design.association
+            )
+            scaled = association_scale(x, design.association), association_scale(y, design.association)
+            sds.append(np.nanstd(scene_correlations(*scaled), ddof=1))
             widths.append((test.high - test.low) / 2)
             values.append(test.r)
         lines.append(f"| {kind} | {np.median(sds):.2f} | {np.median(widths):.3f} | {1.96 * np.std(values):.3f} |")
@@ -167,7 +177,7 @@ def format_table(rows: list[dict], replicates: int, methods: int, design: P2Desi
     lines = [
         f"P2 verdict rates over {replicates} simulated runs of {methods} method(s) each (Holm over the run's "
         f"{2 * methods} p-values, alpha {design.alpha:g}, minimum effect {design.min_effect:g}, "
-        f"{design.resamples} resamples, {design.permutations} permutations)",
+        f"{design.resamples} resamples, {design.permutations} permutations, association {design.association})",
         "| ladders | scenes | scenario | tracks | does not track | inconclusive | sharp null rejected |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -190,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resamples", type=int, default=P2Design().resamples)
     parser.add_argument("--permutations", type=int, default=P2Design().permutations)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--association",
+        choices=ASSOCIATIONS,
+        default=P2Design().association,
+        help="the scale of the association (faithclip.audit.p2stats): within-rung ranks, or the raw values",
+    )
     parser.add_argument("--progress", action="store_true", help="print each row to stderr as it is measured")
     parser.add_argument(
         "--spread",
@@ -211,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print("p2_simulate: sizes are LADDERSxSCENES (e.g. 3x48) and every size must be at least 1.", file=sys.stderr)
         return 2
-    design = P2Design(resamples=args.resamples, permutations=args.permutations)
+    design = P2Design(resamples=args.resamples, permutations=args.permutations, association=args.association)
     started = time.perf_counter()
     if args.spread:
         print("\n".join(spread(*sizes[0], args.rungs, args.replicates, design, args.seed)))

@@ -4,6 +4,17 @@ Holm's step-down adjustment, the exact McNemar test and the within-shape permuta
 Data layout: one array ``(L, S, V)`` per quantity -- L ladders (re-initialisation seeds), S scenes (the SAME
 scenes in every ladder and at every rung), V rungs (model variants) of each ladder.
 
+**Association scale** (``association``). ``"ranks"`` (the default): each quantity is first replaced by its
+average rank among the S scenes at the same ladder and rung, ``R(x)_{l,s,v} = rank of x_{l,s,v} among x_{l,1..S,v}``
+(ties: average ranks). A scene's r_s then asks whether its STANDING among the scenes in the model's measure
+and in the map's move together across ladders and rungs; it is unchanged by any increasing transformation of
+x or y that is common to the scenes of a rung, so a map whose share is an increasing function of the model's
+effect gets r = 1 whatever the function (``tests/unit/test_p2_stats.py``). ``"linear"``: the raw values, the
+form ``y = beta x + scene + variant + noise`` that issue 20 proposed; it measures LINEAR association only, and a
+map whose share is a saturating increasing function of the effect (share = e / (e + c), c a tenth of the
+median effect) gets r +0.07 to +0.33 on the kept shapes grids (docs/p2.md), below the minimum effect: so
+``"linear"`` can call a perfectly faithful map ``does not track``. Both then go through the steps below.
+
 **Within association.** Per ladder l, remove the scene and the variant means (two-way centring,
 ``y~ = y - mean_v y - mean_s y + mean y``, the least-squares fit of ``y = scene + variant + noise``). The
 estimand is the AVERAGE SCENE's within association,
@@ -67,6 +78,36 @@ def as_panel(values: np.ndarray) -> np.ndarray:
     if values.ndim != 3:
         raise ValueError(f"expected (ladders, scenes, rungs) values, got shape {values.shape}")
     return values
+
+
+ASSOCIATIONS = ("ranks", "linear")
+
+
+def cell_ranks(values: np.ndarray) -> np.ndarray:
+    """``(L, S, V)``: each value's average rank (1..S, ties averaged) among the scenes of its ladder and rung."""
+    values = as_panel(values)
+    order = np.argsort(values, axis=1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=1)
+    ladders, scenes, rungs = values.shape
+    ranks = np.empty_like(values)
+    for l in range(ladders):
+        for v in range(rungs):
+            column = ordered[l, :, v]
+            # runs of equal values share the mean of their positions (1-based)
+            starts = np.flatnonzero(np.r_[True, column[1:] != column[:-1]])
+            ends = np.r_[starts[1:], scenes]
+            average = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+            ranks[l, order[l, :, v], v] = average
+    return ranks
+
+
+def association_scale(values: np.ndarray, association: str) -> np.ndarray:
+    """The values on the scale the association is measured on (``association``: ``ranks`` or ``linear``)."""
+    if association == "ranks":
+        return cell_ranks(values)
+    if association == "linear":
+        return as_panel(values)
+    raise ValueError(f"association must be one of {', '.join(ASSOCIATIONS)}, got {association!r}")
 
 
 def scene_centred(values: np.ndarray) -> np.ndarray:
@@ -180,11 +221,15 @@ def within_test(
     permutations: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    association: str = "ranks",
 ) -> WithinTest:
-    """The estimate, its two-level bootstrap interval, and the two one-sided p-values P2's verdict uses."""
+    """The estimate, its two-level bootstrap interval, and the two one-sided p-values P2's verdict uses, on the
+    ``association`` scale (module docstring). The bootstrap resamples the scaled values: ranks are taken once,
+    on the full sample."""
     x, y = as_panel(x), as_panel(y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same (ladders, scenes, rungs) shape, got {x.shape} and {y.shape}")
+    x, y = association_scale(x, association), association_scale(y, association)
     r, undefined = average_scene_correlation(x, y)
     r_pooled, beta = within_correlation(x, y)
     ladders, scenes, rungs = x.shape
