@@ -338,7 +338,8 @@ def _p2_card(result: dict[str, Any], name: str) -> CheckResult:
         if row["rung"] is not None
     )
     evidence = (
-        f"within-scene r(model's erase effect, map's mass on the named object) = {entry['r']:.2f}, p tracks "
+        f"within-scene r(model's erase effect, map's mass on the named object; {d.get('association', 'linear')}) "
+        f"= {entry['r']:.2f}, p tracks "
         f"{entry['p_tracks_holm']:.2g}, p below {d['min_effect']:g} {entry['p_below_holm']:.2g} (Holm)"
         + (f"; {entry['reason']}" if entry["reason"] else "")
         + (f"; pointing trained -> degraded {contrast}" if contrast else "")

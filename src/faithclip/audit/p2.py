@@ -18,7 +18,11 @@ scan (step ``scan_step``) at which the model's competence ON THESE SCENES has fa
   (plausibility): the map's arg-max inside the named object's mask.
 
 **Estimand.** r = the average scene's within-scene, within-rung association of the map with the model
-(``p2stats``): per ladder, scene and rung effects are removed (``y = beta x + scene + rung + noise``), and
+(``p2stats``), on the ``association`` scale: by default each quantity is first replaced by its rank among the
+scenes at the same ladder and rung (``"ranks"``), so that a map whose share is ANY increasing function of the
+model's effect gets r = 1; ``"linear"`` keeps the raw values, which measure linear association only (a
+faithful map whose share saturates gets r < 0 and ``does not track`` on it: ``tests/unit/test_p2_stats.py``).
+Then per ladder, scene and rung effects are removed (``y = beta x + scene + rung + noise``), and
 each scene's correlation of the residuals over its ladders and rungs is averaged over scenes, each scene
 weighted equally. The primary pair is (x = effect, y = share): where the model's score leans on the named
 object more than that scene's and that rung's average, a map that tracks the model puts more of its mass

@@ -281,7 +281,8 @@ def format_p2(p2: dict) -> str:
     d = p2["design"]
     lines = [
         f"P2: do the maps track the model? Paired test (docs/p2.md): {d['scenes']} scene pairs x {d['ladders']} "
-        f"ladders x {d['rungs']} rungs; r = the average scene's within-scene, within-rung association, "
+        f"ladders x {d['rungs']} rungs; r = the average scene's within-scene, within-rung association "
+        f"(on {d.get('association', 'linear')}), "
         f"{d['resamples']} two-level bootstrap resamples [95 %] for the interval and both tests, Holm over the "
         f"run at {d['alpha']:g}, minimum effect {d['min_effect']:g}"
     ]
