@@ -240,6 +240,8 @@ def join_runs(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 joined["per_scene"]["maps"][method] = measures
                 joined["contrast"][method] = part["contrast"][method]
                 joined["methods"].append(method)
+                if method in part.get("options", {}):  # the method options it was measured with
+                    joined["options"] = {**joined.get("options", {}), method: part["options"][method]}
                 new = True
         if new:  # the time of a run that only measured again what another part holds is not this grid's
             joined["seconds"] = joined["seconds"] + part["seconds"]
@@ -286,12 +288,15 @@ def measure_runs(
     from faithclip.models.loading import load
     from faithclip.registry import METHODS
 
+    from faithclip.cli.common import method_options
+
     torch.set_num_threads(1)
     try:
         handle = load(args.model)
         for m in methods or ():
             METHODS.get(m)
         methods = methods or default_methods(handle.family.name)
+        options = method_options(args, methods, handle)
     except (FaithclipError, KeyError, ValueError) as error:
         raise Refused(str(error)) from error
     design = replace(
@@ -303,7 +308,7 @@ def measure_runs(
     )
     runs = {}
     for s, l in cells:
-        run = p2_test(handle, methods, replace(design, scene_seed=s, ladder_seed=l))
+        run = {**p2_test(handle, methods, replace(design, scene_seed=s, ladder_seed=l), options), "options": options}
         runs[(s, l)] = run
         print(f"run scenes {s}, ladders {l}: {run['seconds']} s", file=sys.stderr, flush=True)
         if args.save is not None:
@@ -312,6 +317,8 @@ def measure_runs(
 
 
 def parser() -> argparse.ArgumentParser:
+    from faithclip.cli.common import add_method_options_argument
+
     parser = argparse.ArgumentParser(
         prog="python -m faithclip.audit.p2_replicate",
         description=__doc__,
@@ -337,6 +344,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="recompute from runs kept by --save (comma-separated folders: their methods joined)",
     )
+    add_method_options_argument(parser)
     parser.add_argument(
         "--association",
         choices=ASSOCIATIONS,
