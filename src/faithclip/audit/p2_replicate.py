@@ -284,11 +284,10 @@ def measure_runs(
     import torch
 
     from faithclip.audit.p2 import p2_test
+    from faithclip.cli.common import method_options
     from faithclip.errors import FaithclipError
     from faithclip.models.loading import load
     from faithclip.registry import METHODS
-
-    from faithclip.cli.common import method_options
 
     torch.set_num_threads(1)
     try:
