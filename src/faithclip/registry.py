@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, Mapping, Sequence, TypeVar
 
-from faithclip.errors import MethodError
+from faithclip.errors import FaithclipError, MethodError
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -367,3 +367,41 @@ def _is_kind(value: Any, kind: str) -> bool:
 def _shown(value: Any) -> str:
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_dotted(items: Sequence[str], flag: str, error: type[Exception] = FaithclipError) -> dict[str, dict[str, Any]]:
+    """``["rise.masks=64"]`` -> ``{"rise": {"masks": 64}}`` (a value is read as JSON when it parses, else
+    kept as text); anything else is refused in one line naming ``flag``."""
+    import json
+
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, equals, raw = item.partition("=")
+        owner, dot, name = key.partition(".")
+        if not equals or not dot or not owner or not name:
+            raise error(f"{flag} {item!r} must look like NAME.KEY=VALUE, e.g. pointing_game.tolerance=4.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options.setdefault(owner, {})[name] = value
+    return options
+
+
+def check_method_options(
+    options: Mapping[str, Mapping[str, Any]],
+    run: Sequence[str],
+    side: str = "image",
+    layers: int | None = None,
+    among: str = "",
+) -> None:
+    """``--method-option`` values checked before any work, in one line each: options for a method not in
+    ``run`` (``among`` says which methods a command runs, when it is not all of them), and unknown keys,
+    wrong types, out-of-range values and ``layers`` beyond the tower (``MethodSpec.check_options``)."""
+    for method, given in options.items():
+        if method not in run:
+            raise MethodError(
+                f"--method-option {method}.*: options given for method {method!r}, which is not among the "
+                f"methods run ({among}{', '.join(run)})."
+            )
+        METHODS.get(method).check_options(side, given, spelled=lambda key, m=method: f"{m}.{key}", layers=layers)

@@ -283,11 +283,11 @@ def measure_runs(
             raise Refused(f"cannot write to {args.save}: {error}") from error
     import torch
 
+    from faithclip.api import tower_layers
     from faithclip.audit.p2 import p2_test
-    from faithclip.cli.common import method_options
-    from faithclip.errors import FaithclipError
+    from faithclip.errors import FaithclipError, MethodError
     from faithclip.models.loading import load
-    from faithclip.registry import METHODS
+    from faithclip.registry import METHODS, check_method_options, parse_dotted
 
     torch.set_num_threads(1)
     try:
@@ -295,7 +295,8 @@ def measure_runs(
         for m in methods or ():
             METHODS.get(m)
         methods = methods or default_methods(handle.family.name)
-        options = method_options(args, methods, handle)
+        options = parse_dotted(args.method_option, "--method-option", MethodError)
+        check_method_options(options, methods, "image", tower_layers(handle, "image"))
     except (FaithclipError, KeyError, ValueError) as error:
         raise Refused(str(error)) from error
     design = replace(
@@ -316,7 +317,6 @@ def measure_runs(
 
 
 def parser() -> argparse.ArgumentParser:
-    from faithclip.cli.common import add_method_options_argument
 
     parser = argparse.ArgumentParser(
         prog="python -m faithclip.audit.p2_replicate",
@@ -343,7 +343,14 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="recompute from runs kept by --save (comma-separated folders: their methods joined)",
     )
-    add_method_options_argument(parser)
+    parser.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a method option, e.g. occlusion.window=16 (repeatable; values read as JSON when they parse; kept with "
+        "each run)",
+    )
     parser.add_argument(
         "--association",
         choices=ASSOCIATIONS,

@@ -181,19 +181,13 @@ def check_method_options(handle: ModelHandle, settings: AuditSettings) -> None:
     import faithclip.methods  # noqa: F401  (registers the methods)
     from faithclip.api import tower_layers
     from faithclip.audit.ladder import default_methods, method_name
-    from faithclip.errors import MethodError
-    from faithclip.registry import METHODS
+    from faithclip.registry import check_method_options
 
     run = [method_name(m) for m in (settings.methods or default_methods(handle.family.name))]
-    for name, given in settings.options().items():
-        if name not in run or not (settings.ladder or settings.correctness):
-            raise MethodError(
-                f"--method-option {name}.*: options given for method {name!r}, which is not among the "
-                f"methods run (P2, with --ladder or --correctness: {', '.join(run)})."
-            )
-        METHODS.get(name).check_options(
-            "image", given, spelled=lambda key, m=name: f"{m}.{key}", layers=tower_layers(handle, "image")
-        )
+    if not (settings.ladder or settings.correctness):
+        run = []  # P2 runs no method without --ladder or --correctness
+    among = "P2, with --ladder or --correctness: "
+    check_method_options(settings.options(), run, "image", tower_layers(handle, "image"), among)
 
 
 def shapes_inputs(handle: ModelHandle, settings: AuditSettings) -> AuditData:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from faithclip.errors import FaithclipError
+from faithclip.registry import parse_dotted  # noqa: F401  (the commands' NAME.KEY=VALUE options read here)
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -381,45 +382,20 @@ def add_method_options_argument(parser: argparse.ArgumentParser, help: str | Non
     )
 
 
-def parse_dotted(items: list[str], flag: str, error: type[Exception] = FaithclipError) -> dict[str, dict[str, Any]]:
-    """``["rise.masks=64"]`` -> ``{"rise": {"masks": 64}}`` (a value is read as JSON when it parses, else
-    kept as text); anything else is refused in one line naming ``flag``."""
-    import json
-
-    options: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, equals, raw = item.partition("=")
-        owner, dot, name = key.partition(".")
-        if not equals or not dot or not owner or not name:
-            raise error(f"{flag} {item!r} must look like NAME.KEY=VALUE, e.g. pointing_game.tolerance=4.")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        options.setdefault(owner, {})[name] = value
-    return options
-
-
 def method_options(
     args: argparse.Namespace, methods: list[str], model: Any = None, side: str = "image"
 ) -> dict[str, dict[str, Any]]:
-    """``--method-option`` parsed and checked against the methods of the run (``registry.check_options``:
+    """``--method-option`` parsed and checked against the methods of the run (``registry.check_method_options``:
     unknown keys, wrong types, out-of-range values and, with ``model``, ``layers`` beyond its tower), in one
     line before any work. Options for a method not run are refused, as ``evaluate`` refuses them."""
     from faithclip.errors import MethodError
-    from faithclip.registry import METHODS
+    from faithclip.registry import check_method_options
 
     options = parse_dotted(getattr(args, "method_option", None) or [], "--method-option", MethodError)
-    for method, given in options.items():
-        if method not in methods:
-            raise MethodError(
-                f"--method-option {method}.*: options given for method {method!r}, which is not "
-                f"among the methods run ({', '.join(methods)})."
-            )
-        layers = None
-        if model is not None:
-            from faithclip.api import tower_layers
+    layers = None
+    if model is not None and options:
+        from faithclip.api import tower_layers
 
-            layers = tower_layers(model, side)
-        METHODS.get(method).check_options(side, given, spelled=lambda key, m=method: f"{m}.{key}", layers=layers)
+        layers = tower_layers(model, side)
+    check_method_options(options, methods, side, layers)
     return options
