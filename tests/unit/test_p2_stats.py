@@ -422,3 +422,23 @@ def test_a_map_that_is_an_increasing_function_of_the_effect_tracks():
     linear = p2_statistics(model, maps, P2Design(resamples=300, permutations=50, association="linear"))
     entry = linear["primary"]["methods"]["oracle"]
     assert entry["r"] < 0 and entry["verdict"] == "does not track"
+
+
+def test_runs_kept_before_and_after_the_scale_existed_join(tmp_path, capsys):
+    import json
+
+    from faithclip.audit.p2_replicate import join_runs, run_name
+
+    runs = _grid()
+    _keep(tmp_path / "a", runs, ["m"])
+    path = tmp_path / "a" / run_name(2, 0)
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(old))
+    new["design"]["association"] = "ranks"
+    new["methods"], new["per_scene"]["maps"] = ["n"], {"n": old["per_scene"]["maps"]["m"]}
+    new["contrast"] = {"n": []}
+    assert join_runs([old, new])["methods"] == ["m", "n"]
+    other = json.loads(json.dumps(new))
+    other["design"]["scenes"] += 1
+    with pytest.raises(ValueError, match="design differs"):
+        join_runs([old, other])

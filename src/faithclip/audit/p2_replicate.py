@@ -214,6 +214,12 @@ class Refused(Exception):
 JOIN_TOLERANCE = 1e-4
 
 
+def measured(design: dict[str, Any]) -> dict[str, Any]:
+    """What a run's design says about its measurement: every field but the statistics' scale (``association``,
+    which ``--load`` may restate), a run kept before a field existed read with its default."""
+    return {k: v for k, v in asdict(P2Design(**design)).items() if k != "association"}
+
+
 def join_runs(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One run holding every method of ``parts``, runs of the same cell (the same measurement of the model).
     Raises ValueError, naming what differs, when they are not; a method in two parts must agree too."""
@@ -223,9 +229,10 @@ def join_runs(parts: list[dict[str, Any]]) -> dict[str, Any]:
     joined = {**first, "methods": list(first["methods"]), "contrast": dict(first["contrast"])}
     joined["per_scene"] = {"model": first["per_scene"]["model"], "maps": dict(first["per_scene"]["maps"])}
     for part in parts[1:]:
-        for key in ("design", "model"):
-            if part[key] != first[key]:
-                raise ValueError(f"their {key} differs: {part[key]} against {first[key]}")
+        if measured(part["design"]) != measured(first["design"]):
+            raise ValueError(f"their design differs: {part['design']} against {first['design']}")
+        if part["model"] != first["model"]:
+            raise ValueError(f"their model differs: {part['model']} against {first['model']}")
         if [ladder["alphas"] for ladder in part["ladders"]] != [ladder["alphas"] for ladder in first["ladders"]]:
             raise ValueError("their ladders' alphas differ")
         for name, values in part["per_scene"]["model"].items():
