@@ -181,12 +181,17 @@ def check_method_options(handle: ModelHandle, settings: AuditSettings) -> None:
     import faithclip.methods  # noqa: F401  (registers the methods)
     from faithclip.api import tower_layers
     from faithclip.audit.ladder import default_methods, method_name
+    from faithclip.errors import MethodError
     from faithclip.registry import check_method_options
 
     run = [method_name(m) for m in (settings.methods or default_methods(handle.family.name))]
-    if not (settings.ladder or settings.correctness):
-        run = []  # P2 runs no method without --ladder or --correctness
     among = "P2, with --ladder or --correctness: "
+    if not (settings.ladder or settings.correctness):  # P2 runs no method without them: every option is refused
+        name = next(iter(settings.options()))
+        raise MethodError(
+            f"--method-option {name}.*: options given for method {name!r}, which is not among the methods run "
+            f"({among}{', '.join(run)})."
+        )
     check_method_options(settings.options(), run, "image", tower_layers(handle, "image"), among)
 
 
