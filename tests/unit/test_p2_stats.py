@@ -442,3 +442,29 @@ def test_runs_kept_before_and_after_the_scale_existed_join(tmp_path, capsys):
     other["design"]["scenes"] += 1
     with pytest.raises(ValueError, match="design differs"):
         join_runs([old, other])
+
+
+def test_the_oracle_tool_tracks_on_ranks_and_its_share_is_the_formula(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("p2_oracle", root / "tools" / "p2_oracle.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    effect = np.array([-1.0, 0.0, 1.0, 3.0])
+    # c = 0.1 x median |effect| = 0.1 x 1.0; share = e+ / (e+ + c), worked by hand
+    assert np.allclose(tool.oracle_share(effect, 0.1), [0.0, 0.0, 1 / 1.1, 3 / 3.1])
+    effect, _ = _saturating_oracle()
+    run = {
+        "model": "toy",
+        "design": {"scenes": 64, "ladders": 2, "rungs": 6, "resamples": 200, "permutations": 20},
+        "per_scene": {"model": {"effect": effect.tolist(), "margin": effect.tolist()}},
+    }
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    monkeypatch.setattr(sys, "argv", ["p2_oracle.py", str(tmp_path / "run.json")])
+    tool.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if "| toy |" in line]
+    assert "| ranks | +1.00 [+1.00, +1.00] | tracks |" in rows[0] and "| linear |" in rows[1]
