@@ -12,8 +12,9 @@ x or y that is common to the scenes of a rung, so a map whose share is an increa
 effect gets r = 1 whatever the function (``tests/unit/test_p2_stats.py``). ``"linear"``: the raw values, the
 form ``y = beta x + scene + variant + noise`` that issue 20 proposed; it measures LINEAR association only, and a
 map whose share is a saturating increasing function of the effect (share = e / (e + c), c a tenth of the
-median effect) gets r +0.07 to +0.33 on the kept shapes grids (docs/p2.md), below the minimum effect: so
-``"linear"`` can call a perfectly faithful map ``does not track``. Both then go through the steps below.
+median effect) gets r +0.08 and +0.07 on kept shapes-clip and shapes-vit runs (docs/p2.md), below the
+minimum effect, and a fixture built that way gets ``does not track``: so ``"linear"`` can fail a perfectly
+faithful map. Both then go through the steps below.
 
 **Within association.** Per ladder l, remove the scene and the variant means (two-way centring,
 ``y~ = y - mean_v y - mean_s y + mean y``, the least-squares fit of ``y = scene + variant + noise``). The
