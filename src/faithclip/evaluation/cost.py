@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from faithclip.metrics import METRICS
 from faithclip.models.clip import ModelHandle
 from faithclip.registry import METHODS
 
@@ -58,16 +59,16 @@ def map_forwards(method: str, options: dict[str, Any], handle: ModelHandle) -> i
 
 
 def metric_forwards(metric: str, options: dict[str, Any], handle: ModelHandle, map_cost: int) -> int:
-    """Images one record's value of ``metric`` sends through the image tower (``map_cost``: the method's map)."""
+    """Images one record's value of ``metric`` sends through the image tower (``map_cost``: the method's map);
+    an option not given in the run takes the metric's own default (its plan's signature)."""
+    plan = METRICS.get(metric).plan
     if metric in ("deletion_gradeclip", "insertion_gradeclip"):
-        return int(options.get("steps", 100)) // int(options.get("every", 10))
+        return int(_option(plan, options, "steps")) // int(_option(plan, options, "every"))
     if metric in ("deletion_rise", "insertion_rise"):
         pixels = handle.preprocess.crop_height * handle.preprocess.crop_width
-        return math.ceil(pixels / int(options.get("step") or handle.patch_size**2))
+        return math.ceil(pixels / int(_option(plan, options, "step") or handle.patch_size**2))
     if metric in ("road_morf", "road_lerf"):
-        from faithclip.metrics.road import FRACTIONS
-
-        return len(options.get("fractions", FRACTIONS))
+        return len(_option(plan, options, "fractions"))
     if metric == "sanity_cascade":
         from faithclip.metrics.sanity import cascade_blocks
 
