@@ -36,14 +36,12 @@ from faithclip.models.random_init import random_clip
 DEFAULT_BATCH = EvalConfig.__dataclass_fields__["batch_size"].default
 
 
-def forward_seconds(evaluator: Evaluator, data, batch: int, repeats: int = 3) -> float:
-    """Seconds per image of one full forward of ``batch`` images (``cost.measure_forward``: the median of
-    ``repeats``, after a warm-up), on the run's own scoring context."""
+def forward_seconds(evaluator: Evaluator, data, batch: int) -> float:
+    """Seconds per image of one full forward of ``batch`` images (``Evaluator.forward_seconds``: the median of
+    3, after a warm-up), on the run's own scoring context."""
     with tempfile.TemporaryDirectory() as out:
         evaluator._start_cases(data, out)  # the prompts' classifier weights
-    crop = (evaluator.handle.preprocess.crop_height, evaluator.handle.preprocess.crop_width)
-    context = evaluator._context(torch.zeros(1, 3, *crop), None)
-    return cost.measure_forward(context.score_images, evaluator.handle, batch, repeats, size=batch)
+    return evaluator.forward_seconds(size=batch)
 
 
 def images_per_minute(handle, data, config: EvalConfig) -> float:

@@ -58,7 +58,7 @@ def test_a_slow_combination_is_announced_and_a_fast_one_is_not():
 
 def _start(handle, tmp_path, monkeypatch, caplog, methods, metrics, seconds_per_forward):
     """Run up to the first record (then interrupted): what was announced."""
-    monkeypatch.setattr(cost, "measure_forward", lambda *a: seconds_per_forward())
+    monkeypatch.setattr(cost, "measure_forward", lambda *a, **k: seconds_per_forward())
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

@@ -362,6 +362,17 @@ class Evaluator:
         stream.close()
         bar.close()
 
+    def forward_seconds(self, size: int | None = None) -> float:
+        """Seconds per image of a forward of ``size`` blank images on the run's scoring context
+        (``cost.measure_forward``; its default size without one). The prompts must be encoded (``_start_cases``)."""
+        from faithclip.evaluation import cost
+
+        crop = (1, 3, self.handle.preprocess.crop_height, self.handle.preprocess.crop_width)
+        blank = torch.zeros(crop, device=self.handle.device, dtype=self.handle.dtype)
+        return cost.measure_forward(
+            self._context(blank, None).score_images, self.handle, self.config.batch_size, size=size
+        )
+
     def _announce_cost(self, pending: list[str | None]) -> None:
         """One line on stderr (a warning) before a run estimated to take ``cost.SLOW_SECONDS`` or more: the
         image forwards of the ``pending`` records (``cost.record_forwards``) at a measured forward's cost;
@@ -384,10 +395,7 @@ class Evaluator:
             )
         if sum(forwards.values()) < cost.FEW_FORWARDS:
             return
-        crop = (1, 3, self.handle.preprocess.crop_height, self.handle.preprocess.crop_width)
-        blank = torch.zeros(crop, device=self.handle.device, dtype=self.handle.dtype)
-        seconds = cost.measure_forward(self._context(blank, None).score_images, self.handle, self.config.batch_size)
-        notice = cost.slow_run_notice(dict(forwards), seconds, len(pending))
+        notice = cost.slow_run_notice(dict(forwards), self.forward_seconds(), len(pending))
         if notice:
             logger.warning(notice)
 
