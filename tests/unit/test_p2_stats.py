@@ -68,12 +68,16 @@ def _dummy_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def _literal_average(res_x: np.ndarray, res_y: np.ndarray, ladders: list[int], scene_weights: np.ndarray) -> float:
     """Per scene, Pearson's r (numpy corrcoef) of its residuals over the listed ladders (repeats allowed) and
     every rung; the scene-weighted mean of them. Residuals have mean 0 within a scene and ladder, so
-    corrcoef's own centring changes nothing."""
+    corrcoef's own centring changes nothing. A scene whose x residuals are all 0 has no r and is left out (on
+    ranks: a scene whose rank is the same at every rung of a single ladder); one whose y residuals are all 0 has
+    r = 0 (the map does not move with the model there)."""
     values, weights = [], []
     for s in range(res_x.shape[1]):
         a = np.concatenate([res_x[l, s] for l in ladders])
         b = np.concatenate([res_y[l, s] for l in ladders])
-        values.append(np.corrcoef(a, b)[0, 1])
+        if np.abs(a).max() < 1e-9:
+            continue
+        values.append(np.corrcoef(a, b)[0, 1] if np.abs(b).max() > 1e-9 else 0.0)
         weights.append(scene_weights[s])
     return float(np.average(values, weights=weights))
 
@@ -468,3 +472,78 @@ def test_the_oracle_tool_tracks_on_ranks_and_its_share_is_the_formula(tmp_path, 
     tool.main()
     rows = [line for line in capsys.readouterr().out.splitlines() if "| toy |" in line]
     assert "| ranks | +1.00 [+1.00, +1.00] | tracks |" in rows[0] and "| linear |" in rows[1]
+
+
+def test_variance_components_by_hand_and_without_residual():
+    from faithclip.audit.p2stats import variance_components
+
+    # by hand: grand 3; row deviations -1.5, +1.5; column deviations -1, +1; residuals +-0.5
+    # MS_set = 2 * 4.5 = 9, MS_ladder = 2 * 2 = 4, MS_residual = 1 -> (9 - 1) / 2, (4 - 1) / 2, 1
+    assert variance_components(np.array([[1.0, 2.0], [3.0, 6.0]])) == pytest.approx((4.0, 1.5, 1.0))
+    # a table that is exactly set + ladder: the components are the sample variances of the two parts
+    sets, ladders = np.array([0.3, -0.1, 0.5]), np.array([0.2, 0.0, -0.4, 0.1])
+    v_set, v_ladder, v_residual = variance_components(sets[:, None] + ladders[None, :])
+    assert (v_set, v_ladder) == pytest.approx((np.var(sets, ddof=1), np.var(ladders, ddof=1)))
+    assert v_residual == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(ValueError, match="at least 2"):
+        variance_components(np.ones((1, 4)))
+
+
+def test_variance_components_recover_the_variances_a_large_table_was_drawn_with():
+    from faithclip.audit.p2stats import variance_components
+
+    g = np.random.default_rng(0)
+    table = 0.3 * g.standard_normal((300, 1)) + 0.2 * g.standard_normal((1, 300)) + 0.1 * g.standard_normal((300, 300))
+    assert np.sqrt(variance_components(table)) == pytest.approx((0.3, 0.2, 0.1), rel=0.1)
+
+
+def test_ladder_table_is_each_scene_sets_r_on_each_single_ladder(tmp_path, capsys):
+    from faithclip.audit.p2_replicate import ladder_table, load_runs, main
+
+    runs = _grid()
+    _keep(tmp_path, runs, ["m"])
+    runs = load_runs([tmp_path], sorted(runs), None)
+    table = ladder_table(runs, "m")
+    assert table.shape == (3, 6)
+    for i, s in enumerate((2, 3, 4)):
+        for j, (l, k) in enumerate((l, k) for l in (0, 3, 6) for k in range(2)):
+            x = np.asarray(runs[(s, l)]["per_scene"]["model"]["effect"])[k : k + 1]
+            y = np.asarray(runs[(s, l)]["per_scene"]["maps"]["m"]["share"])[k : k + 1]
+            ranked = [scipy_stats.rankdata(v, axis=1) for v in (x, y)]  # among the scenes of each rung
+            expected = _literal_average(*(_dummy_residuals(v) for v in ranked), [0], np.ones(x.shape[1]))
+            assert table[i, j] == pytest.approx(expected, rel=1e-9)
+    assert main(["--load", str(tmp_path), "--components"]) == 0
+    out = capsys.readouterr().out
+    assert "variance components of the per-ladder r" in out and "| m | " in out and "| mean of the variances |" in out
+    del runs[(3, 6)]
+    with pytest.raises(ValueError, match="every"):
+        ladder_table(runs, "m")
+
+
+def test_a_ladder_shift_moves_every_scenes_association_on_that_ladder():
+    from faithclip.audit.p2_simulate import Scenario, population, synthetic
+
+    g = np.random.default_rng(1)
+    scenario = Scenario("scenes differ r = 0", 0.0, "scenes differ")
+    x_level, y_level, r = population(scenario, 400, g)
+    flat = (x_level, y_level, np.zeros_like(r))  # every scene unassociated; the ladders then shift it
+    x, y = synthetic(scenario, 2, 400, 6, g, flat, np.array([0.8, -0.8]))
+    per_ladder = [average_scene_correlation(x[k : k + 1], y[k : k + 1])[0] for k in range(2)]
+    assert per_ladder == pytest.approx([0.8, -0.8], abs=0.05)
+    # the scene set is the one handed in: its levels are the scenes' means of x over ladders and rungs
+    assert np.corrcoef(x.mean((0, 2)), x_level.ravel())[0, 1] > 0.9
+
+
+def test_grid_agreement_rates_are_consistent_and_a_strong_association_tracks_everywhere():
+    from faithclip.audit.p2 import P2Design
+    from faithclip.audit.p2_simulate import grid_agreement
+
+    design = P2Design(resamples=200, permutations=20)
+    strong = grid_agreement(0.6, 2, 48, 4, 2, 2, design, (2, 2))
+    assert strong["same"] == strong["all tracks"] == strong["tracks"] == 1.0
+    for r in (0.0, 0.1):
+        rates = grid_agreement(r, 2, 24, 4, 3, 2, design, (2, 2))
+        assert rates["same"] == pytest.approx(
+            sum(rates[f"all {v}"] for v in ("tracks", "does not track", "inconclusive"))
+        )
+        assert rates["tracks"] + rates["does not track"] + rates["inconclusive"] == pytest.approx(1.0)

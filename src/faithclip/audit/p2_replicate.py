@@ -21,6 +21,13 @@ alphas), so each scene's r_s is the one of its own cells; the bootstrap then dra
 same re-initialisation in every set) and scenes of all sets. It is one larger measurement, not a replication:
 its verdict's operating characteristics at that size are printed by ``python -m faithclip.audit.p2_simulate
 --sizes 6x384 --methods M``.
+
+``--components`` adds where the variation between cells comes from: each scene set's r on each single ladder
+(``ladder_table``), split by the method of moments into a scene-set, a ladder and a residual component
+(``p2stats.variance_components``), and the standard errors of a cell's r and of the pooled r that they
+predict, beside the cells' own bootstrap standard errors: whether the intervals carry what moves r between
+cells. ``python -m faithclip.audit.p2_simulate --grid 3x3`` turns the components into the rate at which a grid
+gives one method the same verdict in every cell.
 """
 
 from __future__ import annotations
@@ -36,7 +43,13 @@ from typing import Any
 import numpy as np
 
 from faithclip.audit.p2 import PAIRS, P2Design, p2_statistics
-from faithclip.audit.p2stats import ASSOCIATIONS, association_scale, two_way_centred
+from faithclip.audit.p2stats import (
+    ASSOCIATIONS,
+    association_scale,
+    average_scene_correlation,
+    two_way_centred,
+    variance_components,
+)
 
 # grad_eclip is left out: it gives Attention-ECLIP's maps (docs/equivalence.md), so the same r in every cell.
 # occlusion, rise and m2ib are left out for time, as in the audit's default (occlusion alone costs about as much
@@ -205,6 +218,74 @@ def pooled_table(runs: dict[tuple[int, int], dict[str, Any]], methods: list[str]
     return "\n".join(lines)
 
 
+def ladder_table(runs: dict[tuple[int, int], dict[str, Any]], method: str, pair: str = "primary") -> np.ndarray:
+    """``(scene seeds, ladders)``: the r of each scene set on each single ladder (the estimand on that ladder's
+    rungs alone), ladders in ladder-seed order; the grid must be crossed (every scene seed with every ladder
+    seed)."""
+    scene_seeds = sorted({s for s, _ in runs})
+    ladder_seeds = sorted({l for _, l in runs})
+    if any((s, l) not in runs for s in scene_seeds for l in ladder_seeds):
+        raise ValueError("--components needs every (scene seed, ladder seed) cell of the grid")
+    x_name, y_name = PAIRS[pair]
+    table = []
+    for s in scene_seeds:
+        row = []
+        for l in ladder_seeds:
+            run = runs[(s, l)]
+            association = P2Design(**run["design"]).association
+            x = association_scale(np.asarray(run["per_scene"]["model"][x_name], dtype=np.float64), association)
+            y = association_scale(np.asarray(run["per_scene"]["maps"][method][y_name], dtype=np.float64), association)
+            for k in range(x.shape[0]):
+                row.append(average_scene_correlation(two_way_centred(x[k : k + 1]), two_way_centred(y[k : k + 1]))[0])
+        table.append(row)
+    return np.asarray(table)
+
+
+def signed_sd(variance: float) -> str:
+    """A variance component as an SD, its sign kept (a sample estimate can be negative)."""
+    return f"{np.sign(variance) * np.sqrt(abs(variance)):+.3f}"
+
+
+def components_table(runs: dict[tuple[int, int], dict[str, Any]], pair: str = "primary") -> str:
+    """Per method, the variance components of the per-ladder r (``ladder_table``, ``variance_components``):
+    scene set, ladder and residual (their interaction and the rest), as SDs; the SE of a cell's r they predict,
+    ``sqrt(set + (ladder + residual) / L)``, beside the cells' own bootstrap SE (median of half-width / 1.96);
+    and the same for the grid as one design, ``sqrt(set / K + ladder / J + residual / (K J))``."""
+    methods = list(next(iter(runs.values()))["methods"])
+    first = next(iter(runs.values()))["design"]
+    per_cell = first["ladders"]
+    lines = [
+        "",
+        f"variance components of the per-ladder r ({pair}; method of moments, crossed scene sets x ladders), as SDs",
+        "",
+        "| method | scene set | ladder | residual | cell SE: predicted | cell SE: bootstrap | grid SE: predicted |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    totals, boots, shape = [], [], (0, 0)
+    for method in methods:
+        table = ladder_table(runs, method, pair)
+        sets, ladders = table.shape
+        v_set, v_ladder, v_residual = variance_components(table)
+        totals.append((v_set, v_ladder, v_residual))
+        cell = np.sqrt(max(v_set + (v_ladder + v_residual) / per_cell, 0.0))
+        grid = np.sqrt(max(v_set / sets + v_ladder / ladders + v_residual / (sets * ladders), 0.0))
+        cells = [(r[pair]["methods"][method]["high"] - r[pair]["methods"][method]["low"]) / 3.92 for r in runs.values()]
+        boot, shape = np.median(cells), table.shape
+        boots += cells
+        lines.append(
+            f"| {method} | {signed_sd(v_set)} | {signed_sd(v_ladder)} | {signed_sd(v_residual)} | {cell:.3f} | "
+            f"{boot:.3f} | {grid:.3f} |"
+        )
+    v_set, v_ladder, v_residual = np.mean(totals, axis=0)
+    cell = np.sqrt(max(v_set + (v_ladder + v_residual) / per_cell, 0.0))
+    grid = np.sqrt(max(v_set / shape[0] + v_ladder / shape[1] + v_residual / (shape[0] * shape[1]), 0.0))
+    lines.append(
+        f"| mean of the variances | {signed_sd(v_set)} | {signed_sd(v_ladder)} | {signed_sd(v_residual)} | "
+        f"{cell:.3f} | {np.median(boots):.3f} | {grid:.3f} |"
+    )
+    return "\n".join(lines)
+
+
 class Refused(Exception):
     """A user error: one line on stderr, exit 2."""
 
@@ -366,6 +447,11 @@ def parser() -> argparse.ArgumentParser:
         "values; with --load, restates the kept runs on it",
     )
     parser.add_argument("--pooled", action="store_true", help="add the table of the whole grid as one design")
+    parser.add_argument(
+        "--components",
+        action="store_true",
+        help="add the variance components of the per-ladder r (scene sets, ladders, residual) and the SEs they predict",
+    )
     return parser
 
 
@@ -392,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.pooled:
             try:
                 print(pooled_table(runs, list(next(iter(runs.values()))["methods"])))
+            except ValueError as error:
+                raise Refused(str(error)) from error
+        if args.components:
+            try:
+                print(components_table(runs))
             except ValueError as error:
                 raise Refused(str(error)) from error
     except Refused as error:

@@ -332,3 +332,28 @@ __all__ = [
     "stratified_difference",
     "stratified_permutation",
 ]
+
+
+def variance_components(table: np.ndarray) -> tuple[float, float, float]:
+    """``(set, ladder, residual)`` variance components of a crossed table ``(K, J)`` of one value per scene set
+    (row) and ladder (column), by the method of moments of the two-way random-effects ANOVA without replication
+    (``value = mean + set_k + ladder_j + residual_kj``):
+
+        MS_set = J sum_k (row mean_k - grand)^2 / (K - 1)      E = J var_set + var_residual
+        MS_ladder = K sum_j (column mean_j - grand)^2 / (J - 1)   E = K var_ladder + var_residual
+        MS_residual = sum (value - row mean - column mean + grand)^2 / ((K - 1)(J - 1))
+
+    so ``var_set = (MS_set - MS_residual) / J``, ``var_ladder = (MS_ladder - MS_residual) / K`` and
+    ``var_residual = MS_residual``. The first two are unbiased and can be negative in a sample."""
+    table = np.asarray(table, dtype=np.float64)
+    rows, columns = table.shape
+    if rows < 2 or columns < 2:
+        raise ValueError(f"variance components need at least 2 scene sets and 2 ladders, got {table.shape}")
+    grand = table.mean()
+    row = table.mean(1) - grand
+    column = table.mean(0) - grand
+    residual = table - grand - row[:, None] - column[None, :]
+    ms_set = columns * float((row**2).sum()) / (rows - 1)
+    ms_ladder = rows * float((column**2).sum()) / (columns - 1)
+    ms_residual = float((residual**2).sum()) / ((rows - 1) * (columns - 1))
+    return (ms_set - ms_residual) / columns, (ms_ladder - ms_residual) / rows, ms_residual
