@@ -20,6 +20,11 @@ The ``scenes differ`` scenarios give every scene its own association around the 
 per-scene r SD 0.54 median, bootstrap half-width 0.20 median; simulated 0.54 and 0.20, and the half-width
 equals 1.96 SD of r over simulated runs, 0.21). Without it the simulated data are three times cleaner than the
 real ones (half-width 0.07).
+``--grid 3x3`` asks what ``p2_replicate`` asks of real runs: how often a grid of runs (3 scene sets x 3
+ladder seeds) gives one method the same verdict in every cell (``grid_agreement``). Its cells share what real
+cells share: the scenes of their scene set (levels and associations, ``scenes differ``) and the ladders of
+their ladder seed, each ladder shifting every scene's association by ``LADDER_SD`` N(0, 1), the ladder
+component measured on the kept grids.
 A false flag is ``tracks`` when r <= 0 or ``does not track`` when r >= the minimum effect (0.1); power is
 ``does not track`` at r = 0 and ``tracks`` at r = 0.2 and 0.3. The last column is descriptive: how often the
 scene-permutation test of the sharp null (``p_sharp``, unadjusted) rejects at alpha -- it decides nothing.
@@ -36,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from faithclip.audit.p2 import P2Design, p2_verdicts
+from faithclip.audit.p2 import VERDICTS, P2Design, p2_verdicts
 from faithclip.audit.p2stats import ASSOCIATIONS, association_scale, within_test
 
 
@@ -64,23 +69,40 @@ SCENARIOS = (
 )
 
 
+def population(scenario: Scenario, scenes: int, generator: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """A scene set's fixed parts, each ``(1, S, 1)``: the scenes' levels of x and y and their associations
+    (``scenario.r`` for all, or drawn around it with SD ``SCENE_SD`` in the ``scenes differ`` scenarios)."""
+    x_level = generator.standard_normal((1, scenes, 1))
+    y_level = generator.standard_normal((1, scenes, 1))
+    if scenario.kind != "scenes differ":
+        return x_level, y_level, np.full((1, scenes, 1), scenario.r)
+    return x_level, y_level, np.clip(scenario.r + SCENE_SD * generator.standard_normal((1, scenes, 1)), -0.95, 0.95)
+
+
 def synthetic(
-    scenario: Scenario, ladders: int, scenes: int, rungs: int, generator: np.random.Generator
+    scenario: Scenario,
+    ladders: int,
+    scenes: int,
+    rungs: int,
+    generator: np.random.Generator,
+    scene_set: tuple[np.ndarray, ...] | None = None,
+    ladder_shift: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One method's ``(x, y)``, each ``(L, S, V)``, drawn from ``scenario`` (module docstring)."""
+    """One method's ``(x, y)``, each ``(L, S, V)``, drawn from ``scenario`` (module docstring). ``scene_set``:
+    the scenes' fixed parts (``population``; drawn here when None); ``ladder_shift`` ``(L,)``: each ladder's
+    shift of every scene's association (``grid_agreement``; none when None)."""
     shape = (ladders, scenes, rungs)
     trend = np.linspace(0, -3, rungs)[None, None, :]
     z_x = generator.standard_normal(shape)
     if scenario.kind == "heavy":
         z_x = generator.standard_t(3, shape) * np.exp(generator.standard_normal((1, scenes, 1)))
         z_x = (z_x - z_x.mean()) / z_x.std()
-    x = generator.standard_normal((1, scenes, 1)) + trend + z_x
-    scene_y = generator.standard_normal((1, scenes, 1))
+    x_level, scene_y, r = scene_set if scene_set is not None else population(scenario, scenes, generator)
+    x = x_level + trend + z_x
     if scenario.kind == "reuse":
         return x, np.broadcast_to(scene_y, shape).copy()
-    r = scenario.r
-    if scenario.kind == "scenes differ":  # each scene its own association, mean r, SD SCENE_SD
-        r = np.clip(scenario.r + SCENE_SD * generator.standard_normal((1, scenes, 1)), -0.95, 0.95)
+    if ladder_shift is not None:
+        r = np.clip(r + np.asarray(ladder_shift, dtype=np.float64)[:, None, None], -0.95, 0.95)
     noise = r * z_x + np.sqrt(1 - r**2) * generator.standard_normal(shape)
     if scenario.kind == "binary":
         return x, (0.3 * scene_y + noise > 0).astype(np.float64)
@@ -119,6 +141,84 @@ def simulate(
             counts["sharp"] += entry["p_sharp"] < design.alpha  # descriptive: the permutation test, unadjusted
     total = replicates * methods
     return {k: v / total for k, v in counts.items()}
+
+
+# The ladders' share of the variation, for grid_agreement: the SD of a ladder's shift of the association, the
+# ladder component of the per-ladder r measured on the six kept grids (three families x two grids of 3 scene
+# sets x 6 ladders at 128 scenes; `p2_replicate --load ... --components`, mean of the variances; docs/p2.md).
+LADDER_SD = 0.026
+GRID_RS = (-0.1, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3)  # the mean associations grid_agreement is run at
+
+
+def grid_agreement(
+    r: float,
+    ladders: int,
+    scenes: int,
+    rungs: int,
+    replicates: int,
+    methods: int,
+    design: P2Design,
+    grid: tuple[int, int] = (3, 3),
+    seed: int = 0,
+) -> dict[str, float]:
+    """How often the verdicts of a replication grid agree: ``grid[0]`` scene sets x ``grid[1]`` ladder seeds,
+    one run of ``methods`` methods per cell (Holm within it), as ``p2_replicate`` runs them. The cells of one
+    scene set share its scenes (``population``: their levels and associations, ``scenes differ``), the cells
+    of one ladder seed share its ladders' shifts of the association (SD ``LADDER_SD``); all else is drawn per
+    cell. Returns, per method's row of cells, the rate of the same verdict in every cell (and which), and the
+    per-cell verdict rates."""
+    scenario = Scenario(f"grid r = {r:g}", r, "scenes differ")
+    generator = np.random.default_rng([seed, ladders, scenes, rungs, *grid, zlib.crc32(scenario.name.encode())])
+    counts = dict.fromkeys(("same", *(f"all {v}" for v in VERDICTS), *VERDICTS), 0)
+    for _ in range(replicates):
+        sets = [[population(scenario, scenes, generator) for _ in range(methods)] for _ in range(grid[0])]
+        shifts = [[LADDER_SD * generator.standard_normal(ladders) for _ in range(methods)] for _ in range(grid[1])]
+        verdicts: list[list[str]] = [[] for _ in range(methods)]
+        for scene_set in sets:
+            for shift in shifts:
+                tests = {}
+                for m in range(methods):
+                    x, y = synthetic(scenario, ladders, scenes, rungs, generator, scene_set[m], shift[m])
+                    tests[f"m{m}"] = within_test(
+                        x,
+                        y,
+                        design.min_effect,
+                        design.resamples,
+                        design.permutations,
+                        0.95,
+                        seed=design.bootstrap_seed,
+                        association=design.association,
+                    )
+                entries = p2_verdicts(tests, design.min_effect, design.alpha, min_scenes=0, min_ladders=0)
+                for m, entry in enumerate(entries.values()):
+                    verdicts[m].append(entry["verdict"])
+        for row in verdicts:
+            for verdict in row:
+                counts[verdict] += 1
+            if len(set(row)) == 1:
+                counts["same"] += 1
+                counts[f"all {row[0]}"] += 1
+    rows = replicates * methods
+    return {k: v / (rows * grid[0] * grid[1] if k in VERDICTS else rows) for k, v in counts.items()}
+
+
+def format_grid(results: list[dict], replicates: int, methods: int, grid: tuple[int, int], design: P2Design) -> str:
+    lines = [
+        f"Agreement of P2's verdicts over a {grid[0]} x {grid[1]} grid of runs (scene sets x ladder seeds), "
+        f"{replicates} simulated grids of {methods} method(s) (Holm over each run's {2 * methods} p-values, alpha "
+        f"{design.alpha:g}, minimum effect {design.min_effect:g}, association {design.association}; scenes differ "
+        f"with SD {SCENE_SD}, ladders with SD {LADDER_SD})",
+        "| ladders | scenes | r | same verdict in every cell | all tracks | all does not track | all inconclusive "
+        "| per cell: tracks | does not track | inconclusive |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in results:
+        lines.append(
+            f"| {e['ladders']} | {e['scenes']} | {e['r']:+.2f} | {e['same']:.2f} | {e['all tracks']:.2f} | "
+            f"{e['all does not track']:.2f} | {e['all inconclusive']:.2f} | {e['tracks']:.2f} | "
+            f"{e['does not track']:.2f} | {e['inconclusive']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def operating_characteristics(
@@ -212,11 +312,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print only the spread of each scenario kind at the first size (SCENE_SD's calibration)",
     )
+    parser.add_argument(
+        "--grid",
+        default=None,
+        metavar="SETSxLADDERSEEDS",
+        help="print only how often a grid of runs (e.g. 3x3, as p2_replicate runs) gives the same verdict in every "
+        "cell, at each size and at mean r in " + ", ".join(f"{r:g}" for r in GRID_RS),
+    )
     args = parser.parse_args(argv)
     try:
         sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
+        grid = tuple(int(v) for v in args.grid.lower().split("x")) if args.grid else (1, 1)
     except ValueError:
-        sizes = []
+        sizes, grid = [], ()
     if (
         not sizes
         or any(len(size) != 2 for size in sizes)
@@ -224,13 +332,36 @@ def main(argv: list[str] | None = None) -> int:
             args.replicates, args.methods, args.rungs, args.resamples, args.permutations, *(v for s in sizes for v in s)
         )
         < 1
+        or len(grid) != 2
+        or min(grid) < 1
     ):
-        print("p2_simulate: sizes are LADDERSxSCENES (e.g. 3x48) and every size must be at least 1.", file=sys.stderr)
+        print(
+            "p2_simulate: sizes are LADDERSxSCENES (e.g. 3x48), a grid is SETSxLADDERSEEDS (e.g. 3x3), and every "
+            "number must be at least 1.",
+            file=sys.stderr,
+        )
         return 2
     design = P2Design(resamples=args.resamples, permutations=args.permutations, association=args.association)
     started = time.perf_counter()
     if args.spread:
         print("\n".join(spread(*sizes[0], args.rungs, args.replicates, design, args.seed)))
+        print(f"({time.perf_counter() - started:.0f} s)")
+        return 0
+    if args.grid:
+        results = []
+        for ladders, scenes in sizes:
+            for r in GRID_RS:
+                rates = grid_agreement(
+                    r, ladders, scenes, args.rungs, args.replicates, args.methods, design, grid, args.seed
+                )
+                results.append({"ladders": ladders, "scenes": scenes, "r": r, **rates})
+                if args.progress:
+                    print(
+                        format_grid(results[-1:], args.replicates, args.methods, grid, design).splitlines()[-1],
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        print(format_grid(results, args.replicates, args.methods, grid, design))
         print(f"({time.perf_counter() - started:.0f} s)")
         return 0
     report = (lambda line: print(line, file=sys.stderr, flush=True)) if args.progress else None
