@@ -547,3 +547,40 @@ def test_grid_agreement_rates_are_consistent_and_a_strong_association_tracks_eve
             sum(rates[f"all {v}"] for v in ("tracks", "does not track", "inconclusive"))
         )
         assert rates["tracks"] + rates["does not track"] + rates["inconclusive"] == pytest.approx(1.0)
+
+
+def test_a_ladder_seed_equal_to_the_models_construction_seed_recreates_its_initial_weights():
+    """tools/ladder_init.py: a model built after torch.manual_seed(5) and then moved (its "training") lies at
+    exactly the move's distance from its re-initialisation at seed 5, far nearer than another seed's; and
+    degrade's copy at seed 5 (alpha 1) is the initial model itself."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+    import transformers
+
+    from conftest import tiny_config
+    from faithclip.audit.ladder import degrade
+    from faithclip.models.loading import from_hf
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("ladder_init", root / "tools" / "ladder_init.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    torch.manual_seed(5)
+    initial = transformers.CLIPModel(tiny_config()).eval()
+    trained = transformers.CLIPModel(tiny_config()).eval()  # stands for the trained weights: another draw
+    trained.load_state_dict(initial.state_dict())
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.01)
+    distances = tool.init_distances(SimpleNamespace(model=trained), [5, 6])
+    assert distances[6] > 5 * distances[5] > 0
+    # the distance to the seed-5 copy is exactly the training move: 0.01 in every moved entry
+    moved = sum(p.numel() for n, p in trained.named_parameters() if n not in ("logit_scale", "logit_bias"))
+    assert distances[5] == pytest.approx(0.01 * moved**0.5, rel=1e-4)
+    reinitialised = degrade(from_hf(trained), 1.0, seed=5).model.state_dict()  # alpha 1: all the copy
+    for name, value in initial.state_dict().items():
+        if name not in ("logit_scale", "logit_bias") and value.is_floating_point():
+            assert torch.allclose(reinitialised[name], value, atol=1e-6), name
