@@ -539,10 +539,10 @@ def test_grid_agreement_rates_are_consistent_and_a_strong_association_tracks_eve
     from faithclip.audit.p2_simulate import grid_agreement
 
     design = P2Design(resamples=200, permutations=20)
-    strong = grid_agreement(0.6, 2, 48, 4, 2, 2, design, (2, 2))
+    strong = grid_agreement(0.6, (2, 48, 4), 2, 2, design, (2, 2))
     assert strong["same"] == strong["all tracks"] == strong["tracks"] == 1.0
     for r in (0.0, 0.1):
-        rates = grid_agreement(r, 2, 24, 4, 3, 2, design, (2, 2))
+        rates = grid_agreement(r, (2, 24, 4), 3, 2, design, (2, 2))
         assert rates["same"] == pytest.approx(
             sum(rates[f"all {v}"] for v in ("tracks", "does not track", "inconclusive"))
         )

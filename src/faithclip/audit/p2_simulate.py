@@ -109,6 +109,18 @@ def synthetic(
     return x, scene_y + 0.5 * trend + noise
 
 
+def run_verdicts(panels: list[tuple[np.ndarray, np.ndarray]], design: P2Design, seeds: list[int]) -> list[dict]:
+    """One simulated run: each method's ``(x, y)`` through ``within_test`` (bootstrap seed from ``seeds``),
+    then ``p2_verdicts`` with Holm over the run (the size gate lifted: the rule is what is measured)."""
+    tests = {
+        f"m{m}": within_test(
+            x, y, design.min_effect, design.resamples, design.permutations, 0.95, seed, design.association
+        )
+        for m, ((x, y), seed) in enumerate(zip(panels, seeds))
+    }
+    return list(p2_verdicts(tests, design.min_effect, design.alpha, min_scenes=0, min_ladders=0).values())
+
+
 def simulate(
     scenario: Scenario,
     ladders: int,
@@ -123,20 +135,8 @@ def simulate(
     generator = np.random.default_rng([seed, ladders, scenes, rungs, zlib.crc32(scenario.name.encode())])
     counts = {"tracks": 0, "does not track": 0, "inconclusive": 0, "sharp": 0}
     for replicate in range(replicates):
-        tests = {}
-        for m in range(methods):
-            x, y = synthetic(scenario, ladders, scenes, rungs, generator)
-            tests[f"m{m}"] = within_test(
-                x,
-                y,
-                design.min_effect,
-                design.resamples,
-                design.permutations,
-                0.95,
-                seed=replicate * methods + m,
-                association=design.association,
-            )
-        for entry in p2_verdicts(tests, design.min_effect, design.alpha, min_scenes=0, min_ladders=0).values():
+        panels = [synthetic(scenario, ladders, scenes, rungs, generator) for _ in range(methods)]
+        for entry in run_verdicts(panels, design, [replicate * methods + m for m in range(methods)]):
             counts[entry["verdict"]] += 1
             counts["sharp"] += entry["p_sharp"] < design.alpha  # descriptive: the permutation test, unadjusted
     total = replicates * methods
@@ -151,22 +151,15 @@ GRID_RS = (-0.1, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3)  # the mean associations grid_a
 
 
 def grid_agreement(
-    r: float,
-    ladders: int,
-    scenes: int,
-    rungs: int,
-    replicates: int,
-    methods: int,
-    design: P2Design,
-    grid: tuple[int, int] = (3, 3),
-    seed: int = 0,
+    r: float, size: tuple[int, int, int], replicates: int, methods: int, design: P2Design, grid=(3, 3), seed=0
 ) -> dict[str, float]:
     """How often the verdicts of a replication grid agree: ``grid[0]`` scene sets x ``grid[1]`` ladder seeds,
     one run of ``methods`` methods per cell (Holm within it), as ``p2_replicate`` runs them. The cells of one
     scene set share its scenes (``population``: their levels and associations, ``scenes differ``), the cells
     of one ladder seed share its ladders' shifts of the association (SD ``LADDER_SD``); all else is drawn per
     cell. Returns, per method's row of cells, the rate of the same verdict in every cell (and which), and the
-    per-cell verdict rates."""
+    per-cell verdict rates. ``size``: ladders per run, scenes, rungs."""
+    ladders, scenes, rungs = size
     scenario = Scenario(f"grid r = {r:g}", r, "scenes differ")
     generator = np.random.default_rng([seed, ladders, scenes, rungs, *grid, zlib.crc32(scenario.name.encode())])
     counts = dict.fromkeys(("same", *(f"all {v}" for v in VERDICTS), *VERDICTS), 0)
@@ -176,21 +169,11 @@ def grid_agreement(
         verdicts: list[list[str]] = [[] for _ in range(methods)]
         for scene_set in sets:
             for shift in shifts:
-                tests = {}
-                for m in range(methods):
-                    x, y = synthetic(scenario, ladders, scenes, rungs, generator, scene_set[m], shift[m])
-                    tests[f"m{m}"] = within_test(
-                        x,
-                        y,
-                        design.min_effect,
-                        design.resamples,
-                        design.permutations,
-                        0.95,
-                        seed=design.bootstrap_seed,
-                        association=design.association,
-                    )
-                entries = p2_verdicts(tests, design.min_effect, design.alpha, min_scenes=0, min_ladders=0)
-                for m, entry in enumerate(entries.values()):
+                panels = [
+                    synthetic(scenario, ladders, scenes, rungs, generator, scene_set[m], shift[m])
+                    for m in range(methods)
+                ]
+                for m, entry in enumerate(run_verdicts(panels, design, [design.bootstrap_seed] * methods)):
                     verdicts[m].append(entry["verdict"])
         for row in verdicts:
             for verdict in row:
@@ -352,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         for ladders, scenes in sizes:
             for r in GRID_RS:
                 rates = grid_agreement(
-                    r, ladders, scenes, args.rungs, args.replicates, args.methods, design, grid, args.seed
+                    r, (ladders, scenes, args.rungs), args.replicates, args.methods, design, grid, args.seed
                 )
                 results.append({"ladders": ladders, "scenes": scenes, "r": r, **rates})
                 if args.progress:
