@@ -145,7 +145,8 @@ def simulate(
 
 # The ladders' share of the variation, for grid_agreement: the SD of a ladder's shift of the association, the
 # ladder component of the per-ladder r measured on the six kept grids (three families x two grids of 3 scene
-# sets x 6 ladders at 128 scenes; `p2_replicate --load ... --components`, mean of the variances; docs/p2.md).
+# sets x 6 ladders at 128 scenes, the second grids of shapes-vit and shapes-siglip with their four common
+# methods; `p2_replicate --load ... --components`, the root mean square of the grids' ladder SDs; docs/p2.md).
 LADDER_SD = 0.026
 GRID_RS = (-0.1, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3)  # the mean associations grid_agreement is run at
 
