@@ -515,6 +515,10 @@ def test_ladder_table_is_each_scene_sets_r_on_each_single_ladder(tmp_path, capsy
     assert main(["--load", str(tmp_path), "--components"]) == 0
     out = capsys.readouterr().out
     assert "variance components of the per-ladder r" in out and "| m | " in out and "| mean of the variances |" in out
+    # one scene set has no scene-set component: one line on stderr, exit 2, and no table printed before it
+    assert main(["--load", str(tmp_path), "--scene-seeds", "2", "--components"]) == 2
+    refused = capsys.readouterr()
+    assert refused.out == "" and refused.err.count("\n") == 1
     del runs[(3, 6)]
     with pytest.raises(ValueError, match="every"):
         ladder_table(runs, "m")

@@ -467,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         drawn = [l + k for l in ladder_seeds for k in range(args.ladders)]
         if args.pooled and args.load is None and len(set(drawn)) != len(drawn):
             raise Refused(overlap_message(drawn, args.ladders))
+        if args.components and (len(scene_seeds) < 2 or len(drawn) < 2):
+            raise Refused("--components needs at least 2 scene seeds and 2 ladders in all (a crossed grid).")
         cells = [(s, l) for s in scene_seeds for l in ladder_seeds]
         methods = [m for m in (args.methods or "").split(",") if m] or None
         if args.load is not None:
@@ -474,17 +476,15 @@ def main(argv: list[str] | None = None) -> int:
             runs = load_runs(folders, cells, methods, args.association)
         else:
             runs = measure_runs(args, cells, methods)
-        print(tables(runs))
-        if args.pooled:
-            try:
-                print(pooled_table(runs, list(next(iter(runs.values()))["methods"])))
-            except ValueError as error:
-                raise Refused(str(error)) from error
-        if args.components:
-            try:
-                print(components_table(runs))
-            except ValueError as error:
-                raise Refused(str(error)) from error
+        sections = [tables(runs)]  # every table is made before any is printed: a refusal prints nothing else
+        try:
+            if args.pooled:
+                sections.append(pooled_table(runs, list(next(iter(runs.values()))["methods"])))
+            if args.components:
+                sections.append(components_table(runs))
+        except ValueError as error:
+            raise Refused(str(error)) from error
+        print("\n".join(sections))
     except Refused as error:
         print(f"p2_replicate: {error}", file=sys.stderr)
         return 2
