@@ -21,22 +21,17 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def init_distances(handle, seeds: list[int]) -> dict[int, float]:
     """``{seed: ||trained - re-initialised(seed)||}`` over the parameters ``degrade`` interpolates."""
-    model = handle.model
-    trained = dict(model.named_parameters())
+    from faithclip.audit.ladder import interpolated, reinitialised_state
+
+    trained = [(name, p) for name, p in handle.model.named_parameters() if interpolated(name, p)]
     out = {}
     for seed in seeds:
-        torch.manual_seed(seed)
-        fresh = type(model)(model.config).state_dict()
-        total = 0.0
-        for name, parameter in trained.items():
-            if name in ("logit_scale", "logit_bias") or not parameter.is_floating_point():
-                continue
-            total += float(((parameter.detach().double() - fresh[name].double()) ** 2).sum())
+        fresh = reinitialised_state(handle.model, seed)
+        total = sum(float(((p.detach().double() - fresh[name].double()) ** 2).sum()) for name, p in trained)
         out[seed] = total**0.5
     return out
 

@@ -44,6 +44,18 @@ from faithclip.registry import METHODS, MethodSpec
 logger = logging.getLogger(__name__)
 
 
+def reinitialised_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """The state of a fresh copy of ``model``'s architecture, built after ``torch.manual_seed(seed)``. A model
+    that was itself built after that seed gets its own initial weights back (tools/ladder_init.py)."""
+    torch.manual_seed(seed)
+    return type(model)(model.config).state_dict()
+
+
+def interpolated(name: str, parameter: torch.Tensor) -> bool:
+    """Whether ``degrade`` moves this parameter: every floating-point one but the logit scale and bias."""
+    return name not in ("logit_scale", "logit_bias") and parameter.is_floating_point()
+
+
 def degrade(handle: ModelHandle, alpha: float, seed: int = 0) -> ModelHandle:
     """A copy of the model with weights ``(1 - alpha) * trained + alpha * re-initialised`` (logit_scale kept)."""
     if not 0.0 <= alpha <= 1.0:
@@ -51,14 +63,11 @@ def degrade(handle: ModelHandle, alpha: float, seed: int = 0) -> ModelHandle:
     model = handle.model
     degraded = copy.deepcopy(model)
     if alpha > 0:
-        torch.manual_seed(seed)
-        fresh = type(model)(model.config).to(dtype=handle.dtype, device=handle.device)
-        fresh_state = fresh.state_dict()
+        fresh_state = reinitialised_state(model, seed)
         with torch.no_grad():
             for name, parameter in degraded.named_parameters():
-                if name in ("logit_scale", "logit_bias") or not parameter.is_floating_point():
-                    continue
-                parameter.mul_(1 - alpha).add_(fresh_state[name].to(parameter.dtype), alpha=alpha)
+                if interpolated(name, parameter):
+                    parameter.mul_(1 - alpha).add_(fresh_state[name].to(parameter), alpha=alpha)
     degraded.eval()
     return type(handle)(
         model=degraded,
@@ -243,6 +252,8 @@ __all__ = [
     "Method",
     "method_name",
     "degrade",
+    "interpolated",
+    "reinitialised_state",
     "zero_shot_accuracy",
     "zero_shot_predictions",
     "explain_quality",
