@@ -246,14 +246,24 @@ def signed_sd(variance: float) -> str:
     return f"{np.sign(variance) * np.sqrt(abs(variance)):+.3f}"
 
 
+def predicted_ses(components, per_cell: int, shape: tuple[int, int]) -> tuple[float, float]:
+    """The SEs that ``(set, ladder, residual)`` variances predict for a cell's r (its ``per_cell`` ladders) and
+    for the r of the whole ``(K, J)`` grid: ``sqrt(set + (ladder + residual) / L)`` and ``sqrt(set / K +
+    ladder / J + residual / (K J))`` (a negative sum reads as 0)."""
+    v_set, v_ladder, v_residual = components
+    sets, ladders = shape
+    cell = v_set + (v_ladder + v_residual) / per_cell
+    grid = v_set / sets + v_ladder / ladders + v_residual / (sets * ladders)
+    return float(np.sqrt(max(cell, 0.0))), float(np.sqrt(max(grid, 0.0)))
+
+
 def components_table(runs: dict[tuple[int, int], dict[str, Any]], pair: str = "primary") -> str:
     """Per method, the variance components of the per-ladder r (``ladder_table``, ``variance_components``):
-    scene set, ladder and residual (their interaction and the rest), as SDs; the SE of a cell's r they predict,
-    ``sqrt(set + (ladder + residual) / L)``, beside the cells' own bootstrap SE (median of half-width / 1.96);
-    and the same for the grid as one design, ``sqrt(set / K + ladder / J + residual / (K J))``."""
+    scene set, ladder and residual (their interaction and the rest), as SDs; the SEs they predict for a cell
+    and for the grid as one design (``predicted_ses``), beside the cells' own bootstrap SE (median of
+    half-width / 1.96); and the same from the mean of the methods' variances."""
     methods = list(next(iter(runs.values()))["methods"])
-    first = next(iter(runs.values()))["design"]
-    per_cell = first["ladders"]
+    per_cell = next(iter(runs.values()))["design"]["ladders"]
     lines = [
         "",
         f"variance components of the per-ladder r ({pair}; method of moments, crossed scene sets x ladders), as SDs",
@@ -261,28 +271,21 @@ def components_table(runs: dict[tuple[int, int], dict[str, Any]], pair: str = "p
         "| method | scene set | ladder | residual | cell SE: predicted | cell SE: bootstrap | grid SE: predicted |",
         "|---|---|---|---|---|---|---|",
     ]
-    totals, boots, shape = [], [], (0, 0)
+
+    def row(name: str, components, bootstrap: float, shape: tuple[int, int]) -> str:
+        cell, grid = predicted_ses(components, per_cell, shape)
+        sds = " | ".join(signed_sd(v) for v in components)
+        return f"| {name} | {sds} | {cell:.3f} | {bootstrap:.3f} | {grid:.3f} |"
+
+    totals, boots = [], []
     for method in methods:
         table = ladder_table(runs, method, pair)
-        sets, ladders = table.shape
-        v_set, v_ladder, v_residual = variance_components(table)
-        totals.append((v_set, v_ladder, v_residual))
-        cell = np.sqrt(max(v_set + (v_ladder + v_residual) / per_cell, 0.0))
-        grid = np.sqrt(max(v_set / sets + v_ladder / ladders + v_residual / (sets * ladders), 0.0))
+        components = variance_components(table)
         cells = [(r[pair]["methods"][method]["high"] - r[pair]["methods"][method]["low"]) / 3.92 for r in runs.values()]
-        boot, shape = np.median(cells), table.shape
+        totals.append(components)
         boots += cells
-        lines.append(
-            f"| {method} | {signed_sd(v_set)} | {signed_sd(v_ladder)} | {signed_sd(v_residual)} | {cell:.3f} | "
-            f"{boot:.3f} | {grid:.3f} |"
-        )
-    v_set, v_ladder, v_residual = np.mean(totals, axis=0)
-    cell = np.sqrt(max(v_set + (v_ladder + v_residual) / per_cell, 0.0))
-    grid = np.sqrt(max(v_set / shape[0] + v_ladder / shape[1] + v_residual / (shape[0] * shape[1]), 0.0))
-    lines.append(
-        f"| mean of the variances | {signed_sd(v_set)} | {signed_sd(v_ladder)} | {signed_sd(v_residual)} | "
-        f"{cell:.3f} | {np.median(boots):.3f} | {grid:.3f} |"
-    )
+        lines.append(row(method, components, float(np.median(cells)), table.shape))
+    lines.append(row("mean of the variances", tuple(np.mean(totals, axis=0)), float(np.median(boots)), table.shape))
     return "\n".join(lines)
 
 
