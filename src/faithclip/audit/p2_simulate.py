@@ -196,13 +196,15 @@ def format_grid(results: list[dict], replicates: int, methods: int, grid: tuple[
         "| per cell: tracks | does not track | inconclusive |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for e in results:
-        lines.append(
-            f"| {e['ladders']} | {e['scenes']} | {e['r']:+.2f} | {e['same']:.2f} | {e['all tracks']:.2f} | "
-            f"{e['all does not track']:.2f} | {e['all inconclusive']:.2f} | {e['tracks']:.2f} | "
-            f"{e['does not track']:.2f} | {e['inconclusive']:.2f} |"
-        )
-    return "\n".join(lines)
+    return "\n".join(lines + [format_grid_row(e) for e in results])
+
+
+def format_grid_row(e: dict) -> str:
+    return (
+        f"| {e['ladders']} | {e['scenes']} | {e['r']:+.2f} | {e['same']:.2f} | {e['all tracks']:.2f} | "
+        f"{e['all does not track']:.2f} | {e['all inconclusive']:.2f} | {e['tracks']:.2f} | "
+        f"{e['does not track']:.2f} | {e['inconclusive']:.2f} |"
+    )
 
 
 def operating_characteristics(
@@ -340,11 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results.append({"ladders": ladders, "scenes": scenes, "r": r, **rates})
                 if args.progress:
-                    print(
-                        format_grid(results[-1:], args.replicates, args.methods, grid, design).splitlines()[-1],
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    print(format_grid_row(results[-1]), file=sys.stderr, flush=True)
         print(format_grid(results, args.replicates, args.methods, grid, design))
         print(f"({time.perf_counter() - started:.0f} s)")
         return 0

@@ -312,28 +312,6 @@ def stratified_permutation(
     }
 
 
-__all__ = [
-    "WithinTest",
-    "as_panel",
-    "two_way_centred",
-    "within_correlation",
-    "scene_sums",
-    "scene_correlations",
-    "average_scene_correlation",
-    "resampled_r",
-    "bootstrap_within",
-    "permutation_within",
-    "within_test",
-    "draw_counts",
-    "percentile",
-    "holm",
-    "binomial_cdf",
-    "mcnemar_exact",
-    "stratified_difference",
-    "stratified_permutation",
-]
-
-
 def variance_components(table: np.ndarray) -> tuple[float, float, float]:
     """``(set, ladder, residual)`` variance components of a crossed table ``(K, J)`` of one value per scene set
     (row) and ladder (column), by the method of moments of the two-way random-effects ANOVA without replication
@@ -357,3 +335,26 @@ def variance_components(table: np.ndarray) -> tuple[float, float, float]:
     ms_ladder = rows * float((column**2).sum()) / (columns - 1)
     ms_residual = float((residual**2).sum()) / ((rows - 1) * (columns - 1))
     return (ms_set - ms_residual) / columns, (ms_ladder - ms_residual) / rows, ms_residual
+
+
+__all__ = [
+    "WithinTest",
+    "as_panel",
+    "two_way_centred",
+    "within_correlation",
+    "scene_sums",
+    "scene_correlations",
+    "average_scene_correlation",
+    "resampled_r",
+    "bootstrap_within",
+    "permutation_within",
+    "within_test",
+    "draw_counts",
+    "percentile",
+    "holm",
+    "binomial_cdf",
+    "mcnemar_exact",
+    "stratified_difference",
+    "stratified_permutation",
+    "variance_components",
+]
