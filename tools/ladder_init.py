@@ -1,13 +1,15 @@
 """Does a ladder seed re-create a model's own training initialisation?
 
-    python tools/ladder_init.py [--models shapes-clip,shapes-vit,shapes-siglip] [--seeds 0,1,3] [--load DIR[,DIR]]
+    python tools/ladder_init.py [--models shapes-clip,shapes-vit,shapes-siglip] [--seeds 0,1,3] [--reinit seed]
+                                [--load DIR[,DIR]]
 
 ``faithclip.audit.ladder.degrade(handle, alpha, seed)`` draws its re-initialised copy of the model after
 ``torch.manual_seed(seed)``. A model built after the same ``torch.manual_seed`` (the shipped shapes models were,
 with the seed in their TRAINING.json) is re-initialised to its OWN initial weights by that ladder seed, not to
 a random one. Per model this prints the Euclidean distance between the trained parameters and each seed's
 re-initialised copy (every floating-point parameter but the logit scale and bias, the ones ``degrade`` moves):
-a seed much nearer than the others is the model's own initialisation.
+a seed much nearer than the others is the model's own initialisation. ``--reinit spawned`` measures the
+re-initialisation that no training seed meets (``faithclip.audit.ladder.reinit_seed``) instead.
 
 ``--load`` (a grid kept by ``python -m faithclip.audit.p2_replicate --save``, several folders joined as
 ``--load`` joins them, with its ``--model``, ``--scene-seeds`` and ``--ladder-seeds``) adds, per ladder, the
@@ -23,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 
-def init_distances(handle, seeds: list[int]) -> dict[int, float]:
+def init_distances(handle, seeds: list[int], reinit: str = "seed") -> dict[int, float]:
     """``{seed: ||trained - re-initialised(seed)||}`` over the parameters ``degrade`` interpolates."""
     from faithclip.audit.ladder import interpolated, reinitialised_state
 
     trained = [(name, p) for name, p in handle.model.named_parameters() if interpolated(name, p)]
     out = {}
     for seed in seeds:
-        fresh = reinitialised_state(handle.model, seed)
+        fresh = reinitialised_state(handle.model, seed, reinit)
         total = sum(float(((p.detach().double() - fresh[name].double()) ** 2).sum()) for name, p in trained)
         out[seed] = total**0.5
     return out
@@ -60,9 +62,12 @@ def grid_lines(folders: list[Path], model: str, scene_seeds: list[int], ladder_s
 
 
 def main(argv: list[str] | None = None) -> int:
+    from faithclip.audit.ladder import REINITS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="shapes-clip,shapes-vit,shapes-siglip")
     parser.add_argument("--seeds", default="0,1,3")
+    parser.add_argument("--reinit", choices=REINITS, default="seed", help="degrade's reinit")
     parser.add_argument("--load", default=None, help="a kept grid (comma-separated folders, joined)")
     parser.add_argument("--scene-seeds", default="2,3,4")
     parser.add_argument("--ladder-seeds", default="0,3,6")
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seeds = [int(v) for v in args.seeds.split(",")]
     for name in args.models.split(","):
-        distances = init_distances(load(name), seeds)
+        distances = init_distances(load(name), seeds, args.reinit)
         print(
             f"{name}: distance to the re-initialised copy, "
             + ", ".join(f"seed {s} {d:.1f}" for s, d in distances.items())

@@ -337,12 +337,17 @@ def rise_expectation_reference(
 
 # ---- occlusion --------------------------------------------------------------------------------------------
 def occlusion_literal(
-    score_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int, stride: int, fill: float = 0.0
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    window: int,
+    stride: int,
+    fill: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
     """Occlusion (Zeiler & Fergus), pixel by pixel: the mean score drop over the windows covering each pixel.
 
     Windows start every ``stride`` pixels per axis, plus one flush with the far border; inside a window
-    the pixels are set to ``fill``. ``image`` ``(1, 3, H, W)``, ``score_fn`` -> ``(K,)`` -> ``(K, H, W)``.
+    the pixels are set to ``fill``, a number or a reference image ``(1, 3, H, W)`` whose pixels at the
+    window's place are copied in. ``image`` ``(1, 3, H, W)``, ``score_fn`` -> ``(K,)`` -> ``(K, H, W)``.
     """
     _, _, height, width = image.shape
 
@@ -355,7 +360,8 @@ def occlusion_literal(
     for top in starts(height):
         for left in starts(width):
             covered = image.clone()
-            covered[:, :, top : top + window, left : left + window] = fill
+            place = (slice(None), slice(None), slice(top, top + window), slice(left, left + window))
+            covered[place] = fill[place] if isinstance(fill, torch.Tensor) else fill
             drops[top, left] = reference - score_fn(covered)  # (K,)
     saliency = torch.zeros(reference.shape[0], height, width, dtype=image.dtype)
     for row in range(height):

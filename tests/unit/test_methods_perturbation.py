@@ -283,6 +283,52 @@ def test_occlusion_matches_window_loop(window, stride, fill):
         torch.testing.assert_close(result.maps[b], expected)
 
 
+def test_occlusion_baseline_copies_the_reference_image_into_each_window():
+    ctx = linear_context(size=10, smooth=False)
+    reference = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    result = method_spec("occlusion", "image").image(ctx, window=3, stride=2, baseline=reference, batch_size=7)
+    for b in range(2):
+        expected = occlusion_literal(
+            lambda x: ctx.score_images(x)[0], ctx.pixels[b : b + 1], 3, 2, fill=reference[b : b + 1]
+        )
+        torch.testing.assert_close(result.maps[b], expected)
+    assert result.options["baseline"] == "given" and result.options["fill"] is None
+
+
+def test_occlusion_baseline_single_pixel_window_is_the_contribution_of_the_difference():
+    """On a linear score a one-pixel window restoring the baseline drops sum_c W_kc (x - b)_c at that pixel."""
+    ctx = linear_context(size=8, smooth=False)
+    reference = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    result = method_spec("occlusion", "image").image(ctx, window=1, stride=1, baseline=reference)
+    expected = torch.einsum("bchw,kchw->bkhw", ctx.pixels - reference, ctx.weights)
+    torch.testing.assert_close(result.maps, expected)
+
+
+def test_occlusion_baseline_is_zero_where_image_and_baseline_agree():
+    """A real model: the baseline differs from the image in one corner block only, so every window that
+    misses the block leaves the input unchanged and every pixel covered only by such windows gets 0."""
+    handle, pixels, ids = handle_and_inputs(SHAPES[1])
+    ctx = context(handle, pixels[:1], ids[:1])
+    baseline = ctx.pixels.clone()
+    baseline[..., :8, :8] = 0.0
+    result = method_spec("occlusion", "image").image(ctx, window=8, stride=8, baseline=baseline)
+    maps = result.maps[0, 0]  # (48, 48): the windows tile the image
+    assert maps[:8, :8].abs().max() > 1e-4
+    torch.testing.assert_close(maps[8:], torch.zeros_like(maps[8:]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(maps[:8, 8:], torch.zeros_like(maps[:8, 8:]), atol=1e-5, rtol=0)
+    same = method_spec("occlusion", "image").image(ctx, window=8, stride=8, baseline=ctx.pixels[0])
+    torch.testing.assert_close(same.maps, torch.zeros_like(same.maps), atol=1e-5, rtol=0)
+
+
+def test_occlusion_baseline_refuses_a_wrong_count_or_size():
+    ctx = linear_context(size=8, smooth=False)
+    spec = method_spec("occlusion", "image")
+    with pytest.raises(faithclip.errors.MethodError, match="3 images for 2"):
+        spec.image(ctx, window=2, baseline=[ctx.pixels[0]] * 3)
+    with pytest.raises(faithclip.errors.MethodError, match="must be 2 or 1 image"):
+        spec.image(ctx, window=2, baseline=torch.zeros(3, 6, 6, dtype=torch.float64))
+
+
 def test_occlusion_text_deletes_each_token():
     handle, pixels, ids = handle_and_inputs(SHAPES[0])
     explanations = faithclip.explain_text(handle, pixels, ids, method="occlusion")

@@ -588,3 +588,18 @@ def test_a_ladder_seed_equal_to_the_models_construction_seed_recreates_its_initi
     for name, value in initial.state_dict().items():
         if name not in ("logit_scale", "logit_bias") and value.is_floating_point():
             assert torch.allclose(reinitialised[name], value, atol=1e-6), name
+    # reinit="spawned": seed 5 is an independent draw, as far from the model as another seed's copy
+    spawned = tool.init_distances(SimpleNamespace(model=trained), [5, 6], reinit="spawned")
+    assert 0.8 < spawned[5] / distances[6] < 1.25 and 0.8 < spawned[6] / distances[6] < 1.25
+    assert spawned[5] != spawned[6]
+
+
+def test_reinit_seed_is_the_seed_or_a_spawned_one_that_small_seeds_do_not_meet():
+    from faithclip.audit.ladder import reinit_seed
+
+    assert [reinit_seed(s) for s in range(5)] == list(range(5))
+    spawned = [reinit_seed(s, "spawned") for s in range(1000)]
+    assert len(set(spawned)) == 1000 and min(spawned) > 10**6 and max(spawned) < 2**63
+    assert spawned[:3] == [reinit_seed(s, "spawned") for s in range(3)]  # a function of the seed alone
+    with pytest.raises(ValueError, match="reinit must be one of seed, spawned"):
+        reinit_seed(0, "fresh")

@@ -117,6 +117,18 @@ def test_counterfactual_pairs_differ_only_inside_the_changed_object(world, kind)
             assert len(present) == len(set(present))
 
 
+def test_backgrounds_are_the_image_outside_every_object_and_what_erasing_restores(world):
+    before, after = world.counterfactual_pairs(40, seed=9, kind="remove")
+    assert before.backgrounds.shape == before.images.shape and before.backgrounds.dtype == np.uint8
+    assert np.array_equal(before.backgrounds, after.backgrounds)
+    covered = before.masks.any(axis=1)  # (N, H, W): some object's pixels
+    assert np.array_equal(before.images[~covered], before.backgrounds[~covered])
+    for row in range(40):  # where only the named object lies, erasing it shows the background
+        others = np.delete(before.masks[row], before.targets[row], axis=0).any(axis=0)
+        alone = before.target_masks[row] & ~others
+        assert np.array_equal(after.images[row][alone], before.backgrounds[row][alone])
+
+
 def test_other_image_sizes_scale(world):
     big = ShapesWorld(image_size=128, seed=1).sample(8, 1, 4, seed=2)
     assert big.images.shape == (8, 128, 128, 3) and big.masks.shape == (8, 4, 128, 128)

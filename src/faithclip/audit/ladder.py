@@ -5,6 +5,9 @@ copy (same config, transformers' own initialisation, fixed seed):
 
     theta(alpha) = (1 - alpha) * theta_trained + alpha * theta_init          (logit_scale kept)
 
+The copy is drawn after ``torch.manual_seed(reinit_seed(seed, reinit))``: the ladder seed itself by default
+(``"seed"``), or a seed spawned from it that no training seed meets (``"spawned"``; ``reinit_seed``).
+
 P2's test of whether maps track the model is ``faithclip.audit.p2`` (paired across rungs and ladders).
 Spearman's rho between five rung means, the verdict this module used to give, is gone: with rungs at chance
 it could not decide (issue 20).
@@ -44,10 +47,32 @@ from faithclip.registry import METHODS, MethodSpec
 logger = logging.getLogger(__name__)
 
 
-def reinitialised_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """The state of a fresh copy of ``model``'s architecture, built after ``torch.manual_seed(seed)``. A model
-    that was itself built after that seed gets its own initial weights back (tools/ladder_init.py)."""
-    torch.manual_seed(seed)
+# How a ladder seed becomes the torch seed of its re-initialised copy (``reinit_seed``).
+REINITS = ("seed", "spawned")
+# numpy SeedSequence entropy of the "spawned" re-initialisation: a fixed constant, so that it is reproducible.
+SPAWN_ENTROPY = 0x5F2C_1A9E_0B37_D461
+
+
+def reinit_seed(seed: int, reinit: str = "seed") -> int:
+    """The ``torch.manual_seed`` under which ladder ``seed`` draws its re-initialised copy.
+
+    ``"seed"`` (the default; every published grid used it): the ladder seed itself. A model that was built after
+    the same ``torch.manual_seed`` -- the shipped shapes models, seed 0 in their TRAINING.json -- gets its OWN
+    initial weights back on that ladder, not a random re-initialisation (tools/ladder_init.py measures it).
+    ``"spawned"``: a 63-bit seed spawned from the ladder seed by ``numpy.random.SeedSequence([SPAWN_ENTROPY,
+    seed])``; no small training seed meets it, so every ladder is an independent draw."""
+    if reinit not in REINITS:
+        raise ValueError(f"reinit must be one of {', '.join(REINITS)}, got {reinit!r}")
+    if reinit == "seed":
+        return int(seed)
+    return int(np.random.SeedSequence([SPAWN_ENTROPY, int(seed)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def reinitialised_state(model: torch.nn.Module, seed: int, reinit: str = "seed") -> dict[str, torch.Tensor]:
+    """The state of a fresh copy of ``model``'s architecture, built after ``torch.manual_seed(reinit_seed(seed,
+    reinit))``. With ``reinit="seed"``, a model that was itself built after ``manual_seed(seed)`` gets its own
+    initial weights back (tools/ladder_init.py)."""
+    torch.manual_seed(reinit_seed(seed, reinit))
     return type(model)(model.config).state_dict()
 
 
@@ -56,14 +81,15 @@ def interpolated(name: str, parameter: torch.Tensor) -> bool:
     return name not in ("logit_scale", "logit_bias") and parameter.is_floating_point()
 
 
-def degrade(handle: ModelHandle, alpha: float, seed: int = 0) -> ModelHandle:
-    """A copy of the model with weights ``(1 - alpha) * trained + alpha * re-initialised`` (logit_scale kept)."""
+def degrade(handle: ModelHandle, alpha: float, seed: int = 0, reinit: str = "seed") -> ModelHandle:
+    """A copy of the model with weights ``(1 - alpha) * trained + alpha * re-initialised`` (logit_scale kept);
+    ``reinit`` says how ``seed`` seeds the re-initialised copy (``reinit_seed``)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     model = handle.model
     degraded = copy.deepcopy(model)
     if alpha > 0:
-        fresh_state = reinitialised_state(model, seed)
+        fresh_state = reinitialised_state(model, seed, reinit)
         with torch.no_grad():
             for name, parameter in degraded.named_parameters():
                 if interpolated(name, parameter):

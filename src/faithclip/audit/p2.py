@@ -3,7 +3,10 @@
 **Design (paired).** S multi-object shapes scenes, each with a copy in which the named object is erased
 (``ShapesWorld.counterfactual_pairs(kind="remove")``), rendered at the model's input size. L ladders (re-
 initialisation seeds); ladder l moves every weight toward a re-initialised copy,
-``theta(alpha) = (1 - alpha) theta_trained + alpha theta_init(l)`` (``faithclip.audit.ladder.degrade``).
+``theta(alpha) = (1 - alpha) theta_trained + alpha theta_init(l)`` (``faithclip.audit.ladder.degrade``; the
+copy is seeded by the ladder seed itself, ``reinit="seed"``, or by a seed spawned from it, ``"spawned"``, which
+no training seed meets: the shipped shapes models were built after seed 0, and ladder 0 of ``"seed"`` moves them
+toward their own initial weights).
 Its rungs are dense where the model still works: V equally spaced alphas from 0 to the first alpha of a
 scan (step ``scan_step``) at which the model's competence ON THESE SCENES has fallen to chance
 (``<= chance + chance_margin``); later rungs are dropped. Every rung sees the same scenes.
@@ -44,6 +47,10 @@ minimum effect, whether or not it is above 0); else ``tracks`` when H0_tracks is
 verdict (``inconclusive``): ``python -m faithclip.audit.p2_simulate`` measures the false-flag rate and
 power of this very function by size (docs/p2.md), and below those sizes one of them is poor.
 
+**Options.** A method's options are passed as given, except ``baseline="background"`` (occlusion's reference
+image, ``SCENE_BACKGROUND``): each scene's own background, rendered without any object, so that an occluding
+window restores what erasing an object restores -- the intervention ``effect`` measures, at the window's size.
+
 **Headline contrast.** Per ladder, pointing on the trained model (rung 0) against the first rung whose
 competence on the scenes is <= ``contrast_level``; exact McNemar on the paired per-scene hits.
 """
@@ -73,6 +80,8 @@ ALPHA = 0.05
 # `python -m faithclip.audit.p2_simulate` prints (docs/p2.md, "Operating characteristics").
 MIN_SCENES = 64
 MIN_LADDERS = 2
+# An option value the harness replaces per scene by the scene's background (module docstring, "Options").
+SCENE_BACKGROUND = "background"
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,9 @@ class P2Design:
     ladder_seed: int = 0
     bootstrap_seed: int = 0
     association: str = "ranks"  # "ranks" (within-rung ranks among scenes) or "linear" (raw values); p2stats
+    # how a ladder seed seeds its re-initialised copy: "seed" (itself; meets a model built after the same seed)
+    # or "spawned" (faithclip.audit.ladder.reinit_seed)
+    reinit: str = "seed"
 
 
 # ---- the verdict ----------------------------------------------------------------------------------
@@ -272,8 +284,12 @@ def map_measures(handle: Any, method: Any, pairs: ScenePairs, options: dict | No
 
     spec = METHODS.get(method) if isinstance(method, str) else method
     scenes = pairs.scenes
+    options = dict(options or {})
+    backgrounds = _pil(scenes.backgrounds) if options.get("baseline") == SCENE_BACKGROUND else None
     share, pointing = [], []
     for index, image in enumerate(pairs.images):
+        if backgrounds is not None:
+            options["baseline"] = backgrounds[index]
         mask = scenes.target_masks[index]
         pixels = pairs.pixels[index : index + 1]
         ctx = Context(
@@ -287,7 +303,7 @@ def map_measures(handle: Any, method: Any, pairs: ScenePairs, options: dict | No
         extra = {"original": image} if "original" in spec.defaults else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            patch_map = spec.image(ctx, **extra, **(options or {})).maps[0, 0].detach().double()
+            patch_map = spec.image(ctx, **extra, **options).maps[0, 0].detach().double()
         if tuple(patch_map.shape) != ctx.grid:
             patch_map = crop_grid_map(patch_map, image.size, handle.preprocess, ctx.grid)
         share.append(mass_share(patch_map, mask))
@@ -315,7 +331,7 @@ def ladder_rungs(handle: Any, pairs: ScenePairs, seed: int, design: P2Design) ->
     scan, competence = [k / steps for k in range(steps + 1)], []
     end = 1.0
     for alpha in scan:
-        measures = model_measures(degrade(handle, alpha, seed), pairs)
+        measures = model_measures(degrade(handle, alpha, seed, design.reinit), pairs)
         competence.append(float(measures["competent"].mean()))
         if competence[-1] <= float(measures["chance"].mean()) + design.chance_margin:
             end = alpha
@@ -349,7 +365,7 @@ def p2_test(
         alphas, scanned = ladder_rungs(handle, pairs, seed, design)
         ladders.append({"seed": seed, "alphas": alphas, "scan_competence": scanned, "scan_step": design.scan_step})
         for v, alpha in enumerate(alphas):
-            rung = degrade(handle, alpha, seed)
+            rung = degrade(handle, alpha, seed, design.reinit)
             for key, values in model_measures(rung, pairs).items():
                 if key in model:
                     model[key][l, :, v] = values

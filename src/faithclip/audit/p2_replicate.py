@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from faithclip.audit.ladder import REINITS
 from faithclip.audit.p2 import PAIRS, P2Design, p2_statistics
 from faithclip.audit.p2stats import (
     ASSOCIATIONS,
@@ -142,6 +143,8 @@ def tables(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
         f"{first['ladders']} ladders x {first['rungs']} rungs, {len(methods)} methods (Holm within each run; "
         f"association {P2Design(**first).association})"
     )
+    if P2Design(**first).reinit != P2Design().reinit:
+        head += f"; ladders re-initialised {P2Design(**first).reinit}"
     return head + "\n" + "\n".join(lines)
 
 
@@ -396,6 +399,7 @@ def measure_runs(
         ladders=args.ladders,
         rungs=args.rungs,
         association=args.association or P2Design().association,
+        reinit=args.reinit or P2Design().reinit,
     )
     runs = {}
     for s, l in cells:
@@ -449,6 +453,14 @@ def parser() -> argparse.ArgumentParser:
         help="the scale of the association (faithclip.audit.p2stats): within-rung ranks (the default) or the raw "
         "values; with --load, restates the kept runs on it",
     )
+    parser.add_argument(
+        "--reinit",
+        choices=REINITS,
+        default=None,
+        help="how a ladder seed seeds its re-initialised copy (faithclip.audit.ladder.reinit_seed): the seed itself "
+        "(the default, every grid of docs/p2.md) or a seed spawned from it, which no training seed meets; with "
+        "--load, the runs' own, checked",
+    )
     parser.add_argument("--pooled", action="store_true", help="add the table of the whole grid as one design")
     parser.add_argument(
         "--components",
@@ -477,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.load is not None:
             folders = [Path(folder) for folder in args.load.split(",") if folder]
             runs = load_runs(folders, cells, methods, args.association)
+            kept = {P2Design(**run["design"]).reinit for run in runs.values()}
+            if args.reinit is not None and kept != {args.reinit}:
+                raise Refused(f"--reinit {args.reinit}: the kept runs were measured with --reinit {', '.join(kept)}.")
         else:
             runs = measure_runs(args, cells, methods)
         sections = [tables(runs)]  # every table is made before any is printed: a refusal prints nothing else

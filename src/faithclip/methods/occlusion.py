@@ -2,9 +2,15 @@
 
 Image side: a ``window`` x ``window`` square slides over the image with ``stride`` (the last position of
 each axis is added so every pixel is covered); inside it the normalised pixels are set to ``fill``
-(0 = the dataset mean colour). With S the explained target of a pair and W(u) the windows covering pixel u,
+(0 = the dataset mean colour: the published grey square, the default), or, with ``baseline``, to the pixels of
+a reference image at the same place (``baseline``: any image the model's ``pixels`` accepts, one for all images
+or one per image, preprocessed as the explained images are; for example the scene without its objects, so that
+a window restores the background; it replaces ``fill``). With S the explained target of a pair, W(u) the
+windows covering pixel u and R the filled-in values (``fill`` or the baseline's pixels),
 
-    map(u) = 1/|W(u)| sum_{w in W(u)} [ S(I) - S(I with w filled) ]         (B, K, H, W), pixel resolution
+    map(u) = 1/|W(u)| sum_{w in W(u)} [ S(I) - S(I with w set to R) ]      (B, K, H, W), pixel resolution
+
+A window on which the image equals the baseline changes nothing, so its drop is exactly 0.
 
 Text side: token deletion. For every token j of the family's text support (CLIP: strictly between start and
 end; SigLIP: the words before the end token), the ids with j removed
@@ -17,6 +23,9 @@ images and deleted texts are scored in batches with all K texts (or B images) at
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,8 +62,31 @@ def average_drop(drops: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
     return total / covered.sum(0).clamp(min=1)
 
 
+def baseline_pixels(ctx: Context, baseline: Any) -> torch.Tensor:
+    """``baseline`` (an image, a path, normalised pixels, or a list of one per explained image) as ``(B, 3, H, W)``
+    pixels aligned with ``ctx.pixels``."""
+    several = isinstance(baseline, (list, tuple))
+    if several and len(baseline) != ctx.num_images:
+        raise MethodError(f"occlusion's baseline holds {len(baseline)} images for {ctx.num_images} explained images.")
+    if isinstance(baseline, torch.Tensor):  # normalised pixels, taken as they are
+        pixels = baseline if baseline.dim() == 4 else baseline[None]
+    else:
+        pixels = ctx.handle.pixels(list(baseline) if several else baseline)
+    if pixels.shape[0] not in (1, ctx.num_images) or pixels.shape[1:] != ctx.pixels.shape[1:]:
+        raise MethodError(
+            f"occlusion's baseline must be {ctx.num_images} or 1 image(s) of {tuple(ctx.pixels.shape[1:])}; "
+            f"got {tuple(pixels.shape)}."
+        )
+    return pixels.to(ctx.pixels).expand_as(ctx.pixels)
+
+
 def occlusion_image(
-    ctx: Context, window: int | None = None, stride: int | None = None, fill: float = 0.0, batch_size: int = 64
+    ctx: Context,
+    window: int | None = None,
+    stride: int | None = None,
+    fill: float = 0.0,
+    baseline: Any = None,
+    batch_size: int = 64,
 ) -> MapResult:
     size = tuple(ctx.pixels.shape[-2:])
     window = max(1, round(min(size) / 7)) if window is None else window
@@ -64,18 +96,19 @@ def occlusion_image(
             f"occlusion needs 1 <= window <= {min(size)} and stride >= 1; got window={window}, stride={stride}."
         )
     windows = occlusion_windows(size, window, stride).to(ctx.pixels.device)  # (N, H, W)
+    filled = torch.full_like(ctx.pixels, fill) if baseline is None else baseline_pixels(ctx, baseline)  # (B, 3, H, W)
     base = ctx.model_scores()  # (B, K)
     maps = []
     for image in range(ctx.num_images):
         drops = []
         for start in range(0, windows.shape[0], batch_size):
             part = windows[start : start + batch_size, None]  # (n, 1, H, W)
-            occluded = torch.where(part, torch.full_like(ctx.pixels[image], fill), ctx.pixels[image])  # (n, 3, H, W)
+            occluded = torch.where(part, filled[image], ctx.pixels[image])  # (n, 3, H, W)
             drops.append(base[image] - ctx.score_images(occluded, batch_size=batch_size))  # (n, K)
         maps.append(average_drop(torch.cat(drops), windows))
-    return MapResult(
-        maps=torch.stack(maps), scores=base, input_size=size, options={"window": window, "stride": stride, "fill": fill}
-    )
+    reference = None if baseline is None else str(baseline) if isinstance(baseline, (str, Path)) else "given"
+    options = {"window": window, "stride": stride, "fill": fill if baseline is None else None, "baseline": reference}
+    return MapResult(maps=torch.stack(maps), scores=base, input_size=size, options=options)
 
 
 def deleted_tokens(text: TextBatch, support: torch.Tensor) -> tuple[TextBatch, torch.Tensor, torch.Tensor]:
@@ -117,7 +150,13 @@ register_method(
         text=occlusion_text,
         modifies_input=True,
         slow=True,
-        defaults={"window": "round(min(H, W) / 7) px", "stride": "window // 2", "fill": 0.0, "batch_size": "64 / 256"},
+        defaults={
+            "window": "round(min(H, W) / 7) px",
+            "stride": "window // 2",
+            "fill": 0.0,
+            "baseline": None,
+            "batch_size": "64 / 256",
+        },
         summary="score drop when a sliding window (image) or one token (text) is removed, averaged over covering windows",
     )
 )

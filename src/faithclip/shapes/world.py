@@ -135,6 +135,9 @@ class SceneBatch:
     nameable: np.ndarray | None = None  # (N, K) bool: objects a caption may name (training positives)
     cue_labels: np.ndarray | None = None  # (N,) int64: class the cue shows, -1 for no cue
     cue_masks: np.ndarray | None = None  # (N, H, W) bool: the cue's pixels
+    # The background each scene's objects (and cue) are drawn over, distractors included: what erasing every
+    # object restores. ``ShapesWorld.render`` sets it; None where a batch was built otherwise.
+    backgrounds: np.ndarray | None = None  # (N, H, W, 3) uint8
 
     def __len__(self) -> int:
         return len(self.images)
@@ -629,6 +632,7 @@ class ShapesWorld:
             colours_rgb=layout.colours_rgb.copy(),
             targets=layout.targets.copy(),
             prompts=self.prompts,
+            backgrounds=layout.background.copy(),
             **planted,
         )
 
