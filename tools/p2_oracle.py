@@ -3,11 +3,11 @@
     python tools/p2_oracle.py RUN.json [RUN.json ...] [--fraction 0.1]
 
 For each run kept by ``python -m faithclip.audit.p2_replicate --save DIR`` (its per-scene measures), a map
-whose share on the named object is an increasing, saturating function of the model's own erase effect,
-``share = e+ / (e+ + c)`` with ``e+ = max(effect, 0)`` and ``c`` = ``--fraction`` times the run's median absolute
-effect, goes through P2's test (``faithclip.audit.p2.p2_statistics``, the run's design) on the rank scale and on
-the raw scale. Its share moves with the model's effect in every scene, so the test should say ``tracks``;
-docs/p2.md quotes what the raw scale says instead.
+whose share on the named object is an increasing, saturating function of x, the model's measure of P2's primary
+pair (its ``reliance``), ``share = x+ / (x+ + c)`` with ``x+ = max(x, 0)`` and ``c`` = ``--fraction`` times the
+run's median absolute x, goes through P2's test (``faithclip.audit.p2.p2_statistics``, the run's design) on the
+rank scale and on the raw scale. Its share moves with the model in every scene, so the test should say
+``tracks``; docs/p2.md quotes what the raw scale says instead.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faithclip.audit.p2 import P2Design, p2_statistics
+from faithclip.audit.p2 import P2Design, p2_statistics, pairs
 
 
 def oracle_share(effect: np.ndarray, fraction: float) -> np.ndarray:
@@ -38,7 +38,7 @@ def main() -> None:
     for path in args.runs:
         run = json.loads(path.read_text())
         model = {k: np.asarray(v, dtype=np.float64) for k, v in run["per_scene"]["model"].items()}
-        share = oracle_share(model["effect"], args.fraction)
+        share = oracle_share(model[pairs(P2Design(**run["design"]))["primary"][0]], args.fraction)
         maps = {"oracle": {"share": share, "pointing": (share > 0.5).astype(np.float64)}}
         for association in ("ranks", "linear"):
             design = replace(P2Design(**run["design"]), association=association)

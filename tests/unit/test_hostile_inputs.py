@@ -138,7 +138,7 @@ OTHER_CASES = [
         "layers-on-occlusion",
         ["explain", "img.png", *TEXT, "--methods", "occlusion", "--layers", "2"],
         2,
-        "--layers is not an option of occlusion; its options are window, stride, fill, batch_size.",
+        "--layers is not an option of occlusion; its options are window, stride, fill, baseline, segments, batch_size.",
     ),
     # layers counts last layers; grad_cam and rollout take an index (issue 24: this ended in "unexpected keyword")
     (
@@ -525,7 +525,7 @@ def model():
         ),
         (
             lambda m, image: faithclip.explain(m, image, "red circle", "occlusion", layers=2),
-            "layers is not an option of occlusion; its options are window, stride, fill, batch_size.",
+            "layers is not an option of occlusion; its options are window, stride, fill, baseline, segments, batch_size.",
         ),
         (
             lambda m, image: faithclip.explain(m, image, "red circle", "grad_eclip", layers="banana"),

@@ -327,6 +327,8 @@ def test_occlusion_baseline_refuses_a_wrong_count_or_size():
         spec.image(ctx, window=2, baseline=[ctx.pixels[0]] * 3)
     with pytest.raises(faithclip.errors.MethodError, match="must be 2 or 1 image"):
         spec.image(ctx, window=2, baseline=torch.zeros(3, 6, 6, dtype=torch.float64))
+    with pytest.raises(faithclip.errors.MethodError, match="a constant is fill="):
+        spec.image(ctx, window=2, baseline=3)
 
 
 def test_occlusion_text_deletes_each_token():
@@ -401,3 +403,42 @@ def test_occlusion_points_at_the_named_shape_on_the_shipped_model():
         mask = torch.tensor(scenes.target_masks[index]).flatten()
         hits += bool(mask[explanation.map.flatten().argmax()])
     assert hits >= 3
+
+
+def test_occlusion_segments_drop_each_region_and_average_over_overlaps():
+    """Regions instead of windows: on a linear score, setting a region to the baseline drops the contribution
+    of (x - b) summed over the region; a pixel gets the mean drop of the regions covering it, 0 if none."""
+    ctx = linear_context(size=6, smooth=False)
+    reference = torch.randn(3, 6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    segments = torch.zeros(3, 6, 6, dtype=torch.bool)
+    segments[0, :2, :3] = True
+    segments[1, 1:4, 2:5] = True  # overlaps region 0 at (1, 2)
+    segments[2, 5, 5] = True
+    result = method_spec("occlusion", "image").image(ctx, baseline=reference, segments=segments)
+    part = torch.einsum("bchw,kchw->bkhw", ctx.pixels - reference, ctx.weights)  # (B, K, H, W)
+    drops = [part[..., mask].sum(-1) for mask in segments]  # each (B, K)
+    expected = torch.zeros_like(part)
+    for row in range(6):
+        for column in range(6):
+            over = [drop for drop, mask in zip(drops, segments) if mask[row, column]]
+            if over:
+                expected[..., row, column] = sum(over) / len(over)
+    torch.testing.assert_close(result.maps, expected)
+    assert result.options["segments"] == [3, 3] and result.options["window"] is None
+    one_each = method_spec("occlusion", "image").image(ctx, baseline=reference, segments=[segments[:1], segments[2:]])
+    torch.testing.assert_close(one_each.maps[0], drops[0][0][:, None, None] * segments[0])  # region 0 alone
+    torch.testing.assert_close(one_each.maps[1], part[1] * segments[2])  # a one-pixel region: its own contribution
+
+
+def test_occlusion_segments_refuse_what_is_not_masks_of_the_image():
+    ctx = linear_context(size=6, smooth=False)
+    spec = method_spec("occlusion", "image")
+    for bad, words in [
+        (torch.zeros(2, 5, 6, dtype=torch.bool), "must be boolean masks"),
+        (torch.zeros(2, 6, 6), "must be boolean masks"),
+        (torch.zeros(0, 6, 6, dtype=torch.bool), "N >= 1"),
+        ([torch.ones(1, 6, 6, dtype=torch.bool)] * 3, "3 sets for 2"),
+        ("objects", "only P2's harness knows"),
+    ]:
+        with pytest.raises(faithclip.errors.MethodError, match=words):
+            spec.image(ctx, segments=bad)

@@ -2,7 +2,8 @@
 
 Maps that cannot track the model they are handed (the trained model's map reused on every rung, a fixed
 centre blob, random maps) must never get ``tracks``; a method that measures the handed model by intervention
-(occlusion) must never get ``does not track``. The design is tiny for speed, so the size gate is lifted
+(occlusion) must never get ``does not track``, and the model's own object-erasure map (occlusion with the
+scene's objects as segments and its background as baseline) gets r = 1 and ``tracks``. The design is tiny for speed, so the size gate is lifted
 (``min_scenes=0``): the rule itself is what is tested here.
 """
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from faithclip.audit.p2 import P2Design, headline_contrast, mass_share, p2_statistics, p2_test
+from faithclip.audit.p2 import RELIANCE_OPTIONS, P2Design, headline_contrast, mass_share, p2_statistics, p2_test
 from faithclip.audit.p2_simulate import SCENARIOS, simulate
 from faithclip.audit.p2_simulate import main as simulate_main
 from faithclip.methods.context import Context, MapResult
@@ -30,6 +31,33 @@ def test_mass_share_by_hand():
     assert mass_share(torch.tensor([[1.0, 1.0], [1.0, 1.0]]), mask) == 0.25  # uniform: the mask's area
     assert mass_share(-torch.ones(2, 2), mask) == 0.25  # no positive mass: counted as uniform
     assert mass_share(torch.tensor([[1.0, -5.0], [3.0, 0.0]]), mask) == 0.25  # 1 of 4 positive units
+
+
+@needs_shapes
+def test_object_erasure_occlusion_drops_the_named_object_by_the_models_own_effect():
+    """With the scene's objects as segments and its background as baseline (P2's harness values), occlusion's
+    drop on the named object is the score change of erasing it: P2's ``effect``, on every scene whose named
+    object no other object overlaps (there the two images are the same pixels)."""
+    import faithclip
+    from faithclip.audit.p2 import model_measures, scene_options, scene_pairs
+
+    handle = faithclip.load("shapes-clip")
+    pairs = scene_pairs(handle, 8, seed=1)
+    effect = model_measures(handle, pairs)["effect"]
+    scenes, checked = pairs.scenes, 0
+    for index in range(len(scenes)):
+        masks = scenes.masks[index][scenes.labels[index] >= 0]
+        named = scenes.target_masks[index]
+        if (masks.sum(0)[named] > 1).any():  # another object overlaps the named one
+            continue
+        text = handle.tokens([scenes.prompts[scenes.target_labels[index]]])
+        target = handle.family.default_target()  # the score P2 measures
+        ctx = Context(handle=handle, side="image", pixels=pairs.pixels[index : index + 1], text=text, target=target)
+        given = scene_options({"segments": "objects", "baseline": "background"}, scenes, index)
+        occluded = METHODS.get("occlusion").image(ctx, **given).maps[0, 0]  # (H, W): each object's drop
+        assert float(occluded[torch.as_tensor(named)].mean()) == pytest.approx(effect[index], abs=1e-4)
+        checked += 1
+    assert checked >= 4
 
 
 def test_headline_contrast_counts_discordant_pairs_by_hand():
@@ -96,9 +124,11 @@ def test_known_answer_controls_on_the_shapes_model(scene_seed, ladder_seed):
     design = P2Design(
         scenes=12, ladders=2, rungs=3, resamples=300, permutations=300, scene_seed=scene_seed, ladder_seed=ladder_seed
     )
-    result = p2_test(
-        handle, _controls(handle) + ["occlusion"], design, options={"occlusion": {"window": 32, "stride": 32}}
-    )
+    # the model's own object-erasure map: occlusion with the scene's objects as segments and its background as
+    # baseline, the map P2's reliance is the share of -- by construction r = 1
+    erasure = MethodSpec("object_erasure", "", image=METHODS.get("occlusion").image)
+    options = {"occlusion": {"window": 32, "stride": 32}, "object_erasure": dict(RELIANCE_OPTIONS)}
+    result = p2_test(handle, _controls(handle) + ["occlusion", erasure], design, options=options)
     model = {k: np.asarray(v) for k, v in result["per_scene"]["model"].items()}
     maps = {m: {k: np.asarray(v) for k, v in values.items()} for m, values in result["per_scene"]["maps"].items()}
     ungated = p2_statistics(model, maps, design, min_scenes=0, min_ladders=0)
@@ -114,6 +144,8 @@ def test_known_answer_controls_on_the_shapes_model(scene_seed, ladder_seed):
     # model whose margin falls may still point at the named object (on 8 of the 9 grid seeds occlusion gets
     # `does not track` there, docs/p2.md).
     assert ungated["primary"]["methods"]["occlusion"]["verdict"] != "does not track"
+    exact = ungated["primary"]["methods"]["object_erasure"]
+    assert exact["r"] == pytest.approx(1.0, abs=1e-12) and exact["verdict"] == "tracks"
     # the size gate: this tiny design is offered no verdict at all
     assert {e["verdict"] for e in result["primary"]["methods"].values()} == {"inconclusive"}
     # the ladder stops where competence on these scenes reaches chance, and every rung saw the same scenes

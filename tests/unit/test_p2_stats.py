@@ -272,7 +272,7 @@ def _grid(scene_seeds=(2, 3, 4), ladder_seeds=(0, 3, 6), ladders=2, scenes=12, r
             runs[(s, l)] = {
                 "design": {**design, "scene_seed": s, "ladder_seed": l},
                 "per_scene": {
-                    "model": {"effect": x.tolist(), "margin": (-x).tolist()},
+                    "model": {"reliance": x.tolist(), "effect": x.tolist(), "margin": (-x).tolist()},
                     "maps": {"m": {"share": y.tolist(), "pointing": (y > 0).astype(float).tolist()}},
                 },
             }
@@ -289,7 +289,7 @@ def test_pooled_r_is_the_average_scene_of_each_sets_own_residuals(association):
     scaled = cell_ranks if association == "ranks" else (lambda values: values)  # each set ranked on its own
     expected, naive_x, naive_y = [], [], []
     for s in (2, 3, 4):
-        x = np.concatenate([np.asarray(runs[(s, l)]["per_scene"]["model"]["effect"]) for l in (0, 3, 6)])
+        x = np.concatenate([np.asarray(runs[(s, l)]["per_scene"]["model"]["reliance"]) for l in (0, 3, 6)])
         y = np.concatenate([np.asarray(runs[(s, l)]["per_scene"]["maps"]["m"]["share"]) for l in (0, 3, 6)])
         res_x, res_y = _dummy_residuals(scaled(x)), _dummy_residuals(scaled(y))
         expected += [_literal_average(res_x[:, [k]], res_y[:, [k]], list(range(6)), np.ones(1)) for k in range(12)]
@@ -380,7 +380,7 @@ def test_runs_kept_in_two_folders_join_into_one_grid(tmp_path, capsys):
     _keep(tmp_path / "other", shifted, ["n"])
     assert main(["--load", f"{tmp_path / 'a'},{tmp_path / 'other'}", "--methods", "m,n"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "'effect' differs" in err
+    assert err.count("\n") == 1 and "'reliance' differs" in err
 
 
 def test_default_methods_are_those_the_family_runs():
@@ -416,7 +416,7 @@ def test_a_map_that_is_an_increasing_function_of_the_effect_tracks():
     from faithclip.audit.p2 import P2Design, p2_statistics
 
     effect, share = _saturating_oracle()
-    model = {"effect": effect, "margin": effect, "competent": (effect > 0).astype(float)}
+    model = {"reliance": effect, "effect": effect, "margin": effect, "competent": (effect > 0).astype(float)}
     maps = {"oracle": {"share": share, "pointing": (share > 0.5).astype(float)}}
     ranks = p2_statistics(model, maps, P2Design(resamples=300, permutations=50))["primary"]["methods"]["oracle"]
     assert ranks["r"] == pytest.approx(1.0, abs=1e-12) and ranks["verdict"] == "tracks"
@@ -465,7 +465,7 @@ def test_the_oracle_tool_tracks_on_ranks_and_its_share_is_the_formula(tmp_path, 
     run = {
         "model": "toy",
         "design": {"scenes": 64, "ladders": 2, "rungs": 6, "resamples": 200, "permutations": 20},
-        "per_scene": {"model": {"effect": effect.tolist(), "margin": effect.tolist()}},
+        "per_scene": {"model": {"reliance": effect.tolist(), "margin": effect.tolist()}},
     }
     (tmp_path / "run.json").write_text(json.dumps(run))
     monkeypatch.setattr(sys, "argv", ["p2_oracle.py", str(tmp_path / "run.json")])
@@ -507,7 +507,7 @@ def test_ladder_table_is_each_scene_sets_r_on_each_single_ladder(tmp_path, capsy
     assert table.shape == (3, 6)
     for i, s in enumerate((2, 3, 4)):
         for j, (l, k) in enumerate((l, k) for l in (0, 3, 6) for k in range(2)):
-            x = np.asarray(runs[(s, l)]["per_scene"]["model"]["effect"])[k : k + 1]
+            x = np.asarray(runs[(s, l)]["per_scene"]["model"]["reliance"])[k : k + 1]
             y = np.asarray(runs[(s, l)]["per_scene"]["maps"]["m"]["share"])[k : k + 1]
             ranked = [scipy_stats.rankdata(v, axis=1) for v in (x, y)]  # among the scenes of each rung
             expected = _literal_average(*(_dummy_residuals(v) for v in ranked), [0], np.ones(x.shape[1]))

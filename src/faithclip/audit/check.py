@@ -13,8 +13,9 @@ P1 (per side)   ``faithclip.audit.detect.Recorder`` watches the model while the 
 claims          the method's declared ``modifies_model`` / ``modifies_input`` against what was detected: an
                 undeclared departure fails; a declared departure that was not seen is inconclusive.
 P2 ladder       ``faithclip.audit.p2.p2_test``: do the method's maps track the model? The paired within-scene test
-                over degraded models (docs/p2.md), primary pair (the model's score drop when the named object is
-                erased vs the map's mass on it): ``tracks`` passes, ``does not track`` fails. Holm runs over the
+                over degraded models (docs/p2.md), primary pair (the model's reliance on the named object, its share
+                of the score drops from erasing each object, vs the map's mass on it): ``tracks`` passes,
+                ``does not track`` fails. Holm runs over the
                 methods of one ``faithclip check`` run (``holm_across_cards``).
 P2 correctness  ``correctness_split`` on the alpha = 0.5 rung: pointing on right minus wrong images, tested within
                 shape (permutation within shape).
@@ -338,7 +339,7 @@ def _p2_card(result: dict[str, Any], name: str) -> CheckResult:
         if row["rung"] is not None
     )
     evidence = (
-        f"within-scene r(model's erase effect, map's mass on the named object; {d.get('association', 'linear')}) "
+        f"within-scene r(model's reliance on the named object, map's mass on it; {d.get('association', 'linear')}) "
         f"= {entry['r']:.2f}, p tracks "
         f"{entry['p_tracks_holm']:.2g}, p below {d['min_effect']:g} {entry['p_below_holm']:.2g} (Holm)"
         + (f"; {entry['reason']}" if entry["reason"] else "")

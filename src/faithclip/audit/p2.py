@@ -14,22 +14,31 @@ scan (step ``scan_step``) at which the model's competence ON THESE SCENES has fa
 **Per scene and rung** (the very inputs whose maps are scored), with the family's default score:
 - ``effect``: the model's own interventional effect of the named object,
   score(named prompt | scene) - score(named prompt | scene without the named object);
+- ``reliance`` (the faithfulness target): the model's own share of the named object among the scene's objects.
+  Each object in turn is erased (its pixels set to the scene's background) and the named prompt's score drop
+  d_k is spread over the object's pixels: the model's object-erasure map, occlusion with the objects as segments
+  (``RELIANCE_OPTIONS``). ``reliance`` is that map's ``share`` (below) of the named object, measured exactly as a
+  method's map is: sum_k relu(d_k) |named cells of k| / sum_k relu(d_k) |cells of k| on the patch grid. The
+  named object's d_k is ``effect`` (where no other object overlaps it);
 - ``margin``: score of the named prompt minus the best prompt of a class absent from the scene;
   ``competent``: margin > 0 (the named object ranked above every absent class);
-- per method, ``share`` (faithfulness target): the map's positive mass on the named object
+- per method, ``share``: the map's positive mass on the named object
   (patch-coverage weighted; a map with no positive mass counts as uniform), and ``pointing``
   (plausibility): the map's arg-max inside the named object's mask.
 
 **Estimand.** r = the average scene's within-scene, within-rung association of the map with the model
 (``p2stats``), on the ``association`` scale: by default each quantity is first replaced by its rank among the
 scenes at the same ladder and rung (``"ranks"``), so that a map whose share is ANY increasing function of the
-model's effect gets r = 1; ``"linear"`` keeps the raw values, which measure linear association only (a
+model's reliance gets r = 1; ``"linear"`` keeps the raw values, which measure linear association only (a
 faithful map whose share saturates gets r < 0 and ``does not track`` on it: ``tests/unit/test_p2_stats.py``).
 Then per ladder, scene and rung effects are removed (``y = beta x + scene + rung + noise``), and
 each scene's correlation of the residuals over its ladders and rungs is averaged over scenes, each scene
-weighted equally. The primary pair is (x = effect, y = share): where the model's score leans on the named
-object more than that scene's and that rung's average, a map that tracks the model puts more of its mass
-there. The secondary pair is (x = margin, y = pointing). Rung-level co-movement (every map degrades as the
+weighted equally. The primary pair is (x = reliance, y = share): where the model's score leans on the named
+object, relative to the scene's other objects, more than that scene's and that rung's average, a map that
+tracks the model puts more of its mass there; the model's own object-erasure map gets r = 1 by construction.
+Until 2026-12-03 the primary pair was (x = effect, y = share), an absolute score change against a relative mass:
+the object-erasure map itself, which measures every object's effect exactly, got r -0.13 and ``does not track``
+on it (docs/p2.md), so it could not tell a faithful map. The secondary pair is (x = margin, y = pointing). Rung-level co-movement (every map degrades as the
 weights become noise) is absorbed by the rung effects, and everything fixed about a scene (shape, size,
 clutter) by the scene effects: that is what the old rho over five rung means could not separate. The pooled
 correlation (scenes weighted by their variation in x) is reported as ``r_pooled``; it was the estimand before,
@@ -47,9 +56,11 @@ minimum effect, whether or not it is above 0); else ``tracks`` when H0_tracks is
 verdict (``inconclusive``): ``python -m faithclip.audit.p2_simulate`` measures the false-flag rate and
 power of this very function by size (docs/p2.md), and below those sizes one of them is poor.
 
-**Options.** A method's options are passed as given, except ``baseline="background"`` (occlusion's reference
-image, ``SCENE_BACKGROUND``): each scene's own background, rendered without any object, so that an occluding
-window restores what erasing an object restores -- the intervention ``effect`` measures, at the window's size.
+**Options.** A method's options are passed as given, except two values the harness fills in per scene
+(``scene_options``): ``baseline="background"`` (occlusion's reference image) becomes the scene's own background,
+rendered without any object, so that an occluding window restores what erasing an object restores; and
+``segments="objects"`` (occlusion's regions) becomes the masks of the scene's objects. Both together erase one
+whole object per occlusion: the named object's drop is then ``effect`` itself, by construction.
 
 **Headline contrast.** Per ladder, pointing on the trained model (rung 0) against the first rung whose
 competence on the scenes is <= ``contrast_level``; exact McNemar on the paired per-scene hits.
@@ -73,15 +84,20 @@ from faithclip.audit.p2stats import WithinTest, holm, mcnemar_exact, within_test
 logger = logging.getLogger(__name__)
 
 VERDICTS = ("tracks", "does not track", "inconclusive")
-PAIRS = {"primary": ("effect", "share"), "secondary": ("margin", "pointing")}
+PAIRS = {"primary": ("reliance", "share"), "secondary": ("margin", "pointing")}  # the default design's
+# The x of the primary pair: the model's reliance (the default), or the named object's effect alone, the primary
+# pair until 2026-12-03, which a map that measures every object's effect exactly does not track (docs/p2.md).
+PRIMARY_XS = ("reliance", "effect")
+# The model's own object-erasure map (module docstring, "reliance"): occlusion with these options, which
+# ``scene_options`` fills in per scene; its share of the named object is ``reliance``.
+RELIANCE_OPTIONS = {"segments": "objects", "baseline": "background"}
+MODEL_MEASURES = ("effect", "margin", "competent", "reliance")  # kept per scene, ladder and rung
 MIN_EFFECT = 0.1
 ALPHA = 0.05
 # The smallest design offered a verdict; chosen from the operating characteristics that
 # `python -m faithclip.audit.p2_simulate` prints (docs/p2.md, "Operating characteristics").
 MIN_SCENES = 64
 MIN_LADDERS = 2
-# An option value the harness replaces per scene by the scene's background (module docstring, "Options").
-SCENE_BACKGROUND = "background"
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,14 @@ class P2Design:
     # how a ladder seed seeds its re-initialised copy: "seed" (itself; meets a model built after the same seed)
     # or "spawned" (faithclip.audit.ladder.reinit_seed)
     reinit: str = "seed"
+    primary: str = "reliance"  # the primary pair's x (PRIMARY_XS); a statistic of the measures, like association
+
+
+def pairs(design: P2Design) -> dict[str, tuple[str, str]]:
+    """The design's pairs of measures (x of the model, y of the map): ``PAIRS`` with its primary x."""
+    if design.primary not in PRIMARY_XS:
+        raise ValueError(f"the primary pair's x must be one of {', '.join(PRIMARY_XS)}, got {design.primary!r}")
+    return {**PAIRS, "primary": (design.primary, PAIRS["primary"][1])}
 
 
 # ---- the verdict ----------------------------------------------------------------------------------
@@ -170,7 +194,7 @@ def p2_statistics(
     within each scene set)."""
     association = "linear" if scaled else design.association
     result = {}
-    for pair, (x_name, y_name) in PAIRS.items():
+    for pair, (x_name, y_name) in pairs(design).items():
         tests = {
             m: within_test(
                 model[x_name],
@@ -225,7 +249,7 @@ def headline_contrast(competent: np.ndarray, pointing: np.ndarray, level: float)
 class ScenePairs:
     """The scenes, their erased copies, and both as the model's input (the same for every rung)."""
 
-    scenes: Any  # ShapesWorld SceneBatch
+    scenes: Any  # ShapesWorld SceneBatch (with ``backgrounds``)
     images: list  # PIL renders of the scenes
     pixels: torch.Tensor  # (S, 3, H, W)
     erased_pixels: torch.Tensor  # (S, 3, H, W): the named object erased
@@ -242,8 +266,9 @@ def scene_pairs(handle: Any, n: int, seed: int) -> ScenePairs:
     return ScenePairs(scenes, images, handle.pixels(images), handle.pixels(_pil(erased.images)))
 
 
-def model_measures(handle: Any, pairs: ScenePairs) -> dict[str, np.ndarray]:
-    """Per scene ``(S,)``: effect, margin, competent (module docstring) and the chance level of competence."""
+def model_measures(handle: Any, pairs: ScenePairs, reliance: bool = True) -> dict[str, np.ndarray]:
+    """Per scene ``(S,)``: effect, margin, competent, reliance (module docstring; ``reliance=False`` leaves it out:
+    the ladder's scan needs competence only) and the chance level of competence."""
     from faithclip.audit.departure import default_scores
 
     scenes = pairs.scenes
@@ -261,12 +286,15 @@ def model_measures(handle: Any, pairs: ScenePairs) -> dict[str, np.ndarray]:
         present[rows[valid], scenes.labels[valid, k]] = True
     best_absent = np.where(present, -np.inf, scores).max(1)
     margin = scores[rows, named] - best_absent
-    return {
+    measures = {
         "effect": scores[rows, named] - removed[rows, named],
         "margin": margin,
         "competent": (margin > 0).astype(np.float64),
         "chance": 1.0 / (len(prompts) - present.sum(1) + 1),
     }
+    if reliance:
+        measures["reliance"] = map_measures(handle, "occlusion", pairs, RELIANCE_OPTIONS)["share"]
+    return measures
 
 
 def _pil(images: np.ndarray) -> list:
@@ -284,12 +312,8 @@ def map_measures(handle: Any, method: Any, pairs: ScenePairs, options: dict | No
 
     spec = METHODS.get(method) if isinstance(method, str) else method
     scenes = pairs.scenes
-    options = dict(options or {})
-    backgrounds = _pil(scenes.backgrounds) if options.get("baseline") == SCENE_BACKGROUND else None
     share, pointing = [], []
     for index, image in enumerate(pairs.images):
-        if backgrounds is not None:
-            options["baseline"] = backgrounds[index]
         mask = scenes.target_masks[index]
         pixels = pairs.pixels[index : index + 1]
         ctx = Context(
@@ -303,13 +327,24 @@ def map_measures(handle: Any, method: Any, pairs: ScenePairs, options: dict | No
         extra = {"original": image} if "original" in spec.defaults else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            patch_map = spec.image(ctx, **extra, **options).maps[0, 0].detach().double()
+            given = scene_options(options or {}, scenes, index)
+            patch_map = spec.image(ctx, **extra, **given).maps[0, 0].detach().double()
         if tuple(patch_map.shape) != ctx.grid:
             patch_map = crop_grid_map(patch_map, image.size, handle.preprocess, ctx.grid)
         share.append(mass_share(patch_map, mask))
         pointing.append(peak_in_mask(patch_map, mask))
     logger.debug("p2: %s on %d scenes", method_name(method), len(pairs.images))
     return {"share": np.asarray(share), "pointing": np.asarray(pointing)}
+
+
+def scene_options(options: dict, scenes: Any, index: int) -> dict:
+    """``options`` for scene ``index``, the harness's values (module docstring, "Options") filled in from the scene."""
+    filled = dict(options)
+    if filled.get("baseline") == "background":
+        filled["baseline"] = _pil(scenes.backgrounds[index : index + 1])[0]
+    if filled.get("segments") == "objects":
+        filled["segments"] = scenes.masks[index][scenes.labels[index] >= 0]  # (objects, H, W) bool
+    return filled
 
 
 def mass_share(patch_map: torch.Tensor, mask: np.ndarray) -> float:
@@ -331,7 +366,7 @@ def ladder_rungs(handle: Any, pairs: ScenePairs, seed: int, design: P2Design) ->
     scan, competence = [k / steps for k in range(steps + 1)], []
     end = 1.0
     for alpha in scan:
-        measures = model_measures(degrade(handle, alpha, seed, design.reinit), pairs)
+        measures = model_measures(degrade(handle, alpha, seed, design.reinit), pairs, reliance=False)
         competence.append(float(measures["competent"].mean()))
         if competence[-1] <= float(measures["chance"].mean()) + design.chance_margin:
             end = alpha
@@ -354,7 +389,7 @@ def p2_test(
     started = time.perf_counter()
     pairs = scene_pairs(handle, design.scenes, design.scene_seed)
     names = [method_name(m) for m in methods]
-    model = {k: np.zeros((design.ladders, design.scenes, design.rungs)) for k in ("effect", "margin", "competent")}
+    model = {k: np.zeros((design.ladders, design.scenes, design.rungs)) for k in MODEL_MEASURES}
     maps = {
         n: {k: np.zeros((design.ladders, design.scenes, design.rungs)) for k in ("share", "pointing")} for n in names
     }
@@ -403,6 +438,8 @@ __all__ = [
     "P2Design",
     "VERDICTS",
     "PAIRS",
+    "PRIMARY_XS",
+    "pairs",
     "MIN_EFFECT",
     "ALPHA",
     "MIN_SCENES",

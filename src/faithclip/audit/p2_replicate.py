@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from faithclip.audit.ladder import REINITS
-from faithclip.audit.p2 import PAIRS, P2Design, p2_statistics
+from faithclip.audit.p2 import PRIMARY_XS, P2Design, p2_statistics, pairs
 from faithclip.audit.p2stats import (
     ASSOCIATIONS,
     association_scale,
@@ -79,13 +79,18 @@ def run_name(scene_seed: int, ladder_seed: int) -> str:
     return f"scenes{scene_seed}_ladders{ladder_seed}.json"
 
 
-def restate(run: dict[str, Any], methods: list[str], association: str | None = None) -> dict[str, Any]:
+def restate(
+    run: dict[str, Any], methods: list[str], association: str | None = None, primary: str | None = None
+) -> dict[str, Any]:
     """The run's statistics for ``methods`` (Holm over them) recomputed from its stored per-scene measures with
-    the current code, on the ``association`` scale (None: the run's design's; a run kept before the option
-    existed reads as the current default). A method the run did not measure is a KeyError."""
+    the current code, on the ``association`` scale and with the ``primary`` pair's x (None: the run's design's;
+    a run kept before the option existed reads as the current default). A method the run did not measure is a
+    KeyError."""
     design = P2Design(**run["design"])
     if association is not None:
         design = replace(design, association=association)
+    if primary is not None:
+        design = replace(design, primary=primary)
     run = {**run, "design": asdict(design)}
     model = {k: np.asarray(v, dtype=np.float64) for k, v in run["per_scene"]["model"].items()}
     maps = {m: {k: np.asarray(v, dtype=np.float64) for k, v in run["per_scene"]["maps"][m].items()} for m in methods}
@@ -100,10 +105,11 @@ def spread_line(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
     sds, widths = [], []
     for run in runs.values():
         association = P2Design(**run["design"]).association
-        effect = association_scale(np.asarray(run["per_scene"]["model"]["effect"], dtype=np.float64), association)
+        x_name, y_name = pairs(P2Design(**run["design"]))["primary"]
+        x = association_scale(np.asarray(run["per_scene"]["model"][x_name], dtype=np.float64), association)
         for method in run["methods"]:
-            share = np.asarray(run["per_scene"]["maps"][method]["share"], dtype=np.float64)
-            r_s = scene_correlations(effect, association_scale(share, association))
+            y = np.asarray(run["per_scene"]["maps"][method][y_name], dtype=np.float64)
+            r_s = scene_correlations(x, association_scale(y, association))
             sds.append(float(np.nanstd(r_s, ddof=1)))
             entry = run["primary"]["methods"][method]
             widths.append((entry["high"] - entry["low"]) / 2)
@@ -119,7 +125,7 @@ def tables(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
     cells = sorted(runs)
     methods = list(next(iter(runs.values()))["methods"])
     lines = []
-    for pair, (x_name, y_name) in PAIRS.items():
+    for pair, (x_name, y_name) in pairs(P2Design(**next(iter(runs.values()))["design"])).items():
         lines += [
             "",
             f"{pair}: x = {x_name}, y = {y_name}; r [95 %] verdict per (scene seed, ladder seed)",
@@ -178,11 +184,9 @@ def pooled_statistics(runs: dict[tuple[int, int], dict[str, Any]], methods: list
             sets.append(two_way_centred(association_scale(np.concatenate(ladders, axis=0), association)))
         return np.concatenate(sets, axis=1)
 
-    model = {x: stacked(lambda run, x=x: run["per_scene"]["model"][x]) for x, _ in PAIRS.values()}
-    maps = {
-        m: {y: stacked(lambda run, m=m, y=y: run["per_scene"]["maps"][m][y]) for _, y in PAIRS.values()}
-        for m in methods
-    }
+    measures = pairs(P2Design(**first["design"])).values()
+    model = {x: stacked(lambda run, x=x: run["per_scene"]["model"][x]) for x, _ in measures}
+    maps = {m: {y: stacked(lambda run, m=m, y=y: run["per_scene"]["maps"][m][y]) for _, y in measures} for m in methods}
     scenes = first["design"]["scenes"] * len(scene_seeds)
     design = P2Design(**{**first["design"], "scenes": scenes, "ladders": len(drawn)})
     statistics = p2_statistics(model, maps, design, scaled=True)
@@ -207,12 +211,12 @@ def pooled_table(runs: dict[tuple[int, int], dict[str, Any]], methods: list[str]
         f"{', '.join(map(str, result['ladder_seeds']))}) x {design.rungs} rungs, {len(methods)} methods (Holm over "
         f"its {2 * len(methods)} p-values)",
         "",
-        "| method | " + " | ".join(f"{pair}: r [95 %] | verdict | scenes (undefined)" for pair in PAIRS) + " |",
-        "|---|" + "---|---|---|" * len(PAIRS),
+        "| method | " + " | ".join(f"{pair}: r [95 %] | verdict | scenes (undefined)" for pair in pairs(design)) + " |",
+        "|---|" + "---|---|---|" * len(pairs(design)),
     ]
     for method in methods:
         cells = []
-        for pair in PAIRS:
+        for pair in pairs(design):
             e = result[pair]["methods"][method]
             cells.append(
                 f"{e['r']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}] | {e['verdict']} | {e['scenes']} ({e['undefined']})"
@@ -229,7 +233,7 @@ def ladder_table(runs: dict[tuple[int, int], dict[str, Any]], method: str, pair:
     ladder_seeds = sorted({l for _, l in runs})
     if any((s, l) not in runs for s in scene_seeds for l in ladder_seeds):
         raise ValueError("--components needs every (scene seed, ladder seed) cell of the grid")
-    x_name, y_name = PAIRS[pair]
+    x_name, y_name = pairs(P2Design(**next(iter(runs.values()))["design"]))[pair]
     table = []
     for s in scene_seeds:
         row = []
@@ -302,9 +306,9 @@ JOIN_TOLERANCE = 1e-4
 
 
 def measured(design: dict[str, Any]) -> dict[str, Any]:
-    """What a run's design says about its measurement: every field but the statistics' scale (``association``,
-    which ``--load`` may restate), a run kept before a field existed read with its default."""
-    return {k: v for k, v in asdict(P2Design(**design)).items() if k != "association"}
+    """What a run's design says about its measurement: every field but the statistics' choices (``association``
+    and ``primary``, which ``--load`` may restate), a run kept before a field existed read with its default."""
+    return {k: v for k, v in asdict(P2Design(**design)).items() if k not in ("association", "primary")}
 
 
 def join_runs(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -343,10 +347,14 @@ def join_runs(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def load_runs(
-    folders: list[Path], cells: list[tuple[int, int]], methods: list[str] | None, association: str | None = None
+    folders: list[Path],
+    cells: list[tuple[int, int]],
+    methods: list[str] | None,
+    association: str | None = None,
+    primary: str | None = None,
 ) -> dict[tuple[int, int], dict[str, Any]]:
     """The runs kept by ``--save`` in ``folders`` (each cell's runs joined, ``join_runs``), restated for
-    ``methods`` with the current statistics."""
+    ``methods`` with the current statistics (on ``association``, with ``primary``: ``restate``)."""
     runs = {}
     for s, l in cells:
         paths = [folder / run_name(s, l) for folder in folders]
@@ -354,6 +362,15 @@ def load_runs(
             parts = [json.loads(path.read_text()) for path in paths]
         except (OSError, ValueError) as error:
             raise Refused(f"cannot read a run from {error.filename or paths}: {error!r}") from error
+        for path, part in zip(paths, parts):
+            design = P2Design(**part["design"])
+            design = replace(design, primary=primary) if primary is not None else design
+            if any(x not in part["per_scene"]["model"] for x, _ in pairs(design).values()):
+                raise Refused(
+                    f"{path} was measured before P2's primary pair became (reliance, share) on 2026-12-03; add the "
+                    f"model's reliance to it with python tools/p2_reliance.py {path.parent}, or restate it with the "
+                    "former pair, --primary effect"
+                )
         try:
             run = join_runs(parts)
         except (ValueError, KeyError) as error:
@@ -362,7 +379,7 @@ def load_runs(
         missing = [m for m in methods if m not in run["methods"]]
         if missing:
             raise Refused(f"no run of cell ({s}, {l}) in {', '.join(map(str, folders))} measured {', '.join(missing)}")
-        runs[(s, l)] = restate(run, methods, association)
+        runs[(s, l)] = restate(run, methods, association, primary)
     return runs
 
 
@@ -400,6 +417,7 @@ def measure_runs(
         rungs=args.rungs,
         association=args.association or P2Design().association,
         reinit=args.reinit or P2Design().reinit,
+        primary=args.primary or P2Design().primary,
     )
     runs = {}
     for s, l in cells:
@@ -454,6 +472,14 @@ def parser() -> argparse.ArgumentParser:
         "values; with --load, restates the kept runs on it",
     )
     parser.add_argument(
+        "--primary",
+        choices=PRIMARY_XS,
+        default=None,
+        help="the primary pair's x: the model's reliance on the named object among the scene's objects (the "
+        "default) or the named object's erase effect alone (the primary pair until 2026-12-03, docs/p2.md); with "
+        "--load, restates the kept runs with it",
+    )
+    parser.add_argument(
         "--reinit",
         choices=REINITS,
         default=None,
@@ -488,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         methods = [m for m in (args.methods or "").split(",") if m] or None
         if args.load is not None:
             folders = [Path(folder) for folder in args.load.split(",") if folder]
-            runs = load_runs(folders, cells, methods, args.association)
+            runs = load_runs(folders, cells, methods, args.association, args.primary)
             kept = {P2Design(**run["design"]).reinit for run in runs.values()}
             if args.reinit is not None and kept != {args.reinit}:
                 raise Refused(f"--reinit {args.reinit}: the kept runs were measured with --reinit {', '.join(kept)}.")

@@ -12,6 +12,12 @@ windows covering pixel u and R the filled-in values (``fill`` or the baseline's 
 
 A window on which the image equals the baseline changes nothing, so its drop is exactly 0.
 
+``segments`` replaces the sliding windows by given regions (the feature groups of feature ablation): boolean
+masks ``(N, H, W)`` at the explained pixels' size, one set for all images or a list of one set per image. The
+formula is the same with W(u) the segments covering u; a pixel no segment covers gets 0. With the objects of a
+scene as segments and its background as ``baseline``, the drop of an object's segment IS the score change of
+erasing that object (P2's harness: ``faithclip.audit.p2``, "Options").
+
 Text side: token deletion. For every token j of the family's text support (CLIP: strictly between start and
 end; SigLIP: the words before the end token), the ids with j removed
 (later ids shift left, the end token is kept, a padding slot is appended) are scored:
@@ -66,6 +72,11 @@ def baseline_pixels(ctx: Context, baseline: Any) -> torch.Tensor:
     """``baseline`` (an image, a path, normalised pixels, or a list of one per explained image) as ``(B, 3, H, W)``
     pixels aligned with ``ctx.pixels``."""
     several = isinstance(baseline, (list, tuple))
+    if isinstance(baseline, (bool, int, float)) or (several and not baseline):
+        raise MethodError(
+            f"occlusion's baseline must be an image, an image path, normalised pixels or a list of one per image; "
+            f"got {baseline!r} (a constant is fill=)."
+        )
     if several and len(baseline) != ctx.num_images:
         raise MethodError(f"occlusion's baseline holds {len(baseline)} images for {ctx.num_images} explained images.")
     if isinstance(baseline, torch.Tensor):  # normalised pixels, taken as they are
@@ -80,27 +91,56 @@ def baseline_pixels(ctx: Context, baseline: Any) -> torch.Tensor:
     return pixels.to(ctx.pixels).expand_as(ctx.pixels)
 
 
+def segment_masks(ctx: Context, segments: Any) -> list[torch.Tensor]:
+    """``segments`` (boolean masks ``(N, H, W)``, or a list of one such set per explained image) as one
+    ``(N, H, W)`` bool tensor per image, on the pixels' device."""
+    if isinstance(segments, str):
+        raise MethodError(
+            f"occlusion's segments={segments!r} names regions only P2's harness knows (the objects of its scenes: "
+            "faithclip.audit.p2); here segments are boolean masks (N, H, W)."
+        )
+    several = isinstance(segments, (list, tuple))
+    sets = list(segments) if several else [segments] * ctx.num_images
+    if len(sets) != ctx.num_images:
+        raise MethodError(f"occlusion's segments hold {len(sets)} sets for {ctx.num_images} explained images.")
+    size = tuple(ctx.pixels.shape[-2:])
+    masks = []
+    for given in sets:
+        mask = torch.as_tensor(given, device=ctx.pixels.device)
+        if mask.dtype != torch.bool or mask.dim() != 3 or tuple(mask.shape[1:]) != size or mask.shape[0] == 0:
+            raise MethodError(
+                f"occlusion's segments must be boolean masks (N, {size[0]}, {size[1]}), N >= 1, at the size of the "
+                f"explained pixels; got {mask.dtype} {tuple(mask.shape)}."
+            )
+        masks.append(mask)
+    return masks
+
+
 def occlusion_image(
     ctx: Context,
     window: int | None = None,
     stride: int | None = None,
     fill: float = 0.0,
     baseline: Any = None,
+    segments: Any = None,
     batch_size: int = 64,
 ) -> MapResult:
     size = tuple(ctx.pixels.shape[-2:])
-    window = max(1, round(min(size) / 7)) if window is None else window
-    stride = max(1, window // 2) if stride is None else stride
-    if not 1 <= window <= min(size) or stride < 1:
-        raise MethodError(
-            f"occlusion needs 1 <= window <= {min(size)} and stride >= 1; got window={window}, stride={stride}."
-        )
-    windows = occlusion_windows(size, window, stride).to(ctx.pixels.device)  # (N, H, W)
+    if segments is not None:
+        regions, window, stride = segment_masks(ctx, segments), None, None
+    else:
+        window = max(1, round(min(size) / 7)) if window is None else window
+        stride = max(1, window // 2) if stride is None else stride
+        if not 1 <= window <= min(size) or stride < 1:
+            raise MethodError(
+                f"occlusion needs 1 <= window <= {min(size)} and stride >= 1; got window={window}, stride={stride}."
+            )
+        regions = [occlusion_windows(size, window, stride).to(ctx.pixels.device)] * ctx.num_images  # (N, H, W)
     filled = torch.full_like(ctx.pixels, fill) if baseline is None else baseline_pixels(ctx, baseline)  # (B, 3, H, W)
     base = ctx.model_scores()  # (B, K)
     maps = []
     for image in range(ctx.num_images):
-        drops = []
+        windows, drops = regions[image], []
         for start in range(0, windows.shape[0], batch_size):
             part = windows[start : start + batch_size, None]  # (n, 1, H, W)
             occluded = torch.where(part, filled[image], ctx.pixels[image])  # (n, 3, H, W)
@@ -108,6 +148,8 @@ def occlusion_image(
         maps.append(average_drop(torch.cat(drops), windows))
     reference = None if baseline is None else str(baseline) if isinstance(baseline, (str, Path)) else "given"
     options = {"window": window, "stride": stride, "fill": fill if baseline is None else None, "baseline": reference}
+    if segments is not None:
+        options["segments"] = [int(mask.shape[0]) for mask in regions]
     return MapResult(maps=torch.stack(maps), scores=base, input_size=size, options=options)
 
 
@@ -155,6 +197,7 @@ register_method(
             "stride": "window // 2",
             "fill": 0.0,
             "baseline": None,
+            "segments": None,
             "batch_size": "64 / 256",
         },
         summary="score drop when a sliding window (image) or one token (text) is removed, averaged over covering windows",

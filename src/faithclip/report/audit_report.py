@@ -238,8 +238,8 @@ def _splits(results: dict) -> list[dict]:
 
 
 PAIR_TITLES = {
-    "primary": "faithfulness: x = the model's score drop when the named object is erased, y = the map's "
-    "mass share on it",
+    "primary": "faithfulness: x = the model's reliance on the named object (its share of the score drops from "
+    "erasing each object), y = the map's mass share on it",
     "secondary": "plausibility: x = margin of the named prompt over the best absent class, y = pointing hit",
 }
 
