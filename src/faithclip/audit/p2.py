@@ -17,9 +17,9 @@ scan (step ``scan_step``) at which the model's competence ON THESE SCENES has fa
 - ``reliance`` (the faithfulness target): the model's own share of the named object among the scene's objects.
   Each object in turn is erased (its pixels set to the scene's background) and the named prompt's score drop
   d_k is spread over the object's pixels: the model's object-erasure map, occlusion with the objects as segments
-  (``RELIANCE_OPTIONS``). ``reliance`` is that map's ``share`` (below) of the named object, measured exactly as a
-  method's map is: sum_k relu(d_k) |named cells of k| / sum_k relu(d_k) |cells of k| on the patch grid. The
-  named object's d_k is ``effect`` (where no other object overlaps it);
+  (``RELIANCE_OPTIONS``). ``reliance`` is that map's ``share`` (below) of the named object, by the same code as a
+  method's map (pooled to the patch grid, ``mass_share``). The named object's d_k is ``effect`` (where no other
+  object overlaps it);
 - ``margin``: score of the named prompt minus the best prompt of a class absent from the scene;
   ``competent``: margin > 0 (the named object ranked above every absent class);
 - per method, ``share``: the map's positive mass on the named object
@@ -38,8 +38,8 @@ object, relative to the scene's other objects, more than that scene's and that r
 tracks the model puts more of its mass there; the model's own object-erasure map gets r = 1 by construction.
 Until 2026-12-03 the primary pair was (x = effect, y = share), an absolute score change against a relative mass:
 the object-erasure map itself, which measures every object's effect exactly, got r -0.13 and ``does not track``
-on it (docs/p2.md), so it could not tell a faithful map. The secondary pair is (x = margin, y = pointing). Rung-level co-movement (every map degrades as the
-weights become noise) is absorbed by the rung effects, and everything fixed about a scene (shape, size,
+on it (docs/p2.md), so it could not tell a faithful map. The secondary pair is (x = margin, y = pointing).
+Rung-level co-movement (every map degrades as the weights become noise) is absorbed by the rung effects, and everything fixed about a scene (shape, size,
 clutter) by the scene effects: that is what the old rho over five rung means could not separate. The pooled
 correlation (scenes weighted by their variation in x) is reported as ``r_pooled``; it was the estimand before,
 and 32-scene samples of it disagreed beyond its own interval (docs/p2.md).
