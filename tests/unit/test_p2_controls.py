@@ -151,3 +151,34 @@ def test_known_answer_controls_on_the_shapes_model(scene_seed, ladder_seed):
     # the ladder stops where competence on these scenes reaches chance, and every rung saw the same scenes
     for ladder in result["ladders"]:
         assert ladder["alphas"][0] == 0.0 and ladder["competence"][0] > ladder["competence"][-1]
+
+
+@needs_shapes
+def test_reliance_added_to_a_kept_run_is_the_one_measured_with_it(tmp_path):
+    """tools/p2_reliance.py rebuilds a kept run's scenes and rungs: the reliance it adds is the one the run measured
+    (to float rounding), and a run whose kept effect is not what the rungs give is refused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import faithclip
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("p2_reliance", root / "tools" / "p2_reliance.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    handle = faithclip.load("shapes-clip")
+    torch.set_num_threads(1)
+    design = P2Design(scenes=6, ladders=2, rungs=3, resamples=50, permutations=50, scene_seed=1, ladder_seed=4)
+    run = p2_test(handle, ["self_attention"], design)
+    measured = np.asarray(run["per_scene"]["model"].pop("reliance"))
+    path = tmp_path / "scenes1_ladders4.json"
+    path.write_text(json.dumps(run))
+    assert "reliance added" in tool.add_reliance(path, handle)
+    added = np.asarray(json.loads(path.read_text())["per_scene"]["model"]["reliance"])
+    assert np.allclose(added, measured, rtol=0, atol=1e-6)
+    assert "holds reliance already" in tool.add_reliance(path, handle)
+    run["per_scene"]["model"]["effect"][0][0][1] += 0.01  # a rung that is not what the kept run measured
+    path.write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="effect differs from the kept run"):
+        tool.add_reliance(path, handle)
