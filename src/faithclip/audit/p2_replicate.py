@@ -22,6 +22,12 @@ same re-initialisation in every set) and scenes of all sets. It is one larger me
 its verdict's operating characteristics at that size are printed by ``python -m faithclip.audit.p2_simulate
 --sizes 6x384 --methods M``.
 
+``--primary effect`` restates (with ``--load``) or measures the primary pair with the former x, the named
+object's effect alone, instead of the model's reliance (``faithclip.audit.p2``; docs/p2.md, "Why the primary pair
+changed"); a run kept before ``reliance`` existed loads only so, or after ``tools/p2_reliance.py``. ``--reinit
+spawned`` draws every ladder's re-initialised copy from a seed spawned from its ladder seed
+(``faithclip.audit.ladder.reinit_seed``).
+
 ``--components`` adds where the variation between cells comes from: each scene set's r on each single ladder
 (``ladder_table``), split by the method of moments into a scene-set, a ladder and a residual component
 (``p2stats.variance_components``), and the standard errors of a cell's r and of the pooled r that they
