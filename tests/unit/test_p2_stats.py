@@ -603,3 +603,29 @@ def test_reinit_seed_is_the_seed_or_a_spawned_one_that_small_seeds_do_not_meet()
     assert spawned[:3] == [reinit_seed(s, "spawned") for s in range(3)]  # a function of the seed alone
     with pytest.raises(ValueError, match="reinit must be one of seed, spawned"):
         reinit_seed(0, "fresh")
+
+
+def test_a_run_kept_before_reliance_loads_only_with_the_former_pair(tmp_path, capsys):
+    """--load of a run without ``reliance`` is refused in one line naming the tool; --primary effect restates it
+    with the former pair, whose table names its x; the two pairs of one run differ only in the primary x."""
+    from faithclip.audit.p2_replicate import main
+
+    runs = _grid(scene_seeds=(2,), ladder_seeds=(0,))
+    for run in runs.values():
+        run["per_scene"]["model"]["effect"] = (-np.asarray(run["per_scene"]["model"]["reliance"])).tolist()
+    _keep(tmp_path / "new", runs, ["m"])
+    for run in runs.values():
+        del run["per_scene"]["model"]["reliance"]
+    _keep(tmp_path / "old", runs, ["m"])
+    assert main(["--load", str(tmp_path / "old"), "--scene-seeds", "2", "--ladder-seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tools/p2_reliance.py" in err and "--primary effect" in err
+    common = ["--scene-seeds", "2", "--ladder-seeds", "0", "--primary", "effect"]
+    assert main(["--load", str(tmp_path / "old"), *common]) == 0
+    former = capsys.readouterr().out
+    assert main(["--load", str(tmp_path / "new"), "--scene-seeds", "2", "--ladder-seeds", "0"]) == 0
+    current = capsys.readouterr().out
+    assert "primary: x = effect, y = share" in former and "primary: x = reliance, y = share" in current
+    r_former = float(former.split("| m | ")[1].split(" [")[0])
+    r_current = float(current.split("| m | ")[1].split(" [")[0])
+    assert r_former == pytest.approx(-r_current, abs=0.011)  # effect = -reliance: the sign flips (2-digit print)
