@@ -2,7 +2,7 @@
 
 Maps that cannot track the model they are handed (the trained model's map reused on every rung, a fixed
 centre blob, random maps) must never get ``tracks``; a method that measures the handed model by intervention
-(occlusion) must never get ``does not track``, and the model's own object-erasure map (occlusion with the
+(occlusion whose windows restore the scene's background) must never get ``does not track``, and the model's own object-erasure map (occlusion with the
 scene's objects as segments and its background as baseline) gets r = 1 and ``tracks``. The design is tiny for speed, so the size gate is lifted
 (``min_scenes=0``): the rule itself is what is tested here.
 """
@@ -127,7 +127,10 @@ def test_known_answer_controls_on_the_shapes_model(scene_seed, ladder_seed):
     # the model's own object-erasure map: occlusion with the scene's objects as segments and its background as
     # baseline, the map P2's reliance is the share of -- by construction r = 1
     erasure = MethodSpec("object_erasure", "", image=METHODS.get("occlusion").image)
-    options = {"occlusion": {"window": 32, "stride": 32}, "object_erasure": dict(RELIANCE_OPTIONS)}
+    options = {
+        "occlusion": {"window": 32, "stride": 32, "baseline": "background"},
+        "object_erasure": dict(RELIANCE_OPTIONS),
+    }
     result = p2_test(handle, _controls(handle) + ["occlusion", erasure], design, options=options)
     model = {k: np.asarray(v) for k, v in result["per_scene"]["model"].items()}
     maps = {m: {k: np.asarray(v) for k, v in values.items()} for m, values in result["per_scene"]["maps"].items()}
