@@ -394,18 +394,22 @@ def p2_test(
         n: {k: np.zeros((design.ladders, design.scenes, design.rungs)) for k in ("share", "pointing")} for n in names
     }
     ladders = []
-    trained_maps: dict[str, dict[str, np.ndarray]] = {}
+    trained_maps: dict[str, dict[str, np.ndarray]] = {}  # alpha = 0 is the same trained model in every ladder
+    trained_model: dict[str, np.ndarray] = {}
     for l in range(design.ladders):
         seed = design.ladder_seed + l
         alphas, scanned = ladder_rungs(handle, pairs, seed, design)
         ladders.append({"seed": seed, "alphas": alphas, "scan_competence": scanned, "scan_step": design.scan_step})
         for v, alpha in enumerate(alphas):
             rung = degrade(handle, alpha, seed, design.reinit)
-            for key, values in model_measures(rung, pairs).items():
+            measures = trained_model if v == 0 and trained_model else model_measures(rung, pairs)
+            if v == 0:
+                trained_model = measures
+            for key, values in measures.items():
                 if key in model:
                     model[key][l, :, v] = values
             for method, name in zip(methods, names):
-                if v == 0 and name in trained_maps:  # alpha = 0 is the same trained model in every ladder
+                if v == 0 and name in trained_maps:
                     measured = trained_maps[name]
                 else:
                     measured = map_measures(rung, method, pairs, (options or {}).get(name))
