@@ -8,8 +8,8 @@ model on every rung, not the maps, so a run kept by ``python -m faithclip.audit.
 then can be completed without measuring its maps again: per run (``DIR/scenesS_laddersL.json``) this rebuilds
 the run's scenes and rungs from its design, model and alphas, checks that the model's per-scene ``effect`` and
 ``margin`` come out as kept (within ``p2_replicate.JOIN_TOLERANCE``: the same rungs, up to float rounding), and
-writes the run back with ``reliance`` added (to a temporary file, then renamed). A run that already holds it is
-left alone. On one thread, as the runs were measured. ``--copy-from SOURCE`` takes each cell's ``reliance`` from
+writes the run back with ``reliance`` added (``faithclip.files.write_atomic``: nothing half-written). A run
+that already holds it is left alone. On one thread, as the runs were measured. ``--copy-from SOURCE`` takes each cell's ``reliance`` from
 the same cell kept in SOURCE (another part of the same grid, joined with ``--load A,B``) instead, after checking
 that the two runs are the same measurement of the model (``p2_replicate.join_runs``' rule).
 """
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from faithclip.files import OutputError, write_atomic
 
 
 def add_reliance(path: Path, handle) -> str:
@@ -36,7 +37,7 @@ def add_reliance(path: Path, handle) -> str:
     if "reliance" in kept:
         return f"{path}: holds reliance already"
     if run["model"] != handle.name:
-        raise ValueError(f"{path} measured {run['model']}, not {handle.name}")
+        raise ValueError(f"measured {run['model']}, not {handle.name}")
     design = P2Design(**run["design"])
     started = time.perf_counter()
     pairs = scene_pairs(handle, design.scenes, design.scene_seed)
@@ -52,14 +53,10 @@ def add_reliance(path: Path, handle) -> str:
             for name in ("effect", "margin"):
                 gap = float(np.max(np.abs(measures[name] - np.asarray(kept[name])[l, :, v])))
                 if gap > JOIN_TOLERANCE:
-                    raise ValueError(
-                        f"{path}: ladder {ladder['seed']} rung {v}: {name} differs from the kept run by {gap}"
-                    )
+                    raise ValueError(f"ladder {ladder['seed']} rung {v}: {name} differs from the kept run by {gap}")
             reliance[l, :, v] = measures["reliance"]
     kept["reliance"] = reliance.tolist()
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_text(json.dumps(run))
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(run).encode())
     return f"{path}: reliance added in {time.perf_counter() - started:.0f} s"
 
 
@@ -75,9 +72,7 @@ def copy_reliance(path: Path, source: Path) -> str:
     mine["per_scene"]["model"].pop("reliance")
     join_runs([mine, run])  # raises ValueError unless the two are the same measurement of the model
     run["per_scene"]["model"]["reliance"] = other["per_scene"]["model"]["reliance"]
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_text(json.dumps(run))
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(run).encode())
     return f"{path}: reliance copied from {source / path.name}"
 
 
@@ -86,30 +81,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--copy-from", type=Path, default=None, help="a folder of the same cells holding reliance")
     args = parser.parse_args(argv)
-    if args.copy_from is not None:
-        for folder in args.folders:
-            for path in sorted(folder.glob("scenes*_ladders*.json")):
-                try:
-                    print(copy_reliance(path, args.copy_from), flush=True)
-                except (ValueError, KeyError, OSError) as error:
-                    print(f"p2_reliance: {path}: {error}", file=sys.stderr)
-                    return 1
-        return 0
-    import torch
-
-    from faithclip.models.loading import load
-
-    torch.set_num_threads(1)
     handles = {}
+
+    def handle_of(model: str):  # loaded once per model, and only when a run must be measured
+        if model not in handles:
+            import torch
+
+            from faithclip.models.loading import load
+
+            torch.set_num_threads(1)
+            handles[model] = load(model)
+        return handles[model]
+
     for folder in args.folders:
         for path in sorted(folder.glob("scenes*_ladders*.json")):
-            model = json.loads(path.read_text())["model"]
-            if model not in handles:
-                handles[model] = load(model)
             try:
-                print(add_reliance(path, handles[model]), flush=True)
-            except (ValueError, KeyError) as error:
-                print(f"p2_reliance: {error}", file=sys.stderr)
+                if args.copy_from is not None:
+                    print(copy_reliance(path, args.copy_from), flush=True)
+                    continue
+                print(add_reliance(path, handle_of(json.loads(path.read_text())["model"])), flush=True)
+            except (ValueError, KeyError, OSError, OutputError) as error:
+                print(f"p2_reliance: {path}: {error}", file=sys.stderr)
                 return 1
     return 0
 
