@@ -129,9 +129,11 @@ def spread_line(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
 def tables(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
     """One markdown table per pair of measures: methods x cells, and whether the verdicts agree."""
     cells = sorted(runs)
-    methods = list(next(iter(runs.values()))["methods"])
+    first = next(iter(runs.values()))
+    design = P2Design(**first["design"])
+    methods = list(first["methods"])
     lines = []
-    for pair, (x_name, y_name) in pairs(P2Design(**next(iter(runs.values()))["design"])).items():
+    for pair, (x_name, y_name) in pairs(design).items():
         lines += [
             "",
             f"{pair}: x = {x_name}, y = {y_name}; r [95 %] verdict per (scene seed, ladder seed)",
@@ -149,14 +151,12 @@ def tables(runs: dict[tuple[int, int], dict[str, Any]]) -> str:
             )
     spread = spread_line(runs)
     lines += ["", spread]
-    first = next(iter(runs.values()))["design"]
     head = (
-        f"P2 on {next(iter(runs.values()))['model']}: {len(cells)} runs of {first['scenes']} scenes x "
-        f"{first['ladders']} ladders x {first['rungs']} rungs, {len(methods)} methods (Holm within each run; "
-        f"association {P2Design(**first).association})"
+        f"P2 on {first['model']}: {len(cells)} runs of {design.scenes} scenes x {design.ladders} ladders x "
+        f"{design.rungs} rungs, {len(methods)} methods (Holm within each run; association {design.association})"
     )
-    if P2Design(**first).reinit != P2Design().reinit:
-        head += f"; ladders re-initialised {P2Design(**first).reinit}"
+    if design.reinit != P2Design().reinit:
+        head += f"; ladders re-initialised {design.reinit}"
     return head + "\n" + "\n".join(lines)
 
 
