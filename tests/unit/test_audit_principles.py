@@ -223,6 +223,21 @@ def test_degrade_endpoints():
     assert torch.equal(handle.model.logit_scale, far.model.logit_scale)
 
 
+def test_degrade_draws_its_copy_under_the_seed_and_leaves_the_callers_random_state_alone():
+    from faithclip.audit.ladder import reinitialised_state
+
+    handle = worded(heads=2, image_size=32, patch_size=8)
+    torch.manual_seed(123)
+    expected_next = torch.rand(4)  # the caller's stream, had no ladder been drawn in between
+    torch.manual_seed(7)
+    built = type(handle.model)(handle.model.config).state_dict()  # the oracle: the architecture after manual_seed(7)
+    torch.manual_seed(123)
+    state = reinitialised_state(handle.model, 7)
+    degrade(handle, 0.5, seed=7)
+    assert torch.equal(torch.rand(4), expected_next)
+    assert state.keys() == built.keys() and all(torch.equal(state[k], built[k]) for k in built)
+
+
 @pytest.mark.skipif(
     "shapes-clip" not in shipped_models(),
     reason="the shipped shapes model (src/faithclip/models/shipped/shapes-clip) has not landed yet",

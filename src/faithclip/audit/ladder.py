@@ -71,9 +71,11 @@ def reinit_seed(seed: int, reinit: str = "seed") -> int:
 def reinitialised_state(model: torch.nn.Module, seed: int, reinit: str = "seed") -> dict[str, torch.Tensor]:
     """The state of a fresh copy of ``model``'s architecture, built after ``torch.manual_seed(reinit_seed(seed,
     reinit))``. With ``reinit="seed"``, a model that was itself built after ``manual_seed(seed)`` gets its own
-    initial weights back (tools/ladder_init.py)."""
-    torch.manual_seed(reinit_seed(seed, reinit))
-    return type(model)(model.config).state_dict()
+    initial weights back (tools/ladder_init.py). The caller's random state is left as it was: the copy is drawn
+    inside ``torch.random.fork_rng``, so a ladder never reseeds the code around it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(reinit_seed(seed, reinit))
+        return type(model)(model.config).state_dict()
 
 
 def interpolated(name: str, parameter: torch.Tensor) -> bool:

@@ -41,7 +41,7 @@ def random_clip(
     architecture: str = "B/32",
 ) -> ModelHandle:
     """The directory's CLIP architecture (default: the shipped config of ``architecture``) with weights drawn
-    by transformers' initialiser (seeded), eager attention, the directory's tokenizer (the shipped OpenAI
+    by transformers' initialiser (under ``torch.manual_seed(seed)``; the caller's random state is left as it was), eager attention, the directory's tokenizer (the shipped OpenAI
     CLIP tokenizer when the directory has none) and preprocessing."""
     import transformers
 
@@ -53,8 +53,9 @@ def random_clip(
     if patch_size is not None:
         config.vision_config.patch_size = patch_size
     config._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = transformers.CLIPModel(config).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded without reseeding the caller's stream
+        torch.manual_seed(seed)
+        model = transformers.CLIPModel(config).eval()
     model.set_attn_implementation("eager")
     has_tokenizer = any((reference / name).is_file() for name in ("tokenizer.json", "vocab.json"))
     try:
