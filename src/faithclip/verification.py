@@ -10,8 +10,24 @@ from faithclip.models.clip import ModelHandle
 VOC_TEXTS = ("a photo of a bus", "a photo of a person", "a photo of a chair")
 
 
+VOC_DIR = Path("../shared/reference/voc2011-samples/JPEGImages")  # relative to the working directory
+
+
+def input_origin(model: ModelHandle, images: list[str]) -> str:
+    """Which inputs ``default_inputs`` takes, in words (``faithclip verify`` says it: with no images given, the
+    choice depends on the model and on whether ``VOC_DIR`` exists below the working directory)."""
+    if images:
+        return f"the {len(images)} given image(s)"
+    if model.trained_on_shapes:
+        return "4 shapes-world scenes (the model was trained on them)"
+    if VOC_DIR.is_dir():
+        return f"the VOC photos in {VOC_DIR.resolve()}"
+    return f"3 shapes-world scenes resized to a photo-like {model.image_size * 4 // 3} x {model.image_size} (no photos in {VOC_DIR})"
+
+
 def default_inputs(model: ModelHandle, images: list[str], texts: list[str] | None) -> tuple[list[Any], list[str]]:
-    """The user's images and texts, or: shapes-world scenes and prompts for a shapes model; VOC photos otherwise."""
+    """The user's images and texts, or: shapes-world scenes and prompts for a shapes model; VOC photos otherwise
+    (``VOC_DIR``, when it exists below the working directory). ``input_origin`` says which."""
     if images:
         return [model.rgb(p) for p in images], list(texts or VOC_TEXTS)
     if model.trained_on_shapes:
@@ -20,9 +36,8 @@ def default_inputs(model: ModelHandle, images: list[str], texts: list[str] | Non
         world = ShapesWorld(image_size=model.image_size)
         scenes = world.multi_object_set(4, seed=2024).scenes()
         return [s.image for s in scenes], list(texts or [s.caption for s in scenes][:2])
-    voc = Path("../shared/reference/voc2011-samples/JPEGImages")
-    if voc.is_dir():
-        return [model.rgb(p) for p in sorted(voc.glob("*.jpg"))], list(texts or VOC_TEXTS)
+    if VOC_DIR.is_dir():
+        return [model.rgb(p) for p in sorted(VOC_DIR.glob("*.jpg"))], list(texts or VOC_TEXTS)
     # No photos at hand (a plain install): shapes-world scenes at a photo-like, non-square size, so that
     # the model's own resize and crop run as they would on a photo.
     from faithclip.shapes.world import ShapesWorld

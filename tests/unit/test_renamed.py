@@ -44,6 +44,22 @@ def test_verify_picks_shapes_scenes_by_the_models_training_not_its_name(tiny):
     assert len(images) == 4 and texts != list(VOC_TEXTS) and images[0].size == (tiny.image_size,) * 2
 
 
+def test_verify_says_which_images_it_took_and_where_it_looked(tiny, tmp_path, monkeypatch):
+    from faithclip.verification import default_inputs, input_origin
+
+    monkeypatch.chdir(tmp_path)  # no ../shared below this working directory
+    images, _ = default_inputs(tiny, [], None)
+    said = input_origin(tiny, [])
+    assert len(images) == 3 and "3 shapes-world scenes" in said and "no photos in" in said
+    assert images[0].size == (tiny.image_size * 4 // 3, tiny.image_size)
+    photos = tmp_path / "work" / "shared" / "reference" / "voc2011-samples" / "JPEGImages"
+    photos.mkdir(parents=True)
+    images[0].save(photos / "a.jpg")
+    monkeypatch.chdir(tmp_path / "work" / "shared")  # ../shared/reference/... now exists
+    assert str(photos.resolve()) in input_origin(tiny, []) and len(default_inputs(tiny, [], None)[0]) == 1
+    assert input_origin(tiny, ["x.png", "y.png"]) == "the 2 given image(s)"
+
+
 def test_the_loader_sets_trained_on_shapes_from_the_directory(tmp_path):
     import faithclip
     from conftest import random_clip

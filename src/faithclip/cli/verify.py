@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from faithclip.models.random_init import random_b32
     from faithclip.progress import stage_logger
-    from faithclip.verification import default_inputs
+    from faithclip.verification import default_inputs, input_origin
 
     json_path = check_writable(args.json, "file", "--json") if args.json else None  # before any work
     out = check_writable(args.out, "dir") if args.out else None
@@ -89,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
     }
     images, texts = default_inputs(model, args.images, args.text)
     dtypes = (model.dtype, torch.float64) if args.float64 else (model.dtype,)  # --dtype: the model's own
-    progress(f"Grad-ECLIP vs Attention-ECLIP on {len(images)} images x {len(texts)} texts, both towers")
+    progress(
+        f"Grad-ECLIP vs Attention-ECLIP on {len(images)} images x {len(texts)} texts, both towers; images: "
+        f"{input_origin(model, args.images)}"
+    )
     rows = verify_equivalence(model, images, texts, layers=tuple(args.layers or (1, 2)), dtypes=dtypes)
     print(f"Grad-ECLIP vs Attention-ECLIP on {model.name} ({len(images)} images x {len(texts)} texts)")
     print(format_table(rows))
