@@ -358,6 +358,7 @@ def test_audit_method_options_reach_p2_and_are_checked_before_any_work(monkeypat
 
     audit_run.run_audit(load(), settings)
     assert seen == [{"rise": {"masks": 64, "seed": 3}}]
+    capsys.readouterr()  # this test's own load() above may draw transformers' loading bar; not the CLI's output
     for bad, words in (
         (["--method-option", "rise.masks=0"], "rise.masks=0: rise's masks must be a whole number"),
         (["--method-option", "legrad.layers=1"], "not among the methods run"),
