@@ -7,9 +7,9 @@ P2's primary pair (docs/p2.md) sets each map's share of the named object against
 share of the model's object-erasure map, a FINITE intervention (each object replaced by the scene's
 background). A gradient map reads the score's LOCAL slope instead. This tool puts a map between the two through
 the same test, on the cells of the audit's design given (one P2 run per scene seed x first ladder seed, as
-``python -m faithclip.audit.p2_replicate`` runs them; default the single cell 3, 6): integrated gradients (Sundararajan, Taly & Yan, "Axiomatic
-Attribution for Deep Networks", ICML 2017) from the scene's background ``b`` to the scene ``x``, with the
-paper's right Riemann sum of ``m`` steps, summed over colour channels:
+``python -m faithclip.audit.p2_replicate`` runs them; default the single cell 3, 6): integrated gradients
+(Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep Networks", ICML 2017) from the scene's background
+``b`` to the scene ``x``, with the paper's right Riemann sum of ``m`` steps, summed over colour channels:
 
     map(u) = sum_c (x - b)_{c,u} * (1/m) sum_{k=1..m} dS/dx_{c,u} (b + k/m (x - b))      (H, W), pixel resolution
 
@@ -82,6 +82,7 @@ def seeds(text: str, what: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     from faithclip.audit.p2 import P2Design, p2_test
+    from faithclip.errors import FaithclipError
     from faithclip.models.loading import load
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="1,32", help="comma-separated step counts m >= 1")
     args = parser.parse_args(argv)
     try:
-        steps = seeds(args.steps, "--steps")
+        steps = list(dict.fromkeys(seeds(args.steps, "--steps")))  # each step count once
         if min(steps) < 1:
             raise ValueError(f"--steps must be whole numbers >= 1, got {args.steps!r}")
         cells = [
@@ -102,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"p2_first_order: error: {error}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    handle = load(args.model)
+    try:
+        handle = load(args.model)
+    except FaithclipError as error:
+        print(f"p2_first_order: error: {error}", file=sys.stderr)
+        return 2
     specs = [first_order_spec(m) for m in steps]
     options = {spec.name: {"baseline": "background", "steps": m} for spec, m in zip(specs, steps)}
     verdicts: dict[int, list[str]] = {m: [] for m in steps}
@@ -133,4 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("p2_first_order: interrupted", file=sys.stderr)
+        sys.exit(130)

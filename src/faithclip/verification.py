@@ -22,7 +22,8 @@ def input_origin(model: ModelHandle, images: list[str]) -> str:
         return "4 shapes-world scenes (the model was trained on them)"
     if VOC_DIR.is_dir():
         return f"the VOC photos in {VOC_DIR.resolve()}"
-    return f"3 shapes-world scenes resized to a photo-like {model.image_size * 4 // 3} x {model.image_size} (no photos in {VOC_DIR})"
+    size = f"{model.image_size * 4 // 3} x {model.image_size}"
+    return f"3 shapes-world scenes resized to a photo-like {size} (no photos in {VOC_DIR})"
 
 
 def default_inputs(model: ModelHandle, images: list[str], texts: list[str] | None) -> tuple[list[Any], list[str]]:

@@ -86,3 +86,6 @@ def test_bad_steps_are_one_line_and_exit_2_before_any_model_is_loaded(capsys):
         assert tool().main(["--steps", bad]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--steps" in err
+    assert tool().main(["--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-such-model" in err

@@ -41,8 +41,9 @@ def random_clip(
     architecture: str = "B/32",
 ) -> ModelHandle:
     """The directory's CLIP architecture (default: the shipped config of ``architecture``) with weights drawn
-    by transformers' initialiser (under ``torch.manual_seed(seed)``; the caller's random state is left as it was), eager attention, the directory's tokenizer (the shipped OpenAI
-    CLIP tokenizer when the directory has none) and preprocessing."""
+    by transformers' initialiser (under ``torch.manual_seed(seed)``; the caller's random state is left as it
+    was), eager attention, the directory's tokenizer (the shipped OpenAI CLIP tokenizer when the directory has
+    none) and preprocessing."""
     import transformers
 
     from faithclip.models.loading import from_hf
