@@ -40,18 +40,19 @@ def integrated_gradients_image(ctx: Context, baseline: Any = None, steps: int = 
     from faithclip.errors import MethodError
     from faithclip.methods.occlusion import baseline_pixels
 
-    if baseline is None or int(steps) < 1:
+    m = int(steps)
+    if baseline is None or m < 1:
         raise MethodError(f"integrated gradients needs a baseline and steps >= 1; got {baseline!r}, {steps!r}.")
     start = baseline_pixels(ctx, baseline)  # (B, 3, H, W)
     delta = ctx.pixels - start
     text = ctx.fixed_text_embeds()
     maps = torch.zeros(ctx.num_images, ctx.num_texts, *ctx.pixels.shape[-2:], dtype=ctx.pixels.dtype)
-    for k in range(1, int(steps) + 1):
-        point = (start + k / int(steps) * delta).detach().requires_grad_(True)  # (B, 3, H, W)
+    for k in range(1, m + 1):
+        point = (start + k / m * delta).detach().requires_grad_(True)  # (B, 3, H, W)
         scores = ctx.score(ctx.image_features(point), text)  # (B, K)
         for j in range(ctx.num_texts):
             (slope,) = torch.autograd.grad(scores[:, j].sum(), point, retain_graph=j + 1 < ctx.num_texts)
-            maps[:, j] += (slope * delta).sum(1).detach() / int(steps)  # each image's score reads only its pixels
+            maps[:, j] += (slope * delta).sum(1).detach() / m  # each image's score reads only its pixels
     return MapResult(
         maps=maps, scores=ctx.model_scores(), input_size=tuple(ctx.pixels.shape[-2:]), options={"steps": steps}
     )
@@ -62,7 +63,7 @@ def first_order_spec(steps: int) -> MethodSpec:
     return MethodSpec(
         name=f"integrated_gradients_{steps}",
         paper="Sundararajan, Taly & Yan, Axiomatic Attribution for Deep Networks, ICML 2017",
-        image=lambda ctx, **options: integrated_gradients_image(ctx, **options),
+        image=integrated_gradients_image,
         modifies_input=True,
         families=("*",),
         assumes_pooled_score=None,
